@@ -1,1 +1,9 @@
-"""atoll.kernels"""
+"""atoll.kernels: batched multi-LoRA operators (SGMV/BGMV) in Triton with torch references.
+
+Public API (see :mod:`atoll.kernels.lora`): :class:`LoraMeta`, :func:`lora_shrink`,
+:func:`lora_expand`, :func:`lora_apply`.
+"""
+
+from atoll.kernels.lora import LoraMeta, lora_apply, lora_expand, lora_shrink
+
+__all__ = ["LoraMeta", "lora_apply", "lora_expand", "lora_shrink"]

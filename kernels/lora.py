@@ -1,0 +1,132 @@
+"""Batched multi-LoRA: ``y += scale[slot] * (x @ A[slot].T) @ B[slot].T`` with a slot per row.
+
+Shapes (T tokens in the step, S adapter slots, N packed slices, R = max rank, zero-padded):
+
+- ``x``:      [T, H_in]            activations (fp32 / fp16 / bf16)
+- ``a``:      [S, N, R, H_in]      stacked "shrink" weights, one [R, H_in] matrix per slice
+- ``b``:      [S, H_out_total, R]  stacked "expand" weights; slice n owns output columns
+                                   ``slice_offsets[n]:slice_offsets[n+1]``
+- ``scales``: [S] float32          alpha/r (or alpha/sqrt(r) for rsLoRA) per slot
+- ``h``:      [N, T, R] float32    shrink output (fp32 accumulation)
+- ``y``:      [T, H_out_total]     projection output, updated IN PLACE by expand
+
+Rows whose slot is -1 use no adapter: expand leaves them untouched. A packed projection (q,k,v
+or gate,up) is one call with N slices: the single shrink reads ``x`` once for all slices.
+
+``LoraMeta.build(token_slots)`` plans the step once (segments of consecutive rows sharing a
+slot for SGMV, the per-row slot for BGMV); every layer reuses it.
+
+``backend``: "torch" (reference, also the CPU path) or "triton" (GPU, or CPU tensors under
+``TRITON_INTERPRET=1``). The Triton launchers live in :mod:`atoll.kernels.triton_lora`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LoraMeta:
+    """Per-step batch metadata, built once per model step and reused by every layer."""
+
+    token_slots: torch.Tensor  # [T] int32: slot of each row, -1 = no adapter
+    seg_starts: torch.Tensor   # [G] int32: first row of each segment
+    seg_lens: torch.Tensor     # [G] int32: rows in each segment
+    seg_slots: torch.Tensor    # [G] int32: slot of each segment (-1 allowed)
+    max_seg_len: int
+    num_tokens: int
+    any_lora: bool             # False when every row is -1 (skip all LoRA work)
+
+    @staticmethod
+    def build(token_slots: torch.Tensor) -> "LoraMeta":
+        """Segments = maximal runs of equal slots in ``token_slots`` (order is kept)."""
+        if token_slots.dim() != 1:
+            raise ValueError(f"token_slots must be 1-D [T], got shape {tuple(token_slots.shape)}")
+        slots = token_slots.to(torch.int32)
+        t = int(slots.numel())
+        if t == 0:
+            z = torch.zeros(0, dtype=torch.int32, device=slots.device)
+            return LoraMeta(slots, z, z, z, 0, 0, False)
+        change = torch.ones(t, dtype=torch.bool, device=slots.device)
+        change[1:] = slots[1:] != slots[:-1]
+        starts = torch.nonzero(change, as_tuple=False).flatten().to(torch.int32)
+        ends = torch.cat([starts[1:], torch.tensor([t], dtype=torch.int32, device=slots.device)])
+        lens = (ends - starts).to(torch.int32)
+        seg_slots = slots[starts.long()]
+        return LoraMeta(slots, starts, lens, seg_slots, int(lens.max().item()), t,
+                        bool((slots >= 0).any().item()))
+
+
+def _check(x, a, b=None, meta=None):
+    if x.dim() != 2:
+        raise ValueError(f"x must be [T, H_in], got {tuple(x.shape)}")
+    if a.dim() != 4 or a.shape[-1] != x.shape[1]:
+        raise ValueError(f"a must be [S, N, R, H_in={x.shape[1]}], got {tuple(a.shape)}")
+    if meta is not None and meta.num_tokens != x.shape[0]:
+        raise ValueError(f"meta has {meta.num_tokens} rows, x has {x.shape[0]}")
+
+
+def shrink_ref(x: torch.Tensor, a: torch.Tensor, meta: LoraMeta) -> torch.Tensor:
+    """Reference shrink, a loop over segments in fp32. Returns h [N, T, R] float32."""
+    _check(x, a, meta=meta)
+    _, n, r, _ = a.shape
+    h = torch.zeros(n, x.shape[0], r, dtype=torch.float32, device=x.device)
+    for s0, ln, slot in zip(meta.seg_starts.tolist(), meta.seg_lens.tolist(), meta.seg_slots.tolist()):
+        if slot < 0:
+            continue
+        xs = x[s0:s0 + ln].float()                       # [L, H_in]
+        h[:, s0:s0 + ln] = torch.einsum("lh,nrh->nlr", xs, a[slot].float())
+    return h
+
+
+def expand_ref(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tensor,
+               meta: LoraMeta, slice_offsets: tuple[int, ...]) -> torch.Tensor:
+    """Reference expand, in place on ``y``: y[rows, slice n] += scale * h[n, rows] @ b[slot, slice n].T"""
+    n = h.shape[0]
+    if len(slice_offsets) != n + 1 or slice_offsets[-1] != y.shape[1] or b.shape[1] != y.shape[1]:
+        raise ValueError(f"slice_offsets {slice_offsets} must have {n + 1} entries ending at "
+                         f"H_out={y.shape[1]} (= b.shape[1]={b.shape[1]})")
+    for s0, ln, slot in zip(meta.seg_starts.tolist(), meta.seg_lens.tolist(), meta.seg_slots.tolist()):
+        if slot < 0:
+            continue
+        sc = float(scales[slot])
+        for i in range(n):
+            lo, hi = slice_offsets[i], slice_offsets[i + 1]
+            delta = h[i, s0:s0 + ln] @ b[slot, lo:hi].float().T   # [L, hi-lo] fp32
+            y[s0:s0 + ln, lo:hi] += (sc * delta).to(y.dtype)
+    return y
+
+
+def lora_shrink(x: torch.Tensor, a: torch.Tensor, meta: LoraMeta, *, backend: str = "torch") -> torch.Tensor:
+    """h[n, t, :] = x[t] @ a[slot(t), n].T in fp32; zero where slot(t) = -1. Returns [N, T, R]."""
+    if backend == "torch":
+        return shrink_ref(x, a, meta)
+    if backend == "triton":
+        from atoll.kernels import triton_lora
+
+        return triton_lora.shrink(x, a, meta)
+    raise ValueError(f"unknown LoRA backend {backend!r}: use 'torch' or 'triton'")
+
+
+def lora_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tensor,
+                meta: LoraMeta, slice_offsets: tuple[int, ...], *, backend: str = "torch") -> torch.Tensor:
+    """In place: y[t, slice n] += scales[slot(t)] * h[n, t] @ b[slot(t), slice n].T. Returns y."""
+    if backend == "torch":
+        return expand_ref(y, h, b, scales, meta, slice_offsets)
+    if backend == "triton":
+        from atoll.kernels import triton_lora
+
+        return triton_lora.expand(y, h, b, scales, meta, slice_offsets)
+    raise ValueError(f"unknown LoRA backend {backend!r}: use 'torch' or 'triton'")
+
+
+def lora_apply(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+               scales: torch.Tensor, meta: LoraMeta, slice_offsets: tuple[int, ...], *,
+               backend: str = "torch") -> torch.Tensor:
+    """Shrink then expand, in place on ``y``. No-op when no row has an adapter."""
+    if not meta.any_lora:
+        return y
+    h = lora_shrink(x, a, meta, backend=backend)
+    return lora_expand(y, h, b, scales, meta, slice_offsets, backend=backend)
