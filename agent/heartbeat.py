@@ -1,0 +1,235 @@
+"""The agent's link to the coordinator: register, then one long-lived heartbeat stream.
+
+:class:`HeartbeatClient` is used by the agent daemon and, unchanged, by the control-plane
+benchmark (thousands of clients on one event loop, sharing channels).
+
+Reconnection: any failure (coordinator down, stream cut, session unknown after a coordinator
+restart) leads back to Register after an exponential back-off with jitter (base 0.2 s, doubling,
+capped at ``max_backoff``), so a restarted coordinator is not hit by a thundering herd.
+Refusals that retrying cannot fix (wrong join token, invalid node.yaml, a name in use) raise
+:class:`AgentRefused`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import grpc
+
+from atoll.logs import kv
+from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
+
+log = logging.getLogger("atoll.agent")
+
+FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
+         grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED}
+
+
+class AgentRefused(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        self.code, self.details = code, details
+        super().__init__(f"coordinator refused this agent: {code.name}: {details}")
+
+
+@dataclass
+class Backoff:
+    base: float = 0.2
+    cap: float = 5.0
+    attempt: int = 0
+    rng: random.Random = random.Random()
+
+    def next(self) -> float:
+        d = min(self.cap, self.base * (2 ** self.attempt))
+        self.attempt += 1
+        return d / 2 + self.rng.uniform(0, d / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def _gpu_pb(g: dict) -> common_pb2.GpuInfo:
+    return common_pb2.GpuInfo(index=int(g.get("index", 0)), name=g.get("name", ""),
+                              memory_total_bytes=int(g.get("memory_total_bytes", 0)),
+                              memory_free_bytes=int(g.get("memory_free_bytes", 0)),
+                              compute_capability=g.get("compute_capability", ""))
+
+
+def capacity_pb(cap: dict) -> common_pb2.NodeCapacity:
+    return common_pb2.NodeCapacity(gpus=[_gpu_pb(g) for g in cap.get("gpus", [])],
+                                   cpu_cores=int(cap.get("cpu_cores", 0)),
+                                   memory_bytes=int(cap.get("memory_bytes", 0)),
+                                   disk_bytes=int(cap.get("disk_bytes", 0)),
+                                   simulated=bool(cap.get("simulated", False)),
+                                   agent_version=cap.get("agent_version", ""))
+
+
+def spec_pb(spec: dict) -> common_pb2.NodeSpec:
+    return common_pb2.NodeSpec(name=spec["name"], tier=spec["tier"], region=spec["region"],
+                               zone=spec.get("zone", ""), price_per_hour=float(spec.get("price_per_hour", 0)),
+                               preemptible=bool(spec.get("preemptible", False)),
+                               labels={str(k): str(v) for k, v in (spec.get("labels") or {}).items()})
+
+
+class HeartbeatClient:
+    """Keeps one agent registered and heartbeating until :meth:`stop`.
+
+    ``status_fn()`` returns the current ``atoll.v1.NodeStatus`` (or None); ``on_instruction``
+    receives each ``atoll.v1.Instruction`` from the coordinator (may be a coroutine function).
+    ``node_id`` is the id kept by the caller; ``on_node_id`` is called when the coordinator
+    assigns one, so the caller can persist it.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, *, join_token: str, spec: dict, capacity: dict,
+                 node_id: str = "", status_fn: Callable[[], common_pb2.NodeStatus | None] | None = None,
+                 on_instruction: Callable[[control_pb2.Instruction], Awaitable[None] | None] | None = None,
+                 on_node_id: Callable[[str], None] | None = None, max_backoff: float = 5.0,
+                 rng: random.Random | None = None):
+        self.stub = control_pb2_grpc.AgentServiceStub(channel)
+        self.join_token = join_token
+        self.spec = spec
+        self.capacity = capacity
+        self.node_id = node_id
+        self.status_fn = status_fn
+        self.on_instruction = on_instruction
+        self.on_node_id = on_node_id
+        self.backoff = Backoff(cap=max_backoff, rng=rng or random.Random())
+        self.interval = 5.0
+        self.seq = 0
+        self.connected = asyncio.Event()
+        self.drain_acked = asyncio.Event()
+        self._draining = False
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._capacity_dirty = True
+        self.sent = 0
+        self.reconnects = 0
+        self.last_error: str = ""
+
+    # -- control ------------------------------------------------------------------------------
+    def set_capacity(self, cap: dict) -> None:
+        if cap != self.capacity:
+            self.capacity = cap
+            self._capacity_dirty = True
+
+    def poke(self) -> None:
+        """Send the next heartbeat now (status changed)."""
+        self._wake.set()
+
+    async def drain(self, timeout: float = 5.0) -> bool:
+        """Tell the coordinator this node is leaving; wait for its acknowledgement."""
+        self._draining = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self.drain_acked.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # -- the loop -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self._register()
+                await self._stream()
+                if self._stop.is_set():
+                    break
+                self.last_error = "stream closed by the coordinator"
+            except AgentRefused:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in FATAL and exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                    raise AgentRefused(exc.code(), exc.details() or "") from None
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED and "join token" in (exc.details() or ""):
+                    raise AgentRefused(exc.code(), exc.details() or "") from None
+                self.last_error = f"{exc.code().name}: {exc.details()}"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep trying, the coordinator may come back
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            self.connected.clear()
+            if self._stop.is_set():
+                break
+            self.reconnects += 1
+            delay = self.backoff.next()
+            log.debug("reconnecting", extra=kv(node=self.spec["name"], in_s=round(delay, 2), error=self.last_error))
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _register(self) -> None:
+        status = self.status_fn() if self.status_fn else None
+        req = control_pb2.RegisterRequest(join_token=self.join_token, node_id=self.node_id,
+                                          spec=spec_pb(self.spec), capacity=capacity_pb(self.capacity),
+                                          status=status)
+        resp = await self.stub.Register(req, timeout=10)
+        if resp.node_id != self.node_id:
+            self.node_id = resp.node_id
+            if self.on_node_id:
+                self.on_node_id(resp.node_id)
+        self._session = resp.session_token
+        self.interval = resp.heartbeat_interval_seconds or self.interval
+        self._capacity_dirty = True
+
+    async def _requests(self):
+        while not self._stop.is_set():
+            self.seq += 1
+            req = control_pb2.HeartbeatRequest(node_id=self.node_id, session_token=self._session,
+                                               seq=self.seq, draining=self._draining)
+            if self._capacity_dirty:
+                req.capacity.CopyFrom(capacity_pb(self.capacity))
+                req.has_capacity = True
+                self._capacity_dirty = False
+            status = self.status_fn() if self.status_fn else None
+            if status is not None:
+                req.status.CopyFrom(status)
+            self.sent += 1
+            yield req
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _stream(self) -> None:
+        call = self.stub.Heartbeat(self._requests())
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            reader = asyncio.ensure_future(self._read(call))
+            done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                reader.result()
+            else:
+                call.cancel()
+                reader.cancel()
+        finally:
+            stopper.cancel()
+
+    async def _read(self, call) -> None:
+        first = True
+        async for resp in call:
+            if first:
+                first = False
+                self.backoff.reset()
+                self.connected.set()
+                if resp.heartbeat_interval_seconds:
+                    self.interval = resp.heartbeat_interval_seconds
+            for ins in resp.instructions:
+                if ins.WhichOneof("kind") == "drain" and self._draining:
+                    self.drain_acked.set()
+                if ins.WhichOneof("kind") == "reregister":
+                    call.cancel()
+                    return
+                if self.on_instruction:
+                    res = self.on_instruction(ins)
+                    if asyncio.iscoroutine(res):
+                        await res

@@ -1,0 +1,37 @@
+"""atoll agent: run the per-host daemon."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("agent", help="run the agent on this host",
+                       description="Join the fleet: probe this host, register with the coordinator "
+                                   "and keep it informed. SIGTERM drains, then exits.")
+    p.add_argument("--coordinator", help="coordinator HOST:PORT (default 127.0.0.1:7070; env ATOLL_COORDINATOR)")
+    p.add_argument("--config", help="node.yaml: name, tier, region, zone, price_per_hour, preemptible, labels "
+                                    "(env ATOLL_CONFIG)")
+    p.add_argument("--state-dir", help="keeps the node id across restarts (default .atoll/agent)")
+    p.add_argument("--join-token", help="the coordinator's join token (env ATOLL_JOIN_TOKEN)")
+    p.add_argument("--worker-listen", help="Worker gRPC HOST:PORT (default 127.0.0.1:0)")
+    p.add_argument("--log-level", default=None)
+    p.set_defaults(func=run)
+
+
+def run(ns) -> int:
+    import asyncio
+    import os
+
+    from atoll import logs
+    from atoll.agent.daemon import Agent
+    from atoll.errors import SpecError
+    from atoll.specs.config import AgentSettings, resolve_settings
+
+    if not (ns.config or os.environ.get("ATOLL_CONFIG")):
+        raise SpecError("--config is required", source="flag --config", hint="the path of this host's node.yaml")
+    settings = resolve_settings(AgentSettings, config_file=None, flags={
+        "coordinator": ns.coordinator, "config": ns.config, "state_dir": ns.state_dir,
+        "join_token": ns.join_token, "worker_listen": ns.worker_listen})
+    agent = Agent.from_settings(settings)   # validates node.yaml before anything starts
+    logs.setup(ns.log_level)
+    asyncio.run(agent.run_until_signal())
+    return 0

@@ -1,0 +1,45 @@
+"""atoll coordinator: run the control plane."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("coordinator", help="run the coordinator (control plane)",
+                       description="Run the coordinator. Settings come from flags, ATOLL_* environment "
+                                   "variables and --config, in that order of precedence.")
+    p.add_argument("--listen", help="gRPC HOST:PORT (default 127.0.0.1:7070)")
+    p.add_argument("--metrics-listen", help="Prometheus HTTP HOST:PORT (default 127.0.0.1:9090)")
+    p.add_argument("--state-dir", help="directory of the SQLite state (default .atoll/coordinator)")
+    p.add_argument("--heartbeat-interval", type=_positive_float, metavar="SECONDS",
+                   help="seconds between agent heartbeats (default 5)")
+    p.add_argument("--join-token", help="token agents must present (generated into STATE_DIR/join-token if unset)")
+    p.add_argument("--config", help="YAML file with the same settings (keys: listen, metrics_listen, ...)")
+    p.add_argument("--log-level", default=None, help="debug | info | warning")
+    p.set_defaults(func=run)
+
+
+def _positive_float(s: str) -> float:
+    import argparse
+
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+def run(ns) -> int:
+    import asyncio
+
+    from atoll import logs
+    from atoll.coordinator.server import Coordinator
+    from atoll.specs.config import CoordinatorSettings, resolve_settings
+
+    settings = resolve_settings(CoordinatorSettings, config_file=ns.config, flags={
+        "listen": ns.listen, "metrics_listen": ns.metrics_listen, "state_dir": ns.state_dir,
+        "heartbeat_interval": ns.heartbeat_interval, "join_token": ns.join_token})
+    logs.setup(ns.log_level)
+    asyncio.run(Coordinator(settings).run_until_signal())
+    return 0

@@ -1,0 +1,64 @@
+"""atoll nodes / atoll drain: see and drain the fleet."""
+
+from __future__ import annotations
+
+import json
+
+
+def _coord(p) -> None:
+    p.add_argument("--coordinator", default=None, metavar="ADDR",
+                   help="coordinator HOST:PORT (default $ATOLL_COORDINATOR or 127.0.0.1:7070)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("nodes", help="list the fleet's nodes", description="One row per node.")
+    _coord(p)
+    p.add_argument("--tier", choices=["datacenter", "renter", "edge"])
+    p.add_argument("--region")
+    p.add_argument("--state", type=str.upper, choices=["READY", "SUSPECT", "LOST", "DRAINING"])
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    p.set_defaults(func=run_nodes)
+
+    d = sub.add_parser("drain", help="drain a node (it takes no new work)",
+                       description="Mark a node DRAINING; its agent is told over its heartbeat stream.")
+    _coord(d)
+    d.add_argument("node", help="node name or id")
+    d.set_defaults(func=run_drain)
+
+
+def _gpus(n) -> str:
+    if not n.gpus:
+        return "-"
+    names = sorted({g["name"] for g in n.gpus})
+    gib = sum(g["memory_total_bytes"] for g in n.gpus) / 2 ** 30
+    return f"{len(n.gpus)}x {'/'.join(names)} ({gib:.0f} GiB)"
+
+
+def node_table(nodes) -> str:
+    from atoll.cli.table import render
+
+    rows = [[n.name, n.id[:12], n.state, n.tier, n.region, f"{n.price_per_hour:.2f}", _gpus(n),
+             f"{n.last_heartbeat_age_seconds:.1f}", "yes" if n.simulated else "no"] for n in nodes]
+    return render(["NAME", "ID", "STATE", "TIER", "REGION", "$/H", "GPUS", "LAST-HB(S)", "SIMULATED"],
+                  rows, "lllllrlrl")
+
+
+def run_nodes(ns) -> int:
+    from atoll.client import Client
+
+    with Client(ns.coordinator) as c:
+        nodes = c.nodes(tier=ns.tier, region=ns.region, state=ns.state)
+    if ns.output == "json":
+        print(json.dumps([n.to_dict() for n in nodes], indent=2))
+    else:
+        print(node_table(nodes) if nodes else "no nodes")
+    return 0
+
+
+def run_drain(ns) -> int:
+    from atoll.client import Client
+
+    with Client(ns.coordinator) as c:
+        n = c.drain(ns.node)
+    print(f"node {n.name} ({n.id}) is {n.state}")
+    return 0

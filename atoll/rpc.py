@@ -1,0 +1,117 @@
+"""gRPC plumbing shared by every server and client: error mapping, health, reflection, channels.
+
+Servicer methods are wrapped with :func:`handle_errors`, which turns an
+:class:`~atoll.errors.AtollError` into its status code (INVALID_ARGUMENT, NOT_FOUND, ...) and
+any other exception into INTERNAL with a log line, so a bad request never kills a server.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from atoll import errors
+
+log = logging.getLogger("atoll.rpc")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+CODE_BY_NAME = {c.name: c for c in grpc.StatusCode}
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.max_concurrent_streams", 10000),
+]
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10000),
+    ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.enable_retries", 0),
+]
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, errors.AtollError):
+        return CODE_BY_NAME.get(exc.code, grpc.StatusCode.INTERNAL)
+    return grpc.StatusCode.INTERNAL
+
+
+def error_from_rpc(exc: grpc.RpcError) -> errors.AtollError:
+    """Turn a client-side RpcError into the matching AtollError (for SDK users)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    cls = {
+        grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+        grpc.StatusCode.NOT_FOUND: errors.NotFound,
+        grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+        grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+        grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+        grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+        grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+        grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    }.get(code, errors.AtollError)
+    return cls(f"{code.name}: {details}")
+
+
+async def _abort(context, exc: BaseException, method: str):
+    code = status_code(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("internal error in %s", method, exc_info=exc)
+        msg = f"internal error in {method}: {type(exc).__name__}"
+    else:
+        msg = str(exc)
+    await context.abort(code, msg[:2000])
+
+
+def handle_errors(fn):
+    """Decorate an async servicer method (unary or server-streaming) to map errors to codes."""
+    name = fn.__qualname__
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def gen_wrapper(self, request, context):
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except (grpc.aio.AbortError, GeneratorExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status, never crashes the server
+                await _abort(context, exc, name)
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await _abort(context, exc, name)
+    return wrapper
+
+
+def add_health_and_reflection(server, service_names: list[str]) -> health.HealthServicer:
+    """Standard grpc.health.v1 health (all listed services SERVING) and server reflection."""
+    hs = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection(list(service_names) + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return hs
+
+
+async def set_serving(hs, service_names: list[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in [""] + list(service_names):
+        res = hs.set(name, status)
+        if inspect.isawaitable(res):
+            await res

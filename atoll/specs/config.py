@@ -1,0 +1,104 @@
+"""Settings of the long-running processes, from flags, ``ATOLL_*`` environment variables and a
+YAML config file, in that order of precedence (a flag beats the environment, which beats the
+file, which beats the defaults).
+
+    coordinator.yaml                 environment                 flag
+    listen: 0.0.0.0:7070             ATOLL_LISTEN                --listen
+    metrics_listen: 0.0.0.0:9090     ATOLL_METRICS_LISTEN        --metrics-listen
+    state_dir: /var/lib/atoll        ATOLL_STATE_DIR             --state-dir
+    heartbeat_interval: 5            ATOLL_HEARTBEAT_INTERVAL    --heartbeat-interval
+    join_token: s3cret               ATOLL_JOIN_TOKEN            --join-token
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field, field_validator
+
+from atoll.errors import SpecError
+from atoll.specs.common import Spec, parse_obj, read_yaml
+
+_ADDR = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*):(?P<port>\d{1,5})$")
+
+
+def check_address(value: str, *, allow_zero_port: bool = True) -> str:
+    """Validate HOST:PORT (IPv6 in brackets). Raises ValueError with the allowed form."""
+    m = _ADDR.match(value or "")
+    if not m:
+        raise ValueError(f"{value!r} is not HOST:PORT (for example 127.0.0.1:7070 or [::1]:7070)")
+    port = int(m.group("port"))
+    if port > 65535 or (port == 0 and not allow_zero_port):
+        raise ValueError(f"port {port} out of range 1-65535")
+    return value
+
+
+def split_address(value: str) -> tuple[str, int]:
+    m = _ADDR.match(check_address(value))
+    assert m
+    host = m.group("host").strip("[]") or "0.0.0.0"
+    return host, int(m.group("port"))
+
+
+class CoordinatorSettings(Spec):
+    listen: str = Field(default="127.0.0.1:7070", description="gRPC address HOST:PORT")
+    metrics_listen: str = Field(default="127.0.0.1:9090", description="Prometheus HTTP HOST:PORT")
+    state_dir: str = Field(default=".atoll/coordinator", description="where the SQLite database lives")
+    heartbeat_interval: float = Field(default=5.0, gt=0, le=3600, description="seconds between heartbeats")
+    join_token: str | None = Field(default=None, min_length=8, max_length=256,
+                                   description="token agents must present; generated if unset")
+
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        return check_address(v)
+
+
+class AgentSettings(Spec):
+    coordinator: str = Field(default="127.0.0.1:7070", description="coordinator HOST:PORT")
+    config: str = Field(description="path of node.yaml")
+    state_dir: str = Field(default=".atoll/agent", description="keeps the node id across restarts")
+    join_token: str | None = Field(default=None, max_length=256)
+    worker_listen: str = Field(default="127.0.0.1:0", description="Worker gRPC HOST:PORT (port 0: any)")
+    metrics_listen: str | None = Field(default=None, description="Prometheus HTTP HOST:PORT")
+
+    @field_validator("coordinator", "worker_listen", "metrics_listen")
+    @classmethod
+    def _addr(cls, v: str | None) -> str | None:
+        return None if v is None else check_address(v)
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def resolve_settings(model: type[T], *, flags: dict[str, Any], config_file: str | None,
+                     env: dict[str, str] | None = None) -> T:
+    """Merge defaults < config file < ATOLL_* environment < flags (None flags are unset)."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source = "settings"
+    if config_file:
+        raw = read_yaml(config_file)
+        if raw is not None and not isinstance(raw, dict):
+            raise SpecError("expected a mapping at the top level", source=config_file)
+        data.update(raw or {})
+        source = config_file
+    for name in model.model_fields:
+        val = env.get("ATOLL_" + name.upper())
+        if val is not None and val != "":
+            data[name] = val
+    for name, val in flags.items():
+        if val is not None:
+            data[name] = val
+    origin = {n: ("flag --" + n.replace("_", "-")) if flags.get(n) is not None
+              else ("environment ATOLL_" + n.upper()) if env.get("ATOLL_" + n.upper())
+              else source for n in model.model_fields}
+    try:
+        return parse_obj(model, data, source=None)
+    except SpecError as exc:
+        # Name where the bad value came from: the flag, the variable or the file.
+        where = origin.get((exc.path or "").split(".")[0].split("[")[0], source)
+        raise SpecError(exc.message.split(": ", 1)[-1] if exc.path else exc.message,
+                        source=where, path=exc.path) from None

@@ -1,0 +1,276 @@
+"""The workflow spec: a DAG of tasks fed by sources, candidate variants and the SLOs.
+
+Design: each task lists its candidate variants; an entry is either an inline variant (a
+mapping, see :class:`~atoll.specs.catalog.VariantSpec`) or the name of a variant in the catalog
+file named by ``catalog:`` (a path relative to the workflow file). Inline is simplest; a
+catalog lets many workflows share measured profiles. Locations are ``(region, tier)``.
+
+Example::
+
+    name: video-analytics
+    sources:
+      - {name: cameras, rate: 40, region: us-east, tier: edge}   # req/s born at the edge
+    tasks:
+      - name: detect
+        variants:
+          - {name: yolov8n, accuracy: 0.90, memory_gb: 1, throughput: {jetson-orin: 60, a10g: 400}}
+          - {name: yolov8x, accuracy: 0.97, memory_gb: 4, throughput: {a10g: 90}}
+      - name: classify
+        variants: [resnet50]                 # from the catalog
+    edges:
+      - {from: cameras, to: detect, size_kb: 150}
+      - from: detect
+        to: classify
+        ratio: 3                             # three objects per frame
+        size_kb: 20
+        sizes: [{from_variant: yolov8x, size_kb: 30}]   # size may depend on both ends
+    slo:
+      min_accuracy: 0.80
+      accuracy_model: profile                # profile | additive | table
+    placement:
+      forbid_tiers: []
+      data_up_only: false                    # JellyBean's rule: data never moves down a tier
+
+Accuracy models: ``profile`` composes per-variant profiles along the DAG (input accuracy of a
+task is the minimum over its parents, sources give 1.0; the SLO applies to every sink);
+``additive`` sums per-task losses ``1 - accuracy`` (``min_accuracy`` bounds ``1 - sum``, and
+``max_accuracy_loss`` bounds the sum of losses against each task's best variant); ``table``
+takes a measured end-to-end accuracy per listed combination of variants (unlisted combinations
+are not allowed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import Field, field_validator
+
+from atoll.errors import SpecError
+from atoll.specs.catalog import Catalog, VariantSpec, check_name, load_catalog
+from atoll.specs.cluster import parse_location
+from atoll.specs.common import Spec, load_yaml
+from atoll.specs.node import TIERS, Tier
+
+
+class SourceSpec(Spec):
+    name: str
+    rate: float = Field(gt=0, le=1e9, description="requests/s born at this source")
+    region: str = Field(min_length=1, max_length=64)
+    tier: Tier = "edge"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+
+class TaskSpec(Spec):
+    name: str
+    prompt_tokens: float = Field(default=0.0, ge=0, description="mean prompt tokens (LLM tasks)")
+    completion_tokens: float = Field(default=0.0, ge=0, description="mean completion tokens")
+    variants: list[Union[str, VariantSpec]] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+    @property
+    def tokens_per_request(self) -> float:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class SizeOverride(Spec):
+    from_variant: Optional[str] = None
+    to_variant: Optional[str] = None
+    size_kb: float = Field(ge=0)
+
+
+class EdgeSpec(Spec):
+    from_: str = Field(alias="from")
+    to: str
+    ratio: float = Field(default=1.0, gt=0, le=1e6, description="messages to `to` per message from `from`")
+    size_kb: float = Field(default=1.0, ge=0, description="message size in KB (10^3 bytes)")
+    sizes: list[SizeOverride] = Field(default_factory=list)
+
+    model_config = {**Spec.model_config, "populate_by_name": True}
+
+
+class TableRow(Spec):
+    variants: dict[str, str]
+    accuracy: float = Field(ge=0, le=1)
+
+
+class SLOSpec(Spec):
+    min_accuracy: Optional[float] = Field(default=None, ge=0, le=1)
+    accuracy_model: Literal["profile", "additive", "table"] = "profile"
+    max_accuracy_loss: Optional[float] = Field(default=None, ge=0)
+    accuracy_table: list[TableRow] = Field(default_factory=list)
+
+
+class PlacementSpec(Spec):
+    forbid_tiers: list[Tier] = Field(default_factory=list)
+    forbid_regions: list[str] = Field(default_factory=list)
+    forbid_locations: list[str] = Field(default_factory=list, description="region/tier")
+    data_up_only: bool = False
+
+    @field_validator("forbid_locations")
+    @classmethod
+    def _locs(cls, v: list[str]) -> list[str]:
+        for x in v:
+            parse_location(x)
+        return v
+
+
+class WorkflowSpec(Spec):
+    name: str = "workflow"
+    catalog: Optional[str] = Field(default=None, description="catalog file, relative to this file")
+    sources: list[SourceSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    edges: list[EdgeSpec] = Field(min_length=1)
+    slo: SLOSpec = Field(default_factory=SLOSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+
+    def dump(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+    def to_yaml(self) -> str:
+        import yaml
+        return yaml.safe_dump(self.dump(), sort_keys=False)
+
+    # ---------------------------------------------------------------- semantic checks
+    def check(self, source: str | None = None, catalog: Catalog | None = None) -> None:
+        """Raise SpecError (file, field path, fix) for what pydantic cannot see."""
+        names: dict[str, str] = {}
+        for i, s in enumerate(self.sources):
+            if s.name in names:
+                raise SpecError(f"duplicate name {s.name!r}", source=source, path=f"sources[{i}].name",
+                                hint="sources and tasks need distinct names")
+            names[s.name] = "source"
+        for i, t in enumerate(self.tasks):
+            if t.name in names:
+                raise SpecError(f"duplicate name {t.name!r}", source=source, path=f"tasks[{i}].name",
+                                hint="sources and tasks need distinct names")
+            names[t.name] = "task"
+        children: dict[str, list[str]] = {n: [] for n in names}
+        parents: dict[str, list[str]] = {n: [] for n in names}
+        for i, e in enumerate(self.edges):
+            for end, val in (("from", e.from_), ("to", e.to)):
+                if val not in names:
+                    raise SpecError(f"edge to nowhere: {val!r} is neither a source nor a task",
+                                    source=source, path=f"edges[{i}].{end}",
+                                    hint=f"use one of: {', '.join(sorted(names))}")
+            if names[e.to] == "source":
+                raise SpecError(f"{e.to!r} is a source; sources have no inputs", source=source,
+                                path=f"edges[{i}].to", hint="point the edge at a task")
+            if e.to in children[e.from_]:
+                raise SpecError(f"duplicate edge {e.from_} -> {e.to}", source=source, path=f"edges[{i}]",
+                                hint="merge the two edges into one")
+            children[e.from_].append(e.to)
+            parents[e.to].append(e.from_)
+        cyc = _find_cycle(children)
+        if cyc:
+            raise SpecError("the workflow has a cycle: " + " -> ".join(cyc), source=source, path="edges",
+                            hint="a workflow must be a DAG; remove one edge of the cycle")
+        for i, t in enumerate(self.tasks):
+            if not parents[t.name]:
+                raise SpecError(f"task {t.name!r} has no input", source=source, path=f"tasks[{i}]",
+                                hint="add an edge from a source or a task to it")
+        tvars: dict[str, list[str]] = {}
+        for i, t in enumerate(self.tasks):
+            seen: set[str] = set()
+            for j, v in enumerate(t.variants):
+                vname = v if isinstance(v, str) else v.name
+                if isinstance(v, str):
+                    if catalog is None:
+                        raise SpecError(f"unknown variant {v!r}: no catalog given", source=source,
+                                        path=f"tasks[{i}].variants[{j}]",
+                                        hint="define it inline or set `catalog:` to a catalog file")
+                    if catalog.get(v) is None:
+                        known = ", ".join(x.name for x in catalog.variants[:12])
+                        raise SpecError(f"unknown variant {v!r}", source=source,
+                                        path=f"tasks[{i}].variants[{j}]",
+                                        hint=f"catalog variants are: {known}")
+                if vname in seen:
+                    raise SpecError(f"duplicate variant {vname!r}", source=source,
+                                    path=f"tasks[{i}].variants[{j}]", hint="list each variant once")
+                seen.add(vname)
+            tvars[t.name] = sorted(seen)
+        for i, e in enumerate(self.edges):
+            for k, so in enumerate(e.sizes):
+                for end, task, val in (("from_variant", e.from_, so.from_variant),
+                                       ("to_variant", e.to, so.to_variant)):
+                    if val is not None and val not in tvars.get(task, []):
+                        raise SpecError(f"unknown variant {val!r} of {task!r}", source=source,
+                                        path=f"edges[{i}].sizes[{k}].{end}",
+                                        hint=f"use one of: {', '.join(tvars.get(task, [])) or '(none: a source has no variants)'}")
+        slo = self.slo
+        if slo.accuracy_model == "table":
+            if not slo.accuracy_table:
+                raise SpecError("accuracy_model is 'table' but accuracy_table is empty", source=source,
+                                path="slo.accuracy_table", hint="list measured combinations")
+            for r, row in enumerate(slo.accuracy_table):
+                if set(row.variants) != set(tvars):
+                    raise SpecError("a row must name a variant for every task", source=source,
+                                    path=f"slo.accuracy_table[{r}].variants",
+                                    hint=f"tasks are: {', '.join(tvars)}")
+                for tname, vname in row.variants.items():
+                    if vname not in tvars[tname]:
+                        raise SpecError(f"unknown variant {vname!r} of task {tname!r}", source=source,
+                                        path=f"slo.accuracy_table[{r}].variants.{tname}",
+                                        hint=f"use one of: {', '.join(tvars[tname])}")
+        if slo.max_accuracy_loss is not None and slo.accuracy_model != "additive":
+            raise SpecError("max_accuracy_loss needs accuracy_model: additive", source=source,
+                            path="slo.max_accuracy_loss", hint="set accuracy_model: additive or use min_accuracy")
+
+    def resolved_variants(self, catalog: Catalog | None = None) -> dict[str, list[VariantSpec]]:
+        """task name -> its variants, catalog references resolved (call check() first)."""
+        out = {}
+        for t in self.tasks:
+            out[t.name] = [catalog.get(v) if isinstance(v, str) else v for v in t.variants]
+        return out
+
+
+def _find_cycle(children: dict[str, list[str]]) -> list[str] | None:
+    color = {n: 0 for n in children}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        color[n] = 1
+        stack.append(n)
+        for c in children[n]:
+            if color[c] == 1:
+                return stack[stack.index(c):] + [c]
+            if color[c] == 0:
+                found = visit(c)
+                if found:
+                    return found
+        stack.pop()
+        color[n] = 2
+        return None
+
+    for n in children:
+        if color[n] == 0:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def load_workflow(path) -> tuple[WorkflowSpec, Catalog | None]:
+    """Load a workflow YAML (and its catalog, if it names one) and check it."""
+    wf = load_yaml(WorkflowSpec, path)
+    catalog = None
+    if wf.catalog:
+        cpath = Path(path).parent / wf.catalog
+        if not cpath.exists():
+            raise SpecError(f"catalog file {str(cpath)!r} not found", source=str(path), path="catalog",
+                            hint="give a path relative to the workflow file")
+        catalog = load_catalog(cpath)
+    wf.check(source=str(path), catalog=catalog)
+    return wf, catalog
+
+
+__all__ = ["WorkflowSpec", "TaskSpec", "SourceSpec", "EdgeSpec", "SLOSpec", "PlacementSpec",
+           "load_workflow", "TIERS"]

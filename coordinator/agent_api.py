@@ -1,0 +1,84 @@
+"""AgentService servicer: agents register and keep one heartbeat stream each. Thin: unpack,
+call the registry, pack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from atoll.coordinator import convert
+from atoll.coordinator.registry import Registry
+from atoll.errors import AtollError
+from atoll.logs import kv
+from atoll.proto.v1 import control_pb2, control_pb2_grpc
+from atoll.rpc import handle_errors, status_code
+
+log = logging.getLogger("atoll.coordinator")
+
+
+class AgentApi(control_pb2_grpc.AgentServiceServicer):
+    def __init__(self, registry: Registry, metrics):
+        self.registry = registry
+        self.metrics = metrics
+
+    @handle_errors
+    async def Register(self, request, context):
+        node_id, token = self.registry.register(
+            request.join_token, request.node_id, convert.spec_from_pb(request.spec),
+            convert.capacity_from_pb(request.capacity), convert.status_from_pb(request.status))
+        log.info("agent registered", extra=kv(node=request.spec.name, id=node_id,
+                                               tier=request.spec.tier, region=request.spec.region))
+        return control_pb2.RegisterResponse(
+            node_id=node_id, session_token=token,
+            heartbeat_interval_seconds=self.registry.interval,
+            lease_seconds=self.registry.liveness.lost_after)
+
+    async def Heartbeat(self, request_iterator, context):
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            return
+        try:
+            sess = self.registry.open_session(first.node_id, first.session_token)
+            self._handle(sess, first)
+        except AtollError as exc:
+            await context.abort(status_code(exc), str(exc))
+        await context.write(control_pb2.HeartbeatResponse(
+            ack_seq=first.seq, heartbeat_interval_seconds=self.registry.interval))
+        writer = asyncio.ensure_future(self._writer(sess, context))
+        try:
+            while True:
+                req = await context.read()
+                if req is grpc.aio.EOF:
+                    break
+                try:
+                    if req.node_id != sess.node_id or req.session_token != sess.token:
+                        from atoll.errors import Unauthenticated
+                        raise Unauthenticated("heartbeat for another session on this stream")
+                    self._handle(sess, req)
+                except AtollError as exc:
+                    await context.abort(status_code(exc), str(exc))
+        finally:
+            writer.cancel()
+            self.registry.close_session(sess)
+
+    def _handle(self, sess, req) -> None:
+        t0 = time.perf_counter()
+        self.registry.heartbeat(
+            sess, req.seq,
+            convert.capacity_from_pb(req.capacity) if req.has_capacity else None,
+            convert.status_from_pb(req.status) if req.HasField("status") else None,
+            req.draining)
+        self.metrics.observe_heartbeat(time.perf_counter() - t0)
+
+    async def _writer(self, sess, context) -> None:
+        while True:
+            ins = await sess.outbox.get()
+            batch = [ins]
+            while not sess.outbox.empty():
+                batch.append(sess.outbox.get_nowait())
+            await context.write(control_pb2.HeartbeatResponse(
+                ack_seq=sess.last_seq, heartbeat_interval_seconds=self.registry.interval,
+                instructions=[convert.instruction_to_pb(i) for i in batch]))

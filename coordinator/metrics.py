@@ -1,0 +1,92 @@
+"""Prometheus metrics of the coordinator (names prefixed ``atoll_``, base units).
+
+Fleet gauges are computed at scrape time from the registry (a custom collector), so the
+heartbeat path only bumps one counter and one histogram.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from atoll.coordinator.liveness import STATES
+
+
+class FleetCollector:
+    def __init__(self, registry_fn):
+        self._registry_fn = registry_fn
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        reg = self._registry_fn()
+        nodes = GaugeMetricFamily("atoll_nodes", "Nodes by state, tier and region",
+                                  labels=["state", "tier", "region"])
+        gpus = GaugeMetricFamily("atoll_fleet_gpus", "GPUs on READY nodes, by tier", labels=["tier"])
+        mem = GaugeMetricFamily("atoll_fleet_gpu_memory_bytes", "GPU memory on READY nodes, by tier",
+                                labels=["tier"])
+        price = GaugeMetricFamily("atoll_fleet_price_dollars_per_hour",
+                                  "Summed hourly price of READY nodes, by tier", labels=["tier"])
+        sessions = GaugeMetricFamily("atoll_agent_sessions", "Open agent heartbeat streams")
+        counts: dict[tuple, int] = defaultdict(int)
+        g, m, p = defaultdict(int), defaultdict(int), defaultdict(float)
+        if reg is not None:
+            for rec in reg.nodes.values():
+                counts[(rec.state, rec.tier, rec.region)] += 1
+                if rec.state == "READY":
+                    gl = rec.capacity.get("gpus", [])
+                    g[rec.tier] += len(gl)
+                    m[rec.tier] += sum(int(x.get("memory_total_bytes", 0)) for x in gl)
+                    p[rec.tier] += float(rec.spec.get("price_per_hour", 0.0))
+            sessions.add_metric([], len(reg.sessions))
+        for (state, tier, region), n in sorted(counts.items()):
+            nodes.add_metric([state, tier, region], n)
+        for tier in sorted(set(g) | set(p)):
+            gpus.add_metric([tier], g[tier])
+            mem.add_metric([tier], m[tier])
+            price.add_metric([tier], p[tier])
+        yield from (nodes, gpus, mem, price, sessions)
+
+
+class CoordinatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.heartbeats = Counter("atoll_heartbeats_received", "Heartbeats received from agents",
+                                  registry=r)
+        self.heartbeat_seconds = Histogram(
+            "atoll_heartbeat_handling_seconds", "Time to handle one heartbeat message", registry=r,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self.registrations = Counter("atoll_registrations", "Agent registrations accepted",
+                                     registry=r)
+        self.rejections = Counter("atoll_registration_rejections", "Agent registrations refused",
+                                  ["reason"], registry=r)
+        self.transitions = Counter("atoll_node_state_transitions", "Node liveness transitions",
+                                   ["from_state", "to_state"], registry=r)
+        for a in STATES:
+            for b in STATES:
+                if a != b:
+                    self.transitions.labels(a, b)
+        for reason in ("unauthenticated", "invalid"):
+            self.rejections.labels(reason)
+        self._registry_ref = None
+        r.register(FleetCollector(lambda: self._registry_ref))
+
+    def bind(self, node_registry) -> None:
+        self._registry_ref = node_registry
+
+    def registration(self, result: str, reason: str) -> None:
+        if result == "accepted":
+            self.registrations.inc()
+        else:
+            self.rejections.labels(reason or "other").inc()
+
+    def transition(self, t) -> None:
+        self.transitions.labels(t.old, t.new).inc()
+
+    def observe_heartbeat(self, seconds: float) -> None:
+        self.heartbeats.inc()
+        self.heartbeat_seconds.observe(seconds)

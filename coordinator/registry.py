@@ -1,0 +1,277 @@
+"""The node registry: who is in the fleet, what each node offers, and whether it is alive.
+
+Plain logic, no gRPC: the servicers unpack messages into dicts, call these methods and pack the
+results. Everything runs on the coordinator's event loop thread.
+
+Durability: a registration and a drain are committed to the store before they are
+acknowledged. Heartbeats only touch memory; :meth:`Registry.flush` writes the heartbeat times
+and changed statuses of touched nodes in one transaction every few seconds, and every liveness
+transition is written when it happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pydantic import ValidationError
+
+from atoll.coordinator.liveness import DRAINING, LOST, READY, STATES, SUSPECT, Liveness, Transition
+from atoll.coordinator.store import NodeRecord, Store
+from atoll.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from atoll.specs.common import validation_to_spec_error
+from atoll.specs.node import NodeConfig
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+MAX_GPUS = 256
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Session:
+    """One agent's live heartbeat stream. ``outbox`` carries instructions down the stream."""
+
+    node_id: str
+    token: str
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    last_seq: int = 0
+    closed: bool = False
+    draining: bool = False
+
+    def push(self, instruction: dict) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(instruction)
+
+
+class Registry:
+    def __init__(self, store: Store, *, join_token_hash: str, heartbeat_interval: float,
+                 metrics=None, mono: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
+        self.store = store
+        self._join_hash = join_token_hash
+        self.interval = heartbeat_interval
+        self.liveness = Liveness(heartbeat_interval)
+        self.metrics = metrics
+        self._mono, self._wall = mono, wall
+        self.nodes: dict[str, NodeRecord] = {}
+        self._by_name: dict[str, str] = {}
+        self.sessions: dict[str, Session] = {}
+        self._dirty: dict[str, bool] = {}      # node id -> status changed since last flush
+        self._listeners: list[Callable[[Transition], None]] = []
+        self._restore()
+
+    # -- start-up -------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Load nodes from the store. Nodes that were alive get a grace period (one lease plus
+        the agents' reconnect back-off) to reconnect before they can be marked LOST."""
+        grace = self.liveness.lost_after + max(1.0, self.interval)
+        now = self._mono()
+        for rec in self.store.list_nodes():
+            self.nodes[rec.id] = rec
+            self._by_name[rec.name] = rec.id
+            last = now + grace if rec.state != LOST else now
+            self.liveness.track(rec.id, rec.state, last, draining=rec.drain_requested or rec.state == DRAINING)
+
+    def add_listener(self, fn: Callable[[Transition], None]) -> None:
+        self._listeners.append(fn)
+
+    # -- agents -----------------------------------------------------------------------------------
+    def check_join_token(self, token: str) -> None:
+        if not token or not hmac.compare_digest(hash_token(token), self._join_hash):
+            raise Unauthenticated("join token missing or wrong",
+                                  hint="pass the coordinator's token with --join-token or ATOLL_JOIN_TOKEN")
+
+    def register(self, join_token: str, node_id: str, spec: dict, capacity: dict,
+                 status: dict) -> tuple[str, str]:
+        """Admit an agent. Returns (node id, session token)."""
+        try:
+            self.check_join_token(join_token)
+        except Unauthenticated:
+            self._count_registration("rejected", "unauthenticated")
+            raise
+        try:
+            spec = validate_spec(spec)
+            validate_capacity(capacity)
+            if node_id and not _NODE_ID.match(node_id):
+                raise InvalidArgument(f"node_id {node_id[:80]!r} is not a valid id",
+                                      hint="8-64 letters, digits or '-'; remove the agent's state dir to get a new one")
+            name = spec["name"]
+            owner = self._by_name.get(name)
+            if owner and owner != node_id and owner in self.sessions:
+                raise AlreadyExists(f"node name {name!r} is in use by live node {owner}",
+                                    hint="give this host another name in node.yaml")
+        except (InvalidArgument, AlreadyExists):
+            self._count_registration("rejected", "invalid")
+            raise
+        if not node_id:
+            node_id = owner or uuid.uuid4().hex   # same name, no live session: take the old id over
+        old = self.nodes.get(node_id)
+        drain_requested = bool(old and old.drain_requested)
+        state = DRAINING if drain_requested else READY
+        rec = NodeRecord(id=node_id, name=name, spec=spec, capacity=capacity, status=status,
+                         state=state, registered_at=old.registered_at if old else self._wall(),
+                         last_heartbeat=self._wall(), heartbeats=old.heartbeats if old else 0,
+                         drain_requested=drain_requested)
+        self.store.upsert_node(rec)                      # durable before we acknowledge
+        if old and old.name != name:
+            self._by_name.pop(old.name, None)
+        if owner and owner != node_id:                   # the name moved to a new id
+            self.nodes.pop(owner, None)
+            self.liveness.forget(owner)
+        self.nodes[node_id] = rec
+        self._by_name[name] = node_id
+        old_state = self.liveness.state(node_id)
+        self.liveness.track(node_id, state, self._mono(), draining=drain_requested)
+        if old_state is not None and old_state != state:
+            self._emit(Transition(node_id, old_state, state))
+        prev = self.sessions.pop(node_id, None)
+        if prev:
+            prev.closed = True
+        token = secrets.token_hex(16)
+        self.sessions[node_id] = Session(node_id, token)
+        self._count_registration("accepted", "")
+        return node_id, token
+
+    def open_session(self, node_id: str, token: str) -> Session:
+        sess = self.sessions.get(node_id)
+        if sess is None or sess.closed or not hmac.compare_digest(sess.token, token or ""):
+            raise Unauthenticated("unknown heartbeat session", hint="register again")
+        return sess
+
+    def close_session(self, sess: Session) -> None:
+        sess.closed = True
+        if self.sessions.get(sess.node_id) is sess:
+            del self.sessions[sess.node_id]
+
+    def heartbeat(self, sess: Session, seq: int, capacity: dict | None, status: dict | None,
+                  draining: bool) -> None:
+        rec = self.nodes.get(sess.node_id)
+        if rec is None or sess.closed:
+            raise Unauthenticated("unknown heartbeat session", hint="register again")
+        now = self._mono()
+        sess.last_seq = seq
+        rec.last_heartbeat = self._wall()
+        rec.heartbeats += 1
+        if capacity is not None:
+            validate_capacity(capacity)
+            if capacity != rec.capacity:
+                rec.capacity = capacity
+                self.store.set_node_capacity(rec.id, capacity)
+        if status is not None and status != rec.status:
+            rec.status = status
+            self._dirty[rec.id] = True
+        else:
+            self._dirty.setdefault(rec.id, False)
+        if draining and not sess.draining:
+            sess.draining = True
+            t = self.liveness.set_draining(rec.id, True, now)
+            self._apply(t)
+            sess.push({"drain": True})   # acknowledges the agent's drain
+        t = self.liveness.heartbeat(rec.id, now)
+        self._apply(t)
+
+    # -- operators --------------------------------------------------------------------------------
+    def resolve(self, ref: str) -> NodeRecord:
+        if not ref:
+            raise InvalidArgument("node is required", hint="give a node name or id")
+        rec = self.nodes.get(ref) or self.nodes.get(self._by_name.get(ref, ""))
+        if rec is None:
+            raise NotFound(f"no node named or with id {ref[:80]!r}", hint="see `atoll nodes`")
+        return rec
+
+    def drain(self, ref: str) -> NodeRecord:
+        rec = self.resolve(ref)
+        rec.drain_requested = True
+        t = self.liveness.set_draining(rec.id, True)
+        self.store.set_node_state(rec.id, self.liveness.state(rec.id) or rec.state, drain_requested=True)
+        self._apply(t, persist=False)
+        rec.state = self.liveness.state(rec.id) or rec.state
+        sess = self.sessions.get(rec.id)
+        if sess:
+            sess.push({"drain": True})
+        return rec
+
+    def list(self, tier: str = "", region: str = "", state: str = "") -> list[NodeRecord]:
+        if state and state not in STATES:
+            raise InvalidArgument(f"unknown state {state!r}", hint="one of " + ", ".join(STATES))
+        out = [r for r in self.nodes.values()
+               if (not tier or r.tier == tier) and (not region or r.region == region)
+               and (not state or r.state == state)]
+        return sorted(out, key=lambda r: r.name)
+
+    def age(self, rec: NodeRecord) -> float:
+        return max(0.0, self._wall() - rec.last_heartbeat)
+
+    # -- periodic duties ------------------------------------------------------------------------
+    def sweep(self) -> list[Transition]:
+        ts = self.liveness.sweep(self._mono())
+        for t in ts:
+            self._apply(t)
+        return ts
+
+    def flush(self) -> int:
+        """Persist heartbeat times (and changed statuses) of nodes touched since the last flush."""
+        if not self._dirty:
+            return 0
+        dirty, self._dirty = self._dirty, {}
+        rows = [(nid, self.nodes[nid].last_heartbeat, self.nodes[nid].heartbeats,
+                 self.nodes[nid].status if changed else None)
+                for nid, changed in dirty.items() if nid in self.nodes]
+        self.store.touch_nodes(rows)
+        return len(rows)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _apply(self, t: Transition | None, persist: bool = True) -> None:
+        if t is None:
+            return
+        rec = self.nodes.get(t.node_id)
+        if rec is not None:
+            rec.state = t.new
+            if persist:
+                self.store.set_node_state(rec.id, t.new)
+        self._emit(t)
+
+    def _emit(self, t: Transition) -> None:
+        if self.metrics is not None:
+            self.metrics.transition(t)
+        for fn in self._listeners:
+            fn(t)
+
+    def _count_registration(self, result: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.registration(result, reason)
+
+
+def validate_spec(spec: dict) -> dict:
+    """Check a NodeSpec from the wire with the same rules as node.yaml."""
+    try:
+        cfg = NodeConfig.model_validate({k: v for k, v in spec.items() if v not in (None,)})
+    except ValidationError as exc:
+        err = validation_to_spec_error(exc, "node spec")
+        raise InvalidArgument(err.message) from None
+    return cfg.model_dump(exclude={"simulated_hardware"})
+
+
+def validate_capacity(cap: dict) -> None:
+    gpus = cap.get("gpus") or []
+    if len(gpus) > MAX_GPUS:
+        raise InvalidArgument(f"capacity.gpus: {len(gpus)} GPUs reported, at most {MAX_GPUS}")
+    for i, g in enumerate(gpus):
+        for k in ("memory_total_bytes", "memory_free_bytes"):
+            if int(g.get(k, 0) or 0) < 0:
+                raise InvalidArgument(f"capacity.gpus[{i}].{k} is negative")
+        if len(str(g.get("name", ""))) > 256:
+            raise InvalidArgument(f"capacity.gpus[{i}].name is longer than 256 characters")
+    for k in ("cpu_cores", "memory_bytes", "disk_bytes"):
+        if int(cap.get(k, 0) or 0) < 0:
+            raise InvalidArgument(f"capacity.{k} is negative")

@@ -1,0 +1,188 @@
+"""The coordinator's durable state behind one narrow interface.
+
+:class:`Store` is what the coordinator needs from a database; :class:`SqliteStore` is the
+embedded default (one file under ``--state-dir``, WAL mode). A PostgreSQL store for highly
+available deployments implements the same methods.
+
+Durability rule: a method returns only after its transaction committed, so whatever the
+coordinator acknowledged to a caller survives ``kill -9``. Liveness (last heartbeat times) is
+kept in memory and flushed in batches with :meth:`Store.touch_nodes`; state *changes* are
+written when they happen.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class NodeRecord:
+    """One node as the coordinator knows it. ``spec``/``capacity``/``status`` are plain dicts
+    (the JSON form of the proto messages), so the store never touches protobuf."""
+
+    id: str
+    name: str
+    spec: dict
+    capacity: dict = field(default_factory=dict)
+    status: dict = field(default_factory=dict)
+    state: str = "READY"            # READY | SUSPECT | LOST | DRAINING
+    registered_at: float = 0.0
+    last_heartbeat: float = 0.0     # wall clock, seconds since the epoch
+    heartbeats: int = 0
+    drain_requested: bool = False   # an operator drained it: stays DRAINING across restarts
+
+    @property
+    def tier(self) -> str:
+        return self.spec.get("tier", "")
+
+    @property
+    def region(self) -> str:
+        return self.spec.get("region", "")
+
+
+class Store(Protocol):
+    def upsert_node(self, rec: NodeRecord) -> None: ...
+    def get_node(self, node_id: str) -> NodeRecord | None: ...
+    def list_nodes(self) -> list[NodeRecord]: ...
+    def set_node_state(self, node_id: str, state: str, drain_requested: bool | None = None) -> None: ...
+    def set_node_capacity(self, node_id: str, capacity: dict) -> None: ...
+    def touch_nodes(self, updates: Iterable[tuple[str, float, int, dict | None]]) -> None: ...
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """SQLite store. Thread-safe (one connection guarded by a lock); WAL journal."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a committed transaction survives a process crash (kill -9);
+        # only an OS crash or power loss could lose the last ones.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS nodes (
+                    id TEXT PRIMARY KEY,
+                    name TEXT NOT NULL UNIQUE,
+                    spec TEXT NOT NULL,
+                    capacity TEXT NOT NULL DEFAULT '{}',
+                    status TEXT NOT NULL DEFAULT '{}',
+                    state TEXT NOT NULL,
+                    registered_at REAL NOT NULL,
+                    last_heartbeat REAL NOT NULL,
+                    heartbeats INTEGER NOT NULL DEFAULT 0,
+                    drain_requested INTEGER NOT NULL DEFAULT 0
+                );
+                """
+            )
+            self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+
+    # -- nodes ------------------------------------------------------------------------------
+    @staticmethod
+    def _row(r) -> NodeRecord:
+        return NodeRecord(id=r[0], name=r[1], spec=json.loads(r[2]), capacity=json.loads(r[3]),
+                          status=json.loads(r[4]), state=r[5], registered_at=r[6],
+                          last_heartbeat=r[7], heartbeats=r[8], drain_requested=bool(r[9]))
+
+    _COLS = "id, name, spec, capacity, status, state, registered_at, last_heartbeat, heartbeats, drain_requested"
+
+    def upsert_node(self, rec: NodeRecord) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                # A node re-registering under a new id takes the name over from the old row.
+                self._db.execute("DELETE FROM nodes WHERE name = ? AND id != ?", (rec.name, rec.id))
+                self._db.execute(
+                    f"INSERT INTO nodes({self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT(id) DO UPDATE SET name=excluded.name, spec=excluded.spec, "
+                    "capacity=excluded.capacity, status=excluded.status, state=excluded.state, "
+                    "registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat, "
+                    "heartbeats=excluded.heartbeats, drain_requested=excluded.drain_requested",
+                    (rec.id, rec.name, json.dumps(rec.spec), json.dumps(rec.capacity),
+                     json.dumps(rec.status), rec.state, rec.registered_at, rec.last_heartbeat,
+                     rec.heartbeats, int(rec.drain_requested)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def get_node(self, node_id: str) -> NodeRecord | None:
+        with self._lock:
+            r = self._db.execute(f"SELECT {self._COLS} FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        return self._row(r) if r else None
+
+    def list_nodes(self) -> list[NodeRecord]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {self._COLS} FROM nodes ORDER BY name").fetchall()
+        return [self._row(r) for r in rows]
+
+    def set_node_state(self, node_id: str, state: str, drain_requested: bool | None = None) -> None:
+        with self._lock:
+            if drain_requested is None:
+                self._db.execute("UPDATE nodes SET state = ? WHERE id = ?", (state, node_id))
+            else:
+                self._db.execute("UPDATE nodes SET state = ?, drain_requested = ? WHERE id = ?",
+                                 (state, int(drain_requested), node_id))
+
+    def set_node_capacity(self, node_id: str, capacity: dict) -> None:
+        with self._lock:
+            self._db.execute("UPDATE nodes SET capacity = ? WHERE id = ?", (json.dumps(capacity), node_id))
+
+    def touch_nodes(self, updates: Iterable[tuple[str, float, int, dict | None]]) -> None:
+        """Batch-write (id, last_heartbeat, heartbeats, status-or-None) in one transaction."""
+        updates = list(updates)
+        if not updates:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for node_id, ts, count, status in updates:
+                    if status is None:
+                        self._db.execute("UPDATE nodes SET last_heartbeat = ?, heartbeats = ? WHERE id = ?",
+                                         (ts, count, node_id))
+                    else:
+                        self._db.execute("UPDATE nodes SET last_heartbeat = ?, heartbeats = ?, status = ? "
+                                         "WHERE id = ?", (ts, count, json.dumps(status), node_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- meta -------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            r = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return r[0] if r else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def now() -> float:
+    return time.time()
