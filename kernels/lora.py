@@ -16,8 +16,10 @@ or gate,up) is one call with N slices: the single shrink reads ``x`` once for al
 ``LoraMeta.build(token_slots)`` plans the step once (segments of consecutive rows sharing a
 slot for SGMV, the per-row slot for BGMV); every layer reuses it.
 
-``backend``: "torch" (reference, also the CPU path) or "triton" (GPU, or CPU tensors under
-``TRITON_INTERPRET=1``). The Triton launchers live in :mod:`atoll.kernels.triton_lora`.
+``backend``: "torch" (vectorized pure torch, :mod:`atoll.kernels.torch_lora`: the CPU path and
+GPU fallback), "triton" (GPU, or CPU tensors under ``TRITON_INTERPRET=1``; launchers in
+:mod:`atoll.kernels.triton_lora`) or "ref" (:func:`shrink_ref` / :func:`expand_ref`, the fp32
+segment loops every other backend is tested against).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from atoll.kernels import torch_lora
+
+BACKENDS = ("torch", "triton", "ref")
 
 
 @dataclass(frozen=True)
@@ -81,13 +87,18 @@ def shrink_ref(x: torch.Tensor, a: torch.Tensor, meta: LoraMeta) -> torch.Tensor
     return h
 
 
-def expand_ref(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tensor,
-               meta: LoraMeta, slice_offsets: tuple[int, ...]) -> torch.Tensor:
-    """Reference expand, in place on ``y``: y[rows, slice n] += scale * h[n, rows] @ b[slot, slice n].T"""
+def _check_slices(y, h, b, slice_offsets):
     n = h.shape[0]
     if len(slice_offsets) != n + 1 or slice_offsets[-1] != y.shape[1] or b.shape[1] != y.shape[1]:
         raise ValueError(f"slice_offsets {slice_offsets} must have {n + 1} entries ending at "
                          f"H_out={y.shape[1]} (= b.shape[1]={b.shape[1]})")
+
+
+def expand_ref(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tensor,
+               meta: LoraMeta, slice_offsets: tuple[int, ...]) -> torch.Tensor:
+    """Reference expand, in place on ``y``: y[rows, slice n] += scale * h[n, rows] @ b[slot, slice n].T"""
+    n = h.shape[0]
+    _check_slices(y, h, b, slice_offsets)
     for s0, ln, slot in zip(meta.seg_starts.tolist(), meta.seg_lens.tolist(), meta.seg_slots.tolist()):
         if slot < 0:
             continue
@@ -102,24 +113,30 @@ def expand_ref(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.
 def lora_shrink(x: torch.Tensor, a: torch.Tensor, meta: LoraMeta, *, backend: str = "torch") -> torch.Tensor:
     """h[n, t, :] = x[t] @ a[slot(t), n].T in fp32; zero where slot(t) = -1. Returns [N, T, R]."""
     if backend == "torch":
+        _check(x, a, meta=meta)
+        return torch_lora.shrink(x, a, meta)
+    if backend == "ref":
         return shrink_ref(x, a, meta)
     if backend == "triton":
         from atoll.kernels import triton_lora
 
         return triton_lora.shrink(x, a, meta)
-    raise ValueError(f"unknown LoRA backend {backend!r}: use 'torch' or 'triton'")
+    raise ValueError(f"unknown LoRA backend {backend!r}: use one of {BACKENDS}")
 
 
 def lora_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tensor,
                 meta: LoraMeta, slice_offsets: tuple[int, ...], *, backend: str = "torch") -> torch.Tensor:
     """In place: y[t, slice n] += scales[slot(t)] * h[n, t] @ b[slot(t), slice n].T. Returns y."""
     if backend == "torch":
+        _check_slices(y, h, b, slice_offsets)
+        return torch_lora.expand(y, h, b, scales, meta, slice_offsets)
+    if backend == "ref":
         return expand_ref(y, h, b, scales, meta, slice_offsets)
     if backend == "triton":
         from atoll.kernels import triton_lora
 
         return triton_lora.expand(y, h, b, scales, meta, slice_offsets)
-    raise ValueError(f"unknown LoRA backend {backend!r}: use 'torch' or 'triton'")
+    raise ValueError(f"unknown LoRA backend {backend!r}: use one of {BACKENDS}")
 
 
 def lora_apply(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,

@@ -1,0 +1,191 @@
+"""The torch reference against a per-row formula, the fast torch path against the reference,
+the launchers' argument errors, and the dispatch rule. No Triton launches here (see
+test_lora_triton.py), so this file is quick."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from atoll.kernels import lora_apply, lora_expand, lora_shrink
+from atoll.kernels import torch_lora, triton_lora
+from atoll.kernels.checks import LoraArgumentError
+from atoll.kernels.lora import LoraMeta, expand_ref, shrink_ref
+from lora_cases import POPULARITIES, assert_close, is_close, make_case
+
+
+def per_row(c):
+    """Independent formula: y[t] + scale * (x[t] @ A[slot].T) @ B[slot].T, row by row, fp64."""
+    y = c.y0.double().clone()
+    for t, s in enumerate(c.slots.tolist()):
+        if s < 0:
+            continue
+        for n, (lo, hi) in enumerate(zip(c.offsets, c.offsets[1:])):
+            hn = c.a[s, n].double() @ c.x[t].double()
+            y[t, lo:hi] += c.scales[s].double() * (c.b[s, lo:hi].double() @ hn)
+    return y
+
+
+@pytest.mark.parametrize("popularity", POPULARITIES + ("all_none",))
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_reference_matches_per_row_formula(popularity, phase):
+    c = make_case(popularity, phase)
+    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
+    assert_close(y, per_row(c), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["single", "gate_up", "qkv"])
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+@pytest.mark.parametrize("popularity", POPULARITIES + ("all_none",))
+def test_fast_torch_matches_reference(popularity, phase, layout, dtype):
+    n_req = 19 if phase == "decode" else 7    # decode: enough distinct slots for the gather path
+    c = make_case(popularity, phase, dtype, layout, n_req=n_req, seed=3)
+    h_ref = shrink_ref(c.x, c.a, c.meta)
+    h = lora_shrink(c.x, c.a, c.meta, backend="torch")
+    assert h.dtype == torch.float32 and h.shape == h_ref.shape and h.is_contiguous()
+    assert_close(h, h_ref, torch.float32)
+    y_ref = expand_ref(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets)
+    y = c.y0.clone()
+    out = lora_expand(y, h_ref, c.b, c.scales, c.meta, c.offsets, backend="torch")
+    assert out is y                                            # in place
+    assert_close(y, y_ref, dtype)
+    bare = c.slots < 0
+    assert torch.equal(y[bare], c.y0[bare]) and not h[:, bare].any()
+
+
+@pytest.mark.parametrize("popularity", ["distinct", "uniform", "identical"])
+def test_fast_torch_paths_all_taken(popularity, monkeypatch):
+    """The gather path, the group path and the single-slot path each agree with the reference;
+    the gather chunking is exercised by shrinking GATHER_BYTES."""
+    monkeypatch.setattr(torch_lora, "GATHER_BYTES", 4096)
+    c = make_case(popularity, "decode", n_req=23, seed=5)
+    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch")
+    y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
+    assert_close(y, y_ref, torch.float32)
+
+
+def test_wrong_slot_mapping_is_detected():
+    """The comparison can fail: a rotated slot mapping gives a clearly different result."""
+    c = make_case("distinct", "decode", n_req=9, seed=1)
+    wrong = LoraMeta.build(torch.roll(c.slots, 1))
+    y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
+    y_bad = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, wrong, c.offsets, backend="torch")
+    assert not is_close(y_bad, y_ref, torch.float32)
+    h_bad = lora_shrink(c.x, c.a, wrong, backend="torch")
+    assert not is_close(h_bad, shrink_ref(c.x, c.a, c.meta), torch.float32)
+
+
+def test_no_adapter_step_is_a_no_op():
+    c = make_case("all_none", "prefill")
+    assert not c.meta.any_lora
+    for backend in ("torch", "ref", "triton"):
+        y = c.y0.clone()
+        assert lora_apply(y, c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend=backend) is y
+        assert torch.equal(y, c.y0)
+
+
+def test_meta_segments():
+    m = LoraMeta.build(torch.tensor([3, 3, -1, -1, 0, 3]))
+    assert m.seg_starts.tolist() == [0, 2, 4, 5] and m.seg_lens.tolist() == [2, 2, 1, 1]
+    assert m.seg_slots.tolist() == [3, -1, 0, 3] and m.max_seg_len == 2 and m.any_lora
+
+
+def test_dispatch_rule():
+    decode = make_case("distinct", "decode").meta
+    prefill = LoraMeta.build(torch.tensor([0] * 9 + [1] * 3, dtype=torch.int32))
+    assert triton_lora.use_bgmv(decode) and not triton_lora.use_bgmv(prefill)
+    assert triton_lora.default_split_k(129) == 1 and triton_lora.default_split_k(4096) == 8
+
+
+def test_unknown_backend():
+    c = make_case()
+    with pytest.raises(ValueError, match="unknown LoRA backend 'cuda'"):
+        lora_shrink(c.x, c.a, c.meta, backend="cuda")
+
+
+# ---- launcher argument errors (raised before any launch) ------------------------------------
+
+LAUNCHERS_SHRINK = [triton_lora.sgmv_shrink, triton_lora.bgmv_shrink]
+LAUNCHERS_EXPAND = [triton_lora.sgmv_expand, triton_lora.bgmv_expand]
+
+
+def _bad_shrink_args(c, what):
+    x, a, meta = c.x, c.a, c.meta
+    if what == "dtype":
+        a = a.half()
+    elif what == "h_in":
+        a = a[..., :-1].contiguous()
+    elif what == "rows":
+        meta = LoraMeta.build(c.slots[:-1])
+    elif what == "noncontig":
+        a = a.transpose(2, 3).contiguous().transpose(2, 3)
+    elif what == "int64_meta":
+        meta = LoraMeta(c.slots.long(), c.meta.seg_starts.long(), c.meta.seg_lens, c.meta.seg_slots,
+                        c.meta.max_seg_len, c.meta.num_tokens, True)
+    elif what == "device":
+        a = torch.empty(a.shape, dtype=a.dtype, device="meta")
+    elif what == "int_x":
+        x, a = x.to(torch.int32), a.to(torch.int32)
+    return x, a, meta
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS_SHRINK, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("what,message", [
+    ("dtype", "a dtype torch.float16 differs from x dtype torch.float32"),
+    ("h_in", "a.shape[3] (H_in) = 128 but x.shape[1] = 129"),
+    ("rows", "meta was built for 10 rows but x/y has 11"),
+    ("noncontig", "a must be contiguous"),
+    ("int64_meta", "meta.token_slots must be int32"),
+    ("device", "a is on meta but x is on cpu"),
+    ("int_x", "is not one of fp16/bf16/fp32"),
+])
+def test_shrink_launcher_errors(launcher, what, message):
+    x, a, meta = _bad_shrink_args(make_case(), what)
+    with pytest.raises(LoraArgumentError, match=re.escape(message)):
+        launcher(x, a, meta)
+
+
+def _bad_expand_args(c, what):
+    y, h, b, sc, offs = c.y0.clone(), shrink_ref(c.x, c.a, c.meta), c.b, c.scales, c.offsets
+    if what == "h_dtype":
+        h = h.half()
+    elif what == "scales_dtype":
+        sc = sc.double()
+    elif what == "b_dtype":
+        b = b.half()
+    elif what == "offsets":
+        offs = (0, 40, 74)
+    elif what == "offsets_end":
+        offs = (0, 40, 57, 70)
+    elif what == "rank":
+        b = b[..., :4].contiguous()
+    elif what == "y_cols":
+        y = y.t().contiguous().t()                       # column-major
+    return y, h, b, sc, c.meta, offs
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS_EXPAND, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("what,message", [
+    ("h_dtype", "h must be float32"),
+    ("scales_dtype", "scales must be float32"),
+    ("b_dtype", "b dtype torch.float16 differs from y dtype torch.float32"),
+    ("offsets", "must have N \\+ 1 = 4 entries"),
+    ("offsets_end", "must rise from 0 to H_out = 74"),
+    ("rank", "rank mismatch: h.shape\\[2\\] = 8, b.shape\\[2\\] = 4"),
+    ("y_cols", "y rows must be contiguous"),
+])
+def test_expand_launcher_errors(launcher, what, message):
+    args = _bad_expand_args(make_case(), what)
+    with pytest.raises(LoraArgumentError, match=message):
+        launcher(*args)
+
+
+def test_launcher_error_lists_every_problem():
+    c = make_case()
+    with pytest.raises(LoraArgumentError) as e:
+        triton_lora.sgmv_expand(c.y0, shrink_ref(c.x, c.a, c.meta).half(), c.b, c.scales.double(),
+                                c.meta, (0, 1))
+    assert len(e.value.problems) == 3 and isinstance(e.value, ValueError)
