@@ -1,1 +1,35 @@
-"""atoll.planner"""
+"""atoll.planner: a pure function from a PlanProblem (and an optional previous Plan) to a Plan.
+
+``plan(problem, previous=None, options=PlanOptions())`` solves the MILP of
+:mod:`atoll.planner.milp`; ``PLANNERS`` maps every policy name to a function with the same
+interface (the MILP and its baselines), so ``atoll plan --planner NAME`` is one line per policy.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from atoll.planner.baselines import cloud_only_plan, greedy_plan, most_accurate_plan
+from atoll.planner.driver import SLOInfeasible, max_accuracy, milp_plan
+from atoll.planner.jellybean import jellybean_plan
+from atoll.planner.milp import PlanOptions
+from atoll.planner.plan import HostGroup, Plan, Replica, Route
+from atoll.planner.problem import Edge, Network, PlanProblem, Pool, Source, Task, Variant
+
+
+def plan(problem: PlanProblem, previous: Optional[Plan] = None,
+         options: Optional[PlanOptions] = None) -> Plan:
+    """Least-cost plan meeting the SLOs; raises PlanInfeasible naming the SLO that fails."""
+    return milp_plan(problem, previous=previous, options=options)
+
+
+PLANNERS: dict[str, Callable[..., Plan]] = {
+    "milp": plan,
+    "greedy": greedy_plan,
+    "cloud_only": cloud_only_plan,
+    "most_accurate": most_accurate_plan,
+    "jellybean": jellybean_plan,
+}
+
+__all__ = ["plan", "PLANNERS", "PlanOptions", "PlanProblem", "Plan", "HostGroup", "Replica", "Route",
+           "Variant", "Task", "Source", "Edge", "Pool", "Network", "SLOInfeasible", "max_accuracy"]

@@ -1,0 +1,125 @@
+"""``milp_plan``: build, solve, fall back, diagnose. The public ``plan`` calls it."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from atoll.errors import PlanInfeasible
+from atoll.planner.milp import Model, PlanOptions
+from atoll.planner.plan import Plan
+from atoll.planner.problem import PlanProblem
+from atoll.planner import solve as S
+
+
+class SLOInfeasible(PlanInfeasible):
+    """PlanInfeasible with the accuracy under which the throughput was measured (if any)."""
+
+    def __init__(self, message: str, *, slo: str, asked=None, reachable=None, hint=None,
+                 accuracy: Optional[float] = None):
+        self.accuracy = accuracy
+        super().__init__(message, slo=slo, asked=asked, reachable=reachable, hint=hint)
+
+
+def placeable_variants(problem: PlanProblem) -> dict[str, list]:
+    """task -> variants that can run on at least one allowed pool."""
+    return {t.name: [m for m in t.variants if any(problem.mu(m, p) > 0 for p in problem.pools)]
+            for t in problem.tasks}
+
+
+def max_accuracy(problem: PlanProblem) -> float:
+    """Best end-to-end accuracy any choice of placeable variants reaches (capacity ignored)."""
+    cand = placeable_variants(problem)
+    if any(not v for v in cand.values()):
+        return 0.0
+    if problem.accuracy_model == "table":
+        ok = [acc for combo, acc in problem.accuracy_table
+              if all(any(m.name == vn for m in cand[t]) for t, vn in combo)]
+        return max(ok, default=0.0)
+    if problem.accuracy_model == "additive":
+        return 1.0 - sum(1.0 - max(m.accuracy for m in cand[t.name]) for t in problem.tasks)
+    # profiles are non-decreasing, so the best output of each task, in topological order, is optimal
+    best = {s.name: 1.0 for s in problem.sources}
+    for t in problem.tasks:
+        x = min(best[p] for p in t.parents)
+        best[t.name] = max(m.out_accuracy(x) for m in cand[t.name])
+    return min(best[s] for s in problem.sinks())
+
+
+def diagnose(problem: PlanProblem, opts: PlanOptions) -> PlanInfeasible:
+    """Name the SLO that cannot be met and the best value reachable."""
+    cand = placeable_variants(problem)
+    for t in problem.tasks:
+        if not cand[t.name]:
+            return SLOInfeasible(
+                f"task {t.name!r}: no variant can run on any allowed node (no throughput profile for "
+                f"their hardware, too little GPU memory, or the tier/region is forbidden)",
+                slo="memory", hint="add nodes of a profiled hardware class or lift a placement ban")
+    if problem.min_accuracy is not None:
+        best = max_accuracy(problem)
+        if best < problem.min_accuracy - 1e-9:
+            return SLOInfeasible(
+                f"accuracy {problem.min_accuracy:.3f} asked, at most {best:.3f} reachable with the "
+                f"variants that fit the nodes given", slo="accuracy", asked=problem.min_accuracy,
+                reachable=best, hint="lower slo.min_accuracy or add more accurate variants")
+    if problem.max_accuracy_loss is not None:
+        best_loss = sum(max(m.accuracy for m in problem.task(t).variants) - max(m.accuracy for m in c)
+                        for t, c in cand.items())
+        if best_loss > problem.max_accuracy_loss + 1e-9:
+            return SLOInfeasible(
+                f"accuracy loss at most {problem.max_accuracy_loss:.3f} asked, at least {best_loss:.3f} "
+                f"reachable on the nodes given", slo="accuracy", asked=problem.max_accuracy_loss,
+                reachable=best_loss, hint="raise slo.max_accuracy_loss or add nodes for the best variants")
+    model = Model(problem, up_only=opts.data_up_only, mode="throughput")
+    res = S.run(model, opts, time_limit=max(5.0, opts.time_limit))
+    alpha = res.objective if res.status in ("optimal", "time_limit") and res.objective else 0.0
+    asked = problem.total_source_rate
+    reach = alpha * asked
+    acc = problem.min_accuracy
+    cond = f" with accuracy >= {acc:.2f}" if acc is not None else ""
+    if problem.accuracy_model == "additive" and problem.max_accuracy_loss is not None:
+        cond = f" with accuracy loss <= {problem.max_accuracy_loss:.3f}"
+    return SLOInfeasible(
+        f"throughput {asked:g} req/s asked, at most {reach:.4g} req/s reachable{cond} on the nodes given",
+        slo="throughput", asked=asked, reachable=reach, accuracy=acc,
+        hint="add nodes, lift placement bans or bandwidth caps, or relax the accuracy SLO")
+
+
+def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
+              options: Optional[PlanOptions] = None) -> Plan:
+    opts = options or PlanOptions()
+    t0 = time.perf_counter()
+    up = opts.data_up_only or problem.data_up_only
+    model = Model(problem, up_only=up, previous=previous,
+                  churn_penalty=opts.churn_penalty if previous is not None else 0.0)
+    res = S.run(model, opts)
+    if res.status == "infeasible":
+        raise diagnose(problem, opts)
+    if res.status == "no_solution":
+        if not opts.fallback:
+            raise SLOInfeasible(f"no plan found within the {opts.time_limit:g} s time limit",
+                                slo="time_limit", hint="raise the time limit or enable the fallback")
+        from atoll.planner.baselines import greedy_plan
+        fb = greedy_plan(problem, previous=previous, options=opts)
+        note = (f"MILP found no solution in {opts.time_limit:g} s; greedy fallback",)
+        return _replace(fb, planner="milp", status="fallback", notes=fb.notes + note,
+                        solve_seconds=time.perf_counter() - t0)
+    gap = res.gap
+    if gap is None:  # CBC reports no bound: compare with the LP relaxation
+        relax = Model(problem, up_only=up, previous=previous,
+                      churn_penalty=opts.churn_penalty if previous is not None else 0.0)
+        lb = S.lp_bound(relax, opts)
+        gap = 0.0 if (lb is None or res.objective is None or res.objective <= 1e-9) \
+            else max(0.0, (res.objective - lb) / res.objective)
+    notes = (f"solver {S.solver_name(opts)}",)
+    p = S.extract(model, planner="milp", status=res.status, seconds=time.perf_counter() - t0,
+                  gap=gap, notes=notes)
+    if opts.explain:
+        from atoll.planner.explain import explain
+        p = _replace(p, explain=explain(problem, p, opts))
+    return p
+
+
+def _replace(p: Plan, **kw) -> Plan:
+    from dataclasses import replace
+    return replace(p, **kw)

@@ -1,0 +1,318 @@
+r"""The planner's MILP: variants, pooled replicas and location-level flows at least $/h.
+
+Notation
+--------
+  v ∈ T            tasks (topological order); λ_v its request rate (from the sources)
+  m ∈ M_v          candidate variants of v; g(m) its sharing group (base model @ precision)
+  p ∈ P            pools of identical nodes (allowed tiers/regions only); N_p nodes, c_p $/node-h,
+                   loc(p) = (region, tier), mem_p GPU memory per node
+  μ_vmp            req/s of one node of p running (v, m); 0 when it cannot (no profile, no fit)
+  e = (u→w) ∈ E    edges; ρ_e messages/s on e in total, k_e = ρ_e / λ_u per request of u
+  s_e(a, b)        message size (KB) on e between producer variant a and consumer variant b
+  π(l1, l2)        $/GB from location l1 to l2;  β(l1, l2) bandwidth cap (Mbit/s)
+  K = 3.6e-3       (KB→GB) · (s→h):  f msg/s · s KB · K · π = $/h
+
+Variables
+---------
+  z[v,m] ∈ {0,1}        variant m chosen for task v
+  r[v,m,p] ≥ 0          req/s of v served by variant m on pool p
+  h[g,p] ∈ Z≥0          nodes of pool p running base group g (shared by g's members)
+  u[v,m,p] ∈ {0,1}      adapter of (v,m) loaded on p — only where adapters might not all fit
+  f[e,a,b,l1,l2] ≥ 0    messages/s on e from producer key a at l1 to consumer key b at l2
+                        (a, b are variants when the size depends on them, else one key)
+  y[v] ∈ [0,1]          output accuracy of v (profile model)
+  d[g,p] ≥ 0            replicas moved against the previous plan (re-plan only)
+
+Objective
+---------
+  min  Σ_{g,p} c_p h[g,p]  +  Σ K·s_e(a,b)·π(l1,l2)·f[e,a,b,l1,l2]  +  γ Σ d[g,p]
+
+Constraints (numbered as in the code)
+-------------------------------------
+  (1) one variant per task            Σ_m z[v,m] = 1
+  (2) throughput SLO                  Σ_p r[v,m,p] = λ_v z[v,m]
+  (3) shared capacity (LoRA-aware)    Σ_{(v,m)∈g} r[v,m,p] / μ_vmp ≤ h[g,p]
+  (4) pool size                       Σ_g h[g,p] ≤ N_p
+  (5) adapter memory                  r[v,m,p] ≤ μ_vmp N_p u[v,m,p],  u ≤ z,
+                                      max_mem(g) + Σ_{(v,m)∈g} adapter_mem·u[v,m,p] ≤ mem_p
+  (6) flow conservation, per edge e = (u→w), producer key a / consumer key b:
+        out of l1:  Σ_{b,l2} f[e,a,b,l1,l2] = k_e Σ_{m∈a, loc(p)=l1} r[u,m,p]   (source: k_e λ_s at its location)
+        into l2:    Σ_{a,l1} f[e,a,b,l1,l2] = Σ_{m∈b, loc(p)=l2} r[w,m,p]
+      with f ≡ 0 from a higher to a lower tier when data may only move up (JellyBean's rule)
+  (7) bandwidth caps                  Σ_e Σ_{a,b} 0.008·s_e(a,b)·f[e,a,b,l1,l2] ≤ β(l1,l2)
+  (8) accuracy SLO, one of
+        profile:  y[w] ≤ σ_k y[u] + κ_k + B_k (1 - z[w,m])  for every parent u (sources: y = 1) and
+                  every line (σ_k, κ_k) of m's concave profile;  y[sink] ≥ A_min
+        additive: Σ_{v,m} (1 - acc_m) z[v,m] ≤ 1 - A_min ;  Σ (best_v - acc_m) z[v,m] ≤ loss budget
+        table:    Σ_c w[c] = 1,  z[v,m] = Σ_{c: c_v = m} w[c]  over the rows c meeting A_min
+  (9) churn                           d[g,p] ≥ h[g,p] - h⁰[g,p],  d[g,p] ≥ h⁰[g,p] - h[g,p]
+
+Max-throughput mode (for infeasibility reports) replaces the objective by max α, (2) by
+Σ_{m,p} r[v,m,p] = α λ_v with r[v,m,p] ≤ μ_vmp N_p z[v,m], and scales the sources by α.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Optional
+
+import pulp
+
+from atoll.planner.problem import PlanProblem, loc_str
+
+K_COST = 3.6e-3
+MBPS_PER_KB = 0.008
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Solver and policy knobs. ``churn_penalty`` is $/h charged per replica moved against
+    ``previous``; ``data_up_only`` forbids data moving to a lower tier (JellyBean's rule)."""
+
+    time_limit: float = 20.0
+    gap: float = 0.005
+    solver: str = "auto"            # auto | highs | cbc
+    data_up_only: bool = False
+    churn_penalty: float = 0.25
+    fallback: bool = True
+    explain: bool = False
+    threads: Optional[int] = None
+
+
+class Model:
+    """One built MILP (or LP when the integers are fixed) with handles on its variables."""
+
+    def __init__(self, problem: PlanProblem, *, up_only: bool = False, previous=None,
+                 churn_penalty: float = 0.0, fix_choice: Optional[dict] = None,
+                 fix_hosts: Optional[dict] = None, mode: str = "cost"):
+        self.pb = problem
+        self.mode = mode
+        pb = problem
+        sense = pulp.LpMaximize if mode == "throughput" else pulp.LpMinimize
+        self.prob = pulp.LpProblem("atoll_plan", sense)
+        pools = [p for p in pb.pools if pb.pool_allowed(p)]
+        self.pools = {p.id: p for p in pools}
+        self.mu: dict[tuple[str, str, str], float] = {}
+        for t in pb.tasks:
+            for m in t.variants:
+                if fix_choice and fix_choice.get(t.name) != m.name:
+                    continue
+                for p in pools:
+                    x = pb.mu(m, p)
+                    if x > 0:
+                        self.mu[(t.name, m.name, p.id)] = x
+        self.cand = {t.name: [m for m in t.variants if any((t.name, m.name, p.id) in self.mu for p in pools)]
+                     for t in pb.tasks}
+        self.z = {(t, m.name): pulp.LpVariable(f"z_{i}_{j}", cat="Binary")
+                  for i, t in enumerate(self.cand) for j, m in enumerate(self.cand[t])}
+        self.r = {k: pulp.LpVariable(f"r_{n}", lowBound=0) for n, k in enumerate(self.mu)}
+        # groups and hosts
+        self.gmembers: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        self.vgroup: dict[tuple[str, str], str] = {}
+        self.vobj = {}
+        for t in pb.tasks:
+            for m in self.cand[t.name]:
+                self.gmembers[m.group].append((t.name, m.name))
+                self.vgroup[(t.name, m.name)] = m.group
+                self.vobj[(t.name, m.name)] = m
+        gp = sorted({(self.vgroup[(t, m)], p) for (t, m, p) in self.mu})
+        self.h = {}
+        for n, (g, p) in enumerate(gp):
+            cap = self.pools[p].count
+            if fix_hosts is not None:
+                val = fix_hosts.get((g, p), 0)
+                self.h[(g, p)] = pulp.LpVariable(f"h_{n}", lowBound=val, upBound=val)
+            else:
+                self.h[(g, p)] = pulp.LpVariable(f"h_{n}", lowBound=0, upBound=cap, cat="Integer")
+        prob = self.prob
+        self.alpha = pulp.LpVariable("alpha", lowBound=0) if mode == "throughput" else None
+        ok = bool(self.z) and all(self.cand[t.name] for t in pb.tasks)
+        self.empty_tasks = [t.name for t in pb.tasks if not self.cand[t.name]]
+        if not ok:
+            return
+        if fix_choice:
+            for k, var in self.z.items():
+                var.lowBound = var.upBound = 1 if fix_choice.get(k[0]) == k[1] else 0
+
+        # (1) one variant per task
+        for t in pb.tasks:
+            prob += pulp.lpSum(self.z[(t.name, m.name)] for m in self.cand[t.name]) == 1, f"c1_{t.name}"
+        # (2) throughput SLO
+        r_by_tm = defaultdict(list)
+        for (t, m, p), var in self.r.items():
+            r_by_tm[(t, m)].append((p, var))
+        for t in pb.tasks:
+            if mode == "throughput":
+                prob += (pulp.lpSum(v for m in self.cand[t.name] for _, v in r_by_tm[(t.name, m.name)])
+                         == t.rate * self.alpha), f"c2_{t.name}"
+                for m in self.cand[t.name]:
+                    for p, v in r_by_tm[(t.name, m.name)]:
+                        prob += v <= self.mu[(t.name, m.name, p)] * self.pools[p].count * self.z[(t.name, m.name)]
+            else:
+                for m in self.cand[t.name]:
+                    prob += (pulp.lpSum(v for _, v in r_by_tm[(t.name, m.name)])
+                             == t.rate * self.z[(t.name, m.name)]), f"c2_{t.name}_{m.name}"
+        # (3) shared capacity per (group, pool)
+        rg = defaultdict(list)
+        for (t, m, p), var in self.r.items():
+            rg[(self.vgroup[(t, m)], p)].append((var, 1.0 / self.mu[(t, m, p)]))
+        for (g, p), terms in rg.items():
+            prob += pulp.LpAffineExpression(terms) <= self.h[(g, p)]
+        # (4) pool size
+        hp = defaultdict(list)
+        for (g, p), var in self.h.items():
+            hp[p].append(var)
+        for p, vars_ in hp.items():
+            if len(vars_) > 1:
+                prob += pulp.lpSum(vars_) <= self.pools[p].count, f"c4_{p}"
+        # (5) adapter memory, only where the adapters of a group might not all fit
+        self.u = {}
+        for (g, p) in self.h:
+            pool = self.pools[p]
+            if pool.gpu_memory_gb <= 0:
+                continue
+            mems = [(t, m) for (t, m) in self.gmembers[g] if (t, m, p) in self.mu]
+            base = max(self.vobj[k].memory_gb for k in mems)
+            if base + sum(self.vobj[k].adapter_memory_gb for k in mems) <= pool.gpu_memory_gb + 1e-9:
+                continue
+            terms = []
+            for (t, m) in mems:
+                uv = pulp.LpVariable(f"u_{len(self.u)}", cat="Binary")
+                self.u[(t, m, p)] = uv
+                prob += self.r[(t, m, p)] <= self.mu[(t, m, p)] * pool.count * uv
+                prob += uv <= self.z[(t, m)]
+                terms.append((uv, self.vobj[(t, m)].adapter_memory_gb))
+            prob += pulp.LpAffineExpression(terms) <= pool.gpu_memory_gb - base
+        # (6) flow conservation at location level
+        self._flows(up_only)
+        # (7) bandwidth caps
+        cap_terms = defaultdict(list)
+        for key, (var, size) in self.f.items():
+            l1, l2 = key[3], key[4]
+            if pb.network.bandwidth(l1, l2) is not None:
+                cap_terms[(l1, l2)].append((var, MBPS_PER_KB * size))
+        for (l1, l2), terms in cap_terms.items():
+            prob += pulp.LpAffineExpression(terms) <= pb.network.bandwidth(l1, l2)
+        # (8) accuracy SLO
+        self._accuracy()
+        # (9) churn against the previous plan
+        self.d = {}
+        self.h0 = dict(previous.host_counts()) if previous is not None else {}
+        self.churn_const = sum(c for k, c in self.h0.items() if k not in self.h)
+        if previous is not None and churn_penalty > 0 and fix_hosts is None:
+            for n, (k, var) in enumerate(self.h.items()):
+                h0 = self.h0.get(k, 0)
+                dv = pulp.LpVariable(f"d_{n}", lowBound=0)
+                prob += dv >= var - h0
+                prob += dv >= h0 - var
+                self.d[k] = dv
+        # objective
+        if mode == "throughput":
+            prob += self.alpha
+            return
+        terms = [(var, self.pools[p].price_per_hour) for (g, p), var in self.h.items()]
+        terms += [(var, K_COST * size * pb.network.price(k[3], k[4])) for k, (var, size) in self.f.items()]
+        terms += [(dv, churn_penalty) for dv in self.d.values()]
+        prob += pulp.LpAffineExpression(terms)
+
+    # ------------------------------------------------------------------ blocks
+    def _flows(self, up_only: bool) -> None:
+        pb, prob = self.pb, self.prob
+        self.f: dict[tuple, tuple[pulp.LpVariable, float]] = {}
+        R = defaultdict(list)              # (task, variant, loc) -> [r vars]
+        for (t, m, p), var in self.r.items():
+            R[(t, m, self.pools[p].location)].append(var)
+        locs_of = defaultdict(set)
+        for (t, m, l) in R:
+            locs_of[(t, m)].add(l)
+        task_rate = {t.name: t.rate for t in pb.tasks}
+        for ei, e in enumerate(pb.edges):
+            src = pb.source(e.src)
+            # producer keys -> (list of variants, locations, rate terms per location)
+            prod: dict = {}
+            if src is not None:
+                k_e = e.rate / src.rate
+                prod[None] = {src.location: ("src", k_e * src.rate)}
+            else:
+                k_e = e.rate / task_rate[e.src]
+                keys = [m.name for m in self.cand[e.src]] if e.by_src else [None]
+                for a in keys:
+                    ms = [a] if a is not None else [m.name for m in self.cand[e.src]]
+                    d = defaultdict(list)
+                    for m in ms:
+                        for l in locs_of[(e.src, m)]:
+                            d[l].extend((v, k_e) for v in R[(e.src, m, l)])
+                    prod[a] = d
+            cons: dict = {}
+            keys = [m.name for m in self.cand[e.dst]] if e.by_dst else [None]
+            for b in keys:
+                ms = [b] if b is not None else [m.name for m in self.cand[e.dst]]
+                d = defaultdict(list)
+                for m in ms:
+                    for l in locs_of[(e.dst, m)]:
+                        d[l].extend((v, 1.0) for v in R[(e.dst, m, l)])
+                cons[b] = d
+            out_terms = defaultdict(list)
+            in_terms = defaultdict(list)
+            for a, pl in prod.items():
+                for b, cl in cons.items():
+                    size = e.size(a, b)
+                    for l1 in pl:
+                        for l2 in cl:
+                            if not pb.flow_allowed(l1, l2, up_only):
+                                continue
+                            var = pulp.LpVariable(f"f_{len(self.f)}", lowBound=0)
+                            self.f[(ei, a, b, l1, l2)] = (var, size)
+                            out_terms[(a, l1)].append((var, 1.0))
+                            in_terms[(b, l2)].append((var, 1.0))
+            for a, pl in prod.items():
+                for l1, rhs in pl.items():
+                    lhs = pulp.LpAffineExpression(out_terms[(a, l1)])
+                    if isinstance(rhs, tuple):         # a source: constant rate (times alpha)
+                        val = rhs[1]
+                        prob += (lhs == val * self.alpha) if self.alpha is not None else (lhs == val)
+                    else:
+                        prob += lhs == pulp.LpAffineExpression(rhs)
+            for b, cl in cons.items():
+                for l2, rhs in cl.items():
+                    prob += pulp.LpAffineExpression(in_terms[(b, l2)]) == pulp.LpAffineExpression(rhs)
+
+    def _accuracy(self) -> None:
+        pb, prob = self.pb, self.prob
+        self.w = {}
+        self.y = {}
+        if pb.accuracy_model == "table":
+            amin = pb.min_accuracy if pb.min_accuracy is not None else -1.0
+            rows = [(dict(c), acc) for c, acc in pb.accuracy_table if acc >= amin - 1e-9]
+            rows = [(c, a) for c, a in rows if all((t, m) in self.z for t, m in c.items())]
+            for i, (c, a) in enumerate(rows):
+                self.w[i] = pulp.LpVariable(f"w_{i}", cat="Binary")
+            prob += pulp.lpSum(self.w.values()) == 1, "c8_one_row"
+            for (t, m), zv in self.z.items():
+                prob += zv == pulp.lpSum(self.w[i] for i, (c, _) in enumerate(rows) if c.get(t) == m)
+            return
+        if pb.accuracy_model == "additive":
+            if pb.min_accuracy is not None:
+                prob += pulp.LpAffineExpression(
+                    [(zv, 1.0 - self.vobj[k].accuracy) for k, zv in self.z.items()]) <= 1.0 - pb.min_accuracy
+            if pb.max_accuracy_loss is not None:
+                best = {t.name: max(v.accuracy for v in t.variants) for t in pb.tasks}
+                prob += pulp.LpAffineExpression(
+                    [(zv, best[k[0]] - self.vobj[k].accuracy) for k, zv in self.z.items()]) <= pb.max_accuracy_loss
+            return
+        if pb.min_accuracy is None:
+            return
+        for t in pb.tasks:
+            self.y[t.name] = pulp.LpVariable(f"y_{len(self.y)}", lowBound=0, upBound=1)
+        for t in pb.tasks:
+            for m in self.cand[t.name]:
+                zv = self.z[(t.name, m.name)]
+                for s, c in m.segments():
+                    big = max(0.0, 1.0 - min(c, s + c))
+                    for par in t.parents:
+                        yin = 1.0 if pb.source(par) is not None else self.y[par]
+                        prob += self.y[t.name] <= s * yin + c + big * (1 - zv)
+        for s in pb.sinks():
+            prob += self.y[s] >= pb.min_accuracy, f"c8_sink_{s}"
