@@ -41,6 +41,47 @@ CHANNEL_OPTIONS = [
 ]
 
 
+class Malformed:
+    """Stands in for a request whose bytes did not parse; handlers answer INVALID_ARGUMENT."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _safe_parser(cls):
+    def parse(data: bytes):
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's fault
+            return Malformed(f"{type(exc).__name__}: {exc}"[:300])
+    return parse
+
+
+def add_service(server, servicer, service_descriptor) -> None:
+    """Register ``servicer`` for ``service_descriptor`` (from a ``*_pb2`` module) with
+    deserializers that never raise, so that malformed bytes get INVALID_ARGUMENT instead of
+    gRPC's generic INTERNAL."""
+    from google.protobuf import message_factory
+
+    handlers = {}
+    for m in service_descriptor.methods:
+        req_cls = message_factory.GetMessageClass(m.input_type)
+        resp_cls = message_factory.GetMessageClass(m.output_type)
+        fn = getattr(servicer, m.name)
+        kind = {(False, False): grpc.unary_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler}[(m.client_streaming, m.server_streaming)]
+        handlers[m.name] = kind(fn, request_deserializer=_safe_parser(req_cls),
+                                response_serializer=resp_cls.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_descriptor.full_name, handlers),))
+
+
+def check_parsed(request) -> None:
+    if isinstance(request, Malformed):
+        raise errors.InvalidArgument(f"malformed request: {request.error}")
+
+
 def status_code(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, errors.AtollError):
         return CODE_BY_NAME.get(exc.code, grpc.StatusCode.INTERNAL)
@@ -82,6 +123,7 @@ def handle_errors(fn):
         @functools.wraps(fn)
         async def gen_wrapper(self, request, context):
             try:
+                check_parsed(request)
                 async for item in fn(self, request, context):
                     yield item
             except (grpc.aio.AbortError, GeneratorExit):
@@ -93,6 +135,7 @@ def handle_errors(fn):
     @functools.wraps(fn)
     async def wrapper(self, request, context):
         try:
+            check_parsed(request)
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise

@@ -11,10 +11,10 @@ import grpc
 
 from atoll.coordinator import convert
 from atoll.coordinator.registry import Registry
-from atoll.errors import AtollError
+from atoll.errors import AtollError, Unauthenticated
 from atoll.logs import kv
 from atoll.proto.v1 import control_pb2, control_pb2_grpc
-from atoll.rpc import handle_errors, status_code
+from atoll.rpc import check_parsed, handle_errors, status_code
 
 log = logging.getLogger("atoll.coordinator")
 
@@ -41,6 +41,7 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
         if first is grpc.aio.EOF:
             return
         try:
+            check_parsed(first)
             sess = self.registry.open_session(first.node_id, first.session_token)
             self._handle(sess, first)
         except AtollError as exc:
@@ -54,8 +55,8 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
                 if req is grpc.aio.EOF:
                     break
                 try:
+                    check_parsed(req)
                     if req.node_id != sess.node_id or req.session_token != sess.token:
-                        from atoll.errors import Unauthenticated
                         raise Unauthenticated("heartbeat for another session on this stream")
                     self._handle(sess, req)
                 except AtollError as exc:

@@ -24,8 +24,8 @@ from atoll.coordinator.registry import Registry, hash_token
 from atoll.coordinator.store import SqliteStore
 from atoll.errors import Unavailable
 from atoll.logs import kv
-from atoll.proto.v1 import control_pb2, control_pb2_grpc
-from atoll.rpc import SERVER_OPTIONS, add_health_and_reflection, set_serving
+from atoll.proto.v1 import control_pb2
+from atoll.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
 from atoll.specs.config import CoordinatorSettings, split_address
 
 log = logging.getLogger("atoll.coordinator")
@@ -72,8 +72,9 @@ class Coordinator:
                                  heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics)
         self.metrics.bind(self.registry)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
-        control_pb2_grpc.add_AgentServiceServicer_to_server(AgentApi(self.registry, self.metrics), self.server)
-        control_pb2_grpc.add_ClientServiceServicer_to_server(ClientApi(self.registry), self.server)
+        add_service(self.server, AgentApi(self.registry, self.metrics),
+                    control_pb2.DESCRIPTOR.services_by_name["AgentService"])
+        add_service(self.server, ClientApi(self.registry), control_pb2.DESCRIPTOR.services_by_name["ClientService"])
         self.health = add_health_and_reflection(self.server, SERVICES)
         host, port = split_address(self.settings.listen)
         try:
