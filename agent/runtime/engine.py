@@ -1,0 +1,282 @@
+"""The offline and streaming engine: one base model, many adapters, continuous batching.
+
+Threading: any thread may ``submit``/``cancel``; they only touch an inbox under a lock. Model
+steps run on one thread at a time (``_step_lock``): the background loop after ``start()``, or
+the caller of ``generate()`` when no loop runs. Adapter loads run on the store's own thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from atoll.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, SpecError
+
+from .adapters import AdapterInfo, AdapterStore
+from .config import ModelConfig
+from .kv_cache import PagedKVCache
+from .metrics import EngineMetrics
+from .model import LlamaModel
+from .request import Delta, GenerationOutput, Request, RequestHandle
+from .sampling import SamplingParams, make_generator, sample
+from .scheduler import Scheduler
+from .tokenizer import IncrementalDecoder, Tokenizer
+from .weights import load_weights
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    dt = _DTYPES.get(str(name).replace("torch.", ""))
+    if dt is None:
+        raise InvalidArgument(f"dtype {name!r} is not supported", hint="use float32, float16 or bfloat16")
+    if dt is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise FailedPrecondition("this GPU does not support bfloat16", hint="use float16")
+    return dt
+
+
+def _resolve_backend(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if name not in ("torch", "triton", "ref"):
+        raise InvalidArgument(f"lora_backend {name!r} is unknown", hint="use auto, torch, triton or ref")
+    if name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise FailedPrecondition("the triton LoRA backend on CPU tensors needs TRITON_INTERPRET=1",
+                                 hint="set TRITON_INTERPRET=1 before starting, or use lora_backend='torch'")
+    return name
+
+
+class Engine:
+    def __init__(self, model_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",
+                 lora_backend: str = "auto", max_lora_rank: int = 64, max_adapters_on_device: int = 8,
+                 max_adapters_in_host: int = 64, kv_cache_tokens: int | None = None, block_size: int = 16,
+                 max_num_batched_tokens: int = 1024, max_num_seqs: int = 64, max_waiting: int = 4096):
+        self.model_dir = Path(model_dir)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise InvalidArgument(f"device {device!r} is not a torch device", hint="e.g. cpu or cuda:0") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise FailedPrecondition(f"device {device!r} asked but CUDA is not available", hint="use device='cpu'")
+        self.cfg = ModelConfig.from_dir(self.model_dir)
+        self.dtype = _resolve_dtype(dtype, self.device)
+        self.lora_backend = _resolve_backend(lora_backend, self.device)
+        self.weights = load_weights(self.model_dir, self.cfg, dtype=self.dtype, device=self.device)
+        self.model = LlamaModel(self.cfg, self.weights, dtype=self.dtype, device=self.device,
+                                lora_backend=self.lora_backend)
+        self.tokenizer = Tokenizer(self.model_dir) if (self.model_dir / "tokenizer.json").is_file() else None
+        self.metrics = EngineMetrics()
+        self.max_model_len = self.cfg.max_position_embeddings
+        if kv_cache_tokens is None:
+            per_tok = 2 * self.cfg.num_layers * self.cfg.kv_size * torch.tensor([], dtype=self.dtype).element_size()
+            kv_cache_tokens = max(block_size, min(512 * 2 ** 20 // per_tok, 16 * self.max_model_len))
+        self.kv = PagedKVCache(self.cfg, num_blocks=-(-kv_cache_tokens // block_size), block_size=block_size,
+                               dtype=self.dtype, device=self.device)
+        self.store = AdapterStore(self.cfg, num_slots=max_adapters_on_device, max_rank=max_lora_rank,
+                                  dtype=self.dtype, device=self.device, host_capacity=max_adapters_in_host,
+                                  metrics=self.metrics)
+        self.scheduler = Scheduler(self.kv, self.store, max_num_batched_tokens=max_num_batched_tokens,
+                                   max_num_seqs=max_num_seqs, device=self.device)
+        self.max_waiting = max_waiting
+        self._ids = itertools.count()
+        self._inbox: list[Request] = []
+        self._cancels: set[str] = set()
+        self._live: dict[str, Request] = {}
+        self._cv = threading.Condition()
+        self._step_lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ---- adapters --------------------------------------------------------------------------
+    def add_adapter(self, name: str, path: str | Path, pin: bool = False) -> AdapterInfo:
+        """Validate and register a PEFT adapter; raises SpecError naming the file and the problem."""
+        if not name or not isinstance(name, str):
+            raise InvalidArgument("adapter name must be a non-empty string")
+        return self.store.add(name, str(path), pin=pin)
+
+    def remove_adapter(self, name: str) -> bool:
+        self.store.remove(name)
+        return True
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        return self.store.list()
+
+    # ---- requests --------------------------------------------------------------------------
+    def _prompt_ids(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise FailedPrecondition("text prompt given but the model has no tokenizer.json",
+                                         hint="pass token ids")
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise InvalidArgument("prompt is empty")
+        bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
+        if bad:
+            raise InvalidArgument(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.cfg.vocab_size})")
+        return ids
+
+    def submit(self, prompt, adapter: str | None = None, sampling: SamplingParams | None = None,
+               request_id: str | None = None, *, stream_text: bool = True) -> RequestHandle:
+        """Queue one request; thread-safe. ``prompt`` is text or token ids. Raises before queueing on
+        bad input (InvalidArgument), unknown adapter (NotFound) or a request that can never fit
+        (ResourceExhausted)."""
+        params = (sampling or SamplingParams()).validate(self.cfg.vocab_size)
+        ids = self._prompt_ids(prompt)
+        adapter = adapter or None
+        if adapter is not None and not self.store.has(adapter):
+            raise NotFound(f"adapter {adapter!r} is not loaded", hint="load it first (add_adapter / LoadAdapter)")
+        total = len(ids) + params.max_tokens
+        if total > self.max_model_len:
+            raise InvalidArgument(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                                  f"model's context of {self.max_model_len} tokens")
+        self.kv.check_fits_ever(total)
+        rid = request_id or f"req-{next(self._ids)}"
+        handle = RequestHandle(rid, len(ids), adapter, self.cancel)
+        dec = IncrementalDecoder(self.tokenizer if (stream_text or params.stop) else None, params.stop)
+        req = Request(rid, ids, adapter, params, handle, dec, make_generator(params.seed, self.device))
+        with self._cv:
+            if rid in self._live:
+                raise InvalidArgument(f"request id {rid!r} is already in use")
+            if len(self.scheduler.waiting) + len(self._inbox) >= self.max_waiting:
+                self.metrics.requests_rejected += 1
+                raise ResourceExhausted(f"{self.max_waiting} requests already waiting", hint="retry later")
+            self._live[rid] = req
+            self._inbox.append(req)
+            self._cv.notify_all()
+        return handle
+
+    def cancel(self, request_id: str) -> bool:
+        with self._cv:
+            if request_id not in self._live:
+                return False
+            self._cancels.add(request_id)
+            self._cv.notify_all()
+        return True
+
+    def generate(self, prompts, adapters=None, sampling=None) -> list[GenerationOutput]:
+        """Blocking batch generation. ``sampling``: one SamplingParams for all, or one per prompt."""
+        prompts = list(prompts)
+        adapters = list(adapters) if adapters is not None else [None] * len(prompts)
+        if len(adapters) != len(prompts):
+            raise InvalidArgument(f"{len(prompts)} prompts but {len(adapters)} adapters")
+        params = sampling if isinstance(sampling, (list, tuple)) else [sampling] * len(prompts)
+        if len(params) != len(prompts):
+            raise InvalidArgument(f"{len(prompts)} prompts but {len(params)} sampling params")
+        handles = []
+        try:
+            for p, a, s in zip(prompts, adapters, params):
+                handles.append(self.submit(p, a, s, stream_text=False))
+        except Exception:
+            for h in handles:
+                self.cancel(h.request_id)
+            raise
+        if self._thread is None:
+            while not all(h.finished for h in handles):
+                if not self.step():
+                    self.store.wait_change(0.005)
+        outs = [h.result() for h in handles]
+        if self.tokenizer is not None:
+            for o, s in zip(outs, params):
+                if not (s and s.stop):       # with stop strings the text was cut while running
+                    o.text = self.tokenizer.decode(o.token_ids)
+        return outs
+
+    # ---- the loop --------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        with self._cv:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._loop, name="atoll-engine", daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cv:
+            t, self._stopping = self._thread, True
+            self._cv.notify_all()
+        if t is not None:
+            t.join()
+        with self._cv:
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self.store.close()
+
+    def _has_work(self) -> bool:
+        return bool(self._inbox or self._cancels or self.scheduler.running or self.scheduler.waiting)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._has_work():
+                    self._cv.wait(0.5)
+                if self._stopping:
+                    return
+            try:
+                if not self.step():
+                    self.store.wait_change(0.005)
+            except Exception as exc:   # never kill the loop; fail the running requests instead
+                self.metrics.log(f"engine step failed: {exc!r}")
+                self._fail_all(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self._step_lock:
+            for r in list(self.scheduler.running) + list(self.scheduler.waiting):
+                self._finish(r, "error", error=exc)
+            self.scheduler.waiting.clear()
+
+    def step(self) -> int:
+        """One scheduling + model step. Returns the number of tokens computed (0: nothing ran)."""
+        from .engine_step import run_step
+
+        with self._step_lock:
+            return run_step(self)
+
+    def _finish(self, r: Request, reason: str, *, error: BaseException | None = None, new: list[int] = (),
+                text: str = "") -> None:
+        self.scheduler.release(r)
+        with self._cv:
+            self._live.pop(r.request_id, None)
+        now = time.perf_counter()
+        if r.first_token_at is not None and len(r.output_ids) > 1:
+            self.metrics.observe_tpot((now - r.first_token_at) / (len(r.output_ids) - 1))
+        self.metrics.requests_finished += 1
+        r.handle._push(Delta(list(new), text, True, reason, len(r.prompt_ids), len(r.output_ids), error))
+
+    # ---- prompt scoring --------------------------------------------------------------------
+    def prompt_logits(self, prompts, adapters=None) -> list[torch.Tensor]:
+        """Next-token logits at every prompt position: one fp32 [len, vocab] tensor per prompt."""
+        from .engine_step import run_prompts
+
+        return run_prompts(self, prompts, adapters, want="logits")
+
+    def embed(self, token_id_lists, adapter: str | None = None) -> torch.Tensor:
+        """Mean-pooled final hidden states (after the last RMSNorm): fp32 [B, hidden]."""
+        from .engine_step import run_prompts
+
+        lists = list(token_id_lists)
+        return run_prompts(self, lists, [adapter] * len(lists), want="embed")
+
+    def stats(self) -> dict:
+        m = self.metrics
+        return {"tokens_per_s": m.tokens_per_second(), "generated_tokens": m.generated_tokens,
+                "running": len(self.scheduler.running),
+                "waiting": len(self.scheduler.waiting) + len(self._inbox),
+                "kv_cache_usage": self.kv.usage(), "kv_cache_blocks": self.kv.num_blocks,
+                "kv_cache_free_blocks": self.kv.num_free, "kv_block_size": self.kv.block_size,
+                "adapter_hits": m.adapter_hits, "adapter_misses": m.adapter_misses,
+                "adapter_loads": m.adapter_loads, "adapter_load_seconds": m.adapter_load_seconds,
+                "adapter_evictions": m.adapter_evictions, "adapters_loaded": len(self.store.list()),
+                "requests_finished": m.requests_finished, "steps": m.steps}
+
+
+__all__ = ["Engine", "SamplingParams", "GenerationOutput", "SpecError"]

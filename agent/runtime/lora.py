@@ -1,0 +1,204 @@
+"""PEFT LoRA adapters: parse, validate against the base model, and lay out for slot tensors.
+
+An adapter directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` whose
+tensors are named ``base_model.model.model.layers.{i}.{self_attn|mlp}.{m}.lora_{A|B}.weight``
+with A: [r, in_features] and B: [out_features, r]. The runtime applies, per module,
+
+    y += s · (x · Aᵀ) · Bᵀ,   s = alpha / r   (alpha / √r with ``use_rslora``)
+
+Per-module ranks and alphas (``rank_pattern``, ``alpha_pattern``) are honoured by folding the
+module's scale relative to the adapter's scale into B, so one scale per slot suffices.
+
+Everything that cannot be served faithfully is refused up front, with every problem collected
+into one :class:`SpecError` naming the file: DoRA, ``modules_to_save``, LoRA on biases, target
+modules that match no projection of the base, ranks above the configured maximum, tensors whose
+shape does not fit the base, missing or unreadable files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from atoll.errors import SpecError
+
+from .config import ModelConfig
+
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+MODULES = ATTN_MODULES + MLP_MODULES
+# packed projection -> its slices, in row order of the packed base weight
+PACKED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
+          "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
+_KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\."
+                  r"lora_(A|B)(?:\.[\w-]+)?\.weight$")
+
+
+def module_dims(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each LoRA-able projection."""
+    h, q, kv, i = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+@dataclass
+class AdapterWeights:
+    """Host copy of one adapter. ``layers[n][module] = (A [r, in], B·ratio [out, r])``."""
+
+    name: str
+    path: str
+    rank: int
+    alpha: float
+    scale: float
+    use_rslora: bool
+    target_modules: tuple[str, ...]
+    layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.numel() * a.element_size() + b.numel() * b.element_size()
+                   for layer in self.layers for a, b in layer.values())
+
+
+def _pattern_value(patterns: dict, module_path: str, default):
+    for key, value in patterns.items():   # PEFT's rule: the key matches a suffix of the module path
+        if re.match(rf"(.*\.)?({key})$", module_path):
+            return value
+    return default
+
+
+def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int,
+                 dtype: torch.dtype = torch.float32) -> AdapterWeights:
+    """Read and validate a PEFT LoRA directory; raise one SpecError listing every problem."""
+    root = Path(path)
+    cfg_path, w_path = root / "adapter_config.json", root / "adapter_model.safetensors"
+    if not root.is_dir():
+        raise SpecError("adapter directory not found", source=str(root),
+                        hint="pass a local directory written by PeftModel.save_pretrained")
+    if not cfg_path.is_file():
+        raise SpecError("adapter_config.json is missing", source=str(root),
+                        hint="a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors")
+    if not w_path.is_file():
+        hint = ("only adapter_model.bin found: re-save with safe_serialization=True"
+                if (root / "adapter_model.bin").is_file() else "save the adapter with PeftModel.save_pretrained")
+        raise SpecError("adapter_model.safetensors is missing", source=str(root), hint=hint)
+    try:
+        acfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"cannot parse JSON: {exc}", source=str(cfg_path)) from None
+
+    problems: list[str] = []
+    peft_type = str(acfg.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        problems.append(f"peft_type {peft_type!r} is not LoRA")
+    if acfg.get("use_dora"):
+        problems.append("use_dora=true: DoRA adapters are not served (merge it or retrain as plain LoRA)")
+    if acfg.get("modules_to_save"):
+        problems.append(f"modules_to_save={acfg['modules_to_save']}: fully trained modules are not served "
+                        "(retrain without modules_to_save)")
+    if acfg.get("bias", "none") not in ("none", None):
+        problems.append(f"bias={acfg['bias']!r}: LoRA bias terms are not served (use bias='none')")
+    if acfg.get("lora_bias"):
+        problems.append("lora_bias=true: LoRA bias terms are not served (retrain with lora_bias=False)")
+    if acfg.get("fan_in_fan_out"):
+        problems.append("fan_in_fan_out=true is not served for Llama linear layers")
+    if acfg.get("layer_replication"):
+        problems.append("layer_replication is not served")
+    if acfg.get("target_parameters"):
+        problems.append("target_parameters (LoRA on raw parameters) is not served")
+    try:
+        rank = int(acfg["r"])
+        alpha = float(acfg.get("lora_alpha", rank))
+    except (KeyError, TypeError, ValueError):
+        raise SpecError("field 'r' (LoRA rank) is missing or not an integer", source=str(cfg_path)) from None
+    rslora = bool(acfg.get("use_rslora", False))
+    rank_pat, alpha_pat = acfg.get("rank_pattern") or {}, acfg.get("alpha_pattern") or {}
+
+    targets = acfg.get("target_modules")
+    dims = module_dims(cfg)
+    if isinstance(targets, str):
+        matched = [m for m in MODULES if any(re.fullmatch(targets, f"model.layers.{n}.{grp}.{m}")
+                                             for n in range(cfg.num_layers) for grp in ("self_attn", "mlp"))]
+        if not matched:
+            problems.append(f"target_modules regex {targets!r} matches no projection of the base model "
+                            f"(LoRA-able modules: {', '.join(MODULES)})")
+    elif isinstance(targets, (list, tuple)) and targets:
+        for t in targets:
+            if t not in MODULES:
+                problems.append(f"target module {t!r} matches no served projection of the base model "
+                                f"(LoRA-able modules: {', '.join(MODULES)})")
+    else:
+        problems.append("target_modules is missing or empty")
+
+    try:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(w_path))
+    except Exception as exc:
+        problems.append(f"cannot read adapter_model.safetensors: {exc}")
+        tensors = {}
+
+    layers: list[dict[str, dict[str, torch.Tensor]]] = [dict() for _ in range(cfg.num_layers)]
+    for key, t in tensors.items():
+        m = _KEY.match(key)
+        if not m:
+            problems.append(f"tensor {key!r} is not a LoRA A/B weight of a Llama projection")
+            continue
+        n, grp, mod, ab = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+        if mod not in MODULES or (grp == "self_attn") != (mod in ATTN_MODULES):
+            problems.append(f"tensor {key!r}: module {grp}.{mod} does not exist in a Llama layer")
+            continue
+        if n >= cfg.num_layers:
+            problems.append(f"tensor {key!r}: layer {n} does not exist (the base has {cfg.num_layers} layers)")
+            continue
+        layers[n].setdefault(mod, {})[ab] = t
+
+    out_layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
+    seen_modules: set[str] = set()
+    base_scale = alpha / (math.sqrt(rank) if rslora else rank) if rank > 0 else 0.0
+    for n, mods in enumerate(layers):
+        packed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for mod, ab in sorted(mods.items()):
+            where = f"layer {n} {mod}"
+            if set(ab) != {"A", "B"}:
+                problems.append(f"{where}: lora_{'B' if 'A' in ab else 'A'} is missing")
+                continue
+            a, b = ab["A"], ab["B"]
+            fin, fout = dims[mod]
+            r = a.shape[0] if a.dim() == 2 else -1
+            if a.dim() != 2 or b.dim() != 2 or a.shape[1] != fin or b.shape[0] != fout or b.shape[1] != r:
+                problems.append(f"{where}: A {tuple(a.shape)} / B {tuple(b.shape)} do not fit the base "
+                                f"(expected A [r, {fin}] and B [{fout}, r]); was it trained on another model?")
+                continue
+            if r > max_rank:
+                problems.append(f"{where}: rank {r} exceeds the configured maximum {max_rank} "
+                                "(raise max_lora_rank or retrain with a smaller r)")
+                continue
+            grp = "self_attn" if mod in ATTN_MODULES else "mlp"
+            mpath = f"model.layers.{n}.{grp}.{mod}"
+            want_r = int(_pattern_value(rank_pat, mpath, rank))
+            if r != want_r:
+                problems.append(f"{where}: tensors have rank {r}, adapter_config.json says {want_r}")
+                continue
+            m_alpha = float(_pattern_value(alpha_pat, mpath, alpha))
+            m_scale = m_alpha / (math.sqrt(r) if rslora else r)
+            ratio = m_scale / base_scale if base_scale else 0.0
+            b = b.float() * ratio if ratio != 1.0 else b
+            packed[mod] = (a.to(dtype).contiguous(), b.to(dtype).contiguous())
+            seen_modules.add(mod)
+        out_layers.append(packed)
+    if tensors and not seen_modules and not problems:
+        problems.append("the file holds no LoRA weights for any projection")
+    if isinstance(targets, (list, tuple)):
+        for t in targets:
+            if t in MODULES and t not in seen_modules:
+                problems.append(f"target module {t!r} is listed but has no tensors in adapter_model.safetensors")
+    if problems:
+        raise SpecError("cannot serve this adapter: " + "; ".join(problems), source=str(root))
+    return AdapterWeights(name=name, path=str(root), rank=rank, alpha=alpha, scale=base_scale, use_rslora=rslora,
+                          target_modules=tuple(m for m in MODULES if m in seen_modules), layers=out_layers)

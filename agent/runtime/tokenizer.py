@@ -1,0 +1,64 @@
+"""Tokenizer from ``tokenizer.json`` (the ``tokenizers`` package) with incremental decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from atoll.errors import SpecError
+
+
+class Tokenizer:
+    def __init__(self, model_dir: str | Path):
+        from tokenizers import Tokenizer as _Tok
+
+        path = Path(model_dir) / "tokenizer.json"
+        if not path.is_file():
+            raise SpecError("tokenizer.json not found", source=str(model_dir),
+                            hint="text prompts need tokenizer.json; pass token ids instead")
+        try:
+            self._tok = _Tok.from_file(str(path))
+        except Exception as exc:
+            raise SpecError(f"cannot load tokenizer: {exc}", source=str(path)) from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+
+class IncrementalDecoder:
+    """Text of a growing token list, released in deltas that never end inside a UTF-8 sequence
+    and never expose a prefix of a stop string that may still complete."""
+
+    def __init__(self, tok: Tokenizer | None, stop: list[str]):
+        self.tok, self.stop = tok, stop
+        self.text = ""          # full decoded text so far (truncated at a stop string)
+        self.sent = 0           # characters already released
+        self.hold = max((len(s) for s in stop), default=1) - 1
+
+    def update(self, ids: list[int], final: bool = False) -> tuple[str, bool]:
+        """(new text to release, stop string hit)."""
+        if self.tok is None:
+            return "", False
+        text = self.tok.decode(ids)
+        hit = False
+        if self.stop:
+            start = max(0, self.sent - self.hold - 1)
+            cut = min((i for i in (text.find(s, start) for s in self.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, hit, final = text[:cut], True, True
+        if not final and text.endswith("\ufffd"):
+            return "", False
+        self.text = text
+        limit = len(text) if final else max(self.sent, len(text) - self.hold)
+        delta = text[self.sent:limit]
+        self.sent = limit
+        return delta, hit

@@ -1,0 +1,116 @@
+"""Base-model weights from Hugging Face safetensors shards, packed for the runtime.
+
+Layout per layer (weights stored ``[out, in]`` as in ``nn.Linear``):
+
+- ``qkv``: [q_size + 2·kv_size, hidden]  (q, k, v rows, in that order)
+- ``o``: [hidden, q_size]
+- ``gate_up``: [2·intermediate, hidden]  (gate rows, then up rows)
+- ``down``: [hidden, intermediate]
+- ``ln1``, ``ln2``: [hidden] RMSNorm weights (input_layernorm, post_attention_layernorm)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from atoll.errors import SpecError
+
+from .config import ModelConfig
+
+
+@dataclass
+class LayerWeights:
+    qkv: torch.Tensor
+    o: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+
+
+@dataclass
+class ModelWeights:
+    embed: torch.Tensor          # [vocab, hidden]
+    layers: list[LayerWeights]
+    norm: torch.Tensor           # [hidden]
+    lm_head: torch.Tensor        # [vocab, hidden] (the embedding itself when tied)
+
+    def nbytes(self) -> int:
+        seen, total = set(), 0
+        tensors = [self.embed, self.norm, self.lm_head]
+        for lw in self.layers:
+            tensors += [lw.qkv, lw.o, lw.gate_up, lw.down, lw.ln1, lw.ln2]
+        for t in tensors:
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        return total
+
+
+def _shard_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as exc:
+            raise SpecError(f"bad shard index: {exc}", source=str(index)) from None
+        files = [model_dir / n for n in names]
+    else:
+        files = sorted(model_dir.glob("*.safetensors"))
+    missing = [str(f) for f in files if not f.is_file()]
+    if not files or missing:
+        raise SpecError("no safetensors weights found" if not files else f"missing shards {missing}",
+                        source=str(model_dir), hint="save the model with save_pretrained(safe_serialization=True)")
+    return files
+
+
+def load_weights(model_dir: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
+                 device: torch.device) -> ModelWeights:
+    """Read every shard, check each tensor's shape against ``cfg``, pack and move to ``device``."""
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    raw: dict[str, torch.Tensor] = {}
+    for f in _shard_files(model_dir):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for k in fh.keys():
+                    raw[k] = fh.get_tensor(k)
+        except Exception as exc:  # safetensors raises its own error types
+            raise SpecError(f"cannot read safetensors file: {exc}", source=str(f)) from None
+
+    h, q, kv, i = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size
+
+    def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        t = raw.get(name)
+        if t is None:
+            raise SpecError(f"tensor {name!r} is missing", source=str(model_dir),
+                            hint="the checkpoint does not match config.json")
+        if tuple(t.shape) != shape:
+            raise SpecError(f"tensor {name!r} has shape {tuple(t.shape)}, config.json implies {shape}",
+                            source=str(model_dir))
+        return t.to(dtype=dtype)
+
+    def dev(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device).contiguous()
+
+    layers = []
+    for n in range(cfg.num_layers):
+        p = f"model.layers.{n}."
+        qkv = torch.cat([take(p + "self_attn.q_proj.weight", (q, h)), take(p + "self_attn.k_proj.weight", (kv, h)),
+                         take(p + "self_attn.v_proj.weight", (kv, h))])
+        gate_up = torch.cat([take(p + "mlp.gate_proj.weight", (i, h)), take(p + "mlp.up_proj.weight", (i, h))])
+        layers.append(LayerWeights(
+            qkv=dev(qkv), o=dev(take(p + "self_attn.o_proj.weight", (h, q))), gate_up=dev(gate_up),
+            down=dev(take(p + "mlp.down_proj.weight", (h, i))),
+            ln1=dev(take(p + "input_layernorm.weight", (h,))), ln2=dev(take(p + "post_attention_layernorm.weight", (h,)))))
+    embed = dev(take("model.embed_tokens.weight", (cfg.vocab_size, h)))
+    if cfg.tie_word_embeddings or "lm_head.weight" not in raw:
+        lm_head = embed
+    else:
+        lm_head = dev(take("lm_head.weight", (cfg.vocab_size, h)))
+    return ModelWeights(embed=embed, layers=layers, norm=dev(take("model.norm.weight", (h,))), lm_head=lm_head)
