@@ -193,6 +193,7 @@ class HeartbeatClient:
             if status is not None:
                 req.status.CopyFrom(status)
             self.sent += 1
+            req.sent_unix = time.time()
             yield req
             self._wake.clear()
             try:
@@ -203,16 +204,17 @@ class HeartbeatClient:
     async def _stream(self) -> None:
         call = self.stub.Heartbeat(self._requests())
         stopper = asyncio.ensure_future(self._stop.wait())
+        reader = asyncio.ensure_future(self._read(call))
         try:
-            reader = asyncio.ensure_future(self._read(call))
             done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if reader in done:
                 reader.result()
-            else:
-                call.cancel()
-                reader.cancel()
         finally:
+            # Whatever ends the stream (stop, an error, or this task being cancelled as when
+            # the process dies), nothing of it may keep running.
             stopper.cancel()
+            reader.cancel()
+            call.cancel()
 
     async def _read(self, call) -> None:
         first = True

@@ -72,7 +72,8 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             convert.capacity_from_pb(req.capacity) if req.has_capacity else None,
             convert.status_from_pb(req.status) if req.HasField("status") else None,
             req.draining)
-        self.metrics.observe_heartbeat(time.perf_counter() - t0)
+        done = time.perf_counter()
+        self.metrics.observe_heartbeat(done - t0, (time.time() - req.sent_unix) if req.sent_unix else None)
 
     async def _writer(self, sess, context) -> None:
         while True:

@@ -59,7 +59,11 @@ class CoordinatorMetrics:
                                   registry=r)
         self.heartbeat_seconds = Histogram(
             "atoll_heartbeat_handling_seconds", "Time to handle one heartbeat message", registry=r,
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+            buckets=(0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+        self.heartbeat_delay = Histogram(
+            "atoll_heartbeat_delay_seconds",
+            "From the agent's send time to handled (queueing included; meaningful when clocks agree)",
+            registry=r, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
         self.registrations = Counter("atoll_registrations", "Agent registrations accepted",
                                      registry=r)
         self.rejections = Counter("atoll_registration_rejections", "Agent registrations refused",
@@ -87,6 +91,8 @@ class CoordinatorMetrics:
     def transition(self, t) -> None:
         self.transitions.labels(t.old, t.new).inc()
 
-    def observe_heartbeat(self, seconds: float) -> None:
+    def observe_heartbeat(self, seconds: float, delay: float | None = None) -> None:
         self.heartbeats.inc()
         self.heartbeat_seconds.observe(seconds)
+        if delay is not None and 0 <= delay < 3600:
+            self.heartbeat_delay.observe(delay)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from atoll.proto.v1 import common_pb2 as atoll_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61toll/proto/v1/control.proto\x12\x08\x61toll.v1\x1a\x1b\x61toll/proto/v1/common.proto\"\xa8\x01\n\x0fRegisterRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.atoll.v1.NodeSpec\x12(\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x16.atoll.v1.NodeCapacity\x12$\n\x06status\x18\x05 \x01(\x0b\x32\x14.atoll.v1.NodeStatus\"u\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01\x12\x15\n\rlease_seconds\x18\x04 \x01(\x01\"\xdf\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12(\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x16.atoll.v1.NodeCapacity\x12\x14\n\x0chas_capacity\x18\x05 \x01(\x08\x12$\n\x06status\x18\x06 \x01(\x0b\x32\x14.atoll.v1.NodeStatus\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x1e\n\x16\x61ssignments_generation\x18\x08 \x01(\x04\"\x80\x02\n\nAssignment\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x06 \x01(\t\x12\x16\n\x0e\x61\x64\x61pter_source\x18\x07 \x01(\t\x12\x0c\n\x04kind\x18\x08 \x01(\t\x12\x32\n\x07options\x18\t \x03(\x0b\x32!.atoll.v1.Assignment.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0b\x41ssignments\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12#\n\x05items\x18\x02 \x03(\x0b\x32\x14.atoll.v1.Assignment\"j\n\x0bInstruction\x12,\n\x0b\x61ssignments\x18\x01 \x01(\x0b\x32\x15.atoll.v1.AssignmentsH\x00\x12\x0f\n\x05\x64rain\x18\x02 \x01(\x08H\x00\x12\x14\n\nreregister\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"u\n\x11HeartbeatResponse\x12\x0f\n\x07\x61\x63k_seq\x18\x01 \x01(\x04\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12+\n\x0cinstructions\x18\x03 \x03(\x0b\x32\x15.atoll.v1.Instruction\"T\n\x10ListNodesRequest\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.atoll.v1.NodeState\"2\n\x11ListNodesResponse\x12\x1d\n\x05nodes\x18\x01 \x03(\x0b\x32\x0e.atoll.v1.Node\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\" \n\x10\x44rainNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t2\x9b\x01\n\x0c\x41gentService\x12\x41\n\x08Register\x12\x19.atoll.v1.RegisterRequest\x1a\x1a.atoll.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1a.atoll.v1.HeartbeatRequest\x1a\x1b.atoll.v1.HeartbeatResponse(\x01\x30\x01\x32\xc3\x01\n\rClientService\x12\x44\n\tListNodes\x12\x1a.atoll.v1.ListNodesRequest\x1a\x1b.atoll.v1.ListNodesResponse\x12\x33\n\x07GetNode\x12\x18.atoll.v1.GetNodeRequest\x1a\x0e.atoll.v1.Node\x12\x37\n\tDrainNode\x12\x1a.atoll.v1.DrainNodeRequest\x1a\x0e.atoll.v1.Nodeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61toll/proto/v1/control.proto\x12\x08\x61toll.v1\x1a\x1b\x61toll/proto/v1/common.proto\"\xa8\x01\n\x0fRegisterRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.atoll.v1.NodeSpec\x12(\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x16.atoll.v1.NodeCapacity\x12$\n\x06status\x18\x05 \x01(\x0b\x32\x14.atoll.v1.NodeStatus\"u\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01\x12\x15\n\rlease_seconds\x18\x04 \x01(\x01\"\xf2\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12(\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x16.atoll.v1.NodeCapacity\x12\x14\n\x0chas_capacity\x18\x05 \x01(\x08\x12$\n\x06status\x18\x06 \x01(\x0b\x32\x14.atoll.v1.NodeStatus\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x1e\n\x16\x61ssignments_generation\x18\x08 \x01(\x04\x12\x11\n\tsent_unix\x18\t \x01(\x01\"\x80\x02\n\nAssignment\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x06 \x01(\t\x12\x16\n\x0e\x61\x64\x61pter_source\x18\x07 \x01(\t\x12\x0c\n\x04kind\x18\x08 \x01(\t\x12\x32\n\x07options\x18\t \x03(\x0b\x32!.atoll.v1.Assignment.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0b\x41ssignments\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12#\n\x05items\x18\x02 \x03(\x0b\x32\x14.atoll.v1.Assignment\"j\n\x0bInstruction\x12,\n\x0b\x61ssignments\x18\x01 \x01(\x0b\x32\x15.atoll.v1.AssignmentsH\x00\x12\x0f\n\x05\x64rain\x18\x02 \x01(\x08H\x00\x12\x14\n\nreregister\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"u\n\x11HeartbeatResponse\x12\x0f\n\x07\x61\x63k_seq\x18\x01 \x01(\x04\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12+\n\x0cinstructions\x18\x03 \x03(\x0b\x32\x15.atoll.v1.Instruction\"T\n\x10ListNodesRequest\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.atoll.v1.NodeState\"2\n\x11ListNodesResponse\x12\x1d\n\x05nodes\x18\x01 \x03(\x0b\x32\x0e.atoll.v1.Node\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\" \n\x10\x44rainNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t2\x9b\x01\n\x0c\x41gentService\x12\x41\n\x08Register\x12\x19.atoll.v1.RegisterRequest\x1a\x1a.atoll.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1a.atoll.v1.HeartbeatRequest\x1a\x1b.atoll.v1.HeartbeatResponse(\x01\x30\x01\x32\xc3\x01\n\rClientService\x12\x44\n\tListNodes\x12\x1a.atoll.v1.ListNodesRequest\x1a\x1b.atoll.v1.ListNodesResponse\x12\x33\n\x07GetNode\x12\x18.atoll.v1.GetNodeRequest\x1a\x0e.atoll.v1.Node\x12\x37\n\tDrainNode\x12\x1a.atoll.v1.DrainNodeRequest\x1a\x0e.atoll.v1.Nodeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,27 +39,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_start=242
   _globals['_REGISTERRESPONSE']._serialized_end=359
   _globals['_HEARTBEATREQUEST']._serialized_start=362
-  _globals['_HEARTBEATREQUEST']._serialized_end=585
-  _globals['_ASSIGNMENT']._serialized_start=588
-  _globals['_ASSIGNMENT']._serialized_end=844
-  _globals['_ASSIGNMENT_OPTIONSENTRY']._serialized_start=798
-  _globals['_ASSIGNMENT_OPTIONSENTRY']._serialized_end=844
-  _globals['_ASSIGNMENTS']._serialized_start=846
-  _globals['_ASSIGNMENTS']._serialized_end=916
-  _globals['_INSTRUCTION']._serialized_start=918
-  _globals['_INSTRUCTION']._serialized_end=1024
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1026
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1143
-  _globals['_LISTNODESREQUEST']._serialized_start=1145
-  _globals['_LISTNODESREQUEST']._serialized_end=1229
-  _globals['_LISTNODESRESPONSE']._serialized_start=1231
-  _globals['_LISTNODESRESPONSE']._serialized_end=1281
-  _globals['_GETNODEREQUEST']._serialized_start=1283
-  _globals['_GETNODEREQUEST']._serialized_end=1313
-  _globals['_DRAINNODEREQUEST']._serialized_start=1315
-  _globals['_DRAINNODEREQUEST']._serialized_end=1347
-  _globals['_AGENTSERVICE']._serialized_start=1350
-  _globals['_AGENTSERVICE']._serialized_end=1505
-  _globals['_CLIENTSERVICE']._serialized_start=1508
-  _globals['_CLIENTSERVICE']._serialized_end=1703
+  _globals['_HEARTBEATREQUEST']._serialized_end=604
+  _globals['_ASSIGNMENT']._serialized_start=607
+  _globals['_ASSIGNMENT']._serialized_end=863
+  _globals['_ASSIGNMENT_OPTIONSENTRY']._serialized_start=817
+  _globals['_ASSIGNMENT_OPTIONSENTRY']._serialized_end=863
+  _globals['_ASSIGNMENTS']._serialized_start=865
+  _globals['_ASSIGNMENTS']._serialized_end=935
+  _globals['_INSTRUCTION']._serialized_start=937
+  _globals['_INSTRUCTION']._serialized_end=1043
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1045
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1162
+  _globals['_LISTNODESREQUEST']._serialized_start=1164
+  _globals['_LISTNODESREQUEST']._serialized_end=1248
+  _globals['_LISTNODESRESPONSE']._serialized_start=1250
+  _globals['_LISTNODESRESPONSE']._serialized_end=1300
+  _globals['_GETNODEREQUEST']._serialized_start=1302
+  _globals['_GETNODEREQUEST']._serialized_end=1332
+  _globals['_DRAINNODEREQUEST']._serialized_start=1334
+  _globals['_DRAINNODEREQUEST']._serialized_end=1366
+  _globals['_AGENTSERVICE']._serialized_start=1369
+  _globals['_AGENTSERVICE']._serialized_end=1524
+  _globals['_CLIENTSERVICE']._serialized_start=1527
+  _globals['_CLIENTSERVICE']._serialized_end=1722
 # @@protoc_insertion_point(module_scope)

@@ -34,7 +34,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "session_token", "seq", "capacity", "has_capacity", "status", "draining", "assignments_generation")
+    __slots__ = ("node_id", "session_token", "seq", "capacity", "has_capacity", "status", "draining", "assignments_generation", "sent_unix")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class HeartbeatRequest(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SENT_UNIX_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_token: str
     seq: int
@@ -51,7 +52,8 @@ class HeartbeatRequest(_message.Message):
     status: _common_pb2.NodeStatus
     draining: bool
     assignments_generation: int
-    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., seq: _Optional[int] = ..., capacity: _Optional[_Union[_common_pb2.NodeCapacity, _Mapping]] = ..., has_capacity: _Optional[bool] = ..., status: _Optional[_Union[_common_pb2.NodeStatus, _Mapping]] = ..., draining: _Optional[bool] = ..., assignments_generation: _Optional[int] = ...) -> None: ...
+    sent_unix: float
+    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., seq: _Optional[int] = ..., capacity: _Optional[_Union[_common_pb2.NodeCapacity, _Mapping]] = ..., has_capacity: _Optional[bool] = ..., status: _Optional[_Union[_common_pb2.NodeStatus, _Mapping]] = ..., draining: _Optional[bool] = ..., assignments_generation: _Optional[int] = ..., sent_unix: _Optional[float] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("replica_id", "workflow", "task", "variant", "base_model", "adapter", "adapter_source", "kind", "options")
