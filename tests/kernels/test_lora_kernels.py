@@ -56,15 +56,24 @@ def test_fast_torch_matches_reference(popularity, phase, layout, dtype):
     assert torch.equal(y[bare], c.y0[bare]) and not h[:, bare].any()
 
 
-@pytest.mark.parametrize("popularity", ["distinct", "uniform", "identical"])
-def test_fast_torch_paths_all_taken(popularity, monkeypatch):
-    """The gather path, the group path and the single-slot path each agree with the reference;
-    the gather chunking is exercised by shrinking GATHER_BYTES."""
+@pytest.mark.parametrize("popularity,phase,plan", [
+    ("distinct", "decode", "gather"), ("uniform", "decode", "groups"),
+    ("distinct", "prefill", "runs"), ("identical", "prefill", "single"),
+])
+def test_fast_torch_paths_all_taken(popularity, phase, plan, monkeypatch):
+    """Each batching plan of the torch backend is taken and agrees with the reference; the
+    gather chunking is exercised by shrinking GATHER_BYTES."""
     monkeypatch.setattr(torch_lora, "GATHER_BYTES", 4096)
-    c = make_case(popularity, "decode", n_req=23, seed=5)
+    c = make_case(popularity, phase, n_req=23, seed=5)
+    assert torch_lora._plan(c.meta, 1024)[0] == plan
     y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch")
     y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
     assert_close(y, y_ref, torch.float32)
+
+
+def test_large_adapters_skip_gather():
+    c = make_case("distinct", "decode", n_req=23)
+    assert torch_lora._plan(c.meta, torch_lora.GATHER_MAX_ROW_BYTES + 1)[0] == "runs"
 
 
 def test_wrong_slot_mapping_is_detected():
