@@ -1,7 +1,7 @@
 """Paged KV cache: fixed-size blocks handed out from a free list.
 
-Storage per layer is one flat tensor ``[num_blocks · block_size, kv_heads, head_dim]`` for K and
-one for V, allocated once. A request owns a list of block ids (its block table); position ``p``
+Storage per layer is one tensor ``[kv_heads, num_blocks · block_size, head_dim]`` for K and one
+for V, allocated once (head-major, so a gather of rows is already laid out for batched matmul). A request owns a list of block ids (its block table); position ``p``
 of the request lives at flat row ``table[p // block_size] · block_size + p % block_size``.
 
 Admission control reserves every block a request can ever need (prompt + max_tokens) when it is
@@ -32,7 +32,7 @@ class PagedKVCache:
             raise ValueError(f"num_blocks ({num_blocks}) and block_size ({block_size}) must be >= 1")
         self.num_blocks, self.block_size = num_blocks, block_size
         rows = num_blocks * block_size
-        shape = (rows, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_kv_heads, rows, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
         self._free = list(range(num_blocks - 1, -1, -1))   # pop() hands out low ids first
@@ -45,7 +45,7 @@ class PagedKVCache:
     @property
     def bytes_per_token(self) -> int:
         k = self.k[0]
-        return 2 * len(self.k) * k.shape[1] * k.shape[2] * k.element_size()
+        return 2 * len(self.k) * k.shape[0] * k.shape[2] * k.element_size()
 
     @property
     def num_free(self) -> int:

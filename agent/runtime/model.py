@@ -42,7 +42,7 @@ class StepBatch:
     lora: LoraMeta            # slot per row (-1: base model)
     num_decode: int           # rows 0 … num_decode-1 are single-token decodes, one per request
     decode_kv_rows: torch.Tensor | None   # [B, Lmax] long, cache rows (padding: row 0)
-    decode_kv_mask: torch.Tensor | None   # [B, 1, 1, Lmax] additive mask (0 or -inf)
+    decode_kv_mask: torch.Tensor | None   # [B, 1, Lmax] additive mask (0 or -inf)
     prefills: list[PrefillChunk]
     logit_rows: torch.Tensor  # [M] long: rows whose next-token logits are wanted
 
@@ -88,17 +88,12 @@ class LlamaModel:
         h = x.shape[-1] // 2
         return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """q [B, Lq, nh, d], k/v [B, Lk, nkv, d], additive mask broadcastable to [B, nkv, g·Lq, Lk]."""
-        b, lq, nh, d = q.shape
-        nkv = k.shape[2]
-        g = nh // nkv
-        qh = q.view(b, lq, nkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, nkv, g * lq, d)
-        kh, vh = k.transpose(1, 2), v.transpose(1, 2)                       # [B, nkv, Lk, d]
+    def _attend(self, qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """qh [nkv, B, M, d] (M = g·Lq query rows per kv head), kh/vh [nkv, B, L, d], additive mask
+        broadcastable to [nkv, B, M, L]. Returns [nkv, B, M, d]."""
         scores = torch.matmul(qh, kh.transpose(-1, -2)).float() * self.scale + mask
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        out = torch.matmul(probs, vh)                                         # [B, nkv, g·Lq, d]
-        return out.view(b, nkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, nh * d)
+        probs = torch.softmax(scores, dim=-1).to(vh.dtype)
+        return torch.matmul(probs, vh)
 
     def forward(self, batch: StepBatch, kv: PagedKVCache, slots: list[SlotWeights] | None,
                 scales: torch.Tensor | None, *, return_hidden: bool = False):
@@ -133,18 +128,21 @@ class LlamaModel:
             v = qkv[:, cfg.q_size + cfg.kv_size:].view(t, nkv, d)
             q = q * cos + self._rotate_half(q) * sin
             k = k * cos + self._rotate_half(k) * sin
-            kc, vc = kv.k[n], kv.v[n]
-            kc[batch.write_rows] = k
-            vc[batch.write_rows] = v
+            kc, vc = kv.k[n], kv.v[n]                                          # [nkv, rows, d]
+            kc[:, batch.write_rows] = k.transpose(0, 1)
+            vc[:, batch.write_rows] = v.transpose(0, 1)
             attn = torch.empty(t, nh * d, dtype=self.dtype, device=self.device)
+            g = nh // nkv
             if nd:
-                rows = batch.decode_kv_rows
-                attn[:nd] = self._attend(q[:nd].unsqueeze(1), kc[rows], vc[rows], batch.decode_kv_mask)[:, 0]
+                rows = batch.decode_kv_rows                                        # [B, L]
+                qh = q[:nd].view(nd, nkv, g, d).transpose(0, 1)                    # [nkv, B, g, d]
+                out = self._attend(qh, kc[:, rows], vc[:, rows], batch.decode_kv_mask)
+                attn[:nd] = out.transpose(0, 1).reshape(nd, nh * d)
             for ch, m in zip(batch.prefills, masks):
                 r0, ln = ch.row0, ch.length
-                out = self._attend(q[r0:r0 + ln].unsqueeze(0), kc[ch.kv_rows].unsqueeze(0),
-                                   vc[ch.kv_rows].unsqueeze(0), m)
-                attn[r0:r0 + ln] = out[0]
+                qh = q[r0:r0 + ln].view(ln, nkv, g, d).permute(1, 2, 0, 3).reshape(nkv, 1, g * ln, d)
+                out = self._attend(qh, kc[:, ch.kv_rows].unsqueeze(1), vc[:, ch.kv_rows].unsqueeze(1), m)
+                attn[r0:r0 + ln] = out.view(nkv, g, ln, d).permute(2, 0, 1, 3).reshape(ln, nh * d)
             o = F.linear(attn, lw.o)
             if sw is not None:
                 lora_apply(o, attn, sw.a["o"], sw.b["o"], scales, meta, self.o_slices, backend=be)

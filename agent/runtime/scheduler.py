@@ -146,7 +146,7 @@ class Scheduler:
             kv_rows = table[:, ar // bs] * bs + ar % bs
             kv_mask = torch.zeros(nd, lmax, device=dev)
             kv_mask.masked_fill_(ar[None, :] >= lens[:, None], float("-inf"))
-            kv_mask = kv_mask.view(nd, 1, 1, lmax)
+            kv_mask = kv_mask.view(nd, 1, lmax)
         return StepBatch(
             input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
             positions=torch.tensor(pos, dtype=torch.long, device=dev),

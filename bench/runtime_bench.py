@@ -1,0 +1,196 @@
+"""Runtime throughput on the CPU, side by side in one run.
+
+A random-weight Llama (30-80M parameters), 32 requests × 64 prompt tokens × 64 new tokens,
+greedy, rank-16 adapters on all seven projections. Cases:
+
+- ``base``: atoll, no adapter;  ``shared``: atoll, one adapter for all 32 requests;
+- ``distinct``: atoll, 32 different adapters (one per request, all on the device);
+- ``hf_peft``: transformers + peft generating the ``distinct`` batch (``adapter_names``).
+
+Throughput = generated tokens / wall time of the whole batch (prefill included); decode
+throughput = decode tokens / time of the decode steps only. Byte-model bound of a decode step
+(RUNTIME.md): bytes = weights read (all but the embedding table) + KV read + unique adapter bytes;
+bound tok/s = batch / (bytes / measured copy bandwidth).
+
+    python bench/runtime_bench.py            # full run (writes bench/results/runtime.json)
+    python bench/runtime_bench.py --quick    # smaller model and batch, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def copy_bandwidth(nbytes: int = 512 << 20, reps: int = 5) -> float:
+    """Bytes/s moved by a large tensor copy (read + write counted), best of ``reps``."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes / best
+
+
+def run_atoll(engine, prompts, adapters, new_tokens):
+    from atoll.agent.runtime import SamplingParams
+
+    sp = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    handles = [engine.submit(p, a, sp, stream_text=False) for p, a in zip(prompts, adapters)]
+    t0 = time.perf_counter()
+    decode_t, decode_tok = 0.0, 0
+    while not all(h.finished for h in handles):
+        in_decode = bool(engine.scheduler.running) and not engine.scheduler.waiting and \
+            all(not r.in_prefill for r in engine.scheduler.running)
+        ts = time.perf_counter()
+        n = engine.step()
+        if n == 0:
+            engine.store.wait_change(0.002)
+        elif in_decode:
+            decode_t += time.perf_counter() - ts
+            decode_tok += n
+    wall = time.perf_counter() - t0
+    outs = [h.result() for h in handles]
+    gen = sum(len(o.token_ids) for o in outs)
+    return {"wall_s": wall, "tokens": gen, "tok_s": gen / wall,
+            "decode_tok_s": decode_tok / decode_t if decode_t else 0.0, "decode_s": decode_t,
+            "token_ids": [o.token_ids for o in outs]}
+
+
+def run_hf(model_dir, adapter_dirs, prompts, adapters, new_tokens):
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    base = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    names = sorted(set(a for a in adapters if a))
+    pm = PeftModel.from_pretrained(base, adapter_dirs[names[0]], adapter_name=names[0])
+    for n in names[1:]:
+        pm.load_adapter(adapter_dirs[n], adapter_name=n)
+    pm.eval()
+    ids = torch.tensor(prompts)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = pm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=adapters,
+                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)
+    wall = time.perf_counter() - t0
+    gen = out[:, ids.shape[1]:]
+    return {"wall_s": wall, "tokens": gen.numel(), "tok_s": gen.numel() / wall, "token_ids": gen.tolist()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small model and batch (smoke run)")
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers+peft case")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "runtime.json"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(REPO))
+    from atoll.agent.runtime import Engine
+    from atoll.tiny import build_tiny_adapter, build_tiny_llama
+
+    if args.quick:
+        shape = dict(vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2)
+        n_req, prompt_len, new_tokens = 8, 32, 16
+    else:
+        shape = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8, num_heads=8,
+                     num_kv_heads=4)
+        n_req, prompt_len, new_tokens = 32, 64, 64
+    rank = 16
+    tmp = Path(tempfile.mkdtemp(prefix="atoll-bench-"))
+    model_dir = build_tiny_llama(tmp / "model", seed=0, max_position_embeddings=1024, **shape)
+    adapter_dirs = {f"t{i:02d}": build_tiny_adapter(tmp / f"t{i:02d}", model_dir, rank=rank, alpha=32, seed=100 + i,
+                                                    std=0.02) for i in range(n_req)}
+    g = torch.Generator().manual_seed(7)
+    prompts = torch.randint(3, shape["vocab_size"], (n_req, prompt_len), generator=g).tolist()
+
+    engine = Engine(model_dir, device="cpu", dtype="float32", lora_backend="torch", max_lora_rank=rank,
+                    max_adapters_on_device=n_req + 1, kv_cache_tokens=n_req * (prompt_len + new_tokens) + 256,
+                    max_num_batched_tokens=n_req * prompt_len, max_num_seqs=n_req)
+    for name, path in adapter_dirs.items():
+        engine.add_adapter(name, path)
+    cfg = engine.cfg
+    bw = copy_bandwidth()
+    names = list(adapter_dirs)
+    cases = {"base": [None] * n_req, "shared": [names[0]] * n_req, "distinct": names}
+    # warm-up: every adapter resident on the device, allocator and kernels warm
+    run_atoll(engine, prompts[:n_req], names, 2)
+    run_atoll(engine, prompts[:4], [None] * 4, 2)
+
+    w = engine.weights
+    weight_bytes = w.nbytes() - (w.embed.numel() * w.embed.element_size() if w.lm_head is not w.embed else 0)
+    adapter_bytes = engine.store.list()[0].size_bytes
+    kv_per_tok = engine.kv.bytes_per_token
+    avg_ctx = prompt_len + new_tokens / 2
+    results = {}
+    for case, adapters in cases.items():
+        r = run_atoll(engine, prompts, adapters, new_tokens)
+        uniq = len(set(a for a in adapters if a))
+        step_bytes = weight_bytes + n_req * avg_ctx * kv_per_tok + uniq * adapter_bytes
+        r["bound_decode_tok_s"] = n_req / (step_bytes / bw)
+        r["step_bytes"] = step_bytes
+        r["unique_adapters"] = uniq
+        results[case] = r
+    if not args.no_hf:
+        results["hf_peft"] = run_hf(model_dir, adapter_dirs, prompts, names, new_tokens)
+        results["hf_peft"]["matches_atoll_tokens"] = results["hf_peft"]["token_ids"] == results["distinct"]["token_ids"]
+    engine.close()
+
+    base = results["base"]
+    targets = {
+        "shared_vs_base": results["shared"]["tok_s"] / base["tok_s"],
+        "distinct_vs_bound_decode": results["distinct"]["decode_tok_s"] / results["distinct"]["bound_decode_tok_s"],
+    }
+    if "hf_peft" in results:
+        targets["distinct_vs_hf_peft"] = results["distinct"]["tok_s"] / results["hf_peft"]["tok_s"]
+    met = {"shared_vs_base": targets["shared_vs_base"] >= 0.85,
+           "distinct_vs_bound_decode": targets["distinct_vs_bound_decode"] >= 0.8}
+    if "distinct_vs_hf_peft" in targets:
+        met["distinct_vs_hf_peft"] = targets["distinct_vs_hf_peft"] >= 3.0
+
+    print(f"model: {cfg.num_params / 1e6:.1f}M params, hidden {cfg.hidden_size}, {cfg.num_layers} layers, "
+          f"vocab {cfg.vocab_size}; {n_req} requests x {prompt_len} prompt + {new_tokens} new tokens, rank {rank}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+          f"{torch.get_num_threads()}, copy bandwidth {bw / 1e9:.1f} GB/s")
+    print(f"{'case':10} {'tok/s':>8} {'decode tok/s':>13} {'bound tok/s':>12} {'decode/bound':>13} {'wall s':>7}")
+    for case, r in results.items():
+        bound = r.get("bound_decode_tok_s")
+        dec = r.get("decode_tok_s")
+        print(f"{case:10} {r['tok_s']:8.1f} {dec if dec else float('nan'):13.1f} "
+              f"{bound if bound else float('nan'):12.1f} {(dec / bound) if bound else float('nan'):13.2f} "
+              f"{r['wall_s']:7.2f}")
+    for k, v in targets.items():
+        print(f"{k}: {v:.2f} ({'met' if met[k] else 'NOT met'})")
+    for r in results.values():
+        r.pop("token_ids", None)
+    import transformers
+
+    doc = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick,
+           "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                       "torch_threads": torch.get_num_threads(), "copy_bandwidth_gb_s": bw / 1e9,
+                       "python": platform.python_version(), "torch": torch.__version__,
+                       "transformers": transformers.__version__},
+           "model": {**shape, "params": cfg.num_params}, "requests": n_req, "prompt_tokens": prompt_len,
+           "new_tokens": new_tokens, "rank": rank, "results": results, "ratios": targets, "targets_met": met}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
