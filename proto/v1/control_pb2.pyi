@@ -139,3 +139,233 @@ class DrainNodeRequest(_message.Message):
     NODE_FIELD_NUMBER: _ClassVar[int]
     node: str
     def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class SubmitWorkflowRequest(_message.Message):
+    __slots__ = ("spec_yaml", "filename", "dry_run")
+    SPEC_YAML_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    spec_yaml: str
+    filename: str
+    dry_run: bool
+    def __init__(self, spec_yaml: _Optional[str] = ..., filename: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("replica_id", "task", "variant", "node_id", "node_name", "state", "worker_address", "region", "tier", "weight", "message")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    task: str
+    variant: str
+    node_id: str
+    node_name: str
+    state: str
+    worker_address: str
+    region: str
+    tier: str
+    weight: float
+    message: str
+    def __init__(self, replica_id: _Optional[str] = ..., task: _Optional[str] = ..., variant: _Optional[str] = ..., node_id: _Optional[str] = ..., node_name: _Optional[str] = ..., state: _Optional[str] = ..., worker_address: _Optional[str] = ..., region: _Optional[str] = ..., tier: _Optional[str] = ..., weight: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ProfileEntry(_message.Message):
+    __slots__ = ("variant", "hardware", "declared_rps", "measured_rps", "source")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    DECLARED_RPS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_RPS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    hardware: str
+    declared_rps: float
+    measured_rps: float
+    source: str
+    def __init__(self, variant: _Optional[str] = ..., hardware: _Optional[str] = ..., declared_rps: _Optional[float] = ..., measured_rps: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
+
+class WorkflowStatus(_message.Message):
+    __slots__ = ("name", "state", "message", "plan_json", "replicas", "profiles", "spec_yaml", "created_unix", "updated_unix", "generation", "tenant")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    SPEC_YAML_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    message: str
+    plan_json: str
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    profiles: _containers.RepeatedCompositeFieldContainer[ProfileEntry]
+    spec_yaml: str
+    created_unix: float
+    updated_unix: float
+    generation: int
+    tenant: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., plan_json: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[ProfileEntry, _Mapping]]] = ..., spec_yaml: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., generation: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class WorkflowSummary(_message.Message):
+    __slots__ = ("name", "state", "cost_per_hour", "accuracy", "replicas", "ready_replicas")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    READY_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    cost_per_hour: float
+    accuracy: float
+    replicas: int
+    ready_replicas: int
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., cost_per_hour: _Optional[float] = ..., accuracy: _Optional[float] = ..., replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ...) -> None: ...
+
+class ListWorkflowsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWorkflowsResponse(_message.Message):
+    __slots__ = ("workflows",)
+    WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
+    workflows: _containers.RepeatedCompositeFieldContainer[WorkflowSummary]
+    def __init__(self, workflows: _Optional[_Iterable[_Union[WorkflowSummary, _Mapping]]] = ...) -> None: ...
+
+class GetWorkflowRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteWorkflowResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class InvokeRequest(_message.Message):
+    __slots__ = ("workflow", "input_json", "stream", "timeout_seconds", "request_id")
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow: str
+    input_json: str
+    stream: bool
+    timeout_seconds: float
+    request_id: str
+    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., stream: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StageResult(_message.Message):
+    __slots__ = ("task", "variant", "node_name", "region", "seconds", "attempts", "output_bytes")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    variant: str
+    node_name: str
+    region: str
+    seconds: float
+    attempts: int
+    output_bytes: int
+    def __init__(self, task: _Optional[str] = ..., variant: _Optional[str] = ..., node_name: _Optional[str] = ..., region: _Optional[str] = ..., seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., output_bytes: _Optional[int] = ...) -> None: ...
+
+class InvokeResponse(_message.Message):
+    __slots__ = ("text", "done", "output_json", "stages", "request_id")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    done: bool
+    output_json: str
+    stages: _containers.RepeatedCompositeFieldContainer[StageResult]
+    request_id: str
+    def __init__(self, text: _Optional[str] = ..., done: _Optional[bool] = ..., output_json: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageResult, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ProfileRequest(_message.Message):
+    __slots__ = ("workflow", "task", "variant", "node", "requests", "concurrency")
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    workflow: str
+    task: str
+    variant: str
+    node: str
+    requests: int
+    concurrency: int
+    def __init__(self, workflow: _Optional[str] = ..., task: _Optional[str] = ..., variant: _Optional[str] = ..., node: _Optional[str] = ..., requests: _Optional[int] = ..., concurrency: _Optional[int] = ...) -> None: ...
+
+class ProfileResponse(_message.Message):
+    __slots__ = ("variant", "hardware", "node_name", "requests_per_second", "tokens_per_second", "declared_rps", "requests")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    DECLARED_RPS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    hardware: str
+    node_name: str
+    requests_per_second: float
+    tokens_per_second: float
+    declared_rps: float
+    requests: int
+    def __init__(self, variant: _Optional[str] = ..., hardware: _Optional[str] = ..., node_name: _Optional[str] = ..., requests_per_second: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., declared_rps: _Optional[float] = ..., requests: _Optional[int] = ...) -> None: ...
+
+class BlobChunk(_message.Message):
+    __slots__ = ("name", "kind", "data", "offset", "total_bytes", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    data: bytes
+    offset: int
+    total_bytes: int
+    path: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+
+class BlobInfo(_message.Message):
+    __slots__ = ("name", "kind", "size_bytes", "display_name")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    size_bytes: int
+    display_name: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., size_bytes: _Optional[int] = ..., display_name: _Optional[str] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("name", "offset")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    offset: int
+    def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...

@@ -172,6 +172,36 @@ class ClientServiceStub:
                 request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=atoll_dot_proto_dot_v1_dot_common__pb2.Node.FromString,
                 _registered_method=True)
+        self.SubmitWorkflow = channel.unary_unary(
+                '/atoll.v1.ClientService/SubmitWorkflow',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.SubmitWorkflowRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.WorkflowStatus.FromString,
+                _registered_method=True)
+        self.ListWorkflows = channel.unary_unary(
+                '/atoll.v1.ClientService/ListWorkflows',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListWorkflowsRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListWorkflowsResponse.FromString,
+                _registered_method=True)
+        self.GetWorkflow = channel.unary_unary(
+                '/atoll.v1.ClientService/GetWorkflow',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.GetWorkflowRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.WorkflowStatus.FromString,
+                _registered_method=True)
+        self.DeleteWorkflow = channel.unary_unary(
+                '/atoll.v1.ClientService/DeleteWorkflow',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.GetWorkflowRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.DeleteWorkflowResponse.FromString,
+                _registered_method=True)
+        self.Invoke = channel.unary_stream(
+                '/atoll.v1.ClientService/Invoke',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.InvokeResponse.FromString,
+                _registered_method=True)
+        self.Profile = channel.unary_unary(
+                '/atoll.v1.ClientService/Profile',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ProfileRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ProfileResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -196,6 +226,45 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitWorkflow(self, request, context):
+        """Workflows: validate, plan on the READY nodes, store, deploy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkflows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Invoke(self, request, context):
+        """Run one request through the workflow's stages; the last message has done = true.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Profile(self, request, context):
+        """Measure a variant's throughput on a live agent and record it as a profile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +282,36 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.DrainNode,
                     request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.DrainNodeRequest.FromString,
                     response_serializer=atoll_dot_proto_dot_v1_dot_common__pb2.Node.SerializeToString,
+            ),
+            'SubmitWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitWorkflow,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.SubmitWorkflowRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.WorkflowStatus.SerializeToString,
+            ),
+            'ListWorkflows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkflows,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListWorkflowsRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'GetWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflow,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.GetWorkflowRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.WorkflowStatus.SerializeToString,
+            ),
+            'DeleteWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkflow,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.GetWorkflowRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.DeleteWorkflowResponse.SerializeToString,
+            ),
+            'Invoke': grpc.unary_stream_rpc_method_handler(
+                    servicer.Invoke,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.InvokeRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.InvokeResponse.SerializeToString,
+            ),
+            'Profile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Profile,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ProfileRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -297,6 +396,330 @@ class ClientService:
             '/atoll.v1.ClientService/DrainNode',
             atoll_dot_proto_dot_v1_dot_control__pb2.DrainNodeRequest.SerializeToString,
             atoll_dot_proto_dot_v1_dot_common__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/SubmitWorkflow',
+            atoll_dot_proto_dot_v1_dot_control__pb2.SubmitWorkflowRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.WorkflowStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkflows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/ListWorkflows',
+            atoll_dot_proto_dot_v1_dot_control__pb2.ListWorkflowsRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/GetWorkflow',
+            atoll_dot_proto_dot_v1_dot_control__pb2.GetWorkflowRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.WorkflowStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/DeleteWorkflow',
+            atoll_dot_proto_dot_v1_dot_control__pb2.GetWorkflowRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.DeleteWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Invoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/atoll.v1.ClientService/Invoke',
+            atoll_dot_proto_dot_v1_dot_control__pb2.InvokeRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Profile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/Profile',
+            atoll_dot_proto_dot_v1_dot_control__pb2.ProfileRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.ProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ModelStoreStub:
+    """Content-addressed model and adapter store served by the coordinator to agents.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Push = channel.stream_unary(
+                '/atoll.v1.ModelStore/Push',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.BlobChunk.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.BlobInfo.FromString,
+                _registered_method=True)
+        self.Fetch = channel.unary_stream(
+                '/atoll.v1.ModelStore/Fetch',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.FetchRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.Stat = channel.unary_unary(
+                '/atoll.v1.ModelStore/Stat',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.FetchRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.BlobInfo.FromString,
+                _registered_method=True)
+
+
+class ModelStoreServicer:
+    """Content-addressed model and adapter store served by the coordinator to agents.
+    """
+
+    def Push(self, request_iterator, context):
+        """first chunk names the blob (name, kind)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fetch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ModelStoreServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Push': grpc.stream_unary_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.BlobChunk.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.BlobInfo.SerializeToString,
+            ),
+            'Fetch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.FetchRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.BlobChunk.SerializeToString,
+            ),
+            'Stat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stat,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.FetchRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.BlobInfo.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'atoll.v1.ModelStore', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('atoll.v1.ModelStore', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ModelStore:
+    """Content-addressed model and adapter store served by the coordinator to agents.
+    """
+
+    @staticmethod
+    def Push(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/atoll.v1.ModelStore/Push',
+            atoll_dot_proto_dot_v1_dot_control__pb2.BlobChunk.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.BlobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/atoll.v1.ModelStore/Fetch',
+            atoll_dot_proto_dot_v1_dot_control__pb2.FetchRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ModelStore/Stat',
+            atoll_dot_proto_dot_v1_dot_control__pb2.FetchRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.BlobInfo.FromString,
             options,
             channel_credentials,
             insecure,

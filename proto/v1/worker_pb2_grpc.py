@@ -54,6 +54,11 @@ class WorkerStub:
                 request_serializer=atoll_dot_proto_dot_v1_dot_worker__pb2.ListAdaptersRequest.SerializeToString,
                 response_deserializer=atoll_dot_proto_dot_v1_dot_worker__pb2.ListAdaptersResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/atoll.v1.Worker/Embed',
+                request_serializer=atoll_dot_proto_dot_v1_dot_worker__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_worker__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -84,6 +89,13 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Mean-pooled final hidden state of a text (embedding stages).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +118,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.ListAdapters,
                     request_deserializer=atoll_dot_proto_dot_v1_dot_worker__pb2.ListAdaptersRequest.FromString,
                     response_serializer=atoll_dot_proto_dot_v1_dot_worker__pb2.ListAdaptersResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_worker__pb2.EmbedRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_worker__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +233,33 @@ class Worker:
             '/atoll.v1.Worker/ListAdapters',
             atoll_dot_proto_dot_v1_dot_worker__pb2.ListAdaptersRequest.SerializeToString,
             atoll_dot_proto_dot_v1_dot_worker__pb2.ListAdaptersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.Worker/Embed',
+            atoll_dot_proto_dot_v1_dot_worker__pb2.EmbedRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_worker__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,64 @@
+"""Fetch content-addressed models/adapters from the coordinator's ModelStore.
+
+``sha256:<hex>`` names are fetched once into ``CACHE/<hex>/`` (checksum verified, resumable
+from a partial download), then used as local directories. Plain paths are used as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from atoll.archive import safe_extract
+from atoll.errors import FailedPrecondition, InvalidArgument, NotFound
+from atoll.logs import kv
+from atoll.proto.v1 import control_pb2, control_pb2_grpc
+
+log = logging.getLogger("atoll.agent")
+
+
+async def resolve_source(source: str, *, channel, cache_dir: Path,
+                         progress: Callable[[int, int], None] | None = None) -> Path:
+    """A local directory for ``source`` (a path or a sha256 name fetched from the coordinator)."""
+    if not source:
+        raise InvalidArgument("empty model/adapter source")
+    if not source.startswith("sha256:"):
+        p = Path(source).expanduser()
+        if not p.is_dir():
+            raise NotFound(f"{source} is not a directory on this host",
+                           hint="use a path present on every host, or push it with `atoll push` and name it sha256:...")
+        return p
+    hexd = source.split(":", 1)[1]
+    if len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
+        raise InvalidArgument(f"{source[:80]!r} is not a sha256 name")
+    dest = cache_dir / hexd
+    if (dest / ".complete").exists():
+        return dest
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    part = cache_dir / f"{hexd}.part"
+    offset = part.stat().st_size if part.exists() else 0
+    stub = control_pb2_grpc.ModelStoreStub(channel)
+    with open(part, "ab") as f:
+        async for chunk in stub.Fetch(control_pb2.FetchRequest(name=source, offset=offset)):
+            if chunk.offset != f.tell():
+                raise FailedPrecondition(f"fetch of {source}: chunk at {chunk.offset}, expected {f.tell()}")
+            f.write(chunk.data)
+            if progress:
+                progress(chunk.offset + len(chunk.data), chunk.total_bytes)
+    data = part.read_bytes()
+    got = hashlib.sha256(data).hexdigest()
+    if got != hexd:
+        part.unlink(missing_ok=True)
+        raise FailedPrecondition(f"checksum mismatch fetching {source}: got sha256:{got[:12]}…; retrying fetches it again")
+    tmp = cache_dir / f"{hexd}.extract"
+    shutil.rmtree(tmp, ignore_errors=True)
+    safe_extract(data, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+    (dest / ".complete").write_text(source + "\n")
+    part.unlink(missing_ok=True)
+    log.info("fetched", extra=kv(name=source[:19], bytes=len(data)))
+    return dest

@@ -1,0 +1,166 @@
+"""Converge this host to its assignments: which base model to hold and which adapters.
+
+The coordinator sends the full desired set (level-triggered); :class:`ReplicaManager` keeps the
+latest one and a duty calls :meth:`ReplicaManager.converge` until what is loaded matches. One
+base model per host (the planner places one base-model group per host); adapters of every
+workflow sharing that base are loaded into the same engine. Loading runs in a worker thread so
+heartbeats and serving continue meanwhile. Each replica reports pending | loading | ready |
+failed (with the reason) in the heartbeat status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from atoll.logs import kv
+
+log = logging.getLogger("atoll.agent")
+
+
+@dataclass(frozen=True)
+class Item:
+    replica_id: str
+    workflow: str
+    task: str
+    variant: str
+    base_model: str
+    adapter: str
+    adapter_source: str
+    kind: str
+    options: tuple = ()
+
+
+def digest(items: list[Item]) -> int:
+    """The generation number of a desired set: a content digest, so equal sets are equal."""
+    h = hashlib.sha256()
+    for it in sorted(items, key=lambda i: i.replica_id):
+        h.update(repr(it).encode())
+    return int.from_bytes(h.digest()[:8], "big") >> 1
+
+
+def items_from_pb(msg) -> list[Item]:
+    return [Item(a.replica_id, a.workflow, a.task, a.variant, a.base_model, a.adapter, a.adapter_source,
+                 a.kind or "llm", tuple(sorted(a.options.items()))) for a in msg.items]
+
+
+@dataclass
+class Loaded:
+    base_source: str = ""
+    engine: object | None = None
+    adapters: dict[str, str] = field(default_factory=dict)   # name -> source
+
+
+class ReplicaManager:
+    """``engine_factory(model_dir) -> Engine``; ``resolve(source) -> Path`` (async)."""
+
+    def __init__(self, engine_factory: Callable[[Path], object], resolve, on_change: Callable[[], None] | None = None):
+        self.engine_factory = engine_factory
+        self.resolve = resolve
+        self.on_change = on_change or (lambda: None)
+        self.desired: list[Item] = []
+        self.desired_generation = 0
+        self.applied_generation = 0
+        self.loaded = Loaded()
+        self.states: dict[str, str] = {}
+        self.messages: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self.load_seconds: dict[str, float] = {}
+
+    def set_desired(self, items: list[Item], generation: int) -> None:
+        self.desired = items
+        self.desired_generation = generation
+        for it in items:
+            self.states.setdefault(it.replica_id, "pending")
+        for rid in list(self.states):
+            if rid not in {i.replica_id for i in items}:
+                self.states.pop(rid, None)
+                self.messages.pop(rid, None)
+        self.on_change()
+
+    @property
+    def engine(self):
+        return self.loaded.engine
+
+    def _set(self, items, state: str, msg: str = "") -> None:
+        for it in items:
+            self.states[it.replica_id] = state
+            if msg:
+                self.messages[it.replica_id] = msg
+            else:
+                self.messages.pop(it.replica_id, None)
+        self.on_change()
+
+    async def converge(self) -> None:
+        async with self._lock:
+            items = list(self.desired)
+            gen = self.desired_generation
+            if gen == self.applied_generation:
+                return
+            bases = sorted({i.base_model for i in items})
+            if len(bases) > 1:
+                self._set(items, "failed", f"one base model per host; asked for {len(bases)}: {bases}")
+                self.applied_generation = gen
+                return
+            want_base = bases[0] if bases else ""
+            if want_base != self.loaded.base_source:
+                await self._swap_base(want_base, items)
+                if want_base and self.loaded.base_source != want_base:
+                    self.applied_generation = gen        # failed; reported; retried on a new set
+                    return
+            if not want_base:
+                self.applied_generation = gen
+                return
+            want = {i.adapter: i.adapter_source for i in items if i.adapter}
+            eng = self.loaded.engine
+            for name in [n for n in self.loaded.adapters if n not in want or self.loaded.adapters[n] != want[n]]:
+                await asyncio.to_thread(eng.remove_adapter, name)
+                self.loaded.adapters.pop(name, None)
+            for it in items:
+                if not it.adapter:
+                    self._set([it], "ready")
+                    continue
+                if self.loaded.adapters.get(it.adapter) == it.adapter_source:
+                    self._set([it], "ready")
+                    continue
+                self._set([it], "loading")
+                t0 = time.monotonic()
+                try:
+                    path = await self.resolve(it.adapter_source)
+                    await asyncio.to_thread(eng.add_adapter, it.adapter, str(path))
+                    self.loaded.adapters[it.adapter] = it.adapter_source
+                    self.load_seconds[it.replica_id] = time.monotonic() - t0
+                    self._set([i for i in items if i.adapter == it.adapter], "ready")
+                except Exception as exc:  # noqa: BLE001 - reported as the replica's state
+                    log.warning("adapter load failed", extra=kv(adapter=it.adapter, error=str(exc)[:300]))
+                    self._set([i for i in items if i.adapter == it.adapter], "failed", str(exc)[:300])
+            self.applied_generation = gen
+
+    async def _swap_base(self, source: str, items: list[Item]) -> None:
+        old = self.loaded.engine
+        self.loaded = Loaded()
+        if old is not None:
+            await asyncio.to_thread(old.stop)
+        if not source:
+            self.on_change()
+            return
+        self._set(items, "loading")
+        t0 = time.monotonic()
+        try:
+            path = await self.resolve(source)
+            engine = await asyncio.to_thread(self.engine_factory, path)
+            self.loaded = Loaded(base_source=source, engine=engine)
+            log.info("base model loaded", extra=kv(source=source[:80], seconds=round(time.monotonic() - t0, 2)))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("base model load failed", extra=kv(source=source[:80], error=str(exc)[:300]))
+            self._set(items, "failed", str(exc)[:300])
+
+    async def close(self) -> None:
+        if self.loaded.engine is not None:
+            await asyncio.to_thread(self.loaded.engine.stop)
+            self.loaded = Loaded()

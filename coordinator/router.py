@@ -1,0 +1,224 @@
+"""The data plane: run one request through a workflow's stages.
+
+For each stage in topological order, the router builds the stage's input from its parents'
+outputs (the prompt template's ``{input}``), picks a replica by the plan's routing weights
+(weighted random over the replicas that are ready on live nodes), and calls that agent's Worker
+service with the time left before the request's deadline. A replica that fails (unreachable,
+lost, overloaded, not ready) is excluded and the stage is retried on another replica; when every
+replica has failed the caller gets a clear error. Streaming requests stream the last stage's
+tokens; a stream that breaks after its first token cannot be retried and says so.
+
+Bytes are counted per (from region, to region) pair: the request's input from the source's
+region to the first stage's replica, and every stage's output to the replica of the stage that
+consumes it — the same flows the planner priced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import grpc
+
+from atoll.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable)
+from atoll.proto.v1 import worker_pb2, worker_pb2_grpc
+from atoll.rpc import CHANNEL_OPTIONS
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
+             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION,
+             grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED,
+             grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    replica_id: str
+    task: str
+    variant: str
+    node_id: str
+    node_name: str
+    region: str
+    address: str
+    weight: float
+    adapter: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    task: str
+    kind: str                      # llm | embedding
+    prompt: str                    # template; "{input}" is replaced by the stage's input text
+    parents: tuple[str, ...]       # tasks (or sources) feeding it
+    max_tokens: int = 32
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Route:
+    """What the router needs of one deployed workflow."""
+
+    workflow: str
+    stages: list[Stage]            # topological order
+    endpoints: dict[str, list[Endpoint]]
+    source_region: str
+    sink: str
+
+
+@dataclass
+class StageRun:
+    task: str
+    variant: str = ""
+    node_name: str = ""
+    region: str = ""
+    seconds: float = 0.0
+    attempts: int = 0
+    output_bytes: int = 0
+
+
+@dataclass
+class Result:
+    output: dict
+    stages: list[StageRun] = field(default_factory=list)
+
+
+def parse_input(raw: str) -> str:
+    """``{"text": ...}`` / ``{"prompt": ...}`` / a JSON string -> the request's text."""
+    try:
+        val = json.loads(raw) if raw else None
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"input is not JSON: {exc.msg} at position {exc.pos}",
+                              hint='pass --input \'{"text": "..."}\'') from None
+    if isinstance(val, str):
+        text = val
+    elif isinstance(val, dict) and isinstance(val.get("text", val.get("prompt")), str):
+        text = val.get("text", val.get("prompt"))
+    else:
+        raise InvalidArgument("input must be a JSON object with a string field 'text' (or a JSON string)",
+                              hint='for example --input \'{"text": "hello"}\'')
+    if not text.strip():
+        raise InvalidArgument("input text is empty")
+    if len(text) > 200_000:
+        raise InvalidArgument(f"input text has {len(text)} characters, at most 200000")
+    return text
+
+
+class Router:
+    def __init__(self, metrics=None, rng: random.Random | None = None):
+        self.metrics = metrics
+        self.rng = rng or random.Random()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return worker_pb2_grpc.WorkerStub(ch)
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+    def pick(self, endpoints: list[Endpoint], exclude: set[str]) -> Endpoint | None:
+        pool = [e for e in endpoints if e.replica_id not in exclude and e.weight > 0]
+        if not pool:
+            pool = [e for e in endpoints if e.replica_id not in exclude]
+        if not pool:
+            return None
+        return self.rng.choices(pool, weights=[max(e.weight, 1e-9) for e in pool], k=1)[0]
+
+    async def invoke(self, route: Route, text: str, *, deadline: float,
+                     on_delta: Callable[[str], Awaitable[None]] | None = None) -> Result:
+        outputs: dict[str, object] = {}
+        regions: dict[str, str] = {}
+        runs: list[StageRun] = []
+        for stage in route.stages:
+            parts = []
+            for p in stage.parents:
+                if p in outputs:
+                    if not isinstance(outputs[p], str):
+                        raise FailedPrecondition(f"stage {stage.task} needs text but {p} produced a tensor")
+                    parts.append(outputs[p])
+            stage_input = "\n".join(parts) if parts else text
+            prompt = stage.prompt.replace("{input}", stage_input) if stage.prompt else stage_input
+            in_regions = [regions[p] for p in stage.parents if p in regions] or [route.source_region]
+            last = stage.task == route.sink
+            out, run, region = await self._run_stage(route, stage, prompt, deadline,
+                                                     on_delta if (last and on_delta) else None)
+            in_bytes = len(stage_input.encode())
+            for r in in_regions:   # parents' outputs (or the request) travel to this replica's region
+                self._count_bytes(route.workflow, r, region, in_bytes)
+            outputs[stage.task] = out
+            regions[stage.task] = region
+            run.output_bytes = len(out.encode()) if isinstance(out, str) else 4 * len(out)
+            runs.append(run)
+        final = outputs[route.sink]
+        return Result({"text": final} if isinstance(final, str) else {"embedding": final}, runs)
+
+    def _count_bytes(self, workflow: str, a: str, b: str, n: int) -> None:
+        if self.metrics is not None:
+            self.metrics.bytes_sent.labels(workflow, a, b).inc(n)
+
+    async def _run_stage(self, route: Route, stage: Stage, prompt: str, deadline: float, on_delta):
+        endpoints = route.endpoints.get(stage.task, [])
+        if not endpoints:
+            raise Unavailable(f"stage {stage.task} has no ready replica", hint="see `atoll status`")
+        tried: set[str] = set()
+        run = StageRun(stage.task)
+        t0 = time.monotonic()
+        last_err = ""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(f"deadline passed in stage {stage.task} after {run.attempts} attempt(s)"
+                                       + (f"; last error: {last_err}" if last_err else ""))
+            ep = self.pick(endpoints, tried)
+            if ep is None:
+                raise Unavailable(f"stage {stage.task}: all {len(endpoints)} replica(s) failed; last error: {last_err}")
+            run.attempts += 1
+            if run.attempts > 1 and self.metrics is not None:
+                self.metrics.retries.labels(route.workflow, stage.task).inc()
+            started = [False]
+            try:
+                if stage.kind == "embedding":
+                    resp = await self._stub(ep.address).Embed(
+                        worker_pb2.EmbedRequest(text=prompt, adapter=ep.adapter), timeout=left)
+                    out: object = list(resp.embedding)
+                else:
+                    out = await self._generate(ep, stage, prompt, left, on_delta, started)
+                run.variant, run.node_name, run.region = ep.variant, ep.node_name, ep.region
+                run.seconds = time.monotonic() - t0
+                if self.metrics is not None:
+                    self.metrics.stage_seconds.labels(route.workflow, stage.task).observe(run.seconds)
+                return out, run, ep.region
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                last_err = f"{ep.node_name}: {code.name}: {exc.details()}"
+                if self.metrics is not None:
+                    self.metrics.stage_errors.labels(route.workflow, stage.task, code.name).inc()
+                if started[0]:
+                    raise Unavailable(f"stage {stage.task}: the stream from {ep.node_name} was cut off after "
+                                      "its first tokens; the partial output was not retried") from None
+                if code not in RETRYABLE:
+                    raise AtollError(f"stage {stage.task}: {code.name}: {exc.details()}") from None
+                tried.add(ep.replica_id)
+                if len(tried) >= len(endpoints):
+                    raise Unavailable(f"stage {stage.task}: all {len(endpoints)} replica(s) failed; "
+                                      f"last error: {last_err}") from None
+
+    async def _generate(self, ep: Endpoint, stage: Stage, prompt: str, timeout: float, on_delta, started) -> str:
+        req = worker_pb2.GenerateRequest(prompt=prompt, adapter=ep.adapter, sampling=worker_pb2.SamplingParams(
+            max_tokens=stage.max_tokens, temperature=stage.temperature, stop=list(stage.stop)))
+        text = []
+        async for resp in self._stub(ep.address).Generate(req, timeout=timeout):
+            if resp.text:
+                text.append(resp.text)
+                if on_delta is not None:
+                    started[0] = True
+                    await on_delta(resp.text)
+        return "".join(text)
