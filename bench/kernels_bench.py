@@ -148,6 +148,7 @@ def machine_info(device) -> dict:
     info = {
         "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__, "triton": None, "device": str(device), "device_name": "cpu",
     }
     try:
