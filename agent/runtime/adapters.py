@@ -55,6 +55,7 @@ class _Entry:
         self.pinned = False
         self.refcount = 0
         self.removed = False
+        self.error: str | None = None   # set when a reload from disk failed
 
 
 class AdapterStore:
@@ -160,6 +161,9 @@ class AdapterStore:
         with self._lock:
             self._finish_events()
             e = self._get(name)
+            if e.error is not None:
+                raise FailedPrecondition(f"adapter {name!r} can no longer be loaded: {e.error}",
+                                         hint="fix the files, then unload and load the adapter again")
             if e.slot >= 0 and not e.loading:
                 e.refcount += 1
                 self._lru.move_to_end(name)
@@ -237,7 +241,7 @@ class AdapterStore:
             except Exception as exc:  # the file changed on disk since it was validated
                 with self._lock:
                     self._slot_owner[slot] = None
-                    e.slot, e.loading = -1, False
+                    e.slot, e.loading, e.error = -1, False, str(exc)
                     self.metrics.adapter_load_failures += 1
                     self.metrics.log(f"adapter {e.name!r} reload failed: {exc}")
                     self._lock.notify_all()

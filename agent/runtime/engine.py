@@ -108,7 +108,8 @@ class Engine:
         return self.store.list()
 
     # ---- requests --------------------------------------------------------------------------
-    def _prompt_ids(self, prompt) -> list[int]:
+    def encode_prompt(self, prompt) -> list[int]:
+        """Token ids of a text (tokenizer.json) or id-list prompt, checked against the vocabulary."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise FailedPrecondition("text prompt given but the model has no tokenizer.json",
@@ -129,7 +130,7 @@ class Engine:
         bad input (InvalidArgument), unknown adapter (NotFound) or a request that can never fit
         (ResourceExhausted)."""
         params = (sampling or SamplingParams()).validate(self.cfg.vocab_size)
-        ids = self._prompt_ids(prompt)
+        ids = self.encode_prompt(prompt)
         adapter = adapter or None
         if adapter is not None and not self.store.has(adapter):
             raise NotFound(f"adapter {adapter!r} is not loaded", hint="load it first (add_adapter / LoadAdapter)")

@@ -81,7 +81,7 @@ def run_step(engine) -> int:
 
 def run_prompts(engine, prompts, adapters, *, want: str):
     """Forward whole prompts once (no sampling): per-position logits or mean-pooled hidden states."""
-    prompts = [engine._prompt_ids(p) for p in prompts]
+    prompts = [engine.encode_prompt(p) for p in prompts]
     adapters = list(adapters) if adapters is not None else [None] * len(prompts)
     if len(adapters) != len(prompts):
         raise InvalidArgument(f"{len(prompts)} prompts but {len(adapters)} adapters")

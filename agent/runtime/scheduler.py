@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from atoll.errors import AtollError, NotFound
+from atoll.errors import AtollError
 
 from .adapters import AdapterStore
 from .kv_cache import PagedKVCache
@@ -69,7 +69,7 @@ class Scheduler:
             if r.adapter is not None and not r.holds_adapter:
                 try:
                     slot = self.store.acquire(r.adapter)
-                except NotFound as exc:
+                except AtollError as exc:          # removed, or its files broke since validation
                     failed.append((r, exc))
                     continue
                 if not r.lookup_counted:

@@ -1,0 +1,157 @@
+"""The Worker gRPC service (``atoll.v1.Worker``) over the batched-LoRA runtime, for grpc.aio.
+
+Thin servicer: unpack the message, call the engine, pack the answer. Model steps run on the
+engine's own thread; the event loop only awaits token deltas (bridged with
+``call_soon_threadsafe``) and runs slow calls (adapter loading, embeddings) in an executor.
+Errors map to status codes through :func:`atoll.rpc.handle_errors`: unknown adapter NOT_FOUND,
+bad sampling or prompt INVALID_ARGUMENT, a request that cannot fit in the KV cache (or a full
+queue) RESOURCE_EXHAUSTED. A client that cancels its stream cancels the engine request.
+
+Usage by the agent daemon::
+
+    service = WorkerService(engine, registry=prom_registry)
+    service.add_to_server(server)        # a grpc.aio.Server
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from atoll.errors import InvalidArgument, NotFound
+from atoll.proto.v1 import worker_pb2
+from atoll.rpc import add_service, handle_errors
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
+
+
+class WorkerMetrics:
+    """Prometheus families fed by the engine's observers and read from ``engine.stats()``."""
+
+    def __init__(self, engine, registry: CollectorRegistry):
+        r = registry
+        self.ttft = Histogram("atoll_time_to_first_token_seconds", "Time from arrival to the first generated token",
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("atoll_time_per_output_token_seconds", "Mean time per output token after the first",
+                              buckets=_TPOT_BUCKETS, registry=r)
+        self.tokens = Counter("atoll_generated_tokens", "Tokens generated", registry=r)
+        self.hits = Counter("atoll_adapter_slot_hits", "Requests whose adapter was already on the device", registry=r)
+        self.misses = Counter("atoll_adapter_slot_misses", "Requests that had to wait for an adapter load",
+                              registry=r)
+        self.load = Histogram("atoll_adapter_load_seconds", "Time to bring an adapter into a device slot",
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        g = {name: Gauge(name, doc, registry=r) for name, doc in [
+            ("atoll_running_requests", "Requests in the running batch"),
+            ("atoll_waiting_requests", "Requests waiting for admission"),
+            ("atoll_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use"),
+            ("atoll_tokens_per_second", "Generated tokens per second over the last 10 s"),
+            ("atoll_adapters_loaded", "Adapters registered with the engine")]}
+        keys = {"atoll_running_requests": "running", "atoll_waiting_requests": "waiting",
+                "atoll_kv_cache_usage_ratio": "kv_cache_usage", "atoll_tokens_per_second": "tokens_per_s",
+                "atoll_adapters_loaded": "adapters_loaded"}
+        for name, gauge in g.items():
+            key = keys[name]
+            gauge.set_function(lambda k=key: float(engine.stats()[k]))
+        self._route = {"time_to_first_token_seconds": self.ttft.observe,
+                       "time_per_output_token_seconds": self.tpot.observe,
+                       "generated_tokens": self.tokens.inc, "adapter_hit": self.hits.inc,
+                       "adapter_miss": self.misses.inc, "adapter_load_seconds": self.load.observe}
+        engine.metrics.subscribe(self.observe)
+
+    def observe(self, name: str, value: float) -> None:
+        fn = self._route.get(name)
+        if fn is not None:
+            fn(value)
+
+
+def sampling_from_proto(sp, default_max_tokens: int = 16):
+    """``atoll.v1.SamplingParams`` → runtime SamplingParams (proto zeros mean "unset")."""
+    from atoll.agent.runtime import SamplingParams
+
+    return SamplingParams(
+        max_tokens=int(sp.max_tokens) if sp.max_tokens else default_max_tokens,
+        temperature=float(sp.temperature), top_k=int(sp.top_k),
+        top_p=float(sp.top_p) if sp.top_p else 1.0,
+        seed=int(sp.seed) if sp.has_seed else None,
+        stop_token_ids=[int(t) for t in sp.stop_token_ids], stop=list(sp.stop))
+
+
+def adapter_to_proto(info) -> worker_pb2.AdapterInfo:
+    return worker_pb2.AdapterInfo(name=info.name, path=info.path, rank=info.rank,
+                                  target_modules=list(info.target_modules), residency=info.residency,
+                                  pinned=info.pinned, size_bytes=info.size_bytes, alpha=info.alpha)
+
+
+class WorkerService:
+    """``atoll.v1.Worker`` for one engine. Starts the engine's step loop if it is not running."""
+
+    def __init__(self, engine, registry: CollectorRegistry | None = None, *, model_name: str | None = None):
+        self.engine = engine.start()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = WorkerMetrics(engine, self.registry)
+        self.model_names = {model_name or engine.model_dir.name, str(engine.model_dir)}
+
+    def add_to_server(self, server) -> None:
+        add_service(server, self, worker_pb2.DESCRIPTOR.services_by_name["Worker"])
+
+    def _check_model(self, model: str) -> None:
+        if model and model not in self.model_names:
+            raise NotFound(f"model {model!r} is not served here",
+                           hint=f"this worker serves {sorted(self.model_names)[0]!r}; leave model empty")
+
+    @handle_errors
+    async def Generate(self, request, context):
+        self._check_model(request.model)
+        if request.prompt and request.prompt_token_ids:
+            raise InvalidArgument("set either prompt or prompt_token_ids, not both")
+        prompt = list(request.prompt_token_ids) if request.prompt_token_ids else request.prompt
+        if not prompt:
+            raise InvalidArgument("prompt is empty", hint="set prompt (text) or prompt_token_ids")
+        params = sampling_from_proto(request.sampling)
+        handle = self.engine.submit(prompt, request.adapter or None, params, request.request_id or None)
+        try:
+            async for d in handle:
+                yield worker_pb2.GenerateResponse(token_ids=d.token_ids, text=d.text, finished=d.finished,
+                                                  finish_reason=d.finish_reason or "",
+                                                  prompt_tokens=d.prompt_tokens,
+                                                  completion_tokens=d.completion_tokens)
+        finally:
+            if not handle.finished:     # the client went away (cancelled, deadline, disconnect)
+                self.engine.cancel(handle.request_id)
+
+    @handle_errors
+    async def LoadAdapter(self, request, context):
+        self._check_model(request.model)
+        if not request.name or not request.path:
+            raise InvalidArgument("LoadAdapter needs name and path")
+        loop = asyncio.get_running_loop()
+        info = await loop.run_in_executor(None, lambda: self.engine.add_adapter(request.name, request.path,
+                                                                                 pin=request.pin))
+        return adapter_to_proto(info)
+
+    @handle_errors
+    async def UnloadAdapter(self, request, context):
+        self._check_model(request.model)
+        if not request.name:
+            raise InvalidArgument("UnloadAdapter needs name")
+        return worker_pb2.UnloadAdapterResponse(unloaded=self.engine.remove_adapter(request.name))
+
+    @handle_errors
+    async def ListAdapters(self, request, context):
+        self._check_model(request.model)
+        return worker_pb2.ListAdaptersResponse(adapters=[adapter_to_proto(i) for i in self.engine.list_adapters()])
+
+    @handle_errors
+    async def Embed(self, request, context):
+        self._check_model(request.model)
+        if request.text and request.token_ids:
+            raise InvalidArgument("set either text or token_ids, not both")
+        prompt = list(request.token_ids) if request.token_ids else request.text
+        if not prompt:
+            raise InvalidArgument("nothing to embed", hint="set text or token_ids")
+        ids = self.engine.encode_prompt(prompt)
+        loop = asyncio.get_running_loop()
+        vec = await loop.run_in_executor(None, lambda: self.engine.embed([ids], adapter=request.adapter or None))
+        return worker_pb2.EmbedResponse(embedding=vec[0].tolist(), tokens=len(ids))
