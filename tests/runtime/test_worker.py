@@ -1,0 +1,109 @@
+"""The Worker gRPC service on a real grpc.aio server over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from atoll.agent.runtime import Engine
+from atoll.proto.v1 import worker_pb2, worker_pb2_grpc
+from atoll.tiny import build_tiny_adapter
+
+
+@pytest.fixture(scope="module")
+def worker_engine(tiny_dir):
+    eng = Engine(tiny_dir, lora_backend="torch", max_lora_rank=8, max_adapters_on_device=3, kv_cache_tokens=256)
+    yield eng
+    eng.close()
+
+
+async def _serve(engine, registry):
+    from atoll.agent.worker import WorkerService
+
+    server = grpc.aio.server()
+    svc = WorkerService(engine, registry=registry)
+    svc.add_to_server(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+def test_worker_service_end_to_end(worker_engine, tiny_dir, tmp_path):
+    ad = build_tiny_adapter(tmp_path / "ad", tiny_dir, rank=4)
+    bad = build_tiny_adapter(tmp_path / "bad", tiny_dir, rank=4, extra_config={"use_dora": True})
+    registry = CollectorRegistry()
+
+    async def main():
+        server, port = await _serve(worker_engine, registry)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = worker_pb2_grpc.WorkerStub(ch)
+                info = await stub.LoadAdapter(worker_pb2.LoadAdapterRequest(name="t", path=str(ad)))
+                assert info.rank == 4 and info.alpha == 16 and "q_proj" in info.target_modules
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await stub.LoadAdapter(worker_pb2.LoadAdapterRequest(name="d", path=str(bad)))
+                assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "DoRA" in ei.value.details()
+                lst = await stub.ListAdapters(worker_pb2.ListAdaptersRequest())
+                assert [a.name for a in lst.adapters] == ["t"]
+
+                sp = worker_pb2.SamplingParams(max_tokens=6, temperature=0.0)
+                msgs = [m async for m in stub.Generate(worker_pb2.GenerateRequest(
+                    prompt="the cat sat", adapter="t", sampling=sp))]
+                assert msgs[-1].finished and msgs[-1].finish_reason in ("length", "stop")
+                ids = [t for m in msgs for t in m.token_ids]
+                offline = worker_engine.generate(["the cat sat"], adapters=["t"],
+                                                 sampling=__import__("atoll.agent.runtime", fromlist=["x"])
+                                                 .SamplingParams(max_tokens=6))[0]
+                assert ids == offline.token_ids and "".join(m.text for m in msgs) == offline.text
+
+                async def code_of(req):
+                    with pytest.raises(grpc.aio.AioRpcError) as e:
+                        async for _ in stub.Generate(req):
+                            pass
+                    return e.value.code()
+
+                assert await code_of(worker_pb2.GenerateRequest(prompt="x", adapter="nope")) == grpc.StatusCode.NOT_FOUND
+                assert await code_of(worker_pb2.GenerateRequest(
+                    prompt="x", sampling=worker_pb2.SamplingParams(temperature=-2))) == grpc.StatusCode.INVALID_ARGUMENT
+                assert await code_of(worker_pb2.GenerateRequest(prompt="")) == grpc.StatusCode.INVALID_ARGUMENT
+                assert await code_of(worker_pb2.GenerateRequest(
+                    prompt_token_ids=[1] * 200, sampling=worker_pb2.SamplingParams(max_tokens=100))) \
+                    == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert await code_of(worker_pb2.GenerateRequest(prompt="x", model="other")) == grpc.StatusCode.NOT_FOUND
+
+                # client cancellation cancels the engine request
+                call = stub.Generate(worker_pb2.GenerateRequest(
+                    request_id="c1", prompt_token_ids=[1, 2, 3],
+                    sampling=worker_pb2.SamplingParams(max_tokens=150, temperature=0.0)))
+                first = await call.read()
+                assert first.token_ids
+                call.cancel()
+                for _ in range(200):
+                    if "c1" not in worker_engine._live:
+                        break
+                    await asyncio.sleep(0.01)
+                assert "c1" not in worker_engine._live
+
+                emb = await stub.Embed(worker_pb2.EmbedRequest(text="hello world"))
+                assert len(emb.embedding) == worker_engine.cfg.hidden_size and emb.tokens > 0
+
+                un = await stub.UnloadAdapter(worker_pb2.UnloadAdapterRequest(name="t"))
+                assert un.unloaded
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await stub.UnloadAdapter(worker_pb2.UnloadAdapterRequest(name="t"))
+                assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
+    text = generate_latest(registry).decode()
+    for name in ("atoll_time_to_first_token_seconds_count", "atoll_time_per_output_token_seconds_count",
+                 "atoll_generated_tokens_total", "atoll_running_requests", "atoll_waiting_requests",
+                 "atoll_kv_cache_usage_ratio", "atoll_adapter_slot_hits_total", "atoll_adapter_slot_misses_total",
+                 "atoll_adapter_load_seconds_count"):
+        assert name in text, name
+    gen = [ln for ln in text.splitlines() if ln.startswith("atoll_generated_tokens_total")][0]
+    assert float(gen.split()[-1]) >= 7
