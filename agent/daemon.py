@@ -20,13 +20,17 @@ from typing import Awaitable, Callable
 
 import grpc
 
+from atoll.agent.fetch import resolve_source
 from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
 from atoll.agent.probe import probe
+from atoll.agent.replicas import ReplicaManager, items_from_pb
+from atoll.agent.serving import SwitchingWorker
 from atoll.errors import FailedPrecondition, Unauthenticated
 from atoll.logs import kv
-from atoll.rpc import CHANNEL_OPTIONS
+from atoll.proto.v1 import common_pb2
+from atoll.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS, add_health_and_reflection, set_serving
 from atoll.specs.common import load_yaml
-from atoll.specs.config import AgentSettings
+from atoll.specs.config import AgentSettings, split_address
 from atoll.specs.node import NodeConfig
 
 log = logging.getLogger("atoll.agent")
@@ -71,6 +75,12 @@ class Agent:
         self.hb: HeartbeatClient | None = None
         self.duties: list[Duty] = []
         self._tasks: list[asyncio.Task] = []
+        self.worker = SwitchingWorker()
+        self.server: grpc.aio.Server | None = None
+        self.health = None
+        self.worker_address = ""
+        self.replicas = ReplicaManager(self._make_engine, self._resolve, on_change=self._status_changed)
+        self._engine_seen = None
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> "Agent":
@@ -84,14 +94,19 @@ class Agent:
         if not token:
             raise Unauthenticated("no join token", hint="pass --join-token or set ATOLL_JOIN_TOKEN "
                                   "(the coordinator keeps it in STATE_DIR/join-token)")
+        await self._start_worker_server()
         self.channel = grpc.aio.insecure_channel(self.settings.coordinator, options=CHANNEL_OPTIONS)
         self.hb = HeartbeatClient(self.channel, join_token=token, spec=self.spec(),
                                   capacity=probe(self.node, str(self.state_dir)),
                                   node_id=self.ids.read(), on_node_id=self.ids.write,
-                                  on_instruction=self._on_instruction)
-        # The ordered duties: heartbeat first (everything else depends on the coordinator's view).
+                                  on_instruction=self._on_instruction, status_fn=self._status,
+                                  generation_fn=lambda: self.replicas.applied_generation)
+        # The ordered duties: heartbeat first (everything else depends on the coordinator's view);
+        # converge acts on the assignments the heartbeat stream delivered; the capacity refresh
+        # feeds the next heartbeat.
         self.duties = [
             Duty("heartbeat", 0, self.hb.run),
+            Duty("converge-assignments", 0.2, self._converge),
             Duty("capacity-refresh", 30.0, self._refresh_capacity),
         ]
         loop = asyncio.get_running_loop()
@@ -113,10 +128,74 @@ class Agent:
     async def _refresh_capacity(self) -> None:
         self.hb.set_capacity(probe(self.node, str(self.state_dir)))
 
+    async def _start_worker_server(self) -> None:
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.worker.add_to_server(self.server)
+        self.health = add_health_and_reflection(self.server, ["atoll.v1.Worker"])
+        host, port = split_address(self.settings.worker_listen)
+        bound = self.server.add_insecure_port(f"{host}:{port}")
+        await self.server.start()
+        await set_serving(self.health, ["atoll.v1.Worker"], True)
+        advertise = "127.0.0.1" if host in ("0.0.0.0", "127.0.0.1", "localhost", "") else host
+        self.worker_address = f"{advertise}:{bound}"
+        log.info("worker listening", extra=kv(node=self.node.name, address=self.worker_address))
+
+    def _make_engine(self, model_dir: Path):
+        import torch
+
+        from atoll.agent.runtime import Engine
+
+        cuda = torch.cuda.is_available()
+        return Engine(model_dir, device="cuda" if cuda else "cpu", dtype="float16" if cuda else "float32",
+                      lora_backend="auto")
+
+    async def _resolve(self, source: str) -> Path:
+        def progress(done: int, total: int) -> None:
+            if total and (done == total or done % (64 << 20) < (1 << 20)):
+                log.info("fetching", extra=kv(name=source[:19], done=done, total=total))
+
+        return await resolve_source(source, channel=self.channel, cache_dir=self.state_dir / "blobs",
+                                    progress=progress)
+
+    async def _converge(self) -> None:
+        await self.replicas.converge()
+        engine = self.replicas.engine
+        if engine is not self._engine_seen:
+            from atoll.agent.worker import WorkerService
+
+            self.worker.current = WorkerService(engine) if engine is not None else None
+            self._engine_seen = engine
+            self._status_changed()
+
+    def _status_changed(self) -> None:
+        if self.hb is not None:
+            self.hb.poke()
+
+    def _status(self) -> common_pb2.NodeStatus:
+        st = common_pb2.NodeStatus(worker_address=self.worker_address,
+                                   replica_states=dict(self.replicas.states),
+                                   replica_messages=dict(self.replicas.messages),
+                                   replica_load_seconds={k: round(v, 4) for k, v in self.replicas.load_seconds.items()},
+                                   measured_throughput={k: round(v, 4) for k, v in self.worker.meter.rates().items()},
+                                   running_requests=self.worker.in_flight)
+        eng = self.replicas.engine
+        if eng is not None:
+            try:
+                s = eng.stats()
+                st.queue_depth = int(s.get("waiting", 0))
+                st.kv_cache_usage = float(s.get("kv_usage", s.get("kv_cache_usage", 0.0)))
+            except Exception:  # noqa: BLE001 - stats are best effort
+                pass
+            st.loaded.add(base_model=self.replicas.loaded.base_source, adapters=sorted(self.replicas.loaded.adapters),
+                          state="ready")
+        return st
+
     async def _on_instruction(self, ins) -> None:
         kind = ins.WhichOneof("kind")
         if kind == "drain" and not self.hb._draining:
             log.info("drained by the coordinator; taking no new work", extra=kv(node=self.node.name))
+        elif kind == "assignments":
+            self.replicas.set_desired(items_from_pb(ins.assignments), ins.assignments.generation)
 
     async def wait_registered(self, timeout: float = 30.0) -> str:
         await asyncio.wait_for(self.hb.connected.wait(), timeout)
@@ -129,11 +208,16 @@ class Agent:
         await self.stop()
 
     async def stop(self) -> None:
+        if self.health is not None:
+            await set_serving(self.health, ["atoll.v1.Worker"], False)
         if self.hb is not None:
             self.hb.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.stop(5.0)       # in-flight requests get up to 5 s to finish
+        await self.replicas.close()
         if self.channel is not None:
             await self.channel.close()
 

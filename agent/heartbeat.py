@@ -88,6 +88,7 @@ class HeartbeatClient:
                  node_id: str = "", status_fn: Callable[[], common_pb2.NodeStatus | None] | None = None,
                  on_instruction: Callable[[control_pb2.Instruction], Awaitable[None] | None] | None = None,
                  on_node_id: Callable[[str], None] | None = None, max_backoff: float = 5.0,
+                 generation_fn: Callable[[], int] | None = None,
                  rng: random.Random | None = None):
         self.stub = control_pb2_grpc.AgentServiceStub(channel)
         self.join_token = join_token
@@ -97,6 +98,7 @@ class HeartbeatClient:
         self.status_fn = status_fn
         self.on_instruction = on_instruction
         self.on_node_id = on_node_id
+        self.generation_fn = generation_fn
         self.backoff = Backoff(cap=max_backoff, rng=rng or random.Random())
         self.interval = 5.0
         self.seq = 0
@@ -184,7 +186,8 @@ class HeartbeatClient:
         while not self._stop.is_set():
             self.seq += 1
             req = control_pb2.HeartbeatRequest(node_id=self.node_id, session_token=self._session,
-                                               seq=self.seq, draining=self._draining)
+                                               seq=self.seq, draining=self._draining,
+                                               assignments_generation=self.generation_fn() if self.generation_fn else 0)
             if self._capacity_dirty:
                 req.capacity.CopyFrom(capacity_pb(self.capacity))
                 req.has_capacity = True

@@ -74,6 +74,72 @@ def _node_from_pb(n: common_pb2.Node) -> NodeInfo:
                 "measured_throughput": dict(n.status.measured_throughput)})
 
 
+@dataclass
+class WorkflowInfo:
+    name: str
+    state: str
+    message: str
+    plan: dict
+    replicas: list[dict]
+    profiles: list[dict]
+    generation: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _workflow_from_pb(st) -> WorkflowInfo:
+    import json as _json
+
+    return WorkflowInfo(
+        name=st.name, state=st.state, message=st.message, plan=_json.loads(st.plan_json or "{}"),
+        replicas=[{"replica_id": r.replica_id, "task": r.task, "variant": r.variant, "node": r.node_name,
+                   "node_id": r.node_id, "state": r.state, "region": r.region, "tier": r.tier,
+                   "weight": r.weight, "worker_address": r.worker_address, "message": r.message}
+                  for r in st.replicas],
+        profiles=[{"variant": p.variant, "hardware": p.hardware, "declared_rps": p.declared_rps,
+                   "measured_rps": p.measured_rps, "source": p.source} for p in st.profiles],
+        generation=st.generation)
+
+
+def _invoke_result(resp) -> dict:
+    import json as _json
+
+    if resp is None:
+        raise Unavailable("the coordinator closed the call without a result")
+    return {"output": _json.loads(resp.output_json or "{}"), "request_id": resp.request_id,
+            "stages": [{"task": s.task, "variant": s.variant, "node": s.node_name, "region": s.region,
+                        "seconds": s.seconds, "attempts": s.attempts, "output_bytes": s.output_bytes}
+                       for s in resp.stages]}
+
+
+def _read_spec(spec) -> tuple[str, str]:
+    """Read a workflow file, inlining a catalog it names (the coordinator cannot see local files)."""
+    from pathlib import Path
+
+    import yaml
+
+    from atoll.specs.workflow import load_workflow
+
+    if isinstance(spec, (str, os.PathLike)) and "\n" not in str(spec) and Path(spec).suffix in (".yaml", ".yml", ".json"):
+        wf, catalog = load_workflow(spec)
+        data = wf.dump()
+        if catalog is not None:
+            variants = wf.resolved_variants(catalog)
+            for t in data["tasks"]:
+                t["variants"] = [v.model_dump(mode="json", exclude_none=True) for v in variants[t["name"]]]
+            data.pop("catalog", None)
+        base = Path(spec).resolve().parent
+        for t in data["tasks"]:      # relative model/adapter paths are relative to the workflow file
+            for v in t["variants"]:
+                for key in ("model", "adapter_path"):
+                    val = v.get(key)
+                    if isinstance(val, str) and val.startswith("."):
+                        v[key] = str((base / val).resolve())
+        return yaml.safe_dump(data, sort_keys=False), str(spec)
+    return str(spec), "workflow"
+
+
 class Client:
     def __init__(self, address: str | None = None, *, timeout: float = 10.0):
         address = address or os.environ.get("ATOLL_COORDINATOR") or "127.0.0.1:7070"
@@ -110,6 +176,100 @@ class Client:
 
     def drain(self, node: str) -> NodeInfo:
         return _node_from_pb(self._call(self._stub.DrainNode, control_pb2.DrainNodeRequest(node=node)))
+
+    # ------------------------------------------------------------------ workflows
+    def submit(self, spec: str | os.PathLike, *, dry_run: bool = False) -> "WorkflowInfo":
+        """Submit a workflow spec (a YAML file path, or YAML text). A catalog it names is inlined."""
+        text, filename = _read_spec(spec)
+        st = self._call(self._stub.SubmitWorkflow, control_pb2.SubmitWorkflowRequest(
+            spec_yaml=text, filename=filename, dry_run=dry_run))
+        return _workflow_from_pb(st)
+
+    def workflows(self) -> list[dict]:
+        resp = self._call(self._stub.ListWorkflows, control_pb2.ListWorkflowsRequest())
+        return [{"name": w.name, "state": w.state, "cost_per_hour": w.cost_per_hour, "accuracy": w.accuracy,
+                 "replicas": w.replicas, "ready_replicas": w.ready_replicas} for w in resp.workflows]
+
+    def status(self, name: str) -> "WorkflowInfo":
+        return _workflow_from_pb(self._call(self._stub.GetWorkflow, control_pb2.GetWorkflowRequest(name=name)))
+
+    def delete(self, name: str) -> bool:
+        return self._call(self._stub.DeleteWorkflow, control_pb2.GetWorkflowRequest(name=name)).deleted
+
+    def wait_ready(self, name: str, timeout: float = 120.0, poll: float = 0.25) -> "WorkflowInfo":
+        """Poll until the workflow is READY; raise FailedPrecondition if it FAILED, Unavailable on timeout."""
+        import time as _t
+
+        from atoll.errors import FailedPrecondition
+
+        deadline = _t.monotonic() + timeout
+        while True:
+            st = self.status(name)
+            if st.state == "READY":
+                return st
+            if st.state == "FAILED":
+                raise FailedPrecondition(f"workflow {name} FAILED: {st.message}")
+            if _t.monotonic() > deadline:
+                raise Unavailable(f"workflow {name} not READY after {timeout:.0f} s: {st.state}: {st.message}")
+            _t.sleep(poll)
+
+    def invoke(self, name: str, input: dict | str, *, timeout: float = 60.0, stream: bool = False):
+        """Run one request. Returns {"output": ..., "stages": [...]}; with ``stream=True`` returns an
+        iterator of text deltas whose last item is that dict."""
+        import json as _json
+
+        payload = input if isinstance(input, str) and input.lstrip().startswith(("{", '"')) else _json.dumps(
+            input if isinstance(input, dict) else {"text": input})
+        req = control_pb2.InvokeRequest(workflow=name, input_json=payload, stream=stream, timeout_seconds=timeout)
+        if stream:
+            return self._invoke_stream(req, timeout)
+        last = None
+        try:
+            for resp in self._stub.Invoke(req, timeout=timeout + 5):
+                last = resp
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+        return _invoke_result(last)
+
+    def _invoke_stream(self, req, timeout):
+        try:
+            for resp in self._stub.Invoke(req, timeout=timeout + 5):
+                if resp.done:
+                    yield _invoke_result(resp)
+                elif resp.text:
+                    yield resp.text
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    def profile(self, workflow: str, task: str, variant: str = "", node: str = "", requests: int = 16,
+                concurrency: int = 8) -> dict:
+        r = self._call(self._stub.Profile, control_pb2.ProfileRequest(
+            workflow=workflow, task=task, variant=variant, node=node, requests=requests, concurrency=concurrency))
+        return {"variant": r.variant, "hardware": r.hardware, "node": r.node_name,
+                "requests_per_second": r.requests_per_second, "tokens_per_second": r.tokens_per_second,
+                "declared_rps": r.declared_rps, "requests": r.requests}
+
+    def push(self, path: str | os.PathLike, kind: str = "model", progress=None) -> str:
+        """Upload a model or adapter directory to the coordinator's store; returns its sha256 name."""
+        from atoll.archive import archive_dir
+
+        from atoll.proto.v1 import control_pb2_grpc as _g
+
+        data = archive_dir(path)
+        stub = _g.ModelStoreStub(self._channel)
+        chunk = 1 << 20
+
+        def chunks():
+            for off in range(0, max(len(data), 1), chunk):
+                if progress:
+                    progress(min(off + chunk, len(data)), len(data))
+                yield control_pb2.BlobChunk(name=os.path.basename(os.path.abspath(path)), kind=kind,
+                                            data=data[off:off + chunk], offset=off, total_bytes=len(data))
+
+        try:
+            return stub.Push(chunks(), timeout=max(60.0, len(data) / 2e6)).name
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
 
     def close(self) -> None:
         self._channel.close()

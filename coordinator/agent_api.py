@@ -71,7 +71,7 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             sess, req.seq,
             convert.capacity_from_pb(req.capacity) if req.has_capacity else None,
             convert.status_from_pb(req.status) if req.HasField("status") else None,
-            req.draining)
+            req.draining, req.assignments_generation)
         done = time.perf_counter()
         self.metrics.observe_heartbeat(done - t0, (time.time() - req.sent_unix) if req.sent_unix else None)
 

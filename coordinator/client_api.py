@@ -1,24 +1,34 @@
-"""ClientService servicer: what people and programs call (nodes now; workflows later)."""
+"""ClientService servicer: what people and programs call (nodes, workflows, invocations)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import time
+import uuid
 
 from atoll.coordinator import convert
 from atoll.coordinator.registry import Registry
-from atoll.errors import InvalidArgument
+from atoll.coordinator.router import parse_input
+from atoll.errors import AtollError, InvalidArgument
 from atoll.logs import kv
 from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 from atoll.rpc import handle_errors
 from atoll.specs.node import TIERS
 
 log = logging.getLogger("atoll.coordinator")
+DEFAULT_TIMEOUT = 60.0
 
 
 class ClientApi(control_pb2_grpc.ClientServiceServicer):
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, workflows=None, router=None, metrics=None):
         self.registry = registry
+        self.workflows = workflows
+        self.router = router
+        self.metrics = metrics
 
+    # ------------------------------------------------------------------ nodes
     @handle_errors
     async def ListNodes(self, request, context):
         if request.tier and request.tier not in TIERS:
@@ -40,3 +50,105 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         rec = self.registry.drain(request.node)
         log.info("node drained by operator", extra=kv(node=rec.name, id=rec.id))
         return convert.node_to_pb(rec, self.registry.age(rec))
+
+    # ------------------------------------------------------------------ workflows
+    def _status(self, rec) -> control_pb2.WorkflowStatus:
+        wm = self.workflows
+        try:
+            profiles = wm.profiles_view(rec)
+        except AtollError:
+            profiles = []
+        return control_pb2.WorkflowStatus(
+            name=rec.name, state=rec.state, message=rec.message, plan_json=json.dumps(rec.plan),
+            replicas=[control_pb2.ReplicaStatus(**{k: v for k, v in r.items() if k != "node_state"})
+                      for r in wm.replica_views(rec)],
+            profiles=[control_pb2.ProfileEntry(**p) for p in profiles], spec_yaml=rec.spec_yaml,
+            created_unix=rec.created, updated_unix=rec.updated, generation=rec.generation, tenant=rec.tenant)
+
+    @handle_errors
+    async def SubmitWorkflow(self, request, context):
+        rec = self.workflows.submit(request.spec_yaml, request.filename, request.dry_run)
+        return self._status(rec) if not request.dry_run else control_pb2.WorkflowStatus(
+            name=rec.name, state=rec.state, plan_json=json.dumps(rec.plan))
+
+    @handle_errors
+    async def ListWorkflows(self, request, context):
+        out = []
+        for rec in sorted(self.workflows.records.values(), key=lambda r: r.name):
+            views = self.workflows.replica_views(rec)
+            out.append(control_pb2.WorkflowSummary(
+                name=rec.name, state=rec.state, cost_per_hour=rec.plan.get("total_cost_per_hour", 0.0),
+                accuracy=rec.plan.get("accuracy", 0.0), replicas=len(views),
+                ready_replicas=sum(1 for v in views if v["state"] == "ready")))
+        return control_pb2.ListWorkflowsResponse(workflows=out)
+
+    @handle_errors
+    async def GetWorkflow(self, request, context):
+        return self._status(self.workflows.get(request.name))
+
+    @handle_errors
+    async def DeleteWorkflow(self, request, context):
+        self.workflows.delete(request.name)
+        return control_pb2.DeleteWorkflowResponse(deleted=True)
+
+    @handle_errors
+    async def Invoke(self, request, context):
+        text = parse_input(request.input_json)
+        route = self.workflows.route(request.workflow)
+        timeout = request.timeout_seconds if request.timeout_seconds > 0 else DEFAULT_TIMEOUT
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        if timeout <= 0 or timeout != timeout:
+            raise InvalidArgument("timeout_seconds must be > 0")
+        deadline = time.monotonic() + timeout
+        rid = request.request_id or uuid.uuid4().hex[:16]
+        t0 = time.monotonic()
+        queue: asyncio.Queue = asyncio.Queue()
+        first = [None]
+
+        async def on_delta(delta: str) -> None:
+            if first[0] is None:
+                first[0] = time.monotonic() - t0
+            await queue.put(delta)
+
+        task = asyncio.ensure_future(self.router.invoke(route, text, deadline=deadline,
+                                                        on_delta=on_delta if request.stream else None))
+        outcome = "error"
+        try:
+            if request.stream:
+                while not (task.done() and queue.empty()):
+                    getter = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter in done:
+                        yield control_pb2.InvokeResponse(text=getter.result(), request_id=rid)
+                    else:
+                        getter.cancel()
+            result = await task
+            outcome = "ok"
+            yield control_pb2.InvokeResponse(
+                done=True, request_id=rid, output_json=json.dumps(result.output),
+                text=result.output.get("text", "") if not request.stream else "",
+                stages=[control_pb2.StageResult(task=s.task, variant=s.variant, node_name=s.node_name,
+                                                region=s.region, seconds=s.seconds, attempts=s.attempts,
+                                                output_bytes=s.output_bytes) for s in result.stages])
+        finally:
+            if not task.done():
+                task.cancel()
+            if self.metrics is not None:
+                self.metrics.requests.labels(request.workflow[:64], outcome).inc()
+                self.metrics.request_seconds.labels(request.workflow[:64]).observe(time.monotonic() - t0)
+                if first[0] is not None:
+                    self.metrics.ttft.labels(request.workflow[:64]).observe(first[0])
+
+    @handle_errors
+    async def Profile(self, request, context):
+        res = await self.workflows_profile(request)
+        return control_pb2.ProfileResponse(**res)
+
+    async def workflows_profile(self, request) -> dict:
+        from atoll.coordinator.profiler import profile_variant
+
+        return await profile_variant(self.workflows, self.router, request.workflow, request.task,
+                                     request.variant, request.node, request.requests or 16,
+                                     request.concurrency or 8)

@@ -47,7 +47,8 @@ def status_from_pb(m: common_pb2.NodeStatus) -> dict:
             "queue_depth": m.queue_depth, "running_requests": m.running_requests,
             "measured_throughput": dict(m.measured_throughput),
             "kv_cache_usage": m.kv_cache_usage, "worker_address": m.worker_address,
-            "replica_states": dict(m.replica_states)}
+            "replica_states": dict(m.replica_states), "replica_messages": dict(m.replica_messages),
+            "replica_load_seconds": dict(m.replica_load_seconds)}
 
 
 def status_to_pb(d: dict) -> common_pb2.NodeStatus:
@@ -56,7 +57,9 @@ def status_to_pb(d: dict) -> common_pb2.NodeStatus:
         queue_depth=int(d.get("queue_depth", 0)), running_requests=int(d.get("running_requests", 0)),
         measured_throughput=d.get("measured_throughput") or {},
         kv_cache_usage=float(d.get("kv_cache_usage", 0.0)),
-        worker_address=d.get("worker_address", ""), replica_states=d.get("replica_states") or {})
+        worker_address=d.get("worker_address", ""), replica_states=d.get("replica_states") or {},
+        replica_messages=d.get("replica_messages") or {},
+        replica_load_seconds=d.get("replica_load_seconds") or {})
 
 
 def node_to_pb(rec: NodeRecord, age: float) -> common_pb2.Node:

@@ -68,6 +68,7 @@ class Registry:
         self.sessions: dict[str, Session] = {}
         self._dirty: dict[str, bool] = {}      # node id -> status changed since last flush
         self._listeners: list[Callable[[Transition], None]] = []
+        self.applied_generation: dict[str, int] = {}   # node id -> assignments generation it applied
         self._restore()
 
     # -- start-up -------------------------------------------------------------------------------
@@ -154,12 +155,14 @@ class Registry:
             del self.sessions[sess.node_id]
 
     def heartbeat(self, sess: Session, seq: int, capacity: dict | None, status: dict | None,
-                  draining: bool) -> None:
+                  draining: bool, generation: int | None = None) -> None:
         rec = self.nodes.get(sess.node_id)
         if rec is None or sess.closed:
             raise Unauthenticated("unknown heartbeat session", hint="register again")
         now = self._mono()
         sess.last_seq = seq
+        if generation is not None:
+            self.applied_generation[rec.id] = generation
         rec.last_heartbeat = self._wall()
         rec.heartbeats += 1
         if capacity is not None:

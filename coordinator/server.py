@@ -2,7 +2,8 @@
 
 Periodic duties, in order of urgency:
 1. liveness sweep (every interval/10, at most 0.5 s): marks nodes SUSPECT or LOST on time;
-2. flush (every interval, at most 2 s): batch-writes heartbeat times and statuses.
+2. reconcile (every 0.25 s): re-plans workflows that lost a node, sends assignment differences;
+3. flush (every interval, at most 2 s): batch-writes heartbeat times and statuses.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import grpc
 from prometheus_client import start_http_server
 
 from atoll.coordinator.agent_api import AgentApi
+from atoll.coordinator.blobs import BlobStore
 from atoll.coordinator.client_api import ClientApi
+from atoll.coordinator.model_store_api import ModelStoreApi
+from atoll.coordinator.router import Router
+from atoll.coordinator.workflows import WorkflowManager
 from atoll.coordinator.metrics import CoordinatorMetrics
 from atoll.coordinator.registry import Registry, hash_token
 from atoll.coordinator.store import SqliteStore
@@ -30,7 +35,8 @@ from atoll.specs.config import CoordinatorSettings, split_address
 
 log = logging.getLogger("atoll.coordinator")
 
-SERVICES = [control_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("AgentService", "ClientService")]
+SERVICES = [control_pb2.DESCRIPTOR.services_by_name[n].full_name
+            for n in ("AgentService", "ClientService", "ModelStore")]
 
 
 def resolve_join_token(store, state_dir: Path, token: str | None) -> tuple[str, Path | None]:
@@ -71,10 +77,15 @@ class Coordinator:
         self.registry = Registry(self.store, join_token_hash=token_hash,
                                  heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics)
         self.metrics.bind(self.registry)
+        self.blobs = BlobStore(self.state_dir / "blobs", self.store)
+        self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs)
+        self.router = Router(self.metrics)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         add_service(self.server, AgentApi(self.registry, self.metrics),
                     control_pb2.DESCRIPTOR.services_by_name["AgentService"])
-        add_service(self.server, ClientApi(self.registry), control_pb2.DESCRIPTOR.services_by_name["ClientService"])
+        add_service(self.server, ClientApi(self.registry, self.workflows, self.router, self.metrics),
+                    control_pb2.DESCRIPTOR.services_by_name["ClientService"])
+        add_service(self.server, ModelStoreApi(self.blobs), control_pb2.DESCRIPTOR.services_by_name["ModelStore"])
         self.health = add_health_and_reflection(self.server, SERVICES)
         host, port = split_address(self.settings.listen)
         try:
@@ -93,7 +104,8 @@ class Coordinator:
         await self.server.start()
         await set_serving(self.health, SERVICES, True)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._sweep_loop()), loop.create_task(self._flush_loop())]
+        self._tasks = [loop.create_task(self._sweep_loop()), loop.create_task(self._flush_loop()),
+                       loop.create_task(self._reconcile_loop())]
         log.info("coordinator listening", extra=kv(
             grpc=f"{host}:{self.port}", metrics=f"http://{mhost}:{self.metrics_port}/metrics",
             state_dir=str(self.state_dir), nodes=len(self.registry.nodes),
@@ -112,6 +124,16 @@ class Coordinator:
             except Exception:  # noqa: BLE001 - a failed sweep must not stop the loop
                 log.exception("liveness sweep failed")
 
+    async def _reconcile_loop(self) -> None:
+        """Level-triggered: re-plan workflows that lost capacity, then send differences."""
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                self.workflows.replan_pending()
+                self.workflows.reconcile()
+            except Exception:  # noqa: BLE001
+                log.exception("reconcile failed")
+
     async def _flush_loop(self) -> None:
         period = min(2.0, self.settings.heartbeat_interval)
         while True:
@@ -128,6 +150,8 @@ class Coordinator:
             t.cancel()
         if self.server is not None:
             await self.server.stop(grace)
+        if getattr(self, "router", None) is not None:
+            await self.router.close()
         if self.registry is not None:
             self.registry.flush()
         if self._metrics_server and isinstance(self._metrics_server, tuple):

@@ -48,6 +48,22 @@ class NodeRecord:
         return self.spec.get("region", "")
 
 
+@dataclass
+class WorkflowRecord:
+    """A submitted workflow: its spec, its current plan and the assignments derived from it."""
+
+    name: str
+    spec_yaml: str
+    state: str = "PLANNED"
+    message: str = ""
+    plan: dict = field(default_factory=dict)          # Plan.to_dict()
+    assignments: list = field(default_factory=list)   # list of assignment dicts (see deploy.py)
+    generation: int = 0
+    created: float = 0.0
+    updated: float = 0.0
+    tenant: str = ""
+
+
 class Store(Protocol):
     def upsert_node(self, rec: NodeRecord) -> None: ...
     def get_node(self, node_id: str) -> NodeRecord | None: ...
@@ -57,6 +73,12 @@ class Store(Protocol):
     def touch_nodes(self, updates: Iterable[tuple[str, float, int, dict | None]]) -> None: ...
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
+    def put_workflow(self, rec: "WorkflowRecord") -> None: ...
+    def get_workflow(self, name: str) -> "WorkflowRecord | None": ...
+    def list_workflows(self) -> list["WorkflowRecord"]: ...
+    def delete_workflow(self, name: str) -> bool: ...
+    def put_profile(self, variant_key: str, hardware: str, rps: float, tps: float, source: str) -> None: ...
+    def list_profiles(self) -> list[tuple[str, str, float, float, str, float]]: ...
     def close(self) -> None: ...
 
 
@@ -91,6 +113,27 @@ class SqliteStore:
                     last_heartbeat REAL NOT NULL,
                     heartbeats INTEGER NOT NULL DEFAULT 0,
                     drain_requested INTEGER NOT NULL DEFAULT 0
+                );
+                CREATE TABLE IF NOT EXISTS workflows (
+                    name TEXT PRIMARY KEY,
+                    spec_yaml TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    message TEXT NOT NULL DEFAULT '',
+                    plan TEXT NOT NULL DEFAULT '{}',
+                    assignments TEXT NOT NULL DEFAULT '[]',
+                    generation INTEGER NOT NULL DEFAULT 0,
+                    created REAL NOT NULL,
+                    updated REAL NOT NULL,
+                    tenant TEXT NOT NULL DEFAULT ''
+                );
+                CREATE TABLE IF NOT EXISTS profiles (
+                    variant_key TEXT NOT NULL,
+                    hardware TEXT NOT NULL,
+                    rps REAL NOT NULL,
+                    tps REAL NOT NULL,
+                    source TEXT NOT NULL,
+                    updated REAL NOT NULL,
+                    PRIMARY KEY (variant_key, hardware)
                 );
                 """
             )
@@ -178,6 +221,52 @@ class SqliteStore:
         with self._lock:
             self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # -- workflows and profiles ------------------------------------------------------------------
+    _WCOLS = "name, spec_yaml, state, message, plan, assignments, generation, created, updated, tenant"
+
+    def put_workflow(self, rec: WorkflowRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO workflows({self._WCOLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET spec_yaml=excluded.spec_yaml, state=excluded.state, "
+                "message=excluded.message, plan=excluded.plan, assignments=excluded.assignments, "
+                "generation=excluded.generation, updated=excluded.updated, tenant=excluded.tenant",
+                (rec.name, rec.spec_yaml, rec.state, rec.message, json.dumps(rec.plan),
+                 json.dumps(rec.assignments), rec.generation, rec.created, rec.updated, rec.tenant))
+
+    @staticmethod
+    def _wrow(r) -> WorkflowRecord:
+        return WorkflowRecord(name=r[0], spec_yaml=r[1], state=r[2], message=r[3], plan=json.loads(r[4]),
+                              assignments=json.loads(r[5]), generation=r[6], created=r[7], updated=r[8],
+                              tenant=r[9])
+
+    def get_workflow(self, name: str) -> WorkflowRecord | None:
+        with self._lock:
+            r = self._db.execute(f"SELECT {self._WCOLS} FROM workflows WHERE name = ?", (name,)).fetchone()
+        return self._wrow(r) if r else None
+
+    def list_workflows(self) -> list[WorkflowRecord]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {self._WCOLS} FROM workflows ORDER BY name").fetchall()
+        return [self._wrow(r) for r in rows]
+
+    def delete_workflow(self, name: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM workflows WHERE name = ?", (name,))
+        return cur.rowcount > 0
+
+    def put_profile(self, variant_key: str, hardware: str, rps: float, tps: float, source: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO profiles(variant_key, hardware, rps, tps, source, updated) "
+                             "VALUES (?,?,?,?,?,?) ON CONFLICT(variant_key, hardware) DO UPDATE SET "
+                             "rps=excluded.rps, tps=excluded.tps, source=excluded.source, updated=excluded.updated",
+                             (variant_key, hardware, rps, tps, source, time.time()))
+
+    def list_profiles(self) -> list[tuple[str, str, float, float, str, float]]:
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(
+                "SELECT variant_key, hardware, rps, tps, source, updated FROM profiles ORDER BY 1, 2")]
 
     def close(self) -> None:
         with self._lock:

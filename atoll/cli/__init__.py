@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "atoll.cli.cmd_nodes",        # atoll nodes, atoll drain
     "atoll.cli.cmd_plan",         # atoll plan (offline planner)
     "atoll.cli.cmd_generate",     # atoll generate (local runtime)
+    "atoll.cli.cmd_workflows",    # atoll submit, workflows, status, delete, invoke, profile, push
     "atoll.cli.cmd_demo",         # atoll demo
 ]
 

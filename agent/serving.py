@@ -1,0 +1,82 @@
+"""The agent's Worker endpoint: one gRPC service whose engine changes with the assignments.
+
+:class:`SwitchingWorker` serves ``atoll.v1.Worker`` by delegating to the
+:class:`~atoll.agent.worker.WorkerService` of the engine currently loaded; with none loaded it
+answers UNAVAILABLE (the router then tries another replica). It also measures what it serves:
+completed requests per adapter over the last minute, reported in heartbeats as measured
+throughput.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import grpc
+
+from atoll.proto.v1 import worker_pb2
+from atoll.rpc import add_service
+
+WINDOW_S = 60.0
+
+
+class ThroughputMeter:
+    def __init__(self, window: float = WINDOW_S, clock=time.monotonic):
+        self.window = window
+        self.clock = clock
+        self.done: dict[str, collections.deque] = {}
+
+    def record(self, key: str) -> None:
+        self.done.setdefault(key, collections.deque()).append(self.clock())
+
+    def rates(self) -> dict[str, float]:
+        now = self.clock()
+        out = {}
+        for key, q in self.done.items():
+            while q and now - q[0] > self.window:
+                q.popleft()
+            if q:
+                out[key] = len(q) / self.window
+        return out
+
+
+class SwitchingWorker:
+    def __init__(self):
+        self.current = None          # WorkerService of the loaded engine
+        self.meter = ThroughputMeter()
+        self.in_flight = 0
+
+    def add_to_server(self, server) -> None:
+        add_service(server, self, worker_pb2.DESCRIPTOR.services_by_name["Worker"])
+
+    async def _svc(self, context):
+        svc = self.current
+        if svc is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no model is loaded on this node yet")
+        return svc
+
+    async def Generate(self, request, context):
+        svc = await self._svc(context)
+        self.in_flight += 1
+        try:
+            async for resp in svc.Generate(request, context):
+                yield resp
+                if resp.finished:
+                    self.meter.record(getattr(request, "adapter", "") or "base")
+        finally:
+            self.in_flight -= 1
+
+    async def Embed(self, request, context):
+        svc = await self._svc(context)
+        resp = await svc.Embed(request, context)
+        self.meter.record(getattr(request, "adapter", "") or "base")
+        return resp
+
+    async def LoadAdapter(self, request, context):
+        return await (await self._svc(context)).LoadAdapter(request, context)
+
+    async def UnloadAdapter(self, request, context):
+        return await (await self._svc(context)).UnloadAdapter(request, context)
+
+    async def ListAdapters(self, request, context):
+        return await (await self._svc(context)).ListAdapters(request, context)

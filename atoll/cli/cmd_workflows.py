@@ -1,0 +1,198 @@
+"""atoll submit / workflows / status / delete / invoke / profile / push."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _coord(p) -> None:
+    p.add_argument("--coordinator", default=None, metavar="ADDR",
+                   help="coordinator HOST:PORT (default $ATOLL_COORDINATOR or 127.0.0.1:7070)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("submit", help="submit a workflow: validate, plan on the live fleet, deploy")
+    _coord(p)
+    p.add_argument("spec", help="workflow YAML")
+    p.add_argument("--dry-run", action="store_true", help="plan only; store and deploy nothing")
+    p.add_argument("--wait", action="store_true", help="wait until the workflow is READY")
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    p.set_defaults(func=run_submit)
+
+    p = sub.add_parser("workflows", help="list workflows")
+    _coord(p)
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    p.set_defaults(func=run_list)
+
+    p = sub.add_parser("status", help="a workflow's plan, replicas and profiles")
+    _coord(p)
+    p.add_argument("name")
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    p.set_defaults(func=run_status)
+
+    p = sub.add_parser("delete", help="delete a workflow (its replicas are unloaded)")
+    _coord(p)
+    p.add_argument("name")
+    p.set_defaults(func=run_delete)
+
+    p = sub.add_parser("invoke", help="run one request through a workflow")
+    _coord(p)
+    p.add_argument("name")
+    p.add_argument("--input", required=True, help='JSON, e.g. \'{"text": "hello"}\'')
+    p.add_argument("--stream", action="store_true", help="print the last stage's tokens as they come")
+    p.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (default 60)")
+    p.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    p.set_defaults(func=run_invoke)
+
+    p = sub.add_parser("profile", help="measure a variant's throughput on a live agent and record it")
+    _coord(p)
+    p.add_argument("workflow")
+    p.add_argument("task")
+    p.add_argument("--variant", default="")
+    p.add_argument("--node", default="", help="node name or id (default: any node running it)")
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.set_defaults(func=run_profile)
+
+    p = sub.add_parser("push", help="upload a model or adapter directory to the coordinator's store")
+    _coord(p)
+    p.add_argument("path")
+    p.add_argument("--kind", choices=["model", "adapter"], default="model")
+    p.set_defaults(func=run_push)
+
+
+def print_plan(plan: dict, replicas: list[dict] | None = None) -> None:
+    from atoll.cli.table import render
+
+    rows = []
+    for task, t in plan.get("tasks", {}).items():
+        for r in t.get("replicas", []):
+            rows.append([task, t["variant"], r["pool"], r["location"], r["replicas"], f"{r['rate']:.2f}",
+                         f"{r['cost_per_hour']:.4f}"])
+    print(render(["TASK", "VARIANT", "POOL", "LOCATION", "HOSTS", "REQ/S", "$/H"], rows, "llllrrr"))
+    gap = plan.get("gap")
+    print(f"total ${plan.get('total_cost_per_hour', 0):.4f}/h (compute ${plan.get('compute_cost_per_hour', 0):.4f}, "
+          f"transfer ${plan.get('transfer_cost_per_hour', 0):.4f}); predicted accuracy {plan.get('accuracy', 0):.4f}; "
+          f"{plan.get('planner')} {plan.get('status')}, gap {'-' if gap is None else f'{gap:.2%}'}, "
+          f"{plan.get('solve_seconds', 0):.2f} s")
+    if replicas:
+        rrows = [[r["task"], r["variant"], r["node"], r["region"], r["tier"], r["state"], f"{r['weight']:.2f}",
+                  r["message"][:60]] for r in replicas]
+        print(render(["TASK", "VARIANT", "NODE", "REGION", "TIER", "STATE", "WEIGHT", "MESSAGE"], rrows, "llllllrl"))
+
+
+def run_submit(ns) -> int:
+    from atoll.client import Client
+
+    with Client(ns.coordinator, timeout=60) as c:
+        st = c.submit(ns.spec, dry_run=ns.dry_run)
+        if ns.wait and not ns.dry_run:
+            st = c.wait_ready(st.name)
+    if ns.output == "json":
+        print(json.dumps(st.to_dict(), indent=2))
+    else:
+        print(f"workflow {st.name}: {st.state}" + (f" ({st.message})" if st.message else ""))
+        print_plan(st.plan, st.replicas)
+    return 0
+
+
+def run_list(ns) -> int:
+    from atoll.cli.table import render
+    from atoll.client import Client
+
+    with Client(ns.coordinator) as c:
+        wfs = c.workflows()
+    if ns.output == "json":
+        print(json.dumps(wfs, indent=2))
+    elif not wfs:
+        print("no workflows")
+    else:
+        print(render(["NAME", "STATE", "$/H", "ACCURACY", "READY"],
+                     [[w["name"], w["state"], f"{w['cost_per_hour']:.4f}", f"{w['accuracy']:.4f}",
+                       f"{w['ready_replicas']}/{w['replicas']}"] for w in wfs], "llrrr"))
+    return 0
+
+
+def run_status(ns) -> int:
+    from atoll.cli.table import render
+    from atoll.client import Client
+
+    with Client(ns.coordinator) as c:
+        st = c.status(ns.name)
+    if ns.output == "json":
+        print(json.dumps(st.to_dict(), indent=2))
+        return 0
+    print(f"workflow {st.name}: {st.state} — {st.message} (plan generation {st.generation})")
+    print_plan(st.plan, st.replicas)
+    if st.profiles:
+        print("throughput profiles (req/s per replica; the planner uses measured figures when present):")
+        print(render(["VARIANT", "HARDWARE", "DECLARED", "MEASURED", "SOURCE"],
+                     [[p["variant"], p["hardware"], f"{p['declared_rps']:.3f}",
+                       f"{p['measured_rps']:.3f}" if p["measured_rps"] else "-", p["source"]] for p in st.profiles],
+                     "llrrl"))
+    return 0
+
+
+def run_delete(ns) -> int:
+    from atoll.client import Client
+
+    with Client(ns.coordinator) as c:
+        c.delete(ns.name)
+    print(f"workflow {ns.name} deleted")
+    return 0
+
+
+def run_invoke(ns) -> int:
+    from atoll.client import Client
+    from atoll.errors import InvalidArgument
+
+    try:
+        json.loads(ns.input)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"--input is not JSON: {exc.msg}", hint='e.g. --input \'{"text": "hello"}\'') from None
+    with Client(ns.coordinator, timeout=ns.timeout + 5) as c:
+        if ns.stream:
+            result = None
+            for item in c.invoke(ns.name, ns.input, timeout=ns.timeout, stream=True):
+                if isinstance(item, str):
+                    sys.stdout.write(item)
+                    sys.stdout.flush()
+                else:
+                    result = item
+            print()
+        else:
+            result = c.invoke(ns.name, ns.input, timeout=ns.timeout)
+    if ns.output == "json":
+        print(json.dumps(result, indent=2))
+    elif not ns.stream:
+        out = result["output"]
+        print(out.get("text") if "text" in out else json.dumps(out)[:2000])
+    for s in (result or {}).get("stages", []):
+        print(f"  {s['task']}: {s['variant']} on {s['node']} ({s['region']}) {s['seconds'] * 1000:.0f} ms"
+              + (f", {s['attempts']} attempts" if s["attempts"] > 1 else ""), file=sys.stderr)
+    return 0
+
+
+def run_profile(ns) -> int:
+    from atoll.client import Client
+
+    with Client(ns.coordinator, timeout=600) as c:
+        r = c.profile(ns.workflow, ns.task, ns.variant, ns.node, ns.requests, ns.concurrency)
+    print(f"{r['variant']} on {r['node']} ({r['hardware']}): {r['requests_per_second']:.3f} req/s, "
+          f"{r['tokens_per_second']:.1f} tokens/s over {r['requests']} requests (declared {r['declared_rps']:.3f} req/s); recorded")
+    return 0
+
+
+def run_push(ns) -> int:
+    from atoll.client import Client
+
+    def progress(done, total):
+        sys.stderr.write(f"\rpushing {ns.path}: {done / 2**20:.1f}/{total / 2**20:.1f} MiB")
+        sys.stderr.flush()
+
+    with Client(ns.coordinator, timeout=600) as c:
+        name = c.push(ns.path, ns.kind, progress=progress)
+    sys.stderr.write("\n")
+    print(name)
+    return 0

@@ -1,0 +1,67 @@
+"""``atoll profile``: measure a variant's throughput on a live agent and record it.
+
+Sends ``requests`` generate calls (``concurrency`` at a time) for the stage's prompt to one
+ready replica of (task, variant) and records requests/s and tokens/s for that node's hardware
+class. The planner then prefers the measured figure over the declared one for that workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from atoll.coordinator.deploy import hardware_class
+from atoll.errors import FailedPrecondition, InvalidArgument, NotFound
+from atoll.proto.v1 import worker_pb2
+
+
+async def profile_variant(wm, router, workflow: str, task: str, variant: str, node: str,
+                          requests: int, concurrency: int) -> dict:
+    if not (1 <= requests <= 10_000) or not (1 <= concurrency <= 256):
+        raise InvalidArgument("requests must be 1..10000 and concurrency 1..256")
+    rec = wm.get(workflow)
+    spec = wm.spec(workflow)
+    stages = {s.task: s for s in wm._serving(spec)[0]}
+    if task not in stages:
+        raise NotFound(f"workflow {workflow!r} has no task {task!r}", hint="tasks: " + ", ".join(stages))
+    views = [v for v in wm.replica_views(rec) if v["task"] == task and (not variant or v["variant"] == variant)]
+    if node:
+        views = [v for v in views if node in (v["node_name"], v["node_id"])]
+    ready = [v for v in views if v["state"] == "ready" and v["node_state"] == "READY" and v["worker_address"]]
+    if not ready:
+        raise FailedPrecondition(f"no ready replica of {task}/{variant or '*'}" + (f" on {node}" if node else ""),
+                                 hint="profile a variant the current plan runs (see `atoll status`)")
+    target = ready[0]
+    a = next(x for x in rec.assignments if x["replica_id"] == target["replica_id"])
+    stage = stages[task]
+    stub = router._stub(target["worker_address"])
+    tokens = [0]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            prompt = stage.prompt.replace("{input}", f"profiling request {i}") if stage.prompt else f"profiling {i}"
+            if stage.kind == "embedding":
+                await stub.Embed(worker_pb2.EmbedRequest(text=prompt, adapter=a["adapter"]), timeout=120)
+                return
+            req = worker_pb2.GenerateRequest(prompt=prompt, adapter=a["adapter"], sampling=worker_pb2.SamplingParams(
+                max_tokens=stage.max_tokens, temperature=stage.temperature))
+            async for resp in stub.Generate(req, timeout=120):
+                if resp.finished:
+                    tokens[0] += resp.prompt_tokens + resp.completion_tokens
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(requests)))
+    elapsed = time.monotonic() - t0
+    nrec = wm.registry.nodes[target["node_id"]]
+    hw = hardware_class(nrec)
+    rps, tps = requests / elapsed, tokens[0] / elapsed
+    wm.store.put_profile(f"{workflow}/{task}/{target['variant']}", hw, rps, tps, "profiled")
+    declared = 0.0
+    for v in spec.resolved_variants(None)[task]:
+        if v.name == target["variant"]:
+            t = next(t for t in spec.tasks if t.name == task)
+            declared = v.requests_per_second(hw, t.tokens_per_request) or 0.0
+    return {"variant": f"{task}/{target['variant']}", "hardware": hw, "node_name": nrec.name,
+            "requests_per_second": round(rps, 4), "tokens_per_second": round(tps, 2),
+            "declared_rps": declared, "requests": requests}

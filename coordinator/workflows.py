@@ -1,0 +1,380 @@
+"""Workflows: submit -> plan on the live fleet -> store -> deploy -> serve, and re-plan on loss.
+
+:class:`WorkflowManager` is plain logic on the coordinator's event loop. It calls the pure
+planner (``atoll.planner``) with a problem built from the READY nodes (``deploy.fleet_pools``)
+and the workflow spec, with throughput profiles measured on the fleet taking precedence over
+declared ones; stores the plan and its assignments before acknowledging; and reconciles,
+level-triggered: every pass computes each node's desired replica set and its generation (a
+content digest), and sends it down the node's heartbeat stream only when the agent reports a
+different generation (again after ``RESEND_AFTER`` seconds if it still differs). Running it
+twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+from atoll.coordinator.deploy import assign, fleet_pools, hardware_class, node_items
+from atoll.coordinator.router import Endpoint, Route, Stage
+from atoll.coordinator.store import WorkflowRecord
+from atoll.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PlanInfeasible,
+                          SpecError)
+from atoll.logs import kv
+from atoll.specs.common import parse_obj
+
+log = logging.getLogger("atoll.coordinator")
+
+RESEND_AFTER = 5.0
+MAX_SPEC_BYTES = 1 << 20
+
+
+def generation_of(items: list[dict]) -> int:
+    h = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).digest()
+    return int.from_bytes(h[:8], "big") >> 1
+
+
+def _is_source_ref(s: str) -> bool:
+    return s.startswith("sha256:") or s.startswith("/") or s.startswith(".") or s.startswith("~")
+
+
+class WorkflowManager:
+    def __init__(self, store, registry, metrics=None, blobs=None):
+        self.store = store
+        self.registry = registry
+        self.metrics = metrics
+        self.blobs = blobs
+        self.records: dict[str, WorkflowRecord] = {r.name: r for r in store.list_workflows()}
+        self._specs: dict[str, object] = {}
+        self._sent: dict[str, tuple[int, float]] = {}        # node id -> (generation, when)
+        self._replan: set[str] = set()
+        registry.add_listener(self._on_transition)
+
+    # ------------------------------------------------------------------ spec and serving info
+    def parse(self, spec_yaml: str, filename: str):
+        from atoll.specs.workflow import WorkflowSpec
+
+        src = filename or "workflow"
+        if len(spec_yaml.encode()) > MAX_SPEC_BYTES:
+            raise SpecError(f"spec is larger than {MAX_SPEC_BYTES} bytes", source=src)
+        try:
+            data = yaml.safe_load(spec_yaml)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=src) from None
+        spec = parse_obj(WorkflowSpec, data, source=src)
+        if spec.catalog:
+            raise SpecError("a submitted workflow must carry its variants inline", source=src, path="catalog",
+                            hint="`atoll submit` inlines the catalog for you")
+        spec.check(source=src)
+        self._check_serving(spec, src)
+        return spec
+
+    def _check_serving(self, spec, src: str) -> None:
+        variants = spec.resolved_variants(None)
+        sinks = {t.name for t in spec.tasks} - {e.from_ for e in spec.edges}
+        for i, t in enumerate(spec.tasks):
+            kind = getattr(t, "kind", "llm")
+            if kind == "embedding" and t.name not in sinks:
+                raise SpecError(f"task {t.name!r} is an embedding stage: its output is a tensor, which only "
+                                "the workflow's output can take", source=src, path=f"tasks[{i}].kind",
+                                hint="make it a sink, or use kind: llm")
+            for j, v in enumerate(variants[t.name]):
+                model = getattr(v, "model", None) or v.base_model
+                where = f"tasks[{i}].variants[{j}]"
+                if not _is_source_ref(model):
+                    raise SpecError(f"variant {v.name!r}: model {model!r} is neither a path nor a sha256 name",
+                                    source=src, path=f"{where}.model",
+                                    hint="set model: to a local Hugging Face directory or a name from `atoll push`")
+                self._check_source(model, "model", src, f"{where}.model")
+                if v.adapter:
+                    apath = getattr(v, "adapter_path", None)
+                    if not apath:
+                        raise SpecError(f"variant {v.name!r} names adapter {v.adapter!r} without adapter_path",
+                                        source=src, path=f"{where}.adapter_path",
+                                        hint="give the PEFT directory or its sha256 name")
+                    self._check_source(apath, "adapter", src, f"{where}.adapter_path")
+
+    def _check_source(self, ref: str, kind: str, src: str, path: str) -> None:
+        if ref.startswith("sha256:"):
+            if self.blobs is None:
+                return
+            try:
+                self.blobs.info(ref)
+            except (NotFound, InvalidArgument) as exc:
+                raise NotFound(f"{src}: {path}: {kind} {ref[:19]}… is not in the model store ({exc.message})",
+                               hint="push it with `atoll push DIR`") from None
+            return
+        p = Path(ref).expanduser()
+        marker = "adapter_config.json" if kind == "adapter" else "config.json"
+        if not (p / marker).is_file():
+            raise NotFound(f"{src}: {path}: {kind} directory {ref!r} does not exist or has no {marker}",
+                           hint=f"give an existing {kind} directory (the same path on every host) or push it")
+
+    def _serving(self, spec) -> tuple[list[Stage], dict[tuple[str, str], dict], str, str]:
+        variants = spec.resolved_variants(None)
+        parents: dict[str, list[str]] = {t.name: [] for t in spec.tasks}
+        for e in spec.edges:
+            parents[e.to].append(e.from_)
+        order, done = [], {s.name for s in spec.sources}
+        pending = [t for t in spec.tasks]
+        while pending:
+            for t in list(pending):
+                if all(p in done for p in parents[t.name]):
+                    order.append(t)
+                    done.add(t.name)
+                    pending.remove(t)
+        stages = [Stage(task=t.name, kind=getattr(t, "kind", "llm"), prompt=getattr(t, "prompt", "{input}"),
+                        parents=tuple(parents[t.name]), max_tokens=int(getattr(t, "max_tokens", 32)),
+                        temperature=float(getattr(t, "temperature", 0.0)),
+                        stop=tuple(getattr(t, "stop", ()) or ())) for t in order]
+        serving = {}
+        for t in spec.tasks:
+            for v in variants[t.name]:
+                serving[(t.name, v.name)] = {"base_model": getattr(v, "model", None) or v.base_model,
+                                             "adapter": v.adapter or "",
+                                             "adapter_source": getattr(v, "adapter_path", None) or "",
+                                             "kind": getattr(t, "kind", "llm")}
+        sinks = [t.name for t in order if t.name not in {e.from_ for e in spec.edges}]
+        return stages, serving, spec.sources[0].region, sinks[-1]
+
+    # ------------------------------------------------------------------ planning
+    def _live_nodes(self, exclude_workflow: str):
+        taken = {a["node_id"] for name, r in self.records.items() if name != exclude_workflow
+                 for a in r.assignments}
+        ready = [n for n in self.registry.nodes.values() if n.state == "READY"]
+        return [n for n in ready if n.id not in taken], taken
+
+    def _with_profiles(self, spec, name: str):
+        """A copy of the spec where measured throughput replaces the declared figure."""
+        measured: dict[tuple[str, str, str], float] = {}
+        for vkey, hw, rps, _tps, _src, _ts in self.store.list_profiles():
+            wf, _, rest = vkey.partition("/")
+            task, _, variant = rest.partition("/")
+            if wf == name:
+                measured[(task, variant, hw)] = rps
+        if not measured:
+            return spec
+        data = spec.dump()
+        for t in data["tasks"]:
+            for v in t["variants"]:
+                for (task, variant, hw), rps in measured.items():
+                    if task == t["name"] and variant == v["name"]:
+                        v.setdefault("throughput", {})[hw] = rps
+                        (v.get("tokens_per_second") or {}).pop(hw, None)
+        from atoll.specs.workflow import WorkflowSpec
+        return parse_obj(WorkflowSpec, data, source="profiles")
+
+    def plan_for(self, spec, name: str, previous: list[dict] | None = None):
+        from atoll.planner import plan as run_planner
+        from atoll.planner.build import problem_from_specs
+        from atoll.specs.cluster import ClusterSpec
+
+        nodes, taken = self._live_nodes(name)
+        if not nodes:
+            raise PlanInfeasible("no READY nodes are free for this workflow", slo="capacity", asked=None,
+                                 reachable=0.0, hint="start agents (`atoll agent`) or delete other workflows")
+        pools = fleet_pools(nodes)
+        cluster = parse_obj(ClusterSpec, {"name": "live-fleet", "pools": pools}, source="live fleet")
+        problem = problem_from_specs(self._with_profiles(spec, name), cluster, None, workflow_source=name)
+        plan = run_planner(problem)
+        stages, serving, _, _ = self._serving(spec)
+        plan_d = plan.to_dict()
+        assignments = [a.to_dict() for a in assign(name, plan_d, pools, serving, previous, taken)]
+        return plan_d, assignments
+
+    # ------------------------------------------------------------------ client calls
+    def submit(self, spec_yaml: str, filename: str, dry_run: bool = False) -> WorkflowRecord:
+        spec = self.parse(spec_yaml, filename)
+        if not dry_run and spec.name in self.records:
+            raise AlreadyExists(f"workflow {spec.name!r} exists", hint=f"`atoll delete {spec.name}` first")
+        plan_d, assignments = self.plan_for(spec, spec.name)
+        now = time.time()
+        rec = WorkflowRecord(name=spec.name, spec_yaml=spec.to_yaml(), state="DEPLOYING",
+                             message="waiting for replicas", plan=plan_d, assignments=assignments,
+                             generation=1, created=now, updated=now)
+        if dry_run:
+            rec.state = "PLANNED"
+            return rec
+        self.store.put_workflow(rec)            # durable before we acknowledge
+        self.records[rec.name] = rec
+        self._specs[rec.name] = spec
+        self._export_plan(rec)
+        log.info("workflow submitted", extra=kv(workflow=rec.name, cost=plan_d["total_cost_per_hour"],
+                                                 replicas=len(assignments)))
+        self.reconcile()
+        return rec
+
+    def get(self, name: str) -> WorkflowRecord:
+        if not name:
+            raise InvalidArgument("workflow name is required")
+        rec = self.records.get(name)
+        if rec is None:
+            raise NotFound(f"no workflow named {name[:80]!r}", hint="see `atoll workflows`")
+        return rec
+
+    def delete(self, name: str) -> None:
+        self.get(name)
+        self.store.delete_workflow(name)
+        self.records.pop(name, None)
+        self._specs.pop(name, None)
+        self.reconcile()
+
+    def spec(self, name: str):
+        if name not in self._specs:
+            self._specs[name] = self.parse(self.get(name).spec_yaml, name)
+        return self._specs[name]
+
+    def replica_views(self, rec: WorkflowRecord) -> list[dict]:
+        out = []
+        total: dict[str, float] = {}
+        for a in rec.assignments:
+            total[a["task"]] = total.get(a["task"], 0.0) + a["weight"]
+        for a in rec.assignments:
+            node = self.registry.nodes.get(a["node_id"])
+            st = "lost"
+            msg = ""
+            if node is not None and node.state in ("READY", "DRAINING", "SUSPECT"):
+                st = (node.status.get("replica_states") or {}).get(a["replica_id"], "pending")
+                msg = (node.status.get("replica_messages") or {}).get(a["replica_id"], "")
+            out.append({"replica_id": a["replica_id"], "task": a["task"], "variant": a["variant"],
+                        "node_id": a["node_id"], "node_name": node.name if node else "?",
+                        "state": st, "worker_address": (node.status.get("worker_address", "") if node else ""),
+                        "region": node.region if node else "", "tier": node.tier if node else "",
+                        "weight": a["weight"] / total[a["task"]] if total.get(a["task"]) else 0.0,
+                        "message": msg, "node_state": node.state if node else "GONE"})
+        return out
+
+    def route(self, name: str) -> Route:
+        rec = self.get(name)
+        if rec.state not in ("READY", "DEGRADED"):
+            raise FailedPrecondition(f"workflow {name!r} is {rec.state}: {rec.message}",
+                                     hint="wait until `atoll status` says READY")
+        stages, _, source_region, sink = self._serving(self.spec(name))
+        eps: dict[str, list[Endpoint]] = {}
+        for r in self.replica_views(rec):
+            if r["state"] == "ready" and r["node_state"] == "READY" and r["worker_address"]:
+                a = next(x for x in rec.assignments if x["replica_id"] == r["replica_id"])
+                eps.setdefault(r["task"], []).append(Endpoint(
+                    r["replica_id"], r["task"], r["variant"], r["node_id"], r["node_name"], r["region"],
+                    r["worker_address"], a["weight"], a["adapter"]))
+        return Route(name, stages, eps, source_region, sink)
+
+    # ------------------------------------------------------------------ reconcile
+    def desired_by_node(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for rec in self.records.values():
+            for a in rec.assignments:
+                out.setdefault(a["node_id"], [])
+        for node_id in list(out) + [s for s in self.registry.sessions]:
+            items: list[dict] = []
+            for rec in self.records.values():
+                items += node_items(rec.assignments, node_id)
+            out[node_id] = sorted(items, key=lambda i: i["replica_id"])
+        return out
+
+    def reconcile(self, now: float | None = None) -> int:
+        """Send each live node its desired set if it reports another generation. Returns sends."""
+        now = time.monotonic() if now is None else now
+        sent = 0
+        for node_id, items in self.desired_by_node().items():
+            sess = self.registry.sessions.get(node_id)
+            if sess is None:
+                continue
+            gen = generation_of(items)
+            applied = self.registry.applied_generation.get(node_id, -1)
+            if applied == gen or (not items and applied in (-1, 0)):
+                continue
+            last_gen, when = self._sent.get(node_id, (None, -1e9))
+            if last_gen == gen and now - when < RESEND_AFTER and self._sent_session.get(node_id) is sess:
+                continue
+            sess.push({"assignments": {"generation": gen, "items": items}})
+            self._sent[node_id] = (gen, now)
+            self._sent_session[node_id] = sess
+            sent += 1
+        self._update_states()
+        return sent
+
+    _sent_session: dict = {}
+
+    def _update_states(self) -> None:
+        for rec in self.records.values():
+            views = self.replica_views(rec)
+            tasks = {a["task"] for a in rec.assignments} | set(rec.plan.get("tasks", {}))
+            ready = {t: sum(1 for v in views if v["task"] == t and v["state"] == "ready"
+                            and v["node_state"] == "READY") for t in tasks}
+            failed = [v for v in views if v["state"] == "failed"]
+            if all(ready.get(t, 0) > 0 for t in tasks):
+                state, msg = "READY", f"{sum(ready.values())} replica(s) ready"
+            elif failed and not any(v["state"] in ("pending", "loading") for v in views):
+                state, msg = "FAILED", f"{failed[0]['replica_id']}: {failed[0]['message'] or 'failed'}"
+            else:
+                waiting = [t for t in sorted(tasks) if not ready.get(t)]
+                state = "DEGRADED" if rec.state in ("READY", "DEGRADED") else "DEPLOYING"
+                msg = f"{len(tasks) - len(waiting)}/{len(tasks)} stages ready; waiting for {', '.join(waiting)}"
+            if (state, msg) != (rec.state, rec.message):
+                if state != rec.state:
+                    log.info("workflow state", extra=kv(workflow=rec.name, old=rec.state, new=state, why=msg))
+                rec.state, rec.message, rec.updated = state, msg, time.time()
+                self.store.put_workflow(rec)
+
+    # ------------------------------------------------------------------ failures
+    def _on_transition(self, t) -> None:
+        if t.new in ("LOST", "DRAINING"):
+            for rec in self.records.values():
+                if any(a["node_id"] == t.node_id for a in rec.assignments):
+                    self._replan.add(rec.name)
+
+    def replan_pending(self) -> list[str]:
+        done = []
+        for name in sorted(self._replan):
+            self._replan.discard(name)
+            rec = self.records.get(name)
+            if rec is None:
+                continue
+            try:
+                plan_d, assignments = self.plan_for(self.spec(name), name, previous=rec.assignments)
+            except Exception as exc:  # noqa: BLE001 - keep serving what is left; report why
+                rec.message = f"re-plan failed: {exc}"
+                rec.updated = time.time()
+                self.store.put_workflow(rec)
+                log.warning("re-plan failed", extra=kv(workflow=name, error=str(exc)[:300]))
+                continue
+            rec.plan, rec.assignments = plan_d, assignments
+            rec.generation += 1
+            rec.updated = time.time()
+            self.store.put_workflow(rec)
+            self._export_plan(rec)
+            log.info("workflow re-planned", extra=kv(workflow=name, generation=rec.generation,
+                                                      cost=plan_d["total_cost_per_hour"]))
+            done.append(name)
+        if done:
+            self.reconcile()
+        return done
+
+    def _export_plan(self, rec: WorkflowRecord) -> None:
+        if self.metrics is not None:
+            self.metrics.plan_cost.labels(rec.name, "compute").set(rec.plan.get("compute_cost_per_hour", 0.0))
+            self.metrics.plan_cost.labels(rec.name, "transfer").set(rec.plan.get("transfer_cost_per_hour", 0.0))
+            self.metrics.plan_accuracy.labels(rec.name).set(rec.plan.get("accuracy", 0.0))
+
+    # ------------------------------------------------------------------ profiles
+    def profiles_view(self, rec: WorkflowRecord) -> list[dict]:
+        spec = self.spec(rec.name)
+        measured = {(k, hw): (rps, src) for k, hw, rps, _t, src, _u in self.store.list_profiles()}
+        out = []
+        hws = {hardware_class(n) for n in self.registry.nodes.values()}
+        for t in spec.tasks:
+            for v in spec.resolved_variants(None)[t.name]:
+                for hw in sorted(hws | set(v.throughput) | set(v.tokens_per_second)):
+                    declared = v.requests_per_second(hw, t.tokens_per_request) or 0.0
+                    m = measured.get((f"{rec.name}/{t.name}/{v.name}", hw))
+                    if declared or m:
+                        out.append({"variant": f"{t.name}/{v.name}", "hardware": hw, "declared_rps": declared,
+                                    "measured_rps": m[0] if m else 0.0,
+                                    "source": m[1] if m else "declared"})
+        return out
