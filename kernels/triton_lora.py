@@ -29,6 +29,13 @@ segment instead of once per row - saves at most three re-reads that BGMV takes f
 BGMV runs more, smaller programs, which is what a small decode batch needs to fill the GPU.
 This threshold is reasoned, not tuned on a GPU: ``bench/kernels_bench.py`` times both families
 for every case so it can be tuned where a GPU is available.
+
+Caveats. (1) SGMV (``tl.dot``) and BGMV (FMA + ``tl.sum``) reduce in different orders, so
+because the family is chosen from the whole step's layout, a row's h may differ in the last
+bits with its batch-mates; callers that need bitwise batch invariance call one family's
+launchers directly. (2) Grids depend on ``meta.max_seg_len`` and the segment count: a CUDA
+graph captured for one step's metadata must not be replayed with another's. The first call
+per packed layout copies ``slice_offsets`` to the device (cached): make it before capture.
 """
 
 from __future__ import annotations

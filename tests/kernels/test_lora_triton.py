@@ -27,12 +27,12 @@ def test_interpreter_is_on():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
 @pytest.mark.parametrize("phase,layout,rank", [
-    ("decode", "qkv", 8), ("prefill", "gate_up", 5), ("prefill", "qkv", 16), ("decode", "single", 5),
+    ("decode", "qkv", 8), ("prefill", "gate_up", 5), ("prefill", "qkv", 16),
 ])
 @pytest.mark.parametrize("popularity", POPULARITIES)
 def test_sgmv_and_bgmv_match_reference(popularity, phase, layout, rank, dtype):
     """Both kernel families, shrink and expand, for one step's layout and adapter popularity."""
-    n_req = 13 if phase == "decode" else 7                  # T = 13 odd rows, or ~25 in segments
+    n_req = 13 if phase == "decode" else 5                  # T = 13 odd rows, or ~17 in segments
     c = make_case(popularity, phase, dtype, layout, rank=rank, n_req=n_req, seed=11)
     h_ref = shrink_ref(c.x, c.a, c.meta)
     y_ref = expand_ref(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets)
