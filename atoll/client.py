@@ -223,13 +223,25 @@ class Client:
         req = control_pb2.InvokeRequest(workflow=name, input_json=payload, stream=stream, timeout_seconds=timeout)
         if stream:
             return self._invoke_stream(req, timeout)
-        last = None
-        try:
-            for resp in self._stub.Invoke(req, timeout=timeout + 5):
-                last = resp
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
-        return _invoke_result(last)
+        import time as _t
+
+        # UNAVAILABLE (the coordinator restarting, or no replica reachable for a moment) is
+        # retried with back-off until the deadline; every other error is final.
+        deadline = _t.monotonic() + timeout
+        delay = 0.1
+        while True:
+            left = deadline - _t.monotonic()
+            req.timeout_seconds = max(left, 0.001)
+            try:
+                last = None
+                for resp in self._stub.Invoke(req, timeout=left + 5):
+                    last = resp
+                return _invoke_result(last)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or _t.monotonic() + delay >= deadline:
+                    raise error_from_rpc(exc) from None
+            _t.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _invoke_stream(self, req, timeout):
         try:

@@ -1,8 +1,11 @@
 """The data plane: run one request through a workflow's stages.
 
 For each stage in topological order, the router builds the stage's input from its parents'
-outputs (the prompt template's ``{input}``), picks a replica by the plan's routing weights
-(weighted random over the replicas that are ready on live nodes), and calls that agent's Worker
+outputs (the prompt template's ``{input}``) and picks a replica the way the plan routes flows:
+first the replica's location, by the plan's flow rates from the location the input comes from
+(the source's, or the parent stage's replica's), then a replica inside that location by its
+weight. Both choices use smooth weighted round-robin, so over N requests every share is within
+one request of its weight. It calls that agent's Worker
 service with the time left before the request's deadline. A replica that fails (unreachable,
 lost, overloaded, not ready) is excluded and the stage is retried on another replica; when every
 replica has failed the caller gets a clear error. Streaming requests stream the last stage's
@@ -45,6 +48,25 @@ class Endpoint:
     address: str
     weight: float
     adapter: str
+    location: str = ""             # "region/tier", as the plan names locations
+
+
+class SmoothWRR:
+    """Smooth weighted round-robin (as in nginx): deterministic, shares follow the weights."""
+
+    def __init__(self):
+        self._cur: dict[tuple, dict[str, float]] = {}
+
+    def pick(self, key: tuple, items: list[tuple[str, float]]) -> str:
+        cur = self._cur.setdefault(key, {})
+        total = sum(w for _, w in items)
+        best, best_val = None, None
+        for name, w in items:
+            cur[name] = cur.get(name, 0.0) + w
+            if best_val is None or cur[name] > best_val:
+                best, best_val = name, cur[name]
+        cur[best] -= total
+        return best
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,9 @@ class Route:
     endpoints: dict[str, list[Endpoint]]
     source_region: str
     sink: str
+    source_location: str = ""
+    # (from task or source, to task) -> [(from location, to location, rate)] from the plan
+    flows: dict[tuple[str, str], list[tuple[str, str, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +136,7 @@ class Router:
     def __init__(self, metrics=None, rng: random.Random | None = None):
         self.metrics = metrics
         self.rng = rng or random.Random()
+        self.wrr = SmoothWRR()
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
@@ -124,18 +150,33 @@ class Router:
             await ch.close()
         self._channels.clear()
 
-    def pick(self, endpoints: list[Endpoint], exclude: set[str]) -> Endpoint | None:
-        pool = [e for e in endpoints if e.replica_id not in exclude and e.weight > 0]
-        if not pool:
-            pool = [e for e in endpoints if e.replica_id not in exclude]
+    def pick(self, endpoints: list[Endpoint], exclude: set[str], *, workflow: str = "", task: str = "",
+             parent: str = "", from_location: str = "",
+             flows: list[tuple[str, str, float]] | None = None) -> Endpoint | None:
+        pool = [e for e in endpoints if e.replica_id not in exclude]
         if not pool:
             return None
-        return self.rng.choices(pool, weights=[max(e.weight, 1e-9) for e in pool], k=1)[0]
+        by_loc: dict[str, list[Endpoint]] = {}
+        for e in pool:
+            by_loc.setdefault(e.location, []).append(e)
+        loc_w = {}
+        for a, b, rate in flows or ():
+            if a == from_location and b in by_loc and rate > 0:
+                loc_w[b] = loc_w.get(b, 0.0) + rate
+        if not loc_w:        # no flow from here in the plan (or it failed over): by replica weights
+            for loc, eps in by_loc.items():
+                loc_w[loc] = sum(max(e.weight, 1e-9) for e in eps)
+        loc = self.wrr.pick((workflow, task, parent, from_location, "loc"), sorted(loc_w.items()))
+        eps = by_loc[loc]
+        rid = self.wrr.pick((workflow, task, loc, "replica"),
+                            sorted((e.replica_id, max(e.weight, 1e-9)) for e in eps))
+        return next(e for e in eps if e.replica_id == rid)
 
     async def invoke(self, route: Route, text: str, *, deadline: float,
                      on_delta: Callable[[str], Awaitable[None]] | None = None) -> Result:
         outputs: dict[str, object] = {}
         regions: dict[str, str] = {}
+        locations: dict[str, str] = {}
         runs: list[StageRun] = []
         for stage in route.stages:
             parts = []
@@ -148,13 +189,18 @@ class Router:
             prompt = stage.prompt.replace("{input}", stage_input) if stage.prompt else stage_input
             in_regions = [regions[p] for p in stage.parents if p in regions] or [route.source_region]
             last = stage.task == route.sink
-            out, run, region = await self._run_stage(route, stage, prompt, deadline,
-                                                     on_delta if (last and on_delta) else None)
+            parent = next((p for p in stage.parents if p in locations), "")
+            from_loc = locations.get(parent, route.source_location)
+            flows = route.flows.get((parent or next(iter(stage.parents), ""), stage.task), [])
+            out, run, region, loc = await self._run_stage(route, stage, prompt, deadline,
+                                                          on_delta if (last and on_delta) else None,
+                                                          parent, from_loc, flows)
             in_bytes = len(stage_input.encode())
             for r in in_regions:   # parents' outputs (or the request) travel to this replica's region
                 self._count_bytes(route.workflow, r, region, in_bytes)
             outputs[stage.task] = out
             regions[stage.task] = region
+            locations[stage.task] = loc
             run.output_bytes = len(out.encode()) if isinstance(out, str) else 4 * len(out)
             runs.append(run)
         final = outputs[route.sink]
@@ -164,7 +210,8 @@ class Router:
         if self.metrics is not None:
             self.metrics.bytes_sent.labels(workflow, a, b).inc(n)
 
-    async def _run_stage(self, route: Route, stage: Stage, prompt: str, deadline: float, on_delta):
+    async def _run_stage(self, route: Route, stage: Stage, prompt: str, deadline: float, on_delta,
+                         parent: str = "", from_loc: str = "", flows=None):
         endpoints = route.endpoints.get(stage.task, [])
         if not endpoints:
             raise Unavailable(f"stage {stage.task} has no ready replica", hint="see `atoll status`")
@@ -177,7 +224,8 @@ class Router:
             if left <= 0:
                 raise DeadlineExceeded(f"deadline passed in stage {stage.task} after {run.attempts} attempt(s)"
                                        + (f"; last error: {last_err}" if last_err else ""))
-            ep = self.pick(endpoints, tried)
+            ep = self.pick(endpoints, tried, workflow=route.workflow, task=stage.task, parent=parent,
+                           from_location=from_loc, flows=flows)
             if ep is None:
                 raise Unavailable(f"stage {stage.task}: all {len(endpoints)} replica(s) failed; last error: {last_err}")
             run.attempts += 1
@@ -195,7 +243,7 @@ class Router:
                 run.seconds = time.monotonic() - t0
                 if self.metrics is not None:
                     self.metrics.stage_seconds.labels(route.workflow, stage.task).observe(run.seconds)
-                return out, run, ep.region
+                return out, run, ep.region, ep.location
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 last_err = f"{ep.node_name}: {code.name}: {exc.details()}"

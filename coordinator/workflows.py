@@ -261,8 +261,13 @@ class WorkflowManager:
                 a = next(x for x in rec.assignments if x["replica_id"] == r["replica_id"])
                 eps.setdefault(r["task"], []).append(Endpoint(
                     r["replica_id"], r["task"], r["variant"], r["node_id"], r["node_name"], r["region"],
-                    r["worker_address"], a["weight"], a["adapter"]))
-        return Route(name, stages, eps, source_region, sink)
+                    r["worker_address"], a["weight"], a["adapter"], f"{r['region']}/{r['tier']}"))
+        spec = self.spec(name)
+        src = spec.sources[0]
+        flows: dict[tuple[str, str], list[tuple[str, str, float]]] = {}
+        for f in rec.plan.get("routes", []):
+            flows.setdefault((f["src"], f["dst"]), []).append((f["from_location"], f["to_location"], float(f["rate"])))
+        return Route(name, stages, eps, source_region, sink, f"{src.region}/{src.tier}", flows)
 
     # ------------------------------------------------------------------ reconcile
     def desired_by_node(self) -> dict[str, list[dict]]:

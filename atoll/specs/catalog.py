@@ -65,6 +65,11 @@ class VariantSpec(Spec):
                                                 description="tokens/s per replica, per hardware class")
     profile: Optional[list[tuple[float, float]]] = Field(
         default=None, description="accuracy profile: [input_accuracy, output_accuracy] points")
+    # Serving (used by the coordinator; the offline planner ignores them).
+    model: Optional[str] = Field(default=None, max_length=1024,
+                                 description="base model: a local Hugging Face directory or a sha256: name")
+    adapter_path: Optional[str] = Field(default=None, max_length=1024,
+                                        description="PEFT adapter directory or sha256: name (with `adapter`)")
 
     @field_validator("name")
     @classmethod

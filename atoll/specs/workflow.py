@@ -31,6 +31,9 @@ Example::
       forbid_tiers: []
       data_up_only: false                    # JellyBean's rule: data never moves down a tier
 
+Rates: streams from several sources into one task add up; a task with several task inputs
+joins them (JellyBean): its rate is the minimum of its inputs' rates times their ratios.
+
 Accuracy models: ``profile`` composes per-variant profiles along the DAG (input accuracy of a
 task is the minimum over its parents, sources give 1.0; the SLO applies to every sink);
 ``additive`` sums per-task losses ``1 - accuracy`` (``min_accuracy`` bounds ``1 - sum``, and
@@ -70,6 +73,14 @@ class TaskSpec(Spec):
     prompt_tokens: float = Field(default=0.0, ge=0, description="mean prompt tokens (LLM tasks)")
     completion_tokens: float = Field(default=0.0, ge=0, description="mean completion tokens")
     variants: list[Union[str, VariantSpec]] = Field(min_length=1)
+    # Serving (used by the coordinator; the offline planner ignores them).
+    kind: Literal["llm", "embedding"] = Field(default="llm", description="llm: text in, text out; "
+                                              "embedding: text in, a vector out (only as a sink)")
+    prompt: str = Field(default="{input}", max_length=20_000,
+                        description="prompt template; {input} is the request or the parents' outputs")
+    max_tokens: int = Field(default=32, ge=1, le=8192)
+    temperature: float = Field(default=0.0, ge=0, le=5)
+    stop: list[str] = Field(default_factory=list, max_length=16)
 
     @field_validator("name")
     @classmethod
@@ -93,6 +104,7 @@ class EdgeSpec(Spec):
     ratio: float = Field(default=1.0, gt=0, le=1e6, description="messages to `to` per message from `from`")
     size_kb: float = Field(default=1.0, ge=0, description="message size in KB (10^3 bytes)")
     sizes: list[SizeOverride] = Field(default_factory=list)
+    type: Literal["text", "tensor"] = Field(default="text", description="what the edge carries")
 
     model_config = {**Spec.model_config, "populate_by_name": True}
 

@@ -1,0 +1,93 @@
+"""A real fleet for workflow tests: a coordinator and five agents as processes on loopback,
+a tiny random-weight Llama and three tenants' LoRA adapters built on the spot."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from atoll.demo import LocalFleet
+
+NODES = [
+    {"name": "dc-1", "tier": "datacenter", "region": "us-east", "price_per_hour": 4.0, "labels": {"hardware": "a100"}},
+    {"name": "dc-2", "tier": "datacenter", "region": "us-east", "price_per_hour": 4.0, "labels": {"hardware": "a100"}},
+    {"name": "dc-3", "tier": "datacenter", "region": "us-east", "price_per_hour": 4.0, "labels": {"hardware": "a100"}},
+    {"name": "rent-1", "tier": "renter", "region": "us-west", "price_per_hour": 0.5, "preemptible": True,
+     "labels": {"hardware": "rtx4090"}},
+    {"name": "edge-1", "tier": "edge", "region": "eu-west", "price_per_hour": 0.1, "labels": {"hardware": "orin"}},
+]
+
+
+class Harness:
+    def __init__(self, fleet: LocalFleet, models: Path):
+        self.fleet = fleet
+        self.models = models
+
+    @property
+    def addr(self) -> str:
+        return self.fleet.addr
+
+    def client(self, timeout: float = 30):
+        from atoll.client import Client
+
+        return Client(self.fleet.addr, timeout=timeout)
+
+    def metrics(self) -> str:
+        return urllib.request.urlopen(self.fleet.metrics_url, timeout=10).read().decode()
+
+    def write(self, name: str, spec: dict) -> Path:
+        p = self.fleet.dir / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return p
+
+    def restart_agent(self, name: str) -> None:
+        spec = next(n for n in NODES if n["name"] == name)
+        self.fleet.start_agent(spec)
+
+    def wait_nodes_ready(self, names, timeout=40) -> None:
+        assert self.fleet.wait_states({n: "READY" for n in names}, timeout), f"nodes not READY: {names}"
+
+    def restart_coordinator(self) -> None:
+        self.fleet.coordinator.send_signal(signal.SIGKILL)
+        self.fleet.coordinator.wait(10)
+        self.fleet.start_coordinator()
+
+
+@pytest.fixture(scope="package")
+def harness(tmp_path_factory):
+    from atoll.tiny import build_tiny_adapter, build_tiny_llama
+
+    root = tmp_path_factory.mktemp("wf")
+    models = root / "models"
+    build_tiny_llama(models / "base")
+    for i, name in enumerate(["tenant-a", "tenant-b", "tenant-c"]):
+        build_tiny_adapter(models / name, models / "base", rank=4 + 4 * i, alpha=8 + i, seed=10 + i)
+    fleet = LocalFleet(root, heartbeat_interval=1.0)
+    fleet.start_coordinator()
+    for spec in NODES:
+        fleet.start_agent(spec)
+    h = Harness(fleet, models)
+    try:
+        h.wait_nodes_ready([n["name"] for n in NODES], 60)
+        yield h
+    finally:
+        fleet.shutdown()
+
+
+def wait_until(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
