@@ -128,10 +128,11 @@ def time_cpu(fn, min_time: float = 0.2, repeats: int = 5) -> float:
     return statistics.median(out)
 
 
-def d2d_copy_seconds(n_bytes: int, device, iters: int) -> float:
+def d2d_copy_seconds(n_bytes: int, device, iters: int, timer=time_cuda) -> float:
+    """Seconds per copy of an n_bytes buffer to another on the same device (moves 2 * n_bytes)."""
     src = torch.empty(max(1, n_bytes), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    return time_cuda(lambda: dst.copy_(src), iters)
+    return timer(lambda: dst.copy_(src), iters)
 
 
 # ---- machine ---------------------------------------------------------------------------------
@@ -166,34 +167,56 @@ def machine_info(device) -> dict:
 
 # ---- GPU ---------------------------------------------------------------------------------------
 
-def gpu_correctness(device, quick: bool) -> list[dict]:
+# Shapes of the GPU part. SMOKE runs the same code on CPU tensors under the Triton interpreter
+# (--interpret): its timings mean nothing, it only shows the GPU code path runs end to end.
+GPU_SHAPES = dict(dtypes=(torch.bfloat16, torch.float16), perf_dtype=torch.bfloat16,
+                  corr_hidden=2049, corr_widths=(2049, 513, 513), corr_batches=(1, 7, 64),
+                  corr_prefill_lens=(133, 1, 47, 301, 64), hidden=4096, rank=16,
+                  batches=(1, 2, 4, 8, 16, 32, 64), quick_batches=(1, 8, 64),
+                  prefill_tokens=(512, 2048, 8192), quick_prefill_tokens=(2048,),
+                  peak_bytes=1 << 30, decode_iters=200, prefill_iters=20)
+SMOKE_SHAPES = dict(dtypes=(torch.float16,), perf_dtype=torch.float16,
+                    corr_hidden=65, corr_widths=(33, 17, 17), corr_batches=(3,),
+                    corr_prefill_lens=(3, 1, 2, 4, 1), hidden=32, rank=16,
+                    batches=(1, 4), quick_batches=(4,),
+                    prefill_tokens=(16,), quick_prefill_tokens=(16,),
+                    peak_bytes=1 << 20, decode_iters=1, prefill_iters=1)
+
+
+def cpu_timer(fn, iters: int) -> float:
+    """Stand-in for time_cuda on CPU tensors (interpreter smoke run)."""
+    return time_cpu(fn, min_time=0.0, repeats=1)
+
+
+def gpu_correctness(device, quick: bool, shapes: dict) -> list[dict]:
     """Triton (dispatch, SGMV, BGMV) in bf16/fp16 against the fp32 reference on the same inputs."""
     from atoll.kernels import triton_lora as tlr
 
     rows = []
-    shapes = [("decode", b, pop) for b in (1, 7, 64) for pop in POPULARITIES]
-    shapes += [("prefill", 0, "uniform")]
+    cases = [("decode", b, pop) for b in shapes["corr_batches"] for pop in POPULARITIES]
+    cases += [("prefill", 0, "mixed")]
     rng = np.random.default_rng(0)
-    for dtype in (torch.bfloat16, torch.float16):
-        for phase, batch, pop in shapes:
+    for dtype in shapes["dtypes"]:
+        for phase, batch, pop in cases:
             if phase == "decode":
                 slots = request_slots(pop, batch, rng)
-            else:                                            # 5 requests of odd lengths
-                lens = (133, 1, 47, 301, 64)
+            else:                        # 5 requests of odd lengths, one without an adapter
+                lens = shapes["corr_prefill_lens"]
                 slots = [s for s, ln in zip((0, 1, -1, 2, 1), lens) for _ in range(ln)]
-            p = make_problem(slots, 2049, (2049, 513, 513), 16, dtype, device, scale=0.5)
+            p = make_problem(slots, shapes["corr_hidden"], shapes["corr_widths"],
+                             shapes["rank"], dtype, device, scale=0.5)
             p32 = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
                    for k, v in p.items()}
             h_ref = shrink_ref(p32["x"], p32["a"], p["meta"])
             y_ref = expand_ref(p32["y"].clone(), h_ref, p32["b"], p32["scales"], p["meta"],
                                p["offsets"])
+            rtol, atol = TOL[dtype]
+            mag = max(1.0, float(y_ref.abs().max()))
             for family, sh, ex in (("dispatch", tlr.shrink, tlr.expand),
                                    ("sgmv", tlr.sgmv_shrink, tlr.sgmv_expand),
                                    ("bgmv", tlr.bgmv_shrink, tlr.bgmv_expand)):
                 h = sh(p["x"], p["a"], p["meta"])
                 y = ex(p["y"].clone(), h, p["b"], p["scales"], p["meta"], p["offsets"])
-                rtol, atol = TOL[dtype]
-                mag = max(1.0, float(y_ref.abs().max()))
                 err = (y.float() - y_ref).abs()
                 bound = atol * mag + rtol * y_ref.abs()
                 h_err = float((h - h_ref).abs().max() / max(1.0, float(h_ref.abs().max())))
@@ -206,38 +229,40 @@ def gpu_correctness(device, quick: bool) -> list[dict]:
     return rows
 
 
-def gpu_perf(device, quick: bool) -> tuple[dict, list[dict]]:
+def gpu_perf(device, quick: bool, shapes: dict, timer) -> tuple[dict, list[dict]]:
+    """Latency and effective bandwidth of shrink + expand next to device-to-device copies."""
     from atoll.kernels import triton_lora as tlr
 
-    big = 1 << 30
-    peak_s = d2d_copy_seconds(big, device, iters=20)
+    big = shapes["peak_bytes"]
+    peak_s = d2d_copy_seconds(big, device, 20, timer)
     peak = {"bytes": big, "seconds": peak_s, "bandwidth_gbs": 2 * big / peak_s / 1e9}
-    h, r, dtype = 4096, 16, torch.bfloat16
-    cases = [("decode", pop, b, [s for s in request_slots(pop, b, np.random.default_rng(b))])
-             for pop in POPULARITIES for b in ((1, 8, 64) if quick else (1, 2, 4, 8, 16, 32, 64))]
-    for tokens in ((2048,) if quick else (512, 2048, 8192)):
+    h, r, dtype = shapes["hidden"], shapes["rank"], shapes["perf_dtype"]
+    batches = shapes["quick_batches"] if quick else shapes["batches"]
+    cases = [("decode", pop, request_slots(pop, b, np.random.default_rng(b)))
+             for pop in POPULARITIES for b in batches]
+    for tokens in shapes["quick_prefill_tokens"] if quick else shapes["prefill_tokens"]:
         for n_seg in (1, 4, 16):                  # equal-length segments, one adapter each
-            cases.append(("prefill", f"{n_seg} segments", tokens,
+            cases.append(("prefill", f"{n_seg} segments",
                           [s for s in range(n_seg) for _ in range(tokens // n_seg)]))
     rows = []
-    for phase, pop, batch, slots in cases:
+    for phase, pop, slots in cases:
         p = make_problem(slots, h, (h,), r, dtype, device)
         mb = model_bytes(p)
-        iters = 200 if phase == "decode" else 20
+        iters = shapes["decode_iters"] if phase == "decode" else shapes["prefill_iters"]
         row = dict(phase=phase, popularity=pop, tokens=len(slots), hidden=h, rank=r,
-                   dtype="bfloat16", **mb)
+                   dtype=str(dtype).replace("torch.", ""), **mb)
 
-        def op(sh, ex):
+        def op(sh, ex, p=p):
             return lambda: ex(p["y"], sh(p["x"], p["a"], p["meta"]), p["b"], p["scales"],
                               p["meta"], p["offsets"])
 
         for family, sh, ex in (("dispatch", tlr.shrink, tlr.expand),
                                ("sgmv", tlr.sgmv_shrink, tlr.sgmv_expand),
                                ("bgmv", tlr.bgmv_shrink, tlr.bgmv_expand)):
-            s = time_cuda(op(sh, ex), iters)
-            row[f"{family}_us"] = s * 1e6
-            row[f"{family}_gbs"] = mb["model_bytes"] / s / 1e9
-        copy_s = d2d_copy_seconds(mb["model_bytes"] // 2, device, iters)   # moves model_bytes
+            sec = timer(op(sh, ex), iters)
+            row[f"{family}_us"] = sec * 1e6
+            row[f"{family}_gbs"] = mb["model_bytes"] / sec / 1e9
+        copy_s = d2d_copy_seconds(mb["model_bytes"] // 2, device, iters, timer)  # moves model_bytes
         row["d2d_same_bytes_us"] = copy_s * 1e6
         row["d2d_same_bytes_gbs"] = mb["model_bytes"] / copy_s / 1e9
         row["dispatch_vs_peak_d2d"] = row["dispatch_gbs"] / peak["bandwidth_gbs"]
@@ -281,61 +306,90 @@ def cpu_perf(quick: bool) -> list[dict]:
 
 # ---- main --------------------------------------------------------------------------------------
 
+def print_gpu(result: dict) -> None:
+    corr = result["gpu_correctness"]
+    bad = [c for c in corr if not c["ok"]]
+    print(f"GPU correctness vs fp32 reference: {len(corr) - len(bad)}/{len(corr)} within tolerance")
+    for c in bad:
+        print("  FAIL", c)
+    peak = result["d2d_peak"]
+    print(f"\nD2D copy of {peak['bytes'] / 2**20:.0f} MiB: {peak['bandwidth_gbs']:.0f} GB/s "
+          "(read + write); /peak and /copy: LoRA op bandwidth over the big copy's and over "
+          "a copy of the same bytes")
+    print(f"{'phase':8} {'popularity':12} {'T':>5} {'U':>3} {'kernel':6} {'us':>8} "
+          f"{'GB/s':>7} {'sgmv us':>8} {'bgmv us':>8} {'copy us':>8} {'/peak':>6} {'/copy':>6}")
+    for w in result["gpu_perf"]:
+        print(f"{w['phase']:8} {w['popularity']:12} {w['tokens']:5d} {w['distinct_adapters']:3d} "
+              f"{w['family']:6} {w['dispatch_us']:8.1f} {w['dispatch_gbs']:7.0f} "
+              f"{w['sgmv_us']:8.1f} {w['bgmv_us']:8.1f} {w['d2d_same_bytes_us']:8.1f} "
+              f"{w['dispatch_vs_peak_d2d']:6.2f} {w['dispatch_vs_same_bytes_d2d']:6.2f}")
+
+
+def print_cpu(result: dict) -> None:
+    rows = result["cpu_torch_backend"]
+    print(f"\nCPU, torch backend vs fp32 segment-loop reference (fp32, rank {rows[0]['rank']}, "
+          f"{result['machine']['torch_threads']} thread(s); speedup = ref / torch)")
+    print(f"{'hidden':>6} {'layout':7} {'phase':8} {'popularity':12} {'T':>4} {'U':>3} "
+          f"{'torch us':>9} {'ref us':>9} {'speedup':>7}")
+    for w in rows:
+        print(f"{w['hidden']:6d} {w['layout']:7} {w['phase']:8} {w['popularity']:12} "
+              f"{w['tokens']:4d} {w['distinct_adapters']:3d} {w['torch_us']:9.0f} "
+              f"{w['ref_us']:9.0f} {w['speedup']:7.2f}")
+    print("speedup geomean {geomean:.2f}, min {min:.2f}, max {max:.2f}".format(
+        **result["cpu_speedup_summary"]))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cpu", action="store_true", help="skip the GPU part even with CUDA")
     ap.add_argument("--quick", action="store_true", help="fewer shapes (smoke run)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "kernels.json"))
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default bench/results/kernels.json; none for --interpret)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: multi-threaded small ops are erratic "
                          "on a shared machine)")
+    ap.add_argument("--interpret", action="store_true",
+                    help="run only the GPU part, on CPU tensors under TRITON_INTERPRET=1 with "
+                         "tiny shapes: checks the script end to end, its figures mean nothing")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    if args.interpret:
+        if "triton" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
+            sys.exit("--interpret: set TRITON_INTERPRET=1 before triton is imported")
+        os.environ["TRITON_INTERPRET"] = "1"
+    use_cuda = torch.cuda.is_available() and not args.cpu and not args.interpret
+    device = torch.device("cuda" if use_cuda else "cpu")
     result = {"bench": "kernels", "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
               "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": machine_info(device)}
-    if device.type == "cuda":
-        result["gpu_correctness"] = gpu_correctness(device, args.quick)
-        bad = [c for c in result["gpu_correctness"] if not c["ok"]]
-        print(f"GPU correctness vs fp32 reference: {len(result['gpu_correctness']) - len(bad)}"
-              f"/{len(result['gpu_correctness'])} within tolerance")
-        for c in bad:
-            print("  FAIL", c)
-        peak, rows = gpu_perf(device, args.quick)
-        result["d2d_peak"], result["gpu_perf"] = peak, rows
-        print(f"\nD2D copy of 1 GiB: {peak['bandwidth_gbs']:.0f} GB/s (read + write)")
-        print(f"{'phase':8} {'popularity':12} {'T':>5} {'U':>3} {'kernel':6} {'us':>8} "
-              f"{'GB/s':>7} {'sgmv us':>8} {'bgmv us':>8} {'copy us':>8} {'/peak':>6} {'/copy':>6}")
-        for w in rows:
-            print(f"{w['phase']:8} {w['popularity']:12} {w['tokens']:5d} {w['distinct_adapters']:3d} "
-                  f"{w['family']:6} {w['dispatch_us']:8.1f} {w['dispatch_gbs']:7.0f} "
-                  f"{w['sgmv_us']:8.1f} {w['bgmv_us']:8.1f} {w['d2d_same_bytes_us']:8.1f} "
-                  f"{w['dispatch_vs_peak_d2d']:6.2f} {w['dispatch_vs_same_bytes_d2d']:6.2f}")
+    status = 0
+    if use_cuda or args.interpret:
+        shapes, timer = (GPU_SHAPES, time_cuda) if use_cuda else (SMOKE_SHAPES, cpu_timer)
+        if args.interpret:
+            result["note"] = "interpreter smoke run of the GPU code path: timings mean nothing"
+            print(result["note"])
+        result["gpu_correctness"] = gpu_correctness(device, args.quick, shapes)
+        result["d2d_peak"], result["gpu_perf"] = gpu_perf(device, args.quick, shapes, timer)
+        print_gpu(result)
+        status = 1 if any(not c["ok"] for c in result["gpu_correctness"]) else 0
     else:
         result["note"] = ("no CUDA device: CPU figures of the torch backend only; the Triton "
                           "kernels' GPU correctness (bf16) and bandwidth figures need a GPU")
         print(result["note"])
-    rows = cpu_perf(args.quick)
-    result["cpu_torch_backend"] = rows
-    sp = [w["speedup"] for w in rows]
-    result["cpu_speedup_summary"] = {"geomean": float(np.exp(np.mean(np.log(sp)))),
-                                     "min": min(sp), "max": max(sp)}
-    print(f"\nCPU, torch backend vs fp32 segment-loop reference (fp32, rank {rows[0]['rank']}, "
-          f"{torch.get_num_threads()} thread(s); speedup = ref / torch)")
-    print(f"{'hidden':>6} {'layout':7} {'phase':8} {'popularity':12} {'T':>4} {'U':>3} "
-          f"{'torch us':>9} {'ref us':>9} {'speedup':>7}")
-    for w in rows:
-        print(f"{w['hidden']:6d} {w['layout']:7} {w['phase']:8} {w['popularity']:12} {w['tokens']:4d} "
-              f"{w['distinct_adapters']:3d} {w['torch_us']:9.0f} {w['ref_us']:9.0f} "
-              f"{w['speedup']:7.2f}")
-    print("speedup geomean {geomean:.2f}, min {min:.2f}, max {max:.2f}".format(
-        **result["cpu_speedup_summary"]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
-    return 0
+    if not args.interpret:
+        rows = cpu_perf(args.quick)
+        sp = [w["speedup"] for w in rows]
+        result["cpu_torch_backend"] = rows
+        result["cpu_speedup_summary"] = {"geomean": float(np.exp(np.mean(np.log(sp)))),
+                                         "min": min(sp), "max": max(sp)}
+        print_cpu(result)
+    out = args.out or (None if args.interpret else REPO / "bench" / "results" / "kernels.json")
+    if out:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {out}")
+    return status
 
 
 if __name__ == "__main__":
