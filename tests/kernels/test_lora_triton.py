@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from atoll.kernels import lora_apply
+from atoll.kernels import lora_apply, lora_expand, lora_shrink
 from atoll.kernels import triton_lora as tl_lora
 from atoll.kernels.lora import LoraMeta, expand_ref, shrink_ref
 from lora_cases import POPULARITIES, assert_close, is_close, make_case
@@ -86,3 +86,24 @@ def test_wrong_slots_differ_under_triton():
     y_ref = expand_ref(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets)
     y = tl_lora.bgmv_expand(c.y0.clone(), h_ref, c.b, c.scales, wrong, c.offsets)
     assert not is_close(y, y_ref, torch.float32)
+
+
+@pytest.mark.parametrize("family", ["sgmv", "bgmv"])
+def test_tiny_rank_and_width(family):
+    """Rank 1 and H_in 7 (both far below the block sizes: everything is masking)."""
+    c = make_case("uniform", "prefill", torch.float32, "gate_up", rank=1, h_in=7, n_req=3, seed=6)
+    h_ref = shrink_ref(c.x, c.a, c.meta)
+    assert_close(getattr(tl_lora, f"{family}_shrink")(c.x, c.a, c.meta), h_ref, torch.float32)
+    y_ref = expand_ref(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets)
+    y = getattr(tl_lora, f"{family}_expand")(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets)
+    assert_close(y, y_ref, torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["torch", "ref", "triton"])
+def test_empty_step(backend):
+    c = make_case(slots=[])
+    assert c.x.shape[0] == 0
+    h = lora_shrink(c.x, c.a, c.meta, backend=backend)
+    assert h.shape == (3, 0, 8) and h.dtype == torch.float32
+    y = lora_expand(c.y0, h, c.b, c.scales, c.meta, c.offsets, backend=backend)
+    assert y.shape == (0, 74)
