@@ -29,6 +29,23 @@ def _network(cluster: ClusterSpec) -> Network:
                    inter_region_per_gb=d.inter_region_per_gb, links=links)
 
 
+def task_rate(parents: list[tuple[str, float]], rate: dict, src_rate: dict) -> float:
+    """Streams from sources add up; inputs from tasks are joined (min), as in JellyBean:
+    lambda_v = min({sum_s lambda_s rho_sv} U {lambda_u rho_uv for task parents u})."""
+    merged = sum(rate[p] * r for p, r in parents if p in src_rate)
+    joins = [rate[p] * r for p, r in parents if p not in src_rate]
+    return min(joins + ([merged] if any(p in src_rate for p, _ in parents) else []))
+
+
+def edge_rate(src: str, ratio: float, dst: str, parents: dict, rate: dict, src_rate: dict) -> float:
+    """Messages/s on an edge: a task edge carries one message per request of ``dst``; source
+    edges into ``dst`` share its rate in proportion to their streams."""
+    if src not in src_rate:
+        return rate[dst]
+    merged = sum(rate[p] * r for p, r in parents[dst] if p in src_rate)
+    return rate[dst] * (rate[src] * ratio) / merged
+
+
 def problem_from_specs(workflow: WorkflowSpec, cluster: ClusterSpec, catalog=None, *,
                        workflow_source: str | None = None, cluster_source: str | None = None) -> PlanProblem:
     workflow.check(source=workflow_source, catalog=catalog)
@@ -48,7 +65,7 @@ def problem_from_specs(workflow: WorkflowSpec, cluster: ClusterSpec, catalog=Non
         progressed = False
         for name in list(pending):
             if all(p in rate for p, _ in parents[name]):
-                rate[name] = min(rate[p] * r for p, r in parents[name])
+                rate[name] = task_rate(parents[name], rate, src_rate)
                 order.append(name)
                 pending.remove(name)
                 progressed = True
@@ -85,7 +102,8 @@ def problem_from_specs(workflow: WorkflowSpec, cluster: ClusterSpec, catalog=Non
         tasks.append(Task(name=name, rate=rate[name], variants=tuple(vs),
                           parents=tuple(p for p, _ in parents[name])))
 
-    edges = tuple(Edge(src=e.from_, dst=e.to, rate=rate[e.to], size_kb=e.size_kb,
+    edges = tuple(Edge(src=e.from_, dst=e.to, rate=edge_rate(e.from_, e.ratio, e.to, parents, rate, src_rate),
+                       size_kb=e.size_kb,
                        sizes=tuple((s.from_variant, s.to_variant, s.size_kb) for s in e.sizes))
                   for e in workflow.edges)
     sources = tuple(Source(name=s.name, rate=s.rate, location=(s.region, s.tier)) for s in workflow.sources)

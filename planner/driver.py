@@ -72,8 +72,15 @@ def diagnose(problem: PlanProblem, opts: PlanOptions) -> PlanInfeasible:
                 reachable=best_loss, hint="raise slo.max_accuracy_loss or add nodes for the best variants")
     model = Model(problem, up_only=opts.data_up_only, mode="throughput")
     res = S.run(model, opts, time_limit=max(5.0, opts.time_limit))
-    alpha = res.objective if res.status in ("optimal", "time_limit") and res.objective else 0.0
     asked = problem.total_source_rate
+    if res.status not in ("optimal", "time_limit"):
+        return SLOInfeasible(
+            f"no plan meets the SLOs (throughput {asked:g} req/s asked); the reachable throughput "
+            f"could not be computed within the time limit", slo="throughput", asked=asked,
+            hint="raise the time limit, add nodes, or relax the SLOs")
+    alpha = res.objective or 0.0
+    if res.status == "time_limit" and res.bound is not None:
+        alpha = res.bound                   # "at most": the solver's bound on the maximum
     reach = alpha * asked
     acc = problem.min_accuracy
     cond = f" with accuracy >= {acc:.2f}" if acc is not None else ""
@@ -90,9 +97,33 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
     opts = options or PlanOptions()
     t0 = time.perf_counter()
     up = opts.data_up_only or problem.data_up_only
-    model = Model(problem, up_only=up, previous=previous,
-                  churn_penalty=opts.churn_penalty if previous is not None else 0.0)
-    res = S.run(model, opts)
+    churn = opts.churn_penalty if previous is not None else 0.0
+    model = Model(problem, up_only=up, previous=previous, churn_penalty=churn)
+    method = opts.method
+    if method == "auto":
+        method = "decompose" if len(model.h) + len(model.u) > opts.decompose_above else "exact"
+    if method == "decompose" and not model.empty_tasks:
+        from atoll.planner.decompose import variant_branch_and_bound, variant_milp
+        if opts.variant_search == "highs":
+            choice, lower, nodes = variant_milp(model, 0.6 * opts.time_limit, opts.gap, opts)
+        else:
+            choice, lower, nodes = variant_branch_and_bound(model, 0.6 * opts.time_limit, opts.gap)
+        if choice is None and lower is None:
+            raise diagnose(problem, opts)
+        if choice is not None:
+            fixed = Model(problem, up_only=up, previous=previous, churn_penalty=churn, fix_choice=choice)
+            left = max(0.5, opts.time_limit - (time.perf_counter() - t0))
+            res = S.run(fixed, opts, time_limit=left)
+            if res.status in ("optimal", "time_limit"):
+                gap = max(0.0, (res.objective - lower) / res.objective) if res.objective > 1e-9 else 0.0
+                status = "optimal" if gap <= opts.gap + 1e-9 else "time_limit"
+                notes = (f"solver {S.solver_name(opts)}, two-phase: {nodes} variant nodes, then placement",)
+                p = S.extract(fixed, planner="milp", status=status, seconds=time.perf_counter() - t0,
+                              gap=gap, notes=notes, previous=previous)
+                return _explained(problem, p, opts)
+        res = S.SolveResult("no_solution", 0.0, None, None)
+    else:
+        res = S.run(model, opts)
     if res.status == "infeasible":
         raise diagnose(problem, opts)
     if res.status == "no_solution":
@@ -113,7 +144,11 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
             else max(0.0, (res.objective - lb) / res.objective)
     notes = (f"solver {S.solver_name(opts)}",)
     p = S.extract(model, planner="milp", status=res.status, seconds=time.perf_counter() - t0,
-                  gap=gap, notes=notes)
+                  gap=gap, notes=notes, previous=previous)
+    return _explained(problem, p, opts)
+
+
+def _explained(problem: PlanProblem, p: Plan, opts: PlanOptions) -> Plan:
     if opts.explain:
         from atoll.planner.explain import explain
         p = _replace(p, explain=explain(problem, p, opts))

@@ -33,19 +33,28 @@ Constraints (numbered as in the code)
   (2) throughput SLO                  Σ_p r[v,m,p] = λ_v z[v,m]
   (3) shared capacity (LoRA-aware)    Σ_{(v,m)∈g} r[v,m,p] / μ_vmp ≤ h[g,p]
   (4) pool size                       Σ_g h[g,p] ≤ N_p
+      Pools alike but for price (hardware, location, memory) are merged into one class c with
+      Σ_g h[g,c] = Σ_k s[c,k], 0 ≤ s[c,k] ≤ N_k, paying Σ_k c_k s[c,k] (cheapest first, convex),
+      instead of c_p h[g,p]; the plan maps a class back to its pools cheapest first
   (5) adapter memory                  r[v,m,p] ≤ μ_vmp N_p u[v,m,p],  u ≤ z,
                                       max_mem(g) + Σ_{(v,m)∈g} adapter_mem·u[v,m,p] ≤ mem_p
   (6) flow conservation, per edge e = (u→w), producer key a / consumer key b:
-        out of l1:  Σ_{b,l2} f[e,a,b,l1,l2] = k_e Σ_{m∈a, loc(p)=l1} r[u,m,p]   (source: k_e λ_s at its location)
-        into l2:    Σ_{a,l1} f[e,a,b,l1,l2] = Σ_{m∈b, loc(p)=l2} r[w,m,p]
+        out of l1:  Σ_{b,l2} f[e,a,b,l1,l2] = k_e Σ_{m∈a, loc(p)=l1} r[u,m,p]   (source: ρ_e at its location)
+        into l2:    Σ_{e∈I} Σ_{a,l1} f[e,a,b,l1,l2] = Σ_{m∈b, loc(p)=l2} r[w,m,p]
+      per input group I of w: all edges from sources (merged streams), or one edge from a task
       with f ≡ 0 from a higher to a lower tier when data may only move up (JellyBean's rule)
   (7) bandwidth caps                  Σ_e Σ_{a,b} 0.008·s_e(a,b)·f[e,a,b,l1,l2] ≤ β(l1,l2)
   (8) accuracy SLO, one of
-        profile:  y[w] ≤ σ_k y[u] + κ_k + B_k (1 - z[w,m])  for every parent u (sources: y = 1) and
-                  every line (σ_k, κ_k) of m's concave profile;  y[sink] ≥ A_min
+        profile:  (8a) y[w] ≤ σ_k y[u] + κ_k + B_k (1 - z[w,m])  for every parent u (sources: y = 1)
+                  and every line (σ_k, κ_k) of m's concave profile;  y[sink] ≥ A_min
+                  (8b) when no variant has a profile (y = acc·x), in logs, without big-M:
+                  ly[w] ≤ ly[u] + Σ_m ln(acc_m) z[w,m]  (sources: ly = 0);  ly[sink] ≥ ln A_min
         additive: Σ_{v,m} (1 - acc_m) z[v,m] ≤ 1 - A_min ;  Σ (best_v - acc_m) z[v,m] ≤ loss budget
         table:    Σ_c w[c] = 1,  z[v,m] = Σ_{c: c_v = m} w[c]  over the rows c meeting A_min
   (9) churn                           d[g,p] ≥ h[g,p] - h⁰[g,p],  d[g,p] ≥ h⁰[g,p] - h[g,p]
+
+Scaling: the code keeps r as a share of λ_v and f as a share of the consumer's rate, so (2)
+and (6) have unit coefficients; the costs and caps above are multiplied back accordingly.
 
 Max-throughput mode (for infeasibility reports) replaces the objective by max α, (2) by
 Σ_{m,p} r[v,m,p] = α λ_v with r[v,m,p] ≤ μ_vmp N_p z[v,m], and scales the sources by α.
@@ -53,9 +62,10 @@ Max-throughput mode (for infeasibility reports) replaces the objective by max α
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import pulp
@@ -79,6 +89,9 @@ class PlanOptions:
     fallback: bool = True
     explain: bool = False
     threads: Optional[int] = None
+    method: str = "auto"            # auto | exact | decompose (see atoll.planner.decompose)
+    decompose_above: int = 400      # auto: two-phase above this many node-count integers
+    variant_search: str = "highs"   # two-phase variant search: highs (branch and cut) | bb (own)
 
 
 class Model:
@@ -92,8 +105,24 @@ class Model:
         pb = problem
         sense = pulp.LpMaximize if mode == "throughput" else pulp.LpMinimize
         self.prob = pulp.LpProblem("atoll_plan", sense)
-        pools = [p for p in pb.pools if pb.pool_allowed(p)]
-        self.pools = {p.id: p for p in pools}
+        # Pools alike but for price (hardware, location, GPU memory) form one class: an optimal
+        # plan fills a class cheapest pool first, so a class is one integer per group with a
+        # convex piecewise-linear price (block 4) -- same optimum, far fewer integers.
+        classes = defaultdict(list)
+        for p in pb.pools:
+            if pb.pool_allowed(p):
+                classes[(p.hardware, p.region, p.tier, p.gpu_memory_gb)].append(p)
+        self.class_pools: dict[str, list] = {}
+        self.class_of: dict[str, str] = {}
+        self.pools = {}
+        for key in sorted(classes, key=lambda k: min(p.id for p in classes[k])):
+            ps = sorted(classes[key], key=lambda p: (p.price_per_hour, p.id))
+            cid = ps[0].id if len(ps) == 1 else f"{ps[0].id}+{len(ps) - 1}"
+            self.class_pools[cid] = ps
+            for p in ps:
+                self.class_of[p.id] = cid
+            self.pools[cid] = replace(ps[0], id=cid, count=sum(p.count for p in ps))
+        pools = list(self.pools.values())
         self.mu: dict[tuple[str, str, str], float] = {}
         for t in pb.tasks:
             for m in t.variants:
@@ -107,6 +136,9 @@ class Model:
                      for t in pb.tasks}
         self.z = {(t, m.name): pulp.LpVariable(f"z_{i}_{j}", cat="Binary")
                   for i, t in enumerate(self.cand) for j, m in enumerate(self.cand[t])}
+        # r is kept as a share of the task's rate (q = r / λ_v) and f as a share of the consumer's
+        # rate: unit coefficients in (2) and (6), which keeps large fleets well conditioned.
+        self.rate = {t.name: t.rate for t in pb.tasks}
         self.r = {k: pulp.LpVariable(f"r_{n}", lowBound=0) for n, k in enumerate(self.mu)}
         # groups and hosts
         self.gmembers: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -122,7 +154,7 @@ class Model:
         for n, (g, p) in enumerate(gp):
             cap = self.pools[p].count
             if fix_hosts is not None:
-                val = fix_hosts.get((g, p), 0)
+                val = sum(n for (g2, p2), n in fix_hosts.items() if g2 == g and self.class_of.get(p2) == p)
                 self.h[(g, p)] = pulp.LpVariable(f"h_{n}", lowBound=val, upBound=val)
             else:
                 self.h[(g, p)] = pulp.LpVariable(f"h_{n}", lowBound=0, upBound=cap, cat="Integer")
@@ -146,27 +178,35 @@ class Model:
         for t in pb.tasks:
             if mode == "throughput":
                 prob += (pulp.lpSum(v for m in self.cand[t.name] for _, v in r_by_tm[(t.name, m.name)])
-                         == t.rate * self.alpha), f"c2_{t.name}"
+                         == self.alpha), f"c2_{t.name}"
                 for m in self.cand[t.name]:
                     for p, v in r_by_tm[(t.name, m.name)]:
-                        prob += v <= self.mu[(t.name, m.name, p)] * self.pools[p].count * self.z[(t.name, m.name)]
+                        prob += v <= (self.mu[(t.name, m.name, p)] * self.pools[p].count / t.rate) * self.z[(t.name, m.name)]
             else:
                 for m in self.cand[t.name]:
                     prob += (pulp.lpSum(v for _, v in r_by_tm[(t.name, m.name)])
-                             == t.rate * self.z[(t.name, m.name)]), f"c2_{t.name}_{m.name}"
+                             == self.z[(t.name, m.name)]), f"c2_{t.name}_{m.name}"
         # (3) shared capacity per (group, pool)
         rg = defaultdict(list)
         for (t, m, p), var in self.r.items():
-            rg[(self.vgroup[(t, m)], p)].append((var, 1.0 / self.mu[(t, m, p)]))
+            rg[(self.vgroup[(t, m)], p)].append((var, self.rate[t] / self.mu[(t, m, p)]))
         for (g, p), terms in rg.items():
             prob += pulp.LpAffineExpression(terms) <= self.h[(g, p)]
-        # (4) pool size
+        # (4) pool size; a class of pools pays its cheapest nodes first (segments s[c,k])
         hp = defaultdict(list)
         for (g, p), var in self.h.items():
             hp[p].append(var)
-        for p, vars_ in hp.items():
-            if len(vars_) > 1:
-                prob += pulp.lpSum(vars_) <= self.pools[p].count, f"c4_{p}"
+        self.seg_cost: list[tuple] = []
+        for n, (p, vars_) in enumerate(hp.items()):
+            members = self.class_pools[p]
+            if len(members) == 1:
+                if len(vars_) > 1:
+                    prob += pulp.lpSum(vars_) <= self.pools[p].count, f"c4_{n}"
+                self.seg_cost += [(v, members[0].price_per_hour) for v in vars_]
+                continue
+            segs = [pulp.LpVariable(f"s_{n}_{k}", lowBound=0, upBound=q.count) for k, q in enumerate(members)]
+            prob += pulp.lpSum(vars_) == pulp.lpSum(segs), f"c4_{n}"
+            self.seg_cost += [(sv, q.price_per_hour) for sv, q in zip(segs, members)]
         # (5) adapter memory, only where the adapters of a group might not all fit
         self.u = {}
         for (g, p) in self.h:
@@ -181,7 +221,7 @@ class Model:
             for (t, m) in mems:
                 uv = pulp.LpVariable(f"u_{len(self.u)}", cat="Binary")
                 self.u[(t, m, p)] = uv
-                prob += self.r[(t, m, p)] <= self.mu[(t, m, p)] * pool.count * uv
+                prob += self.r[(t, m, p)] <= (self.mu[(t, m, p)] * pool.count / self.rate[t]) * uv
                 prob += uv <= self.z[(t, m)]
                 terms.append((uv, self.vobj[(t, m)].adapter_memory_gb))
             prob += pulp.LpAffineExpression(terms) <= pool.gpu_memory_gb - base
@@ -189,17 +229,21 @@ class Model:
         self._flows(up_only)
         # (7) bandwidth caps
         cap_terms = defaultdict(list)
-        for key, (var, size) in self.f.items():
+        for key, (var, size, scale) in self.f.items():
             l1, l2 = key[3], key[4]
             if pb.network.bandwidth(l1, l2) is not None:
-                cap_terms[(l1, l2)].append((var, MBPS_PER_KB * size))
+                cap_terms[(l1, l2)].append((var, MBPS_PER_KB * size * scale))
         for (l1, l2), terms in cap_terms.items():
             prob += pulp.LpAffineExpression(terms) <= pb.network.bandwidth(l1, l2)
         # (8) accuracy SLO
         self._accuracy()
         # (9) churn against the previous plan
         self.d = {}
-        self.h0 = dict(previous.host_counts()) if previous is not None else {}
+        self.h0 = defaultdict(int)
+        if previous is not None:
+            for (g, pid), c in previous.host_counts().items():
+                self.h0[(g, self.class_of.get(pid, pid))] += c
+        self.h0 = dict(self.h0)
         self.churn_const = sum(c for k, c in self.h0.items() if k not in self.h)
         if previous is not None and churn_penalty > 0 and fix_hosts is None:
             for n, (k, var) in enumerate(self.h.items()):
@@ -212,12 +256,36 @@ class Model:
         if mode == "throughput":
             prob += self.alpha
             return
-        terms = [(var, self.pools[p].price_per_hour) for (g, p), var in self.h.items()]
-        terms += [(var, K_COST * size * pb.network.price(k[3], k[4])) for k, (var, size) in self.f.items()]
+        terms = list(self.seg_cost)
+        terms += [(var, K_COST * size * scale * pb.network.price(k[3], k[4]))
+                  for k, (var, size, scale) in self.f.items()]
         terms += [(dv, churn_penalty) for dv in self.d.values()]
         prob += pulp.LpAffineExpression(terms)
 
     # ------------------------------------------------------------------ blocks
+    def _size_keys(self, e, *, src_side: bool, by_dst: bool) -> dict:
+        """Flow keys on one side of edge e: variants whose message sizes agree share a key
+        (a tuple of their names), so flows are indexed only as finely as the sizes differ."""
+        pb = self.pb
+        if src_side:
+            mine = [m.name for m in self.cand[e.src]]
+            other = [m.name for m in self.cand[e.dst]] if by_dst else [None]
+            if not e.by_src:
+                return {None: mine}
+            sig = lambda a: tuple(e.size(a, b) for b in other)  # noqa: E731
+        else:
+            mine = [m.name for m in self.cand[e.dst]]
+            if not by_dst:
+                return {None: mine}
+            if pb.source(e.src) is not None:   # merged source streams share consumer keys
+                return {(x,): [x] for x in mine}
+            other = [m.name for m in self.cand[e.src]] if (pb.source(e.src) is None and e.by_src) else [None]
+            sig = lambda b: tuple(e.size(a, b) for a in other)  # noqa: E731
+        groups: dict = {}
+        for x in mine:
+            groups.setdefault(sig(x), []).append(x)
+        return {tuple(v): v for v in groups.values()}
+
     def _flows(self, up_only: bool) -> None:
         pb, prob = self.pb, self.prob
         self.f: dict[tuple, tuple[pulp.LpVariable, float]] = {}
@@ -228,45 +296,51 @@ class Model:
         for (t, m, l) in R:
             locs_of[(t, m)].add(l)
         task_rate = {t.name: t.rate for t in pb.tasks}
+        src_names = {s.name for s in pb.sources}
+        # Edges from sources into one task are merged (their streams add up); each edge from a
+        # task is joined (one message per request of the consumer). Consumer constraints are
+        # per input group: ("src", task) for the merged sources, the edge index otherwise.
+        keyed_dst = {e.dst for e in pb.edges if e.src in src_names and e.by_dst}
+        in_terms = defaultdict(list)
+        in_rhs = {}
         for ei, e in enumerate(pb.edges):
             src = pb.source(e.src)
-            # producer keys -> (list of variants, locations, rate terms per location)
             prod: dict = {}
             if src is not None:
-                k_e = e.rate / src.rate
-                prod[None] = {src.location: ("src", k_e * src.rate)}
+                prod[None] = {src.location: ("src", e.rate / task_rate[e.dst])}
+                gkey = ("src", e.dst)
+                by_dst = e.dst in keyed_dst
             else:
-                k_e = e.rate / task_rate[e.src]
-                keys = [m.name for m in self.cand[e.src]] if e.by_src else [None]
-                for a in keys:
-                    ms = [a] if a is not None else [m.name for m in self.cand[e.src]]
+                k_e = 1.0        # in units of the consumer's load: out of u = u's share at l1
+                for a, ms in self._size_keys(e, src_side=True, by_dst=e.by_dst).items():
                     d = defaultdict(list)
                     for m in ms:
                         for l in locs_of[(e.src, m)]:
                             d[l].extend((v, k_e) for v in R[(e.src, m, l)])
                     prod[a] = d
+                gkey = ei
+                by_dst = e.by_dst
             cons: dict = {}
-            keys = [m.name for m in self.cand[e.dst]] if e.by_dst else [None]
-            for b in keys:
-                ms = [b] if b is not None else [m.name for m in self.cand[e.dst]]
+            for b, ms in self._size_keys(e, src_side=False, by_dst=by_dst).items():
                 d = defaultdict(list)
                 for m in ms:
                     for l in locs_of[(e.dst, m)]:
                         d[l].extend((v, 1.0) for v in R[(e.dst, m, l)])
                 cons[b] = d
+                for l2, rhs in d.items():
+                    in_rhs[(gkey, b, l2)] = rhs
             out_terms = defaultdict(list)
-            in_terms = defaultdict(list)
             for a, pl in prod.items():
                 for b, cl in cons.items():
-                    size = e.size(a, b)
+                    size = e.size(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
                     for l1 in pl:
                         for l2 in cl:
                             if not pb.flow_allowed(l1, l2, up_only):
                                 continue
                             var = pulp.LpVariable(f"f_{len(self.f)}", lowBound=0)
-                            self.f[(ei, a, b, l1, l2)] = (var, size)
+                            self.f[(ei, a, b, l1, l2)] = (var, size, task_rate[e.dst])
                             out_terms[(a, l1)].append((var, 1.0))
-                            in_terms[(b, l2)].append((var, 1.0))
+                            in_terms[(gkey, b, l2)].append((var, 1.0))
             for a, pl in prod.items():
                 for l1, rhs in pl.items():
                     lhs = pulp.LpAffineExpression(out_terms[(a, l1)])
@@ -275,9 +349,8 @@ class Model:
                         prob += (lhs == val * self.alpha) if self.alpha is not None else (lhs == val)
                     else:
                         prob += lhs == pulp.LpAffineExpression(rhs)
-            for b, cl in cons.items():
-                for l2, rhs in cl.items():
-                    prob += pulp.LpAffineExpression(in_terms[(b, l2)]) == pulp.LpAffineExpression(rhs)
+        for key, rhs in in_rhs.items():
+            prob += pulp.LpAffineExpression(in_terms[key]) == pulp.LpAffineExpression(rhs)
 
     def _accuracy(self) -> None:
         pb, prob = self.pb, self.prob
@@ -303,6 +376,19 @@ class Model:
                     [(zv, best[k[0]] - self.vobj[k].accuracy) for k, zv in self.z.items()]) <= pb.max_accuracy_loss
             return
         if pb.min_accuracy is None:
+            return
+        if all(m.profile is None for c in self.cand.values() for m in c):
+            # (8b) default profiles y = acc * x: exact and tight in logs, no big-M
+            for t in pb.tasks:
+                self.y[t.name] = pulp.LpVariable(f"ly_{len(self.y)}", upBound=0)
+            for t in pb.tasks:
+                gain = pulp.LpAffineExpression([(self.z[(t.name, m.name)], math.log(m.accuracy))
+                                                for m in self.cand[t.name]])
+                for par in t.parents:
+                    yin = 0.0 if pb.source(par) is not None else self.y[par]
+                    prob += self.y[t.name] <= yin + gain
+            for s in pb.sinks():
+                prob += self.y[s] >= math.log(max(pb.min_accuracy, 1e-12)), f"c8_sink_{s}"
             return
         for t in pb.tasks:
             self.y[t.name] = pulp.LpVariable(f"y_{len(self.y)}", lowBound=0, upBound=1)

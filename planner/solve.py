@@ -66,6 +66,7 @@ class SolveResult:
     seconds: float
     objective: Optional[float]
     gap: Optional[float]
+    bound: Optional[float] = None   # the solver's dual bound, when it reports one
 
 
 def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, mip: bool = True) -> SolveResult:
@@ -99,9 +100,14 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
         if not has:
             return SolveResult("no_solution", secs, None, None)
         obj = info.objective_function_value
+        if model.prob.sense == pulp.LpMaximize:   # pulp hands HiGHS the negated objective
+            obj = -obj
         status = "optimal" if ms == highspy.HighsModelStatus.kOptimal else "time_limit"
+        bound = None
         if mip and info.mip_node_count >= 0 and math.isfinite(info.mip_dual_bound):
             bound = info.mip_dual_bound
+            if model.prob.sense == pulp.LpMaximize:
+                bound = -bound
             gap = 0.0 if abs(obj) < 1e-9 else max(0.0, (obj - bound) / abs(obj))
             if model.mode == "throughput":
                 gap = 0.0 if abs(obj) < 1e-9 else max(0.0, (bound - obj) / abs(obj))
@@ -112,7 +118,7 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
             return SolveResult("no_solution", secs, None, None)
         status = "optimal" if model.prob.sol_status == 1 else "time_limit"
         gap = None
-    return SolveResult(status, secs, obj, gap)
+    return SolveResult(status, secs, obj, gap, bound if which == "highs" else None)
 
 
 def lp_bound(model: Model, opts: PlanOptions) -> Optional[float]:
@@ -126,40 +132,77 @@ def _val(v) -> float:
     return 0.0 if x is None else float(x)
 
 
+def _to_pools(model: Model, class_h: dict, prev: dict) -> dict:
+    """Class-level node counts -> per-pool counts: a class fills its cheapest pools first; a
+    group keeps the pools it held in ``prev`` where it can (same cost, fewer moves)."""
+    out: dict[tuple[str, str], int] = {}
+    by_class = defaultdict(list)
+    for (g, c), n in class_h.items():
+        if n > 0:
+            by_class[c].append((g, n))
+    for c, groups in by_class.items():
+        pools = model.class_pools[c]
+        total = sum(n for _, n in groups)
+        free = {}
+        for p in pools:                       # cheapest pools first
+            take = min(p.count, total)
+            free[p.id] = take
+            total -= take
+        want = dict(groups)
+        for g, _ in groups:                   # first, the pools each group already holds
+            for p in pools:
+                k = min(free[p.id], want[g], prev.get((g, p.id), 0))
+                if k > 0:
+                    out[(g, p.id)] = out.get((g, p.id), 0) + k
+                    free[p.id] -= k
+                    want[g] -= k
+        for g, _ in groups:
+            for p in pools:
+                k = min(free[p.id], want[g])
+                if k > 0:
+                    out[(g, p.id)] = out.get((g, p.id), 0) + k
+                    free[p.id] -= k
+                    want[g] -= k
+    return out
+
+
 def extract(model: Model, *, planner: str, status: str, seconds: float, gap: Optional[float],
-            notes: tuple[str, ...] = ()) -> Plan:
+            notes: tuple[str, ...] = (), previous=None) -> Plan:
     """Read the solution into a Plan; costs are recomputed from the rounded integers."""
     pb = model.pb
+    prev = dict(previous.host_counts()) if previous is not None else {}
     choice = {}
     for (t, m), zv in model.z.items():
         if _val(zv) > 0.5:
             choice[t] = m
-    hosts_n = {k: int(round(_val(v))) for k, v in model.h.items()}
-    rate = {k: _val(v) for k, v in model.r.items() if _val(v) > EPS}
-    # hosts per (group, pool) with their members
+    class_h = {k: int(round(_val(v))) for k, v in model.h.items()}
+    rate = {k: _val(v) * model.rate[k[0]] for k, v in model.r.items() if _val(v) > EPS}
+    hosts_n = _to_pools(model, class_h, prev)
     members = defaultdict(list)
     load = defaultdict(float)
-    for (t, m, p), x in rate.items():
+    for (t, m, c), x in rate.items():
         g = model.vgroup[(t, m)]
-        members[(g, p)].append((t, m))
-        load[(g, p)] += x / model.mu[(t, m, p)]
+        members[(g, c)].append((t, m))
+        load[(g, c)] += x / model.mu[(t, m, c)]
     hosts = []
     replicas = []
     compute = 0.0
+    real = {p.id: p for p in pb.pools}
     for (g, p), n in sorted(hosts_n.items()):
         if n <= 0:
             continue
-        price = model.pools[p].price_per_hour
-        cost = n * price
+        c = model.class_of[p]
+        cost = n * real[p].price_per_hour
         compute += cost
-        mem = tuple(sorted(members.get((g, p), [])))
+        frac = n / class_h[(g, c)]           # this pool's share of the class's nodes of g
+        mem = tuple(sorted(members.get((g, c), [])))
         hosts.append(HostGroup(group=g, pool=p, count=n, members=mem, cost_per_hour=cost))
         for (t, m) in mem:
-            x = rate[(t, m, p)]
-            share = (x / model.mu[(t, m, p)]) / load[(g, p)] if load[(g, p)] > 0 else 1.0 / len(mem)
+            x = rate[(t, m, c)] * frac
+            share = (x / model.mu[(t, m, c)]) / (load[(g, c)] * frac) if load[(g, c)] > 0 else 1.0 / len(mem)
             others = tuple(f"{a}:{b}" for a, b in mem if (a, b) != (t, m))
-            replicas.append(Replica(task=t, variant=m, pool=p, location=loc_str(model.pools[p].location),
-                                    replicas=n, rate=x, utilization=x / (model.mu[(t, m, p)] * n),
+            replicas.append(Replica(task=t, variant=m, pool=p, location=loc_str(real[p].location),
+                                    replicas=n, rate=x, utilization=x / (model.mu[(t, m, c)] * n),
                                     cost_per_hour=cost * share, shared_with=others))
     order = {t.name: i for i, t in enumerate(pb.tasks)}
     replicas.sort(key=lambda r: (order[r.task], r.pool))
@@ -167,8 +210,8 @@ def extract(model: Model, *, planner: str, status: str, seconds: float, gap: Opt
     agg = defaultdict(float)
     size_of = {}
     transfer = 0.0
-    for (ei, a, b, l1, l2), (var, size) in model.f.items():
-        x = _val(var)
+    for (ei, a, b, l1, l2), (var, size, scale) in model.f.items():
+        x = _val(var) * scale
         if x <= EPS:
             continue
         e = pb.edges[ei]
@@ -186,9 +229,9 @@ def extract(model: Model, *, planner: str, status: str, seconds: float, gap: Opt
                             rate=x, size_kb=size, weight=x / out_tot[(ei, l1)],
                             cost_per_hour=K_COST * size * pb.network.price(l1, l2) * x))
     moved = 0
-    if model.h0:
-        keys = set(model.h0) | set(hosts_n)
-        moved = sum(abs(hosts_n.get(k, 0) - model.h0.get(k, 0)) for k in keys)
+    if prev:
+        keys = set(prev) | set(hosts_n)
+        moved = sum(abs(hosts_n.get(k, 0) - prev.get(k, 0)) for k in keys)
     acc = pb.accuracy_of(choice) if len(choice) == len(pb.tasks) else 0.0
     return Plan(planner=planner, status=status, variants=choice, hosts=tuple(hosts),
                 replicas=tuple(replicas), routes=tuple(routes), compute_cost_per_hour=compute,
@@ -207,4 +250,4 @@ def evaluate(problem: PlanProblem, choice: dict, hosts: dict, *, planner: str, u
     if res.status not in ("optimal", "time_limit"):
         return None
     return extract(model, planner=planner, status="feasible", seconds=seconds + time.perf_counter() - t0,
-                   gap=None)
+                   gap=None, previous=previous)

@@ -60,14 +60,18 @@ def random_problem(rng: random.Random) -> PlanProblem:
         parents[b].append(a)
         ratio[(a, b)] = 1.0 if a.startswith("s") else round(rng.uniform(0.5, 2.0), 2)
     for t in names:
-        rate[t] = min(rate[p] * ratio[(p, t)] for p in parents[t])
+        from_src = [rate[p] for p in parents[t] if p.startswith("s")]
+        rate[t] = min([rate[p] * ratio[(p, t)] for p in parents[t] if not p.startswith("s")]
+                      + ([sum(from_src)] if from_src else []))
         tasks.append(Task(t, rate[t], variants[t], tuple(parents[t])))
     for a, b in pairs:
         sizes = ()
         if rng.random() < 0.4:
             fa = None if a.startswith("s") else rng.choice(variants[a]).name
             sizes = ((fa, rng.choice(variants[b]).name, round(rng.uniform(1, 800), 1)),)
-        edges.append(Edge(a, b, rate[b], round(rng.uniform(1, 800), 1), sizes))
+        e_rate = rate[b] if not a.startswith("s") else rate[b] * rate[a] / sum(
+            rate[p] for p in parents[b] if p.startswith("s"))
+        edges.append(Edge(a, b, e_rate, round(rng.uniform(1, 800), 1), sizes))
     pools = []
     for k in range(rng.randint(2, 3)):
         pools.append(Pool(f"p{k}", rng.choice(HW), rng.choice(TIERS), rng.choice(regions),

@@ -86,6 +86,7 @@ def _route_lp(pb, choice, var, hosts, allowed, up_only):
             prob += pulp.lpSum(terms) <= n
     cost = []
     caps = {}
+    into = {}
     rate = {t.name: t.rate for t in pb.tasks}
     for e in pb.edges:
         src = next((s for s in pb.sources if s.name == e.src), None)
@@ -109,7 +110,10 @@ def _route_lp(pb, choice, var, hosts, allowed, up_only):
         for pk, _, out in prods:
             prob += pulp.lpSum(x for (a, _), x in xs.items() if a == pk) == out
         for ck, _, inn in cons:
-            prob += pulp.lpSum(x for (_, b), x in xs.items() if b == ck) == inn
+            gk = ("src", e.dst) if src is not None else id(e)
+            into.setdefault((gk, ck), [inn, []])[1].append(pulp.lpSum(x for (_, b), x in xs.items() if b == ck))
+    for inn, terms in into.values():   # streams from sources into one task add up
+        prob += pulp.lpSum(terms) == inn
     for cap, terms in caps.values():
         prob += pulp.lpSum(terms) <= cap
     prob += pulp.lpSum(cost) if cost else 0
