@@ -102,6 +102,12 @@ class Model:
                  fix_hosts: Optional[dict] = None, mode: str = "cost"):
         self.pb = problem
         self.mode = mode
+        self.u: dict = {}
+        self.f: dict = {}
+        self.d: dict = {}
+        self.w: dict = {}
+        self.y: dict = {}
+        self.h0: dict = {}
         pb = problem
         sense = pulp.LpMaximize if mode == "throughput" else pulp.LpMinimize
         self.prob = pulp.LpProblem("atoll_plan", sense)
