@@ -53,6 +53,7 @@ class WorkflowManager:
         self._specs: dict[str, object] = {}
         self._sent: dict[str, tuple[int, float]] = {}        # node id -> (generation, when)
         self._replan: set[str] = set()
+        self._retry_at: dict[str, float] = {}               # workflow -> next re-plan attempt
         registry.add_listener(self._on_transition)
 
     # ------------------------------------------------------------------ spec and serving info
@@ -219,6 +220,8 @@ class WorkflowManager:
 
     def delete(self, name: str) -> None:
         self.get(name)
+        self._retry_at.pop(name, None)
+        self._replan.discard(name)
         self.store.delete_workflow(name)
         self.records.pop(name, None)
         self._specs.pop(name, None)
@@ -333,9 +336,16 @@ class WorkflowManager:
             for rec in self.records.values():
                 if any(a["node_id"] == t.node_id for a in rec.assignments):
                     self._replan.add(rec.name)
+        elif t.new == "READY":      # new capacity: retry workflows whose re-plan failed
+            for name in self._retry_at:
+                self._replan.add(name)
 
     def replan_pending(self) -> list[str]:
         done = []
+        now = time.monotonic()
+        for name, when in list(self._retry_at.items()):
+            if now >= when:
+                self._replan.add(name)
         for name in sorted(self._replan):
             self._replan.discard(name)
             rec = self.records.get(name)
@@ -343,12 +353,14 @@ class WorkflowManager:
                 continue
             try:
                 plan_d, assignments = self.plan_for(self.spec(name), name, previous=rec.assignments)
-            except Exception as exc:  # noqa: BLE001 - keep serving what is left; report why
-                rec.message = f"re-plan failed: {exc}"
+            except Exception as exc:  # noqa: BLE001 - keep serving what is left; retry; report why
+                rec.message = f"re-plan failed (retrying): {exc}"
                 rec.updated = time.time()
                 self.store.put_workflow(rec)
+                self._retry_at[name] = time.monotonic() + 5.0
                 log.warning("re-plan failed", extra=kv(workflow=name, error=str(exc)[:300]))
                 continue
+            self._retry_at.pop(name, None)
             rec.plan, rec.assignments = plan_d, assignments
             rec.generation += 1
             rec.updated = time.time()

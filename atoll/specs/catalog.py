@@ -117,7 +117,9 @@ class VariantSpec(Spec):
 
     @property
     def base_model(self) -> str:
-        return self.base or self.name
+        """The sharing key's base: ``base``, else the served ``model`` (so variants serving one
+        model directory share it), else the variant's own name."""
+        return self.base or self.model or self.name
 
     def requests_per_second(self, hardware: str, tokens_per_request: float) -> float | None:
         """Requests/s of one replica on ``hardware``; None if it has no profile there."""
