@@ -117,7 +117,9 @@ class Model:
         classes = defaultdict(list)
         for p in pb.pools:
             if pb.pool_allowed(p):
-                classes[(p.hardware, p.region, p.tier, p.gpu_memory_gb)].append(p)
+                # pools where adapters might not all fit keep their own adapter sets (block 5)
+                key = (p.hardware, p.region, p.tier, p.gpu_memory_gb)
+                classes[key + ((p.id,) if self._adapters_tight(p, fix_choice) else ())].append(p)
         self.class_pools: dict[str, list] = {}
         self.class_of: dict[str, str] = {}
         self.pools = {}
@@ -267,6 +269,17 @@ class Model:
                   for k, (var, size, scale) in self.f.items()]
         terms += [(dv, churn_penalty) for dv in self.d.values()]
         prob += pulp.LpAffineExpression(terms)
+
+    def _adapters_tight(self, p, fix_choice) -> bool:
+        if p.gpu_memory_gb <= 0:
+            return False
+        groups = defaultdict(list)
+        for t in self.pb.tasks:
+            for m in t.variants:
+                if (not fix_choice or fix_choice.get(t.name) == m.name) and self.pb.mu(m, p) > 0:
+                    groups[m.group].append(m)
+        return any(max(m.memory_gb for m in ms) + sum(m.adapter_memory_gb for m in ms) > p.gpu_memory_gb + 1e-9
+                   for ms in groups.values() if len(ms) > 1)
 
     # ------------------------------------------------------------------ blocks
     def _size_keys(self, e, *, src_side: bool, by_dst: bool) -> dict:

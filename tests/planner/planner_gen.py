@@ -77,6 +77,10 @@ def random_problem(rng: random.Random) -> PlanProblem:
         pools.append(Pool(f"p{k}", rng.choice(HW), rng.choice(TIERS), rng.choice(regions),
                           round(rng.uniform(0.05, 3.0), 2), rng.randint(1, 3),
                           gpu_memory_gb=rng.choice([0.0, 16.0, 24.0])))
+    if rng.random() < 0.35:   # a pool alike but for price: the MILP merges such pools
+        twin = rng.choice(pools)
+        pools.append(Pool(f"p{len(pools)}", twin.hardware, twin.tier, twin.region,
+                          round(rng.uniform(0.05, 3.0), 2), rng.randint(1, 2), gpu_memory_gb=twin.gpu_memory_gb))
     locs = [(r, t) for r in regions for t in TIERS]
     links = []
     for _ in range(rng.randint(0, 4)):
