@@ -1,8 +1,8 @@
 """Triton SGMV/BGMV kernels against the fp32 torch reference, run by the Triton interpreter on
 CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1 before anything imports triton).
 
-fp32 and fp16 only: the interpreter computes bf16 ``tl.dot`` wrongly (bf16 is checked on a GPU
-by bench/kernels_bench.py). Shapes are small and odd (H_in 129, slice widths 17..45, ranks 5
+fp32 and fp16; bf16 only for BGMV, because the interpreter computes bf16 ``tl.dot`` wrongly
+(bf16 SGMV is checked on a GPU by bench/kernels_bench.py). Shapes are small and odd (H_in 129, slice widths 17..45, ranks 5
 and 8 padded to the 16-wide dot tile) because every launch is interpreted in Python.
 """
 
@@ -107,3 +107,16 @@ def test_empty_step(backend):
     assert h.shape == (3, 0, 8) and h.dtype == torch.float32
     y = lora_expand(c.y0, h, c.b, c.scales, c.meta, c.offsets, backend=backend)
     assert y.shape == (0, 74)
+
+
+@pytest.mark.parametrize("popularity", ["distinct", "with_none"])
+def test_bgmv_bf16(popularity):
+    """bf16 through BGMV, which has no ``tl.dot`` (the interpreter's bf16 dot is wrong, so
+    SGMV's bf16 path is left to the GPU bench)."""
+    c = make_case(popularity, "decode", torch.bfloat16, "qkv", n_req=9, seed=12)
+    h_ref = shrink_ref(c.x, c.a, c.meta)
+    assert_close(tl_lora.bgmv_shrink(c.x, c.a, c.meta), h_ref, torch.float32)
+    y_ref = expand_ref(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets)
+    y = tl_lora.bgmv_expand(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets)
+    assert_close(y, y_ref, torch.bfloat16)
+    assert torch.equal(y[c.slots < 0], c.y0[c.slots < 0])
