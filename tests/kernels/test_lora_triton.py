@@ -2,8 +2,9 @@
 CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1 before anything imports triton).
 
 fp32 and fp16; bf16 only for BGMV, because the interpreter computes bf16 ``tl.dot`` wrongly
-(bf16 SGMV is checked on a GPU by bench/kernels_bench.py). Shapes are small and odd (H_in 129, slice widths 17..45, ranks 5
-and 8 padded to the 16-wide dot tile) because every launch is interpreted in Python.
+(bf16 SGMV is checked on a GPU by bench/kernels_bench.py). Shapes are small and odd (H_in 129,
+slice widths 17..45, ranks 5 and 8 padded to the 16-wide dot tile) because every launch is
+interpreted in Python.
 """
 
 from __future__ import annotations
