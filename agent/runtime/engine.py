@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from atoll.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, SpecError
+from atoll.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 from .adapters import AdapterInfo, AdapterStore
 from .config import ModelConfig
@@ -23,7 +23,7 @@ from .kv_cache import PagedKVCache
 from .metrics import EngineMetrics
 from .model import LlamaModel
 from .request import Delta, GenerationOutput, Request, RequestHandle
-from .sampling import SamplingParams, make_generator, sample
+from .sampling import SamplingParams, make_generator
 from .scheduler import Scheduler
 from .tokenizer import IncrementalDecoder, Tokenizer
 from .weights import load_weights
@@ -279,5 +279,3 @@ class Engine:
                 "adapter_evictions": m.adapter_evictions, "adapters_loaded": len(self.store.list()),
                 "requests_finished": m.requests_finished, "steps": m.steps}
 
-
-__all__ = ["Engine", "SamplingParams", "GenerationOutput", "SpecError"]

@@ -11,9 +11,8 @@ import time
 
 import torch
 
-from atoll.errors import InvalidArgument, NotFound, ResourceExhausted
+from atoll.errors import InvalidArgument, ResourceExhausted
 
-from .model import PrefillChunk, StepBatch
 from .request import Delta, Request
 from .sampling import sample
 

@@ -180,3 +180,24 @@ def test_adapter_removed_from_disk_after_validation_fails_request(tiny_dir, tmp_
         assert eng.generate([[1, 2, 3]], adapters=["x1"], sampling=SamplingParams(max_tokens=2))[0].token_ids
     finally:
         eng.close()
+
+
+def test_loading_adapters_does_not_stall_running_requests(tiny_dir, tmp_path):
+    """While new adapters are validated and loaded, a running request keeps getting tokens."""
+    eng = Engine(tiny_dir, lora_backend="torch", max_lora_rank=8, max_adapters_on_device=3,
+                 max_adapters_in_host=1, kv_cache_tokens=2048).start()
+    try:
+        dirs = [build_tiny_adapter(tmp_path / f"l{i}", tiny_dir, rank=8, seed=i) for i in range(6)]
+        long = eng.submit([1, 2, 3], None, SamplingParams(max_tokens=1900, ignore_eos=True))
+        _wait(lambda: len(long.token_ids) > 0)
+        progress = []
+        for i, d in enumerate(dirs):
+            before = len(long.token_ids)
+            eng.add_adapter(f"l{i}", d)
+            eng.submit([1, 4], f"l{i}", SamplingParams(max_tokens=1)).result(30)   # load into a slot, evicting
+            progress.append(len(long.token_ids) - before)
+        assert all(p > 0 for p in progress), progress
+        assert not long.finished
+        assert eng.stats()["adapter_evictions"] >= 3
+    finally:
+        eng.close()
