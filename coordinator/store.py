@@ -275,3 +275,14 @@ class SqliteStore:
 
 def now() -> float:
     return time.time()
+
+
+def open_store(settings) -> Store:
+    """The store the settings ask for: PostgreSQL when ``database_url`` is set (highly
+    available deployments, see ``store_pg.py``), else SQLite at ``STATE_DIR/atoll.db``."""
+    url = getattr(settings, "database_url", None)
+    if url:
+        from atoll.coordinator.store_pg import PostgresStore
+
+        return PostgresStore(url)
+    return SqliteStore(Path(settings.state_dir) / "atoll.db")

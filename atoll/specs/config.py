@@ -8,6 +8,11 @@ file, which beats the defaults).
     state_dir: /var/lib/atoll        ATOLL_STATE_DIR             --state-dir
     heartbeat_interval: 5            ATOLL_HEARTBEAT_INTERVAL    --heartbeat-interval
     join_token: s3cret               ATOLL_JOIN_TOKEN            --join-token
+    database_url: postgresql://...   ATOLL_DATABASE_URL          --database-url
+    advertise: 10.0.0.5:7070         ATOLL_ADVERTISE             --advertise
+
+An agent's or a client's ``coordinator`` may list several coordinators, comma-separated
+(``a:7070,b:7070``): they fail over to the next one when one is down or on standby.
 """
 
 from __future__ import annotations
@@ -35,6 +40,22 @@ def check_address(value: str, *, allow_zero_port: bool = True) -> str:
     return value
 
 
+def check_addresses(value: str) -> str:
+    """Validate one HOST:PORT or a comma-separated list of them (coordinators to fail over
+    between). Raises ValueError naming the bad entry."""
+    parts = [p.strip() for p in (value or "").split(",")]
+    if len(parts) > 1 and not all(parts):
+        raise ValueError(f"{value!r} has an empty entry; list coordinators as HOST:PORT,HOST:PORT")
+    for p in parts:
+        check_address(p)
+    return ",".join(parts)
+
+
+def split_addresses(value: str) -> list[str]:
+    """The addresses of a comma-separated list (one entry for a plain HOST:PORT)."""
+    return check_addresses(value).split(",")
+
+
 def split_address(value: str) -> tuple[str, int]:
     m = _ADDR.match(check_address(value))
     assert m
@@ -49,25 +70,51 @@ class CoordinatorSettings(Spec):
     heartbeat_interval: float = Field(default=5.0, gt=0, le=3600, description="seconds between heartbeats")
     join_token: str | None = Field(default=None, min_length=8, max_length=256,
                                    description="token agents must present; generated if unset")
+    database_url: str | None = Field(default=None, max_length=4096,
+                                     description="PostgreSQL URL (postgresql://user@host:port/db) shared by "
+                                                 "highly available coordinators; unset: SQLite under state_dir")
+    advertise: str | None = Field(default=None, description="HOST:PORT others should use to reach this "
+                                                            "coordinator (default: the listen address)")
 
     @field_validator("listen", "metrics_listen")
     @classmethod
     def _addr(cls, v: str) -> str:
         return check_address(v)
 
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, v: str | None) -> str | None:
+        return None if not v else check_address(v, allow_zero_port=False)
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a PostgreSQL URL such as postgresql://atoll@db:5432/atoll "
+                             "(leave it unset for the embedded SQLite store)")
+        return v
+
 
 class AgentSettings(Spec):
-    coordinator: str = Field(default="127.0.0.1:7070", description="coordinator HOST:PORT")
+    coordinator: str = Field(default="127.0.0.1:7070",
+                             description="coordinator HOST:PORT, or several comma-separated to fail over between")
     config: str = Field(description="path of node.yaml")
     state_dir: str = Field(default=".atoll/agent", description="keeps the node id across restarts")
     join_token: str | None = Field(default=None, max_length=256)
     worker_listen: str = Field(default="127.0.0.1:0", description="Worker gRPC HOST:PORT (port 0: any)")
     metrics_listen: str | None = Field(default=None, description="Prometheus HTTP HOST:PORT")
 
-    @field_validator("coordinator", "worker_listen", "metrics_listen")
+    @field_validator("worker_listen", "metrics_listen")
     @classmethod
     def _addr(cls, v: str | None) -> str | None:
         return None if v is None else check_address(v)
+
+    @field_validator("coordinator")
+    @classmethod
+    def _coordinators(cls, v: str) -> str:
+        return check_addresses(v)
 
 
 T = TypeVar("T", bound=BaseModel)

@@ -1,0 +1,229 @@
+"""PostgreSQL store: the same :class:`~atoll.coordinator.store.Store` methods as
+:class:`~atoll.coordinator.store.SqliteStore`, with the same semantics, for highly available
+deployments where several coordinators share one database (one leads, see ``leader.py``).
+
+- Every method returns only after its statement or transaction committed (autocommit
+  connection; multi-statement writes run in one explicit transaction).
+- The schema is created idempotently; concurrent start-ups serialise on a transaction-level
+  advisory lock, so two coordinators starting at once do not race ``CREATE TABLE``.
+- JSON columns hold the same text as SQLite's, so a row reads back the same in both stores.
+- One connection guarded by a lock (the coordinator calls the store from its event loop
+  thread and, rarely, from worker threads). If the connection breaks (database restarted,
+  network blip), the call reconnects once and retries: every write here is idempotent (upserts
+  and ``SET`` updates), so a retry after an unknown outcome changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Callable, Iterable, TypeVar
+
+import psycopg
+
+from atoll.coordinator.store import SCHEMA_VERSION, NodeRecord, WorkflowRecord
+from atoll.errors import Unavailable
+
+T = TypeVar("T")
+
+# pg_advisory_xact_lock key that serialises schema creation (any constant distinct from the
+# leadership key in leader.py).
+MIGRATE_LOCK_KEY = 0x61746F6C6C00  # "atoll\0"
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS nodes (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL,
+        capacity TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT '{}',
+        state TEXT NOT NULL,
+        registered_at DOUBLE PRECISION NOT NULL,
+        last_heartbeat DOUBLE PRECISION NOT NULL,
+        heartbeats BIGINT NOT NULL DEFAULT 0,
+        drain_requested BOOLEAN NOT NULL DEFAULT FALSE)""",
+    """CREATE TABLE IF NOT EXISTS workflows (
+        name TEXT PRIMARY KEY,
+        spec_yaml TEXT NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        plan TEXT NOT NULL DEFAULT '{}',
+        assignments TEXT NOT NULL DEFAULT '[]',
+        generation BIGINT NOT NULL DEFAULT 0,
+        created DOUBLE PRECISION NOT NULL,
+        updated DOUBLE PRECISION NOT NULL,
+        tenant TEXT NOT NULL DEFAULT '')""",
+    """CREATE TABLE IF NOT EXISTS profiles (
+        variant_key TEXT NOT NULL,
+        hardware TEXT NOT NULL,
+        rps DOUBLE PRECISION NOT NULL,
+        tps DOUBLE PRECISION NOT NULL,
+        source TEXT NOT NULL,
+        updated DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (variant_key, hardware))""",
+]
+
+
+def connect(url: str, *, connect_timeout: float = 5.0) -> psycopg.Connection:
+    """An autocommit connection with TCP keepalives, so a vanished peer is noticed in seconds."""
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(connect_timeout)),
+                               keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+    except psycopg.Error as exc:
+        raise Unavailable(f"cannot connect to PostgreSQL: {str(exc).strip()[:300]}",
+                          hint="check --database-url / ATOLL_DATABASE_URL and that the server is up") from None
+
+
+class PostgresStore:
+    """PostgreSQL store (psycopg 3). Thread-safe: one connection guarded by a lock."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._lock = threading.Lock()
+        self._db = connect(url)
+        self._migrate()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _run(self, fn: Callable[[psycopg.Connection], T]) -> T:
+        with self._lock:
+            try:
+                return fn(self._db)
+            except psycopg.OperationalError:
+                if not self._db.broken and not self._db.closed:
+                    raise
+            # The connection died under us: reconnect once and retry (writes are idempotent).
+            try:
+                self._db.close()
+            except Exception:  # noqa: BLE001 - it is already gone
+                pass
+            self._db = connect(self.url)
+            return fn(self._db)
+
+    def _migrate(self) -> None:
+        def go(db):
+            with db.transaction():
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK_KEY,))
+                for stmt in SCHEMA:
+                    db.execute(stmt)
+                db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', %s) "
+                           "ON CONFLICT (key) DO NOTHING", (str(SCHEMA_VERSION),))
+        self._run(go)
+
+    # -- nodes ------------------------------------------------------------------------------
+    _COLS = "id, name, spec, capacity, status, state, registered_at, last_heartbeat, heartbeats, drain_requested"
+
+    @staticmethod
+    def _row(r) -> NodeRecord:
+        return NodeRecord(id=r[0], name=r[1], spec=json.loads(r[2]), capacity=json.loads(r[3]),
+                          status=json.loads(r[4]), state=r[5], registered_at=r[6],
+                          last_heartbeat=r[7], heartbeats=r[8], drain_requested=bool(r[9]))
+
+    def upsert_node(self, rec: NodeRecord) -> None:
+        def go(db):
+            with db.transaction():
+                # A node re-registering under a new id takes the name over from the old row.
+                db.execute("DELETE FROM nodes WHERE name = %s AND id <> %s", (rec.name, rec.id))
+                db.execute(
+                    f"INSERT INTO nodes({self._COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                    "ON CONFLICT (id) DO UPDATE SET name=excluded.name, spec=excluded.spec, "
+                    "capacity=excluded.capacity, status=excluded.status, state=excluded.state, "
+                    "registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat, "
+                    "heartbeats=excluded.heartbeats, drain_requested=excluded.drain_requested",
+                    (rec.id, rec.name, json.dumps(rec.spec), json.dumps(rec.capacity),
+                     json.dumps(rec.status), rec.state, rec.registered_at, rec.last_heartbeat,
+                     rec.heartbeats, bool(rec.drain_requested)))
+        self._run(go)
+
+    def get_node(self, node_id: str) -> NodeRecord | None:
+        r = self._run(lambda db: db.execute(f"SELECT {self._COLS} FROM nodes WHERE id = %s",
+                                            (node_id,)).fetchone())
+        return self._row(r) if r else None
+
+    def list_nodes(self) -> list[NodeRecord]:
+        rows = self._run(lambda db: db.execute(f"SELECT {self._COLS} FROM nodes ORDER BY name").fetchall())
+        return [self._row(r) for r in rows]
+
+    def set_node_state(self, node_id: str, state: str, drain_requested: bool | None = None) -> None:
+        if drain_requested is None:
+            self._run(lambda db: db.execute("UPDATE nodes SET state = %s WHERE id = %s", (state, node_id)))
+        else:
+            self._run(lambda db: db.execute("UPDATE nodes SET state = %s, drain_requested = %s WHERE id = %s",
+                                            (state, bool(drain_requested), node_id)))
+
+    def set_node_capacity(self, node_id: str, capacity: dict) -> None:
+        self._run(lambda db: db.execute("UPDATE nodes SET capacity = %s WHERE id = %s",
+                                        (json.dumps(capacity), node_id)))
+
+    def touch_nodes(self, updates: Iterable[tuple[str, float, int, dict | None]]) -> None:
+        """Batch-write (id, last_heartbeat, heartbeats, status-or-None) in one transaction."""
+        updates = list(updates)
+        if not updates:
+            return
+        plain = [(ts, count, nid) for nid, ts, count, status in updates if status is None]
+        full = [(ts, count, json.dumps(status), nid) for nid, ts, count, status in updates if status is not None]
+
+        def go(db):
+            with db.transaction(), db.cursor() as cur:
+                if plain:
+                    cur.executemany("UPDATE nodes SET last_heartbeat = %s, heartbeats = %s WHERE id = %s", plain)
+                if full:
+                    cur.executemany("UPDATE nodes SET last_heartbeat = %s, heartbeats = %s, status = %s "
+                                    "WHERE id = %s", full)
+        self._run(go)
+
+    # -- meta -------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        r = self._run(lambda db: db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone())
+        return r[0] if r else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._run(lambda db: db.execute("INSERT INTO meta(key, value) VALUES (%s, %s) "
+                                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)))
+
+    # -- workflows and profiles -------------------------------------------------------------
+    _WCOLS = "name, spec_yaml, state, message, plan, assignments, generation, created, updated, tenant"
+
+    def put_workflow(self, rec: WorkflowRecord) -> None:
+        self._run(lambda db: db.execute(
+            f"INSERT INTO workflows({self._WCOLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            "ON CONFLICT (name) DO UPDATE SET spec_yaml=excluded.spec_yaml, state=excluded.state, "
+            "message=excluded.message, plan=excluded.plan, assignments=excluded.assignments, "
+            "generation=excluded.generation, updated=excluded.updated, tenant=excluded.tenant",
+            (rec.name, rec.spec_yaml, rec.state, rec.message, json.dumps(rec.plan),
+             json.dumps(rec.assignments), rec.generation, rec.created, rec.updated, rec.tenant)))
+
+    @staticmethod
+    def _wrow(r) -> WorkflowRecord:
+        return WorkflowRecord(name=r[0], spec_yaml=r[1], state=r[2], message=r[3], plan=json.loads(r[4]),
+                              assignments=json.loads(r[5]), generation=r[6], created=r[7], updated=r[8],
+                              tenant=r[9])
+
+    def get_workflow(self, name: str) -> WorkflowRecord | None:
+        r = self._run(lambda db: db.execute(f"SELECT {self._WCOLS} FROM workflows WHERE name = %s",
+                                            (name,)).fetchone())
+        return self._wrow(r) if r else None
+
+    def list_workflows(self) -> list[WorkflowRecord]:
+        rows = self._run(lambda db: db.execute(f"SELECT {self._WCOLS} FROM workflows ORDER BY name").fetchall())
+        return [self._wrow(r) for r in rows]
+
+    def delete_workflow(self, name: str) -> bool:
+        return self._run(lambda db: db.execute("DELETE FROM workflows WHERE name = %s", (name,)).rowcount) > 0
+
+    def put_profile(self, variant_key: str, hardware: str, rps: float, tps: float, source: str) -> None:
+        self._run(lambda db: db.execute(
+            "INSERT INTO profiles(variant_key, hardware, rps, tps, source, updated) VALUES (%s,%s,%s,%s,%s,%s) "
+            "ON CONFLICT (variant_key, hardware) DO UPDATE SET rps=excluded.rps, tps=excluded.tps, "
+            "source=excluded.source, updated=excluded.updated",
+            (variant_key, hardware, rps, tps, source, time.time())))
+
+    def list_profiles(self) -> list[tuple[str, str, float, float, str, float]]:
+        rows = self._run(lambda db: db.execute(
+            "SELECT variant_key, hardware, rps, tps, source, updated FROM profiles ORDER BY 1, 2").fetchall())
+        return [tuple(r) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
