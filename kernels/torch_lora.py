@@ -28,7 +28,32 @@ GATHER_MAX_ROW_BYTES = 48 << 10  # ... and one row's adapter (N*R*H_in or H_out*
 GATHER_BYTES = 64 << 20        # cap on one gathered chunk of adapter weights
 
 
+_LAST_PLANS: tuple = (None, None, {})   # (meta, tensor versions, {row_bytes: plan})
+
+
+def _versions(meta) -> tuple[int, ...]:
+    # A tensor's _version counts its in-place writes: a meta whose buffers were refilled in
+    # place for a new step never reuses the old step's plan.
+    return tuple(t._version for t in (meta.token_slots, meta.seg_starts, meta.seg_lens,
+                                      meta.seg_slots))
+
+
 def _plan(meta, row_bytes: int):
+    """:func:`_make_plan`, memoized for the most recent ``meta`` (built once per step, then
+    passed to every layer and projection: the plan is made once per step and weight size)."""
+    global _LAST_PLANS
+    last, versions, plans = _LAST_PLANS
+    now = _versions(meta)
+    if last is not meta or versions != now:
+        plans = {}
+        _LAST_PLANS = (meta, now, plans)
+    plan = plans.get(row_bytes)
+    if plan is None:
+        plan = plans[row_bytes] = _make_plan(meta, row_bytes)
+    return plan
+
+
+def _make_plan(meta, row_bytes: int):
     """How to batch this step (decided from the metadata; no tensor math):
 
     ("single", slot) | ("gather", rows, row_slots) | ("runs", [(start, len, slot)]) |

@@ -71,6 +71,22 @@ def test_fast_torch_paths_all_taken(popularity, phase, plan, monkeypatch):
     assert_close(y, y_ref, torch.float32)
 
 
+def test_plan_is_reused_per_step_and_refreshed_on_refill():
+    c = make_case("uniform", "decode", n_req=12, seed=2)
+    assert torch_lora._plan(c.meta, 64) is torch_lora._plan(c.meta, 64)
+    y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
+    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch")
+    assert_close(y, y_ref, torch.float32)
+    # refill the same meta's buffers in place with another step's slots (same segment count)
+    other = LoraMeta.build(torch.roll(c.slots, 3))
+    assert other.seg_slots.numel() == c.meta.seg_slots.numel()
+    for name in ("token_slots", "seg_starts", "seg_lens", "seg_slots"):
+        getattr(c.meta, name).copy_(getattr(other, name))
+    y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, other, c.offsets, backend="ref")
+    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch")
+    assert_close(y, y_ref, torch.float32)
+
+
 def test_large_adapters_skip_gather():
     c = make_case("distinct", "decode", n_req=23)
     assert torch_lora._plan(c.meta, torch_lora.GATHER_MAX_ROW_BYTES + 1)[0] == "runs"
