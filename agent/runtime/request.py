@@ -123,7 +123,7 @@ class RequestHandle:
                                 self.prompt_tokens, len(self.token_ids), self.adapter, self.ttft)
 
 
-@dataclass
+@dataclass(eq=False)          # identity semantics: requests live in lists and are removed by identity
 class Request:
     request_id: str
     prompt_ids: list[int]

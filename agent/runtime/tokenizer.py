@@ -36,27 +36,39 @@ class Tokenizer:
 
 class IncrementalDecoder:
     """Text of a growing token list, released in deltas that never end inside a UTF-8 sequence
-    and never expose a prefix of a stop string that may still complete."""
+    and never expose a prefix of a stop string that may still complete.
+
+    Each update decodes only a short window: ``decode(ids[prefix:])`` minus
+    ``decode(ids[prefix:read])`` is the new text (decoders that strip a leading space, or join
+    bytes across tokens, see the same context as a full decode), so streaming is O(n), not O(n²).
+    """
 
     def __init__(self, tok: Tokenizer | None, stop: list[str]):
         self.tok, self.stop = tok, stop
-        self.text = ""          # full decoded text so far (truncated at a stop string)
+        self.full = ""          # decoded text of every token so far
+        self.text = ""          # released-or-final text (cut at a stop string)
         self.sent = 0           # characters already released
         self.hold = max((len(s) for s in stop), default=1) - 1
+        self._prefix = 0
+        self._read = 0
 
     def update(self, ids: list[int], final: bool = False) -> tuple[str, bool]:
         """(new text to release, stop string hit)."""
         if self.tok is None:
             return "", False
-        text = self.tok.decode(ids)
-        hit = False
+        prefix_text = self.tok.decode(ids[self._prefix:self._read])
+        new_text = self.tok.decode(ids[self._prefix:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self.full += new_text[len(prefix_text):]
+            self._prefix, self._read = self._read, len(ids)
+        elif final and new_text.endswith("\ufffd"):
+            self.full += new_text[len(prefix_text):]
+        text, hit = self.full, False
         if self.stop:
-            start = max(0, self.sent - self.hold - 1)
+            start = max(0, self.sent - self.hold)
             cut = min((i for i in (text.find(s, start) for s in self.stop) if i >= 0), default=-1)
             if cut >= 0:
                 text, hit, final = text[:cut], True, True
-        if not final and text.endswith("\ufffd"):
-            return "", False
         self.text = text
         limit = len(text) if final else max(self.sent, len(text) - self.hold)
         delta = text[self.sent:limit]

@@ -252,3 +252,18 @@ def test_half_precision_close_to_fp32(hf_model_dir, peft_adapters, engine, dtype
         assert eng.generate(ids, adapters=["a1", None], sampling=GREEDY)[0].completion_tokens == 12
     finally:
         eng.close()
+
+
+def test_incremental_decoder_deltas_add_up(tiny_dir):
+    import random
+
+    from atoll.agent.runtime.tokenizer import IncrementalDecoder, Tokenizer
+
+    tok = Tokenizer(tiny_dir)
+    rng = random.Random(0)
+    for _ in range(200):
+        ids = [rng.randrange(0, 256) for _ in range(rng.randrange(1, 30))]
+        dec, out = IncrementalDecoder(tok, []), ""
+        for i in range(1, len(ids) + 1):
+            out += dec.update(ids[:i], final=i == len(ids))[0]
+        assert out == tok.decode(ids)
