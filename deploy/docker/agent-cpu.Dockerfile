@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# atoll agent without a GPU (CPU runtime, or simulated GPUs declared in node.yaml for demos).
+#   docker build -f deploy/docker/agent-cpu.Dockerfile -t atoll/agent-cpu:0.1.0 .
+# Build context: the repository root (see .dockerignore).
+ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY atoll/ atoll/
+COPY coordinator/ coordinator/
+COPY agent/ agent/
+COPY planner/ planner/
+COPY kernels/ kernels/
+COPY proto/ proto/
+RUN pip install . && atoll --help > /dev/null
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="atoll-agent-cpu" \
+      org.opencontainers.image.source="https://github.com/atoll/atoll" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 atoll \
+    && useradd --system --uid 10001 --gid atoll --home-dir /var/lib/atoll --create-home atoll
+COPY --from=build /opt/venv /opt/venv
+COPY deploy/docker/healthcheck.py /opt/atoll/healthcheck.py
+COPY deploy/docker/agent-entrypoint.sh /usr/local/bin/atoll-agent-entrypoint
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    ATOLL_STATE_DIR=/var/lib/atoll/agent \
+    ATOLL_WORKER_LISTEN=0.0.0.0:7071
+USER 10001:10001
+WORKDIR /var/lib/atoll
+VOLUME ["/var/lib/atoll"]
+# 7071: Worker gRPC (atoll.v1.Worker, grpc.health.v1)
+EXPOSE 7071
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "/opt/atoll/healthcheck.py"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["atoll-agent-entrypoint"]
