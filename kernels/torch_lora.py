@@ -23,7 +23,7 @@ import torch
 GATHER_MIN_SLOTS = 8           # gather + bmm when at least this many distinct slots ...
 GATHER_MAX_ROWS_PER_SLOT = 2   # ... with at most this many rows each, on average, ...
 GATHER_MAX_ROW_BYTES = 48 << 10  # ... and one row's adapter (N*R*H_in or H_out*R) this small
-# (measured on the CPU, 1 thread, 64 distinct rows: gather wins 3-8x up to 48 KiB per row and
+# (measured on the CPU, 1 thread, 64 distinct rows: gather wins 2.6-8x up to 48 KiB per row and
 # loses from 64 KiB, where copying the adapters costs more than a matmul call per row)
 GATHER_BYTES = 64 << 20        # cap on one gathered chunk of adapter weights
 
