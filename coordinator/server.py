@@ -1,18 +1,31 @@
 """The coordinator process: store, registry, gRPC services, metrics, and periodic duties.
 
-Periodic duties, in order of urgency:
+Periodic duties (the leader's), in order of urgency:
 1. liveness sweep (every interval/10, at most 0.5 s): marks nodes SUSPECT or LOST on time;
 2. reconcile (every 0.25 s): re-plans workflows that lost a node, sends assignment differences;
 3. flush (every interval, at most 2 s): batch-writes heartbeat times and statuses.
+
+High availability (``database_url`` set): several coordinators share one PostgreSQL database and
+one of them leads (``leader.py``). Until it is elected a coordinator is a *standby*: it answers
+the read RPCs (ListNodes, GetNode, ListWorkflows, GetWorkflow) from the database, and every
+other RPC with UNAVAILABLE "standby; leader is at ADDR", so agents and clients move on to the
+next address they know. On election it builds its registry and workflow manager from the store
+(nodes that were alive get the registry's restore grace, so agents reconnecting are not marked
+LOST), starts the duties above and turns health SERVING for every service. Health on a standby:
+"" and ClientService SERVING (reads), AgentService and ModelStore NOT_SERVING — AgentService's
+status says who leads. With SQLite there is no election: the coordinator leads from the start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import secrets
 import signal
+import socket
+import time
 from pathlib import Path
 
 import grpc
@@ -21,12 +34,13 @@ from prometheus_client import start_http_server
 from atoll.coordinator.agent_api import AgentApi
 from atoll.coordinator.blobs import BlobStore
 from atoll.coordinator.client_api import ClientApi
+from atoll.coordinator.leader import AdvisoryLockLeadership, SoloLeadership
 from atoll.coordinator.model_store_api import ModelStoreApi
 from atoll.coordinator.router import Router
 from atoll.coordinator.workflows import WorkflowManager
 from atoll.coordinator.metrics import CoordinatorMetrics
 from atoll.coordinator.registry import Registry, hash_token
-from atoll.coordinator.store import SqliteStore
+from atoll.coordinator.store import open_store
 from atoll.errors import Unavailable
 from atoll.logs import kv
 from atoll.proto.v1 import control_pb2
@@ -37,10 +51,15 @@ log = logging.getLogger("atoll.coordinator")
 
 SERVICES = [control_pb2.DESCRIPTOR.services_by_name[n].full_name
             for n in ("AgentService", "ClientService", "ModelStore")]
+# What a standby answers itself (from the database); everything else is the leader's.
+STANDBY_READS = {"ClientService": {"ListNodes", "GetNode", "ListWorkflows", "GetWorkflow"}}
+STANDBY_VIEW_TTL = 0.5      # seconds a standby reuses its view of the database
 
 
-def resolve_join_token(store, state_dir: Path, token: str | None) -> tuple[str, Path | None]:
-    """Return (token hash, path of the token file if we generated or kept one)."""
+def resolve_join_token(store, state_dir: Path, token: str | None,
+                       shared: bool = False) -> tuple[str, Path | None]:
+    """Return (token hash, path of the token file if we generated or kept one). ``shared``: the
+    store is shared with other coordinators, whose stored token stands even without a file here."""
     token_file = state_dir / "join-token"
     if token:
         store.set_meta("join_token_sha256", hash_token(token))
@@ -48,11 +67,46 @@ def resolve_join_token(store, state_dir: Path, token: str | None) -> tuple[str, 
     stored = store.get_meta("join_token_sha256")
     if stored and token_file.exists():
         return stored, token_file
+    if stored and shared:
+        return stored, None
     token = secrets.token_urlsafe(24)
     token_file.write_text(token + "\n")
     os.chmod(token_file, 0o600)
     store.set_meta("join_token_sha256", hash_token(token))
     return hash_token(token), token_file
+
+
+class _RoleGate:
+    """Stands in for one service's servicer and dispatches each call, when it arrives, to what
+    this coordinator's role allows: the leader's servicer, a standby's read view, or UNAVAILABLE
+    naming the leader. gRPC binds handlers once at start-up; the role changes later. Each
+    handler keeps the shape of ``cls``'s method (async generator or coroutine)."""
+
+    def __init__(self, coord: "Coordinator", service: str, cls: type):
+        self._coord, self._service, self._cls = coord, service, cls
+
+    def __getattr__(self, method: str):
+        cls = self.__dict__.get("_cls")
+        if cls is None or not hasattr(cls, method):
+            raise AttributeError(method)
+        coord, service = self._coord, self._service
+        if inspect.isasyncgenfunction(getattr(cls, method)):
+            async def stream(request, context):
+                target = coord._target(service, method)
+                if target is None:
+                    await coord._refuse(context)
+                    return
+                async for item in target(request, context):
+                    yield item
+            return stream
+
+        async def call(request, context):
+            target = coord._target(service, method)
+            if target is None:
+                await coord._refuse(context)
+                return None
+            return await target(request, context)
+        return call
 
 
 class Coordinator:
@@ -62,30 +116,36 @@ class Coordinator:
         self.metrics = CoordinatorMetrics()
         self.store = None
         self.registry: Registry | None = None
+        self.workflows: WorkflowManager | None = None
         self.server: grpc.aio.Server | None = None
         self.health = None
+        self.leadership = None
+        self._apis: dict[str, object] = {}          # the leader's servicers, by service
+        self._view: tuple[float, ClientApi] | None = None   # a standby's read view
         self._tasks: list[asyncio.Task] = []
+        self._duties: list[asyncio.Task] = []
         self._metrics_server = None
         self.port = 0
         self.metrics_port = 0
+        self.exit_code = 0
+        self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self.leadership and self.leadership.is_leader and self._apis)
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = SqliteStore(self.state_dir / "atoll.db")
-        token_hash, token_file = resolve_join_token(self.store, self.state_dir, self.settings.join_token)
-        self.registry = Registry(self.store, join_token_hash=token_hash,
-                                 heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics)
-        self.metrics.bind(self.registry)
+        self.store = open_store(self.settings)
+        shared = bool(self.settings.database_url)
+        token_hash, token_file = resolve_join_token(self.store, self.state_dir, self.settings.join_token, shared)
+        self._token_hash = token_hash
         self.blobs = BlobStore(self.state_dir / "blobs", self.store)
-        self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs)
         self.router = Router(self.metrics)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
-        add_service(self.server, AgentApi(self.registry, self.metrics),
-                    control_pb2.DESCRIPTOR.services_by_name["AgentService"])
-        add_service(self.server, ClientApi(self.registry, self.workflows, self.router, self.metrics),
-                    control_pb2.DESCRIPTOR.services_by_name["ClientService"])
-        add_service(self.server, ModelStoreApi(self.blobs), control_pb2.DESCRIPTOR.services_by_name["ModelStore"])
+        for name, cls in (("AgentService", AgentApi), ("ClientService", ClientApi), ("ModelStore", ModelStoreApi)):
+            add_service(self.server, _RoleGate(self, name, cls), control_pb2.DESCRIPTOR.services_by_name[name])
         self.health = add_health_and_reflection(self.server, SERVICES)
         host, port = split_address(self.settings.listen)
         try:
@@ -101,16 +161,81 @@ class Coordinator:
         except OSError as exc:
             raise Unavailable(f"cannot serve metrics on {self.settings.metrics_listen}: {exc}",
                               hint="pick a free port with --metrics-listen") from None
+        self.advertise = self.settings.advertise or (
+            f"{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{self.port}")
         await self.server.start()
-        await set_serving(self.health, SERVICES, True)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._sweep_loop()), loop.create_task(self._flush_loop()),
-                       loop.create_task(self._reconcile_loop())]
+        if shared:
+            self.leadership = AdvisoryLockLeadership(self.settings.database_url, self.advertise,
+                                                     on_elected=self._promote, on_lost=self._lost)
+            await self._set_health(leader=False)
+            self._tasks = [asyncio.get_running_loop().create_task(self.leadership.run())]
+        else:
+            self.leadership = SoloLeadership(self._promote)
+            await self.leadership.run()
         log.info("coordinator listening", extra=kv(
             grpc=f"{host}:{self.port}", metrics=f"http://{mhost}:{self.metrics_port}/metrics",
-            state_dir=str(self.state_dir), nodes=len(self.registry.nodes),
+            store="postgresql" if shared else str(self.state_dir / "atoll.db"),
+            role="leader" if self.is_leader else "standby", advertise=self.advertise,
             heartbeat_interval=self.settings.heartbeat_interval,
-            join_token=(f"in {token_file}" if token_file else "from settings")))
+            join_token=(f"in {token_file}" if token_file else "from settings" if self.settings.join_token
+                        else "from the database")))
+
+    # -- roles --------------------------------------------------------------------------------
+    async def _promote(self) -> None:
+        """Become the leader: load the state from the store, serve every RPC, run the duties."""
+        t0 = time.monotonic()
+        self.registry = Registry(self.store, join_token_hash=self._token_hash,
+                                 heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics)
+        self.metrics.bind(self.registry)
+        self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs)
+        self._apis = {"AgentService": AgentApi(self.registry, self.metrics),
+                      "ClientService": ClientApi(self.registry, self.workflows, self.router, self.metrics),
+                      "ModelStore": ModelStoreApi(self.blobs)}
+        self._view = None
+        loop = asyncio.get_running_loop()
+        self._duties = [loop.create_task(self._sweep_loop()), loop.create_task(self._flush_loop()),
+                        loop.create_task(self._reconcile_loop())]
+        self._tasks += self._duties
+        await self._set_health(leader=True)
+        if self.settings.database_url:
+            log.info("leading", extra=kv(epoch=self.leadership.epoch, nodes=len(self.registry.nodes),
+                                         workflows=len(self.workflows.records),
+                                         load_seconds=round(time.monotonic() - t0, 3)))
+
+    async def _lost(self, why: str) -> None:
+        """Leadership cannot be confirmed: stop writing at once and exit, so a supervisor restarts
+        this process as a standby (the safe side of a partition from the database)."""
+        self._apis = {}
+        for t in self._duties:
+            t.cancel()
+        await self._set_health(leader=False)
+        self.exit_code = 3
+        self._stop_requested.set()
+
+    async def _set_health(self, leader: bool) -> None:
+        await set_serving(self.health, ["atoll.v1.AgentService", "atoll.v1.ModelStore"], leader)
+        await set_serving(self.health, ["atoll.v1.ClientService"], True)   # and "": this process serves
+
+    def _target(self, service: str, method: str):
+        api = self._apis.get(service)
+        if api is not None:
+            return getattr(api, method)
+        if method in STANDBY_READS.get(service, ()):
+            return getattr(self._standby_view(), method)
+        return None
+
+    def _standby_view(self) -> ClientApi:
+        """A read-only ClientApi over the database as it is now (rebuilt at most every 0.5 s)."""
+        now = time.monotonic()
+        if self._view is None or now - self._view[0] > STANDBY_VIEW_TTL:
+            reg = Registry(self.store, join_token_hash=self._token_hash,
+                           heartbeat_interval=self.settings.heartbeat_interval)
+            self._view = (now, ClientApi(reg, WorkflowManager(self.store, reg, None, self.blobs)))
+        return self._view[1]
+
+    async def _refuse(self, context) -> None:
+        leader = getattr(self.leadership, "leader_address", "") or "unknown (election under way)"
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"standby; leader is at {leader}")
 
     async def _sweep_loop(self) -> None:
         period = min(0.5, self.settings.heartbeat_interval / 10)
@@ -152,20 +277,23 @@ class Coordinator:
             await self.server.stop(grace)
         if getattr(self, "router", None) is not None:
             await self.router.close()
-        if self.registry is not None:
+        if self.registry is not None and self._apis:
             self.registry.flush()
+        if self.leadership is not None:
+            await self.leadership.close()
         if self._metrics_server and isinstance(self._metrics_server, tuple):
             self._metrics_server[0].shutdown()
         if self.store is not None:
             self.store.close()
         self._stopped.set()
 
-    async def run_until_signal(self) -> None:
+    async def run_until_signal(self) -> int:
         await self.start()
-        stop = asyncio.Event()
+        stop = self._stop_requested
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("coordinator shutting down")
         await self.stop()
+        return self.exit_code

@@ -13,6 +13,12 @@ def register(sub) -> None:
     p.add_argument("--heartbeat-interval", type=_positive_float, metavar="SECONDS",
                    help="seconds between agent heartbeats (default 5)")
     p.add_argument("--join-token", help="token agents must present (generated into STATE_DIR/join-token if unset)")
+    p.add_argument("--database-url", metavar="URL",
+                   help="PostgreSQL URL shared by highly available coordinators (env ATOLL_DATABASE_URL; "
+                        "default: SQLite in STATE_DIR)")
+    p.add_argument("--advertise", metavar="HOST:PORT",
+                   help="address agents and clients should use to reach this coordinator, told to them by "
+                        "standbys (default: the listen address)")
     p.add_argument("--config", help="YAML file with the same settings (keys: listen, metrics_listen, ...)")
     p.add_argument("--log-level", default=None, help="debug | info | warning")
     p.set_defaults(func=run)
@@ -39,7 +45,7 @@ def run(ns) -> int:
 
     settings = resolve_settings(CoordinatorSettings, config_file=ns.config, flags={
         "listen": ns.listen, "metrics_listen": ns.metrics_listen, "state_dir": ns.state_dir,
-        "heartbeat_interval": ns.heartbeat_interval, "join_token": ns.join_token})
+        "heartbeat_interval": ns.heartbeat_interval, "join_token": ns.join_token,
+        "database_url": ns.database_url, "advertise": ns.advertise})
     logs.setup(ns.log_level)
-    asyncio.run(Coordinator(settings).run_until_signal())
-    return 0
+    return asyncio.run(Coordinator(settings).run_until_signal()) or 0

@@ -1,0 +1,169 @@
+"""Who leads: one coordinator of several sharing a PostgreSQL database writes; the others stand by.
+
+Mechanism: a session-level ``pg_try_advisory_lock`` held on a dedicated connection.
+
+Why an advisory lock rather than a lease row (holder, expiry, epoch):
+
+- It dies with the connection. When the leader process is killed, its kernel closes the
+  socket, PostgreSQL ends the backend and releases the lock at once, so a standby polling every
+  ``poll`` seconds (0.5 s) leads within about one poll — no lease has to run out first. A lease
+  row makes every failover wait for the expiry (several seconds), and renewing it is a write
+  every period for as long as the fleet runs.
+- There is no clock in it: no skew between coordinators or with the database can make two
+  holders think they own the same lease.
+
+What a lease row does better — surviving a partition between the leader and the database
+without a gap — is covered here as follows: the lock connection uses TCP keepalives and
+``tcp_user_timeout``, so the server drops a vanished leader's backend (and frees the lock) in
+seconds; and the leader checks its own lock connection every ``check`` seconds. If the check
+fails, or the server no longer lists the lock as held by this backend, the leader has (or may
+have) lost the lock and ``on_lost`` is called; the coordinator then steps down by exiting, to be
+restarted by its supervisor as a standby. Each election also increments ``leader_epoch`` in the
+``meta`` table: a fencing number written to the log and to ``leader_epoch``, so two reigns are
+never confused when reading logs or the database.
+
+The elected leader writes its advertised address to ``meta.leader_address``; standbys read it
+on every poll, so they can tell callers where to go ("standby; leader is at ADDR").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from atoll.logs import kv
+
+log = logging.getLogger("atoll.coordinator")
+
+LEADER_LOCK_KEY = 0x61746F6C6C01      # "atoll\1": the advisory lock that makes a leader
+CHECK_TIMEOUT = 3.0
+
+
+class SoloLeadership:
+    """The embedded (SQLite) deployment: one coordinator, always the leader."""
+
+    epoch = 1
+    leader_address = ""
+
+    def __init__(self, on_elected: Callable[[], Awaitable[None]]):
+        self.on_elected = on_elected
+        self.is_leader = False
+
+    async def run(self) -> None:
+        self.is_leader = True
+        await self.on_elected()
+
+    async def close(self) -> None:
+        pass
+
+
+class AdvisoryLockLeadership:
+    """Elect one leader among coordinators sharing ``url`` (see the module docstring).
+
+    ``run()`` loops until cancelled: as a standby it tries the lock every ``poll`` seconds and
+    refreshes :attr:`leader_address`; once it holds the lock it records the election
+    (``leader_epoch``, ``leader_address``), awaits ``on_elected()``, then checks the lock every
+    ``check`` seconds and calls ``on_lost()`` (and returns) when it cannot be sure it still holds it.
+    Blocking database calls run in a worker thread so the event loop never stalls on the network.
+    """
+
+    def __init__(self, url: str, advertise: str, *, on_elected: Callable[[], Awaitable[None]],
+                 on_lost: Callable[[str], Awaitable[None] | None], poll: float = 0.5, check: float = 1.0):
+        self.url = url
+        self.advertise = advertise
+        self.on_elected = on_elected
+        self.on_lost = on_lost
+        self.poll = poll
+        self.check = check
+        self.is_leader = False
+        self.epoch = 0
+        self.leader_address = ""
+        self._conn = None
+
+    # -- blocking parts (worker thread) ------------------------------------------------------
+    def _connect(self):
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=3, keepalives=1, keepalives_idle=2,
+                               keepalives_interval=1, keepalives_count=3, tcp_user_timeout=3000,
+                               application_name="atoll-leader-lock")
+
+    def _try_acquire(self) -> bool:
+        """One attempt. True: we hold the lock now (and recorded the election)."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self._connect()
+        c = self._conn
+        got = c.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)).fetchone()[0]
+        if not got:
+            r = c.execute("SELECT value FROM meta WHERE key = 'leader_address'").fetchone()
+            self.leader_address = r[0] if r else ""
+            return False
+        with c.transaction():
+            self.epoch = int(c.execute(
+                "INSERT INTO meta(key, value) VALUES ('leader_epoch', '1') ON CONFLICT (key) DO UPDATE "
+                "SET value = (meta.value::bigint + 1)::text RETURNING value").fetchone()[0])
+            c.execute("INSERT INTO meta(key, value) VALUES ('leader_address', %s) "
+                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (self.advertise,))
+        self.leader_address = self.advertise
+        return True
+
+    def _still_held(self) -> bool:
+        r = self._conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid = pg_backend_pid() AND ((classid::bigint << 32) | objid::bigint) = %s",
+            (LEADER_LOCK_KEY,)).fetchone()
+        return bool(r and r[0])
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            self._conn = None
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        last_error = ""
+        while not self.is_leader:
+            try:
+                got = await asyncio.wait_for(asyncio.to_thread(self._try_acquire), CHECK_TIMEOUT + self.poll)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database may be away for a while: keep trying
+                got = False
+                err = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+                if err != last_error:
+                    log.warning("leader election: database unreachable", extra=kv(error=err))
+                last_error = err
+                await asyncio.to_thread(self._drop)
+            if got:
+                self.is_leader = True
+                log.info("elected leader", extra=kv(epoch=self.epoch, address=self.advertise))
+                await self.on_elected()
+                break
+            await asyncio.sleep(self.poll)
+        while True:
+            await asyncio.sleep(self.check)
+            why = ""
+            try:
+                if not await asyncio.wait_for(asyncio.to_thread(self._still_held), CHECK_TIMEOUT):
+                    why = "the leader lock is no longer held by this coordinator"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - cannot tell: assume lost, the safe side
+                why = f"lost the connection that holds the leader lock ({type(exc).__name__}: {str(exc).strip()[:200]})"
+            if why:
+                self.is_leader = False
+                log.error("leadership lost; stepping down", extra=kv(epoch=self.epoch, why=why))
+                await asyncio.to_thread(self._drop)
+                res = self.on_lost(why)
+                if asyncio.iscoroutine(res):
+                    await res
+                return
+
+    async def close(self) -> None:
+        """Release the lock (closing the connection frees it at once for a standby)."""
+        self.is_leader = False
+        await asyncio.to_thread(self._drop)
