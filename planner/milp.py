@@ -15,29 +15,30 @@ Notation
 Variables
 ---------
   z[v,m] ∈ {0,1}        variant m chosen for task v
-  r[v,m,p] ≥ 0          req/s of v served by variant m on pool p
-  h[g,p] ∈ Z≥0          nodes of pool p running base group g (shared by g's members)
-  u[v,m,p] ∈ {0,1}      adapter of (v,m) loaded on p — only where adapters might not all fit
+  r[v,m,p,c] ≥ 0        req/s of v served by variant m on pool p, in configuration c
+  h[c,p] ∈ Z≥0          nodes of pool p running configuration c (shared by its members)
+  c ∈ C_gp              configurations of group g on pool p: all of g's candidates when their
+                        adapters fit beside the base weights, else each maximal subset that fits
   f[e,a,b,l1,l2] ≥ 0    messages/s on e from producer key a at l1 to consumer key b at l2
                         (a, b are variants when the size depends on them, else one key)
   y[v] ∈ [0,1]          output accuracy of v (profile model)
-  d[g,p] ≥ 0            replicas moved against the previous plan (re-plan only)
+  d[c,p] ≥ 0            replicas moved against the previous plan (re-plan only)
 
 Objective
 ---------
-  min  Σ_{g,p} c_p h[g,p]  +  Σ K·s_e(a,b)·π(l1,l2)·f[e,a,b,l1,l2]  +  γ Σ d[g,p]
+  min  Σ_{c,p} c_p h[c,p]  +  Σ K·s_e(a,b)·π(l1,l2)·f[e,a,b,l1,l2]  +  γ Σ d[c,p]
 
 Constraints (numbered as in the code)
 -------------------------------------
   (1) one variant per task            Σ_m z[v,m] = 1
-  (2) throughput SLO                  Σ_p r[v,m,p] = λ_v z[v,m]
-  (3) shared capacity (LoRA-aware)    Σ_{(v,m)∈g} r[v,m,p] / μ_vmp ≤ h[g,p]
-  (4) pool size                       Σ_g h[g,p] ≤ N_p
+  (2) throughput SLO                  Σ_{p,c} r[v,m,p,c] = λ_v z[v,m]
+  (3) shared capacity (LoRA-aware)    Σ_{(v,m)∈c} r[v,m,p,c] / μ_vmp ≤ h[c,p]
+  (4) pool size                       Σ_c h[c,p] ≤ N_p
       Pools alike but for price (hardware, location, memory) are merged into one class c with
-      Σ_g h[g,c] = Σ_k s[c,k], 0 ≤ s[c,k] ≤ N_k, paying Σ_k c_k s[c,k] (cheapest first, convex),
-      instead of c_p h[g,p]; the plan maps a class back to its pools cheapest first
-  (5) adapter memory                  r[v,m,p] ≤ μ_vmp N_p u[v,m,p],  u ≤ z,
-                                      max_mem(g) + Σ_{(v,m)∈g} adapter_mem·u[v,m,p] ≤ mem_p
+      Σ_c h[c,P] = Σ_k s[P,k], 0 ≤ s[P,k] ≤ N_k, paying Σ_k c_k s[P,k] (cheapest first, convex),
+      instead of c_p h[c,p]; the plan maps a class P back to its pools cheapest first
+  (5) adapter memory                  max_mem(c) + Σ_{(v,m)∈c} adapter_mem ≤ mem_p for every
+                                      configuration c (by construction of C_gp)
   (6) flow conservation, per edge e = (u→w), producer key a / consumer key b:
         out of l1:  Σ_{b,l2} f[e,a,b,l1,l2] = k_e Σ_{m∈a, loc(p)=l1} r[u,m,p]   (source: ρ_e at its location)
         into l2:    Σ_{e∈I} Σ_{a,l1} f[e,a,b,l1,l2] = Σ_{m∈b, loc(p)=l2} r[w,m,p]
@@ -51,17 +52,18 @@ Constraints (numbered as in the code)
                   ly[w] ≤ ly[u] + Σ_m ln(acc_m) z[w,m]  (sources: ly = 0);  ly[sink] ≥ ln A_min
         additive: Σ_{v,m} (1 - acc_m) z[v,m] ≤ 1 - A_min ;  Σ (best_v - acc_m) z[v,m] ≤ loss budget
         table:    Σ_c w[c] = 1,  z[v,m] = Σ_{c: c_v = m} w[c]  over the rows c meeting A_min
-  (9) churn                           d[g,p] ≥ h[g,p] - h⁰[g,p],  d[g,p] ≥ h⁰[g,p] - h[g,p]
+  (9) churn                           d[c,p] ≥ h[c,p] - h⁰[c,p],  d[c,p] ≥ h⁰[c,p] - h[c,p]
 
 Scaling: the code keeps r as a share of λ_v and f as a share of the consumer's rate, so (2)
 and (6) have unit coefficients; the costs and caps above are multiplied back accordingly.
 
 Max-throughput mode (for infeasibility reports) replaces the objective by max α, (2) by
-Σ_{m,p} r[v,m,p] = α λ_v with r[v,m,p] ≤ μ_vmp N_p z[v,m], and scales the sources by α.
+Σ_{m,p} r[v,m,p] = α λ_v with r[v,m,p,c] ≤ μ_vmp N_p z[v,m], and scales the sources by α.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import defaultdict
@@ -142,13 +144,12 @@ class Model:
                         self.mu[(t.name, m.name, p.id)] = x
         self.cand = {t.name: [m for m in t.variants if any((t.name, m.name, p.id) in self.mu for p in pools)]
                      for t in pb.tasks}
-        self.z = {(t, m.name): pulp.LpVariable(f"z_{i}_{j}", cat="Binary")
+        self.z = {(t, m.name): self.prob.add_variable(f"z_{i}_{j}", cat="Binary")
                   for i, t in enumerate(self.cand) for j, m in enumerate(self.cand[t])}
         # r is kept as a share of the task's rate (q = r / λ_v) and f as a share of the consumer's
         # rate: unit coefficients in (2) and (6), which keeps large fleets well conditioned.
         self.rate = {t.name: t.rate for t in pb.tasks}
-        self.r = {k: pulp.LpVariable(f"r_{n}", lowBound=0) for n, k in enumerate(self.mu)}
-        # groups and hosts
+        # groups, and the host configurations of each group on each pool (block 5)
         self.gmembers: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self.vgroup: dict[tuple[str, str], str] = {}
         self.vobj = {}
@@ -157,17 +158,37 @@ class Model:
                 self.gmembers[m.group].append((t.name, m.name))
                 self.vgroup[(t.name, m.name)] = m.group
                 self.vobj[(t.name, m.name)] = m
-        gp = sorted({(self.vgroup[(t, m)], p) for (t, m, p) in self.mu})
+        self.configs: dict[tuple[str, str], list[tuple[str, tuple]]] = {}
+        for g, members in self.gmembers.items():
+            for p in pools:
+                here = tuple(k for k in members if (k[0], k[1], p.id) in self.mu)
+                if here:
+                    self.configs[(g, p.id)] = self._configurations(g, here, p)
+        # r[t, m, p, c]: share of t's rate served by m on pool p in configuration c
+        self.r = {}
+        for (g, p), confs in self.configs.items():
+            for label, members in confs:
+                for (t, m) in members:
+                    self.r[(t, m, p, label)] = self.prob.add_variable(f"r_{len(self.r)}", lowBound=0)
         self.h = {}
-        for n, (g, p) in enumerate(gp):
+        for (g, p), confs in sorted(self.configs.items()):
             cap = self.pools[p].count
-            if fix_hosts is not None:
+            vars_ = []
+            for label, _ in confs:
+                v = self.prob.add_variable(f"h_{len(self.h)}", lowBound=0, upBound=cap,
+                                           cat="Continuous" if fix_hosts is not None else "Integer")
+                self.h[(label, p)] = v
+                vars_.append(v)
+            if fix_hosts is not None:   # a baseline's nodes of g on p, however configured
                 val = sum(n for (g2, p2), n in fix_hosts.items() if g2 == g and self.class_of.get(p2) == p)
-                self.h[(g, p)] = pulp.LpVariable(f"h_{n}", lowBound=val, upBound=val)
-            else:
-                self.h[(g, p)] = pulp.LpVariable(f"h_{n}", lowBound=0, upBound=cap, cat="Integer")
+                if len(vars_) == 1:
+                    vars_[0].lowBound = vars_[0].upBound = val
+                else:
+                    for v in vars_:
+                        v.cat = "Integer"
+                    self.prob += pulp.lpSum(vars_) == val
         prob = self.prob
-        self.alpha = pulp.LpVariable("alpha", lowBound=0) if mode == "throughput" else None
+        self.alpha = self.prob.add_variable("alpha", lowBound=0) if mode == "throughput" else None
         ok = bool(self.z) and all(self.cand[t.name] for t in pb.tasks)
         self.empty_tasks = [t.name for t in pb.tasks if not self.cand[t.name]]
         if not ok:
@@ -181,7 +202,7 @@ class Model:
             prob += pulp.lpSum(self.z[(t.name, m.name)] for m in self.cand[t.name]) == 1, f"c1_{t.name}"
         # (2) throughput SLO
         r_by_tm = defaultdict(list)
-        for (t, m, p), var in self.r.items():
+        for (t, m, p, _c), var in self.r.items():
             r_by_tm[(t, m)].append((p, var))
         for t in pb.tasks:
             if mode == "throughput":
@@ -196,10 +217,10 @@ class Model:
                              == self.z[(t.name, m.name)]), f"c2_{t.name}_{m.name}"
         # (3) shared capacity per (group, pool)
         rg = defaultdict(list)
-        for (t, m, p), var in self.r.items():
-            rg[(self.vgroup[(t, m)], p)].append((var, self.rate[t] / self.mu[(t, m, p)]))
-        for (g, p), terms in rg.items():
-            prob += pulp.LpAffineExpression(terms) <= self.h[(g, p)]
+        for (t, m, p, c), var in self.r.items():
+            rg[(c, p)].append((var, self.rate[t] / self.mu[(t, m, p)]))
+        for (c, p), terms in rg.items():
+            prob += pulp.LpAffineExpression(terms) <= self.h[(c, p)]
         # (4) pool size; a class of pools pays its cheapest nodes first (segments s[c,k])
         hp = defaultdict(list)
         for (g, p), var in self.h.items():
@@ -212,27 +233,10 @@ class Model:
                     prob += pulp.lpSum(vars_) <= self.pools[p].count, f"c4_{n}"
                 self.seg_cost += [(v, members[0].price_per_hour) for v in vars_]
                 continue
-            segs = [pulp.LpVariable(f"s_{n}_{k}", lowBound=0, upBound=q.count) for k, q in enumerate(members)]
+            segs = [self.prob.add_variable(f"s_{n}_{k}", lowBound=0, upBound=q.count) for k, q in enumerate(members)]
             prob += pulp.lpSum(vars_) == pulp.lpSum(segs), f"c4_{n}"
             self.seg_cost += [(sv, q.price_per_hour) for sv, q in zip(segs, members)]
-        # (5) adapter memory, only where the adapters of a group might not all fit
-        self.u = {}
-        for (g, p) in self.h:
-            pool = self.pools[p]
-            if pool.gpu_memory_gb <= 0:
-                continue
-            mems = [(t, m) for (t, m) in self.gmembers[g] if (t, m, p) in self.mu]
-            base = max(self.vobj[k].memory_gb for k in mems)
-            if base + sum(self.vobj[k].adapter_memory_gb for k in mems) <= pool.gpu_memory_gb + 1e-9:
-                continue
-            terms = []
-            for (t, m) in mems:
-                uv = pulp.LpVariable(f"u_{len(self.u)}", cat="Binary")
-                self.u[(t, m, p)] = uv
-                prob += self.r[(t, m, p)] <= (self.mu[(t, m, p)] * pool.count / self.rate[t]) * uv
-                prob += uv <= self.z[(t, m)]
-                terms.append((uv, self.vobj[(t, m)].adapter_memory_gb))
-            prob += pulp.LpAffineExpression(terms) <= pool.gpu_memory_gb - base
+        # (5) adapter memory: enforced by the configurations built above
         # (6) flow conservation at location level
         self._flows(up_only)
         # (7) bandwidth caps
@@ -256,7 +260,7 @@ class Model:
         if previous is not None and churn_penalty > 0 and fix_hosts is None:
             for n, (k, var) in enumerate(self.h.items()):
                 h0 = self.h0.get(k, 0)
-                dv = pulp.LpVariable(f"d_{n}", lowBound=0)
+                dv = self.prob.add_variable(f"d_{n}", lowBound=0)
                 prob += dv >= var - h0
                 prob += dv >= h0 - var
                 self.d[k] = dv
@@ -269,6 +273,18 @@ class Model:
                   for k, (var, size, scale) in self.f.items()]
         terms += [(dv, churn_penalty) for dv in self.d.values()]
         prob += pulp.LpAffineExpression(terms)
+
+    def _configurations(self, g: str, members: tuple, pool) -> list[tuple[str, tuple]]:
+        """Which members of group g may share one node of ``pool``: all of them when their
+        adapters fit beside the base weights, else every maximal subset that fits."""
+        def fits(sub) -> bool:
+            base = max(self.vobj[k].memory_gb for k in sub)
+            return base + sum(self.vobj[k].adapter_memory_gb for k in sub) <= pool.gpu_memory_gb + 1e-9
+        if pool.gpu_memory_gb <= 0 or len(members) == 1 or fits(members):
+            return [(g, members)]
+        subs = [c for k in range(len(members), 0, -1) for c in itertools.combinations(members, k) if fits(c)]
+        maximal = [c for c in subs if not any(set(c) < set(o) for o in subs)]
+        return [(f"{g}#{i + 1}", c) for i, c in enumerate(maximal)]
 
     def _adapters_tight(self, p, fix_choice) -> bool:
         if p.gpu_memory_gb <= 0:
@@ -309,7 +325,7 @@ class Model:
         pb, prob = self.pb, self.prob
         self.f: dict[tuple, tuple[pulp.LpVariable, float]] = {}
         R = defaultdict(list)              # (task, variant, loc) -> [r vars]
-        for (t, m, p), var in self.r.items():
+        for (t, m, p, _c), var in self.r.items():
             R[(t, m, self.pools[p].location)].append(var)
         locs_of = defaultdict(set)
         for (t, m, l) in R:
@@ -356,7 +372,7 @@ class Model:
                         for l2 in cl:
                             if not pb.flow_allowed(l1, l2, up_only):
                                 continue
-                            var = pulp.LpVariable(f"f_{len(self.f)}", lowBound=0)
+                            var = self.prob.add_variable(f"f_{len(self.f)}", lowBound=0)
                             self.f[(ei, a, b, l1, l2)] = (var, size, task_rate[e.dst])
                             out_terms[(a, l1)].append((var, 1.0))
                             in_terms[(gkey, b, l2)].append((var, 1.0))
@@ -380,7 +396,7 @@ class Model:
             rows = [(dict(c), acc) for c, acc in pb.accuracy_table if acc >= amin - 1e-9]
             rows = [(c, a) for c, a in rows if all((t, m) in self.z for t, m in c.items())]
             for i, (c, a) in enumerate(rows):
-                self.w[i] = pulp.LpVariable(f"w_{i}", cat="Binary")
+                self.w[i] = self.prob.add_variable(f"w_{i}", cat="Binary")
             prob += pulp.lpSum(self.w.values()) == 1, "c8_one_row"
             for (t, m), zv in self.z.items():
                 prob += zv == pulp.lpSum(self.w[i] for i, (c, _) in enumerate(rows) if c.get(t) == m)
@@ -399,7 +415,7 @@ class Model:
         if all(m.profile is None for c in self.cand.values() for m in c):
             # (8b) default profiles y = acc * x: exact and tight in logs, no big-M
             for t in pb.tasks:
-                self.y[t.name] = pulp.LpVariable(f"ly_{len(self.y)}", upBound=0)
+                self.y[t.name] = self.prob.add_variable(f"ly_{len(self.y)}", upBound=0)
             for t in pb.tasks:
                 gain = pulp.LpAffineExpression([(self.z[(t.name, m.name)], math.log(m.accuracy))
                                                 for m in self.cand[t.name]])
@@ -410,7 +426,7 @@ class Model:
                 prob += self.y[s] >= math.log(max(pb.min_accuracy, 1e-12)), f"c8_sink_{s}"
             return
         for t in pb.tasks:
-            self.y[t.name] = pulp.LpVariable(f"y_{len(self.y)}", lowBound=0, upBound=1)
+            self.y[t.name] = self.prob.add_variable(f"y_{len(self.y)}", lowBound=0, upBound=1)
         for t in pb.tasks:
             for m in self.cand[t.name]:
                 zv = self.z[(t.name, m.name)]

@@ -180,10 +180,11 @@ def extract(model: Model, *, planner: str, status: str, seconds: float, gap: Opt
     hosts_n = _to_pools(model, class_h, prev)
     members = defaultdict(list)
     load = defaultdict(float)
-    for (t, m, c), x in rate.items():
-        g = model.vgroup[(t, m)]
+    rate_of = {}
+    for (t, m, c, g), x in rate.items():       # g: the configuration's label
         members[(g, c)].append((t, m))
         load[(g, c)] += x / model.mu[(t, m, c)]
+        rate_of[(t, m, c, g)] = x
     hosts = []
     replicas = []
     compute = 0.0
@@ -198,7 +199,7 @@ def extract(model: Model, *, planner: str, status: str, seconds: float, gap: Opt
         mem = tuple(sorted(members.get((g, c), [])))
         hosts.append(HostGroup(group=g, pool=p, count=n, members=mem, cost_per_hour=cost))
         for (t, m) in mem:
-            x = rate[(t, m, c)] * frac
+            x = rate_of[(t, m, c, g)] * frac
             share = (x / model.mu[(t, m, c)]) / (load[(g, c)] * frac) if load[(g, c)] > 0 else 1.0 / len(mem)
             others = tuple(f"{a}:{b}" for a, b in mem if (a, b) != (t, m))
             replicas.append(Replica(task=t, variant=m, pool=p, location=loc_str(real[p].location),
@@ -244,6 +245,8 @@ def evaluate(problem: PlanProblem, choice: dict, hosts: dict, *, planner: str, u
     """Cost of a fixed variant choice and host placement, routed at least cost (an LP).
     Returns None when that placement cannot carry the load."""
     opts = opts or PlanOptions()
+    from dataclasses import replace
+    opts = replace(opts, time_limit=max(opts.time_limit, 30.0), method="exact")  # a small LP/MILP
     t0 = time.perf_counter()
     model = Model(problem, up_only=up_only, previous=previous, fix_choice=choice, fix_hosts=hosts)
     res = run(model, opts)

@@ -1,8 +1,9 @@
 """Test-only reference: exhaustive search over variant choices and integer host counts.
 
 For every variant choice meeting the accuracy SLO (accuracy recomputed here from the raw
-profiles), every vector of whole nodes per (base group, pool), and every maximal set of
-adapters that fits a host's memory, the request split and the data routing are an LP, solved
+profiles) and every vector of whole nodes per (base group, node configuration, pool) -- a
+configuration is the set of tasks whose adapters share a node: all of the group, or each
+maximal set that fits the node's memory -- the request split and the data routing are an LP, solved
 here with *pool-level* flows (the MILP uses location-level flows). Vectors are visited in order
 of compute cost, so the search stops once compute alone exceeds the best total found.
 """
@@ -64,26 +65,31 @@ def _mu(pb, v, p):
     return v.rps.get(p.hardware, 0.0)
 
 
-def _route_lp(pb, choice, var, hosts, allowed, up_only):
-    """Least transfer cost for fixed hosts; None if the load does not fit."""
+def _route_lp(pb, choice, var, slots, up_only):
+    """Least transfer cost for fixed nodes; None if the load does not fit. ``slots`` maps
+    (label, pool id) -> (nodes, tasks allowed to share those nodes)."""
     prob = pulp.LpProblem("bf", pulp.LpMinimize)
     pools = {p.id: p for p in pb.pools}
     r = {}
+    for (label, pid), (n, members) in slots.items():
+        for t in members:
+            if n > 0 and _mu(pb, var[t], pools[pid]) > 0:
+                r[(t, pid, label)] = prob.add_variable(f"r{len(r)}", lowBound=0)
     for t in pb.tasks:
-        v = var[t.name]
-        for (g, pid), n in hosts.items():
-            if g == v.group and n > 0 and _mu(pb, v, pools[pid]) > 0 and (t.name, pid) in allowed:
-                r[(t.name, pid)] = pulp.LpVariable(f"r{len(r)}", lowBound=0)
-    for t in pb.tasks:
-        terms = [x for (tn, _), x in r.items() if tn == t.name]
+        terms = [x for (tn, _, _), x in r.items() if tn == t.name]
         if not terms:
             return None
         prob += pulp.lpSum(terms) == t.rate
-    for (g, pid), n in hosts.items():
-        terms = [x * (1.0 / _mu(pb, var[tn], pools[pid])) for (tn, p2), x in r.items()
-                 if p2 == pid and var[tn].group == g]
+    for (label, pid), (n, members) in slots.items():
+        terms = [x * (1.0 / _mu(pb, var[tn], pools[pid])) for (tn, p2, l2), x in r.items()
+                 if p2 == pid and l2 == label]
         if terms:
             prob += pulp.lpSum(terms) <= n
+    # per (task, pool): the sum over configurations
+    rp = {}
+    for (tn, pid, _), x in r.items():
+        rp.setdefault((tn, pid), []).append(x)
+    r = {k: pulp.lpSum(v) for k, v in rp.items()}
     cost = []
     caps = {}
     into = {}
@@ -101,7 +107,7 @@ def _route_lp(pb, choice, var, hosts, allowed, up_only):
         for (pk, l1, _), (ck, l2, _) in itertools.product(prods, cons):
             if up_only and RANK[l2[1]] < RANK[l1[1]]:
                 continue
-            x = pulp.LpVariable(f"x{len(r)}_{len(cost)}_{len(xs)}", lowBound=0)
+            x = prob.add_variable(f"x{len(r)}_{len(cost)}_{len(xs)}", lowBound=0)
             xs[(pk, ck)] = x
             cost.append(K * size * pb.network.price(l1, l2) * x)
             cap = pb.network.bandwidth(l1, l2)
@@ -123,15 +129,17 @@ def _route_lp(pb, choice, var, hosts, allowed, up_only):
     return pulp.value(prob.objective) or 0.0
 
 
-def _adapter_options(pb, var, tasks_in_group, pool):
-    """Maximal sets of tasks whose adapters fit together on one node of ``pool``."""
+def _configurations(pb, var, tasks_in_group, pool):
+    """Sets of tasks that may share one node of ``pool``: all, or each maximal set that fits."""
     members = [t for t in tasks_in_group if _mu(pb, var[t], pool) > 0]
-    if pool.gpu_memory_gb <= 0 or not members:
-        return [set(members)]
-    base = max(var[t].memory_gb for t in members)
-    fits = lambda s: base + sum(var[t].adapter_memory_gb for t in s) <= pool.gpu_memory_gb + 1e-9
-    subsets = [set(s) for k in range(len(members), 0, -1) for s in itertools.combinations(members, k) if fits(s)]
-    return [s for s in subsets if not any(s < o for o in subsets)] or [set()]
+    if not members:
+        return []
+    base = lambda s: max(var[t].memory_gb for t in s)  # noqa: E731
+    fits = lambda s: pool.gpu_memory_gb <= 0 or base(s) + sum(var[t].adapter_memory_gb for t in s) <= pool.gpu_memory_gb + 1e-9  # noqa: E731
+    if fits(members):
+        return [frozenset(members)]
+    subsets = [frozenset(s) for k in range(len(members), 0, -1) for s in itertools.combinations(members, k) if fits(s)]
+    return [s for s in subsets if not any(s < o for o in subsets)]
 
 
 def brute_force(pb, up_only=False):
@@ -146,31 +154,28 @@ def brute_force(pb, up_only=False):
         groups = {}
         for t, v in var.items():
             groups.setdefault(v.group, []).append(t)
-        slots = [(g, p) for g in groups for p in pb.pools
-                 if any(_mu(pb, var[t], p) > 0 for t in groups[g])]
+        slots = [(f"{g}/{i}", p, conf) for g in groups for p in pb.pools
+                 for i, conf in enumerate(_configurations(pb, var, groups[g], p))]
         vectors = []
-        for counts in itertools.product(*[range(p.count + 1) for _, p in slots]):
+        for counts in itertools.product(*[range(p.count + 1) for _, p, _ in slots]):
             used = {}
-            for (g, p), n in zip(slots, counts):
+            for (_, p, _), n in zip(slots, counts):
                 used[p.id] = used.get(p.id, 0) + n
-            if any(used[p.id] > p.count for _, p in slots):
+            if any(used[p.id] > p.count for _, p, _ in slots):
                 continue
-            compute = sum(n * p.price_per_hour for (_, p), n in zip(slots, counts))
+            compute = sum(n * p.price_per_hour for (_, p, _), n in zip(slots, counts))
             vectors.append((compute, counts))
         vectors.sort(key=lambda x: x[0])
         for compute, counts in vectors:
             if compute >= best - 1e-9:
                 break
-            hosts = {(g, p.id): n for (g, p), n in zip(slots, counts) if n > 0}
-            # necessary: each task's capacity on its group's hosts covers its rate
-            if any(sum(_mu(pb, var[t], p) * hosts.get((var[t].group, p.id), 0) for p in pb.pools)
-                   < t_rate - 1e-9 for t, t_rate in ((t.name, t.rate) for t in pb.tasks)):
+            hosts = {(label, p.id): (n, conf) for (label, p, conf), n in zip(slots, counts) if n > 0}
+            # necessary: each task's capacity on the nodes it may use covers its rate
+            pools = {p.id: p for p in pb.pools}
+            if any(sum(_mu(pb, var[t.name], pools[pid]) * n for (_, pid), (n, conf) in hosts.items()
+                       if t.name in conf) < t.rate - 1e-9 for t in pb.tasks):
                 continue
-            opts = [[(g, p.id, s) for s in _adapter_options(pb, var, groups[g], p)]
-                    for (g, p), n in zip(slots, counts) if n > 0]
-            for pick in itertools.product(*opts):
-                allowed = {(t, pid) for g, pid, s in pick for t in s}
-                tr = _route_lp(pb, choice, var, hosts, allowed, up_only)
-                if tr is not None and compute + tr < best:
-                    best = compute + tr
+            tr = _route_lp(pb, choice, var, hosts, up_only)
+            if tr is not None and compute + tr < best:
+                best = compute + tr
     return None if best == math.inf else best
