@@ -394,4 +394,18 @@ class WorkflowManager:
                         out.append({"variant": f"{t.name}/{v.name}", "hardware": hw, "declared_rps": declared,
                                     "measured_rps": m[0] if m else 0.0,
                                     "source": m[1] if m else "declared"})
+        # What agents report in heartbeats: requests/s served per replica over the last minute.
+        served: dict[tuple[str, str], float] = {}
+        for a in rec.assignments:
+            node = self.registry.nodes.get(a["node_id"])
+            if node is None:
+                continue
+            rates = node.status.get("measured_throughput") or {}
+            rate = rates.get(a["adapter"] or "base")
+            if rate:
+                key = (f"{a['task']}/{a['variant']}", hardware_class(node))
+                served[key] = served.get(key, 0.0) + rate
+        for (variant, hw), rate in sorted(served.items()):
+            out.append({"variant": variant, "hardware": hw, "declared_rps": 0.0, "measured_rps": rate,
+                        "source": "heartbeat"})
         return out

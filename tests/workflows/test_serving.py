@@ -60,7 +60,9 @@ def test_submit_route_shares_and_bytes(harness):
     with h.client() as c:
         st = c.submit(str(h.write("wf-route", one_stage(h, "wf-route", 22))))
         assert st.plan["status"] in ("optimal", "feasible") and st.plan["total_cost_per_hour"] > 0
-        st = c.wait_ready("wf-route", 90)
+        c.wait_ready("wf-route", 90)      # READY: every stage has a ready replica; wait for all of them
+        st = wait_until(lambda: (lambda s: s if all(r["state"] == "ready" for r in s.replicas) else None)(
+            c.status("wf-route")), 60, "every replica ready")
         assert {w["name"] for w in c.workflows()} >= {"wf-route"}
         weights = {r["replica_id"]: r["weight"] for r in st.replicas}
         assert len(weights) >= 3 and abs(sum(weights.values()) - 1) < 1e-6
@@ -202,3 +204,41 @@ def test_bad_input_gets_clear_errors(harness):
         with pytest.raises(InvalidArgument):
             c.invoke("wf-wait", {"wrong": 1})
         c.delete("wf-wait")
+
+
+def test_model_store_names_and_embedding_stage(harness):
+    """Models and adapters pushed to the coordinator's store and named by sha256 are fetched by
+    the agents (checksummed chunks); an embedding stage returns a vector."""
+    h = harness
+    with h.client() as c:
+        base = c.push(h.models / "base", "model")
+        adapter = c.push(h.models / "tenant-c", "adapter")
+        assert base.startswith("sha256:") and len(base) == 71 and adapter != base
+        assert c.push(h.models / "base", "model") == base              # content-addressed: same name
+        spec = {
+            "name": "wf-embed",
+            "sources": [{"name": "docs", "rate": 2, "region": "us-east", "tier": "datacenter"}],
+            "tasks": [{"name": "embed", "kind": "embedding", "variants": [
+                {"name": "tenant-c", "model": base, "adapter": "tenant-c", "adapter_path": adapter,
+                 "accuracy": 0.9, "memory_gb": 1, "throughput": {"a100": 50, "rtx4090": 20, "orin": 5}}]}],
+            "edges": [{"from": "docs", "to": "embed", "size_kb": 1}],
+        }
+        c.submit(str(h.write("wf-embed", spec)))
+        st = c.wait_ready("wf-embed", 90)
+        r = c.invoke("wf-embed", {"text": "a document to embed"})
+        vec = r["output"]["embedding"]
+        assert isinstance(vec, list) and len(vec) == 64 and all(isinstance(x, float) for x in vec)
+        # the heartbeat reports what the replica served
+        node = st.replicas[0]["node"]
+        for i in range(5):
+            c.invoke("wf-embed", {"text": f"doc {i}"})
+        wait_until(lambda: any(p["source"] == "heartbeat" and p["measured_rps"] > 0
+                               for p in c.status("wf-embed").profiles), 10, "heartbeat throughput")
+        assert (h.fleet.dir / f"agent-{node}" / "blobs" / base.split(":")[1] / ".complete").exists()
+        c.delete("wf-embed")
+
+        with pytest.raises(NotFound):
+            bad = dict(spec, name="wf-embed2")
+            bad["tasks"] = [dict(spec["tasks"][0], variants=[dict(spec["tasks"][0]["variants"][0],
+                                                                  model="sha256:" + "0" * 64)])]
+            c.submit(str(h.write("wf-embed2", bad)))

@@ -1,0 +1,89 @@
+"""The content-addressed store and the agent's fetcher, in process."""
+
+import asyncio
+import hashlib
+
+import grpc
+import pytest
+
+from atoll.agent.fetch import resolve_source
+from atoll.archive import archive_dir, safe_extract
+from atoll.coordinator.blobs import BlobStore
+from atoll.coordinator.model_store_api import ModelStoreApi
+from atoll.coordinator.store import SqliteStore
+from atoll.errors import FailedPrecondition, InvalidArgument, NotFound
+from atoll.proto.v1 import control_pb2
+from atoll.rpc import add_service
+
+
+def make_dir(p, n=3, size=3 << 20):
+    p.mkdir(parents=True)
+    for i in range(n):
+        (p / f"f{i}.bin").write_bytes(bytes([i]) * (size // n))
+    (p / "sub").mkdir()
+    (p / "sub" / "config.json").write_text("{}")
+    return p
+
+
+def test_archive_is_deterministic_and_extracts(tmp_path):
+    d = make_dir(tmp_path / "m")
+    a1, a2 = archive_dir(d), archive_dir(d)
+    assert a1 == a2
+    safe_extract(a1, tmp_path / "out")
+    assert (tmp_path / "out" / "sub" / "config.json").read_text() == "{}"
+
+
+def test_store_put_read_and_errors(tmp_path):
+    store = BlobStore(tmp_path / "blobs", SqliteStore(tmp_path / "s.db"))
+    data = archive_dir(make_dir(tmp_path / "m"))
+    info = store.put(iter([(data[:1000], "m", "model"), (data[1000:], "", "")]))
+    assert info["name"] == "sha256:" + hashlib.sha256(data).hexdigest() and info["size_bytes"] == len(data)
+    assert b"".join(c for c, _, _ in store.read(info["name"])) == data
+    assert b"".join(c for c, _, _ in store.read(info["name"], 5000)) == data[5000:]
+    with pytest.raises(NotFound):
+        store.info("sha256:" + "1" * 64)
+    with pytest.raises(InvalidArgument):
+        store.info("not-a-name")
+    with pytest.raises(InvalidArgument):
+        store.put(iter([(b"definitely not a tar archive" * 100, "x", "model")]))
+
+
+def test_fetch_over_grpc_verifies_and_resumes(tmp_path):
+    async def main():
+        store = BlobStore(tmp_path / "blobs", SqliteStore(tmp_path / "s.db"))
+        data = archive_dir(make_dir(tmp_path / "m"))
+        name = store.put(iter([(data, "m", "model")]))["name"]
+        server = grpc.aio.server()
+        add_service(server, ModelStoreApi(store), control_pb2.DESCRIPTOR.services_by_name["ModelStore"])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                cache = tmp_path / "cache"
+                cache.mkdir()
+                hexd = name.split(":")[1]
+                (cache / f"{hexd}.part").write_bytes(data[:12345])        # a partial earlier download
+                seen = []
+                path = await resolve_source(name, channel=ch, cache_dir=cache,
+                                            progress=lambda d, t: seen.append((d, t)))
+                assert (path / "sub" / "config.json").exists()
+                assert seen[0][0] > 12345 and seen[-1] == (len(data), len(data))
+                # a corrupted partial download is detected by the checksum and discarded
+                other = tmp_path / "cache2"
+                other.mkdir()
+                (other / f"{hexd}.part").write_bytes(b"x" * 12345)
+                with pytest.raises(FailedPrecondition, match="checksum"):
+                    await resolve_source(name, channel=ch, cache_dir=other)
+                assert not (other / f"{hexd}.part").exists()
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await resolve_source("sha256:" + "2" * 64, channel=ch, cache_dir=other)
+                assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+def test_plain_paths_are_checked(tmp_path):
+    with pytest.raises(NotFound):
+        asyncio.run(resolve_source(str(tmp_path / "missing"), channel=None, cache_dir=tmp_path))
