@@ -126,11 +126,11 @@ RESNET = [  # name, T4 img/s fp16, top-1 relative to 80%, memory GB
 def vision(scale: float = 1.0) -> PlanProblem:
     """JellyBean-style video analytics: cameras at the edge of two regions, detection, then a
     per-object classifier (2.5 objects per frame) and a light tracker; 200 KB frames, 20 KB
-    crops, 1 KB tracks; edge uplinks capped at 300 Mbit/s."""
+    crops, 1 KB tracks; edge uplinks capped at 500 Mbit/s per region."""
     regions = ["us-east", "us-west"]
     vis = ["t4", "a10g", "rtx4090", "orin"]
-    sources = [Source("cams-east", 120 * scale, ("us-east", "edge")),
-               Source("cams-west", 80 * scale, ("us-west", "edge"))]
+    sources = [Source("cams-east", 600 * scale, ("us-east", "edge")),    # 20 cameras at 30 fps
+               Source("cams-west", 390 * scale, ("us-west", "edge"))]    # 13 cameras at 30 fps
     detect = [Variant(n, a, rps(r, vis), memory_gb=m) for n, r, a, m in YOLO]
     classify = [Variant(n, a, rps(r, vis), memory_gb=m) for n, r, a, m in RESNET]
     track = [Variant("bytetrack", 0.99, rps(3000, vis), memory_gb=0.2),
@@ -142,7 +142,7 @@ def vision(scale: float = 1.0) -> PlanProblem:
                   pool(f"g5-{r}", "a10g", r, 20)]
     pools.append(pool("vast-4090-us-east", "rtx4090", "us-east", int(8 * scale) + 2))
     return chain(sources, [("detect", detect), ("classify", classify), ("track", track)],
-                 [1.0, 2.5, 1.0], [200.0, 20.0, 1.0], "vision", pools, network(regions, 300 * scale),
+                 [1.0, 2.5, 1.0], [200.0, 20.0, 1.0], "vision", pools, network(regions, 500 * scale),
                  min_acc=0.85)
 
 
@@ -243,3 +243,134 @@ def fleet(scale: float = 1.0) -> PlanProblem:
 
 
 SCENARIOS = {"vision": vision, "rag": rag, "fleet": fleet}
+
+
+# ---------------------------------------------------------------- runs
+def machine() -> dict:
+    import pulp
+    try:
+        import highspy  # noqa: F401
+        from importlib.metadata import version
+        highs = version("highspy")
+    except Exception:
+        highs = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "pulp": pulp.__version__, "highspy": highs}
+
+
+def run_families(opts: PlanOptions, scale: float) -> list[dict]:
+    rows = []
+    for fam, build in SCENARIOS.items():
+        pb = build(scale)
+        costs = {}
+        for name, f in PLANNERS.items():
+            t0 = time.perf_counter()
+            try:
+                p = f(pb, options=opts)
+                costs[name] = {"total": p.total_cost_per_hour, "compute": p.compute_cost_per_hour,
+                               "transfer": p.transfer_cost_per_hour, "accuracy": p.accuracy,
+                               "nodes": p.nodes_used(), "seconds": time.perf_counter() - t0,
+                               "gap": p.gap, "status": p.status, "variants": p.variants}
+            except PlanInfeasible as e:
+                costs[name] = {"total": None, "error": str(e)}
+        try:
+            up = PLANNERS["milp"](pb, options=PlanOptions(**{**opts.__dict__, "data_up_only": True}))
+            up_cost = up.total_cost_per_hour
+        except PlanInfeasible:
+            up_cost = None
+        milp = costs["milp"]["total"]
+        savings = {n: (None if c.get("total") is None or milp is None else 1 - milp / c["total"])
+                   for n, c in costs.items() if n != "milp"}
+        rows.append({"family": fam, "tasks": len(pb.tasks), "pools": len(pb.pools),
+                     "nodes": sum(p.count for p in pb.pools), "rate": pb.total_source_rate,
+                     "planners": costs, "milp_saving_over": savings,
+                     "milp_up_only_total": up_cost,
+                     "up_only_extra": None if up_cost is None or milp is None else up_cost / milp - 1})
+    return rows
+
+
+def run_scaling(grid, opts: PlanOptions) -> list[dict]:
+    rows = []
+    for nodes, pools, tasks, variants in grid:
+        pb = scaling_problem(nodes, pools, tasks, variants, seed=0)
+        t0 = time.perf_counter()
+        try:
+            p = PLANNERS["milp"](pb, options=opts)
+            row = {"status": p.status, "gap": p.gap, "cost": p.total_cost_per_hour,
+                   "nodes_used": p.nodes_used(), "method": p.notes[0] if p.notes else ""}
+        except PlanInfeasible as e:
+            row = {"status": "infeasible", "gap": None, "cost": None, "error": str(e)}
+        row.update({"nodes": nodes, "pools": pools, "tasks": tasks, "variants": variants,
+                    "seconds": time.perf_counter() - t0})
+        rows.append(row)
+        print(f"  {nodes:>6} nodes {pools:>4} pools {tasks:>3} tasks {variants} variants: "
+              f"{row['seconds']:6.2f} s  gap {_pct(row['gap'])}  {row['status']}", flush=True)
+    return rows
+
+
+def _pct(x) -> str:
+    return "  n/a" if x is None else f"{100 * x:5.2f}%"
+
+
+def print_tables(fam_rows, scale_rows) -> None:
+    names = list(PLANNERS)
+    print("\nCost per planner ($/h) and the MILP's saving over each")
+    print(f"{'family':<8} " + " ".join(f"{n:>14}" for n in names) + f" {'MILP up-only':>13}")
+    for r in fam_rows:
+        cells = []
+        for n in names:
+            c = r["planners"][n].get("total")
+            s = r["milp_saving_over"].get(n)
+            cells.append(f"{'-' if c is None else f'{c:,.2f}':>14}" if n == "milp" else
+                         f"{('-' if c is None else f'{c:,.2f}') + ('' if s is None else f' ({100 * s:.0f}%)'):>14}")
+        up = r["milp_up_only_total"]
+        print(f"{r['family']:<8} " + " ".join(cells) + f" {'-' if up is None else f'{up:,.2f}':>13}")
+    print("\nMILP scaling (time limit and gap target as in the JSON)")
+    print(f"{'nodes':>6} {'pools':>5} {'tasks':>5} {'vars':>4} {'seconds':>8} {'gap':>7}  status")
+    for r in scale_rows:
+        print(f"{r['nodes']:>6} {r['pools']:>5} {r['tasks']:>5} {r['variants']:>4} {r['seconds']:>8.2f} "
+              f"{_pct(r['gap']):>7}  {r['status']}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smaller grid (about a minute)")
+    ap.add_argument("--time-limit", type=float, default=5.0, help="MILP time limit for scaling runs")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "planner.json"))
+    a = ap.parse_args(argv)
+    fam_opts = PlanOptions(time_limit=20.0, gap=0.005)
+    scale_opts = PlanOptions(time_limit=a.time_limit, gap=0.01)
+    if a.quick:
+        grid = [(10, 5, 2, 4), (1000, 50, 4, 6), (10000, 200, 8, 8)]
+    else:
+        grid = [(n, p, t, v) for n, p in ((10, 5), (100, 10), (1000, 50), (10000, 200))
+                for t, v in ((2, 4), (4, 6), (8, 8), (12, 8))]
+    t0 = time.perf_counter()
+    print("scenario families ...", flush=True)
+    fam = run_families(fam_opts, 1.0)
+    print("scaling ...", flush=True)
+    scale = run_scaling(grid, scale_opts)
+    print_tables(fam, scale)
+    target = [r for r in scale if r["nodes"] == 10000 and r["tasks"] == 8]
+    out = {"machine": machine(), "quick": a.quick, "wall_seconds": time.perf_counter() - t0,
+           "options": {"families": fam_opts.__dict__, "scaling": scale_opts.__dict__},
+           "families": fam, "scaling": scale,
+           "target_10000_nodes_8_tasks": {"seconds_max": 5.0, "gap_max": 0.01,
+                                          "met": bool(target) and all(r["seconds"] <= 5.5 and (r["gap"] or 1) <= 0.01
+                                                                      for r in target)}}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1, default=str))
+    print(f"\nwrote {a.out} in {out['wall_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Optional
 
@@ -100,12 +101,13 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
     churn = opts.churn_penalty if previous is not None else 0.0
     model = Model(problem, up_only=up, previous=previous, churn_penalty=churn)
     method = opts.method
+    lower = None
     if method == "auto":
         method = "decompose" if len(model.h) + len(model.u) > opts.decompose_above else "exact"
     if method == "decompose" and not model.empty_tasks:
         from atoll.planner.decompose import variant_branch_and_bound, variant_milp
         if opts.variant_search == "highs":
-            choice, lower, nodes = variant_milp(model, 0.6 * opts.time_limit, opts.gap, opts)
+            choice, lower, nodes = variant_milp(model, opts.phase1_share * opts.time_limit, opts.gap, opts)
         else:
             choice, lower, nodes = variant_branch_and_bound(model, 0.6 * opts.time_limit, opts.gap)
         if choice is None and lower is None:
@@ -133,7 +135,10 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
         from atoll.planner.baselines import greedy_plan
         fb = greedy_plan(problem, previous=previous, options=opts)
         note = (f"MILP found no solution in {opts.time_limit:g} s; greedy fallback",)
-        return _replace(fb, planner="milp", status="fallback", notes=fb.notes + note,
+        gap = None
+        if lower is not None and math.isfinite(lower) and fb.total_cost_per_hour > 1e-9:
+            gap = max(0.0, 1 - lower / fb.total_cost_per_hour)   # against the variant phase's bound
+        return _replace(fb, planner="milp", status="fallback", notes=fb.notes + note, gap=gap,
                         solve_seconds=time.perf_counter() - t0)
     gap = res.gap
     if gap is None:  # CBC reports no bound: compare with the LP relaxation
