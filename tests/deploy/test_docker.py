@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 import time
@@ -81,7 +82,8 @@ def test_dockerfile_installs_pinned_torch_and_runs_as_non_root(dockerfile):
     torch = [ln for ln in lines if "torch==" in ln]
     assert torch and all("torch==2.13.0" in ln for ln in torch), torch
     cpu_index = any("download.pytorch.org/whl/cpu" in ln for ln in torch)
-    assert cpu_index == (dockerfile.name != "agent.Dockerfile"), "CPU images take the CPU wheel, the GPU image the CUDA one"
+    assert cpu_index == (dockerfile.name != "agent.Dockerfile"), \
+        "CPU images take the CPU wheel, the GPU image the CUDA one"
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0"), users
     assert any(ln.startswith("HEALTHCHECK ") for ln in lines)
@@ -162,7 +164,7 @@ def test_healthcheck_script(tmp_path):
 
     from tests.conftest import free_port
 
-    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(2))
+    server = grpc.server(ThreadPoolExecutor(2))
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     port = server.add_insecure_port("127.0.0.1:0")

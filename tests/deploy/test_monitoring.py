@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from tests.deploy.deploy_helpers import (ALERTS, ALERTS_TEST, DASHBOARD, PROMETHEUS_CONFIG, alert_exprs, alert_rules,
+from tests.deploy.deploy_helpers import (ALERTS, ALERTS_TEST, PROMETHEUS_CONFIG, alert_exprs, alert_rules,
                                          as_promql, dashboard, dashboard_exprs, dashboard_panels, exported_series,
                                          grepped_families, instantiated_families, metrics_in, run, tool,
                                          unknown_metrics)
@@ -53,7 +53,8 @@ def test_every_alert_is_unit_tested_firing_and_not_firing():
             (firing if t.get("exp_alerts") else quiet).add(t["alertname"])
     assert not set(names) - firing, f"alerts never shown firing in {ALERTS_TEST.name}: {sorted(set(names) - firing)}"
     assert not set(names) - quiet, f"alerts never shown quiet in {ALERTS_TEST.name}: {sorted(set(names) - quiet)}"
-    assert not (firing | quiet) - set(names), f"tests of alerts that do not exist: {sorted((firing | quiet) - set(names))}"
+    ghosts = (firing | quiet) - set(names)
+    assert not ghosts, f"tests of alerts that do not exist: {sorted(ghosts)}"
 
 
 def test_alerts_have_severity_summary_and_description():
