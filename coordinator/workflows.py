@@ -78,6 +78,11 @@ class WorkflowManager:
     def _check_serving(self, spec, src: str) -> None:
         variants = spec.resolved_variants(None)
         sinks = {t.name for t in spec.tasks} - {e.from_ for e in spec.edges}
+        for i, e in enumerate(spec.edges):
+            if getattr(e, "type", "text") != "text":
+                raise SpecError(f"edge {e.from_} -> {e.to} carries a tensor, but every stage takes text",
+                                source=src, path=f"edges[{i}].type",
+                                hint="tensors (an embedding stage's output) are workflow outputs; use type: text")
         for i, t in enumerate(spec.tasks):
             kind = getattr(t, "kind", "llm")
             if kind == "embedding" and t.name not in sinks:

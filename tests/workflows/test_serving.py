@@ -158,6 +158,28 @@ def test_two_stages_with_adapters_stream_and_status(harness):
         c.delete("wf-llm")
 
 
+def test_restarted_agent_converges_by_itself(harness):
+    """An agent restarted (kill -9, then started again before it is LOST) gets its assignments
+    again and its replica is ready, with no re-plan."""
+    h = harness
+    with h.client() as c:
+        c.submit(str(h.write("wf-conv", one_stage(h, "wf-conv", 2, max_tokens=2))))
+        st = c.wait_ready("wf-conv", 90)
+        node = st.replicas[0]["node"]
+        h.fleet.kill9(node)
+        h.restart_agent(node)
+        st2 = wait_until(lambda: (lambda s: s if s.state == "READY" and all(
+            r["state"] == "ready" for r in s.replicas) and s.replicas[0]["node"] == node else None)(
+            c.status("wf-conv")), 40, "the restarted agent's replica ready again")
+        assert st2.generation == st.generation
+        assert c.invoke("wf-conv", {"text": "again"})["stages"][0]["node"] == node
+        with pytest.raises(InvalidArgument, match="tensor"):
+            bad = one_stage(h, "wf-tensor", 2)
+            bad["edges"][0]["type"] = "tensor"
+            c.submit(str(h.write("wf-tensor", bad)))
+        c.delete("wf-conv")
+
+
 def test_coordinator_restart_during_serving(harness):
     h = harness
     with h.client() as c:
