@@ -28,6 +28,9 @@ RUN groupadd --system --gid 10001 atoll \
 COPY --from=build /opt/venv /opt/venv
 COPY deploy/docker/healthcheck.py /opt/atoll/healthcheck.py
 COPY deploy/docker/agent-entrypoint.sh /usr/local/bin/atoll-agent-entrypoint
+# ATOLL_WORKER_LISTEN: the agent advertises this address to the coordinator, and a wildcard
+# host is advertised as 127.0.0.1; set it to a name or IP other hosts can reach (compose: the
+# service name, Kubernetes: the pod IP), as deploy/compose and deploy/k8s do.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ATOLL_STATE_DIR=/var/lib/atoll/agent \

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.deploy.deploy_helpers import COMPOSE, DASHBOARD, PROMETHEUS_CONFIG, REPO
+from .deploy_helpers import COMPOSE, DASHBOARD, PROMETHEUS_CONFIG, REPO
 
 HERE = COMPOSE.parent
 

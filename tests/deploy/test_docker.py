@@ -7,11 +7,10 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.deploy.deploy_helpers import DEPLOY, DOCKERFILES, HADOLINT_CONFIG, REPO, run, tool
+from .deploy_helpers import DEPLOY, DOCKERFILES, HADOLINT_CONFIG, REPO, run, tool
 
 
 def test_dockerfiles_present():
@@ -157,31 +156,28 @@ def test_agent_entrypoint_keeps_an_existing_node_yaml(tmp_path):
     assert f"config: {own}" in res.stdout and "ignored" not in res.stdout
 
 
-def test_healthcheck_script(tmp_path):
+def test_healthcheck_script(port):
     """healthcheck.py exits 0 for SERVING, 1 for NOT_SERVING and for nothing listening."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from tests.conftest import free_port
-
     server = grpc.server(ThreadPoolExecutor(2))
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    bound = server.add_insecure_port("127.0.0.1:0")
     server.start()
     script = str(DEPLOY / "docker" / "healthcheck.py")
 
     def check(env):
-        return subprocess.run([sys.executable, script], env={**os.environ, **env}, capture_output=True,
+        return subprocess.run([sys.executable, script], env={**{k: v for k, v in os.environ.items() if not k.startswith("ATOLL_")}, **env}, capture_output=True,
                               text=True, timeout=30)
     try:
         hs.set("", health_pb2.HealthCheckResponse.SERVING)
-        assert check({"ATOLL_LISTEN": f"0.0.0.0:{port}"}).returncode == 0
+        assert check({"ATOLL_LISTEN": f"0.0.0.0:{bound}"}).returncode == 0
         hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        res = check({"ATOLL_LISTEN": f"0.0.0.0:{port}"})
+        res = check({"ATOLL_LISTEN": f"0.0.0.0:{bound}"})
         assert res.returncode == 1 and "NOT_SERVING" in res.stderr
     finally:
         server.stop(None)
-    time.sleep(0.1)
-    res = check({"ATOLL_HEALTHCHECK_ADDRESS": f"127.0.0.1:{free_port()}"})
+    res = check({"ATOLL_HEALTHCHECK_ADDRESS": f"127.0.0.1:{port}"})     # a free port: nothing listens
     assert res.returncode == 1 and "UNAVAILABLE" in res.stderr

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.deploy.deploy_helpers import COMPOSE, DEPLOY, K8S, load_yaml_docs, run, tool
+from .deploy_helpers import COMPOSE, DEPLOY, K8S, load_yaml_docs, run, tool
 
 # The oldest Kubernetes the manifests support (gRPC probes are GA since 1.27) and the newest
 # schema kubernetes-validate bundles (its default).

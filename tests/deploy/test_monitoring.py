@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from tests.deploy.deploy_helpers import (ALERTS, ALERTS_TEST, PROMETHEUS_CONFIG, alert_exprs, alert_rules,
+from .deploy_helpers import (ALERTS, ALERTS_TEST, PROMETHEUS_CONFIG, alert_exprs, alert_rules,
                                          as_promql, dashboard, dashboard_exprs, dashboard_panels, exported_series,
                                          grepped_families, instantiated_families, metrics_in, run, tool,
                                          unknown_metrics)
