@@ -84,9 +84,10 @@ def test_coordinator_and_agent_settings(compose):
 
     services = compose["services"]
     coord = _env(services["coordinator"])
-    known = {"ATOLL_" + f.upper() for f in CoordinatorSettings.model_fields} | {"ATOLL_DATABASE_URL"}
+    known = {"ATOLL_" + f.upper() for f in CoordinatorSettings.model_fields}
     assert set(coord) <= known, set(coord) - known
     grpc_port = coord["ATOLL_LISTEN"].rsplit(":", 1)[1]
+    assert coord["ATOLL_ADVERTISE"] == f"coordinator:{grpc_port}"
     assert f"{grpc_port}:{grpc_port}" in services["coordinator"]["ports"]
     url = _interpolate(coord["ATOLL_DATABASE_URL"])
     pg = _env(services["postgres"])

@@ -70,7 +70,6 @@ def _known_settings():
     from atoll.specs.config import AgentSettings, CoordinatorSettings
 
     coord = {"ATOLL_" + f.upper() for f in CoordinatorSettings.model_fields}
-    coord.add("ATOLL_DATABASE_URL")    # the PostgreSQL store's setting (ignored until it lands)
     node = set(re.findall(r"ATOLL_NODE_[A-Z_]+", (DEPLOY / "docker" / "agent-entrypoint.sh").read_text()))
     agent = {"ATOLL_" + f.upper() for f in AgentSettings.model_fields} | node
     return coord, agent
@@ -127,19 +126,26 @@ def _port_of(addr: str) -> int:
     return int(addr.rsplit(":", 1)[1])
 
 
-def test_coordinator(objs):
+def test_coordinators(objs):
     coord_settings, _ = _known_settings()
-    dep = _find(objs, "Deployment", "atoll-coordinator")
-    (c,) = _containers(dep)
+    sts = _find(objs, "StatefulSet", "atoll-coordinator")
+    (c,) = _containers(sts)
     env = _env(c)
     assert set(k for k in env if k.startswith("ATOLL_")) <= coord_settings, set(env) - coord_settings
     grpc_port = _port_of(env["ATOLL_LISTEN"]["value"])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": grpc_port, "metrics": _port_of(env["ATOLL_METRICS_LISTEN"]["value"])}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == grpc_port, probe
-    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+        # the overall status "": SERVING on the leader and on a standby (a standby answers reads)
+        assert c[probe]["grpc"]["port"] == grpc_port and not c[probe]["grpc"].get("service"), probe
+    annotations = sts["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+    # several replicas share PostgreSQL; each advertises its stable name under the headless Service
+    assert sts["spec"]["replicas"] >= 2
+    headless = _find(objs, "Service", sts["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["ATOLL_ADVERTISE"]["value"] == f"$(POD_NAME).{sts['spec']['serviceName']}.atoll.svc:{grpc_port}"
     # ATOLL_DATABASE_URL points at the PostgreSQL Service and database
     url = env["ATOLL_DATABASE_URL"]["value"]
     m = re.fullmatch(r"postgresql://(\w+):\$\(POSTGRES_PASSWORD\)@([\w.-]+):(\d+)/(\w+)", url)
@@ -149,11 +155,11 @@ def test_coordinator(objs):
     assert m.group(1) == pg_env["POSTGRES_USER"] and m.group(4) == pg_env["POSTGRES_DB"]
     assert m.group(2).split(".")[0] == "postgres" and int(m.group(3)) == 5432
     assert _find(objs, "Service", "postgres")["spec"]["ports"][0]["port"] == 5432
-    # SQLite state until the PostgreSQL store lands: one replica, never two at once
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
 
 
 def test_agent_daemonset(objs):
+    from atoll.specs.config import split_addresses
+
     _, agent_settings = _known_settings()
     ds = _find(objs, "DaemonSet", "atoll-agent")
     spec = ds["spec"]["template"]["spec"]
@@ -169,10 +175,12 @@ def test_agent_daemonset(objs):
     assert [p["containerPort"] for p in c["ports"]] == [worker_port]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["grpc"]["port"] == worker_port, probe
-    svc = _find(objs, "Service", "atoll-coordinator")
-    host, port = env["ATOLL_COORDINATOR"]["value"].rsplit(":", 1)
-    assert host.split(".")[0] == svc["metadata"]["name"]
-    assert int(port) in [p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc"]
+    # the agent knows every coordinator replica by its stable name
+    sts = _find(objs, "StatefulSet", "atoll-coordinator")
+    grpc_port = _port_of(_env(_containers(sts)[0])["ATOLL_LISTEN"]["value"])
+    want = [f"atoll-coordinator-{i}.{sts['spec']['serviceName']}.atoll.svc:{grpc_port}"
+            for i in range(sts["spec"]["replicas"])]
+    assert split_addresses(env["ATOLL_COORDINATOR"]["value"]) == want
 
 
 def test_agent_configmap_makes_a_valid_node_yaml(objs, tmp_path):
