@@ -30,7 +30,7 @@ from atoll.logs import kv
 from atoll.proto.v1 import common_pb2
 from atoll.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS, add_health_and_reflection, set_serving
 from atoll.specs.common import load_yaml
-from atoll.specs.config import AgentSettings, split_address
+from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, AgentSettings, split_address, split_addresses
 from atoll.specs.node import NodeConfig
 
 log = logging.getLogger("atoll.agent")
@@ -72,6 +72,7 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ids = NodeIdFile(self.state_dir)
         self.channel: grpc.aio.Channel | None = None
+        self.channels: list[grpc.aio.Channel] = []
         self.hb: HeartbeatClient | None = None
         self.duties: list[Duty] = []
         self._tasks: list[asyncio.Task] = []
@@ -95,8 +96,13 @@ class Agent:
             raise Unauthenticated("no join token", hint="pass --join-token or set ATOLL_JOIN_TOKEN "
                                   "(the coordinator keeps it in STATE_DIR/join-token)")
         await self._start_worker_server()
-        self.channel = grpc.aio.insecure_channel(self.settings.coordinator, options=CHANNEL_OPTIONS)
-        self.hb = HeartbeatClient(self.channel, join_token=token, spec=self.spec(),
+        # One channel per coordinator listed (several: fail over between them).
+        addresses = split_addresses(self.settings.coordinator)
+        options = CHANNEL_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(addresses) > 1 else [])
+        self.channels = [grpc.aio.insecure_channel(a, options=options) for a in addresses]
+        self.channel = self.channels[0]
+        self.hb = HeartbeatClient(self.channels if len(self.channels) > 1 else self.channel,
+                                  addresses=addresses, join_token=token, spec=self.spec(),
                                   capacity=probe(self.node, str(self.state_dir)),
                                   node_id=self.ids.read(), on_node_id=self.ids.write,
                                   on_instruction=self._on_instruction, status_fn=self._status,
@@ -154,7 +160,8 @@ class Agent:
             if total and (done == total or done % (64 << 20) < (1 << 20)):
                 log.info("fetching", extra=kv(name=source[:19], done=done, total=total))
 
-        return await resolve_source(source, channel=self.channel, cache_dir=self.state_dir / "blobs",
+        channel = self.hb.channel if self.hb is not None else self.channel
+        return await resolve_source(source, channel=channel, cache_dir=self.state_dir / "blobs",
                                     progress=progress)
 
     async def _converge(self) -> None:
@@ -218,8 +225,8 @@ class Agent:
         if self.server is not None:
             await self.server.stop(5.0)       # in-flight requests get up to 5 s to finish
         await self.replicas.close()
-        if self.channel is not None:
-            await self.channel.close()
+        for ch in self.channels or ([self.channel] if self.channel is not None else []):
+            await ch.close()
 
     async def run_until_signal(self) -> None:
         await self.start()

@@ -8,6 +8,11 @@ restart) leads back to Register after an exponential back-off with jitter (base 
 capped at ``max_backoff``), so a restarted coordinator is not hit by a thundering herd.
 Refusals that retrying cannot fix (wrong join token, invalid node.yaml, a name in use) raise
 :class:`AgentRefused`.
+
+Failover: given several coordinators (one channel each), a failure moves on to the next one
+after a short pause (50-150 ms); the back-off grows once per round through the list, not per
+address. A standby's refusal ("standby; leader is at ADDR") points straight at the leader when
+ADDR is one of ours. With one channel the behaviour is exactly the single-coordinator one.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import grpc
 
 from atoll.logs import kv
 from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
+from atoll.specs.config import leader_from_refusal
 
 log = logging.getLogger("atoll.agent")
 
@@ -81,16 +87,23 @@ class HeartbeatClient:
     ``status_fn()`` returns the current ``atoll.v1.NodeStatus`` (or None); ``on_instruction``
     receives each ``atoll.v1.Instruction`` from the coordinator (may be a coroutine function).
     ``node_id`` is the id kept by the caller; ``on_node_id`` is called when the coordinator
-    assigns one, so the caller can persist it.
+    assigns one, so the caller can persist it. ``channel`` may be a list (one channel per
+    coordinator, ``addresses`` their HOST:PORT in the same order) to fail over between them.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, *, join_token: str, spec: dict, capacity: dict,
+    def __init__(self, channel: grpc.aio.Channel | list[grpc.aio.Channel], *, join_token: str, spec: dict,
+                 capacity: dict,
                  node_id: str = "", status_fn: Callable[[], common_pb2.NodeStatus | None] | None = None,
                  on_instruction: Callable[[control_pb2.Instruction], Awaitable[None] | None] | None = None,
                  on_node_id: Callable[[str], None] | None = None, max_backoff: float = 5.0,
                  generation_fn: Callable[[], int] | None = None,
-                 rng: random.Random | None = None):
-        self.stub = control_pb2_grpc.AgentServiceStub(channel)
+                 rng: random.Random | None = None, addresses: list[str] | None = None):
+        self.channels = list(channel) if isinstance(channel, (list, tuple)) else [channel]
+        self.addresses = list(addresses or [])
+        self._stubs = [control_pb2_grpc.AgentServiceStub(c) for c in self.channels]
+        self._current = 0
+        self._tried = 0                      # addresses tried since the last back-off step
+        self.stub = self._stubs[0]
         self.join_token = join_token
         self.spec = spec
         self.capacity = capacity
@@ -111,6 +124,11 @@ class HeartbeatClient:
         self.sent = 0
         self.reconnects = 0
         self.last_error: str = ""
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel to the coordinator in use now."""
+        return self.channels[self._current]
 
     # -- control ------------------------------------------------------------------------------
     def set_capacity(self, cap: dict) -> None:
@@ -161,12 +179,28 @@ class HeartbeatClient:
             if self._stop.is_set():
                 break
             self.reconnects += 1
-            delay = self.backoff.next()
+            delay = self._next_coordinator()
             log.debug("reconnecting", extra=kv(node=self.spec["name"], in_s=round(delay, 2), error=self.last_error))
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except asyncio.TimeoutError:
                 pass
+
+    def _next_coordinator(self) -> float:
+        """After a failure: move to the next coordinator; return how long to wait first."""
+        if len(self._stubs) == 1:
+            return self.backoff.next()
+        leader = leader_from_refusal(self.last_error)
+        if leader in self.addresses and self.addresses.index(leader) != self._current:
+            self._current = self.addresses.index(leader)
+        else:
+            self._current = (self._current + 1) % len(self._stubs)
+        self.stub = self._stubs[self._current]
+        self._tried += 1
+        if self._tried >= len(self._stubs):          # a full round failed: back off
+            self._tried = 0
+            return self.backoff.next()
+        return 0.05 + self.backoff.rng.uniform(0, 0.1)
 
     async def _register(self) -> None:
         status = self.status_fn() if self.status_fn else None
@@ -225,6 +259,7 @@ class HeartbeatClient:
             if first:
                 first = False
                 self.backoff.reset()
+                self._tried = 0
                 self.connected.set()
                 if resp.heartbeat_interval_seconds:
                     self.interval = resp.heartbeat_interval_seconds

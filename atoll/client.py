@@ -6,12 +6,19 @@
         print(n.name, n.state, n.last_heartbeat_age_seconds)
     c.drain("edge-1")
 
+Several coordinators (a highly available deployment) are given comma-separated,
+``atoll.Client("10.0.0.1:7070,10.0.0.2:7070")``: a call that meets UNAVAILABLE (a coordinator
+down, or a standby answering "standby; leader is at ADDR") is tried on the next one (the
+leader named, when it is in the list), rotating until the call's timeout. With one address a
+call is tried once, as always.
+
 Errors arrive as :mod:`atoll.errors` types (NotFound, InvalidArgument, Unavailable, ...).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field
 
 import grpc
@@ -19,7 +26,7 @@ import grpc
 from atoll.errors import InvalidArgument, Unavailable
 from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 from atoll.rpc import CHANNEL_OPTIONS, error_from_rpc
-from atoll.specs.config import check_address
+from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, check_addresses, leader_from_refusal
 from atoll.specs.node import TIERS
 
 STATES = ("READY", "SUSPECT", "LOST", "DRAINING")
@@ -144,22 +151,69 @@ class Client:
     def __init__(self, address: str | None = None, *, timeout: float = 10.0):
         address = address or os.environ.get("ATOLL_COORDINATOR") or "127.0.0.1:7070"
         try:
-            check_address(address)
+            address = check_addresses(address)
         except ValueError as exc:
             raise InvalidArgument(f"coordinator address: {exc}") from None
         self.address = address
+        self.addresses = address.split(",")
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = control_pb2_grpc.ClientServiceStub(self._channel)
+        options = CHANNEL_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(self.addresses) > 1 else [])
+        self._channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        self._stubs = [control_pb2_grpc.ClientServiceStub(ch) for ch in self._channels]
+        self._use(0)
+
+    def _use(self, i: int) -> None:
+        self._current = i
+        self._channel = self._channels[i]
+        self._stub = self._stubs[i]
+
+    def _failover(self, details: str) -> None:
+        """Move to the leader a standby named, when we know it, else to the next address."""
+        leader = leader_from_refusal(details)
+        if leader in self.addresses and self.addresses.index(leader) != self._current:
+            self._use(self.addresses.index(leader))
+        else:
+            self._use((self._current + 1) % len(self.addresses))
+
+    def _unavailable(self, exc: grpc.RpcError) -> Unavailable:
+        details = exc.details() or ""
+        if leader_from_refusal(details):        # a standby: say where the leader is
+            return Unavailable(f"the coordinator at {self.address} is a {details}",
+                               hint="point --coordinator at the leader, or list every coordinator: A,B")
+        if len(self.addresses) == 1:
+            return Unavailable(f"cannot reach the coordinator at {self.address} ({exc.code().name})",
+                               hint="is it running? set --coordinator or ATOLL_COORDINATOR")
+        return Unavailable(f"no leading coordinator answered at {self.address} within {self.timeout:g} s "
+                           f"({exc.code().name}: {details[:200]})",
+                           hint="are they running, and is one of them the leader?")
 
     def _call(self, method, request):
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise Unavailable(f"cannot reach the coordinator at {self.address} ({exc.code().name})",
-                                  hint="is it running? set --coordinator or ATOLL_COORDINATOR") from None
-            raise error_from_rpc(exc) from None
+        """Call ``method`` (a ClientService method name, or a bound stub method) and map errors.
+        With several addresses, UNAVAILABLE moves on to the next one until the timeout."""
+        fn = getattr(self._stub, method) if isinstance(method, str) else method
+        if len(self.addresses) == 1 or not isinstance(method, str):
+            try:
+                return fn(request, timeout=self.timeout)
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise self._unavailable(exc) from None
+                raise error_from_rpc(exc) from None
+        deadline = time.monotonic() + self.timeout
+        tried, pause = 0, 0.05
+        while True:
+            try:
+                return getattr(self._stub, method)(request, timeout=max(deadline - time.monotonic(), 0.001))
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise error_from_rpc(exc) from None
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED or time.monotonic() + pause >= deadline:
+                    raise self._unavailable(exc) from None
+                self._failover(exc.details() or "")
+                tried += 1
+                if tried % len(self.addresses) == 0:      # a full round: pause, then go again
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.5)
 
     def nodes(self, tier: str | None = None, region: str | None = None,
               state: str | None = None) -> list[NodeInfo]:
@@ -169,32 +223,32 @@ class Client:
             raise InvalidArgument(f"unknown state {state!r}", hint="one of " + ", ".join(STATES))
         req = control_pb2.ListNodesRequest(tier=tier or "", region=region or "",
                                            state=common_pb2.NodeState.Value(state.upper()) if state else 0)
-        return [_node_from_pb(n) for n in self._call(self._stub.ListNodes, req).nodes]
+        return [_node_from_pb(n) for n in self._call("ListNodes", req).nodes]
 
     def node(self, node: str) -> NodeInfo:
-        return _node_from_pb(self._call(self._stub.GetNode, control_pb2.GetNodeRequest(node=node)))
+        return _node_from_pb(self._call("GetNode", control_pb2.GetNodeRequest(node=node)))
 
     def drain(self, node: str) -> NodeInfo:
-        return _node_from_pb(self._call(self._stub.DrainNode, control_pb2.DrainNodeRequest(node=node)))
+        return _node_from_pb(self._call("DrainNode", control_pb2.DrainNodeRequest(node=node)))
 
     # ------------------------------------------------------------------ workflows
     def submit(self, spec: str | os.PathLike, *, dry_run: bool = False) -> "WorkflowInfo":
         """Submit a workflow spec (a YAML file path, or YAML text). A catalog it names is inlined."""
         text, filename = _read_spec(spec)
-        st = self._call(self._stub.SubmitWorkflow, control_pb2.SubmitWorkflowRequest(
+        st = self._call("SubmitWorkflow", control_pb2.SubmitWorkflowRequest(
             spec_yaml=text, filename=filename, dry_run=dry_run))
         return _workflow_from_pb(st)
 
     def workflows(self) -> list[dict]:
-        resp = self._call(self._stub.ListWorkflows, control_pb2.ListWorkflowsRequest())
+        resp = self._call("ListWorkflows", control_pb2.ListWorkflowsRequest())
         return [{"name": w.name, "state": w.state, "cost_per_hour": w.cost_per_hour, "accuracy": w.accuracy,
                  "replicas": w.replicas, "ready_replicas": w.ready_replicas} for w in resp.workflows]
 
     def status(self, name: str) -> "WorkflowInfo":
-        return _workflow_from_pb(self._call(self._stub.GetWorkflow, control_pb2.GetWorkflowRequest(name=name)))
+        return _workflow_from_pb(self._call("GetWorkflow", control_pb2.GetWorkflowRequest(name=name)))
 
     def delete(self, name: str) -> bool:
-        return self._call(self._stub.DeleteWorkflow, control_pb2.GetWorkflowRequest(name=name)).deleted
+        return self._call("DeleteWorkflow", control_pb2.GetWorkflowRequest(name=name)).deleted
 
     def wait_ready(self, name: str, timeout: float = 120.0, poll: float = 0.25) -> "WorkflowInfo":
         """Poll until the workflow is READY; raise FailedPrecondition if it FAILED, Unavailable on timeout."""
@@ -240,6 +294,8 @@ class Client:
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or _t.monotonic() + delay >= deadline:
                     raise error_from_rpc(exc) from None
+                if len(self.addresses) > 1:
+                    self._failover(exc.details() or "")
             _t.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -255,7 +311,7 @@ class Client:
 
     def profile(self, workflow: str, task: str, variant: str = "", node: str = "", requests: int = 16,
                 concurrency: int = 8) -> dict:
-        r = self._call(self._stub.Profile, control_pb2.ProfileRequest(
+        r = self._call("Profile", control_pb2.ProfileRequest(
             workflow=workflow, task=task, variant=variant, node=node, requests=requests, concurrency=concurrency))
         return {"variant": r.variant, "hardware": r.hardware, "node": r.node_name,
                 "requests_per_second": r.requests_per_second, "tokens_per_second": r.tokens_per_second,
@@ -284,7 +340,8 @@ class Client:
             raise error_from_rpc(exc) from None
 
     def close(self) -> None:
-        self._channel.close()
+        for ch in self._channels:
+            ch.close()
 
     def __enter__(self) -> "Client":
         return self

@@ -7,7 +7,8 @@ def register(sub) -> None:
     p = sub.add_parser("agent", help="run the agent on this host",
                        description="Join the fleet: probe this host, register with the coordinator "
                                    "and keep it informed. SIGTERM drains, then exits.")
-    p.add_argument("--coordinator", help="coordinator HOST:PORT (default 127.0.0.1:7070; env ATOLL_COORDINATOR)")
+    p.add_argument("--coordinator", help="coordinator HOST:PORT, or several comma-separated (A:7070,B:7070) to "
+                                         "fail over between (default 127.0.0.1:7070; env ATOLL_COORDINATOR)")
     p.add_argument("--config", help="node.yaml: name, tier, region, zone, price_per_hour, preemptible, labels "
                                     "(env ATOLL_CONFIG)")
     p.add_argument("--state-dir", help="keeps the node id across restarts (default .atoll/agent)")

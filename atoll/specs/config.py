@@ -56,6 +56,22 @@ def split_addresses(value: str) -> list[str]:
     return check_addresses(value).split(",")
 
 
+# gRPC channel options added when several coordinators are listed: a channel to one that died
+# retries its connection at most every 2 s (gRPC's default backoff grows to 120 s), so the
+# address is usable again soon after that coordinator comes back.
+FAILOVER_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                            ("grpc.max_reconnect_backoff_ms", 2000)]
+
+_STANDBY = re.compile(r"standby; leader is at (\S+)")
+
+
+def leader_from_refusal(details: str) -> str | None:
+    """The leader's HOST:PORT named in a standby coordinator's UNAVAILABLE refusal
+    ("standby; leader is at ADDR"), or None."""
+    m = _STANDBY.search(details or "")
+    return m.group(1) if m else None
+
+
 def split_address(value: str) -> tuple[str, int]:
     m = _ADDR.match(check_address(value))
     assert m

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .procs import free_port
+from control.helpers import free_port  # tests/ is on sys.path (rootdir-relative imports)
 
 REPO = Path(__file__).resolve().parents[2]
 

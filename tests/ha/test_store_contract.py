@@ -169,6 +169,6 @@ def test_bad_database_url_is_a_clear_error(tmp_path):
 
     with pytest.raises(SpecError, match="PostgreSQL URL"):
         resolve_settings(CoordinatorSettings, flags={"database_url": "mysql://x"}, config_file=None, env={})
-    from .procs import free_port
+    from control.helpers import free_port
     with pytest.raises(Unavailable, match="cannot connect to PostgreSQL"):
         PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/x")
