@@ -53,11 +53,28 @@ def _resolve_backend(name: str, device: torch.device) -> str:
 
 
 class Engine:
+    """One base model and its adapters, with continuous batching.
+
+    ``device``: "cpu", "cuda", "cuda:1"...; ``dtype``: float32 | float16 | bfloat16 | auto (fp32
+    on CPU, the checkpoint's dtype on CUDA); ``lora_backend``: auto | torch | triton | ref;
+    ``max_lora_rank``: largest adapter rank accepted (slots are padded to it);
+    ``max_adapters_on_device``: device slots; ``max_adapters_in_host``: parsed adapters kept in
+    host memory; ``kv_cache_tokens``: paged KV capacity (default: 512 MiB worth, at most 16
+    contexts); ``max_num_batched_tokens``: token budget per step; ``max_num_seqs``: running
+    requests at most; ``max_waiting``: queued requests before submit answers RESOURCE_EXHAUSTED.
+    """
+
     def __init__(self, model_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",
                  lora_backend: str = "auto", max_lora_rank: int = 64, max_adapters_on_device: int = 8,
                  max_adapters_in_host: int = 64, kv_cache_tokens: int | None = None, block_size: int = 16,
                  max_num_batched_tokens: int = 1024, max_num_seqs: int = 64, max_waiting: int = 4096):
         self.model_dir = Path(model_dir)
+        for flag, value in (("max_lora_rank", max_lora_rank), ("max_adapters_on_device", max_adapters_on_device),
+                            ("max_adapters_in_host", max_adapters_in_host), ("block_size", block_size),
+                            ("max_num_batched_tokens", max_num_batched_tokens), ("max_num_seqs", max_num_seqs),
+                            ("max_waiting", max_waiting), ("kv_cache_tokens", kv_cache_tokens or 1)):
+            if not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"{flag} must be an integer >= 1, got {value!r}")
         try:
             self.device = torch.device(device)
         except RuntimeError:
@@ -65,6 +82,10 @@ class Engine:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise FailedPrecondition(f"device {device!r} asked but CUDA is not available", hint="use device='cpu'")
         self.cfg = ModelConfig.from_dir(self.model_dir)
+        if dtype == "auto":
+            dtype = "float32" if self.device.type != "cuda" else self.cfg.torch_dtype
+            if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+                dtype = "float16"
         self.dtype = _resolve_dtype(dtype, self.device)
         self.lora_backend = _resolve_backend(lora_backend, self.device)
         self.weights = load_weights(self.model_dir, self.cfg, dtype=self.dtype, device=self.device)

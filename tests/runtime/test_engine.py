@@ -267,3 +267,32 @@ def test_incremental_decoder_deltas_add_up(tiny_dir):
         for i in range(1, len(ids) + 1):
             out += dec.update(ids[:i], final=i == len(ids))[0]
         assert out == tok.decode(ids)
+
+
+def test_model_and_engine_refusals(tiny_dir, tmp_path):
+    import json
+    import shutil
+
+    from atoll.errors import FailedPrecondition, SpecError
+
+    with pytest.raises(SpecError, match="config.json not found"):
+        Engine(tmp_path / "nothing")
+    with pytest.raises(InvalidArgument, match="max_num_seqs"):
+        Engine(tiny_dir, max_num_seqs=0)
+    with pytest.raises(InvalidArgument, match="dtype"):
+        Engine(tiny_dir, dtype="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(FailedPrecondition, match="CUDA"):
+            Engine(tiny_dir, device="cuda")
+    d = tmp_path / "m"
+    shutil.copytree(tiny_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SpecError, match="RoPE type 'yarn' is not supported"):
+        Engine(d)
+    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    cfg["hidden_size"] = 32
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SpecError, match="config.json implies"):
+        Engine(d)
