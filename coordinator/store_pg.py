@@ -99,7 +99,11 @@ class PostgresStore:
             except Exception:  # noqa: BLE001 - it is already gone
                 pass
             self._db = connect(self.url)
-            return fn(self._db)
+            try:
+                return fn(self._db)
+            except psycopg.OperationalError as exc:
+                raise Unavailable(f"PostgreSQL: {str(exc).strip()[:300]}",
+                                  hint="the database is unreachable; retry shortly") from None
 
     def _migrate(self) -> None:
         def go(db):

@@ -115,6 +115,7 @@ def test_kill_the_leader_while_serving(ha, tmp_path):
     client.submit(wf_file)
     wait_for(lambda: client.status("wf-1").state == "READY", 60, what="wf-1 READY")
     assert client.invoke("wf-1", "hello", timeout=30)["stages"][0]["node"] in ("dc-1", "dc-2")
+    client.drain("edge-1")                                          # acknowledged: must survive
     before_ids = {n.name: n.id for n in client.nodes()}
     before_wf = {w["name"] for w in client.workflows()}
 
@@ -165,11 +166,12 @@ def test_kill_the_leader_while_serving(ha, tmp_path):
 
         def all_back():
             ns = cb.nodes()
-            return all(n.state == "READY" and n.heartbeats >= hb0[n.name] + 2 for n in ns) and len(ns) == 3
+            return all(n.state in ("READY", "DRAINING") and n.heartbeats >= hb0[n.name] + 2 for n in ns) \
+                and len(ns) == 3
         wait_for(all_back, 10, interval=0.1, what="agents heartbeating to coord-b")
         t_agents = time.monotonic() - t_kill
         time.sleep(3.5)       # past the restore grace: nobody turns SUSPECT or LOST
-        assert {n.name: n.state for n in cb.nodes()} == {"dc-1": "READY", "dc-2": "READY", "edge-1": "READY"}
+        assert {n.name: n.state for n in cb.nodes()} == {"dc-1": "READY", "dc-2": "READY", "edge-1": "DRAINING"}
         after_ids = {n.name: n.id for n in cb.nodes()}
     stop.set()
     t.join(20)
@@ -209,3 +211,37 @@ def test_kill_the_leader_while_serving(ha, tmp_path):
           f"{min(regs.values()):.2f}-{max(regs.values()):.2f} s; submit acknowledged {t_submit:.2f} s; "
           f"all agents heartbeating there {t_agents:.2f} s; {len(calls)} list calls, 0 failed, "
           f"longest gap between calls {max(gaps):.2f} s")
+
+
+def test_leader_that_loses_its_lock_steps_down(ha):
+    """The leader's lock connection is cut (as in a partition from the database): the leader
+    exits (code 3, for its supervisor to restart it as a standby), the standby leads, and the
+    agent follows."""
+    import psycopg
+
+    from atoll.client import Client
+
+    a = ha.start_coordinator("coord-a")
+    wait_for(lambda: is_leader(a), 10, what="coord-a leads")
+    b = ha.start_coordinator("coord-b")
+    ha.start_agent("n-1", f"{a},{b}")
+    with Client(f"{a},{b}", timeout=10) as c:
+        wait_for(lambda: [n.state for n in c.nodes()] == ["READY"], 30, what="n-1 READY")
+        node_id = c.nodes()[0].id
+        with psycopg.connect(ha.url, autocommit=True) as admin:
+            cut = admin.execute(
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND s.application_name = 'atoll-leader-lock'"
+            ).fetchall()
+        assert cut == [(True,)]
+        t0 = time.monotonic()
+        assert ha.coords["coord-a"].p.wait(10) == 3
+        wait_for(lambda: is_leader(b), 5, what="coord-b leads")
+        took = time.monotonic() - t0
+        assert "leadership lost; stepping down" in ha.coords["coord-a"].log()
+
+        with Client(b, timeout=3) as cb:
+            hb0 = cb.nodes()[0].heartbeats
+            wait_for(lambda: cb.nodes()[0].heartbeats >= hb0 + 2, 15, what="n-1 heartbeating to coord-b")
+        assert [(n.id, n.state) for n in c.nodes()] == [(node_id, "READY")]
+    assert took < 5, took
