@@ -56,9 +56,11 @@ class _Entry:
         self.refcount = 0
         self.removed = False
         self.error: str | None = None   # set when a reload from disk failed
+        self.fresh_until = 0.0          # just loaded: not evicted before its requests can start
 
 
 class AdapterStore:
+    FRESH_GRACE_S = 1.0
     def __init__(self, cfg: ModelConfig, *, num_slots: int, max_rank: int, dtype: torch.dtype,
                  device: torch.device, host_capacity: int = 64, metrics: EngineMetrics | None = None):
         if num_slots < 1 or max_rank < 1:
@@ -166,6 +168,7 @@ class AdapterStore:
                                          hint="fix the files, then unload and load the adapter again")
             if e.slot >= 0 and not e.loading:
                 e.refcount += 1
+                e.fresh_until = 0.0
                 self._lru.move_to_end(name)
                 return e.slot
             if not e.loading:
@@ -198,16 +201,22 @@ class AdapterStore:
         for s, owner in enumerate(self._slot_owner):
             if owner is None:
                 return s
+        now = time.monotonic()
         for name in self._lru:                       # least recently used first
             v = self._entries[name]
-            if not v.pinned and v.refcount == 0 and not v.loading:
+            # a fresh load is kept until its waiting request took it (or a grace period passed),
+            # so many adapters competing for few slots do not evict each other before any runs
+            if not v.pinned and v.refcount == 0 and not v.loading and v.fresh_until <= now:
                 return v.slot
         return None
 
     def _loader(self) -> None:
         waiting: list[_Entry] = []
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.02 if waiting else None)
+            except queue.Empty:
+                item = None
             if item is StopIteration:
                 return
             if item is not None:
@@ -278,6 +287,7 @@ class AdapterStore:
         else:
             self._lru[e.name] = None
             self._lru.move_to_end(e.name)
+            e.fresh_until = time.monotonic() + self.FRESH_GRACE_S
             self.metrics.observe_adapter_load(time.perf_counter() - t0)
         self._lock.notify_all()
 

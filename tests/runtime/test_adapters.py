@@ -201,3 +201,23 @@ def test_loading_adapters_does_not_stall_running_requests(tiny_dir, tmp_path):
         assert eng.stats()["adapter_evictions"] >= 3
     finally:
         eng.close()
+
+
+def test_more_adapters_than_slots_all_finish_without_thrashing(tiny_dir, tmp_path):
+    eng = Engine(tiny_dir, lora_backend="torch", max_lora_rank=8, max_adapters_on_device=2,
+                 max_adapters_in_host=8, kv_cache_tokens=4096)
+    try:
+        names = []
+        for i in range(6):
+            eng.add_adapter(f"o{i}", build_tiny_adapter(tmp_path / f"o{i}", tiny_dir, rank=4, seed=i))
+            names.append(f"o{i}")
+        adapters = [names[i % 6] for i in range(18)]
+        prompts = [[1, 10 + i, 20] for i in range(18)]
+        sp = SamplingParams(max_tokens=4, ignore_eos=True)
+        outs = eng.generate(prompts, adapters=adapters, sampling=sp)
+        assert all(len(o.token_ids) == 4 for o in outs)
+        alone = [eng.generate([p], adapters=[a], sampling=sp)[0].token_ids for p, a in zip(prompts, adapters)]
+        assert [o.token_ids for o in outs] == alone
+        assert eng.stats()["adapter_loads"] <= 6 + 18 + 6
+    finally:
+        eng.close()
