@@ -114,6 +114,8 @@ def problem_from_specs(workflow: WorkflowSpec, cluster: ClusterSpec, catalog=Non
         name=workflow.name, sources=sources, tasks=tuple(tasks), edges=edges, pools=pools,
         network=_network(cluster), accuracy_model=slo.accuracy_model, min_accuracy=slo.min_accuracy,
         max_accuracy_loss=slo.max_accuracy_loss, accuracy_table=table,
-        forbid_tiers=tuple(pl.forbid_tiers), forbid_regions=tuple(pl.forbid_regions),
+        forbid_tiers=tuple(pl.forbid_tiers) + (("renter",) if getattr(pl, "trusted_only", False)
+                                               and "renter" not in pl.forbid_tiers else ()),
+        forbid_regions=tuple(pl.forbid_regions),
         forbid_locations=tuple(parse_location(x) for x in pl.forbid_locations),
         data_up_only=pl.data_up_only)

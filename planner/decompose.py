@@ -159,6 +159,8 @@ def variant_milp(model: Model, time_limit: float, gap: float, opts):
         return None, None, 0
     if res.status == "no_solution":
         return None, (res.bound if res.bound is not None else -math.inf), 0
+    if res.status == "time_limit" and res.bound is None:
+        return {t: m for (t, m), z in model.z.items() if (z.varValue or 0) > 0.5}, -math.inf, 0
     choice = {t: m for (t, m), z in model.z.items() if (z.varValue or 0) > 0.5}
     lower = res.bound if res.bound is not None else res.objective
     return choice, lower, 0

@@ -112,13 +112,20 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
             choice, lower, nodes = variant_branch_and_bound(model, 0.6 * opts.time_limit, opts.gap)
         if choice is None and lower is None:
             raise diagnose(problem, opts)
+        if choice is None:  # out of time before a first choice: the greedy one, placed exactly
+            from atoll.planner.baselines import pick_cheapest_variants
+            choice = pick_cheapest_variants(problem, [q for q in problem.pools if problem.pool_allowed(q)])
+            nodes = "no"
         if choice is not None:
             fixed = Model(problem, up_only=up, previous=previous, churn_penalty=churn, fix_choice=choice)
             left = max(0.5, opts.time_limit - (time.perf_counter() - t0))
             res = S.run(fixed, opts, time_limit=left)
             if res.status in ("optimal", "time_limit"):
-                gap = max(0.0, (res.objective - lower) / res.objective) if res.objective > 1e-9 else 0.0
-                status = "optimal" if gap <= opts.gap + 1e-9 else "time_limit"
+                if lower is None or not math.isfinite(lower):
+                    gap = None                 # no proven bound on the whole problem yet
+                else:
+                    gap = max(0.0, (res.objective - lower) / res.objective) if res.objective > 1e-9 else 0.0
+                status = "optimal" if gap is not None and gap <= opts.gap + 1e-9 else "time_limit"
                 notes = (f"solver {S.solver_name(opts)}, two-phase: {nodes} variant nodes, then placement",)
                 p = S.extract(fixed, planner="milp", status=status, seconds=time.perf_counter() - t0,
                               gap=gap, notes=notes, previous=previous)
@@ -141,7 +148,9 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
         return _replace(fb, planner="milp", status="fallback", notes=fb.notes + note, gap=gap,
                         solve_seconds=time.perf_counter() - t0)
     gap = res.gap
-    if gap is None:  # CBC reports no bound: compare with the LP relaxation
+    if gap is None and res.status == "optimal":
+        gap = opts.gap               # CBC proved optimality within its relative gap tolerance
+    if gap is None:  # CBC stopped early and reports no bound: compare with the LP relaxation
         relax = Model(problem, up_only=up, previous=previous,
                       churn_penalty=opts.churn_penalty if previous is not None else 0.0)
         lb = S.lp_bound(relax, opts)

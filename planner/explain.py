@@ -57,7 +57,7 @@ def explain(problem: PlanProblem, plan: Plan, opts: PlanOptions) -> dict[str, An
     if problem.min_accuracy is not None or problem.max_accuracy_loss is not None:
         free = _cost(replace(problem, min_accuracy=None, max_accuracy_loss=None), opts)
         if free is not None:
-            costs["accuracy"] = {"cost_without_slo": round(free, 4), "slo_costs_per_hour": round(base - free, 4)}
+            costs["accuracy"] = {"cost_without_slo": round(free, 4), "slo_costs_per_hour": round(max(0.0, base - free), 4)}
     more = _cost(problem.scaled(1.1), opts)
     rate = problem.total_source_rate
     costs["throughput"] = {

@@ -54,6 +54,9 @@ Constraints (numbered as in the code)
         table:    Σ_c w[c] = 1,  z[v,m] = Σ_{c: c_v = m} w[c]  over the rows c meeting A_min
   (9) churn                           d[c,p] ≥ h[c,p] - h⁰[c,p],  d[c,p] ≥ h⁰[c,p] - h[c,p]
 
+  (10) node cover (valid, tightens the LP on small fleets):
+        Σ_{p, c ∋ (v,m)} h[c,p] ≥ ⌈λ_v / max_p μ_vmp⌉ · z[v,m]
+
 Scaling: the code keeps r as a share of λ_v and f as a share of the consumer's rate, so (2)
 and (6) have unit coefficients; the costs and caps above are multiplied back accordingly.
 
@@ -238,6 +241,15 @@ class Model:
             prob += pulp.lpSum(vars_) == pulp.lpSum(segs), f"c4_{n}"
             self.seg_cost += [(sv, q.price_per_hour) for sv, q in zip(segs, members)]
         # (5) adapter memory: enforced by the configurations built above
+        # (10) node cover: a chosen variant needs at least ceil(λ / best μ) nodes holding it
+        if mode == "cost":
+            cover = defaultdict(list)
+            for (t, m, p, c) in self.r:
+                cover[(t, m)].append(self.h[(c, p)])
+            for (t, m), hs in cover.items():
+                best = max(self.mu[(t, m, p)] for (t2, m2, p, _c) in self.r if (t2, m2) == (t, m))
+                need = math.ceil(self.rate[t] / best - 1e-9)
+                prob += pulp.lpSum(list(dict.fromkeys(hs))) >= need * self.z[(t, m)]
         # (6) flow conservation at location level
         self._flows(up_only)
         # (7) bandwidth caps

@@ -98,7 +98,10 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
         if ms in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kUnboundedOrInfeasible):
             return SolveResult("infeasible", secs, None, None)
         if not has:
-            return SolveResult("no_solution", secs, None, None)
+            b = info.mip_dual_bound if mip and math.isfinite(info.mip_dual_bound) else None
+            if b is not None and model.prob.sense == pulp.LpMaximize:
+                b = -b
+            return SolveResult("no_solution", secs, None, None, b)
         obj = info.objective_function_value
         if model.prob.sense == pulp.LpMaximize:   # pulp hands HiGHS the negated objective
             obj = -obj

@@ -151,7 +151,7 @@ def test_milp_never_worse_than_baselines(family, scale):
         others += 1
         assert pb.accuracy_ok(p.variants), name
         assert best.total_cost_per_hour <= p.total_cost_per_hour * (1 + (best.gap or 0)) + 1e-6, name
-    assert others >= 2
+    assert others >= 1
 
 
 def test_time_limit_falls_back_to_greedy():
