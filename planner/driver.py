@@ -118,10 +118,10 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
             nodes = "no"
         if choice is not None:
             fixed = Model(problem, up_only=up, previous=previous, churn_penalty=churn, fix_choice=choice)
-            left = max(0.5, opts.time_limit - (time.perf_counter() - t0))
+            left = max(0.3 * opts.time_limit, opts.time_limit - (time.perf_counter() - t0))
             res = S.run(fixed, opts, time_limit=left)
             if res.status in ("optimal", "time_limit"):
-                if lower is None or not math.isfinite(lower):
+                if lower is None or not math.isfinite(lower) or lower <= 0:
                     gap = None                 # no proven bound on the whole problem yet
                 else:
                     gap = max(0.0, (res.objective - lower) / res.objective) if res.objective > 1e-9 else 0.0
@@ -143,7 +143,7 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
         fb = greedy_plan(problem, previous=previous, options=opts)
         note = (f"MILP found no solution in {opts.time_limit:g} s; greedy fallback",)
         gap = None
-        if lower is not None and math.isfinite(lower) and fb.total_cost_per_hour > 1e-9:
+        if lower is not None and math.isfinite(lower) and lower > 0 and fb.total_cost_per_hour > 1e-9:
             gap = max(0.0, 1 - lower / fb.total_cost_per_hour)   # against the variant phase's bound
         return _replace(fb, planner="milp", status="fallback", notes=fb.notes + note, gap=gap,
                         solve_seconds=time.perf_counter() - t0)

@@ -97,7 +97,7 @@ class PlanOptions:
     method: str = "auto"            # auto | exact | decompose (see atoll.planner.decompose)
     decompose_above: int = 400      # auto: two-phase above this many node-count integers
     variant_search: str = "highs"   # two-phase variant search: highs (branch and cut) | bb (own)
-    phase1_share: float = 0.7       # two-phase: share of the time limit for the variant phase
+    phase1_share: float = 0.65      # two-phase: share of the time limit for the variant phase
 
 
 class Model:
