@@ -147,9 +147,42 @@ def _read_spec(spec) -> tuple[str, str]:
     return str(spec), "workflow"
 
 
+class _BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <api key>`` to every call."""
+
+    def __init__(self, key: str):
+        self.md = ("authorization", f"Bearer {key}")
+
+    def _details(self, d):
+        md = list(d.metadata or []) + [self.md]
+        return _CallDetails(d.method, d.timeout, md, d.credentials, getattr(d, "wait_for_ready", None),
+                            getattr(d, "compression", None))
+
+    def intercept_unary_unary(self, cont, d, req):
+        return cont(self._details(d), req)
+
+    def intercept_unary_stream(self, cont, d, req):
+        return cont(self._details(d), req)
+
+    def intercept_stream_unary(self, cont, d, it):
+        return cont(self._details(d), it)
+
+    def intercept_stream_stream(self, cont, d, it):
+        return cont(self._details(d), it)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
+
+
 class Client:
-    def __init__(self, address: str | None = None, *, timeout: float = 10.0):
+    def __init__(self, address: str | None = None, *, timeout: float = 10.0, api_key: str | None = None):
+        """``api_key`` (default ``$ATOLL_API_KEY``) is sent as ``authorization: Bearer <key>``."""
         address = address or os.environ.get("ATOLL_COORDINATOR") or "127.0.0.1:7070"
+        self.api_key = api_key or os.environ.get("ATOLL_API_KEY") or None
         try:
             address = check_addresses(address)
         except ValueError as exc:
@@ -158,7 +191,9 @@ class Client:
         self.addresses = address.split(",")
         self.timeout = timeout
         options = CHANNEL_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(self.addresses) > 1 else [])
-        self._channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        self._raw_channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        self._channels = ([grpc.intercept_channel(ch, _BearerKey(self.api_key)) for ch in self._raw_channels]
+                          if self.api_key else list(self._raw_channels))
         self._stubs = [control_pb2_grpc.ClientServiceStub(ch) for ch in self._channels]
         self._use(0)
 
@@ -339,8 +374,23 @@ class Client:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 
+    # ------------------------------------------------------------------ API keys
+    def create_key(self, tenant: str, role: str = "user") -> dict:
+        """Create an API key; the returned dict's ``key`` is shown only once."""
+        r = self._call("CreateKey", control_pb2.CreateKeyRequest(tenant=tenant, role=role))
+        return {"id": r.info.id, "tenant": r.info.tenant, "role": r.info.role, "key": r.key}
+
+    def list_keys(self) -> list[dict]:
+        r = self._call("ListKeys", control_pb2.ListKeysRequest())
+        return [{"id": k.id, "tenant": k.tenant, "role": k.role, "created_unix": k.created_unix,
+                 "revoked": k.revoked} for k in r.keys]
+
+    def revoke_key(self, key_id: str) -> dict:
+        k = self._call("RevokeKey", control_pb2.RevokeKeyRequest(id=key_id))
+        return {"id": k.id, "tenant": k.tenant, "role": k.role, "revoked": k.revoked}
+
     def close(self) -> None:
-        for ch in self._channels:
+        for ch in self._raw_channels:
             ch.close()
 
     def __enter__(self) -> "Client":

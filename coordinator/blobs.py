@@ -40,7 +40,7 @@ class BlobStore:
             raise NotFound(f"no blob {name}", hint="push it first with `atoll push DIR`")
         return json.loads(raw)
 
-    def put(self, chunks: Iterator[tuple[bytes, str, str]]) -> dict:
+    def put(self, chunks: Iterator[tuple[bytes, str, str]], tenant: str = "") -> dict:
         """``chunks`` yields (data, display_name, kind); returns the blob's info."""
         h = hashlib.sha256()
         tmp = self.root / f".incoming-{os.getpid()}-{id(chunks)}"
@@ -68,7 +68,13 @@ class BlobStore:
             raise InvalidArgument("pushed data is not a tar archive of a directory") from None
         name = "sha256:" + h.hexdigest()
         tmp.replace(self._path(name))
-        info = {"name": name, "kind": kind, "size_bytes": size, "display_name": display}
+        info = {"name": name, "kind": kind, "size_bytes": size, "display_name": display, "tenant": tenant}
+        try:
+            old = self.info(name)
+            if old.get("tenant", "") != tenant:   # same bytes pushed by two tenants: shared, not owned
+                info["tenant"] = ""
+        except NotFound:
+            pass
         self.store.set_meta("blob:" + name, json.dumps(info))   # durable before acknowledging
         return info
 

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 
-from atoll.coordinator import convert
+from atoll.coordinator import auth, convert
 from atoll.coordinator.registry import Registry
 from atoll.coordinator.router import parse_input
 from atoll.errors import AtollError, InvalidArgument
@@ -22,11 +22,12 @@ DEFAULT_TIMEOUT = 60.0
 
 
 class ClientApi(control_pb2_grpc.ClientServiceServicer):
-    def __init__(self, registry: Registry, workflows=None, router=None, metrics=None):
+    def __init__(self, registry: Registry, workflows=None, router=None, metrics=None, keys=None):
         self.registry = registry
         self.workflows = workflows
         self.router = router
         self.metrics = metrics
+        self.keys = keys
 
     # ------------------------------------------------------------------ nodes
     @handle_errors
@@ -67,7 +68,8 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
 
     @handle_errors
     async def SubmitWorkflow(self, request, context):
-        rec = self.workflows.submit(request.spec_yaml, request.filename, request.dry_run)
+        rec = self.workflows.submit(request.spec_yaml, request.filename, request.dry_run,
+                                    tenant=auth.caller_tenant())
         return self._status(rec) if not request.dry_run else control_pb2.WorkflowStatus(
             name=rec.name, state=rec.state, plan_json=json.dumps(rec.plan))
 
@@ -75,6 +77,8 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
     async def ListWorkflows(self, request, context):
         out = []
         for rec in sorted(self.workflows.records.values(), key=lambda r: r.name):
+            if not auth.visible(rec.tenant):
+                continue
             views = self.workflows.replica_views(rec)
             out.append(control_pb2.WorkflowSummary(
                 name=rec.name, state=rec.state, cost_per_hour=rec.plan.get("total_cost_per_hour", 0.0),
@@ -140,6 +144,28 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
                 self.metrics.request_seconds.labels(request.workflow[:64]).observe(time.monotonic() - t0)
                 if first[0] is not None:
                     self.metrics.ttft.labels(request.workflow[:64]).observe(first[0])
+
+    # ------------------------------------------------------------------ API keys
+    @staticmethod
+    def _key_pb(k: dict) -> control_pb2.ApiKeyInfo:
+        return control_pb2.ApiKeyInfo(id=k["id"], tenant=k["tenant"], role=k["role"],
+                                      created_unix=k["created"], revoked=k["revoked"])
+
+    @handle_errors
+    async def CreateKey(self, request, context):
+        info, key = self.keys.create(request.tenant, request.role or "user", auth.current.get())
+        log.info("api key created", extra=kv(id=info["id"], tenant=info["tenant"], role=info["role"]))
+        return control_pb2.CreateKeyResponse(info=self._key_pb(info), key=key)
+
+    @handle_errors
+    async def ListKeys(self, request, context):
+        return control_pb2.ListKeysResponse(keys=[self._key_pb(k) for k in self.keys.list(auth.current.get())])
+
+    @handle_errors
+    async def RevokeKey(self, request, context):
+        info = self.keys.revoke(request.id, auth.current.get())
+        log.info("api key revoked", extra=kv(id=info["id"], tenant=info["tenant"]))
+        return self._key_pb(info)
 
     @handle_errors
     async def Profile(self, request, context):

@@ -23,12 +23,14 @@ class ModelStoreApi(control_pb2_grpc.ModelStoreServicer):
             chunks.append((c.data, c.name, c.kind))
         if not chunks:
             raise InvalidArgument("empty push", hint="send at least one chunk")
-        info = await asyncio.to_thread(self.blobs.put, iter(chunks))
-        return control_pb2.BlobInfo(**info)
+        from atoll.coordinator.auth import caller_tenant
+
+        info = await asyncio.to_thread(self.blobs.put, iter(chunks), caller_tenant())
+        return control_pb2.BlobInfo(**{k: v for k, v in info.items() if k != "tenant"})
 
     @handle_errors
     async def Stat(self, request, context):
-        return control_pb2.BlobInfo(**self.blobs.info(request.name))
+        return control_pb2.BlobInfo(**{k: v for k, v in self.blobs.info(request.name).items() if k != "tenant"})
 
     @handle_errors
     async def Fetch(self, request, context):

@@ -33,6 +33,7 @@ from prometheus_client import start_http_server
 
 from atoll.coordinator.agent_api import AgentApi
 from atoll.coordinator.blobs import BlobStore
+from atoll.coordinator.auth import ApiKeyInterceptor, KeyRing
 from atoll.coordinator.client_api import ClientApi
 from atoll.coordinator.leader import AdvisoryLockLeadership, SoloLeadership
 from atoll.coordinator.model_store_api import ModelStoreApi
@@ -143,7 +144,8 @@ class Coordinator:
         self._token_hash = token_hash
         self.blobs = BlobStore(self.state_dir / "blobs", self.store)
         self.router = Router(self.metrics)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.keys = KeyRing(self.store)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ApiKeyInterceptor(self.keys)])
         for name, cls in (("AgentService", AgentApi), ("ClientService", ClientApi), ("ModelStore", ModelStoreApi)):
             add_service(self.server, _RoleGate(self, name, cls), control_pb2.DESCRIPTOR.services_by_name[name])
         self.health = add_health_and_reflection(self.server, SERVICES)
@@ -164,6 +166,21 @@ class Coordinator:
         self.advertise = self.settings.advertise or (
             f"{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{self.port}")
         await self.server.start()
+        self.openai = None
+        if self.settings.openai_listen:
+            from atoll.coordinator.openai_http import OpenAIDoor
+
+            ohost, oport = split_address(self.settings.openai_listen)
+            try:
+                self.openai = OpenAIDoor(asyncio.get_running_loop(), lambda: self.workflows, self.router,
+                                         host=ohost, port=oport, auth=self.keys, metrics=self.metrics)
+            except OSError as exc:
+                raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",
+                                  hint="pick a free port with --openai-listen") from None
+            self.openai.start()
+        if not self.keys.enabled():
+            log.warning("no API keys exist: client calls are not authenticated "
+                        "(create the first admin key with `atoll keys create --tenant NAME --role admin`)")
         if shared:
             self.leadership = AdvisoryLockLeadership(self.settings.database_url, self.advertise,
                                                      on_elected=self._promote, on_lost=self._lost)
@@ -176,6 +193,8 @@ class Coordinator:
             grpc=f"{host}:{self.port}", metrics=f"http://{mhost}:{self.metrics_port}/metrics",
             store="postgresql" if shared else str(self.state_dir / "atoll.db"),
             role="leader" if self.is_leader else "standby", advertise=self.advertise,
+            openai=(f"http://{self.settings.openai_listen.rsplit(':', 1)[0]}:{self.openai.port}/v1"
+                    if self.openai else "off"),
             heartbeat_interval=self.settings.heartbeat_interval,
             join_token=(f"in {token_file}" if token_file else "from settings" if self.settings.join_token
                         else "from the database")))
@@ -189,7 +208,8 @@ class Coordinator:
         self.metrics.bind(self.registry)
         self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs)
         self._apis = {"AgentService": AgentApi(self.registry, self.metrics),
-                      "ClientService": ClientApi(self.registry, self.workflows, self.router, self.metrics),
+                      "ClientService": ClientApi(self.registry, self.workflows, self.router, self.metrics,
+                                                 keys=self.keys),
                       "ModelStore": ModelStoreApi(self.blobs)}
         self._view = None
         loop = asyncio.get_running_loop()
@@ -230,11 +250,17 @@ class Coordinator:
         if self._view is None or now - self._view[0] > STANDBY_VIEW_TTL:
             reg = Registry(self.store, join_token_hash=self._token_hash,
                            heartbeat_interval=self.settings.heartbeat_interval)
-            self._view = (now, ClientApi(reg, WorkflowManager(self.store, reg, None, self.blobs)))
+            self._view = (now, ClientApi(reg, WorkflowManager(self.store, reg, None, self.blobs), keys=self.keys))
         return self._view[1]
 
     async def _refuse(self, context) -> None:
-        leader = getattr(self.leadership, "leader_address", "") or "unknown (election under way)"
+        leader = getattr(self.leadership, "leader_address", "")
+        if not leader and self.settings.database_url:      # before this standby's first poll
+            try:
+                leader = self.store.get_meta("leader_address") or ""
+            except Exception:  # noqa: BLE001 - only a hint
+                leader = ""
+        leader = leader or "unknown (election under way)"
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"standby; leader is at {leader}")
 
     async def _sweep_loop(self) -> None:
@@ -269,6 +295,8 @@ class Coordinator:
                 log.exception("flush failed")
 
     async def stop(self, grace: float = 2.0) -> None:
+        if getattr(self, "openai", None) is not None:
+            self.openai.stop()
         if self.health is not None:
             await set_serving(self.health, SERVICES, False)
         for t in self._tasks:

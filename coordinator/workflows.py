@@ -57,7 +57,7 @@ class WorkflowManager:
         registry.add_listener(self._on_transition)
 
     # ------------------------------------------------------------------ spec and serving info
-    def parse(self, spec_yaml: str, filename: str):
+    def parse(self, spec_yaml: str, filename: str, tenant: str | None = None):
         from atoll.specs.workflow import WorkflowSpec
 
         src = filename or "workflow"
@@ -72,10 +72,10 @@ class WorkflowManager:
             raise SpecError("a submitted workflow must carry its variants inline", source=src, path="catalog",
                             hint="`atoll submit` inlines the catalog for you")
         spec.check(source=src)
-        self._check_serving(spec, src)
+        self._check_serving(spec, src, tenant)
         return spec
 
-    def _check_serving(self, spec, src: str) -> None:
+    def _check_serving(self, spec, src: str, tenant: str | None = None) -> None:
         variants = spec.resolved_variants(None)
         sinks = {t.name for t in spec.tasks} - {e.from_ for e in spec.edges}
         for i, e in enumerate(spec.edges):
@@ -96,24 +96,28 @@ class WorkflowManager:
                     raise SpecError(f"variant {v.name!r}: model {model!r} is neither a path nor a sha256 name",
                                     source=src, path=f"{where}.model",
                                     hint="set model: to a local Hugging Face directory or a name from `atoll push`")
-                self._check_source(model, "model", src, f"{where}.model")
+                self._check_source(model, "model", src, f"{where}.model", tenant)
                 if v.adapter:
                     apath = getattr(v, "adapter_path", None)
                     if not apath:
                         raise SpecError(f"variant {v.name!r} names adapter {v.adapter!r} without adapter_path",
                                         source=src, path=f"{where}.adapter_path",
                                         hint="give the PEFT directory or its sha256 name")
-                    self._check_source(apath, "adapter", src, f"{where}.adapter_path")
+                    self._check_source(apath, "adapter", src, f"{where}.adapter_path", tenant)
 
-    def _check_source(self, ref: str, kind: str, src: str, path: str) -> None:
+    def _check_source(self, ref: str, kind: str, src: str, path: str, tenant: str | None = None) -> None:
         if ref.startswith("sha256:"):
             if self.blobs is None:
                 return
             try:
-                self.blobs.info(ref)
+                info = self.blobs.info(ref)
             except (NotFound, InvalidArgument) as exc:
                 raise NotFound(f"{src}: {path}: {kind} {ref[:19]}… is not in the model store ({exc.message})",
                                hint="push it with `atoll push DIR`") from None
+            owner = info.get("tenant", "")
+            if tenant and owner and owner != tenant:     # another tenant's adapter: as if absent
+                raise NotFound(f"{src}: {path}: {kind} {ref[:19]}… is not in the model store",
+                               hint="push it with `atoll push DIR`")
             return
         p = Path(ref).expanduser()
         marker = "adapter_config.json" if kind == "adapter" else "config.json"
@@ -186,23 +190,33 @@ class WorkflowManager:
                                  reachable=0.0, hint="start agents (`atoll agent`) or delete other workflows")
         pools = fleet_pools(nodes)
         cluster = parse_obj(ClusterSpec, {"name": "live-fleet", "pools": pools}, source="live fleet")
-        problem = problem_from_specs(self._with_profiles(spec, name), cluster, None, workflow_source=name)
+        planned = self._with_profiles(spec, name)
+        trusted = bool(getattr(spec.placement, "trusted_only", False))
+        if trusted:        # a hard constraint: no stage (so none of its data) on a rented host
+            data = planned.dump()
+            data["placement"]["forbid_tiers"] = sorted(set(data["placement"].get("forbid_tiers", [])) | {"renter"})
+            from atoll.specs.workflow import WorkflowSpec
+            planned = parse_obj(WorkflowSpec, data, source=name)
+        problem = problem_from_specs(planned, cluster, None, workflow_source=name)
         plan = run_planner(problem)
         stages, serving, _, _ = self._serving(spec)
         plan_d = plan.to_dict()
+        plan_d["constraints"] = {"trusted_only": trusted,
+                                 "forbid_tiers": list(planned.placement.forbid_tiers),
+                                 "forbid_regions": list(planned.placement.forbid_regions)}
         assignments = [a.to_dict() for a in assign(name, plan_d, pools, serving, previous, taken)]
         return plan_d, assignments
 
     # ------------------------------------------------------------------ client calls
-    def submit(self, spec_yaml: str, filename: str, dry_run: bool = False) -> WorkflowRecord:
-        spec = self.parse(spec_yaml, filename)
+    def submit(self, spec_yaml: str, filename: str, dry_run: bool = False, tenant: str = "") -> WorkflowRecord:
+        spec = self.parse(spec_yaml, filename, tenant)
         if not dry_run and spec.name in self.records:
-            raise AlreadyExists(f"workflow {spec.name!r} exists", hint=f"`atoll delete {spec.name}` first")
+            raise AlreadyExists(f"workflow name {spec.name!r} is taken", hint="pick another name, or delete yours first")
         plan_d, assignments = self.plan_for(spec, spec.name)
         now = time.time()
         rec = WorkflowRecord(name=spec.name, spec_yaml=spec.to_yaml(), state="DEPLOYING",
                              message="waiting for replicas", plan=plan_d, assignments=assignments,
-                             generation=1, created=now, updated=now)
+                             generation=1, created=now, updated=now, tenant=tenant)
         if dry_run:
             rec.state = "PLANNED"
             return rec
@@ -216,10 +230,12 @@ class WorkflowManager:
         return rec
 
     def get(self, name: str) -> WorkflowRecord:
+        from atoll.coordinator.auth import visible
+
         if not name:
             raise InvalidArgument("workflow name is required")
         rec = self.records.get(name)
-        if rec is None:
+        if rec is None or not visible(rec.tenant):
             raise NotFound(f"no workflow named {name[:80]!r}", hint="see `atoll workflows`")
         return rec
 

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "atoll.cli.cmd_plan",         # atoll plan (offline planner)
     "atoll.cli.cmd_generate",     # atoll generate (local runtime)
     "atoll.cli.cmd_workflows",    # atoll submit, workflows, status, delete, invoke, profile, push
+    "atoll.cli.cmd_keys",         # atoll keys create | list | revoke
     "atoll.cli.cmd_demo",         # atoll demo
 ]
 

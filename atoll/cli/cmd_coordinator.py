@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--advertise", metavar="HOST:PORT",
                    help="address agents and clients should use to reach this coordinator, told to them by "
                         "standbys (default: the listen address)")
+    p.add_argument("--openai-listen", metavar="HOST:PORT",
+                   help="serve an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions)")
     p.add_argument("--config", help="YAML file with the same settings (keys: listen, metrics_listen, ...)")
     p.add_argument("--log-level", default=None, help="debug | info | warning")
     p.set_defaults(func=run)
@@ -46,6 +48,6 @@ def run(ns) -> int:
     settings = resolve_settings(CoordinatorSettings, config_file=ns.config, flags={
         "listen": ns.listen, "metrics_listen": ns.metrics_listen, "state_dir": ns.state_dir,
         "heartbeat_interval": ns.heartbeat_interval, "join_token": ns.join_token,
-        "database_url": ns.database_url, "advertise": ns.advertise})
+        "database_url": ns.database_url, "advertise": ns.advertise, "openai_listen": ns.openai_listen})
     logs.setup(ns.log_level)
     return asyncio.run(Coordinator(settings).run_until_signal()) or 0

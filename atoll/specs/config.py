@@ -91,11 +91,18 @@ class CoordinatorSettings(Spec):
                                                  "highly available coordinators; unset: SQLite under state_dir")
     advertise: str | None = Field(default=None, description="HOST:PORT others should use to reach this "
                                                             "coordinator (default: the listen address)")
+    openai_listen: str | None = Field(default=None, description="HOST:PORT of the OpenAI-compatible HTTP "
+                                                                "endpoint (/v1/...); unset: off")
 
     @field_validator("listen", "metrics_listen")
     @classmethod
     def _addr(cls, v: str) -> str:
         return check_address(v)
+
+    @field_validator("openai_listen")
+    @classmethod
+    def _openai(cls, v: str | None) -> str | None:
+        return None if not v else check_address(v)
 
     @field_validator("advertise")
     @classmethod

@@ -126,6 +126,7 @@ class PlacementSpec(Spec):
     forbid_regions: list[str] = Field(default_factory=list)
     forbid_locations: list[str] = Field(default_factory=list, description="region/tier")
     data_up_only: bool = False
+    trusted_only: bool = Field(default=False, description="never place a stage (or its data) on a renter host")
 
     @field_validator("forbid_locations")
     @classmethod

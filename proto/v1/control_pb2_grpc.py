@@ -202,6 +202,21 @@ class ClientServiceStub:
                 request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ProfileRequest.SerializeToString,
                 response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ProfileResponse.FromString,
                 _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/atoll.v1.ClientService/CreateKey',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/atoll.v1.ClientService/ListKeys',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/atoll.v1.ClientService/RevokeKey',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ApiKeyInfo.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -265,6 +280,25 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateKey(self, request, context):
+        """API keys bound to a tenant (admin role; the first key may be created without one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -312,6 +346,21 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.Profile,
                     request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ProfileRequest.FromString,
                     response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ProfileResponse.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.CreateKeyRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListKeysRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ApiKeyInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -558,6 +607,87 @@ class ClientService:
             '/atoll.v1.ClientService/Profile',
             atoll_dot_proto_dot_v1_dot_control__pb2.ProfileRequest.SerializeToString,
             atoll_dot_proto_dot_v1_dot_control__pb2.ProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/CreateKey',
+            atoll_dot_proto_dot_v1_dot_control__pb2.CreateKeyRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/ListKeys',
+            atoll_dot_proto_dot_v1_dot_control__pb2.ListKeysRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/RevokeKey',
+            atoll_dot_proto_dot_v1_dot_control__pb2.RevokeKeyRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.ApiKeyInfo.FromString,
             options,
             channel_credentials,
             insecure,

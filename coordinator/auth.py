@@ -1,0 +1,230 @@
+"""API keys bound to a tenant, and the gRPC interceptor that checks them.
+
+A key looks like ``atoll_<id>_<secret>``; the coordinator stores only ``sha256(secret)`` (keys are
+high-entropy random strings, so a fast hash is enough) with its tenant, role and state, in the
+store's meta table (so the SQLite and PostgreSQL stores both keep them). Roles:
+
+- ``admin``: everything, every tenant's workflows, node drains, key management;
+- ``user``: its own tenant's workflows and adapters (submit, list, status, invoke, profile,
+  delete, push) and read-only node listing.
+
+Keys are enforced once the first key exists (a fresh coordinator is open, for local
+development, and says so in its log); the first key can be created without one and must be an
+admin key. A missing, unknown or revoked key gets UNAUTHENTICATED; a key without the role
+PERMISSION_DENIED; another tenant's workflow NOT_FOUND (its existence is not revealed).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import inspect
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from atoll.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+
+META_KEY = "api_keys"
+ROLES = ("admin", "user")
+
+
+@dataclass(frozen=True)
+class Identity:
+    key_id: str
+    tenant: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+# The caller of the RPC being handled (None when keys are not enforced).
+current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("atoll_identity", default=None)
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyRing:
+    RELOAD_S = 1.0      # another coordinator (the leader) may change the keys: re-read this often
+
+    def __init__(self, store):
+        self.store = store
+        self._keys: dict[str, dict] = json.loads(store.get_meta(META_KEY) or "{}")
+        self._loaded = time.monotonic()
+
+    def reload(self) -> None:
+        self._keys = json.loads(self.store.get_meta(META_KEY) or "{}")
+        self._loaded = time.monotonic()
+
+    def _fresh(self) -> None:
+        if time.monotonic() - self._loaded > self.RELOAD_S:
+            self.reload()
+
+    def _save(self) -> None:
+        self.store.set_meta(META_KEY, json.dumps(self._keys, sort_keys=True))
+
+    def enabled(self) -> bool:
+        self._fresh()
+        return any(not k["revoked"] for k in self._keys.values())
+
+    def create(self, tenant: str, role: str = "user", caller: Identity | None = None) -> tuple[dict, str]:
+        if role not in ROLES:
+            raise InvalidArgument(f"unknown role {role!r}", hint="one of " + ", ".join(ROLES))
+        if not tenant or len(tenant) > 63 or not all(c.isalnum() or c in "-_." for c in tenant):
+            raise InvalidArgument("tenant must be 1-63 letters, digits, '-', '_' or '.'")
+        if self.enabled():
+            if caller is None or not caller.is_admin:
+                raise PermissionDenied("creating keys needs an admin key")
+        elif role != "admin":
+            raise FailedPrecondition("the first key must be an admin key", hint="atoll keys create --tenant ops --role admin")
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(24)
+        rec = {"id": key_id, "tenant": tenant, "role": role, "hash": _hash(secret), "created": time.time(),
+               "revoked": False}
+        self._keys[key_id] = rec
+        self._save()                                   # durable before the key is shown
+        return self.view(rec), f"atoll_{key_id}_{secret}"
+
+    @staticmethod
+    def view(rec: dict) -> dict:
+        return {k: v for k, v in rec.items() if k != "hash"}
+
+    def list(self, caller: Identity | None) -> list[dict]:
+        if self.enabled() and (caller is None or not caller.is_admin):
+            raise PermissionDenied("listing keys needs an admin key")
+        return [self.view(r) for r in sorted(self._keys.values(), key=lambda r: r["created"])]
+
+    def revoke(self, key_id: str, caller: Identity | None) -> dict:
+        if self.enabled() and (caller is None or not caller.is_admin):
+            raise PermissionDenied("revoking keys needs an admin key")
+        rec = self._keys.get(key_id)
+        if rec is None:
+            raise NotFound(f"no key with id {key_id[:20]!r}", hint="see `atoll keys list`")
+        rec["revoked"] = True
+        self._save()
+        return self.view(rec)
+
+    def check(self, key: str) -> Identity:
+        parts = (key or "").split("_", 2)
+        if len(parts) != 3 or parts[0] != "atoll":
+            raise Unauthenticated("missing or malformed API key", hint="pass --api-key or set ATOLL_API_KEY")
+        rec = self._keys.get(parts[1])
+        if rec is None or not hmac.compare_digest(rec["hash"], _hash(parts[2])):
+            raise Unauthenticated("unknown API key")
+        if rec["revoked"]:
+            raise Unauthenticated("this API key was revoked")
+        return Identity(rec["id"], rec["tenant"], rec["role"])
+
+
+# Methods of atoll.v1.ClientService and what they need.
+ADMIN_ONLY = {"DrainNode"}
+OPEN_WHEN_BOOTSTRAPPING = {"CreateKey"}
+
+
+def _bearer(metadata) -> str:
+    for k, v in metadata or ():
+        if k == "authorization" and isinstance(v, str) and v.startswith("Bearer "):
+            return v[7:].strip()
+    return ""
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Checks API keys on the client-facing services and exposes the caller as ``current``."""
+
+    SERVICES = ("/atoll.v1.ClientService/", "/atoll.v1.ModelStore/Push", "/atoll.v1.ModelStore/Stat")
+
+    def __init__(self, keys: KeyRing):
+        self.keys = keys
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        method = details.method or ""
+        if handler is None or not method.startswith(self.SERVICES):
+            return handler
+        name = method.rsplit("/", 1)[-1]
+        token = _bearer(details.invocation_metadata)
+        keys = self.keys
+
+        def identify() -> Identity | None:
+            if not keys.enabled():
+                return None
+            if not token and name in OPEN_WHEN_BOOTSTRAPPING:
+                return None
+            ident = keys.check(token)
+            if name in ADMIN_ONLY and not ident.is_admin:
+                raise PermissionDenied(f"{name} needs an admin key")
+            return ident
+
+        async def deny(context, exc):
+            code = {"UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+                    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED}.get(exc.code, grpc.StatusCode.INTERNAL)
+            await context.abort(code, str(exc))
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def uu(request, context):
+                try:
+                    ident = identify()
+                except (Unauthenticated, PermissionDenied) as exc:
+                    await deny(context, exc)
+                tok = current.set(ident)
+                try:
+                    return await inner(request, context)
+                finally:
+                    current.reset(tok)
+            return grpc.unary_unary_rpc_method_handler(uu, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            inner_s = handler.unary_stream
+
+            async def us(request, context):
+                try:
+                    ident = identify()
+                except (Unauthenticated, PermissionDenied) as exc:
+                    await deny(context, exc)
+                tok = current.set(ident)
+                try:
+                    agen = inner_s(request, context)
+                    if inspect.isasyncgen(agen):
+                        async for item in agen:
+                            yield item
+                    else:
+                        for item in await agen:
+                            yield item
+                finally:
+                    current.reset(tok)
+            return grpc.unary_stream_rpc_method_handler(us, handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            inner_su = handler.stream_unary
+
+            async def su(request_iterator, context):
+                try:
+                    ident = identify()
+                except (Unauthenticated, PermissionDenied) as exc:
+                    await deny(context, exc)
+                tok = current.set(ident)
+                try:
+                    return await inner_su(request_iterator, context)
+                finally:
+                    current.reset(tok)
+            return grpc.stream_unary_rpc_method_handler(su, handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+def visible(tenant_of_thing: str) -> bool:
+    """May the current caller see a thing owned by ``tenant_of_thing``?"""
+    ident = current.get()
+    return ident is None or ident.is_admin or ident.tenant == tenant_of_thing
+
+
+def caller_tenant() -> str:
+    ident = current.get()
+    return ident.tenant if ident is not None else ""
