@@ -45,6 +45,7 @@ from atoll.coordinator.store import open_store
 from atoll.errors import Unavailable
 from atoll.logs import kv
 from atoll.proto.v1 import control_pb2
+from atoll.tls import channel_credentials, plaintext_policy, server_credentials
 from atoll.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
 from atoll.specs.config import CoordinatorSettings, split_address
 
@@ -143,15 +144,32 @@ class Coordinator:
         token_hash, token_file = resolve_join_token(self.store, self.state_dir, self.settings.join_token, shared)
         self._token_hash = token_hash
         self.blobs = BlobStore(self.state_dir / "blobs", self.store)
-        self.router = Router(self.metrics)
+        # The router calls agents' Workers: over TLS with this coordinator's certificate as the
+        # client certificate when agents use mutual TLS.
+        self.router = Router(self.metrics, credentials=channel_credentials(
+            self.settings.tls_client_ca, self.settings.tls_cert, self.settings.tls_key))
         self.keys = KeyRing(self.store)
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ApiKeyInterceptor(self.keys)])
+        self.require_agent_certs = bool(self.settings.tls_client_ca)
         for name, cls in (("AgentService", AgentApi), ("ClientService", ClientApi), ("ModelStore", ModelStoreApi)):
             add_service(self.server, _RoleGate(self, name, cls), control_pb2.DESCRIPTOR.services_by_name[name])
         self.health = add_health_and_reflection(self.server, SERVICES)
         host, port = split_address(self.settings.listen)
+        bind = f"{'[' + host + ']' if ':' in host else host}:{port}"
+        st = self.settings
+        if bool(st.tls_cert) != bool(st.tls_key):
+            from atoll.errors import SpecError
+            raise SpecError("give both --tls-cert and --tls-key", source="settings")
+        if st.tls_client_ca and not st.tls_cert:
+            from atoll.errors import SpecError
+            raise SpecError("--tls-client-ca needs --tls-cert and --tls-key", source="settings")
         try:
-            self.port = self.server.add_insecure_port(f"{'[' + host + ']' if ':' in host else host}:{port}")
+            if st.tls_cert:
+                self.port = self.server.add_secure_port(bind, server_credentials(st.tls_cert, st.tls_key,
+                                                                                 st.tls_client_ca))
+            else:
+                plaintext_policy(host, st.insecure, "the coordinator")
+                self.port = self.server.add_insecure_port(bind)
         except RuntimeError as exc:
             raise Unavailable(f"cannot listen on {self.settings.listen}: {exc}",
                               hint="pick a free port with --listen") from None
@@ -207,7 +225,8 @@ class Coordinator:
                                  heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics)
         self.metrics.bind(self.registry)
         self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs)
-        self._apis = {"AgentService": AgentApi(self.registry, self.metrics),
+        self._apis = {"AgentService": AgentApi(self.registry, self.metrics,
+                                               require_client_cert=self.require_agent_certs),
                       "ClientService": ClientApi(self.registry, self.workflows, self.router, self.metrics,
                                                  keys=self.keys),
                       "ModelStore": ModelStoreApi(self.blobs)}
