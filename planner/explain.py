@@ -67,5 +67,5 @@ def explain(problem: PlanProblem, plan: Plan, opts: PlanOptions) -> dict[str, An
     if not (opts.data_up_only or problem.data_up_only):
         up = _cost(problem, replace(opts, data_up_only=True))
         costs["data_up_only"] = {"cost_with_rule": None if up is None else round(up, 4),
-                                 "extra_per_hour": None if up is None else round(up - base, 4)}
+                                 "extra_per_hour": None if up is None else round(max(0.0, up - base), 4)}
     return {"binding": binding_constraints(problem, plan, opts), "slo_costs": costs}

@@ -69,7 +69,8 @@ class SolveResult:
     bound: Optional[float] = None   # the solver's dual bound, when it reports one
 
 
-def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, mip: bool = True) -> SolveResult:
+def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, mip: bool = True,
+        highs_options: Optional[dict] = None) -> SolveResult:
     """Solve ``model.prob``; never raises for infeasibility (the caller decides)."""
     tl = opts.time_limit if time_limit is None else time_limit
     which = solver_name(opts)
@@ -78,7 +79,8 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
         return SolveResult("infeasible", 0.0, None, None)
     if which == "highs":
         _silence_highs_banner()
-        solver = pulp.HiGHS(msg=False, timeLimit=tl, gapRel=opts.gap, threads=opts.threads, mip=mip)
+        solver = pulp.HiGHS(msg=False, timeLimit=tl, gapRel=opts.gap, threads=opts.threads, mip=mip,
+                            **(highs_options or {}))
     else:
         solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(math.ceil(tl))), gapRel=opts.gap,
                                    threads=opts.threads, mip=mip)
