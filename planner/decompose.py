@@ -20,7 +20,6 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from typing import Optional
 
 import pulp
 
@@ -126,24 +125,6 @@ def variant_branch_and_bound(model: Model, time_limit: float, gap: float):
     if best_choice is None:
         return None, None if not open_bounds else lower, nodes
     return best_choice, lower, nodes
-
-
-def decomposed_solve(problem, opts, *, up_only: bool, previous=None, churn: float = 0.0):
-    """Run both phases. Returns (model of phase 2, SolveResult, lower bound, nodes) or None
-    when the variant phase finds no feasible choice in time."""
-    from atoll.planner import solve as S
-
-    t0 = time.perf_counter()
-    relaxed = Model(problem, up_only=up_only, previous=previous, churn_penalty=churn)
-    if relaxed.empty_tasks:
-        return None
-    choice, lower, nodes = variant_branch_and_bound(relaxed, 0.6 * opts.time_limit, opts.gap)
-    if choice is None:
-        return ("infeasible" if lower is None else None)
-    fixed = Model(problem, up_only=up_only, previous=previous, churn_penalty=churn, fix_choice=choice)
-    left = max(0.5, opts.time_limit - (time.perf_counter() - t0))
-    res = S.run(fixed, opts, time_limit=left)
-    return fixed, res, lower, nodes
 
 
 def variant_milp(model: Model, time_limit: float, gap: float, opts):

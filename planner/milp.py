@@ -68,14 +68,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Optional
 
 import pulp
 
-from atoll.planner.problem import PlanProblem, loc_str
+from atoll.planner.problem import PlanProblem
 
 K_COST = 3.6e-3
 MBPS_PER_KB = 0.008

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping, Optional
 
-from atoll.errors import SpecError
 from atoll.specs.node import TIER_RANK
 
 Location = tuple[str, str]  # (region, tier)

@@ -11,7 +11,7 @@ import yaml
 from atoll.cli import main
 from atoll.errors import SpecError
 from atoll.planner import PlanProblem
-from atoll.specs.catalog import Catalog, load_catalog
+from atoll.specs.catalog import Catalog
 from atoll.specs.cluster import ClusterSpec, load_cluster
 from atoll.specs.common import parse_obj
 from atoll.specs.workflow import WorkflowSpec, load_workflow
@@ -132,3 +132,9 @@ def test_cli_explain_and_bad_input(tmp_path, capsys):
     assert main(["plan", "--workflow", str(p), "--cluster", str(CL)]) == 2
     err = capsys.readouterr().err
     assert "accuracy 0.990 asked, at most" in err
+
+
+def test_cli_lists_every_planner():
+    from atoll.cli.cmd_plan import PLANNER_NAMES
+    from atoll.planner import PLANNERS
+    assert set(PLANNER_NAMES) == set(PLANNERS)
