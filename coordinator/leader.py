@@ -22,6 +22,14 @@ restarted by its supervisor as a standby. Each election also increments ``leader
 ``meta`` table: a fencing number written to the log and to ``leader_epoch``, so two reigns are
 never confused when reading logs or the database.
 
+Limit, stated plainly: the store's writes are not fenced by the epoch. After a partition, the old
+leader may keep writing for up to ``check`` + ``CHECK_TIMEOUT`` seconds (1 s + 3 s) before it
+notices, while a standby already leads. Those writes are the same idempotent node and workflow
+updates the new leader makes, and the new leader's next write of a row wins. A process that
+dies (the common case) releases the lock at once and writes nothing more. If PostgreSQL itself
+restarts, every lock connection drops: the leader exits (code 3), and whichever coordinator
+reconnects first leads.
+
 The elected leader writes its advertised address to ``meta.leader_address``; standbys read it
 on every poll, so they can tell callers where to go ("standby; leader is at ADDR").
 """
