@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+CLOCK = time.perf_counter      # --cpu-time: time.process_time (immune to other processes' time slices)
 
 
 def copy_bandwidth(nbytes: int = 512 << 20, reps: int = 5) -> float:
@@ -61,21 +62,21 @@ def run_atoll(engine, prompts, adapters, new_tokens):
 
     sp = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     handles = [engine.submit(p, a, sp, stream_text=False) for p, a in zip(prompts, adapters)]
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     decode_t, decode_tok, other_t = 0.0, 0, 0.0
     while not all(h.finished for h in handles):
         in_decode = bool(engine.scheduler.running) and not engine.scheduler.waiting and \
             all(not r.in_prefill for r in engine.scheduler.running)
-        ts = time.perf_counter()
+        ts = CLOCK()
         n = engine.step()
         if n == 0:
             engine.store.wait_change(0.002)
         if in_decode:
-            decode_t += time.perf_counter() - ts
+            decode_t += CLOCK() - ts
             decode_tok += n
         else:
-            other_t += time.perf_counter() - ts
-    wall = time.perf_counter() - t0
+            other_t += CLOCK() - ts
+    wall = CLOCK() - t0
     outs = [h.result() for h in handles]
     gen = sum(len(o.token_ids) for o in outs)
     return {"wall_s": wall, "tokens": gen, "tok_s": gen / wall,
@@ -95,12 +96,12 @@ def run_hf(model_dir, adapter_dirs, prompts, adapters, new_tokens):
         pm.load_adapter(adapter_dirs[n], adapter_name=n)
     pm.eval()
     ids = torch.tensor(prompts)
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     with torch.inference_mode():
         out = pm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=adapters,
                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                           eos_token_id=None, pad_token_id=0)
-    wall = time.perf_counter() - t0
+    wall = CLOCK() - t0
     gen = out[:, ids.shape[1]:]
     return {"wall_s": wall, "tokens": gen.numel(), "tok_s": gen.numel() / wall, "token_ids": gen.tolist()}
 
@@ -110,11 +111,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small model and batch (smoke run)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers+peft case")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with this process's CPU time (use with --threads 1 on a shared machine)")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per atoll case (best is kept)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "runtime.json"))
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
     sys.path.insert(0, str(REPO))
     from atoll.agent.runtime import Engine
     from atoll.tiny import build_tiny_adapter, build_tiny_llama
@@ -199,6 +205,7 @@ def main(argv=None) -> int:
 
     print(f"model: {cfg.num_params / 1e6:.1f}M params, hidden {cfg.hidden_size}, {cfg.num_layers} layers, "
           f"vocab {cfg.vocab_size}; {n_req} requests x {prompt_len} prompt + {new_tokens} new tokens, rank {rank}")
+    print(f"clock: {'process CPU time' if args.cpu_time else 'wall'}; load average {os.getloadavg()[0]:.1f}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}, copy bandwidth {bw / 1e9:.1f} GB/s, decode-GEMM {flops / 1e9:.0f} GFLOP/s")
     nan = float("nan")
@@ -219,6 +226,7 @@ def main(argv=None) -> int:
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "torch_threads": torch.get_num_threads(), "copy_bandwidth_gb_s": bw / 1e9,
                        "decode_gemm_gflop_s": flops / 1e9, "load_avg": os.getloadavg(),
+                       "clock": "process CPU time" if args.cpu_time else "wall",
                        "python": platform.python_version(), "torch": torch.__version__,
                        "transformers": transformers.__version__},
            "model": {**shape, "params": cfg.num_params}, "requests": n_req, "prompt_tokens": prompt_len,

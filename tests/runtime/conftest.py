@@ -55,6 +55,11 @@ def make_peft_adapter(base_dir, out_dir, seed, **lora_kwargs):
 
 
 @pytest.fixture(scope="session")
+def hf_llama_factory():
+    return make_hf_llama
+
+
+@pytest.fixture(scope="session")
 def hf_model_dir(tmp_path_factory):
     return make_hf_llama(tmp_path_factory.mktemp("hf_llama"))
 

@@ -63,14 +63,12 @@ def test_mixed_batch_matches_peft_triton_backend(hf_model_dir, peft_adapters, hf
         eng.close()
 
 
-def test_rope_llama3_scaling_matches_transformers(tmp_path):
+def test_rope_llama3_scaling_matches_transformers(tmp_path, hf_llama_factory):
     from transformers import LlamaForCausalLM
-
-    from tests.runtime.conftest import make_hf_llama
 
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 16}
-    d = make_hf_llama(tmp_path / "m", seed=3, rope_scaling=rope)
+    d = hf_llama_factory(tmp_path / "m", seed=3, rope_scaling=rope)
     ref = LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     eng = Engine(d, lora_backend="torch", kv_cache_tokens=512)
     try:
@@ -79,8 +77,16 @@ def test_rope_llama3_scaling_matches_transformers(tmp_path):
             want = ref(input_ids=ids).logits
         got = torch.stack(eng.prompt_logits(ids.tolist()))
         assert (got - want).abs().max().item() < 1e-4
-        # the scaling matters at these positions: unscaled RoPE gives other logits
-        assert eng.cfg.rope_scaling["rope_type"] == "llama3"
+        # the scaling matters at these positions: the same weights with plain RoPE give other logits
+        import json
+        import shutil
+
+        plain = shutil.copytree(d, tmp_path / "plain")
+        cfg = json.loads((plain / "config.json").read_text())
+        cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg["rope_parameters"]["rope_theta"]}
+        (plain / "config.json").write_text(json.dumps(cfg))
+        unscaled = torch.stack(Engine(plain, lora_backend="torch", kv_cache_tokens=512).prompt_logits(ids.tolist()))
+        assert (unscaled - want).abs().max().item() > 1e-3
         with torch.no_grad():
             ref_tokens = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
                                       min_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
