@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -28,6 +29,7 @@ from atoll.agent.serving import SwitchingWorker
 from atoll.errors import FailedPrecondition, Unauthenticated
 from atoll.logs import kv
 from atoll.proto.v1 import common_pb2
+from atoll.tls import channel_credentials, mutual_server_credentials, plaintext_policy
 from atoll.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS, add_health_and_reflection, set_serving
 from atoll.specs.common import load_yaml
 from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, AgentSettings, split_address, split_addresses
@@ -99,7 +101,9 @@ class Agent:
         # One channel per coordinator listed (several: fail over between them).
         addresses = split_addresses(self.settings.coordinator)
         options = CHANNEL_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(addresses) > 1 else [])
-        self.channels = [grpc.aio.insecure_channel(a, options=options) for a in addresses]
+        creds = channel_credentials(self.settings.tls_ca, self.settings.tls_cert, self.settings.tls_key)
+        self.channels = [grpc.aio.secure_channel(a, creds, options=options) if creds
+                         else grpc.aio.insecure_channel(a, options=options) for a in addresses]
         self.channel = self.channels[0]
         self.hb = HeartbeatClient(self.channels if len(self.channels) > 1 else self.channel,
                                   addresses=addresses, join_token=token, spec=self.spec(),
@@ -139,11 +143,25 @@ class Agent:
         self.worker.add_to_server(self.server)
         self.health = add_health_and_reflection(self.server, ["atoll.v1.Worker"])
         host, port = split_address(self.settings.worker_listen)
-        bound = self.server.add_insecure_port(f"{host}:{port}")
+        st = self.settings
+        if st.tls_cert and st.tls_key and st.tls_ca:
+            # The Worker answers only the coordinator: its client certificate must be signed by tls_ca.
+            bound = self.server.add_secure_port(f"{host}:{port}",
+                                                mutual_server_credentials(st.tls_cert, st.tls_key, st.tls_ca))
+        else:
+            plaintext_policy(host, st.insecure, f"agent {self.node.name}'s Worker")
+            bound = self.server.add_insecure_port(f"{host}:{port}")
         await self.server.start()
         await set_serving(self.health, ["atoll.v1.Worker"], True)
-        advertise = "127.0.0.1" if host in ("0.0.0.0", "127.0.0.1", "localhost", "") else host
-        self.worker_address = f"{advertise}:{bound}"
+        if st.worker_advertise:
+            self.worker_address = st.worker_advertise
+        else:
+            if host in ("0.0.0.0", "::", ""):
+                try:       # a wildcard bind: advertise this host's own address, not loopback
+                    host = socket.gethostbyname(socket.gethostname())
+                except OSError:
+                    host = "127.0.0.1"
+            self.worker_address = f"{host}:{bound}"
         log.info("worker listening", extra=kv(node=self.node.name, address=self.worker_address))
 
     def _make_engine(self, model_dir: Path):

@@ -168,7 +168,8 @@ class HeartbeatClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in FATAL and exc.code() != grpc.StatusCode.UNAUTHENTICATED:
                     raise AgentRefused(exc.code(), exc.details() or "") from None
-                if exc.code() == grpc.StatusCode.UNAUTHENTICATED and "join token" in (exc.details() or ""):
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED and any(
+                        w in (exc.details() or "") for w in ("join token", "client certificate")):
                     raise AgentRefused(exc.code(), exc.details() or "") from None
                 self.last_error = f"{exc.code().name}: {exc.details()}"
             except asyncio.CancelledError:

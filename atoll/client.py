@@ -179,8 +179,10 @@ class _CallDetails(grpc.ClientCallDetails):
 
 
 class Client:
-    def __init__(self, address: str | None = None, *, timeout: float = 10.0, api_key: str | None = None):
-        """``api_key`` (default ``$ATOLL_API_KEY``) is sent as ``authorization: Bearer <key>``."""
+    def __init__(self, address: str | None = None, *, timeout: float = 10.0, api_key: str | None = None,
+                 tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None):
+        """``api_key`` (default ``$ATOLL_API_KEY``) is sent as ``authorization: Bearer <key>``;
+        ``tls_ca`` (default ``$ATOLL_TLS_CA``) turns on TLS, verifying the coordinator with it."""
         address = address or os.environ.get("ATOLL_COORDINATOR") or "127.0.0.1:7070"
         self.api_key = api_key or os.environ.get("ATOLL_API_KEY") or None
         try:
@@ -191,7 +193,11 @@ class Client:
         self.addresses = address.split(",")
         self.timeout = timeout
         options = CHANNEL_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(self.addresses) > 1 else [])
-        self._raw_channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        from atoll.tls import channel_credentials
+
+        creds = channel_credentials(tls_ca or os.environ.get("ATOLL_TLS_CA"), tls_cert, tls_key)
+        self._raw_channels = [grpc.secure_channel(a, creds, options=options) if creds
+                              else grpc.insecure_channel(a, options=options) for a in self.addresses]
         self._channels = ([grpc.intercept_channel(ch, _BearerKey(self.api_key)) for ch in self._raw_channels]
                           if self.api_key else list(self._raw_channels))
         self._stubs = [control_pb2_grpc.ClientServiceStub(ch) for ch in self._channels]

@@ -15,17 +15,26 @@ from atoll.errors import AtollError, Unauthenticated
 from atoll.logs import kv
 from atoll.proto.v1 import control_pb2, control_pb2_grpc
 from atoll.rpc import check_parsed, handle_errors, status_code
+from atoll.tls import peer_has_verified_cert
 
 log = logging.getLogger("atoll.coordinator")
 
 
 class AgentApi(control_pb2_grpc.AgentServiceServicer):
-    def __init__(self, registry: Registry, metrics):
+    def __init__(self, registry: Registry, metrics, require_client_cert: bool = False):
         self.registry = registry
         self.metrics = metrics
+        self.require_client_cert = require_client_cert
+
+    def _check_peer(self, context) -> None:
+        if self.require_client_cert and not peer_has_verified_cert(context):
+            raise Unauthenticated("agents must present a client certificate (mutual TLS)",
+                                  hint="connect to the coordinator's --agent-listen port with --tls-ca, "
+                                       "--tls-cert and --tls-key")
 
     @handle_errors
     async def Register(self, request, context):
+        self._check_peer(context)
         node_id, token = self.registry.register(
             request.join_token, request.node_id, convert.spec_from_pb(request.spec),
             convert.capacity_from_pb(request.capacity), convert.status_from_pb(request.status))
@@ -42,6 +51,7 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             return
         try:
             check_parsed(first)
+            self._check_peer(context)
             sess = self.registry.open_session(first.node_id, first.session_token)
             self._handle(sess, first)
         except AtollError as exc:

@@ -133,8 +133,9 @@ def parse_input(raw: str) -> str:
 
 
 class Router:
-    def __init__(self, metrics=None, rng: random.Random | None = None):
+    def __init__(self, metrics=None, rng: random.Random | None = None, credentials=None):
         self.metrics = metrics
+        self.credentials = credentials
         self.rng = rng or random.Random()
         self.wrr = SmoothWRR()
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -142,7 +143,9 @@ class Router:
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            ch = self._channels[address] = (
+                grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS) if self.credentials
+                else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
         return worker_pb2_grpc.WorkerStub(ch)
 
     async def close(self) -> None:

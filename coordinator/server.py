@@ -45,7 +45,7 @@ from atoll.coordinator.store import open_store
 from atoll.errors import Unavailable
 from atoll.logs import kv
 from atoll.proto.v1 import control_pb2
-from atoll.tls import channel_credentials, plaintext_policy, server_credentials
+from atoll.tls import channel_credentials, mutual_server_credentials, plaintext_policy, server_credentials
 from atoll.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
 from atoll.specs.config import CoordinatorSettings, split_address
 
@@ -165,8 +165,16 @@ class Coordinator:
             raise SpecError("--tls-client-ca needs --tls-cert and --tls-key", source="settings")
         try:
             if st.tls_cert:
-                self.port = self.server.add_secure_port(bind, server_credentials(st.tls_cert, st.tls_key,
-                                                                                 st.tls_client_ca))
+                self.port = self.server.add_secure_port(bind, server_credentials(st.tls_cert, st.tls_key))
+                if st.tls_client_ca:
+                    if not st.agent_listen:
+                        from atoll.errors import SpecError
+                        raise SpecError("--tls-client-ca needs --agent-listen (the mutual-TLS port for agents)",
+                                        source="settings")
+                    ahost, aport = split_address(st.agent_listen)
+                    self.agent_port = self.server.add_secure_port(
+                        f"{'[' + ahost + ']' if ':' in ahost else ahost}:{aport}",
+                        mutual_server_credentials(st.tls_cert, st.tls_key, st.tls_client_ca))
             else:
                 plaintext_policy(host, st.insecure, "the coordinator")
                 self.port = self.server.add_insecure_port(bind)

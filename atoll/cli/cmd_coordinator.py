@@ -21,6 +21,13 @@ def register(sub) -> None:
                         "standbys (default: the listen address)")
     p.add_argument("--openai-listen", metavar="HOST:PORT",
                    help="serve an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    p.add_argument("--tls-client-ca", metavar="PEM", help="CA of agent certificates: agents must use mutual TLS")
+    p.add_argument("--agent-listen", metavar="HOST:PORT",
+                   help="port for agents, mutual TLS required (with --tls-client-ca)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plaintext gRPC on a non-loopback address (local development only)")
     p.add_argument("--config", help="YAML file with the same settings (keys: listen, metrics_listen, ...)")
     p.add_argument("--log-level", default=None, help="debug | info | warning")
     p.set_defaults(func=run)
@@ -48,6 +55,8 @@ def run(ns) -> int:
     settings = resolve_settings(CoordinatorSettings, config_file=ns.config, flags={
         "listen": ns.listen, "metrics_listen": ns.metrics_listen, "state_dir": ns.state_dir,
         "heartbeat_interval": ns.heartbeat_interval, "join_token": ns.join_token,
-        "database_url": ns.database_url, "advertise": ns.advertise, "openai_listen": ns.openai_listen})
+        "database_url": ns.database_url, "advertise": ns.advertise, "openai_listen": ns.openai_listen,
+        "tls_cert": ns.tls_cert, "tls_key": ns.tls_key, "tls_client_ca": ns.tls_client_ca,
+        "insecure": True if ns.insecure else None, "agent_listen": ns.agent_listen})
     logs.setup(ns.log_level)
     return asyncio.run(Coordinator(settings).run_until_signal()) or 0

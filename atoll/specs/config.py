@@ -93,13 +93,20 @@ class CoordinatorSettings(Spec):
                                                             "coordinator (default: the listen address)")
     openai_listen: str | None = Field(default=None, description="HOST:PORT of the OpenAI-compatible HTTP "
                                                                 "endpoint (/v1/...); unset: off")
+    tls_cert: str | None = Field(default=None, description="PEM certificate: serve TLS")
+    tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")
+    tls_client_ca: str | None = Field(default=None, description="PEM CA that signs agent certificates: "
+                                                                 "agents must present one (mutual TLS)")
+    agent_listen: str | None = Field(default=None, description="HOST:PORT for agents, with mutual TLS "
+                                                               "(required with tls_client_ca)")
+    insecure: bool = Field(default=False, description="allow plaintext on a non-loopback address")
 
     @field_validator("listen", "metrics_listen")
     @classmethod
     def _addr(cls, v: str) -> str:
         return check_address(v)
 
-    @field_validator("openai_listen")
+    @field_validator("openai_listen", "agent_listen")
     @classmethod
     def _openai(cls, v: str | None) -> str | None:
         return None if not v else check_address(v)
@@ -128,6 +135,12 @@ class AgentSettings(Spec):
     join_token: str | None = Field(default=None, max_length=256)
     worker_listen: str = Field(default="127.0.0.1:0", description="Worker gRPC HOST:PORT (port 0: any)")
     metrics_listen: str | None = Field(default=None, description="Prometheus HTTP HOST:PORT")
+    worker_advertise: str | None = Field(default=None, description="HOST:PORT the coordinator should use to "
+                                                                    "reach this agent's Worker")
+    tls_ca: str | None = Field(default=None, description="PEM CA that signed the coordinator's certificate")
+    tls_cert: str | None = Field(default=None, description="PEM client certificate of this agent (mutual TLS)")
+    tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")
+    insecure: bool = Field(default=False, description="allow a plaintext Worker on a non-loopback address")
 
     @field_validator("worker_listen", "metrics_listen")
     @classmethod
