@@ -98,6 +98,7 @@ class Agent:
             raise Unauthenticated("no join token", hint="pass --join-token or set ATOLL_JOIN_TOKEN "
                                   "(the coordinator keeps it in STATE_DIR/join-token)")
         await self._start_worker_server()
+        self._start_metrics()
         # One channel per coordinator listed (several: fail over between them).
         addresses = split_addresses(self.settings.coordinator)
         options = CHANNEL_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(addresses) > 1 else [])
@@ -137,6 +138,38 @@ class Agent:
 
     async def _refresh_capacity(self) -> None:
         self.hb.set_capacity(probe(self.node, str(self.state_dir)))
+
+    def _start_metrics(self) -> None:
+        """Prometheus on --metrics-listen: the runtime's metrics of the engine loaded now, plus
+        the replicas this agent holds by state."""
+        if not self.settings.metrics_listen:
+            return
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.core import GaugeMetricFamily
+
+        agent = self
+
+        class _Current:
+            def describe(self):
+                return []
+
+            def collect(self):
+                svc = agent.worker.current
+                if svc is not None:
+                    yield from svc.registry.collect()
+                g = GaugeMetricFamily("atoll_agent_replicas", "Replicas this agent holds, by state", labels=["state"])
+                counts: dict[str, int] = {}
+                for st in agent.replicas.states.values():
+                    counts[st] = counts.get(st, 0) + 1
+                for st in ("pending", "loading", "ready", "failed"):
+                    g.add_metric([st], counts.get(st, 0))
+                yield g
+
+        reg = CollectorRegistry()
+        reg.register(_Current())
+        host, port = split_address(self.settings.metrics_listen)
+        start_http_server(port, addr=host, registry=reg)
+        log.info("agent metrics", extra=kv(node=self.node.name, url=f"http://{host}:{port}/metrics"))
 
     async def _start_worker_server(self) -> None:
         self.server = grpc.aio.server(options=SERVER_OPTIONS)

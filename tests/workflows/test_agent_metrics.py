@@ -1,0 +1,52 @@
+"""An agent's --metrics-listen serves the runtime's metrics and its replicas by state."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import urllib.request
+
+import pytest
+import yaml
+
+from atoll.client import Client
+from tests.control.helpers import Proc, free_port, node_yaml, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_agent_metrics_endpoint(tmp_path):
+    from atoll.tiny import build_tiny_llama
+
+    build_tiny_llama(tmp_path / "base")
+    addr, mport = f"127.0.0.1:{free_port()}", free_port()
+    procs = [Proc(["coordinator", "--listen", addr, "--metrics-listen", f"127.0.0.1:{free_port()}", "--state-dir",
+                   str(tmp_path / "s"), "--heartbeat-interval", "1", "--join-token", "metrics-token"], tmp_path / "c.log"),
+             Proc(["agent", "--coordinator", addr, "--config", str(node_yaml(tmp_path / "n.yaml", name="m-1",
+                   labels={"hardware": "a100"})), "--state-dir", str(tmp_path / "a"), "--join-token", "metrics-token",
+                   "--metrics-listen", f"127.0.0.1:{mport}"], tmp_path / "a.log")]
+    try:
+        spec = {"name": "wf-m", "sources": [{"name": "u", "rate": 1, "region": "us-east", "tier": "datacenter"}],
+                "tasks": [{"name": "t", "max_tokens": 4, "variants": [
+                    {"name": "v", "model": str(tmp_path / "base"), "accuracy": 0.9, "throughput": {"a100": 5}}]}],
+                "edges": [{"from": "u", "to": "t"}]}
+        (tmp_path / "wf.yaml").write_text(yaml.safe_dump(spec))
+        with Client(addr) as c:
+            wait_for(lambda: [n.state for n in c.nodes()] == ["READY"], 30)
+            c.submit(str(tmp_path / "wf.yaml"))
+            c.wait_ready("wf-m", 60)
+            for i in range(3):
+                c.invoke("wf-m", {"text": f"hello {i}"})
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        assert re.search(r'^atoll_agent_replicas\{state="ready"\} 1\.0$', text, re.M), text[:500]
+        m = re.search(r"^atoll_time_to_first_token_seconds_count (\S+)$", text, re.M)
+        assert m and float(m.group(1)) >= 3
+        assert re.search(r"^atoll_generated_tokens_total (\S+)$", text, re.M)
+        if shutil.which("promtool") is None:
+            pytest.fail("promtool is needed (scripts/system-deps installs Debian's prometheus)")
+        chk = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert chk.returncode == 0, chk.stdout + chk.stderr
+    finally:
+        for p in procs:
+            p.stop()
