@@ -315,11 +315,38 @@ def run_scaling(grid, opts: PlanOptions) -> list[dict]:
     return rows
 
 
+def run_solvers() -> list[dict]:
+    """CBC (bundled with PuLP) against HiGHS (highspy through PuLP) on the same exact MILPs."""
+    rows = []
+    cases = [("vision", vision(1.0)), ("rag", rag(1.0)), ("fleet-300", fleet(0.1)),
+             ("random-1000x4", scaling_problem(1000, 50, 4, 6, seed=0))]
+    for name, pb in cases:
+        for solver in ("highs", "cbc"):
+            opts = PlanOptions(time_limit=20.0, gap=0.005, solver=solver, method="exact")
+            t0 = time.perf_counter()
+            try:
+                p = PLANNERS["milp"](pb, options=opts)
+                row = {"cost": p.total_cost_per_hour, "gap": p.gap, "status": p.status}
+            except PlanInfeasible as e:
+                row = {"cost": None, "gap": None, "status": "infeasible", "error": str(e)}
+            row.update({"case": name, "solver": solver, "seconds": time.perf_counter() - t0})
+            rows.append(row)
+            print(f"  {name:<14} {solver:<5} {row['seconds']:6.2f} s  cost {row['cost']}  gap {_pct(row['gap'])}",
+                  flush=True)
+    return rows
+
+
 def _pct(x) -> str:
     return "  n/a" if x is None else f"{100 * x:5.2f}%"
 
 
-def print_tables(fam_rows, scale_rows) -> None:
+def print_tables(fam_rows, scale_rows, solver_rows=()) -> None:
+    if solver_rows:
+        print("\nSolvers on the same exact MILP (time limit 20 s, gap target 0.5%)")
+        print(f"{'case':<14} {'solver':<6} {'seconds':>8} {'$/h':>10} {'gap':>7}")
+        for r in solver_rows:
+            cost = "-" if r["cost"] is None else f"{r['cost']:,.2f}"
+            print(f"{r['case']:<14} {r['solver']:<6} {r['seconds']:>8.2f} {cost:>10} {_pct(r['gap']):>7}")
     names = list(PLANNERS)
     print("\nCost per planner ($/h) and the MILP's saving over each")
     print(f"{'family':<8} " + " ".join(f"{n:>14}" for n in names) + f" {'MILP up-only':>13}")
@@ -363,11 +390,14 @@ def main(argv=None) -> int:
         for r in run_scaling([(10000, 200, 8, 8)], PlanOptions(time_limit=20.0, gap=0.01)):
             r["time_limit"] = 20.0
             scale.append(r)
-    print_tables(fam, scale)
+    if not a.quick:
+        print("solvers ...", flush=True)
+    solvers = [] if a.quick else run_solvers()
+    print_tables(fam, scale, solvers)
     target = [r for r in scale if r["nodes"] == 10000 and r["tasks"] == 8 and r["time_limit"] == a.time_limit]
     out = {"machine": machine(), "quick": a.quick, "wall_seconds": time.perf_counter() - t0,
            "options": {"families": fam_opts.__dict__, "scaling": scale_opts.__dict__},
-           "families": fam, "scaling": scale,
+           "families": fam, "scaling": scale, "solvers": solvers,
            "target_10000_nodes_8_tasks": {"seconds_max": 5.0, "gap_max": 0.01,
                                           "met": bool(target) and all(r["seconds"] <= 5.5 and (r["gap"] or 1) <= 0.01
                                                                       for r in target)}}

@@ -99,3 +99,21 @@ class Plan:
             "notes": list(self.notes),
             **({"explain": self.explain} if self.explain else {}),
         }
+
+
+def node_assignments(plan: Plan, problem) -> dict[str, HostGroup]:
+    """node id -> the host group it runs, for pools that name their nodes (``Pool.node_ids``).
+    Within a pool, host groups take the pool's nodes in the order the pool lists them; nodes
+    left over are idle and absent from the result. Pools without node ids are skipped."""
+    out: dict[str, HostGroup] = {}
+    taken: dict[str, int] = {}
+    pools = {p.id: p for p in problem.pools}
+    for h in sorted(plan.hosts, key=lambda h: (h.pool, h.group)):
+        ids = pools[h.pool].node_ids if h.pool in pools else ()
+        if not ids:
+            continue
+        start = taken.get(h.pool, 0)
+        for nid in ids[start:start + h.count]:
+            out[nid] = h
+        taken[h.pool] = start + h.count
+    return out

@@ -184,3 +184,6 @@ def test_pool_ids_map_back_to_nodes():
     assert p.hosts and all(h.pool in ids for h in p.hosts)
     assert p.compute_cost_per_hour == pytest.approx(1.0 * 2)   # the cheaper group first
     assert p.to_dict()["tasks"]["t"]["replicas"][0]["pool"] == "grp-a"
+    from atoll.planner import node_assignments
+    nodes = node_assignments(p, pb)
+    assert sorted(nodes) == ["n1", "n2"] and all(h.pool == "grp-a" for h in nodes.values())
