@@ -4,8 +4,9 @@ The full MILP of :mod:`atoll.planner.milp` is exact, but on thousands of nodes H
 time in root cuts over thousands of node-count integers. This two-phase method keeps a proven
 bound and so an honest gap:
 
-1. *Variant phase*: relax every integer except the variant binaries z (node counts, adapter
-   and table binaries become continuous) and solve that MILP -- by HiGHS' branch and cut
+1. *Variant phase*: relax every integer except the variant binaries z (node counts and table
+   rows become continuous; each edge's messages are priced at their smallest size, so flows
+   need no variant index) and solve that MILP -- by HiGHS' branch and cut
    (default, ``variant_search="highs"``) or by a small branch and bound on z written here
    (``"bb"``: a dive, then best bound first, warm-starting the dual simplex at each node).
    Its lower bound LB relaxes only integrality, so it bounds the full problem from below.

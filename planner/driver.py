@@ -107,7 +107,11 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
     if method == "decompose" and not model.empty_tasks:
         from atoll.planner.decompose import variant_branch_and_bound, variant_milp
         if opts.variant_search == "highs":
-            choice, lower, nodes = variant_milp(model, opts.phase1_share * opts.time_limit, opts.gap, opts)
+            # variant phase on a relaxation: node counts continuous, each edge's messages at
+            # their smallest size (flows then need no variant index): smaller, still a bound
+            relaxed = Model(problem, up_only=up, previous=previous, churn_penalty=churn, relax_sizes=True)
+            left = opts.phase1_share * opts.time_limit - (time.perf_counter() - t0)
+            choice, lower, nodes = variant_milp(relaxed, max(0.2 * opts.time_limit, left), opts.gap, opts)
         else:
             choice, lower, nodes = variant_branch_and_bound(model, 0.6 * opts.time_limit, opts.gap)
         if choice is None and lower is None:

@@ -104,9 +104,12 @@ class Model:
 
     def __init__(self, problem: PlanProblem, *, up_only: bool = False, previous=None,
                  churn_penalty: float = 0.0, fix_choice: Optional[dict] = None,
-                 fix_hosts: Optional[dict] = None, mode: str = "cost"):
+                 fix_hosts: Optional[dict] = None, mode: str = "cost", relax_sizes: bool = False):
         self.pb = problem
         self.mode = mode
+        # relax_sizes: every message on an edge priced at the edge's smallest size, flows not
+        # indexed by variant -- a relaxation (lower bound) used by the two-phase variant search
+        self.relax_sizes = relax_sizes
         self.u: dict = {}
         self.f: dict = {}
         self.d: dict = {}
@@ -314,6 +317,8 @@ class Model:
         """Flow keys on one side of edge e: variants whose message sizes agree share a key
         (a tuple of their names), so flows are indexed only as finely as the sizes differ."""
         pb = self.pb
+        if self.relax_sizes:
+            return {None: [m.name for m in self.cand[e.src if src_side else e.dst]]}
         if src_side:
             mine = [m.name for m in self.cand[e.src]]
             other = [m.name for m in self.cand[e.dst]] if by_dst else [None]
@@ -347,7 +352,7 @@ class Model:
         # Edges from sources into one task are merged (their streams add up); each edge from a
         # task is joined (one message per request of the consumer). Consumer constraints are
         # per input group: ("src", task) for the merged sources, the edge index otherwise.
-        keyed_dst = {e.dst for e in pb.edges if e.src in src_names and e.by_dst}
+        keyed_dst = set() if self.relax_sizes else {e.dst for e in pb.edges if e.src in src_names and e.by_dst}
         in_terms = defaultdict(list)
         in_rhs = {}
         for ei, e in enumerate(pb.edges):
@@ -379,7 +384,8 @@ class Model:
             out_terms = defaultdict(list)
             for a, pl in prod.items():
                 for b, cl in cons.items():
-                    size = e.size(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
+                    size = (min([e.size_kb] + [kb for _, _, kb in e.sizes]) if self.relax_sizes else
+                            e.size(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b))
                     for l1 in pl:
                         for l2 in cl:
                             if not pb.flow_allowed(l1, l2, up_only):
