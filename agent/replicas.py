@@ -70,7 +70,7 @@ class ReplicaManager:
         self.states: dict[str, str] = {}
         self.messages: dict[str, str] = {}
         self._lock = asyncio.Lock()
-        self.load_seconds: dict[str, float] = {}
+        self.load_seconds: dict[str, float] = {}      # "replica/fetch|load|warmup" -> seconds
 
     def set_desired(self, items: list[Item], generation: int) -> None:
         self.desired = items
@@ -132,9 +132,15 @@ class ReplicaManager:
                 t0 = time.monotonic()
                 try:
                     path = await self.resolve(it.adapter_source)
+                    t1 = time.monotonic()
                     await asyncio.to_thread(eng.add_adapter, it.adapter, str(path))
+                    t2 = time.monotonic()
+                    await asyncio.to_thread(self._warm, eng, it.adapter)
+                    t3 = time.monotonic()
                     self.loaded.adapters[it.adapter] = it.adapter_source
-                    self.load_seconds[it.replica_id] = time.monotonic() - t0
+                    for i in items:
+                        if i.adapter == it.adapter:
+                            self._phases(i.replica_id, t1 - t0, t2 - t1, t3 - t2)
                     self._set([i for i in items if i.adapter == it.adapter], "ready")
                 except Exception as exc:  # noqa: BLE001 - reported as the replica's state
                     log.warning("adapter load failed", extra=kv(adapter=it.adapter, error=str(exc)[:300]))
@@ -153,12 +159,36 @@ class ReplicaManager:
         t0 = time.monotonic()
         try:
             path = await self.resolve(source)
+            t1 = time.monotonic()
             engine = await asyncio.to_thread(self.engine_factory, path)
+            t2 = time.monotonic()
+            await asyncio.to_thread(self._warm, engine, None)
+            t3 = time.monotonic()
             self.loaded = Loaded(base_source=source, engine=engine)
-            log.info("base model loaded", extra=kv(source=source[:80], seconds=round(time.monotonic() - t0, 2)))
+            for it in items:
+                if not it.adapter:
+                    self._phases(it.replica_id, t1 - t0, t2 - t1, t3 - t2)
+            self._base_phases = (t1 - t0, t2 - t1, t3 - t2)
+            log.info("base model loaded", extra=kv(source=source[:80], fetch_s=round(t1 - t0, 3),
+                                                    load_s=round(t2 - t1, 3), warmup_s=round(t3 - t2, 3)))
         except Exception as exc:  # noqa: BLE001
             log.warning("base model load failed", extra=kv(source=source[:80], error=str(exc)[:300]))
             self._set(items, "failed", str(exc)[:300])
+
+    def _phases(self, rid: str, fetch: float, load: float, warmup: float) -> None:
+        self.load_seconds[f"{rid}/fetch"] = fetch
+        self.load_seconds[f"{rid}/load"] = load
+        self.load_seconds[f"{rid}/warmup"] = warmup
+
+    @staticmethod
+    def _warm(engine, adapter) -> None:
+        """One tiny generation, so the first real request does not pay for lazy set-up."""
+        try:
+            from atoll.agent.runtime import SamplingParams
+
+            engine.generate([[1, 2, 3]], adapters=[adapter], sampling=SamplingParams(max_tokens=1))
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up is not a failed load
+            log.debug("warm-up skipped", extra=kv(error=str(exc)[:200]))
 
     async def close(self) -> None:
         if self.loaded.engine is not None:

@@ -90,6 +90,7 @@ class WorkflowInfo:
     replicas: list[dict]
     profiles: list[dict]
     generation: int
+    cold_starts: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,11 +103,13 @@ def _workflow_from_pb(st) -> WorkflowInfo:
         name=st.name, state=st.state, message=st.message, plan=_json.loads(st.plan_json or "{}"),
         replicas=[{"replica_id": r.replica_id, "task": r.task, "variant": r.variant, "node": r.node_name,
                    "node_id": r.node_id, "state": r.state, "region": r.region, "tier": r.tier,
-                   "weight": r.weight, "worker_address": r.worker_address, "message": r.message}
+                   "weight": r.weight, "worker_address": r.worker_address, "message": r.message,
+                   "fetch_seconds": r.fetch_seconds, "load_seconds": r.load_seconds,
+                   "warmup_seconds": r.warmup_seconds}
                   for r in st.replicas],
         profiles=[{"variant": p.variant, "hardware": p.hardware, "declared_rps": p.declared_rps,
                    "measured_rps": p.measured_rps, "source": p.source} for p in st.profiles],
-        generation=st.generation)
+        generation=st.generation, cold_starts=_json.loads(st.cold_starts_json or "[]"))
 
 
 def _invoke_result(resp) -> dict:

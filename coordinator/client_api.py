@@ -64,7 +64,8 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
             replicas=[control_pb2.ReplicaStatus(**{k: v for k, v in r.items() if k != "node_state"})
                       for r in wm.replica_views(rec)],
             profiles=[control_pb2.ProfileEntry(**p) for p in profiles], spec_yaml=rec.spec_yaml,
-            created_unix=rec.created, updated_unix=rec.updated, generation=rec.generation, tenant=rec.tenant)
+            created_unix=rec.created, updated_unix=rec.updated, generation=rec.generation, tenant=rec.tenant,
+            cold_starts_json=json.dumps([c for c in wm.cold_starts if c["workflow"] == rec.name][-50:]))
 
     @handle_errors
     async def SubmitWorkflow(self, request, context):
@@ -95,10 +96,29 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         self.workflows.delete(request.name)
         return control_pb2.DeleteWorkflowResponse(deleted=True)
 
+    async def _route_waking(self, name: str, deadline: float):
+        """The route; a workflow scaled to zero is woken and the request waits for a replica
+        (until its deadline) instead of failing with 'not ready'."""
+        wm = self.workflows
+        rec = wm.get(name)
+        if rec.state != "IDLE" and not (rec.state == "DEPLOYING" and "autoscale" in rec.plan):
+            return wm.route(name)
+        wm.wake(name)
+        while True:
+            try:
+                return wm.route(name)
+            except AtollError as exc:
+                if wm.get(name).state == "FAILED":
+                    raise
+                if time.monotonic() >= deadline:
+                    from atoll.errors import DeadlineExceeded
+                    raise DeadlineExceeded(f"workflow {name} was scaled to zero and no replica was ready "
+                                           f"before the deadline ({exc.message})") from None
+            await asyncio.sleep(0.1)
+
     @handle_errors
     async def Invoke(self, request, context):
         text = parse_input(request.input_json)
-        route = self.workflows.route(request.workflow)
         timeout = request.timeout_seconds if request.timeout_seconds > 0 else DEFAULT_TIMEOUT
         remaining = context.time_remaining()
         if remaining is not None:
@@ -106,6 +126,13 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         if timeout <= 0 or timeout != timeout:
             raise InvalidArgument("timeout_seconds must be > 0")
         deadline = time.monotonic() + timeout
+        self.workflows.get(request.workflow)          # NOT_FOUND before anything is counted
+        self.workflows.request_started(request.workflow)
+        try:
+            route = await self._route_waking(request.workflow, deadline)
+        except BaseException:
+            self.workflows.request_finished(request.workflow)
+            raise
         rid = request.request_id or uuid.uuid4().hex[:16]
         t0 = time.monotonic()
         queue: asyncio.Queue = asyncio.Queue()
@@ -137,6 +164,7 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
                                                 region=s.region, seconds=s.seconds, attempts=s.attempts,
                                                 output_bytes=s.output_bytes) for s in result.stages])
         finally:
+            self.workflows.request_finished(request.workflow)
             if not task.done():
                 task.cancel()
             if self.metrics is not None:

@@ -308,6 +308,10 @@ class Coordinator:
             await asyncio.sleep(0.25)
             try:
                 self.workflows.replan_pending()
+                now = time.monotonic()
+                if now - getattr(self, "_last_autoscale", 0.0) >= 1.0:
+                    self._last_autoscale = now
+                    self.workflows.autoscale(now)
                 self.workflows.reconcile()
             except Exception:  # noqa: BLE001
                 log.exception("reconcile failed")

@@ -12,14 +12,17 @@ twice changes nothing.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
 import yaml
 
+from atoll.coordinator.autoscaler import Policy, Sample, State, decide
 from atoll.coordinator.deploy import assign, fleet_pools, hardware_class, node_items
 from atoll.coordinator.router import Endpoint, Route, Stage
 from atoll.coordinator.store import WorkflowRecord
@@ -54,6 +57,13 @@ class WorkflowManager:
         self._sent: dict[str, tuple[int, float]] = {}        # node id -> (generation, when)
         self._replan: set[str] = set()
         self._retry_at: dict[str, float] = {}               # workflow -> next re-plan attempt
+        # autoscaling: load seen by the router, the autoscaler's memory, pending cold starts
+        self.arrivals: dict[str, collections.deque] = {}
+        self.in_flight: dict[str, int] = {}
+        self.last_request: dict[str, float] = {}
+        self._as_state: dict[str, State] = {}
+        self._cold: dict[str, tuple[float, set[str]]] = {}   # workflow -> (decided at, new replica ids)
+        self.cold_starts: list[dict] = []
         registry.add_listener(self._on_transition)
 
     # ------------------------------------------------------------------ spec and serving info
@@ -179,12 +189,57 @@ class WorkflowManager:
         from atoll.specs.workflow import WorkflowSpec
         return parse_obj(WorkflowSpec, data, source="profiles")
 
-    def plan_for(self, spec, name: str, previous: list[dict] | None = None):
+    def plan_for(self, spec, name: str, previous: list[dict] | None = None, scale: float = 1.0):
+        """Plan ``spec`` with its sources' rates times ``scale``. With an on-demand floor, the
+        floor's share of the rate is planned first on non-preemptible nodes only, the rest on all
+        the nodes left; the two plans are merged (so losing every spot host keeps the floor)."""
+        floor = float(getattr(getattr(spec, "autoscaling", None), "on_demand_floor", 0.0) or 0.0)
+        if scale != 1.0:
+            spec = self._scaled(spec, scale)
+        if floor <= 0:
+            return self._plan_once(spec, name, previous)
+        from atoll.errors import PlanInfeasible
+
+        base_plan, base_asg = self._plan_once(self._scaled(spec, floor), name, previous, on_demand_only=True)
+        taken = {a["node_id"] for a in base_asg}
+        if floor >= 1.0:
+            return base_plan, base_asg
+        try:
+            rest_plan, rest_asg = self._plan_once(self._scaled(spec, 1.0 - floor), name, previous, exclude=taken)
+        except PlanInfeasible:
+            raise
+        merged = dict(rest_plan)
+        merged["compute_cost_per_hour"] = base_plan["compute_cost_per_hour"] + rest_plan["compute_cost_per_hour"]
+        merged["transfer_cost_per_hour"] = base_plan["transfer_cost_per_hour"] + rest_plan["transfer_cost_per_hour"]
+        merged["total_cost_per_hour"] = merged["compute_cost_per_hour"] + merged["transfer_cost_per_hour"]
+        merged["accuracy"] = min(base_plan["accuracy"], rest_plan["accuracy"])
+        merged["hosts"] = base_plan["hosts"] + rest_plan["hosts"]
+        merged["routes"] = base_plan["routes"] + rest_plan["routes"]
+        merged["tasks"] = {t: {"variant": rest_plan["tasks"][t]["variant"],
+                               "replicas": base_plan["tasks"][t]["replicas"] + rest_plan["tasks"][t]["replicas"]}
+                           for t in rest_plan["tasks"]}
+        merged["on_demand_floor"] = {"share": floor, "cost_per_hour": base_plan["total_cost_per_hour"]}
+        return merged, base_asg + rest_asg
+
+    @staticmethod
+    def _scaled(spec, factor: float):
+        from atoll.specs.workflow import WorkflowSpec
+
+        data = spec.dump()
+        for src in data["sources"]:
+            src["rate"] = max(src["rate"] * factor, 1e-6)
+        return parse_obj(WorkflowSpec, data, source=spec.name)
+
+    def _plan_once(self, spec, name: str, previous: list[dict] | None = None, on_demand_only: bool = False,
+                   exclude: set[str] = frozenset()):
         from atoll.planner import plan as run_planner
         from atoll.planner.build import problem_from_specs
         from atoll.specs.cluster import ClusterSpec
 
         nodes, taken = self._live_nodes(name)
+        nodes = [n for n in nodes if n.id not in exclude
+                 and not (on_demand_only and n.spec.get("preemptible"))]
+        taken = set(taken) | set(exclude)
         if not nodes:
             raise PlanInfeasible("no READY nodes are free for this workflow", slo="capacity", asked=None,
                                  reachable=0.0, hint="start agents (`atoll agent`) or delete other workflows")
@@ -201,7 +256,7 @@ class WorkflowManager:
         plan = run_planner(problem)
         stages, serving, _, _ = self._serving(spec)
         plan_d = plan.to_dict()
-        plan_d["constraints"] = {"trusted_only": trusted,
+        plan_d["constraints"] = {"trusted_only": trusted, "on_demand_only": on_demand_only,
                                  "forbid_tiers": list(planned.placement.forbid_tiers),
                                  "forbid_regions": list(planned.placement.forbid_regions)}
         assignments = [a.to_dict() for a in assign(name, plan_d, pools, serving, previous, taken)]
@@ -270,7 +325,10 @@ class WorkflowManager:
                         "state": st, "worker_address": (node.status.get("worker_address", "") if node else ""),
                         "region": node.region if node else "", "tier": node.tier if node else "",
                         "weight": a["weight"] / total[a["task"]] if total.get(a["task"]) else 0.0,
-                        "message": msg, "node_state": node.state if node else "GONE"})
+                        "message": msg, "node_state": node.state if node else "GONE",
+                        **{f"{ph}_seconds": float((node.status.get("replica_load_seconds") or {}).get(
+                            f"{a['replica_id']}/{ph}", 0.0)) if node else 0.0
+                           for ph in ("fetch", "load", "warmup")}})
         return out
 
     def route(self, name: str) -> Route:
@@ -332,7 +390,10 @@ class WorkflowManager:
 
     def _update_states(self) -> None:
         for rec in self.records.values():
+            if rec.state == "IDLE" and not rec.assignments:
+                continue
             views = self.replica_views(rec)
+            self._track_cold_starts(rec, views)
             tasks = {a["task"] for a in rec.assignments} | set(rec.plan.get("tasks", {}))
             ready = {t: sum(1 for v in views if v["task"] == t and v["state"] == "ready"
                             and v["node_state"] == "READY") for t in tasks}
@@ -350,6 +411,144 @@ class WorkflowManager:
                     log.info("workflow state", extra=kv(workflow=rec.name, old=rec.state, new=state, why=msg))
                 rec.state, rec.message, rec.updated = state, msg, time.time()
                 self.store.put_workflow(rec)
+
+    # ------------------------------------------------------------------ autoscaling
+    WINDOW_S = 10.0
+
+    def request_started(self, name: str) -> None:
+        now = time.monotonic()
+        q = self.arrivals.setdefault(name, collections.deque())
+        q.append(now)
+        self.in_flight[name] = self.in_flight.get(name, 0) + 1
+        self.last_request[name] = now
+
+    def request_finished(self, name: str) -> None:
+        self.in_flight[name] = max(0, self.in_flight.get(name, 0) - 1)
+
+    def arrival_rate(self, name: str, now: float) -> float:
+        q = self.arrivals.get(name)
+        if not q:
+            return 0.0
+        while q and now - q[0] > self.WINDOW_S:
+            q.popleft()
+        return len(q) / self.WINDOW_S
+
+    @staticmethod
+    def base_rate(spec) -> float:
+        return sum(src.rate for src in spec.sources)
+
+    def autoscale(self, now: float | None = None) -> list[tuple[str, str]]:
+        """One pass of the autoscaler over every workflow that has a policy. Returns actions taken."""
+        now = time.monotonic() if now is None else now
+        done = []
+        for name, rec in list(self.records.items()):
+            spec = self.spec(name)
+            a = getattr(spec, "autoscaling", None)
+            if a is None:
+                continue
+            policy = Policy(metric=a.metric, target=a.target, min_replicas=a.min_replicas,
+                            max_replicas=a.max_replicas, scale_up_delay=a.scale_up_delay,
+                            scale_down_delay=a.scale_down_delay, scale_to_zero=a.scale_to_zero,
+                            idle_seconds=a.idle_seconds)
+            base = self.base_rate(spec)
+            scale = float(rec.plan.get("autoscale", {}).get("scale", 1.0))
+            zero = rec.state == "IDLE"
+            views = self.replica_views(rec)
+            tasks = {v["task"] for v in views} or set(rec.plan.get("tasks", {}))
+            ready = min([sum(1 for v in views if v["task"] == t and v["state"] == "ready") for t in tasks] or [0])
+            qd = 0.0
+            nodes = {v["node_id"] for v in views}
+            if nodes:
+                depths = [self.registry.nodes[n].status.get("queue_depth", 0) for n in nodes if n in self.registry.nodes]
+                rate = max(self.arrival_rate(name, now), 1e-3)
+                qd = (sum(depths) / max(len(depths), 1)) / rate
+            sample = Sample(now=now, arrivals_per_s=self.arrival_rate(name, now),
+                            in_flight=float(self.in_flight.get(name, 0)), queue_delay_s=qd, ready_replicas=ready,
+                            last_request_at=self.last_request.get(name, rec.created and now - (time.time() - rec.created)))
+            d = decide(policy, sample, base * scale, base * 0.05, self._as_state.get(name, State()), zero)
+            self._as_state[name] = d.state
+            if d.action in ("scale", "from_zero"):
+                if self._rescale(rec, spec, d.rate / base, d.reason):
+                    done.append((name, d.action))
+            elif d.action == "to_zero":
+                self._to_zero(rec, d.reason)
+                done.append((name, d.action))
+        return done
+
+    def wake(self, name: str) -> None:
+        """A request arrived for a workflow at zero: scale up now (the request waits)."""
+        rec = self.records.get(name)
+        if rec is not None and rec.state == "IDLE":
+            spec = self.spec(name)
+            self._rescale(rec, spec, max(float(rec.plan.get("autoscale", {}).get("scale_before_zero", 1.0)), 0.05),
+                          "a request arrived")
+
+    def _rescale(self, rec, spec, scale: float, reason: str) -> bool:
+        a = spec.autoscaling
+        old_ids = {x["replica_id"] for x in rec.assignments}
+        for _ in range(4):       # back off when the fleet cannot take it or max_replicas is exceeded
+            try:
+                plan_d, assignments = self.plan_for(spec, rec.name, previous=rec.assignments, scale=scale)
+            except PlanInfeasible as exc:
+                scale *= 0.75
+                last = exc
+                continue
+            per_task: dict[str, int] = {}
+            for x in assignments:
+                per_task[x["task"]] = per_task.get(x["task"], 0) + 1
+            worst = max(per_task.values() or [0])
+            if worst > a.max_replicas:
+                scale *= a.max_replicas / worst
+                continue
+            break
+        else:
+            log.warning("autoscale: no plan", extra=kv(workflow=rec.name, error=str(locals().get("last", ""))[:200]))
+            return False
+        plan_d["autoscale"] = {"scale": scale, "rate": self.base_rate(spec) * scale, "reason": reason,
+                               "decided_unix": time.time()}
+        rec.plan, rec.assignments = plan_d, assignments
+        rec.generation += 1
+        rec.state = "DEPLOYING" if rec.state == "IDLE" else rec.state
+        rec.updated = time.time()
+        self.store.put_workflow(rec)
+        self._export_plan(rec)
+        new_ids = {x["replica_id"] for x in assignments} - old_ids
+        if new_ids:
+            self._cold[rec.name] = (time.monotonic(), new_ids)
+        log.info("autoscaled", extra=kv(workflow=rec.name, rate=round(self.base_rate(spec) * scale, 3),
+                                         replicas=len(assignments), why=reason))
+        self.reconcile()
+        return True
+
+    def _to_zero(self, rec, reason: str) -> None:
+        rec.plan["autoscale"] = {"scale": 0.0, "rate": 0.0, "reason": reason, "decided_unix": time.time(),
+                                 "scale_before_zero": float(rec.plan.get("autoscale", {}).get("scale", 1.0)) or 1.0}
+        rec.assignments = []
+        rec.generation += 1
+        rec.state, rec.message, rec.updated = "IDLE", f"scaled to zero: {reason}", time.time()
+        self.store.put_workflow(rec)
+        log.info("scaled to zero", extra=kv(workflow=rec.name, why=reason))
+        self.reconcile()
+
+    def _track_cold_starts(self, rec, views) -> None:
+        pending = self._cold.get(rec.name)
+        if not pending:
+            return
+        t0, ids = pending
+        for v in views:
+            if v["replica_id"] in ids and v["state"] == "ready":
+                node = self.registry.nodes.get(v["node_id"])
+                ph = (node.status.get("replica_load_seconds") or {}) if node else {}
+                self.cold_starts.append({"workflow": rec.name, "replica": v["replica_id"], "node": v["node_name"],
+                                         "seconds": time.monotonic() - t0,
+                                         "fetch": ph.get(f"{v['replica_id']}/fetch", 0.0),
+                                         "load": ph.get(f"{v['replica_id']}/load", 0.0),
+                                         "warmup": ph.get(f"{v['replica_id']}/warmup", 0.0)})
+                if self.metrics is not None:
+                    self.metrics.cold_start.labels(rec.name).observe(time.monotonic() - t0)
+                ids.discard(v["replica_id"])
+        if not ids:
+            self._cold.pop(rec.name, None)
 
     # ------------------------------------------------------------------ failures
     def _on_transition(self, t) -> None:
@@ -373,7 +572,10 @@ class WorkflowManager:
             if rec is None:
                 continue
             try:
-                plan_d, assignments = self.plan_for(self.spec(name), name, previous=rec.assignments)
+                plan_d, assignments = self.plan_for(self.spec(name), name, previous=rec.assignments,
+                                                    scale=float(rec.plan.get("autoscale", {}).get("scale", 1.0)) or 1.0)
+                if "autoscale" in rec.plan:
+                    plan_d["autoscale"] = rec.plan["autoscale"]
             except Exception as exc:  # noqa: BLE001 - keep serving what is left; retry; report why
                 rec.message = f"re-plan failed (retrying): {exc}"
                 rec.updated = time.time()

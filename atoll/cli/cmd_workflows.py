@@ -124,7 +124,21 @@ def run_status(ns) -> int:
         print(json.dumps(st.to_dict(), indent=2))
         return 0
     print(f"workflow {st.name}: {st.state} — {st.message} (plan generation {st.generation})")
+    cons = st.plan.get("constraints") or {}
+    if cons.get("trusted_only"):
+        print("constraints: trusted tiers only (no stage, and none of its data, on a renter host)")
+    if st.plan.get("on_demand_floor"):
+        f = st.plan["on_demand_floor"]
+        print(f"on-demand floor: {f['share']:.0%} of the rate on non-preemptible nodes (${f['cost_per_hour']:.3f}/h)")
+    a = st.plan.get("autoscale")
+    if a:
+        print(f"autoscaled to {a['rate']:.2f} req/s: {a['reason']}")
     print_plan(st.plan, st.replicas)
+    if st.cold_starts:
+        print("cold starts (decision to serving; on the agent: fetch / load / warm-up):")
+        print(render(["REPLICA", "NODE", "TOTAL S", "FETCH", "LOAD", "WARM-UP"],
+                     [[c["replica"], c["node"], f"{c['seconds']:.2f}", f"{c['fetch']:.3f}", f"{c['load']:.3f}",
+                       f"{c['warmup']:.3f}"] for c in st.cold_starts[-5:]], "llrrrr"))
     if st.profiles:
         print("throughput profiles (req/s per replica; the planner uses measured figures when present):")
         print(render(["VARIANT", "HARDWARE", "DECLARED", "MEASURED", "SOURCE"],

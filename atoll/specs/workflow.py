@@ -50,6 +50,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field, field_validator
 
 from atoll.errors import SpecError
+from atoll.specs.autoscaling import AutoscalingSpec
 from atoll.specs.catalog import Catalog, VariantSpec, check_name, load_catalog
 from atoll.specs.cluster import parse_location
 from atoll.specs.common import Spec, load_yaml
@@ -144,6 +145,8 @@ class WorkflowSpec(Spec):
     edges: list[EdgeSpec] = Field(min_length=1)
     slo: SLOSpec = Field(default_factory=SLOSpec)
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    autoscaling: Optional[AutoscalingSpec] = Field(default=None, description="follow the measured load "
+                                                   "(see atoll.specs.autoscaling); unset: a static plan")
 
     def dump(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True, by_alias=True)

@@ -151,7 +151,7 @@ class SubmitWorkflowRequest(_message.Message):
     def __init__(self, spec_yaml: _Optional[str] = ..., filename: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "task", "variant", "node_id", "node_name", "state", "worker_address", "region", "tier", "weight", "message")
+    __slots__ = ("replica_id", "task", "variant", "node_id", "node_name", "state", "worker_address", "region", "tier", "weight", "message", "fetch_seconds", "load_seconds", "warmup_seconds")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,9 @@ class ReplicaStatus(_message.Message):
     TIER_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FETCH_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     task: str
     variant: str
@@ -174,7 +177,10 @@ class ReplicaStatus(_message.Message):
     tier: str
     weight: float
     message: str
-    def __init__(self, replica_id: _Optional[str] = ..., task: _Optional[str] = ..., variant: _Optional[str] = ..., node_id: _Optional[str] = ..., node_name: _Optional[str] = ..., state: _Optional[str] = ..., worker_address: _Optional[str] = ..., region: _Optional[str] = ..., tier: _Optional[str] = ..., weight: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+    fetch_seconds: float
+    load_seconds: float
+    warmup_seconds: float
+    def __init__(self, replica_id: _Optional[str] = ..., task: _Optional[str] = ..., variant: _Optional[str] = ..., node_id: _Optional[str] = ..., node_name: _Optional[str] = ..., state: _Optional[str] = ..., worker_address: _Optional[str] = ..., region: _Optional[str] = ..., tier: _Optional[str] = ..., weight: _Optional[float] = ..., message: _Optional[str] = ..., fetch_seconds: _Optional[float] = ..., load_seconds: _Optional[float] = ..., warmup_seconds: _Optional[float] = ...) -> None: ...
 
 class ProfileEntry(_message.Message):
     __slots__ = ("variant", "hardware", "declared_rps", "measured_rps", "source")
@@ -191,7 +197,7 @@ class ProfileEntry(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., hardware: _Optional[str] = ..., declared_rps: _Optional[float] = ..., measured_rps: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
 
 class WorkflowStatus(_message.Message):
-    __slots__ = ("name", "state", "message", "plan_json", "replicas", "profiles", "spec_yaml", "created_unix", "updated_unix", "generation", "tenant")
+    __slots__ = ("name", "state", "message", "plan_json", "replicas", "profiles", "spec_yaml", "created_unix", "updated_unix", "generation", "tenant", "cold_starts_json")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +209,7 @@ class WorkflowStatus(_message.Message):
     UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    COLD_STARTS_JSON_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     message: str
@@ -214,7 +221,8 @@ class WorkflowStatus(_message.Message):
     updated_unix: float
     generation: int
     tenant: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., plan_json: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[ProfileEntry, _Mapping]]] = ..., spec_yaml: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., generation: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
+    cold_starts_json: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., plan_json: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[ProfileEntry, _Mapping]]] = ..., spec_yaml: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., generation: _Optional[int] = ..., tenant: _Optional[str] = ..., cold_starts_json: _Optional[str] = ...) -> None: ...
 
 class WorkflowSummary(_message.Message):
     __slots__ = ("name", "state", "cost_per_hour", "accuracy", "replicas", "ready_replicas")
