@@ -138,6 +138,22 @@ class Agent:
 
     async def _refresh_capacity(self) -> None:
         self.hb.set_capacity(probe(self.node, str(self.state_dir)))
+        self._reload_price()
+
+    def _reload_price(self) -> None:
+        """Marketplaces re-price hosts: re-read node.yaml's price_per_hour/preemptible (on the
+        periodic refresh, and at once on SIGHUP) and report a change in the heartbeats."""
+        try:
+            fresh = load_yaml(NodeConfig, self.settings.config)
+        except Exception as exc:  # noqa: BLE001 - keep the last good config, say why
+            log.warning("node.yaml reload failed", extra=kv(error=str(exc)[:200]))
+            return
+        if (fresh.price_per_hour, fresh.preemptible) != (self.node.price_per_hour, self.node.preemptible):
+            log.info("price changed", extra=kv(node=self.node.name, old=self.node.price_per_hour,
+                                               new=fresh.price_per_hour, preemptible=fresh.preemptible))
+            self.node = self.node.model_copy(update={"price_per_hour": fresh.price_per_hour,
+                                                     "preemptible": fresh.preemptible})
+            self.hb.set_price(fresh.price_per_hour, fresh.preemptible)
 
     def _start_metrics(self) -> None:
         """Prometheus on --metrics-listen: the runtime's metrics of the engine loaded now, plus
@@ -285,6 +301,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_price)
         hb_task = self._tasks[0]
         waiter = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({waiter, hb_task}, return_when=asyncio.FIRST_COMPLETED)

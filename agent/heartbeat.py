@@ -136,6 +136,12 @@ class HeartbeatClient:
             self.capacity = cap
             self._capacity_dirty = True
 
+    def set_price(self, price: float, preemptible: bool) -> None:
+        """Report a new hourly price (sent on every heartbeat until the next registration)."""
+        self._price = (float(price), bool(preemptible))
+        self.spec = {**self.spec, "price_per_hour": float(price), "preemptible": bool(preemptible)}
+        self._wake.set()
+
     def poke(self) -> None:
         """Send the next heartbeat now (status changed)."""
         self._wake.set()
@@ -223,6 +229,8 @@ class HeartbeatClient:
             req = control_pb2.HeartbeatRequest(node_id=self.node_id, session_token=self._session,
                                                seq=self.seq, draining=self._draining,
                                                assignments_generation=self.generation_fn() if self.generation_fn else 0)
+            if getattr(self, "_price", None) is not None:
+                req.has_price, (req.price_per_hour, req.preemptible) = True, self._price
             if self._capacity_dirty:
                 req.capacity.CopyFrom(capacity_pb(self.capacity))
                 req.has_capacity = True

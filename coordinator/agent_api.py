@@ -82,6 +82,8 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             convert.capacity_from_pb(req.capacity) if req.has_capacity else None,
             convert.status_from_pb(req.status) if req.HasField("status") else None,
             req.draining, req.assignments_generation)
+        if req.has_price:
+            self.registry.set_price(sess.node_id, req.price_per_hour, req.preemptible)
         done = time.perf_counter()
         self.metrics.observe_heartbeat(done - t0, (time.time() - req.sent_unix) if req.sent_unix else None)
 

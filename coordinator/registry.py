@@ -69,6 +69,7 @@ class Registry:
         self._dirty: dict[str, bool] = {}      # node id -> status changed since last flush
         self._listeners: list[Callable[[Transition], None]] = []
         self.applied_generation: dict[str, int] = {}   # node id -> assignments generation it applied
+        self._price_listeners: list[Callable[[str, float, float], None]] = []
         self._restore()
 
     # -- start-up -------------------------------------------------------------------------------
@@ -153,6 +154,24 @@ class Registry:
         sess.closed = True
         if self.sessions.get(sess.node_id) is sess:
             del self.sessions[sess.node_id]
+
+    def add_price_listener(self, fn: Callable[[str, float, float], None]) -> None:
+        self._price_listeners.append(fn)
+
+    def set_price(self, node_id: str, price: float, preemptible: bool) -> None:
+        """The host re-priced itself (a marketplace renter, a spot instance): persist and tell."""
+        rec = self.nodes.get(node_id)
+        if rec is None:
+            return
+        if not (0 <= price <= 10_000) or price != price:
+            raise InvalidArgument(f"price_per_hour {price} outside 0..10000")
+        old = float(rec.spec.get("price_per_hour", 0.0))
+        if old == price and bool(rec.spec.get("preemptible")) == preemptible:
+            return
+        rec.spec = {**rec.spec, "price_per_hour": price, "preemptible": preemptible}
+        self.store.upsert_node(rec)
+        for fn in self._price_listeners:
+            fn(node_id, old, price)
 
     def heartbeat(self, sess: Session, seq: int, capacity: dict | None, status: dict | None,
                   draining: bool, generation: int | None = None) -> None:

@@ -65,6 +65,8 @@ class WorkflowManager:
         self._cold: dict[str, tuple[float, set[str]]] = {}   # workflow -> (decided at, new replica ids)
         self.cold_starts: list[dict] = []
         registry.add_listener(self._on_transition)
+        if hasattr(registry, "add_price_listener"):
+            registry.add_price_listener(self._on_price)
 
     # ------------------------------------------------------------------ spec and serving info
     def parse(self, spec_yaml: str, filename: str, tenant: str | None = None):
@@ -196,6 +198,9 @@ class WorkflowManager:
         floor = float(getattr(getattr(spec, "autoscaling", None), "on_demand_floor", 0.0) or 0.0)
         if scale != 1.0:
             spec = self._scaled(spec, scale)
+        domains = int(getattr(spec.placement, "min_failure_domains", 1) or 1)
+        if floor <= 0 and domains > 1:
+            return self._plan_spread(spec, name, previous, domains)
         if floor <= 0:
             return self._plan_once(spec, name, previous)
         from atoll.errors import PlanInfeasible
@@ -220,6 +225,54 @@ class WorkflowManager:
                            for t in rest_plan["tasks"]}
         merged["on_demand_floor"] = {"share": floor, "cost_per_hour": base_plan["total_cost_per_hour"]}
         return merged, base_asg + rest_asg
+
+    def domain_of(self, node, label: str) -> str:
+        if label == "region":
+            return node.region
+        return (node.spec.get("labels") or {}).get(label, "") or f"node:{node.name}"
+
+    def _plan_spread(self, spec, name: str, previous, n: int):
+        """At least ``n`` failure domains per stage: the rate is split in ``n`` equal shares, each
+        planned on one domain's nodes (domains tried cheapest first); the plans are merged."""
+        from atoll.errors import PlanInfeasible
+
+        label = spec.placement.failure_domain
+        nodes, _ = self._live_nodes(name)
+        by_dom: dict[str, list] = {}
+        for nd in nodes:
+            by_dom.setdefault(self.domain_of(nd, label), []).append(nd)
+        if len(by_dom) < n:
+            raise PlanInfeasible(f"failure domains: {n} asked, {len(by_dom)} available among the READY nodes "
+                                 f"(by {label!r})", slo="failure_domains", asked=n, reachable=len(by_dom),
+                                 hint=f"label more nodes with {label}=... or lower min_failure_domains")
+        order = sorted(by_dom, key=lambda d: min(float(x.spec.get("price_per_hour", 0)) for x in by_dom[d]))
+        share = self._scaled(spec, 1.0 / n)
+        parts, used = [], set()
+        all_ids = {x.id for x in nodes}
+        for d in order:
+            if len(parts) == n:
+                break
+            keep = {x.id for x in by_dom[d]}
+            try:
+                parts.append(self._plan_once(share, name, previous, exclude=(all_ids - keep) | used))
+                used |= keep
+            except PlanInfeasible:
+                continue
+        if len(parts) < n:
+            raise PlanInfeasible(f"failure domains: only {len(parts)} of the {n} asked can each carry 1/{n} of "
+                                 "the load", slo="failure_domains", asked=n, reachable=len(parts),
+                                 hint="add capacity in more domains or lower min_failure_domains")
+        plan_d = dict(parts[0][0])
+        for key in ("compute_cost_per_hour", "transfer_cost_per_hour", "total_cost_per_hour"):
+            plan_d[key] = sum(p[key] for p, _ in parts)
+        plan_d["accuracy"] = min(p["accuracy"] for p, _ in parts)
+        plan_d["hosts"] = [h for p, _ in parts for h in p["hosts"]]
+        plan_d["routes"] = [r for p, _ in parts for r in p["routes"]]
+        plan_d["tasks"] = {t: {"variant": parts[0][0]["tasks"][t]["variant"],
+                               "replicas": [r for p, _ in parts for r in p["tasks"][t]["replicas"]]}
+                           for t in plan_d["tasks"]}
+        plan_d["failure_domains"] = {"label": label, "domains": n}
+        return plan_d, [a for _, asg in parts for a in asg]
 
     @staticmethod
     def _scaled(spec, factor: float):
@@ -559,6 +612,14 @@ class WorkflowManager:
         elif t.new == "READY":      # new capacity: retry workflows whose re-plan failed
             for name in self._retry_at:
                 self._replan.add(name)
+
+    def _on_price(self, node_id: str, old: float, new: float) -> None:
+        """A price change can make another placement cheaper: re-plan every workflow (sticky
+        placement and the planner's own choice keep what still pays)."""
+        log.info("node price changed; re-planning", extra=kv(node=node_id[:12], old=old, new=new))
+        for rec in self.records.values():
+            if rec.state != "IDLE":
+                self._replan.add(rec.name)
 
     def replan_pending(self) -> list[str]:
         done = []

@@ -128,6 +128,10 @@ class PlacementSpec(Spec):
     forbid_locations: list[str] = Field(default_factory=list, description="region/tier")
     data_up_only: bool = False
     trusted_only: bool = Field(default=False, description="never place a stage (or its data) on a renter host")
+    min_failure_domains: int = Field(default=1, ge=1, le=64, description="spread every stage's replicas over at "
+                                     "least this many failure domains")
+    failure_domain: str = Field(default="provider", min_length=1, max_length=63,
+                                description="node label naming a node's failure domain ('region' uses the region)")
 
     @field_validator("forbid_locations")
     @classmethod

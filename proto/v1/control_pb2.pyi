@@ -34,7 +34,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "session_token", "seq", "capacity", "has_capacity", "status", "draining", "assignments_generation", "sent_unix")
+    __slots__ = ("node_id", "session_token", "seq", "capacity", "has_capacity", "status", "draining", "assignments_generation", "sent_unix", "has_price", "price_per_hour", "preemptible")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,9 @@ class HeartbeatRequest(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_GENERATION_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    HAS_PRICE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTIBLE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_token: str
     seq: int
@@ -53,7 +56,10 @@ class HeartbeatRequest(_message.Message):
     draining: bool
     assignments_generation: int
     sent_unix: float
-    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., seq: _Optional[int] = ..., capacity: _Optional[_Union[_common_pb2.NodeCapacity, _Mapping]] = ..., has_capacity: _Optional[bool] = ..., status: _Optional[_Union[_common_pb2.NodeStatus, _Mapping]] = ..., draining: _Optional[bool] = ..., assignments_generation: _Optional[int] = ..., sent_unix: _Optional[float] = ...) -> None: ...
+    has_price: bool
+    price_per_hour: float
+    preemptible: bool
+    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., seq: _Optional[int] = ..., capacity: _Optional[_Union[_common_pb2.NodeCapacity, _Mapping]] = ..., has_capacity: _Optional[bool] = ..., status: _Optional[_Union[_common_pb2.NodeStatus, _Mapping]] = ..., draining: _Optional[bool] = ..., assignments_generation: _Optional[int] = ..., sent_unix: _Optional[float] = ..., has_price: _Optional[bool] = ..., price_per_hour: _Optional[float] = ..., preemptible: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("replica_id", "workflow", "task", "variant", "base_model", "adapter", "adapter_source", "kind", "options")

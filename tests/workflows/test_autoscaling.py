@@ -104,3 +104,45 @@ def test_on_demand_floor_survives_losing_every_preemptible_host(harness):
         c.delete("wf-floor")
     h.restart_agent("rent-1")
     h.wait_nodes_ready(["rent-1"])
+
+
+def test_price_change_triggers_a_replan(harness):
+    import signal
+
+    import yaml as _yaml
+
+    h = harness
+    with h.client(timeout=60) as c:
+        c.submit(str(h.write("wf-price", spec(h, "wf-price", 3, None, max_tokens=2) | {"autoscaling": None})))
+        st = c.wait_ready("wf-price", 90)
+        assert [r["node"] for r in st.replicas] == ["rent-1"], st.replicas      # the cheapest host
+        cfg = h.fleet.dir / "rent-1.yaml"
+        data = _yaml.safe_load(cfg.read_text())
+        data["price_per_hour"] = 9.0                                            # the renter re-prices itself
+        cfg.write_text(_yaml.safe_dump(data))
+        h.fleet.agents["rent-1"].send_signal(signal.SIGHUP)
+        st2 = wait_until(lambda: (lambda s: s if s.generation > st.generation and s.state == "READY" else None)(
+            c.status("wf-price")), 40, "a re-plan after the price change")
+        assert "rent-1" not in {r["node"] for r in st2.replicas}
+        assert {n.name: n.price_per_hour for n in c.nodes()}["rent-1"] == 9.0
+        data["price_per_hour"] = 0.5
+        cfg.write_text(_yaml.safe_dump(data))
+        h.fleet.agents["rent-1"].send_signal(signal.SIGHUP)
+        wait_until(lambda: {n.name: n.price_per_hour for n in c.nodes()}["rent-1"] == 0.5, 20, "price back")
+        c.delete("wf-price")
+
+
+def test_replicas_spread_over_failure_domains(harness):
+    h = harness
+    with h.client(timeout=60) as c:
+        s = spec(h, "wf-spread", 4, None, max_tokens=2) | {"autoscaling": None}
+        s["placement"] = {"min_failure_domains": 2, "failure_domain": "region"}
+        c.submit(str(h.write("wf-spread", s)))
+        st = c.wait_ready("wf-spread", 90)
+        assert len({r["region"] for r in st.replicas}) >= 2, st.replicas
+        assert st.plan["failure_domains"] == {"label": "region", "domains": 2}
+        c.delete("wf-spread")
+        s["placement"]["min_failure_domains"] = 5
+        from atoll.errors import FailedPrecondition
+        with pytest.raises(FailedPrecondition, match="failure domains"):
+            c.submit(str(h.write("wf-spread5", s | {"name": "wf-spread5"})))
