@@ -1,0 +1,209 @@
+"""Simulated GPU hosts for the elasticity benchmark: many per process, one asyncio object each.
+
+Each :class:`SimHost` is a real agent as far as the coordinator can tell:
+
+- the agent's own :class:`atoll.agent.heartbeat.HeartbeatClient` (real Register and heartbeat
+  stream) with a node spec (tier, region, price, preemptible, label ``hardware: <class>``);
+- a real ``grpc.aio`` server on its own loopback port serving ``atoll.v1.Worker.Generate``
+  (registered from the descriptor with :func:`atoll.rpc.add_service`), so the coordinator's
+  router calls it exactly as it calls a real agent;
+- on an ``assignments`` instruction, each new replica turns ``loading`` and, after a simulated
+  cold start, ``ready``; once every replica of the desired set is ready the host reports
+  ``assignments_generation = generation`` (as ``agent/daemon.py`` does through ReplicaManager).
+
+Service model (batch-aware, from the runtime's measured CPU profile, see :func:`service_time`):
+at most ``concurrency`` requests are served at once (the rest wait in FIFO order, reported as
+``queue_depth``); a request entering service when ``k`` requests are in service takes
+``service_time(k) / speed`` seconds, streamed as a few text chunks.
+
+Killing a host (:meth:`SimHost.kill`) cancels its heartbeat task and stops its Worker server
+without grace: in-flight calls fail, and the router retries them on another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import grpc
+
+from atoll.agent.heartbeat import HeartbeatClient
+from atoll.agent.replicas import items_from_pb
+from atoll.proto.v1 import common_pb2, worker_pb2
+from atoll.rpc import add_service
+
+# ---------------------------------------------------------------------------------- the profile
+# From bench/results/runtime.json and README "Runtime / Benchmark" (atoll, bare base model, the
+# 56.4M-parameter Llama on the 2-core CPU, 32 requests x 64 prompt + 64 new tokens):
+#   - decode at batch 32: 180.1 tok/s for the whole batch (README table)  -> 32/180.1 s per step;
+#   - decode at batch 1: the byte-model bound, step_bytes 210.3 MB / 9.2 GB/s copy bandwidth
+#     (README machine line)                                                 -> 22.9 ms per step;
+#   - prefill: 2.72 s for 2,048 prompt tokens (runtime.json results.base.prefill_s) -> 85 ms for 64.
+# Step time is interpolated linearly in the batch size between those two points.
+NEW_TOKENS = 64
+STEP_B1 = 210_274_304 / 9.2e9
+STEP_B32 = 32 / 180.1
+PREFILL_S = 2.717 / 32
+
+
+def service_time(k: int) -> float:
+    """Seconds for one request on the measured CPU when ``k`` requests share the batch."""
+    k = max(1, k)
+    step = STEP_B1 + (STEP_B32 - STEP_B1) * (k - 1) / 31
+    return NEW_TOKENS * step + PREFILL_S
+
+
+def declared_rps(speed: float, k: int) -> float:
+    """Requests/s of one replica running ``k`` at a time (Little's law), for the planner's spec."""
+    return k / (service_time(k) / speed)
+
+
+WORKER = worker_pb2.DESCRIPTOR.services_by_name["Worker"]
+
+
+class SimHost:
+    def __init__(self, *, name: str, tier: str, region: str, price: float, preemptible: bool, hardware: str,
+                 speed: float, gpu_mem_gb: int, channel, join_token: str, concurrency: int = 8,
+                 cold_start: tuple[float, float] = (1.0, 2.5), seed: int = 0, provider: str = ""):
+        self.name, self.tier, self.hardware, self.speed = name, tier, hardware, speed
+        self.preemptible = preemptible
+        self.price = price
+        self.concurrency = concurrency
+        self.cold_start = cold_start
+        self.rng = random.Random(seed)
+        self.spec = {"name": name, "tier": tier, "region": region, "zone": "", "price_per_hour": price,
+                     "preemptible": preemptible, "labels": {"hardware": hardware, "provider": provider or name}}
+        cap = {"gpus": [{"index": 0, "name": f"SIM {hardware}", "memory_total_bytes": gpu_mem_gb << 30,
+                         "memory_free_bytes": gpu_mem_gb << 30, "compute_capability": "8.0"}],
+               "cpu_cores": 8, "memory_bytes": 64 << 30, "disk_bytes": 1 << 40, "simulated": True,
+               "agent_version": "elasticity-bench"}
+        self.hb = HeartbeatClient(channel, join_token=join_token, spec=self.spec, capacity=cap,
+                                  status_fn=self._status, on_instruction=self._on_instruction,
+                                  generation_fn=lambda: self.applied_generation, max_backoff=2.0,
+                                  rng=random.Random(seed + 1))
+        self.server: grpc.aio.Server | None = None
+        self.address = ""
+        self.states: dict[str, str] = {}
+        self.load_seconds: dict[str, float] = {}
+        self.desired_generation = 0
+        self.applied_generation = 0
+        self.active = 0
+        self.waiting = 0
+        self.served = 0
+        self._slots = asyncio.Semaphore(concurrency)
+        self._hb_task: asyncio.Task | None = None
+        self._loads: dict[str, asyncio.Task] = {}
+        self.alive = False
+
+    # -------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self.server = grpc.aio.server()
+        add_service(self.server, self, WORKER)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        self.address = f"127.0.0.1:{port}"
+        self.alive = True
+        self._hb_task = asyncio.ensure_future(self.hb.run())
+
+    async def kill(self) -> None:
+        """As a preempted rental vanishes: no drain, heartbeats stop, in-flight calls fail."""
+        self.alive = False
+        if self._hb_task is not None:
+            self._hb_task.cancel()
+        for t in self._loads.values():
+            t.cancel()
+        if self.server is not None:
+            await self.server.stop(None)
+
+    async def stop(self) -> None:
+        if not self.alive:
+            return
+        self.hb.stop()
+        await self.kill()
+        if self._hb_task is not None:
+            await asyncio.gather(self._hb_task, return_exceptions=True)
+
+    # -------------------------------------------------------------------------- agent side
+    def _status(self) -> common_pb2.NodeStatus:
+        return common_pb2.NodeStatus(worker_address=self.address, replica_states=dict(self.states),
+                                     replica_load_seconds=dict(self.load_seconds),
+                                     running_requests=self.active, queue_depth=self.waiting)
+
+    async def _on_instruction(self, ins) -> None:
+        if ins.WhichOneof("kind") != "assignments":
+            return
+        items = items_from_pb(ins.assignments)
+        gen = ins.assignments.generation
+        self.desired_generation = gen
+        want = {it.replica_id for it in items}
+        for rid in list(self.states):
+            if rid not in want:
+                self.states.pop(rid, None)
+                t = self._loads.pop(rid, None)
+                if t is not None:
+                    t.cancel()
+        for rid in want:
+            if rid not in self.states:
+                self.states[rid] = "loading"
+                self._loads[rid] = asyncio.ensure_future(self._load(rid))
+        self._maybe_applied()
+        self.hb.poke()
+
+    async def _load(self, rid: str) -> None:
+        """Simulated cold start: fetch (30%) + load (60%) + warm-up (10%)."""
+        total = self.rng.uniform(*self.cold_start)
+        await asyncio.sleep(total)
+        if rid in self.states:
+            self.states[rid] = "ready"
+            for ph, share in (("fetch", 0.3), ("load", 0.6), ("warmup", 0.1)):
+                self.load_seconds[f"{rid}/{ph}"] = round(total * share, 4)
+        self._loads.pop(rid, None)
+        self._maybe_applied()
+        self.hb.poke()
+
+    def _maybe_applied(self) -> None:
+        if all(s == "ready" for s in self.states.values()):
+            self.applied_generation = self.desired_generation
+
+    # -------------------------------------------------------------------------- Worker service
+    async def Generate(self, request, context):
+        if not any(s == "ready" for s in self.states.values()):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.name}: no ready replica")
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            self.active += 1
+            k = self.active
+            # batch-aware: time per request grows with the batch; +-10% jitter per request
+            total = service_time(k) / self.speed * self.rng.uniform(0.9, 1.1)
+            chunks = 4
+            words = ["sim", "ulated", " tokens", " done"]
+            for i in range(chunks):
+                await asyncio.sleep(total / chunks)
+                yield worker_pb2.GenerateResponse(text=words[i], finished=i == chunks - 1,
+                                                  finish_reason="length" if i == chunks - 1 else "",
+                                                  completion_tokens=NEW_TOKENS if i == chunks - 1 else 0)
+            self.served += 1
+        finally:
+            self.active -= 1
+            self._slots.release()
+
+    async def LoadAdapter(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "simulated host")
+
+    async def UnloadAdapter(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "simulated host")
+
+    async def ListAdapters(self, request, context):
+        return worker_pb2.ListAdaptersResponse()
+
+    async def Embed(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "simulated host")
+
+
+def now() -> float:
+    return time.monotonic()
