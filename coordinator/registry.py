@@ -241,15 +241,21 @@ class Registry:
             self._apply(t)
         return ts
 
+    def flush_rows(self) -> list[tuple]:
+        """Take the rows to persist (heartbeat times, changed statuses) since the last flush.
+        Cheap, on the event loop; the write itself can then run in a thread."""
+        if not self._dirty:
+            return []
+        dirty, self._dirty = self._dirty, {}
+        return [(nid, self.nodes[nid].last_heartbeat, self.nodes[nid].heartbeats,
+                 dict(self.nodes[nid].status) if changed else None)
+                for nid, changed in dirty.items() if nid in self.nodes]
+
     def flush(self) -> int:
         """Persist heartbeat times (and changed statuses) of nodes touched since the last flush."""
-        if not self._dirty:
-            return 0
-        dirty, self._dirty = self._dirty, {}
-        rows = [(nid, self.nodes[nid].last_heartbeat, self.nodes[nid].heartbeats,
-                 self.nodes[nid].status if changed else None)
-                for nid, changed in dirty.items() if nid in self.nodes]
-        self.store.touch_nodes(rows)
+        rows = self.flush_rows()
+        if rows:
+            self.store.touch_nodes(rows)
         return len(rows)
 
     # -- internals ------------------------------------------------------------------------------

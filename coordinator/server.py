@@ -321,7 +321,9 @@ class Coordinator:
         while True:
             await asyncio.sleep(period)
             try:
-                self.registry.flush()
+                rows = self.registry.flush_rows()
+                if rows:      # the batch write runs in a thread: the event loop keeps serving
+                    await asyncio.to_thread(self.store.touch_nodes, rows)
             except Exception:  # noqa: BLE001
                 log.exception("flush failed")
 

@@ -406,16 +406,22 @@ class WorkflowManager:
 
     # ------------------------------------------------------------------ reconcile
     def desired_by_node(self) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {}
+        """Desired replica items per node, for nodes that hold or should hold something: the
+        nodes named in assignments, and live nodes that report a non-empty applied set (they
+        must be told to drop it). Everything else needs nothing and costs nothing per pass."""
+        by_node: dict[str, list[dict]] = {}
         for rec in self.records.values():
             for a in rec.assignments:
-                out.setdefault(a["node_id"], [])
-        for node_id in list(out) + [s for s in self.registry.sessions]:
+                by_node.setdefault(a["node_id"], [])
+        for node_id, gen in self.registry.applied_generation.items():
+            if gen not in (0, -1) and node_id in self.registry.sessions:
+                by_node.setdefault(node_id, [])
+        for node_id in by_node:
             items: list[dict] = []
             for rec in self.records.values():
                 items += node_items(rec.assignments, node_id)
-            out[node_id] = sorted(items, key=lambda i: i["replica_id"])
-        return out
+            by_node[node_id] = sorted(items, key=lambda i: i["replica_id"])
+        return by_node
 
     def reconcile(self, now: float | None = None) -> int:
         """Send each live node its desired set if it reports another generation. Returns sends."""
