@@ -99,6 +99,14 @@ class Agent:
                                   "(the coordinator keeps it in STATE_DIR/join-token)")
         await self._start_worker_server()
         self._start_metrics()
+        if self.settings.openai_listen:
+            from atoll.agent.openai_local import LocalEngineDoor
+
+            ohost, oport = split_address(self.settings.openai_listen)
+            self.openai = LocalEngineDoor(asyncio.get_running_loop(), lambda: self.replicas.engine,
+                                          host=ohost, port=oport)
+            self.openai.start()
+            log.info("openai endpoint", extra=kv(node=self.node.name, url=f"http://{ohost}:{self.openai.port}/v1"))
         # One channel per coordinator listed (several: fail over between them).
         addresses = split_addresses(self.settings.coordinator)
         options = CHANNEL_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(addresses) > 1 else [])

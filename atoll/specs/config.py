@@ -137,6 +137,8 @@ class AgentSettings(Spec):
     metrics_listen: str | None = Field(default=None, description="Prometheus HTTP HOST:PORT")
     worker_advertise: str | None = Field(default=None, description="HOST:PORT the coordinator should use to "
                                                                     "reach this agent's Worker")
+    openai_listen: str | None = Field(default=None, description="HOST:PORT of an OpenAI-compatible endpoint "
+                                                                "serving this host's model directly (edge clients)")
     tls_ca: str | None = Field(default=None, description="PEM CA that signed the coordinator's certificate")
     tls_cert: str | None = Field(default=None, description="PEM client certificate of this agent (mutual TLS)")
     tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")

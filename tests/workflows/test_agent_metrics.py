@@ -1,4 +1,5 @@
-"""An agent's --metrics-listen serves the runtime's metrics and its replicas by state."""
+"""An agent's --metrics-listen serves the runtime's metrics and its replicas by state; its
+--openai-listen serves the host's own model to an edge client, with no coordinator on the path."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ def test_agent_metrics_endpoint(tmp_path):
     from atoll.tiny import build_tiny_llama
 
     build_tiny_llama(tmp_path / "base")
-    addr, mport = f"127.0.0.1:{free_port()}", free_port()
+    addr, mport, oport = f"127.0.0.1:{free_port()}", free_port(), free_port()
     procs = [Proc(["coordinator", "--listen", addr, "--metrics-listen", f"127.0.0.1:{free_port()}", "--state-dir",
                    str(tmp_path / "s"), "--heartbeat-interval", "1", "--join-token", "metrics-token"], tmp_path / "c.log"),
              Proc(["agent", "--coordinator", addr, "--config", str(node_yaml(tmp_path / "n.yaml", name="m-1",
                    labels={"hardware": "a100"})), "--state-dir", str(tmp_path / "a"), "--join-token", "metrics-token",
-                   "--metrics-listen", f"127.0.0.1:{mport}"], tmp_path / "a.log")]
+                   "--metrics-listen", f"127.0.0.1:{mport}", "--openai-listen", f"127.0.0.1:{oport}"],
+                  tmp_path / "a.log")]
     try:
         spec = {"name": "wf-m", "sources": [{"name": "u", "rate": 1, "region": "us-east", "tier": "datacenter"}],
                 "tasks": [{"name": "t", "max_tokens": 4, "variants": [
@@ -47,6 +49,17 @@ def test_agent_metrics_endpoint(tmp_path):
             pytest.fail("promtool is needed (scripts/system-deps installs Debian's prometheus)")
         chk = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
         assert chk.returncode == 0, chk.stdout + chk.stderr
+
+        import openai
+        oa = openai.OpenAI(base_url=f"http://127.0.0.1:{oport}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in oa.models.list().data] == ["base"]
+        r = oa.completions.create(model="base", prompt="edge hello", max_tokens=3)
+        assert isinstance(r.choices[0].text, str)
+        chunks = list(oa.chat.completions.create(model="base", stream=True, max_tokens=3,
+                                                 messages=[{"role": "user", "content": "hi"}]))
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        with pytest.raises(openai.NotFoundError):
+            oa.completions.create(model="base:nope", prompt="x")
     finally:
         for p in procs:
             p.stop()
