@@ -190,7 +190,12 @@ class AdapterStore:
             self._lock.wait(timeout)
 
     def close(self) -> None:
+        """Stop the loader thread and wait for it: a daemon thread still inside torch while the
+        interpreter shuts down can abort the process ("terminate called without an active
+        exception")."""
         self._queue.put(StopIteration)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
     # ---- loading ------------------------------------------------------------------------------
     def _request_load(self, e: _Entry) -> None:
