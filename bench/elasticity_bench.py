@@ -66,8 +66,8 @@ PRICE_A100, PRICE_L4 = 4.10, 0.71
 RENTER_PRICES = [0.35, 0.39, 0.44, 0.49, 0.55]
 
 POLICIES = {
-    "atoll": {"metric": "in_flight", "target": 3, "scale_up_delay": 1, "scale_down_delay": 6,
-              "max_replicas": 32},
+    "atoll": {"metric": "in_flight", "target": 5, "scale_up_delay": 1, "scale_down_delay": 6,
+              "max_replicas": 8},
     "rate-only": {"metric": "rate_only", "target": 3, "scale_up_delay": 1, "scale_down_delay": 6,
                   "max_replicas": 32},
 }
