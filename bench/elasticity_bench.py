@@ -375,7 +375,8 @@ async def run_policy(policy: str, tr: dict, quick: bool, tmp: Path, seed: int) -
            "final_replicas": len(final.replicas), "cold_starts": len(final.cold_starts),
            "cold_start_p50_s": round(pct([c["seconds"] for c in final.cold_starts], 0.5), 2)
            if final.cold_starts else None,
-           "autoscale_reason": (final.plan.get("autoscale") or {}).get("reason")}
+           "autoscale_reason": (final.plan.get("autoscale") or {}).get("reason"),
+           "misses_by_5s": {str(int(k * 5)): v for k, v in sorted(_buckets(results).items())}}
     if policy == "atoll-storm" and "storm_at_s" in events:
         st = events["storm_at_s"]
         after = [r for r in results if r[0] >= st - 5]
@@ -383,6 +384,15 @@ async def run_policy(policy: str, tr: dict, quick: bool, tmp: Path, seed: int) -
                         "lost_requests": sum(1 for r in results if r[0] >= st - 5 and not r[2]),
                         "lost_requests_whole_run": len(failed),
                         "time_back_to_slo_s": time_back(after, st, window=5.0)}
+    return out
+
+
+def _buckets(results) -> dict[int, int]:
+    """SLO misses per 5 s of send time (where in the day they happened)."""
+    out: dict[int, int] = {}
+    for r in results:
+        if not (r[2] and r[1] <= SLO_S):
+            out[int(r[0] // 5)] = out.get(int(r[0] // 5), 0) + 1
     return out
 
 
