@@ -55,6 +55,7 @@ class WorkflowManager:
         self.records: dict[str, WorkflowRecord] = {r.name: r for r in store.list_workflows()}
         self._specs: dict[str, object] = {}
         self._sent: dict[str, tuple[int, float]] = {}        # node id -> (generation, when)
+        self._sent_session: dict[str, object] = {}            # node id -> the session it went to
         self._replan: set[str] = set()
         self._retry_at: dict[str, float] = {}               # workflow -> next re-plan attempt
         # autoscaling: load seen by the router, the autoscaler's memory, pending cold starts
@@ -445,8 +446,6 @@ class WorkflowManager:
         self._update_states()
         return sent
 
-    _sent_session: dict = {}
-
     def _update_states(self) -> None:
         for rec in self.records.values():
             if rec.state == "IDLE" and not rec.assignments:
@@ -518,9 +517,11 @@ class WorkflowManager:
             qd = 0.0
             nodes = {v["node_id"] for v in views}
             if nodes:
+                # Little's law over the workflow's nodes: queued requests / arrival rate. (An
+                # agent reports one queue per node; a node shared by workflows over-counts.)
                 depths = [self.registry.nodes[n].status.get("queue_depth", 0) for n in nodes if n in self.registry.nodes]
                 rate = max(self.arrival_rate(name, now), 1e-3)
-                qd = (sum(depths) / max(len(depths), 1)) / rate
+                qd = sum(depths) / rate
             sample = Sample(now=now, arrivals_per_s=self.arrival_rate(name, now),
                             in_flight=float(self.in_flight.get(name, 0)), queue_delay_s=qd, ready_replicas=ready,
                             last_request_at=self.last_request.get(name, rec.created and now - (time.time() - rec.created)))
