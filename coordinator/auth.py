@@ -163,34 +163,20 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 raise PermissionDenied(f"{name} needs an admin key")
             return ident
 
-        async def deny(context, exc):
-            code = {"UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
-                    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED}.get(exc.code, grpc.StatusCode.INTERNAL)
-            await context.abort(code, str(exc))
+        async def enter(context):
+            """Check the caller; on success set ``current`` and return the token to reset."""
+            try:
+                return current.set(identify())
+            except (Unauthenticated, PermissionDenied) as exc:
+                code = (grpc.StatusCode.UNAUTHENTICATED if exc.code == "UNAUTHENTICATED"
+                        else grpc.StatusCode.PERMISSION_DENIED)
+                await context.abort(code, str(exc))
 
-        if handler.unary_unary:
-            inner = handler.unary_unary
-
-            async def uu(request, context):
-                try:
-                    ident = identify()
-                except (Unauthenticated, PermissionDenied) as exc:
-                    await deny(context, exc)
-                tok = current.set(ident)
-                try:
-                    return await inner(request, context)
-                finally:
-                    current.reset(tok)
-            return grpc.unary_unary_rpc_method_handler(uu, handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream:
             inner_s = handler.unary_stream
 
             async def us(request, context):
-                try:
-                    ident = identify()
-                except (Unauthenticated, PermissionDenied) as exc:
-                    await deny(context, exc)
-                tok = current.set(ident)
+                tok = await enter(context)
                 try:
                     agen = inner_s(request, context)
                     if inspect.isasyncgen(agen):
@@ -202,21 +188,21 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     current.reset(tok)
             return grpc.unary_stream_rpc_method_handler(us, handler.request_deserializer, handler.response_serializer)
-        if handler.stream_unary:
-            inner_su = handler.stream_unary
 
-            async def su(request_iterator, context):
-                try:
-                    ident = identify()
-                except (Unauthenticated, PermissionDenied) as exc:
-                    await deny(context, exc)
-                tok = current.set(ident)
-                try:
-                    return await inner_su(request_iterator, context)
-                finally:
-                    current.reset(tok)
-            return grpc.stream_unary_rpc_method_handler(su, handler.request_deserializer, handler.response_serializer)
-        return handler
+        # unary-unary and stream-unary: one coroutine call, the same wrapping.
+        kind, factory = ((handler.unary_unary, grpc.unary_unary_rpc_method_handler) if handler.unary_unary
+                         else (handler.stream_unary, grpc.stream_unary_rpc_method_handler))
+        if kind is None:
+            return handler
+        inner = kind
+
+        async def call(request_or_iterator, context):
+            tok = await enter(context)
+            try:
+                return await inner(request_or_iterator, context)
+            finally:
+                current.reset(tok)
+        return factory(call, handler.request_deserializer, handler.response_serializer)
 
 
 def visible(tenant_of_thing: str) -> bool:
