@@ -328,6 +328,57 @@ def cpu_perf(quick: bool) -> list[dict]:
     return rows
 
 
+def cpu_paths(quick: bool) -> list[dict]:
+    """The torch backend's multi-slot paths forced one at a time, side by side (fp32, CPU): decode
+    rows with distinct adapters (one row per slot, 33 stacked slots) and a uniform mix, on the
+    runtime benchmark's projection shapes (hidden 512: qkv 512->1024 packed, gate_up 512->2816
+    packed, down 1408->512), rank 16. Paths: a matmul per slot ("per_slot"), gather + bmm,
+    grouped GEMM, padded bmm."""
+    from atoll.kernels import torch_lora as tl
+
+    forced = {                       # module switches that force each path
+        "per_slot": dict(SORTED=False, GATHER_MIN_SLOTS=10**9),
+        "gather": dict(SORTED=False, GATHER_MIN_SLOTS=1, GATHER_MAX_ROW_BYTES=1 << 40,
+                       GATHER_MAX_ROWS_PER_SLOT=10**9),
+        "grouped": dict(SORTED=True, GROUPED=True, PADDED_MAX_WASTE=0.0),
+        "padded": dict(SORTED=True, GROUPED=False, PADDED_MAX_WASTE=1e9),
+    }
+    if not tl.GROUPED:
+        forced.pop("grouped")
+    shapes = (("qkv", 512, (512, 256, 256)), ("gate_up", 512, (1408, 1408)), ("down", 1408, (512,)))
+    rows = []
+    for pop, slots in (("distinct", list(range(32))), ("uniform", [i % 6 for i in range(32)])):
+        for name, h_in, widths in shapes[:1] if quick else shapes:
+            p = make_problem(slots, h_in, widths, 16, torch.float32, torch.device("cpu"))
+            a = torch.zeros(33, *p["a"].shape[1:])            # 33 stacked slots, as the runtime bench
+            a[:p["a"].shape[0]] = p["a"]
+            b = torch.zeros(33, *p["b"].shape[1:])
+            b[:p["b"].shape[0]] = p["b"]
+            sc = torch.ones(33)
+            row = dict(popularity=pop, projection=name, tokens=len(slots), hidden_in=h_in,
+                       widths=list(widths), rank=16, slots=33)
+            y0 = p["y"].clone()                                # timing runs update p["y"] in place
+            ref = lora_apply(y0.clone(), p["x"], a, b, sc, p["meta"], p["offsets"], backend="ref")
+            saved = {k: getattr(tl, k) for f in forced.values() for k in f}
+            try:
+                for path, switches in forced.items():
+                    for k, v in switches.items():
+                        setattr(tl, k, v)
+                    tl._LAST_PLANS = (None, None, {})
+                    y = lora_apply(y0.clone(), p["x"], a, b, sc, p["meta"], p["offsets"], backend="torch")
+                    assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4), path
+                    row[f"{path}_us"] = time_cpu(lambda: lora_apply(
+                        p["y"], p["x"], a, b, sc, p["meta"], p["offsets"], backend="torch")) * 1e6
+                    for k, v in saved.items():
+                        setattr(tl, k, v)
+            finally:
+                for k, v in saved.items():
+                    setattr(tl, k, v)
+                tl._LAST_PLANS = (None, None, {})
+            rows.append(row)
+    return rows
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 def print_gpu(result: dict) -> None:
@@ -371,15 +422,27 @@ def print_cpu(result: dict) -> None:
         **result["cpu_speedup_summary"]))
 
 
+def print_paths(rows: list[dict]) -> None:
+    paths = [k[:-3] for k in rows[0] if k.endswith("_us")]
+    print("\nCPU, torch backend paths forced side by side (us per shrink+expand, fp32, rank 16, "
+          "32 decode rows, 33 stacked slots)")
+    print(f"{'popularity':10} {'proj':8} " + " ".join(f"{p:>9}" for p in paths))
+    for w in rows:
+        print(f"{w['popularity']:10} {w['projection']:8} " + " ".join(f"{w[p + '_us']:9.0f}" for p in paths))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cpu", action="store_true", help="skip the GPU part even with CUDA")
     ap.add_argument("--quick", action="store_true", help="fewer shapes (smoke run)")
     ap.add_argument("--out", default=None,
-                    help="JSON path (default bench/results/kernels.json; none for --interpret)")
+                    help="JSON path (default bench/results/kernels.json; none for --interpret "
+                         "and --torch-paths)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: multi-threaded small ops are erratic "
                          "on a shared machine)")
+    ap.add_argument("--torch-paths", action="store_true",
+                    help="only the CPU side-by-side of the torch backend's multi-slot paths")
     ap.add_argument("--interpret", action="store_true",
                     help="run only the GPU part, on CPU tensors under TRITON_INTERPRET=1 with "
                          "tiny shapes: checks the script end to end, its figures mean nothing")
@@ -409,13 +472,16 @@ def main(argv=None) -> int:
                           "kernels' GPU correctness (bf16) and bandwidth figures need a GPU")
         print(result["note"])
     if not args.interpret:
+        result["cpu_torch_paths"] = cpu_paths(args.quick)
+        print_paths(result["cpu_torch_paths"])
+    if not args.interpret and not args.torch_paths:
         rows = cpu_perf(args.quick)
         sp = [w["speedup"] for w in rows]
         result["cpu_torch_backend"] = rows
         result["cpu_speedup_summary"] = {"geomean": float(np.exp(np.mean(np.log(sp)))),
                                          "min": min(sp), "max": max(sp)}
         print_cpu(result)
-    out = args.out or (None if args.interpret else REPO / "bench" / "results" / "kernels.json")
+    out = args.out or (None if args.interpret or args.torch_paths else REPO / "bench" / "results" / "kernels.json")
     if out:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,22 @@ references), computed in fp32 like them, but with far fewer small ops per call:
   all packed slices at once for shrink;
 - **groups** (rows of a slot scattered, e.g. an unsorted decode batch with 3 adapters): rows
   are grouped by *slot*, not by run, so it costs 3 matmuls, not one per run of equal slots;
-- **gather** (many distinct slots with about one row each, and small adapters): the rows'
-  adapter matrices are gathered, ``a[slots]`` / ``b[slots]``, and multiplied with one
-  ``torch.bmm``, in chunks that keep the gathered copy under ``GATHER_BYTES``.
+- **sorted** (two or more slots, fp32 on the CPU): the adapter rows are sorted by slot once per
+  step, then one call serves every slot, reading the stacked weights in place (no copy of the
+  adapters, no Python loop over slots):
+  - *grouped*: one ``torch._grouped_mm`` over the slots' row groups (needs 16-byte strides);
+  - *padded*: without it, when the rows fill the slots evenly (distinct adapters in decode:
+    about one row per slot), rows are scattered into a zero-padded [S, Lmax, H] block and one
+    ``torch.bmm`` runs against all S slots' weights;
+  - otherwise a matmul per slot over the sorted rows.
+  ``bench/kernels_bench.py --torch-paths`` times them side by side; on this 2-core CPU (1
+  thread, 32 distinct decode rows, 33 slots, rank 16, the runtime bench's qkv / gate_up / down
+  shapes) grouped took 688 / 918 / 449 us per shrink+expand, padded 1099 / 799 / 434, a
+  matmul per slot 2368 / 4088 / 1310 and gather + bmm 2715 / 4268 / 2217;
+- **gather** (many distinct slots with about one row each, and small adapters; not fp32 on the
+  CPU): the rows' adapter matrices are gathered, ``a[slots]`` /
+  ``b[slots]``, and multiplied with one ``torch.bmm``, in chunks that keep the gathered copy
+  under ``GATHER_BYTES``.
 
 Shapes: x [T, H_in], a [S, N, R, H_in], h [N, T, R] float32, b [S, H_out, R], scales [S] fp32,
 y [T, H_out] updated IN PLACE by :func:`expand`.
@@ -26,6 +39,9 @@ GATHER_MAX_ROW_BYTES = 48 << 10  # ... and one row's adapter (N*R*H_in or H_out*
 # (measured on the CPU, 1 thread, 64 distinct rows: gather wins 2.6-8x up to 48 KiB per row and
 # loses from 64 KiB, where copying the adapters costs more than a matmul call per row)
 GATHER_BYTES = 64 << 20        # cap on one gathered chunk of adapter weights
+GROUPED = hasattr(torch, "_grouped_mm")   # module switch (tests turn it off to reach the others)
+SORTED = True                  # module switch for the whole sorted family (tests turn it off)
+PADDED_MAX_WASTE = 2.0         # padded bmm when S·Lmax <= this × the adapter rows
 
 
 _LAST_PLANS: tuple = (None, None, {})   # (meta, tensor versions, {row_bytes: plan})
@@ -38,7 +54,18 @@ def _versions(meta) -> tuple[int, ...]:
                                       meta.seg_slots))
 
 
-def _plan(meta, row_bytes: int):
+def sorted_available(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """The sorted family serves fp32 CPU tensors (Triton serves the GPU)."""
+    return SORTED and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+
+
+def grouped_available(x: torch.Tensor, w: torch.Tensor, *dims: int) -> bool:
+    """``torch._grouped_mm`` on CPU wants fp32 strides and offsets in multiples of 16 bytes
+    (``dims``: every size that becomes a stride or an offset)."""
+    return GROUPED and sorted_available(x, w) and all(d % 4 == 0 for d in dims)
+
+
+def _plan(meta, row_bytes: int, fp32_cpu: bool = False):
     """:func:`_make_plan`, memoized for the most recent ``meta`` (built once per step, then
     passed to every layer and projection: the plan is made once per step and weight size)."""
     global _LAST_PLANS
@@ -47,17 +74,18 @@ def _plan(meta, row_bytes: int):
     if last is not meta or versions != now:
         plans = {}
         _LAST_PLANS = (meta, now, plans)
-    plan = plans.get(row_bytes)
+    key = (row_bytes, fp32_cpu)
+    plan = plans.get(key)
     if plan is None:
-        plan = plans[row_bytes] = _make_plan(meta, row_bytes)
+        plan = plans[key] = _make_plan(meta, row_bytes, fp32_cpu)
     return plan
 
 
-def _make_plan(meta, row_bytes: int):
+def _make_plan(meta, row_bytes: int, fp32_cpu: bool = False):
     """How to batch this step (decided from the metadata; no tensor math):
 
-    ("single", slot) | ("gather", rows, row_slots) | ("runs", [(start, len, slot)]) |
-    ("groups", [(slot, rows)]).
+    ("single", slot) | ("sorted", rows, row_slots, {n_slots: layout}) | ("gather", rows, row_slots)
+    | ("runs", [(start, len, slot)]) | ("groups", [(slot, rows)]).
     "gather" copies each row's adapter, which pays when per-op overhead (~tens of us per slot
     group) outweighs copying ``row_bytes`` per row; "runs" slices contiguous segments (views,
     no gather) and is used when every slot occupies one run; "groups" indexes rows by slot.
@@ -68,6 +96,11 @@ def _make_plan(meta, row_bytes: int):
         return ("single", seg[0][2])
     n_slots = len({s for _, _, s in seg})
     n_rows = sum(ln for _, ln, _ in seg)
+    if fp32_cpu and SORTED and n_slots >= 2:
+        slots = meta.token_slots.long()
+        rows = torch.nonzero(slots >= 0, as_tuple=False).flatten()
+        row_slots, order = torch.sort(slots[rows], stable=True)
+        return ("sorted", rows[order], row_slots, {})
     if (n_slots >= GATHER_MIN_SLOTS and n_rows <= GATHER_MAX_ROWS_PER_SLOT * n_slots
             and row_bytes <= GATHER_MAX_ROW_BYTES):
         slots = meta.token_slots.long()
@@ -81,6 +114,46 @@ def _make_plan(meta, row_bytes: int):
     rows = rows[order]
     uniq, counts = torch.unique_consecutive(row_slots, return_counts=True)
     return ("groups", list(zip(uniq.tolist(), torch.split(rows, counts.tolist()))))
+
+
+def _layout(plan, n_slots: int, aligned: bool):
+    """How a "sorted" plan runs against a stack of ``n_slots`` slots, cached on the plan:
+    ("grouped", offs, counts) -- a grouped GEMM when ``aligned``, else a matmul per slot --
+    or ("padded", (slot, place) index of each row, Lmax) when the grouped GEMM cannot run and
+    the rows fill the slots evenly."""
+    key = (n_slots, aligned)
+    lay = plan[3].get(key)
+    if lay is None:
+        row_slots = plan[2]
+        counts = torch.bincount(row_slots, minlength=n_slots)
+        ends = torch.cumsum(counts, 0)
+        lmax = int(counts.max())
+        if not (aligned and GROUPED) and n_slots * lmax <= PADDED_MAX_WASTE * row_slots.numel():
+            place = torch.arange(row_slots.numel()) - (ends - counts)[row_slots]
+            lay = ("padded", (row_slots, place), lmax)
+        else:
+            lay = ("grouped", ends.to(torch.int32), counts.tolist())
+        plan[3][key] = lay
+    return lay
+
+
+def _sorted_mm(xs: torch.Tensor, w: torch.Tensor, lay, aligned: bool) -> torch.Tensor:
+    """out[i] = xs[i] @ w[slot(i)] for rows sorted by slot: xs [L, K], w [S, K, M] (any
+    strides). Returns [L, M] fp32."""
+    if lay[0] == "padded":
+        idx, lmax = lay[1], lay[2]
+        xp = xs.new_zeros(w.shape[0], lmax, xs.shape[1])
+        xp[idx] = xs
+        return torch.bmm(xp, w)[idx]
+    if aligned:
+        return torch._grouped_mm(xs, w, offs=lay[1])
+    out = xs.new_empty(xs.shape[0], w.shape[2])
+    r0 = 0
+    for slot, c in enumerate(lay[2]):
+        if c:
+            torch.mm(xs[r0:r0 + c], w[slot], out=out[r0:r0 + c])
+            r0 += c
+    return out
 
 
 def _chunks(n_rows: int, bytes_per_row: int):
@@ -97,7 +170,7 @@ def shrink(x: torch.Tensor, a: torch.Tensor, meta) -> torch.Tensor:
     if not meta.any_lora or t == 0:
         return h
     row_bytes = n * r * h_in * a.element_size()
-    plan = _plan(meta, row_bytes)
+    plan = _plan(meta, row_bytes, sorted_available(x, a))
 
     def mm(xs, slot):                                   # [L, H_in] -> [N, L, R] fp32
         out = xs.float() @ a[slot].reshape(n * r, h_in).float().T
@@ -111,6 +184,12 @@ def shrink(x: torch.Tensor, a: torch.Tensor, meta) -> torch.Tensor:
     elif plan[0] == "groups":
         for slot, idx in plan[1]:
             h[:, idx] = mm(x[idx], slot)
+    elif plan[0] == "sorted":
+        rows, s = plan[1], a.shape[0]
+        w = a.view(s, n * r, h_in).transpose(1, 2)                             # [S, H_in, N*R] view
+        aligned = grouped_available(x, a, h_in, n * r)
+        out = _sorted_mm(x[rows], w, _layout(plan, s, aligned), aligned)
+        h[:, rows] = out.view(rows.numel(), n, r).transpose(0, 1)
     else:                                                # gather
         rows, row_slots = plan[1], plan[2]
         for i, j in _chunks(rows.numel(), row_bytes):
@@ -132,7 +211,7 @@ def expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tens
         return y
     h_out, r = b.shape[1], b.shape[2]
     row_bytes = h_out * r * b.element_size()
-    plan = _plan(meta, row_bytes)
+    plan = _plan(meta, row_bytes, sorted_available(y, b))
 
     def delta(hs, slot):                                # hs [N, L, R] -> [L, H_out] fp32, scaled
         sc = float(scales[slot])
@@ -156,6 +235,16 @@ def expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tens
     elif plan[0] == "groups":
         for slot, idx in plan[1]:
             y.index_add_(0, idx, delta(h[:, idx], slot).to(y.dtype))
+    elif plan[0] == "sorted":
+        rows, row_slots, s = plan[1], plan[2], b.shape[0]
+        aligned = grouped_available(y, b, h_out, r, *offs)
+        lay = _layout(plan, s, aligned)
+        hr = h[:, rows]                                                        # [N, L, R]
+        d = torch.empty(rows.numel(), h_out, dtype=torch.float32, device=y.device)
+        for k, (lo, hi) in spans:
+            d[:, lo:hi] = _sorted_mm(hr[k], b[:, lo:hi].transpose(1, 2), lay, aligned)
+        d *= scales[row_slots].float().unsqueeze(1)
+        y.index_add_(0, rows, d)
     else:                                                # gather
         rows, row_slots = plan[1], plan[2]
         for i, j in _chunks(rows.numel(), row_bytes):

@@ -8,7 +8,8 @@ Per layer, for the step's rows x [T, hidden]:
     h = RMSNorm(x)·g2;  [gate|up] = h·Wguᵀ (+LoRA, 2 slices);  x += (silu(gate)·up)·Wdᵀ (+LoRA)
 
 RMSNorm runs in fp32 and casts back, as Hugging Face does. Attention for decode rows is one
-batched call over each request's cache rows gathered through its block table (padded, masked);
+batched call over each request's cache blocks gathered whole through its block table (padded,
+masked);
 each prefill chunk attends over its request's rows separately.
 """
 
@@ -41,8 +42,8 @@ class StepBatch:
     write_rows: torch.Tensor  # [T] long: cache row of each token's K/V
     lora: LoraMeta            # slot per row (-1: base model)
     num_decode: int           # rows 0 … num_decode-1 are single-token decodes, one per request
-    decode_kv_rows: torch.Tensor | None   # [B, Lmax] long, cache rows (padding: row 0)
-    decode_kv_mask: torch.Tensor | None   # [B, 1, Lmax] additive mask (0 or -inf)
+    decode_kv_rows: torch.Tensor | None   # [B, NB] long, cache blocks of each request (padding: 0)
+    decode_kv_mask: torch.Tensor | None   # [B, 1, NB·block_size] additive mask (0 or -inf)
     prefills: list[PrefillChunk]
     logit_rows: torch.Tensor  # [M] long: rows whose next-token logits are wanted
 
@@ -134,9 +135,12 @@ class LlamaModel:
             attn = torch.empty(t, nh * d, dtype=self.dtype, device=self.device)
             g = nh // nkv
             if nd:
-                rows = batch.decode_kv_rows                                        # [B, L]
+                blocks = batch.decode_kv_rows                                      # [B, NB]
+                span = blocks.shape[1] * kv.block_size
+                kb = kc.view(nkv, -1, kv.block_size, d)[:, blocks].view(nkv, nd, span, d)
+                vb = vc.view(nkv, -1, kv.block_size, d)[:, blocks].view(nkv, nd, span, d)
                 qh = q[:nd].view(nd, nkv, g, d).transpose(0, 1)                    # [nkv, B, g, d]
-                out = self._attend(qh, kc[:, rows], vc[:, rows], batch.decode_kv_mask)
+                out = self._attend(qh, kb, vb, batch.decode_kv_mask)
                 attn[:nd] = out.transpose(0, 1).reshape(nd, nh * d)
             for ch, m in zip(batch.prefills, masks):
                 r0, ln = ch.row0, ch.length

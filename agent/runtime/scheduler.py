@@ -142,11 +142,14 @@ class Scheduler:
             for i, r in enumerate(decodes):
                 nb = min(nbmax, r.table.numel())
                 table[i, :nb] = r.table[:nb]
-            ar = torch.arange(lmax, device=dev)
-            kv_rows = table[:, ar // bs] * bs + ar % bs
-            kv_mask = torch.zeros(nd, lmax, device=dev)
+            # whole blocks are gathered (one copy of block_size rows per block, not one per row);
+            # positions past a request's length, and padding blocks (block 0), are masked
+            span = nbmax * bs
+            ar = torch.arange(span, device=dev)
+            kv_rows = table
+            kv_mask = torch.zeros(nd, span, device=dev)
             kv_mask.masked_fill_(ar[None, :] >= lens[:, None], float("-inf"))
-            kv_mask = kv_mask.view(nd, 1, lmax)
+            kv_mask = kv_mask.view(nd, 1, span)
         return StepBatch(
             input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
             positions=torch.tensor(pos, dtype=torch.long, device=dev),

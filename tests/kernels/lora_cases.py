@@ -19,6 +19,7 @@ SLICES = {                       # packed output layouts: widths of the slices
     "single": (37,),
     "gate_up": (45, 45),
     "qkv": (40, 17, 17),         # GQA-like: q wider than k and v, odd widths
+    "qkv_aligned": (48, 16, 16),  # 16-byte multiples in fp32: the torch backend's grouped path
 }
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (5e-3, 5e-3), torch.bfloat16: (2e-2, 2e-2)}
 

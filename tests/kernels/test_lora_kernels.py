@@ -64,11 +64,50 @@ def test_fast_torch_paths_all_taken(popularity, phase, plan, monkeypatch):
     """Each batching plan of the torch backend is taken and agrees with the reference; the
     gather chunking is exercised by shrinking GATHER_BYTES."""
     monkeypatch.setattr(torch_lora, "GATHER_BYTES", 4096)
+    monkeypatch.setattr(torch_lora, "SORTED", False)
     c = make_case(popularity, phase, n_req=23, seed=5)
     assert torch_lora._plan(c.meta, 1024)[0] == plan
     y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch")
     y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
     assert_close(y, y_ref, torch.float32)
+
+
+@pytest.mark.parametrize("mode", ["padded", "grouped", "per_slot"])
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+@pytest.mark.parametrize("popularity", POPULARITIES)
+def test_sorted_paths_match_reference(popularity, phase, mode, monkeypatch):
+    """fp32 on the CPU with two or more slots in the batch: the sorted plan is taken, in each of
+    its three forms (padded bmm, grouped GEMM, a matmul per slot), and agrees with the
+    segment-loop reference; rows without an adapter are untouched."""
+    if mode == "grouped" and not torch_lora.GROUPED:
+        pytest.skip("this torch has no torch._grouped_mm")
+    monkeypatch.setattr(torch_lora, "PADDED_MAX_WASTE", 1e9 if mode == "padded" else 0.0)
+    monkeypatch.setattr(torch_lora, "GROUPED", mode == "grouped")
+    h_in = 128 if mode == "grouped" else 129      # the grouped GEMM needs 16-byte strides
+    c = make_case(popularity, phase, layout="qkv_aligned", h_in=h_in, n_req=13, seed=11)
+    n_slots = len({int(s) for s in c.slots if s >= 0})
+    plan = torch_lora._plan(c.meta, 1, torch_lora.sorted_available(c.x, c.a))
+    assert plan[0] == ("sorted" if n_slots >= 2 else "single")
+    h = lora_shrink(c.x, c.a, c.meta, backend="torch")
+    h_ref = shrink_ref(c.x, c.a, c.meta)
+    assert_close(h, h_ref, torch.float32)
+    y = lora_expand(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets, backend="torch")
+    y_ref = expand_ref(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets)
+    assert_close(y, y_ref, torch.float32)
+    bare = c.slots < 0
+    assert torch.equal(y[bare], c.y0[bare])
+    if n_slots >= 2:
+        aligned = torch_lora.grouped_available(c.x, c.a, h_in, 3 * 8)
+        assert aligned == (mode == "grouped")
+        assert torch_lora._layout(plan, c.a.shape[0], aligned)[0] == ("padded" if mode == "padded" else "grouped")
+
+
+def test_sorted_family_is_for_fp32_on_the_cpu():
+    c = make_case("distinct", "decode", layout="qkv_aligned", h_in=128)
+    assert torch_lora.sorted_available(c.x, c.a)
+    assert not torch_lora.sorted_available(c.x.half(), c.a.half())
+    assert torch_lora.grouped_available(c.x, c.a, 128, 48) == torch_lora.GROUPED
+    assert not torch_lora.grouped_available(c.x, c.a, 129)                       # odd stride
 
 
 def test_plan_is_reused_per_step_and_refreshed_on_refill():
