@@ -56,7 +56,9 @@ class LocalEngineDoor(BaseDoor):
         handle = eng.submit(prompt, adapter, SamplingParams(max_tokens=max_tokens or 32,
                                                             temperature=temperature or 0.0))
         text = []
+        counts = [0, 0]
         async for d in handle:
+            counts = [max(counts[0], d.prompt_tokens), max(counts[1], d.completion_tokens)]
             if d.text:
                 text.append(d.text)
                 if on_delta is not None:
@@ -64,6 +66,7 @@ class LocalEngineDoor(BaseDoor):
 
         class _R:
             output = {"text": "".join(text)}
+            usage = {"prompt_tokens": counts[0], "completion_tokens": counts[1], "total_tokens": sum(counts)}
         return _R()
 
 

@@ -119,7 +119,8 @@ def _invoke_result(resp) -> dict:
         raise Unavailable("the coordinator closed the call without a result")
     return {"output": _json.loads(resp.output_json or "{}"), "request_id": resp.request_id,
             "stages": [{"task": s.task, "variant": s.variant, "node": s.node_name, "region": s.region,
-                        "seconds": s.seconds, "attempts": s.attempts, "output_bytes": s.output_bytes}
+                        "seconds": s.seconds, "attempts": s.attempts, "output_bytes": s.output_bytes,
+                        "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens}
                        for s in resp.stages]}
 
 
@@ -311,14 +312,17 @@ class Client:
                 raise Unavailable(f"workflow {name} not READY after {timeout:.0f} s: {st.state}: {st.message}")
             _t.sleep(poll)
 
-    def invoke(self, name: str, input: dict | str, *, timeout: float = 60.0, stream: bool = False):
+    def invoke(self, name: str, input: dict | str, *, timeout: float = 60.0, stream: bool = False,
+               max_tokens: int = 0):
         """Run one request. Returns {"output": ..., "stages": [...]}; with ``stream=True`` returns an
-        iterator of text deltas whose last item is that dict."""
+        iterator of text deltas whose last item is that dict. ``max_tokens`` (> 0) replaces the
+        sink stage's completion budget for this request."""
         import json as _json
 
         payload = input if isinstance(input, str) and input.lstrip().startswith(("{", '"')) else _json.dumps(
             input if isinstance(input, dict) else {"text": input})
-        req = control_pb2.InvokeRequest(workflow=name, input_json=payload, stream=stream, timeout_seconds=timeout)
+        req = control_pb2.InvokeRequest(workflow=name, input_json=payload, stream=stream, timeout_seconds=timeout,
+                                        max_tokens=max_tokens)
         if stream:
             return self._invoke_stream(req, timeout)
         import time as _t

@@ -205,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 res = self.door.call(lambda: self.door.invoke(model, tenant, prompt, max_tokens, temperature))
                 text = res.output.get("text", "")
-                usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+                usage = getattr(res, "usage", None) or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
                 if chat:
                     choice = {"index": 0, "message": {"role": "assistant", "content": text},
                               "finish_reason": "stop"}

@@ -10,12 +10,14 @@ import uuid
 
 from atoll.coordinator import auth, convert
 from atoll.coordinator.registry import Registry
-from atoll.coordinator.router import parse_input
+from atoll.coordinator.router import parse_input, with_sink
 from atoll.errors import AtollError, InvalidArgument
 from atoll.logs import kv
 from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 from atoll.rpc import handle_errors
 from atoll.specs.node import TIERS
+
+MAX_TOKENS_LIMIT = 8192         # the OpenAI door's bound too
 
 log = logging.getLogger("atoll.coordinator")
 DEFAULT_TIMEOUT = 60.0
@@ -125,6 +127,9 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
             timeout = min(timeout, remaining)
         if timeout <= 0 or timeout != timeout:
             raise InvalidArgument("timeout_seconds must be > 0")
+        if not 0 <= request.max_tokens <= MAX_TOKENS_LIMIT:
+            raise InvalidArgument(f"max_tokens must be in 0..{MAX_TOKENS_LIMIT} (0: the spec's), "
+                                  f"got {request.max_tokens}")
         deadline = time.monotonic() + timeout
         self.workflows.get(request.workflow)          # NOT_FOUND before anything is counted
         self.workflows.request_started(request.workflow)
@@ -133,6 +138,12 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         except BaseException:
             self.workflows.request_finished(request.workflow)
             raise
+        if request.max_tokens:
+            try:
+                route = with_sink(route, max_tokens=request.max_tokens)
+            except BaseException:
+                self.workflows.request_finished(request.workflow)
+                raise
         rid = request.request_id or uuid.uuid4().hex[:16]
         t0 = time.monotonic()
         queue: asyncio.Queue = asyncio.Queue()
@@ -162,7 +173,9 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
                 text=result.output.get("text", "") if not request.stream else "",
                 stages=[control_pb2.StageResult(task=s.task, variant=s.variant, node_name=s.node_name,
                                                 region=s.region, seconds=s.seconds, attempts=s.attempts,
-                                                output_bytes=s.output_bytes) for s in result.stages])
+                                                output_bytes=s.output_bytes, prompt_tokens=s.prompt_tokens,
+                                                completion_tokens=s.completion_tokens)
+                        for s in result.stages])
         finally:
             self.workflows.request_finished(request.workflow)
             if not task.done():

@@ -4,7 +4,6 @@ See :mod:`atoll.openai_http` for the protocol."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ class OpenAIDoor(BaseDoor):
         return out
 
     async def _route(self, model: str, tenant, max_tokens, temperature):
-        from atoll.coordinator.router import Route, Stage
+        from atoll.coordinator.router import Route, Stage, with_sink
 
         if ":" in model and not model.startswith("sha256:"):
             base, adapter = model.split(":", 1)
@@ -78,9 +77,7 @@ class OpenAIDoor(BaseDoor):
             changes["max_tokens"] = max_tokens
         if temperature is not None:
             changes["temperature"] = temperature
-        if changes:
-            route.stages = [dataclasses.replace(s, **changes) if s.task == route.sink else s for s in route.stages]
-        return route
+        return with_sink(route, **changes) if changes else route
 
     async def invoke(self, model, tenant, prompt, max_tokens, temperature, on_delta=None, timeout=60.0):
         route = await self._route(model, tenant, max_tokens, temperature)

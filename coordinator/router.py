@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -94,6 +95,17 @@ class Route:
     flows: dict[tuple[str, str], list[tuple[str, str, float]]] = field(default_factory=dict)
 
 
+def with_sink(route: Route, **changes) -> Route:
+    """The route with fields of its sink stage replaced for one request (``max_tokens``,
+    ``temperature``); the route itself is left untouched."""
+    sink = next(s for s in route.stages if s.task == route.sink)
+    if sink.kind != "llm":
+        raise InvalidArgument(f"{', '.join(sorted(changes))} given, but workflow {route.workflow!r} ends in "
+                              f"an {sink.kind} stage, which generates no tokens")
+    return dataclasses.replace(route, stages=[dataclasses.replace(s, **changes) if s.task == route.sink else s
+                                              for s in route.stages])
+
+
 @dataclass
 class StageRun:
     task: str
@@ -103,12 +115,21 @@ class StageRun:
     seconds: float = 0.0
     attempts: int = 0
     output_bytes: int = 0
+    prompt_tokens: int = 0         # as the worker counted them (llm stages)
+    completion_tokens: int = 0
 
 
 @dataclass
 class Result:
     output: dict
     stages: list[StageRun] = field(default_factory=list)
+
+    @property
+    def usage(self) -> dict:
+        """OpenAI-style token usage of the sink (last) stage."""
+        last = self.stages[-1] if self.stages else StageRun("")
+        return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
+                "total_tokens": last.prompt_tokens + last.completion_tokens}
 
 
 def parse_input(raw: str) -> str:
@@ -241,7 +262,7 @@ class Router:
                         worker_pb2.EmbedRequest(text=prompt, adapter=ep.adapter), timeout=left)
                     out: object = list(resp.embedding)
                 else:
-                    out = await self._generate(ep, stage, prompt, left, on_delta, started)
+                    out = await self._generate(ep, stage, prompt, left, on_delta, started, run)
                 run.variant, run.node_name, run.region = ep.variant, ep.node_name, ep.region
                 run.seconds = time.monotonic() - t0
                 if self.metrics is not None:
@@ -262,11 +283,14 @@ class Router:
                     raise Unavailable(f"stage {stage.task}: all {len(endpoints)} replica(s) failed; "
                                       f"last error: {last_err}") from None
 
-    async def _generate(self, ep: Endpoint, stage: Stage, prompt: str, timeout: float, on_delta, started) -> str:
+    async def _generate(self, ep: Endpoint, stage: Stage, prompt: str, timeout: float, on_delta, started,
+                        run: StageRun) -> str:
         req = worker_pb2.GenerateRequest(prompt=prompt, adapter=ep.adapter, sampling=worker_pb2.SamplingParams(
             max_tokens=stage.max_tokens, temperature=stage.temperature, stop=list(stage.stop)))
         text = []
         async for resp in self._stub(ep.address).Generate(req, timeout=timeout):
+            run.prompt_tokens = max(run.prompt_tokens, resp.prompt_tokens)
+            run.completion_tokens = max(run.completion_tokens, resp.completion_tokens)
             if resp.text:
                 text.append(resp.text)
                 if on_delta is not None:

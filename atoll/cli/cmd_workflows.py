@@ -42,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--input", required=True, help='JSON, e.g. \'{"text": "hello"}\'')
     p.add_argument("--stream", action="store_true", help="print the last stage's tokens as they come")
     p.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (default 60)")
+    p.add_argument("--max-tokens", type=int, default=0,
+                   help="completion budget of the last stage for this request (default: the spec's)")
     p.add_argument("--output", "-o", choices=["text", "json"], default="text")
     p.set_defaults(func=run_invoke)
 
@@ -168,7 +170,7 @@ def run_invoke(ns) -> int:
     with Client(ns.coordinator, timeout=ns.timeout + 5) as c:
         if ns.stream:
             result = None
-            for item in c.invoke(ns.name, ns.input, timeout=ns.timeout, stream=True):
+            for item in c.invoke(ns.name, ns.input, timeout=ns.timeout, stream=True, max_tokens=ns.max_tokens):
                 if isinstance(item, str):
                     sys.stdout.write(item)
                     sys.stdout.flush()
@@ -176,7 +178,7 @@ def run_invoke(ns) -> int:
                     result = item
             print()
         else:
-            result = c.invoke(ns.name, ns.input, timeout=ns.timeout)
+            result = c.invoke(ns.name, ns.input, timeout=ns.timeout, max_tokens=ns.max_tokens)
     if ns.output == "json":
         print(json.dumps(result, indent=2))
     elif not ns.stream:

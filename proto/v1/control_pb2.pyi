@@ -269,21 +269,23 @@ class DeleteWorkflowResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("workflow", "input_json", "stream", "timeout_seconds", "request_id")
+    __slots__ = ("workflow", "input_json", "stream", "timeout_seconds", "request_id", "max_tokens")
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     workflow: str
     input_json: str
     stream: bool
     timeout_seconds: float
     request_id: str
-    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., stream: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    max_tokens: int
+    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., stream: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class StageResult(_message.Message):
-    __slots__ = ("task", "variant", "node_name", "region", "seconds", "attempts", "output_bytes")
+    __slots__ = ("task", "variant", "node_name", "region", "seconds", "attempts", "output_bytes", "prompt_tokens", "completion_tokens")
     TASK_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +293,8 @@ class StageResult(_message.Message):
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     task: str
     variant: str
     node_name: str
@@ -298,7 +302,9 @@ class StageResult(_message.Message):
     seconds: float
     attempts: int
     output_bytes: int
-    def __init__(self, task: _Optional[str] = ..., variant: _Optional[str] = ..., node_name: _Optional[str] = ..., region: _Optional[str] = ..., seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., output_bytes: _Optional[int] = ...) -> None: ...
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, task: _Optional[str] = ..., variant: _Optional[str] = ..., node_name: _Optional[str] = ..., region: _Optional[str] = ..., seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., output_bytes: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class InvokeResponse(_message.Message):
     __slots__ = ("text", "done", "output_json", "stages", "request_id")

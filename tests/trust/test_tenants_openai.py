@@ -93,6 +93,8 @@ def test_keys_tenants_trusted_tiers_and_openai(fleet):
         assert "wf-a" in ids and "base:tenant-a" in ids
         r = oa.completions.create(model="wf-a", prompt="Hello", max_tokens=4)
         assert r.object == "text_completion" and isinstance(r.choices[0].text, str)
+        assert 1 <= r.usage.completion_tokens <= 4 and r.usage.prompt_tokens >= 1
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
         r = oa.chat.completions.create(model="wf-a", messages=[{"role": "user", "content": "hi"}])
         assert r.choices[0].message.role == "assistant"
         chunks = list(oa.chat.completions.create(model="base:tenant-a", stream=True, max_tokens=5,

@@ -55,6 +55,7 @@ def test_agent_metrics_endpoint(tmp_path):
         assert [m.id for m in oa.models.list().data] == ["base"]
         r = oa.completions.create(model="base", prompt="edge hello", max_tokens=3)
         assert isinstance(r.choices[0].text, str)
+        assert 1 <= r.usage.completion_tokens <= 3 and r.usage.prompt_tokens >= 1      # the agent door counts
         chunks = list(oa.chat.completions.create(model="base", stream=True, max_tokens=3,
                                                  messages=[{"role": "user", "content": "hi"}]))
         assert chunks[-1].choices[0].finish_reason == "stop"

@@ -145,6 +145,14 @@ def test_two_stages_with_adapters_stream_and_status(harness):
         st = c.wait_ready("wf-llm", 90)
         r = c.invoke("wf-llm", {"text": "the quick brown fox"})
         assert isinstance(r["output"]["text"], str) and [s["task"] for s in r["stages"]] == ["summarize", "answer"]
+        spec_tokens = r["stages"][1]["completion_tokens"]
+        assert 2 < spec_tokens <= 8 and r["stages"][1]["prompt_tokens"] > 0     # the spec's max_tokens 8
+        # a per-request completion budget replaces the sink stage's, not the first stage's
+        r2 = c.invoke("wf-llm", {"text": "the quick brown fox"}, max_tokens=2)
+        assert r2["stages"][1]["completion_tokens"] == 2
+        assert r2["stages"][0]["completion_tokens"] == r["stages"][0]["completion_tokens"]
+        with pytest.raises(InvalidArgument, match="max_tokens"):
+            c.invoke("wf-llm", {"text": "x"}, max_tokens=-1)
         parts = list(c.invoke("wf-llm", {"text": "stream me"}, stream=True))
         assert isinstance(parts[-1], dict) and all(isinstance(p, str) for p in parts[:-1])
         assert len(parts) >= 2 and "".join(parts[:-1]) == parts[-1]["output"]["text"]
