@@ -6,14 +6,21 @@ simulated fleet (real registration, heartbeats and Worker gRPC servers on loopba
 same seeded trace; requests go through the coordinator's ``Invoke`` (router, retries and all):
 
 - ``atoll``:       ``autoscaling: {metric: in_flight, ...}`` (parameters in ``POLICIES``);
-- ``static-peak``: no autoscaling block, the source rate set to the trace's peak;
+- ``static-peak``: no autoscaling block, the source rate set to the trace's peak of work (rate
+  x the mean completion length, in 64-token requests);
 - ``rate-only``:   ``autoscaling: {metric: rate_only, ...}``, a reactive requests/s autoscaler;
 - ``atoll-storm``: ``atoll`` with ``on_demand_floor``; at the trace's busiest hour 30% of the
   renters are killed within one second (heartbeats stop, Worker servers vanish mid-request).
 
+Requests are not all alike: each asks for its own completion length (``max_tokens``, which the
+simulated hosts' service time follows), drawn around a mean that changes through the day (see
+:func:`work_mix`); ``--constant-mix`` makes every request 64 tokens. The latency SLO is
+normalised by length, as LLM serving papers report it (Orca, vLLM: latency per output token):
+a request of ``n`` tokens is within the SLO when it ends within ``SLO_S * n / 64`` seconds.
+
 Cost = the time integral of ``atoll_plan_cost_dollars_per_hour`` (scraped from /metrics every
 second), expressed per compressed day (mean $/h x 24 h). SLO share = requests answered within
-``SLO_S`` / all requests sent (failures count as misses).
+their SLO / all requests sent (failures count as misses).
 
     .venv/bin/python bench/elasticity_bench.py            # full: 150 s day, 16 hosts, ~11 min
     .venv/bin/python bench/elasticity_bench.py --quick    # 40 s day, 9 hosts, ~3 min
@@ -72,6 +79,7 @@ POLICIES = {
                   "max_replicas": 32},
 }
 STORM_FLOOR = 0.2
+MIX = {"hour": 11.0, "height": 0.6, "width_h": 2.0}     # see work_mix
 
 
 # ------------------------------------------------------------------------------------- the trace
@@ -95,7 +103,8 @@ def trace_rate(t: float, day_s: float, peak_day: float, trough: float, bursts: l
     return peak_day * r
 
 
-def make_trace(seed: int, day_s: float, peak_day: float, trough: float = 0.25, n_bursts: int = 4) -> dict:
+def make_trace(seed: int, day_s: float, peak_day: float, trough: float = 0.25, n_bursts: int = 4,
+               mix: dict | None = None) -> dict:
     rng = random.Random(seed)
     bursts = sorted((round(rng.uniform(8, 21), 2), round(rng.uniform(0.25, 0.5), 3), round(rng.uniform(0.2, 0.5), 3))
                     for _ in range(n_bursts))
@@ -103,8 +112,12 @@ def make_trace(seed: int, day_s: float, peak_day: float, trough: float = 0.25, n
     peak = max(trace_rate(i * step, day_s, peak_day, trough, bursts) for i in range(2000))
     mean = sum(trace_rate(i * step, day_s, peak_day, trough, bursts) for i in range(2000)) / 2000
     busiest = max(range(2000), key=lambda i: trace_rate(i * step, day_s, peak_day, trough, bursts)) * step
+    mix = mix if mix is not None else dict(MIX)
+    peak_work = max(trace_rate(i * step, day_s, peak_day, trough, bursts) * work_mix(i * step, day_s, mix)
+                    for i in range(2000))
     return {"seed": seed, "day_s": day_s, "peak_day_rps": peak_day, "trough_share": trough, "bursts": bursts,
-            "peak_rps": round(peak, 3), "mean_rps": round(mean, 3), "busiest_s": round(busiest, 2)}
+            "peak_rps": round(peak, 3), "mean_rps": round(mean, 3), "busiest_s": round(busiest, 2),
+            "mix": mix, "peak_work_rps_at_64_tokens": round(peak_work, 3)}
 
 
 def arrivals(tr: dict) -> list[float]:
@@ -117,6 +130,33 @@ def arrivals(tr: dict) -> list[float]:
             return out
         if rng.random() * lam_max <= trace_rate(t, tr["day_s"], tr["peak_day_rps"], tr["trough_share"], tr["bursts"]):
             out.append(t)
+
+
+def work_mix(t: float, day_s: float, mix: dict) -> float:
+    """Mean completion length at ``t``, as a multiple of the 64 tokens the plan's throughput
+    profile was measured at: 1 + a Gaussian bump (``hour``, ``height``, ``width_h``).
+
+    The mix of short and long requests changes through the day in production LLM traces: the
+    Azure 2023 traces released with Splitwise (Patel et al., ISCA 2024) separate a coding
+    workload with short completions from a conversation workload with completions about ten
+    times longer, and DynamoLLM (Stojkovic et al., HPCA 2025) finds the input and output
+    lengths of the Azure 2024 week-long trace shift with the hour. The bump's parameters are ours:
+    by default a late-morning stretch of long answers (reports, summaries) 1.6x the profiled
+    length. A request-rate autoscaler cannot see this; per-replica in-flight counts can.
+    """
+    h = 24.0 * t / day_s
+    return 1.0 + mix["height"] * math.exp(-0.5 * ((h - mix["hour"]) / mix["width_h"]) ** 2)
+
+
+def request_tokens(tr: dict, times: list[float]) -> list[int]:
+    """Each request's completion budget: 64 x the mix at its send time x uniform(0.8, 1.2)."""
+    rng = random.Random(tr["seed"] + 2000)
+    return [max(8, round(NEW_TOKENS_HINT * work_mix(t, tr["day_s"], tr["mix"]) * rng.uniform(0.8, 1.2)))
+            for t in times]
+
+
+def slo_for(tokens: int) -> float:
+    return SLO_S * tokens / NEW_TOKENS_HINT
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -229,7 +269,7 @@ async def run_policy(policy: str, tr: dict, quick: bool, tmp: Path, seed: int) -
         a = None
         first_rate = trace_rate(0.0, tr["day_s"], tr["peak_day_rps"], tr["trough_share"], tr["bursts"])
         if policy == "static-peak":
-            rate = tr["peak_rps"]
+            rate = tr["peak_work_rps_at_64_tokens"]      # sized for the peak of work, not of requests
         else:
             a = dict(POLICIES["rate-only" if policy == "rate-only" else "atoll"])
             if policy == "atoll-storm":
@@ -249,9 +289,10 @@ async def run_policy(policy: str, tr: dict, quick: bool, tmp: Path, seed: int) -
 
         # ---------------------------------------------------------------- the day
         times = arrivals(tr)
+        tokens = request_tokens(tr, times)
         inv_channels = [grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS) for _ in range(8)]
         stubs = [control_pb2_grpc.ClientServiceStub(c) for c in inv_channels]
-        results: list[tuple[float, float, bool, str]] = []     # (sent at, latency, ok, error)
+        results: list[tuple[float, float, bool, str, float]] = []   # (sent at, latency, ok, error, SLO)
         cost_samples: list[tuple[float, float]] = []
         replica_samples: list[tuple[float, int]] = []
         sem = asyncio.Semaphore(600)
@@ -259,12 +300,13 @@ async def run_policy(policy: str, tr: dict, quick: bool, tmp: Path, seed: int) -
         events: dict = {}
 
         async def one(i: int, at: float):
+            slo = slo_for(tokens[i])
             if sem.locked():
-                results.append((at, float("inf"), False, "load generator saturated"))
+                results.append((at, float("inf"), False, "load generator saturated", slo))
                 return
             async with sem:
                 req = control_pb2.InvokeRequest(workflow=WF, input_json=json.dumps({"text": f"request {i}"}),
-                                                timeout_seconds=30.0, request_id=f"r{i}")
+                                                timeout_seconds=30.0, request_id=f"r{i}", max_tokens=tokens[i])
                 s = time.monotonic()
                 err = ""
                 try:
@@ -273,7 +315,7 @@ async def run_policy(policy: str, tr: dict, quick: bool, tmp: Path, seed: int) -
                     ok = True
                 except grpc.aio.AioRpcError as exc:
                     ok, err = False, f"{exc.code().name}: {(exc.details() or '')[:160]}"
-                results.append((at, time.monotonic() - s, ok, err))
+                results.append((at, time.monotonic() - s, ok, err, slo))
 
         async def scraper():
             while time.monotonic() - t0 < tr["day_s"] + 60:
@@ -358,7 +400,7 @@ async def run_policy(policy: str, tr: dict, quick: bool, tmp: Path, seed: int) -
     mean_cost_h = integral / span if span > 0 else (cs[0][1] if cs else 0.0)
     lat = [r[1] for r in results if r[2]]
     n = len(results)
-    within = sum(1 for r in results if r[2] and r[1] <= SLO_S)
+    within = sum(1 for r in results if r[2] and r[1] <= r[4])
     failed = [r for r in results if not r[2]]
     errors: dict[str, int] = {}
     for r in failed:
@@ -379,10 +421,12 @@ async def run_policy(policy: str, tr: dict, quick: bool, tmp: Path, seed: int) -
            "misses_by_5s": {str(int(k * 5)): v for k, v in sorted(_buckets(results).items())}}
     if policy == "atoll-storm" and "storm_at_s" in events:
         st = events["storm_at_s"]
-        after = [r for r in results if r[0] >= st - 5]
-        out["storm"] = {**events, "requests_after_storm": sum(1 for r in results if r[0] >= st),
+        after = [r for r in results if r[0] >= st]
+        out["storm"] = {**events, "requests_after_storm": len(after),
                         "lost_requests": sum(1 for r in results if r[0] >= st - 5 and not r[2]),
                         "lost_requests_whole_run": len(failed),
+                        "slo_misses_before_storm": sum(1 for r in results if r[0] < st and not (r[2] and r[1] <= r[4])),
+                        "slo_misses_after_storm": sum(1 for r in after if not (r[2] and r[1] <= r[4])),
                         "time_back_to_slo_s": time_back(after, st, window=5.0)}
     return out
 
@@ -391,21 +435,22 @@ def _buckets(results) -> dict[int, int]:
     """SLO misses per 5 s of send time (where in the day they happened)."""
     out: dict[int, int] = {}
     for r in results:
-        if not (r[2] and r[1] <= SLO_S):
+        if not (r[2] and r[1] <= r[4]):
             out[int(r[0] // 5)] = out.get(int(r[0] // 5), 0) + 1
     return out
 
 
 def time_back(results, storm_at: float, window: float = 5.0, horizon: float = 60.0):
-    """Seconds from the storm until the rolling SLO share (requests sent in the trailing
-    ``window`` s) is back to >= 99% for good: the end of the last window below 99% that starts
-    after the storm, within ``horizon`` s; 0 if no window dips."""
+    """Seconds from the storm until the rolling SLO share is back to >= 99% for good: over
+    windows of ``window`` s of send time, counting only requests sent at or after the storm
+    (``results`` holds only those), the end of the last window below 99% within ``horizon`` s;
+    0 if no window dips."""
     last_bad = None
     t = storm_at
     while t <= storm_at + horizon:
         w = [r for r in results if t - window < r[0] <= t]
         if w:
-            share = sum(1 for r in w if r[2] and r[1] <= SLO_S) / len(w)
+            share = sum(1 for r in w if r[2] and r[1] <= r[4]) / len(w)
             if share < 0.99:
                 last_bad = t
         t += 0.25
@@ -419,13 +464,16 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--day", type=float, default=None, help="seconds per compressed day")
     ap.add_argument("--policies", default="atoll,static-peak,rate-only,atoll-storm")
+    ap.add_argument("--constant-mix", action="store_true",
+                    help="every request asks for 64 tokens (no change of request mix through the day)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "elasticity.json"))
     args = ap.parse_args()
     day = args.day or (40.0 if args.quick else 150.0)
     peak_day = 9.0 if args.quick else 18.0
-    tr = make_trace(args.seed, day, peak_day)
+    tr = make_trace(args.seed, day, peak_day, mix={**MIX, "height": 0.0} if args.constant_mix else None)
     print(f"trace: {day:.0f} s day, daytime peak {peak_day} req/s, peak {tr['peak_rps']} req/s, "
-          f"mean {tr['mean_rps']} req/s, bursts {tr['bursts']}", flush=True)
+          f"mean {tr['mean_rps']} req/s, bursts {tr['bursts']}, completion-length mix {tr['mix']}, "
+          f"peak of work {tr['peak_work_rps_at_64_tokens']} req/s at 64 tokens", flush=True)
     runs = {}
     t_all = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="atoll-elastic-") as tmpd:
@@ -456,11 +504,13 @@ def main() -> int:
         summary["storm_no_requests_lost"] = runs["atoll-storm"]["storm"]["lost_requests"] == 0
     import grpc
     res = {"command": "python bench/elasticity_bench.py" + (" --quick" if args.quick else "")
-           + (f" --day {args.day}" if args.day else "") + (f" --seed {args.seed}" if args.seed != 11 else ""),
+           + (f" --day {args.day}" if args.day else "") + (f" --seed {args.seed}" if args.seed != 11 else "")
+           + (" --constant-mix" if args.constant_mix else ""),
            "quick": args.quick, "wall_s": round(time.monotonic() - t_all, 1),
            "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "load_avg": os.getloadavg(),
                        "python": platform.python_version(), "grpcio": grpc.__version__},
-           "trace": tr, "slo_s": SLO_S, "replica_concurrency": CONCURRENCY, "declared_at_batch": K_DECLARED,
+           "trace": tr, "slo_s": SLO_S, "slo": "SLO_S x completion tokens / 64 per request",
+           "replica_concurrency": CONCURRENCY, "declared_at_batch": K_DECLARED,
            "hardware": {hw: {"speed_vs_cpu_profile": sp, "gpu_memory_gb": m,
                              "service_s_batch1": round(service_time(1) / sp, 3),
                              "service_s_batch8": round(service_time(8) / sp, 3),
@@ -478,7 +528,9 @@ def main() -> int:
     if "atoll-storm" in runs and runs["atoll-storm"].get("storm"):
         s = runs["atoll-storm"]["storm"]
         print(f"\nstorm: {len(s['killed'])} of {s['renters']} renters killed at t={s['storm_at_s']} s; "
-              f"requests lost: {s['lost_requests']}; back to >= 99% within SLO after {s['time_back_to_slo_s']} s")
+              f"requests lost: {s['lost_requests']}; SLO misses before / after it: "
+              f"{s['slo_misses_before_storm']} / {s['slo_misses_after_storm']}; back to >= 99% within SLO "
+              f"(requests sent after the storm) after {s['time_back_to_slo_s']} s")
     print("targets:", json.dumps(summary))
     print(f"wrote {args.out}")
     return 0

@@ -13,8 +13,9 @@ Each :class:`SimHost` is a real agent as far as the coordinator can tell:
 
 Service model (batch-aware, from the runtime's measured CPU profile, see :func:`service_time`):
 at most ``concurrency`` requests are served at once (the rest wait in FIFO order, reported as
-``queue_depth``); a request entering service when ``k`` requests are in service takes
-``service_time(k) / speed`` seconds, streamed as a few text chunks.
+``queue_depth``); a request for ``n`` completion tokens (its ``max_tokens``) entering service
+when ``k`` requests are in service takes ``service_time(k, n) / speed`` seconds, streamed as a
+few text chunks.
 
 Killing a host (:meth:`SimHost.kill`) cancels its heartbeat task and stops its Worker server
 without grace: in-flight calls fail, and the router retries them on another replica.
@@ -47,11 +48,12 @@ STEP_B32 = 32 / 180.1
 PREFILL_S = 2.717 / 32
 
 
-def service_time(k: int) -> float:
-    """Seconds for one request on the measured CPU when ``k`` requests share the batch."""
+def service_time(k: int, new_tokens: int = NEW_TOKENS) -> float:
+    """Seconds for one request of ``new_tokens`` completion tokens on the measured CPU when
+    ``k`` requests share the batch."""
     k = max(1, k)
     step = STEP_B1 + (STEP_B32 - STEP_B1) * (k - 1) / 31
-    return NEW_TOKENS * step + PREFILL_S
+    return new_tokens * step + PREFILL_S
 
 
 def declared_rps(speed: float, k: int) -> float:
@@ -179,14 +181,15 @@ class SimHost:
             self.active += 1
             k = self.active
             # batch-aware: time per request grows with the batch; +-10% jitter per request
-            total = service_time(k) / self.speed * self.rng.uniform(0.9, 1.1)
+            tokens = request.sampling.max_tokens or NEW_TOKENS    # the request's completion budget
+            total = service_time(k, tokens) / self.speed * self.rng.uniform(0.9, 1.1)
             chunks = 4
             words = ["sim", "ulated", " tokens", " done"]
             for i in range(chunks):
                 await asyncio.sleep(total / chunks)
                 yield worker_pb2.GenerateResponse(text=words[i], finished=i == chunks - 1,
                                                   finish_reason="length" if i == chunks - 1 else "",
-                                                  completion_tokens=NEW_TOKENS if i == chunks - 1 else 0)
+                                                  completion_tokens=tokens if i == chunks - 1 else 0)
             self.served += 1
         finally:
             self.active -= 1
