@@ -69,9 +69,28 @@ class SolveResult:
     bound: Optional[float] = None   # the solver's dual bound, when it reports one
 
 
+def _highs_until(stop_at: float, **kw):
+    """pulp's HiGHS, interrupted once the incumbent costs at most ``stop_at`` (HiGHS only)."""
+
+    class Until(pulp.HiGHS):
+        def callSolver(self, lp):
+            h = lp.solverModel
+
+            def check(e):
+                if e.data_out.mip_primal_bound <= stop_at:
+                    e.interrupt()
+            h.cbMipInterrupt += check
+            h.run()
+
+    return Until(**kw)
+
+
 def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, mip: bool = True,
-        highs_options: Optional[dict] = None) -> SolveResult:
-    """Solve ``model.prob``; never raises for infeasibility (the caller decides)."""
+        highs_options: Optional[dict] = None, stop_at: Optional[float] = None,
+        rel_gap: Optional[float] = None) -> SolveResult:
+    """Solve ``model.prob``; never raises for infeasibility (the caller decides). With HiGHS,
+    ``stop_at`` ends the search once a plan costs at most that much (the caller holds a bound
+    that makes it good enough); ``rel_gap`` overrides ``opts.gap`` as the solver's own target."""
     tl = opts.time_limit if time_limit is None else time_limit
     which = solver_name(opts)
     t0 = time.perf_counter()
@@ -79,10 +98,13 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
         return SolveResult("infeasible", 0.0, None, None)
     if which == "highs":
         _silence_highs_banner()
-        solver = pulp.HiGHS(msg=False, timeLimit=tl, gapRel=opts.gap, threads=opts.threads, mip=mip,
-                            **(highs_options or {}))
+        kw = dict(msg=False, timeLimit=tl, gapRel=opts.gap if rel_gap is None else rel_gap,
+                  threads=opts.threads,
+                  mip=mip, **(highs_options or {}))
+        solver = _highs_until(stop_at, **kw) if stop_at is not None and mip else pulp.HiGHS(**kw)
     else:
-        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(math.ceil(tl))), gapRel=opts.gap,
+        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(math.ceil(tl))),
+                                   gapRel=opts.gap if rel_gap is None else rel_gap,
                                    threads=opts.threads, mip=mip)
     model.prob.solve(solver)
     secs = time.perf_counter() - t0
