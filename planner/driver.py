@@ -105,34 +105,16 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
     if method == "auto":
         method = "decompose" if len(model.h) + len(model.u) > opts.decompose_above else "exact"
     if method == "decompose" and not model.empty_tasks:
-        from atoll.planner.decompose import variant_branch_and_bound, variant_milp
-        if opts.variant_search == "highs":
-            # variant phase on a relaxation: node counts continuous, each edge's messages at
-            # their smallest size (flows then need no variant index): smaller, still a bound
-            relaxed = Model(problem, up_only=up, previous=previous, churn_penalty=churn, relax_sizes=True)
-            left = opts.phase1_share * opts.time_limit - (time.perf_counter() - t0)
-            choice, lower, nodes = variant_milp(relaxed, max(0.2 * opts.time_limit, left), opts.gap, opts)
+        search = opts.variant_search
+        if search == "hull" and S.solver_name(opts) != "highs":
+            search = "highs"                   # the hull method drives highspy directly
+        if search == "hull":
+            p, lower = _two_phase_hull(problem, model, opts, t0, up, previous, churn)
+            if p is not None:
+                return _explained(problem, p, opts)
         else:
-            choice, lower, nodes = variant_branch_and_bound(model, 0.6 * opts.time_limit, opts.gap)
-        if choice is None and lower is None:
-            raise diagnose(problem, opts)
-        if choice is None:  # out of time before a first choice: the greedy one, placed exactly
-            from atoll.planner.baselines import pick_cheapest_variants
-            choice = pick_cheapest_variants(problem, [q for q in problem.pools if problem.pool_allowed(q)])
-            nodes = "no"
-        if choice is not None:
-            fixed = Model(problem, up_only=up, previous=previous, churn_penalty=churn, fix_choice=choice)
-            left = max(0.3 * opts.time_limit, opts.time_limit - (time.perf_counter() - t0))
-            res = S.run(fixed, opts, time_limit=left)
-            if res.status in ("optimal", "time_limit"):
-                if lower is None or not math.isfinite(lower) or lower <= 0:
-                    gap = None                 # no proven bound on the whole problem yet
-                else:
-                    gap = max(0.0, (res.objective - lower) / res.objective) if res.objective > 1e-9 else 0.0
-                status = "optimal" if gap is not None and gap <= opts.gap + 1e-9 else "time_limit"
-                notes = (f"solver {S.solver_name(opts)}, two-phase: {nodes} variant nodes, then placement",)
-                p = S.extract(fixed, planner="milp", status=status, seconds=time.perf_counter() - t0,
-                              gap=gap, notes=notes, previous=previous)
+            p, lower = _two_phase_pulp(problem, model, opts, t0, up, previous, churn, search)
+            if p is not None:
                 return _explained(problem, p, opts)
         res = S.SolveResult("no_solution", 0.0, None, None)
     else:
@@ -164,6 +146,105 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
     p = S.extract(model, planner="milp", status=res.status, seconds=time.perf_counter() - t0,
                   gap=gap, notes=notes, previous=previous)
     return _explained(problem, p, opts)
+
+
+def _gap(cost: float, lower: Optional[float]) -> Optional[float]:
+    if lower is None or not math.isfinite(lower) or lower <= 0:
+        return None                            # no proven bound on the whole problem
+    return max(0.0, (cost - lower) / cost) if cost > 1e-9 else 0.0
+
+
+def _place(problem, choice, opts, t0, up, previous, churn, lower, time_limit):
+    """Phase 2: the placement MILP for a fixed choice; stops once within the gap of ``lower``."""
+    fixed = Model(problem, up_only=up, previous=previous, churn_penalty=churn, fix_choice=choice)
+    stop = lower / (1.0 - opts.gap) if lower is not None and math.isfinite(lower) and lower > 0 else None
+    res = S.run(fixed, opts, time_limit=time_limit, stop_at=stop,
+                rel_gap=opts.gap if stop is None else 0.25 * opts.gap)
+    return fixed, res
+
+
+def _two_phase_hull(problem, model, opts, t0, up, previous, churn):
+    """Variants on R with the accuracy hull cuts, then placement (atoll.planner.decompose)."""
+    from atoll.planner import decompose as D
+
+    tl = opts.time_limit
+    left = lambda: tl - (time.perf_counter() - t0)  # noqa: E731
+    R = D.relaxation(model)
+    Z = D.AccuracySet.of(model)
+    hull = D.hull_phase(R, Z, max(0.2 * tl, opts.phase1_share * tl - (tl - left())), opts)
+    if hull.status == "infeasible":
+        raise diagnose(problem, opts)
+    lower = hull.lower if hull.status == "ok" else -math.inf
+    choice, value, mips = hull.choice, hull.value, 0
+    if choice is None or value - lower > 0.6 * opts.gap * value:
+        # the hull bound or its choices are not close enough: R as a MILP in z, with the cuts
+        lb, ch, val = D.hull_milp(R, hull, max(0.1 * tl, opts.phase1_share * tl - (tl - left())), 0.5 * opts.gap, opts)
+        mips += 1
+        if lb == math.inf:
+            raise diagnose(problem, opts)
+        lower = max(lower, lb)
+        if ch is not None and val < value:
+            choice, value = ch, val
+    if choice is None:                   # out of time before a first choice: the greedy one
+        from atoll.planner.baselines import pick_cheapest_variants
+        choice = pick_cheapest_variants(problem, [q for q in problem.pools if problem.pool_allowed(q)])
+        if choice is None:
+            return None, lower
+    fixed, res = _place(problem, choice, opts, t0, up, previous, churn, lower, max(0.3 * tl, left()))
+
+    if res.status not in ("optimal", "time_limit"):
+        return None, lower
+    cost = res.objective
+    gap = _gap(cost, lower)
+    if (gap is None or gap > opts.gap) and left() > 0.15 * tl and hull.status == "ok":
+        # placement done, bound still short: spend what is left raising it
+        lb, ch, val = D.hull_milp(R, hull, left() - 0.05 * tl, 0.5 * opts.gap, opts)
+        mips += 1
+        if math.isfinite(lb):
+            lower = max(lower, lb)
+        if ch is not None and ch != choice and val < cost * (1 - 1e-6) and left() > 0.1 * tl:
+            fixed2, res2 = _place(problem, ch, opts, t0, up, previous, churn, lower, left())
+            if res2.status in ("optimal", "time_limit") and res2.objective < cost:
+                fixed, res, cost = fixed2, res2, res2.objective
+        gap = _gap(cost, lower)
+    status = "optimal" if gap is not None and gap <= opts.gap + 1e-9 else "time_limit"
+    how = f"hull bound ({hull.iterations} pricing rounds)" if Z is not None else "LP bound"
+    if mips:
+        how += f", variant MILP x{mips}"
+    notes = (f"solver {S.solver_name(opts)}, two-phase: {how}, then placement",)
+    return S.extract(fixed, planner="milp", status=status, seconds=time.perf_counter() - t0,
+                     gap=gap, notes=notes, previous=previous), lower
+
+
+def _two_phase_pulp(problem, model, opts, t0, up, previous, churn, search):
+    """The earlier variant searches (``variant_search`` "highs" or "bb") on the pulp model."""
+    from atoll.planner.decompose import variant_branch_and_bound, variant_milp
+    if search == "highs":
+        # variant phase on a relaxation: node counts continuous, each edge's messages at
+        # their smallest size (flows then need no variant index): smaller, still a bound
+        relaxed = Model(problem, up_only=up, previous=previous, churn_penalty=churn, relax_sizes=True)
+        left = opts.phase1_share * opts.time_limit - (time.perf_counter() - t0)
+        choice, lower, nodes = variant_milp(relaxed, max(0.2 * opts.time_limit, left), opts.gap, opts)
+    else:
+        choice, lower, nodes = variant_branch_and_bound(model, 0.6 * opts.time_limit, opts.gap)
+    if choice is None and lower is None:
+        raise diagnose(problem, opts)
+    if choice is None:  # out of time before a first choice: the greedy one, placed exactly
+        from atoll.planner.baselines import pick_cheapest_variants
+        choice = pick_cheapest_variants(problem, [q for q in problem.pools if problem.pool_allowed(q)])
+        nodes = "no"
+    if choice is not None:
+        fixed = Model(problem, up_only=up, previous=previous, churn_penalty=churn, fix_choice=choice)
+        left = max(0.3 * opts.time_limit, opts.time_limit - (time.perf_counter() - t0))
+        res = S.run(fixed, opts, time_limit=left)
+        if res.status in ("optimal", "time_limit"):
+            gap = _gap(res.objective, lower)
+            status = "optimal" if gap is not None and gap <= opts.gap + 1e-9 else "time_limit"
+            notes = (f"solver {S.solver_name(opts)}, two-phase: {nodes} variant nodes, then placement",)
+            p = S.extract(fixed, planner="milp", status=status, seconds=time.perf_counter() - t0,
+                          gap=gap, notes=notes, previous=previous)
+            return p, lower
+    return None, lower
 
 
 def _explained(problem: PlanProblem, p: Plan, opts: PlanOptions) -> Plan:

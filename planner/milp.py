@@ -56,6 +56,12 @@ Constraints (numbered as in the code)
 
   (10) node cover (valid, tightens the LP on small fleets):
         Σ_{p, c ∋ (v,m)} h[c,p] ≥ ⌈λ_v / max_p μ_vmp⌉ · z[v,m]
+  (11) accuracy hull cuts (two-phase method only, :mod:`atoll.planner.decompose`): with Z the
+        set of variant choices meeting (8), for prices y
+            Σ_{v,m} y[v,m] z[v,m] ≥ β(y),   β(y) ≤ min_{ẑ ∈ Z} Σ y[v,m] ẑ[v,m]
+        valid for every plan since its z is in Z; β is computed by a search over Z (exact, or
+        over a superset, which only lowers it). The LP alone lets a task mix variants to meet
+        (8) on average; these cuts bring it to conv(Z). The y come from column generation.
 
 Scaling: the code keeps r as a share of λ_v and f as a share of the consumer's rate, so (2)
 and (6) have unit coefficients; the costs and caps above are multiplied back accordingly.
@@ -95,7 +101,8 @@ class PlanOptions:
     threads: Optional[int] = None
     method: str = "auto"            # auto | exact | decompose (see atoll.planner.decompose)
     decompose_above: int = 400      # auto: two-phase above this many node-count integers
-    variant_search: str = "highs"   # two-phase variant search: highs (branch and cut) | bb (own)
+    variant_search: str = "hull"    # two-phase variant search: hull (accuracy hull cuts, highspy
+                                    # arrays) | highs (pulp MILP in z) | bb (own branch and bound)
     phase1_share: float = 0.65      # two-phase: share of the time limit for the variant phase
 
 
@@ -225,8 +232,8 @@ class Model:
         rg = defaultdict(list)
         for (t, m, p, c), var in self.r.items():
             rg[(c, p)].append((var, self.rate[t] / self.mu[(t, m, p)]))
-        for (c, p), terms in rg.items():
-            prob += pulp.LpAffineExpression(terms) <= self.h[(c, p)]
+        for n, ((c, p), terms) in enumerate(rg.items()):
+            prob += pulp.LpAffineExpression(terms) <= self.h[(c, p)], f"c3_{n}"
         # (4) pool size; a class of pools pays its cheapest nodes first (segments s[c,k])
         hp = defaultdict(list)
         for (g, p), var in self.h.items():
@@ -248,10 +255,10 @@ class Model:
             cover = defaultdict(list)
             for (t, m, p, c) in self.r:
                 cover[(t, m)].append(self.h[(c, p)])
-            for (t, m), hs in cover.items():
+            for n, ((t, m), hs) in enumerate(cover.items()):
                 best = max(self.mu[(t, m, p)] for (t2, m2, p, _c) in self.r if (t2, m2) == (t, m))
                 need = math.ceil(self.rate[t] / best - 1e-9)
-                prob += pulp.lpSum(list(dict.fromkeys(hs))) >= need * self.z[(t, m)]
+                prob += pulp.lpSum(list(dict.fromkeys(hs))) >= need * self.z[(t, m)], f"c10_{n}"
         # (6) flow conservation at location level
         self._flows(up_only)
         # (7) bandwidth caps
@@ -344,9 +351,9 @@ class Model:
         R = defaultdict(list)              # (task, variant, loc) -> [r vars]
         for (t, m, p, _c), var in self.r.items():
             R[(t, m, self.pools[p].location)].append(var)
-        locs_of = defaultdict(set)
+        locs_of = defaultdict(dict)        # ordered (dict, not set): the same model in every process
         for (t, m, l) in R:
-            locs_of[(t, m)].add(l)
+            locs_of[(t, m)][l] = None
         task_rate = {t.name: t.rate for t in pb.tasks}
         src_names = {s.name for s in pb.sources}
         # Edges from sources into one task are merged (their streams add up); each edge from a
