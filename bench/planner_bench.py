@@ -1,8 +1,11 @@
 """Planner benchmark: cost of every planner on three scenario families, and MILP scaling.
 
-    .venv/bin/python bench/planner_bench.py [--quick]
+    .venv/bin/python bench/planner_bench.py [--quick] [--target-seeds 0,1,2,3] [--target-runs 3]
 
-Writes bench/results/planner.json (machine, versions, every figure) and prints two tables.
+Writes bench/results/planner.json (machine, versions, load average, every figure) and prints
+the tables. The target row (10,000 nodes, 8 tasks of 8 variants) is also run --target-runs
+times on each of --target-seeds; the target counts as met when, on every seed, the median run
+takes at most 5 s and proves a gap of at most 1%.
 
 Figures are approximate public numbers, rounded; each constant names its source:
 - AWS on-demand, us-east-1 (aws.amazon.com/ec2/pricing/on-demand, 2024-25): g4dn.xlarge (T4)
@@ -296,10 +299,10 @@ def run_families(opts: PlanOptions, scale: float) -> list[dict]:
     return rows
 
 
-def run_scaling(grid, opts: PlanOptions) -> list[dict]:
+def run_scaling(grid, opts: PlanOptions, seed: int = 0, quiet: bool = False) -> list[dict]:
     rows = []
     for nodes, pools, tasks, variants in grid:
-        pb = scaling_problem(nodes, pools, tasks, variants, seed=0)
+        pb = scaling_problem(nodes, pools, tasks, variants, seed=seed)
         t0 = time.perf_counter()
         try:
             p = PLANNERS["milp"](pb, options=opts)
@@ -308,11 +311,32 @@ def run_scaling(grid, opts: PlanOptions) -> list[dict]:
         except PlanInfeasible as e:
             row = {"status": "infeasible", "gap": None, "cost": None, "error": str(e)}
         row.update({"nodes": nodes, "pools": pools, "tasks": tasks, "variants": variants,
-                    "seconds": time.perf_counter() - t0})
+                    "seconds": time.perf_counter() - t0, "seed": seed})
         rows.append(row)
-        print(f"  {nodes:>6} nodes {pools:>4} pools {tasks:>3} tasks {variants} variants: "
-              f"{row['seconds']:6.2f} s  gap {_pct(row['gap'])}  {row['status']}", flush=True)
+        if not quiet:
+            print(f"  {nodes:>6} nodes {pools:>4} pools {tasks:>3} tasks {variants} variants: "
+                  f"{row['seconds']:6.2f} s  gap {_pct(row['gap'])}  {row['status']}", flush=True)
     return rows
+
+
+def run_target(seeds, runs: int, opts: PlanOptions) -> list[dict]:
+    """The target case on several seeds, ``runs`` times each (timings here are noisy): medians."""
+    import statistics
+    out = []
+    for seed in seeds:
+        rs = [run_scaling([(10000, 200, 8, 8)], opts, seed=seed, quiet=True)[0] for _ in range(runs)]
+        gaps = [1.0 if r["gap"] is None else r["gap"] for r in rs]
+        row = {"seed": seed, "runs": len(rs), "median_seconds": statistics.median(r["seconds"] for r in rs),
+               "max_seconds": max(r["seconds"] for r in rs), "median_gap": statistics.median(gaps),
+               "max_gap": max(gaps), "cost": rs[0]["cost"], "method": rs[0].get("method"),
+               "all": [{"seconds": r["seconds"], "gap": r["gap"], "cost": r["cost"], "status": r["status"]}
+                       for r in rs]}
+        row["met"] = row["median_seconds"] <= 5.0 and row["median_gap"] <= 0.01
+        out.append(row)
+        print(f"  seed {seed}: median {row['median_seconds']:5.2f} s (max {row['max_seconds']:5.2f})  "
+              f"median gap {_pct(row['median_gap'])} (max {_pct(row['max_gap'])})  "
+              f"{'met' if row['met'] else 'MISSED'}", flush=True)
+    return out
 
 
 def run_solvers() -> list[dict]:
@@ -340,7 +364,7 @@ def _pct(x) -> str:
     return "  n/a" if x is None else f"{100 * x:5.2f}%"
 
 
-def print_tables(fam_rows, scale_rows, solver_rows=()) -> None:
+def print_tables(fam_rows, scale_rows, solver_rows=(), target_rows=()) -> None:
     if solver_rows:
         print("\nSolvers on the same exact MILP (time limit 20 s, gap target 0.5%)")
         print(f"{'case':<14} {'solver':<6} {'seconds':>8} {'$/h':>10} {'gap':>7}")
@@ -364,14 +388,24 @@ def print_tables(fam_rows, scale_rows, solver_rows=()) -> None:
     for r in scale_rows:
         print(f"{r['nodes']:>6} {r['pools']:>5} {r['tasks']:>5} {r['variants']:>4} {r.get('time_limit', 0):>6g} "
               f"{r['seconds']:>8.2f} {_pct(r['gap']):>7}  {r['status']}")
+    if target_rows:
+        print("\nTarget: 10,000 nodes, 200 pools, 8 tasks x 8 variants, limit 5 s, gap target 1% (medians)")
+        print(f"{'seed':>4} {'runs':>4} {'seconds':>8} {'max s':>6} {'gap':>7} {'max gap':>7} {'$/h':>10}")
+        for r in target_rows:
+            print(f"{r['seed']:>4} {r['runs']:>4} {r['median_seconds']:>8.2f} {r['max_seconds']:>6.2f} "
+                  f"{_pct(r['median_gap']):>7} {_pct(r['max_gap']):>7} {r['cost']:>10,.2f}")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smaller grid (about a minute)")
     ap.add_argument("--time-limit", type=float, default=5.0, help="MILP time limit for scaling runs")
+    ap.add_argument("--target-seeds", default=None, help="seeds for the target case (default 0,1,2,3; quick: 0)")
+    ap.add_argument("--target-runs", type=int, default=None, help="runs per seed (default 3; quick: 1)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "planner.json"))
     a = ap.parse_args(argv)
+    seeds = [int(x) for x in (a.target_seeds or ("0" if a.quick else "0,1,2,3")).split(",")]
+    runs = a.target_runs or (1 if a.quick else 3)
     fam_opts = PlanOptions(time_limit=20.0, gap=0.005)
     scale_opts = PlanOptions(time_limit=a.time_limit, gap=0.01)
     if a.quick:
@@ -380,27 +414,25 @@ def main(argv=None) -> int:
         grid = [(n, p, t, v) for n, p in ((10, 5), (100, 10), (1000, 50), (10000, 200))
                 for t, v in ((2, 4), (4, 6), (8, 8), (12, 8)) if t <= n // 2]
     t0 = time.perf_counter()
+    load0 = os.getloadavg()
     print("scenario families ...", flush=True)
     fam = run_families(fam_opts, 1.0)
     print("scaling ...", flush=True)
     scale = run_scaling(grid, scale_opts)
     for r in scale:
         r["time_limit"] = scale_opts.time_limit
-    if not a.quick:   # the target row again with a longer limit: how the gap closes with time
-        for r in run_scaling([(10000, 200, 8, 8)], PlanOptions(time_limit=20.0, gap=0.01)):
-            r["time_limit"] = 20.0
-            scale.append(r)
+    print(f"target, seeds {seeds}, {runs} runs each ...", flush=True)
+    target = run_target(seeds, runs, scale_opts)
     if not a.quick:
         print("solvers ...", flush=True)
     solvers = [] if a.quick else run_solvers()
-    print_tables(fam, scale, solvers)
-    target = [r for r in scale if r["nodes"] == 10000 and r["tasks"] == 8 and r["time_limit"] == a.time_limit]
-    out = {"machine": machine(), "quick": a.quick, "wall_seconds": time.perf_counter() - t0,
+    print_tables(fam, scale, solvers, target)
+    out = {"machine": {**machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()},
+           "quick": a.quick, "wall_seconds": time.perf_counter() - t0,
            "options": {"families": fam_opts.__dict__, "scaling": scale_opts.__dict__},
            "families": fam, "scaling": scale, "solvers": solvers,
-           "target_10000_nodes_8_tasks": {"seconds_max": 5.0, "gap_max": 0.01,
-                                          "met": bool(target) and all(r["seconds"] <= 5.5 and (r["gap"] or 1) <= 0.01
-                                                                      for r in target)}}
+           "target_10000_nodes_8_tasks": {"seconds_max": 5.0, "gap_max": 0.01, "seeds": target,
+                                          "met": bool(target) and all(r["met"] for r in target)}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1, default=str))
     print(f"\nwrote {a.out} in {out['wall_seconds']:.0f} s")
