@@ -666,9 +666,11 @@ def _evaluate_fixed(h, R: Relaxation, picks, res: HullResult) -> None:
     h.changeColsBounds(nz, zcol, lo_z, hi_z)
 
 
-def hull_milp(R: Relaxation, hull: HullResult, time_limit: float, gap: float, opts=None):
+def hull_milp(R: Relaxation, hull: HullResult, time_limit: float, gap: float, opts=None,
+              enough: Optional[float] = None):
     """Step (c), continued: R as a MILP in z with the hull cuts, warm-started with the best
-    choice. Returns (lower bound, choice, value); the bound is the solver's dual bound."""
+    choice; stops early once its bound reaches ``enough``. Returns (lower bound, choice, value):
+    the bound is the solver's dual bound (+inf when R has no integer point: no plan exists)."""
     import highspy
     lp = R.lp
     h = _highs(lp, getattr(opts, "threads", None), presolve="on")
@@ -681,13 +683,18 @@ def hull_milp(R: Relaxation, hull: HullResult, time_limit: float, gap: float, op
         sol.col_value = list(hull.x)
         sol.value_valid = True
         h.setSolution(sol)
+    if enough is not None and math.isfinite(enough):
+        def check(e):
+            if e.data_out.mip_dual_bound >= enough:
+                e.interrupt()
+        h.cbMipInterrupt += check
     h.setOptionValue("mip_rel_gap", float(gap))
     h.setOptionValue("time_limit", float(max(0.05, time_limit)))
     h.run()
     info = h.getInfo()
-    lower = info.mip_dual_bound if math.isfinite(info.mip_dual_bound) else -math.inf
     if _infeasible(h):
         return math.inf, None, math.inf
+    lower = info.mip_dual_bound if math.isfinite(info.mip_dual_bound) else -math.inf
     if info.primal_solution_status != 2:
         return lower, None, math.inf
     x = h.getSolution().col_value

@@ -69,28 +69,40 @@ class SolveResult:
     bound: Optional[float] = None   # the solver's dual bound, when it reports one
 
 
-def _highs_until(stop_at: float, **kw):
-    """pulp's HiGHS, interrupted once the incumbent costs at most ``stop_at`` (HiGHS only)."""
+def _highs_with(stop_at: Optional[float], warm: bool, **kw):
+    """pulp's HiGHS, interrupted once the incumbent costs at most ``stop_at``, and started
+    from the variables' current values when ``warm``."""
 
-    class Until(pulp.HiGHS):
+    class With(pulp.HiGHS):
         def callSolver(self, lp):
+            import highspy
             h = lp.solverModel
-
-            def check(e):
-                if e.data_out.mip_primal_bound <= stop_at:
-                    e.interrupt()
-            h.cbMipInterrupt += check
+            if stop_at is not None:
+                def check(e):
+                    if e.data_out.mip_primal_bound <= stop_at:
+                        e.interrupt()
+                h.cbMipInterrupt += check
+            if warm:
+                vals = [0.0] * h.getNumCol()
+                for v in lp.variables():
+                    if v.varValue is not None:
+                        vals[v.index] = float(v.varValue)
+                sol = highspy.HighsSolution()
+                sol.col_value = vals
+                sol.value_valid = True
+                h.setSolution(sol)
             h.run()
 
-    return Until(**kw)
+    return With(**kw)
 
 
 def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, mip: bool = True,
         highs_options: Optional[dict] = None, stop_at: Optional[float] = None,
-        rel_gap: Optional[float] = None) -> SolveResult:
+        rel_gap: Optional[float] = None, warm: bool = False) -> SolveResult:
     """Solve ``model.prob``; never raises for infeasibility (the caller decides). With HiGHS,
     ``stop_at`` ends the search once a plan costs at most that much (the caller holds a bound
-    that makes it good enough); ``rel_gap`` overrides ``opts.gap`` as the solver's own target."""
+    that makes it good enough), ``warm`` starts from the values of an earlier solve;
+    ``rel_gap`` overrides ``opts.gap`` as the solver's own target."""
     tl = opts.time_limit if time_limit is None else time_limit
     which = solver_name(opts)
     t0 = time.perf_counter()
@@ -101,7 +113,7 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
         kw = dict(msg=False, timeLimit=tl, gapRel=opts.gap if rel_gap is None else rel_gap,
                   threads=opts.threads,
                   mip=mip, **(highs_options or {}))
-        solver = _highs_until(stop_at, **kw) if stop_at is not None and mip else pulp.HiGHS(**kw)
+        solver = _highs_with(stop_at, warm, **kw) if (stop_at is not None or warm) and mip else pulp.HiGHS(**kw)
     else:
         solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(math.ceil(tl))),
                                    gapRel=opts.gap if rel_gap is None else rel_gap,
