@@ -253,22 +253,26 @@ class Model:
         # (10) node cover: a chosen variant needs at least ceil(λ / best μ) nodes holding it
         if mode == "cost":
             cover = defaultdict(list)
+            fastest: dict = {}
             for (t, m, p, c) in self.r:
                 cover[(t, m)].append(self.h[(c, p)])
+                fastest[(t, m)] = max(fastest.get((t, m), 0.0), self.mu[(t, m, p)])
             for n, ((t, m), hs) in enumerate(cover.items()):
-                best = max(self.mu[(t, m, p)] for (t2, m2, p, _c) in self.r if (t2, m2) == (t, m))
-                need = math.ceil(self.rate[t] / best - 1e-9)
+                need = math.ceil(self.rate[t] / fastest[(t, m)] - 1e-9)
                 prob += pulp.lpSum(list(dict.fromkeys(hs))) >= need * self.z[(t, m)], f"c10_{n}"
         # (6) flow conservation at location level
         self._flows(up_only)
         # (7) bandwidth caps
         cap_terms = defaultdict(list)
+        cap = {}                           # per location pair (the network's lookup is a scan)
         for key, (var, size, scale) in self.f.items():
             l1, l2 = key[3], key[4]
-            if pb.network.bandwidth(l1, l2) is not None:
+            if (l1, l2) not in cap:
+                cap[(l1, l2)] = pb.network.bandwidth(l1, l2)
+            if cap[(l1, l2)] is not None:
                 cap_terms[(l1, l2)].append((var, MBPS_PER_KB * size * scale))
         for (l1, l2), terms in cap_terms.items():
-            prob += pulp.LpAffineExpression(terms) <= pb.network.bandwidth(l1, l2)
+            prob += pulp.LpAffineExpression(terms) <= cap[(l1, l2)]
         # (8) accuracy SLO
         self._accuracy()
         # (9) churn against the previous plan
@@ -291,8 +295,11 @@ class Model:
             prob += self.alpha
             return
         terms = list(self.seg_cost)
-        terms += [(var, K_COST * size * scale * pb.network.price(k[3], k[4]))
-                  for k, (var, size, scale) in self.f.items()]
+        price = {}
+        for k in self.f:
+            if (k[3], k[4]) not in price:
+                price[(k[3], k[4])] = pb.network.price(k[3], k[4])
+        terms += [(var, K_COST * size * scale * price[(k[3], k[4])]) for k, (var, size, scale) in self.f.items()]
         terms += [(dv, churn_penalty) for dv in self.d.values()]
         prob += pulp.LpAffineExpression(terms)
 
