@@ -130,22 +130,26 @@ class LlamaModel:
             q = q * cos + self._rotate_half(q) * sin
             k = k * cos + self._rotate_half(k) * sin
             kc, vc = kv.k[n], kv.v[n]                                          # [nkv, rows, d]
-            kc[:, batch.write_rows] = k.transpose(0, 1)
-            vc[:, batch.write_rows] = v.transpose(0, 1)
+            # index_select / index_copy_ along the row dim: a memcpy per row or block, several
+            # times faster on the CPU than advanced indexing of a middle dimension
+            kc.index_copy_(1, batch.write_rows, k.transpose(0, 1))
+            vc.index_copy_(1, batch.write_rows, v.transpose(0, 1))
             attn = torch.empty(t, nh * d, dtype=self.dtype, device=self.device)
             g = nh // nkv
             if nd:
-                blocks = batch.decode_kv_rows                                      # [B, NB]
-                span = blocks.shape[1] * kv.block_size
-                kb = kc.view(nkv, -1, kv.block_size, d)[:, blocks].view(nkv, nd, span, d)
-                vb = vc.view(nkv, -1, kv.block_size, d)[:, blocks].view(nkv, nd, span, d)
+                blocks = batch.decode_kv_rows.flatten()                            # [B·NB]
+                span = batch.decode_kv_rows.shape[1] * kv.block_size
+                bsd = kv.block_size * d
+                kb = kc.view(nkv, -1, bsd).index_select(1, blocks).view(nkv, nd, span, d)
+                vb = vc.view(nkv, -1, bsd).index_select(1, blocks).view(nkv, nd, span, d)
                 qh = q[:nd].view(nd, nkv, g, d).transpose(0, 1)                    # [nkv, B, g, d]
                 out = self._attend(qh, kb, vb, batch.decode_kv_mask)
                 attn[:nd] = out.transpose(0, 1).reshape(nd, nh * d)
             for ch, m in zip(batch.prefills, masks):
                 r0, ln = ch.row0, ch.length
                 qh = q[r0:r0 + ln].view(ln, nkv, g, d).permute(1, 2, 0, 3).reshape(nkv, 1, g * ln, d)
-                out = self._attend(qh, kc[:, ch.kv_rows].unsqueeze(1), vc[:, ch.kv_rows].unsqueeze(1), m)
+                out = self._attend(qh, kc.index_select(1, ch.kv_rows).unsqueeze(1),
+                                   vc.index_select(1, ch.kv_rows).unsqueeze(1), m)
                 attn[r0:r0 + ln] = out.view(nkv, g, ln, d).permute(2, 0, 1, 3).reshape(ln, nh * d)
             o = F.linear(attn, lw.o)
             if sw is not None:
