@@ -532,9 +532,12 @@ def hull_phase(R: Relaxation, Z: Optional[AccuracySet], time_limit: float,
     y_row = np.array(sol.row_dual)
     for r, i, a in R.coupling_z:
         price[i] -= a * y_row[r]
-    _, first = Z.minimize(price, columns_per_round)
-    if not first:
+    beta0, first = Z.minimize(price, columns_per_round)
+    if not math.isfinite(beta0):
         return HullResult("infeasible")         # no choice meets the accuracy SLO
+    if not first:                               # the coarse search found no choice surely in Z
+        _evaluate_fixed(h, R, [rounding], res)
+        return res
     master = _Master(h, R, res.root)
     for _, sel in first:
         master.add(sel)
