@@ -98,6 +98,16 @@ def load_weights(model_dir: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
     def dev(t: torch.Tensor) -> torch.Tensor:
         return t.to(device).contiguous()
 
+    def dev_wide(t: torch.Tensor) -> torch.Tensor:
+        """A wide [out, in] projection. On the CPU its memory is laid out as [in, out] (the
+        tensor is the transposed view of that buffer, same shape and values): MKL's GEMM of
+        x @ W.T then reads W without a transpose, measured 6-18% faster for qkv, gate_up and
+        an untied lm_head on this 2-core CPU at decode and prefill sizes (narrow o / down
+        were not faster, so they keep the usual layout)."""
+        if torch.device(device).type != "cpu":
+            return dev(t)
+        return t.t().contiguous().t()
+
     layers = []
     for n in range(cfg.num_layers):
         p = f"model.layers.{n}."
@@ -105,12 +115,12 @@ def load_weights(model_dir: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
                          take(p + "self_attn.v_proj.weight", (kv, h))])
         gate_up = torch.cat([take(p + "mlp.gate_proj.weight", (i, h)), take(p + "mlp.up_proj.weight", (i, h))])
         layers.append(LayerWeights(
-            qkv=dev(qkv), o=dev(take(p + "self_attn.o_proj.weight", (h, q))), gate_up=dev(gate_up),
+            qkv=dev_wide(qkv), o=dev(take(p + "self_attn.o_proj.weight", (h, q))), gate_up=dev_wide(gate_up),
             down=dev(take(p + "mlp.down_proj.weight", (h, i))),
             ln1=dev(take(p + "input_layernorm.weight", (h,))), ln2=dev(take(p + "post_attention_layernorm.weight", (h,)))))
     embed = dev(take("model.embed_tokens.weight", (cfg.vocab_size, h)))
     if cfg.tie_word_embeddings or "lm_head.weight" not in raw:
         lm_head = embed
     else:
-        lm_head = dev(take("lm_head.weight", (cfg.vocab_size, h)))
+        lm_head = dev_wide(take("lm_head.weight", (cfg.vocab_size, h)))
     return ModelWeights(embed=embed, layers=layers, norm=dev(take("model.norm.weight", (h,))), lm_head=lm_head)
