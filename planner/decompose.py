@@ -202,7 +202,7 @@ _FEAS_TOL = 1e-6          # the search over Z admits choices this far (in its ro
 
 @dataclass
 class Relaxation:
-    """R as highspy arrays: an LP (``lp.integrality_`` empty); ``intcols`` are the z columns."""
+    """R as highspy arrays: an LP (``lp.integrality_`` empty); z's columns are ``zcol``."""
 
     lp: object                       # highspy.HighsLp
     cols: list                       # the pulp variable of each column
@@ -233,8 +233,11 @@ def relaxation(model: Model) -> Relaxation:
         v = hvar[hid]
         own = [(a, con) for n, a, con in rows if n.startswith("c3_")]
         if (len(own) != 1 or own[0][0] >= 0 or own[0][1].constant != 0
+                or own[0][1].sense != pulp.LpConstraintLE
                 or any(not n.startswith(("c3_", "c4_", "c10_")) for n, _, _ in rows)
-                or obj.get(hid, 0.0) < 0 or (v.lowBound or 0) != 0):
+                or obj.get(hid, 0.0) < 0 or (v.lowBound or 0) != 0
+                # a row (4) whose segments pay < 0 would reward nodes beyond the load
+                or any(obj.get(id(w), 0.0) < 0 for n, _, con in rows if n.startswith("c4_") for w in con)):
             continue
         a_h, con = own[0]
         load[hid] = [(w, -a / a_h) for w, a in con.items() if id(w) != hid]

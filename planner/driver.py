@@ -179,6 +179,8 @@ def _two_phase_hull(problem, model, opts, t0, up, previous, churn):
         raise diagnose(problem, opts)
     lower = hull.lower if hull.status == "ok" else -math.inf
     choice, value = hull.choice, hull.value
+    if choice is not None and not problem.accuracy_ok(choice):
+        choice, value = None, math.inf     # within the search's tolerance but not the SLO's
     steps = [f"hull bound ({hull.iterations} pricing rounds)" if Z is not None else "LP bound"]
     if choice is None:
         # no choice from the hull (no accuracy set to search, or out of time): R as a MILP in z
