@@ -11,15 +11,17 @@ references), computed in fp32 like them, but with far fewer small ops per call:
 - **sorted** (two or more slots, fp32 on the CPU): the adapter rows are sorted by slot once per
   step, then one call serves every slot, reading the stacked weights in place (no copy of the
   adapters, no Python loop over slots):
-  - *grouped*: one ``torch._grouped_mm`` over the slots' row groups (needs 16-byte strides);
-  - *padded*: without it, when the rows fill the slots evenly (distinct adapters in decode:
-    about one row per slot), rows are scattered into a zero-padded [S, Lmax, H] block and one
-    ``torch.bmm`` runs against all S slots' weights;
-  - otherwise a matmul per slot over the sorted rows.
-  ``bench/kernels_bench.py --torch-paths`` times them side by side; on this 2-core CPU (1
-  thread, 32 distinct decode rows, 33 slots, rank 16, the runtime bench's qkv / gate_up / down
-  shapes) grouped took 688 / 918 / 449 us per shrink+expand, padded 1099 / 799 / 434, a
-  matmul per slot 2368 / 4088 / 1310 and gather + bmm 2715 / 4268 / 2217;
+  - *padded*: when the rows fill the slots evenly (S·Lmax <= 2 × rows: distinct adapters in
+    decode, about one row per slot), rows are scattered into a zero-padded [S, Lmax, H] block
+    and one ``torch.bmm`` runs against all S slots' weights;
+  - *grouped*: otherwise one ``torch._grouped_mm`` over the slots' row groups (needs 16-byte
+    strides; without them, a matmul per slot over the sorted rows).
+  ``bench/kernels_bench.py --torch-paths`` times them side by side; on this 2-core CPU (2
+  threads, quiet machine, 33 slots, rank 16, the runtime bench's qkv / gate_up / down shapes),
+  per shrink+expand: 32 distinct decode rows, padded 470 / 532 / 326 us, grouped 968 / 848 /
+  456, a matmul per slot 2750 / 2150 / 1354, gather + bmm 2166 / 2293 / 1310; 6 adapters
+  over 32 rows, grouped 645 / 599 / 403, padded 723 / 746 / 489 (1 thread: grouped and
+  padded within 20% of each other, both 2-5x the others);
 - **gather** (many distinct slots with about one row each, and small adapters; not fp32 on the
   CPU): the rows' adapter matrices are gathered, ``a[slots]`` /
   ``b[slots]``, and multiplied with one ``torch.bmm``, in chunks that keep the gathered copy
@@ -118,9 +120,8 @@ def _make_plan(meta, row_bytes: int, fp32_cpu: bool = False):
 
 def _layout(plan, n_slots: int, aligned: bool):
     """How a "sorted" plan runs against a stack of ``n_slots`` slots, cached on the plan:
-    ("grouped", offs, counts) -- a grouped GEMM when ``aligned``, else a matmul per slot --
-    or ("padded", (slot, place) index of each row, Lmax) when the grouped GEMM cannot run and
-    the rows fill the slots evenly."""
+    ("padded", flat index slot·Lmax + place of each row, Lmax) when the rows fill the slots evenly, else
+    ("grouped", offs, counts): a grouped GEMM when ``aligned``, else a matmul per slot."""
     key = (n_slots, aligned)
     lay = plan[3].get(key)
     if lay is None:
@@ -128,9 +129,9 @@ def _layout(plan, n_slots: int, aligned: bool):
         counts = torch.bincount(row_slots, minlength=n_slots)
         ends = torch.cumsum(counts, 0)
         lmax = int(counts.max())
-        if not (aligned and GROUPED) and n_slots * lmax <= PADDED_MAX_WASTE * row_slots.numel():
+        if n_slots * lmax <= PADDED_MAX_WASTE * row_slots.numel():
             place = torch.arange(row_slots.numel()) - (ends - counts)[row_slots]
-            lay = ("padded", (row_slots, place), lmax)
+            lay = ("padded", row_slots * lmax + place, lmax)
         else:
             lay = ("grouped", ends.to(torch.int32), counts.tolist())
         plan[3][key] = lay
@@ -140,11 +141,11 @@ def _layout(plan, n_slots: int, aligned: bool):
 def _sorted_mm(xs: torch.Tensor, w: torch.Tensor, lay, aligned: bool) -> torch.Tensor:
     """out[i] = xs[i] @ w[slot(i)] for rows sorted by slot: xs [L, K], w [S, K, M] (any
     strides). Returns [L, M] fp32."""
-    if lay[0] == "padded":
-        idx, lmax = lay[1], lay[2]
-        xp = xs.new_zeros(w.shape[0], lmax, xs.shape[1])
-        xp[idx] = xs
-        return torch.bmm(xp, w)[idx]
+    if lay[0] == "padded":          # index_copy_ / index_select: much cheaper than advanced indexing
+        flat, lmax = lay[1], lay[2]
+        xp = xs.new_zeros(w.shape[0] * lmax, xs.shape[1]).index_copy_(0, flat, xs)
+        out = torch.bmm(xp.view(w.shape[0], lmax, xs.shape[1]), w)
+        return out.view(-1, w.shape[2]).index_select(0, flat)
     if aligned:
         return torch._grouped_mm(xs, w, offs=lay[1])
     out = xs.new_empty(xs.shape[0], w.shape[2])
@@ -188,8 +189,8 @@ def shrink(x: torch.Tensor, a: torch.Tensor, meta) -> torch.Tensor:
         rows, s = plan[1], a.shape[0]
         w = a.view(s, n * r, h_in).transpose(1, 2)                             # [S, H_in, N*R] view
         aligned = grouped_available(x, a, h_in, n * r)
-        out = _sorted_mm(x[rows], w, _layout(plan, s, aligned), aligned)
-        h[:, rows] = out.view(rows.numel(), n, r).transpose(0, 1)
+        out = _sorted_mm(x.index_select(0, rows), w, _layout(plan, s, aligned), aligned)
+        h.index_copy_(1, rows, out.view(rows.numel(), n, r).transpose(0, 1))
     else:                                                # gather
         rows, row_slots = plan[1], plan[2]
         for i, j in _chunks(rows.numel(), row_bytes):
@@ -239,7 +240,7 @@ def expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tens
         rows, row_slots, s = plan[1], plan[2], b.shape[0]
         aligned = grouped_available(y, b, h_out, r, *offs)
         lay = _layout(plan, s, aligned)
-        hr = h[:, rows]                                                        # [N, L, R]
+        hr = h.index_select(1, rows)                                           # [N, L, R]
         d = torch.empty(rows.numel(), h_out, dtype=torch.float32, device=y.device)
         for k, (lo, hi) in spans:
             d[:, lo:hi] = _sorted_mm(hr[k], b[:, lo:hi].transpose(1, 2), lay, aligned)

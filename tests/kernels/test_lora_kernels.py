@@ -102,6 +102,17 @@ def test_sorted_paths_match_reference(popularity, phase, mode, monkeypatch):
         assert torch_lora._layout(plan, c.a.shape[0], aligned)[0] == ("padded" if mode == "padded" else "grouped")
 
 
+def test_padded_layout_only_when_rows_fill_the_slots():
+    """Distinct decode rows (one per slot) take the padded bmm; a few adapters over many rows
+    (most slots empty or one slot holding many rows) take the grouped path."""
+    c = make_case("distinct", "decode", layout="qkv_aligned", h_in=128, n_req=13)
+    plan = torch_lora._plan(c.meta, 1, True)
+    assert torch_lora._layout(plan, c.a.shape[0], True)[0] == "padded"          # 15 slots, 13 rows
+    c = make_case("skewed", "decode", layout="qkv_aligned", h_in=128, n_req=13)
+    plan = torch_lora._plan(c.meta, 1, True)
+    assert torch_lora._layout(plan, c.a.shape[0], True)[0] == "grouped"         # one slot holds 12 rows
+
+
 def test_sorted_family_is_for_fp32_on_the_cpu():
     c = make_case("distinct", "decode", layout="qkv_aligned", h_in=128)
     assert torch_lora.sorted_available(c.x, c.a)
