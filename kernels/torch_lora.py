@@ -245,7 +245,13 @@ def expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tens
         for k, (lo, hi) in spans:
             d[:, lo:hi] = _sorted_mm(hr[k], b[:, lo:hi].transpose(1, 2), lay, aligned)
         d *= scales[row_slots].float().unsqueeze(1)
-        y.index_add_(0, rows, d)
+        if rows.numel() == y.shape[0]:                   # every row has an adapter: unsort, add
+            inv = plan[3].get("inverse")
+            if inv is None:
+                inv = plan[3]["inverse"] = torch.argsort(rows)
+            y.add_(d.index_select(0, inv))
+        else:
+            y.index_add_(0, rows, d)
     else:                                                # gather
         rows, row_slots = plan[1], plan[2]
         for i, j in _chunks(rows.numel(), row_bytes):
