@@ -288,6 +288,7 @@ class Router:
         req = worker_pb2.GenerateRequest(prompt=prompt, adapter=ep.adapter, sampling=worker_pb2.SamplingParams(
             max_tokens=stage.max_tokens, temperature=stage.temperature, stop=list(stage.stop)))
         text = []
+        run.prompt_tokens = run.completion_tokens = 0      # this attempt's counts only
         async for resp in self._stub(ep.address).Generate(req, timeout=timeout):
             run.prompt_tokens = max(run.prompt_tokens, resp.prompt_tokens)
             run.completion_tokens = max(run.completion_tokens, resp.completion_tokens)
