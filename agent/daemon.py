@@ -21,7 +21,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from atoll.agent.fetch import resolve_source
+from atoll.agent.fetch import cached_names, resolve_source
 from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
 from atoll.agent.probe import probe
 from atoll.agent.replicas import ReplicaManager, items_from_pb
@@ -259,7 +259,8 @@ class Agent:
                                    replica_messages=dict(self.replicas.messages),
                                    replica_load_seconds={k: round(v, 4) for k, v in self.replicas.load_seconds.items()},
                                    measured_throughput={k: round(v, 4) for k, v in self.worker.meter.rates().items()},
-                                   running_requests=self.worker.in_flight)
+                                   running_requests=self.worker.in_flight,
+                                   cached_models=cached_names(self.state_dir / "blobs"))
         eng = self.replicas.engine
         if eng is not None:
             try:

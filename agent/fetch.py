@@ -20,6 +20,24 @@ from atoll.proto.v1 import control_pb2, control_pb2_grpc
 log = logging.getLogger("atoll.agent")
 
 
+_CACHED: dict[Path, tuple[int, list[str]]] = {}
+
+
+def cached_names(cache_dir: Path) -> list[str]:
+    """The ``sha256:`` names fully fetched into ``cache_dir`` (no fetch needed to load them).
+    Listed again only when the directory changes (a fetch ends by removing its ``.part``)."""
+    try:
+        mtime = cache_dir.stat().st_mtime_ns
+    except OSError:
+        return []
+    hit = _CACHED.get(cache_dir)
+    if hit is None or hit[0] != mtime:
+        names = sorted(f"sha256:{p.name}" for p in cache_dir.iterdir()
+                       if len(p.name) == 64 and (p / ".complete").exists())
+        hit = _CACHED[cache_dir] = (mtime, names)
+    return list(hit[1])
+
+
 async def resolve_source(source: str, *, channel, cache_dir: Path,
                          progress: Callable[[int, int], None] | None = None) -> Path:
     """A local directory for ``source`` (a path or a sha256 name fetched from the coordinator)."""

@@ -48,7 +48,7 @@ def status_from_pb(m: common_pb2.NodeStatus) -> dict:
             "measured_throughput": dict(m.measured_throughput),
             "kv_cache_usage": m.kv_cache_usage, "worker_address": m.worker_address,
             "replica_states": dict(m.replica_states), "replica_messages": dict(m.replica_messages),
-            "replica_load_seconds": dict(m.replica_load_seconds)}
+            "replica_load_seconds": dict(m.replica_load_seconds), "cached_models": list(m.cached_models)}
 
 
 def status_to_pb(d: dict) -> common_pb2.NodeStatus:
@@ -59,7 +59,8 @@ def status_to_pb(d: dict) -> common_pb2.NodeStatus:
         kv_cache_usage=float(d.get("kv_cache_usage", 0.0)),
         worker_address=d.get("worker_address", ""), replica_states=d.get("replica_states") or {},
         replica_messages=d.get("replica_messages") or {},
-        replica_load_seconds=d.get("replica_load_seconds") or {})
+        replica_load_seconds=d.get("replica_load_seconds") or {},
+        cached_models=d.get("cached_models") or [])
 
 
 def node_to_pb(rec: NodeRecord, age: float) -> common_pb2.Node:

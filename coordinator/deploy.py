@@ -7,7 +7,8 @@ class is its ``hardware`` label when node.yaml sets one, otherwise a slug of its
 
 Assignments: each of the plan's host groups (a base-model group on ``count`` hosts of a pool)
 takes ``count`` nodes of its pool, preferring nodes that already hold that group (a re-plan
-moves as little as it can), and every member (task, variant) of the group becomes one replica
+moves as little as it can), then nodes that already hold its base model (loaded, or complete
+in their fetch cache: a cold start without the fetch), and every member (task, variant) of the group becomes one replica
 on each of those nodes. A replica's routing weight is the request rate the plan gives its
 (task, variant, pool) divided by the hosts that share it.
 """
@@ -70,14 +71,23 @@ class Assignment:
         return asdict(self)
 
 
+def resident_models(status: dict) -> set[str]:
+    """Base models a node holds already, from its reported status: loaded, or fetched."""
+    return {m["base_model"] for m in status.get("loaded", []) if m.get("base_model")} | set(
+        status.get("cached_models", []))
+
+
 def assign(workflow: str, plan: dict, pools: list[dict], serving: dict[tuple[str, str], dict],
-           previous: list[dict] | None = None, taken: set[str] | None = None) -> list[Assignment]:
+           previous: list[dict] | None = None, taken: set[str] | None = None,
+           resident: dict[str, set[str]] | None = None) -> list[Assignment]:
     """Turn ``plan`` (``Plan.to_dict()``) into replicas on concrete nodes.
 
     ``serving[(task, variant)]`` gives ``base_model``, ``adapter``, ``adapter_source``, ``kind``.
     ``previous`` (earlier assignments of this workflow) makes placement sticky; ``taken`` are
-    node ids other workflows hold.
+    node ids other workflows hold; ``resident[node_id]`` the base models a node already holds
+    (:func:`resident_models`), preferred after stickiness.
     """
+    resident = resident or {}
     by_pool = {p["name"]: list(p["node_ids"]) for p in pools}
     held: dict[str, str] = {a["node_id"]: a["group"] for a in (previous or [])}
     used: set[str] = set(taken or ())
@@ -88,7 +98,8 @@ def assign(workflow: str, plan: dict, pools: list[dict], serving: dict[tuple[str
     out: list[Assignment] = []
     for h in sorted(plan.get("hosts", []), key=lambda h: (h["group"], h["pool"])):
         candidates = [n for n in by_pool.get(h["pool"], []) if n not in used]
-        candidates.sort(key=lambda n: (held.get(n) != h["group"], n))   # sticky first
+        base = serving[tuple(h["members"][0])]["base_model"] if h["members"] else ""
+        candidates.sort(key=lambda n: (held.get(n) != h["group"], base not in resident.get(n, ()), n))
         chosen = candidates[: int(h["count"])]
         for node in chosen:
             used.add(node)

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from atoll.coordinator.autoscaler import Policy, Sample, State, decide
-from atoll.coordinator.deploy import assign, fleet_pools, hardware_class, node_items
+from atoll.coordinator.deploy import assign, fleet_pools, hardware_class, node_items, resident_models
 from atoll.coordinator.router import Endpoint, Route, Stage
 from atoll.coordinator.store import WorkflowRecord
 from atoll.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PlanInfeasible,
@@ -313,7 +313,8 @@ class WorkflowManager:
         plan_d["constraints"] = {"trusted_only": trusted, "on_demand_only": on_demand_only,
                                  "forbid_tiers": list(planned.placement.forbid_tiers),
                                  "forbid_regions": list(planned.placement.forbid_regions)}
-        assignments = [a.to_dict() for a in assign(name, plan_d, pools, serving, previous, taken)]
+        resident = {n.id: resident_models(n.status) for n in nodes}
+        assignments = [a.to_dict() for a in assign(name, plan_d, pools, serving, previous, taken, resident)]
         return plan_d, assignments
 
     # ------------------------------------------------------------------ client calls

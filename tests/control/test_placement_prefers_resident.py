@@ -1,0 +1,54 @@
+"""Placement inside a pool: a re-plan keeps its nodes; then nodes that already hold the base
+model (loaded, or complete in the agent's fetch cache) are taken before cold ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from atoll.agent.fetch import cached_names
+from atoll.coordinator.convert import status_from_pb, status_to_pb
+from atoll.coordinator.deploy import assign, resident_models
+
+BASE = "sha256:" + "ab" * 32
+SERVING = {("chat", "v"): {"base_model": BASE, "adapter": "", "kind": "llm"}}
+
+
+def plan(count: int) -> dict:
+    return {"tasks": {"chat": {"variant": "v", "replicas": [{"pool": "p", "rate": 4.0, "replicas": count}]}},
+            "hosts": [{"group": "g0", "pool": "p", "count": count, "members": [["chat", "v"]]}]}
+
+
+POOLS = [{"name": "p", "node_ids": ["n1", "n2", "n3", "n4"]}]
+
+
+def test_nodes_holding_the_base_model_are_chosen_first():
+    cold = assign("wf", plan(2), POOLS, SERVING)
+    assert [a.node_id for a in cold] == ["n1", "n2"]                    # by id when nothing differs
+    resident = {"n3": resident_models({"cached_models": [BASE]}),
+                "n4": resident_models({"loaded": [{"base_model": BASE, "adapters": [], "state": "ready"}]}),
+                "n1": resident_models({"cached_models": ["sha256:" + "cd" * 32]})}   # another model
+    warm = assign("wf", plan(2), POOLS, SERVING, resident=resident)
+    assert sorted(a.node_id for a in warm) == ["n3", "n4"]
+
+
+def test_a_replan_keeps_its_nodes_before_warm_ones():
+    previous = [{"node_id": "n1", "group": "g0"}]
+    out = assign("wf", plan(2), POOLS, SERVING, previous=previous, resident={"n4": {BASE}})
+    assert sorted(a.node_id for a in out) == ["n1", "n4"]
+
+
+def test_agent_reports_complete_fetches_only(tmp_path: Path):
+    cache = tmp_path / "blobs"
+    assert cached_names(cache) == []                                  # no cache yet
+    done = cache / ("ab" * 32)
+    done.mkdir(parents=True)
+    (done / ".complete").write_text(BASE + "\n")
+    (cache / (("ef" * 32) + ".part")).write_bytes(b"half")            # a fetch under way
+    (cache / ("cd" * 32)).mkdir()                                     # extracted, not marked complete
+    assert cached_names(cache) == [BASE]
+    (cache / (("ef" * 32) + ".part")).unlink()                        # the directory changed: listed again
+    (cache / ("cd" * 32) / ".complete").write_text("x")
+    (cache / ("ee" * 32)).mkdir()
+    assert cached_names(cache) == [BASE, "sha256:" + "cd" * 32]
+    d = status_from_pb(status_to_pb({"cached_models": cached_names(cache)}))
+    assert d["cached_models"] == [BASE, "sha256:" + "cd" * 32]
