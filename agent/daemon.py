@@ -267,6 +267,7 @@ class Agent:
                 s = eng.stats()
                 st.queue_depth = int(s.get("waiting", 0))
                 st.kv_cache_usage = float(s.get("kv_usage", s.get("kv_cache_usage", 0.0)))
+                st.ttft_seconds = float(s.get("ttft_mean_s", 0.0))
             except Exception:  # noqa: BLE001 - stats are best effort
                 pass
             st.loaded.add(base_model=self.replicas.loaded.base_source, adapters=sorted(self.replicas.loaded.adapters),

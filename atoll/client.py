@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 
+from atoll.coordinator.convert import status_from_pb
 from atoll.errors import InvalidArgument, Unavailable
 from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 from atoll.rpc import CHANNEL_OPTIONS, error_from_rpc
@@ -76,9 +77,7 @@ def _node_from_pb(n: common_pb2.Node) -> NodeInfo:
         simulated=n.capacity.simulated, last_heartbeat_age_seconds=round(n.last_heartbeat_age_seconds, 3),
         last_heartbeat_unix=n.last_heartbeat_unix, registered_unix=n.registered_unix,
         heartbeats=n.heartbeats, agent_version=n.capacity.agent_version,
-        status={"queue_depth": n.status.queue_depth, "running_requests": n.status.running_requests,
-                "worker_address": n.status.worker_address,
-                "measured_throughput": dict(n.status.measured_throughput)})
+        status=status_from_pb(n.status))
 
 
 @dataclass

@@ -298,5 +298,6 @@ class Engine:
                 "adapter_hits": m.adapter_hits, "adapter_misses": m.adapter_misses,
                 "adapter_loads": m.adapter_loads, "adapter_load_seconds": m.adapter_load_seconds,
                 "adapter_evictions": m.adapter_evictions, "adapters_loaded": len(self.store.list()),
-                "requests_finished": m.requests_finished, "steps": m.steps}
+                "requests_finished": m.requests_finished, "steps": m.steps,
+                "ttft_mean_s": m.ttft_seconds()}
 

@@ -33,6 +33,7 @@ class EngineMetrics:
         self.steps = 0
         self._window_s = window_s
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._ttfts: collections.deque[tuple[float, float]] = collections.deque()
         self._observers: list[Observer] = []
         self._lock = threading.Lock()
 
@@ -67,12 +68,23 @@ class EngineMetrics:
         now = time.monotonic()
         with self._lock:
             self._recent.append((now, n))
-            while self._recent and self._recent[0][0] < now - self._window_s:
-                self._recent.popleft()
+            self._trim(self._recent, now)
         self._emit("generated_tokens", float(n))
 
     def observe_ttft(self, seconds: float) -> None:
+        with self._lock:
+            self._ttfts.append((time.monotonic(), seconds))
         self._emit("time_to_first_token_seconds", seconds)
+
+    def _trim(self, q: collections.deque, now: float) -> None:
+        while q and q[0][0] < now - self._window_s:
+            q.popleft()
+
+    def ttft_seconds(self) -> float:
+        """Mean time to first token over the recent window (0 when no request started in it)."""
+        with self._lock:
+            self._trim(self._ttfts, time.monotonic())
+            return sum(s for _, s in self._ttfts) / len(self._ttfts) if self._ttfts else 0.0
 
     def observe_tpot(self, seconds: float) -> None:
         self._emit("time_per_output_token_seconds", seconds)
@@ -80,8 +92,7 @@ class EngineMetrics:
     def tokens_per_second(self) -> float:
         now = time.monotonic()
         with self._lock:
-            while self._recent and self._recent[0][0] < now - self._window_s:
-                self._recent.popleft()
+            self._trim(self._recent, now)
             if not self._recent:
                 return 0.0
             span = max(now - self._recent[0][0], 1e-3)

@@ -40,6 +40,11 @@ def test_agent_metrics_endpoint(tmp_path):
             c.wait_ready("wf-m", 60)
             for i in range(3):
                 c.invoke("wf-m", {"text": f"hello {i}"})
+            # the coordinator collects the agent's telemetry from its heartbeats
+            wait_for(lambda: c.nodes()[0].status["ttft_seconds"] > 0, 10)
+            st = c.nodes()[0].status
+            assert 0 < st["ttft_seconds"] < 30 and 0 <= st["kv_cache_usage"] <= 1
+            assert st["loaded"] and st["loaded"][0]["base_model"] == str(tmp_path / "base")
         text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
         assert re.search(r'^atoll_agent_replicas\{state="ready"\} 1\.0$', text, re.M), text[:500]
         m = re.search(r"^atoll_time_to_first_token_seconds_count (\S+)$", text, re.M)
