@@ -77,6 +77,17 @@ def resident_models(status: dict) -> set[str]:
         status.get("cached_models", []))
 
 
+def previous_hosts(pools: list[dict], previous: list[dict]) -> dict[tuple[str, str], int]:
+    """Nodes per (host group, pool) of a live deployment's assignments, on today's pools (nodes
+    gone from the fleet are dropped): the previous placement a re-plan's churn penalty uses."""
+    pool_of = {nid: p["name"] for p in pools for nid in p["node_ids"]}
+    nodes = {(a["group"], pool_of[a["node_id"]], a["node_id"]) for a in previous if a["node_id"] in pool_of}
+    out: dict[tuple[str, str], int] = {}
+    for g, pool, _ in nodes:
+        out[(g, pool)] = out.get((g, pool), 0) + 1
+    return out
+
+
 def assign(workflow: str, plan: dict, pools: list[dict], serving: dict[tuple[str, str], dict],
            previous: list[dict] | None = None, taken: set[str] | None = None,
            resident: dict[str, set[str]] | None = None) -> list[Assignment]:

@@ -23,7 +23,8 @@ from pathlib import Path
 import yaml
 
 from atoll.coordinator.autoscaler import Policy, Sample, State, decide
-from atoll.coordinator.deploy import assign, fleet_pools, hardware_class, node_items, resident_models
+from atoll.coordinator.deploy import (assign, fleet_pools, hardware_class, node_items, previous_hosts,
+                                     resident_models)
 from atoll.coordinator.router import Endpoint, Route, Stage
 from atoll.coordinator.store import WorkflowRecord
 from atoll.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PlanInfeasible,
@@ -286,6 +287,7 @@ class WorkflowManager:
 
     def _plan_once(self, spec, name: str, previous: list[dict] | None = None, on_demand_only: bool = False,
                    exclude: set[str] = frozenset()):
+        from atoll.planner import HostCounts
         from atoll.planner import plan as run_planner
         from atoll.planner.build import problem_from_specs
         from atoll.specs.cluster import ClusterSpec
@@ -307,7 +309,10 @@ class WorkflowManager:
             from atoll.specs.workflow import WorkflowSpec
             planned = parse_obj(WorkflowSpec, data, source=name)
         problem = problem_from_specs(planned, cluster, None, workflow_source=name)
-        plan = run_planner(problem)
+        # a re-plan starts from what runs: the planner's churn penalty keeps replicas in place
+        # unless moving them pays (placement inside a pool is sticky too, see deploy.assign)
+        prev = HostCounts(previous_hosts(pools, previous)) if previous else None
+        plan = run_planner(problem, previous=prev)
         stages, serving, _, _ = self._serving(spec)
         plan_d = plan.to_dict()
         plan_d["constraints"] = {"trusted_only": trusted, "on_demand_only": on_demand_only,

@@ -13,7 +13,7 @@ from atoll.planner.baselines import cloud_only_plan, greedy_plan, most_accurate_
 from atoll.planner.driver import SLOInfeasible, max_accuracy, milp_plan
 from atoll.planner.jellybean import jellybean_plan
 from atoll.planner.milp import PlanOptions
-from atoll.planner.plan import HostGroup, Plan, Replica, Route, node_assignments
+from atoll.planner.plan import HostCounts, HostGroup, Plan, Replica, Route, node_assignments
 from atoll.planner.problem import Edge, Network, PlanProblem, Pool, Source, Task, Variant
 
 
@@ -31,6 +31,6 @@ PLANNERS: dict[str, Callable[..., Plan]] = {
     "jellybean": jellybean_plan,
 }
 
-__all__ = ["plan", "PLANNERS", "PlanOptions", "PlanProblem", "Plan", "HostGroup", "Replica", "Route",
+__all__ = ["plan", "PLANNERS", "PlanOptions", "PlanProblem", "Plan", "HostCounts", "HostGroup", "Replica", "Route",
            "Variant", "Task", "Source", "Edge", "Pool", "Network", "SLOInfeasible", "max_accuracy",
            "node_assignments"]

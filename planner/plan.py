@@ -49,6 +49,18 @@ class Route:
 
 
 @dataclass(frozen=True)
+class HostCounts:
+    """A previous placement given only as nodes per (host group, pool): what a re-plan's churn
+    penalty compares against (``plan(problem, previous=HostCounts(...))``), e.g. rebuilt from a
+    live deployment whose pools were regrouped since."""
+
+    counts: dict
+
+    def host_counts(self) -> dict[tuple[str, str], int]:
+        return dict(self.counts)
+
+
+@dataclass(frozen=True)
 class Plan:
     planner: str
     status: str                                   # optimal | feasible | time_limit | fallback

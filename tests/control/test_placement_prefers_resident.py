@@ -52,3 +52,13 @@ def test_agent_reports_complete_fetches_only(tmp_path: Path):
     assert cached_names(cache) == [BASE, "sha256:" + "cd" * 32]
     d = status_from_pb(status_to_pb({"cached_models": cached_names(cache)}))
     assert d["cached_models"] == [BASE, "sha256:" + "cd" * 32]
+
+
+def test_previous_hosts_counts_nodes_per_group_and_pool_on_todays_pools():
+    from atoll.coordinator.deploy import previous_hosts
+
+    pools = [{"name": "a", "node_ids": ["n1", "n2"]}, {"name": "b", "node_ids": ["n3"]}]
+    previous = [{"node_id": "n1", "group": "g0"}, {"node_id": "n1", "group": "g0"},   # two replicas, one node
+                {"node_id": "n2", "group": "g0"}, {"node_id": "n3", "group": "g1"},
+                {"node_id": "gone", "group": "g0"}]                                  # left the fleet
+    assert previous_hosts(pools, previous) == {("g0", "a"): 2, ("g1", "b"): 1}

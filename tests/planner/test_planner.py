@@ -187,3 +187,18 @@ def test_pool_ids_map_back_to_nodes():
     from atoll.planner import node_assignments
     nodes = node_assignments(p, pb)
     assert sorted(nodes) == ["n1", "n2"] and all(h.pool == "grp-a" for h in nodes.values())
+
+
+def test_host_counts_serve_as_the_previous_plan():
+    """The coordinator re-plans against HostCounts rebuilt from its live assignments; the
+    planner treats them exactly like the Plan they came from."""
+    from atoll.planner import HostCounts
+
+    pb = bench.vision(1.0)
+    p0 = plan(pb)
+    opts = PlanOptions(churn_penalty=0.5)
+    via_plan = plan(pb.scaled(1.05), previous=p0, options=opts)
+    via_counts = plan(pb.scaled(1.05), previous=HostCounts(p0.host_counts()), options=opts)
+    assert via_counts.host_counts() == via_plan.host_counts()
+    assert via_counts.moved_replicas == via_plan.moved_replicas <= 4
+    assert plan(pb, previous=HostCounts(p0.host_counts())).moved_replicas == 0
