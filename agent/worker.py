@@ -101,14 +101,21 @@ class WorkerService:
             raise NotFound(f"model {model!r} is not served here",
                            hint=f"this worker serves {sorted(self.model_names)[0]!r}; leave model empty")
 
+    @staticmethod
+    def _text_or_ids(text: str, ids, names: tuple[str, str], empty: str):
+        """The request's input: its text or its token ids (exactly one of the two)."""
+        if text and ids:
+            raise InvalidArgument(f"set either {names[0]} or {names[1]}, not both")
+        out = list(ids) if ids else text
+        if not out:
+            raise InvalidArgument(empty, hint=f"set {names[0]} or {names[1]}")
+        return out
+
     @handle_errors
     async def Generate(self, request, context):
         self._check_model(request.model)
-        if request.prompt and request.prompt_token_ids:
-            raise InvalidArgument("set either prompt or prompt_token_ids, not both")
-        prompt = list(request.prompt_token_ids) if request.prompt_token_ids else request.prompt
-        if not prompt:
-            raise InvalidArgument("prompt is empty", hint="set prompt (text) or prompt_token_ids")
+        prompt = self._text_or_ids(request.prompt, request.prompt_token_ids, ("prompt", "prompt_token_ids"),
+                                   "prompt is empty")
         params = sampling_from_proto(request.sampling)
         handle = self.engine.submit(prompt, request.adapter or None, params, request.request_id or None)
         try:
@@ -146,11 +153,7 @@ class WorkerService:
     @handle_errors
     async def Embed(self, request, context):
         self._check_model(request.model)
-        if request.text and request.token_ids:
-            raise InvalidArgument("set either text or token_ids, not both")
-        prompt = list(request.token_ids) if request.token_ids else request.text
-        if not prompt:
-            raise InvalidArgument("nothing to embed", hint="set text or token_ids")
+        prompt = self._text_or_ids(request.text, request.token_ids, ("text", "token_ids"), "nothing to embed")
         ids = self.engine.encode_prompt(prompt)
         loop = asyncio.get_running_loop()
         vec = await loop.run_in_executor(None, lambda: self.engine.embed([ids], adapter=request.adapter or None))

@@ -135,15 +135,11 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         self.workflows.request_started(request.workflow)
         try:
             route = await self._route_waking(request.workflow, deadline)
+            if request.max_tokens:
+                route = with_sink(route, max_tokens=request.max_tokens)
         except BaseException:
             self.workflows.request_finished(request.workflow)
             raise
-        if request.max_tokens:
-            try:
-                route = with_sink(route, max_tokens=request.max_tokens)
-            except BaseException:
-                self.workflows.request_finished(request.workflow)
-                raise
         rid = request.request_id or uuid.uuid4().hex[:16]
         t0 = time.monotonic()
         queue: asyncio.Queue = asyncio.Queue()
