@@ -24,7 +24,7 @@ from atoll.kernels.lora import LoraMeta, lora_apply
 
 from .config import ModelConfig, rope_inv_freq
 from .kv_cache import PagedKVCache
-from .weights import ModelWeights
+from .weights import ModelWeights, linear
 
 
 @dataclass
@@ -121,7 +121,7 @@ class LlamaModel:
         for n, lw in enumerate(self.w.layers):
             sw = slots[n] if use_lora else None
             h = rms_norm(x, lw.ln1, cfg.rms_norm_eps)
-            qkv = F.linear(h, lw.qkv)
+            qkv = linear(h, lw.qkv)
             if sw is not None:
                 lora_apply(qkv, h, sw.a["qkv"], sw.b["qkv"], scales, meta, self.q_slices, backend=be)
             q = qkv[:, :cfg.q_size].view(t, nh, d)
@@ -151,20 +151,20 @@ class LlamaModel:
                 out = self._attend(qh, kc.index_select(1, ch.kv_rows).unsqueeze(1),
                                    vc.index_select(1, ch.kv_rows).unsqueeze(1), m)
                 attn[r0:r0 + ln] = out.view(nkv, g, ln, d).permute(2, 0, 1, 3).reshape(ln, nh * d)
-            o = F.linear(attn, lw.o)
+            o = linear(attn, lw.o)
             if sw is not None:
                 lora_apply(o, attn, sw.a["o"], sw.b["o"], scales, meta, self.o_slices, backend=be)
             x = x + o
             h = rms_norm(x, lw.ln2, cfg.rms_norm_eps)
-            gu = F.linear(h, lw.gate_up)
+            gu = linear(h, lw.gate_up)
             if sw is not None:
                 lora_apply(gu, h, sw.a["gate_up"], sw.b["gate_up"], scales, meta, self.gu_slices, backend=be)
             i = cfg.intermediate_size
             act = F.silu(gu[:, :i]) * gu[:, i:]
-            dn = F.linear(act, lw.down)
+            dn = linear(act, lw.down)
             if sw is not None:
                 lora_apply(dn, act, sw.a["down"], sw.b["down"], scales, meta, self.o_slices, backend=be)
             x = x + dn
         x = rms_norm(x, self.w.norm, cfg.rms_norm_eps)
-        logits = F.linear(x[batch.logit_rows], self.w.lm_head).float() if batch.logit_rows.numel() else None
+        logits = linear(x[batch.logit_rows], self.w.lm_head).float() if batch.logit_rows.numel() else None
         return (logits, x) if return_hidden else logits

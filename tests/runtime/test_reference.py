@@ -51,6 +51,31 @@ def test_mixed_batch_matches_peft_torch_backend(engine, hf_reference):
         assert (delta > 1e-2) if a else (delta < 1e-4), (a, delta)
 
 
+def test_plain_and_packed_base_weights_both_match_peft(engine, hf_model_dir, peft_adapters, hf_reference):
+    from atoll.agent.runtime.weights import packing_available
+
+    # the session engine (CPU, fp32, packed_weights unset) packs wherever this torch has oneDNN
+    assert engine.weights.layers[0].qkv.is_mkldnn == packing_available("cpu", torch.float32)
+    assert engine.weights.lm_head.is_mkldnn == engine.weights.layers[0].down.is_mkldnn
+    eng = Engine(hf_model_dir, device="cpu", dtype="float32", lora_backend="torch", max_lora_rank=16,
+                 max_adapters_on_device=4, kv_cache_tokens=512, packed_weights=False)
+    try:
+        assert not any(t.is_mkldnn for t in (eng.weights.layers[0].qkv, eng.weights.lm_head))
+        assert eng.weights.nbytes() == engine.weights.nbytes()       # one copy either way
+        for name, path in peft_adapters.items():
+            eng.add_adapter(name, path)
+        _check(eng, hf_reference, ["a1", None, "a3", "a4"], length=6, steps=16)
+    finally:
+        eng.close()
+
+
+def test_packed_weights_refused_where_they_cannot_serve(hf_model_dir):
+    from atoll.errors import AtollError
+
+    with pytest.raises(AtollError, match="packed weights need fp32"):
+        Engine(hf_model_dir, device="cpu", dtype="float16", packed_weights=True)
+
+
 def test_mixed_batch_matches_peft_triton_backend(hf_model_dir, peft_adapters, hf_reference):
     pytest.importorskip("triton")
     eng = Engine(hf_model_dir, device="cpu", dtype="float32", lora_backend="triton", max_lora_rank=16,
