@@ -87,8 +87,7 @@ def shrink_ref(x: torch.Tensor, a: torch.Tensor, meta: LoraMeta) -> torch.Tensor
     return h
 
 
-def _check_slices(y, h, b, slice_offsets):
-    n = h.shape[0]
+def _check_slices(y, n: int, b, slice_offsets):
     if len(slice_offsets) != n + 1 or slice_offsets[-1] != y.shape[1] or b.shape[1] != y.shape[1]:
         raise ValueError(f"slice_offsets {slice_offsets} must have {n + 1} entries ending at "
                          f"H_out={y.shape[1]} (= b.shape[1]={b.shape[1]})")
@@ -98,7 +97,7 @@ def expand_ref(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.
                meta: LoraMeta, slice_offsets: tuple[int, ...]) -> torch.Tensor:
     """Reference expand, in place on ``y``: y[rows, slice n] += scale * h[n, rows] @ b[slot, slice n].T"""
     n = h.shape[0]
-    _check_slices(y, h, b, slice_offsets)
+    _check_slices(y, h.shape[0], b, slice_offsets)
     for s0, ln, slot in zip(meta.seg_starts.tolist(), meta.seg_lens.tolist(), meta.seg_slots.tolist()):
         if slot < 0:
             continue
@@ -128,7 +127,7 @@ def lora_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch
                 meta: LoraMeta, slice_offsets: tuple[int, ...], *, backend: str = "torch") -> torch.Tensor:
     """In place: y[t, slice n] += scales[slot(t)] * h[n, t] @ b[slot(t), slice n].T. Returns y."""
     if backend == "torch":
-        _check_slices(y, h, b, slice_offsets)
+        _check_slices(y, h.shape[0], b, slice_offsets)
         return torch_lora.expand(y, h, b, scales, meta, slice_offsets)
     if backend == "ref":
         return expand_ref(y, h, b, scales, meta, slice_offsets)
@@ -145,5 +144,9 @@ def lora_apply(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tenso
     """Shrink then expand, in place on ``y``. No-op when no row has an adapter."""
     if not meta.any_lora:
         return y
+    if backend == "torch":
+        _check(x, a, meta=meta)
+        _check_slices(y, a.shape[1], b, slice_offsets)
+        return torch_lora.apply(y, x, a, b, scales, meta, slice_offsets)
     h = lora_shrink(x, a, meta, backend=backend)
     return lora_expand(y, h, b, scales, meta, slice_offsets, backend=backend)
