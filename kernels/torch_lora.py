@@ -184,14 +184,22 @@ def apply(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sc
           meta, slice_offsets: tuple[int, ...]) -> torch.Tensor:
     """In place: y += LoRA(x), i.e. ``expand(y, shrink(x, a, meta), b, scales, meta, offsets)``.
 
-    When the step takes the sorted plan in its padded form (distinct adapters in decode, fp32
-    on the CPU) the rows stay padded between shrink and expand; otherwise it is exactly
-    :func:`shrink` then :func:`expand`."""
+    fp32 on the CPU: one adapter for every row costs one GEMM for the shrink (scaled in place)
+    and one ``addmm_`` per slice; when the step takes the sorted plan in its padded form
+    (distinct adapters in decode) the rows stay padded between shrink and expand. Otherwise
+    it is exactly :func:`shrink` then :func:`expand`."""
     if not meta.any_lora or y.shape[0] == 0:
         return y
     if sorted_available(x, a) and sorted_available(y, b):
         s, n, r, h_in = a.shape
         plan = _plan(meta, n * r * h_in * a.element_size(), True)
+        if plan[0] == "single":                 # one adapter for every row: two GEMM calls a slice
+            slot = plan[1]
+            hs = torch.mm(x, a[slot].view(n * r, h_in).t()).mul_(scales[slot].float())   # [T, N*R]
+            offs = [int(o) for o in slice_offsets]
+            for k, (lo, hi) in enumerate(zip(offs, offs[1:])):
+                y[:, lo:hi].addmm_(hs[:, k * r:(k + 1) * r], b[slot, lo:hi].t())
+            return y
         if plan[0] == "sorted":
             lay = _layout(plan, s, False)
             if lay[0] == "padded":
