@@ -20,6 +20,7 @@ ratio is printed beside it for information.
 
     python bench/runtime_bench.py            # full run (writes bench/results/runtime.json)
     python bench/runtime_bench.py --quick    # smaller model and batch, a smoke run
+    python bench/runtime_bench.py --plain-gemm --out /tmp/plain.json   # base weights unpacked
 """
 
 from __future__ import annotations
@@ -51,13 +52,18 @@ def copy_bandwidth(nbytes: int = 512 << 20, reps: int = 10) -> float:
     return 2 * nbytes / best
 
 
-def gemm_flops(m: int, k: int, n: int, reps: int = 20) -> float:
-    """FLOP/s of an fp32 [m, k] @ [k, n] matmul (a decode-sized GEMM), best of ``reps``."""
+def gemm_flops(m: int, k: int, n: int, reps: int = 20, packed: bool = False) -> float:
+    """FLOP/s of an fp32 [m, k] @ [k, n] matmul (a decode-sized GEMM) done the way the runtime
+    does it (``packed``: oneDNN's packed weight), best of ``reps``."""
+    from atoll.agent.runtime.weights import linear, pack
+
     x, w = torch.randn(m, k), torch.randn(n, k)
+    if packed:
+        w = pack(w)
     best = float("inf")
     for _ in range(reps):
         t = CLOCK()
-        torch.nn.functional.linear(x, w)
+        linear(x, w)
         best = min(best, CLOCK() - t)
     return 2 * m * k * n / best
 
@@ -118,6 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with this process's CPU time (use with --threads 1 on a shared machine)")
+    ap.add_argument("--plain-gemm", action="store_true",
+                    help="keep the base weights unpacked (plain F.linear) instead of oneDNN's packed layout")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per atoll case (best is kept)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "runtime.json"))
     args = ap.parse_args(argv)
@@ -147,7 +155,8 @@ def main(argv=None) -> int:
 
     engine = Engine(model_dir, device="cpu", dtype="float32", lora_backend="torch", max_lora_rank=rank,
                     max_adapters_on_device=n_req + 1, kv_cache_tokens=n_req * (prompt_len + new_tokens) + 256,
-                    max_num_batched_tokens=n_req * prompt_len, max_num_seqs=n_req)
+                    max_num_batched_tokens=n_req * prompt_len, max_num_seqs=n_req,
+                    packed_weights=False if args.plain_gemm else None)
     for name, path in adapter_dirs.items():
         engine.add_adapter(name, path)
     cfg = engine.cfg
@@ -163,7 +172,8 @@ def main(argv=None) -> int:
     adapter_bytes = engine.store.list()[0].size_bytes
     kv_per_tok = engine.kv.bytes_per_token
     avg_ctx = prompt_len + new_tokens / 2
-    flops = gemm_flops(n_req, cfg.hidden_size, cfg.intermediate_size, reps=50)
+    packed = engine.weights.layers[0].qkv.is_mkldnn
+    flops = gemm_flops(n_req, cfg.hidden_size, cfg.intermediate_size, reps=50, packed=packed)
     step_flops = 2 * n_req * (cfg.num_params - cfg.vocab_size * cfg.hidden_size)
     from atoll.agent.runtime.lora import module_dims
 
@@ -224,7 +234,8 @@ def main(argv=None) -> int:
           f"vocab {cfg.vocab_size}; {n_req} requests x {prompt_len} prompt + {new_tokens} new tokens, rank {rank}")
     print(f"clock: {'process CPU time' if args.cpu_time else 'wall'}; load average {os.getloadavg()[0]:.1f}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, copy bandwidth {bw / 1e9:.1f} GB/s, decode-GEMM {flops / 1e9:.0f} GFLOP/s")
+          f"{torch.get_num_threads()}, copy bandwidth {bw / 1e9:.1f} GB/s, decode-GEMM {flops / 1e9:.0f} GFLOP/s "
+          f"({'oneDNN packed' if packed else 'plain F.linear'} base weights)")
     nan = float("nan")
     print(f"{'case':10} {'tok/s':>8} {'decode tok/s':>13} {'byte bound':>11} {'decode/bound':>13} "
           f"{'FLOP bound':>11} {'wall s':>7}")
@@ -244,7 +255,7 @@ def main(argv=None) -> int:
     doc = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick,
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "torch_threads": torch.get_num_threads(), "copy_bandwidth_gb_s": bw / 1e9,
-                       "decode_gemm_gflop_s": flops / 1e9, "load_avg": os.getloadavg(),
+                       "decode_gemm_gflop_s": flops / 1e9, "packed_base_weights": packed, "load_avg": os.getloadavg(),
                        "clock": "process CPU time" if args.cpu_time else "wall",
                        "python": platform.python_version(), "torch": torch.__version__,
                        "transformers": transformers.__version__},
