@@ -48,6 +48,9 @@ GATHER_BYTES = 64 << 20        # cap on one gathered chunk of adapter weights
 GROUPED = hasattr(torch, "_grouped_mm")   # module switch (tests turn it off to reach the others)
 SORTED = True                  # module switch for the whole sorted family (tests turn it off)
 PADDED_MAX_WASTE = 2.0         # padded bmm when S·Lmax <= this × the adapter rows
+RUN_MIN_ROWS = 16              # apply(): a GEMM pair per run when runs average this many rows
+# (prefill, 32 adapters × 64 rows, rank 16, hidden 512, 1 thread: per-run GEMMs ~1.7x faster
+# than the padded bmm for gate_up, whose [S, Lmax, 2816] intermediate dominates)
 
 
 _LAST_PLANS: tuple = (None, None, {})   # (meta, tensor versions, {row_bytes: plan})
@@ -184,27 +187,52 @@ def apply(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sc
           meta, slice_offsets: tuple[int, ...]) -> torch.Tensor:
     """In place: y += LoRA(x), i.e. ``expand(y, shrink(x, a, meta), b, scales, meta, offsets)``.
 
-    fp32 on the CPU: one adapter for every row costs one GEMM for the shrink (scaled in place)
-    and one ``addmm_`` per slice; when the step takes the sorted plan in its padded form
-    (distinct adapters in decode) the rows stay padded between shrink and expand. Otherwise
-    it is exactly :func:`shrink` then :func:`expand`."""
+    fp32 on the CPU: a run of rows sharing one adapter (all rows; or, in prefill, each slot's
+    contiguous run of ``RUN_MIN_ROWS`` or more rows) costs one GEMM for the shrink (scaled in
+    place) and one ``addmm_`` per slice straight into y; when the step takes the sorted plan in
+    its padded form (distinct adapters in decode) the rows stay padded between shrink and
+    expand. Otherwise it is exactly :func:`shrink` then :func:`expand`."""
     if not meta.any_lora or y.shape[0] == 0:
         return y
     if sorted_available(x, a) and sorted_available(y, b):
         s, n, r, h_in = a.shape
         plan = _plan(meta, n * r * h_in * a.element_size(), True)
-        if plan[0] == "single":                 # one adapter for every row: two GEMM calls a slice
-            slot = plan[1]
-            hs = torch.mm(x, a[slot].view(n * r, h_in).t()).mul_(scales[slot].float())   # [T, N*R]
-            offs = [int(o) for o in slice_offsets]
-            for k, (lo, hi) in enumerate(zip(offs, offs[1:])):
-                y[:, lo:hi].addmm_(hs[:, k * r:(k + 1) * r], b[slot, lo:hi].t())
-            return y
+        if plan[0] == "single":                 # one adapter for every row
+            return _apply_run(y, x, a, b, scales, 0, y.shape[0], plan[1], slice_offsets)
         if plan[0] == "sorted":
+            runs = _long_runs(plan, meta)
+            if runs is not None:                # prefill-like: each slot's rows in one long run
+                for s0, ln, slot in runs:
+                    _apply_run(y, x, a, b, scales, s0, ln, slot, slice_offsets)
+                return y
             lay = _layout(plan, s, False)
             if lay[0] == "padded":
                 return _apply_padded(y, x, a, b, scales, plan, lay, slice_offsets)
     return expand(y, shrink(x, a, meta), b, scales, meta, slice_offsets)
+
+
+def _long_runs(plan, meta):
+    """The step's adapter segments when every slot's rows form one contiguous run of at least
+    ``RUN_MIN_ROWS`` rows on average (prefill chunks), else None; cached on the plan."""
+    got = plan[3].get("long_runs", False)
+    if got is False:
+        seg = [(s0, ln, sl) for s0, ln, sl in zip(meta.seg_starts.tolist(), meta.seg_lens.tolist(),
+                                                  meta.seg_slots.tolist()) if sl >= 0]
+        one_run_each = len({sl for _, _, sl in seg}) == len(seg)
+        got = seg if one_run_each and sum(ln for _, ln, _ in seg) >= RUN_MIN_ROWS * len(seg) else None
+        plan[3]["long_runs"] = got
+    return got
+
+
+def _apply_run(y, x, a, b, scales, s0: int, ln: int, slot: int, slice_offsets):
+    """Rows s0 … s0+ln-1 all use ``slot``: one scaled shrink GEMM, one ``addmm_`` per slice,
+    written straight into y's rows (no intermediate of y's width)."""
+    _, n, r, h_in = a.shape
+    hs = torch.mm(x[s0:s0 + ln], a[slot].view(n * r, h_in).t()).mul_(scales[slot].float())   # [L, N*R]
+    offs = [int(o) for o in slice_offsets]
+    for k, (lo, hi) in enumerate(zip(offs, offs[1:])):
+        y[s0:s0 + ln, lo:hi].addmm_(hs[:, k * r:(k + 1) * r], b[slot, lo:hi].t())
+    return y
 
 
 def _apply_padded(y, x, a, b, scales, plan, lay, slice_offsets):

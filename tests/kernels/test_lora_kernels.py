@@ -102,14 +102,17 @@ def test_sorted_paths_match_reference(popularity, phase, mode, monkeypatch):
         assert torch_lora._layout(plan, c.a.shape[0], aligned)[0] == ("padded" if mode == "padded" else "grouped")
 
 
+@pytest.mark.parametrize("runs", [False, True])
 @pytest.mark.parametrize("layout", ["single", "gate_up", "qkv"])
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
 @pytest.mark.parametrize("popularity", POPULARITIES)
-def test_fused_padded_apply_matches_reference(popularity, phase, layout, monkeypatch):
-    """lora_apply on the torch backend keeps padded rows padded between shrink and expand
-    (fp32, CPU, two or more slots): same result as the reference, bare rows untouched, whether
-    every row has an adapter (one gather-add) or not (indexed add)."""
+def test_fused_apply_matches_reference(popularity, phase, layout, runs, monkeypatch):
+    """lora_apply on the torch backend (fp32, CPU, two or more slots) either runs a GEMM pair
+    per run of rows (when each slot's rows form one run, long enough: ``runs``) or keeps padded
+    rows padded between shrink and expand: same result as the reference, bare rows untouched,
+    whether every row has an adapter (one gather-add) or not (indexed add)."""
     monkeypatch.setattr(torch_lora, "PADDED_MAX_WASTE", 1e9)
+    monkeypatch.setattr(torch_lora, "RUN_MIN_ROWS", 1 if runs else 10**9)
     c = make_case(popularity, phase, layout=layout, n_req=13, seed=17)
     y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch")
     y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
@@ -118,8 +121,11 @@ def test_fused_padded_apply_matches_reference(popularity, phase, layout, monkeyp
     assert torch.equal(y[bare], c.y0[bare])
     plan = torch_lora._plan(c.meta, 1, True)
     n_slots = len({int(s) for s in c.slots if s >= 0})
+    seg_slots = [int(s) for s in c.meta.seg_slots if s >= 0]
+    took_runs = plan[0] == "sorted" and plan[3]["long_runs"] is not None
+    assert took_runs == (runs and n_slots >= 2 and len(seg_slots) == len(set(seg_slots)))
     fused = any(isinstance(k, tuple) and k[0] == "padded_index" for k in plan[3]) if plan[0] == "sorted" else False
-    assert fused == (n_slots >= 2)
+    assert fused == (n_slots >= 2 and not took_runs)
     if fused:
         src, dst = next(v for k, v in plan[3].items() if isinstance(k, tuple) and k[0] == "padded_index")
         assert (dst is None) == bool(bare.any())
