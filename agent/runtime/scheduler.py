@@ -119,14 +119,15 @@ class Scheduler:
             ids.extend(toks)
             pos.extend(range(p0, p0 + n))
             slots.extend([r.slot] * n)
-            tbl = r.table
-            write.append(tbl[torch.arange(p0, p0 + n, device=dev) // bs] * bs
-                         + torch.arange(p0, p0 + n, device=dev) % bs)
             if not r.in_prefill and n == 1 and not prefills:
-                decodes.append(r)
+                decodes.append(r)            # plain ints: a decode row costs no tensor op here
+                write.append(r.blocks[p0 // bs] * bs + p0 % bs)
             else:
+                tbl = r.table
                 kpos = torch.arange(p0 + n, device=dev)
-                prefills.append(PrefillChunk(row, n, p0, tbl[kpos // bs] * bs + kpos % bs))
+                kv_rows_chunk = tbl[kpos // bs] * bs + kpos % bs
+                prefills.append(PrefillChunk(row, n, p0, kv_rows_chunk))
+                write.extend(kv_rows_chunk[p0:].tolist())
             if all_logits:
                 logit_rows.extend(range(row, row + n))
             elif p0 + n >= len(r.prompt_ids):
@@ -135,13 +136,11 @@ class Scheduler:
         nd = len(decodes)
         kv_rows = kv_mask = None
         if nd:
-            lens = torch.tensor([r.num_computed + 1 for r in decodes], device=dev)
-            lmax = int(lens.max())
-            nbmax = -(-lmax // bs)
-            table = torch.zeros(nd, nbmax, dtype=torch.long, device=dev)
-            for i, r in enumerate(decodes):
-                nb = min(nbmax, r.table.numel())
-                table[i, :nb] = r.table[:nb]
+            lens_l = [r.num_computed + 1 for r in decodes]
+            lens = torch.tensor(lens_l, device=dev)
+            nbmax = -(-max(lens_l) // bs)
+            table = torch.tensor([(r.blocks + [0] * nbmax)[:nbmax] for r in decodes], dtype=torch.long,
+                                 device=dev)
             # whole blocks are gathered (one copy of block_size rows per block, not one per row);
             # positions past a request's length, and padding blocks (block 0), are masked
             span = nbmax * bs
@@ -153,7 +152,7 @@ class Scheduler:
         return StepBatch(
             input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
             positions=torch.tensor(pos, dtype=torch.long, device=dev),
-            write_rows=torch.cat(write),
+            write_rows=torch.tensor(write, dtype=torch.long, device=dev),
             lora=LoraMeta.build(torch.tensor(slots, dtype=torch.int32, device=dev)),
             num_decode=nd, decode_kv_rows=kv_rows, decode_kv_mask=kv_mask, prefills=prefills,
             logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=dev))
