@@ -22,12 +22,12 @@ references), computed in fp32 like them, but with far fewer small ops per call:
   for a 3-slice qkv projection instead of about 25). When each slot's rows form one long run
   (prefill), it runs a scaled shrink GEMM and an ``addmm_`` per slice into each run instead,
   and one adapter for every row is one such run.
-  ``bench/kernels_bench.py --torch-paths`` times them side by side; on this 2-core CPU (2
-  threads, quiet machine, 33 slots, rank 16, the runtime bench's qkv / gate_up / down shapes),
-  per shrink+expand: 32 distinct decode rows, padded 470 / 532 / 326 us, grouped 968 / 848 /
-  456, a matmul per slot 2750 / 2150 / 1354, gather + bmm 2166 / 2293 / 1310; 6 adapters
-  over 32 rows, grouped 645 / 599 / 403, padded 723 / 746 / 489 (1 thread: grouped and
-  padded within 20% of each other, both 2-5x the others);
+  ``bench/kernels_bench.py --torch-paths`` times them side by side through ``lora_apply``;
+  on this 2-core CPU (2 threads, 33 slots, rank 16, the runtime bench's qkv / gate_up / down
+  shapes), per shrink+expand: 32 distinct decode rows, padded (fused) 355 / 588 / 232 us,
+  grouped 704 / 946 / 532, a matmul per slot 2916 / 2476 / 1826, gather + bmm 3015 / 4593 /
+  2610; 6 adapters over 32 rows (where the grouped path is the one taken), grouped 791 / 651
+  / 420, padded 1046 / 1635 / 606, a matmul per slot 1073 / 1102 / 719;
 - **gather** (many distinct slots with about one row each, and small adapters; not fp32 on the
   CPU): the rows' adapter matrices are gathered, ``a[slots]`` /
   ``b[slots]``, and multiplied with one ``torch.bmm``, in chunks that keep the gathered copy
