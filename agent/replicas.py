@@ -6,6 +6,11 @@ base model per host (the planner places one base-model group per host); adapters
 workflow sharing that base are loaded into the same engine. Loading runs in a worker thread so
 heartbeats and serving continue meanwhile. Each replica reports pending | loading | ready |
 failed (with the reason) in the heartbeat status.
+
+An engine that is swapped out (another base model, or no replica left here) or closed is shut
+down gracefully: it refuses new requests with UNAVAILABLE (the router retries them on another
+replica), lets the ones in flight finish for up to ``DRAIN_SECONDS``, and fails what is left
+with UNAVAILABLE instead of leaving a stream open until its deadline.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Callable
 from atoll.logs import kv
 
 log = logging.getLogger("atoll.agent")
+
+DRAIN_SECONDS = 10.0      # how long a replaced engine may finish its requests in flight
 
 
 @dataclass(frozen=True)
@@ -150,8 +157,10 @@ class ReplicaManager:
     async def _swap_base(self, source: str, items: list[Item]) -> None:
         old = self.loaded.engine
         self.loaded = Loaded()
-        if old is not None:
-            await asyncio.to_thread(old.stop)
+        if old is not None:   # requests in flight finish (bounded); new ones get UNAVAILABLE and go elsewhere
+            failed = await asyncio.to_thread(old.shutdown, DRAIN_SECONDS)
+            if failed:
+                log.warning("requests cut off by an engine swap", extra=kv(failed=failed))
         if not source:
             self.on_change()
             return
@@ -192,5 +201,5 @@ class ReplicaManager:
 
     async def close(self) -> None:
         if self.loaded.engine is not None:
-            await asyncio.to_thread(self.loaded.engine.stop)
+            await asyncio.to_thread(self.loaded.engine.shutdown, DRAIN_SECONDS)
             self.loaded = Loaded()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from atoll.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from atoll.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 
 from .adapters import AdapterInfo, AdapterStore
 from .config import ModelConfig
@@ -117,6 +117,7 @@ class Engine:
         self._step_lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._refusing = False        # shutdown(): submit answers UNAVAILABLE
 
     # ---- adapters --------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | Path, pin: bool = False) -> AdapterInfo:
@@ -169,6 +170,9 @@ class Engine:
         dec = IncrementalDecoder(self.tokenizer if (stream_text or params.stop) else None, params.stop)
         req = Request(rid, ids, adapter, params, handle, dec, make_generator(params.seed, self.device))
         with self._cv:
+            if self._refusing:
+                raise Unavailable("this engine is shutting down (its replica is being replaced or removed)",
+                                  hint="retry on another replica")
             if rid in self._live:
                 raise InvalidArgument(f"request id {rid!r} is already in use")
             if len(self.scheduler.waiting) + len(self._inbox) >= self.max_waiting:
@@ -219,19 +223,48 @@ class Engine:
     def start(self) -> "Engine":
         with self._cv:
             if self._thread is None:
-                self._stopping = False
+                self._stopping = self._refusing = False
                 self._thread = threading.Thread(target=self._loop, name="atoll-engine", daemon=True)
                 self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """Stop the background step loop. Requests it leaves queued or running would never be
+        stepped again, so they finish at once with UNAVAILABLE (a stream ends with that error
+        and a router retries elsewhere); nothing is left waiting forever. Without a loop (offline
+        use: ``generate()`` steps itself) queued work is left alone. Returns how many requests
+        were failed."""
         with self._cv:
             t, self._stopping = self._thread, True
             self._cv.notify_all()
+        failed = 0
         if t is not None:
             t.join()
+            failed = self._fail_outstanding(Unavailable("the engine stopped before this request finished",
+                                                        hint="retry on another replica"))
         with self._cv:
             self._thread = None
+        return failed
+
+    def shutdown(self, drain_timeout: float = 10.0) -> int:
+        """Stop serving: refuse new requests (UNAVAILABLE), let queued and running ones finish
+        for up to ``drain_timeout`` seconds, then :meth:`stop` (which fails whatever is left).
+        Returns how many requests were failed. ``start()`` serves again."""
+        with self._cv:
+            self._refusing = True
+        deadline = time.monotonic() + max(0.0, drain_timeout)
+        while self._thread is not None and self._has_work() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.stop()
+
+    def _fail_outstanding(self, exc: Exception) -> int:
+        with self._step_lock:
+            with self._cv:
+                inbox, self._inbox = self._inbox, []
+                self._cancels = set()
+            for r in inbox:
+                self._finish(r, "error", error=exc)
+            return len(inbox) + self._fail_all(exc)
 
     def close(self) -> None:
         self.stop()
@@ -254,11 +287,13 @@ class Engine:
                 self.metrics.log(f"engine step failed: {exc!r}")
                 self._fail_all(exc)
 
-    def _fail_all(self, exc: Exception) -> None:
+    def _fail_all(self, exc: Exception) -> int:
         with self._step_lock:
-            for r in list(self.scheduler.running) + list(self.scheduler.waiting):
+            reqs = list(self.scheduler.running) + list(self.scheduler.waiting)
+            for r in reqs:
                 self._finish(r, "error", error=exc)
             self.scheduler.waiting.clear()
+            return len(reqs)
 
     def step(self) -> int:
         """One scheduling + model step. Returns the number of tokens computed (0: nothing ran)."""

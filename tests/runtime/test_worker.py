@@ -107,3 +107,55 @@ def test_worker_service_end_to_end(worker_engine, tiny_dir, tmp_path):
         assert name in text, name
     gen = [ln for ln in text.splitlines() if ln.startswith("atoll_generated_tokens_total")][0]
     assert float(gen.split()[-1]) >= 7
+
+
+def test_shutdown_drains_then_refuses_and_stop_never_strands_a_request(tiny_dir):
+    """A replaced engine finishes the requests it has (within the drain time), answers new ones
+    UNAVAILABLE (over gRPC too, so a router retries elsewhere), and one stopped with work left
+    ends those streams with UNAVAILABLE at once instead of leaving them open until a deadline."""
+    from atoll.agent.runtime import SamplingParams
+    from atoll.errors import Unavailable
+
+    sp = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    eng = Engine(tiny_dir, lora_backend="torch", kv_cache_tokens=256).start()
+    try:
+        hs = [eng.submit([1, 5, 9 + i], None, sp) for i in range(3)]
+        assert eng.shutdown(drain_timeout=60) == 0                   # drained: nothing failed
+        assert all(len(h.result(1).token_ids) == 24 for h in hs)
+        with pytest.raises(Unavailable, match="shutting down"):
+            eng.submit([1, 5, 9], None, sp)
+
+        async def main():                                          # the same answer over gRPC
+            server, port = await _serve(eng, CollectorRegistry())
+            eng.shutdown(0)                                        # WorkerService started it again
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                    stub = worker_pb2_grpc.WorkerStub(ch)
+                    with pytest.raises(grpc.aio.AioRpcError) as ei:
+                        async for _ in stub.Generate(worker_pb2.GenerateRequest(prompt="the cat", sampling=(
+                                worker_pb2.SamplingParams(max_tokens=4)))):
+                            pass
+                    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+            finally:
+                await server.stop(None)
+
+        asyncio.run(main())
+
+        eng.start()                                                # serving again after start()
+        long = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
+        h = eng.submit([1, 5, 9], None, long)
+        assert h.result(60).token_ids                              # the loop serves once more
+        hs = [eng.submit([1, 5, 9 + i], None, long) for i in range(4)]
+        failed = eng.shutdown(drain_timeout=0)                     # no drain: cut off, not stranded
+        assert all(h.finished for h in hs)                         # no handle is left waiting
+        assert failed >= 1 and failed == sum(h.finish_reason == "error" for h in hs)
+        for h in hs:
+            if h.finish_reason == "error":
+                with pytest.raises(Unavailable, match="stopped before this request finished"):
+                    h.result(0)
+            else:
+                assert len(h.result(0).token_ids) == 200
+        assert eng.stats()["running"] == 0 and eng.stats()["waiting"] == 0
+        assert eng.kv.num_free == eng.kv.num_blocks                # their KV blocks came back
+    finally:
+        eng.close()
