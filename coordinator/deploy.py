@@ -15,6 +15,8 @@ on each of those nodes. A replica's routing weight is the request rate the plan 
 
 from __future__ import annotations
 
+import collections
+
 import re
 from dataclasses import asdict, dataclass
 
@@ -82,10 +84,7 @@ def previous_hosts(pools: list[dict], previous: list[dict]) -> dict[tuple[str, s
     gone from the fleet are dropped): the previous placement a re-plan's churn penalty uses."""
     pool_of = {nid: p["name"] for p in pools for nid in p["node_ids"]}
     nodes = {(a["group"], pool_of[a["node_id"]], a["node_id"]) for a in previous if a["node_id"] in pool_of}
-    out: dict[tuple[str, str], int] = {}
-    for g, pool, _ in nodes:
-        out[(g, pool)] = out.get((g, pool), 0) + 1
-    return out
+    return dict(collections.Counter((g, pool) for g, pool, _ in nodes))
 
 
 def assign(workflow: str, plan: dict, pools: list[dict], serving: dict[tuple[str, str], dict],

@@ -200,17 +200,18 @@ def apply(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sc
     if sorted_available(x, a) and sorted_available(y, b):
         s, n, r, h_in = a.shape
         plan = _plan(meta, n * r * h_in * a.element_size(), True)
+        spans = _spans(slice_offsets)
         if plan[0] == "single":                 # one adapter for every row
-            return _apply_run(y, x, a, b, scales, 0, y.shape[0], plan[1], slice_offsets)
+            return _apply_run(y, x, a, b, scales, 0, y.shape[0], plan[1], spans)
         if plan[0] == "sorted":
             runs = _long_runs(plan, meta)
             if runs is not None:                # prefill-like: each slot's rows in one long run
                 for s0, ln, slot in runs:
-                    _apply_run(y, x, a, b, scales, s0, ln, slot, slice_offsets)
+                    _apply_run(y, x, a, b, scales, s0, ln, slot, spans)
                 return y
             lay = _layout(plan, s, False)
             if lay[0] == "padded":
-                return _apply_padded(y, x, a, b, scales, plan, lay, slice_offsets)
+                return _apply_padded(y, x, a, b, scales, plan, lay, spans)
     return expand(y, shrink(x, a, meta), b, scales, meta, slice_offsets)
 
 
@@ -227,18 +228,17 @@ def _long_runs(plan, meta):
     return got
 
 
-def _apply_run(y, x, a, b, scales, s0: int, ln: int, slot: int, slice_offsets):
+def _apply_run(y, x, a, b, scales, s0: int, ln: int, slot: int, spans):
     """Rows s0 … s0+ln-1 all use ``slot``: one scaled shrink GEMM, one ``addmm_`` per slice,
     written straight into y's rows (no intermediate of y's width)."""
     _, n, r, h_in = a.shape
     hs = torch.mm(x[s0:s0 + ln], a[slot].view(n * r, h_in).t()).mul_(scales[slot].float())   # [L, N*R]
-    offs = [int(o) for o in slice_offsets]
-    for k, (lo, hi) in enumerate(zip(offs, offs[1:])):
+    for k, (lo, hi) in spans:
         y[s0:s0 + ln, lo:hi].addmm_(hs[:, k * r:(k + 1) * r], b[slot, lo:hi].t())
     return y
 
 
-def _apply_padded(y, x, a, b, scales, plan, lay, slice_offsets):
+def _apply_padded(y, x, a, b, scales, plan, lay, spans):
     s, n, r, h_in = a.shape
     h_out, lmax = b.shape[1], lay[2]
     src, dst = _padded_index(plan, lay, s, y.shape[0])
@@ -247,14 +247,19 @@ def _apply_padded(y, x, a, b, scales, plan, lay, slice_offsets):
     hp.mul_(scales.float().view(s, 1, 1))
     if n == 1:
         dp = torch.bmm(hp, b.transpose(1, 2))                                    # [S, Lmax, H_out]
-    else:
-        offs = [int(o) for o in slice_offsets]     # (bmm's out= into a strided slice is 2x slower)
+    else:                                       # (bmm's out= into a strided slice is 2x slower)
         dp = torch.cat([torch.bmm(hp[:, :, k * r:(k + 1) * r], b[:, lo:hi].transpose(1, 2))
-                        for k, (lo, hi) in enumerate(zip(offs, offs[1:]))], dim=2)
+                        for k, (lo, hi) in spans], dim=2)
     dv = dp.view(s * lmax, h_out)
     if dst is not None:                         # every row has an adapter: one gather, one add
         return y.add_(dv.index_select(0, dst))
     return y.index_add_(0, plan[1], dv.index_select(0, lay[1]))
+
+
+def _spans(slice_offsets) -> list[tuple[int, tuple[int, int]]]:
+    """[(slice n, (first column, end column))] of a packed projection's output."""
+    offs = [int(o) for o in slice_offsets]
+    return list(enumerate(zip(offs, offs[1:])))
 
 
 def _chunks(n_rows: int, bytes_per_row: int):
@@ -306,8 +311,7 @@ def expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tens
 
     The product is formed in fp32, scaled, rounded to y's dtype, then added (as the reference).
     """
-    offs = [int(o) for o in slice_offsets]
-    spans = list(enumerate(zip(offs, offs[1:])))
+    spans = _spans(slice_offsets)
     if not meta.any_lora or y.shape[0] == 0:
         return y
     h_out, r = b.shape[1], b.shape[2]
@@ -338,7 +342,7 @@ def expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tens
             y.index_add_(0, idx, delta(h[:, idx], slot).to(y.dtype))
     elif plan[0] == "sorted":
         rows, row_slots, s = plan[1], plan[2], b.shape[0]
-        aligned = grouped_available(y, b, h_out, r, *offs)
+        aligned = grouped_available(y, b, h_out, r, *(lo for _, (lo, _) in spans))
         lay = _layout(plan, s, aligned)
         hr = h.index_select(1, rows)                                           # [N, L, R]
         d = torch.empty(rows.numel(), h_out, dtype=torch.float32, device=y.device)
