@@ -1,13 +1,13 @@
-"""The Python SDK: ``atoll.Client`` talks to a coordinator over gRPC.
+"""The Python SDK: ``Client`` talks to a coordinator over gRPC.
 
-    import atoll
-    c = atoll.Client("127.0.0.1:7070")
+    from atoll.client import Client
+    c = Client("127.0.0.1:7070")
     for n in c.nodes(tier="edge"):
         print(n.name, n.state, n.last_heartbeat_age_seconds)
     c.drain("edge-1")
 
 Several coordinators (a highly available deployment) are given comma-separated,
-``atoll.Client("10.0.0.1:7070,10.0.0.2:7070")``: a call that meets UNAVAILABLE (a coordinator
+``Client("10.0.0.1:7070,10.0.0.2:7070")``: a call that meets UNAVAILABLE (a coordinator
 down, or a standby answering "standby; leader is at ADDR") is tried on the next one (the
 leader named, when it is in the list), rotating until the call's timeout. With one address a
 call is tried once, as always.

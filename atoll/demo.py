@@ -159,7 +159,7 @@ def baseline_costs(spec: dict, nodes) -> list[tuple[str, str]]:
     """What each planner would cost on the live fleet (the same problem the coordinator solved)."""
     from atoll.coordinator.deploy import fleet_pools
     from atoll.coordinator.store import NodeRecord
-    from atoll.planner import PLANNERS
+    from atoll.planner.api import PLANNERS
     from atoll.planner.build import problem_from_specs
     from atoll.specs.cluster import ClusterSpec
     from atoll.specs.common import parse_obj

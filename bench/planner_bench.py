@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from atoll.errors import PlanInfeasible  # noqa: E402
-from atoll.planner import (PLANNERS, Edge, Network, PlanOptions, PlanProblem, Pool,  # noqa: E402
+from atoll.planner.api import (PLANNERS, Edge, Network, PlanOptions, PlanProblem, Pool,  # noqa: E402
                            Source, Task, Variant)
 
 # ---------------------------------------------------------------- hardware (see docstring)

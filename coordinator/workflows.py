@@ -287,8 +287,8 @@ class WorkflowManager:
 
     def _plan_once(self, spec, name: str, previous: list[dict] | None = None, on_demand_only: bool = False,
                    exclude: set[str] = frozenset()):
-        from atoll.planner import HostCounts
-        from atoll.planner import plan as run_planner
+        from atoll.planner.api import HostCounts
+        from atoll.planner.api import plan as run_planner
         from atoll.planner.build import problem_from_specs
         from atoll.specs.cluster import ClusterSpec
 

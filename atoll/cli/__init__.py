@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 
-from atoll import __version__
+from atoll.version import __version__
 from atoll.errors import AtollError
 
 COMMAND_MODULES = [

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     from atoll.errors import SpecError
-    from atoll.planner import PLANNERS, PlanOptions, PlanProblem
+    from atoll.planner.api import PLANNERS, PlanOptions, PlanProblem
     from atoll.planner.explain import explain
     from atoll.specs.cluster import load_cluster
     from atoll.specs.workflow import load_workflow

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from atoll.kernels import lora_apply, lora_expand, lora_shrink
+from atoll.kernels.lora import lora_apply, lora_expand, lora_shrink
 from atoll.kernels import torch_lora, triton_lora
 from atoll.kernels.checks import LoraArgumentError
 from atoll.kernels.lora import LoraMeta, expand_ref, shrink_ref

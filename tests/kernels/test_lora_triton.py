@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from atoll.kernels import lora_apply, lora_expand, lora_shrink
+from atoll.kernels.lora import lora_apply, lora_expand, lora_shrink
 from atoll.kernels import triton_lora as tl_lora
 from atoll.kernels.lora import LoraMeta, expand_ref, shrink_ref
 from lora_cases import POPULARITIES, assert_close, is_close, make_case

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from atoll.planner import Edge, Network, PlanProblem, Pool, Source, Task, Variant
+from atoll.planner.api import Edge, Network, PlanProblem, Pool, Source, Task, Variant
 
 TIERS = ["edge", "renter", "datacenter"]
 HW = ["h1", "h2", "h3"]

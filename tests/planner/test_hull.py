@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from atoll.errors import PlanInfeasible
-from atoll.planner import PlanOptions, plan
+from atoll.planner.api import PlanOptions, plan
 from atoll.planner import decompose as D
 from atoll.planner.milp import Model
 from planner_gen import random_problem

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from atoll.errors import PlanInfeasible
-from atoll.planner import (PLANNERS, Edge, Network, PlanOptions, PlanProblem, Pool, Source, Task,
+from atoll.planner.api import (PLANNERS, Edge, Network, PlanOptions, PlanProblem, Pool, Source, Task,
                            Variant, plan)
 from planner_gen import random_problem
 from planner_ref import brute_force
@@ -184,7 +184,7 @@ def test_pool_ids_map_back_to_nodes():
     assert p.hosts and all(h.pool in ids for h in p.hosts)
     assert p.compute_cost_per_hour == pytest.approx(1.0 * 2)   # the cheaper group first
     assert p.to_dict()["tasks"]["t"]["replicas"][0]["pool"] == "grp-a"
-    from atoll.planner import node_assignments
+    from atoll.planner.api import node_assignments
     nodes = node_assignments(p, pb)
     assert sorted(nodes) == ["n1", "n2"] and all(h.pool == "grp-a" for h in nodes.values())
 
@@ -192,7 +192,7 @@ def test_pool_ids_map_back_to_nodes():
 def test_host_counts_serve_as_the_previous_plan():
     """The coordinator re-plans against HostCounts rebuilt from its live assignments; the
     planner treats them exactly like the Plan they came from."""
-    from atoll.planner import HostCounts
+    from atoll.planner.api import HostCounts
 
     pb = bench.vision(1.0)
     p0 = plan(pb)

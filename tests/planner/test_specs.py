@@ -10,7 +10,7 @@ import yaml
 
 from atoll.cli import main
 from atoll.errors import SpecError
-from atoll.planner import PlanProblem
+from atoll.planner.api import PlanProblem
 from atoll.specs.catalog import Catalog
 from atoll.specs.cluster import ClusterSpec, load_cluster
 from atoll.specs.common import parse_obj
@@ -136,5 +136,5 @@ def test_cli_explain_and_bad_input(tmp_path, capsys):
 
 def test_cli_lists_every_planner():
     from atoll.cli.cmd_plan import PLANNER_NAMES
-    from atoll.planner import PLANNERS
+    from atoll.planner.api import PLANNERS
     assert set(PLANNER_NAMES) == set(PLANNERS)

@@ -1,4 +1,5 @@
-"""atoll.planner: a pure function from a PlanProblem (and an optional previous Plan) to a Plan.
+"""The planner's public interface: a pure function from a PlanProblem (and an optional previous
+Plan) to a Plan, and every planning policy behind that same interface.
 
 ``plan(problem, previous=None, options=PlanOptions())`` solves the MILP of
 :mod:`atoll.planner.milp`; ``PLANNERS`` maps every policy name to a function with the same

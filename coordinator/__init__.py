@@ -1,1 +1,0 @@
-"""atoll.coordinator"""
