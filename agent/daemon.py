@@ -26,11 +26,11 @@ from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
 from atoll.agent.probe import probe
 from atoll.agent.replicas import ReplicaManager, items_from_pb
 from atoll.agent.serving import SwitchingWorker
-from atoll.errors import FailedPrecondition, Unauthenticated
-from atoll.logs import kv
+from atoll.core.errors import FailedPrecondition, Unauthenticated
+from atoll.core.logs import kv
 from atoll.proto.v1 import common_pb2
-from atoll.tls import channel_credentials, mutual_server_credentials, plaintext_policy
-from atoll.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS, add_health_and_reflection, set_serving
+from atoll.core.tls import channel_credentials, mutual_server_credentials, plaintext_policy
+from atoll.core.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS, add_health_and_reflection, set_serving
 from atoll.specs.common import load_yaml
 from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, AgentSettings, split_address, split_addresses
 from atoll.specs.node import NodeConfig

@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from atoll.archive import safe_extract
-from atoll.errors import FailedPrecondition, InvalidArgument, NotFound
-from atoll.logs import kv
+from atoll.core.archive import safe_extract
+from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from atoll.core.logs import kv
 from atoll.proto.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger("atoll.agent")

@@ -26,7 +26,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from atoll.logs import kv
+from atoll.core.logs import kv
 from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 from atoll.specs.config import leader_from_refusal
 

@@ -1,10 +1,10 @@
 """An agent's OpenAI-compatible door: this host's loaded model and adapters, served directly
-by its engine (edge clients calling their own host). See :mod:`atoll.openai_http`."""
+by its engine (edge clients calling their own host). See :mod:`atoll.core.openai_http`."""
 
 from __future__ import annotations
 
-from atoll.errors import NotFound
-from atoll.openai_http import BaseDoor
+from atoll.core.errors import NotFound
+from atoll.core.openai_http import BaseDoor
 
 
 class LocalEngineDoor(BaseDoor):
@@ -20,7 +20,7 @@ class LocalEngineDoor(BaseDoor):
     def _engine(self):
         eng = self._engine_fn()
         if eng is None:
-            from atoll.errors import Unavailable
+            from atoll.core.errors import Unavailable
             raise Unavailable("no model is loaded on this host yet")
         return eng
 

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 
-from atoll.version import __version__
+from atoll.core.version import __version__
 from atoll.specs.node import NodeConfig
 
 GIB = 1024 ** 3

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from atoll.logs import kv
+from atoll.core.logs import kv
 
 log = logging.getLogger("atoll.agent")
 

@@ -15,7 +15,7 @@ import time
 import grpc
 
 from atoll.proto.v1 import worker_pb2
-from atoll.rpc import add_service
+from atoll.core.rpc import add_service
 
 WINDOW_S = 60.0
 

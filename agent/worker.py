@@ -3,7 +3,7 @@
 Thin servicer: unpack the message, call the engine, pack the answer. Model steps run on the
 engine's own thread; the event loop only awaits token deltas (bridged with
 ``call_soon_threadsafe``) and runs slow calls (adapter loading, embeddings) in an executor.
-Errors map to status codes through :func:`atoll.rpc.handle_errors`: unknown adapter NOT_FOUND,
+Errors map to status codes through :func:`atoll.core.rpc.handle_errors`: unknown adapter NOT_FOUND,
 bad sampling or prompt INVALID_ARGUMENT, a request that cannot fit in the KV cache (or a full
 queue) RESOURCE_EXHAUSTED. A client that cancels its stream cancels the engine request.
 
@@ -19,9 +19,9 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from atoll.errors import InvalidArgument, NotFound
+from atoll.core.errors import InvalidArgument, NotFound
 from atoll.proto.v1 import worker_pb2
-from atoll.rpc import add_service, handle_errors
+from atoll.core.rpc import add_service, handle_errors
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)

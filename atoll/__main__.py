@@ -1,5 +1,5 @@
 import sys
 
-from atoll.cli import main
+from atoll.cli.main import main
 
 sys.exit(main())

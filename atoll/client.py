@@ -12,7 +12,7 @@ down, or a standby answering "standby; leader is at ADDR") is tried on the next 
 leader named, when it is in the list), rotating until the call's timeout. With one address a
 call is tried once, as always.
 
-Errors arrive as :mod:`atoll.errors` types (NotFound, InvalidArgument, Unavailable, ...).
+Errors arrive as :mod:`atoll.core.errors` types (NotFound, InvalidArgument, Unavailable, ...).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 import grpc
 
 from atoll.coordinator.convert import status_from_pb
-from atoll.errors import InvalidArgument, Unavailable
+from atoll.core.errors import InvalidArgument, Unavailable
 from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
-from atoll.rpc import CHANNEL_OPTIONS, error_from_rpc
+from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
 from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, check_addresses, leader_from_refusal
 from atoll.specs.node import TIERS
 
@@ -196,7 +196,7 @@ class Client:
         self.addresses = address.split(",")
         self.timeout = timeout
         options = CHANNEL_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(self.addresses) > 1 else [])
-        from atoll.tls import channel_credentials
+        from atoll.core.tls import channel_credentials
 
         creds = channel_credentials(tls_ca or os.environ.get("ATOLL_TLS_CA"), tls_cert, tls_key)
         self._raw_channels = [grpc.secure_channel(a, creds, options=options) if creds
@@ -298,7 +298,7 @@ class Client:
         """Poll until the workflow is READY; raise FailedPrecondition if it FAILED, Unavailable on timeout."""
         import time as _t
 
-        from atoll.errors import FailedPrecondition
+        from atoll.core.errors import FailedPrecondition
 
         deadline = _t.monotonic() + timeout
         while True:
@@ -366,7 +366,7 @@ class Client:
 
     def push(self, path: str | os.PathLike, kind: str = "model", progress=None) -> str:
         """Upload a model or adapter directory to the coordinator's store; returns its sha256 name."""
-        from atoll.archive import archive_dir
+        from atoll.core.archive import archive_dir
 
         from atoll.proto.v1 import control_pb2_grpc as _g
 

@@ -46,7 +46,7 @@ async def simulate(addr: str, n: int, interval: float, duration: float, kill: in
     import grpc
 
     from atoll.agent.heartbeat import HeartbeatClient
-    from atoll.rpc import CHANNEL_OPTIONS
+    from atoll.core.rpc import CHANNEL_OPTIONS
 
     rng = random.Random(seed)
     tiers = ["datacenter", "renter", "edge"]

@@ -222,7 +222,7 @@ async def run_policy(policy: str, tr: dict, quick: bool, tmp: Path, seed: int) -
 
     from atoll.client import Client
     from atoll.proto.v1 import control_pb2, control_pb2_grpc
-    from atoll.rpc import CHANNEL_OPTIONS
+    from atoll.core.rpc import CHANNEL_OPTIONS
 
     addr, mport = f"127.0.0.1:{free_port()}", free_port()
     state = tmp / f"state-{policy}"

@@ -45,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from atoll.errors import PlanInfeasible  # noqa: E402
+from atoll.core.errors import PlanInfeasible  # noqa: E402
 from atoll.planner.api import (PLANNERS, Edge, Network, PlanOptions, PlanProblem, Pool,  # noqa: E402
                            Source, Task, Variant)
 

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         CLOCK = time.process_time
     sys.path.insert(0, str(REPO))
     from atoll.agent.runtime import Engine
-    from atoll.tiny import build_tiny_adapter, build_tiny_llama
+    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
 
     if args.quick:
         shape = dict(vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2)

@@ -5,7 +5,7 @@ Each :class:`SimHost` is a real agent as far as the coordinator can tell:
 - the agent's own :class:`atoll.agent.heartbeat.HeartbeatClient` (real Register and heartbeat
   stream) with a node spec (tier, region, price, preemptible, label ``hardware: <class>``);
 - a real ``grpc.aio`` server on its own loopback port serving ``atoll.v1.Worker.Generate``
-  (registered from the descriptor with :func:`atoll.rpc.add_service`), so the coordinator's
+  (registered from the descriptor with :func:`atoll.core.rpc.add_service`), so the coordinator's
   router calls it exactly as it calls a real agent;
 - on an ``assignments`` instruction, each new replica turns ``loading`` and, after a simulated
   cold start, ``ready``; once every replica of the desired set is ready the host reports
@@ -32,7 +32,7 @@ import grpc
 from atoll.agent.heartbeat import HeartbeatClient
 from atoll.agent.replicas import items_from_pb
 from atoll.proto.v1 import common_pb2, worker_pb2
-from atoll.rpc import add_service
+from atoll.core.rpc import add_service
 
 # ---------------------------------------------------------------------------------- the profile
 # From bench/results/runtime.json and README "Runtime / Benchmark" (atoll, bare base model, the

@@ -11,11 +11,11 @@ import grpc
 
 from atoll.coordinator import convert
 from atoll.coordinator.registry import Registry
-from atoll.errors import AtollError, Unauthenticated
-from atoll.logs import kv
+from atoll.core.errors import AtollError, Unauthenticated
+from atoll.core.logs import kv
 from atoll.proto.v1 import control_pb2, control_pb2_grpc
-from atoll.rpc import check_parsed, handle_errors, status_code
-from atoll.tls import peer_has_verified_cert
+from atoll.core.rpc import check_parsed, handle_errors, status_code
+from atoll.core.tls import peer_has_verified_cert
 
 log = logging.getLogger("atoll.coordinator")
 

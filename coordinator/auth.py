@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from atoll.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 META_KEY = "api_keys"
 ROLES = ("admin", "user")

@@ -18,8 +18,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from atoll.archive import check_name
-from atoll.errors import InvalidArgument, NotFound
+from atoll.core.archive import check_name
+from atoll.core.errors import InvalidArgument, NotFound
 
 CHUNK = 1 << 20
 MAX_BLOB_BYTES = 64 << 30

@@ -11,10 +11,10 @@ import uuid
 from atoll.coordinator import auth, convert
 from atoll.coordinator.registry import Registry
 from atoll.coordinator.router import parse_input, with_sink
-from atoll.errors import AtollError, InvalidArgument
-from atoll.logs import kv
+from atoll.core.errors import AtollError, InvalidArgument
+from atoll.core.logs import kv
 from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
-from atoll.rpc import handle_errors
+from atoll.core.rpc import handle_errors
 from atoll.specs.node import TIERS
 
 MAX_TOKENS_LIMIT = 8192         # the OpenAI door's bound too
@@ -113,7 +113,7 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
                 if wm.get(name).state == "FAILED":
                     raise
                 if time.monotonic() >= deadline:
-                    from atoll.errors import DeadlineExceeded
+                    from atoll.core.errors import DeadlineExceeded
                     raise DeadlineExceeded(f"workflow {name} was scaled to zero and no replica was ready "
                                            f"before the deadline ({exc.message})") from None
             await asyncio.sleep(0.1)

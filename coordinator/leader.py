@@ -40,7 +40,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from atoll.logs import kv
+from atoll.core.logs import kv
 
 log = logging.getLogger("atoll.coordinator")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from atoll.coordinator.blobs import BlobStore
-from atoll.errors import InvalidArgument
+from atoll.core.errors import InvalidArgument
 from atoll.proto.v1 import control_pb2, control_pb2_grpc
-from atoll.rpc import Malformed, check_parsed, handle_errors
+from atoll.core.rpc import Malformed, check_parsed, handle_errors
 
 
 class ModelStoreApi(control_pb2_grpc.ModelStoreServicer):

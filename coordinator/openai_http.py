@@ -1,5 +1,5 @@
 """The coordinator's OpenAI-compatible door: ``model`` names a workflow (or ``base:adapter``).
-See :mod:`atoll.openai_http` for the protocol."""
+See :mod:`atoll.core.openai_http` for the protocol."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from atoll.errors import InvalidArgument, NotFound
-from atoll.openai_http import BaseDoor
+from atoll.core.errors import InvalidArgument, NotFound
+from atoll.core.openai_http import BaseDoor
 
 
 class OpenAIDoor(BaseDoor):
@@ -25,7 +25,7 @@ class OpenAIDoor(BaseDoor):
     def workflows(self):
         wm = self._workflows_fn()
         if wm is None:
-            from atoll.errors import Unavailable
+            from atoll.core.errors import Unavailable
             raise Unavailable("this coordinator is a standby; use the leader")
         return wm
 

@@ -11,7 +11,7 @@ import asyncio
 import time
 
 from atoll.coordinator.deploy import hardware_class
-from atoll.errors import FailedPrecondition, InvalidArgument, NotFound
+from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from atoll.proto.v1 import worker_pb2
 
 

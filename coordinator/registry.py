@@ -23,9 +23,9 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from atoll.coordinator.liveness import DRAINING, LOST, READY, STATES, SUSPECT, Liveness, Transition
+from atoll.coordinator.liveness import DRAINING, LOST, READY, STATES, Liveness, Transition
 from atoll.coordinator.store import NodeRecord, Store
-from atoll.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from atoll.core.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from atoll.specs.common import validation_to_spec_error
 from atoll.specs.node import NodeConfig
 

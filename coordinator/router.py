@@ -18,7 +18,6 @@ consumes it — the same flows the planner priced.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import dataclasses
@@ -28,9 +27,9 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from atoll.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable)
+from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable)
 from atoll.proto.v1 import worker_pb2, worker_pb2_grpc
-from atoll.rpc import CHANNEL_OPTIONS
+from atoll.core.rpc import CHANNEL_OPTIONS
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION,

@@ -42,11 +42,11 @@ from atoll.coordinator.workflows import WorkflowManager
 from atoll.coordinator.metrics import CoordinatorMetrics
 from atoll.coordinator.registry import Registry, hash_token
 from atoll.coordinator.store import open_store
-from atoll.errors import Unavailable
-from atoll.logs import kv
+from atoll.core.errors import Unavailable
+from atoll.core.logs import kv
 from atoll.proto.v1 import control_pb2
-from atoll.tls import channel_credentials, mutual_server_credentials, plaintext_policy, server_credentials
-from atoll.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
+from atoll.core.tls import channel_credentials, mutual_server_credentials, plaintext_policy, server_credentials
+from atoll.core.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
 from atoll.specs.config import CoordinatorSettings, split_address
 
 log = logging.getLogger("atoll.coordinator")
@@ -158,17 +158,17 @@ class Coordinator:
         bind = f"{'[' + host + ']' if ':' in host else host}:{port}"
         st = self.settings
         if bool(st.tls_cert) != bool(st.tls_key):
-            from atoll.errors import SpecError
+            from atoll.core.errors import SpecError
             raise SpecError("give both --tls-cert and --tls-key", source="settings")
         if st.tls_client_ca and not st.tls_cert:
-            from atoll.errors import SpecError
+            from atoll.core.errors import SpecError
             raise SpecError("--tls-client-ca needs --tls-cert and --tls-key", source="settings")
         try:
             if st.tls_cert:
                 self.port = self.server.add_secure_port(bind, server_credentials(st.tls_cert, st.tls_key))
                 if st.tls_client_ca:
                     if not st.agent_listen:
-                        from atoll.errors import SpecError
+                        from atoll.core.errors import SpecError
                         raise SpecError("--tls-client-ca needs --agent-listen (the mutual-TLS port for agents)",
                                         source="settings")
                     ahost, aport = split_address(st.agent_listen)

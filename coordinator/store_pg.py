@@ -23,7 +23,7 @@ from typing import Callable, Iterable, TypeVar
 import psycopg
 
 from atoll.coordinator.store import SCHEMA_VERSION, NodeRecord, WorkflowRecord
-from atoll.errors import Unavailable
+from atoll.core.errors import Unavailable
 
 T = TypeVar("T")
 

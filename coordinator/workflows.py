@@ -16,7 +16,6 @@ import collections
 import hashlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -27,9 +26,9 @@ from atoll.coordinator.deploy import (assign, fleet_pools, hardware_class, node_
                                      resident_models)
 from atoll.coordinator.router import Endpoint, Route, Stage
 from atoll.coordinator.store import WorkflowRecord
-from atoll.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PlanInfeasible,
+from atoll.core.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PlanInfeasible,
                           SpecError)
-from atoll.logs import kv
+from atoll.core.logs import kv
 from atoll.specs.common import parse_obj
 
 log = logging.getLogger("atoll.coordinator")
@@ -205,7 +204,7 @@ class WorkflowManager:
             return self._plan_spread(spec, name, previous, domains)
         if floor <= 0:
             return self._plan_once(spec, name, previous)
-        from atoll.errors import PlanInfeasible
+        from atoll.core.errors import PlanInfeasible
 
         base_plan, base_asg = self._plan_once(self._scaled(spec, floor), name, previous, on_demand_only=True)
         taken = {a["node_id"] for a in base_asg}
@@ -236,7 +235,7 @@ class WorkflowManager:
     def _plan_spread(self, spec, name: str, previous, n: int):
         """At least ``n`` failure domains per stage: the rate is split in ``n`` equal shares, each
         planned on one domain's nodes (domains tried cheapest first); the plans are merged."""
-        from atoll.errors import PlanInfeasible
+        from atoll.core.errors import PlanInfeasible
 
         label = spec.placement.failure_domain
         nodes, _ = self._live_nodes(name)

@@ -15,7 +15,7 @@ import math
 import time
 from typing import Callable, Iterable, Optional
 
-from atoll.errors import PlanInfeasible
+from atoll.core.errors import PlanInfeasible
 from atoll.planner.milp import PlanOptions
 from atoll.planner.plan import Plan
 from atoll.planner.problem import PlanProblem, Pool, Variant

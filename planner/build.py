@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from atoll.errors import SpecError
+from atoll.core.errors import SpecError
 from atoll.planner.problem import Edge, Network, PlanProblem, Pool, Source, Task, Variant
 from atoll.specs.cluster import ClusterSpec, parse_location
 from atoll.specs.workflow import WorkflowSpec

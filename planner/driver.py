@@ -6,7 +6,7 @@ import math
 import time
 from typing import Optional
 
-from atoll.errors import PlanInfeasible
+from atoll.core.errors import PlanInfeasible
 from atoll.planner.milp import Model, PlanOptions
 from atoll.planner.plan import Plan
 from atoll.planner.problem import PlanProblem

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Any
 
-from atoll.errors import PlanInfeasible
+from atoll.core.errors import PlanInfeasible
 from atoll.planner.milp import MBPS_PER_KB, PlanOptions
 from atoll.planner.plan import Plan
 from atoll.planner.problem import PlanProblem

@@ -11,7 +11,7 @@ producer's messages at ``from_location`` sent to ``to_location``) the router use
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,52 @@ class Plan:
 
     def nodes_used(self) -> int:
         return sum(h.count for h in self.hosts)
+
+    # Statuses from best to worst: a merge is only as good as its weakest part.
+    STATUS_ORDER = ("optimal", "feasible", "time_limit", "fallback")
+
+    @classmethod
+    def merge(cls, parts: Sequence["Plan"], variants: Optional[Mapping[str, str]] = None) -> "Plan":
+        """One plan serving the sum of ``parts`` (each planned for a share of the load on its own
+        nodes): costs add, accuracy is the lowest, hosts, replicas and routes are concatenated in
+        order, and the status and gap are the worst of the parts. ``variants`` (default: the first
+        part's) is the task -> variant view the merged plan reports."""
+        if not parts:
+            raise ValueError("Plan.merge needs at least one plan")
+        rank = {s: i for i, s in enumerate(cls.STATUS_ORDER)}
+        gaps = [p.gap for p in parts]
+        return cls(
+            planner=parts[0].planner,
+            status=max((p.status for p in parts), key=lambda s: rank.get(s, len(rank))),
+            variants=dict(variants if variants is not None else parts[0].variants),
+            hosts=tuple(h for p in parts for h in p.hosts),
+            replicas=tuple(r for p in parts for r in p.replicas),
+            routes=tuple(r for p in parts for r in p.routes),
+            compute_cost_per_hour=sum(p.compute_cost_per_hour for p in parts),
+            transfer_cost_per_hour=sum(p.transfer_cost_per_hour for p in parts),
+            accuracy=min(p.accuracy for p in parts),
+            solve_seconds=sum(p.solve_seconds for p in parts),
+            gap=None if any(g is None for g in gaps) else max(gaps),
+            moved_replicas=sum(p.moved_replicas for p in parts),
+            notes=tuple(n for p in parts for n in p.notes),
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
+        """The inverse of :meth:`to_dict` (up to its rounding): a stored plan, typed again."""
+        replicas = tuple(Replica(task=t, variant=tv["variant"], **{**r, "shared_with": tuple(r.get("shared_with", ()))})
+                         for t, tv in d.get("tasks", {}).items() for r in tv.get("replicas", []))
+        hosts = tuple(HostGroup(group=h["group"], pool=h["pool"], count=int(h["count"]),
+                                members=tuple(tuple(m) for m in h["members"]), cost_per_hour=h["cost_per_hour"])
+                      for h in d.get("hosts", []))
+        return cls(planner=d.get("planner", ""), status=d.get("status", ""),
+                   variants={t: tv["variant"] for t, tv in d.get("tasks", {}).items()},
+                   hosts=hosts, replicas=replicas, routes=tuple(Route(**r) for r in d.get("routes", [])),
+                   compute_cost_per_hour=float(d.get("compute_cost_per_hour", 0.0)),
+                   transfer_cost_per_hour=float(d.get("transfer_cost_per_hour", 0.0)),
+                   accuracy=float(d.get("accuracy", 0.0)), solve_seconds=float(d.get("solve_seconds", 0.0)),
+                   gap=d.get("gap"), moved_replicas=int(d.get("moved_replicas", 0)),
+                   notes=tuple(d.get("notes", ())), explain=dict(d.get("explain", {})))
 
     def to_dict(self) -> dict[str, Any]:
         tasks: dict[str, Any] = {}

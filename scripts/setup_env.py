@@ -3,9 +3,11 @@
     python3 scripts/setup_env.py sync      # what scripts/setup-env runs: check, create, install
     python3 scripts/setup_env.py check     # does requirements/lock.txt satisfy pyproject.toml?
     python3 scripts/setup_env.py upgrade   # re-resolve the lock to the newest allowed versions
+    python3 scripts/setup_env.py relock    # re-resolve after editing pyproject.toml, keeping the
+                                           # pins that still fit (for adding a dependency)
 
 The lock (``requirements/lock.txt``) is a pip-compile requirements file: every dependency,
-direct and transitive, runtime and test, and the build backend, pinned to one version with the
+direct and transitive, runtime and every extra, and the build backend, pinned to one version with the
 sha256 of every file pip may pick. ``sync`` installs exactly that set with ``--require-hashes
 --no-deps`` (pip resolves nothing, so nothing moves when new releases appear), removes anything
 else from the environment, then installs atoll itself in editable mode without build isolation
@@ -105,8 +107,7 @@ def declared_requirements() -> list[tuple[str, Requirement]]:
     out = [("[build-system] requires", Requirement(r)) for r in data["build-system"]["requires"]]
     out += [("[project] dependencies", Requirement(r)) for r in data["project"]["dependencies"]]
     for extra, reqs in data["project"].get("optional-dependencies", {}).items():
-        if extra == "test":
-            out += [(f"[project.optional-dependencies] {extra}", Requirement(r)) for r in reqs]
+        out += [(f"[project.optional-dependencies] {extra}", Requirement(r)) for r in reqs]
     return out
 
 
@@ -116,7 +117,6 @@ def check_lock(python_version: str | None = None) -> dict[str, str]:
     python_version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
     env = default_environment()
     env["python_version"] = python_version
-    env["extra"] = "test"
     problems = []
     if lock_py and lock_py != python_version:
         problems.append(f"the lock was resolved for Python {lock_py}, set-up runs Python {python_version} "
@@ -190,7 +190,9 @@ def sync(venv: Path) -> None:
 
 # ----------------------------------------------------------------------------- upgrade
 
-def upgrade() -> None:
+def upgrade(keep_pins: bool = False) -> None:
+    """Re-resolve the lock: to the newest versions allowed, or (``keep_pins``) keeping every
+    current pin that still satisfies pyproject.toml, as after adding a dependency."""
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="atoll-lock-"))
     log = tmp / "upgrade.log"
@@ -200,8 +202,13 @@ def upgrade() -> None:
         run(f"installing {PIP_TOOLS}", [py, "-m", "pip", "install", "-q", PIP_TOOLS], log)
         old, _ = read_lock() if LOCK.is_file() else ({}, "")
         out = tmp / "lock.txt"
-        run("resolving the newest versions pyproject.toml allows (pip-compile --upgrade)",
-            [py, "-m", "piptools", "compile", "--quiet", "--upgrade", "--extra", "test", "--all-build-deps",
+        if keep_pins and LOCK.is_file():
+            shutil.copy(LOCK, out)       # pip-compile keeps the pins of an existing output file
+        what = ("keeping the current pins that still fit (pip-compile)" if keep_pins
+                else "the newest versions pyproject.toml allows (pip-compile --upgrade)")
+        run(f"resolving {what}",
+            [py, "-m", "piptools", "compile", "--quiet", *([] if keep_pins else ["--upgrade"]),
+             "--all-extras", "--all-build-deps",
              "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-emit-index-url",
              "--no-emit-find-links", "--constraint", str(CONSTRAINTS.relative_to(ROOT)),
              "--output-file", str(out), "pyproject.toml"], log)
@@ -229,8 +236,10 @@ def main(argv: list[str]) -> int:
             say(f"requirements/lock.txt ({len(pins)} distributions) satisfies pyproject.toml")
         elif cmd == "upgrade":
             upgrade()
+        elif cmd == "relock":
+            upgrade(keep_pins=True)
         else:
-            say(f"unknown command {cmd!r}; use sync [VENV], check or upgrade")
+            say(f"unknown command {cmd!r}; use sync [VENV], check, upgrade or relock")
             return 2
     except SetupError as e:
         say(str(e))

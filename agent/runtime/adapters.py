@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from atoll.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from atoll.core.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 
 from .config import ModelConfig
 from .lora import PACKED, AdapterWeights, load_adapter, module_dims

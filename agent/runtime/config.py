@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atoll.errors import SpecError
+from atoll.core.errors import SpecError
 
 SUPPORTED_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM")
 SUPPORTED_ROPE = ("default", "linear", "llama3")

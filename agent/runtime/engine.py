@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from atoll.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 
 from .adapters import AdapterInfo, AdapterStore
 from .config import ModelConfig

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from atoll.errors import InvalidArgument, ResourceExhausted
+from atoll.core.errors import InvalidArgument, ResourceExhausted
 
 from .request import Delta, Request
 from .sampling import sample

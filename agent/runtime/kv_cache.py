@@ -16,7 +16,7 @@ import threading
 
 import torch
 
-from atoll.errors import ResourceExhausted
+from atoll.core.errors import ResourceExhausted
 
 from .config import ModelConfig
 

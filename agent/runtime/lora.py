@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from atoll.errors import SpecError
+from atoll.core.errors import SpecError
 
 from .config import ModelConfig
 

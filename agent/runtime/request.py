@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from atoll.errors import DeadlineExceeded
+from atoll.core.errors import DeadlineExceeded
 
 from .sampling import SamplingParams
 from .tokenizer import IncrementalDecoder

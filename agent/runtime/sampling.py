@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from atoll.errors import InvalidArgument
+from atoll.core.errors import InvalidArgument
 
 
 @dataclass

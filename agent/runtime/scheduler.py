@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from atoll.errors import AtollError
+from atoll.core.errors import AtollError
 
 from .adapters import AdapterStore
 from .kv_cache import PagedKVCache

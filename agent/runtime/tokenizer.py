@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atoll.errors import SpecError
+from atoll.core.errors import SpecError
 
 
 class Tokenizer:

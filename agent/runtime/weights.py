@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from atoll.errors import InvalidArgument, SpecError
+from atoll.core.errors import InvalidArgument, SpecError
 
 from .config import ModelConfig
 

@@ -33,9 +33,9 @@ def run(ns) -> int:
     import asyncio
     import os
 
-    from atoll import logs
+    from atoll.core import logs
     from atoll.agent.daemon import Agent
-    from atoll.errors import SpecError
+    from atoll.core.errors import SpecError
     from atoll.specs.config import AgentSettings, resolve_settings
 
     if not (ns.config or os.environ.get("ATOLL_CONFIG")):

@@ -48,7 +48,7 @@ def _positive_float(s: str) -> float:
 def run(ns) -> int:
     import asyncio
 
-    from atoll import logs
+    from atoll.core import logs
     from atoll.coordinator.server import Coordinator
     from atoll.specs.config import CoordinatorSettings, resolve_settings
 

@@ -11,6 +11,6 @@ def register(sub) -> None:
 
 
 def run(ns) -> int:
-    from atoll import demo
+    from atoll.demo.run import run as run_demo   # lazy: keeps `atoll --help` fast
 
-    return demo.run()
+    return run_demo()

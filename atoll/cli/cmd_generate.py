@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def _parse_adapters(items: list[str]) -> dict[str, str]:
-    from atoll.errors import SpecError
+    from atoll.core.errors import SpecError
 
     out: dict[str, str] = {}
     for item in items:
@@ -52,7 +52,7 @@ def _parse_adapters(items: list[str]) -> dict[str, str]:
 def run(ns: argparse.Namespace) -> int:
     import time
 
-    from atoll.errors import SpecError
+    from atoll.core.errors import SpecError
 
     adapters = _parse_adapters(ns.adapter)
     if ns.use_adapter and ns.use_adapter not in adapters:

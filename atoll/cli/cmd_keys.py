@@ -26,7 +26,7 @@ def register(sub) -> None:
 def run(ns) -> int:
     from atoll.cli.table import render
     from atoll.client import Client
-    from atoll.errors import InvalidArgument
+    from atoll.core.errors import InvalidArgument
 
     if not getattr(ns, "keys_command", None):
         raise InvalidArgument("say what to do: atoll keys create | list | revoke")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from atoll.cli.views import node_table
+
 
 def _coord(p) -> None:
     p.add_argument("--coordinator", default=None, metavar="ADDR",
@@ -24,23 +26,6 @@ def register(sub) -> None:
     _coord(d)
     d.add_argument("node", help="node name or id")
     d.set_defaults(func=run_drain)
-
-
-def _gpus(n) -> str:
-    if not n.gpus:
-        return "-"
-    names = sorted({g["name"] for g in n.gpus})
-    gib = sum(g["memory_total_bytes"] for g in n.gpus) / 2 ** 30
-    return f"{len(n.gpus)}x {'/'.join(names)} ({gib:.0f} GiB)"
-
-
-def node_table(nodes) -> str:
-    from atoll.cli.table import render
-
-    rows = [[n.name, n.id[:12], n.state, n.tier, n.region, f"{n.price_per_hour:.2f}", _gpus(n),
-             f"{n.last_heartbeat_age_seconds:.1f}", "yes" if n.simulated else "no"] for n in nodes]
-    return render(["NAME", "ID", "STATE", "TIER", "REGION", "$/H", "GPUS", "LAST-HB(S)", "SIMULATED"],
-                  rows, "lllllrlrl")
 
 
 def run_nodes(ns) -> int:

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from atoll.errors import SpecError
+    from atoll.core.errors import SpecError
     from atoll.planner.api import PLANNERS, PlanOptions, PlanProblem
     from atoll.planner.explain import explain
     from atoll.specs.cluster import load_cluster

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from atoll.cli.views import print_plan
+
 
 def _coord(p) -> None:
     p.add_argument("--coordinator", default=None, metavar="ADDR",
@@ -62,26 +64,6 @@ def register(sub) -> None:
     p.add_argument("path")
     p.add_argument("--kind", choices=["model", "adapter"], default="model")
     p.set_defaults(func=run_push)
-
-
-def print_plan(plan: dict, replicas: list[dict] | None = None) -> None:
-    from atoll.cli.table import render
-
-    rows = []
-    for task, t in plan.get("tasks", {}).items():
-        for r in t.get("replicas", []):
-            rows.append([task, t["variant"], r["pool"], r["location"], r["replicas"], f"{r['rate']:.2f}",
-                         f"{r['cost_per_hour']:.4f}"])
-    print(render(["TASK", "VARIANT", "POOL", "LOCATION", "HOSTS", "REQ/S", "$/H"], rows, "llllrrr"))
-    gap = plan.get("gap")
-    print(f"total ${plan.get('total_cost_per_hour', 0):.4f}/h (compute ${plan.get('compute_cost_per_hour', 0):.4f}, "
-          f"transfer ${plan.get('transfer_cost_per_hour', 0):.4f}); predicted accuracy {plan.get('accuracy', 0):.4f}; "
-          f"{plan.get('planner')} {plan.get('status')}, gap {'-' if gap is None else f'{gap:.2%}'}, "
-          f"{plan.get('solve_seconds', 0):.2f} s")
-    if replicas:
-        rrows = [[r["task"], r["variant"], r["node"], r["region"], r["tier"], r["state"], f"{r['weight']:.2f}",
-                  r["message"][:60]] for r in replicas]
-        print(render(["TASK", "VARIANT", "NODE", "REGION", "TIER", "STATE", "WEIGHT", "MESSAGE"], rrows, "llllllrl"))
 
 
 def run_submit(ns) -> int:
@@ -161,7 +143,7 @@ def run_delete(ns) -> int:
 
 def run_invoke(ns) -> int:
     from atoll.client import Client
-    from atoll.errors import InvalidArgument
+    from atoll.core.errors import InvalidArgument
 
     try:
         json.loads(ns.input)

@@ -34,7 +34,7 @@ from typing import Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from atoll.errors import SpecError
+from atoll.core.errors import SpecError
 from atoll.specs.common import Spec, load_yaml
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")

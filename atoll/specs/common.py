@@ -2,7 +2,7 @@
 
 Every spec model derives from :class:`Spec` (extra fields forbidden, so a typo is an error
 rather than a silently ignored key). :func:`load_yaml` / :func:`parse_obj` turn pydantic's
-``ValidationError`` into one :class:`~atoll.errors.SpecError` listing every problem.
+``ValidationError`` into one :class:`~atoll.core.errors.SpecError` listing every problem.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from atoll.errors import SpecError
+from atoll.core.errors import SpecError
 
 T = TypeVar("T", bound=BaseModel)
 

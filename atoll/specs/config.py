@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, field_validator
 
-from atoll.errors import SpecError
+from atoll.core.errors import SpecError
 from atoll.specs.common import Spec, parse_obj, read_yaml
 
 _ADDR = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*):(?P<port>\d{1,5})$")

@@ -49,7 +49,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator
 
-from atoll.errors import SpecError
+from atoll.core.errors import SpecError
 from atoll.specs.autoscaling import AutoscalingSpec
 from atoll.specs.catalog import Catalog, VariantSpec, check_name, load_catalog
 from atoll.specs.cluster import parse_location

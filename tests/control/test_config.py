@@ -2,7 +2,7 @@
 
 import pytest
 
-from atoll.errors import SpecError
+from atoll.core.errors import SpecError
 from atoll.specs.common import load_yaml
 from atoll.specs.config import CoordinatorSettings, check_address, resolve_settings, split_address
 from atoll.specs.node import NodeConfig

@@ -4,7 +4,7 @@ import pytest
 
 from atoll.coordinator.registry import Registry, hash_token
 from atoll.coordinator.store import SqliteStore
-from atoll.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from atoll.core.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 
 TOKEN = "join-token-123"
 

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from atoll.coordinator.router import Endpoint, Route, Router, Stage
-from atoll.errors import Unavailable
+from atoll.core.errors import Unavailable
 from atoll.proto.v1 import worker_pb2
-from atoll.rpc import add_service
+from atoll.core.rpc import add_service
 
 WORKER = worker_pb2.DESCRIPTOR.services_by_name["Worker"]
 

@@ -84,8 +84,8 @@ def test_kill_the_leader_while_serving(ha, tmp_path):
     import yaml
 
     from atoll.client import Client
-    from atoll.errors import Unavailable
-    from atoll.tiny import build_tiny_llama
+    from atoll.core.errors import Unavailable
+    from atoll.demo.models import build_tiny_llama
 
     model = str(build_tiny_llama(tmp_path / "models" / "base"))
     a = ha.start_coordinator("coord-a")

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from atoll.agent.heartbeat import HeartbeatClient
-from atoll.errors import InvalidArgument
+from atoll.core.errors import InvalidArgument
 from atoll.specs.config import AgentSettings, check_addresses, leader_from_refusal, split_addresses
 
 

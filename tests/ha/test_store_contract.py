@@ -164,7 +164,7 @@ def test_postgres_reconnects_after_the_connection_dies(pg_url):
 
 
 def test_bad_database_url_is_a_clear_error(tmp_path):
-    from atoll.errors import SpecError, Unavailable
+    from atoll.core.errors import SpecError, Unavailable
     from atoll.specs.config import resolve_settings
 
     with pytest.raises(SpecError, match="PostgreSQL URL"):

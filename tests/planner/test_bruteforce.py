@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from atoll.errors import PlanInfeasible
+from atoll.core.errors import PlanInfeasible
 from atoll.planner.api import PlanOptions, plan
 from planner_gen import random_problem
 from planner_ref import brute_force

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from atoll.errors import PlanInfeasible
+from atoll.core.errors import PlanInfeasible
 from atoll.planner.api import PlanOptions, plan
 from atoll.planner import decompose as D
 from atoll.planner.milp import Model

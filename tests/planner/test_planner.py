@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from atoll.errors import PlanInfeasible
+from atoll.core.errors import PlanInfeasible
 from atoll.planner.api import (PLANNERS, Edge, Network, PlanOptions, PlanProblem, Pool, Source, Task,
                            Variant, plan)
 from planner_gen import random_problem

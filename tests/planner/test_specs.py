@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atoll.cli import main
-from atoll.errors import SpecError
+from atoll.cli.main import main
+from atoll.core.errors import SpecError
 from atoll.planner.api import PlanProblem
 from atoll.specs.catalog import Catalog
 from atoll.specs.cluster import ClusterSpec, load_cluster

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from atoll.agent.runtime import Engine, SamplingParams
-from atoll.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, SpecError
-from atoll.tiny import build_tiny_adapter, build_tiny_llama
+from atoll.core.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, SpecError
+from atoll.demo.models import build_tiny_adapter, build_tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from atoll.agent.runtime import Engine, SamplingParams
-from atoll.errors import InvalidArgument, NotFound, ResourceExhausted
+from atoll.core.errors import InvalidArgument, NotFound, ResourceExhausted
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
@@ -273,7 +273,7 @@ def test_model_and_engine_refusals(tiny_dir, tmp_path):
     import json
     import shutil
 
-    from atoll.errors import FailedPrecondition, SpecError
+    from atoll.core.errors import FailedPrecondition, SpecError
 
     with pytest.raises(SpecError, match="config.json not found"):
         Engine(tmp_path / "nothing")

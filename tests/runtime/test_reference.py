@@ -70,7 +70,7 @@ def test_plain_and_packed_base_weights_both_match_peft(engine, hf_model_dir, pef
 
 
 def test_packed_weights_refused_where_they_cannot_serve(hf_model_dir):
-    from atoll.errors import AtollError
+    from atoll.core.errors import AtollError
 
     with pytest.raises(AtollError, match="packed weights need fp32"):
         Engine(hf_model_dir, device="cpu", dtype="float16", packed_weights=True)
@@ -127,7 +127,7 @@ def test_tiny_builders_load_in_transformers_and_peft(tiny_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from atoll.tiny import build_tiny_adapter
+    from atoll.demo.models import build_tiny_adapter
 
     ad = build_tiny_adapter(tmp_path / "ad", tiny_dir, rank=4, alpha=8, target_modules=("q_proj", "down_proj"),
                             use_rslora=True)

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from atoll.agent.runtime import Engine
 from atoll.proto.v1 import worker_pb2, worker_pb2_grpc
-from atoll.tiny import build_tiny_adapter
+from atoll.demo.models import build_tiny_adapter
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_shutdown_drains_then_refuses_and_stop_never_strands_a_request(tiny_dir)
     UNAVAILABLE (over gRPC too, so a router retries elsewhere), and one stopped with work left
     ends those streams with UNAVAILABLE at once instead of leaving them open until a deadline."""
     from atoll.agent.runtime import SamplingParams
-    from atoll.errors import Unavailable
+    from atoll.core.errors import Unavailable
 
     sp = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
     eng = Engine(tiny_dir, lora_backend="torch", kv_cache_tokens=256).start()

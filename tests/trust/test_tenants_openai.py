@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from atoll.client import Client
-from atoll.errors import NotFound, PermissionDenied, Unauthenticated
+from atoll.core.errors import NotFound, PermissionDenied, Unauthenticated
 from tests.control.helpers import Proc, free_port, node_yaml, wait_for
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,7 @@ TOKEN = "tenant-test-token"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    from atoll.tiny import build_tiny_adapter, build_tiny_llama
+    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
 
     tmp = tmp_path_factory.mktemp("tenants")
     build_tiny_llama(tmp / "base")

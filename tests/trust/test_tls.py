@@ -12,7 +12,7 @@ import trustme
 import yaml
 
 from atoll.client import Client
-from atoll.errors import Unavailable
+from atoll.core.errors import Unavailable
 from tests.control.helpers import Proc, free_port, node_yaml, wait_for
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def pki(tmp_path_factory):
 
 
 def test_mutual_tls_fleet_and_refusals(pki, tmp_path):
-    from atoll.tiny import build_tiny_llama
+    from atoll.demo.models import build_tiny_llama
 
     build_tiny_llama(tmp_path / "base")
     port = free_port()

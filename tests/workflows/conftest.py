@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atoll.demo import LocalFleet
+from atoll.demo.fleet import LocalFleet
 
 NODES = [
     {"name": "dc-1", "tier": "datacenter", "region": "us-east", "price_per_hour": 4.0, "labels": {"hardware": "a100"}},
@@ -60,7 +60,7 @@ class Harness:
 
 @pytest.fixture(scope="package")
 def harness(tmp_path_factory):
-    from atoll.tiny import build_tiny_adapter, build_tiny_llama
+    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
 
     root = tmp_path_factory.mktemp("wf")
     models = root / "models"

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_agent_metrics_endpoint(tmp_path):
-    from atoll.tiny import build_tiny_llama
+    from atoll.demo.models import build_tiny_llama
 
     build_tiny_llama(tmp_path / "base")
     addr, mport, oport = f"127.0.0.1:{free_port()}", free_port(), free_port()

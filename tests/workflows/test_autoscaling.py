@@ -78,7 +78,7 @@ def test_scale_to_zero_and_first_request_waits(harness):
         assert cs["load"] > 0 and cs["warmup"] > 0 and cs["fetch"] >= 0
         # a deadline shorter than a cold start gives a clear error, not silence
         wait_until(lambda: c.status("wf-zero").state == "IDLE", 30, "IDLE again")
-        from atoll.errors import DeadlineExceeded
+        from atoll.core.errors import DeadlineExceeded
         with pytest.raises(DeadlineExceeded):
             c.invoke("wf-zero", {"text": "too quick"}, timeout=0.05)
         c.delete("wf-zero")
@@ -143,6 +143,6 @@ def test_replicas_spread_over_failure_domains(harness):
         assert st.plan["failure_domains"] == {"label": "region", "domains": 2}
         c.delete("wf-spread")
         s["placement"]["min_failure_domains"] = 5
-        from atoll.errors import FailedPrecondition
+        from atoll.core.errors import FailedPrecondition
         with pytest.raises(FailedPrecondition, match="failure domains"):
             c.submit(str(h.write("wf-spread5", s | {"name": "wf-spread5"})))

@@ -7,13 +7,13 @@ import grpc
 import pytest
 
 from atoll.agent.fetch import resolve_source
-from atoll.archive import archive_dir, safe_extract
+from atoll.core.archive import archive_dir, safe_extract
 from atoll.coordinator.blobs import BlobStore
 from atoll.coordinator.model_store_api import ModelStoreApi
 from atoll.coordinator.store import SqliteStore
-from atoll.errors import FailedPrecondition, InvalidArgument, NotFound
+from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from atoll.proto.v1 import control_pb2
-from atoll.rpc import add_service
+from atoll.core.rpc import add_service
 
 
 def make_dir(p, n=3, size=3 << 20):

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from atoll.errors import FailedPrecondition, InvalidArgument, NotFound, SpecError
+from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, SpecError
 
 from .conftest import wait_until
 

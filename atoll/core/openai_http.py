@@ -15,7 +15,6 @@ subclasses (the coordinator's workflow door, an agent's local-engine door) say w
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import queue
@@ -23,9 +22,8 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-from atoll.errors import AtollError, InvalidArgument, NotFound
+from atoll.core.errors import AtollError
 
 log = logging.getLogger("atoll.coordinator")
 
@@ -100,7 +98,7 @@ class BaseDoor:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    door: OpenAIDoor = None  # type: ignore[assignment]
+    door: BaseDoor = None  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
     server_version = "atoll"
 

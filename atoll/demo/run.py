@@ -14,10 +14,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +21,9 @@ from pathlib import Path
 
 import yaml
 
-TOKEN_BYTES = 18
+
+from atoll.cli.views import node_table, print_plan
+from atoll.demo.fleet import LocalFleet
 
 FLEET = [
     {"name": "dc-us-east-1", "tier": "datacenter", "region": "us-east", "zone": "us-east-1a",
@@ -40,89 +38,8 @@ FLEET = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def say(msg: str) -> None:
     print(msg, flush=True)
-
-
-class LocalFleet:
-    """Starts and stops a coordinator and agents as child processes of this one."""
-
-    def __init__(self, workdir: Path, heartbeat_interval: float = 1.0):
-        import secrets
-
-        self.dir = workdir
-        self.port, self.mport = free_port(), free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.metrics_url = f"http://127.0.0.1:{self.mport}/metrics"
-        self.token = secrets.token_urlsafe(TOKEN_BYTES)
-        self.interval = heartbeat_interval
-        self.coordinator: subprocess.Popen | None = None
-        self.agents: dict[str, subprocess.Popen] = {}
-
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", ATOLL_JOIN_TOKEN=self.token)
-        return subprocess.Popen([sys.executable, "-m", "atoll", *args], stdout=open(self.dir / log, "w"),
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-    def start_coordinator(self) -> None:
-        self.coordinator = self._spawn(["coordinator", "--listen", self.addr, "--metrics-listen",
-                                        f"127.0.0.1:{self.mport}", "--state-dir", str(self.dir / "coordinator"),
-                                        "--heartbeat-interval", str(self.interval)], "coordinator.log")
-
-    def start_agent(self, spec: dict, extra: list[str] | None = None) -> None:
-        cfg = self.dir / f"{spec['name']}.yaml"
-        cfg.write_text(yaml.safe_dump(spec, sort_keys=False))
-        self.agents[spec["name"]] = self._spawn(
-            ["agent", "--coordinator", self.addr, "--config", str(cfg),
-             "--state-dir", str(self.dir / f"agent-{spec['name']}"), *(extra or [])], f"{spec['name']}.log")
-
-    def client(self):
-        from atoll.client import Client
-
-        return Client(self.addr, timeout=5)
-
-    def wait_states(self, want: dict[str, str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with self.client() as c:
-                    got = {n.name: n.state for n in c.nodes()}
-                if all(got.get(k) == v for k, v in want.items()):
-                    return True
-            except Exception:  # noqa: BLE001 - the coordinator may still be starting
-                pass
-            for name, p in self.agents.items():
-                if p.poll() is not None and want.get(name) == "READY":
-                    raise RuntimeError(f"agent {name} exited: see {self.dir / (name + '.log')}")
-            time.sleep(0.2)
-        return False
-
-    def kill9(self, name: str) -> None:
-        p = self.agents[name]
-        p.send_signal(signal.SIGKILL)
-        p.wait(10)
-
-    def shutdown(self) -> None:
-        for p in self.agents.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.agents.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if self.coordinator and self.coordinator.poll() is None:
-            self.coordinator.send_signal(signal.SIGTERM)
-            try:
-                self.coordinator.wait(15)
-            except subprocess.TimeoutExpired:
-                self.coordinator.kill()
 
 
 
@@ -219,9 +136,7 @@ def serve(client, name: str, n: int, workers: int = 8) -> dict:
 
 
 def run(keep: bool = False) -> int:
-    from atoll.cli.cmd_nodes import node_table
-    from atoll.cli.cmd_workflows import print_plan
-    from atoll.tiny import build_tiny_adapter, build_tiny_llama
+    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
 
     work = Path(tempfile.mkdtemp(prefix="atoll-demo-"))
     t0 = time.monotonic()

@@ -1,7 +1,7 @@
 """gRPC plumbing shared by every server and client: error mapping, health, reflection, channels.
 
 Servicer methods are wrapped with :func:`handle_errors`, which turns an
-:class:`~atoll.errors.AtollError` into its status code (INVALID_ARGUMENT, NOT_FOUND, ...) and
+:class:`~atoll.core.errors.AtollError` into its status code (INVALID_ARGUMENT, NOT_FOUND, ...) and
 any other exception into INTERNAL with a log line, so a bad request never kills a server.
 """
 
@@ -15,9 +15,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from atoll import errors
+from atoll.core import errors
 
-log = logging.getLogger("atoll.rpc")
+log = logging.getLogger("atoll.core.rpc")
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 

@@ -14,7 +14,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from atoll.errors import InvalidArgument
+from atoll.core.errors import InvalidArgument
 
 _NAME = re.compile(r"^sha256:[0-9a-f]{64}$")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import grpc
 
-from atoll.errors import SpecError
+from atoll.core.errors import SpecError
 
-log = logging.getLogger("atoll.tls")
+log = logging.getLogger("atoll.core.tls")
 
 
 def read_pem(path: str | None, what: str) -> bytes | None:
