@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from atoll.core.errors import SpecError
 
 SUPPORTED_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM")
@@ -144,8 +146,6 @@ def rope_inv_freq(cfg: ModelConfig):
     ``orig/low_freq_factor`` divided by ``factor``, shorter than ``orig/high_freq_factor`` kept,
     and a linear blend between the two.
     """
-    import torch
-
     d = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
     sc = cfg.rope_scaling

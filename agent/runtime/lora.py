@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from atoll.core.errors import SpecError
 
@@ -76,6 +77,30 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
                  dtype: torch.dtype = torch.float32) -> AdapterWeights:
     """Read and validate a PEFT LoRA directory; raise one SpecError listing every problem."""
     root = Path(path)
+    acfg, w_path = _read_config(root)
+    problems = _config_problems(acfg)
+    rank, alpha, rslora = _rank_alpha(acfg, root)
+    targets = acfg.get("target_modules")
+    problems += _target_problems(targets, cfg)
+    tensors = _read_tensors(w_path, problems)
+    layers = _group_by_layer(tensors, cfg, problems)
+    base_scale = alpha / (math.sqrt(rank) if rslora else rank) if rank > 0 else 0.0
+    out_layers, seen = _check_and_scale(layers, cfg, acfg, max_rank, rank, alpha, rslora, base_scale, dtype,
+                                        problems)
+    if tensors and not seen and not problems:
+        problems.append("the file holds no LoRA weights for any projection")
+    if isinstance(targets, (list, tuple)):
+        for t in targets:
+            if t in MODULES and t not in seen:
+                problems.append(f"target module {t!r} is listed but has no tensors in adapter_model.safetensors")
+    if problems:
+        raise SpecError("cannot serve this adapter: " + "; ".join(problems), source=str(root))
+    return AdapterWeights(name=name, path=str(root), rank=rank, alpha=alpha, scale=base_scale, use_rslora=rslora,
+                          target_modules=tuple(m for m in MODULES if m in seen), layers=out_layers)
+
+
+def _read_config(root: Path) -> tuple[dict, Path]:
+    """adapter_config.json parsed, and the weights file's path; SpecError when either is missing."""
     cfg_path, w_path = root / "adapter_config.json", root / "adapter_model.safetensors"
     if not root.is_dir():
         raise SpecError("adapter directory not found", source=str(root),
@@ -88,10 +113,13 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
                 if (root / "adapter_model.bin").is_file() else "save the adapter with PeftModel.save_pretrained")
         raise SpecError("adapter_model.safetensors is missing", source=str(root), hint=hint)
     try:
-        acfg = json.loads(cfg_path.read_text())
+        return json.loads(cfg_path.read_text()), w_path
     except (OSError, ValueError) as exc:
         raise SpecError(f"cannot parse JSON: {exc}", source=str(cfg_path)) from None
 
+
+def _config_problems(acfg: dict) -> list[str]:
+    """PEFT features the runtime cannot serve faithfully."""
     problems: list[str] = []
     peft_type = str(acfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
@@ -111,38 +139,45 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
         problems.append("layer_replication is not served")
     if acfg.get("target_parameters"):
         problems.append("target_parameters (LoRA on raw parameters) is not served")
+    return problems
+
+
+def _rank_alpha(acfg: dict, root: Path) -> tuple[int, float, bool]:
     try:
         rank = int(acfg["r"])
         alpha = float(acfg.get("lora_alpha", rank))
     except (KeyError, TypeError, ValueError):
-        raise SpecError("field 'r' (LoRA rank) is missing or not an integer", source=str(cfg_path)) from None
-    rslora = bool(acfg.get("use_rslora", False))
-    rank_pat, alpha_pat = acfg.get("rank_pattern") or {}, acfg.get("alpha_pattern") or {}
+        raise SpecError("field 'r' (LoRA rank) is missing or not an integer",
+                        source=str(root / "adapter_config.json")) from None
+    return rank, alpha, bool(acfg.get("use_rslora", False))
 
-    targets = acfg.get("target_modules")
-    dims = module_dims(cfg)
+
+def _target_problems(targets, cfg: ModelConfig) -> list[str]:
+    """target_modules (a list of names or a regex) must name projections the base has."""
     if isinstance(targets, str):
         matched = [m for m in MODULES if any(re.fullmatch(targets, f"model.layers.{n}.{grp}.{m}")
                                              for n in range(cfg.num_layers) for grp in ("self_attn", "mlp"))]
         if not matched:
-            problems.append(f"target_modules regex {targets!r} matches no projection of the base model "
-                            f"(LoRA-able modules: {', '.join(MODULES)})")
-    elif isinstance(targets, (list, tuple)) and targets:
-        for t in targets:
-            if t not in MODULES:
-                problems.append(f"target module {t!r} matches no served projection of the base model "
-                                f"(LoRA-able modules: {', '.join(MODULES)})")
-    else:
-        problems.append("target_modules is missing or empty")
+            return [f"target_modules regex {targets!r} matches no projection of the base model "
+                    f"(LoRA-able modules: {', '.join(MODULES)})"]
+        return []
+    if isinstance(targets, (list, tuple)) and targets:
+        return [f"target module {t!r} matches no served projection of the base model "
+                f"(LoRA-able modules: {', '.join(MODULES)})" for t in targets if t not in MODULES]
+    return ["target_modules is missing or empty"]
 
+
+def _read_tensors(w_path: Path, problems: list[str]) -> dict[str, torch.Tensor]:
     try:
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(w_path))
-    except Exception as exc:
+        return load_file(str(w_path))
+    except Exception as exc:     # safetensors raises its own error types
         problems.append(f"cannot read adapter_model.safetensors: {exc}")
-        tensors = {}
+        return {}
 
+
+def _group_by_layer(tensors: dict[str, torch.Tensor], cfg: ModelConfig,
+                    problems: list[str]) -> list[dict[str, dict[str, torch.Tensor]]]:
+    """``layers[n][module]["A" | "B"]`` from the file's tensor names."""
     layers: list[dict[str, dict[str, torch.Tensor]]] = [dict() for _ in range(cfg.num_layers)]
     for key, t in tensors.items():
         m = _KEY.match(key)
@@ -157,10 +192,18 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
             problems.append(f"tensor {key!r}: layer {n} does not exist (the base has {cfg.num_layers} layers)")
             continue
         layers[n].setdefault(mod, {})[ab] = t
+    return layers
 
+
+def _check_and_scale(layers, cfg: ModelConfig, acfg: dict, max_rank: int, rank: int, alpha: float,
+                     rslora: bool, base_scale: float, dtype: torch.dtype, problems: list[str]):
+    """Each module's A and B checked against the base's shapes and the ranks in the config; B
+    multiplied by the module's scale over the adapter's (rank_pattern / alpha_pattern), so one
+    scale per slot serves every module. Returns (layers of (A, B), modules seen)."""
+    dims = module_dims(cfg)
+    rank_pat, alpha_pat = acfg.get("rank_pattern") or {}, acfg.get("alpha_pattern") or {}
     out_layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
-    seen_modules: set[str] = set()
-    base_scale = alpha / (math.sqrt(rank) if rslora else rank) if rank > 0 else 0.0
+    seen: set[str] = set()
     for n, mods in enumerate(layers):
         packed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for mod, ab in sorted(mods.items()):
@@ -190,15 +233,6 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
             ratio = m_scale / base_scale if base_scale else 0.0
             b = b.float() * ratio if ratio != 1.0 else b
             packed[mod] = (a.to(dtype).contiguous(), b.to(dtype).contiguous())
-            seen_modules.add(mod)
+            seen.add(mod)
         out_layers.append(packed)
-    if tensors and not seen_modules and not problems:
-        problems.append("the file holds no LoRA weights for any projection")
-    if isinstance(targets, (list, tuple)):
-        for t in targets:
-            if t in MODULES and t not in seen_modules:
-                problems.append(f"target module {t!r} is listed but has no tensors in adapter_model.safetensors")
-    if problems:
-        raise SpecError("cannot serve this adapter: " + "; ".join(problems), source=str(root))
-    return AdapterWeights(name=name, path=str(root), rank=rank, alpha=alpha, scale=base_scale, use_rslora=rslora,
-                          target_modules=tuple(m for m in MODULES if m in seen_modules), layers=out_layers)
+    return out_layers, seen

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from atoll.kernels.lora import LoraMeta, lora_apply
+from atoll.kernels.lora import LoraMeta, lora_apply, plan_step
 
 from .config import ModelConfig, rope_inv_freq
 from .kv_cache import PagedKVCache
@@ -105,6 +105,7 @@ class LlamaModel:
         meta = batch.lora
         use_lora = slots is not None and meta.any_lora
         be = self.lora_backend
+        lplan = plan_step(meta, backend=be) if use_lora else None     # once per step, every layer
         cos_t, sin_t = self._rope_tables(int(batch.positions.max()) + 1)
         cos = cos_t[batch.positions].to(self.dtype).unsqueeze(1)            # [T, 1, d]
         sin = sin_t[batch.positions].to(self.dtype).unsqueeze(1)
@@ -123,7 +124,7 @@ class LlamaModel:
             h = rms_norm(x, lw.ln1, cfg.rms_norm_eps)
             qkv = linear(h, lw.qkv)
             if sw is not None:
-                lora_apply(qkv, h, sw.a["qkv"], sw.b["qkv"], scales, meta, self.q_slices, backend=be)
+                lora_apply(qkv, h, sw.a["qkv"], sw.b["qkv"], scales, meta, self.q_slices, backend=be, plan=lplan)
             q = qkv[:, :cfg.q_size].view(t, nh, d)
             k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].view(t, nkv, d)
             v = qkv[:, cfg.q_size + cfg.kv_size:].view(t, nkv, d)
@@ -153,17 +154,17 @@ class LlamaModel:
                 attn[r0:r0 + ln] = out.view(nkv, g, ln, d).permute(2, 0, 1, 3).reshape(ln, nh * d)
             o = linear(attn, lw.o)
             if sw is not None:
-                lora_apply(o, attn, sw.a["o"], sw.b["o"], scales, meta, self.o_slices, backend=be)
+                lora_apply(o, attn, sw.a["o"], sw.b["o"], scales, meta, self.o_slices, backend=be, plan=lplan)
             x = x + o
             h = rms_norm(x, lw.ln2, cfg.rms_norm_eps)
             gu = linear(h, lw.gate_up)
             if sw is not None:
-                lora_apply(gu, h, sw.a["gate_up"], sw.b["gate_up"], scales, meta, self.gu_slices, backend=be)
+                lora_apply(gu, h, sw.a["gate_up"], sw.b["gate_up"], scales, meta, self.gu_slices, backend=be, plan=lplan)
             i = cfg.intermediate_size
             act = F.silu(gu[:, :i]) * gu[:, i:]
             dn = linear(act, lw.down)
             if sw is not None:
-                lora_apply(dn, act, sw.a["down"], sw.b["down"], scales, meta, self.o_slices, backend=be)
+                lora_apply(dn, act, sw.a["down"], sw.b["down"], scales, meta, self.o_slices, backend=be, plan=lplan)
             x = x + dn
         x = rms_norm(x, self.w.norm, cfg.rms_norm_eps)
         logits = linear(x[batch.logit_rows], self.w.lm_head).float() if batch.logit_rows.numel() else None

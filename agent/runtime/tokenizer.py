@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokenizers import Tokenizer as _Tok
+
 from atoll.core.errors import SpecError
 
 
 class Tokenizer:
     def __init__(self, model_dir: str | Path):
-        from tokenizers import Tokenizer as _Tok
-
         path = Path(model_dir) / "tokenizer.json"
         if not path.is_file():
             raise SpecError("tokenizer.json not found", source=str(model_dir),

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from atoll.core.errors import InvalidArgument, SpecError
 
@@ -111,8 +112,6 @@ def load_weights(model_dir: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
     elif packed and not packing_available(device, dtype):
         raise InvalidArgument(f"packed weights need fp32 on a CPU with oneDNN, not {dtype} on {device}",
                               hint="leave packed unset to choose automatically")
-    from safetensors import safe_open
-
     model_dir = Path(model_dir)
     raw: dict[str, torch.Tensor] = {}
     for f in _shard_files(model_dir):

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+
+from atoll.core.errors import SpecError
 
 
 def register(subparsers) -> None:
@@ -36,8 +39,6 @@ def register(subparsers) -> None:
 
 
 def _parse_adapters(items: list[str]) -> dict[str, str]:
-    from atoll.core.errors import SpecError
-
     out: dict[str, str] = {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -50,10 +51,6 @@ def _parse_adapters(items: list[str]) -> dict[str, str]:
 
 
 def run(ns: argparse.Namespace) -> int:
-    import time
-
-    from atoll.core.errors import SpecError
-
     adapters = _parse_adapters(ns.adapter)
     if ns.use_adapter and ns.use_adapter not in adapters:
         raise SpecError(f"adapter {ns.use_adapter!r} is not among --adapter names {sorted(adapters) or '(none)'}",
@@ -61,6 +58,7 @@ def run(ns: argparse.Namespace) -> int:
     if ns.max_tokens < 1:
         raise SpecError("must be >= 1", source="flag --max-tokens")
 
+    # imported here so that `atoll --help` does not load torch (atoll.cli.main's rule)
     from atoll.agent.runtime import Engine, SamplingParams
 
     engine = Engine(ns.model, device=ns.device, dtype=ns.dtype, lora_backend=ns.lora_backend,
