@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     packed = engine.weights.layers[0].qkv.is_mkldnn
     flops = gemm_flops(n_req, cfg.hidden_size, cfg.intermediate_size, reps=50, packed=packed)
     step_flops = 2 * n_req * (cfg.num_params - cfg.vocab_size * cfg.hidden_size)
-    from atoll.agent.runtime.lora import module_dims
+    from atoll.agent.runtime.modules import module_dims
 
     per_layer_lora_dims = sum(i + o for i, o in module_dims(cfg).values())
     results = {}

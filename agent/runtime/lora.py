@@ -29,22 +29,10 @@ from safetensors.torch import load_file
 from atoll.core.errors import SpecError
 
 from .config import ModelConfig
+from .modules import attention_modules, module_dims, modules
 
-ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
-MODULES = ATTN_MODULES + MLP_MODULES
-# packed projection -> its slices, in row order of the packed base weight
-PACKED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
-          "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
 _KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\."
                   r"lora_(A|B)(?:\.[\w-]+)?\.weight$")
-
-
-def module_dims(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each LoRA-able projection."""
-    h, q, kv, i = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size
-    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
 
 @dataclass
@@ -91,12 +79,12 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
         problems.append("the file holds no LoRA weights for any projection")
     if isinstance(targets, (list, tuple)):
         for t in targets:
-            if t in MODULES and t not in seen:
+            if t in modules(cfg) and t not in seen:
                 problems.append(f"target module {t!r} is listed but has no tensors in adapter_model.safetensors")
     if problems:
         raise SpecError("cannot serve this adapter: " + "; ".join(problems), source=str(root))
     return AdapterWeights(name=name, path=str(root), rank=rank, alpha=alpha, scale=base_scale, use_rslora=rslora,
-                          target_modules=tuple(m for m in MODULES if m in seen), layers=out_layers)
+                          target_modules=tuple(m for m in modules(cfg) if m in seen), layers=out_layers)
 
 
 def _read_config(root: Path) -> tuple[dict, Path]:
@@ -134,7 +122,7 @@ def _config_problems(acfg: dict) -> list[str]:
     if acfg.get("lora_bias"):
         problems.append("lora_bias=true: LoRA bias terms are not served (retrain with lora_bias=False)")
     if acfg.get("fan_in_fan_out"):
-        problems.append("fan_in_fan_out=true is not served for Llama linear layers")
+        problems.append("fan_in_fan_out=true is not served (the base's projections are nn.Linear)")
     if acfg.get("layer_replication"):
         problems.append("layer_replication is not served")
     if acfg.get("target_parameters"):
@@ -154,16 +142,18 @@ def _rank_alpha(acfg: dict, root: Path) -> tuple[int, float, bool]:
 
 def _target_problems(targets, cfg: ModelConfig) -> list[str]:
     """target_modules (a list of names or a regex) must name projections the base has."""
+    mods = modules(cfg)
     if isinstance(targets, str):
-        matched = [m for m in MODULES if any(re.fullmatch(targets, f"model.layers.{n}.{grp}.{m}")
-                                             for n in range(cfg.num_layers) for grp in ("self_attn", "mlp"))]
+        matched = [m for m in mods if any(re.fullmatch(targets, f"model.layers.{n}.{grp}.{m}")
+                                          for n in range(cfg.num_layers) for grp in ("self_attn", "mlp"))]
         if not matched:
             return [f"target_modules regex {targets!r} matches no projection of the base model "
-                    f"(LoRA-able modules: {', '.join(MODULES)})"]
+                    f"(LoRA-able modules of model type {cfg.model_type!r}: {', '.join(mods)})"]
         return []
     if isinstance(targets, (list, tuple)) and targets:
         return [f"target module {t!r} matches no served projection of the base model "
-                f"(LoRA-able modules: {', '.join(MODULES)})" for t in targets if t not in MODULES]
+                f"(LoRA-able modules of model type {cfg.model_type!r}: {', '.join(mods)})"
+                for t in targets if t not in mods]
     return ["target_modules is missing or empty"]
 
 
@@ -179,14 +169,15 @@ def _group_by_layer(tensors: dict[str, torch.Tensor], cfg: ModelConfig,
                     problems: list[str]) -> list[dict[str, dict[str, torch.Tensor]]]:
     """``layers[n][module]["A" | "B"]`` from the file's tensor names."""
     layers: list[dict[str, dict[str, torch.Tensor]]] = [dict() for _ in range(cfg.num_layers)]
+    mods, attn = modules(cfg), attention_modules(cfg)
     for key, t in tensors.items():
         m = _KEY.match(key)
         if not m:
-            problems.append(f"tensor {key!r} is not a LoRA A/B weight of a Llama projection")
+            problems.append(f"tensor {key!r} is not a LoRA A/B weight of a decoder projection")
             continue
         n, grp, mod, ab = int(m.group(1)), m.group(2), m.group(3), m.group(4)
-        if mod not in MODULES or (grp == "self_attn") != (mod in ATTN_MODULES):
-            problems.append(f"tensor {key!r}: module {grp}.{mod} does not exist in a Llama layer")
+        if mod not in mods or (grp == "self_attn") != (mod in attn):
+            problems.append(f"tensor {key!r}: module {grp}.{mod} does not exist in a {cfg.model_type} layer")
             continue
         if n >= cfg.num_layers:
             problems.append(f"tensor {key!r}: layer {n} does not exist (the base has {cfg.num_layers} layers)")
@@ -201,6 +192,7 @@ def _check_and_scale(layers, cfg: ModelConfig, acfg: dict, max_rank: int, rank: 
     multiplied by the module's scale over the adapter's (rank_pattern / alpha_pattern), so one
     scale per slot serves every module. Returns (layers of (A, B), modules seen)."""
     dims = module_dims(cfg)
+    attn = attention_modules(cfg)
     rank_pat, alpha_pat = acfg.get("rank_pattern") or {}, acfg.get("alpha_pattern") or {}
     out_layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
     seen: set[str] = set()
@@ -222,7 +214,7 @@ def _check_and_scale(layers, cfg: ModelConfig, acfg: dict, max_rank: int, rank: 
                 problems.append(f"{where}: rank {r} exceeds the configured maximum {max_rank} "
                                 "(raise max_lora_rank or retrain with a smaller r)")
                 continue
-            grp = "self_attn" if mod in ATTN_MODULES else "mlp"
+            grp = "self_attn" if mod in attn else "mlp"
             mpath = f"model.layers.{n}.{grp}.{mod}"
             want_r = int(_pattern_value(rank_pat, mpath, rank))
             if r != want_r:
