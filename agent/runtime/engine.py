@@ -9,6 +9,7 @@ the store's own thread.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -20,7 +21,7 @@ import torch
 from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 from .adapters import AdapterInfo, AdapterStore
-from .config import ModelConfig
+from .chat import no_template_error
 from .inbox import Inbox
 from .kv_cache import PagedKVCache
 from .metrics import EngineMetrics
@@ -28,9 +29,9 @@ from .model import LlamaModel
 from .request import GenerationOutput, Request, RequestHandle
 from .sampling import SamplingParams, make_generator
 from .scheduler import Scheduler
+from .source import open_model
 from .stepper import StepRunner
-from .tokenizer import IncrementalDecoder, Tokenizer
-from .weights import load_weights
+from .tokenizer import IncrementalDecoder
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -88,18 +89,20 @@ class Engine:
             raise InvalidArgument(f"device {device!r} is not a torch device", hint="e.g. cpu or cuda:0") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise FailedPrecondition(f"device {device!r} asked but CUDA is not available", hint="use device='cpu'")
-        self.cfg = ModelConfig.from_dir(self.model_dir)
+        self.source = open_model(self.model_dir)
+        self.model_dir = self.source.path
+        self.cfg = self.source.cfg
         if dtype == "auto":
             dtype = "float32" if self.device.type != "cuda" else self.cfg.torch_dtype
             if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
                 dtype = "float16"
         self.dtype = _resolve_dtype(dtype, self.device)
         self.lora_backend = _resolve_backend(lora_backend, self.device)
-        self.weights = load_weights(self.model_dir, self.cfg, dtype=self.dtype, device=self.device,
-                                    packed=packed_weights)
+        self.weights = self.source.weights(dtype=self.dtype, device=self.device, packed=packed_weights)
         self.model = LlamaModel(self.cfg, self.weights, dtype=self.dtype, device=self.device,
                                 lora_backend=self.lora_backend)
-        self.tokenizer = Tokenizer(self.model_dir) if (self.model_dir / "tokenizer.json").is_file() else None
+        self.tokenizer = self.source.tokenizer
+        self.chat_template = self.source.chat_template
         self.metrics = EngineMetrics()
         self.max_model_len = self.cfg.max_position_embeddings
         if kv_cache_tokens is None:
@@ -156,23 +159,79 @@ class Engine:
                request_id: str | None = None, *, stream_text: bool = True) -> RequestHandle:
         """Queue one request; thread-safe. ``prompt`` is text or token ids. Raises before queueing on
         bad input (InvalidArgument), unknown adapter (NotFound) or a request that can never fit
-        (ResourceExhausted)."""
+        (ResourceExhausted). ``sampling.n`` must be 1 here (see :meth:`submit_choices`)."""
+        params = (sampling or SamplingParams()).validate(self.cfg.vocab_size)
+        if params.n != 1:
+            raise InvalidArgument(f"submit() runs one choice, not n={params.n}", hint="use submit_choices()")
+        ids = self.encode_prompt(prompt)
+        return self._submit_ids(ids, adapter, params, request_id or f"req-{next(self._ids)}", stream_text)
+
+    def submit_choices(self, prompt, adapter: str | None = None, sampling: SamplingParams | None = None,
+                       request_id: str | None = None, *, stream_text: bool = True) -> list[RequestHandle]:
+        """Queue ``sampling.n`` independent choices for one prompt (OpenAI's ``n``); thread-safe.
+        Choice i has request id ``{request_id}.{i}`` and, when ``seed`` is set, seed ``seed + i``
+        (choice 0 draws exactly what one request with that seed draws). All are queued or none."""
         params = (sampling or SamplingParams()).validate(self.cfg.vocab_size)
         ids = self.encode_prompt(prompt)
+        rid = request_id or f"req-{next(self._ids)}"
+        handles: list[RequestHandle] = []
+        try:
+            for i in range(params.n):
+                seed = None if params.seed is None else (int(params.seed) + i) % (2 ** 64)
+                one = dataclasses.replace(params, n=1, seed=seed)
+                handles.append(self._submit_ids(ids, adapter, one, f"{rid}.{i}", stream_text))
+        except Exception:
+            for h in handles:
+                self.cancel(h.request_id)
+            raise
+        return handles
+
+    def _submit_ids(self, ids: list[int], adapter: str | None, params: SamplingParams, rid: str,
+                    stream_text: bool) -> RequestHandle:
         adapter = adapter or None
         if adapter is not None and not self.store.has(adapter):
             raise NotFound(f"adapter {adapter!r} is not loaded", hint="load it first (add_adapter / LoadAdapter)")
+        if params.max_tokens is None:          # up to the context, or what the KV cache can ever hold
+            room = min(self.max_model_len, self.kv.capacity_tokens) - len(ids)
+            params = dataclasses.replace(params, max_tokens=max(1, room))
         total = len(ids) + params.max_tokens
         if total > self.max_model_len:
             raise InvalidArgument(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                                   f"model's context of {self.max_model_len} tokens")
         self.kv.check_fits_ever(total)
-        rid = request_id or f"req-{next(self._ids)}"
         handle = RequestHandle(rid, len(ids), adapter, self.cancel)
         dec = IncrementalDecoder(self.tokenizer if (stream_text or params.stop) else None, params.stop)
         req = Request(rid, ids, adapter, params, handle, dec, make_generator(params.seed, self.device))
         self.inbox.put(req, len(self.scheduler.waiting), self._count_rejected)
         return handle
+
+    # ---- chat --------------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True,
+                            tokenize: bool = False, **kwargs):
+        """The model's own chat template applied to ``messages`` (see :mod:`.chat`): the prompt
+        text, or its token ids with ``tokenize`` (special tokens as the template wrote them,
+        none added). Replies end at the template's end-of-turn token, which is among the engine's
+        stop tokens. FailedPrecondition when the model has no template."""
+        if self.chat_template is None:
+            raise no_template_error(self.source.name)
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        if not tokenize:
+            return text
+        if self.tokenizer is None:
+            raise FailedPrecondition("the model has no tokenizer to encode the chat prompt", hint="pass token ids")
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Tokens that end every request (unless ``ignore_eos``): EOS ids of the model's config and
+        generation config, and the chat template's end-of-turn tokens."""
+        return self.cfg.eos_token_ids
+
+    def token_text(self, token_id: int) -> str:
+        """One token decoded on its own (special tokens included), e.g. for logprob reports."""
+        if self.tokenizer is None:
+            raise FailedPrecondition("the model has no tokenizer", hint="report token ids")
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _count_rejected(self) -> None:
         self.metrics.requests_rejected += 1

@@ -25,7 +25,7 @@ from .inbox import Inbox
 from .kv_cache import PagedKVCache
 from .metrics import EngineMetrics
 from .request import Delta, Request
-from .sampling import sample
+from .sampling import sample, token_logprobs
 from .scheduler import Scheduler
 
 
@@ -59,7 +59,8 @@ class StepRunner:
             if sampled:
                 with torch.inference_mode():
                     toks = sample(logits, [r.params for r in sampled], [r.generator for r in sampled])
-                self._emit(sampled, toks)
+                    lps = self._logprobs(logits, sampled, toks)
+                self._emit(sampled, toks, lps)
             return batch.input_ids.numel()
 
     def _admit(self) -> None:
@@ -85,12 +86,23 @@ class StepRunner:
                 sampled.append(r)
         return sampled
 
-    def _emit(self, reqs: list[Request], toks: list[int]) -> None:
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, reqs: list[Request], toks: list[int]) -> list:
+        """Per sampled request: [TokenLogprob] when it asked for log-probabilities, else None."""
+        rows = [i for i, r in enumerate(reqs) if r.params.wants_logprobs]
+        out: list = [None] * len(reqs)
+        if rows:
+            got = token_logprobs(logits[rows], [toks[i] for i in rows], [reqs[i].params.top_logprobs for i in rows])
+            for i, lp in zip(rows, got):
+                out[i] = [lp]
+        return out
+
+    def _emit(self, reqs: list[Request], toks: list[int], lps: list) -> None:
         """Append each sampled token, stream it, finish requests that hit a stop or a length."""
         now = time.perf_counter()
         m = self.metrics
         eos = set(self.cfg.eos_token_ids)
-        for r, tok in zip(reqs, toks):
+        for r, tok, lp in zip(reqs, toks, lps):
             if r.first_token_at is None:
                 r.first_token_at = now
                 r.handle.ttft = now - r.arrival
@@ -107,14 +119,14 @@ class StepRunner:
                 reason = "stop"
             if reason is None:
                 r.handle._push(Delta([tok], text, prompt_tokens=len(r.prompt_ids),
-                                     completion_tokens=len(r.output_ids)))
+                                     completion_tokens=len(r.output_ids), logprobs=lp))
             else:
-                self.finish(r, reason, new=[tok], text=text)
+                self.finish(r, reason, new=[tok], text=text, logprobs=lp)
         m.observe_tokens(len(toks))
 
     # ---- retiring requests -------------------------------------------------------------------
     def finish(self, r: Request, reason: str, *, error: BaseException | None = None, new: list[int] = (),
-               text: str = "") -> None:
+               text: str = "", logprobs: list | None = None) -> None:
         """Return the request's KV blocks and adapter, forget its id, push its last delta."""
         self.scheduler.release(r)
         self.inbox.forget(r.request_id)
@@ -122,7 +134,7 @@ class StepRunner:
         if r.first_token_at is not None and len(r.output_ids) > 1:
             self.metrics.observe_tpot((now - r.first_token_at) / (len(r.output_ids) - 1))
         self.metrics.requests_finished += 1
-        r.handle._push(Delta(list(new), text, True, reason, len(r.prompt_ids), len(r.output_ids), error))
+        r.handle._push(Delta(list(new), text, True, reason, len(r.prompt_ids), len(r.output_ids), error, logprobs))
 
     def fail_scheduled(self, exc: Exception) -> int:
         """Finish every running and waiting request with ``exc``; returns how many."""
