@@ -42,7 +42,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-from atoll.kernels.lora import LoraMeta, expand_ref, lora_apply, shrink_ref
+from atoll.kernels.lora import LoraMeta, TritonLoraPlan, expand_ref, lora_apply, plan_step, shrink_ref
 
 POPULARITIES = ("identical", "uniform", "distinct")
 TOL = {torch.bfloat16: (3e-2, 2e-2), torch.float16: (5e-3, 5e-3), torch.float32: (1e-4, 1e-4)}
@@ -268,9 +268,12 @@ def gpu_perf(device, quick: bool, shapes: dict, timer) -> tuple[dict, list[dict]
         row = dict(phase=phase, popularity=pop, tokens=len(slots), hidden=h, rank=r,
                    dtype=str(dtype).replace("torch.", ""), **mb)
 
-        def op(sh, ex, p=p):
+        # the slice offsets go to the device once, before timing and capture, as a step plan does
+        offs = TritonLoraPlan(p["meta"]).offsets(p["offsets"], device)
+
+        def op(sh, ex, p=p, offs=offs):
             return lambda: ex(p["y"], sh(p["x"], p["a"], p["meta"]), p["b"], p["scales"],
-                              p["meta"], p["offsets"])
+                              p["meta"], p["offsets"], offsets=offs)
 
         for family, sh, ex in (("dispatch", tlr.shrink, tlr.expand),
                                ("sgmv", tlr.sgmv_shrink, tlr.sgmv_expand),
@@ -320,8 +323,9 @@ def cpu_perf(quick: bool) -> list[dict]:
         row = dict(layout=layout, phase=phase, popularity=pop, tokens=len(slots), hidden=h,
                    rank=r, dtype="float32", **model_bytes(p))
         for backend in ("torch", "ref"):
+            step = plan_step(p["meta"], backend=backend)     # once per step, as the runtime does
             s = time_cpu(lambda: lora_apply(p["y"], p["x"], p["a"], p["b"], p["scales"],
-                                            p["meta"], p["offsets"], backend=backend))
+                                            p["meta"], p["offsets"], backend=backend, plan=step))
             row[f"{backend}_us"] = s * 1e6
         row["speedup"] = row["ref_us"] / row["torch_us"]
         rows.append(row)
@@ -334,16 +338,16 @@ def cpu_paths(quick: bool) -> list[dict]:
     runtime benchmark's projection shapes (hidden 512: qkv 512->1024 packed, gate_up 512->2816
     packed, down 1408->512), rank 16. Paths: a matmul per slot ("per_slot"), gather + bmm,
     grouped GEMM, padded bmm."""
-    from atoll.kernels import torch_lora as tl
+    from atoll.kernels.torch_lora import HAS_GROUPED_MM, TorchLoraPlan, TorchLoraPolicy
 
-    forced = {                       # module switches that force each path
-        "per_slot": dict(SORTED=False, GATHER_MIN_SLOTS=10**9),
-        "gather": dict(SORTED=False, GATHER_MIN_SLOTS=1, GATHER_MAX_ROW_BYTES=1 << 40,
-                       GATHER_MAX_ROWS_PER_SLOT=10**9),
-        "grouped": dict(SORTED=True, GROUPED=True, PADDED_MAX_WASTE=0.0),
-        "padded": dict(SORTED=True, GROUPED=False, PADDED_MAX_WASTE=1e9),
+    forced = {                       # a policy that forces each path
+        "per_slot": TorchLoraPolicy(sorted=False, gather_min_slots=10**9),
+        "gather": TorchLoraPolicy(sorted=False, gather_min_slots=1, gather_max_row_bytes=1 << 40,
+                                  gather_max_rows_per_slot=10**9),
+        "grouped": TorchLoraPolicy(sorted=True, grouped=True, padded_max_waste=0.0),
+        "padded": TorchLoraPolicy(sorted=True, grouped=False, padded_max_waste=1e9),
     }
-    if not tl.GROUPED:
+    if not HAS_GROUPED_MM:
         forced.pop("grouped")
     shapes = (("qkv", 512, (512, 256, 256)), ("gate_up", 512, (1408, 1408)), ("down", 1408, (512,)))
     rows = []
@@ -359,22 +363,14 @@ def cpu_paths(quick: bool) -> list[dict]:
                        widths=list(widths), rank=16, slots=33)
             y0 = p["y"].clone()                                # timing runs update p["y"] in place
             ref = lora_apply(y0.clone(), p["x"], a, b, sc, p["meta"], p["offsets"], backend="ref")
-            saved = {k: getattr(tl, k) for f in forced.values() for k in f}
-            try:
-                for path, switches in forced.items():
-                    for k, v in switches.items():
-                        setattr(tl, k, v)
-                    tl._LAST_PLANS = (None, None, {})
-                    y = lora_apply(y0.clone(), p["x"], a, b, sc, p["meta"], p["offsets"], backend="torch")
-                    assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4), path
-                    row[f"{path}_us"] = time_cpu(lambda: lora_apply(
-                        p["y"], p["x"], a, b, sc, p["meta"], p["offsets"], backend="torch")) * 1e6
-                    for k, v in saved.items():
-                        setattr(tl, k, v)
-            finally:
-                for k, v in saved.items():
-                    setattr(tl, k, v)
-                tl._LAST_PLANS = (None, None, {})
+            for path, policy in forced.items():
+                step = TorchLoraPlan(p["meta"], policy)         # one plan per step, as the runtime
+                y = lora_apply(y0.clone(), p["x"], a, b, sc, p["meta"], p["offsets"], backend="torch",
+                               plan=step)
+                assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4), path
+                row[f"{path}_us"] = time_cpu(lambda: lora_apply(
+                    p["y"], p["x"], a, b, sc, p["meta"], p["offsets"], backend="torch", plan=step)) * 1e6
+                row[f"{path}_ran"] = sorted(step.taken)
             rows.append(row)
     return rows
 

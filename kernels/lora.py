@@ -13,8 +13,10 @@ Shapes (T tokens in the step, S adapter slots, N packed slices, R = max rank, ze
 Rows whose slot is -1 use no adapter: expand leaves them untouched. A packed projection (q,k,v
 or gate,up) is one call with N slices: the single shrink reads ``x`` once for all slices.
 
-``LoraMeta.build(token_slots)`` plans the step once (segments of consecutive rows sharing a
-slot for SGMV, the per-row slot for BGMV); every layer reuses it.
+``LoraMeta.build(token_slots)`` describes the step once (segments of consecutive rows sharing a
+slot for SGMV, the per-row slot for BGMV); :func:`plan_step` then makes the backend's per-step
+plan from it (the torch backend's batching decisions, the Triton launches' device offsets), and
+every layer passes that plan to :func:`lora_apply` (plan once per step, run in every layer).
 
 ``backend``: "torch" (vectorized pure torch, :mod:`atoll.kernels.torch_lora`: the CPU path and
 GPU fallback), "triton" (GPU, or CPU tensors under ``TRITON_INTERPRET=1``; launchers in
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from atoll.kernels import torch_lora
+from atoll.kernels.torch_lora import DEFAULT_POLICY, TorchLoraPlan, TorchLoraPolicy
 
 BACKENDS = ("torch", "triton", "ref")
 
@@ -63,6 +66,52 @@ class LoraMeta:
         seg_slots = slots[starts.long()]
         return LoraMeta(slots, starts, lens, seg_slots, int(lens.max().item()), t,
                         bool((slots >= 0).any().item()))
+
+
+class TritonLoraPlan:
+    """The Triton backend's per-step plan: each packed layout's ``slice_offsets`` as an int32
+    tensor on the activations' device, copied on first use in the step and read by every
+    layer's expand launches (no host copy per launch)."""
+
+    def __init__(self, meta: LoraMeta):
+        self.meta = meta
+        self._offsets: dict[tuple, torch.Tensor] = {}
+
+    def offsets(self, slice_offsets, device: torch.device) -> torch.Tensor:
+        key = (tuple(int(o) for o in slice_offsets), str(device))
+        t = self._offsets.get(key)
+        if t is None:
+            t = self._offsets[key] = torch.tensor(key[0], dtype=torch.int32, device=device)
+        return t
+
+
+def plan_step(meta: LoraMeta, *, backend: str = "torch",
+              policy: TorchLoraPolicy = DEFAULT_POLICY) -> TorchLoraPlan | TritonLoraPlan | None:
+    """The per-step plan ``backend`` reuses in every layer: a :class:`TorchLoraPlan` (under
+    ``policy``) for "torch", a :class:`TritonLoraPlan` for "triton", None for "ref"."""
+    if backend == "torch":
+        return TorchLoraPlan(meta, policy)
+    if backend == "triton":
+        return TritonLoraPlan(meta)
+    if backend == "ref":
+        return None
+    raise ValueError(f"unknown LoRA backend {backend!r}: use one of {BACKENDS}")
+
+
+def _torch_plan(meta: LoraMeta, plan) -> TorchLoraPlan:
+    if plan is None:
+        return TorchLoraPlan(meta)
+    if not isinstance(plan, TorchLoraPlan) or plan.meta is not meta:
+        raise ValueError("plan must be the TorchLoraPlan made by plan_step() from this step's LoraMeta")
+    return plan
+
+
+def _triton_offsets(plan, slice_offsets, device: torch.device) -> torch.Tensor | None:
+    if plan is None:
+        return None
+    if not isinstance(plan, TritonLoraPlan):
+        raise ValueError("plan must be the TritonLoraPlan made by plan_step(backend='triton')")
+    return plan.offsets(slice_offsets, device)
 
 
 def _check(x, a, b=None, meta=None):
@@ -109,14 +158,17 @@ def expand_ref(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.
     return y
 
 
-def lora_shrink(x: torch.Tensor, a: torch.Tensor, meta: LoraMeta, *, backend: str = "torch") -> torch.Tensor:
-    """h[n, t, :] = x[t] @ a[slot(t), n].T in fp32; zero where slot(t) = -1. Returns [N, T, R]."""
+def lora_shrink(x: torch.Tensor, a: torch.Tensor, meta: LoraMeta, *, backend: str = "torch",
+                plan=None) -> torch.Tensor:
+    """h[n, t, :] = x[t] @ a[slot(t), n].T in fp32; zero where slot(t) = -1. Returns [N, T, R].
+    ``plan``: this step's :func:`plan_step` (None: planned for this call alone)."""
     if backend == "torch":
         _check(x, a, meta=meta)
-        return torch_lora.shrink(x, a, meta)
+        return torch_lora.shrink(x, a, _torch_plan(meta, plan))
     if backend == "ref":
         return shrink_ref(x, a, meta)
     if backend == "triton":
+        # imported here: Triton is optional (absent on CPU-only installs that serve with "torch")
         from atoll.kernels import triton_lora
 
         return triton_lora.shrink(x, a, meta)
@@ -124,29 +176,34 @@ def lora_shrink(x: torch.Tensor, a: torch.Tensor, meta: LoraMeta, *, backend: st
 
 
 def lora_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tensor,
-                meta: LoraMeta, slice_offsets: tuple[int, ...], *, backend: str = "torch") -> torch.Tensor:
-    """In place: y[t, slice n] += scales[slot(t)] * h[n, t] @ b[slot(t), slice n].T. Returns y."""
+                meta: LoraMeta, slice_offsets: tuple[int, ...], *, backend: str = "torch",
+                plan=None) -> torch.Tensor:
+    """In place: y[t, slice n] += scales[slot(t)] * h[n, t] @ b[slot(t), slice n].T. Returns y.
+    ``plan``: this step's :func:`plan_step` (None: planned for this call alone)."""
     if backend == "torch":
         _check_slices(y, h.shape[0], b, slice_offsets)
-        return torch_lora.expand(y, h, b, scales, meta, slice_offsets)
+        return torch_lora.expand(y, h, b, scales, _torch_plan(meta, plan), slice_offsets)
     if backend == "ref":
         return expand_ref(y, h, b, scales, meta, slice_offsets)
     if backend == "triton":
+        # imported here: Triton is optional (absent on CPU-only installs that serve with "torch")
         from atoll.kernels import triton_lora
 
-        return triton_lora.expand(y, h, b, scales, meta, slice_offsets)
+        return triton_lora.expand(y, h, b, scales, meta, slice_offsets,
+                                  offsets=_triton_offsets(plan, slice_offsets, y.device))
     raise ValueError(f"unknown LoRA backend {backend!r}: use one of {BACKENDS}")
 
 
 def lora_apply(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                scales: torch.Tensor, meta: LoraMeta, slice_offsets: tuple[int, ...], *,
-               backend: str = "torch") -> torch.Tensor:
-    """Shrink then expand, in place on ``y``. No-op when no row has an adapter."""
+               backend: str = "torch", plan=None) -> torch.Tensor:
+    """Shrink then expand, in place on ``y``. No-op when no row has an adapter. ``plan``: this
+    step's :func:`plan_step`, made once and passed by every layer (None: planned for this call)."""
     if not meta.any_lora:
         return y
     if backend == "torch":
         _check(x, a, meta=meta)
         _check_slices(y, a.shape[1], b, slice_offsets)
-        return torch_lora.apply(y, x, a, b, scales, meta, slice_offsets)
-    h = lora_shrink(x, a, meta, backend=backend)
-    return lora_expand(y, h, b, scales, meta, slice_offsets, backend=backend)
+        return torch_lora.apply(y, x, a, b, scales, _torch_plan(meta, plan), slice_offsets)
+    h = lora_shrink(x, a, meta, backend=backend, plan=plan)
+    return lora_expand(y, h, b, scales, meta, slice_offsets, backend=backend, plan=plan)

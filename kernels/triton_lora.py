@@ -34,8 +34,10 @@ Caveats. (1) SGMV (``tl.dot``) and BGMV (FMA + ``tl.sum``) reduce in different o
 because the family is chosen from the whole step's layout, a row's h may differ in the last
 bits with its batch-mates; callers that need bitwise batch invariance call one family's
 launchers directly. (2) Grids depend on ``meta.max_seg_len`` and the segment count: a CUDA
-graph captured for one step's metadata must not be replayed with another's. The first call
-per packed layout copies ``slice_offsets`` to the device (cached): make it before capture.
+graph captured for one step's metadata must not be replayed with another's. The expand launchers
+take ``slice_offsets`` already on the device from the step's plan
+(:class:`atoll.kernels.lora.TritonLoraPlan`); without one they copy them per call, which a
+capture must not contain.
 """
 
 from __future__ import annotations
@@ -227,17 +229,11 @@ def _rank_block(r: int, minimum: int) -> int:
     return max(minimum, triton.next_power_of_2(max(r, 1)))
 
 
-_OFFS_CACHE: dict[tuple, torch.Tensor] = {}
-
-
-def _offsets_tensor(slice_offsets, device: torch.device) -> torch.Tensor:
-    """slice_offsets as an int32 device tensor, cached (a packed layout is fixed per model)."""
-    key = (tuple(int(o) for o in slice_offsets), str(device))
-    t = _OFFS_CACHE.get(key)
-    if t is None:
-        t = torch.tensor(key[0], dtype=torch.int32, device=device)
-        _OFFS_CACHE[key] = t
-    return t
+def _offsets_tensor(slice_offsets, device: torch.device, given: torch.Tensor | None) -> torch.Tensor:
+    """slice_offsets as an int32 device tensor: ``given`` (the step plan's copy) or a new one."""
+    if given is not None:
+        return given
+    return torch.tensor([int(o) for o in slice_offsets], dtype=torch.int32, device=device)
 
 
 def _finish_shrink(ws: torch.Tensor) -> torch.Tensor:
@@ -313,12 +309,14 @@ def bgmv_shrink(x: torch.Tensor, a: torch.Tensor, meta, *, split_k: int | None =
 
 
 def sgmv_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, meta,
-                slice_offsets, *, block_m: int | None = None, block_n: int = 64) -> torch.Tensor:
+                slice_offsets, *, block_m: int | None = None, block_n: int = 64,
+                offsets: torch.Tensor | None = None) -> torch.Tensor:
     """SGMV expand, IN PLACE on y [T, H_out]; returns y.
 
     y[t, c] += scales[slot(t)] * h[n(c), t] @ b[slot(t), c].T for rows with slot >= 0, where
     slice n owns columns slice_offsets[n]:slice_offsets[n+1]. h [N, T, R] float32,
     b [S, H_out, R] in y's dtype, scales [S] float32. Column blocks never straddle slices.
+    ``offsets``: slice_offsets already on y's device as int32 (the step plan's; None: copied now).
     """
     problems = check_expand(y, h, b, scales, meta, slice_offsets)
     if block_m is not None and (block_m < 16 or block_m & (block_m - 1)):
@@ -334,7 +332,7 @@ def sgmv_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch
     col_blocks = triton.cdiv(max(widths), block_n)
     grid = (meta.seg_slots.shape[0] * row_blocks, n * col_blocks)
     _sgmv_expand_kernel[grid](
-        h, b, y, scales, _offsets_tensor(slice_offsets, y.device),
+        h, b, y, scales, _offsets_tensor(slice_offsets, y.device, offsets),
         meta.seg_starts, meta.seg_lens, meta.seg_slots,
         r, row_blocks, col_blocks,
         h.stride(0), h.stride(1), b.stride(0), b.stride(1), y.stride(0),
@@ -344,7 +342,7 @@ def sgmv_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch
 
 
 def bgmv_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, meta,
-                slice_offsets, *, block_n: int = 128) -> torch.Tensor:
+                slice_offsets, *, block_n: int = 128, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """BGMV expand: same contract as :func:`sgmv_expand` (IN PLACE on y), one program per
     (row, column block); a block may straddle slices (each column finds its slice)."""
     problems = check_expand(y, h, b, scales, meta, slice_offsets)
@@ -355,7 +353,7 @@ def bgmv_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch
     if not meta.any_lora or t == 0 or r == 0 or h_out == 0:
         return y
     _bgmv_expand_kernel[(t, triton.cdiv(h_out, block_n))](
-        h, b, y, scales, meta.token_slots, _offsets_tensor(slice_offsets, y.device),
+        h, b, y, scales, meta.token_slots, _offsets_tensor(slice_offsets, y.device, offsets),
         h_out, r,
         h.stride(0), h.stride(1), b.stride(0), b.stride(1), y.stride(0),
         N=n, BLOCK_N=block_n, BLOCK_R=_rank_block(r, 1),
@@ -373,8 +371,8 @@ def shrink(x: torch.Tensor, a: torch.Tensor, meta) -> torch.Tensor:
     return bgmv_shrink(x, a, meta) if use_bgmv(meta) else sgmv_shrink(x, a, meta)
 
 
-def expand(y, h, b, scales, meta, slice_offsets) -> torch.Tensor:
+def expand(y, h, b, scales, meta, slice_offsets, *, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Expand with the family :func:`use_bgmv` picks, IN PLACE on y. Returns y."""
     if use_bgmv(meta):
-        return bgmv_expand(y, h, b, scales, meta, slice_offsets)
-    return sgmv_expand(y, h, b, scales, meta, slice_offsets)
+        return bgmv_expand(y, h, b, scales, meta, slice_offsets, offsets=offsets)
+    return sgmv_expand(y, h, b, scales, meta, slice_offsets, offsets=offsets)

@@ -1,4 +1,5 @@
-"""atoll.agent.runtime: a Llama-family decoder serving many LoRA adapters in one batch.
+"""atoll.agent.runtime: a decoder (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Phi-3; Hugging Face
+directories or GGUF files) serving many LoRA adapters in one batch.
 
     from atoll.agent.runtime import Engine, SamplingParams
     engine = Engine(model_dir, device="cpu", dtype="float32", lora_backend="torch")
@@ -10,6 +11,6 @@
 from .adapters import AdapterInfo
 from .engine import Engine
 from .request import Delta, GenerationOutput, RequestHandle
-from .sampling import SamplingParams
+from .sampling import SamplingParams, TokenLogprob
 
-__all__ = ["Engine", "SamplingParams", "GenerationOutput", "RequestHandle", "Delta", "AdapterInfo"]
+__all__ = ["Engine", "SamplingParams", "GenerationOutput", "RequestHandle", "Delta", "AdapterInfo", "TokenLogprob"]

@@ -26,7 +26,8 @@ import torch
 from atoll.core.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 
 from .config import ModelConfig
-from .lora import PACKED, AdapterWeights, load_adapter, module_dims
+from .lora import AdapterWeights, load_adapter
+from .modules import module_dims, packed_modules
 from .metrics import EngineMetrics
 from .model import SlotWeights
 
@@ -72,7 +73,7 @@ class AdapterStore:
         self.layers: list[SlotWeights] = []
         for _ in range(cfg.num_layers):
             a, b = {}, {}
-            for proj, mods in PACKED.items():
+            for proj, mods in packed_modules(cfg).items():
                 fin = dims[mods[0]][0]
                 fout = sum(dims[m][1] for m in mods)
                 a[proj] = torch.zeros(num_slots, len(mods), max_rank, fin, dtype=dtype, device=device)
@@ -301,7 +302,7 @@ class AdapterStore:
         dims = module_dims(self.cfg)
         for n, layer in enumerate(self.layers):
             mods = w.layers[n]
-            for proj, names in PACKED.items():
+            for proj, names in packed_modules(self.cfg).items():
                 a, b = layer.a[proj][slot], layer.b[proj][slot]
                 a.zero_()
                 b.zero_()

@@ -1,12 +1,15 @@
 """The offline and streaming engine: one base model, many adapters, continuous batching.
 
-Threading: any thread may ``submit``/``cancel``; they only touch an inbox under a lock. Model
-steps run on one thread at a time (``_step_lock``): the background loop after ``start()``, or
-the caller of ``generate()`` when no loop runs. Adapter loads run on the store's own thread.
+The engine is the public surface: it checks inputs, builds requests and hands them to its parts.
+Threading: any thread may ``submit``/``cancel``; they only touch the :class:`~.inbox.Inbox`.
+Model steps run on one thread at a time in the :class:`~.stepper.StepRunner`: the background
+loop after ``start()``, or the caller of ``generate()`` when no loop runs. Adapter loads run on
+the store's own thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -15,18 +18,20 @@ from pathlib import Path
 
 import torch
 
-from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 from .adapters import AdapterInfo, AdapterStore
-from .config import ModelConfig
+from .chat import no_template_error
+from .inbox import Inbox
 from .kv_cache import PagedKVCache
 from .metrics import EngineMetrics
 from .model import LlamaModel
-from .request import Delta, GenerationOutput, Request, RequestHandle
+from .request import GenerationOutput, Request, RequestHandle
 from .sampling import SamplingParams, make_generator
 from .scheduler import Scheduler
-from .tokenizer import IncrementalDecoder, Tokenizer
-from .weights import load_weights
+from .source import open_model
+from .stepper import StepRunner
+from .tokenizer import IncrementalDecoder
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -84,18 +89,20 @@ class Engine:
             raise InvalidArgument(f"device {device!r} is not a torch device", hint="e.g. cpu or cuda:0") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise FailedPrecondition(f"device {device!r} asked but CUDA is not available", hint="use device='cpu'")
-        self.cfg = ModelConfig.from_dir(self.model_dir)
+        self.source = open_model(self.model_dir)
+        self.model_dir = self.source.path
+        self.cfg = self.source.cfg
         if dtype == "auto":
             dtype = "float32" if self.device.type != "cuda" else self.cfg.torch_dtype
             if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
                 dtype = "float16"
         self.dtype = _resolve_dtype(dtype, self.device)
         self.lora_backend = _resolve_backend(lora_backend, self.device)
-        self.weights = load_weights(self.model_dir, self.cfg, dtype=self.dtype, device=self.device,
-                                    packed=packed_weights)
+        self.weights = self.source.weights(dtype=self.dtype, device=self.device, packed=packed_weights)
         self.model = LlamaModel(self.cfg, self.weights, dtype=self.dtype, device=self.device,
                                 lora_backend=self.lora_backend)
-        self.tokenizer = Tokenizer(self.model_dir) if (self.model_dir / "tokenizer.json").is_file() else None
+        self.tokenizer = self.source.tokenizer
+        self.chat_template = self.source.chat_template
         self.metrics = EngineMetrics()
         self.max_model_len = self.cfg.max_position_embeddings
         if kv_cache_tokens is None:
@@ -109,15 +116,13 @@ class Engine:
         self.scheduler = Scheduler(self.kv, self.store, max_num_batched_tokens=max_num_batched_tokens,
                                    max_num_seqs=max_num_seqs, device=self.device)
         self.max_waiting = max_waiting
+        self.inbox = Inbox(max_waiting)
+        self.runner = StepRunner(model=self.model, kv=self.kv, store=self.store, scheduler=self.scheduler,
+                                 metrics=self.metrics, inbox=self.inbox, cfg=self.cfg,
+                                 max_model_len=self.max_model_len)
         self._ids = itertools.count()
-        self._inbox: list[Request] = []
-        self._cancels: set[str] = set()
-        self._live: dict[str, Request] = {}
-        self._cv = threading.Condition()
-        self._step_lock = threading.RLock()
+        self._thread_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._refusing = False        # shutdown(): submit answers UNAVAILABLE
 
     # ---- adapters --------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | Path, pin: bool = False) -> AdapterInfo:
@@ -154,42 +159,85 @@ class Engine:
                request_id: str | None = None, *, stream_text: bool = True) -> RequestHandle:
         """Queue one request; thread-safe. ``prompt`` is text or token ids. Raises before queueing on
         bad input (InvalidArgument), unknown adapter (NotFound) or a request that can never fit
-        (ResourceExhausted)."""
+        (ResourceExhausted). ``sampling.n`` must be 1 here (see :meth:`submit_choices`)."""
+        params = (sampling or SamplingParams()).validate(self.cfg.vocab_size)
+        if params.n != 1:
+            raise InvalidArgument(f"submit() runs one choice, not n={params.n}", hint="use submit_choices()")
+        ids = self.encode_prompt(prompt)
+        return self._submit_ids(ids, adapter, params, request_id or f"req-{next(self._ids)}", stream_text)
+
+    def submit_choices(self, prompt, adapter: str | None = None, sampling: SamplingParams | None = None,
+                       request_id: str | None = None, *, stream_text: bool = True) -> list[RequestHandle]:
+        """Queue ``sampling.n`` independent choices for one prompt (OpenAI's ``n``); thread-safe.
+        Choice i has request id ``{request_id}.{i}`` and, when ``seed`` is set, seed ``seed + i``
+        (choice 0 draws exactly what one request with that seed draws). All are queued or none."""
         params = (sampling or SamplingParams()).validate(self.cfg.vocab_size)
         ids = self.encode_prompt(prompt)
+        rid = request_id or f"req-{next(self._ids)}"
+        handles: list[RequestHandle] = []
+        try:
+            for i in range(params.n):
+                seed = None if params.seed is None else (int(params.seed) + i) % (2 ** 64)
+                one = dataclasses.replace(params, n=1, seed=seed)
+                handles.append(self._submit_ids(ids, adapter, one, f"{rid}.{i}", stream_text))
+        except Exception:
+            for h in handles:
+                self.cancel(h.request_id)
+            raise
+        return handles
+
+    def _submit_ids(self, ids: list[int], adapter: str | None, params: SamplingParams, rid: str,
+                    stream_text: bool) -> RequestHandle:
         adapter = adapter or None
         if adapter is not None and not self.store.has(adapter):
             raise NotFound(f"adapter {adapter!r} is not loaded", hint="load it first (add_adapter / LoadAdapter)")
+        if params.max_tokens is None:          # up to the context, or what the KV cache can ever hold
+            room = min(self.max_model_len, self.kv.capacity_tokens) - len(ids)
+            params = dataclasses.replace(params, max_tokens=max(1, room))
         total = len(ids) + params.max_tokens
         if total > self.max_model_len:
             raise InvalidArgument(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                                   f"model's context of {self.max_model_len} tokens")
         self.kv.check_fits_ever(total)
-        rid = request_id or f"req-{next(self._ids)}"
         handle = RequestHandle(rid, len(ids), adapter, self.cancel)
         dec = IncrementalDecoder(self.tokenizer if (stream_text or params.stop) else None, params.stop)
         req = Request(rid, ids, adapter, params, handle, dec, make_generator(params.seed, self.device))
-        with self._cv:
-            if self._refusing:
-                raise Unavailable("this engine is shutting down (its replica is being replaced or removed)",
-                                  hint="retry on another replica")
-            if rid in self._live:
-                raise InvalidArgument(f"request id {rid!r} is already in use")
-            if len(self.scheduler.waiting) + len(self._inbox) >= self.max_waiting:
-                self.metrics.requests_rejected += 1
-                raise ResourceExhausted(f"{self.max_waiting} requests already waiting", hint="retry later")
-            self._live[rid] = req
-            self._inbox.append(req)
-            self._cv.notify_all()
+        self.inbox.put(req, len(self.scheduler.waiting), self._count_rejected)
         return handle
 
+    # ---- chat --------------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True,
+                            tokenize: bool = False, **kwargs):
+        """The model's own chat template applied to ``messages`` (see :mod:`.chat`): the prompt
+        text, or its token ids with ``tokenize`` (special tokens as the template wrote them,
+        none added). Replies end at the template's end-of-turn token, which is among the engine's
+        stop tokens. FailedPrecondition when the model has no template."""
+        if self.chat_template is None:
+            raise no_template_error(self.source.name)
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        if not tokenize:
+            return text
+        if self.tokenizer is None:
+            raise FailedPrecondition("the model has no tokenizer to encode the chat prompt", hint="pass token ids")
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Tokens that end every request (unless ``ignore_eos``): EOS ids of the model's config and
+        generation config, and the chat template's end-of-turn tokens."""
+        return self.cfg.eos_token_ids
+
+    def token_text(self, token_id: int) -> str:
+        """One token decoded on its own (special tokens included), e.g. for logprob reports."""
+        if self.tokenizer is None:
+            raise FailedPrecondition("the model has no tokenizer", hint="report token ids")
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def _count_rejected(self) -> None:
+        self.metrics.requests_rejected += 1
+
     def cancel(self, request_id: str) -> bool:
-        with self._cv:
-            if request_id not in self._live:
-                return False
-            self._cancels.add(request_id)
-            self._cv.notify_all()
-        return True
+        return self.inbox.cancel(request_id)
 
     def generate(self, prompts, adapters=None, sampling=None) -> list[GenerationOutput]:
         """Blocking batch generation. ``sampling``: one SamplingParams for all, or one per prompt."""
@@ -221,9 +269,10 @@ class Engine:
 
     # ---- the loop --------------------------------------------------------------------------
     def start(self) -> "Engine":
-        with self._cv:
+        with self._thread_lock:
             if self._thread is None:
-                self._stopping = self._refusing = False
+                self.inbox.set_stopping(False)
+                self.inbox.set_refusing(False)
                 self._thread = threading.Thread(target=self._loop, name="atoll-engine", daemon=True)
                 self._thread.start()
         return self
@@ -234,15 +283,15 @@ class Engine:
         and a router retries elsewhere); nothing is left waiting forever. Without a loop (offline
         use: ``generate()`` steps itself) queued work is left alone. Returns how many requests
         were failed."""
-        with self._cv:
-            t, self._stopping = self._thread, True
-            self._cv.notify_all()
+        with self._thread_lock:
+            t = self._thread
+            self.inbox.set_stopping(True)
         failed = 0
         if t is not None:
             t.join()
-            failed = self._fail_outstanding(Unavailable("the engine stopped before this request finished",
-                                                        hint="retry on another replica"))
-        with self._cv:
+            failed = self.runner.fail_outstanding(Unavailable("the engine stopped before this request finished",
+                                                              hint="retry on another replica"))
+        with self._thread_lock:
             self._thread = None
         return failed
 
@@ -250,88 +299,58 @@ class Engine:
         """Stop serving: refuse new requests (UNAVAILABLE), let queued and running ones finish
         for up to ``drain_timeout`` seconds, then :meth:`stop` (which fails whatever is left).
         Returns how many requests were failed. ``start()`` serves again."""
-        with self._cv:
-            self._refusing = True
+        self.inbox.set_refusing(True)
         deadline = time.monotonic() + max(0.0, drain_timeout)
-        while self._thread is not None and self._has_work() and time.monotonic() < deadline:
+        while self._thread is not None and self.runner.has_work() and time.monotonic() < deadline:
             time.sleep(0.01)
         return self.stop()
-
-    def _fail_outstanding(self, exc: Exception) -> int:
-        with self._step_lock:
-            with self._cv:
-                inbox, self._inbox = self._inbox, []
-                self._cancels = set()
-            for r in inbox:
-                self._finish(r, "error", error=exc)
-            return len(inbox) + self._fail_all(exc)
 
     def close(self) -> None:
         self.stop()
         self.store.close()
 
-    def _has_work(self) -> bool:
-        return bool(self._inbox or self._cancels or self.scheduler.running or self.scheduler.waiting)
-
     def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not self._stopping and not self._has_work():
-                    self._cv.wait(0.5)
-                if self._stopping:
-                    return
+        while self.inbox.wait_for_work(self.runner.has_work):
             try:
-                if not self.step():
+                if not self.runner.step():
                     self.store.wait_change(0.005)
             except Exception as exc:   # never kill the loop; fail the running requests instead
                 self.metrics.log(f"engine step failed: {exc!r}")
-                self._fail_all(exc)
-
-    def _fail_all(self, exc: Exception) -> int:
-        with self._step_lock:
-            reqs = list(self.scheduler.running) + list(self.scheduler.waiting)
-            for r in reqs:
-                self._finish(r, "error", error=exc)
-            self.scheduler.waiting.clear()
-            return len(reqs)
+                self.runner.fail_scheduled(exc)
 
     def step(self) -> int:
         """One scheduling + model step. Returns the number of tokens computed (0: nothing ran)."""
-        from .engine_step import run_step
-
-        with self._step_lock:
-            return run_step(self)
-
-    def _finish(self, r: Request, reason: str, *, error: BaseException | None = None, new: list[int] = (),
-                text: str = "") -> None:
-        self.scheduler.release(r)
-        with self._cv:
-            self._live.pop(r.request_id, None)
-        now = time.perf_counter()
-        if r.first_token_at is not None and len(r.output_ids) > 1:
-            self.metrics.observe_tpot((now - r.first_token_at) / (len(r.output_ids) - 1))
-        self.metrics.requests_finished += 1
-        r.handle._push(Delta(list(new), text, True, reason, len(r.prompt_ids), len(r.output_ids), error))
+        return self.runner.step()
 
     # ---- prompt scoring --------------------------------------------------------------------
+    def _score(self, prompts, adapters):
+        ids = [self.encode_prompt(p) for p in prompts]
+        adapters = list(adapters) if adapters is not None else [None] * len(ids)
+        if len(adapters) != len(ids):
+            raise InvalidArgument(f"{len(ids)} prompts but {len(adapters)} adapters")
+        if not ids:
+            return ids, None, None
+        logits, hidden = self.runner.score(ids, adapters)
+        return ids, logits, hidden
+
     def prompt_logits(self, prompts, adapters=None) -> list[torch.Tensor]:
         """Next-token logits at every prompt position: one fp32 [len, vocab] tensor per prompt."""
-        from .engine_step import run_prompts
-
-        return run_prompts(self, prompts, adapters, want="logits")
+        ids, logits, _ = self._score(prompts, adapters)
+        return list(torch.split(logits, [len(p) for p in ids])) if ids else []
 
     def embed(self, token_id_lists, adapter: str | None = None) -> torch.Tensor:
         """Mean-pooled final hidden states (after the last RMSNorm): fp32 [B, hidden]."""
-        from .engine_step import run_prompts
-
         lists = list(token_id_lists)
-        return run_prompts(self, lists, [adapter] * len(lists), want="embed")
+        ids, _, hidden = self._score(lists, [adapter] * len(lists))
+        if not ids:
+            return torch.zeros(0, self.cfg.hidden_size)
+        return torch.stack([h.float().mean(0) for h in torch.split(hidden, [len(p) for p in ids])])
 
     def stats(self) -> dict:
         m = self.metrics
         return {"tokens_per_s": m.tokens_per_second(), "generated_tokens": m.generated_tokens,
                 "running": len(self.scheduler.running),
-                "waiting": len(self.scheduler.waiting) + len(self._inbox),
+                "waiting": len(self.scheduler.waiting) + self.inbox.queued(),
                 "kv_cache_usage": self.kv.usage(), "kv_cache_blocks": self.kv.num_blocks,
                 "kv_cache_free_blocks": self.kv.num_free, "kv_block_size": self.kv.block_size,
                 "adapter_hits": m.adapter_hits, "adapter_misses": m.adapter_misses,

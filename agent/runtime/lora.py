@@ -24,26 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from atoll.core.errors import SpecError
 
 from .config import ModelConfig
+from .modules import attention_modules, module_dims, modules
 
-ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
-MODULES = ATTN_MODULES + MLP_MODULES
-# packed projection -> its slices, in row order of the packed base weight
-PACKED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
-          "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
 _KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\."
                   r"lora_(A|B)(?:\.[\w-]+)?\.weight$")
-
-
-def module_dims(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each LoRA-able projection."""
-    h, q, kv, i = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size
-    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
 
 @dataclass
@@ -76,6 +65,30 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
                  dtype: torch.dtype = torch.float32) -> AdapterWeights:
     """Read and validate a PEFT LoRA directory; raise one SpecError listing every problem."""
     root = Path(path)
+    acfg, w_path = _read_config(root)
+    problems = _config_problems(acfg)
+    rank, alpha, rslora = _rank_alpha(acfg, root)
+    targets = acfg.get("target_modules")
+    problems += _target_problems(targets, cfg)
+    tensors = _read_tensors(w_path, problems)
+    layers = _group_by_layer(tensors, cfg, problems)
+    base_scale = alpha / (math.sqrt(rank) if rslora else rank) if rank > 0 else 0.0
+    out_layers, seen = _check_and_scale(layers, cfg, acfg, max_rank, rank, alpha, rslora, base_scale, dtype,
+                                        problems)
+    if tensors and not seen and not problems:
+        problems.append("the file holds no LoRA weights for any projection")
+    if isinstance(targets, (list, tuple)):
+        for t in targets:
+            if t in modules(cfg) and t not in seen:
+                problems.append(f"target module {t!r} is listed but has no tensors in adapter_model.safetensors")
+    if problems:
+        raise SpecError("cannot serve this adapter: " + "; ".join(problems), source=str(root))
+    return AdapterWeights(name=name, path=str(root), rank=rank, alpha=alpha, scale=base_scale, use_rslora=rslora,
+                          target_modules=tuple(m for m in modules(cfg) if m in seen), layers=out_layers)
+
+
+def _read_config(root: Path) -> tuple[dict, Path]:
+    """adapter_config.json parsed, and the weights file's path; SpecError when either is missing."""
     cfg_path, w_path = root / "adapter_config.json", root / "adapter_model.safetensors"
     if not root.is_dir():
         raise SpecError("adapter directory not found", source=str(root),
@@ -88,10 +101,13 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
                 if (root / "adapter_model.bin").is_file() else "save the adapter with PeftModel.save_pretrained")
         raise SpecError("adapter_model.safetensors is missing", source=str(root), hint=hint)
     try:
-        acfg = json.loads(cfg_path.read_text())
+        return json.loads(cfg_path.read_text()), w_path
     except (OSError, ValueError) as exc:
         raise SpecError(f"cannot parse JSON: {exc}", source=str(cfg_path)) from None
 
+
+def _config_problems(acfg: dict) -> list[str]:
+    """PEFT features the runtime cannot serve faithfully."""
     problems: list[str] = []
     peft_type = str(acfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
@@ -106,61 +122,80 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
     if acfg.get("lora_bias"):
         problems.append("lora_bias=true: LoRA bias terms are not served (retrain with lora_bias=False)")
     if acfg.get("fan_in_fan_out"):
-        problems.append("fan_in_fan_out=true is not served for Llama linear layers")
+        problems.append("fan_in_fan_out=true is not served (the base's projections are nn.Linear)")
     if acfg.get("layer_replication"):
         problems.append("layer_replication is not served")
     if acfg.get("target_parameters"):
         problems.append("target_parameters (LoRA on raw parameters) is not served")
+    return problems
+
+
+def _rank_alpha(acfg: dict, root: Path) -> tuple[int, float, bool]:
     try:
         rank = int(acfg["r"])
         alpha = float(acfg.get("lora_alpha", rank))
     except (KeyError, TypeError, ValueError):
-        raise SpecError("field 'r' (LoRA rank) is missing or not an integer", source=str(cfg_path)) from None
-    rslora = bool(acfg.get("use_rslora", False))
-    rank_pat, alpha_pat = acfg.get("rank_pattern") or {}, acfg.get("alpha_pattern") or {}
+        raise SpecError("field 'r' (LoRA rank) is missing or not an integer",
+                        source=str(root / "adapter_config.json")) from None
+    return rank, alpha, bool(acfg.get("use_rslora", False))
 
-    targets = acfg.get("target_modules")
-    dims = module_dims(cfg)
+
+def _target_problems(targets, cfg: ModelConfig) -> list[str]:
+    """target_modules (a list of names or a regex) must name projections the base has."""
+    mods = modules(cfg)
     if isinstance(targets, str):
-        matched = [m for m in MODULES if any(re.fullmatch(targets, f"model.layers.{n}.{grp}.{m}")
-                                             for n in range(cfg.num_layers) for grp in ("self_attn", "mlp"))]
+        matched = [m for m in mods if any(re.fullmatch(targets, f"model.layers.{n}.{grp}.{m}")
+                                          for n in range(cfg.num_layers) for grp in ("self_attn", "mlp"))]
         if not matched:
-            problems.append(f"target_modules regex {targets!r} matches no projection of the base model "
-                            f"(LoRA-able modules: {', '.join(MODULES)})")
-    elif isinstance(targets, (list, tuple)) and targets:
-        for t in targets:
-            if t not in MODULES:
-                problems.append(f"target module {t!r} matches no served projection of the base model "
-                                f"(LoRA-able modules: {', '.join(MODULES)})")
-    else:
-        problems.append("target_modules is missing or empty")
+            return [f"target_modules regex {targets!r} matches no projection of the base model "
+                    f"(LoRA-able modules of model type {cfg.model_type!r}: {', '.join(mods)})"]
+        return []
+    if isinstance(targets, (list, tuple)) and targets:
+        return [f"target module {t!r} matches no served projection of the base model "
+                f"(LoRA-able modules of model type {cfg.model_type!r}: {', '.join(mods)})"
+                for t in targets if t not in mods]
+    return ["target_modules is missing or empty"]
 
+
+def _read_tensors(w_path: Path, problems: list[str]) -> dict[str, torch.Tensor]:
     try:
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(w_path))
-    except Exception as exc:
+        return load_file(str(w_path))
+    except Exception as exc:     # safetensors raises its own error types
         problems.append(f"cannot read adapter_model.safetensors: {exc}")
-        tensors = {}
+        return {}
 
+
+def _group_by_layer(tensors: dict[str, torch.Tensor], cfg: ModelConfig,
+                    problems: list[str]) -> list[dict[str, dict[str, torch.Tensor]]]:
+    """``layers[n][module]["A" | "B"]`` from the file's tensor names."""
     layers: list[dict[str, dict[str, torch.Tensor]]] = [dict() for _ in range(cfg.num_layers)]
+    mods, attn = modules(cfg), attention_modules(cfg)
     for key, t in tensors.items():
         m = _KEY.match(key)
         if not m:
-            problems.append(f"tensor {key!r} is not a LoRA A/B weight of a Llama projection")
+            problems.append(f"tensor {key!r} is not a LoRA A/B weight of a decoder projection")
             continue
         n, grp, mod, ab = int(m.group(1)), m.group(2), m.group(3), m.group(4)
-        if mod not in MODULES or (grp == "self_attn") != (mod in ATTN_MODULES):
-            problems.append(f"tensor {key!r}: module {grp}.{mod} does not exist in a Llama layer")
+        if mod not in mods or (grp == "self_attn") != (mod in attn):
+            problems.append(f"tensor {key!r}: module {grp}.{mod} does not exist in a {cfg.model_type} layer")
             continue
         if n >= cfg.num_layers:
             problems.append(f"tensor {key!r}: layer {n} does not exist (the base has {cfg.num_layers} layers)")
             continue
         layers[n].setdefault(mod, {})[ab] = t
+    return layers
 
+
+def _check_and_scale(layers, cfg: ModelConfig, acfg: dict, max_rank: int, rank: int, alpha: float,
+                     rslora: bool, base_scale: float, dtype: torch.dtype, problems: list[str]):
+    """Each module's A and B checked against the base's shapes and the ranks in the config; B
+    multiplied by the module's scale over the adapter's (rank_pattern / alpha_pattern), so one
+    scale per slot serves every module. Returns (layers of (A, B), modules seen)."""
+    dims = module_dims(cfg)
+    attn = attention_modules(cfg)
+    rank_pat, alpha_pat = acfg.get("rank_pattern") or {}, acfg.get("alpha_pattern") or {}
     out_layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
-    seen_modules: set[str] = set()
-    base_scale = alpha / (math.sqrt(rank) if rslora else rank) if rank > 0 else 0.0
+    seen: set[str] = set()
     for n, mods in enumerate(layers):
         packed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for mod, ab in sorted(mods.items()):
@@ -179,7 +214,7 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
                 problems.append(f"{where}: rank {r} exceeds the configured maximum {max_rank} "
                                 "(raise max_lora_rank or retrain with a smaller r)")
                 continue
-            grp = "self_attn" if mod in ATTN_MODULES else "mlp"
+            grp = "self_attn" if mod in attn else "mlp"
             mpath = f"model.layers.{n}.{grp}.{mod}"
             want_r = int(_pattern_value(rank_pat, mpath, rank))
             if r != want_r:
@@ -190,15 +225,6 @@ def load_adapter(name: str, path: str | Path, cfg: ModelConfig, *, max_rank: int
             ratio = m_scale / base_scale if base_scale else 0.0
             b = b.float() * ratio if ratio != 1.0 else b
             packed[mod] = (a.to(dtype).contiguous(), b.to(dtype).contiguous())
-            seen_modules.add(mod)
+            seen.add(mod)
         out_layers.append(packed)
-    if tensors and not seen_modules and not problems:
-        problems.append("the file holds no LoRA weights for any projection")
-    if isinstance(targets, (list, tuple)):
-        for t in targets:
-            if t in MODULES and t not in seen_modules:
-                problems.append(f"target module {t!r} is listed but has no tensors in adapter_model.safetensors")
-    if problems:
-        raise SpecError("cannot serve this adapter: " + "; ".join(problems), source=str(root))
-    return AdapterWeights(name=name, path=str(root), rank=rank, alpha=alpha, scale=base_scale, use_rslora=rslora,
-                          target_modules=tuple(m for m in MODULES if m in seen_modules), layers=out_layers)
+    return out_layers, seen

@@ -17,7 +17,7 @@ import torch
 
 from atoll.core.errors import DeadlineExceeded
 
-from .sampling import SamplingParams
+from .sampling import SamplingParams, TokenLogprob
 from .tokenizer import IncrementalDecoder
 
 
@@ -30,6 +30,7 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: BaseException | None = None
+    logprobs: list[TokenLogprob] | None = None   # one per token in token_ids, when asked
 
 
 @dataclass
@@ -42,6 +43,7 @@ class GenerationOutput:
     completion_tokens: int
     adapter: str | None = None
     time_to_first_token_s: float | None = None
+    logprobs: list[TokenLogprob] | None = None   # one per generated token, when asked
 
 
 class RequestHandle:
@@ -57,6 +59,7 @@ class RequestHandle:
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
         self.ttft: float | None = None
+        self.logprobs: list[TokenLogprob] | None = None
 
     @property
     def finished(self) -> bool:
@@ -66,6 +69,8 @@ class RequestHandle:
         with self._cv:
             self.token_ids.extend(d.token_ids)
             self.text += d.text
+            if d.logprobs is not None:
+                self.logprobs = (self.logprobs or []) + d.logprobs
             if d.finished:
                 self.finish_reason, self.error = d.finish_reason, d.error
             self._events.append(d)
@@ -120,7 +125,8 @@ class RequestHandle:
         if self.error is not None:
             raise self.error
         return GenerationOutput(self.request_id, list(self.token_ids), self.text, self.finish_reason,
-                                self.prompt_tokens, len(self.token_ids), self.adapter, self.ttft)
+                                self.prompt_tokens, len(self.token_ids), self.adapter, self.ttft,
+                                list(self.logprobs) if self.logprobs is not None else None)
 
 
 @dataclass(eq=False)          # identity semantics: requests live in lists and are removed by identity

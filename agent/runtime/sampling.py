@@ -4,6 +4,10 @@ Per row: ``temperature == 0`` is greedy (argmax). Otherwise logits/temperature, 
 the k largest), then top-p (keep the smallest prefix of the sorted distribution whose mass
 reaches p), then one draw. A row with ``seed`` draws from its own generator, so its tokens do not
 depend on its batch-mates.
+
+Log-probabilities (``logprobs`` / ``top_logprobs``) are those of the model's own next-token
+distribution, ``log_softmax(logits)``, before temperature, top-k and top-p: what the model thought
+of the token it produced, and of the ``top_logprobs`` likeliest alternatives.
 """
 
 from __future__ import annotations
@@ -15,9 +19,23 @@ import torch
 from atoll.core.errors import InvalidArgument
 
 
+MAX_TOP_LOGPROBS = 20
+MAX_CHOICES = 128
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability, and the likeliest alternatives (id, logprob),
+    most likely first."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
 @dataclass
 class SamplingParams:
-    max_tokens: int = 16
+    max_tokens: int | None = 16    # None: up to the model's context length
     temperature: float = 0.0
     top_k: int = 0                 # 0: off
     top_p: float = 1.0             # 1 (or 0): off
@@ -25,13 +43,20 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False       # True: keep going past the model's EOS token(s)
+    n: int = 1                     # independent choices per prompt (Engine.submit_choices)
+    logprobs: bool = False         # report each generated token's log-probability
+    top_logprobs: int = 0          # ... and this many likeliest alternatives (0-20; implies logprobs)
 
     def validate(self, vocab_size: int | None = None) -> "SamplingParams":
         def bad(what: str) -> InvalidArgument:
             return InvalidArgument(f"sampling: {what}")
 
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise bad(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            raise bad(f"max_tokens must be an integer >= 1 (or None: up to the context), got {self.max_tokens!r}")
+        if not isinstance(self.n, int) or not 1 <= self.n <= MAX_CHOICES:
+            raise bad(f"n must be an integer in [1, {MAX_CHOICES}], got {self.n!r}")
+        if not isinstance(self.top_logprobs, int) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise bad(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
         if not (self.temperature >= 0.0) or self.temperature > 100:
             raise bad(f"temperature must be in [0, 100], got {self.temperature!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
@@ -51,6 +76,10 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs or self.top_logprobs > 0
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -80,4 +109,20 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
             row = torch.full_like(row, float("-inf")).scatter(0, idx, sorted_l)
         probs = torch.softmax(row, dim=-1)
         out[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
+    return out
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], tops: list[int]) -> list[TokenLogprob]:
+    """Each row's chosen token's log-probability under ``log_softmax(logits)`` [M, V] (fp32), and
+    its ``tops[i]`` likeliest tokens."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = lp.gather(1, torch.tensor(tokens, device=lp.device).view(-1, 1)).view(-1).tolist()
+    k = max(tops, default=0)
+    if k:
+        vals, idx = torch.topk(lp, k, dim=-1)
+        vals, idx = vals.tolist(), idx.tolist()
+    out = []
+    for i, (tok, v) in enumerate(zip(tokens, chosen)):
+        top = list(zip(idx[i][:tops[i]], vals[i][:tops[i]])) if k and tops[i] else []
+        out.append(TokenLogprob(tok, v, top))
     return out

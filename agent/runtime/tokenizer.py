@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokenizers import Tokenizer as _Tok
+
 from atoll.core.errors import SpecError
 
 
 class Tokenizer:
-    def __init__(self, model_dir: str | Path):
-        from tokenizers import Tokenizer as _Tok
+    """A ``tokenizers`` tokenizer: from a model directory's ``tokenizer.json``, or built elsewhere
+    (a GGUF file's metadata) and wrapped with :meth:`wrap`."""
 
+    def __init__(self, model_dir: str | Path):
         path = Path(model_dir) / "tokenizer.json"
         if not path.is_file():
             raise SpecError("tokenizer.json not found", source=str(model_dir),
@@ -19,6 +22,12 @@ class Tokenizer:
             self._tok = _Tok.from_file(str(path))
         except Exception as exc:
             raise SpecError(f"cannot load tokenizer: {exc}", source=str(path)) from None
+
+    @classmethod
+    def wrap(cls, tok: _Tok) -> "Tokenizer":
+        self = cls.__new__(cls)
+        self._tok = tok
+        return self
 
     @property
     def vocab_size(self) -> int:
@@ -32,6 +41,9 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._tok.id_to_token(int(token_id))
 
 
 class IncrementalDecoder:

@@ -1,12 +1,18 @@
-"""Base-model weights from Hugging Face safetensors shards, packed for the runtime.
+"""Base-model weights (Hugging Face tensor names, from safetensors shards or a GGUF file), packed
+for the runtime.
 
 Layout per layer (weights stored ``[out, in]`` as in ``nn.Linear``):
 
-- ``qkv``: [q_size + 2·kv_size, hidden]  (q, k, v rows, in that order)
+- ``qkv``: [q_size + 2·kv_size, hidden]  (q, k, v rows, in that order; phi3 stores it fused)
 - ``o``: [hidden, q_size]
-- ``gate_up``: [2·intermediate, hidden]  (gate rows, then up rows)
+- ``gate_up``: [2·intermediate, hidden]  (gate rows, then up rows; phi3 stores it fused)
 - ``down``: [hidden, intermediate]
-- ``ln1``, ``ln2``: [hidden] RMSNorm weights (input_layernorm, post_attention_layernorm)
+- ``ln1``: [hidden] the norm before attention (input_layernorm); ``ln2``: the norm before the MLP
+  (post_attention_layernorm, or gemma2's pre_feedforward_layernorm)
+- optional: ``qkv_bias`` [q_size + 2·kv_size] and ``o_bias`` [hidden]; ``q_norm`` / ``k_norm``
+  [head_dim] (qwen3); ``attn_out_norm`` / ``mlp_out_norm`` [hidden] (gemma2's
+  post_attention_layernorm and post_feedforward_layernorm). gemma2 norms are stored as the fp32
+  factor ``1 + w`` they multiply by.
 
 On the CPU in fp32 the projections (and an untied lm_head) are stored **packed for oneDNN**
 (``torch.ops.mkldnn._reorder_linear_weight``, the blocked layout PyTorch's own compiler uses
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from atoll.core.errors import InvalidArgument, SpecError
 
@@ -46,11 +53,11 @@ def pack(w: torch.Tensor, batch_hint: int = 32) -> torch.Tensor:
     return _REORDER(w.contiguous(), batch_hint)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w.T for a plain [out, in] weight or one packed by :func:`pack`."""
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ w.T (+ bias) for a plain [out, in] weight or one packed by :func:`pack`."""
     if w.is_mkldnn:
-        return _LINEAR_PACKED(x, w, None, "none", [], "")
-    return F.linear(x, w)
+        return _LINEAR_PACKED(x, w, bias, "none", [], "")
+    return F.linear(x, w, bias)
 
 
 @dataclass
@@ -61,6 +68,17 @@ class LayerWeights:
     down: torch.Tensor
     ln1: torch.Tensor
     ln2: torch.Tensor
+    qkv_bias: torch.Tensor | None = None
+    o_bias: torch.Tensor | None = None
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+    attn_out_norm: torch.Tensor | None = None
+    mlp_out_norm: torch.Tensor | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.qkv, self.o, self.gate_up, self.down, self.ln1, self.ln2, self.qkv_bias,
+                            self.o_bias, self.q_norm, self.k_norm, self.attn_out_norm, self.mlp_out_norm)
+                if t is not None]
 
 
 @dataclass
@@ -74,7 +92,7 @@ class ModelWeights:
         seen, total = set(), 0
         tensors = [self.embed, self.norm, self.lm_head]
         for lw in self.layers:
-            tensors += [lw.qkv, lw.o, lw.gate_up, lw.down, lw.ln1, lw.ln2]
+            tensors += lw.tensors()
         for t in tensors:
             key = id(t) if t.is_mkldnn else t.data_ptr()     # packed weights have no storage
             if key not in seen:
@@ -100,19 +118,8 @@ def _shard_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def load_weights(model_dir: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
-                 device: torch.device, packed: bool | None = None) -> ModelWeights:
-    """Read every shard, check each tensor's shape against ``cfg``, pack and move to ``device``.
-
-    ``packed``: store the projections in oneDNN's layout (None: wherever
-    :func:`packing_available`; True where it is not raises)."""
-    if packed is None:
-        packed = packing_available(device, dtype)
-    elif packed and not packing_available(device, dtype):
-        raise InvalidArgument(f"packed weights need fp32 on a CPU with oneDNN, not {dtype} on {device}",
-                              hint="leave packed unset to choose automatically")
-    from safetensors import safe_open
-
+def read_safetensors(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face checkpoint directory, by name."""
     model_dir = Path(model_dir)
     raw: dict[str, torch.Tensor] = {}
     for f in _shard_files(model_dir):
@@ -122,21 +129,36 @@ def load_weights(model_dir: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
                     raw[k] = fh.get_tensor(k)
         except Exception as exc:  # safetensors raises its own error types
             raise SpecError(f"cannot read safetensors file: {exc}", source=str(f)) from None
+    return raw
 
-    h, q, kv, i = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size
 
-    def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        t = raw.get(name)
-        if t is None:
-            raise SpecError(f"tensor {name!r} is missing", source=str(model_dir),
-                            hint="the checkpoint does not match config.json")
-        if tuple(t.shape) != shape:
-            raise SpecError(f"tensor {name!r} has shape {tuple(t.shape)}, config.json implies {shape}",
-                            source=str(model_dir))
-        return t.to(dtype=dtype)
+def load_weights(model_dir: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
+                 device: torch.device, packed: bool | None = None) -> ModelWeights:
+    """Read every shard of a checkpoint directory, then :func:`build_weights`."""
+    return build_weights(read_safetensors(model_dir), cfg, dtype=dtype, device=device, packed=packed,
+                         source=str(model_dir))
+
+
+def build_weights(raw: dict[str, torch.Tensor], cfg: ModelConfig, *, dtype: torch.dtype,
+                  device: torch.device, packed: bool | None = None, source: str = "checkpoint") -> ModelWeights:
+    """Check each tensor (Hugging Face names) against ``cfg``, pack and move to ``device``.
+
+    ``packed``: store the projections in oneDNN's layout (None: wherever
+    :func:`packing_available`; True where it is not raises)."""
+    if packed is None:
+        packed = packing_available(device, dtype)
+    elif packed and not packing_available(device, dtype):
+        raise InvalidArgument(f"packed weights need fp32 on a CPU with oneDNN, not {dtype} on {device}",
+                              hint="leave packed unset to choose automatically")
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    take = _Taker(raw, dtype, source)
 
     def dev(t: torch.Tensor) -> torch.Tensor:
         return t.to(device).contiguous()
+
+    def norm(name: str, size: int) -> torch.Tensor:
+        w = take(name, (size,))
+        return dev((1.0 + w.float()) if cfg.gemma_norms else w)
 
     def proj(t: torch.Tensor, wide: bool = False) -> torch.Tensor:
         """A projection [out, in]: packed for oneDNN when ``packed``. Otherwise, on the CPU, a
@@ -153,16 +175,60 @@ def load_weights(model_dir: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
     layers = []
     for n in range(cfg.num_layers):
         p = f"model.layers.{n}."
-        qkv = torch.cat([take(p + "self_attn.q_proj.weight", (q, h)), take(p + "self_attn.k_proj.weight", (kv, h)),
-                         take(p + "self_attn.v_proj.weight", (kv, h))])
-        gate_up = torch.cat([take(p + "mlp.gate_proj.weight", (i, h)), take(p + "mlp.up_proj.weight", (i, h))])
-        layers.append(LayerWeights(
-            qkv=proj(qkv, wide=True), o=proj(take(p + "self_attn.o_proj.weight", (h, q))),
+        qkv, gate_up = _qkv(take, p, cfg), _gate_up(take, p, cfg)
+        lw = LayerWeights(
+            qkv=proj(qkv, wide=True), o=proj(take(p + "self_attn.o_proj.weight", (h, cfg.q_size))),
             gate_up=proj(gate_up, wide=True), down=proj(take(p + "mlp.down_proj.weight", (h, i))),
-            ln1=dev(take(p + "input_layernorm.weight", (h,))), ln2=dev(take(p + "post_attention_layernorm.weight", (h,)))))
+            ln1=norm(p + "input_layernorm.weight", h),
+            ln2=norm(p + ("pre_feedforward_layernorm" if cfg.gemma_norms else "post_attention_layernorm")
+                     + ".weight", h))
+        if cfg.qkv_bias:
+            lw.qkv_bias = dev(torch.cat([take(p + f"self_attn.{m}_proj.bias", (size,)) for m, size in
+                                         (("q", cfg.q_size), ("k", cfg.kv_size), ("v", cfg.kv_size))]))
+        if cfg.o_bias:
+            lw.o_bias = dev(take(p + "self_attn.o_proj.bias", (h,)))
+        if cfg.qk_norm:
+            lw.q_norm = norm(p + "self_attn.q_norm.weight", cfg.head_dim)
+            lw.k_norm = norm(p + "self_attn.k_norm.weight", cfg.head_dim)
+        if cfg.gemma_norms:
+            lw.attn_out_norm = norm(p + "post_attention_layernorm.weight", h)
+            lw.mlp_out_norm = norm(p + "post_feedforward_layernorm.weight", h)
+        layers.append(lw)
     embed = dev(take("model.embed_tokens.weight", (cfg.vocab_size, h)))
     if cfg.tie_word_embeddings or "lm_head.weight" not in raw:
         lm_head = embed
     else:
         lm_head = proj(take("lm_head.weight", (cfg.vocab_size, h)), wide=True)
-    return ModelWeights(embed=embed, layers=layers, norm=dev(take("model.norm.weight", (h,))), lm_head=lm_head)
+    return ModelWeights(embed=embed, layers=layers, norm=norm("model.norm.weight", h), lm_head=lm_head)
+
+
+class _Taker:
+    """Named tensors checked for presence and shape, cast to the serving dtype."""
+
+    def __init__(self, raw: dict[str, torch.Tensor], dtype: torch.dtype, source: str):
+        self.raw, self.dtype, self.source = raw, dtype, source
+
+    def __call__(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        t = self.raw.get(name)
+        if t is None:
+            raise SpecError(f"tensor {name!r} is missing", source=self.source,
+                            hint="the checkpoint does not match config.json")
+        if tuple(t.shape) != shape:
+            raise SpecError(f"tensor {name!r} has shape {tuple(t.shape)}, config.json implies {shape}",
+                            source=self.source)
+        return t.to(dtype=self.dtype)
+
+
+def _qkv(take: _Taker, p: str, cfg: ModelConfig) -> torch.Tensor:
+    h, q, kv = cfg.hidden_size, cfg.q_size, cfg.kv_size
+    if cfg.fused_projections:
+        return take(p + "self_attn.qkv_proj.weight", (q + 2 * kv, h))
+    return torch.cat([take(p + "self_attn.q_proj.weight", (q, h)), take(p + "self_attn.k_proj.weight", (kv, h)),
+                      take(p + "self_attn.v_proj.weight", (kv, h))])
+
+
+def _gate_up(take: _Taker, p: str, cfg: ModelConfig) -> torch.Tensor:
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    if cfg.fused_projections:
+        return take(p + "mlp.gate_up_proj.weight", (2 * i, h))
+    return torch.cat([take(p + "mlp.gate_proj.weight", (i, h)), take(p + "mlp.up_proj.weight", (i, h))])

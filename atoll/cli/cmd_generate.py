@@ -1,6 +1,6 @@
 """``atoll generate``: run the batched-LoRA runtime locally on one prompt.
 
-    atoll generate --model DIR [--adapter NAME=DIR]... --prompt TEXT [--use-adapter NAME]
+    atoll generate --model DIR|FILE.gguf [--adapter NAME=DIR]... --prompt TEXT [--chat] [--use-adapter NAME]
                    [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
                    [--stop STR]... [--device cpu] [--dtype float32] [--lora-backend auto]
 
@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+
+from atoll.core.errors import SpecError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate text locally with a base model and LoRA adapters",
                               description="Run the batched-LoRA runtime on one prompt, streaming tokens.")
-    p.add_argument("--model", required=True, help="local Hugging Face Llama directory")
+    p.add_argument("--model", required=True,
+                   help="local Hugging Face model directory, or a .gguf file (or a directory holding one)")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                    help="load a PEFT adapter under NAME (repeatable)")
     p.add_argument("--prompt", required=True, help="prompt text")
+    p.add_argument("--chat", action="store_true",
+                   help="send the prompt as a user message through the model's chat template")
     p.add_argument("--use-adapter", default=None, metavar="NAME", help="adapter to generate with (default: none)")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
@@ -36,8 +42,6 @@ def register(subparsers) -> None:
 
 
 def _parse_adapters(items: list[str]) -> dict[str, str]:
-    from atoll.core.errors import SpecError
-
     out: dict[str, str] = {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -50,10 +54,6 @@ def _parse_adapters(items: list[str]) -> dict[str, str]:
 
 
 def run(ns: argparse.Namespace) -> int:
-    import time
-
-    from atoll.core.errors import SpecError
-
     adapters = _parse_adapters(ns.adapter)
     if ns.use_adapter and ns.use_adapter not in adapters:
         raise SpecError(f"adapter {ns.use_adapter!r} is not among --adapter names {sorted(adapters) or '(none)'}",
@@ -61,6 +61,7 @@ def run(ns: argparse.Namespace) -> int:
     if ns.max_tokens < 1:
         raise SpecError("must be >= 1", source="flag --max-tokens")
 
+    # imported here so that `atoll --help` does not load torch (atoll.cli.main's rule)
     from atoll.agent.runtime import Engine, SamplingParams
 
     engine = Engine(ns.model, device=ns.device, dtype=ns.dtype, lora_backend=ns.lora_backend,
@@ -72,7 +73,9 @@ def run(ns: argparse.Namespace) -> int:
                                 top_p=ns.top_p, seed=ns.seed, stop=list(ns.stop), ignore_eos=ns.ignore_eos)
         engine.start()
         t0 = time.perf_counter()
-        handle = engine.submit(ns.prompt, ns.use_adapter, params)
+        prompt = (engine.apply_chat_template([{"role": "user", "content": ns.prompt}], tokenize=True)
+                  if ns.chat else ns.prompt)
+        handle = engine.submit(prompt, ns.use_adapter, params)
         for d in handle:
             if d.text:
                 sys.stdout.write(d.text)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from atoll.kernels.lora import lora_apply, lora_expand, lora_shrink
-from atoll.kernels import torch_lora, triton_lora
+from atoll.kernels import triton_lora
 from atoll.kernels.checks import LoraArgumentError
 from atoll.kernels.lora import LoraMeta, expand_ref, shrink_ref
+from atoll.kernels.torch_lora import DEFAULT_POLICY, HAS_GROUPED_MM, TorchLoraPlan, TorchLoraPolicy
 from lora_cases import POPULARITIES, assert_close, is_close, make_case
 
 
@@ -60,14 +61,14 @@ def test_fast_torch_matches_reference(popularity, phase, layout, dtype):
     ("distinct", "decode", "gather"), ("uniform", "decode", "groups"),
     ("distinct", "prefill", "runs"), ("identical", "prefill", "single"),
 ])
-def test_fast_torch_paths_all_taken(popularity, phase, plan, monkeypatch):
+def test_fast_torch_paths_all_taken(popularity, phase, plan):
     """Each batching plan of the torch backend is taken and agrees with the reference; the
-    gather chunking is exercised by shrinking GATHER_BYTES."""
-    monkeypatch.setattr(torch_lora, "GATHER_BYTES", 4096)
-    monkeypatch.setattr(torch_lora, "SORTED", False)
+    gather chunking is exercised by shrinking gather_bytes."""
+    policy = TorchLoraPolicy(sorted=False, gather_bytes=4096)
     c = make_case(popularity, phase, n_req=23, seed=5)
-    assert torch_lora._plan(c.meta, 1024)[0] == plan
-    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch")
+    step = TorchLoraPlan(c.meta, policy)
+    assert step.rows(1024)[0] == plan
+    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch", plan=step)
     y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
     assert_close(y, y_ref, torch.float32)
 
@@ -75,51 +76,51 @@ def test_fast_torch_paths_all_taken(popularity, phase, plan, monkeypatch):
 @pytest.mark.parametrize("mode", ["padded", "grouped", "per_slot"])
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
 @pytest.mark.parametrize("popularity", POPULARITIES)
-def test_sorted_paths_match_reference(popularity, phase, mode, monkeypatch):
+def test_sorted_paths_match_reference(popularity, phase, mode):
     """fp32 on the CPU with two or more slots in the batch: the sorted plan is taken, in each of
     its three forms (padded bmm, grouped GEMM, a matmul per slot), and agrees with the
     segment-loop reference; rows without an adapter are untouched."""
-    if mode == "grouped" and not torch_lora.GROUPED:
+    if mode == "grouped" and not HAS_GROUPED_MM:
         pytest.skip("this torch has no torch._grouped_mm")
-    monkeypatch.setattr(torch_lora, "PADDED_MAX_WASTE", 1e9 if mode == "padded" else 0.0)
-    monkeypatch.setattr(torch_lora, "GROUPED", mode == "grouped")
+    policy = TorchLoraPolicy(padded_max_waste=1e9 if mode == "padded" else 0.0, grouped=mode == "grouped")
     h_in = 128 if mode == "grouped" else 129      # the grouped GEMM needs 16-byte strides
     c = make_case(popularity, phase, layout="qkv_aligned", h_in=h_in, n_req=13, seed=11)
     n_slots = len({int(s) for s in c.slots if s >= 0})
-    plan = torch_lora._plan(c.meta, 1, torch_lora.sorted_available(c.x, c.a))
+    step = TorchLoraPlan(c.meta, policy)
+    plan = step.rows(1, policy.sorted_for(c.x, c.a))
     assert plan[0] == ("sorted" if n_slots >= 2 else "single")
-    h = lora_shrink(c.x, c.a, c.meta, backend="torch")
+    h = lora_shrink(c.x, c.a, c.meta, backend="torch", plan=step)
     h_ref = shrink_ref(c.x, c.a, c.meta)
     assert_close(h, h_ref, torch.float32)
-    y = lora_expand(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets, backend="torch")
+    y = lora_expand(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets, backend="torch", plan=step)
     y_ref = expand_ref(c.y0.clone(), h_ref, c.b, c.scales, c.meta, c.offsets)
     assert_close(y, y_ref, torch.float32)
     bare = c.slots < 0
     assert torch.equal(y[bare], c.y0[bare])
     if n_slots >= 2:
-        aligned = torch_lora.grouped_available(c.x, c.a, h_in, 3 * 8)
+        aligned = policy.grouped_for(c.x, c.a, h_in, 3 * 8)
         assert aligned == (mode == "grouped")
-        assert torch_lora._layout(plan, c.a.shape[0], aligned)[0] == ("padded" if mode == "padded" else "grouped")
+        assert step.layout(plan, c.a.shape[0], aligned)[0] == ("padded" if mode == "padded" else "grouped")
 
 
 @pytest.mark.parametrize("runs", [False, True])
 @pytest.mark.parametrize("layout", ["single", "gate_up", "qkv"])
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
 @pytest.mark.parametrize("popularity", POPULARITIES)
-def test_fused_apply_matches_reference(popularity, phase, layout, runs, monkeypatch):
+def test_fused_apply_matches_reference(popularity, phase, layout, runs):
     """lora_apply on the torch backend (fp32, CPU, two or more slots) either runs a GEMM pair
     per run of rows (when each slot's rows form one run, long enough: ``runs``) or keeps padded
     rows padded between shrink and expand: same result as the reference, bare rows untouched,
     whether every row has an adapter (one gather-add) or not (indexed add)."""
-    monkeypatch.setattr(torch_lora, "PADDED_MAX_WASTE", 1e9)
-    monkeypatch.setattr(torch_lora, "RUN_MIN_ROWS", 1 if runs else 10**9)
+    policy = TorchLoraPolicy(padded_max_waste=1e9, run_min_rows=1 if runs else 10**9)
     c = make_case(popularity, phase, layout=layout, n_req=13, seed=17)
-    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch")
+    step = TorchLoraPlan(c.meta, policy)
+    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch", plan=step)
     y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
     assert_close(y, y_ref, torch.float32)
     bare = c.slots < 0
     assert torch.equal(y[bare], c.y0[bare])
-    plan = torch_lora._plan(c.meta, 1, True)
+    plan = step.rows(1, True)
     n_slots = len({int(s) for s in c.slots if s >= 0})
     seg_slots = [int(s) for s in c.meta.seg_slots if s >= 0]
     took_runs = plan[0] == "sorted" and plan[3]["long_runs"] is not None
@@ -135,26 +136,29 @@ def test_padded_layout_only_when_rows_fill_the_slots():
     """Distinct decode rows (one per slot) take the padded bmm; a few adapters over many rows
     (most slots empty or one slot holding many rows) take the grouped path."""
     c = make_case("distinct", "decode", layout="qkv_aligned", h_in=128, n_req=13)
-    plan = torch_lora._plan(c.meta, 1, True)
-    assert torch_lora._layout(plan, c.a.shape[0], True)[0] == "padded"          # 15 slots, 13 rows
+    step = TorchLoraPlan(c.meta)
+    plan = step.rows(1, True)
+    assert step.layout(plan, c.a.shape[0], True)[0] == "padded"          # 15 slots, 13 rows
     c = make_case("skewed", "decode", layout="qkv_aligned", h_in=128, n_req=13)
-    plan = torch_lora._plan(c.meta, 1, True)
-    assert torch_lora._layout(plan, c.a.shape[0], True)[0] == "grouped"         # one slot holds 12 rows
+    step = TorchLoraPlan(c.meta)
+    plan = step.rows(1, True)
+    assert step.layout(plan, c.a.shape[0], True)[0] == "grouped"         # one slot holds 12 rows
 
 
 def test_sorted_family_is_for_fp32_on_the_cpu():
     c = make_case("distinct", "decode", layout="qkv_aligned", h_in=128)
-    assert torch_lora.sorted_available(c.x, c.a)
-    assert not torch_lora.sorted_available(c.x.half(), c.a.half())
-    assert torch_lora.grouped_available(c.x, c.a, 128, 48) == torch_lora.GROUPED
-    assert not torch_lora.grouped_available(c.x, c.a, 129)                       # odd stride
+    assert DEFAULT_POLICY.sorted_for(c.x, c.a)
+    assert not DEFAULT_POLICY.sorted_for(c.x.half(), c.a.half())
+    assert DEFAULT_POLICY.grouped_for(c.x, c.a, 128, 48) == HAS_GROUPED_MM
+    assert not DEFAULT_POLICY.grouped_for(c.x, c.a, 129)                       # odd stride
 
 
 def test_plan_is_reused_per_step_and_refreshed_on_refill():
     c = make_case("uniform", "decode", n_req=12, seed=2)
-    assert torch_lora._plan(c.meta, 64) is torch_lora._plan(c.meta, 64)
+    step = TorchLoraPlan(c.meta)
+    assert step.rows(64) is step.rows(64)
     y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
-    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch")
+    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch", plan=step)
     assert_close(y, y_ref, torch.float32)
     # refill the same meta's buffers in place with another step's slots (same segment count)
     other = LoraMeta.build(torch.roll(c.slots, 3))
@@ -162,13 +166,54 @@ def test_plan_is_reused_per_step_and_refreshed_on_refill():
     for name in ("token_slots", "seg_starts", "seg_lens", "seg_slots"):
         getattr(c.meta, name).copy_(getattr(other, name))
     y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, other, c.offsets, backend="ref")
-    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch")
+    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch", plan=step)
     assert_close(y, y_ref, torch.float32)
+
+
+@pytest.mark.parametrize("popularity,phase,policy,taken", [
+    ("identical", "decode", TorchLoraPolicy(), {"apply.run"}),
+    ("distinct", "decode", TorchLoraPolicy(), {"apply.padded"}),
+    ("distinct", "prefill", TorchLoraPolicy(run_min_rows=1), {"apply.run"}),
+    ("skewed", "decode", TorchLoraPolicy(grouped=False), {"sorted.per_slot"}),
+    ("distinct", "decode", TorchLoraPolicy(sorted=False), {"gather"}),
+    ("uniform", "decode", TorchLoraPolicy(sorted=False), {"groups"}),
+])
+def test_plan_reports_the_path_that_ran(popularity, phase, policy, taken):
+    """The plan a step passes to every layer names the paths that served it; a policy passed in
+    (not a module switch) chooses among them."""
+    c = make_case(popularity, phase, n_req=13, seed=9)
+    step = TorchLoraPlan(c.meta, policy)
+    y = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch", plan=step)
+    assert step.taken == taken
+    y_ref = lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="ref")
+    assert_close(y, y_ref, torch.float32)
+
+
+def test_plan_of_another_step_is_refused():
+    c = make_case("uniform", "decode", n_req=5)
+    other = TorchLoraPlan(LoraMeta.build(c.slots.clone()))
+    with pytest.raises(ValueError, match="this step's LoraMeta"):
+        lora_apply(c.y0.clone(), c.x, c.a, c.b, c.scales, c.meta, c.offsets, backend="torch", plan=other)
+
+
+def test_step_plans_per_backend():
+    from atoll.kernels.lora import TritonLoraPlan, plan_step
+
+    c = make_case()
+    assert isinstance(plan_step(c.meta, backend="torch"), TorchLoraPlan)
+    assert plan_step(c.meta, backend="ref") is None
+    tp = plan_step(c.meta, backend="triton")
+    assert isinstance(tp, TritonLoraPlan)
+    offs = tp.offsets(c.offsets, c.x.device)
+    assert offs.dtype == torch.int32 and offs.tolist() == list(c.offsets)
+    assert tp.offsets(c.offsets, c.x.device) is offs                 # copied once per step
+    with pytest.raises(ValueError, match="unknown LoRA backend"):
+        plan_step(c.meta, backend="cuda")
 
 
 def test_large_adapters_skip_gather():
     c = make_case("distinct", "decode", n_req=23)
-    assert torch_lora._plan(c.meta, torch_lora.GATHER_MAX_ROW_BYTES + 1)[0] == "runs"
+    assert TorchLoraPlan(c.meta).rows(DEFAULT_POLICY.gather_max_row_bytes + 1)[0] == "runs"
 
 
 def test_wrong_slot_mapping_is_detected():

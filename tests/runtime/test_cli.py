@@ -22,3 +22,14 @@ def test_generate_cli(atoll_bin, tiny_dir, tmp_path):
     r = subprocess.run(atoll_bin + ["generate", "--model", str(tiny_dir), "--adapter", f"b={bad}", "--prompt", "x"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "modules_to_save" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_generate_cli_chat_on_gguf(atoll_bin):
+    """The real SmolLM2 GGUF file, the prompt through its chat template: a real answer."""
+    from .smollm2 import smollm2_gguf
+
+    r = subprocess.run(atoll_bin + ["generate", "--model", str(smollm2_gguf()), "--chat", "--prompt",
+                                    "What is the capital of France?", "--max-tokens", "24"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout and "finish: stop" in r.stderr

@@ -82,10 +82,10 @@ def test_worker_service_end_to_end(worker_engine, tiny_dir, tmp_path):
                 assert first.token_ids
                 call.cancel()
                 for _ in range(200):
-                    if "c1" not in worker_engine._live:
+                    if "c1" not in worker_engine.inbox:
                         break
                     await asyncio.sleep(0.01)
-                assert "c1" not in worker_engine._live
+                assert "c1" not in worker_engine.inbox
 
                 emb = await stub.Embed(worker_pb2.EmbedRequest(text="hello world"))
                 assert len(emb.embedding) == worker_engine.cfg.hidden_size and emb.tokens > 0
