@@ -152,13 +152,6 @@ class WorkflowSpec(Spec):
     autoscaling: Optional[AutoscalingSpec] = Field(default=None, description="follow the measured load "
                                                    "(see atoll.specs.autoscaling); unset: a static plan")
 
-    def dump(self) -> dict:
-        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
-
-    def to_yaml(self) -> str:
-        import yaml
-        return yaml.safe_dump(self.dump(), sort_keys=False)
-
     # ---------------------------------------------------------------- semantic checks
     def check(self, source: str | None = None, catalog: Catalog | None = None) -> None:
         """Raise SpecError (file, field path, fix) for what pydantic cannot see."""
