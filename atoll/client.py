@@ -102,7 +102,8 @@ def inline_spec(wf: WorkflowSpec, catalog: Catalog | None, base: Path) -> Workfl
 
 def _read_spec(spec) -> tuple[str, str]:
     """A workflow file's YAML with its catalog inlined, or ``spec`` itself when it is YAML text."""
-    if isinstance(spec, (str, os.PathLike)) and "\n" not in str(spec) and Path(spec).suffix in (".yaml", ".yml", ".json"):
+    is_path = isinstance(spec, (str, os.PathLike)) and "\n" not in str(spec)
+    if is_path and Path(spec).suffix in (".yaml", ".yml", ".json"):
         wf, catalog = load_workflow(spec)
         return inline_spec(wf, catalog, Path(spec).resolve().parent).to_yaml(), str(spec)
     return str(spec), "workflow"

@@ -45,7 +45,8 @@ def desired_by_node(assignments: Iterable[Assignment], applied: Mapping[str, int
 
 
 def to_send(desired: Mapping[str, AssignmentSet], applied: Mapping[str, int], sessions: Mapping[str, object],
-            sent: Mapping[str, Sent], now: float, resend_after: float = RESEND_AFTER) -> list[tuple[str, AssignmentSet]]:
+            sent: Mapping[str, Sent], now: float,
+            resend_after: float = RESEND_AFTER) -> list[tuple[str, AssignmentSet]]:
     """The (node id, set) pairs to send now: to connected nodes whose applied generation differs,
     unless the same set went to the same session less than ``resend_after`` seconds ago."""
     out = []

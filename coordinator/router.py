@@ -19,7 +19,6 @@ consumes it — the same flows the planner priced.
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -107,10 +106,8 @@ class Router:
     through ``workers`` (one :class:`~atoll.wire.worker.WorkerClient`, shared with the profiler;
     one is made with ``credentials`` when none is given)."""
 
-    def __init__(self, metrics=None, rng: random.Random | None = None, credentials=None,
-                 workers: WorkerClient | None = None):
+    def __init__(self, metrics=None, credentials=None, workers: WorkerClient | None = None):
         self.metrics = metrics
-        self.rng = rng or random.Random()
         self.wrr = SmoothWRR()
         self.workers = workers if workers is not None else WorkerClient(credentials)
 

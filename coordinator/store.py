@@ -217,10 +217,6 @@ class SqliteStore:
             self._db.close()
 
 
-def now() -> float:
-    return time.time()
-
-
 def open_store(settings) -> Store:
     """The store the settings ask for: PostgreSQL when ``database_url`` is set (highly
     available deployments, see ``store_pg.py``), else SQLite at ``STATE_DIR/atoll.db``."""

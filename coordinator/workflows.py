@@ -118,7 +118,8 @@ class WorkflowManager:
     def submit(self, spec_yaml: str, filename: str, dry_run: bool = False, tenant: str = "") -> WorkflowRecord:
         spec = self.parse(spec_yaml, filename, tenant)
         if not dry_run and spec.name in self.records:
-            raise AlreadyExists(f"workflow name {spec.name!r} is taken", hint="pick another name, or delete yours first")
+            raise AlreadyExists(f"workflow name {spec.name!r} is taken",
+                                hint="pick another name, or delete yours first")
         serving = serving_of(spec)
         p = place(spec.name, spec, serving, self.fleet(spec.name))
         now = time.time()
