@@ -71,7 +71,8 @@ class Sample:
     in_flight: float               # requests in flight in the workflow now
     queue_delay_s: float           # mean queueing delay at the replicas (agents' reports)
     ready_replicas: int            # ready replicas of the busiest stage
-    last_request_at: float         # monotonic time of the last request (or -inf)
+    last_request_at: float         # monotonic time of the last request, or when the workflow became
+                                   # ready to serve if that came later (idle time counts from there)
 
 
 @dataclass
@@ -175,6 +176,7 @@ class Autoscaler:
         self._state: dict[str, State] = {}
         self._cold: dict[str, tuple[float, set[str]]] = {}   # workflow -> (decided at, new replica ids)
         self.cold_starts: list[dict] = []
+        self.ready_since: dict[str, float] = {}              # workflow -> when it last became ready
 
     # -- load, as the router sees it ------------------------------------------------------
     def request_started(self, name: str) -> None:
@@ -194,10 +196,6 @@ class Autoscaler:
             q.popleft()
         return len(q) / WINDOW_S
 
-    def forget(self, name: str) -> None:
-        for d in (self.arrivals, self.in_flight, self.last_request, self._state, self._cold):
-            d.pop(name, None)
-
     # -- one pass over every workflow with a policy -----------------------------------------
     def sample(self, rec: WorkflowRecord, views: Sequence[dict], nodes: Mapping[str, NodeRecord],
                now: float) -> Sample:
@@ -210,10 +208,12 @@ class Autoscaler:
             # agent reports one queue per node; a node shared by workflows over-counts.)
             depths = [nodes[n].status.get("queue_depth", 0) for n in used if n in nodes]
             qd = sum(depths) / max(self.arrival_rate(rec.name, now), 1e-3)
+        # Idle time counts from the last request, or from when the workflow became ready to serve
+        # if that came later: a workflow still deploying (and not asked for anything) is not idle.
+        seen = [t for t in (self.last_request.get(rec.name), self.ready_since.get(rec.name)) if t is not None]
         return Sample(now=now, arrivals_per_s=self.arrival_rate(rec.name, now),
                       in_flight=float(self.in_flight.get(rec.name, 0)), queue_delay_s=qd, ready_replicas=ready,
-                      last_request_at=self.last_request.get(
-                          rec.name, rec.created and now - (self._wall() - rec.created)))
+                      last_request_at=max(seen) if seen else now)
 
     def run(self, wm: Workflows, nodes: Mapping[str, NodeRecord], now: float) -> list[tuple[str, str]]:
         """Decide for every workflow that has a policy, and carry the decisions out. Returns the
@@ -278,8 +278,17 @@ class Autoscaler:
                                scale_before_zero=before), f"scaled to zero: {reason}")
         log.info("scaled to zero", extra=kv(workflow=rec.name, why=reason))
 
-    # -- cold starts ------------------------------------------------------------------------
-    def track_cold_starts(self, rec: WorkflowRecord, views: Sequence[dict]) -> None:
+    # -- what the status pass sees -----------------------------------------------------------
+    def observe(self, rec: WorkflowRecord, views: Sequence[dict], state: str) -> None:
+        """The workflow's replica views and state, every reconcile pass: when it became ready to
+        serve (READY, and DEGRADED after it), and the cold starts of replicas a scale-up added."""
+        if state in ("READY", "DEGRADED"):
+            self.ready_since.setdefault(rec.name, self._clock())
+        else:
+            self.ready_since.pop(rec.name, None)
+        self._track_cold_starts(rec, views)
+
+    def _track_cold_starts(self, rec: WorkflowRecord, views: Sequence[dict]) -> None:
         """Record each replica added by a scale-up when its view first says ready."""
         pending = self._cold.get(rec.name)
         if not pending:

@@ -11,12 +11,12 @@ from atoll.coordinator import auth, convert
 from atoll.coordinator.profiler import profile_variant
 from atoll.coordinator.registry import Registry
 from atoll.coordinator.router import parse_input
-from atoll.coordinator.routing import with_sink
 from atoll.core.errors import AtollError, DeadlineExceeded, InvalidArgument
 from atoll.core.logs import kv
 from atoll.core.rpc import handle_errors
 from atoll.proto.v1 import control_pb2_grpc
 from atoll.specs.node import TIERS
+from atoll.specs.routing import with_sink
 
 MAX_TOKENS_LIMIT = 8192         # the OpenAI door's bound too
 

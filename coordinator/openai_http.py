@@ -7,10 +7,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from atoll.coordinator.routing import Route, with_sink
-from atoll.coordinator.stages import Stage
 from atoll.core.errors import InvalidArgument, NotFound, Unavailable
 from atoll.core.openai_http import BaseDoor
+from atoll.specs.routing import Route, Stage, with_sink
 
 
 class OpenAIDoor(BaseDoor):

@@ -25,9 +25,8 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from atoll.coordinator.routing import Endpoint, Route
-from atoll.coordinator.stages import Stage
 from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from atoll.specs.routing import Endpoint, Route, Stage
 from atoll.wire.worker import WorkerClient
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,

@@ -1,12 +1,9 @@
-"""The routing table: for every deployed workflow, what the router needs to run a request. Pure.
+"""The routing table, built: every deployed workflow's :class:`~atoll.specs.routing.Route`
+from its serving view, plan, assignments and replica views. Pure.
 
-A :class:`Route` names a workflow's stages in order, the ready replicas of each stage as
-:class:`Endpoint` values (Worker address, location, routing weight, adapter), where requests
-enter, which stage answers, and the plan's location-level flows per edge. A
-:class:`RoutingTable` holds the routes of every workflow. Both are immutable values that refer
-to nothing inside the coordinator: the coordinator builds a table once per plan generation or
-change of replica state (:func:`build_table`) and hands it to the router, and the same value
-can be sent to agents.
+The coordinator builds a table once per plan generation or change of replica state
+(``WorkflowManager.routing_table``) and the router reads it; the table is an immutable value
+(``atoll.specs.routing``) that refers to nothing inside the coordinator.
 
 A replica is an endpoint when it reports ready on a READY node that advertises a Worker
 address.
@@ -14,66 +11,13 @@ address.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 from atoll.coordinator.records import Assignment
-from atoll.coordinator.stages import Stage, WorkflowServing
-from atoll.core.errors import InvalidArgument
+from atoll.coordinator.stages import WorkflowServing
 from atoll.planner.plan import Plan
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    replica_id: str
-    task: str
-    variant: str
-    node_id: str
-    node_name: str
-    region: str
-    address: str
-    weight: float
-    adapter: str
-    location: str = ""             # "region/tier", as the plan names locations
-    base_model: str = ""
-
-
-Flow = tuple[str, str, float]      # (from location, to location, rate)
-
-
-@dataclass(frozen=True)
-class Route:
-    """What the router needs of one deployed workflow."""
-
-    workflow: str
-    stages: Sequence[Stage]        # topological order
-    endpoints: Mapping[str, Sequence[Endpoint]]
-    source_region: str
-    sink: str
-    source_location: str = ""
-    # (from task or source, to task) -> [(from location, to location, rate)] from the plan
-    flows: Mapping[tuple[str, str], Sequence[Flow]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RoutingTable:
-    routes: Mapping[str, Route] = field(default_factory=dict)
-
-    def get(self, workflow: str) -> Route | None:
-        return self.routes.get(workflow)
-
-
-def with_sink(route: Route, **changes) -> Route:
-    """The route with fields of its sink stage replaced for one request (``max_tokens``,
-    ``temperature``); the route itself is left untouched."""
-    sink = next(s for s in route.stages if s.task == route.sink)
-    if sink.kind != "llm":
-        raise InvalidArgument(f"{', '.join(sorted(changes))} given, but workflow {route.workflow!r} ends in "
-                              f"an {sink.kind} stage, which generates no tokens")
-    return dataclasses.replace(route, stages=tuple(dataclasses.replace(s, **changes) if s.task == route.sink else s
-                                                   for s in route.stages))
+from atoll.specs.routing import Endpoint, Flow, Route, RoutingTable
 
 
 def build_route(workflow: str, serving: WorkflowServing, plan: Plan | None, assignments: Sequence[Assignment],

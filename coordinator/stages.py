@@ -1,7 +1,7 @@
 """What a workflow spec says about serving it: :func:`serving_of`. Pure.
 
 - its stages in topological order, each with its prompt template and sampling settings (what
-  the router runs, see :mod:`atoll.coordinator.routing`);
+  the router runs, see :mod:`atoll.specs.routing`);
 - each (task, variant)'s base model and adapter sources and kind (what placement puts on a
   node, see :mod:`atoll.coordinator.placement`);
 - where requests enter (the first source's region and location) and the stage whose output is
@@ -13,18 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from atoll.specs.routing import Stage
 from atoll.specs.workflow import WorkflowSpec
-
-
-@dataclass(frozen=True)
-class Stage:
-    task: str
-    kind: str                      # llm | embedding
-    prompt: str                    # template; "{input}" is replaced by the stage's input text
-    parents: tuple[str, ...]       # tasks (or sources) feeding it
-    max_tokens: int = 32
-    temperature: float = 0.0
-    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,12 @@ from atoll.coordinator.deploy import Deployer
 from atoll.coordinator.fleet import FleetSnapshot, measured_profiles, snapshot
 from atoll.coordinator.placement import Placement, place
 from atoll.coordinator.records import Autoscale, WorkflowRecord
-from atoll.coordinator.routing import Route, RoutingTable, build_route, build_table
+from atoll.coordinator.routing import build_route, build_table
 from atoll.coordinator.stages import WorkflowServing, serving_of
 from atoll.coordinator.status import profiles_view, replica_views, workflow_state
 from atoll.core.errors import AlreadyExists, AtollError, FailedPrecondition, InvalidArgument, NotFound
 from atoll.core.logs import kv
+from atoll.specs.routing import Route, RoutingTable
 from atoll.specs.workflow import WorkflowSpec
 
 log = logging.getLogger("atoll.coordinator")
@@ -201,8 +202,8 @@ class WorkflowManager:
             if rec.state == "IDLE" and not rec.assignments:
                 continue
             views = self.replica_views(rec)
-            self.autoscaler.track_cold_starts(rec, views)
             state, msg = workflow_state(rec, views)
+            self.autoscaler.observe(rec, views, state)
             if (state, msg) != (rec.state, rec.message):
                 if state != rec.state:
                     log.info("workflow state", extra=kv(workflow=rec.name, old=rec.state, new=state, why=msg))
