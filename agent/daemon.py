@@ -20,17 +20,20 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import grpc
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 from atoll.agent.fetch import cached_names, resolve_source
 from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
+from atoll.agent.openai_local import LocalEngineDoor
 from atoll.agent.probe import probe
-from atoll.agent.replicas import ReplicaManager, items_from_pb
+from atoll.agent.replicas import ReplicaManager
 from atoll.agent.serving import SwitchingWorker
+from atoll.agent.worker import WorkerService
 from atoll.core.errors import FailedPrecondition, Unauthenticated
 from atoll.core.logs import kv
-from atoll.proto.v1 import common_pb2
-from atoll.core.tls import channel_credentials, mutual_server_credentials, plaintext_policy
 from atoll.core.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS, add_health_and_reflection, set_serving
+from atoll.core.tls import channel_credentials, mutual_server_credentials, plaintext_policy
 from atoll.specs.common import load_yaml
 from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, AgentSettings, split_address, split_addresses
 from atoll.specs.node import NodeConfig
@@ -100,8 +103,6 @@ class Agent:
         await self._start_worker_server()
         self._start_metrics()
         if self.settings.openai_listen:
-            from atoll.agent.openai_local import LocalEngineDoor
-
             ohost, oport = split_address(self.settings.openai_listen)
             self.openai = LocalEngineDoor(asyncio.get_running_loop(), lambda: self.replicas.engine,
                                           host=ohost, port=oport)
@@ -168,9 +169,6 @@ class Agent:
         the replicas this agent holds by state."""
         if not self.settings.metrics_listen:
             return
-        from prometheus_client import CollectorRegistry, start_http_server
-        from prometheus_client.core import GaugeMetricFamily
-
         agent = self
 
         class _Current:
@@ -222,6 +220,8 @@ class Agent:
         log.info("worker listening", extra=kv(node=self.node.name, address=self.worker_address))
 
     def _make_engine(self, model_dir: Path):
+        # The runtime (torch, seconds to import) loads with the first model, so an agent joins
+        # the fleet without waiting for it.
         import torch
 
         from atoll.agent.runtime import Engine
@@ -243,8 +243,6 @@ class Agent:
         await self.replicas.converge()
         engine = self.replicas.engine
         if engine is not self._engine_seen:
-            from atoll.agent.worker import WorkerService
-
             self.worker.current = WorkerService(engine) if engine is not None else None
             self._engine_seen = engine
             self._status_changed()
@@ -253,37 +251,31 @@ class Agent:
         if self.hb is not None:
             self.hb.poke()
 
-    def _status(self) -> common_pb2.NodeStatus:
-        st = common_pb2.NodeStatus(worker_address=self.worker_address,
-                                   replica_states=dict(self.replicas.states),
-                                   replica_messages=dict(self.replicas.messages),
-                                   replica_load_seconds={k: round(v, 4) for k, v in self.replicas.load_seconds.items()},
-                                   measured_throughput={k: round(v, 4) for k, v in self.worker.meter.rates().items()},
-                                   running_requests=self.worker.in_flight,
-                                   cached_models=cached_names(self.state_dir / "blobs"))
+    def _status(self) -> dict:
+        """The NodeStatus fields (see ``atoll.wire.nodes``) for the next heartbeat."""
+        st = {"worker_address": self.worker_address, "replica_states": dict(self.replicas.states),
+              "replica_messages": dict(self.replicas.messages),
+              "replica_load_seconds": {k: round(v, 4) for k, v in self.replicas.load_seconds.items()},
+              "measured_throughput": {k: round(v, 4) for k, v in self.worker.meter.rates().items()},
+              "running_requests": self.worker.in_flight, "cached_models": cached_names(self.state_dir / "blobs")}
         eng = self.replicas.engine
         if eng is not None:
             try:
                 s = eng.stats()
-                st.queue_depth = int(s.get("waiting", 0))
-                st.kv_cache_usage = float(s.get("kv_usage", s.get("kv_cache_usage", 0.0)))
-                st.ttft_seconds = float(s.get("ttft_mean_s", 0.0))
+                st["queue_depth"] = int(s.get("waiting", 0))
+                st["kv_cache_usage"] = float(s.get("kv_usage", s.get("kv_cache_usage", 0.0)))
+                st["ttft_seconds"] = float(s.get("ttft_mean_s", 0.0))
             except Exception:  # noqa: BLE001 - stats are best effort
                 pass
-            st.loaded.add(base_model=self.replicas.loaded.base_source, adapters=sorted(self.replicas.loaded.adapters),
-                          state="ready")
+            st["loaded"] = [{"base_model": self.replicas.loaded.base_source,
+                             "adapters": sorted(self.replicas.loaded.adapters), "state": "ready"}]
         return st
 
-    async def _on_instruction(self, ins) -> None:
-        kind = ins.WhichOneof("kind")
-        if kind == "drain" and not self.hb._draining:
+    async def _on_instruction(self, ins: dict) -> None:
+        if ins.get("drain") and not self.hb._draining:
             log.info("drained by the coordinator; taking no new work", extra=kv(node=self.node.name))
-        elif kind == "assignments":
-            self.replicas.set_desired(items_from_pb(ins.assignments), ins.assignments.generation)
-
-    async def wait_registered(self, timeout: float = 30.0) -> str:
-        await asyncio.wait_for(self.hb.connected.wait(), timeout)
-        return self.hb.node_id
+        elif "assignments" in ins:
+            self.replicas.set_desired(ins["assignments"].items, ins["assignments"].generation)
 
     async def drain_and_stop(self) -> None:
         if self.hb is not None and self.hb.connected.is_set():

@@ -15,7 +15,7 @@ from typing import Callable
 from atoll.core.archive import safe_extract
 from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from atoll.core.logs import kv
-from atoll.proto.v1 import control_pb2, control_pb2_grpc
+from atoll.wire.model_store import fetch_chunks
 
 log = logging.getLogger("atoll.agent")
 
@@ -58,14 +58,13 @@ async def resolve_source(source: str, *, channel, cache_dir: Path,
     cache_dir.mkdir(parents=True, exist_ok=True)
     part = cache_dir / f"{hexd}.part"
     offset = part.stat().st_size if part.exists() else 0
-    stub = control_pb2_grpc.ModelStoreStub(channel)
     with open(part, "ab") as f:
-        async for chunk in stub.Fetch(control_pb2.FetchRequest(name=source, offset=offset)):
-            if chunk.offset != f.tell():
-                raise FailedPrecondition(f"fetch of {source}: chunk at {chunk.offset}, expected {f.tell()}")
-            f.write(chunk.data)
+        async for at, data, total in fetch_chunks(channel, source, offset):
+            if at != f.tell():
+                raise FailedPrecondition(f"fetch of {source}: chunk at {at}, expected {f.tell()}")
+            f.write(data)
             if progress:
-                progress(chunk.offset + len(chunk.data), chunk.total_bytes)
+                progress(at + len(data), total)
     data = part.read_bytes()
     got = hashlib.sha256(data).hexdigest()
     if got != hexd:

@@ -27,8 +27,8 @@ from typing import Awaitable, Callable
 import grpc
 
 from atoll.core.logs import kv
-from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 from atoll.specs.config import leader_from_refusal
+from atoll.wire.agent_service import agent_stub, heartbeat_request, instruction_from_pb, register_request
 
 log = logging.getLogger("atoll.agent")
 
@@ -58,34 +58,12 @@ class Backoff:
         self.attempt = 0
 
 
-def _gpu_pb(g: dict) -> common_pb2.GpuInfo:
-    return common_pb2.GpuInfo(index=int(g.get("index", 0)), name=g.get("name", ""),
-                              memory_total_bytes=int(g.get("memory_total_bytes", 0)),
-                              memory_free_bytes=int(g.get("memory_free_bytes", 0)),
-                              compute_capability=g.get("compute_capability", ""))
-
-
-def capacity_pb(cap: dict) -> common_pb2.NodeCapacity:
-    return common_pb2.NodeCapacity(gpus=[_gpu_pb(g) for g in cap.get("gpus", [])],
-                                   cpu_cores=int(cap.get("cpu_cores", 0)),
-                                   memory_bytes=int(cap.get("memory_bytes", 0)),
-                                   disk_bytes=int(cap.get("disk_bytes", 0)),
-                                   simulated=bool(cap.get("simulated", False)),
-                                   agent_version=cap.get("agent_version", ""))
-
-
-def spec_pb(spec: dict) -> common_pb2.NodeSpec:
-    return common_pb2.NodeSpec(name=spec["name"], tier=spec["tier"], region=spec["region"],
-                               zone=spec.get("zone", ""), price_per_hour=float(spec.get("price_per_hour", 0)),
-                               preemptible=bool(spec.get("preemptible", False)),
-                               labels={str(k): str(v) for k, v in (spec.get("labels") or {}).items()})
-
-
 class HeartbeatClient:
     """Keeps one agent registered and heartbeating until :meth:`stop`.
 
-    ``status_fn()`` returns the current ``atoll.v1.NodeStatus`` (or None); ``on_instruction``
-    receives each ``atoll.v1.Instruction`` from the coordinator (may be a coroutine function).
+    ``status_fn()`` returns the node's current status (the NodeStatus fields as a dict, see
+    ``atoll.wire.nodes``) or None; ``on_instruction`` receives each instruction from the
+    coordinator as a plain value (see ``atoll.wire.agent_service``; may be a coroutine function).
     ``node_id`` is the id kept by the caller; ``on_node_id`` is called when the coordinator
     assigns one, so the caller can persist it. ``channel`` may be a list (one channel per
     coordinator, ``addresses`` their HOST:PORT in the same order) to fail over between them.
@@ -93,14 +71,14 @@ class HeartbeatClient:
 
     def __init__(self, channel: grpc.aio.Channel | list[grpc.aio.Channel], *, join_token: str, spec: dict,
                  capacity: dict,
-                 node_id: str = "", status_fn: Callable[[], common_pb2.NodeStatus | None] | None = None,
-                 on_instruction: Callable[[control_pb2.Instruction], Awaitable[None] | None] | None = None,
+                 node_id: str = "", status_fn: Callable[[], dict | None] | None = None,
+                 on_instruction: Callable[[dict], Awaitable[None] | None] | None = None,
                  on_node_id: Callable[[str], None] | None = None, max_backoff: float = 5.0,
                  generation_fn: Callable[[], int] | None = None,
                  rng: random.Random | None = None, addresses: list[str] | None = None):
         self.channels = list(channel) if isinstance(channel, (list, tuple)) else [channel]
         self.addresses = list(addresses or [])
-        self._stubs = [control_pb2_grpc.AgentServiceStub(c) for c in self.channels]
+        self._stubs = [agent_stub(c) for c in self.channels]
         self._current = 0
         self._tried = 0                      # addresses tried since the last back-off step
         self.stub = self._stubs[0]
@@ -121,6 +99,7 @@ class HeartbeatClient:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._capacity_dirty = True
+        self._price: tuple[float, bool] | None = None
         self.sent = 0
         self.reconnects = 0
         self.last_error: str = ""
@@ -211,9 +190,8 @@ class HeartbeatClient:
 
     async def _register(self) -> None:
         status = self.status_fn() if self.status_fn else None
-        req = control_pb2.RegisterRequest(join_token=self.join_token, node_id=self.node_id,
-                                          spec=spec_pb(self.spec), capacity=capacity_pb(self.capacity),
-                                          status=status)
+        req = register_request(join_token=self.join_token, node_id=self.node_id, spec=self.spec,
+                               capacity=self.capacity, status=status)
         resp = await self.stub.Register(req, timeout=10)
         if resp.node_id != self.node_id:
             self.node_id = resp.node_id
@@ -226,21 +204,14 @@ class HeartbeatClient:
     async def _requests(self):
         while not self._stop.is_set():
             self.seq += 1
-            req = control_pb2.HeartbeatRequest(node_id=self.node_id, session_token=self._session,
-                                               seq=self.seq, draining=self._draining,
-                                               assignments_generation=self.generation_fn() if self.generation_fn else 0)
-            if getattr(self, "_price", None) is not None:
-                req.has_price, (req.price_per_hour, req.preemptible) = True, self._price
-            if self._capacity_dirty:
-                req.capacity.CopyFrom(capacity_pb(self.capacity))
-                req.has_capacity = True
-                self._capacity_dirty = False
+            capacity = self.capacity if self._capacity_dirty else None
+            self._capacity_dirty = False
             status = self.status_fn() if self.status_fn else None
-            if status is not None:
-                req.status.CopyFrom(status)
             self.sent += 1
-            req.sent_unix = time.time()
-            yield req
+            yield heartbeat_request(node_id=self.node_id, session_token=self._session, seq=self.seq,
+                                    draining=self._draining,
+                                    generation=self.generation_fn() if self.generation_fn else 0, price=self._price,
+                                    capacity=capacity, status=status, sent_unix=time.time())
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
@@ -272,10 +243,10 @@ class HeartbeatClient:
                 self.connected.set()
                 if resp.heartbeat_interval_seconds:
                     self.interval = resp.heartbeat_interval_seconds
-            for ins in resp.instructions:
-                if ins.WhichOneof("kind") == "drain" and self._draining:
+            for ins in map(instruction_from_pb, resp.instructions):
+                if ins.get("drain") and self._draining:
                     self.drain_acked.set()
-                if ins.WhichOneof("kind") == "reregister":
+                if ins.get("reregister"):
                     call.cancel()
                     return
                 if self.on_instruction:

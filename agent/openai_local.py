@@ -3,7 +3,7 @@ by its engine (edge clients calling their own host). See :mod:`atoll.core.openai
 
 from __future__ import annotations
 
-from atoll.core.errors import NotFound
+from atoll.core.errors import NotFound, Unavailable
 from atoll.core.openai_http import BaseDoor
 
 
@@ -20,7 +20,6 @@ class LocalEngineDoor(BaseDoor):
     def _engine(self):
         eng = self._engine_fn()
         if eng is None:
-            from atoll.core.errors import Unavailable
             raise Unavailable("no model is loaded on this host yet")
         return eng
 
@@ -49,6 +48,8 @@ class LocalEngineDoor(BaseDoor):
         return None
 
     async def invoke(self, model, tenant, prompt, max_tokens, temperature, on_delta=None, timeout=60.0):
+        # The runtime (torch, seconds to import) loads with the first model, so an agent joins
+        # the fleet without waiting for it; a request here means a model is loaded.
         from atoll.agent.runtime import SamplingParams
 
         eng = self._engine()

@@ -16,44 +16,18 @@ with UNAVAILABLE instead of leaving a stream open until its deadline.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from atoll.core.logs import kv
+from atoll.specs.assignment import ReplicaItem
 
 log = logging.getLogger("atoll.agent")
 
 DRAIN_SECONDS = 10.0      # how long a replaced engine may finish its requests in flight
-
-
-@dataclass(frozen=True)
-class Item:
-    replica_id: str
-    workflow: str
-    task: str
-    variant: str
-    base_model: str
-    adapter: str
-    adapter_source: str
-    kind: str
-    options: tuple = ()
-
-
-def digest(items: list[Item]) -> int:
-    """The generation number of a desired set: a content digest, so equal sets are equal."""
-    h = hashlib.sha256()
-    for it in sorted(items, key=lambda i: i.replica_id):
-        h.update(repr(it).encode())
-    return int.from_bytes(h.digest()[:8], "big") >> 1
-
-
-def items_from_pb(msg) -> list[Item]:
-    return [Item(a.replica_id, a.workflow, a.task, a.variant, a.base_model, a.adapter, a.adapter_source,
-                 a.kind or "llm", tuple(sorted(a.options.items()))) for a in msg.items]
 
 
 @dataclass
@@ -70,7 +44,7 @@ class ReplicaManager:
         self.engine_factory = engine_factory
         self.resolve = resolve
         self.on_change = on_change or (lambda: None)
-        self.desired: list[Item] = []
+        self.desired: list[ReplicaItem] = []
         self.desired_generation = 0
         self.applied_generation = 0
         self.loaded = Loaded()
@@ -79,8 +53,8 @@ class ReplicaManager:
         self._lock = asyncio.Lock()
         self.load_seconds: dict[str, float] = {}      # "replica/fetch|load|warmup" -> seconds
 
-    def set_desired(self, items: list[Item], generation: int) -> None:
-        self.desired = items
+    def set_desired(self, items: Sequence[ReplicaItem], generation: int) -> None:
+        self.desired = list(items)
         self.desired_generation = generation
         for it in items:
             self.states.setdefault(it.replica_id, "pending")
@@ -154,7 +128,7 @@ class ReplicaManager:
                     self._set([i for i in items if i.adapter == it.adapter], "failed", str(exc)[:300])
             self.applied_generation = gen
 
-    async def _swap_base(self, source: str, items: list[Item]) -> None:
+    async def _swap_base(self, source: str, items: list[ReplicaItem]) -> None:
         old = self.loaded.engine
         self.loaded = Loaded()
         if old is not None:   # requests in flight finish (bounded); new ones get UNAVAILABLE and go elsewhere
@@ -193,6 +167,8 @@ class ReplicaManager:
     def _warm(engine, adapter) -> None:
         """One tiny generation, so the first real request does not pay for lazy set-up."""
         try:
+            # The runtime (torch, seconds to import) loads with the first model, so an agent joins
+            # the fleet without waiting for it.
             from atoll.agent.runtime import SamplingParams
 
             engine.generate([[1, 2, 3]], adapters=[adapter], sampling=SamplingParams(max_tokens=1))

@@ -68,6 +68,8 @@ class WorkerMetrics:
 
 def sampling_from_proto(sp, default_max_tokens: int = 16):
     """``atoll.v1.SamplingParams`` → runtime SamplingParams (proto zeros mean "unset")."""
+    # The runtime (torch, seconds to import) loads with the first model, so an agent joins the
+    # fleet without waiting for it; a request here means a model is loaded.
     from atoll.agent.runtime import SamplingParams
 
     return SamplingParams(

@@ -30,9 +30,8 @@ import time
 import grpc
 
 from atoll.agent.heartbeat import HeartbeatClient
-from atoll.agent.replicas import items_from_pb
-from atoll.proto.v1 import common_pb2, worker_pb2
 from atoll.core.rpc import add_service
+from atoll.proto.v1 import worker_pb2
 
 # ---------------------------------------------------------------------------------- the profile
 # From bench/results/runtime.json and README "Runtime / Benchmark" (atoll, bare base model, the
@@ -127,18 +126,17 @@ class SimHost:
             await asyncio.gather(self._hb_task, return_exceptions=True)
 
     # -------------------------------------------------------------------------- agent side
-    def _status(self) -> common_pb2.NodeStatus:
-        return common_pb2.NodeStatus(worker_address=self.address, replica_states=dict(self.states),
-                                     replica_load_seconds=dict(self.load_seconds),
-                                     running_requests=self.active, queue_depth=self.waiting)
+    def _status(self) -> dict:
+        return {"worker_address": self.address, "replica_states": dict(self.states),
+                "replica_load_seconds": dict(self.load_seconds), "running_requests": self.active,
+                "queue_depth": self.waiting}
 
-    async def _on_instruction(self, ins) -> None:
-        if ins.WhichOneof("kind") != "assignments":
+    async def _on_instruction(self, ins: dict) -> None:
+        if "assignments" not in ins:
             return
-        items = items_from_pb(ins.assignments)
-        gen = ins.assignments.generation
-        self.desired_generation = gen
-        want = {it.replica_id for it in items}
+        desired = ins["assignments"]
+        self.desired_generation = desired.generation
+        want = {it.replica_id for it in desired.items}
         for rid in list(self.states):
             if rid not in want:
                 self.states.pop(rid, None)

@@ -13,9 +13,10 @@ from atoll.coordinator import convert
 from atoll.coordinator.registry import Registry
 from atoll.core.errors import AtollError, Unauthenticated
 from atoll.core.logs import kv
-from atoll.proto.v1 import control_pb2, control_pb2_grpc
 from atoll.core.rpc import check_parsed, handle_errors, status_code
 from atoll.core.tls import peer_has_verified_cert
+from atoll.proto.v1 import control_pb2_grpc
+from atoll.wire.nodes import capacity_from_pb, spec_from_pb, status_from_pb
 
 log = logging.getLogger("atoll.coordinator")
 
@@ -36,14 +37,11 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
     async def Register(self, request, context):
         self._check_peer(context)
         node_id, token = self.registry.register(
-            request.join_token, request.node_id, convert.spec_from_pb(request.spec),
-            convert.capacity_from_pb(request.capacity), convert.status_from_pb(request.status))
+            request.join_token, request.node_id, spec_from_pb(request.spec),
+            capacity_from_pb(request.capacity), status_from_pb(request.status))
         log.info("agent registered", extra=kv(node=request.spec.name, id=node_id,
                                                tier=request.spec.tier, region=request.spec.region))
-        return control_pb2.RegisterResponse(
-            node_id=node_id, session_token=token,
-            heartbeat_interval_seconds=self.registry.interval,
-            lease_seconds=self.registry.liveness.lost_after)
+        return convert.register_response(node_id, token, self.registry.interval, self.registry.liveness.lost_after)
 
     async def Heartbeat(self, request_iterator, context):
         first = await context.read()
@@ -56,8 +54,7 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             self._handle(sess, first)
         except AtollError as exc:
             await context.abort(status_code(exc), str(exc))
-        await context.write(control_pb2.HeartbeatResponse(
-            ack_seq=first.seq, heartbeat_interval_seconds=self.registry.interval))
+        await context.write(convert.heartbeat_response(first.seq, self.registry.interval))
         writer = asyncio.ensure_future(self._writer(sess, context))
         try:
             while True:
@@ -79,8 +76,8 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
         t0 = time.perf_counter()
         self.registry.heartbeat(
             sess, req.seq,
-            convert.capacity_from_pb(req.capacity) if req.has_capacity else None,
-            convert.status_from_pb(req.status) if req.HasField("status") else None,
+            capacity_from_pb(req.capacity) if req.has_capacity else None,
+            status_from_pb(req.status) if req.HasField("status") else None,
             req.draining, req.assignments_generation)
         if req.has_price:
             self.registry.set_price(sess.node_id, req.price_per_hour, req.preemptible)
@@ -93,6 +90,4 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             batch = [ins]
             while not sess.outbox.empty():
                 batch.append(sess.outbox.get_nowait())
-            await context.write(control_pb2.HeartbeatResponse(
-                ack_seq=sess.last_seq, heartbeat_interval_seconds=self.registry.interval,
-                instructions=[convert.instruction_to_pb(i) for i in batch]))
+            await context.write(convert.heartbeat_response(sess.last_seq, self.registry.interval, batch))

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 
 from atoll.coordinator import auth, convert
+from atoll.coordinator.profiler import profile_variant
 from atoll.coordinator.registry import Registry
-from atoll.coordinator.router import parse_input, with_sink
-from atoll.core.errors import AtollError, InvalidArgument
+from atoll.coordinator.router import parse_input
+from atoll.core.errors import AtollError, DeadlineExceeded, InvalidArgument
 from atoll.core.logs import kv
-from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 from atoll.core.rpc import handle_errors
+from atoll.proto.v1 import control_pb2_grpc
 from atoll.specs.node import TIERS
+from atoll.specs.routing import with_sink
 
 MAX_TOKENS_LIMIT = 8192         # the OpenAI door's bound too
 
@@ -36,12 +37,11 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
     async def ListNodes(self, request, context):
         if request.tier and request.tier not in TIERS:
             raise InvalidArgument(f"unknown tier {request.tier[:40]!r}", hint="one of " + ", ".join(TIERS))
-        if request.state not in convert.PB_TO_STATE and request.state != common_pb2.NODE_STATE_UNSPECIFIED:
+        if request.state not in convert.PB_TO_STATE and request.state != convert.UNSPECIFIED_STATE:
             raise InvalidArgument(f"unknown node state {request.state}")
         state = convert.PB_TO_STATE.get(request.state, "")
         recs = self.registry.list(tier=request.tier, region=request.region, state=state)
-        return control_pb2.ListNodesResponse(
-            nodes=[convert.node_to_pb(r, self.registry.age(r)) for r in recs])
+        return convert.nodes_response(recs, self.registry.age)
 
     @handle_errors
     async def GetNode(self, request, context):
@@ -55,39 +55,25 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         return convert.node_to_pb(rec, self.registry.age(rec))
 
     # ------------------------------------------------------------------ workflows
-    def _status(self, rec) -> control_pb2.WorkflowStatus:
+    def _status(self, rec):
         wm = self.workflows
         try:
             profiles = wm.profiles_view(rec)
         except AtollError:
             profiles = []
-        return control_pb2.WorkflowStatus(
-            name=rec.name, state=rec.state, message=rec.message, plan_json=json.dumps(rec.plan),
-            replicas=[control_pb2.ReplicaStatus(**{k: v for k, v in r.items() if k != "node_state"})
-                      for r in wm.replica_views(rec)],
-            profiles=[control_pb2.ProfileEntry(**p) for p in profiles], spec_yaml=rec.spec_yaml,
-            created_unix=rec.created, updated_unix=rec.updated, generation=rec.generation, tenant=rec.tenant,
-            cold_starts_json=json.dumps([c for c in wm.cold_starts if c["workflow"] == rec.name][-50:]))
+        return convert.workflow_status(rec, wm.replica_views(rec), profiles, wm.autoscaler.cold_starts_of(rec.name))
 
     @handle_errors
     async def SubmitWorkflow(self, request, context):
         rec = self.workflows.submit(request.spec_yaml, request.filename, request.dry_run,
                                     tenant=auth.caller_tenant())
-        return self._status(rec) if not request.dry_run else control_pb2.WorkflowStatus(
-            name=rec.name, state=rec.state, plan_json=json.dumps(rec.plan))
+        return self._status(rec) if not request.dry_run else convert.planned_status(rec)
 
     @handle_errors
     async def ListWorkflows(self, request, context):
-        out = []
-        for rec in sorted(self.workflows.records.values(), key=lambda r: r.name):
-            if not auth.visible(rec.tenant):
-                continue
-            views = self.workflows.replica_views(rec)
-            out.append(control_pb2.WorkflowSummary(
-                name=rec.name, state=rec.state, cost_per_hour=rec.plan.get("total_cost_per_hour", 0.0),
-                accuracy=rec.plan.get("accuracy", 0.0), replicas=len(views),
-                ready_replicas=sum(1 for v in views if v["state"] == "ready")))
-        return control_pb2.ListWorkflowsResponse(workflows=out)
+        recs = sorted(self.workflows.records.values(), key=lambda r: r.name)
+        return convert.workflow_list([(rec, self.workflows.replica_views(rec)) for rec in recs
+                                      if auth.visible(rec.tenant)])
 
     @handle_errors
     async def GetWorkflow(self, request, context):
@@ -96,14 +82,14 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
     @handle_errors
     async def DeleteWorkflow(self, request, context):
         self.workflows.delete(request.name)
-        return control_pb2.DeleteWorkflowResponse(deleted=True)
+        return convert.deleted()
 
     async def _route_waking(self, name: str, deadline: float):
         """The route; a workflow scaled to zero is woken and the request waits for a replica
         (until its deadline) instead of failing with 'not ready'."""
         wm = self.workflows
         rec = wm.get(name)
-        if rec.state != "IDLE" and not (rec.state == "DEPLOYING" and "autoscale" in rec.plan):
+        if rec.state != "IDLE" and not (rec.state == "DEPLOYING" and rec.deployment.autoscale is not None):
             return wm.route(name)
         wm.wake(name)
         while True:
@@ -113,7 +99,6 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
                 if wm.get(name).state == "FAILED":
                     raise
                 if time.monotonic() >= deadline:
-                    from atoll.core.errors import DeadlineExceeded
                     raise DeadlineExceeded(f"workflow {name} was scaled to zero and no replica was ready "
                                            f"before the deadline ({exc.message})") from None
             await asyncio.sleep(0.1)
@@ -159,19 +144,12 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
                     getter = asyncio.ensure_future(queue.get())
                     done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                     if getter in done:
-                        yield control_pb2.InvokeResponse(text=getter.result(), request_id=rid)
+                        yield convert.invoke_delta(getter.result(), rid)
                     else:
                         getter.cancel()
             result = await task
             outcome = "ok"
-            yield control_pb2.InvokeResponse(
-                done=True, request_id=rid, output_json=json.dumps(result.output),
-                text=result.output.get("text", "") if not request.stream else "",
-                stages=[control_pb2.StageResult(task=s.task, variant=s.variant, node_name=s.node_name,
-                                                region=s.region, seconds=s.seconds, attempts=s.attempts,
-                                                output_bytes=s.output_bytes, prompt_tokens=s.prompt_tokens,
-                                                completion_tokens=s.completion_tokens)
-                        for s in result.stages])
+            yield convert.invoke_done(result, rid, request.stream)
         finally:
             self.workflows.request_finished(request.workflow)
             if not task.done():
@@ -183,35 +161,24 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
                     self.metrics.ttft.labels(request.workflow[:64]).observe(first[0])
 
     # ------------------------------------------------------------------ API keys
-    @staticmethod
-    def _key_pb(k: dict) -> control_pb2.ApiKeyInfo:
-        return control_pb2.ApiKeyInfo(id=k["id"], tenant=k["tenant"], role=k["role"],
-                                      created_unix=k["created"], revoked=k["revoked"])
-
     @handle_errors
     async def CreateKey(self, request, context):
         info, key = self.keys.create(request.tenant, request.role or "user", auth.current.get())
         log.info("api key created", extra=kv(id=info["id"], tenant=info["tenant"], role=info["role"]))
-        return control_pb2.CreateKeyResponse(info=self._key_pb(info), key=key)
+        return convert.created_key(info, key)
 
     @handle_errors
     async def ListKeys(self, request, context):
-        return control_pb2.ListKeysResponse(keys=[self._key_pb(k) for k in self.keys.list(auth.current.get())])
+        return convert.key_list(self.keys.list(auth.current.get()))
 
     @handle_errors
     async def RevokeKey(self, request, context):
         info = self.keys.revoke(request.id, auth.current.get())
         log.info("api key revoked", extra=kv(id=info["id"], tenant=info["tenant"]))
-        return self._key_pb(info)
+        return convert.key_info(info)
 
     @handle_errors
     async def Profile(self, request, context):
-        res = await self.workflows_profile(request)
-        return control_pb2.ProfileResponse(**res)
-
-    async def workflows_profile(self, request) -> dict:
-        from atoll.coordinator.profiler import profile_variant
-
-        return await profile_variant(self.workflows, self.router, request.workflow, request.task,
-                                     request.variant, request.node, request.requests or 16,
-                                     request.concurrency or 8)
+        res = await profile_variant(self.workflows, self.router.workers, request.workflow, request.task,
+                                    request.variant, request.node, request.requests or 16, request.concurrency or 8)
+        return convert.profile_response(res)

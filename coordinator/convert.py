@@ -1,85 +1,143 @@
-"""Protobuf <-> domain conversion for the coordinator's servicers (the only place, with the
-servicers, that touches ``*_pb2``)."""
+"""The coordinator's side of the wire: domain values -> the messages its servicers send.
+
+Node messages are :mod:`atoll.wire.nodes`' and instructions :mod:`atoll.wire.agent_service`'s
+(shared with the agent); the plan message is :mod:`atoll.wire.client_service`'s (shared with
+the SDK). Everything else the servicers answer is packed here, and the servicers and this
+module are the coordinator's only code that touches ``*_pb2``.
+"""
 
 from __future__ import annotations
 
-from atoll.coordinator.store import NodeRecord
+import json
+from typing import Sequence
+
+from atoll.coordinator.records import Deployment, NodeRecord, WorkflowRecord
+from atoll.coordinator.router import Result
 from atoll.proto.v1 import common_pb2, control_pb2
+from atoll.wire import nodes
+from atoll.wire.agent_service import instruction_to_pb
+from atoll.wire.client_service import plan_to_pb
 
-STATE_TO_PB = {"READY": common_pb2.READY, "SUSPECT": common_pb2.SUSPECT,
-               "LOST": common_pb2.LOST, "DRAINING": common_pb2.DRAINING}
-PB_TO_STATE = {v: k for k, v in STATE_TO_PB.items()}
-
-
-def spec_from_pb(m: common_pb2.NodeSpec) -> dict:
-    return {"name": m.name, "tier": m.tier, "region": m.region, "zone": m.zone,
-            "price_per_hour": m.price_per_hour, "preemptible": m.preemptible,
-            "labels": dict(m.labels)}
+SERVICES = {name: control_pb2.DESCRIPTOR.services_by_name[name]
+            for name in ("AgentService", "ClientService", "ModelStore")}
+PB_TO_STATE = nodes.PB_TO_STATE
+UNSPECIFIED_STATE = common_pb2.NODE_STATE_UNSPECIFIED
 
 
-def spec_to_pb(d: dict) -> common_pb2.NodeSpec:
-    return common_pb2.NodeSpec(name=d.get("name", ""), tier=d.get("tier", ""),
-                               region=d.get("region", ""), zone=d.get("zone", ""),
-                               price_per_hour=float(d.get("price_per_hour", 0.0)),
-                               preemptible=bool(d.get("preemptible", False)),
-                               labels=d.get("labels") or {})
-
-
-def capacity_from_pb(m: common_pb2.NodeCapacity) -> dict:
-    return {"gpus": [{"index": g.index, "name": g.name, "memory_total_bytes": g.memory_total_bytes,
-                      "memory_free_bytes": g.memory_free_bytes,
-                      "compute_capability": g.compute_capability} for g in m.gpus],
-            "cpu_cores": m.cpu_cores, "memory_bytes": m.memory_bytes, "disk_bytes": m.disk_bytes,
-            "simulated": m.simulated, "agent_version": m.agent_version}
-
-
-def capacity_to_pb(d: dict) -> common_pb2.NodeCapacity:
-    return common_pb2.NodeCapacity(
-        gpus=[common_pb2.GpuInfo(**g) for g in d.get("gpus", [])],
-        cpu_cores=int(d.get("cpu_cores", 0)), memory_bytes=int(d.get("memory_bytes", 0)),
-        disk_bytes=int(d.get("disk_bytes", 0)), simulated=bool(d.get("simulated", False)),
-        agent_version=d.get("agent_version", ""))
-
-
-def status_from_pb(m: common_pb2.NodeStatus) -> dict:
-    return {"loaded": [{"base_model": x.base_model, "adapters": list(x.adapters), "state": x.state,
-                        "message": x.message} for x in m.loaded],
-            "queue_depth": m.queue_depth, "running_requests": m.running_requests,
-            "measured_throughput": dict(m.measured_throughput),
-            "kv_cache_usage": m.kv_cache_usage, "worker_address": m.worker_address,
-            "replica_states": dict(m.replica_states), "replica_messages": dict(m.replica_messages),
-            "replica_load_seconds": dict(m.replica_load_seconds), "cached_models": list(m.cached_models),
-            "ttft_seconds": m.ttft_seconds}
-
-
-def status_to_pb(d: dict) -> common_pb2.NodeStatus:
-    return common_pb2.NodeStatus(
-        loaded=[common_pb2.LoadedModel(**x) for x in d.get("loaded", [])],
-        queue_depth=int(d.get("queue_depth", 0)), running_requests=int(d.get("running_requests", 0)),
-        measured_throughput=d.get("measured_throughput") or {},
-        kv_cache_usage=float(d.get("kv_cache_usage", 0.0)),
-        worker_address=d.get("worker_address", ""), replica_states=d.get("replica_states") or {},
-        replica_messages=d.get("replica_messages") or {},
-        replica_load_seconds=d.get("replica_load_seconds") or {},
-        cached_models=d.get("cached_models") or [], ttft_seconds=float(d.get("ttft_seconds", 0.0)))
-
-
+# ---------------------------------------------------------------------- nodes
 def node_to_pb(rec: NodeRecord, age: float) -> common_pb2.Node:
-    return common_pb2.Node(id=rec.id, spec=spec_to_pb(rec.spec), capacity=capacity_to_pb(rec.capacity),
-                           state=STATE_TO_PB.get(rec.state, common_pb2.NODE_STATE_UNSPECIFIED),
-                           last_heartbeat_unix=rec.last_heartbeat, last_heartbeat_age_seconds=age,
-                           registered_unix=rec.registered_at, status=status_to_pb(rec.status),
-                           heartbeats=rec.heartbeats)
+    return nodes.node_to_pb(node_id=rec.id, spec=rec.spec, capacity=rec.capacity, status=rec.status,
+                            state=rec.state, last_heartbeat=rec.last_heartbeat, age=age,
+                            registered=rec.registered_at, heartbeats=rec.heartbeats)
 
 
-def instruction_to_pb(ins: dict) -> control_pb2.Instruction:
-    if ins.get("drain"):
-        return control_pb2.Instruction(drain=True)
-    if ins.get("reregister"):
-        return control_pb2.Instruction(reregister=True)
-    if "assignments" in ins:
-        a = ins["assignments"]
-        return control_pb2.Instruction(assignments=control_pb2.Assignments(
-            generation=int(a.get("generation", 0)),
-            items=[control_pb2.Assignment(**item) for item in a.get("items", [])]))
-    raise ValueError(f"unknown instruction {sorted(ins)}")
+def nodes_response(recs: list[NodeRecord], age) -> control_pb2.ListNodesResponse:
+    return control_pb2.ListNodesResponse(nodes=[node_to_pb(r, age(r)) for r in recs])
+
+
+# ---------------------------------------------------------------------- agents
+def register_response(node_id: str, token: str, interval: float, lease: float) -> control_pb2.RegisterResponse:
+    return control_pb2.RegisterResponse(node_id=node_id, session_token=token, heartbeat_interval_seconds=interval,
+                                        lease_seconds=lease)
+
+
+def heartbeat_response(ack_seq: int, interval: float, instructions: Sequence[dict] = ()
+                       ) -> control_pb2.HeartbeatResponse:
+    return control_pb2.HeartbeatResponse(ack_seq=ack_seq, heartbeat_interval_seconds=interval,
+                                         instructions=[instruction_to_pb(i) for i in instructions])
+
+
+# ---------------------------------------------------------------------- workflows
+def deployment_to_pb(d: Deployment) -> control_pb2.Deployment:
+    m = control_pb2.Deployment()
+    if d.constraints is not None:
+        c = d.constraints
+        m.constraints.CopyFrom(control_pb2.PlacementConstraints(
+            trusted_only=c.trusted_only, on_demand_only=c.on_demand_only, forbid_tiers=list(c.forbid_tiers),
+            forbid_regions=list(c.forbid_regions)))
+    if d.on_demand_floor is not None:
+        m.on_demand_floor.CopyFrom(control_pb2.OnDemandFloor(share=d.on_demand_floor.share,
+                                                             cost_per_hour=d.on_demand_floor.cost_per_hour))
+    if d.failure_domains is not None:
+        m.failure_domains.CopyFrom(control_pb2.FailureDomains(label=d.failure_domains.label,
+                                                              domains=d.failure_domains.domains))
+    if d.autoscale is not None:
+        a = d.autoscale
+        m.autoscale.CopyFrom(control_pb2.Autoscale(scale=a.scale, rate=a.rate, reason=a.reason,
+                                                   decided_unix=a.decided_unix,
+                                                   scale_before_zero=a.scale_before_zero))
+    return m
+
+
+def _plan_fields(rec: WorkflowRecord) -> dict:
+    return {"plan": plan_to_pb(rec.plan) if rec.plan is not None else None,
+            "deployment": deployment_to_pb(rec.deployment)}
+
+
+def planned_status(rec: WorkflowRecord) -> control_pb2.WorkflowStatus:
+    """A dry run's answer: the plan, nothing deployed."""
+    return control_pb2.WorkflowStatus(name=rec.name, state=rec.state, **_plan_fields(rec))
+
+
+def workflow_status(rec: WorkflowRecord, replicas: list[dict], profiles: list[dict],
+                    cold_starts: list[dict]) -> control_pb2.WorkflowStatus:
+    return control_pb2.WorkflowStatus(
+        name=rec.name, state=rec.state, message=rec.message, **_plan_fields(rec),
+        replicas=[control_pb2.ReplicaStatus(**{k: v for k, v in r.items() if k != "node_state"}) for r in replicas],
+        profiles=[control_pb2.ProfileEntry(**p) for p in profiles], spec_yaml=rec.spec_yaml,
+        created_unix=rec.created, updated_unix=rec.updated, generation=rec.generation, tenant=rec.tenant,
+        cold_starts_json=json.dumps(cold_starts))
+
+
+def workflow_list(rows: list[tuple[WorkflowRecord, list[dict]]]) -> control_pb2.ListWorkflowsResponse:
+    """(record, its replica views) per workflow -> the summaries."""
+    return control_pb2.ListWorkflowsResponse(workflows=[control_pb2.WorkflowSummary(
+        name=rec.name, state=rec.state, cost_per_hour=rec.plan.total_cost_per_hour if rec.plan else 0.0,
+        accuracy=rec.plan.accuracy if rec.plan else 0.0, replicas=len(views),
+        ready_replicas=sum(1 for v in views if v["state"] == "ready")) for rec, views in rows])
+
+
+def deleted() -> control_pb2.DeleteWorkflowResponse:
+    return control_pb2.DeleteWorkflowResponse(deleted=True)
+
+
+# ---------------------------------------------------------------------- invocations
+def invoke_delta(text: str, request_id: str) -> control_pb2.InvokeResponse:
+    return control_pb2.InvokeResponse(text=text, request_id=request_id)
+
+
+def invoke_done(result: Result, request_id: str, streamed: bool) -> control_pb2.InvokeResponse:
+    return control_pb2.InvokeResponse(
+        done=True, request_id=request_id, output_json=json.dumps(result.output),
+        text=result.output.get("text", "") if not streamed else "",
+        stages=[control_pb2.StageResult(task=s.task, variant=s.variant, node_name=s.node_name, region=s.region,
+                                        seconds=s.seconds, attempts=s.attempts, output_bytes=s.output_bytes,
+                                        prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens)
+                for s in result.stages])
+
+
+def profile_response(res: dict) -> control_pb2.ProfileResponse:
+    return control_pb2.ProfileResponse(**res)
+
+
+# ---------------------------------------------------------------------- API keys
+def key_info(k: dict) -> control_pb2.ApiKeyInfo:
+    return control_pb2.ApiKeyInfo(id=k["id"], tenant=k["tenant"], role=k["role"], created_unix=k["created"],
+                                  revoked=k["revoked"])
+
+
+def created_key(info: dict, key: str) -> control_pb2.CreateKeyResponse:
+    return control_pb2.CreateKeyResponse(info=key_info(info), key=key)
+
+
+def key_list(keys: list[dict]) -> control_pb2.ListKeysResponse:
+    return control_pb2.ListKeysResponse(keys=[key_info(k) for k in keys])
+
+
+# ---------------------------------------------------------------------- model store
+def blob_info(info: dict) -> control_pb2.BlobInfo:
+    return control_pb2.BlobInfo(**{k: v for k, v in info.items() if k != "tenant"})
+
+
+def blob_chunk(name: str, kind: str, data: bytes, offset: int, total: int) -> control_pb2.BlobChunk:
+    return control_pb2.BlobChunk(name=name, kind=kind, data=data, offset=offset, total_bytes=total)

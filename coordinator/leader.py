@@ -40,6 +40,8 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
+import psycopg
+
 from atoll.core.logs import kv
 
 log = logging.getLogger("atoll.coordinator")
@@ -91,8 +93,6 @@ class AdvisoryLockLeadership:
 
     # -- blocking parts (worker thread) ------------------------------------------------------
     def _connect(self):
-        import psycopg
-
         return psycopg.connect(self.url, autocommit=True, connect_timeout=3, keepalives=1, keepalives_idle=2,
                                keepalives_interval=1, keepalives_count=3, tcp_user_timeout=3000,
                                application_name="atoll-leader-lock")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from atoll.coordinator.liveness import STATES
@@ -94,7 +94,6 @@ class CoordinatorMetrics:
                                     ["workflow", "task", "code"], registry=r)
         self.bytes_sent = Counter("atoll_bytes_sent", "Bytes sent between stages, by region pair",
                                   ["workflow", "from_region", "to_region"], registry=r)
-        from prometheus_client import Gauge
         self.cold_start = Histogram("atoll_cold_start_seconds", "From a scale-up decision to the replica serving",
                                     ["workflow"], registry=r, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
         self.plan_cost = Gauge("atoll_plan_cost_dollars_per_hour", "Predicted cost of the current plan",

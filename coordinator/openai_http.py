@@ -7,8 +7,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from atoll.core.errors import InvalidArgument, NotFound
+from atoll.core.errors import InvalidArgument, NotFound, Unavailable
 from atoll.core.openai_http import BaseDoor
+from atoll.specs.routing import Route, Stage, with_sink
 
 
 class OpenAIDoor(BaseDoor):
@@ -25,7 +26,6 @@ class OpenAIDoor(BaseDoor):
     def workflows(self):
         wm = self._workflows_fn()
         if wm is None:
-            from atoll.core.errors import Unavailable
             raise Unavailable("this coordinator is a standby; use the leader")
         return wm
 
@@ -36,16 +36,14 @@ class OpenAIDoor(BaseDoor):
                 out.append({"id": rec.name, "object": "model", "created": int(rec.created),
                             "owned_by": rec.tenant or "atoll"})
                 for a in rec.assignments:
-                    if a["adapter"]:
-                        mid = f"{Path(a['base_model']).name}:{a['adapter']}"
+                    if a.adapter:
+                        mid = f"{Path(a.base_model).name}:{a.adapter}"
                         if not any(m["id"] == mid for m in out):
                             out.append({"id": mid, "object": "model", "created": int(rec.created),
                                         "owned_by": rec.tenant or "atoll"})
         return out
 
     async def _route(self, model: str, tenant, max_tokens, temperature):
-        from atoll.coordinator.router import Route, Stage, with_sink
-
         if ":" in model and not model.startswith("sha256:"):
             base, adapter = model.split(":", 1)
             for rec in self.workflows.records.values():
@@ -55,13 +53,12 @@ class OpenAIDoor(BaseDoor):
                     continue
                 route = self.workflows.route(rec.name)
                 for task, eps in route.endpoints.items():
-                    hits = [e for e in eps if e.adapter == adapter and any(
-                        Path(a["base_model"]).name == base or a["base_model"] == base
-                        for a in rec.assignments if a["replica_id"] == e.replica_id)]
+                    hits = tuple(e for e in eps if e.adapter == adapter
+                                 and (Path(e.base_model).name == base or e.base_model == base))
                     if hits:
                         stage = Stage(task=task, kind="llm", prompt="{input}", parents=(),
                                       max_tokens=max_tokens or 32, temperature=temperature or 0.0)
-                        return Route(f"{base}:{adapter}", [stage], {task: hits}, hits[0].region, task,
+                        return Route(f"{base}:{adapter}", (stage,), {task: hits}, hits[0].region, task,
                                      hits[0].location, {})
             raise NotFound(f"no ready replica serves adapter {adapter!r} on base {base!r}",
                            hint="GET /v1/models lists what you can call")

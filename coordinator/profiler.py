@@ -2,7 +2,9 @@
 
 Sends ``requests`` generate calls (``concurrency`` at a time) for the stage's prompt to one
 ready replica of (task, variant) and records requests/s and tokens/s for that node's hardware
-class. The planner then prefers the measured figure over the declared one for that workflow.
+class. The planner then prefers the measured figure over the declared one for that workflow
+(``atoll.coordinator.placement.with_measured``). Calls go through the router's
+:class:`~atoll.wire.worker.WorkerClient`.
 """
 
 from __future__ import annotations
@@ -10,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import time
 
-from atoll.coordinator.deploy import hardware_class
+from atoll.coordinator.fleet import hardware_class
 from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from atoll.proto.v1 import worker_pb2
+from atoll.wire.worker import WorkerClient
+
+TIMEOUT_S = 120
 
 
-async def profile_variant(wm, router, workflow: str, task: str, variant: str, node: str,
+async def profile_variant(wm, workers: WorkerClient, workflow: str, task: str, variant: str, node: str,
                           requests: int, concurrency: int) -> dict:
     if not (1 <= requests <= 10_000) or not (1 <= concurrency <= 256):
         raise InvalidArgument("requests must be 1..10000 and concurrency 1..256")
     rec = wm.get(workflow)
     spec = wm.spec(workflow)
-    stages = {s.task: s for s in wm._serving(spec)[0]}
+    stages = {s.task: s for s in wm.serving(workflow).stages}
     if task not in stages:
         raise NotFound(f"workflow {workflow!r} has no task {task!r}", hint="tasks: " + ", ".join(stages))
     views = [v for v in wm.replica_views(rec) if v["task"] == task and (not variant or v["variant"] == variant)]
@@ -32,9 +36,9 @@ async def profile_variant(wm, router, workflow: str, task: str, variant: str, no
         raise FailedPrecondition(f"no ready replica of {task}/{variant or '*'}" + (f" on {node}" if node else ""),
                                  hint="profile a variant the current plan runs (see `atoll status`)")
     target = ready[0]
-    a = next(x for x in rec.assignments if x["replica_id"] == target["replica_id"])
+    adapter = next(x.adapter for x in rec.assignments if x.replica_id == target["replica_id"])
     stage = stages[task]
-    stub = router._stub(target["worker_address"])
+    address = target["worker_address"]
     tokens = [0]
     sem = asyncio.Semaphore(concurrency)
 
@@ -42,13 +46,12 @@ async def profile_variant(wm, router, workflow: str, task: str, variant: str, no
         async with sem:
             prompt = stage.prompt.replace("{input}", f"profiling request {i}") if stage.prompt else f"profiling {i}"
             if stage.kind == "embedding":
-                await stub.Embed(worker_pb2.EmbedRequest(text=prompt, adapter=a["adapter"]), timeout=120)
+                await workers.embed(address, prompt, adapter=adapter, timeout=TIMEOUT_S)
                 return
-            req = worker_pb2.GenerateRequest(prompt=prompt, adapter=a["adapter"], sampling=worker_pb2.SamplingParams(
-                max_tokens=stage.max_tokens, temperature=stage.temperature))
-            async for resp in stub.Generate(req, timeout=120):
-                if resp.finished:
-                    tokens[0] += resp.prompt_tokens + resp.completion_tokens
+            async for d in workers.generate(address, prompt, adapter=adapter, max_tokens=stage.max_tokens,
+                                            temperature=stage.temperature, timeout=TIMEOUT_S):
+                if d.finished:
+                    tokens[0] += d.prompt_tokens + d.completion_tokens
 
     t0 = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(requests)))

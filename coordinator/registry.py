@@ -24,7 +24,8 @@ from typing import Callable
 from pydantic import ValidationError
 
 from atoll.coordinator.liveness import DRAINING, LOST, READY, STATES, Liveness, Transition
-from atoll.coordinator.store import NodeRecord, Store
+from atoll.coordinator.records import NodeRecord
+from atoll.coordinator.store import Store
 from atoll.core.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from atoll.specs.common import validation_to_spec_error
 from atoll.specs.node import NodeConfig
@@ -69,6 +70,9 @@ class Registry:
         self._dirty: dict[str, bool] = {}      # node id -> status changed since last flush
         self._listeners: list[Callable[[Transition], None]] = []
         self.applied_generation: dict[str, int] = {}   # node id -> assignments generation it applied
+        # Bumps whenever what routes depend on changes: a node registered, a state transition,
+        # a new Worker address or replica states (the coordinator rebuilds its routing table).
+        self.serving_changes = 0
         self._price_listeners: list[Callable[[str, float, float], None]] = []
         self._restore()
 
@@ -141,6 +145,7 @@ class Registry:
             prev.closed = True
         token = secrets.token_hex(16)
         self.sessions[node_id] = Session(node_id, token)
+        self.serving_changes += 1
         self._count_registration("accepted", "")
         return node_id, token
 
@@ -190,6 +195,8 @@ class Registry:
                 rec.capacity = capacity
                 self.store.set_node_capacity(rec.id, capacity)
         if status is not None and status != rec.status:
+            if _serving_facts(status) != _serving_facts(rec.status):
+                self.serving_changes += 1
             rec.status = status
             self._dirty[rec.id] = True
         else:
@@ -267,6 +274,7 @@ class Registry:
             rec.state = t.new
             if persist:
                 self.store.set_node_state(rec.id, t.new)
+        self.serving_changes += 1
         self._emit(t)
 
     def _emit(self, t: Transition) -> None:
@@ -278,6 +286,11 @@ class Registry:
     def _count_registration(self, result: str, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.registration(result, reason)
+
+
+def _serving_facts(status: dict) -> tuple:
+    """What routes depend on in a node's status: its Worker address and replica states."""
+    return status.get("worker_address", ""), status.get("replica_states") or {}
 
 
 def validate_spec(spec: dict) -> dict:

@@ -19,36 +19,20 @@ consumes it — the same flows the planner priced.
 from __future__ import annotations
 
 import json
-import random
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import grpc
 
-from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable)
-from atoll.proto.v1 import worker_pb2, worker_pb2_grpc
-from atoll.core.rpc import CHANNEL_OPTIONS
+from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from atoll.specs.routing import Endpoint, Route, Stage
+from atoll.wire.worker import WorkerClient
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION,
              grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED,
              grpc.StatusCode.DEADLINE_EXCEEDED}
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    replica_id: str
-    task: str
-    variant: str
-    node_id: str
-    node_name: str
-    region: str
-    address: str
-    weight: float
-    adapter: str
-    location: str = ""             # "region/tier", as the plan names locations
 
 
 class SmoothWRR:
@@ -67,42 +51,6 @@ class SmoothWRR:
                 best, best_val = name, cur[name]
         cur[best] -= total
         return best
-
-
-@dataclass(frozen=True)
-class Stage:
-    task: str
-    kind: str                      # llm | embedding
-    prompt: str                    # template; "{input}" is replaced by the stage's input text
-    parents: tuple[str, ...]       # tasks (or sources) feeding it
-    max_tokens: int = 32
-    temperature: float = 0.0
-    stop: tuple[str, ...] = ()
-
-
-@dataclass
-class Route:
-    """What the router needs of one deployed workflow."""
-
-    workflow: str
-    stages: list[Stage]            # topological order
-    endpoints: dict[str, list[Endpoint]]
-    source_region: str
-    sink: str
-    source_location: str = ""
-    # (from task or source, to task) -> [(from location, to location, rate)] from the plan
-    flows: dict[tuple[str, str], list[tuple[str, str, float]]] = field(default_factory=dict)
-
-
-def with_sink(route: Route, **changes) -> Route:
-    """The route with fields of its sink stage replaced for one request (``max_tokens``,
-    ``temperature``); the route itself is left untouched."""
-    sink = next(s for s in route.stages if s.task == route.sink)
-    if sink.kind != "llm":
-        raise InvalidArgument(f"{', '.join(sorted(changes))} given, but workflow {route.workflow!r} ends in "
-                              f"an {sink.kind} stage, which generates no tokens")
-    return dataclasses.replace(route, stages=[dataclasses.replace(s, **changes) if s.task == route.sink else s
-                                              for s in route.stages])
 
 
 @dataclass
@@ -153,25 +101,17 @@ def parse_input(raw: str) -> str:
 
 
 class Router:
-    def __init__(self, metrics=None, rng: random.Random | None = None, credentials=None):
-        self.metrics = metrics
-        self.credentials = credentials
-        self.rng = rng or random.Random()
-        self.wrr = SmoothWRR()
-        self._channels: dict[str, grpc.aio.Channel] = {}
+    """Runs requests along routes (``atoll.coordinator.routing``), calling agents' Workers
+    through ``workers`` (one :class:`~atoll.wire.worker.WorkerClient`, shared with the profiler;
+    one is made with ``credentials`` when none is given)."""
 
-    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
-        ch = self._channels.get(address)
-        if ch is None:
-            ch = self._channels[address] = (
-                grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS) if self.credentials
-                else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
-        return worker_pb2_grpc.WorkerStub(ch)
+    def __init__(self, metrics=None, credentials=None, workers: WorkerClient | None = None):
+        self.metrics = metrics
+        self.wrr = SmoothWRR()
+        self.workers = workers if workers is not None else WorkerClient(credentials)
 
     async def close(self) -> None:
-        for ch in self._channels.values():
-            await ch.close()
-        self._channels.clear()
+        await self.workers.close()
 
     def pick(self, endpoints: list[Endpoint], exclude: set[str], *, workflow: str = "", task: str = "",
              parent: str = "", from_location: str = "",
@@ -257,9 +197,7 @@ class Router:
             started = [False]
             try:
                 if stage.kind == "embedding":
-                    resp = await self._stub(ep.address).Embed(
-                        worker_pb2.EmbedRequest(text=prompt, adapter=ep.adapter), timeout=left)
-                    out: object = list(resp.embedding)
+                    out: object = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left)
                 else:
                     out = await self._generate(ep, stage, prompt, left, on_delta, started, run)
                 run.variant, run.node_name, run.region = ep.variant, ep.node_name, ep.region
@@ -284,11 +222,10 @@ class Router:
 
     async def _generate(self, ep: Endpoint, stage: Stage, prompt: str, timeout: float, on_delta, started,
                         run: StageRun) -> str:
-        req = worker_pb2.GenerateRequest(prompt=prompt, adapter=ep.adapter, sampling=worker_pb2.SamplingParams(
-            max_tokens=stage.max_tokens, temperature=stage.temperature, stop=list(stage.stop)))
         text = []
         run.prompt_tokens = run.completion_tokens = 0      # this attempt's counts only
-        async for resp in self._stub(ep.address).Generate(req, timeout=timeout):
+        async for resp in self.workers.generate(ep.address, prompt, adapter=ep.adapter, max_tokens=stage.max_tokens,
+                                                temperature=stage.temperature, stop=stage.stop, timeout=timeout):
             run.prompt_tokens = max(run.prompt_tokens, resp.prompt_tokens)
             run.completion_tokens = max(run.completion_tokens, resp.completion_tokens)
             if resp.text:

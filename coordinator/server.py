@@ -32,30 +32,35 @@ import grpc
 from prometheus_client import start_http_server
 
 from atoll.coordinator.agent_api import AgentApi
-from atoll.coordinator.blobs import BlobStore
 from atoll.coordinator.auth import ApiKeyInterceptor, KeyRing
+from atoll.coordinator.blobs import BlobStore
 from atoll.coordinator.client_api import ClientApi
+from atoll.coordinator.convert import SERVICES
 from atoll.coordinator.leader import AdvisoryLockLeadership, SoloLeadership
-from atoll.coordinator.model_store_api import ModelStoreApi
-from atoll.coordinator.router import Router
-from atoll.coordinator.workflows import WorkflowManager
 from atoll.coordinator.metrics import CoordinatorMetrics
+from atoll.coordinator.model_store_api import ModelStoreApi
+from atoll.coordinator.openai_http import OpenAIDoor
 from atoll.coordinator.registry import Registry, hash_token
+from atoll.coordinator.router import Router
 from atoll.coordinator.store import open_store
-from atoll.core.errors import Unavailable
+from atoll.coordinator.workflows import WorkflowManager
+from atoll.core.errors import SpecError, Unavailable
 from atoll.core.logs import kv
-from atoll.proto.v1 import control_pb2
-from atoll.core.tls import channel_credentials, mutual_server_credentials, plaintext_policy, server_credentials
 from atoll.core.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
+from atoll.core.tls import channel_credentials, mutual_server_credentials, plaintext_policy, server_credentials
 from atoll.specs.config import CoordinatorSettings, split_address
+from atoll.wire.worker import WorkerClient
 
 log = logging.getLogger("atoll.coordinator")
 
-SERVICES = [control_pb2.DESCRIPTOR.services_by_name[n].full_name
-            for n in ("AgentService", "ClientService", "ModelStore")]
+SERVICE_NAMES = [d.full_name for d in SERVICES.values()]
 # What a standby answers itself (from the database); everything else is the leader's.
 STANDBY_READS = {"ClientService": {"ListNodes", "GetNode", "ListWorkflows", "GetWorkflow"}}
 STANDBY_VIEW_TTL = 0.5      # seconds a standby reuses its view of the database
+
+
+def _bind_address(host: str, port: int) -> str:
+    return f"{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def resolve_join_token(store, state_dir: Path, token: str | None,
@@ -138,49 +143,78 @@ class Coordinator:
         return bool(self.leadership and self.leadership.is_leader and self._apis)
 
     async def start(self) -> None:
+        """Open the state, serve gRPC (and metrics, and the OpenAI door when asked), then take
+        the role: lead at once (SQLite), or stand by for the election (PostgreSQL)."""
+        token_file = self._open_state()
+        self._check_tls_settings()
+        self._build_server()
+        host = self._bind()
+        mhost = self._start_metrics()
+        self.advertise = self.settings.advertise or (
+            f"{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{self.port}")
+        await self.server.start()
+        self._start_openai()
+        if not self.keys.enabled():
+            log.warning("no API keys exist: client calls are not authenticated "
+                        "(create the first admin key with `atoll keys create --tenant NAME --role admin`)")
+        await self._take_role()
+        self._log_started(host, mhost, token_file)
+
+    def _open_state(self) -> Path | None:
+        """The store, the join token, the blob store, the API keys and the router (which calls
+        agents' Workers over TLS, with this coordinator's certificate as the client certificate
+        when agents use mutual TLS). Returns the join-token file, if one is kept here."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(self.settings)
-        shared = bool(self.settings.database_url)
-        token_hash, token_file = resolve_join_token(self.store, self.state_dir, self.settings.join_token, shared)
-        self._token_hash = token_hash
+        st = self.settings
+        self._token_hash, token_file = resolve_join_token(self.store, self.state_dir, st.join_token,
+                                                          bool(st.database_url))
         self.blobs = BlobStore(self.state_dir / "blobs", self.store)
-        # The router calls agents' Workers: over TLS with this coordinator's certificate as the
-        # client certificate when agents use mutual TLS.
-        self.router = Router(self.metrics, credentials=channel_credentials(
-            self.settings.tls_client_ca, self.settings.tls_cert, self.settings.tls_key))
+        self.router = Router(self.metrics, workers=WorkerClient(channel_credentials(st.tls_client_ca, st.tls_cert,
+                                                                                    st.tls_key)))
         self.keys = KeyRing(self.store)
+        return token_file
+
+    def _check_tls_settings(self) -> None:
+        st = self.settings
+        if bool(st.tls_cert) != bool(st.tls_key):
+            raise SpecError("give both --tls-cert and --tls-key", source="settings")
+        if st.tls_client_ca and not st.tls_cert:
+            raise SpecError("--tls-client-ca needs --tls-cert and --tls-key", source="settings")
+        if st.tls_client_ca and not st.agent_listen:
+            raise SpecError("--tls-client-ca needs --agent-listen (the mutual-TLS port for agents)",
+                            source="settings")
+
+    def _build_server(self) -> None:
+        """The gRPC server: every service behind a role gate, API keys checked, health and reflection."""
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ApiKeyInterceptor(self.keys)])
         self.require_agent_certs = bool(self.settings.tls_client_ca)
         for name, cls in (("AgentService", AgentApi), ("ClientService", ClientApi), ("ModelStore", ModelStoreApi)):
-            add_service(self.server, _RoleGate(self, name, cls), control_pb2.DESCRIPTOR.services_by_name[name])
-        self.health = add_health_and_reflection(self.server, SERVICES)
-        host, port = split_address(self.settings.listen)
-        bind = f"{'[' + host + ']' if ':' in host else host}:{port}"
+            add_service(self.server, _RoleGate(self, name, cls), SERVICES[name])
+        self.health = add_health_and_reflection(self.server, SERVICE_NAMES)
+
+    def _bind(self) -> str:
+        """Listen on --listen (TLS when a certificate is given; plaintext only where the policy
+        allows), and on --agent-listen with mutual TLS. Returns the listen host."""
         st = self.settings
-        if bool(st.tls_cert) != bool(st.tls_key):
-            from atoll.core.errors import SpecError
-            raise SpecError("give both --tls-cert and --tls-key", source="settings")
-        if st.tls_client_ca and not st.tls_cert:
-            from atoll.core.errors import SpecError
-            raise SpecError("--tls-client-ca needs --tls-cert and --tls-key", source="settings")
+        host, port = split_address(st.listen)
         try:
             if st.tls_cert:
-                self.port = self.server.add_secure_port(bind, server_credentials(st.tls_cert, st.tls_key))
+                self.port = self.server.add_secure_port(_bind_address(host, port),
+                                                        server_credentials(st.tls_cert, st.tls_key))
                 if st.tls_client_ca:
-                    if not st.agent_listen:
-                        from atoll.core.errors import SpecError
-                        raise SpecError("--tls-client-ca needs --agent-listen (the mutual-TLS port for agents)",
-                                        source="settings")
                     ahost, aport = split_address(st.agent_listen)
                     self.agent_port = self.server.add_secure_port(
-                        f"{'[' + ahost + ']' if ':' in ahost else ahost}:{aport}",
-                        mutual_server_credentials(st.tls_cert, st.tls_key, st.tls_client_ca))
+                        _bind_address(ahost, aport), mutual_server_credentials(st.tls_cert, st.tls_key,
+                                                                               st.tls_client_ca))
             else:
                 plaintext_policy(host, st.insecure, "the coordinator")
-                self.port = self.server.add_insecure_port(bind)
+                self.port = self.server.add_insecure_port(_bind_address(host, port))
         except RuntimeError as exc:
-            raise Unavailable(f"cannot listen on {self.settings.listen}: {exc}",
-                              hint="pick a free port with --listen") from None
+            raise Unavailable(f"cannot listen on {st.listen}: {exc}", hint="pick a free port with --listen") from None
+        return host
+
+    def _start_metrics(self) -> str:
         mhost, mport = split_address(self.settings.metrics_listen)
         try:
             self._metrics_server = start_http_server(mport, addr=mhost, registry=self.metrics.registry)
@@ -189,25 +223,23 @@ class Coordinator:
         except OSError as exc:
             raise Unavailable(f"cannot serve metrics on {self.settings.metrics_listen}: {exc}",
                               hint="pick a free port with --metrics-listen") from None
-        self.advertise = self.settings.advertise or (
-            f"{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{self.port}")
-        await self.server.start()
-        self.openai = None
-        if self.settings.openai_listen:
-            from atoll.coordinator.openai_http import OpenAIDoor
+        return mhost
 
-            ohost, oport = split_address(self.settings.openai_listen)
-            try:
-                self.openai = OpenAIDoor(asyncio.get_running_loop(), lambda: self.workflows, self.router,
-                                         host=ohost, port=oport, auth=self.keys, metrics=self.metrics)
-            except OSError as exc:
-                raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",
-                                  hint="pick a free port with --openai-listen") from None
-            self.openai.start()
-        if not self.keys.enabled():
-            log.warning("no API keys exist: client calls are not authenticated "
-                        "(create the first admin key with `atoll keys create --tenant NAME --role admin`)")
-        if shared:
+    def _start_openai(self) -> None:
+        self.openai = None
+        if not self.settings.openai_listen:
+            return
+        ohost, oport = split_address(self.settings.openai_listen)
+        try:
+            self.openai = OpenAIDoor(asyncio.get_running_loop(), lambda: self.workflows, self.router,
+                                     host=ohost, port=oport, auth=self.keys, metrics=self.metrics)
+        except OSError as exc:
+            raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",
+                              hint="pick a free port with --openai-listen") from None
+        self.openai.start()
+
+    async def _take_role(self) -> None:
+        if self.settings.database_url:
             self.leadership = AdvisoryLockLeadership(self.settings.database_url, self.advertise,
                                                      on_elected=self._promote, on_lost=self._lost)
             await self._set_health(leader=False)
@@ -215,14 +247,16 @@ class Coordinator:
         else:
             self.leadership = SoloLeadership(self._promote)
             await self.leadership.run()
+
+    def _log_started(self, host: str, mhost: str, token_file: Path | None) -> None:
+        st = self.settings
         log.info("coordinator listening", extra=kv(
             grpc=f"{host}:{self.port}", metrics=f"http://{mhost}:{self.metrics_port}/metrics",
-            store="postgresql" if shared else str(self.state_dir / "atoll.db"),
+            store="postgresql" if st.database_url else str(self.state_dir / "atoll.db"),
             role="leader" if self.is_leader else "standby", advertise=self.advertise,
-            openai=(f"http://{self.settings.openai_listen.rsplit(':', 1)[0]}:{self.openai.port}/v1"
-                    if self.openai else "off"),
-            heartbeat_interval=self.settings.heartbeat_interval,
-            join_token=(f"in {token_file}" if token_file else "from settings" if self.settings.join_token
+            openai=(f"http://{st.openai_listen.rsplit(':', 1)[0]}:{self.openai.port}/v1" if self.openai else "off"),
+            heartbeat_interval=st.heartbeat_interval,
+            join_token=(f"in {token_file}" if token_file else "from settings" if st.join_token
                         else "from the database")))
 
     # -- roles --------------------------------------------------------------------------------
@@ -331,7 +365,7 @@ class Coordinator:
         if getattr(self, "openai", None) is not None:
             self.openai.stop()
         if self.health is not None:
-            await set_serving(self.health, SERVICES, False)
+            await set_serving(self.health, SERVICE_NAMES, False)
         for t in self._tasks:
             t.cancel()
         if self.server is not None:

@@ -4,6 +4,9 @@
 embedded default (one file under ``--state-dir``, WAL mode). A PostgreSQL store for highly
 available deployments implements the same methods.
 
+Records become rows only here, through ``atoll.coordinator.records`` (``node_row``,
+``workflow_row`` and their inverses), the same row form in both stores.
+
 Durability rule: a method returns only after its transaction committed, so whatever the
 coordinator acknowledged to a caller survives ``kill -9``. Liveness (last heartbeat times) is
 kept in memory and flushed in batches with :meth:`Store.touch_nodes`; state *changes* are
@@ -16,52 +19,12 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
 
-SCHEMA_VERSION = 1
-
-
-@dataclass
-class NodeRecord:
-    """One node as the coordinator knows it. ``spec``/``capacity``/``status`` are plain dicts
-    (the JSON form of the proto messages), so the store never touches protobuf."""
-
-    id: str
-    name: str
-    spec: dict
-    capacity: dict = field(default_factory=dict)
-    status: dict = field(default_factory=dict)
-    state: str = "READY"            # READY | SUSPECT | LOST | DRAINING
-    registered_at: float = 0.0
-    last_heartbeat: float = 0.0     # wall clock, seconds since the epoch
-    heartbeats: int = 0
-    drain_requested: bool = False   # an operator drained it: stays DRAINING across restarts
-
-    @property
-    def tier(self) -> str:
-        return self.spec.get("tier", "")
-
-    @property
-    def region(self) -> str:
-        return self.spec.get("region", "")
-
-
-@dataclass
-class WorkflowRecord:
-    """A submitted workflow: its spec, its current plan and the assignments derived from it."""
-
-    name: str
-    spec_yaml: str
-    state: str = "PLANNED"
-    message: str = ""
-    plan: dict = field(default_factory=dict)          # Plan.to_dict()
-    assignments: list = field(default_factory=list)   # list of assignment dicts (see deploy.py)
-    generation: int = 0
-    created: float = 0.0
-    updated: float = 0.0
-    tenant: str = ""
+from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, WorkflowRecord,
+                                       node_from_row, node_row, workflow_from_row, workflow_row)
+from atoll.coordinator.store_pg import PostgresStore
 
 
 class Store(Protocol):
@@ -141,14 +104,6 @@ class SqliteStore:
                              (str(SCHEMA_VERSION),))
 
     # -- nodes ------------------------------------------------------------------------------
-    @staticmethod
-    def _row(r) -> NodeRecord:
-        return NodeRecord(id=r[0], name=r[1], spec=json.loads(r[2]), capacity=json.loads(r[3]),
-                          status=json.loads(r[4]), state=r[5], registered_at=r[6],
-                          last_heartbeat=r[7], heartbeats=r[8], drain_requested=bool(r[9]))
-
-    _COLS = "id, name, spec, capacity, status, state, registered_at, last_heartbeat, heartbeats, drain_requested"
-
     def upsert_node(self, rec: NodeRecord) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -156,14 +111,12 @@ class SqliteStore:
                 # A node re-registering under a new id takes the name over from the old row.
                 self._db.execute("DELETE FROM nodes WHERE name = ? AND id != ?", (rec.name, rec.id))
                 self._db.execute(
-                    f"INSERT INTO nodes({self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                    f"INSERT INTO nodes({NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT(id) DO UPDATE SET name=excluded.name, spec=excluded.spec, "
                     "capacity=excluded.capacity, status=excluded.status, state=excluded.state, "
                     "registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat, "
                     "heartbeats=excluded.heartbeats, drain_requested=excluded.drain_requested",
-                    (rec.id, rec.name, json.dumps(rec.spec), json.dumps(rec.capacity),
-                     json.dumps(rec.status), rec.state, rec.registered_at, rec.last_heartbeat,
-                     rec.heartbeats, int(rec.drain_requested)))
+                    node_row(rec))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -171,13 +124,13 @@ class SqliteStore:
 
     def get_node(self, node_id: str) -> NodeRecord | None:
         with self._lock:
-            r = self._db.execute(f"SELECT {self._COLS} FROM nodes WHERE id = ?", (node_id,)).fetchone()
-        return self._row(r) if r else None
+            r = self._db.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        return node_from_row(r) if r else None
 
     def list_nodes(self) -> list[NodeRecord]:
         with self._lock:
-            rows = self._db.execute(f"SELECT {self._COLS} FROM nodes ORDER BY name").fetchall()
-        return [self._row(r) for r in rows]
+            rows = self._db.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name").fetchall()
+        return [node_from_row(r) for r in rows]
 
     def set_node_state(self, node_id: str, state: str, drain_requested: bool | None = None) -> None:
         with self._lock:
@@ -223,33 +176,24 @@ class SqliteStore:
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     # -- workflows and profiles ------------------------------------------------------------------
-    _WCOLS = "name, spec_yaml, state, message, plan, assignments, generation, created, updated, tenant"
-
     def put_workflow(self, rec: WorkflowRecord) -> None:
         with self._lock:
             self._db.execute(
-                f"INSERT INTO workflows({self._WCOLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO workflows({WORKFLOW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET spec_yaml=excluded.spec_yaml, state=excluded.state, "
                 "message=excluded.message, plan=excluded.plan, assignments=excluded.assignments, "
                 "generation=excluded.generation, updated=excluded.updated, tenant=excluded.tenant",
-                (rec.name, rec.spec_yaml, rec.state, rec.message, json.dumps(rec.plan),
-                 json.dumps(rec.assignments), rec.generation, rec.created, rec.updated, rec.tenant))
-
-    @staticmethod
-    def _wrow(r) -> WorkflowRecord:
-        return WorkflowRecord(name=r[0], spec_yaml=r[1], state=r[2], message=r[3], plan=json.loads(r[4]),
-                              assignments=json.loads(r[5]), generation=r[6], created=r[7], updated=r[8],
-                              tenant=r[9])
+                workflow_row(rec))
 
     def get_workflow(self, name: str) -> WorkflowRecord | None:
         with self._lock:
-            r = self._db.execute(f"SELECT {self._WCOLS} FROM workflows WHERE name = ?", (name,)).fetchone()
-        return self._wrow(r) if r else None
+            r = self._db.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ?", (name,)).fetchone()
+        return workflow_from_row(r) if r else None
 
     def list_workflows(self) -> list[WorkflowRecord]:
         with self._lock:
-            rows = self._db.execute(f"SELECT {self._WCOLS} FROM workflows ORDER BY name").fetchall()
-        return [self._wrow(r) for r in rows]
+            rows = self._db.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY name").fetchall()
+        return [workflow_from_row(r) for r in rows]
 
     def delete_workflow(self, name: str) -> bool:
         with self._lock:
@@ -273,16 +217,10 @@ class SqliteStore:
             self._db.close()
 
 
-def now() -> float:
-    return time.time()
-
-
 def open_store(settings) -> Store:
     """The store the settings ask for: PostgreSQL when ``database_url`` is set (highly
     available deployments, see ``store_pg.py``), else SQLite at ``STATE_DIR/atoll.db``."""
     url = getattr(settings, "database_url", None)
     if url:
-        from atoll.coordinator.store_pg import PostgresStore
-
         return PostgresStore(url)
     return SqliteStore(Path(settings.state_dir) / "atoll.db")

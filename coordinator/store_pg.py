@@ -22,7 +22,8 @@ from typing import Callable, Iterable, TypeVar
 
 import psycopg
 
-from atoll.coordinator.store import SCHEMA_VERSION, NodeRecord, WorkflowRecord
+from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, WorkflowRecord,
+                                       node_from_row, node_row, workflow_from_row, workflow_row)
 from atoll.core.errors import Unavailable
 
 T = TypeVar("T")
@@ -116,38 +117,28 @@ class PostgresStore:
         self._run(go)
 
     # -- nodes ------------------------------------------------------------------------------
-    _COLS = "id, name, spec, capacity, status, state, registered_at, last_heartbeat, heartbeats, drain_requested"
-
-    @staticmethod
-    def _row(r) -> NodeRecord:
-        return NodeRecord(id=r[0], name=r[1], spec=json.loads(r[2]), capacity=json.loads(r[3]),
-                          status=json.loads(r[4]), state=r[5], registered_at=r[6],
-                          last_heartbeat=r[7], heartbeats=r[8], drain_requested=bool(r[9]))
-
     def upsert_node(self, rec: NodeRecord) -> None:
         def go(db):
             with db.transaction():
                 # A node re-registering under a new id takes the name over from the old row.
                 db.execute("DELETE FROM nodes WHERE name = %s AND id <> %s", (rec.name, rec.id))
                 db.execute(
-                    f"INSERT INTO nodes({self._COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                    f"INSERT INTO nodes({NODE_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
                     "ON CONFLICT (id) DO UPDATE SET name=excluded.name, spec=excluded.spec, "
                     "capacity=excluded.capacity, status=excluded.status, state=excluded.state, "
                     "registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat, "
                     "heartbeats=excluded.heartbeats, drain_requested=excluded.drain_requested",
-                    (rec.id, rec.name, json.dumps(rec.spec), json.dumps(rec.capacity),
-                     json.dumps(rec.status), rec.state, rec.registered_at, rec.last_heartbeat,
-                     rec.heartbeats, bool(rec.drain_requested)))
+                    node_row(rec))
         self._run(go)
 
     def get_node(self, node_id: str) -> NodeRecord | None:
-        r = self._run(lambda db: db.execute(f"SELECT {self._COLS} FROM nodes WHERE id = %s",
+        r = self._run(lambda db: db.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE id = %s",
                                             (node_id,)).fetchone())
-        return self._row(r) if r else None
+        return node_from_row(r) if r else None
 
     def list_nodes(self) -> list[NodeRecord]:
-        rows = self._run(lambda db: db.execute(f"SELECT {self._COLS} FROM nodes ORDER BY name").fetchall())
-        return [self._row(r) for r in rows]
+        rows = self._run(lambda db: db.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name").fetchall())
+        return [node_from_row(r) for r in rows]
 
     def set_node_state(self, node_id: str, state: str, drain_requested: bool | None = None) -> None:
         if drain_requested is None:
@@ -187,31 +178,22 @@ class PostgresStore:
                                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)))
 
     # -- workflows and profiles -------------------------------------------------------------
-    _WCOLS = "name, spec_yaml, state, message, plan, assignments, generation, created, updated, tenant"
-
     def put_workflow(self, rec: WorkflowRecord) -> None:
         self._run(lambda db: db.execute(
-            f"INSERT INTO workflows({self._WCOLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            f"INSERT INTO workflows({WORKFLOW_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
             "ON CONFLICT (name) DO UPDATE SET spec_yaml=excluded.spec_yaml, state=excluded.state, "
             "message=excluded.message, plan=excluded.plan, assignments=excluded.assignments, "
             "generation=excluded.generation, updated=excluded.updated, tenant=excluded.tenant",
-            (rec.name, rec.spec_yaml, rec.state, rec.message, json.dumps(rec.plan),
-             json.dumps(rec.assignments), rec.generation, rec.created, rec.updated, rec.tenant)))
-
-    @staticmethod
-    def _wrow(r) -> WorkflowRecord:
-        return WorkflowRecord(name=r[0], spec_yaml=r[1], state=r[2], message=r[3], plan=json.loads(r[4]),
-                              assignments=json.loads(r[5]), generation=r[6], created=r[7], updated=r[8],
-                              tenant=r[9])
+            workflow_row(rec)))
 
     def get_workflow(self, name: str) -> WorkflowRecord | None:
-        r = self._run(lambda db: db.execute(f"SELECT {self._WCOLS} FROM workflows WHERE name = %s",
+        r = self._run(lambda db: db.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = %s",
                                             (name,)).fetchone())
-        return self._wrow(r) if r else None
+        return workflow_from_row(r) if r else None
 
     def list_workflows(self) -> list[WorkflowRecord]:
-        rows = self._run(lambda db: db.execute(f"SELECT {self._WCOLS} FROM workflows ORDER BY name").fetchall())
-        return [self._wrow(r) for r in rows]
+        rows = self._run(lambda db: db.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY name").fetchall())
+        return [workflow_from_row(r) for r in rows]
 
     def delete_workflow(self, name: str) -> bool:
         return self._run(lambda db: db.execute("DELETE FROM workflows WHERE name = %s", (name,)).rowcount) > 0

@@ -23,8 +23,9 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 def generate(out_dir: Path) -> list[Path]:
     """Generate stubs for every proto/v1/*.proto into ``out_dir``; return the written files."""
-    from grpc_tools import protoc
+    # grpcio-tools is a development dependency (the test extra): only generating stubs needs it.
     import grpc_tools
+    from grpc_tools import protoc
 
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / "src" / "atoll" / "proto" / "v1"

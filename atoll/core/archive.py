@@ -7,7 +7,6 @@ not a plain file inside the destination.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -35,10 +34,6 @@ def archive_dir(path: str | Path) -> bytes:
             with open(p, "rb") as f:
                 tar.addfile(info, f)
     return buf.getvalue()
-
-
-def digest_name(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def check_name(name: str) -> str:

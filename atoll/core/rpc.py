@@ -12,6 +12,7 @@ import inspect
 import logging
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -61,8 +62,6 @@ def add_service(server, servicer, service_descriptor) -> None:
     """Register ``servicer`` for ``service_descriptor`` (from a ``*_pb2`` module) with
     deserializers that never raise, so that malformed bytes get INVALID_ARGUMENT instead of
     gRPC's generic INTERNAL."""
-    from google.protobuf import message_factory
-
     handlers = {}
     for m in service_descriptor.methods:
         req_cls = message_factory.GetMessageClass(m.input_type)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from atoll.client import Client
+
 TOKEN_BYTES = 18
 
 
@@ -53,9 +55,7 @@ class LocalFleet:
             ["agent", "--coordinator", self.addr, "--config", str(cfg),
              "--state-dir", str(self.dir / f"agent-{spec['name']}"), *(extra or [])], f"{spec['name']}.log")
 
-    def client(self):
-        from atoll.client import Client
-
+    def client(self) -> Client:
         return Client(self.addr, timeout=5)
 
     def wait_states(self, want: dict[str, str], timeout: float) -> bool:

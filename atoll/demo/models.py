@@ -12,6 +12,10 @@ import json
 import math
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
 ALL_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 _TEXT = """\
@@ -24,8 +28,6 @@ abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ
 
 
 def _tokenizer_json(vocab_size: int) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -45,9 +47,6 @@ def build_tiny_llama(path, *, vocab_size: int = 256, hidden_size: int = 64, inte
                      rope_scaling: dict | None = None, dtype: str = "float32",
                      max_position_embeddings: int = 2048, tie_word_embeddings: bool = False) -> Path:
     """A random-weight LlamaForCausalLM checkpoint in ``path``; returns the path."""
-    import torch
-    from safetensors.torch import save_file
-
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     head_dim = hidden_size // num_heads
@@ -102,9 +101,6 @@ def build_tiny_adapter(path, base_dir, *, rank: int = 8, alpha: float = 16, targ
                        use_rslora: bool = False, seed: int = 1, std: float = 0.1, layers=None,
                        extra_config: dict | None = None) -> Path:
     """A PEFT LoRA adapter for the checkpoint in ``base_dir``, with non-zero random A and B."""
-    import torch
-    from safetensors.torch import save_file
-
     base = json.loads((Path(base_dir) / "config.json").read_text())
     h, inter = base["hidden_size"], base["intermediate_size"]
     hd = base.get("head_dim") or h // base["num_attention_heads"]

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import sys
 import tempfile
 import time
@@ -21,9 +22,16 @@ from pathlib import Path
 
 import yaml
 
-
 from atoll.cli.views import node_table, print_plan
+from atoll.coordinator.fleet import FleetNode, fleet_pools
+from atoll.coordinator.records import NodeRecord
 from atoll.demo.fleet import LocalFleet
+from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+from atoll.planner.api import PLANNERS
+from atoll.planner.build import problem_from_specs
+from atoll.specs.cluster import ClusterSpec
+from atoll.specs.common import parse_obj
+from atoll.specs.workflow import WorkflowSpec
 
 FLEET = [
     {"name": "dc-us-east-1", "tier": "datacenter", "region": "us-east", "zone": "us-east-1a",
@@ -74,19 +82,11 @@ def demo_workflow(models: Path) -> dict:
 
 def baseline_costs(spec: dict, nodes) -> list[tuple[str, str]]:
     """What each planner would cost on the live fleet (the same problem the coordinator solved)."""
-    from atoll.coordinator.deploy import fleet_pools
-    from atoll.coordinator.store import NodeRecord
-    from atoll.planner.api import PLANNERS
-    from atoll.planner.build import problem_from_specs
-    from atoll.specs.cluster import ClusterSpec
-    from atoll.specs.common import parse_obj
-    from atoll.specs.workflow import WorkflowSpec
-
     recs = [NodeRecord(id=n.id, name=n.name, spec={"name": n.name, "tier": n.tier, "region": n.region,
                                                    "price_per_hour": n.price_per_hour,
                                                    "preemptible": n.preemptible, "labels": n.labels},
                        capacity={"gpus": n.gpus}) for n in nodes if n.state == "READY"]
-    cluster = parse_obj(ClusterSpec, {"name": "live", "pools": fleet_pools(recs)})
+    cluster = parse_obj(ClusterSpec, {"name": "live", "pools": fleet_pools([FleetNode.of(r) for r in recs])})
     problem = problem_from_specs(parse_obj(WorkflowSpec, spec), cluster)
     out = []
     for name, fn in PLANNERS.items():
@@ -110,8 +110,6 @@ def progress_bar(done: int, total: int, width: int = 30) -> None:
 
 
 def serve(client, name: str, n: int, workers: int = 8) -> dict:
-    import concurrent.futures as cf
-
     lat, errors = [], []
     t0 = time.monotonic()
 
@@ -136,8 +134,6 @@ def serve(client, name: str, n: int, workers: int = 8) -> dict:
 
 
 def run(keep: bool = False) -> int:
-    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
-
     work = Path(tempfile.mkdtemp(prefix="atoll-demo-"))
     t0 = time.monotonic()
     say(f"atoll demo — working directory {work}")

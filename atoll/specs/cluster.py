@@ -115,13 +115,6 @@ class ClusterSpec(Spec):
                 seen.add(p.name)
         return self
 
-    def dump(self) -> dict:
-        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
-
-    def to_yaml(self) -> str:
-        import yaml
-        return yaml.safe_dump(self.dump(), sort_keys=False)
-
 
 def load_cluster(path) -> ClusterSpec:
     return load_yaml(ClusterSpec, path)

@@ -24,8 +24,12 @@ class Spec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
+    def dump(self) -> dict:
+        """The spec as plain data, fields under their YAML names (``from``, not ``from_``)."""
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        return yaml.safe_dump(self.dump(), sort_keys=False)
 
 
 def field_path(loc: tuple) -> str:

@@ -152,27 +152,33 @@ class WorkflowSpec(Spec):
     autoscaling: Optional[AutoscalingSpec] = Field(default=None, description="follow the measured load "
                                                    "(see atoll.specs.autoscaling); unset: a static plan")
 
-    def dump(self) -> dict:
-        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
-
-    def to_yaml(self) -> str:
-        import yaml
-        return yaml.safe_dump(self.dump(), sort_keys=False)
-
     # ---------------------------------------------------------------- semantic checks
     def check(self, source: str | None = None, catalog: Catalog | None = None) -> None:
-        """Raise SpecError (file, field path, fix) for what pydantic cannot see."""
-        names: dict[str, str] = {}
-        for i, s in enumerate(self.sources):
-            if s.name in names:
-                raise SpecError(f"duplicate name {s.name!r}", source=source, path=f"sources[{i}].name",
-                                hint="sources and tasks need distinct names")
-            names[s.name] = "source"
+        """Raise SpecError (file, field path, fix) for what pydantic cannot see: names, the
+        DAG, the variants each task lists, edge size overrides and the accuracy SLO."""
+        names = self._check_names(source)
+        parents = self._check_edges(names, source)
         for i, t in enumerate(self.tasks):
-            if t.name in names:
-                raise SpecError(f"duplicate name {t.name!r}", source=source, path=f"tasks[{i}].name",
-                                hint="sources and tasks need distinct names")
-            names[t.name] = "task"
+            if not parents[t.name]:
+                raise SpecError(f"task {t.name!r} has no input", source=source, path=f"tasks[{i}]",
+                                hint="add an edge from a source or a task to it")
+        tvars = self._check_variants(catalog, source)
+        self._check_sizes(tvars, source)
+        self._check_slo(tvars, source)
+
+    def _check_names(self, source: str | None) -> dict[str, str]:
+        """Sources and tasks have distinct names: name -> "source" | "task"."""
+        names: dict[str, str] = {}
+        for kind, items in (("source", self.sources), ("task", self.tasks)):
+            for i, x in enumerate(items):
+                if x.name in names:
+                    raise SpecError(f"duplicate name {x.name!r}", source=source, path=f"{kind}s[{i}].name",
+                                    hint="sources and tasks need distinct names")
+                names[x.name] = kind
+        return names
+
+    def _check_edges(self, names: dict[str, str], source: str | None) -> dict[str, list[str]]:
+        """Edges join known names, never into a source, once each, without a cycle: name -> parents."""
         children: dict[str, list[str]] = {n: [] for n in names}
         parents: dict[str, list[str]] = {n: [] for n in names}
         for i, e in enumerate(self.edges):
@@ -193,10 +199,10 @@ class WorkflowSpec(Spec):
         if cyc:
             raise SpecError("the workflow has a cycle: " + " -> ".join(cyc), source=source, path="edges",
                             hint="a workflow must be a DAG; remove one edge of the cycle")
-        for i, t in enumerate(self.tasks):
-            if not parents[t.name]:
-                raise SpecError(f"task {t.name!r} has no input", source=source, path=f"tasks[{i}]",
-                                hint="add an edge from a source or a task to it")
+        return parents
+
+    def _check_variants(self, catalog: Catalog | None, source: str | None) -> dict[str, list[str]]:
+        """Every listed variant is inline or in the catalog, once per task: task -> variant names."""
         tvars: dict[str, list[str]] = {}
         for i, t in enumerate(self.tasks):
             seen: set[str] = set()
@@ -217,6 +223,10 @@ class WorkflowSpec(Spec):
                                     path=f"tasks[{i}].variants[{j}]", hint="list each variant once")
                 seen.add(vname)
             tvars[t.name] = sorted(seen)
+        return tvars
+
+    def _check_sizes(self, tvars: dict[str, list[str]], source: str | None) -> None:
+        """Size overrides name variants of the edge's own ends."""
         for i, e in enumerate(self.edges):
             for k, so in enumerate(e.sizes):
                 for end, task, val in (("from_variant", e.from_, so.from_variant),
@@ -225,6 +235,9 @@ class WorkflowSpec(Spec):
                         raise SpecError(f"unknown variant {val!r} of {task!r}", source=source,
                                         path=f"edges[{i}].sizes[{k}].{end}",
                                         hint=f"use one of: {', '.join(tvars.get(task, [])) or '(none: a source has no variants)'}")
+
+    def _check_slo(self, tvars: dict[str, list[str]], source: str | None) -> None:
+        """A table accuracy model lists whole, known combinations; max_accuracy_loss is additive."""
         slo = self.slo
         if slo.accuracy_model == "table":
             if not slo.accuracy_table:

@@ -62,14 +62,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., seq: _Optional[int] = ..., capacity: _Optional[_Union[_common_pb2.NodeCapacity, _Mapping]] = ..., has_capacity: _Optional[bool] = ..., status: _Optional[_Union[_common_pb2.NodeStatus, _Mapping]] = ..., draining: _Optional[bool] = ..., assignments_generation: _Optional[int] = ..., sent_unix: _Optional[float] = ..., has_price: _Optional[bool] = ..., price_per_hour: _Optional[float] = ..., preemptible: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("replica_id", "workflow", "task", "variant", "base_model", "adapter", "adapter_source", "kind", "options")
-    class OptionsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    __slots__ = ("replica_id", "workflow", "task", "variant", "base_model", "adapter", "adapter_source", "kind")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -78,7 +71,6 @@ class Assignment(_message.Message):
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_SOURCE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
-    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     workflow: str
     task: str
@@ -87,8 +79,7 @@ class Assignment(_message.Message):
     adapter: str
     adapter_source: str
     kind: str
-    options: _containers.ScalarMap[str, str]
-    def __init__(self, replica_id: _Optional[str] = ..., workflow: _Optional[str] = ..., task: _Optional[str] = ..., variant: _Optional[str] = ..., base_model: _Optional[str] = ..., adapter: _Optional[str] = ..., adapter_source: _Optional[str] = ..., kind: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, replica_id: _Optional[str] = ..., workflow: _Optional[str] = ..., task: _Optional[str] = ..., variant: _Optional[str] = ..., base_model: _Optional[str] = ..., adapter: _Optional[str] = ..., adapter_source: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("generation", "items")
@@ -202,12 +193,159 @@ class ProfileEntry(_message.Message):
     source: str
     def __init__(self, variant: _Optional[str] = ..., hardware: _Optional[str] = ..., declared_rps: _Optional[float] = ..., measured_rps: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
 
+class Plan(_message.Message):
+    __slots__ = ("planner", "status", "variants", "hosts", "replicas", "routes", "compute_cost_per_hour", "transfer_cost_per_hour", "accuracy", "solve_seconds", "gap", "moved_replicas", "notes")
+    PLANNER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    SOLVE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
+    MOVED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    planner: str
+    status: str
+    variants: _containers.RepeatedCompositeFieldContainer[PlanMember]
+    hosts: _containers.RepeatedCompositeFieldContainer[PlanHostGroup]
+    replicas: _containers.RepeatedCompositeFieldContainer[PlanReplica]
+    routes: _containers.RepeatedCompositeFieldContainer[PlanRoute]
+    compute_cost_per_hour: float
+    transfer_cost_per_hour: float
+    accuracy: float
+    solve_seconds: float
+    gap: float
+    moved_replicas: int
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, planner: _Optional[str] = ..., status: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[PlanMember, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[PlanHostGroup, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[PlanReplica, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[PlanRoute, _Mapping]]] = ..., compute_cost_per_hour: _Optional[float] = ..., transfer_cost_per_hour: _Optional[float] = ..., accuracy: _Optional[float] = ..., solve_seconds: _Optional[float] = ..., gap: _Optional[float] = ..., moved_replicas: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PlanMember(_message.Message):
+    __slots__ = ("task", "variant")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    variant: str
+    def __init__(self, task: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
+
+class PlanHostGroup(_message.Message):
+    __slots__ = ("group", "pool", "count", "members", "cost_per_hour")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    pool: str
+    count: int
+    members: _containers.RepeatedCompositeFieldContainer[PlanMember]
+    cost_per_hour: float
+    def __init__(self, group: _Optional[str] = ..., pool: _Optional[str] = ..., count: _Optional[int] = ..., members: _Optional[_Iterable[_Union[PlanMember, _Mapping]]] = ..., cost_per_hour: _Optional[float] = ...) -> None: ...
+
+class PlanReplica(_message.Message):
+    __slots__ = ("task", "variant", "pool", "location", "replicas", "rate", "utilization", "cost_per_hour", "shared_with")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    SHARED_WITH_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    variant: str
+    pool: str
+    location: str
+    replicas: int
+    rate: float
+    utilization: float
+    cost_per_hour: float
+    shared_with: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task: _Optional[str] = ..., variant: _Optional[str] = ..., pool: _Optional[str] = ..., location: _Optional[str] = ..., replicas: _Optional[int] = ..., rate: _Optional[float] = ..., utilization: _Optional[float] = ..., cost_per_hour: _Optional[float] = ..., shared_with: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PlanRoute(_message.Message):
+    __slots__ = ("src", "dst", "from_location", "to_location", "rate", "size_kb", "weight", "cost_per_hour")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    FROM_LOCATION_FIELD_NUMBER: _ClassVar[int]
+    TO_LOCATION_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_KB_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    src: str
+    dst: str
+    from_location: str
+    to_location: str
+    rate: float
+    size_kb: float
+    weight: float
+    cost_per_hour: float
+    def __init__(self, src: _Optional[str] = ..., dst: _Optional[str] = ..., from_location: _Optional[str] = ..., to_location: _Optional[str] = ..., rate: _Optional[float] = ..., size_kb: _Optional[float] = ..., weight: _Optional[float] = ..., cost_per_hour: _Optional[float] = ...) -> None: ...
+
+class Deployment(_message.Message):
+    __slots__ = ("autoscale", "on_demand_floor", "failure_domains", "constraints")
+    AUTOSCALE_FIELD_NUMBER: _ClassVar[int]
+    ON_DEMAND_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    autoscale: Autoscale
+    on_demand_floor: OnDemandFloor
+    failure_domains: FailureDomains
+    constraints: PlacementConstraints
+    def __init__(self, autoscale: _Optional[_Union[Autoscale, _Mapping]] = ..., on_demand_floor: _Optional[_Union[OnDemandFloor, _Mapping]] = ..., failure_domains: _Optional[_Union[FailureDomains, _Mapping]] = ..., constraints: _Optional[_Union[PlacementConstraints, _Mapping]] = ...) -> None: ...
+
+class Autoscale(_message.Message):
+    __slots__ = ("scale", "rate", "reason", "decided_unix", "scale_before_zero")
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SCALE_BEFORE_ZERO_FIELD_NUMBER: _ClassVar[int]
+    scale: float
+    rate: float
+    reason: str
+    decided_unix: float
+    scale_before_zero: float
+    def __init__(self, scale: _Optional[float] = ..., rate: _Optional[float] = ..., reason: _Optional[str] = ..., decided_unix: _Optional[float] = ..., scale_before_zero: _Optional[float] = ...) -> None: ...
+
+class OnDemandFloor(_message.Message):
+    __slots__ = ("share", "cost_per_hour")
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    share: float
+    cost_per_hour: float
+    def __init__(self, share: _Optional[float] = ..., cost_per_hour: _Optional[float] = ...) -> None: ...
+
+class FailureDomains(_message.Message):
+    __slots__ = ("label", "domains")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    domains: int
+    def __init__(self, label: _Optional[str] = ..., domains: _Optional[int] = ...) -> None: ...
+
+class PlacementConstraints(_message.Message):
+    __slots__ = ("trusted_only", "on_demand_only", "forbid_tiers", "forbid_regions")
+    TRUSTED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    ON_DEMAND_ONLY_FIELD_NUMBER: _ClassVar[int]
+    FORBID_TIERS_FIELD_NUMBER: _ClassVar[int]
+    FORBID_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    trusted_only: bool
+    on_demand_only: bool
+    forbid_tiers: _containers.RepeatedScalarFieldContainer[str]
+    forbid_regions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, trusted_only: _Optional[bool] = ..., on_demand_only: _Optional[bool] = ..., forbid_tiers: _Optional[_Iterable[str]] = ..., forbid_regions: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class WorkflowStatus(_message.Message):
-    __slots__ = ("name", "state", "message", "plan_json", "replicas", "profiles", "spec_yaml", "created_unix", "updated_unix", "generation", "tenant", "cold_starts_json")
+    __slots__ = ("name", "state", "message", "replicas", "profiles", "spec_yaml", "created_unix", "updated_unix", "generation", "tenant", "cold_starts_json", "plan", "deployment")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     PROFILES_FIELD_NUMBER: _ClassVar[int]
     SPEC_YAML_FIELD_NUMBER: _ClassVar[int]
@@ -216,10 +354,11 @@ class WorkflowStatus(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     COLD_STARTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     message: str
-    plan_json: str
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     profiles: _containers.RepeatedCompositeFieldContainer[ProfileEntry]
     spec_yaml: str
@@ -228,7 +367,9 @@ class WorkflowStatus(_message.Message):
     generation: int
     tenant: str
     cold_starts_json: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., plan_json: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[ProfileEntry, _Mapping]]] = ..., spec_yaml: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., generation: _Optional[int] = ..., tenant: _Optional[str] = ..., cold_starts_json: _Optional[str] = ...) -> None: ...
+    plan: Plan
+    deployment: Deployment
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[ProfileEntry, _Mapping]]] = ..., spec_yaml: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., generation: _Optional[int] = ..., tenant: _Optional[str] = ..., cold_starts_json: _Optional[str] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
 
 class WorkflowSummary(_message.Message):
     __slots__ = ("name", "state", "cost_per_hour", "accuracy", "replicas", "ready_replicas")

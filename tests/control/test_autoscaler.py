@@ -2,7 +2,8 @@
 
 import math
 
-from atoll.coordinator.autoscaler import Policy, Sample, State, decide
+from atoll.coordinator.autoscaler import Autoscaler, Policy, Sample, State, decide
+from atoll.coordinator.records import WorkflowRecord
 
 
 def run(policy, samples, plan_rate=10.0, min_rate=1.0, zero=False):
@@ -69,3 +70,40 @@ def test_queue_delay_metric():
     p = Policy(metric="queue_delay", target=0.2, scale_up_delay=0)
     d = decide(p, sample(0, qd=0.5), 10.0, 1.0, State())
     assert d.action == "scale" and math.isclose(d.rate, 10.0 * 2.5 * 1.25)
+
+
+class Clock:
+    def __init__(self, t: float = 100.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_idle_time_counts_from_readiness_or_the_last_request():
+    """A workflow still deploying is not idle; once ready, idle time runs from then, and a request
+    starts it again (the samples the autoscaling pass builds for ``decide``)."""
+    clock = Clock()
+    auto = Autoscaler(clock=clock, wall=lambda: 1e9)
+    rec = WorkflowRecord(name="wf", spec_yaml="", state="DEPLOYING", created=1e9 - 50)
+    policy = Policy(scale_to_zero=True, min_replicas=0, idle_seconds=2)
+
+    def action():
+        s = auto.sample(rec, [], {}, clock.t)
+        return decide(policy, s, 1.0, 0.05, State()).action
+
+    auto.observe(rec, [], "DEPLOYING")
+    clock.t = 200.0
+    assert auto.sample(rec, [], {}, clock.t).last_request_at == 200.0 and action() == "keep"
+    auto.observe(rec, [], "READY")
+    clock.t = 201.5
+    assert action() == "keep"
+    clock.t = 202.0
+    assert auto.sample(rec, [], {}, clock.t).last_request_at == 200.0 and action() == "to_zero"
+    auto.request_started("wf")
+    auto.request_finished("wf")
+    clock.t = 203.0
+    assert action() == "keep"
+    auto.observe(rec, [], "DEGRADED")          # still serving: idle time keeps running from the request
+    clock.t = 204.0
+    assert action() == "to_zero"

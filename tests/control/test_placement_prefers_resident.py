@@ -6,19 +6,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from atoll.agent.fetch import cached_names
-from atoll.coordinator.convert import status_from_pb, status_to_pb
-from atoll.coordinator.deploy import assign, resident_models
+from atoll.coordinator.fleet import resident_models
+from atoll.coordinator.placement import assign, previous_hosts
+from atoll.coordinator.records import Assignment
+from atoll.coordinator.stages import VariantServing
+from atoll.planner.plan import HostGroup, Plan, Replica
+from atoll.wire.nodes import status_from_pb, status_to_pb
 
 BASE = "sha256:" + "ab" * 32
-SERVING = {("chat", "v"): {"base_model": BASE, "adapter": "", "kind": "llm"}}
+SERVING = {("chat", "v"): VariantServing(base_model=BASE, adapter="", kind="llm")}
 
 
-def plan(count: int) -> dict:
-    return {"tasks": {"chat": {"variant": "v", "replicas": [{"pool": "p", "rate": 4.0, "replicas": count}]}},
-            "hosts": [{"group": "g0", "pool": "p", "count": count, "members": [["chat", "v"]]}]}
+def plan(count: int) -> Plan:
+    return Plan(planner="milp", status="optimal", variants={"chat": "v"},
+                hosts=(HostGroup(group="g0", pool="p", count=count, members=(("chat", "v"),), cost_per_hour=0.0),),
+                replicas=(Replica(task="chat", variant="v", pool="p", location="", replicas=count, rate=4.0,
+                                  utilization=0.0, cost_per_hour=0.0),),
+                routes=(), compute_cost_per_hour=0.0, transfer_cost_per_hour=0.0, accuracy=1.0,
+                solve_seconds=0.0, gap=None)
 
 
-POOLS = [{"name": "p", "node_ids": ["n1", "n2", "n3", "n4"]}]
+def held(node_id: str, group: str) -> Assignment:
+    """A live replica of the workflow on ``node_id`` (only its node and group matter here)."""
+    return Assignment(replica_id=f"wf.chat.v.{node_id}", workflow="wf", task="chat", variant="v", node_id=node_id,
+                      base_model=BASE, adapter="", adapter_source="", kind="llm", weight=1.0, group=group)
+
+
+POOLS = {"p": ["n1", "n2", "n3", "n4"]}
 
 
 def test_nodes_holding_the_base_model_are_chosen_first():
@@ -32,7 +46,7 @@ def test_nodes_holding_the_base_model_are_chosen_first():
 
 
 def test_a_replan_keeps_its_nodes_before_warm_ones():
-    previous = [{"node_id": "n1", "group": "g0"}]
+    previous = [held("n1", "g0")]
     out = assign("wf", plan(2), POOLS, SERVING, previous=previous, resident={"n4": {BASE}})
     assert sorted(a.node_id for a in out) == ["n1", "n4"]
 
@@ -55,10 +69,8 @@ def test_agent_reports_complete_fetches_only(tmp_path: Path):
 
 
 def test_previous_hosts_counts_nodes_per_group_and_pool_on_todays_pools():
-    from atoll.coordinator.deploy import previous_hosts
-
-    pools = [{"name": "a", "node_ids": ["n1", "n2"]}, {"name": "b", "node_ids": ["n3"]}]
-    previous = [{"node_id": "n1", "group": "g0"}, {"node_id": "n1", "group": "g0"},   # two replicas, one node
-                {"node_id": "n2", "group": "g0"}, {"node_id": "n3", "group": "g1"},
-                {"node_id": "gone", "group": "g0"}]                                  # left the fleet
+    pools = {"a": ["n1", "n2"], "b": ["n3"]}
+    previous = [held("n1", "g0"), held("n1", "g0"),                                  # two replicas, one node
+                held("n2", "g0"), held("n3", "g1"),
+                held("gone", "g0")]                                                   # left the fleet
     assert previous_hosts(pools, previous) == {("g0", "a"): 2, ("g1", "b"): 1}

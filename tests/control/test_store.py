@@ -1,6 +1,10 @@
 """SqliteStore: what is committed survives a reopen; renames and batches behave."""
 
+import json
+
+from atoll.coordinator.records import Assignment
 from atoll.coordinator.store import NodeRecord, SqliteStore
+from atoll.planner.plan import HostGroup, Plan, Replica, Route
 
 
 def rec(**o):
@@ -47,3 +51,36 @@ def test_meta(tmp_path):
     s.set_meta("k", "v1")
     s.set_meta("k", "v2")
     assert s.get_meta("k") == "v2"
+
+
+def test_rows_written_before_plans_were_typed_read_back_typed(tmp_path):
+    """Rows hold the plan as Plan.to_dict() plus deployment keys and the assignments as dicts,
+    as coordinators wrote them before the record kept typed values: they read back typed, and
+    writing the record again stores the same data."""
+    plan = Plan(planner="milp", status="optimal", variants={"chat": "v"},
+                hosts=(HostGroup("m@fp16", "pool-0", 1, (("chat", "v"),), 0.5),),
+                replicas=(Replica("chat", "v", "pool-0", "eu/datacenter", 1, 2.0, 0.5, 0.5),),
+                routes=(Route("users", "chat", "eu/edge", "eu/datacenter", 2.0, 1.0, 1.0, 0.001),),
+                compute_cost_per_hour=0.5, transfer_cost_per_hour=0.001, accuracy=0.9, solve_seconds=0.01, gap=0.0)
+    old_plan = {**plan.to_dict(),
+                "constraints": {"trusted_only": True, "on_demand_only": False, "forbid_tiers": ["renter"],
+                                "forbid_regions": []},
+                "on_demand_floor": {"share": 0.25, "cost_per_hour": 0.5},
+                "autoscale": {"scale": 0.0, "rate": 0.0, "reason": "idle", "decided_unix": 5.0,
+                              "scale_before_zero": 2.0}}
+    old_assignment = {"replica_id": "wf.chat.v.abcdefgh", "workflow": "wf", "task": "chat", "variant": "v",
+                      "node_id": "abcdefgh-1", "base_model": "/m", "adapter": "", "adapter_source": "",
+                      "kind": "llm", "weight": 2.0, "group": "m@fp16"}
+    s = SqliteStore(tmp_path / "a.db")
+    s._db.execute("INSERT INTO workflows(name, spec_yaml, state, message, plan, assignments, generation, created, "
+                  "updated, tenant) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                  ("wf", "name: wf\n", "IDLE", "scaled to zero: idle", json.dumps(old_plan),
+                   json.dumps([old_assignment]), 3, 1.0, 2.0, "t"))
+    rec = s.get_workflow("wf")
+    assert rec.plan == plan and rec.assignments == (Assignment(**old_assignment),)
+    d = rec.deployment
+    assert d.constraints.trusted_only and d.on_demand_floor.share == 0.25 and d.failure_domains is None
+    assert (d.autoscale.scale, d.autoscale.scale_before_zero) == (0.0, 2.0)
+    s.put_workflow(rec)
+    plan_json, asg_json = s._db.execute("SELECT plan, assignments FROM workflows WHERE name = 'wf'").fetchone()
+    assert json.loads(plan_json) == json.loads(json.dumps(old_plan)) and json.loads(asg_json) == [old_assignment]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from atoll.coordinator.records import Assignment
 from atoll.coordinator.store import NodeRecord, SqliteStore, WorkflowRecord, open_store
+from atoll.planner.plan import Plan
 from atoll.coordinator.store_pg import PostgresStore
 from atoll.specs.config import CoordinatorSettings
 
@@ -44,10 +46,15 @@ def rec(**o):
     return NodeRecord(**base)
 
 
+PLAN = Plan(planner="milp", status="optimal", variants={"a": "v"}, hosts=(), replicas=(), routes=(),
+            compute_cost_per_hour=1.0, transfer_cost_per_hour=0.25, accuracy=0.9, solve_seconds=0.5, gap=None)
+ASSIGNMENT = Assignment(replica_id="r1", workflow="wf-1", task="a", variant="v", node_id="id-aaaaaaaa",
+                        base_model="/m", adapter="", adapter_source="", kind="llm", weight=1.0, group="g")
+
+
 def wf(**o):
     base = dict(name="wf-1", spec_yaml="name: wf-1\n", state="DEPLOYING", message="waiting",
-                plan={"total_cost_per_hour": 1.25, "tasks": {"a": {}}},
-                assignments=[{"node_id": "id-aaaaaaaa", "replica_id": "r1"}], generation=1,
+                plan=PLAN, assignments=(ASSIGNMENT,), generation=1,
                 created=10.0, updated=11.0, tenant="t1")
     base.update(o)
     return WorkflowRecord(**base)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from atoll.agent.replicas import Item, ReplicaManager, digest
+from atoll.agent.replicas import ReplicaManager
+from atoll.specs.assignment import ReplicaItem as Item
+from atoll.specs.assignment import generation_of as digest
 
 
 def test_adapter_on_a_warm_host_is_a_small_fraction_of_a_base_cold_start(tmp_path):

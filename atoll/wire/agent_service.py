@@ -1,0 +1,76 @@
+"""``AgentService`` on the wire, both sides: the agent's heartbeat client builds the requests and
+reads the instructions; the coordinator's servicer reads the requests and sends instructions.
+
+Instructions are plain values on both sides: ``{"drain": True}`` (stop taking work; also the
+acknowledgement of an agent's own drain), ``{"reregister": True}`` (the session is unknown)
+and ``{"assignments": AssignmentSet}`` (the node's full desired set).
+"""
+
+from __future__ import annotations
+
+from atoll.proto.v1 import control_pb2, control_pb2_grpc
+from atoll.specs.assignment import AssignmentSet, ReplicaItem
+from atoll.wire.nodes import capacity_to_pb, spec_to_pb, status_to_pb
+
+SERVICE = control_pb2.DESCRIPTOR.services_by_name["AgentService"]
+
+
+def agent_stub(channel) -> control_pb2_grpc.AgentServiceStub:
+    return control_pb2_grpc.AgentServiceStub(channel)
+
+
+def register_request(*, join_token: str, node_id: str, spec: dict, capacity: dict,
+                     status: dict | None) -> control_pb2.RegisterRequest:
+    return control_pb2.RegisterRequest(join_token=join_token, node_id=node_id, spec=spec_to_pb(spec),
+                                       capacity=capacity_to_pb(capacity),
+                                       status=status_to_pb(status) if status is not None else None)
+
+
+def heartbeat_request(*, node_id: str, session_token: str, seq: int, draining: bool, generation: int,
+                      price: tuple[float, bool] | None, capacity: dict | None, status: dict | None,
+                      sent_unix: float) -> control_pb2.HeartbeatRequest:
+    """One heartbeat; ``capacity`` when it changed, ``price`` (per hour, preemptible) when the
+    host re-priced itself, ``status`` when the agent has one to report."""
+    req = control_pb2.HeartbeatRequest(node_id=node_id, session_token=session_token, seq=seq, draining=draining,
+                                       assignments_generation=generation, sent_unix=sent_unix)
+    if price is not None:
+        req.has_price, (req.price_per_hour, req.preemptible) = True, price
+    if capacity is not None:
+        req.capacity.CopyFrom(capacity_to_pb(capacity))
+        req.has_capacity = True
+    if status is not None:
+        req.status.CopyFrom(status_to_pb(status))
+    return req
+
+
+def item_to_pb(item: ReplicaItem) -> control_pb2.Assignment:
+    return control_pb2.Assignment(replica_id=item.replica_id, workflow=item.workflow, task=item.task,
+                                  variant=item.variant, base_model=item.base_model, adapter=item.adapter,
+                                  adapter_source=item.adapter_source, kind=item.kind)
+
+
+def item_from_pb(a: control_pb2.Assignment) -> ReplicaItem:
+    return ReplicaItem(a.replica_id, a.workflow, a.task, a.variant, a.base_model, a.adapter, a.adapter_source,
+                       a.kind or "llm")
+
+
+def instruction_to_pb(ins: dict) -> control_pb2.Instruction:
+    if ins.get("drain"):
+        return control_pb2.Instruction(drain=True)
+    if ins.get("reregister"):
+        return control_pb2.Instruction(reregister=True)
+    if "assignments" in ins:
+        a: AssignmentSet = ins["assignments"]
+        return control_pb2.Instruction(assignments=control_pb2.Assignments(
+            generation=a.generation, items=[item_to_pb(i) for i in a.items]))
+    raise ValueError(f"unknown instruction {sorted(ins)}")
+
+
+def instruction_from_pb(m: control_pb2.Instruction) -> dict:
+    kind = m.WhichOneof("kind")
+    if kind == "assignments":
+        return {"assignments": AssignmentSet(m.assignments.generation,
+                                             tuple(item_from_pb(a) for a in m.assignments.items))}
+    if kind in ("drain", "reregister"):
+        return {kind: True}
+    return {}

@@ -1,0 +1,186 @@
+"""The coordinator's records: what it knows of each node and each workflow, and their row form.
+
+A :class:`NodeRecord` keeps a node's spec, capacity and status as plain dicts (the fields of
+the node messages, see ``atoll.wire.nodes``). A :class:`WorkflowRecord` keeps the workflow's
+spec, its typed :class:`~atoll.planner.plan.Plan`, the typed :class:`Assignment` values derived
+from it, and the :class:`Deployment` facts decided around the plan.
+
+Records become rows only at the store boundary (:func:`workflow_row`, :func:`node_row` and
+their inverses), the same for SQLite and PostgreSQL: the ``plan`` column holds
+``Plan.to_dict()`` with the deployment facts as extra keys (``constraints``,
+``on_demand_floor``, ``failure_domains``, ``autoscale``), the ``assignments`` column a list of
+assignment dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Optional
+
+from atoll.planner.plan import Plan
+from atoll.specs.assignment import ReplicaItem
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class NodeRecord:
+    """One node as the coordinator knows it. ``spec``/``capacity``/``status`` are plain dicts
+    (the JSON form of the proto messages), so the store never touches protobuf."""
+
+    id: str
+    name: str
+    spec: dict
+    capacity: dict = field(default_factory=dict)
+    status: dict = field(default_factory=dict)
+    state: str = "READY"            # READY | SUSPECT | LOST | DRAINING
+    registered_at: float = 0.0
+    last_heartbeat: float = 0.0     # wall clock, seconds since the epoch
+    heartbeats: int = 0
+    drain_requested: bool = False   # an operator drained it: stays DRAINING across restarts
+
+    @property
+    def tier(self) -> str:
+        return self.spec.get("tier", "")
+
+    @property
+    def region(self) -> str:
+        return self.spec.get("region", "")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One replica of a workflow on a concrete node, as placement decided it."""
+
+    replica_id: str
+    workflow: str
+    task: str
+    variant: str
+    node_id: str
+    base_model: str
+    adapter: str
+    adapter_source: str
+    kind: str
+    weight: float          # req/s the plan routes to this replica
+    group: str             # the plan's host group (base model) the node runs
+
+    def item(self) -> ReplicaItem:
+        """What the node is told to hold for this replica."""
+        return ReplicaItem(self.replica_id, self.workflow, self.task, self.variant, self.base_model, self.adapter,
+                           self.adapter_source, self.kind)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """The placement rules a plan was made under."""
+
+    trusted_only: bool
+    on_demand_only: bool
+    forbid_tiers: tuple[str, ...]
+    forbid_regions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OnDemandFloor:
+    share: float                    # of the rate, planned on non-preemptible nodes
+    cost_per_hour: float            # of that share
+
+
+@dataclass(frozen=True)
+class FailureDomains:
+    label: str                      # node label (or "region") naming a node's domain
+    domains: int
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    """The autoscaler's last decision for a workflow."""
+
+    scale: float                    # the declared source rates times this were planned
+    rate: float                     # req/s planned for
+    reason: str
+    decided_unix: float
+    scale_before_zero: Optional[float] = None   # while scaled to zero: the scale a wake-up restores
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the coordinator decided around the planner's plan."""
+
+    constraints: Optional[Constraints] = None
+    on_demand_floor: Optional[OnDemandFloor] = None
+    failure_domains: Optional[FailureDomains] = None
+    autoscale: Optional[Autoscale] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.constraints is not None:
+            c = self.constraints
+            out["constraints"] = {"trusted_only": c.trusted_only, "on_demand_only": c.on_demand_only,
+                                  "forbid_tiers": list(c.forbid_tiers), "forbid_regions": list(c.forbid_regions)}
+        for key in ("on_demand_floor", "failure_domains"):
+            if getattr(self, key) is not None:
+                out[key] = asdict(getattr(self, key))
+        if self.autoscale is not None:
+            out["autoscale"] = {k: v for k, v in asdict(self.autoscale).items()
+                                if k != "scale_before_zero" or v is not None}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Deployment":
+        c = d.get("constraints")
+        return cls(
+            constraints=None if c is None else Constraints(
+                trusted_only=bool(c.get("trusted_only", False)), on_demand_only=bool(c.get("on_demand_only", False)),
+                forbid_tiers=tuple(c.get("forbid_tiers", ())), forbid_regions=tuple(c.get("forbid_regions", ()))),
+            on_demand_floor=OnDemandFloor(**d["on_demand_floor"]) if d.get("on_demand_floor") else None,
+            failure_domains=FailureDomains(**d["failure_domains"]) if d.get("failure_domains") else None,
+            autoscale=Autoscale(**d["autoscale"]) if d.get("autoscale") else None)
+
+
+@dataclass
+class WorkflowRecord:
+    """A submitted workflow: its spec, its current plan and the assignments derived from it."""
+
+    name: str
+    spec_yaml: str
+    state: str = "PLANNED"
+    message: str = ""
+    plan: Optional[Plan] = None
+    assignments: tuple[Assignment, ...] = ()
+    generation: int = 0
+    created: float = 0.0
+    updated: float = 0.0
+    tenant: str = ""
+    deployment: Deployment = Deployment()
+
+
+# ---------------------------------------------------------------------- row form
+NODE_COLUMNS = "id, name, spec, capacity, status, state, registered_at, last_heartbeat, heartbeats, drain_requested"
+WORKFLOW_COLUMNS = "name, spec_yaml, state, message, plan, assignments, generation, created, updated, tenant"
+
+
+def node_row(rec: NodeRecord) -> tuple:
+    return (rec.id, rec.name, json.dumps(rec.spec), json.dumps(rec.capacity), json.dumps(rec.status), rec.state,
+            rec.registered_at, rec.last_heartbeat, rec.heartbeats, bool(rec.drain_requested))
+
+
+def node_from_row(r) -> NodeRecord:
+    return NodeRecord(id=r[0], name=r[1], spec=json.loads(r[2]), capacity=json.loads(r[3]),
+                      status=json.loads(r[4]), state=r[5], registered_at=r[6],
+                      last_heartbeat=r[7], heartbeats=r[8], drain_requested=bool(r[9]))
+
+
+def workflow_row(rec: WorkflowRecord) -> tuple:
+    plan = {**(rec.plan.to_dict() if rec.plan is not None else {}), **rec.deployment.to_dict()}
+    return (rec.name, rec.spec_yaml, rec.state, rec.message, json.dumps(plan),
+            json.dumps([asdict(a) for a in rec.assignments]), rec.generation, rec.created, rec.updated, rec.tenant)
+
+
+def workflow_from_row(r) -> WorkflowRecord:
+    plan = json.loads(r[4])
+    return WorkflowRecord(name=r[0], spec_yaml=r[1], state=r[2], message=r[3],
+                          plan=Plan.from_dict(plan) if "planner" in plan else None,
+                          assignments=tuple(Assignment(**a) for a in json.loads(r[5])), generation=r[6],
+                          created=r[7], updated=r[8], tenant=r[9], deployment=Deployment.from_dict(plan))

@@ -1,0 +1,42 @@
+"""The routing table, built: every deployed workflow's :class:`~atoll.specs.routing.Route`
+from its serving view, plan, assignments and replica views. Pure.
+
+The coordinator builds a table once per plan generation or change of replica state
+(``WorkflowManager.routing_table``) and the router reads it; the table is an immutable value
+(``atoll.specs.routing``) that refers to nothing inside the coordinator.
+
+A replica is an endpoint when it reports ready on a READY node that advertises a Worker
+address.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Iterable, Sequence
+
+from atoll.coordinator.records import Assignment
+from atoll.coordinator.stages import WorkflowServing
+from atoll.planner.plan import Plan
+from atoll.specs.routing import Endpoint, Flow, Route, RoutingTable
+
+
+def build_route(workflow: str, serving: WorkflowServing, plan: Plan | None, assignments: Sequence[Assignment],
+                views: Sequence[dict]) -> Route:
+    """The route of one workflow; ``views`` are its replicas' status views, one per assignment
+    in the same order (``atoll.coordinator.status.replica_views``)."""
+    eps: dict[str, list[Endpoint]] = {}
+    for a, v in zip(assignments, views):
+        if v["state"] == "ready" and v["node_state"] == "READY" and v["worker_address"]:
+            eps.setdefault(a.task, []).append(Endpoint(
+                a.replica_id, a.task, a.variant, a.node_id, v["node_name"], v["region"], v["worker_address"],
+                a.weight, a.adapter, f"{v['region']}/{v['tier']}", a.base_model))
+    flows: dict[tuple[str, str], list[Flow]] = {}
+    for f in (plan.routes if plan is not None else ()):
+        flows.setdefault((f.src, f.dst), []).append((f.from_location, f.to_location, float(f.rate)))
+    return Route(workflow, serving.stages, MappingProxyType({t: tuple(e) for t, e in eps.items()}),
+                 serving.source_region, serving.sink, serving.source_location,
+                 MappingProxyType({k: tuple(v) for k, v in flows.items()}))
+
+
+def build_table(routes: Iterable[Route]) -> RoutingTable:
+    return RoutingTable(MappingProxyType({r.workflow: r for r in routes}))
