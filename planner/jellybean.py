@@ -15,8 +15,8 @@ import math
 import time
 from typing import Optional
 
-from atoll.planner.baselines import _finish, unit_cost
-from atoll.planner.milp import PlanOptions
+from atoll.planner.baselines import finish, unit_cost
+from atoll.planner.options import PlanOptions
 from atoll.planner.plan import Plan
 from atoll.planner.problem import PlanProblem
 from atoll.specs.node import TIER_RANK
@@ -86,4 +86,4 @@ def jellybean_plan(problem: PlanProblem, previous: Optional[Plan] = None,
                 break
             tier_of[t.name] = top
             region_of[t.name] = reg or next(iter(regions))
-    return _finish(problem, choice, hosts, "jellybean", t0, previous, options, up_only=True)
+    return finish(problem, choice, hosts, "jellybean", t0, previous, options, up_only=True)

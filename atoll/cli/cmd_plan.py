@@ -28,9 +28,10 @@ def register(subparsers) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    # imported here, not at the top: `atoll --help` (which registers every verb) stays fast
+    # without loading PuLP, HiGHS and the specs
     from atoll.core.errors import SpecError
-    from atoll.planner.api import PLANNERS, PlanOptions, PlanProblem
-    from atoll.planner.explain import explain
+    from atoll.planner.api import PLANNERS, PlanOptions, explain, problem_from_specs
     from atoll.specs.cluster import load_cluster
     from atoll.specs.workflow import load_workflow
 
@@ -40,11 +41,11 @@ def run(ns: argparse.Namespace) -> int:
         raise SpecError("must be in [0, 1)", source="flag --gap")
     wf, catalog = load_workflow(ns.workflow)
     cluster = load_cluster(ns.cluster)
-    problem = PlanProblem.from_specs(wf, cluster, catalog, workflow_source=ns.workflow,
-                                     cluster_source=ns.cluster)
+    problem = problem_from_specs(wf, cluster, catalog, workflow_source=ns.workflow,
+                                 cluster_source=ns.cluster)
     opts = PlanOptions(time_limit=ns.time_limit, gap=ns.gap, solver=ns.solver, data_up_only=ns.up_only)
     plan = PLANNERS[ns.planner](problem, options=opts)
-    info = explain(problem, plan, opts) if ns.explain else None
+    info = explain(problem, plan, opts, replan=PLANNERS["milp"]) if ns.explain else None
     if ns.output == "json":
         d = plan.to_dict()
         if info:
