@@ -110,12 +110,14 @@ def place_cheapest(problem: PlanProblem, choice: dict[str, str], pools: list[Poo
     return hosts
 
 
-def finish(problem, choice, hosts, name, t0, previous, opts, up_only=False) -> Plan:
+def finish(problem, choice, hosts, name, t0, previous, opts, up_only=False, rates=None) -> Plan:
+    """The Plan of a heuristic's choice and nodes (and request split), routed by the LP; raises
+    PlanInfeasible when the heuristic found nothing or its placement cannot carry the load."""
     if choice is None or hosts is None:
         raise PlanInfeasible(f"{name}: no plan found by this heuristic", slo="heuristic",
                              hint="the MILP planner may still find one")
     p = S.evaluate(problem, choice, hosts, planner=name, up_only=up_only or problem.data_up_only,
-                   previous=previous, opts=opts, seconds=time.perf_counter() - t0)
+                   previous=previous, opts=opts, seconds=time.perf_counter() - t0, rates=rates)
     if p is None:
         raise PlanInfeasible(f"{name}: its placement cannot carry the load (bandwidth or memory)",
                              slo="heuristic", hint="the MILP planner may still find one")

@@ -91,11 +91,13 @@ class Model:
 
     ``mode="throughput"`` builds the max-throughput variant; ``fix_choice`` (task -> variant)
     keeps only those variants; ``fix_hosts`` ((group, pool) -> nodes) fixes the node counts,
-    leaving an LP over rates and flows (how the baselines are costed)."""
+    leaving an LP over rates and flows (how the baselines are costed), and ``fix_rates``
+    ((task, pool) -> req/s) also fixes how a baseline split each task's requests."""
 
     def __init__(self, problem: PlanProblem, *, up_only: bool = False, previous=None,
                  churn_penalty: float = 0.0, fix_choice: Optional[dict] = None,
-                 fix_hosts: Optional[dict] = None, mode: str = "cost"):
+                 fix_hosts: Optional[dict] = None, fix_rates: Optional[dict] = None,
+                 mode: str = "cost"):
         self.pb = problem
         self.mode = mode
         sense = pulp.LpMaximize if mode == "throughput" else pulp.LpMinimize
@@ -119,6 +121,8 @@ class Model:
                 var.lowBound = var.upBound = 1 if fix_choice.get(k[0]) == k[1] else 0
         self._c1_one_variant_per_task()
         self._c2_throughput()
+        if fix_rates:
+            self._c2_fixed_rates(fix_rates)
         self._c3_shared_capacity()
         self._c4_pool_size()
         # (5) adapter memory: enforced by the configurations (see _configurations)
@@ -261,6 +265,17 @@ class Model:
                 for m in self.cand[t.name]:
                     prob += (pulp.lpSum(v for _, v in r_by_tm[(t.name, m.name)])
                              == self.z[(t.name, m.name)]), f"c2_{t.name}_{m.name}"
+
+    def _c2_fixed_rates(self, fix_rates: dict) -> None:
+        """A baseline's split of each task's requests over pools: Σ_{m,c} r[v,m,p,c] = rate / λ_v."""
+        want = defaultdict(float)
+        for (t, pid), x in fix_rates.items():
+            want[(t, self.class_of[pid])] += x
+        terms = defaultdict(list)
+        for (t, m, p, _c), var in self.r.items():
+            terms[(t, p)].append(var)
+        for (t, p), x in want.items():
+            self.prob += pulp.lpSum(terms[(t, p)]) == x / self.rate[t]
 
     def _c3_shared_capacity(self) -> None:
         rg = defaultdict(list)

@@ -237,13 +237,16 @@ def extract(model: Model, *, planner: str, status: str, seconds: float, gap: Opt
 
 
 def evaluate(problem: PlanProblem, choice: dict, hosts: dict, *, planner: str, up_only: bool = False,
-             previous=None, opts: Optional[PlanOptions] = None, seconds: float = 0.0) -> Optional[Plan]:
-    """Cost of a fixed variant choice and host placement, routed at least cost (an LP).
-    Returns None when that placement cannot carry the load."""
+             previous=None, opts: Optional[PlanOptions] = None, seconds: float = 0.0,
+             rates: Optional[dict] = None) -> Optional[Plan]:
+    """Cost of a fixed variant choice and host placement (and, given ``rates``, a fixed split of
+    each task's requests over pools), routed at least cost (an LP). Returns None when that
+    placement cannot carry the load."""
     opts = opts or PlanOptions()
     opts = replace(opts, time_limit=max(opts.time_limit, 30.0), method="exact")  # a small LP/MILP
     t0 = time.perf_counter()
-    model = Model(problem, up_only=up_only, previous=previous, fix_choice=choice, fix_hosts=hosts)
+    model = Model(problem, up_only=up_only, previous=previous, fix_choice=choice, fix_hosts=hosts,
+                  fix_rates=rates)
     res = run(model, opts)
     if res.status not in ("optimal", "time_limit"):
         return None
