@@ -7,8 +7,10 @@ all tasks -- default accuracy profiles along a chain in which each task is a par
 one of its two SLOs -- by a Pareto search (pairs of weight and price no other pair beats on
 both); past ``pareto_cap`` pairs, by a dynamic program over the row's slack in ``buckets`` steps
 whose rounding admits a superset of Z (a valid, slightly lower beta) and a subset (choices
-surely in Z). An accuracy table is searched row by row. Otherwise :meth:`AccuracySet.of` gives
-None and the hull cuts are skipped.
+surely in Z). An accuracy table is searched row by row. Any other profile model (explicit
+profiles, fan-outs and joins) is enumerated into such a table when it has at most ``cap``
+variant choices (200,000 by default). Otherwise :meth:`AccuracySet.of` gives None and the hull
+cuts are skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +21,19 @@ from typing import Optional
 import numpy as np
 
 from atoll.planner.milp import Model
+
+
+def _out_accuracy(v, x: np.ndarray) -> np.ndarray:
+    """:meth:`Variant.out_accuracy` over an array of input accuracies."""
+    if not v.profile:
+        return v.accuracy * x
+    px = np.array([p[0] for p in v.profile])
+    py = np.array([p[1] for p in v.profile])
+    out = np.interp(x, px, py)
+    lo, hi = x < px[0], x > px[-1]
+    out[lo] = py[0] + (py[1] - py[0]) * (x[lo] - px[0]) / (px[1] - px[0])
+    out[hi] = py[-2] + (py[-1] - py[-2]) * (x[hi] - px[-2]) / (px[-1] - px[-2])
+    return np.clip(out, 0.0, 1.0)
 
 _FEAS_TOL = 1e-6          # the search over Z admits choices this far (in its row's units) below the SLO
 
@@ -39,7 +54,7 @@ class AccuracySet:
         self.buckets = buckets
 
     @classmethod
-    def of(cls, model: Model) -> Optional["AccuracySet"]:
+    def of(cls, model: Model, cap: int = 200_000) -> Optional["AccuracySet"]:
         pb = model.pb
         zkeys = list(model.z)
         at = {k: i for i, k in enumerate(zkeys)}
@@ -65,14 +80,14 @@ class AccuracySet:
                 weight = {k: vobj[k].accuracy - best[k[0]] for k in zkeys}
                 need = -pb.max_accuracy_loss
         else:
+            if pb.min_accuracy is None:
+                return None
             # (8b): default profiles; with each task a parent of the next, every source-to-sink
             # path is a subset of all tasks and ln acc <= 0, so the path through all is the row
-            if pb.min_accuracy is None or any(vobj[k].profile is not None for k in zkeys):
-                return None
-            if any(pb.tasks[i - 1].name not in pb.tasks[i].parents for i in range(1, len(pb.tasks))):
-                return None
-            if any(not 0 < vobj[k].accuracy <= 1 for k in zkeys):
-                return None
+            chain = all(pb.tasks[i - 1].name in pb.tasks[i].parents for i in range(1, len(pb.tasks)))
+            if (not chain or any(vobj[k].profile is not None for k in zkeys)
+                    or any(not 0 < vobj[k].accuracy <= 1 for k in zkeys)):
+                return cls.enumerated(model, cap)
             weight = {k: math.log(vobj[k].accuracy) for k in zkeys}
             need = math.log(max(pb.min_accuracy, 1e-12))
         groups = []
@@ -82,6 +97,31 @@ class AccuracySet:
                 return None
             groups.append((np.array(idx, dtype=np.int64), np.array([weight[zkeys[i]] for i in idx])))
         return cls(len(zkeys), groups=groups, need=need)
+
+    @classmethod
+    def enumerated(cls, model: Model, cap: int) -> Optional["AccuracySet"]:
+        """Profile model on any DAG: every choice of the model's candidates, its end-to-end
+        accuracy computed as :meth:`PlanProblem.accuracy_of` does (vectorized), kept as a table
+        of the choices that meet the SLO; None when there are more than ``cap`` choices."""
+        pb = model.pb
+        zkeys = list(model.z)
+        at = {k: i for i, k in enumerate(zkeys)}
+        cands = [[m for m in model.cand[t.name]] for t in pb.tasks]
+        if not all(cands) or math.prod(len(c) for c in cands) > cap:
+            return None
+        pick = np.indices([len(c) for c in cands]).reshape(len(cands), -1)    # task x choice
+        acc = {s.name: np.ones(pick.shape[1]) for s in pb.sources}
+        for i, t in enumerate(pb.tasks):
+            x = np.minimum.reduce([acc[p] for p in t.parents])
+            out = np.empty_like(x)
+            for j, m in enumerate(cands[i]):
+                sel = pick[i] == j
+                out[sel] = _out_accuracy(m, x[sel])
+            acc[t.name] = out
+        ok = np.minimum.reduce([acc[s] for s in pb.sinks()]) >= pb.min_accuracy - _FEAS_TOL
+        index = np.array([[at[(t.name, m.name)] for m in c] for t, c in zip(pb.tasks, cands)], dtype=object)
+        rows = np.stack([np.array(index[i], dtype=np.int64)[pick[i][ok]] for i in range(len(cands))], axis=1)
+        return cls(len(zkeys), table=rows.reshape(-1, len(cands)))
 
     def minimize(self, y: np.ndarray, k: int = 1) -> tuple[float, list[tuple[float, list[int]]]]:
         """(beta, choices): beta <= min over Z of y.z (equal to it when the search is exact), and

@@ -60,9 +60,10 @@ class Relaxation:
     substituted: int                 # node counts replaced by their load
 
 
-def relaxation(model: Model) -> Relaxation:
+def relaxation(model: Model, node_costs: bool = False) -> Relaxation:
     """Step (a): R, with node counts continuous and substituted by their loads where that keeps
-    the optimum (see the module docstring); node-cover rows (10) holding a substituted count dropped."""
+    the optimum (see the module docstring); rows (10) and (12) holding a substituted count
+    dropped, and with ``node_costs`` block (12) paid as :func:`_node_cost_rows` says."""
     prob = model.prob
     rows_all = prob.constraints() if callable(prob.constraints) else list(prob.constraints.values())
     rows_all = [(con.name or "", con) for con in rows_all]
@@ -80,7 +81,7 @@ def relaxation(model: Model) -> Relaxation:
         own = [(a, con) for n, a, con in rows if n.startswith("c3_")]
         if (len(own) != 1 or own[0][0] >= 0 or own[0][1].constant != 0
                 or own[0][1].sense != pulp.LpConstraintLE
-                or any(not n.startswith(("c3_", "c4_", "c10_")) for n, _, _ in rows)
+                or any(not n.startswith(("c3_", "c4_", "c10_", "c12_")) for n, _, _ in rows)
                 or obj.get(hid, 0.0) < 0 or (v.lowBound or 0) != 0
                 # a row (4) whose segments pay < 0 would reward nodes beyond the load
                 or any(obj.get(id(w), 0.0) < 0 for n, _, con in rows if n.startswith("c4_") for w in con)):
@@ -106,10 +107,11 @@ def relaxation(model: Model) -> Relaxation:
 
     cost = expand(prob.objective.items())
     starts, index, value, lo, hi = [0], [], [], [], []
+    extra = _node_cost_rows(model, expand, cost) if node_costs else []
     for name, con in rows_all:
         if name.startswith("c3_") and any(id(v) in load for v, _ in con.items()):
             continue
-        if name.startswith("c10_") and any(id(v) in load for v, _ in con.items()):
+        if name.startswith(("c10_", "c12_")) and any(id(v) in load for v, _ in con.items()):
             continue
         row = expand(con.items())
         rhs = -con.constant
@@ -119,10 +121,10 @@ def relaxation(model: Model) -> Relaxation:
         index.extend(row)
         value.extend(row.values())
         starts.append(len(index))
-    for hid, ub in extra_rows:
-        row = expand(((hvar[hid], 1.0),))
-        lo.append(-math.inf)
-        hi.append(float(ub))
+    extra += [(expand(((hvar[hid], 1.0),)), -math.inf, float(ub)) for hid, ub in extra_rows]
+    for row, low, high in extra:
+        lo.append(low)
+        hi.append(high)
         index.extend(row)
         value.extend(row.values())
         starts.append(len(index))
@@ -149,6 +151,35 @@ def relaxation(model: Model) -> Relaxation:
             if j in zpos:
                 coupling.append((r, zpos[j], a))
     return Relaxation(lp, cols, zkeys, zcol, tuple(coupling), len(load))
+
+
+class _Column:
+    """A column of R that is no variable of the MILP (R's own compute-cost columns), >= 0."""
+    lowBound, upBound = 0.0, None
+
+
+def _node_cost_rows(model: Model, expand, cost: dict) -> list[tuple[dict, float, float]]:
+    """Block (12) in R: with node counts lowered to their loads the rows (12) would cut off
+    plans, so R pays instead C >= max(its fractional compute cost, sum over groups g of C_g),
+    C_g >= K_vm z[v,m] for each member (v, m) of g and C_g >= the class-price load of g. For a
+    plan, C = its compute cost and C_g = the class-price cost of g's nodes satisfy them all, so
+    R stays a relaxation. Edits ``cost`` (R's objective) and returns the rows."""
+    if not model.cover_cost:
+        return []
+    compute = expand(model.seg_cost)
+    for j, a in compute.items():
+        cost[j] -= a
+    total = _Column()
+    groups = {g: _Column() for g in model.group_nodes}
+    (jt,) = expand(((total, 0.0),))
+    cost[jt] = 1.0
+    rows = [({**{j: -a for j, a in compute.items()}, jt: 1.0}, 0.0, math.inf)]
+    rows.append((expand([(total, 1.0)] + [(c, -1.0) for c in groups.values()]), 0.0, math.inf))
+    for g, c in groups.items():
+        rows.append((expand([(c, 1.0)] + [(h, -price) for h, price in model.group_nodes[g].items()]), 0.0, math.inf))
+    for (t, m), k in model.cover_cost.items():
+        rows.append((expand([(groups[model.vgroup[(t, m)]], 1.0), (model.z[(t, m)], -k)]), 0.0, math.inf))
+    return rows
 
 
 @dataclass
@@ -329,30 +360,45 @@ def _evaluate_fixed(h, R: Relaxation, picks, res: HullResult) -> None:
     h.changeColsBounds(nz, zcol, lo_z, hi_z)
 
 
-def hull_milp(R: Relaxation, hull: HullResult, time_limit: float, gap: float, opts=None,
-              enough: Optional[float] = None):
-    """Step (c), continued: R as a MILP in z with the hull cuts, warm-started with the best
-    choice; stops early once its bound reaches ``enough``. Returns (lower bound, choice, value):
-    the bound is the solver's dual bound (+inf when R has no integer point: no plan exists)."""
-    lp = R.lp
-    h = highs.new(lp, getattr(opts, "threads", None), presolve="on")
-    nz = len(R.zkeys)
-    highs.make_integer(h, R.zcol.astype(np.int32))
-    for y, beta in hull.cuts[-40:]:          # the latest (the last duals' cut closes the hull LP)
-        h.addRow(beta - 1e-9 * (1.0 + abs(beta)), highs.INF, nz, R.zcol.astype(np.int32), y)
-    if hull.x is not None:
-        highs.start_from(h, hull.x)
-    if enough is not None and math.isfinite(enough):
-        highs.stop_when(h, lambda _primal, dual: dual >= enough)
-    h.setOptionValue("mip_rel_gap", float(gap))
-    h.setOptionValue("time_limit", float(max(0.05, time_limit)))
-    h.run()
-    info = h.getInfo()
-    if highs.infeasible(h):
-        return math.inf, None, math.inf
-    lower = info.mip_dual_bound if math.isfinite(info.mip_dual_bound) else -math.inf
-    if info.primal_solution_status != 2:
-        return lower, None, math.inf
-    x = h.getSolution().col_value
-    choice = {R.zkeys[i][0]: R.zkeys[i][1] for i in range(nz) if x[R.zcol[i]] > 0.5}
-    return lower, choice, info.objective_function_value
+class ChoiceMilp:
+    """Step (c): R as a MILP in z with the hull cuts. Choices already placed can be excluded
+    (a no-good row each: sum of the choice's z <= tasks - 1), so that its bound covers the
+    choices not yet placed; with R built ``node_costs=True`` it also pays for whole nodes."""
+
+    def __init__(self, R: Relaxation, hull: HullResult, gap: float, opts=None, warm: bool = True):
+        self.R = R
+        self.h = highs.new(R.lp, getattr(opts, "threads", None), presolve="on")
+        nz = len(R.zkeys)
+        self.zcol = R.zcol.astype(np.int32)
+        highs.make_integer(self.h, self.zcol)
+        for y, beta in hull.cuts[-40:]:      # the latest (the last duals' cut closes the hull LP)
+            self.h.addRow(beta - 1e-9 * (1.0 + abs(beta)), highs.INF, nz, self.zcol, y)
+        if warm and hull.x is not None and len(hull.x) == R.lp.num_col_:
+            highs.start_from(self.h, hull.x)
+        self.enough = math.inf
+        highs.stop_when(self.h, lambda _primal, dual: dual >= self.enough)
+        self.h.setOptionValue("mip_rel_gap", float(gap))
+        self.excluded = 0
+
+    def exclude(self, choice: dict) -> None:
+        cols = np.array([self.zcol[i] for i, (t, m) in enumerate(self.R.zkeys) if choice.get(t) == m], dtype=np.int32)
+        self.h.addRow(-highs.INF, float(len(cols) - 1), len(cols), cols, np.ones(len(cols)))
+        self.excluded += 1
+
+    def solve(self, time_limit: float, enough: Optional[float] = None) -> tuple[float, Optional[dict], float]:
+        """(lower bound, best choice or None, its R value); stops once the bound reaches
+        ``enough``. The bound is +inf when no choice is left (none meets the SLO, or all are
+        excluded)."""
+        self.enough = math.inf if enough is None else enough
+        self.h.setOptionValue("time_limit", float(self.h.getRunTime() + max(0.05, time_limit)))
+        self.h.run()
+        info = self.h.getInfo()
+        if highs.infeasible(self.h):
+            return math.inf, None, math.inf
+        lower = info.mip_dual_bound if math.isfinite(info.mip_dual_bound) else -math.inf
+        if info.primal_solution_status != 2:
+            return lower, None, math.inf
+        x = self.h.getSolution().col_value
+        nz = len(self.R.zkeys)
+        choice = {self.R.zkeys[i][0]: self.R.zkeys[i][1] for i in range(nz) if x[self.R.zcol[i]] > 0.5}
+        return lower, choice, info.objective_function_value

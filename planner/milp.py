@@ -56,6 +56,10 @@ Constraints (numbered as in the code)
 
   (10) node cover (valid, tightens the LP on small fleets):
         Σ_{p, c ∋ (v,m)} h[c,p] ≥ ⌈λ_v / max_p μ_vmp⌉ · z[v,m]
+  (12) node-cost cuts (valid, the integrality of small fleets): the nodes of base group g cost
+        at least the least cost K_vm of whole nodes whose capacity covers λ_v with any member m,
+            Σ_{c ∈ g, p} π_p h[c,p] ≥ K_vm · z[v,m],   K_vm = min Σ_p π_p n_p  s.t.  Σ_p μ_vmp n_p ≥ λ_v,
+        n_p ∈ {0..N_p} (:mod:`atoll.planner.knapsack`), π_p the cheapest price in class p
   (11) accuracy hull cuts (two-phase method only, :mod:`atoll.planner.decompose`): with Z the
         set of variant choices meeting (8), for prices y
             Σ_{v,m} y[v,m] z[v,m] ≥ β(y),   β(y) ≤ min_{ẑ ∈ Z} Σ y[v,m] ẑ[v,m]
@@ -80,6 +84,7 @@ from typing import Optional
 
 import pulp
 
+from atoll.planner.knapsack import least_cover_cost
 from atoll.planner.problem import PlanProblem
 
 K_COST = 3.6e-3
@@ -109,6 +114,8 @@ class Model:
         self.h0: dict = {}
         self.seg_cost: list[tuple] = []
         self.churn_const = 0
+        self.group_nodes: dict = defaultdict(dict)   # (12): group -> {h var: class price}
+        self.cover_cost: dict = {}                    # (12): (task, variant) -> K_vm where it cuts
         self._pool_classes(fix_choice)
         self._capacities(fix_choice)
         self._variables(fix_hosts)
@@ -132,6 +139,7 @@ class Model:
         self._c9_churn(previous, churn_penalty if fix_hosts is None else 0.0)
         if mode == "cost":
             self._c10_node_cover()
+            self._c12_node_cost()
         self._objective(churn_penalty)
 
     # ------------------------------------------------------------------ index sets
@@ -492,6 +500,23 @@ class Model:
         for n, ((t, m), hs) in enumerate(cover.items()):
             need = math.ceil(self.rate[t] / fastest[(t, m)] - 1e-9)
             self.prob += pulp.lpSum(list(dict.fromkeys(hs))) >= need * self.z[(t, m)], f"c10_{n}"
+
+    def _c12_node_cost(self) -> None:
+        """The nodes holding (v, m)'s base cost at least the cheapest whole-node cover of λ_v."""
+        hs = self.group_nodes
+        for (g, p), confs in self.configs.items():
+            for label, _ in confs:
+                hs[g][self.h[(label, p)]] = self.pools[p].price_per_hour
+        items = defaultdict(list)
+        for (t, m, p), mu in self.mu.items():
+            items[(t, m)].append((mu, self.pools[p].price_per_hour, self.pools[p].count))
+        for n, (t, m) in enumerate(self.vobj):
+            need = least_cover_cost(self.rate[t], items[(t, m)])
+            frac = self.rate[t] * min(c / a for a, c, _ in items[(t, m)])
+            if math.isfinite(need) and need > frac * (1 + 1e-9):
+                self.cover_cost[(t, m)] = need
+                self.prob += (pulp.LpAffineExpression(list(hs[self.vgroup[(t, m)]].items()))
+                              >= need * self.z[(t, m)]), f"c12_{n}"
 
     def _objective(self, churn_penalty: float) -> None:
         if self.mode == "throughput":

@@ -37,15 +37,17 @@ class SolveResult:
     bound: Optional[float] = None   # the solver's dual bound, when it reports one
 
 
-def _highs_with(stop_at: Optional[float], warm: bool, **kw):
-    """pulp's HiGHS, interrupted once the incumbent costs at most ``stop_at``, and started
-    from the variables' current values when ``warm``."""
+def _highs_with(stop_at: Optional[float], bound_at: Optional[float], warm: bool, **kw):
+    """pulp's HiGHS, interrupted once the incumbent costs at most ``stop_at`` or the bound
+    reaches ``bound_at``, and started from the variables' current values when ``warm``."""
+    low = -math.inf if stop_at is None else stop_at
+    high = math.inf if bound_at is None else bound_at
 
     class With(pulp.HiGHS):
         def callSolver(self, lp):
             h = lp.solverModel
-            if stop_at is not None:
-                highs.stop_when(h, lambda primal, _dual: primal <= stop_at)
+            if stop_at is not None or bound_at is not None:
+                highs.stop_when(h, lambda primal, dual: primal <= low or dual >= high)
             if warm:
                 vals = [0.0] * h.getNumCol()
                 for v in lp.variables():
@@ -58,11 +60,12 @@ def _highs_with(stop_at: Optional[float], warm: bool, **kw):
 
 
 def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, mip: bool = True,
-        stop_at: Optional[float] = None,
+        stop_at: Optional[float] = None, bound_at: Optional[float] = None,
         rel_gap: Optional[float] = None, warm: bool = False) -> SolveResult:
     """Solve ``model.prob``; never raises for infeasibility (the caller decides). With HiGHS,
     ``stop_at`` ends the search once a plan costs at most that much (the caller holds a bound
-    that makes it good enough), ``warm`` starts from the values of an earlier solve;
+    that makes it good enough), ``bound_at`` once the bound proves no plan costs less (the
+    caller holds a plan that good), ``warm`` starts from the values of an earlier solve;
     ``rel_gap`` overrides ``opts.gap`` as the solver's own target."""
     tl = opts.time_limit if time_limit is None else time_limit
     which = solver_name(opts)
@@ -72,7 +75,8 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
     if which == "highs":
         kw = dict(msg=False, timeLimit=tl, gapRel=opts.gap if rel_gap is None else rel_gap,
                   threads=opts.threads, mip=mip)
-        solver = _highs_with(stop_at, warm, **kw) if (stop_at is not None or warm) and mip else pulp.HiGHS(**kw)
+        custom = (stop_at is not None or bound_at is not None or warm) and mip
+        solver = _highs_with(stop_at, bound_at, warm, **kw) if custom else pulp.HiGHS(**kw)
     else:
         solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(math.ceil(tl))),
                                    gapRel=opts.gap if rel_gap is None else rel_gap,
@@ -107,8 +111,10 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
             gap = 0.0 if abs(obj) < 1e-9 else max(0.0, (obj - bound) / abs(obj))
             if model.mode == "throughput":
                 gap = 0.0 if abs(obj) < 1e-9 else max(0.0, (bound - obj) / abs(obj))
+        elif status == "optimal":
+            gap = 0.0                          # an LP, or a model with no integer left
         else:
-            gap = 0.0
+            gap = None                         # stopped before any bound: nothing proven
     else:
         if st != pulp.LpStatusOptimal or model.prob.sol_status not in (1, 2):
             return SolveResult("no_solution", secs, None, None)
