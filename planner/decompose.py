@@ -28,8 +28,10 @@ b. Accuracy hull cuts. Let Z be the variant choices that meet the accuracy SLO
    duals pulled half way toward those of the best bound so far (the columns found there are
    added only if they price out at the master's own duals).
 c. The choices the master uses most are each priced by R's LP with their column fixed; the
-   cheapest is the choice. If that leaves too wide a gap, R as a MILP in z with the cuts of
-   (b) (HiGHS branch and cut, warm-started with that choice, :func:`hull_milp`) raises LB.
+   cheapest is the choice. R as a MILP in z with the cuts of (b) (HiGHS branch and cut,
+   :class:`ChoiceMilp`) picks a choice when (b) gives none and bounds the choices not placed
+   yet when :mod:`atoll.planner.two_phase` branches on the choice. Built with ``node_costs``,
+   R also pays block (12) of the MILP: see :func:`_node_cost_rows`.
 """
 
 from __future__ import annotations

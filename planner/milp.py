@@ -32,6 +32,7 @@ Constraints (numbered as in the code)
 -------------------------------------
   (1) one variant per task            Σ_m z[v,m] = 1
   (2) throughput SLO                  Σ_{p,c} r[v,m,p,c] = λ_v z[v,m]
+      (costing a baseline's plan may also fix its split: Σ_{m,c} r[v,m,p,c] = its rate on p)
   (3) shared capacity (LoRA-aware)    Σ_{(v,m)∈c} r[v,m,p,c] / μ_vmp ≤ h[c,p]
   (4) pool size                       Σ_c h[c,p] ≤ N_p
       Pools alike but for price (hardware, location, memory) are merged into one class c with
@@ -56,16 +57,16 @@ Constraints (numbered as in the code)
 
   (10) node cover (valid, tightens the LP on small fleets):
         Σ_{p, c ∋ (v,m)} h[c,p] ≥ ⌈λ_v / max_p μ_vmp⌉ · z[v,m]
-  (12) node-cost cuts (valid, the integrality of small fleets): the nodes of base group g cost
-        at least the least cost K_vm of whole nodes whose capacity covers λ_v with any member m,
-            Σ_{c ∈ g, p} π_p h[c,p] ≥ K_vm · z[v,m],   K_vm = min Σ_p π_p n_p  s.t.  Σ_p μ_vmp n_p ≥ λ_v,
-        n_p ∈ {0..N_p} (:mod:`atoll.planner.knapsack`), π_p the cheapest price in class p
   (11) accuracy hull cuts (two-phase method only, :mod:`atoll.planner.decompose`): with Z the
         set of variant choices meeting (8), for prices y
             Σ_{v,m} y[v,m] z[v,m] ≥ β(y),   β(y) ≤ min_{ẑ ∈ Z} Σ y[v,m] ẑ[v,m]
         valid for every plan since its z is in Z; β is computed by a search over Z (exact, or
         over a superset, which only lowers it). The LP alone lets a task mix variants to meet
         (8) on average; these cuts bring it to conv(Z). The y come from column generation.
+  (12) node-cost cuts (valid, the integrality of small fleets): the nodes of base group g cost
+        at least the least cost K_vm of whole nodes whose capacity covers λ_v with any member m,
+            Σ_{c ∈ g, p} π_p h[c,p] ≥ K_vm · z[v,m],   K_vm = min Σ_p π_p n_p  s.t.  Σ_p μ_vmp n_p ≥ λ_v,
+        n_p ∈ {0..N_p} (:mod:`atoll.planner.knapsack`), π_p the cheapest price in class p
 
 Scaling: the code keeps r as a share of λ_v and f as a share of the consumer's rate, so (2)
 and (6) have unit coefficients; the costs and caps above are multiplied back accordingly.
