@@ -16,7 +16,7 @@ import time
 from typing import Callable, Iterable, Optional
 
 from atoll.core.errors import PlanInfeasible
-from atoll.planner.milp import PlanOptions
+from atoll.planner.options import PlanOptions
 from atoll.planner.plan import Plan
 from atoll.planner.problem import PlanProblem, Pool, Variant
 from atoll.planner import solve as S
@@ -110,43 +110,40 @@ def place_cheapest(problem: PlanProblem, choice: dict[str, str], pools: list[Poo
     return hosts
 
 
-def _finish(problem, choice, hosts, name, t0, previous, opts, up_only=False) -> Plan:
+def finish(problem, choice, hosts, name, t0, previous, opts, up_only=False, rates=None) -> Plan:
+    """The Plan of a heuristic's choice and nodes (and request split), routed by the LP; raises
+    PlanInfeasible when the heuristic found nothing or its placement cannot carry the load."""
     if choice is None or hosts is None:
         raise PlanInfeasible(f"{name}: no plan found by this heuristic", slo="heuristic",
                              hint="the MILP planner may still find one")
     p = S.evaluate(problem, choice, hosts, planner=name, up_only=up_only or problem.data_up_only,
-                   previous=previous, opts=opts, seconds=time.perf_counter() - t0)
+                   previous=previous, opts=opts, seconds=time.perf_counter() - t0, rates=rates)
     if p is None:
         raise PlanInfeasible(f"{name}: its placement cannot carry the load (bandwidth or memory)",
                              slo="heuristic", hint="the MILP planner may still find one")
     return p
 
 
+def _pick_and_place(name: str, pick, problem: PlanProblem, previous, options, datacenter_only=False) -> Plan:
+    """A baseline: variants by ``pick``, nodes by :func:`place_cheapest`, routing by the LP."""
+    t0 = time.perf_counter()
+    pools = [p for p in problem.pools if problem.pool_allowed(p) and (p.tier == "datacenter" or not datacenter_only)]
+    choice = pick(problem, pools)
+    hosts = place_cheapest(problem, choice, pools) if choice else None
+    return finish(problem, choice, hosts, name, t0, previous, options,
+                   up_only=bool(options and options.data_up_only))
+
+
 def greedy_plan(problem: PlanProblem, previous: Optional[Plan] = None,
                 options: Optional[PlanOptions] = None) -> Plan:
-    t0 = time.perf_counter()
-    pools = [p for p in problem.pools if problem.pool_allowed(p)]
-    choice = pick_cheapest_variants(problem, pools)
-    hosts = place_cheapest(problem, choice, pools) if choice else None
-    return _finish(problem, choice, hosts, "greedy", t0, previous, options,
-                   up_only=bool(options and options.data_up_only))
+    return _pick_and_place("greedy", pick_cheapest_variants, problem, previous, options)
 
 
 def cloud_only_plan(problem: PlanProblem, previous: Optional[Plan] = None,
                     options: Optional[PlanOptions] = None) -> Plan:
-    t0 = time.perf_counter()
-    pools = [p for p in problem.pools if problem.pool_allowed(p) and p.tier == "datacenter"]
-    choice = pick_cheapest_variants(problem, pools)
-    hosts = place_cheapest(problem, choice, pools) if choice else None
-    return _finish(problem, choice, hosts, "cloud_only", t0, previous, options,
-                   up_only=bool(options and options.data_up_only))
+    return _pick_and_place("cloud_only", pick_cheapest_variants, problem, previous, options, datacenter_only=True)
 
 
 def most_accurate_plan(problem: PlanProblem, previous: Optional[Plan] = None,
                        options: Optional[PlanOptions] = None) -> Plan:
-    t0 = time.perf_counter()
-    pools = [p for p in problem.pools if problem.pool_allowed(p)]
-    choice = pick_most_accurate(problem, pools)
-    hosts = place_cheapest(problem, choice, pools) if choice else None
-    return _finish(problem, choice, hosts, "most_accurate", t0, previous, options,
-                   up_only=bool(options and options.data_up_only))
+    return _pick_and_place("most_accurate", pick_most_accurate, problem, previous, options)

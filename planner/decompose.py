@@ -1,66 +1,41 @@
-"""Large fleets: choose the variants on a relaxation with a proven bound, then place whole nodes.
+"""The two-phase method's variant phase: a relaxation R with a proven bound, tightened by the
+accuracy hull cuts (block (11) of :mod:`atoll.planner.milp`); :mod:`atoll.planner.two_phase`
+drives it. Each step's bound is valid on its own:
 
-The full MILP of :mod:`atoll.planner.milp` is exact, but on thousands of nodes HiGHS spends its
-time in root cuts over thousands of node-count integers. The two-phase method keeps a proven
-lower bound LB, and so an honest gap:
-
-1. *Variant phase* on a relaxation R of the MILP: every integer but the variant binaries z is
-   continuous. R relaxes integrality and drops valid rows, so its bound is a bound on the full
-   problem. Three ways to search it (``PlanOptions.variant_search``):
-
-   ``"hull"`` (the default with HiGHS), each step's bound valid on its own:
-
-   a. R is built as arrays straight from the model for highspy (:func:`relaxation`), smaller
-      than the MILP: with node counts continuous, every h[c,p] that appears only in its row
-      (3), in pool rows (4), in node-cover rows (10) and in the objective with a price >= 0 is
-      *substituted* by its load L[c,p] = sum over (v,m) in c of lambda_v r[v,m,p,c] / mu_vmp,
-      so its row (3) and its column vanish; a bound h <= N_p that no row (4) carries becomes
-      the row L[c,p] <= N_p; the rows (10) holding such an h are dropped. For any plan, the
-      same plan with h lowered to L (and the segments s of a class lowered to match, dearest
-      first) is feasible in R and costs no more, so R's optimum is at most the MILP's.
-      Under a churn penalty h also appears in the churn rows (9), where a larger h can pay
-      (keeping nodes), so there h stays a column.
-   b. Accuracy hull cuts (block (11) of :mod:`atoll.planner.milp`). Let Z be the variant
-      choices that meet the accuracy SLO. For prices y, beta(y) <= min over z in Z of y.z is
-      computed by a search over Z (:class:`AccuracySet`), so y.z >= beta(y) holds for every
-      feasible plan. R's LP alone mixes variants (a task half served by a fast, inaccurate
-      variant and half by a slow, accurate one meets the SLO "on average"); these cuts remove
-      such points. The prices come from Dantzig-Wolfe column generation (:class:`_Master`):
-      R's LP with z = sum_k w_k zhat_k over choices zhat_k in Z (w >= 0, sum w = 1, slacks on
-      these link rows at a high price keep it feasible); the pricing problem is beta of the
-      link rows' duals. At every round LB = master objective + min(0, beta - convexity dual)
-      (the Lagrangian bound; a beta taken over a superset of Z only lowers it), valid
-      whether or not the generation converged. At convergence it is min { R's LP : z in
-      conv(Z) }, and the cut of the last duals alone gives R's LP that value. Two devices
-      cut the rounds: an unused variant's link dual (free below its reduced cost) is raised
-      to that bound, an equally optimal dual; and each round also prices duals pulled half
-      way toward those of the best bound so far (the columns found there are added only if
-      they price out at the master's own duals).
-   c. The choices the master uses most are each priced by R's LP with their column fixed;
-      the cheapest is the choice. If that leaves too wide a gap, R as a MILP in z with the
-      cuts of (b) (HiGHS branch and cut, warm-started with that choice) raises LB further.
-
-   Z is searched exactly when it is one knapsack row sum_t g_t(m_t) >= G over all tasks --
-   default accuracy profiles along a chain in which each task is a parent of the next (every
-   other source-to-sink path is a subset of it, and ln acc <= 0), or an additive model with one
-   of its two SLOs -- by a Pareto search (pairs of weight and price no other pair beats on
-   both); past 20,000 pairs, by a dynamic program over the row's slack in 8,192 steps whose
-   rounding admits a superset of Z (a valid, slightly lower beta) and a subset (choices surely
-   in Z). An accuracy table is searched row by row. Otherwise step (b) is skipped.
-
-   ``"highs"``: R in the pulp model (each edge's messages at their smallest size, which also
-   bounds from below) as a MILP in z by HiGHS. ``"bb"``: a small branch and bound on z written
-   here (a dive, then best bound first, warm-starting the dual simplex at each node).
-2. *Placement phase*: fix the chosen variants and solve the (much smaller) MILP with integer
-   node counts: the plan, with cost UB. With a bound in hand it stops as soon as
-   UB <= LB / (1 - gap).
-
-The reported gap is (UB - LB) / UB.
+a. R is built as arrays straight from the model for highspy (:func:`relaxation`), smaller
+   than the MILP: with node counts continuous, every h[c,p] that appears only in its row
+   (3), in pool rows (4), in node-cover rows (10) and in the objective with a price >= 0 is
+   *substituted* by its load L[c,p] = sum over (v,m) in c of lambda_v r[v,m,p,c] / mu_vmp,
+   so its row (3) and its column vanish; a bound h <= N_p that no row (4) carries becomes
+   the row L[c,p] <= N_p; the rows (10) holding such an h are dropped. For any plan, the
+   same plan with h lowered to L (and the segments s of a class lowered to match, dearest
+   first) is feasible in R and costs no more, so R's optimum is at most the MILP's.
+   Under a churn penalty h also appears in the churn rows (9), where a larger h can pay
+   (keeping nodes), so there h stays a column.
+b. Accuracy hull cuts. Let Z be the variant choices that meet the accuracy SLO
+   (:mod:`atoll.planner.accuracy_set`). For prices y, beta(y) <= min over z in Z of y.z is
+   computed by a search over Z, so y.z >= beta(y) holds for every feasible plan. R's LP alone
+   mixes variants (a task half served by a fast, inaccurate variant and half by a slow,
+   accurate one meets the SLO "on average"); these cuts remove such points. The prices come
+   from Dantzig-Wolfe column generation (:class:`_Master`): R's LP with z = sum_k w_k zhat_k
+   over choices zhat_k in Z (w >= 0, sum w = 1, slacks on these link rows at a high price keep
+   it feasible); the pricing problem is beta of the link rows' duals. At every round
+   LB = master objective + min(0, beta - convexity dual) (the Lagrangian bound; a beta taken
+   over a superset of Z only lowers it), valid whether or not the generation converged. At
+   convergence it is min { R's LP : z in conv(Z) }, and the cut of the last duals alone gives
+   R's LP that value. Two devices cut the rounds: an unused variant's link dual (free below its
+   reduced cost) is raised to that bound, an equally optimal dual; and each round also prices
+   duals pulled half way toward those of the best bound so far (the columns found there are
+   added only if they price out at the master's own duals).
+c. The choices the master uses most are each priced by R's LP with their column fixed; the
+   cheapest is the choice. R as a MILP in z with the cuts of (b) (HiGHS branch and cut,
+   :class:`ChoiceMilp`) picks a choice when (b) gives none and bounds the choices not placed
+   yet when :mod:`atoll.planner.two_phase` branches on the choice. Built with ``node_costs``,
+   R also pays block (12) of the MILP: see :func:`_node_cost_rows`.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections import defaultdict
@@ -70,134 +45,9 @@ from typing import Optional
 import numpy as np
 import pulp
 
+from atoll.planner import highs
+from atoll.planner.accuracy_set import AccuracySet
 from atoll.planner.milp import Model
-
-
-def _highs_model(model: Model, time_limit: float):
-    solver = pulp.HiGHS(msg=False, mip=False, timeLimit=time_limit)
-    prob = model.prob
-    solver.createAndConfigureSolver(prob)
-    solver.buildSolverModel(prob)
-    return prob.solverModel
-
-
-def variant_branch_and_bound(model: Model, time_limit: float, gap: float):
-    """Return (choice, lower_bound, nodes) or (None, None, nodes) when no choice is feasible.
-    ``model`` must be built in cost mode; its integer columns are treated as continuous."""
-    import highspy
-
-    t0 = time.perf_counter()
-    h = _highs_model(model, time_limit)
-    h.setOptionValue("solver", "simplex")
-    zcols = {k: v.index for k, v in model.z.items()}
-    tasks = {}
-    for (t, m), c in zcols.items():
-        tasks.setdefault(t, []).append((m, c))
-    inf_st = (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kUnboundedOrInfeasible)
-
-    # HiGHS' clock runs across run() calls of one instance: one limit for the whole search
-    h.setOptionValue("time_limit", float(time_limit) + 1.0)
-
-    def solve():
-        """(objective, columns), None if infeasible, "stop" if out of time."""
-        h.run()
-        st = h.getModelStatus()
-        if st in inf_st:
-            return None
-        if st != highspy.HighsModelStatus.kOptimal:
-            return "stop"
-        return h.getInfo().objective_function_value, list(h.getSolution().col_value)
-
-    best_val, best_choice = math.inf, None
-    open_bounds: list[float] = []           # bounds of nodes left unexplored at a time-out
-    nodes = 0
-    # Nodes are (bound, seq, fixings); a dive (depth first) until the first incumbent, then
-    # best bound first, which is what raises the lower bound.
-    heap: list[tuple[float, int, list[tuple[int, float, float]]]] = []
-    dive: list[tuple[float, list[tuple[int, float, float]]]] = [(-math.inf, [])]
-    seq = 0
-
-    def cutoff() -> float:
-        return best_val * (1 - 0.6 * gap) if math.isfinite(best_val) else math.inf
-
-    while dive or heap:
-        if dive:
-            parent_bound, fix = dive.pop()
-        else:
-            parent_bound, _, fix = heapq.heappop(heap)
-        if parent_bound >= cutoff():
-            continue
-        if time.perf_counter() - t0 > time_limit:
-            open_bounds.append(parent_bound)
-            break
-        for col, lb, ub in fix:
-            h.changeColBounds(col, lb, ub)
-        res = solve()
-        for col, _, _ in fix:
-            h.changeColBounds(col, 0.0, 1.0)
-        nodes += 1
-        if res is None:
-            continue
-        if res == "stop":
-            open_bounds.append(parent_bound)
-            break
-        val, x = res
-        if val >= cutoff():
-            continue
-        frac = None
-        for t, ms in tasks.items():
-            top = max((x[c], m, c) for m, c in ms)
-            if top[0] < 1 - 1e-6 and (frac is None or top[0] < frac[0]):
-                frac = top                      # the task whose choice is least settled
-        if frac is None:
-            best_val = val
-            best_choice = {t: max((x[c], m) for m, c in ms)[1] for t, ms in tasks.items()}
-            while dive:
-                b, f = dive.pop()
-                seq += 1
-                heapq.heappush(heap, (b, seq, f))
-            continue
-        _, m, c = frac
-        down, up = fix + [(c, 0.0, 0.0)], fix + [(c, 1.0, 1.0)]
-        if best_choice is None:
-            dive.append((val, down))
-            dive.append((val, up))              # take the LP's favourite first
-        else:
-            seq += 1
-            heapq.heappush(heap, (val, seq, up))
-            seq += 1
-            heapq.heappush(heap, (val, seq, down))
-    open_bounds += [b for b, _ in dive] + [b for b, _, _ in heap]
-    lower = min([best_val] + open_bounds)
-    if best_choice is None:
-        return None, None if not open_bounds else lower, nodes
-    return best_choice, lower, nodes
-
-
-def variant_milp(model: Model, time_limit: float, gap: float, opts):
-    """Phase 1 by HiGHS' own branch and cut: the MILP with node counts, adapters and table rows
-    made continuous. Returns (choice, lower bound) like :func:`variant_branch_and_bound`."""
-    from dataclasses import replace as _replace
-    from atoll.planner import solve as S
-
-    for v in list(model.h.values()) + list(model.u.values()) + list(getattr(model, "w", {}).values()):
-        v.cat = pulp.LpContinuous
-    res = S.run(model, _replace(opts, gap=0.6 * gap), time_limit=time_limit)
-    if res.status == "infeasible":
-        return None, None, 0
-    if res.status == "no_solution":
-        return None, (res.bound if res.bound is not None else -math.inf), 0
-    if res.status == "time_limit" and res.bound is None:
-        return {t: m for (t, m), z in model.z.items() if (z.varValue or 0) > 0.5}, -math.inf, 0
-    choice = {t: m for (t, m), z in model.z.items() if (z.varValue or 0) > 0.5}
-    lower = res.bound if res.bound is not None else res.objective
-    return choice, lower, 0
-
-
-# ====================================================================== the "hull" variant phase
-# (see the module docstring, steps a-c)
-
-_FEAS_TOL = 1e-6          # the search over Z admits choices this far (in its row's units) below the SLO
 
 
 @dataclass
@@ -212,11 +62,10 @@ class Relaxation:
     substituted: int                 # node counts replaced by their load
 
 
-def relaxation(model: Model) -> Relaxation:
+def relaxation(model: Model, node_costs: bool = False) -> Relaxation:
     """Step (a): R, with node counts continuous and substituted by their loads where that keeps
-    the optimum (see the module docstring); node-cover rows (10) holding a substituted count dropped."""
-    import highspy
-
+    the optimum (see the module docstring); rows (10) and (12) holding a substituted count
+    dropped, and with ``node_costs`` block (12) paid as :func:`_node_cost_rows` says."""
     prob = model.prob
     rows_all = prob.constraints() if callable(prob.constraints) else list(prob.constraints.values())
     rows_all = [(con.name or "", con) for con in rows_all]
@@ -234,7 +83,7 @@ def relaxation(model: Model) -> Relaxation:
         own = [(a, con) for n, a, con in rows if n.startswith("c3_")]
         if (len(own) != 1 or own[0][0] >= 0 or own[0][1].constant != 0
                 or own[0][1].sense != pulp.LpConstraintLE
-                or any(not n.startswith(("c3_", "c4_", "c10_")) for n, _, _ in rows)
+                or any(not n.startswith(("c3_", "c4_", "c10_", "c12_")) for n, _, _ in rows)
                 or obj.get(hid, 0.0) < 0 or (v.lowBound or 0) != 0
                 # a row (4) whose segments pay < 0 would reward nodes beyond the load
                 or any(obj.get(id(w), 0.0) < 0 for n, _, con in rows if n.startswith("c4_") for w in con)):
@@ -260,10 +109,11 @@ def relaxation(model: Model) -> Relaxation:
 
     cost = expand(prob.objective.items())
     starts, index, value, lo, hi = [0], [], [], [], []
+    extra = _node_cost_rows(model, expand, cost) if node_costs else []
     for name, con in rows_all:
         if name.startswith("c3_") and any(id(v) in load for v, _ in con.items()):
             continue
-        if name.startswith("c10_") and any(id(v) in load for v, _ in con.items()):
+        if name.startswith(("c10_", "c12_")) and any(id(v) in load for v, _ in con.items()):
             continue
         row = expand(con.items())
         rhs = -con.constant
@@ -273,29 +123,22 @@ def relaxation(model: Model) -> Relaxation:
         index.extend(row)
         value.extend(row.values())
         starts.append(len(index))
-    for hid, ub in extra_rows:
-        row = expand(((hvar[hid], 1.0),))
-        lo.append(-math.inf)
-        hi.append(float(ub))
+    extra += [(expand(((hvar[hid], 1.0),)), -math.inf, float(ub)) for hid, ub in extra_rows]
+    for row, low, high in extra:
+        lo.append(low)
+        hi.append(high)
         index.extend(row)
         value.extend(row.values())
         starts.append(len(index))
     for v in model.z.values():                  # a z in no row still gets its column
         expand(((v, 0.0),))
     n, m = len(cols), len(lo)
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = n, m
-    lp.col_cost_ = np.array([cost.get(j, 0.0) for j in range(n)])
-    lp.col_lower_ = np.array([-math.inf if v.lowBound is None else float(v.lowBound) for v in cols])
-    lp.col_upper_ = np.array([math.inf if v.upBound is None else float(v.upBound) for v in cols])
-    lp.row_lower_ = np.array(lo, dtype=float)
-    lp.row_upper_ = np.array(hi, dtype=float)
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n, m
-    lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
-    lp.a_matrix_.index_ = np.array(index, dtype=np.int32)
-    lp.a_matrix_.value_ = np.array(value, dtype=float)
-    lp.offset_ = float(prob.objective.constant or 0.0)
+    lp = highs.row_lp(np.array([cost.get(j, 0.0) for j in range(n)]),
+                      np.array([-math.inf if v.lowBound is None else float(v.lowBound) for v in cols]),
+                      np.array([math.inf if v.upBound is None else float(v.upBound) for v in cols]),
+                      np.array(lo, dtype=float), np.array(hi, dtype=float),
+                      np.array(starts, dtype=np.int32), np.array(index, dtype=np.int32),
+                      np.array(value, dtype=float), prob.objective.constant or 0.0)
     zkeys = list(model.z)
     zcol = np.array([col_of[id(model.z[k])] for k in zkeys], dtype=np.int64)
     # rows of Z itself (one variant per task, accuracy): only z and accuracy/table columns
@@ -312,154 +155,33 @@ def relaxation(model: Model) -> Relaxation:
     return Relaxation(lp, cols, zkeys, zcol, tuple(coupling), len(load))
 
 
-class AccuracySet:
-    """Z, the variant choices meeting the accuracy SLO, for the exact minimum of a linear
-    function y.z over it: one knapsack row sum_t g_t(m_t) >= G over all tasks (a Pareto
-    search over tasks: keep the (weight, cost) pairs no other pair beats on both), or the rows
-    of an accuracy table. ``of`` returns None when Z is neither."""
+class _Column:
+    """A column of R that is no variable of the MILP (R's own compute-cost columns), >= 0."""
+    lowBound, upBound = 0.0, None
 
-    def __init__(self, n: int, groups=None, need: float = 0.0, table=None):
-        self.n = n
-        self.groups = groups                    # [(z indices, weights)] per task
-        self.need = need - _FEAS_TOL            # admit what the MILP's tolerances admit
-        self.table = table                      # rows x tasks array of z indices
 
-    @classmethod
-    def of(cls, model: Model) -> Optional["AccuracySet"]:
-        pb = model.pb
-        zkeys = list(model.z)
-        at = {k: i for i, k in enumerate(zkeys)}
-        tasks = [t.name for t in pb.tasks]
-        if pb.accuracy_model == "table":
-            amin = pb.min_accuracy if pb.min_accuracy is not None else -1.0
-            rows = []
-            for combo, acc in pb.accuracy_table:
-                c = dict(combo)
-                if acc >= amin - 1e-9 and set(c) == set(tasks) and all((t, m) in at for t, m in c.items()):
-                    rows.append([at[(t, c[t])] for t in tasks])
-            return cls(len(zkeys), table=np.array(rows, dtype=np.int64).reshape(len(rows), len(tasks)))
-        vobj = model.vobj
-        if pb.accuracy_model == "additive":
-            slos = [s for s in ("min", "loss") if (pb.min_accuracy if s == "min" else pb.max_accuracy_loss) is not None]
-            if len(slos) != 1:
-                return None
-            if slos[0] == "min":                # sum (acc - 1) >= A - 1
-                weight = {k: vobj[k].accuracy - 1.0 for k in zkeys}
-                need = pb.min_accuracy - 1.0
-            else:                               # sum (acc - best) >= -L
-                best = {t.name: max(v.accuracy for v in t.variants) for t in pb.tasks}
-                weight = {k: vobj[k].accuracy - best[k[0]] for k in zkeys}
-                need = -pb.max_accuracy_loss
-        else:
-            # (8b): default profiles; with each task a parent of the next, every source-to-sink
-            # path is a subset of all tasks and ln acc <= 0, so the path through all is the row
-            if pb.min_accuracy is None or any(vobj[k].profile is not None for k in zkeys):
-                return None
-            if any(pb.tasks[i - 1].name not in pb.tasks[i].parents for i in range(1, len(pb.tasks))):
-                return None
-            if any(not 0 < vobj[k].accuracy <= 1 for k in zkeys):
-                return None
-            weight = {k: math.log(vobj[k].accuracy) for k in zkeys}
-            need = math.log(max(pb.min_accuracy, 1e-12))
-        groups = []
-        for t in tasks:
-            idx = [i for i, k in enumerate(zkeys) if k[0] == t]
-            if not idx:
-                return None
-            groups.append((np.array(idx, dtype=np.int64), np.array([weight[zkeys[i]] for i in idx])))
-        return cls(len(zkeys), groups=groups, need=need)
-
-    def minimize(self, y: np.ndarray, k: int = 1) -> tuple[float, list[tuple[float, list[int]]]]:
-        """(beta, choices): beta <= min over Z of y.z (equal to it when the search is exact), and
-        up to k choices in Z, cheapest first, each as (y.z, z indices). beta is +inf and the list
-        empty when Z is empty."""
-        if self.table is not None:
-            if not len(self.table):
-                return math.inf, []
-            vals = y[self.table].sum(axis=1)
-            order = np.argsort(vals, kind="stable")[:k]
-            return float(vals[order[0]]), [(float(vals[i]), self.table[i].tolist()) for i in order]
-        found = self._pareto(y, k)
-        if found is not None:
-            return (found[0][0] if found else math.inf), found
-        return self._buckets(y, k)
-
-    PARETO_CAP = 20000
-
-    def _pareto(self, y, k):
-        """Exact: per task, extend the (weight, cost) pairs no other pair beats on both; None
-        when the pairs outgrow PARETO_CAP."""
-        rest = [0.0] * (len(self.groups) + 1)
-        for i in range(len(self.groups) - 1, -1, -1):
-            rest[i] = rest[i + 1] + float(self.groups[i][1].max())
-        W, C = np.zeros(1), np.zeros(1)
-        pick = np.zeros((1, 0), dtype=np.int64)
-        for i, (idx, g) in enumerate(self.groups):
-            n = len(idx)
-            W2 = (W[:, None] + g[None, :]).ravel()
-            C2 = (C[:, None] + y[idx][None, :]).ravel()
-            ok = W2 + rest[i + 1] >= self.need       # can still meet the row
-            if not ok.any():
-                return []
-            src = np.repeat(np.arange(len(W)), n)[ok]
-            var = np.tile(np.arange(n), len(W))[ok]
-            W2, C2 = W2[ok], C2[ok]
-            order = np.lexsort((C2, -W2))            # heaviest first, then cheapest
-            W2, C2, src, var = W2[order], C2[order], src[order], var[order]
-            best_before = np.minimum.accumulate(C2)
-            keep = np.ones(len(C2), dtype=bool)
-            keep[1:] = C2[1:] < best_before[:-1]     # Pareto: cheaper than every heavier pair
-            if keep.sum() > self.PARETO_CAP:
-                return None
-            W, C = W2[keep], C2[keep]
-            pick = np.concatenate([pick[src[keep]], idx[var[keep]][:, None]], axis=1)
-        order = np.argsort(C, kind="stable")[:k]
-        return [(float(C[j]), pick[j].tolist()) for j in order]
-
-    BUCKETS = 8192
-
-    def _buckets(self, y, k):
-        """When the exact search is too large: a dynamic program over the row's slack cut in
-        BUCKETS steps. Rounding each task's shortfall *down* admits a superset of Z, so its
-        minimum is a valid beta; rounding *up* admits a subset, whose choices are in Z."""
-        top = [float(g.max()) for _, g in self.groups]
-        slack = sum(top) - self.need                 # the total shortfall a choice may have
-        if slack < 0:
-            return math.inf, []
-        step = max(slack, 1e-9) / self.BUCKETS
-
-        def dp(rounding):
-            S = int(math.floor(slack / step + 1e-9))
-            cost = np.full(S + 1, math.inf)
-            cost[0] = 0.0
-            back = []
-            for (idx, g), t in zip(self.groups, top):
-                short = np.maximum(0, rounding((t - g) / step - 1e-9)).astype(np.int64)
-                cand = np.full((len(idx), S + 1), math.inf)
-                for j, d in enumerate(short):
-                    if d <= S:
-                        cand[j, d:] = cost[:S + 1 - d] + y[idx[j]]
-                arg = np.argmin(cand, axis=0)
-                cost = cand[arg, np.arange(S + 1)]
-                back.append((idx, short, arg))
-            ends = [s for s in np.argsort(cost, kind="stable") if math.isfinite(cost[s])][:k]
-            out = []
-            for s in ends:
-                sel, at = [], int(s)
-                for idx, short, arg in reversed(back):
-                    j = int(arg[at])
-                    sel.append(int(idx[j]))
-                    at -= int(short[j])
-                out.append((float(cost[s]), sel[::-1]))
-            return out
-
-        low = dp(np.floor)
-        if not low:
-            return math.inf, []
-        weight = {int(i): float(w) for idx, g in self.groups for i, w in zip(idx, g)}
-        inside = lambda sel: sum(weight[i] for i in sel) >= self.need  # noqa: E731
-        cols = [c for c in low if inside(c[1])] or [c for c in dp(np.ceil) if inside(c[1])]
-        return low[0][0], cols
+def _node_cost_rows(model: Model, expand, cost: dict) -> list[tuple[dict, float, float]]:
+    """Block (12) in R: with node counts lowered to their loads the rows (12) would cut off
+    plans, so R pays instead C >= max(its fractional compute cost, sum over groups g of C_g),
+    C_g >= K_vm z[v,m] for each member (v, m) of g and C_g >= the class-price load of g. For a
+    plan, C = its compute cost and C_g = the class-price cost of g's nodes satisfy them all, so
+    R stays a relaxation. Edits ``cost`` (R's objective) and returns the rows."""
+    if not model.cover_cost:
+        return []
+    compute = expand(model.seg_cost)
+    for j, a in compute.items():
+        cost[j] -= a
+    total = _Column()
+    groups = {g: _Column() for g in model.group_nodes}
+    (jt,) = expand(((total, 0.0),))
+    cost[jt] = 1.0
+    rows = [({**{j: -a for j, a in compute.items()}, jt: 1.0}, 0.0, math.inf)]
+    rows.append((expand([(total, 1.0)] + [(c, -1.0) for c in groups.values()]), 0.0, math.inf))
+    for g, c in groups.items():
+        rows.append((expand([(c, 1.0)] + [(h, -price) for h, price in model.group_nodes[g].items()]), 0.0, math.inf))
+    for (t, m), k in model.cover_cost.items():
+        rows.append((expand([(groups[model.vgroup[(t, m)]], 1.0), (model.z[(t, m)], -k)]), 0.0, math.inf))
+    return rows
 
 
 @dataclass
@@ -474,35 +196,6 @@ class HullResult:
     root: Optional[float] = None    # R's LP bound before the cuts
 
 
-def _highs(lp, threads=None, presolve="off"):
-    import highspy
-    from atoll.planner.solve import _silence_highs_banner
-    _silence_highs_banner()
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    if threads:
-        h.setOptionValue("threads", int(threads))
-    h.passModel(lp)
-    h.setOptionValue("presolve", presolve)
-    return h
-
-
-def _limit(h, deadline: float) -> None:
-    """HiGHS' clock runs across the run() calls of one instance: its limit is a total."""
-    h.setOptionValue("time_limit", float(h.getRunTime() + max(0.05, deadline - time.perf_counter())))
-
-
-def _optimal(h) -> bool:
-    import highspy
-    return h.getModelStatus() == highspy.HighsModelStatus.kOptimal
-
-
-def _infeasible(h) -> bool:
-    import highspy
-    return h.getModelStatus() in (highspy.HighsModelStatus.kInfeasible,
-                                  highspy.HighsModelStatus.kUnboundedOrInfeasible)
-
-
 def hull_phase(R: Relaxation, Z: Optional[AccuracySet], time_limit: float,
                opts=None, columns_per_round: int = 10, max_rounds: int = 300, smoothing: float = 0.5,
                candidates: int = 2) -> HullResult:
@@ -510,12 +203,12 @@ def hull_phase(R: Relaxation, Z: Optional[AccuracySet], time_limit: float,
     accuracy hull cuts and the bound, then the best of the choices the master uses most."""
     t0 = time.perf_counter()
     deadline = t0 + time_limit
-    h = _highs(R.lp, getattr(opts, "threads", None), presolve="on")
+    h = highs.new(R.lp, getattr(opts, "threads", None), presolve="on")
     h.setOptionValue("time_limit", float(max(0.05, time_limit)))
     h.run()
-    if _infeasible(h):
+    if highs.infeasible(h):
         return HullResult("infeasible")
-    if not _optimal(h):
+    if not highs.optimal(h):
         return HullResult("stopped")
     h.setOptionValue("presolve", "off")        # from here on: warm-started simplex
     h.setOptionValue("simplex_strategy", 0)    # let HiGHS choose primal or dual per solve
@@ -547,9 +240,9 @@ def hull_phase(R: Relaxation, Z: Optional[AccuracySet], time_limit: float,
     best = res.lower
     center = None                               # the duals of the best bound so far
     while time.perf_counter() < deadline:
-        _limit(h, deadline)
+        highs.set_deadline(h, deadline)
         h.run()
-        if not _optimal(h):
+        if not highs.optimal(h):
             break
         res.iterations += 1
         obj = h.getInfo().objective_function_value
@@ -585,7 +278,7 @@ def hull_phase(R: Relaxation, Z: Optional[AccuracySet], time_limit: float,
     res.lower = max(res.lower, best)
     # step (c): the choices the master uses most, each priced by R's LP with z fixed
     used = []
-    if _optimal(h):
+    if highs.optimal(h):
         w = h.getSolution().col_value
         used = [list(k) for _, k in sorted(((w[j], k) for k, j in master.cols.items() if w[j] > 1e-7), reverse=True)]
     picks = used[:candidates] or [sel for _, sel in first[:1]]
@@ -598,13 +291,12 @@ class _Master:
     (slacks penalised), convexity row sum_k w_k = 1, a column w_k per choice zhat_k in Z."""
 
     def __init__(self, h, R: Relaxation, root: float):
-        import highspy
         self.h, self.R = h, R
         lp = R.lp
         nz = len(R.zkeys)
         self.n0, m0 = lp.num_col_, lp.num_row_
         self.big = 10.0 * max(1.0, abs(root))
-        h.addVars(2 * nz, np.zeros(2 * nz), np.full(2 * nz, highspy.kHighsInf))
+        h.addVars(2 * nz, np.zeros(2 * nz), np.full(2 * nz, highs.INF))
         self.slack = np.arange(self.n0, self.n0 + 2 * nz, dtype=np.int32)
         h.changeColsCost(2 * nz, self.slack, np.full(2 * nz, self.big))
         for i, c in enumerate(R.zcol):
@@ -616,19 +308,17 @@ class _Master:
         self.cols: dict[tuple, int] = {}
 
     def add(self, sel) -> bool:
-        import highspy
         key = tuple(sorted(sel))
         if key in self.cols:
             return False
         self.cols[key] = self.n0 + len(self.slack) + len(self.cols)
-        self.h.addCol(0.0, 0.0, highspy.kHighsInf, len(key) + 1,
+        self.h.addCol(0.0, 0.0, highs.INF, len(key) + 1,
                       np.array([self.link[i] for i in key] + [self.conv], dtype=np.int32),
                       np.array([-1.0] * len(key) + [1.0]))
         return True
 
     def evaluate(self, picks, res: HullResult, deadline: float) -> None:
         """R's LP value of each choice: its column w_k fixed at 1 (the others then 0)."""
-        import highspy
         h = self.h
         seen = set()
         for sel in picks:
@@ -639,9 +329,9 @@ class _Master:
             self.add(key)
             j = self.cols[key]
             h.changeColBounds(j, 1.0, 1.0)
-            _limit(h, deadline)
+            highs.set_deadline(h, deadline)
             h.run()
-            if _optimal(h):
+            if highs.optimal(h):
                 x = h.getSolution().col_value
                 if max(x[int(c)] for c in self.slack) <= 1e-7:      # no penalised slack: R feasible
                     v = h.getInfo().objective_function_value
@@ -649,7 +339,7 @@ class _Master:
                         res.value = v
                         res.choice = {self.R.zkeys[i][0]: self.R.zkeys[i][1] for i in key}
                         res.x = list(x[:self.n0])
-            h.changeColBounds(j, 0.0, highspy.kHighsInf)
+            h.changeColBounds(j, 0.0, highs.INF)
 
 
 def _evaluate_fixed(h, R: Relaxation, picks, res: HullResult) -> None:
@@ -665,44 +355,52 @@ def _evaluate_fixed(h, R: Relaxation, picks, res: HullResult) -> None:
             continue
         h.changeColsBounds(nz, zcol, lo, hi)
         h.run()
-        if _optimal(h) and h.getInfo().objective_function_value < res.value:
+        if highs.optimal(h) and h.getInfo().objective_function_value < res.value:
             res.value = h.getInfo().objective_function_value
             res.choice = {R.zkeys[i][0]: R.zkeys[i][1] for i in sel}
             res.x = list(h.getSolution().col_value)
     h.changeColsBounds(nz, zcol, lo_z, hi_z)
 
 
-def hull_milp(R: Relaxation, hull: HullResult, time_limit: float, gap: float, opts=None,
-              enough: Optional[float] = None):
-    """Step (c), continued: R as a MILP in z with the hull cuts, warm-started with the best
-    choice; stops early once its bound reaches ``enough``. Returns (lower bound, choice, value):
-    the bound is the solver's dual bound (+inf when R has no integer point: no plan exists)."""
-    import highspy
-    lp = R.lp
-    h = _highs(lp, getattr(opts, "threads", None), presolve="on")
-    nz = len(R.zkeys)
-    h.changeColsIntegrality(nz, R.zcol.astype(np.int32), np.array([highspy.HighsVarType.kInteger] * nz))
-    for y, beta in hull.cuts[-40:]:          # the latest (the last duals' cut closes the hull LP)
-        h.addRow(beta - 1e-9 * (1.0 + abs(beta)), highspy.kHighsInf, nz, R.zcol.astype(np.int32), y)
-    if hull.x is not None:
-        sol = highspy.HighsSolution()
-        sol.col_value = list(hull.x)
-        sol.value_valid = True
-        h.setSolution(sol)
-    if enough is not None and math.isfinite(enough):
-        def check(e):
-            if e.data_out.mip_dual_bound >= enough:
-                e.interrupt()
-        h.cbMipInterrupt += check
-    h.setOptionValue("mip_rel_gap", float(gap))
-    h.setOptionValue("time_limit", float(max(0.05, time_limit)))
-    h.run()
-    info = h.getInfo()
-    if _infeasible(h):
-        return math.inf, None, math.inf
-    lower = info.mip_dual_bound if math.isfinite(info.mip_dual_bound) else -math.inf
-    if info.primal_solution_status != 2:
-        return lower, None, math.inf
-    x = h.getSolution().col_value
-    choice = {R.zkeys[i][0]: R.zkeys[i][1] for i in range(nz) if x[R.zcol[i]] > 0.5}
-    return lower, choice, info.objective_function_value
+class ChoiceMilp:
+    """Step (c): R as a MILP in z with the hull cuts. Choices already placed can be excluded
+    (a no-good row each: sum of the choice's z <= tasks - 1), so that its bound covers the
+    choices not yet placed; with R built ``node_costs=True`` it also pays for whole nodes."""
+
+    def __init__(self, R: Relaxation, hull: HullResult, gap: float, opts=None, warm: bool = True):
+        self.R = R
+        self.h = highs.new(R.lp, getattr(opts, "threads", None), presolve="on")
+        nz = len(R.zkeys)
+        self.zcol = R.zcol.astype(np.int32)
+        highs.make_integer(self.h, self.zcol)
+        for y, beta in hull.cuts[-40:]:      # the latest (the last duals' cut closes the hull LP)
+            self.h.addRow(beta - 1e-9 * (1.0 + abs(beta)), highs.INF, nz, self.zcol, y)
+        if warm and hull.x is not None and len(hull.x) == R.lp.num_col_:
+            highs.start_from(self.h, hull.x)
+        self.enough = math.inf
+        highs.stop_when(self.h, lambda _primal, dual: dual >= self.enough)
+        self.h.setOptionValue("mip_rel_gap", float(gap))
+        self.excluded = 0
+
+    def exclude(self, choice: dict) -> None:
+        cols = np.array([self.zcol[i] for i, (t, m) in enumerate(self.R.zkeys) if choice.get(t) == m], dtype=np.int32)
+        self.h.addRow(-highs.INF, float(len(cols) - 1), len(cols), cols, np.ones(len(cols)))
+        self.excluded += 1
+
+    def solve(self, time_limit: float, enough: Optional[float] = None) -> tuple[float, Optional[dict], float]:
+        """(lower bound, best choice or None, its R value); stops once the bound reaches
+        ``enough``. The bound is +inf when no choice is left (none meets the SLO, or all are
+        excluded)."""
+        self.enough = math.inf if enough is None else enough
+        self.h.setOptionValue("time_limit", float(self.h.getRunTime() + max(0.05, time_limit)))
+        self.h.run()
+        info = self.h.getInfo()
+        if highs.infeasible(self.h):
+            return math.inf, None, math.inf
+        lower = info.mip_dual_bound if math.isfinite(info.mip_dual_bound) else -math.inf
+        if info.primal_solution_status != 2:
+            return lower, None, math.inf
+        x = self.h.getSolution().col_value
+        nz = len(self.R.zkeys)
+        choice = {self.R.zkeys[i][0]: self.R.zkeys[i][1] for i in range(nz) if x[self.R.zcol[i]] > 0.5}
+        return lower, choice, info.objective_function_value

@@ -1,9 +1,9 @@
 """PlanProblem: the immutable snapshot the planner works on.
 
-A problem is assembled from specs (:meth:`PlanProblem.from_specs`) or built directly from the
-dataclasses below (the coordinator builds one pool per group of identical live nodes and maps
-the plan's pool ids back to nodes through ``Pool.node_ids``). Every container is a tuple or a
-read-only mapping; nothing here is mutated after construction.
+A problem is assembled from specs (:func:`atoll.planner.build.problem_from_specs`) or built
+directly from the dataclasses below (the coordinator builds one pool per group of identical
+live nodes and maps the plan's pool ids back to nodes through ``Pool.node_ids``). Every
+container is a tuple or a read-only mapping; nothing here is mutated after construction.
 
 Units: rates in requests (messages) per second, sizes in KB (10^3 bytes), prices in USD per
 hour and USD per GB (10^9 bytes), memory in GB, bandwidth in megabits per second.
@@ -278,13 +278,3 @@ class PlanProblem:
         if self.max_accuracy_loss is not None and self.accuracy_loss(choice) > self.max_accuracy_loss + tol:
             return False
         return True
-
-    # ------------------------------------------------------------------ from specs
-    @classmethod
-    def from_specs(cls, workflow, cluster, catalog=None, *, workflow_source: str | None = None,
-                   cluster_source: str | None = None) -> "PlanProblem":
-        """Assemble a problem from a WorkflowSpec, a ClusterSpec and an optional Catalog;
-        raises SpecError (file, field path, fix) for what only the pair can reveal."""
-        from atoll.planner.build import problem_from_specs
-        return problem_from_specs(workflow, cluster, catalog, workflow_source=workflow_source,
-                                  cluster_source=cluster_source)

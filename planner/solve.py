@@ -5,57 +5,25 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import pulp
 
-from atoll.planner.milp import K_COST, Model, PlanOptions
+from atoll.planner import highs
+from atoll.planner.milp import K_COST, Model
+from atoll.planner.options import PlanOptions
 from atoll.planner.plan import HostGroup, Plan, Replica, Route
 from atoll.planner.problem import PlanProblem, loc_str
 
 EPS = 1e-7
 
 
-def _highs_ok() -> bool:
-    try:
-        return bool(pulp.HiGHS().available())
-    except Exception:
-        return False
-
-
-_BANNER_DONE = False
-
-
-def _silence_highs_banner() -> None:
-    """HiGHS prints a copyright banner on C stdout when the first model of a process is made;
-    make that first one with stdout pointed at /dev/null so JSON output stays clean."""
-    global _BANNER_DONE
-    if _BANNER_DONE:
-        return
-    _BANNER_DONE = True
-    try:
-        import os
-        import sys
-        import highspy
-        sys.stdout.flush()
-        saved = os.dup(1)
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, 1)
-            highspy.Highs()
-        finally:
-            os.dup2(saved, 1)
-            os.close(null)
-            os.close(saved)
-    except Exception:
-        pass
-
-
 def solver_name(opts: PlanOptions) -> str:
+    """``opts.solver``, with "auto" meaning HiGHS when highspy is installed, else CBC."""
     if opts.solver == "cbc":
         return "cbc"
-    if opts.solver == "highs" or _highs_ok():
+    if opts.solver == "highs" or highs.AVAILABLE:
         return "highs"
     return "cbc"
 
@@ -69,39 +37,35 @@ class SolveResult:
     bound: Optional[float] = None   # the solver's dual bound, when it reports one
 
 
-def _highs_with(stop_at: Optional[float], warm: bool, **kw):
-    """pulp's HiGHS, interrupted once the incumbent costs at most ``stop_at``, and started
-    from the variables' current values when ``warm``."""
+def _highs_with(stop_at: Optional[float], bound_at: Optional[float], warm: bool, **kw):
+    """pulp's HiGHS, interrupted once the incumbent costs at most ``stop_at`` or the bound
+    reaches ``bound_at``, and started from the variables' current values when ``warm``."""
+    low = -math.inf if stop_at is None else stop_at
+    high = math.inf if bound_at is None else bound_at
 
     class With(pulp.HiGHS):
         def callSolver(self, lp):
-            import highspy
             h = lp.solverModel
-            if stop_at is not None:
-                def check(e):
-                    if e.data_out.mip_primal_bound <= stop_at:
-                        e.interrupt()
-                h.cbMipInterrupt += check
+            if stop_at is not None or bound_at is not None:
+                highs.stop_when(h, lambda primal, dual: primal <= low or dual >= high)
             if warm:
                 vals = [0.0] * h.getNumCol()
                 for v in lp.variables():
                     if v.varValue is not None:
                         vals[v.index] = float(v.varValue)
-                sol = highspy.HighsSolution()
-                sol.col_value = vals
-                sol.value_valid = True
-                h.setSolution(sol)
+                highs.start_from(h, vals)
             h.run()
 
     return With(**kw)
 
 
 def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, mip: bool = True,
-        highs_options: Optional[dict] = None, stop_at: Optional[float] = None,
+        stop_at: Optional[float] = None, bound_at: Optional[float] = None,
         rel_gap: Optional[float] = None, warm: bool = False) -> SolveResult:
     """Solve ``model.prob``; never raises for infeasibility (the caller decides). With HiGHS,
     ``stop_at`` ends the search once a plan costs at most that much (the caller holds a bound
-    that makes it good enough), ``warm`` starts from the values of an earlier solve;
+    that makes it good enough), ``bound_at`` once the bound proves no plan costs less (the
+    caller holds a plan that good), ``warm`` starts from the values of an earlier solve;
     ``rel_gap`` overrides ``opts.gap`` as the solver's own target."""
     tl = opts.time_limit if time_limit is None else time_limit
     which = solver_name(opts)
@@ -109,11 +73,10 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
     if model.empty_tasks:
         return SolveResult("infeasible", 0.0, None, None)
     if which == "highs":
-        _silence_highs_banner()
         kw = dict(msg=False, timeLimit=tl, gapRel=opts.gap if rel_gap is None else rel_gap,
-                  threads=opts.threads,
-                  mip=mip, **(highs_options or {}))
-        solver = _highs_with(stop_at, warm, **kw) if (stop_at is not None or warm) and mip else pulp.HiGHS(**kw)
+                  threads=opts.threads, mip=mip)
+        custom = (stop_at is not None or bound_at is not None or warm) and mip
+        solver = _highs_with(stop_at, bound_at, warm, **kw) if custom else pulp.HiGHS(**kw)
     else:
         solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(math.ceil(tl))),
                                    gapRel=opts.gap if rel_gap is None else rel_gap,
@@ -126,12 +89,10 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
     obj = pulp.value(model.prob.objective)
     gap = None
     if which == "highs":
-        import highspy
         h = model.prob.solverModel
         info = h.getInfo()
         has = info.primal_solution_status == 2
-        ms = h.getModelStatus()
-        if ms in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kUnboundedOrInfeasible):
+        if highs.infeasible(h):
             return SolveResult("infeasible", secs, None, None)
         if not has:
             b = info.mip_dual_bound if mip and math.isfinite(info.mip_dual_bound) else None
@@ -141,7 +102,7 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
         obj = info.objective_function_value
         if model.prob.sense == pulp.LpMaximize:   # pulp hands HiGHS the negated objective
             obj = -obj
-        status = "optimal" if ms == highspy.HighsModelStatus.kOptimal else "time_limit"
+        status = "optimal" if highs.optimal(h) else "time_limit"
         bound = None
         if mip and info.mip_node_count >= 0 and math.isfinite(info.mip_dual_bound):
             bound = info.mip_dual_bound
@@ -150,8 +111,10 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
             gap = 0.0 if abs(obj) < 1e-9 else max(0.0, (obj - bound) / abs(obj))
             if model.mode == "throughput":
                 gap = 0.0 if abs(obj) < 1e-9 else max(0.0, (bound - obj) / abs(obj))
+        elif status == "optimal":
+            gap = 0.0                          # an LP, or a model with no integer left
         else:
-            gap = 0.0
+            gap = None                         # stopped before any bound: nothing proven
     else:
         if st != pulp.LpStatusOptimal or model.prob.sol_status not in (1, 2):
             return SolveResult("no_solution", secs, None, None)
@@ -280,14 +243,16 @@ def extract(model: Model, *, planner: str, status: str, seconds: float, gap: Opt
 
 
 def evaluate(problem: PlanProblem, choice: dict, hosts: dict, *, planner: str, up_only: bool = False,
-             previous=None, opts: Optional[PlanOptions] = None, seconds: float = 0.0) -> Optional[Plan]:
-    """Cost of a fixed variant choice and host placement, routed at least cost (an LP).
-    Returns None when that placement cannot carry the load."""
+             previous=None, opts: Optional[PlanOptions] = None, seconds: float = 0.0,
+             rates: Optional[dict] = None) -> Optional[Plan]:
+    """Cost of a fixed variant choice and host placement (and, given ``rates``, a fixed split of
+    each task's requests over pools), routed at least cost (an LP). Returns None when that
+    placement cannot carry the load."""
     opts = opts or PlanOptions()
-    from dataclasses import replace
     opts = replace(opts, time_limit=max(opts.time_limit, 30.0), method="exact")  # a small LP/MILP
     t0 = time.perf_counter()
-    model = Model(problem, up_only=up_only, previous=previous, fix_choice=choice, fix_hosts=hosts)
+    model = Model(problem, up_only=up_only, previous=previous, fix_choice=choice, fix_hosts=hosts,
+                  fix_rates=rates)
     res = run(model, opts)
     if res.status not in ("optimal", "time_limit"):
         return None

@@ -1,7 +1,10 @@
 """``atoll plan``: plan a workflow on a cluster offline (no coordinator needed).
 
     atoll plan --workflow wf.yaml --cluster cluster.yaml [--planner milp|greedy|...]
-               [--output table|json] [--explain]
+               [--output table|json] [--explain] [--previous PLAN.json [--churn-penalty USD]]
+
+``--previous`` re-plans against a plan written earlier by ``--output json``: the MILP charges
+``--churn-penalty`` $/h per replica it moves, and every planner reports how many it moved.
 """
 
 from __future__ import annotations
@@ -24,13 +27,40 @@ def register(subparsers) -> None:
     p.add_argument("--gap", type=float, default=0.005, help="relative optimality gap to stop at")
     p.add_argument("--solver", default="auto", choices=["auto", "highs", "cbc"])
     p.add_argument("--up-only", action="store_true", help="data may only move up the tiers (JellyBean)")
+    p.add_argument("--previous", metavar="PLAN.json",
+                   help="re-plan against this plan (as written by --output json): few replicas move")
+    p.add_argument("--churn-penalty", type=float, default=None, metavar="USD",
+                   help="$/h charged per replica moved against --previous (default 0.25)")
     p.set_defaults(func=run)
 
 
-def run(ns: argparse.Namespace) -> int:
+def load_previous(path: str):
+    """The Plan a previous ``atoll plan --output json`` wrote to ``path``; SpecError otherwise."""
     from atoll.core.errors import SpecError
-    from atoll.planner.api import PLANNERS, PlanOptions, PlanProblem
-    from atoll.planner.explain import explain
+    from atoll.planner.api import Plan
+
+    source = f"flag --previous {path}"
+    hint = "give the JSON that `atoll plan --output json` printed"
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except OSError as e:
+        raise SpecError(f"cannot read it: {e.strerror}", source=source, hint=hint) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SpecError(f"not valid JSON ({e})", source=source, hint=hint) from None
+    try:
+        if not isinstance(d, dict) or not isinstance(d.get("hosts"), list):
+            raise TypeError("no hosts list")
+        return Plan.from_dict(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SpecError(f"not a plan ({type(e).__name__}: {e})", source=source, hint=hint) from None
+
+
+def run(ns: argparse.Namespace) -> int:
+    # imported here, not at the top: `atoll --help` (which registers every verb) stays fast
+    # without loading PuLP, HiGHS and the specs
+    from atoll.core.errors import SpecError
+    from atoll.planner.api import PLANNERS, PlanOptions, explain, problem_from_specs
     from atoll.specs.cluster import load_cluster
     from atoll.specs.workflow import load_workflow
 
@@ -38,24 +68,30 @@ def run(ns: argparse.Namespace) -> int:
         raise SpecError("must be > 0", source="flag --time-limit")
     if not 0 <= ns.gap < 1:
         raise SpecError("must be in [0, 1)", source="flag --gap")
+    if ns.churn_penalty is not None and not ns.churn_penalty >= 0:
+        raise SpecError("must be >= 0", source="flag --churn-penalty")
+    if ns.churn_penalty is not None and ns.previous is None:
+        raise SpecError("only means something with --previous", source="flag --churn-penalty")
+    previous = load_previous(ns.previous) if ns.previous else None
     wf, catalog = load_workflow(ns.workflow)
     cluster = load_cluster(ns.cluster)
-    problem = PlanProblem.from_specs(wf, cluster, catalog, workflow_source=ns.workflow,
-                                     cluster_source=ns.cluster)
-    opts = PlanOptions(time_limit=ns.time_limit, gap=ns.gap, solver=ns.solver, data_up_only=ns.up_only)
-    plan = PLANNERS[ns.planner](problem, options=opts)
-    info = explain(problem, plan, opts) if ns.explain else None
+    problem = problem_from_specs(wf, cluster, catalog, workflow_source=ns.workflow,
+                                 cluster_source=ns.cluster)
+    opts = PlanOptions(time_limit=ns.time_limit, gap=ns.gap, solver=ns.solver, data_up_only=ns.up_only,
+                       **({} if ns.churn_penalty is None else {"churn_penalty": ns.churn_penalty}))
+    plan = PLANNERS[ns.planner](problem, previous=previous, options=opts)
+    info = explain(problem, plan, opts, replan=PLANNERS["milp"]) if ns.explain else None
     if ns.output == "json":
         d = plan.to_dict()
         if info:
             d["explain"] = info
         print(json.dumps(d, indent=2))
     else:
-        print(format_table(problem, plan, info))
+        print(format_table(problem, plan, info, previous=ns.previous))
     return 0
 
 
-def format_table(problem, plan, info=None) -> str:
+def format_table(problem, plan, info=None, previous: str | None = None) -> str:
     gap = "n/a" if plan.gap is None else f"{100 * plan.gap:.2f}%"
     lines = [f"plan {problem.name}  planner={plan.planner}  status={plan.status}  "
              f"solve {plan.solve_seconds:.2f} s  gap {gap}", ""]
@@ -76,6 +112,8 @@ def format_table(problem, plan, info=None) -> str:
     lines += ["", f"compute ${plan.compute_cost_per_hour:.3f}/h   transfer ${plan.transfer_cost_per_hour:.3f}/h   "
                   f"total ${plan.total_cost_per_hour:.3f}/h   nodes {plan.nodes_used()}   "
                   f"accuracy {plan.accuracy:.3f}{slo}"]
+    if previous:
+        lines.append(f"moved {plan.moved_replicas} replicas against {previous}")
     if info:
         lines += ["", "binding constraints:"]
         lines += [f"  - {b}" for b in info["binding"]] or ["  (none)"]

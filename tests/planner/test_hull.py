@@ -15,6 +15,7 @@ import pytest
 from atoll.core.errors import PlanInfeasible
 from atoll.planner.api import PlanOptions, plan
 from atoll.planner import decompose as D
+from atoll.planner.accuracy_set import AccuracySet
 from atoll.planner.milp import Model
 from planner_gen import random_problem
 from planner_ref import brute_force
@@ -31,10 +32,8 @@ def _brute_min(groups, need, y):
 
 
 @pytest.mark.parametrize("force_buckets", [False, True])
-def test_accuracy_set_minimum_is_exact_or_below(force_buckets, monkeypatch):
+def test_accuracy_set_minimum_is_exact_or_below(force_buckets):
     """beta(y) <= min over Z of y.z (equal when exact); every choice returned is in Z."""
-    if force_buckets:
-        monkeypatch.setattr(D.AccuracySet, "PARETO_CAP", 0)
     rng = np.random.default_rng(7)
     checked = 0
     for _ in range(300):
@@ -46,7 +45,7 @@ def test_accuracy_set_minimum_is_exact_or_below(force_buckets, monkeypatch):
         lo = sum(float(g.min()) for _, g in groups)
         hi = sum(float(g.max()) for _, g in groups)
         need = lo + rng.uniform(-0.1, 1.1) * (hi - lo)      # sometimes no choice qualifies
-        Z = D.AccuracySet(n, groups=groups, need=need)
+        Z = AccuracySet(n, groups=groups, need=need, pareto_cap=0 if force_buckets else 20000)
         y = rng.normal(size=n) * float(rng.choice([1.0, 100.0]))
         best, weight = _brute_min(groups, Z.need, y)
         beta, found = Z.minimize(y, 3)
@@ -75,7 +74,7 @@ def test_hull_bound_never_above_brute_force():
         if m.empty_tasks:
             continue
         R = D.relaxation(m)
-        Z = D.AccuracySet.of(m)
+        Z = AccuracySet.of(m)
         res = D.hull_phase(R, Z, 10.0)
         if ref is None:
             continue
@@ -104,7 +103,7 @@ def test_relaxation_keeps_node_counts_under_churn():
     R = D.relaxation(m)
     plain = D.relaxation(Model(pb.scaled(1.05)))
     assert R.substituted == 0 < plain.substituted
-    res = D.hull_phase(R, D.AccuracySet.of(m), 10.0)
+    res = D.hull_phase(R, AccuracySet.of(m), 10.0)
     exact = plan(pb.scaled(1.05), previous=p0, options=PlanOptions(method="exact", gap=1e-4, time_limit=30))
     assert res.lower <= exact.total_cost_per_hour + 1e-6
 

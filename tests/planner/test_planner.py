@@ -17,7 +17,7 @@ from planner_gen import random_problem
 from planner_ref import brute_force
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("planner_bench", REPO / "bench" / "planner_bench.py")
+_spec = importlib.util.spec_from_file_location("planner_cases", REPO / "bench" / "planner_cases.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 

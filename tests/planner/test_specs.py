@@ -10,7 +10,7 @@ import yaml
 
 from atoll.cli.main import main
 from atoll.core.errors import SpecError
-from atoll.planner.api import PlanProblem
+from atoll.planner.api import problem_from_specs
 from atoll.specs.catalog import Catalog
 from atoll.specs.cluster import ClusterSpec, load_cluster
 from atoll.specs.common import parse_obj
@@ -50,7 +50,7 @@ def test_catalog_reference(tmp_path):
     d["tasks"][1]["variants"] = ["resnet50"]
     p = write(tmp_path, "wf.yaml", d)
     wf, catalog = load_workflow(p)
-    pb = PlanProblem.from_specs(wf, load_cluster(CL), catalog)
+    pb = problem_from_specs(wf, load_cluster(CL), catalog)
     assert [v.name for v in pb.task("classify").variants] == ["resnet50"]
     d["tasks"][1]["variants"] = ["resnet51"]
     p = write(tmp_path, "wf.yaml", d)
@@ -88,7 +88,7 @@ def test_no_profile_for_any_hardware_class(tmp_path):
                      "price_per_hour": 1.2, "count": 4}]}
     cp = write(tmp_path, "cl.yaml", cl)
     with pytest.raises(SpecError) as e:
-        PlanProblem.from_specs(wf, load_cluster(cp), workflow_source=str(WF), cluster_source=str(cp))
+        problem_from_specs(wf, load_cluster(cp), workflow_source=str(WF), cluster_source=str(cp))
     assert e.value.path == "tasks[0].variants" and "tpu-v5e" in str(e.value) and str(WF) in str(e.value)
 
 
