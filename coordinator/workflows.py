@@ -158,6 +158,11 @@ class WorkflowManager:
         self._changes += 1
         self.reconcile()
 
+    def references(self, node_id: str) -> set[str]:
+        """The ``sha256:`` blobs that ``node_id``'s assignments name: what it may fetch."""
+        return {src for rec in self.records.values() for a in rec.assignments if a.node_id == node_id
+                for src in (a.base_model, a.adapter_source) if src.startswith("sha256:")}
+
     # ------------------------------------------------------------------ status
     def replica_views(self, rec: WorkflowRecord) -> list[dict]:
         return replica_views(rec, self.registry.nodes)
@@ -236,6 +241,16 @@ class WorkflowManager:
         elif t.new == "READY":      # new capacity: retry workflows whose re-plan failed
             for name in self._retry_at:
                 self._replan.add(name)
+
+    def trust_changed(self, node_id: str, trusted: bool) -> None:
+        """An admin trusted or untrusted a node: trusted_only workflows on it move off it; a
+        newly trusted node may let a waiting re-plan succeed."""
+        for rec in self.records.values():
+            if trusted and rec.name in self._retry_at:
+                self._replan.add(rec.name)
+            elif not trusted and any(a.node_id == node_id for a in rec.assignments) \
+                    and rec.deployment.constraints is not None and rec.deployment.constraints.trusted_only:
+                self._replan.add(rec.name)
 
     def _on_price(self, node_id: str, old: float, new: float) -> None:
         """A price change can make another placement cheaper: re-plan every workflow (sticky

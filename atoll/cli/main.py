@@ -6,8 +6,8 @@ exit code. Modules import their heavy dependencies (torch, grpc, pulp) inside ``
 ``atoll --help`` stays fast. Adding a verb is one line in ``COMMAND_MODULES``.
 
 Errors: an :class:`~atoll.core.errors.AtollError` (bad flag, bad spec, infeasible plan) prints one
-line and exits 2; an RPC error prints its status code and message and exits 1. No tracebacks
-unless ``ATOLL_DEBUG=1``.
+line and exits 2; an RPC error prints its status code and message and exits 1; anything else
+(a bug) prints one line naming the exception and exits 1. No tracebacks unless ``ATOLL_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "atoll.cli.cmd_generate",     # atoll generate (local runtime)
     "atoll.cli.cmd_workflows",    # atoll submit, workflows, status, delete, invoke, profile, push
     "atoll.cli.cmd_keys",         # atoll keys create | list | revoke
+    "atoll.cli.cmd_tokens",       # atoll tokens create | list | revoke
     "atoll.cli.cmd_demo",         # atoll demo
 ]
 
@@ -80,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                 name, details = "ERROR", str(exc)
             print(f"atoll {ns.command}: {name}: {details}", file=sys.stderr)
             return 1
-        raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"atoll {ns.command}: internal error: {type(exc).__name__}: {text} "
+              "(set ATOLL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
