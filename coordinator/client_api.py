@@ -81,7 +81,7 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
 
     @handle_errors
     async def SubmitWorkflow(self, request, context):
-        rec = self.workflows.submit(request.spec_yaml, request.filename, request.dry_run,
+        rec = await self.workflows.submit(request.spec_yaml, request.filename, request.dry_run,
                                     tenant=auth.caller_tenant())
         return self._status(rec) if not request.dry_run else convert.planned_status(rec)
 

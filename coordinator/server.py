@@ -41,6 +41,7 @@ from atoll.coordinator.leader import AdvisoryLockLeadership, SoloLeadership
 from atoll.coordinator.metrics import CoordinatorMetrics
 from atoll.coordinator.model_store_api import ModelStoreApi
 from atoll.coordinator.openai_http import OpenAIDoor
+from atoll.coordinator.planning import PlanWorkers
 from atoll.coordinator.join_tokens import hash_token
 from atoll.coordinator.registry import Registry
 from atoll.coordinator.router import Router
@@ -276,7 +277,8 @@ class Coordinator:
         self.registry = Registry(self.store, join_token_hash=self._token_hash,
                                  heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics)
         self.metrics.bind(self.registry)
-        self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs)
+        self.planner = PlanWorkers()
+        self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs, planner=self.planner)
         if self.settings.database_url:       # from now on a write commits only while we lead
             loop = asyncio.get_running_loop()
             self.store.fence(self.leadership.epoch, lambda why: loop.call_soon_threadsafe(
@@ -359,7 +361,7 @@ class Coordinator:
         while True:
             await asyncio.sleep(0.25)
             try:
-                self.workflows.replan_pending()
+                await self.workflows.replan_pending()
                 now = time.monotonic()
                 if now - getattr(self, "_last_autoscale", 0.0) >= 1.0:
                     self._last_autoscale = now
@@ -390,6 +392,8 @@ class Coordinator:
             await self.server.stop(grace)
         if getattr(self, "router", None) is not None:
             await self.router.close()
+        if getattr(self, "planner", None) is not None:
+            self.planner.close()
         if self.registry is not None and self._apis:
             self.registry.flush()
         if self.leadership is not None:

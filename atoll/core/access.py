@@ -84,7 +84,7 @@ TABLE: tuple[Rule, ...] = (
     + _r(WORKER, ["Generate", "Embed"], {COORDINATOR, NODE}, scope=SCOPE_INFER, by=_AGENT_GUARD)
     + _r(WORKER, ["LoadAdapter", "UnloadAdapter", "ListAdapters"], {COORDINATOR}, scope=SCOPE_MANAGE,
          by=_AGENT_GUARD)
-    + _r(HEALTH, ["Check", "Watch"], CALLERS, by="open (Kubernetes probes)")
+    + _r(HEALTH, ["Check", "Watch", "List"], CALLERS, by="open (Kubernetes probes)")
     + _r(REFLECTION, ["ServerReflectionInfo"], CALLERS, by="open (service discovery for grpcurl)")
     + _r("http:coordinator", ["GET /v1/models", "POST /v1/completions", "POST /v1/chat/completions"],
          {USER, ADMIN}, owner=OWN_TENANT, by="coordinator/openai_http.py (atoll.core.openai_http.BaseDoor)")
@@ -105,6 +105,12 @@ def rule(full_method: str) -> Rule | None:
 def http_rule(surface: str, method: str, path: str) -> Rule | None:
     """The rule of an HTTP route (``surface``: ``coordinator`` or ``agent``)."""
     return _BY_KEY.get(f"http:{surface} {method.upper()} {path.rstrip('/') or '/'}")
+
+
+def open_to_anyone(full_method: str) -> bool:
+    """Methods anyone may call (health, reflection): nothing presented is even looked at."""
+    r = rule(full_method)
+    return r is not None and ANONYMOUS in r.callers
 
 
 def decide(full_method: str, caller: str, scopes: tuple[str, ...] = ()) -> None:
