@@ -270,7 +270,7 @@ class Agent:
         for src in named:
             if src.startswith("sha256:"):
                 self._referenced[src] = now
-        keep = {s for s, t in self._referenced.items() if now - t < self.settings.cache_keep_seconds}
+        keep = named | {s for s, t in self._referenced.items() if now - t < self.settings.cache_keep_seconds}
         gone = prune(self.state_dir / "blobs", keep)
         if gone:
             log.info("removed fetched blobs no assignment names", extra=kv(node=self.node.name, blobs=len(gone)))

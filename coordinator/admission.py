@@ -34,14 +34,31 @@ def is_source_ref(s: str) -> bool:
 def admit(spec_yaml: str, filename: str, tenant: Optional[str] = None,
           blob_info: Optional[BlobInfo] = None) -> WorkflowSpec:
     """The checked spec, or SpecError / NotFound naming the file, the field and the fix."""
-    src = (filename or "workflow")[:200]
+    spec = parse_spec(spec_yaml, filename)
+    check_serving(spec, source_name(filename), tenant, blob_info)
+    return spec
+
+
+def source_name(filename: str) -> str:
+    return (filename or "workflow")[:200]
+
+
+def parse_spec(spec_yaml: str, filename: str) -> WorkflowSpec:
+    """The spec's own part of admission, pure (no lookups): bounded YAML, the model, its checks."""
+    src = source_name(filename)
     spec = parse_obj(WorkflowSpec, safe_yaml(spec_yaml, src, MAX_SPEC_BYTES), source=src)
     if spec.catalog:
         raise SpecError("a submitted workflow must carry its variants inline", source=src, path="catalog",
                         hint="`atoll submit` inlines the catalog for you")
     spec.check(source=src)
-    check_serving(spec, src, tenant, blob_info)
     return spec
+
+
+def parse_and_dump(spec_yaml: str, filename: str) -> tuple[WorkflowSpec, str]:
+    """:func:`parse_spec` and the spec's canonical YAML, as one call (a planning worker runs it:
+    validating a large spec holds the interpreter for a while)."""
+    spec = parse_spec(spec_yaml, filename)
+    return spec, spec.to_yaml()
 
 
 def check_serving(spec: WorkflowSpec, src: str, tenant: Optional[str] = None,

@@ -15,7 +15,7 @@ writes them to the store before anything is acknowledged, and calls the steps in
    no plan fits), a new READY node retries them, a price change re-plans every deployed one.
 
 Everything runs on the coordinator's event loop thread, except the work that takes CPU time:
-admission parses a spec in a thread, and a submit's or a re-plan's placement runs in a planning
+a submit's parsing and validation, and a submit's or a re-plan's placement, run in a planning
 worker process (``planning.PlanWorkers``, with a time and memory budget), so the loop keeps
 answering RPCs meanwhile. Placements that commit (submits and re-plans) take turns
 (``_placing``): each plans on a snapshot no other placement is about to change. Dry runs plan
@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import time
 
-from atoll.coordinator.admission import admit
+from atoll.coordinator.admission import admit, check_serving, parse_and_dump, source_name
 from atoll.coordinator.auth import visible
 from atoll.coordinator.autoscaler import Autoscaler, current_scale
 from atoll.coordinator.deploy import Deployer
@@ -99,12 +99,15 @@ class WorkflowManager:
         spec, serving = self._loaded(rec)
         return place(rec.name, spec, serving, self.fleet(rec.name), previous=rec.assignments, scale=scale)
 
+    async def _off_loop(self, fn, *args, **kw):
+        """``fn(*args, **kw)`` in a planning worker when there is one (else here)."""
+        if self.planner is None:
+            return fn(*args, **kw)
+        return await self.planner.run(fn, *args, **kw)
+
     async def _place(self, name: str, spec: WorkflowSpec, serving: WorkflowServing, **kw) -> Placement:
         """``place`` on the fleet as it is now, in a planning worker when there is one."""
-        fleet = self.fleet(name)
-        if self.planner is None:
-            return place(name, spec, serving, fleet, **kw)
-        return await self.planner.run(place, name, spec, serving, fleet, **kw)
+        return await self._off_loop(place, name, spec, serving, self.fleet(name), **kw)
 
     def _commit(self, rec: WorkflowRecord, p: Placement, autoscale: Autoscale | None) -> None:
         rec.plan, rec.assignments = p.plan, p.assignments
@@ -136,29 +139,31 @@ class WorkflowManager:
 
     # ------------------------------------------------------------------ client calls
     async def submit(self, spec_yaml: str, filename: str, dry_run: bool = False, tenant: str = "") -> WorkflowRecord:
-        spec = await asyncio.to_thread(self.parse, spec_yaml, filename, tenant)
+        spec, text = await self._off_loop(parse_and_dump, spec_yaml, filename)
+        check_serving(spec, source_name(filename), tenant, self.blobs.info if self.blobs is not None else None)
         self._check_free(spec.name, dry_run)
         serving = serving_of(spec)
         if dry_run:
-            return self._record(spec, await self._place(spec.name, spec, serving), tenant, "PLANNED")
+            return self._record(spec, text, await self._place(spec.name, spec, serving), tenant, "PLANNED")
         async with self._placing:
             p = await self._place(spec.name, spec, serving)
             self._check_free(spec.name, dry_run)           # another submit may have taken the name meanwhile
-            return self._deploy_new(spec, serving, p, tenant)
+            return self._deploy_new(spec, text, serving, p, tenant)
 
     def _check_free(self, name: str, dry_run: bool) -> None:
         if not dry_run and name in self.records:
             raise AlreadyExists(f"workflow name {name!r} is taken", hint="pick another name, or delete yours first")
 
     @staticmethod
-    def _record(spec: WorkflowSpec, p: Placement, tenant: str, state: str) -> WorkflowRecord:
+    def _record(spec: WorkflowSpec, text: str, p: Placement, tenant: str, state: str) -> WorkflowRecord:
         now = time.time()
-        return WorkflowRecord(name=spec.name, spec_yaml=spec.to_yaml(), state=state,
+        return WorkflowRecord(name=spec.name, spec_yaml=text, state=state,
                               message="waiting for replicas", plan=p.plan, assignments=p.assignments,
                               generation=1, created=now, updated=now, tenant=tenant, deployment=p.deployment)
 
-    def _deploy_new(self, spec: WorkflowSpec, serving: WorkflowServing, p: Placement, tenant: str) -> WorkflowRecord:
-        rec = self._record(spec, p, tenant, "DEPLOYING")
+    def _deploy_new(self, spec: WorkflowSpec, text: str, serving: WorkflowServing, p: Placement,
+                    tenant: str) -> WorkflowRecord:
+        rec = self._record(spec, text, p, tenant, "DEPLOYING")
         self.store.put_workflow(rec)            # durable before we acknowledge
         self.records[rec.name] = rec
         self._specs[rec.name] = (spec, serving)
