@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
@@ -54,7 +55,8 @@ def serve(fd: int, memory_bytes: int) -> None:
         except MemoryError:
             conn.send(("memory",))
         except Exception as exc:  # noqa: BLE001 - a planner bug: report it, keep the worker
-            conn.send(("bug", f"{type(exc).__name__}: {str(exc)[:300]}"))
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            conn.send(("bug", f"{type(exc).__name__}: {str(exc)[:300]}", f"{frame.filename}:{frame.lineno}"))
 
 
 def _rebuild(module: str, qualname: str, args: tuple, fields: dict) -> AtollError:
@@ -128,6 +130,7 @@ class PlanWorkers:
         if reply[0] == "memory":
             raise ResourceExhausted(f"planning needed more than {self.memory_bytes >> 20} MiB and was stopped",
                                     hint="plan fewer tasks or variants at once, or fewer node kinds")
+        log.error("the planner failed (a bug)", extra=kv(error=reply[1], where=reply[2]))
         raise AtollError(f"the planner failed: {reply[1]}")
 
     def close(self) -> None:

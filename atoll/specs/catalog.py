@@ -39,6 +39,7 @@ from atoll.specs.common import Spec, load_yaml
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_RATE = 1e12          # requests or tokens per second: anything larger is a typo (or an attack)
+MIN_RATE = 1e-6          # ... and anything smaller (one request in 11 days) only makes the solver's numbers degenerate
 
 
 def check_name(v: str) -> str:
@@ -84,8 +85,8 @@ class VariantSpec(Spec):
             if not (x > 0):
                 raise ValueError(f"{hw}: throughput must be > 0 (drop the entry if the hardware "
                                  f"cannot run this variant)")
-            if x > MAX_RATE:
-                raise ValueError(f"{hw}: throughput must be at most {MAX_RATE:g}")
+            if not MIN_RATE <= x <= MAX_RATE:
+                raise ValueError(f"{hw}: throughput must be in {MIN_RATE:g}..{MAX_RATE:g}")
         return v
 
     @field_validator("profile")

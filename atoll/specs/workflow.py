@@ -51,7 +51,7 @@ from pydantic import Field, field_validator
 
 from atoll.core.errors import SpecError
 from atoll.specs.autoscaling import AutoscalingSpec
-from atoll.specs.catalog import Catalog, VariantSpec, check_name, load_catalog
+from atoll.specs.catalog import MIN_RATE, Catalog, VariantSpec, check_name, load_catalog
 from atoll.specs.cluster import parse_location
 from atoll.specs.common import Spec, load_yaml
 from atoll.specs.node import TIERS, Tier
@@ -64,7 +64,7 @@ MAX_EDGES = 4096
 
 class SourceSpec(Spec):
     name: str
-    rate: float = Field(gt=0, le=1e9, description="requests/s born at this source")
+    rate: float = Field(ge=MIN_RATE, le=1e9, description="requests/s born at this source")
     region: str = Field(min_length=1, max_length=64)
     tier: Tier = "edge"
 
@@ -107,7 +107,7 @@ class SizeOverride(Spec):
 class EdgeSpec(Spec):
     from_: str = Field(alias="from")
     to: str
-    ratio: float = Field(default=1.0, gt=0, le=1e6, description="messages to `to` per message from `from`")
+    ratio: float = Field(default=1.0, ge=1e-6, le=1e6, description="messages to `to` per message from `from`")
     size_kb: float = Field(default=1.0, ge=0, le=1e9, description="message size in KB (10^3 bytes)")
     sizes: list[SizeOverride] = Field(default_factory=list, max_length=1024)
     type: Literal["text", "tensor"] = Field(default="text", description="what the edge carries")
