@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
+import pickle
 import resource
 import socket
 import subprocess
@@ -45,10 +47,11 @@ def serve(fd: int, memory_bytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     while True:
         try:
-            fn, args, kwargs = conn.recv()
+            raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
         try:
+            fn, args, kwargs = pickle.loads(raw)
             conn.send(("ok", fn(*args, **kwargs)))
         except AtollError as exc:
             conn.send(("error", type(exc).__module__, type(exc).__qualname__, exc.args, dict(exc.__dict__)))
@@ -74,9 +77,11 @@ class _Worker:
     def __init__(self, memory_bytes: int):
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
+        # The worker imports what the coordinator imports: the same sys.path.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", f"from atoll.coordinator.planning import serve; serve({fd}, {memory_bytes})"],
-            pass_fds=(fd,), stdin=subprocess.DEVNULL)
+            pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         self.conn = Connection(ours.detach())
 

@@ -33,6 +33,9 @@ COMMAND_MODULES = [
 ]
 
 
+SERVERS = ("coordinator", "agent")     # long-running: gRPC's own log lines (a refused handshake) stay on
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's default prints usage; keep it to one clear line
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -59,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(ns, "func", None):
         parser.print_help()
         return 2
+    if ns.command not in SERVERS:
+        # gRPC's core logs a refused TLS handshake on stderr itself; a command says it once, in its one line
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         return int(ns.func(ns) or 0)
     except AtollError as exc:
