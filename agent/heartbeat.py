@@ -39,12 +39,13 @@ import grpc
 
 from atoll.core import credentials as cred
 from atoll.core.logs import kv
-from atoll.core.tls import handshake_failure
+from atoll.core.tls import closed_hint, handshake_failure
 from atoll.specs.config import leader_from_refusal
 from atoll.wire.agent_service import agent_stub, heartbeat_request, instruction_from_pb, register_request
 
 log = logging.getLogger("atoll.agent")
 
+CLOSED_BEFORE_SAYING = 3
 FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
          grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED}
 
@@ -112,6 +113,7 @@ class HeartbeatClient:
         self.trusted = False
         self.tls = tls
         self._handshake_said = ""
+        self._closed_in_a_row = 0
         self.backoff = Backoff(cap=max_backoff, rng=rng or random.Random())
         self.interval = 5.0
         self.seq = 0
@@ -212,8 +214,14 @@ class HeartbeatClient:
         return 0.05 + self.backoff.rng.uniform(0, 0.1)
 
     def _say_handshake(self, details: str) -> None:
-        """Log a refused TLS handshake once per reason (retrying cannot show it otherwise)."""
-        why = handshake_failure(details, self.tls)
+        """Log a refused TLS handshake once per reason (retrying cannot show it otherwise). A
+        connection closed while being set up is ambiguous (a restarting coordinator closes them
+        too): it is said only after it happened on CLOSED_BEFORE_SAYING attempts in a row."""
+        why = handshake_failure(details)
+        hint = closed_hint(details, self.tls)
+        self._closed_in_a_row = self._closed_in_a_row + 1 if hint else 0
+        if not why and self._closed_in_a_row >= CLOSED_BEFORE_SAYING:
+            why = hint
         if why and why != self._handshake_said:
             self._handshake_said = why
             log.warning("TLS handshake with the coordinator failed", extra=kv(

@@ -28,7 +28,7 @@ import grpc
 from atoll.core.archive import archive_dir
 from atoll.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
-from atoll.core.tls import channel_credentials, handshake_failure
+from atoll.core.tls import channel_credentials, closed_hint, handshake_failure
 from atoll.specs.catalog import Catalog, VariantSpec
 from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, check_addresses, leader_from_refusal
 from atoll.specs.node import TIERS
@@ -183,21 +183,23 @@ class Client:
         if leader_from_refusal(details):        # a standby: say where the leader is
             return Unavailable(f"the coordinator at {self.address} is a {details}",
                                hint="point --coordinator at the leader, or list every coordinator: A,B")
-        why = handshake_failure(details, self.tls)
+        why = handshake_failure(details)
         if why:
             return Unavailable(f"TLS handshake failed: {why} (coordinator {self.address})",
                                hint="check --tls-ca / ATOLL_TLS_CA and the address; the coordinator's log says "
                                     "why it refused")
+        closed = closed_hint(details, self.tls)
         if len(self.addresses) == 1:
             return Unavailable(f"cannot reach the coordinator at {self.address} ({exc.code().name})",
-                               hint="is it running? set --coordinator or ATOLL_COORDINATOR")
+                               hint=closed or "is it running? set --coordinator or ATOLL_COORDINATOR")
         return Unavailable(f"no leading coordinator answered at {self.address} within {self.timeout:g} s "
                            f"({exc.code().name}: {details[:200]})",
                            hint="are they running, and is one of them the leader?")
 
     def _error(self, exc: grpc.RpcError):
         """The SDK error for a failed call: a refused TLS handshake says so, the rest by code."""
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and handshake_failure(exc.details() or "", self.tls):
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and (handshake_failure(exc.details() or "")
+                                                           or closed_hint(exc.details() or "", self.tls)):
             return self._unavailable(exc)
         return error_from_rpc(exc)
 
@@ -299,7 +301,7 @@ class Client:
                 return wire.invoke_result(last)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay >= deadline \
-                        or handshake_failure(exc.details() or "", self.tls):
+                        or handshake_failure(exc.details() or ""):
                     raise self._error(exc) from None
                 if len(self.addresses) > 1:
                     self._failover(exc.details() or "")

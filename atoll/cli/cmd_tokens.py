@@ -7,6 +7,8 @@ import json
 import re
 import time
 
+from atoll.cli.admin import admin_flags, list_and_revoke
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -33,13 +35,9 @@ def register(sub) -> None:
     c.add_argument("--trusted", action="store_true", help="nodes joining with it are trusted (trusted_only work)")
     c.add_argument("--ttl", type=duration, default=0.0, help="expires after this long (30m, 24h, 7d; default never)")
     c.add_argument("--uses", type=int, default=0, help="at most this many nodes join with it (default unlimited)")
-    ls = tsub.add_parser("list", help="list join tokens (never the tokens themselves)")
-    ls.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    r = tsub.add_parser("revoke", help="revoke a join token by id (nodes that joined with it stay)")
-    r.add_argument("id")
-    for q in (c, ls, r):
-        q.add_argument("--coordinator", default=None, metavar="ADDR")
-        q.add_argument("--api-key", default=None, help="an admin key (default $ATOLL_API_KEY)")
+    ls, r = list_and_revoke(tsub, "list join tokens (never the tokens themselves)",
+                            "revoke a join token by id (nodes that joined with it stay)")
+    admin_flags(c, ls, r)
     p.set_defaults(func=run)
 
 

@@ -76,11 +76,11 @@ def plaintext_policy(host: str, insecure: bool, what: str) -> None:
     log.warning("INSECURE: %s serves plaintext gRPC on %s (no TLS); for local development only", what, host)
 
 
-def handshake_failure(details: str, tls: bool | None = None) -> str:
-    """Why a gRPC connection failed in the TLS handshake, from the error's details (as the
-    calling side sees it; ``tls``: whether this side dialled with TLS); "" when it did not.
-    The serving side's gRPC core logs its own reason on stderr ("Handshake failed with error
-    ...": no certificate, unknown CA, plaintext peer)."""
+def handshake_failure(details: str) -> str:
+    """Why a gRPC connection failed in the TLS handshake, from the error's details as the calling
+    side sees them; "" when they do not say so for certain (a retry cannot fix these). The
+    serving side's gRPC core logs its own reason on stderr ("Handshake failed with error ...":
+    no certificate, unknown CA, plaintext peer)."""
     d = details or ""
     if "CERTIFICATE_VERIFY_FAILED" in d:
         return "the server's certificate is not signed by the CA this side trusts (unknown CA)"
@@ -92,12 +92,19 @@ def handshake_failure(details: str, tls: bool | None = None) -> str:
         return "no client certificate was presented"
     if "handshake failed" in d.lower():
         return d[d.lower().index("handshake failed"):][:200]
-    if "Socket closed" in d and tls is True:
-        return ("the server closed the connection during the handshake: it requires a client certificate "
-                "signed by its CA, and none (or another CA's) was presented")
-    if "Socket closed" in d and tls is False:
-        return "the server closed the plaintext connection: it serves TLS only (give its CA: --tls-ca or ATOLL_TLS_CA)"
     return ""
+
+
+def closed_hint(details: str, tls: bool | None) -> str:
+    """What a connection the server closed while it was being set up may mean ("" if it was not
+    that). Ambiguous — a server restarting closes connections too — so a hint, never a verdict."""
+    if "Socket closed" not in (details or ""):
+        return ""
+    if tls:
+        return ("the server closed the connection while it was being set up: a server that requires a client "
+                "certificate does so when none, or another CA's, is presented")
+    return "the server closed the connection: a TLS-only server does so to plaintext clients (give its CA: " \
+           "--tls-ca or ATOLL_TLS_CA)"
 
 
 def plain_http_warning(host: str, what: str) -> None:

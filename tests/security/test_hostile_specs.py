@@ -9,6 +9,7 @@ import collections
 import contextlib
 import copy
 import io
+import os
 import time
 from pathlib import Path
 
@@ -93,9 +94,16 @@ def hostile(draw, base, paths, model: str):
 
 
 def run_cli(*args) -> tuple[int, str, str]:
+    """``atoll ARGS`` in this process; the environment is restored after (the CLI quiets gRPC's
+    own logging through it, which processes started later must not inherit)."""
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = atoll_main(list(args))
+    saved = dict(os.environ)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = atoll_main(list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return code, out.getvalue(), err.getvalue()
 
 
