@@ -114,6 +114,7 @@ class HeartbeatClient:
         self.tls = tls
         self._handshake_said = ""
         self._closed_in_a_row = 0
+        self._refusal_said = ""
         self.backoff = Backoff(cap=max_backoff, rng=rng or random.Random())
         self.interval = 5.0
         self.seq = 0
@@ -182,6 +183,10 @@ class HeartbeatClient:
                     raise AgentRefused(exc.code(), exc.details() or "") from None
                 self.last_error = f"{exc.code().name}: {exc.details()}"
                 self._say_handshake(exc.details() or "")
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED and self.last_error != self._refusal_said:
+                    self._refusal_said = self.last_error        # e.g. a clock too far off: say so once
+                    log.warning("the coordinator refused this agent; retrying", extra=kv(
+                        node=self.spec.get("name", ""), reason=(exc.details() or "")[:300]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep trying, the coordinator may come back
