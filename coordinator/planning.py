@@ -35,16 +35,21 @@ from atoll.core.logs import kv
 log = logging.getLogger("atoll.coordinator")
 
 TIME_BUDGET_S = 120.0
+STARTUP_S = 120.0            # a worker's imports, on a busy host
 MEMORY_BYTES = 4 << 30
 WORKERS = 2
 
 
-def serve(fd: int, memory_bytes: int) -> None:
-    """The worker process: run each (function, args, kwargs) it is sent over the socket ``fd``;
-    answer with the result or the error (AtollErrors by class and fields, so they cross intact)."""
+def serve(fd: int, memory_bytes: int, preload: tuple[str, ...] = ()) -> None:
+    """The worker process: import ``preload``, say it is ready, then run each (function, args,
+    kwargs) it is sent over the socket ``fd``; answer with the result or the error (AtollErrors
+    by class and fields, so they cross intact)."""
     conn = Connection(fd)
+    for name in preload:
+        importlib.import_module(name)
     if memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    conn.send(("ready",))
     while True:
         try:
             raw = conn.recv_bytes()
@@ -74,16 +79,28 @@ def _rebuild(module: str, qualname: str, args: tuple, fields: dict) -> AtollErro
 
 
 class _Worker:
-    def __init__(self, memory_bytes: int):
+    def __init__(self, memory_bytes: int, preload: tuple[str, ...]):
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
         # The worker imports what the coordinator imports: the same sys.path.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", f"from atoll.coordinator.planning import serve; serve({fd}, {memory_bytes})"],
+            [sys.executable, "-c",
+             f"from atoll.coordinator.planning import serve; serve({fd}, {memory_bytes}, {tuple(preload)!r})"],
             pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         self.conn = Connection(ours.detach())
+        self.ready = False
+
+    async def wait_ready(self) -> None:
+        """Its start-up (imports) is not part of any call's time budget."""
+        if not self.ready:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.conn.recv), STARTUP_S)
+            except asyncio.TimeoutError:
+                raise Unavailable(f"the planning worker did not start within {STARTUP_S:g} s",
+                                  hint="retry; the coordinator's host may be overloaded") from None
+            self.ready = True
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -95,8 +112,10 @@ class _Worker:
 class PlanWorkers:
     """A few planning processes, started at the first call."""
 
-    def __init__(self, workers: int = WORKERS, time_budget: float = TIME_BUDGET_S, memory_bytes: int = MEMORY_BYTES):
-        self.time_budget, self.memory_bytes = time_budget, memory_bytes
+    def __init__(self, workers: int = WORKERS, time_budget: float = TIME_BUDGET_S, memory_bytes: int = MEMORY_BYTES,
+                 preload: tuple[str, ...] = ()):
+        """``preload``: modules each worker imports before its first call (the planner's)."""
+        self.time_budget, self.memory_bytes, self.preload = time_budget, memory_bytes, tuple(preload)
         self._size = workers
         self._idle: asyncio.Queue | None = None
 
@@ -104,28 +123,32 @@ class PlanWorkers:
         if self._idle is None:
             self._idle = asyncio.Queue()
             for _ in range(self._size):
-                self._idle.put_nowait(_Worker(self.memory_bytes))
+                self._idle.put_nowait(_Worker(self.memory_bytes, self.preload))
         return self._idle
 
     async def run(self, fn: Callable, *args, **kwargs):
-        """``fn(*args, **kwargs)`` in a worker process; its result or its error."""
+        """``fn(*args, **kwargs)`` in a worker process; its result or its error. A call that
+        does not get its answer (out of time, the worker died, the caller went away) replaces
+        its worker: a late answer must never reach the next call."""
         idle = self._start()
         w = await idle.get()
-        t0 = time.monotonic()
+        answered = False
         try:
+            await w.wait_ready()
+            t0 = time.monotonic()
             await asyncio.to_thread(w.conn.send, (fn, args, kwargs))
             reply = await asyncio.wait_for(asyncio.to_thread(w.conn.recv), self.time_budget)
+            answered = True
         except asyncio.TimeoutError:
             log.warning("planning ran out of time; its worker was stopped", extra=kv(budget_s=self.time_budget))
-            await asyncio.to_thread(w.kill)
-            w = _Worker(self.memory_bytes)
             raise ResourceExhausted(f"planning took longer than {self.time_budget:g} s and was stopped",
                                     hint="plan fewer tasks or variants at once, or fewer node kinds") from None
-        except (EOFError, OSError, BrokenPipeError):
-            await asyncio.to_thread(w.kill)
-            w = _Worker(self.memory_bytes)
+        except (EOFError, OSError):
             raise Unavailable("the planning worker died; it was restarted", hint="retry") from None
         finally:
+            if not answered:
+                w.kill()
+                w = _Worker(self.memory_bytes, self.preload)
             idle.put_nowait(w)
         if reply[0] == "ok":
             log.debug("planned in a worker", extra=kv(seconds=round(time.monotonic() - t0, 3)))

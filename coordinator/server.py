@@ -277,7 +277,7 @@ class Coordinator:
         self.registry = Registry(self.store, join_token_hash=self._token_hash,
                                  heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics)
         self.metrics.bind(self.registry)
-        self.planner = PlanWorkers()
+        self.planner = PlanWorkers(preload=("atoll.coordinator.placement", "atoll.coordinator.admission"))
         self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs, planner=self.planner)
         if self.settings.database_url:       # from now on a write commits only while we lead
             loop = asyncio.get_running_loop()

@@ -136,3 +136,22 @@ def test_a_user_sees_only_what_its_tenant_put_on_a_node():
     assert v["loaded"] == [{"base_model": "sha256:" + "a" * 64, "adapters": ["ad-a"], "state": "ready"}]
     assert "wb" not in repr(node_view(node, scope_of(recs, "team-c")).status)
     assert node.status["replica_states"] != v["replica_states"]         # the record itself is untouched
+
+
+def test_a_call_whose_caller_went_away_never_answers_the_next_one():
+    async def main():
+        pw = PlanWorkers(workers=1, time_budget=30)
+        try:
+            slow = asyncio.ensure_future(pw.run(_slow, 2.0))
+            await asyncio.sleep(0.5)
+            slow.cancel()                                 # the RPC's client went away mid-plan
+            await asyncio.gather(slow, return_exceptions=True)
+            assert await pw.run(_echo, "second") == "second"
+        finally:
+            pw.close()
+
+    asyncio.run(main())
+
+
+def _echo(x):
+    return x
