@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 from atoll.planner.plan import Plan
 from atoll.specs.assignment import ReplicaItem
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2      # 2: nodes.identity (bound node key, trust, join scope)
 
 
 @dataclass
@@ -39,6 +39,10 @@ class NodeRecord:
     last_heartbeat: float = 0.0     # wall clock, seconds since the epoch
     heartbeats: int = 0
     drain_requested: bool = False   # an operator drained it: stays DRAINING across restarts
+    # Identity (the operator's and the coordinator's, never the host's claim; see coordinator/identity.py):
+    public_key: str = ""            # the node key bound to this id at its first registration (base64url)
+    trusted: bool = False           # trusted_only workflows may run here (a trusted join token, or an admin)
+    scope: dict = field(default_factory=dict)   # what its join token allowed: {"tiers", "regions", "token"}
 
     @property
     def tier(self) -> str:
@@ -157,19 +161,29 @@ class WorkflowRecord:
 
 
 # ---------------------------------------------------------------------- row form
-NODE_COLUMNS = "id, name, spec, capacity, status, state, registered_at, last_heartbeat, heartbeats, drain_requested"
+NODE_COLUMNS = ("id, name, spec, capacity, status, state, registered_at, last_heartbeat, heartbeats, drain_requested, "
+                "identity")
 WORKFLOW_COLUMNS = "name, spec_yaml, state, message, plan, assignments, generation, created, updated, tenant"
+
+
+def node_identity(rec: NodeRecord) -> str:
+    """The ``identity`` column: the bound key, trust and join scope, as JSON."""
+    return json.dumps({"public_key": rec.public_key, "trusted": bool(rec.trusted), "scope": rec.scope},
+                      sort_keys=True)
 
 
 def node_row(rec: NodeRecord) -> tuple:
     return (rec.id, rec.name, json.dumps(rec.spec), json.dumps(rec.capacity), json.dumps(rec.status), rec.state,
-            rec.registered_at, rec.last_heartbeat, rec.heartbeats, bool(rec.drain_requested))
+            rec.registered_at, rec.last_heartbeat, rec.heartbeats, bool(rec.drain_requested), node_identity(rec))
 
 
 def node_from_row(r) -> NodeRecord:
+    ident = json.loads(r[10] or "{}")
     return NodeRecord(id=r[0], name=r[1], spec=json.loads(r[2]), capacity=json.loads(r[3]),
                       status=json.loads(r[4]), state=r[5], registered_at=r[6],
-                      last_heartbeat=r[7], heartbeats=r[8], drain_requested=bool(r[9]))
+                      last_heartbeat=r[7], heartbeats=r[8], drain_requested=bool(r[9]),
+                      public_key=ident.get("public_key", ""), trusted=bool(ident.get("trusted", False)),
+                      scope=dict(ident.get("scope") or {}))
 
 
 def workflow_row(rec: WorkflowRecord) -> tuple:
