@@ -164,7 +164,7 @@ class AdvisoryLockLeadership:
                 why = f"lost the connection that holds the leader lock ({type(exc).__name__}: {str(exc).strip()[:200]})"
             if why:
                 self.is_leader = False
-                log.error("leadership lost; stepping down", extra=kv(epoch=self.epoch, why=why))
+                log.warning("leader lock lost", extra=kv(epoch=self.epoch, why=why))
                 await asyncio.to_thread(self._drop)
                 res = self.on_lost(why)
                 if asyncio.iscoroutine(res):

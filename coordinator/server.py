@@ -305,7 +305,7 @@ class Coordinator:
         side of a partition from the database)."""
         if not self._apis:
             return
-        log.error("stepping down", extra=kv(why=why[:300]))
+        log.error("leadership lost; stepping down", extra=kv(why=why[:300]))
         self._apis = {}
         for t in self._duties:
             t.cancel()

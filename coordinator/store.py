@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, WorkflowRecord,
-                                       node_from_row, node_row, workflow_from_row, workflow_row)
+                                       create_tables, node_from_row, node_row, workflow_from_row, workflow_row)
 from atoll.coordinator.store_pg import PostgresStore
 from atoll.core.errors import FailedPrecondition
 
@@ -75,45 +75,8 @@ class SqliteStore:
 
     def _migrate(self) -> None:
         with self._lock:
-            self._db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                CREATE TABLE IF NOT EXISTS nodes (
-                    id TEXT PRIMARY KEY,
-                    name TEXT NOT NULL UNIQUE,
-                    spec TEXT NOT NULL,
-                    capacity TEXT NOT NULL DEFAULT '{}',
-                    status TEXT NOT NULL DEFAULT '{}',
-                    state TEXT NOT NULL,
-                    registered_at REAL NOT NULL,
-                    last_heartbeat REAL NOT NULL,
-                    heartbeats INTEGER NOT NULL DEFAULT 0,
-                    drain_requested INTEGER NOT NULL DEFAULT 0,
-                    identity TEXT NOT NULL DEFAULT '{}'
-                );
-                CREATE TABLE IF NOT EXISTS workflows (
-                    name TEXT PRIMARY KEY,
-                    spec_yaml TEXT NOT NULL,
-                    state TEXT NOT NULL,
-                    message TEXT NOT NULL DEFAULT '',
-                    plan TEXT NOT NULL DEFAULT '{}',
-                    assignments TEXT NOT NULL DEFAULT '[]',
-                    generation INTEGER NOT NULL DEFAULT 0,
-                    created REAL NOT NULL,
-                    updated REAL NOT NULL,
-                    tenant TEXT NOT NULL DEFAULT ''
-                );
-                CREATE TABLE IF NOT EXISTS profiles (
-                    variant_key TEXT NOT NULL,
-                    hardware TEXT NOT NULL,
-                    rps REAL NOT NULL,
-                    tps REAL NOT NULL,
-                    source TEXT NOT NULL,
-                    updated REAL NOT NULL,
-                    PRIMARY KEY (variant_key, hardware)
-                );
-                """
-            )
+            for stmt in create_tables("sqlite"):
+                self._db.execute(stmt)
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(nodes)")}
             if "identity" not in cols:         # schema 1 -> 2
                 self._db.execute("ALTER TABLE nodes ADD COLUMN identity TEXT NOT NULL DEFAULT '{}'")

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, TypeVar
 import psycopg
 
 from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, WorkflowRecord,
-                                       node_from_row, node_row, workflow_from_row, workflow_row)
+                                       create_tables, node_from_row, node_row, workflow_from_row, workflow_row)
 from atoll.core.errors import Unavailable
 
 T = TypeVar("T")
@@ -38,40 +38,9 @@ T = TypeVar("T")
 # leadership key in leader.py).
 MIGRATE_LOCK_KEY = 0x61746F6C6C00  # "atoll\0"
 
-SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS nodes (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        spec TEXT NOT NULL,
-        capacity TEXT NOT NULL DEFAULT '{}',
-        status TEXT NOT NULL DEFAULT '{}',
-        state TEXT NOT NULL,
-        registered_at DOUBLE PRECISION NOT NULL,
-        last_heartbeat DOUBLE PRECISION NOT NULL,
-        heartbeats BIGINT NOT NULL DEFAULT 0,
-        drain_requested BOOLEAN NOT NULL DEFAULT FALSE,
-        identity TEXT NOT NULL DEFAULT '{}')""",
+# The tables of records.TABLES, then the migrations of older schemas.
+SCHEMA = create_tables("postgres") + [
     "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS identity TEXT NOT NULL DEFAULT '{}'",   # schema 1 -> 2
-    """CREATE TABLE IF NOT EXISTS workflows (
-        name TEXT PRIMARY KEY,
-        spec_yaml TEXT NOT NULL,
-        state TEXT NOT NULL,
-        message TEXT NOT NULL DEFAULT '',
-        plan TEXT NOT NULL DEFAULT '{}',
-        assignments TEXT NOT NULL DEFAULT '[]',
-        generation BIGINT NOT NULL DEFAULT 0,
-        created DOUBLE PRECISION NOT NULL,
-        updated DOUBLE PRECISION NOT NULL,
-        tenant TEXT NOT NULL DEFAULT '')""",
-    """CREATE TABLE IF NOT EXISTS profiles (
-        variant_key TEXT NOT NULL,
-        hardware TEXT NOT NULL,
-        rps DOUBLE PRECISION NOT NULL,
-        tps DOUBLE PRECISION NOT NULL,
-        source TEXT NOT NULL,
-        updated DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (variant_key, hardware))""",
 ]
 
 
