@@ -116,7 +116,7 @@ def test_a_refused_tls_handshake_says_why_on_both_sides(tmp_path):
         wait_for(lambda: "TLS handshake with the coordinator failed" in agent.log(), 30,
                  what="the agent to say its handshake failed")
         assert "requires a client certificate" in agent.log() and agent.alive()
-        wait_for(lambda: "Handshake failed" in p.log() and "CERTIFICATE_VERIFY_FAILED" in p.log(), 10,
+        wait_for(lambda: "Handshake failed" in p.log() and "CERTIFICATE_VERIFY_FAILED" in p.log(), 30,
                  what="the coordinator's side of the refused handshake")
     finally:
         p.stop()
