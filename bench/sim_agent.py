@@ -127,9 +127,10 @@ class SimHost:
 
     # -------------------------------------------------------------------------- agent side
     def _status(self) -> dict:
+        first = sorted(self.states)[:1]          # the one replica a simulated host serves
         return {"worker_address": self.address, "replica_states": dict(self.states),
                 "replica_load_seconds": dict(self.load_seconds), "running_requests": self.active,
-                "queue_depth": self.waiting}
+                "queue_depth": self.waiting, "replica_queue_depth": {r: self.waiting for r in first}}
 
     async def _on_instruction(self, ins: dict) -> None:
         if "assignments" not in ins:

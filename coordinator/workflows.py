@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Mapping
 
 from atoll.coordinator.admission import admit
 from atoll.coordinator.auth import visible
@@ -212,10 +213,14 @@ class WorkflowManager:
 
     # ------------------------------------------------------------------ autoscaling
     def request_started(self, name: str) -> None:
+        """A request for workflow ``name`` starts (counted for autoscaling)."""
         self.autoscaler.request_started(name)
 
-    def request_finished(self, name: str) -> None:
-        self.autoscaler.request_finished(name)
+    def request_finished(self, name: str, completion_tokens: Mapping[str, int] | None = None) -> None:
+        """A request started with :meth:`request_started` ended; ``completion_tokens`` (task ->
+        tokens generated, e.g. ``{s.task: s.completion_tokens for s in result.stages}``) when it
+        succeeded. Every door that runs requests calls both, so the autoscaler sees all traffic."""
+        self.autoscaler.request_finished(name, completion_tokens)
 
     def autoscale(self, now: float | None = None) -> list[tuple[str, str]]:
         """One pass of the autoscaler over every workflow that has a policy. Returns actions taken."""
