@@ -26,6 +26,11 @@ def buckets(times: list[float], span: float, width: float = BUCKET_S) -> tuple[l
     return [i * width for i in range(n)], counts
 
 
+def plain(text: str) -> str:
+    """``text`` as matplotlib shows it literally (a ``$`` would start mathtext)."""
+    return text.replace("$", r"\$")
+
+
 def draw(trace: dict, runs: dict, out: Path, title: str, load_curve: tuple[list[float], list[float], list[float]]) -> Path:
     """``runs[policy]`` holds ``timeline`` ({"t", "ready", "cost"} lists) and ``miss_times`` (send
     times of the requests that missed their SLO); ``load_curve`` is (t, requests/s, work/s in
@@ -50,13 +55,13 @@ def draw(trace: dict, runs: dict, out: Path, title: str, load_curve: tuple[list[
             for ax in axes:
                 ax.axvline(storm, color=c, ls=":", lw=1.0)
     axes[1].set_ylabel("ready replicas")
-    axes[2].set_ylabel("plan $/h")
+    axes[2].set_ylabel(plain("plan $/h"))
     axes[3].set_ylabel(f"SLO misses / {BUCKET_S:g} s")
     axes[3].set_xlabel(f"seconds into the trace (one day = {trace['day_s']:g} s; dotted: the preemption storm)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=7, ncol=4)
-    axes[0].set_title(title, fontsize=10)
+    axes[0].set_title(plain(title), fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)

@@ -7,8 +7,7 @@ Measured per workflow (not per node):
   :meth:`Autoscaler.request_started` / :meth:`~Autoscaler.request_finished`): λ over the last
   ``STABLE_ARRIVALS`` arrivals, or the last ``STABLE_REACTIONS`` reaction times when fewer came
   (a short window when the load is high, a long one when it is low, so every estimate rests on
-  about as many arrivals); the recent rate over the last ``RECENT_ARRIVALS`` arrivals or one
-  reaction time;
+  about as many arrivals), and the arrivals in the last two reaction times, one by one;
 - work per request: an exponentially weighted mean, per task, of each finished request's
   completion tokens over the task's declared ``completion_tokens`` (or, when it declares none,
   its ``max_tokens``, counted only above 1: answers shorter than the budget never plan below the
@@ -34,7 +33,7 @@ import logging
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Protocol, Sequence
+from typing import Collection, Mapping, Optional, Protocol, Sequence
 
 from atoll.coordinator.placement import Placement
 from atoll.coordinator.records import Autoscale, NodeRecord, WorkflowRecord
@@ -47,7 +46,6 @@ log = logging.getLogger("atoll.coordinator")
 
 STABLE_ARRIVALS = 128         # λ over the last 128 arrivals ...
 STABLE_REACTIONS = 4.0        # ... or the last 4ρ when fewer came
-RECENT_ARRIVALS = 16          # the recent rate: the last 16 arrivals, or the last ρ
 WORK_WEIGHT = 1.0 / 16        # weight of one finished request in the work per request
 REACTION_SAMPLES = 8          # ρ: the median of the last 8 replica starts
 KEEP_DECISIONS = 32           # decisions kept per workflow
@@ -101,6 +99,17 @@ def rate_over(times: Sequence[float], now: float, count: int, longest: float) ->
     return n / window, window
 
 
+def count_between(times: Sequence[float], start: float, end: float) -> int:
+    """How many of the (sorted) ``times`` fall in (start, end]."""
+    n = 0
+    for t in reversed(times):
+        if t <= start:
+            break
+        if t <= end:
+            n += 1
+    return n
+
+
 def work_ratio(spec: WorkflowSpec, tokens: Mapping[str, float]) -> float:
     """Work per request of a workflow: the largest task's, where a task's is its mean completion
     tokens (``tokens[task]``) over its declared completion tokens (at least 1 when it declares
@@ -122,7 +131,7 @@ class Workflows(Protocol):
 
     def spec(self, name: str) -> WorkflowSpec: ...
     def replica_views(self, rec: WorkflowRecord) -> list[dict]: ...
-    def place(self, rec: WorkflowRecord, scale: float) -> Placement: ...
+    def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement: ...
     def deploy(self, rec: WorkflowRecord, placement: Placement, autoscale: Autoscale) -> None: ...
     def idle(self, rec: WorkflowRecord, autoscale: Autoscale, message: str) -> None: ...
 
@@ -141,6 +150,7 @@ class Autoscaler:
         self.metrics = metrics
         self._clock, self._wall = clock, wall
         self._wf: dict[str, _Tracked] = {}
+        self._streams: set[str] = set()       # nodes whose heartbeat stream this coordinator has seen open
 
     def _of(self, name: str) -> _Tracked:
         return self._wf.setdefault(name, _Tracked())
@@ -174,7 +184,7 @@ class Autoscaler:
         w = self._of(rec.name)
         rho = self.reaction_s(rec.name)
         lam, _ = rate_over(w.arrivals, now, STABLE_ARRIVALS, STABLE_REACTIONS * rho)
-        recent, recent_s = rate_over(w.arrivals, now, RECENT_ARRIVALS, rho)
+        recent, previous = count_between(w.arrivals, now - rho, now), count_between(w.arrivals, now - 2 * rho, now - rho)
         tasks = {v["task"] for v in views} or set(rec.plan.variants if rec.plan is not None else ())
         per_task = [(sum(1 for v in views if v["task"] == t and v["state"] == "ready" and v["node_state"] == "READY"),
                      sum(1 for v in views if v["task"] == t)) for t in sorted(tasks)]
@@ -182,20 +192,29 @@ class Autoscaler:
         # Idle time counts from the last request, or from when the workflow became ready to serve
         # if that came later: a workflow still deploying (and not asked for anything) is not idle.
         seen = [t for t in (w.last_request, w.ready_since) if t is not None]
-        return Sample(now=now, arrivals_per_s=lam, recent_per_s=recent, recent_window_s=recent_s,
+        return Sample(now=now, arrivals_per_s=lam, recent=recent, previous=previous,
                       work_per_request=work_ratio(spec, w.work), queued=float(queued(rec, nodes)),
                       in_flight=float(w.in_flight), ready_replicas=ready, planned_replicas=planned,
                       last_request_at=max(seen) if seen else now, reaction_s=rho)
 
-    def run(self, wm: Workflows, nodes: Mapping[str, NodeRecord], now: float) -> list[tuple[str, str]]:
-        """Decide for every workflow that has a policy, and carry the decisions out. Returns the
-        actions taken, as (workflow, action)."""
+    def run(self, wm: Workflows, nodes: Mapping[str, NodeRecord], now: float,
+            connected: Optional[Collection[str]] = None) -> list[tuple[str, str]]:
+        """Decide for every workflow that has a policy, and carry the decisions out. ``connected``:
+        the nodes with an open heartbeat stream. Returns the actions taken, as (workflow, action)."""
+        if connected is not None:
+            connected = set(connected)
+            self._streams |= connected
         done = []
         for gone in set(self._wf) - set(wm.records):     # deleted workflows
             del self._wf[gone]
         for name, rec in list(wm.records.items()):
             spec = wm.spec(name)
             if spec.autoscaling is None:
+                continue
+            risky = at_risk(rec, nodes, connected, self._streams)
+            if risky and rec.state != "IDLE":
+                if self.replace(wm, rec, spec, risky, nodes):
+                    done.append((name, "replace"))
                 continue
             w = self._of(name)
             base = base_rate(spec)
@@ -214,6 +233,22 @@ class Autoscaler:
                 done.append((name, d.action))
         return done
 
+    def replace(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, risky: set[str],
+                nodes: Mapping[str, NodeRecord]) -> bool:
+        """Re-plan ``rec`` at its planned rate without the nodes in ``risky`` (their heartbeat
+        stream closed or they turned SUSPECT): replacements start now rather than when the nodes
+        are declared LOST. Returns whether a plan was deployed."""
+        names = sorted(nodes[n].name if n in nodes else n[:8] for n in risky)
+        n = sum(1 for a in rec.assignments if a.node_id in risky)
+        reason = (f"replace: {n} replica(s) on {', '.join(names)}, whose heartbeats stopped (stream closed or "
+                  "SUSPECT); re-planned without them")
+        rate = base_rate(spec) * current_scale(rec)
+        outcome = self.rescale(wm, rec, spec, current_scale(rec), reason, unavailable=risky)
+        r = DecisionRecord(unix=self._wall(), action="replace", rate=rate, previous_rate=rate, reason=reason,
+                           signals={"at_risk": float(n), "plan_rate": round(rate, 4)}, outcome=outcome)
+        self._keep(rec.name, r)
+        return not outcome.startswith("no plan")
+
     def wake(self, wm: Workflows, rec: WorkflowRecord) -> None:
         """A request arrived for a workflow at zero: scale up now (the request waits)."""
         if rec.state == "IDLE":
@@ -221,16 +256,17 @@ class Autoscaler:
             self.rescale(wm, rec, wm.spec(rec.name), max(before if before is not None else 1.0, 0.05),
                          "a request arrived")
 
-    def rescale(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, scale: float, reason: str) -> str:
-        """Re-plan ``rec`` for its declared rate times ``scale``, backing off (x0.75 when no plan
-        fits the fleet, proportionally when a stage would exceed ``max_replicas``). Returns what
-        it did, in words ("no plan: ..." when nothing fitted)."""
+    def rescale(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, scale: float, reason: str,
+                unavailable: Collection[str] = ()) -> str:
+        """Re-plan ``rec`` for its declared rate times ``scale`` (without the ``unavailable``
+        nodes), backing off (x0.75 when no plan fits the fleet, proportionally when a stage would
+        exceed ``max_replicas``). Returns what it did, in words ("no plan: ..." when nothing fitted)."""
         cap = spec.autoscaling.max_replicas
         old_ids = {x.replica_id for x in rec.assignments}
         last = ""
         for _ in range(REPLAN_TRIES):
             try:
-                placement = wm.place(rec, scale)
+                placement = wm.place(rec, scale, unavailable) if unavailable else wm.place(rec, scale)
             except PlanInfeasible as exc:
                 scale *= 0.75
                 last = str(exc)
@@ -264,17 +300,21 @@ class Autoscaler:
             rate = plan_rate
         r = DecisionRecord(unix=self._wall(), action=action, rate=rate, previous_rate=plan_rate, reason=d.reason,
                            signals=d.signals.as_dict(), outcome=outcome)
+        self._keep(name, r)
+
+    def _keep(self, name: str, r: DecisionRecord) -> None:
+        """Log, keep and export one decision."""
         w = self._of(name)
         w.latest = r
-        if action != "keep":
+        if r.action != "keep":
             w.decisions.append(r)
-            log.info("autoscale decision", extra=kv(workflow=name, action=action, rate=round(rate, 3),
-                                                    previous=round(plan_rate, 3), why=d.reason, outcome=outcome,
-                                                    **r.signals))
+            log.info("autoscale decision", extra=kv(workflow=name, action=r.action, rate=round(r.rate, 3),
+                                                    previous=round(r.previous_rate, 3), why=r.reason,
+                                                    outcome=r.outcome, **r.signals))
         else:
-            log.debug("autoscale decision", extra=kv(workflow=name, action=action, why=d.reason))
+            log.debug("autoscale decision", extra=kv(workflow=name, action=r.action, why=r.reason))
         if self.metrics is not None:
-            self.metrics.autoscale_decisions.labels(name, action).inc()
+            self.metrics.autoscale_decisions.labels(name, r.action).inc()
             for k, v in r.signals.items():
                 self.metrics.autoscale_signal.labels(name, k).set(v)
 
@@ -335,6 +375,22 @@ class Autoscaler:
     def cold_starts_of(self, name: str, last: int = KEEP_COLD_STARTS) -> list[dict]:
         w = self._wf.get(name)
         return list(w.cold_starts)[-last:] if w is not None else []
+
+
+def at_risk(rec: WorkflowRecord, nodes: Mapping[str, NodeRecord], connected: Optional[set[str]],
+            seen_open: set[str]) -> set[str]:
+    """The nodes of ``rec``'s replicas whose heartbeats stopped: SUSPECT, or (when ``connected``
+    is known) their heartbeat stream was seen open and is closed now, as when an agent's process
+    dies. LOST nodes are re-planned by the workflow manager."""
+    out = set()
+    for a in rec.assignments:
+        node = nodes.get(a.node_id)
+        if node is None or node.state in ("LOST", "DRAINING"):
+            continue
+        if node.state == "SUSPECT" or (connected is not None and a.node_id in seen_open
+                                       and a.node_id not in connected):
+            out.add(a.node_id)
+    return out
 
 
 def queued(rec: WorkflowRecord, nodes: Mapping[str, NodeRecord]) -> int:

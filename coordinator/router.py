@@ -5,7 +5,10 @@ outputs (the prompt template's ``{input}``) and picks a replica the way the plan
 first the replica's location, by the plan's flow rates from the location the input comes from
 (the source's, or the parent stage's replica's), then a replica inside that location by its
 weight. Both choices use smooth weighted round-robin, so over N requests every share is within
-one request of its weight. It calls that agent's Worker
+one request of its weight, unless the replica chosen is backlogged: when it holds more of this
+router's requests in flight per unit of weight than the least-loaded replica of the location
+would after taking this one, that replica serves instead (after a replica is lost, or while new
+ones start, the survivors' queues drain instead of growing). It calls that agent's Worker
 service with the time left before the request's deadline. A replica that fails (unreachable,
 lost, overloaded, not ready) is excluded and the stage is retried on another replica; when every
 replica has failed the caller gets a clear error. Streaming requests stream the last stage's
@@ -109,6 +112,7 @@ class Router:
         self.metrics = metrics
         self.wrr = SmoothWRR()
         self.workers = workers if workers is not None else WorkerClient(credentials)
+        self.in_flight: dict[str, int] = {}       # replica id -> this router's calls to it now
 
     async def close(self) -> None:
         await self.workers.close()
@@ -133,7 +137,13 @@ class Router:
         eps = by_loc[loc]
         rid = self.wrr.pick((workflow, task, loc, "replica"),
                             sorted((e.replica_id, max(e.weight, 1e-9)) for e in eps))
-        return next(e for e in eps if e.replica_id == rid)
+        chosen = next(e for e in eps if e.replica_id == rid)
+        least = min(eps, key=lambda e: (self._load(e), e is not chosen))
+        return least if self._load(chosen) > self._load(least, 1) else chosen
+
+    def _load(self, e: Endpoint, extra: int = 0) -> float:
+        """This router's calls in flight to ``e`` (plus ``extra``) per unit of its weight."""
+        return (self.in_flight.get(e.replica_id, 0) + extra) / max(e.weight, 1e-9)
 
     async def invoke(self, route: Route, text: str, *, deadline: float,
                      on_delta: Callable[[str], Awaitable[None]] | None = None) -> Result:
@@ -195,6 +205,7 @@ class Router:
             if run.attempts > 1 and self.metrics is not None:
                 self.metrics.retries.labels(route.workflow, stage.task).inc()
             started = [False]
+            self.in_flight[ep.replica_id] = self.in_flight.get(ep.replica_id, 0) + 1
             try:
                 if stage.kind == "embedding":
                     out: object = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left)
@@ -219,6 +230,11 @@ class Router:
                 if len(tried) >= len(endpoints):
                     raise Unavailable(f"stage {stage.task}: all {len(endpoints)} replica(s) failed; "
                                       f"last error: {last_err}") from None
+            finally:
+                if self.in_flight.get(ep.replica_id, 0) > 1:
+                    self.in_flight[ep.replica_id] -= 1
+                else:
+                    self.in_flight.pop(ep.replica_id, None)
 
     async def _generate(self, ep: Endpoint, stage: Stage, prompt: str, timeout: float, on_delta, started,
                         run: StageRun) -> str:

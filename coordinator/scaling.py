@@ -7,29 +7,38 @@ carries the decisions out.
 Notation (one workflow, one decision; rates in requests/s of the size the throughput profile was
 declared for, i.e. the planner's unit)::
 
-    λ   arrivals/s over the last window               w   work per request: completion tokens of
-    q   requests waiting at the workflow's replicas       finished requests / the task's tokens
-    R   the rate the current plan is sized for            per request (1 until measured)
-    ρ   reaction time: measured seconds from a scale-up decision to the new replica serving,
+    λ   arrivals/s over a long window (the pass's: the last 128 arrivals, or 4ρ if fewer came)
+    n1  arrivals in the last ρ;  n2  arrivals in the ρ before it
+    w   work per request: finished requests' completion tokens / the task's (1 until measured)
+    q   requests waiting at the workflow's replicas
+    R   the rate the current plan is sized for
+    ρ   reaction time: measured seconds from a replica appearing in the plan to it serving,
         plus one decision interval (``REACTION_DEFAULT_S`` until a replica start was measured)
-    h   headroom (``headroom``, 1.25)                 s   ``max_step`` (2)
+    h   ``headroom`` (1.0)     s   ``max_step`` (2)     z   ``noise_z`` (2): Poisson deviations
 
 The ``demand`` metric (the default)::
 
-    D(t) = λ · w                                   measured demand
-    F    = D + max(0, slope of D over the last 2ρ) · ρ,  at most s · D
-                                                   short-horizon forecast: the trend, one
-                                                   reaction ahead (a rise the new replicas
-                                                   must already meet when they start serving)
-    P    = max over the kept past of D(t_i) · 2^(-(t - t_i) / H)
-                                                   decaying floor from the recent peak
-                                                   (H = ``peak_half_life``, 4ρ unset)
-    B    = w · q / ρ   if every planned replica is ready, else 0
-                                                   queued work cleared within one reaction
-    T    = max(min_rate, h · (max(F, P) + B))      the rate to plan for
+    D  = λ · w, or n1 / ρ · w when (n1 - z √n1) / ρ · w > λ · w
+                                       measured demand: the last reaction time's arrivals
+                                       stand for it when they are above the long window by
+                                       more than noise (a count n is n ± √n)
+    F  = D + min((n1 - n2) / ρ · w, AHEAD_CAP · D)   when n1 - n2 > z √(n1 + n2), else D
+                                       short-horizon forecast: a significant rise over the
+                                       last reaction time, carried one reaction ahead (the
+                                       new replicas must meet it when they start serving)
+    P  = max over the kept past of D(t_i) · 2^(-(t - t_i) / H)
+                                       decaying floor from the recent peak
+                                       (H = ``peak_half_life``, 4ρ unset)
+    B  = min(w · q / ρ, D)   if every planned replica is ready, else 0
+                                       queued work cleared within one reaction
+                                       (at most doubling the demand)
+    T  = max(min_rate, h · (max(F, P) + B))      the rate to plan for
 
+``h`` is 1 by default: a plan already rounds up to whole replicas and a replica's declared
+throughput is a rate it sustains, not its limit; the forecast, the floor and the queue term
+carry the margin, and each of them says so in the decision's reason.
 ``rate_only`` (a baseline) plans for ``h · λ``: no work per request, trend, floor or queue.
-``in_flight`` and ``queue_delay`` plan for ``h · max(R · U, λ · w)``, where ``U`` is requests in
+``in_flight`` and ``queue_delay`` plan for ``h · max(R · U, D)``, where ``U`` is requests in
 flight per ready replica (or the queueing delay ``q / λ``) over ``target``.
 
 Hysteresis and bounds: the plan moves up when ``T > (1 + UP_BAND) R`` has held for
@@ -38,6 +47,8 @@ for ``scale_down_delay`` (ρ unset), to ``max(T, R / s)``. So one decision chang
 rate by at most a factor ``s`` either way, a burst is followed in steps as its demand is
 measured (never by the queue it causes while replicas start), and the floor keeps the capacity a
 peak needed for a few reaction times, so a lull just before the next rise does not scale in.
+Every delay and window is a multiple of the measured ρ, so the same defaults serve a fleet whose
+replicas start in a second and one whose replicas start in minutes.
 Scale to zero: after ``idle_seconds`` without a request and none in flight; the first request
 afterwards plans for ``max(min_rate, h λ w)``.
 
@@ -56,7 +67,7 @@ PASS_S = 1.0                 # the coordinator decides for every workflow once a
 UP_BAND = 0.05               # re-plan up when the target is more than 5% above the plan
 DOWN_BAND = 0.1              # ... and down when it is more than 10% below
 REACTION_DEFAULT_S = 30.0    # reaction time assumed before a replica start was measured
-AHEAD_CAP = 0.25
+AHEAD_CAP = 0.25             # the forecast adds at most a quarter of the demand
 FLOOR_REACTIONS = 4.0
 KEEP_HALF_LIVES = 4.0        # demand history kept: four floor half-lives (and at least 2ρ)
 
@@ -67,7 +78,7 @@ Metric = Literal["demand", "in_flight", "queue_delay", "rate_only"]
 class Policy:
     metric: Metric = "demand"
     target: float = 4.0
-    headroom: float = 1.1
+    headroom: float = 1.0
     max_step: float = 2.0
     min_replicas: int = 1
     max_replicas: int = 64
@@ -80,7 +91,7 @@ class Policy:
 
 
 def policy_of(a: AutoscalingSpec) -> Policy:
-    return Policy(metric=a.metric, target=a.target, headroom=a.headroom, max_step=a.max_step,
+    return Policy(metric=a.metric, target=a.target, headroom=a.headroom, max_step=a.max_step, noise_z=a.noise_z,
                   min_replicas=a.min_replicas, max_replicas=a.max_replicas, scale_up_delay=a.scale_up_delay,
                   scale_down_delay=a.scale_down_delay, peak_half_life=a.peak_half_life,
                   scale_to_zero=a.scale_to_zero, idle_seconds=a.idle_seconds)
@@ -92,8 +103,8 @@ class Sample:
 
     now: float
     arrivals_per_s: float              # λ, over the last window
-    recent_per_s: float = 0.0          # λ over a shorter, recent window ...
-    recent_window_s: float = 0.0       # ... of this many seconds (0: none)
+    recent: int = -1                   # arrivals in the last ρ (-1: not counted) ...
+    previous: int = -1                 # ... and in the ρ before it
     work_per_request: float = 1.0      # w
     queued: float = 0.0                # q: requests waiting at the workflow's replicas
     in_flight: float = 0.0             # requests in flight in the workflow (the coordinator's count)
@@ -167,22 +178,6 @@ def utilisation(policy: Policy, s: Sample) -> float:
     return (s.in_flight / s.ready_replicas) / policy.target
 
 
-def rising_trend(points: tuple[tuple[float, float], ...]) -> float:
-    """Least-squares slope of (t, y) points when it is positive and more than twice its standard
-    error (a trend, not noise); 0 otherwise, and with fewer than four points."""
-    n = len(points)
-    if n < 4:
-        return 0.0
-    mt = sum(t for t, _ in points) / n
-    my = sum(y for _, y in points) / n
-    var = sum((t - mt) ** 2 for t, _ in points)
-    if var <= 0:
-        return 0.0
-    b = sum((t - mt) * (y - my) for t, y in points) / var
-    resid = sum((y - my - b * (t - mt)) ** 2 for t, y in points) / (n - 2)
-    return b if b > 0 and b > 2.0 * math.sqrt(resid / var) else 0.0
-
-
 def peak_floor(points: tuple[tuple[float, float], ...], now: float, half_life: float) -> float:
     """max_i y_i · 2^(-(now - t_i) / half_life)."""
     return max((y * 0.5 ** ((now - t) / half_life) for t, y in points), default=0.0)
@@ -206,13 +201,18 @@ def decide(policy: Policy, s: Sample, plan_rate: float, min_rate: float, state: 
         return Decision("to_zero", 0.0, f"no request for {policy.idle_seconds:g} s", State(), base)
 
     demand = s.arrivals_per_s * work
-    if s.recent_window_s > 0:
-        # The recent window wins when it is above the long one by more than z Poisson deviations
-        # (n arrivals in it: λ ± sqrt(n) / window): a rise under way, not noise.
-        fast = s.recent_per_s * work
-        dev = math.sqrt(s.recent_per_s * s.recent_window_s) / s.recent_window_s * work
-        if fast - policy.noise_z * dev > demand:
-            demand = fast
+    z = policy.noise_z
+    trend = 0.0
+    if s.recent >= 0:
+        # Two disjoint windows of one reaction time: n1 arrivals in the last, n2 in the one before
+        # (Poisson: a count n is n ± sqrt(n)). The last one stands for the demand when it is above
+        # the long window by more than z deviations; their difference is a rise when it is more
+        # than z deviations of the difference.
+        n1, n2 = s.recent, max(s.previous, 0)
+        if (n1 - z * math.sqrt(n1)) / rho * work > demand:
+            demand = n1 / rho * work
+        if s.previous >= 0 and n1 - n2 > z * math.sqrt(n1 + n2):
+            trend = (n1 - n2) / rho / rho * work
     u = 0.0
     if policy.metric in ("in_flight", "queue_delay"):
         u = utilisation(policy, s)
@@ -220,12 +220,13 @@ def decide(policy: Policy, s: Sample, plan_rate: float, min_rate: float, state: 
     half = policy.peak_half_life or FLOOR_REACTIONS * rho
     keep_s = max(KEEP_HALF_LIVES * half, 2.0 * rho)
     history = tuple(p for p in state.history if s.now - p[0] <= keep_s) + ((s.now, demand),)
-    trend = floor = backlog = 0.0
-    if policy.metric == "demand":
-        trend = rising_trend(tuple(p for p in history if s.now - p[0] <= 2.0 * rho))
+    floor = backlog = 0.0
+    if policy.metric != "demand":
+        trend = 0.0
+    else:
         floor = peak_floor(history, s.now, half)
         if s.ready_replicas >= s.planned_replicas:
-            backlog = work * s.queued / rho
+            backlog = min(work * s.queued / rho, demand)
     ahead = min(trend * rho, AHEAD_CAP * demand)
     forecast = demand + ahead
     target = max(min_rate, h * (max(forecast, floor) + backlog))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Mapping
+from typing import Collection, Mapping
 
 from atoll.coordinator.admission import admit
 from atoll.coordinator.auth import visible
@@ -78,15 +78,19 @@ class WorkflowManager:
         return self._loaded(self.get(name))[1]
 
     # ------------------------------------------------------------------ placement
-    def fleet(self, name: str) -> FleetSnapshot:
-        """The READY nodes that no workflow other than ``name`` holds, with ``name``'s measured profiles."""
+    def fleet(self, name: str, unavailable: Collection[str] = ()) -> FleetSnapshot:
+        """The READY nodes that no workflow other than ``name`` holds, less ``unavailable``, with
+        ``name``'s measured profiles."""
         taken = {a.node_id for other, r in self.records.items() if other != name for a in r.assignments}
-        return snapshot(self.registry.nodes.values(), taken, measured_profiles(self.store.list_profiles(), name))
+        return snapshot(self.registry.nodes.values(), taken | set(unavailable),
+                        measured_profiles(self.store.list_profiles(), name))
 
-    def place(self, rec: WorkflowRecord, scale: float) -> Placement:
-        """A new placement of a deployed workflow for its declared rate times ``scale``."""
+    def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement:
+        """A new placement of a deployed workflow for its declared rate times ``scale``, on the
+        fleet less the ``unavailable`` nodes (the autoscaler's: replicas at risk)."""
         spec, serving = self._loaded(rec)
-        return place(rec.name, spec, serving, self.fleet(rec.name), previous=rec.assignments, scale=scale)
+        return place(rec.name, spec, serving, self.fleet(rec.name, unavailable), previous=rec.assignments,
+                     scale=scale)
 
     def _commit(self, rec: WorkflowRecord, p: Placement, autoscale: Autoscale | None) -> None:
         rec.plan, rec.assignments = p.plan, p.assignments
@@ -224,7 +228,8 @@ class WorkflowManager:
 
     def autoscale(self, now: float | None = None) -> list[tuple[str, str]]:
         """One pass of the autoscaler over every workflow that has a policy. Returns actions taken."""
-        return self.autoscaler.run(self, self.registry.nodes, time.monotonic() if now is None else now)
+        return self.autoscaler.run(self, self.registry.nodes, time.monotonic() if now is None else now,
+                                   connected=self.registry.sessions.keys())
 
     def wake(self, name: str) -> None:
         """A request arrived for a workflow at zero: scale up now (the request waits)."""

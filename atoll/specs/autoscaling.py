@@ -22,9 +22,12 @@ class AutoscalingSpec(Spec):
                                        "reactive baseline)")
     target: float = Field(default=4.0, gt=0, le=10_000, description="in_flight / queue_delay: the metric's target "
                                                                       "value per ready replica")
-    headroom: float = Field(default=1.1, ge=1.0, le=10.0, description="plan for this multiple of the demand")
+    headroom: float = Field(default=1.0, ge=1.0, le=10.0, description="plan for this multiple of the demand "
+                            "(the forecast, the recent-peak floor and the queued work already add a margin)")
     max_step: float = Field(default=2.0, gt=1.0, le=100.0, description="the most one decision multiplies (or "
                                                                         "divides) the planned rate by")
+    noise_z: float = Field(default=2.0, ge=0.0, le=10.0, description="a recent rise counts when it exceeds this "
+                                                                      "many Poisson deviations of the arrival counts")
     min_replicas: int = Field(default=1, ge=0, le=10_000)
     max_replicas: int = Field(default=64, ge=1, le=10_000)
     scale_up_delay: float = Field(default=0.0, ge=0, le=3600, description="seconds above the plan before scaling "

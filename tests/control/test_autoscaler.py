@@ -11,12 +11,13 @@ from atoll.coordinator import scaling
 from atoll.coordinator.autoscaler import Autoscaler, queued, rate_over, work_ratio
 from atoll.coordinator.metrics import CoordinatorMetrics
 from atoll.coordinator.records import Assignment, NodeRecord, WorkflowRecord
-from atoll.coordinator.scaling import Policy, Sample, State, decide, peak_floor, rising_trend
+from atoll.coordinator.scaling import Policy, Sample, State, decide, peak_floor
 from atoll.core.errors import PlanInfeasible
 from atoll.specs.common import parse_obj
 from atoll.specs.workflow import WorkflowSpec
 
 RHO = 3.0
+H = Policy().headroom
 
 
 def run(policy, samples, plan_rate=10.0, min_rate=1.0, zero=False):
@@ -36,16 +37,19 @@ def run(policy, samples, plan_rate=10.0, min_rate=1.0, zero=False):
 
 
 def sample(t, arrivals=8.0, work=1.0, in_flight=4.0, replicas=2, planned=None, last=None, queued=0.0,
-           recent=None, recent_s=0.0, rho=RHO):
+           recent=None, previous=None, rho=RHO):
+    """``recent`` / ``previous``: arrivals in the last reaction time and the one before (default:
+    as many as the steady ``arrivals`` give)."""
+    steady = round(arrivals * rho)
     return Sample(now=t, arrivals_per_s=arrivals, work_per_request=work, in_flight=in_flight, queued=queued,
                   ready_replicas=replicas, planned_replicas=replicas if planned is None else planned,
-                  last_request_at=t if last is None else last, recent_per_s=arrivals if recent is None else recent,
-                  recent_window_s=recent_s, reaction_s=rho)
+                  last_request_at=t if last is None else last, recent=steady if recent is None else recent,
+                  previous=steady if previous is None else previous, reaction_s=rho)
 
 
 # ---------------------------------------------------------------------- the demand metric
 def test_steady_demand_keeps_the_plan():
-    out, rate = run(Policy(), [sample(t, arrivals=9.0) for t in range(100)])    # 1.1 x 9 = 9.9, plan 10
+    out, rate = run(Policy(), [sample(t, arrivals=9.0) for t in range(100)])    # H x 9 = 9.9, plan 10
     assert all(d.action == "keep" for d in out) and rate == 10.0
     assert "within the plan" in out[-1].reason
 
@@ -55,16 +59,16 @@ def test_work_per_request_counts_and_rate_only_ignores_it():
     the rate-only baseline does not see it."""
     samples = [sample(t, arrivals=8.0, work=1.6) for t in range(20)]
     out, rate = run(Policy(), samples)
-    assert rate == pytest.approx(1.1 * 8.0 * 1.6)
+    assert rate == pytest.approx(H * 8.0 * 1.6)
     assert out[0].signals.demand == pytest.approx(12.8) and "work 1.60" in out[0].reason
     _, rate_ro = run(Policy(metric="rate_only"), samples)
-    assert rate_ro == pytest.approx(1.1 * 8.0)        # the arrivals alone
+    assert rate_ro == pytest.approx(H * 8.0)        # the arrivals alone
 
 
 def test_one_decision_moves_the_plan_by_at_most_max_step():
     out, rate = run(Policy(max_step=2.0), [sample(t, arrivals=100.0) for t in range(6)])
     ups = [d.rate for d in out if d.action == "scale"]
-    assert ups[:3] == [20.0, 40.0, 80.0] and rate == pytest.approx(110.0)
+    assert ups[:3] == [20.0, 40.0, 80.0] and rate == pytest.approx(H * 100.0)
     assert "one step is at most x2" in out[0].reason
     assert all(b / a <= 2.0 + 1e-9 for a, b in zip([10.0] + ups, ups))
 
@@ -83,66 +87,66 @@ def test_scale_in_waits_one_reaction_time_and_halves_at_most():
     out, rate = run(Policy(), high + low, plan_rate=10.0, min_rate=2.0)
     downs = [(i, d) for i, d in enumerate(out) if d.action == "scale"]
     assert downs[0][0] >= 30 + RHO and downs[0][1].rate >= 10.0 / 2 - 1e-9
-    assert rate == pytest.approx(2.0)               # min_rate: 1.1 x 0.1 is below it
+    assert rate == pytest.approx(2.0)               # min_rate: H x 0.1 is below it
     assert all(d.rate >= 2.0 for _, d in downs)
 
 
 def test_recent_peak_floor_holds_capacity_through_a_lull():
     """A peak at 20 req/s, then a lull at 5: the floor from the peak decays with half-life 4ρ, so
-    the plan stays above 1.1 x 5 for a while and follows the decayed peak down."""
+    the plan stays above H x 5 for a while and follows the decayed peak down."""
     peak = [sample(t, arrivals=20.0) for t in range(10)]
     lull = [sample(10 + t, arrivals=5.0) for t in range(40)]
     out, _ = run(Policy(), peak + lull, plan_rate=22.0)
     d = out[10 + 6]                                         # 6 s into the lull
     half = 4 * RHO
     assert d.signals.floor == pytest.approx(20.0 * 0.5 ** ((6 + 1) / half), rel=1e-6)
-    assert d.signals.target_rate == pytest.approx(1.1 * d.signals.floor)
+    assert d.signals.target_rate == pytest.approx(H * d.signals.floor)
     plan = 22.0
     for i, d in enumerate(out):
         if d.action == "scale":
             plan = d.rate
         if i >= 10:
-            assert plan >= 1.1 * 20.0 * 0.5 ** ((i - 9) / half) * 0.9 - 1e-9     # never below the floor's band
-    # without the floor (a tiny half-life) the same lull scales in at the first chance
+            assert plan >= H * 20.0 * 0.5 ** ((i - 9) / half) * 0.9 - 1e-9     # never below the floor's band
+    # without the floor (a tiny half-life) the same lull's first scale-in goes as far as one step allows
     out2, _ = run(Policy(peak_half_life=0.01), peak + lull, plan_rate=22.0)
-    first = next(i for i, d in enumerate(out2) if d.action == "scale")
-    assert first < next(i for i, d in enumerate(out) if d.action == "scale")
+    first, first2 = (next(d for d in o if d.action == "scale") for o in (out, out2))
+    assert first2.rate == pytest.approx(11.0) and first.rate > 14.0 and "recent-peak floor" in first.reason
 
 
-def test_floor_and_trend_helpers():
+def test_peak_floor():
     assert peak_floor(((0.0, 10.0), (5.0, 4.0)), 10.0, 10.0) == pytest.approx(5.0)
+    assert peak_floor(((0.0, 10.0), (5.0, 8.0)), 10.0, 10.0) == pytest.approx(8.0 * 0.5 ** 0.5)
     assert peak_floor((), 1.0, 1.0) == 0.0
-    ramp = tuple((float(t), 2.0 * t + (0.1 if t % 2 else -0.1)) for t in range(8))
-    assert rising_trend(ramp) == pytest.approx(2.0, rel=0.05)
-    flat_noise = tuple((float(t), 10.0 + (1.0 if t % 2 else -1.0)) for t in range(8))
-    assert rising_trend(flat_noise) == 0.0                  # no significant slope
-    assert rising_trend(tuple((float(t), 10.0 - t) for t in range(8))) == 0.0     # falling: no rise ahead
-    assert rising_trend(((0.0, 1.0), (1.0, 2.0), (2.0, 3.0))) == 0.0             # too few points
-
-
-def test_forecast_plans_ahead_on_a_ramp_and_is_capped():
-    """Demand rising 1 req/s every second: the target leads the measured demand by the trend over one
-    reaction time, at most AHEAD_CAP x the demand."""
-    out, _ = run(Policy(max_step=100), [sample(t, arrivals=4.0 + t) for t in range(12)], plan_rate=5.0)
-    d = out[-1]
-    assert d.signals.trend == pytest.approx(1.0, rel=1e-6)
-    assert d.signals.forecast == pytest.approx(15.0 + min(RHO * 1.0, scaling.AHEAD_CAP * 15.0))
-    assert "forecast" in d.reason
 
 
 def test_a_recent_rise_counts_only_beyond_noise():
-    """The recent window replaces the long one only when it is more than z Poisson deviations
-    above it: 16 arrivals in 1 s (16/s) against 10/s is within 2 deviations (2 x 4/s); 40 in 1 s is not."""
-    d = decide(Policy(), sample(0, arrivals=10.0, recent=16.0, recent_s=1.0), 11.0, 1.0, State())
-    assert d.signals.demand == pytest.approx(10.0) and d.action == "keep"
-    d = decide(Policy(), sample(0, arrivals=10.0, recent=40.0, recent_s=1.0), 11.0, 1.0, State())
-    assert d.signals.demand == pytest.approx(40.0) and d.action == "scale" and d.rate == pytest.approx(22.0)
+    """The last reaction time's arrivals stand for the demand only when they are more than z = 2
+    Poisson deviations above the long window: 39 in 3 s (13/s) against 10/s is not, 60 (20/s) is."""
+    d = decide(Policy(), sample(0, arrivals=10.0, recent=39, previous=30), H * 10.0, 1.0, State())
+    assert d.signals.demand == pytest.approx(10.0) and d.signals.trend == 0.0 and d.action == "keep"
+    d = decide(Policy(), sample(0, arrivals=10.0, recent=60, previous=30), H * 10.0, 1.0, State())
+    assert d.signals.demand == pytest.approx(20.0) and d.action == "scale"
+
+
+def test_forecast_plans_one_reaction_ahead_on_a_significant_rise_and_is_capped():
+    """90 arrivals in the last 3 s after 60 in the 3 s before: a rise (30 > 2 sqrt(150)), 3.33 req/s
+    per second, one reaction time ahead (+10) but at most AHEAD_CAP x the demand (30 req/s)."""
+    d = decide(Policy(max_step=100), sample(0, arrivals=20.0, recent=90, previous=60), 5.0, 1.0, State())
+    assert d.signals.demand == pytest.approx(30.0) and d.signals.trend == pytest.approx(30 / 9)
+    assert d.signals.forecast == pytest.approx(30.0 + min(10.0, scaling.AHEAD_CAP * 30.0))
+    assert d.rate == pytest.approx(H * d.signals.forecast) and "forecast" in d.reason
+    # the same difference on counts too small to tell from noise is no trend
+    d = decide(Policy(), sample(0, arrivals=2.0, recent=12, previous=6), 5.0, 1.0, State())
+    assert d.signals.trend == 0.0
+    # the rate-only baseline never forecasts
+    d = decide(Policy(metric="rate_only"), sample(0, arrivals=20.0, recent=90, previous=60), 5.0, 1.0, State())
+    assert d.signals.trend == 0.0 and d.signals.forecast == pytest.approx(30.0)
 
 
 def test_queued_requests_add_demand_only_once_replicas_are_ready():
     settled = decide(Policy(), sample(0, arrivals=8.0, queued=12.0, replicas=2), 10.0, 1.0, State())
     assert settled.signals.backlog == pytest.approx(12.0 / RHO)
-    assert settled.action == "scale" and settled.rate == pytest.approx(1.1 * (8.0 + 4.0))
+    assert settled.action == "scale" and settled.rate == pytest.approx(H * (8.0 + 4.0))
     assert "12 queued" in settled.reason
     starting = decide(Policy(), sample(0, arrivals=8.0, queued=12.0, replicas=2, planned=4), 10.0, 1.0, State())
     assert starting.signals.backlog == 0.0 and starting.action == "keep"
@@ -163,7 +167,7 @@ def test_in_flight_sees_queueing_that_the_rate_does_not():
     out, rate_if = run(Policy(metric="in_flight", target=4), samples)
     assert out[0].rate == pytest.approx(20.0) and rate_if > 20.0 and "utilisation" in out[0].reason
     _, rate_ro = run(Policy(metric="rate_only"), samples)
-    assert rate_ro == pytest.approx(1.1 * 8.0)
+    assert rate_ro == pytest.approx(H * 8.0)
 
 
 def test_queue_delay_metric():
@@ -171,7 +175,7 @@ def test_queue_delay_metric():
     s = sample(0, arrivals=10.0, queued=3.0)                   # 3 / 10 = 0.3 s of queueing: U = 1.5
     d = decide(p, s, 10.0, 1.0, State())
     assert s.queue_delay_s == pytest.approx(0.3) and d.signals.utilisation == pytest.approx(1.5)
-    assert d.action == "scale" and math.isclose(d.rate, 10.0 * 1.5 * 1.1)
+    assert d.action == "scale" and math.isclose(d.rate, 10.0 * 1.5 * H)
 
 
 # ---------------------------------------------------------------------- scale to zero
@@ -182,7 +186,7 @@ def test_scale_to_zero_and_back():
     d = decide(p, sample(100, arrivals=0, in_flight=1), 0.0, 2.0, State(), scaled_to_zero=True)
     assert d.action == "from_zero" and d.rate == 2.0
     d = decide(p, sample(100, arrivals=4, in_flight=1, work=1.5), 0.0, 2.0, State(), scaled_to_zero=True)
-    assert d.rate == pytest.approx(1.1 * 4 * 1.5)
+    assert d.rate == pytest.approx(H * 4 * 1.5)
     d = decide(p, sample(100, arrivals=0, in_flight=0), 0.0, 2.0, State(), scaled_to_zero=True)
     assert d.action == "keep"
 
@@ -306,13 +310,15 @@ class FakeManager:
     def replica_views(self, rec):
         return [view(a.replica_id) for a in rec.assignments]
 
-    def place(self, rec, scale):
+    def place(self, rec, scale, unavailable=()):
+        self.unavailable = set(unavailable)
         if scale > self.fit:
             raise PlanInfeasible("too much", slo="throughput", asked=scale, reachable=self.fit)
         n = max(1, math.ceil(scale * 10 / 5 / self.per_replica))
+        free = [f"n{i}" for i in range(n + len(self.unavailable)) if f"n{i}" not in self.unavailable]
 
         class P:
-            assignments = tuple(assignment(f"r{i}", f"n{i}") for i in range(n))
+            assignments = tuple(assignment(f"r{i}", node) for i, node in enumerate(free[:n]))
 
             class plan:
                 total_cost_per_hour = 0.5 * n
@@ -370,3 +376,31 @@ def test_the_pass_backs_off_when_no_plan_fits_or_replicas_would_exceed_the_cap()
     auto.run(wm, {}, clock.t + 1)
     d = auto.decisions_of("wf")[-1]
     assert d.outcome.startswith("no plan") and d.rate == d.previous_rate
+
+
+def test_replicas_whose_heartbeats_stopped_are_replaced_before_the_nodes_are_lost():
+    """A node whose heartbeat stream was open and closed (its agent died), or that is SUSPECT, puts
+    its replicas at risk: the pass re-plans at the same rate without it, at once."""
+    from atoll.coordinator.autoscaler import at_risk
+
+    rec = WorkflowRecord(name="wf", spec_yaml="", state="READY",
+                         assignments=(assignment("r0", "n0"), assignment("r1", "n1"), assignment("r2", "n2")))
+    nodes = {f"n{i}": NodeRecord(id=f"n{i}", name=f"host{i}", spec={}) for i in range(4)}
+    seen = {"n0", "n1", "n2"}
+    assert at_risk(rec, nodes, {"n0", "n1", "n2"}, seen) == set()
+    assert at_risk(rec, nodes, {"n0", "n2"}, seen) == {"n1"}               # n1's stream closed
+    assert at_risk(rec, nodes, {"n0", "n2"}, {"n0", "n2"}) == set()        # never seen open: not judged
+    nodes["n2"].state = "SUSPECT"
+    assert at_risk(rec, nodes, None, seen) == {"n2"}
+    nodes["n2"].state = "LOST"                                            # the manager re-plans LOST nodes
+    assert at_risk(rec, nodes, None, seen) == set()
+
+    nodes["n2"].state = "READY"
+    auto = Autoscaler(clock=Clock(0.0), wall=lambda: 1.7e9)
+    wm = FakeManager(rec)
+    assert auto.run(wm, nodes, 1.0, connected={"n0", "n1", "n2"}) == []
+    assert auto.run(wm, nodes, 2.0, connected={"n0", "n2"}) == [("wf", "replace")]
+    assert wm.unavailable == {"n1"} and wm.deployed[-1].scale == 1.0       # same rate, without n1
+    d = auto.decisions_of("wf")[-1]
+    assert d.action == "replace" and "host1" in d.reason and d.signals["at_risk"] == 1.0
+    assert auto.run(wm, nodes, 3.0, connected={"n0", "n2"}) == []         # n1 no longer holds a replica

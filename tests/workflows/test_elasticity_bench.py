@@ -147,7 +147,8 @@ def test_each_trace_draws_one_picture(tmp_path):
     tr = traces.make("diurnal", 3, 60.0, 10.0)
     runs = {p: run_figures(p, events={"storm_at_s": 30.0, "killed": []} if p == "atoll-storm" else None)
             for p in eb.ALL_POLICIES}
-    out = elasticity_plot.draw(tr, runs, tmp_path / "x.png", "diurnal-3", eb.load_curve(tr, 60))
+    out = elasticity_plot.draw(tr, runs, tmp_path / "x.png", "diurnal-3: atoll $1.20/day, static-peak $2.00/day",
+                               eb.load_curve(tr, 60))
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     assert elasticity_plot.buckets([0.5, 1.0, 2.5, 9.0], 4.0) == ([0.0, 2.0, 4.0], [2, 1, 0])
