@@ -208,7 +208,8 @@ class Router:
             self.in_flight[ep.replica_id] = self.in_flight.get(ep.replica_id, 0) + 1
             try:
                 if stage.kind == "embedding":
-                    out: object = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left)
+                    out: object = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left,
+                                                           node_id=ep.node_id)
                 else:
                     out = await self._generate(ep, stage, prompt, left, on_delta, started, run)
                 run.variant, run.node_name, run.region = ep.variant, ep.node_name, ep.region
@@ -241,7 +242,8 @@ class Router:
         text = []
         run.prompt_tokens = run.completion_tokens = 0      # this attempt's counts only
         async for resp in self.workers.generate(ep.address, prompt, adapter=ep.adapter, max_tokens=stage.max_tokens,
-                                                temperature=stage.temperature, stop=stage.stop, timeout=timeout):
+                                                temperature=stage.temperature, stop=stage.stop, timeout=timeout,
+                                                node_id=ep.node_id):
             run.prompt_tokens = max(run.prompt_tokens, resp.prompt_tokens)
             run.completion_tokens = max(run.completion_tokens, resp.completion_tokens)
             if resp.text:
