@@ -36,7 +36,7 @@ from atoll.agent.identity import NodeIdentity
 from atoll.agent.openai_local import LocalEngineDoor
 from atoll.agent.probe import probe
 from atoll.agent.replicas import ReplicaManager
-from atoll.agent.serving import SwitchingWorker
+from atoll.agent.serving import SwitchingWorker, replica_queues
 from atoll.agent.worker import WorkerService
 from atoll.core.errors import FailedPrecondition, Unauthenticated
 from atoll.core.logs import kv
@@ -296,7 +296,8 @@ class Agent:
               "replica_messages": dict(self.replicas.messages),
               "replica_load_seconds": {k: round(v, 4) for k, v in self.replicas.load_seconds.items()},
               "measured_throughput": {k: round(v, 4) for k, v in self.worker.meter.rates().items()},
-              "running_requests": self.worker.in_flight, "cached_models": cached_names(self.state_dir / "blobs")}
+              "running_requests": self.worker.in_flight, "cached_models": cached_names(self.state_dir / "blobs"),
+              "replica_queue_depth": replica_queues(self.replicas.desired, self.worker.waiting)}
         eng = self.replicas.engine
         if eng is not None:
             try:

@@ -4,18 +4,21 @@
 :class:`~atoll.agent.worker.WorkerService` of the engine currently loaded; with none loaded it
 answers UNAVAILABLE (the router then tries another replica). It also measures what it serves:
 completed requests per adapter over the last minute, reported in heartbeats as measured
-throughput.
+throughput, and requests per adapter still waiting for their first token, reported per replica
+(:func:`replica_queues`) so the coordinator's autoscaler sees each workflow's queue.
 """
 
 from __future__ import annotations
 
 import collections
 import time
+from typing import Mapping, Sequence
 
 import grpc
 
 from atoll.proto.v1 import worker_pb2
 from atoll.core.rpc import add_service
+from atoll.specs.assignment import ReplicaItem
 
 WINDOW_S = 60.0
 
@@ -40,11 +43,24 @@ class ThroughputMeter:
         return out
 
 
+def replica_queues(items: Sequence[ReplicaItem], waiting: Mapping[str, int]) -> dict[str, int]:
+    """Replica id -> its requests waiting for a first token, from the waiting requests per adapter
+    (``"base"`` for the bare base model); replicas that share an adapter are counted once."""
+    out: dict[str, int] = {}
+    seen: set[str] = set()
+    for it in items:
+        key = it.adapter or "base"
+        out[it.replica_id] = 0 if key in seen else int(waiting.get(key, 0))
+        seen.add(key)
+    return out
+
+
 class SwitchingWorker:
     def __init__(self):
         self.current = None          # WorkerService of the loaded engine
         self.meter = ThroughputMeter()
         self.in_flight = 0
+        self.waiting: dict[str, int] = {}     # adapter (or "base") -> requests before their first token
 
     def add_to_server(self, server) -> None:
         add_service(server, self, worker_pb2.DESCRIPTOR.services_by_name["Worker"])
@@ -57,13 +73,21 @@ class SwitchingWorker:
 
     async def Generate(self, request, context):
         svc = await self._svc(context)
+        key = getattr(request, "adapter", "") or "base"
         self.in_flight += 1
+        self.waiting[key] = self.waiting.get(key, 0) + 1
+        waiting = True
         try:
             async for resp in svc.Generate(request, context):
+                if waiting:
+                    waiting = False
+                    self.waiting[key] -= 1
                 yield resp
                 if resp.finished:
-                    self.meter.record(getattr(request, "adapter", "") or "base")
+                    self.meter.record(key)
         finally:
+            if waiting:
+                self.waiting[key] -= 1
             self.in_flight -= 1
 
     async def Embed(self, request, context):

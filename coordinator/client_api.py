@@ -77,7 +77,8 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
             profiles = wm.profiles_view(rec)
         except AtollError:
             profiles = []
-        return convert.workflow_status(rec, wm.replica_views(rec), profiles, wm.autoscaler.cold_starts_of(rec.name))
+        return convert.workflow_status(rec, wm.replica_views(rec), profiles, wm.autoscaler.cold_starts_of(rec.name),
+                                       wm.autoscaler.decisions_of(rec.name))
 
     @handle_errors
     async def SubmitWorkflow(self, request, context):
@@ -154,6 +155,7 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         task = asyncio.ensure_future(self.router.invoke(route, text, deadline=deadline,
                                                         on_delta=on_delta if request.stream else None))
         outcome = "error"
+        tokens = None
         try:
             if request.stream:
                 while not (task.done() and queue.empty()):
@@ -165,9 +167,10 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
                         getter.cancel()
             result = await task
             outcome = "ok"
+            tokens = {s.task: s.completion_tokens for s in result.stages}
             yield convert.invoke_done(result, rid, request.stream)
         finally:
-            self.workflows.request_finished(request.workflow)
+            self.workflows.request_finished(request.workflow, tokens)
             if not task.done():
                 task.cancel()
             if self.metrics is not None:

@@ -106,6 +106,11 @@ class CoordinatorMetrics:
                                     ["workflow"], registry=r, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
         self.plan_cost = Gauge("atoll_plan_cost_dollars_per_hour", "Predicted cost of the current plan",
                                ["workflow", "kind"], registry=r)
+        self.autoscale_decisions = Counter("atoll_autoscaler_decisions", "Autoscaling decisions by action "
+                                           "(keep, up, down, to_zero, from_zero)", ["workflow", "action"], registry=r)
+        self.autoscale_signal = Gauge("atoll_autoscaler_signal", "The last autoscaling decision's inputs and "
+                                      "figures (arrivals, work, demand, forecast, floor, queued, plan_rate, "
+                                      "target_rate, reaction_s, ...)", ["workflow", "signal"], registry=r)
         self.plan_accuracy = Gauge("atoll_plan_accuracy_ratio", "Predicted end-to-end accuracy of the plan",
                                    ["workflow"], registry=r)
         self._registry_ref = None

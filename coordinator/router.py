@@ -5,7 +5,11 @@ outputs (the prompt template's ``{input}``) and picks a replica the way the plan
 first the replica's location, by the plan's flow rates from the location the input comes from
 (the source's, or the parent stage's replica's), then a replica inside that location by its
 weight. Both choices use smooth weighted round-robin, so over N requests every share is within
-one request of its weight. It calls that agent's Worker
+one request of its weight, unless the replica chosen is backlogged: when, with this request, it
+would hold more than ``BACKLOG_RATIO`` times its weight's share of this router's calls in flight to
+the location plus ``BACKLOG_SLACK``, the replica with the fewest calls per unit of weight serves
+instead (after a replica is lost, or while new ones start, the survivors' queues drain instead of
+growing; replicas that keep up keep their planned shares). It calls that agent's Worker
 service with the time left before the request's deadline. A replica that fails (unreachable,
 lost, overloaded, not ready) is excluded and the stage is retried on another replica; when every
 replica has failed the caller gets a clear error. Streaming requests stream the last stage's
@@ -29,6 +33,11 @@ from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, 
 from atoll.specs.routing import Endpoint, Route, Stage
 from atoll.wire.worker import WorkerClient
 
+# A replica is backlogged when it holds more than BACKLOG_RATIO x its weight's share of the calls in
+# flight to its location plus BACKLOG_SLACK: replicas that are merely busier than their weight
+# (a closed loop of clients, a replica slower than planned) keep the plan's shares.
+BACKLOG_RATIO = 2.0
+BACKLOG_SLACK = 4
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION,
              grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED,
@@ -109,6 +118,7 @@ class Router:
         self.metrics = metrics
         self.wrr = SmoothWRR()
         self.workers = workers if workers is not None else WorkerClient(credentials)
+        self.in_flight: dict[str, int] = {}       # replica id -> this router's calls to it now
 
     async def close(self) -> None:
         await self.workers.close()
@@ -133,7 +143,16 @@ class Router:
         eps = by_loc[loc]
         rid = self.wrr.pick((workflow, task, loc, "replica"),
                             sorted((e.replica_id, max(e.weight, 1e-9)) for e in eps))
-        return next(e for e in eps if e.replica_id == rid)
+        chosen = next(e for e in eps if e.replica_id == rid)
+        total = sum(self.in_flight.get(e.replica_id, 0) for e in eps) + 1        # with this one
+        share = max(chosen.weight, 1e-9) / sum(max(e.weight, 1e-9) for e in eps)
+        if self.in_flight.get(chosen.replica_id, 0) + 1 <= BACKLOG_RATIO * share * total + BACKLOG_SLACK:
+            return chosen
+        return min(eps, key=lambda e: (self._load(e), e is not chosen))
+
+    def _load(self, e: Endpoint, extra: int = 0) -> float:
+        """This router's calls in flight to ``e`` (plus ``extra``) per unit of its weight."""
+        return (self.in_flight.get(e.replica_id, 0) + extra) / max(e.weight, 1e-9)
 
     async def invoke(self, route: Route, text: str, *, deadline: float,
                      on_delta: Callable[[str], Awaitable[None]] | None = None) -> Result:
@@ -195,6 +214,7 @@ class Router:
             if run.attempts > 1 and self.metrics is not None:
                 self.metrics.retries.labels(route.workflow, stage.task).inc()
             started = [False]
+            self.in_flight[ep.replica_id] = self.in_flight.get(ep.replica_id, 0) + 1
             try:
                 if stage.kind == "embedding":
                     out: object = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left,
@@ -220,6 +240,11 @@ class Router:
                 if len(tried) >= len(endpoints):
                     raise Unavailable(f"stage {stage.task}: all {len(endpoints)} replica(s) failed; "
                                       f"last error: {last_err}") from None
+            finally:
+                if self.in_flight.get(ep.replica_id, 0) > 1:
+                    self.in_flight[ep.replica_id] -= 1
+                else:
+                    self.in_flight.pop(ep.replica_id, None)
 
     async def _generate(self, ep: Endpoint, stage: Stage, prompt: str, timeout: float, on_delta, started,
                         run: StageRun) -> str:
