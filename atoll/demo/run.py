@@ -26,7 +26,7 @@ from atoll.cli.views import node_table, print_plan
 from atoll.coordinator.fleet import FleetNode, fleet_pools
 from atoll.coordinator.records import NodeRecord
 from atoll.demo.fleet import LocalFleet
-from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama
 from atoll.planner.api import PLANNERS
 from atoll.planner.build import problem_from_specs
 from atoll.specs.cluster import ClusterSpec

@@ -60,7 +60,7 @@ class Harness:
 
 @pytest.fixture(scope="package")
 def harness(tmp_path_factory):
-    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama
 
     root = tmp_path_factory.mktemp("wf")
     models = root / "models"
