@@ -57,7 +57,7 @@ DOOR_QUESTION = "What is the capital of Japan?"
 # Each agent serves on one CPU thread: three agents share the machine's cores without their
 # thread pools spinning against each other.
 AGENT_ENV = {"OMP_NUM_THREADS": "1"}
-BURST, AFTER_LOSS = 16, 8
+BURST, AFTER_LOSS = 12, 6
 
 
 def say(msg: str) -> None:
