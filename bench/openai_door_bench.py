@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,25 +42,16 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 import yaml  # noqa: E402
 
+from control_plane_bench import cpu_seconds  # noqa: E402
+
 from atoll.client import Client  # noqa: E402
+from atoll.demo.fleet import free_port  # noqa: E402
 from atoll.proto.v1 import control_pb2, control_pb2_grpc  # noqa: E402
 
 TOKEN = "openai-door-bench-token"
 WF = "door-bench"
 PROMPT = "Tell me about the ocean."
 MAX_TOKENS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------------------------- the fleet

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import time
 from pathlib import Path
 from typing import AsyncIterator
@@ -146,59 +145,55 @@ class WorkflowBackend:
         sink = next(s for s in route.stages if s.task == route.sink)
         return with_sink(route, **_sink_changes(req, sink))
 
-    def _observe(self, model: str, outcome: str, t0: float, ttft: float | None = None) -> None:
-        if self.metrics is not None:
-            self.metrics.requests.labels(model[:64], outcome).inc()
-            self.metrics.request_seconds.labels(model[:64]).observe(time.monotonic() - t0)
-            if ttft is not None:
-                self.metrics.ttft.labels(model[:64]).observe(ttft)
-
-    # ------------------------------------------------------------------ generation
-    async def complete(self, req: GenRequest, caller) -> Completion:
+    @contextlib.asynccontextmanager
+    async def _serving(self, model: str, req: GenRequest | None, kind: str, caller,
+                       first: list[float] | None = None) -> AsyncIterator[tuple[Route, float]]:
+        """(route, deadline) of one request, run as ``caller``; counted for the autoscaler and in
+        the request metrics (with the time to its first token when ``first`` gets one)."""
         t0 = time.monotonic()
-        deadline = t0 + self.timeout
         outcome = "error"
         try:
             with _as_caller(caller):
-                async with self._entered(req.model, req, "llm", deadline) as route:
-                    res = await self.router.invoke(self._prepare(route, req), req.input_text, deadline=deadline,
-                                                   messages=req.messages)
+                async with self._entered(model, req, kind, t0 + self.timeout) as route:
+                    yield route, t0 + self.timeout
             outcome = "ok"
         finally:
-            self._observe(req.model, outcome, t0)
+            if self.metrics is not None:
+                self.metrics.requests.labels(model[:64], outcome).inc()
+                self.metrics.request_seconds.labels(model[:64]).observe(time.monotonic() - t0)
+                if first:
+                    self.metrics.ttft.labels(model[:64]).observe(first[0] - t0)
+
+    # ------------------------------------------------------------------ generation
+    async def complete(self, req: GenRequest, caller) -> Completion:
+        async with self._serving(req.model, req, "llm", caller) as (route, deadline):
+            res = await self.router.invoke(self._prepare(route, req), req.input_text, deadline=deadline,
+                                           messages=req.messages)
         choices = [Choice(c.index, c.text, c.finish_reason or "stop", c.logprobs) for c in res.choices]
         return Completion(choices, res.usage["prompt_tokens"], res.usage["completion_tokens"])
 
     async def stream(self, req: GenRequest, caller) -> AsyncIterator:
-        """Deltas of the sink stage as the router receives them. The request runs in its own task
-        (with the caller's tenant), so closing this iterator cancels it wherever it is."""
+        """Deltas of the sink stage as the router receives them. The request runs in a task of its
+        own, so closing this iterator cancels it wherever it is."""
         queue: asyncio.Queue = asyncio.Queue()
         end = object()
-        t0 = time.monotonic()
         first: list[float] = []
 
         async def on_delta(d) -> None:
             if not first:
-                first.append(time.monotonic() - t0)
+                first.append(time.monotonic())
             queue.put_nowait(d)
 
         async def run() -> None:
-            deadline = t0 + self.timeout
-            outcome = "error"
             try:
-                async with self._entered(req.model, req, "llm", deadline) as route:
+                async with self._serving(req.model, req, "llm", caller, first) as (route, deadline):
                     await self.router.invoke(self._prepare(route, req), req.input_text, deadline=deadline,
                                              on_delta=on_delta, messages=req.messages)
-                outcome = "ok"
                 queue.put_nowait(end)
             except Exception as exc:  # noqa: BLE001 - raised where the stream is read
                 queue.put_nowait(exc)
-            finally:
-                self._observe(req.model, outcome, t0, first[0] if first else None)
 
-        ctx = contextvars.copy_context()
-        ctx.run(auth.current.set, caller)
-        task = asyncio.get_running_loop().create_task(run(), context=ctx)
+        task = asyncio.ensure_future(run())
         try:
             while True:
                 item = await queue.get()
@@ -214,17 +209,8 @@ class WorkflowBackend:
     async def embed(self, req: EmbedRequest, caller) -> tuple[list[list[float]], int]:
         if any(not isinstance(x, str) for x in req.inputs):
             raise InvalidArgument("the coordinator's door embeds text, not token ids", hint="send strings")
-        t0 = time.monotonic()
-        deadline = t0 + self.timeout
-        outcome = "error"
-        try:
-            with _as_caller(caller):
-                async with self._entered(req.model, None, "embedding", deadline) as route:
-                    results = await asyncio.gather(*(self.router.invoke(route, x, deadline=deadline)
-                                                     for x in req.inputs))
-            outcome = "ok"
-        finally:
-            self._observe(req.model, outcome, t0)
+        async with self._serving(req.model, None, "embedding", caller) as (route, deadline):
+            results = await asyncio.gather(*(self.router.invoke(route, x, deadline=deadline) for x in req.inputs))
         return [r.output["embedding"] for r in results], sum(r.usage["prompt_tokens"] for r in results)
 
 
