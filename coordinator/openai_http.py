@@ -138,10 +138,8 @@ class WorkflowBackend:
                 raise InvalidArgument(f"workflow {model!r} ends in an {sink.kind} stage: call {use}")
             yield route
 
-    def _prepare(self, route: Route, req: GenRequest) -> Route:
-        if req.prompt is not None and not isinstance(req.prompt, str):
-            raise InvalidArgument("the coordinator's door takes text prompts, not token ids",
-                                  hint="send the prompt as a string")
+    @staticmethod
+    def _prepare(route: Route, req: GenRequest) -> Route:
         sink = next(s for s in route.stages if s.task == route.sink)
         return with_sink(route, **_sink_changes(req, sink))
 
@@ -150,6 +148,9 @@ class WorkflowBackend:
                        first: list[float] | None = None) -> AsyncIterator[tuple[Route, float]]:
         """(route, deadline) of one request, run as ``caller``; counted for the autoscaler and in
         the request metrics (with the time to its first token when ``first`` gets one)."""
+        if req is not None and req.prompt is not None and not isinstance(req.prompt, str):
+            raise InvalidArgument("the coordinator's door takes text prompts, not token ids",
+                                  hint="send the prompt as a string")
         t0 = time.monotonic()
         outcome = "error"
         try:

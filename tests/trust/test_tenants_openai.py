@@ -109,6 +109,9 @@ def test_keys_tenants_trusted_tiers_and_openai(fleet):
         assert whole.choices[0].message.content == text          # greedy: the same answer both ways
         ob = openai.OpenAI(base_url=fleet["openai"], api_key=kb, max_retries=0)
         assert "wf-a" not in {m.id for m in ob.models.list().data}
+        with pytest.raises(openai.NotFoundError):           # another tenant's adapter, as a model
+            ob.chat.completions.create(model="base:tenant-a", messages=[{"role": "user", "content": "x"}])
+        assert "base:tenant-a" not in {m.id for m in ob.models.list().data}
         with pytest.raises(openai.NotFoundError) as ei:
             ob.completions.create(model="wf-a", prompt="x")
         assert ei.value.body["type"] == "invalid_request_error" or "message" in str(ei.value)
