@@ -22,6 +22,7 @@ from typing import AsyncIterator
 
 from atoll.coordinator import auth
 from atoll.coordinator.entry import entering
+from atoll.core import access
 from atoll.core.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
 from atoll.core.http_server import HttpLimits
 from atoll.core.openai_api import Choice, Completion, EmbedRequest, GenRequest
@@ -40,6 +41,15 @@ def door_identity(keys: auth.KeyRing, authorization: str) -> auth.Identity | Non
     if not authorization.startswith("Bearer "):
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
     return keys.check(authorization[7:].strip())
+
+
+def door_authorize(route: str, caller: auth.Identity | None) -> None:
+    """May ``caller`` (what :func:`door_identity` returned) call ``route``? The authorization
+    table decides (``atoll.core.access``, surface ``http:coordinator``); None is the admin of a
+    coordinator with no key yet, as under gRPC."""
+    kind = access.ADMIN if caller is None or caller.is_admin else access.USER
+    method, path = route.split(" ", 1)
+    access.decide_http("coordinator", method, path, kind)
 
 
 @contextlib.contextmanager
@@ -219,5 +229,5 @@ def make_door(keys: auth.KeyRing, workflows_fn, router, *, host: str, port: int,
               limits: HttpLimits = HttpLimits()) -> OpenAIDoor:
     """The coordinator's door on ``host:port`` (not started)."""
     backend = WorkflowBackend(workflows_fn, router, metrics)
-    return OpenAIDoor(backend, lambda authorization: door_identity(keys, authorization), host=host, port=port,
-                      limits=limits, request_timeout=backend.timeout)
+    return OpenAIDoor(backend, lambda authorization: door_identity(keys, authorization), authorize=door_authorize,
+                      host=host, port=port, limits=limits, request_timeout=backend.timeout)

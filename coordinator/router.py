@@ -220,7 +220,8 @@ class Router:
             started = [False]
             try:
                 if stage.kind == "embedding":
-                    emb = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left)
+                    emb = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left,
+                                                 node_id=ep.node_id)
                     out: object = emb.vector
                     run.prompt_tokens = emb.tokens
                 else:
@@ -253,7 +254,8 @@ class Router:
         async for d in self.workers.generate(ep.address, prompt, adapter=ep.adapter, max_tokens=stage.max_tokens,
                                              temperature=stage.temperature, stop=stage.stop, top_p=stage.top_p,
                                              seed=stage.seed, n=stage.n, logprobs=stage.logprobs,
-                                             top_logprobs=stage.top_logprobs, messages=chat, timeout=timeout):
+                                             top_logprobs=stage.top_logprobs, messages=chat, timeout=timeout,
+                                             node_id=ep.node_id):
             if not 0 <= d.index < len(choices):
                 raise Unavailable(f"stage {stage.task}: {ep.node_name} answered choice {d.index} of {len(choices)}")
             c = choices[d.index]

@@ -53,6 +53,11 @@ HTTP_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENI
 ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found"}
 
 
+# Every route of the door, as the authorization table (``atoll.core.access``) names them.
+ROUTES = ("GET /v1/models", "GET /v1/models/{model}", "POST /v1/completions", "POST /v1/chat/completions",
+          "POST /v1/embeddings")
+
+
 class Backend(Protocol):
     """What the door needs of whoever serves the requests. ``caller`` is what ``authenticate``
     returned. Errors are ``AtollError`` subclasses (their gRPC code picks the HTTP status)."""
@@ -132,20 +137,24 @@ async def _merged(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]
 
 
 class OpenAIDoor:
-    """The door: ``backend`` serves, ``authenticate(authorization_header) -> caller`` admits.
+    """The door: ``backend`` serves, ``authenticate(authorization_header) -> caller`` identifies,
+    ``authorize(route, caller)`` (``route`` one of :data:`ROUTES`) raises when that caller may not
+    call that route (the coordinator asks the authorization table, ``atoll.core.access``).
     :meth:`start` serves on ``host:port`` (``port`` 0: any free port, then in ``self.port``)."""
 
-    def __init__(self, backend: Backend, authenticate: Callable[[str], Any], *, host: str = "127.0.0.1",
+    def __init__(self, backend: Backend, authenticate: Callable[[str], Any], *,
+                 authorize: Callable[[str, Any], None] | None = None, host: str = "127.0.0.1",
                  port: int = 0, limits: HttpLimits = HttpLimits(), max_body: int = 4 << 20,
                  body_timeout: float = 30.0, request_timeout: float = 300.0):
         self.backend, self.authenticate = backend, authenticate
         self.max_body, self.body_timeout, self.request_timeout = max_body, body_timeout, request_timeout
+        self.authorize = authorize
+        handlers = {"GET /v1/models": self._models, "GET /v1/models/{model}": self._model,
+                    "POST /v1/completions": self._completions, "POST /v1/chat/completions": self._chat,
+                    "POST /v1/embeddings": self._embeddings}
         self.app = Starlette(routes=[
-            Route("/v1/models", self._models, methods=["GET"]),
-            Route("/v1/models/{model:path}", self._model, methods=["GET"]),
-            Route("/v1/completions", self._completions, methods=["POST"]),
-            Route("/v1/chat/completions", self._chat, methods=["POST"]),
-            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route(key.split(" ", 1)[1].replace("{model}", "{model:path}"), handler, methods=[key.split(" ", 1)[0]])
+            for key, handler in handlers.items()
         ], exception_handlers={HTTPException: self._http_exception, Exception: self._unexpected})
         self.server = HttpServer(self.app, host, port, limits)
         self.port = self.server.port
@@ -192,9 +201,11 @@ class OpenAIDoor:
     def _caller(self, request: Request):
         return self.authenticate(request.headers.get("authorization", ""))
 
-    async def _guard(self, request: Request, handle) -> Response:
+    async def _guard(self, request: Request, route: str, handle) -> Response:
         try:
             caller = self._caller(request)
+            if self.authorize is not None:
+                self.authorize(route, caller)
             return await handle(caller)
         except ClientDisconnect:
             return Response(status_code=499)
@@ -207,7 +218,7 @@ class OpenAIDoor:
         async def go(caller):
             data = await self.backend.models(caller)
             return _json(200, {"object": "list", "data": [dict(m, object="model") for m in data]})
-        return await self._guard(request, go)
+        return await self._guard(request, "GET /v1/models", go)
 
     async def _model(self, request: Request) -> Response:
         async def go(caller):
@@ -216,17 +227,17 @@ class OpenAIDoor:
                 if m["id"] == want:
                     return _json(200, dict(m, object="model"))
             raise RequestError(404, f"the model {want[:200]!r} does not exist", param="model", code="model_not_found")
-        return await self._guard(request, go)
+        return await self._guard(request, "GET /v1/models/{model}", go)
 
     async def _completions(self, request: Request) -> Response:
         async def go(caller):
             return await self._generate(parse_completion(await self._body(request)), caller)
-        return await self._guard(request, go)
+        return await self._guard(request, "POST /v1/completions", go)
 
     async def _chat(self, request: Request) -> Response:
         async def go(caller):
             return await self._generate([parse_chat(await self._body(request))], caller)
-        return await self._guard(request, go)
+        return await self._guard(request, "POST /v1/chat/completions", go)
 
     async def _embeddings(self, request: Request) -> Response:
         async def go(caller):
@@ -234,7 +245,7 @@ class OpenAIDoor:
             async with asyncio.timeout(self.request_timeout):
                 vectors, tokens = await self.backend.embed(req, caller)
             return _json(200, embeddings_body(req, vectors, tokens))
-        return await self._guard(request, go)
+        return await self._guard(request, "POST /v1/embeddings", go)
 
     # ------------------------------------------------------------------ generation
     async def _generate(self, reqs: list[GenRequest], caller) -> Response:

@@ -100,6 +100,8 @@ class CoordinatorSettings(Spec):
     agent_listen: str | None = Field(default=None, description="HOST:PORT for agents, with mutual TLS "
                                                                "(required with tls_client_ca)")
     insecure: bool = Field(default=False, description="allow plaintext on a non-loopback address")
+    allow_empty_store: bool = Field(default=False, description="start even when the store is empty but the "
+                                                               "state dir shows it held data before")
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -143,6 +145,9 @@ class AgentSettings(Spec):
     tls_cert: str | None = Field(default=None, description="PEM client certificate of this agent (mutual TLS)")
     tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")
     insecure: bool = Field(default=False, description="allow a plaintext Worker on a non-loopback address")
+    cache_keep_seconds: float = Field(default=600.0, ge=0, le=30 * 86400,
+                                      description="keep a fetched model or adapter this long after the last "
+                                                  "assignment naming it went away (warm caches for re-plans)")
 
     @field_validator("worker_listen", "metrics_listen")
     @classmethod

@@ -1,8 +1,10 @@
 """``Worker`` on the wire, the calling side: :class:`WorkerClient`, the one client of agents'
 Worker services (the coordinator's router and profiler share one).
 
-It keeps one channel per Worker address (over TLS with ``credentials`` when given) and speaks
-in plain values: a prompt (or chat messages) and sampling settings in, :class:`Delta` values out
+It keeps one channel per Worker address (over TLS with ``credentials`` when given), presents
+``tokens(node_id)`` — the coordinator's capability token for that node — as
+``authorization: Bearer`` on every call that names the node, and speaks in plain values: a
+prompt (or chat messages) and sampling settings in, :class:`Delta` values out
 (:func:`delta_to_pb` / :func:`delta_from_pb` are the stream's two directions; the agent's
 servicer packs with the first). gRPC failures
 reach the caller as ``grpc.aio.AioRpcError``, whose status code says whether another replica
@@ -12,7 +14,7 @@ may be tried. The serving side is the agent's servicer, ``atoll.agent.worker``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator, Mapping, Sequence
+from typing import AsyncIterator, Callable, Mapping, Sequence
 
 import grpc
 
@@ -73,9 +75,16 @@ class Embedding:
 
 
 class WorkerClient:
-    def __init__(self, credentials: grpc.ChannelCredentials | None = None):
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None,
+                 tokens: Callable[[str], str] | None = None):
         self.credentials = credentials
+        self.tokens = tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _metadata(self, node_id: str) -> tuple | None:
+        if self.tokens is None or not node_id:
+            return None
+        return (("authorization", "Bearer " + self.tokens(node_id)),)
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         ch = self._channels.get(address)
@@ -89,11 +98,12 @@ class WorkerClient:
                        temperature: float, stop: Sequence[str] = (), top_p: float = 1.0, seed: int | None = None,
                        n: int = 1, logprobs: bool = False, top_logprobs: int = 0,
                        messages: Sequence[Mapping[str, str]] | None = None,
-                       timeout: float) -> AsyncIterator[Delta]:
+                       timeout: float, node_id: str = "") -> AsyncIterator[Delta]:
         """Stream one generation from the Worker at ``address`` (``adapter`` empty: the base model):
         of the text ``prompt``, or of a chat (``messages``: role, content and optional name),
         which the worker renders with its model's own template. ``max_tokens`` None: up to a stop
-        token or the context. ``n`` choices come interleaved, each delta naming its index."""
+        token or the context. ``n`` choices come interleaved, each delta naming its index.
+        ``node_id`` is the node serving there (whose token the call presents)."""
         sampling = worker_pb2.SamplingParams(
             max_tokens=max_tokens or 0, no_max_tokens=max_tokens is None, temperature=temperature, stop=list(stop),
             top_p=top_p, has_seed=seed is not None, seed=seed or 0, n=n, logprobs=logprobs or top_logprobs > 0,
@@ -104,11 +114,12 @@ class WorkerClient:
                 for m in messages])
         else:
             req = worker_pb2.GenerateRequest(prompt=prompt, adapter=adapter, sampling=sampling)
-        async for resp in self._stub(address).Generate(req, timeout=timeout):
+        async for resp in self._stub(address).Generate(req, timeout=timeout, metadata=self._metadata(node_id)):
             yield delta_from_pb(resp)
 
-    async def embed(self, address: str, text: str, *, adapter: str, timeout: float) -> Embedding:
-        resp = await self._stub(address).Embed(worker_pb2.EmbedRequest(text=text, adapter=adapter), timeout=timeout)
+    async def embed(self, address: str, text: str, *, adapter: str, timeout: float, node_id: str = "") -> Embedding:
+        resp = await self._stub(address).Embed(worker_pb2.EmbedRequest(text=text, adapter=adapter), timeout=timeout,
+                                               metadata=self._metadata(node_id))
         return Embedding(list(resp.embedding), resp.tokens)
 
     async def close(self) -> None:
