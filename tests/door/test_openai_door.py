@@ -224,3 +224,26 @@ def test_a_body_that_never_arrives_times_out(door):
     data = s.recv(65536)
     s.close()
     assert data.startswith(b"HTTP/1.1 408") and b"did not arrive" in data
+
+
+def test_authorize_is_asked_with_the_route_and_its_refusal_is_403():
+    """``authorize(route, caller)`` sees each route as the authorization table names it (the
+    model's id is not part of it), after ``authenticate``; a refusal answers 403 in OpenAI's shape
+    and the backend never sees the request."""
+    asked = []
+
+    def authorize(route: str, caller) -> None:
+        asked.append((route, caller))
+        if route == "POST /v1/embeddings":
+            raise PermissionDenied("this caller may not embed")
+
+    backend = Scripted()
+    with serving(backend, lambda authorization: authorization[7:], authorize=authorize) as d:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{d.port}/v1", api_key="k1", max_retries=0, timeout=20)
+        assert client.models.retrieve("scripted").id == "scripted"
+        client.completions.create(model="scripted", prompt="hi", max_tokens=1)
+        with pytest.raises(openai.PermissionDeniedError) as ei:
+            client.embeddings.create(model="scripted", input="hi")
+    assert ei.value.status_code == 403 and "may not embed" in ei.value.body["message"]
+    assert asked == [("GET /v1/models/{model}", "k1"), ("POST /v1/completions", "k1"), ("POST /v1/embeddings", "k1")]
+    assert len(backend.requests) == 1
