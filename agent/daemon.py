@@ -33,12 +33,12 @@ from atoll.agent.fetch import cached_names, prune, resolve_source
 from atoll.agent.guard import WorkerGuard
 from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
 from atoll.agent.identity import NodeIdentity
-from atoll.agent.openai_local import LocalEngineDoor
+from atoll.agent.openai_local import make_local_door
 from atoll.agent.probe import probe
 from atoll.agent.replicas import ReplicaManager
 from atoll.agent.serving import SwitchingWorker, replica_queues
 from atoll.agent.worker import WorkerService
-from atoll.core.errors import FailedPrecondition, Unauthenticated
+from atoll.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 from atoll.core.logs import kv
 from atoll.core.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS, add_health_and_reflection, set_serving
 from atoll.core.tls import channel_credentials, mutual_server_credentials, plain_http_warning, plaintext_policy
@@ -115,12 +115,16 @@ class Agent:
                                   "(the coordinator keeps it in STATE_DIR/join-token)")
         await self._start_worker_server()
         self._start_metrics()
+        self.openai = None
         if self.settings.openai_listen:
             ohost, oport = split_address(self.settings.openai_listen)
             plain_http_warning(ohost, f"agent {self.node.name}'s OpenAI door (--openai-listen), which checks no key,")
-            self.openai = LocalEngineDoor(asyncio.get_running_loop(), lambda: self.replicas.engine,
-                                          host=ohost, port=oport)
-            self.openai.start()
+            try:
+                self.openai = make_local_door(lambda: self.replicas.engine, host=ohost, port=oport)
+            except OSError as exc:
+                raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",
+                                  hint="pick a free port with --openai-listen") from None
+            await self.openai.start()
             log.info("openai endpoint", extra=kv(node=self.node.name, url=f"http://{ohost}:{self.openai.port}/v1"))
         # One channel per coordinator listed (several: fail over between them).
         addresses = split_addresses(self.settings.coordinator)
@@ -333,6 +337,8 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(5.0)       # in-flight requests get up to 5 s to finish
+        if getattr(self, "openai", None) is not None:
+            await self.openai.stop()
         await self.replicas.close()
         for ch in self.channels or ([self.channel] if self.channel is not None else []):
             await ch.close()

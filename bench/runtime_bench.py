@@ -318,7 +318,7 @@ def main(argv=None) -> int:
     if args.model:
         return real_model(args)
     from atoll.agent.runtime import Engine
-    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama
 
     if args.quick:
         shape = dict(vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2)

@@ -8,11 +8,12 @@ import time
 import uuid
 
 from atoll.coordinator import auth, convert
+from atoll.coordinator.entry import entering
 from atoll.coordinator.profiler import profile_variant
 from atoll.coordinator.registry import Registry
 from atoll.coordinator.tenancy import node_view, scope_of
 from atoll.coordinator.router import parse_input
-from atoll.core.errors import AtollError, DeadlineExceeded, InvalidArgument
+from atoll.core.errors import AtollError, InvalidArgument
 from atoll.core.logs import kv
 from atoll.core.rpc import handle_errors
 from atoll.proto.v1 import control_pb2_grpc
@@ -101,25 +102,6 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         self.workflows.delete(request.name)
         return convert.deleted()
 
-    async def _route_waking(self, name: str, deadline: float):
-        """The route; a workflow scaled to zero is woken and the request waits for a replica
-        (until its deadline) instead of failing with 'not ready'."""
-        wm = self.workflows
-        rec = wm.get(name)
-        if rec.state != "IDLE" and not (rec.state == "DEPLOYING" and rec.deployment.autoscale is not None):
-            return wm.route(name)
-        wm.wake(name)
-        while True:
-            try:
-                return wm.route(name)
-            except AtollError as exc:
-                if wm.get(name).state == "FAILED":
-                    raise
-                if time.monotonic() >= deadline:
-                    raise DeadlineExceeded(f"workflow {name} was scaled to zero and no replica was ready "
-                                           f"before the deadline ({exc.message})") from None
-            await asyncio.sleep(0.1)
-
     @handle_errors
     async def Invoke(self, request, context):
         text = parse_input(request.input_json)
@@ -133,29 +115,30 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
             raise InvalidArgument(f"max_tokens must be in 0..{MAX_TOKENS_LIMIT} (0: the spec's), "
                                   f"got {request.max_tokens}")
         deadline = time.monotonic() + timeout
-        self.workflows.get(request.workflow)          # NOT_FOUND before anything is counted
-        self.workflows.request_started(request.workflow)
-        try:
-            route = await self._route_waking(request.workflow, deadline)
+        tokens: dict[str, int] = {}
+        async with entering(self.workflows, request.workflow, deadline, tokens) as route:
             if request.max_tokens:
                 route = with_sink(route, max_tokens=request.max_tokens)
-        except BaseException:
-            self.workflows.request_finished(request.workflow)
-            raise
+            async for item in self._run(request, text, route, deadline, tokens):
+                yield item
+
+    async def _run(self, request, text: str, route, deadline: float, tokens: dict[str, int]):
+        """Run one counted request on its route: stream its deltas (when asked), then the result;
+        ``tokens`` gets the tokens each task generated."""
         rid = request.request_id or uuid.uuid4().hex[:16]
         t0 = time.monotonic()
         queue: asyncio.Queue = asyncio.Queue()
         first = [None]
 
-        async def on_delta(delta: str) -> None:
+        async def on_delta(delta) -> None:
             if first[0] is None:
                 first[0] = time.monotonic() - t0
-            await queue.put(delta)
+            if delta.text:
+                await queue.put(delta.text)
 
         task = asyncio.ensure_future(self.router.invoke(route, text, deadline=deadline,
                                                         on_delta=on_delta if request.stream else None))
         outcome = "error"
-        tokens = None
         try:
             if request.stream:
                 while not (task.done() and queue.empty()):
@@ -167,10 +150,9 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
                         getter.cancel()
             result = await task
             outcome = "ok"
-            tokens = {s.task: s.completion_tokens for s in result.stages}
+            tokens.update({s.task: s.completion_tokens for s in result.stages})
             yield convert.invoke_done(result, rid, request.stream)
         finally:
-            self.workflows.request_finished(request.workflow, tokens)
             if not task.done():
                 task.cancel()
             if self.metrics is not None:

@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 
-from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from atoll.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from atoll.core.rpc import error_from_rpc
 from atoll.specs.routing import Endpoint, Route, Stage
-from atoll.wire.worker import WorkerClient
+from atoll.wire.worker import Delta, TokenLogprob, WorkerClient
 
 # A replica is backlogged when it holds more than BACKLOG_RATIO x its weight's share of the calls in
 # flight to its location plus BACKLOG_SLACK: replicas that are merely busier than their weight
@@ -76,13 +77,25 @@ class StageRun:
 
 
 @dataclass
+class Choice:
+    """One choice of the sink stage's answer (``n`` of them when the request asked for more)."""
+
+    index: int
+    text: str = ""
+    finish_reason: str = ""
+    completion_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
 class Result:
     output: dict
     stages: list[StageRun] = field(default_factory=list)
+    choices: list[Choice] = field(default_factory=list)     # the sink's, for llm sinks
 
     @property
     def usage(self) -> dict:
-        """OpenAI-style token usage of the sink (last) stage."""
+        """OpenAI-style token usage of the sink (last) stage, every choice's tokens counted."""
         last = self.stages[-1] if self.stages else StageRun("")
         return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
                 "total_tokens": last.prompt_tokens + last.completion_tokens}
@@ -155,11 +168,16 @@ class Router:
         return (self.in_flight.get(e.replica_id, 0) + extra) / max(e.weight, 1e-9)
 
     async def invoke(self, route: Route, text: str, *, deadline: float,
-                     on_delta: Callable[[str], Awaitable[None]] | None = None) -> Result:
+                     on_delta: Callable[[Delta], Awaitable[None]] | None = None,
+                     messages: Sequence[Mapping[str, str]] | None = None) -> Result:
+        """Run ``text`` through the route's stages; ``on_delta`` receives the sink's deltas as they
+        come. ``messages``: the request is a chat whose last user message is ``text``; the
+        entry stages then send the chat, that message filled into their prompt template."""
         outputs: dict[str, object] = {}
         regions: dict[str, str] = {}
         locations: dict[str, str] = {}
         runs: list[StageRun] = []
+        choices: list[Choice] = []
         for stage in route.stages:
             parts = []
             for p in stage.parents:
@@ -169,6 +187,7 @@ class Router:
                     parts.append(outputs[p])
             stage_input = "\n".join(parts) if parts else text
             prompt = stage.prompt.replace("{input}", stage_input) if stage.prompt else stage_input
+            chat = stage_chat(stage, prompt, messages if not parts else None)
             in_regions = [regions[p] for p in stage.parents if p in regions] or [route.source_region]
             last = stage.task == route.sink
             parent = next((p for p in stage.parents if p in locations), "")
@@ -176,24 +195,28 @@ class Router:
             flows = route.flows.get((parent or next(iter(stage.parents), ""), stage.task), [])
             out, run, region, loc = await self._run_stage(route, stage, prompt, deadline,
                                                           on_delta if (last and on_delta) else None,
-                                                          parent, from_loc, flows)
+                                                          parent, from_loc, flows, chat)
             in_bytes = len(stage_input.encode())
             for r in in_regions:   # parents' outputs (or the request) travel to this replica's region
                 self._count_bytes(route.workflow, r, region, in_bytes)
+            if isinstance(out, list) and out and isinstance(out[0], Choice):
+                choices = out
+                out = out[0].text
             outputs[stage.task] = out
             regions[stage.task] = region
             locations[stage.task] = loc
             run.output_bytes = len(out.encode()) if isinstance(out, str) else 4 * len(out)
             runs.append(run)
         final = outputs[route.sink]
-        return Result({"text": final} if isinstance(final, str) else {"embedding": final}, runs)
+        return Result({"text": final} if isinstance(final, str) else {"embedding": final}, runs,
+                      choices if isinstance(final, str) else [])
 
     def _count_bytes(self, workflow: str, a: str, b: str, n: int) -> None:
         if self.metrics is not None:
             self.metrics.bytes_sent.labels(workflow, a, b).inc(n)
 
     async def _run_stage(self, route: Route, stage: Stage, prompt: str, deadline: float, on_delta,
-                         parent: str = "", from_loc: str = "", flows=None):
+                         parent: str = "", from_loc: str = "", flows=None, chat=None):
         endpoints = route.endpoints.get(stage.task, [])
         if not endpoints:
             raise Unavailable(f"stage {stage.task} has no ready replica", hint="see `atoll status`")
@@ -217,10 +240,12 @@ class Router:
             self.in_flight[ep.replica_id] = self.in_flight.get(ep.replica_id, 0) + 1
             try:
                 if stage.kind == "embedding":
-                    out: object = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left,
-                                                           node_id=ep.node_id)
+                    emb = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left,
+                                                 node_id=ep.node_id)
+                    out: object = emb.vector
+                    run.prompt_tokens = emb.tokens
                 else:
-                    out = await self._generate(ep, stage, prompt, left, on_delta, started, run)
+                    out = await self._generate(ep, stage, prompt, left, on_delta, started, run, chat)
                 run.variant, run.node_name, run.region = ep.variant, ep.node_name, ep.region
                 run.seconds = time.monotonic() - t0
                 if self.metrics is not None:
@@ -234,8 +259,8 @@ class Router:
                 if started[0]:
                     raise Unavailable(f"stage {stage.task}: the stream from {ep.node_name} was cut off after "
                                       "its first tokens; the partial output was not retried") from None
-                if code not in RETRYABLE:
-                    raise AtollError(f"stage {stage.task}: {code.name}: {exc.details()}") from None
+                if code not in RETRYABLE:     # the request's own fault: the same error everywhere
+                    raise type(error_from_rpc(exc))(f"stage {stage.task}: {exc.details()}") from None
                 tried.add(ep.replica_id)
                 if len(tried) >= len(endpoints):
                     raise Unavailable(f"stage {stage.task}: all {len(endpoints)} replica(s) failed; "
@@ -247,17 +272,45 @@ class Router:
                     self.in_flight.pop(ep.replica_id, None)
 
     async def _generate(self, ep: Endpoint, stage: Stage, prompt: str, timeout: float, on_delta, started,
-                        run: StageRun) -> str:
-        text = []
+                        run: StageRun, chat=None) -> list[Choice]:
+        choices = [Choice(i) for i in range(max(1, stage.n))]
+        texts: list[list[str]] = [[] for _ in choices]
         run.prompt_tokens = run.completion_tokens = 0      # this attempt's counts only
-        async for resp in self.workers.generate(ep.address, prompt, adapter=ep.adapter, max_tokens=stage.max_tokens,
-                                                temperature=stage.temperature, stop=stage.stop, timeout=timeout,
-                                                node_id=ep.node_id):
-            run.prompt_tokens = max(run.prompt_tokens, resp.prompt_tokens)
-            run.completion_tokens = max(run.completion_tokens, resp.completion_tokens)
-            if resp.text:
-                text.append(resp.text)
-                if on_delta is not None:
-                    started[0] = True
-                    await on_delta(resp.text)
-        return "".join(text)
+        async for d in self.workers.generate(ep.address, prompt, adapter=ep.adapter, max_tokens=stage.max_tokens,
+                                             temperature=stage.temperature, stop=stage.stop, top_p=stage.top_p,
+                                             seed=stage.seed, n=stage.n, logprobs=stage.logprobs,
+                                             top_logprobs=stage.top_logprobs, messages=chat, timeout=timeout,
+                                             node_id=ep.node_id):
+            if not 0 <= d.index < len(choices):
+                raise Unavailable(f"stage {stage.task}: {ep.node_name} answered choice {d.index} of {len(choices)}")
+            c = choices[d.index]
+            run.prompt_tokens = max(run.prompt_tokens, d.prompt_tokens)
+            c.completion_tokens = max(c.completion_tokens, d.completion_tokens)
+            c.logprobs.extend(d.logprobs)
+            if d.text:
+                texts[d.index].append(d.text)
+            if d.finished:
+                c.finish_reason = d.finish_reason
+            if on_delta is not None and (d.text or d.finished or d.logprobs):
+                started[0] = True
+                await on_delta(d)
+        run.completion_tokens = sum(c.completion_tokens for c in choices)
+        for c, parts in zip(choices, texts):
+            c.text = "".join(parts)
+        return choices
+
+
+def stage_chat(stage: Stage, prompt: str, messages: Sequence[Mapping[str, str]] | None) -> list[dict] | None:
+    """The chat a stage sends, or None to send ``prompt`` as text. An entry stage of a chat request
+    sends the request's messages with the last user message replaced by ``prompt`` (the stage's
+    template filled with it); any stage marked ``chat`` sends ``prompt`` as one user message."""
+    if stage.kind != "llm":
+        return None
+    if messages:
+        out = [dict(m) for m in messages]
+        last = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=None)
+        if last is None:
+            return out + [{"role": "user", "content": prompt}]
+        out[last]["content"] = prompt
+        return out
+    return [{"role": "user", "content": prompt}] if stage.chat else None

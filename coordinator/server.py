@@ -40,7 +40,7 @@ from atoll.coordinator.identity import Issuer, load_signing_key
 from atoll.coordinator.leader import AdvisoryLockLeadership, SoloLeadership
 from atoll.coordinator.metrics import CoordinatorMetrics
 from atoll.coordinator.model_store_api import ModelStoreApi
-from atoll.coordinator.openai_http import OpenAIDoor
+from atoll.coordinator.openai_http import make_door
 from atoll.coordinator.planning import PlanWorkers
 from atoll.coordinator.join_tokens import hash_token
 from atoll.coordinator.registry import Registry
@@ -157,7 +157,7 @@ class Coordinator:
         self.advertise = self.settings.advertise or (
             f"{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{self.port}")
         await self.server.start()
-        self._start_openai()
+        await self._start_openai()
         if not self.keys.enabled():
             log.warning("no API keys exist: client calls are not authenticated "
                         "(create the first admin key with `atoll keys create --tenant NAME --role admin`)")
@@ -235,19 +235,19 @@ class Coordinator:
                               hint="pick a free port with --metrics-listen") from None
         return mhost
 
-    def _start_openai(self) -> None:
+    async def _start_openai(self) -> None:
         self.openai = None
         if not self.settings.openai_listen:
             return
         ohost, oport = split_address(self.settings.openai_listen)
         plain_http_warning(ohost, "the coordinator's OpenAI door (--openai-listen), which receives API keys,")
         try:
-            self.openai = OpenAIDoor(asyncio.get_running_loop(), lambda: self.workflows, self.router,
-                                     host=ohost, port=oport, auth=self.keys, metrics=self.metrics)
+            self.openai = make_door(self.keys, lambda: self.workflows, self.router, host=ohost, port=oport,
+                                    metrics=self.metrics)
         except OSError as exc:
             raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",
                               hint="pick a free port with --openai-listen") from None
-        self.openai.start()
+        await self.openai.start()
 
     async def _take_role(self) -> None:
         if self.settings.database_url:
@@ -383,7 +383,7 @@ class Coordinator:
 
     async def stop(self, grace: float = 2.0) -> None:
         if getattr(self, "openai", None) is not None:
-            self.openai.stop()
+            await self.openai.stop()
         if self.health is not None:
             await set_serving(self.health, SERVICE_NAMES, False)
         for t in self._tasks:

@@ -69,6 +69,10 @@ REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 _COORD_KEYS = "coordinator/auth.py: AuthInterceptor"
 _AGENT_GUARD = "agent/guard.py: WorkerGuard"
 
+# The OpenAI door's routes (atoll.core.openai_http.ROUTES; a test checks they are the same).
+_DOOR_ROUTES = ["GET /v1/models", "GET /v1/models/{model}", "POST /v1/completions", "POST /v1/chat/completions",
+                "POST /v1/embeddings"]
+
 TABLE: tuple[Rule, ...] = (
     _r(CLIENT, ["ListNodes", "GetNode"], {USER, ADMIN}, owner=TENANT_VIEW, by=_COORD_KEYS)
     + _r(CLIENT, ["DrainNode", "SetNodeTrust", "ListKeys", "RevokeKey", "CreateJoinToken", "ListJoinTokens",
@@ -86,10 +90,10 @@ TABLE: tuple[Rule, ...] = (
          by=_AGENT_GUARD)
     + _r(HEALTH, ["Check", "Watch", "List"], CALLERS, by="open (Kubernetes probes)")
     + _r(REFLECTION, ["ServerReflectionInfo"], CALLERS, by="open (service discovery for grpcurl)")
-    + _r("http:coordinator", ["GET /v1/models", "POST /v1/completions", "POST /v1/chat/completions"],
-         {USER, ADMIN}, owner=OWN_TENANT, by="coordinator/openai_http.py (atoll.core.openai_http.BaseDoor)")
+    + _r("http:coordinator", _DOOR_ROUTES, {USER, ADMIN}, owner=OWN_TENANT,
+         by="coordinator/openai_http.py: door_authorize (atoll.core.openai_http.OpenAIDoor)")
     + _r("http:coordinator", ["GET /metrics"], CALLERS, by="open (Prometheus scrapes)")
-    + _r("http:agent", ["GET /v1/models", "POST /v1/completions", "POST /v1/chat/completions"],
+    + _r("http:agent", _DOOR_ROUTES,
          {USER, ADMIN}, owner=OWN_TENANT, by="not yet: agent/openai_local.py checks no key (issue 16)")
     + _r("http:agent", ["GET /metrics"], CALLERS, by="open (Prometheus scrapes)")
 )
