@@ -10,6 +10,7 @@ import importlib.util
 import random
 from pathlib import Path
 
+import pulp
 import pytest
 
 from atoll.planner.api import PlanOptions, plan
@@ -55,6 +56,19 @@ def test_chain_gaps_are_honest_on_a_ten_node_fleet():
     assert ref.status == "optimal"
     for method in ("exact", "decompose"):
         check(pb, ref.cost, method, 1.0)
+
+
+def test_reference_path_rows_tighten_its_relaxation():
+    """The rows sum ln(acc) >= ln(min_accuracy) along each path of default profiles raise the
+    reference's LP bound (its exactness with them is checked against exhaustive search below)."""
+    pb = cases.scaling_problem(100, 10, 4, 6, seed=0)
+    assert len(reference._default_paths(pb)) == 1
+    lp = {}
+    for rows in (False, True):
+        prob, _ = reference.build(pb, path_rows=rows)
+        prob.solve(pulp.HiGHS(msg=False, mip=False))
+        lp[rows] = pulp.value(prob.objective)
+    assert lp[True] > 2 * lp[False]
 
 
 def test_reference_agrees_with_exhaustive_search():
