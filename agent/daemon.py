@@ -23,12 +23,14 @@ import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from atoll.agent.dataplane.chain import NodeSelf
+from atoll.agent.dataplane.node import DataPlaneNode
 from atoll.agent.fetch import cached_names, resolve_source
 from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
 from atoll.agent.openai_local import LocalEngineDoor
 from atoll.agent.probe import probe
 from atoll.agent.replicas import ReplicaManager
-from atoll.agent.serving import SwitchingWorker
+from atoll.agent.serving import LocalEngine, SwitchingWorker
 from atoll.agent.worker import WorkerService
 from atoll.core.errors import FailedPrecondition, Unauthenticated
 from atoll.core.logs import kv
@@ -87,6 +89,18 @@ class Agent:
         self.worker_address = ""
         self.replicas = ReplicaManager(self._make_engine, self._resolve, on_change=self._status_changed)
         self._engine_seen = None
+        self.metrics_registry = CollectorRegistry()
+        st = settings
+        # The data plane: this agent is an entry, and a hop on the plan's paths between stages.
+        self.dataplane = DataPlaneNode(
+            node=self._self, local=LocalEngine(self.worker), local_address=lambda: self.worker_address,
+            connected=lambda: self.hb is not None and self.hb.connected.is_set(),
+            credentials=channel_credentials(st.tls_ca, st.tls_cert, st.tls_key), registry=self.metrics_registry,
+            otlp_endpoint=st.otlp_endpoint, wake=self._status_changed)
+
+    def _self(self) -> NodeSelf:
+        return NodeSelf(self.hb.node_id if self.hb is not None else self.ids.read(), self.node.name,
+                        self.node.region, self.node.tier)
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> "Agent":
@@ -101,6 +115,10 @@ class Agent:
             raise Unauthenticated("no join token", hint="pass --join-token or set ATOLL_JOIN_TOKEN "
                                   "(the coordinator keeps it in STATE_DIR/join-token)")
         await self._start_worker_server()
+        st = self.settings
+        entry = await self.dataplane.start_entry(st.entry_listen, tls_cert=st.tls_cert, tls_key=st.tls_key,
+                                                 insecure=st.insecure, advertise=st.entry_advertise)
+        log.info("entry listening", extra=kv(node=self.node.name, address=entry))
         self._start_metrics()
         if self.settings.openai_listen:
             ohost, oport = split_address(self.settings.openai_listen)
@@ -120,7 +138,8 @@ class Agent:
                                   capacity=probe(self.node, str(self.state_dir)),
                                   node_id=self.ids.read(), on_node_id=self.ids.write,
                                   on_instruction=self._on_instruction, status_fn=self._status,
-                                  generation_fn=lambda: self.replicas.applied_generation)
+                                  generation_fn=lambda: self.replicas.applied_generation,
+                                  dataplane_fn=self.dataplane.heartbeat_extras, on_session=self.dataplane.on_session)
         # The ordered duties: heartbeat first (everything else depends on the coordinator's view);
         # converge acts on the assignments the heartbeat stream delivered; the capacity refresh
         # feeds the next heartbeat.
@@ -128,6 +147,7 @@ class Agent:
             Duty("heartbeat", 0, self.hb.run),
             Duty("converge-assignments", 0.2, self._converge),
             Duty("capacity-refresh", 30.0, self._refresh_capacity),
+            Duty("dataplane-watch", 0, self.dataplane.watch),
         ]
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run_duty(d), name=d.name) for d in self.duties]
@@ -187,7 +207,7 @@ class Agent:
                     g.add_metric([st], counts.get(st, 0))
                 yield g
 
-        reg = CollectorRegistry()
+        reg = self.metrics_registry          # the data plane's families are in it already
         reg.register(_Current())
         host, port = split_address(self.settings.metrics_listen)
         start_http_server(port, addr=host, registry=reg)
@@ -196,6 +216,7 @@ class Agent:
     async def _start_worker_server(self) -> None:
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.worker.add_to_server(self.server)
+        self.dataplane.add_to_worker_server(self.server)
         self.health = add_health_and_reflection(self.server, ["atoll.v1.Worker"])
         host, port = split_address(self.settings.worker_listen)
         st = self.settings
@@ -253,7 +274,8 @@ class Agent:
 
     def _status(self) -> dict:
         """The NodeStatus fields (see ``atoll.wire.nodes``) for the next heartbeat."""
-        st = {"worker_address": self.worker_address, "replica_states": dict(self.replicas.states),
+        st = {"worker_address": self.worker_address, "entry_address": self.dataplane.address,
+              "replica_states": dict(self.replicas.states),
               "replica_messages": dict(self.replicas.messages),
               "replica_load_seconds": {k: round(v, 4) for k, v in self.replicas.load_seconds.items()},
               "measured_throughput": {k: round(v, 4) for k, v in self.worker.meter.rates().items()},
@@ -274,6 +296,8 @@ class Agent:
     async def _on_instruction(self, ins: dict) -> None:
         if ins.get("drain") and not self.hb._draining:
             log.info("drained by the coordinator; taking no new work", extra=kv(node=self.node.name))
+        elif self.dataplane.on_instruction(ins):
+            return
         elif "assignments" in ins:
             self.replicas.set_desired(ins["assignments"].items, ins["assignments"].generation)
 
@@ -294,6 +318,7 @@ class Agent:
         if self.server is not None:
             await self.server.stop(5.0)       # in-flight requests get up to 5 s to finish
         await self.replicas.close()
+        await self.dataplane.close()
         for ch in self.channels or ([self.channel] if self.channel is not None else []):
             await ch.close()
 

@@ -9,13 +9,17 @@ throughput.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
+from typing import AsyncIterator, Sequence
 
 import grpc
 
-from atoll.proto.v1 import worker_pb2
+from atoll.core.errors import Unavailable
 from atoll.core.rpc import add_service
+from atoll.proto.v1 import worker_pb2
+from atoll.wire.worker import Delta
 
 WINDOW_S = 60.0
 
@@ -80,3 +84,48 @@ class SwitchingWorker:
 
     async def ListAdapters(self, request, context):
         return await (await self._svc(context)).ListAdapters(request, context)
+
+
+class LocalEngine:
+    """The engine loaded now, called in process by this agent's data plane (a stage whose
+    replica is on this host): the same work as ``Worker.Generate``/``Embed``, without gRPC, and
+    counted alike (measured throughput, requests in flight). ``timeout`` is the caller's: the
+    request is cancelled when the caller gives up on it."""
+
+    def __init__(self, worker: SwitchingWorker):
+        self.worker = worker
+
+    def _engine(self):
+        svc = self.worker.current
+        if svc is None:
+            raise Unavailable("no model is loaded on this node yet")
+        return svc.engine
+
+    async def generate(self, prompt: str, *, adapter: str, max_tokens: int, temperature: float,
+                       stop: Sequence[str], timeout: float) -> AsyncIterator[Delta]:
+        # The runtime (torch, seconds to import) loads with the first model, so an agent joins the
+        # fleet without waiting for it; a request here means a model is loaded.
+        from atoll.agent.runtime import SamplingParams
+
+        engine = self._engine()
+        handle = engine.submit(prompt, adapter or None, SamplingParams(max_tokens=max_tokens or 16,
+                                                                       temperature=temperature, stop=list(stop)))
+        w = self.worker
+        w.in_flight += 1
+        try:
+            async for d in handle:
+                yield Delta(d.text, d.prompt_tokens, d.completion_tokens, d.finished)
+                if d.finished:
+                    w.meter.record(adapter or "base")
+        finally:
+            w.in_flight -= 1
+            if not handle.finished:
+                engine.cancel(handle.request_id)
+
+    async def embed(self, text: str, *, adapter: str, timeout: float) -> list[float]:
+        engine = self._engine()
+        ids = engine.encode_prompt(text)
+        vec = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: engine.embed([ids], adapter=adapter or None))
+        self.worker.meter.record(adapter or "base")
+        return vec[0].tolist()

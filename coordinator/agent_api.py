@@ -16,16 +16,20 @@ from atoll.core.logs import kv
 from atoll.core.rpc import check_parsed, handle_errors, status_code
 from atoll.core.tls import peer_has_verified_cert
 from atoll.proto.v1 import control_pb2_grpc
+from atoll.wire.agent_service import heartbeat_extras
 from atoll.wire.nodes import capacity_from_pb, spec_from_pb, status_from_pb
 
 log = logging.getLogger("atoll.coordinator")
 
 
 class AgentApi(control_pb2_grpc.AgentServiceServicer):
-    def __init__(self, registry: Registry, metrics, require_client_cert: bool = False):
+    def __init__(self, registry: Registry, metrics, require_client_cert: bool = False, dataplane=None):
+        """``dataplane``: the :class:`~atoll.coordinator.publish.Publisher` that reads the
+        routing and key digests and the entries' load in each heartbeat."""
         self.registry = registry
         self.metrics = metrics
         self.require_client_cert = require_client_cert
+        self.dataplane = dataplane
 
     def _check_peer(self, context) -> None:
         if self.require_client_cert and not peer_has_verified_cert(context):
@@ -71,6 +75,8 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
         finally:
             writer.cancel()
             self.registry.close_session(sess)
+            if self.dataplane is not None and sess.node_id not in self.registry.sessions:
+                self.dataplane.session_closed(sess.node_id)
 
     def _handle(self, sess, req) -> None:
         t0 = time.perf_counter()
@@ -81,6 +87,8 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             req.draining, req.assignments_generation)
         if req.has_price:
             self.registry.set_price(sess.node_id, req.price_per_hour, req.preemptible)
+        if self.dataplane is not None:
+            self.dataplane.heartbeat(sess.node_id, *heartbeat_extras(req))
         done = time.perf_counter()
         self.metrics.observe_heartbeat(done - t0, (time.time() - req.sent_unix) if req.sent_unix else None)
 

@@ -12,44 +12,32 @@ Keys are enforced once the first key exists (a fresh coordinator is open, for lo
 development, and says so in its log); the first key can be created without one and must be an
 admin key. A missing, unknown or revoked key gets UNAUTHENTICATED; a key without the role
 PERMISSION_DENIED; another tenant's workflow NOT_FOUND (its existence is not revealed).
+
+The check itself is :func:`atoll.core.apikeys.identify` and the tenant rule
+:func:`atoll.core.apikeys.may_see`, the same functions agents apply at their doors with the key
+set this coordinator sends them (:meth:`KeyRing.key_set`).
 """
 
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import hmac
 import inspect
 import json
 import secrets
 import time
-from dataclasses import dataclass
 
 import grpc
 
+from atoll.core.apikeys import ROLES, Identity, KeyEntry, KeySet, identify, key_set, may_see, secret_hash
+from atoll.core.apikeys import bearer as _bearer
 from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 META_KEY = "api_keys"
-ROLES = ("admin", "user")
-
-
-@dataclass(frozen=True)
-class Identity:
-    key_id: str
-    tenant: str
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
+__all__ = ["Identity", "KeyRing", "ApiKeyInterceptor", "visible", "caller_tenant", "ROLES"]
 
 
 # The caller of the RPC being handled (None when keys are not enforced).
 current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("atoll_identity", default=None)
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class KeyRing:
@@ -59,9 +47,12 @@ class KeyRing:
         self.store = store
         self._keys: dict[str, dict] = json.loads(store.get_meta(META_KEY) or "{}")
         self._loaded = time.monotonic()
+        self._set: KeySet | None = None        # built from _keys; dropped whenever they change
 
     def reload(self) -> None:
-        self._keys = json.loads(self.store.get_meta(META_KEY) or "{}")
+        keys = json.loads(self.store.get_meta(META_KEY) or "{}")
+        if keys != self._keys:
+            self._keys, self._set = keys, None
         self._loaded = time.monotonic()
 
     def _fresh(self) -> None:
@@ -69,6 +60,7 @@ class KeyRing:
             self.reload()
 
     def _save(self) -> None:
+        self._set = None
         self.store.set_meta(META_KEY, json.dumps(self._keys, sort_keys=True))
 
     def enabled(self) -> bool:
@@ -87,7 +79,7 @@ class KeyRing:
             raise FailedPrecondition("the first key must be an admin key", hint="atoll keys create --tenant ops --role admin")
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(24)
-        rec = {"id": key_id, "tenant": tenant, "role": role, "hash": _hash(secret), "created": time.time(),
+        rec = {"id": key_id, "tenant": tenant, "role": role, "hash": secret_hash(secret), "created": time.time(),
                "revoked": False}
         self._keys[key_id] = rec
         self._save()                                   # durable before the key is shown
@@ -112,28 +104,24 @@ class KeyRing:
         self._save()
         return self.view(rec)
 
+    def key_set(self) -> KeySet:
+        """The keys as agents check them (hashes, tenants, roles, revocations), with a digest;
+        rebuilt only when the stored keys changed."""
+        self._fresh()
+        if self._set is None:
+            self._set = key_set(self._entries())
+        return self._set
+
+    def _entries(self) -> list[KeyEntry]:
+        return [KeyEntry(r["id"], r["tenant"], r["role"], r["hash"], bool(r["revoked"])) for r in self._keys.values()]
+
     def check(self, key: str) -> Identity:
-        parts = (key or "").split("_", 2)
-        if len(parts) != 3 or parts[0] != "atoll":
-            raise Unauthenticated("missing or malformed API key", hint="pass --api-key or set ATOLL_API_KEY")
-        rec = self._keys.get(parts[1])
-        if rec is None or not hmac.compare_digest(rec["hash"], _hash(parts[2])):
-            raise Unauthenticated("unknown API key")
-        if rec["revoked"]:
-            raise Unauthenticated("this API key was revoked")
-        return Identity(rec["id"], rec["tenant"], rec["role"])
+        return identify(self.key_set().keys, key)
 
 
 # Methods of atoll.v1.ClientService and what they need.
 ADMIN_ONLY = {"DrainNode"}
 OPEN_WHEN_BOOTSTRAPPING = {"CreateKey"}
-
-
-def _bearer(metadata) -> str:
-    for k, v in metadata or ():
-        if k == "authorization" and isinstance(v, str) and v.startswith("Bearer "):
-            return v[7:].strip()
-    return ""
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
@@ -207,8 +195,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
 def visible(tenant_of_thing: str) -> bool:
     """May the current caller see a thing owned by ``tenant_of_thing``?"""
-    ident = current.get()
-    return ident is None or ident.is_admin or ident.tenant == tenant_of_thing
+    return may_see(current.get(), tenant_of_thing)
 
 
 def caller_tenant() -> str:

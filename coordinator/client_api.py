@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import uuid
 
 from atoll.coordinator import auth, convert
 from atoll.coordinator.profiler import profile_variant
 from atoll.coordinator.registry import Registry
-from atoll.coordinator.router import parse_input
-from atoll.core.errors import AtollError, DeadlineExceeded, InvalidArgument
+from atoll.core.errors import AtollError, InvalidArgument
 from atoll.core.logs import kv
 from atoll.core.rpc import handle_errors
 from atoll.proto.v1 import control_pb2_grpc
 from atoll.specs.node import TIERS
-from atoll.specs.routing import with_sink
+from atoll.wire.dataplane import entries_response
 
 MAX_TOKENS_LIMIT = 8192         # the OpenAI door's bound too
 
@@ -25,12 +22,18 @@ DEFAULT_TIMEOUT = 60.0
 
 
 class ClientApi(control_pb2_grpc.ClientServiceServicer):
-    def __init__(self, registry: Registry, workflows=None, router=None, metrics=None, keys=None):
+    def __init__(self, registry: Registry, workflows=None, forwarder=None, metrics=None, keys=None, workers=None,
+                 entries=None):
+        """``forwarder``: :class:`~atoll.coordinator.forward.EntryForwarder` (Invoke goes to an
+        agent's entry); ``workers``: the WorkerClient the profiler calls agents with;
+        ``entries(region, workflow)``: the entries the SDK may use."""
         self.registry = registry
         self.workflows = workflows
-        self.router = router
+        self.forwarder = forwarder
         self.metrics = metrics
         self.keys = keys
+        self.workers = workers
+        self.entries = entries
 
     # ------------------------------------------------------------------ nodes
     @handle_errors
@@ -84,28 +87,10 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         self.workflows.delete(request.name)
         return convert.deleted()
 
-    async def _route_waking(self, name: str, deadline: float):
-        """The route; a workflow scaled to zero is woken and the request waits for a replica
-        (until its deadline) instead of failing with 'not ready'."""
-        wm = self.workflows
-        rec = wm.get(name)
-        if rec.state != "IDLE" and not (rec.state == "DEPLOYING" and rec.deployment.autoscale is not None):
-            return wm.route(name)
-        wm.wake(name)
-        while True:
-            try:
-                return wm.route(name)
-            except AtollError as exc:
-                if wm.get(name).state == "FAILED":
-                    raise
-                if time.monotonic() >= deadline:
-                    raise DeadlineExceeded(f"workflow {name} was scaled to zero and no replica was ready "
-                                           f"before the deadline ({exc.message})") from None
-            await asyncio.sleep(0.1)
-
     @handle_errors
     async def Invoke(self, request, context):
-        text = parse_input(request.input_json)
+        """Forwarded to an agent's entry in the workflow's source region (the data plane runs it);
+        the caller must see the workflow, and a workflow at zero is woken here at once."""
         timeout = request.timeout_seconds if request.timeout_seconds > 0 else DEFAULT_TIMEOUT
         remaining = context.time_remaining()
         if remaining is not None:
@@ -115,50 +100,31 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         if not 0 <= request.max_tokens <= MAX_TOKENS_LIMIT:
             raise InvalidArgument(f"max_tokens must be in 0..{MAX_TOKENS_LIMIT} (0: the spec's), "
                                   f"got {request.max_tokens}")
-        deadline = time.monotonic() + timeout
-        self.workflows.get(request.workflow)          # NOT_FOUND before anything is counted
-        self.workflows.request_started(request.workflow)
-        try:
-            route = await self._route_waking(request.workflow, deadline)
-            if request.max_tokens:
-                route = with_sink(route, max_tokens=request.max_tokens)
-        except BaseException:
-            self.workflows.request_finished(request.workflow)
-            raise
-        rid = request.request_id or uuid.uuid4().hex[:16]
+        wm = self.workflows
+        rec = wm.get(request.workflow)                 # NOT_FOUND for another tenant's, as ever
+        if rec.state == "IDLE":
+            wm.wake(rec.name)
         t0 = time.monotonic()
-        queue: asyncio.Queue = asyncio.Queue()
-        first = [None]
-
-        async def on_delta(delta: str) -> None:
-            if first[0] is None:
-                first[0] = time.monotonic() - t0
-            await queue.put(delta)
-
-        task = asyncio.ensure_future(self.router.invoke(route, text, deadline=deadline,
-                                                        on_delta=on_delta if request.stream else None))
         outcome = "error"
         try:
-            if request.stream:
-                while not (task.done() and queue.empty()):
-                    getter = asyncio.ensure_future(queue.get())
-                    done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter in done:
-                        yield convert.invoke_delta(getter.result(), rid)
-                    else:
-                        getter.cancel()
-            result = await task
+            async for msg in self.forwarder.invoke(
+                    region=wm.serving(rec.name).source_region, workflow=rec.name, input_json=request.input_json,
+                    stream=request.stream, timeout=timeout, request_id=request.request_id,
+                    max_tokens=request.max_tokens,
+                    temperature=request.temperature if request.HasField("temperature") else None,
+                    metadata=context.invocation_metadata() or ()):
+                yield msg
             outcome = "ok"
-            yield convert.invoke_done(result, rid, request.stream)
         finally:
-            self.workflows.request_finished(request.workflow)
-            if not task.done():
-                task.cancel()
             if self.metrics is not None:
-                self.metrics.requests.labels(request.workflow[:64], outcome).inc()
-                self.metrics.request_seconds.labels(request.workflow[:64]).observe(time.monotonic() - t0)
-                if first[0] is not None:
-                    self.metrics.ttft.labels(request.workflow[:64]).observe(first[0])
+                self.metrics.forwarded.labels(request.workflow[:64], outcome).inc()
+                self.metrics.forward_seconds.labels(request.workflow[:64]).observe(time.monotonic() - t0)
+
+    @handle_errors
+    async def ListEntries(self, request, context):
+        if request.workflow:
+            self.workflows.get(request.workflow)       # NOT_FOUND unless the caller sees it
+        return entries_response(self.entries(request.region, request.workflow))
 
     # ------------------------------------------------------------------ API keys
     @handle_errors
@@ -179,6 +145,6 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
 
     @handle_errors
     async def Profile(self, request, context):
-        res = await profile_variant(self.workflows, self.router.workers, request.workflow, request.task,
+        res = await profile_variant(self.workflows, self.workers, request.workflow, request.task,
                                     request.variant, request.node, request.requests or 16, request.concurrency or 8)
         return convert.profile_response(res)

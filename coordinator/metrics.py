@@ -76,24 +76,13 @@ class CoordinatorMetrics:
                     self.transitions.labels(a, b)
         for reason in ("unauthenticated", "invalid"):
             self.rejections.labels(reason)
-        # workflows and the data plane
-        self.requests = Counter("atoll_workflow_requests", "Workflow requests by outcome",
-                                ["workflow", "outcome"], registry=r)
-        self.request_seconds = Histogram("atoll_workflow_request_seconds", "End-to-end workflow latency",
+        # workflows (requests themselves are counted by the agents' entries: agent/dataplane/metrics.py)
+        self.forwarded = Counter("atoll_invoke_forwarded", "Invoke calls (gRPC and the OpenAI door) this "
+                                 "coordinator forwarded to an agent's entry, by outcome",
+                                 ["workflow", "outcome"], registry=r)
+        self.forward_seconds = Histogram("atoll_invoke_forward_seconds", "Forwarded Invoke calls, end to end",
                                          ["workflow"], registry=r,
                                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-        self.ttft = Histogram("atoll_workflow_time_to_first_token_seconds",
-                              "Time to the first streamed token of a workflow request", ["workflow"], registry=r,
-                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.stage_seconds = Histogram("atoll_stage_seconds", "Latency of one stage (retries included)",
-                                       ["workflow", "task"], registry=r,
-                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.retries = Counter("atoll_stage_retries", "Stage attempts retried on another replica",
-                               ["workflow", "task"], registry=r)
-        self.stage_errors = Counter("atoll_stage_errors", "Failed stage attempts by status code",
-                                    ["workflow", "task", "code"], registry=r)
-        self.bytes_sent = Counter("atoll_bytes_sent", "Bytes sent between stages, by region pair",
-                                  ["workflow", "from_region", "to_region"], registry=r)
         self.cold_start = Histogram("atoll_cold_start_seconds", "From a scale-up decision to the replica serving",
                                     ["workflow"], registry=r, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
         self.plan_cost = Gauge("atoll_plan_cost_dollars_per_hour", "Predicted cost of the current plan",

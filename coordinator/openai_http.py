@@ -1,26 +1,28 @@
 """The coordinator's OpenAI-compatible door: ``model`` names a workflow (or ``base:adapter``).
-See :mod:`atoll.core.openai_http` for the protocol."""
+Requests are forwarded to an agent's entry (``atoll.coordinator.forward``), which runs them on
+the data plane; the caller's key goes along. See :mod:`atoll.core.openai_http` for the protocol."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
 from atoll.core.errors import InvalidArgument, NotFound, Unavailable
 from atoll.core.openai_http import BaseDoor
-from atoll.specs.routing import Route, Stage, with_sink
+from atoll.wire.dataplane import answer_from_pb
 
 
 class OpenAIDoor(BaseDoor):
     """``model`` names a workflow, or ``base:adapter`` to call one adapter on a replica that
-    holds it; requests run through the coordinator's router."""
+    holds it; requests are forwarded to an agent's entry."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, workflows_fn, router, *, host: str = "127.0.0.1",
+    def __init__(self, loop: asyncio.AbstractEventLoop, workflows_fn, forwarder, *, host: str = "127.0.0.1",
                  port: int = 0, auth=None, metrics=None):
         """``workflows_fn()`` returns the leader's WorkflowManager (None on a standby: 503)."""
         super().__init__(loop, host=host, port=port, auth=auth, metrics=metrics)
-        self._workflows_fn, self.router = workflows_fn, router
+        self._workflows_fn, self.forwarder = workflows_fn, forwarder
 
     @property
     def workflows(self):
@@ -44,49 +46,56 @@ class OpenAIDoor(BaseDoor):
         return out
 
     async def _route(self, model: str, tenant, max_tokens, temperature):
+        """Check that ``model`` exists for the caller; returns the region whose entries take it."""
+        wm = self.workflows
         if ":" in model and not model.startswith("sha256:"):
             base, adapter = model.split(":", 1)
-            for rec in self.workflows.records.values():
-                if tenant is not None and rec.tenant != tenant:
-                    continue
-                if rec.state not in ("READY", "DEGRADED"):
-                    continue
-                route = self.workflows.route(rec.name)
-                for task, eps in route.endpoints.items():
-                    hits = tuple(e for e in eps if e.adapter == adapter
-                                 and (Path(e.base_model).name == base or e.base_model == base))
-                    if hits:
-                        stage = Stage(task=task, kind="llm", prompt="{input}", parents=(),
-                                      max_tokens=max_tokens or 32, temperature=temperature or 0.0)
-                        return Route(f"{base}:{adapter}", (stage,), {task: hits}, hits[0].region, task,
-                                     hits[0].location, {})
+            for rec in wm.records.values():
+                if (tenant is None or rec.tenant == tenant) and rec.state in ("READY", "DEGRADED") and any(
+                        a.adapter == adapter and (Path(a.base_model).name == base or a.base_model == base)
+                        for a in rec.assignments):
+                    return wm.serving(rec.name).source_region
             raise NotFound(f"no ready replica serves adapter {adapter!r} on base {base!r}",
                            hint="GET /v1/models lists what you can call")
-        rec = self.workflows.records.get(model)
+        rec = wm.records.get(model)
         if rec is None or (tenant is not None and rec.tenant != tenant):
             raise NotFound(f"the model {model!r} does not exist", hint="GET /v1/models lists workflows")
-        route = self.workflows.route(model)
-        sink = next(s for s in route.stages if s.task == route.sink)
-        if sink.kind != "llm":
+        sink = next((s for s in wm.serving(model).stages if s.task == wm.serving(model).sink), None)
+        if sink is not None and sink.kind != "llm":
             raise InvalidArgument(f"workflow {model!r} ends in an {sink.kind} stage, not text generation")
-        changes = {}
-        if max_tokens:
-            changes["max_tokens"] = max_tokens
-        if temperature is not None:
-            changes["temperature"] = temperature
-        return with_sink(route, **changes) if changes else route
+        if rec.state == "IDLE":
+            wm.wake(model)
+        return wm.serving(model).source_region
 
-    async def invoke(self, model, tenant, prompt, max_tokens, temperature, on_delta=None, timeout=60.0):
-        route = await self._route(model, tenant, max_tokens, temperature)
+    async def invoke(self, model, tenant, prompt, max_tokens, temperature, on_delta=None, timeout=60.0,
+                     api_key: str = ""):
+        region = await self._route(model, tenant, max_tokens, temperature)
         t0 = time.monotonic()
         outcome = "error"
         try:
-            res = await self.router.invoke(route, prompt, deadline=time.monotonic() + timeout, on_delta=on_delta)
+            out, stages = {}, []
+            async for msg in self.forwarder.invoke(
+                    region=region, workflow=model, input_json=json.dumps({"text": prompt}), stream=on_delta is not None,
+                    timeout=timeout, request_id="", max_tokens=max_tokens or 0, temperature=temperature,
+                    metadata=(("authorization", f"Bearer {api_key}"),) if api_key else ()):
+                text, done, output, stages = answer_from_pb(msg)
+                if done:
+                    out = output
+                elif text and on_delta is not None:
+                    await on_delta(text)
             outcome = "ok"
-            return res
+            return _Answer(out, stages)
         finally:
             if self.metrics is not None:
-                self.metrics.requests.labels(model[:64], outcome).inc()
-                self.metrics.request_seconds.labels(model[:64]).observe(time.monotonic() - t0)
+                self.metrics.forwarded.labels(model[:64], outcome).inc()
+                self.metrics.forward_seconds.labels(model[:64]).observe(time.monotonic() - t0)
 
 
+class _Answer:
+    """What the door's protocol reads of an answer: the output and OpenAI-style usage."""
+
+    def __init__(self, output: dict, stages):
+        self.output = output
+        last = stages[-1] if stages else None
+        pt, ct = (last.prompt_tokens, last.completion_tokens) if last else (0, 0)
+        self.usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}

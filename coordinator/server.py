@@ -39,9 +39,11 @@ from atoll.coordinator.convert import SERVICES
 from atoll.coordinator.leader import AdvisoryLockLeadership, SoloLeadership
 from atoll.coordinator.metrics import CoordinatorMetrics
 from atoll.coordinator.model_store_api import ModelStoreApi
+from atoll.coordinator.entry_load import EntryLoads
+from atoll.coordinator.forward import EntryForwarder
 from atoll.coordinator.openai_http import OpenAIDoor
+from atoll.coordinator.publish import Publisher, entries
 from atoll.coordinator.registry import Registry, hash_token
-from atoll.coordinator.router import Router
 from atoll.coordinator.store import open_store
 from atoll.coordinator.workflows import WorkflowManager
 from atoll.core.errors import SpecError, Unavailable
@@ -49,6 +51,7 @@ from atoll.core.logs import kv
 from atoll.core.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
 from atoll.core.tls import channel_credentials, mutual_server_credentials, plaintext_policy, server_credentials
 from atoll.specs.config import CoordinatorSettings, split_address
+from atoll.specs.routing import UNTRUSTED_TIERS
 from atoll.wire.worker import WorkerClient
 
 log = logging.getLogger("atoll.coordinator")
@@ -161,17 +164,20 @@ class Coordinator:
         self._log_started(host, mhost, token_file)
 
     def _open_state(self) -> Path | None:
-        """The store, the join token, the blob store, the API keys and the router (which calls
-        agents' Workers over TLS, with this coordinator's certificate as the client certificate
-        when agents use mutual TLS). Returns the join-token file, if one is kept here."""
+        """The store, the join token, the blob store, the API keys, the profiler's Worker client
+        (over TLS, with this coordinator's certificate as the client certificate when agents use
+        mutual TLS) and the forwarder to agents' entries. Returns the join-token file, if one is
+        kept here."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(self.settings)
         st = self.settings
         self._token_hash, token_file = resolve_join_token(self.store, self.state_dir, st.join_token,
                                                           bool(st.database_url))
         self.blobs = BlobStore(self.state_dir / "blobs", self.store)
-        self.router = Router(self.metrics, workers=WorkerClient(channel_credentials(st.tls_client_ca, st.tls_cert,
-                                                                                    st.tls_key)))
+        creds = channel_credentials(st.tls_client_ca, st.tls_cert, st.tls_key)
+        self.workers = WorkerClient(creds)
+        self.publisher: Publisher | None = None
+        self.forwarder = EntryForwarder(self._entries, channel_credentials(st.tls_client_ca), self._keys_current)
         self.keys = KeyRing(self.store)
         return token_file
 
@@ -231,7 +237,7 @@ class Coordinator:
             return
         ohost, oport = split_address(self.settings.openai_listen)
         try:
-            self.openai = OpenAIDoor(asyncio.get_running_loop(), lambda: self.workflows, self.router,
+            self.openai = OpenAIDoor(asyncio.get_running_loop(), lambda: self.workflows, self.forwarder,
                                      host=ohost, port=oport, auth=self.keys, metrics=self.metrics)
         except OSError as exc:
             raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",
@@ -267,10 +273,12 @@ class Coordinator:
                                  heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics)
         self.metrics.bind(self.registry)
         self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs)
+        self.publisher = Publisher(self.registry, EntryLoads(self.workflows))
         self._apis = {"AgentService": AgentApi(self.registry, self.metrics,
-                                               require_client_cert=self.require_agent_certs),
-                      "ClientService": ClientApi(self.registry, self.workflows, self.router, self.metrics,
-                                                 keys=self.keys),
+                                               require_client_cert=self.require_agent_certs,
+                                               dataplane=self.publisher),
+                      "ClientService": ClientApi(self.registry, self.workflows, self.forwarder, self.metrics,
+                                                 keys=self.keys, workers=self.workers, entries=self._entries),
                       "ModelStore": ModelStoreApi(self.blobs)}
         self._view = None
         loop = asyncio.get_running_loop()
@@ -324,6 +332,18 @@ class Coordinator:
         leader = leader or "unknown (election under way)"
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"standby; leader is at {leader}")
 
+    def _entries(self, region: str, workflow: str = ""):
+        """READY agents' entries, ``region``'s first; a trusted_only workflow's never on a renter."""
+        trusted = False
+        if workflow and self.workflows is not None and workflow in self.workflows.records:
+            trusted = self.workflows.spec(workflow).placement.trusted_only
+        return entries(self.registry.nodes.values() if self.registry else (), region,
+                       (lambda tier: tier not in UNTRUSTED_TIERS) if trusted else None)
+
+    def _keys_current(self, node_id: str) -> bool:
+        pub = self.publisher
+        return pub is None or pub.keys_reported.get(node_id) == self.keys.key_set().digest
+
     async def _sweep_loop(self) -> None:
         period = min(0.5, self.settings.heartbeat_interval / 10)
         while True:
@@ -347,6 +367,7 @@ class Coordinator:
                     self._last_autoscale = now
                     self.workflows.autoscale(now)
                 self.workflows.reconcile()
+                self.publisher.publish(self.workflows.routing_table(), self.keys.key_set(), now)
             except Exception:  # noqa: BLE001
                 log.exception("reconcile failed")
 
@@ -370,8 +391,9 @@ class Coordinator:
             t.cancel()
         if self.server is not None:
             await self.server.stop(grace)
-        if getattr(self, "router", None) is not None:
-            await self.router.close()
+        if getattr(self, "workers", None) is not None:
+            await self.workers.close()
+            await self.forwarder.close()
         if self.registry is not None and self._apis:
             self.registry.flush()
         if self.leadership is not None:

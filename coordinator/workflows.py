@@ -180,7 +180,10 @@ class WorkflowManager:
         return self._table[1]
 
     def _route_of(self, rec: WorkflowRecord) -> Route:
-        return build_route(rec.name, self._loaded(rec)[1], rec.plan, rec.assignments, self.replica_views(rec))
+        spec, serving = self._loaded(rec)
+        wakeable = rec.state == "IDLE" or (rec.state == "DEPLOYING" and rec.deployment.autoscale is not None)
+        return build_route(rec.name, serving, rec.plan, rec.assignments, self.replica_views(rec), tenant=rec.tenant,
+                           state=rec.state, trusted_only=spec.placement.trusted_only, wakeable=wakeable)
 
     def route(self, name: str) -> Route:
         rec = self.get(name)

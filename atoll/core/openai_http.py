@@ -93,7 +93,10 @@ class BaseDoor:
     async def _route(self, model: str, tenant, max_tokens, temperature):
         raise NotImplementedError
 
-    async def invoke(self, model, tenant, prompt, max_tokens, temperature, on_delta=None, timeout=60.0):
+    async def invoke(self, model, tenant, prompt, max_tokens, temperature, on_delta=None, timeout=60.0,
+                     api_key: str = ""):
+        """Run one request; ``api_key`` is the key the caller presented (a door that hands the
+        request on passes it along)."""
         raise NotImplementedError
 
 
@@ -121,6 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _tenant(self):
         auth = self.door.auth
         header = self.headers.get("Authorization", "")
+        self.api_key = header[7:].strip() if header.startswith("Bearer ") else ""
         if auth is None or not auth.enabled():
             return None
         if not header.startswith("Bearer "):
@@ -201,7 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
             if body.get("stream"):
                 self._stream(rid, chat, model, tenant, prompt, max_tokens, temperature)
             else:
-                res = self.door.call(lambda: self.door.invoke(model, tenant, prompt, max_tokens, temperature))
+                res = self.door.call(lambda: self.door.invoke(model, tenant, prompt, max_tokens, temperature,
+                                                              api_key=self.api_key))
                 text = res.output.get("text", "")
                 usage = getattr(res, "usage", None) or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
                 if chat:
@@ -221,7 +226,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         async def go():
             try:
-                await self.door.invoke(model, tenant, prompt, max_tokens, temperature, on_delta=on_delta)
+                await self.door.invoke(model, tenant, prompt, max_tokens, temperature, on_delta=on_delta,
+                                       api_key=self.api_key)
                 q.put(("done", None))
             except Exception as exc:  # noqa: BLE001 - reported in the stream
                 q.put(("error", exc))

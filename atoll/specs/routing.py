@@ -6,13 +6,21 @@ location, routing weight, adapter), where requests enter, which stage answers, a
 location-level flows per edge. A :class:`RoutingTable` holds the routes of every workflow.
 They are immutable plain values: the coordinator builds them (``atoll.coordinator.routing``)
 and whoever runs requests reads them, whichever side of the wire it is on.
+
+A :class:`RoutingState` is what one agent holds: the routes of every workflow it may serve as an
+entry or a hop, with a content digest (:func:`routing_state`), pushed level-triggered down the
+heartbeat stream. :func:`may_carry` is the one rule, applied by the coordinator when it decides
+who gets a route and by every agent before it accepts or hands on a request, that keeps a
+``trusted_only`` workflow's data off rented hosts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from atoll.core.errors import InvalidArgument
 
@@ -41,6 +49,7 @@ class Endpoint:
     adapter: str
     location: str = ""             # "region/tier", as the plan names locations
     base_model: str = ""
+    tier: str = ""
 
 
 Flow = tuple[str, str, float]      # (from location, to location, rate)
@@ -58,6 +67,10 @@ class Route:
     source_location: str = ""
     # (from task or source, to task) -> [(from location, to location, rate)] from the plan
     flows: Mapping[tuple[str, str], Sequence[Flow]] = field(default_factory=dict)
+    tenant: str = ""
+    state: str = "READY"           # the workflow's state when the route was built
+    trusted_only: bool = False     # its data never reaches a renter host
+    wakeable: bool = False         # scaled to zero (or waking up): a request wakes it
 
 
 @dataclass(frozen=True)
@@ -77,3 +90,42 @@ def with_sink(route: Route, **changes) -> Route:
                               f"an {sink.kind} stage, which generates no tokens")
     return dataclasses.replace(route, stages=tuple(dataclasses.replace(s, **changes) if s.task == route.sink else s
                                                    for s in route.stages))
+
+
+UNTRUSTED_TIERS = frozenset({"renter"})
+
+
+def may_carry(route: Route, tier: str) -> bool:
+    """May a host of ``tier`` see this workflow's requests (as an entry, a hop or a replica)?
+    Not a renter when the workflow asks for trusted hosts only."""
+    return not (route.trusted_only and tier in UNTRUSTED_TIERS)
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """The routes one agent holds, and their digest (0: no state yet)."""
+
+    digest: int = 0
+    routes: Mapping[str, Route] = field(default_factory=dict)
+
+    def get(self, workflow: str) -> Route | None:
+        return self.routes.get(workflow)
+
+
+def _route_row(r: Route) -> list:
+    return [r.workflow, r.tenant, r.state, r.trusted_only, r.wakeable, r.source_region, r.source_location, r.sink,
+            [dataclasses.astuple(s) for s in r.stages],
+            sorted([dataclasses.astuple(e) for eps in r.endpoints.values() for e in eps]),
+            sorted([[a, b, *f] for (a, b), fs in r.flows.items() for f in fs])]
+
+
+def routing_digest(routes: Iterable[Route]) -> int:
+    """A 63-bit content digest of a set of routes, independent of their order (never 0)."""
+    rows = sorted((_route_row(r) for r in routes), key=lambda row: row[0])
+    h = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).digest()
+    return (int.from_bytes(h[:8], "big") >> 1) or 1
+
+
+def routing_state(routes: Iterable[Route]) -> RoutingState:
+    routes = tuple(routes)
+    return RoutingState(routing_digest(routes), {r.workflow: r for r in routes})

@@ -68,7 +68,7 @@ def status_from_pb(m: common_pb2.NodeStatus) -> dict:
             "kv_cache_usage": m.kv_cache_usage, "worker_address": m.worker_address,
             "replica_states": dict(m.replica_states), "replica_messages": dict(m.replica_messages),
             "replica_load_seconds": dict(m.replica_load_seconds), "cached_models": list(m.cached_models),
-            "ttft_seconds": m.ttft_seconds}
+            "ttft_seconds": m.ttft_seconds, "entry_address": m.entry_address}
 
 
 def status_to_pb(d: dict) -> common_pb2.NodeStatus:
@@ -80,7 +80,8 @@ def status_to_pb(d: dict) -> common_pb2.NodeStatus:
         worker_address=d.get("worker_address", ""), replica_states=d.get("replica_states") or {},
         replica_messages=d.get("replica_messages") or {},
         replica_load_seconds=d.get("replica_load_seconds") or {},
-        cached_models=d.get("cached_models") or [], ttft_seconds=float(d.get("ttft_seconds", 0.0)))
+        cached_models=d.get("cached_models") or [], ttft_seconds=float(d.get("ttft_seconds", 0.0)),
+        entry_address=d.get("entry_address", ""))
 
 
 def node_to_pb(*, node_id: str, spec: dict, capacity: dict, status: dict, state: str, last_heartbeat: float,

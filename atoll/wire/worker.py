@@ -1,5 +1,5 @@
 """``Worker`` on the wire, the calling side: :class:`WorkerClient`, the one client of agents'
-Worker services (the coordinator's router and profiler share one).
+Worker services (an agent's data plane, and the coordinator's profiler).
 
 It keeps one channel per Worker address (over TLS with ``credentials`` when given) and speaks
 in plain values: a prompt and sampling settings in, :class:`Delta` values out. gRPC failures
@@ -35,24 +35,33 @@ class WorkerClient:
         self.credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The channel to the agent at ``address`` (its Worker and DataPlane services share it)."""
         ch = self._channels.get(address)
         if ch is None:
             ch = self._channels[address] = (
                 grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS) if self.credentials
                 else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
-        return worker_pb2_grpc.WorkerStub(ch)
+        return ch
+
+    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        return worker_pb2_grpc.WorkerStub(self.channel(address))
 
     async def generate(self, address: str, prompt: str, *, adapter: str, max_tokens: int, temperature: float,
-                       stop: Sequence[str] = (), timeout: float) -> AsyncIterator[Delta]:
-        """Stream one generation from the Worker at ``address`` (``adapter`` empty: the base model)."""
-        req = worker_pb2.GenerateRequest(prompt=prompt, adapter=adapter, sampling=worker_pb2.SamplingParams(
-            max_tokens=max_tokens, temperature=temperature, stop=list(stop)))
-        async for resp in self._stub(address).Generate(req, timeout=timeout):
+                       stop: Sequence[str] = (), timeout: float, metadata: Sequence[tuple[str, str]] = (),
+                       request_id: str = "") -> AsyncIterator[Delta]:
+        """Stream one generation from the Worker at ``address`` (``adapter`` empty: the base model);
+        ``metadata`` rides along (trace context, credentials)."""
+        req = worker_pb2.GenerateRequest(prompt=prompt, adapter=adapter, request_id=request_id,
+                                         sampling=worker_pb2.SamplingParams(max_tokens=max_tokens,
+                                                                            temperature=temperature, stop=list(stop)))
+        async for resp in self._stub(address).Generate(req, timeout=timeout, metadata=tuple(metadata) or None):
             yield Delta(resp.text, resp.prompt_tokens, resp.completion_tokens, resp.finished)
 
-    async def embed(self, address: str, text: str, *, adapter: str, timeout: float) -> list[float]:
-        resp = await self._stub(address).Embed(worker_pb2.EmbedRequest(text=text, adapter=adapter), timeout=timeout)
+    async def embed(self, address: str, text: str, *, adapter: str, timeout: float,
+                    metadata: Sequence[tuple[str, str]] = ()) -> list[float]:
+        resp = await self._stub(address).Embed(worker_pb2.EmbedRequest(text=text, adapter=adapter), timeout=timeout,
+                                               metadata=tuple(metadata) or None)
         return list(resp.embedding)
 
     async def close(self) -> None:
