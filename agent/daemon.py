@@ -27,7 +27,7 @@ from atoll.agent.dataplane.chain import NodeSelf
 from atoll.agent.dataplane.node import DataPlaneNode
 from atoll.agent.fetch import cached_names, resolve_source
 from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
-from atoll.agent.openai_local import LocalEngineDoor
+from atoll.agent.dataplane.door import EntryDoor
 from atoll.agent.probe import probe
 from atoll.agent.replicas import ReplicaManager
 from atoll.agent.serving import LocalEngine, SwitchingWorker
@@ -122,8 +122,7 @@ class Agent:
         self._start_metrics()
         if self.settings.openai_listen:
             ohost, oport = split_address(self.settings.openai_listen)
-            self.openai = LocalEngineDoor(asyncio.get_running_loop(), lambda: self.replicas.engine,
-                                          host=ohost, port=oport)
+            self.openai = EntryDoor(asyncio.get_running_loop(), self.dataplane.entry, host=ohost, port=oport)
             self.openai.start()
             log.info("openai endpoint", extra=kv(node=self.node.name, url=f"http://{ohost}:{self.openai.port}/v1"))
         # One channel per coordinator listed (several: fail over between them).

@@ -8,7 +8,7 @@ import time
 from atoll.coordinator import auth, convert
 from atoll.coordinator.profiler import profile_variant
 from atoll.coordinator.registry import Registry
-from atoll.core.errors import AtollError, InvalidArgument
+from atoll.core.errors import AtollError, FailedPrecondition, InvalidArgument
 from atoll.core.logs import kv
 from atoll.core.rpc import handle_errors
 from atoll.proto.v1 import control_pb2_grpc
@@ -102,6 +102,10 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
                                   f"got {request.max_tokens}")
         wm = self.workflows
         rec = wm.get(request.workflow)                 # NOT_FOUND for another tenant's, as ever
+        wakeable = rec.state == "IDLE" or (rec.state == "DEPLOYING" and rec.deployment.autoscale is not None)
+        if rec.state not in ("READY", "DEGRADED") and not wakeable:
+            raise FailedPrecondition(f"workflow {rec.name!r} is {rec.state}: {rec.message}",
+                                     hint="wait until `atoll status` says READY")
         if rec.state == "IDLE":
             wm.wake(rec.name)
         t0 = time.monotonic()

@@ -4,8 +4,9 @@ forwarded to an agent's entry in the workflow's source region, which runs it on 
 The coordinator takes no part in the request's path beyond this hop: it checks that the caller
 may see the workflow, wakes a workflow at zero, and passes the call (the caller's API key, its
 trace context and request id included) to an entry, streaming the entry's answer back as it
-comes. Entries of the source's region come first, in turn; an entry that cannot be reached (or
-has not received a key that this coordinator has just created) gives way to the next.
+comes. Entries of the source's region come first, in turn; an entry that cannot be reached gives
+way to the next, and one that has not yet received the newest routing state or key set (a
+workflow or key created a moment ago) is given up to ``KEY_WAIT_S`` to catch up.
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
 from atoll.wire.dataplane import EntryInfo, entry_stub, invoke_request
 
 PASSED_ON = ("authorization", "traceparent", "tracestate", "x-request-id")
-KEY_WAIT_S = 2.0            # how long an entry may lag behind a key created here
+KEY_WAIT_S = 2.0            # how long an entry may lag behind a key or a workflow new here
+# what an entry answers when it lags behind: a key or workflow it has not heard of yet
+LAGGING = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 
 
 class EntryForwarder:
     def __init__(self, entries: Callable[[str, str], Sequence[EntryInfo]],
                  credentials: grpc.ChannelCredentials | None = None,
-                 keys_current: Callable[[str], bool] = lambda node_id: True):
+                 current: Callable[[str], bool] = lambda node_id: True):
         """``entries(region, workflow)``: the entries that may take the workflow, the region's
-        first; ``keys_current(node id)``: whether that entry holds this coordinator's key set."""
-        self.entries, self.credentials, self.keys_current = entries, credentials, keys_current
+        first; ``current(node id)``: whether that entry holds the routing state and key set this
+        coordinator last decided for it."""
+        self.entries, self.credentials, self.current = entries, credentials, current
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._turn = itertools.count()
 
@@ -79,9 +83,9 @@ class EntryForwarder:
                     if answered:
                         raise passed_on(exc) from None
                     code = exc.code()
-                    if code == grpc.StatusCode.UNAUTHENTICATED and not self.keys_current(entry.node_id) \
+                    if code in LAGGING and not self.current(entry.node_id) \
                             and time.monotonic() < min(deadline, key_wait_end):
-                        await asyncio.sleep(0.1)          # the entry has not received the newest keys yet
+                        await asyncio.sleep(0.05)         # the entry has not received the newest state yet
                         left = deadline - time.monotonic()
                         req.timeout_seconds = max(left, 0.001)
                         continue

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from atoll.core.errors import InvalidArgument, NotFound, Unavailable
-from atoll.core.openai_http import BaseDoor
+from atoll.core.openai_http import Answer, BaseDoor
 from atoll.wire.dataplane import answer_from_pb
 
 
@@ -84,18 +84,9 @@ class OpenAIDoor(BaseDoor):
                 elif text and on_delta is not None:
                     await on_delta(text)
             outcome = "ok"
-            return _Answer(out, stages)
+            return Answer(out, stages)
         finally:
             if self.metrics is not None:
                 self.metrics.forwarded.labels(model[:64], outcome).inc()
                 self.metrics.forward_seconds.labels(model[:64]).observe(time.monotonic() - t0)
 
-
-class _Answer:
-    """What the door's protocol reads of an answer: the output and OpenAI-style usage."""
-
-    def __init__(self, output: dict, stages):
-        self.output = output
-        last = stages[-1] if stages else None
-        pt, ct = (last.prompt_tokens, last.completion_tokens) if last else (0, 0)
-        self.usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}

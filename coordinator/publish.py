@@ -73,6 +73,7 @@ class Publisher:
         self._sent_routing: dict[str, Sent] = {}
         self._sent_keys: dict[str, Sent] = {}
         self._desired: tuple[object, dict[str, RoutingState]] | None = None
+        self._tiers: dict[str, str] = {}
 
     def heartbeat(self, node_id: str, routing_digest: int, keys_digest: int, loads: Sequence[EntryLoad]) -> None:
         self.routing_reported[node_id] = routing_digest
@@ -85,12 +86,18 @@ class Publisher:
         self.keys_reported.pop(node_id, None)
         self.loads.node_gone(node_id)
 
+    def current(self, node_id: str, keys: KeySet) -> bool:
+        """Does the node hold the routing state last decided for it, and ``keys``?"""
+        want = self._desired[1].get(node_id) if self._desired is not None else None
+        return (want is None or self.routing_reported.get(node_id) == want.digest) and \
+            self.keys_reported.get(node_id) == keys.digest
+
     def publish(self, table: RoutingTable, keys: KeySet, now: float) -> int:
         """One pass: send every connected node what it lacks. Returns the instructions sent."""
         reg = self.registry
         tiers = {nid: reg.nodes[nid].tier for nid in reg.sessions if nid in reg.nodes}
-        if self._desired is None or self._desired[0] is not table or set(self._desired[1]) != set(tiers):
-            self._desired = (table, desired_routing(table, tiers))
+        if self._desired is None or self._desired[0] is not table or self._tiers != tiers:
+            self._desired, self._tiers = (table, desired_routing(table, tiers)), tiers
         routing = {nid: (st.digest, st) for nid, st in self._desired[1].items()}
         n = 0
         for kind, want, reported, sent in (

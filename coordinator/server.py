@@ -177,7 +177,7 @@ class Coordinator:
         creds = channel_credentials(st.tls_client_ca, st.tls_cert, st.tls_key)
         self.workers = WorkerClient(creds)
         self.publisher: Publisher | None = None
-        self.forwarder = EntryForwarder(self._entries, channel_credentials(st.tls_client_ca), self._keys_current)
+        self.forwarder = EntryForwarder(self._entries, channel_credentials(st.tls_client_ca), self._entry_current)
         self.keys = KeyRing(self.store)
         return token_file
 
@@ -340,9 +340,8 @@ class Coordinator:
         return entries(self.registry.nodes.values() if self.registry else (), region,
                        (lambda tier: tier not in UNTRUSTED_TIERS) if trusted else None)
 
-    def _keys_current(self, node_id: str) -> bool:
-        pub = self.publisher
-        return pub is None or pub.keys_reported.get(node_id) == self.keys.key_set().digest
+    def _entry_current(self, node_id: str) -> bool:
+        return self.publisher is None or self.publisher.current(node_id, self.keys.key_set())
 
     async def _sweep_loop(self) -> None:
         period = min(0.5, self.settings.heartbeat_interval / 10)

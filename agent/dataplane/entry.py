@@ -86,25 +86,44 @@ class Resolver:
         cr = self.plane.compiled.get(name)
         if cr is not None and may_see(ident, cr.route.tenant):
             return cr
+        if not name.startswith("sha256:"):
+            cr = self._adapter_route(name, ident)
+            if cr is not None:
+                return cr
         if ":" in name and not name.startswith("sha256:"):
-            return self._adapter_route(name, ident)
+            base, adapter = name.split(":", 1)
+            raise NotFound(f"no ready replica serves adapter {adapter!r} on base {base!r}",
+                           hint="GET /v1/models lists what you can call")
         raise NotFound(f"no workflow named {name[:80]!r}", hint="see `atoll workflows`")
 
-    def _adapter_route(self, model: str, ident: Identity | None) -> CompiledRoute:
-        """One stage on every ready replica (of the caller's workflows) holding the adapter."""
+    def models(self, ident: Identity | None) -> list[str]:
+        """What the caller may name: its workflows, then ``base`` and ``base:adapter`` names."""
+        routes = [r for r in self.plane.state.routes.values() if may_see(ident, r.tenant)]
+        names = [r.workflow for r in sorted(routes, key=lambda r: r.workflow)]
+        for r in routes:
+            for eps in r.endpoints.values():
+                for e in eps:
+                    base = e.base_model.rstrip("/").rsplit("/", 1)[-1]
+                    n = f"{base}:{e.adapter}" if e.adapter else base
+                    if n not in names:
+                        names.append(n)
+        return names
+
+    def _adapter_route(self, model: str, ident: Identity | None) -> CompiledRoute | None:
+        """One stage on every ready replica (of the caller's workflows) holding ``base:adapter``
+        (``base`` alone: the bare base model); None when none does."""
         if self._for_state != self.plane.state.digest:
             self._adapters, self._for_state = {}, self.plane.state.digest
         key = (model, None if ident is None or ident.is_admin else ident.tenant)
         cr = self._adapters.get(key)
         if cr is None:
-            base, adapter = model.split(":", 1)
+            base, adapter = model.split(":", 1) if ":" in model else (model, "")
             routes = [r for r in self.plane.state.routes.values() if may_see(ident, r.tenant)]
             hits = tuple(e for r in routes for eps in r.endpoints.values() for e in eps
                          if e.adapter == adapter and (e.base_model.rstrip("/").rsplit("/", 1)[-1] == base
                                                       or e.base_model == base))
             if not hits:
-                raise NotFound(f"no ready replica serves adapter {adapter!r} on base {base!r}",
-                               hint="GET /v1/models lists what you can call")
+                return None
             hits = tuple({e.replica_id: e for e in hits}.values())
             task = hits[0].task
             hits = tuple(e for e in hits if e.task == task) + tuple(

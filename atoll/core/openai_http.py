@@ -100,6 +100,17 @@ class BaseDoor:
         raise NotImplementedError
 
 
+class Answer:
+    """A backend's whole answer: the output and OpenAI-style usage of the last stage (any value
+    with ``prompt_tokens`` and ``completion_tokens``)."""
+
+    def __init__(self, output: dict, stages=()):
+        self.output = output
+        last = stages[-1] if stages else None
+        pt, ct = (last.prompt_tokens, last.completion_tokens) if last is not None else (0, 0)
+        self.usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+
+
 class _Handler(BaseHTTPRequestHandler):
     door: BaseDoor = None  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"

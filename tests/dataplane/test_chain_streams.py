@@ -1,6 +1,7 @@
-"""The router against real Worker gRPC servers on loopback: a replica that fails before its
-first token is retried on another; a stream cut off after its first tokens is reported as cut
-off (its partial output is never silently replayed or completed elsewhere)."""
+"""The data plane against real Worker gRPC servers on loopback: a replica that fails before its
+first token is retried on another (and excluded for a while); a stream cut off after its first
+tokens is reported as cut off (its partial output is never silently replayed or completed
+elsewhere)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ import time
 import grpc
 import pytest
 
-from atoll.coordinator.router import Endpoint, Route, Router, Stage
+from atoll.agent.dataplane.chain import DataPlane, NodeSelf, Request
+from atoll.agent.dataplane.metrics import DataPlaneMetrics
+from atoll.agent.dataplane.table import CompiledRoute
+from atoll.agent.dataplane.trace import start_span
 from atoll.core.errors import Unavailable
-from atoll.proto.v1 import worker_pb2
 from atoll.core.rpc import add_service
+from atoll.proto.v1 import worker_pb2
+from atoll.specs.routing import Endpoint, Route, Stage
+from atoll.wire.worker import WorkerClient
 
 WORKER = worker_pb2.DESCRIPTOR.services_by_name["Worker"]
 
@@ -63,6 +69,21 @@ def run(coro):
     return asyncio.run(coro)
 
 
+class Router:
+    """The data plane of an agent that holds no replica (every stage runs elsewhere)."""
+
+    def __init__(self):
+        self.plane = DataPlane(lambda: NodeSelf("entry-node", "entry", "eu", "datacenter"), None, WorkerClient(),
+                               DataPlaneMetrics())
+
+    async def invoke(self, route, text, *, deadline, on_delta=None):
+        req = Request(route.workflow, text, deadline, start_span((), "test"), stream=on_delta is not None)
+        return await self.plane.run(CompiledRoute(route), 0, req, {}, "", on_delta)
+
+    async def close(self):
+        await self.plane.workers.close()
+
+
 def test_failure_before_the_first_token_is_retried_on_another_replica():
     async def go():
         servers, workers, route = await serve(["dies_before", "ok"])
@@ -81,10 +102,10 @@ def test_failure_before_the_first_token_is_retried_on_another_replica():
         return res, workers, deltas
 
     res, workers, deltas = run(go())
-    assert res.output == {"text": "partial answer"} and deltas == ["partial ", "answer"]
+    assert res.output == "partial answer" and deltas == ["partial ", "answer"]
     assert res.stages[0].attempts == 2 and res.stages[0].node_name == "node-1"
     assert [w.calls for w in workers] == [1, 1]
-    assert res.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert (res.stages[0].prompt_tokens, res.stages[0].completion_tokens) == (3, 2)
 
 
 def test_stream_cut_off_after_its_first_tokens_says_so():
@@ -125,5 +146,5 @@ def test_unstreamed_request_cut_off_mid_answer_is_retried():
         return res, workers
 
     res, workers = run(go())
-    assert res.output == {"text": "partial answer"} and res.stages[0].attempts == 2
+    assert res.output == "partial answer" and res.stages[0].attempts == 2
     assert [w.calls for w in workers] == [1, 1]
