@@ -182,28 +182,14 @@ class EntryService:
         metrics = self.plane.metrics
         try:
             cr = await self._ready(cr, req, ident)
-            queue: asyncio.Queue = asyncio.Queue()
-
-            async def on_delta(delta: str) -> None:
-                if first[0] is None:
-                    first[0] = time.monotonic() - t0
-                await queue.put(delta)
-
-            task = asyncio.ensure_future(self.plane.run(cr, 0, req, {}, cr.route.source_location,
-                                                        on_delta if req.stream else None))
-            try:
-                if req.stream:
-                    while not (task.done() and queue.empty()):
-                        getter = asyncio.ensure_future(queue.get())
-                        done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                        if getter in done:
-                            yield delta_message(getter.result(), req.span.request_id)
-                        else:
-                            getter.cancel()
-                outcome = await task
-            finally:
-                if not task.done():
-                    task.cancel()
+            if req.stream:
+                async for item in self._streamed(cr, req, first, t0):
+                    if isinstance(item, str):
+                        yield delta_message(item, req.span.request_id)
+                    else:
+                        outcome = item
+            else:
+                outcome = await self.plane.run(cr, 0, req, {}, cr.route.source_location, None)
             ok = True
             tokens = {s.task: s.completion_tokens for s in outcome.stages}
             out = {"text": outcome.output} if isinstance(outcome.output, str) else {"embedding": outcome.output}
@@ -219,6 +205,29 @@ class EntryService:
             if first[0] is not None:
                 metrics.ttft.labels(label).observe(first[0])
         self._log(req.span, name, t0, True)
+
+    async def _streamed(self, cr: CompiledRoute, req: Request, first: list, t0: float):
+        """The sink's deltas as they come (text), then the outcome."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def on_delta(delta: str) -> None:
+            if first[0] is None:
+                first[0] = time.monotonic() - t0
+            await queue.put(delta)
+
+        task = asyncio.ensure_future(self.plane.run(cr, 0, req, {}, cr.route.source_location, on_delta))
+        try:
+            while not (task.done() and queue.empty()):
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield await task
+        finally:
+            if not task.done():
+                task.cancel()
 
     def _log(self, span: Span, workflow: str, t0: float, ok: bool, exc: AtollError | None = None) -> None:
         fields = {**span.fields(), "workflow": workflow, "outcome": "ok" if ok else exc.code,
