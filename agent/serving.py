@@ -2,7 +2,7 @@
 
 :class:`SwitchingWorker` serves ``atoll.v1.Worker`` by delegating to the
 :class:`~atoll.agent.worker.WorkerService` of the engine currently loaded; with none loaded it
-answers UNAVAILABLE (the router then tries another replica). It also measures what it serves:
+answers UNAVAILABLE (the data plane then tries another replica). It also measures what it serves:
 completed requests per adapter over the last minute, reported in heartbeats as measured
 throughput.
 """

@@ -6,7 +6,7 @@ Each :class:`SimHost` is a real agent as far as the coordinator can tell:
   stream) with a node spec (tier, region, price, preemptible, label ``hardware: <class>``);
 - a real ``grpc.aio`` server on its own loopback port serving ``atoll.v1.Worker.Generate``
   (registered from the descriptor with :func:`atoll.core.rpc.add_service`), so the coordinator's
-  router calls it exactly as it calls a real agent;
+  data plane calls it exactly as it calls a real agent's;
 - on an ``assignments`` instruction, each new replica turns ``loading`` and, after a simulated
   cold start, ``ready``; once every replica of the desired set is ready the host reports
   ``assignments_generation = generation`` (as ``agent/daemon.py`` does through ReplicaManager).

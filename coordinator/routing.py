@@ -2,8 +2,9 @@
 from its serving view, plan, assignments and replica views. Pure.
 
 The coordinator builds a table once per plan generation or change of replica state
-(``WorkflowManager.routing_table``) and the router reads it; the table is an immutable value
-(``atoll.specs.routing``) that refers to nothing inside the coordinator.
+(``WorkflowManager.routing_table``); :mod:`atoll.coordinator.publish` sends each agent the routes
+it may serve, and the agents' data plane (``atoll.agent.dataplane``) runs requests on them. The
+table is an immutable value (``atoll.specs.routing``) that refers to nothing inside the coordinator.
 
 A replica is an endpoint when it reports ready on a READY node that advertises a Worker
 address.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Callable
 
@@ -130,7 +131,12 @@ class DataPlaneNode:
             bound = self.server.add_insecure_port(f"{host}:{port}")
         await self.server.start()
         await set_serving(self.health, [ENTRY.full_name], True)
-        self.address = advertise or f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{bound}"
+        if not advertise and host in ("0.0.0.0", "::", ""):
+            try:       # a wildcard bind: advertise this host's own address, not loopback
+                host = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                host = "127.0.0.1"
+        self.address = advertise or f"{host}:{bound}"
         return self.address
 
     async def close(self) -> None:

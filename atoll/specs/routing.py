@@ -57,7 +57,7 @@ Flow = tuple[str, str, float]      # (from location, to location, rate)
 
 @dataclass(frozen=True)
 class Route:
-    """What the router needs of one deployed workflow."""
+    """What the data plane needs of one deployed workflow."""
 
     workflow: str
     stages: Sequence[Stage]        # topological order

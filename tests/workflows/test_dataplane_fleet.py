@@ -94,6 +94,20 @@ def run_many_text(client, name: str, n: int):
     return ok, errors
 
 
+def describe(entry: str):
+    """An entry's Describe, and its gRPC health for the service ``atoll.v1.Coordinator``."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from atoll.wire import dataplane as dp
+
+    with grpc.insecure_channel(entry) as ch:
+        info = dp.entry_from_pb(dp.entry_stub(ch).Describe(dp.describe_request(), timeout=5))
+        h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="atoll.v1.Coordinator"),
+                                                 timeout=5)
+    return info, health_pb2.HealthCheckResponse.ServingStatus.Name(h.status)
+
+
 def test_coordinator_killed_for_60_s_entries_keep_serving(harness):
     h = harness
     with h.client() as c:
@@ -101,6 +115,7 @@ def test_coordinator_killed_for_60_s_entries_keep_serving(harness):
         c.wait_ready("wf-outage", 90)
         st = wait_until(lambda: (lambda s: s if all(r["state"] == "ready" for r in s.replicas) else None)(
             c.status("wf-outage")), 60, "every replica ready")
+        entry = c.entries("us-east")[0]["address"]
     ok, errors, stop = [0], [], threading.Event()
     ec = Client(h.addr, timeout=30, region="us-east")
     ec.invoke("wf-outage", {"text": "warm up"})                 # entries known before the outage
@@ -124,11 +139,16 @@ def test_coordinator_killed_for_60_s_entries_keep_serving(harness):
         text = h.agent_metrics()                                 # degraded, and saying so
         assert re.search(r"^atoll_dataplane_degraded 1\.0$", text, re.M)
         assert re.search(r"^atoll_dataplane_coordinator_connected 0\.0$", text, re.M)
+        info, health = describe(entry)
+        assert info.degraded and "coordinator" in info.degraded_reason and info.workflows >= 1
+        assert health == "NOT_SERVING"                          # the entry's health for atoll.v1.Coordinator
         time.sleep(55)                                           # 60 s without a coordinator
         during = ok[0]
         h.fleet.start_coordinator()
         with h.client() as c:
             wait_until(lambda: c.status("wf-outage").state == "READY", 60, "READY after the restart")
+        wait_until(lambda: describe(entry) == (describe(entry)[0], "SERVING") and not describe(entry)[0].degraded,
+                   15, "the entry back in touch with the coordinator")
         time.sleep(3)
     finally:
         stop.set()
