@@ -88,7 +88,10 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
         if req.has_price:
             self.registry.set_price(sess.node_id, req.price_per_hour, req.preemptible)
         if self.dataplane is not None:
-            self.dataplane.heartbeat(sess.node_id, *heartbeat_extras(req))
+            try:
+                self.dataplane.heartbeat(sess.node_id, *heartbeat_extras(req))
+            except Exception:  # noqa: BLE001 - a node's liveness never depends on its load report
+                log.exception("entry load report failed", extra=kv(node=sess.node_id[:12]))
         done = time.perf_counter()
         self.metrics.observe_heartbeat(done - t0, (time.time() - req.sent_unix) if req.sent_unix else None)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Mapping
 
 from atoll.coordinator.admission import admit
 from atoll.coordinator.auth import visible
@@ -217,7 +218,9 @@ class WorkflowManager:
     def request_started(self, name: str) -> None:
         self.autoscaler.request_started(name)
 
-    def request_finished(self, name: str) -> None:
+    def request_finished(self, name: str, completion_tokens: Mapping[str, int] | None = None) -> None:
+        """A request counted by :meth:`request_started` ended; ``completion_tokens`` (task ->
+        tokens) when it was answered. Entries' reports arrive here (``coordinator/entry_load.py``)."""
         self.autoscaler.request_finished(name)
 
     def autoscale(self, now: float | None = None) -> list[tuple[str, str]]:

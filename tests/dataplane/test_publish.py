@@ -114,3 +114,25 @@ def test_entries_are_ready_nodes_with_an_entry_region_first():
           node("e", "eu", addr="")]
     assert [e.node_name for e in entries(ns, "eu")] == ["a", "c", "b"]
     assert [e.node_name for e in entries(ns, "eu", lambda tier: tier != "renter")] == ["a", "b"]
+
+
+def test_entry_loads_reach_the_real_autoscaler(tmp_path):
+    """Through the workflow manager's own functions: arrivals, in flight, and nothing left over."""
+    import dataclasses
+
+    from atoll.coordinator.records import WorkflowRecord
+    from tests.control.test_routing_table import setup
+
+    wm, reg, sess, status = setup(tmp_path)
+    rec = wm.records["wf"]
+    wm.records["wf"] = dataclasses.replace(rec, spec_yaml=rec.spec_yaml + "autoscaling: {metric: in_flight}\n")
+    wm._specs.clear()
+    assert isinstance(wm.records["wf"], WorkflowRecord) and wm.spec("wf").autoscaling is not None
+    loads = EntryLoads(wm)
+    loads.report("n1", [EntryLoad("wf", started=5, finished=3, failed=1, completion_tokens={"chat": 12}, in_flight=2)])
+    loads.report("n2", [EntryLoad("wf", started=1, in_flight=1)])
+    a = wm.autoscaler
+    assert a.in_flight["wf"] == 3 and len(a.arrivals["wf"]) == 6
+    loads.node_gone("n1")
+    loads.node_gone("n2")
+    assert a.in_flight["wf"] == 0
