@@ -59,12 +59,14 @@ class EntryForwarder:
 
     async def invoke(self, *, region: str, workflow: str, input_json: str, stream: bool, timeout: float,
                      request_id: str, max_tokens: int, temperature: float | None,
-                     metadata: Sequence[tuple[str, str]]) -> AsyncIterator:
-        """The entry's answer messages (``InvokeResponse``), passed through unchanged."""
+                     metadata: Sequence[tuple[str, str]], carried_by: str = "") -> AsyncIterator:
+        """The entry's answer messages (``InvokeResponse``), passed through unchanged.
+        ``carried_by``: the workflow whose placement rules choose the entries when ``workflow``
+        names a ``base:adapter`` model (a trusted_only workflow's adapter never enters at a renter)."""
         deadline = time.monotonic() + timeout
         md = tuple((k, v) for k, v in metadata if k in PASSED_ON)
         last: grpc.aio.AioRpcError | None = None
-        for entry in self.order(region, workflow):
+        for entry in self.order(region, carried_by or workflow):
             left = deadline - time.monotonic()
             if left <= 0:
                 break

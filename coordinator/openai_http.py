@@ -46,7 +46,8 @@ class OpenAIDoor(BaseDoor):
         return out
 
     async def _route(self, model: str, tenant, max_tokens, temperature):
-        """Check that ``model`` exists for the caller; returns the region whose entries take it."""
+        """Check that ``model`` exists for the caller; returns the region whose entries take it and
+        the workflow whose placement rules choose those entries."""
         wm = self.workflows
         if ":" in model and not model.startswith("sha256:"):
             base, adapter = model.split(":", 1)
@@ -54,7 +55,7 @@ class OpenAIDoor(BaseDoor):
                 if (tenant is None or rec.tenant == tenant) and rec.state in ("READY", "DEGRADED") and any(
                         a.adapter == adapter and (Path(a.base_model).name == base or a.base_model == base)
                         for a in rec.assignments):
-                    return wm.serving(rec.name).source_region
+                    return wm.serving(rec.name).source_region, rec.name
             raise NotFound(f"no ready replica serves adapter {adapter!r} on base {base!r}",
                            hint="GET /v1/models lists what you can call")
         rec = wm.records.get(model)
@@ -65,11 +66,11 @@ class OpenAIDoor(BaseDoor):
             raise InvalidArgument(f"workflow {model!r} ends in an {sink.kind} stage, not text generation")
         if rec.state == "IDLE":
             wm.wake(model)
-        return wm.serving(model).source_region
+        return wm.serving(model).source_region, model
 
     async def invoke(self, model, tenant, prompt, max_tokens, temperature, on_delta=None, timeout=60.0,
                      api_key: str = ""):
-        region = await self._route(model, tenant, max_tokens, temperature)
+        region, carrier = await self._route(model, tenant, max_tokens, temperature)
         t0 = time.monotonic()
         outcome = "error"
         try:
@@ -77,7 +78,7 @@ class OpenAIDoor(BaseDoor):
             async for msg in self.forwarder.invoke(
                     region=region, workflow=model, input_json=json.dumps({"text": prompt}), stream=on_delta is not None,
                     timeout=timeout, request_id="", max_tokens=max_tokens or 0, temperature=temperature,
-                    metadata=(("authorization", f"Bearer {api_key}"),) if api_key else ()):
+                    metadata=(("authorization", f"Bearer {api_key}"),) if api_key else (), carried_by=carrier):
                 text, done, output, stages = answer_from_pb(msg)
                 if done:
                     out = output
