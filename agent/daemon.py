@@ -7,6 +7,11 @@ assignments, report throughput) consume what the heartbeat delivered.
 
 SIGTERM/SIGINT drains: health turns NOT_SERVING, the coordinator is told (it marks the node
 DRAINING and acknowledges), in-flight work finishes, then the process exits 0.
+
+Identity (``identity.py``): the node key in STATE_DIR proves who registers; the coordinator's
+key pinned there verifies the capability tokens every Worker call must carry (``guard.py``);
+the node token from the heartbeat stream lets this node fetch what its assignments name.
+Fetched blobs no assignment has named for ``cache_keep_seconds`` are removed from the cache.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -24,10 +30,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 from atoll.agent.dataplane.chain import NodeSelf
-from atoll.agent.dataplane.node import DataPlaneNode
-from atoll.agent.fetch import cached_names, resolve_source
-from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
 from atoll.agent.dataplane.door import EntryDoor
+from atoll.agent.dataplane.node import DataPlaneNode
+from atoll.agent.fetch import cached_names, prune, resolve_source
+from atoll.agent.guard import WorkerGuard
+from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
+from atoll.agent.identity import NodeIdentity
 from atoll.agent.probe import probe
 from atoll.agent.replicas import ReplicaManager
 from atoll.agent.serving import LocalEngine, SwitchingWorker
@@ -35,12 +43,13 @@ from atoll.agent.worker import WorkerService
 from atoll.core.errors import FailedPrecondition, Unauthenticated
 from atoll.core.logs import kv
 from atoll.core.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS, add_health_and_reflection, set_serving
-from atoll.core.tls import channel_credentials, mutual_server_credentials, plaintext_policy
+from atoll.core.tls import channel_credentials, mutual_server_credentials, plain_http_warning, plaintext_policy
 from atoll.specs.common import load_yaml
 from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, AgentSettings, split_address, split_addresses
 from atoll.specs.node import NodeConfig
 
 log = logging.getLogger("atoll.agent")
+PRUNE_EVERY_S = 2.0
 
 
 @dataclass
@@ -78,6 +87,10 @@ class Agent:
         self.state_dir = Path(settings.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ids = NodeIdFile(self.state_dir)
+        self.identity = NodeIdentity(self.state_dir, over_tls=bool(settings.tls_ca))
+        # fetched blob -> when an assignment last named it (what is cached at start counts as named now)
+        self._referenced: dict[str, float] = dict.fromkeys(cached_names(self.state_dir / "blobs"), time.monotonic())
+        self._pruned_at = 0.0
         self.channel: grpc.aio.Channel | None = None
         self.channels: list[grpc.aio.Channel] = []
         self.hb: HeartbeatClient | None = None
@@ -96,7 +109,8 @@ class Agent:
             node=self._self, local=LocalEngine(self.worker), local_address=lambda: self.worker_address,
             connected=lambda: self.hb is not None and self.hb.connected.is_set(),
             credentials=channel_credentials(st.tls_ca, st.tls_cert, st.tls_key), registry=self.metrics_registry,
-            otlp_endpoint=st.otlp_endpoint, wake=self._status_changed)
+            otlp_endpoint=st.otlp_endpoint, wake=self._status_changed,
+            peer_token=self.identity.current_token)
 
     def _self(self) -> NodeSelf:
         return NodeSelf(self.hb.node_id if self.hb is not None else self.ids.read(), self.node.name,
@@ -138,7 +152,9 @@ class Agent:
                                   node_id=self.ids.read(), on_node_id=self.ids.write,
                                   on_instruction=self._on_instruction, status_fn=self._status,
                                   generation_fn=lambda: self.replicas.applied_generation,
-                                  dataplane_fn=self.dataplane.heartbeat_extras, on_session=self.dataplane.on_session)
+                                  dataplane_fn=self.dataplane.heartbeat_extras, on_session=self.dataplane.on_session,
+                                  node_key=self.identity.key, on_coordinator_key=self.identity.pin,
+                                  on_credential=self.identity.set_token, tls=creds is not None)
         # The ordered duties: heartbeat first (everything else depends on the coordinator's view);
         # converge acts on the assignments the heartbeat stream delivered; the capacity refresh
         # feeds the next heartbeat.
@@ -209,11 +225,12 @@ class Agent:
         reg = self.metrics_registry          # the data plane's families are in it already
         reg.register(_Current())
         host, port = split_address(self.settings.metrics_listen)
+        plain_http_warning(host, f"agent {self.node.name}'s metrics (--metrics-listen)")
         start_http_server(port, addr=host, registry=reg)
         log.info("agent metrics", extra=kv(node=self.node.name, url=f"http://{host}:{port}/metrics"))
 
     async def _start_worker_server(self) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[WorkerGuard(self._guard_identity)])
         self.worker.add_to_server(self.server)
         self.dataplane.add_to_worker_server(self.server)
         self.health = add_health_and_reflection(self.server, ["atoll.v1.Worker"])
@@ -239,6 +256,10 @@ class Agent:
             self.worker_address = f"{host}:{bound}"
         log.info("worker listening", extra=kv(node=self.node.name, address=self.worker_address))
 
+    def _guard_identity(self):
+        """What the Worker's guard checks tokens against: the pinned key and this node's id."""
+        return self.identity.coordinator_key, (self.hb.node_id if self.hb is not None else self.ids.read())
+
     def _make_engine(self, model_dir: Path):
         # The runtime (torch, seconds to import) loads with the first model, so an agent joins
         # the fleet without waiting for it.
@@ -257,10 +278,28 @@ class Agent:
 
         channel = self.hb.channel if self.hb is not None else self.channel
         return await resolve_source(source, channel=channel, cache_dir=self.state_dir / "blobs",
-                                    progress=progress)
+                                    progress=progress, token=self.identity.current_token())
+
+    def _prune_cache(self, now: float) -> None:
+        """Drop fetched blobs that no assignment (desired or loaded) has named for a while."""
+        if now - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        named = {s for it in self.replicas.desired for s in (it.base_model, it.adapter_source)}
+        named |= {self.replicas.loaded.base_source, *self.replicas.loaded.adapters.values()}
+        for src in named:
+            if src.startswith("sha256:"):
+                self._referenced[src] = now
+        keep = named | {s for s, t in self._referenced.items() if now - t < self.settings.cache_keep_seconds}
+        gone = prune(self.state_dir / "blobs", keep)
+        if gone:
+            log.info("removed fetched blobs no assignment names", extra=kv(node=self.node.name, blobs=len(gone)))
+        for src in gone:
+            self._referenced.pop(src, None)
 
     async def _converge(self) -> None:
         await self.replicas.converge()
+        self._prune_cache(time.monotonic())
         engine = self.replicas.engine
         if engine is not self._engine_seen:
             self.worker.current = WorkerService(engine) if engine is not None else None

@@ -6,8 +6,19 @@ benchmark (thousands of clients on one event loop, sharing channels).
 Reconnection: any failure (coordinator down, stream cut, session unknown after a coordinator
 restart) leads back to Register after an exponential back-off with jitter (base 0.2 s, doubling,
 capped at ``max_backoff``), so a restarted coordinator is not hit by a thundering herd.
-Refusals that retrying cannot fix (wrong join token, invalid node.yaml, a name in use) raise
+Refusals that retrying cannot fix (wrong join token, invalid node.yaml, a name in use, another
+node's key, a coordinator whose signing key differs from the pinned one) raise
 :class:`AgentRefused`.
+
+Identity: every ``Register`` carries a fresh proof of possession of the node key
+(``node_key``; without one, an in-memory key is made, as for the benchmark's simulated
+agents). The coordinator's public key in the answer goes to ``on_coordinator_key`` (which pins
+it, and raises to refuse a changed one); the node token that arrives first on every stream, and
+again before it expires, goes to ``on_credential``.
+
+TLS: a connection that fails in the TLS handshake is logged once per distinct reason, as a
+warning saying why (the coordinator's certificate not signed by the CA given, a plaintext
+peer, ...), while the agent keeps retrying.
 
 Failover: given several coordinators (one channel each), a failure moves on to the next one
 after a short pause (50-150 ms); the back-off grows once per round through the list, not per
@@ -26,12 +37,15 @@ from typing import Awaitable, Callable
 
 import grpc
 
+from atoll.core import credentials as cred
 from atoll.core.logs import kv
+from atoll.core.tls import closed_hint, handshake_failure
 from atoll.specs.config import leader_from_refusal
 from atoll.wire.agent_service import agent_stub, heartbeat_request, instruction_from_pb, register_request
 
 log = logging.getLogger("atoll.agent")
 
+CLOSED_BEFORE_SAYING = 3
 FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
          grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED}
 
@@ -76,7 +90,10 @@ class HeartbeatClient:
                  on_node_id: Callable[[str], None] | None = None, max_backoff: float = 5.0,
                  generation_fn: Callable[[], int] | None = None,
                  rng: random.Random | None = None, addresses: list[str] | None = None,
-                 dataplane_fn: Callable[[], tuple] | None = None, on_session: Callable[[], None] | None = None):
+                 dataplane_fn: Callable[[], tuple] | None = None, on_session: Callable[[], None] | None = None,
+                 node_key: cred.PrivateKey | None = None,
+                 on_coordinator_key: Callable[[bytes], None] | None = None,
+                 on_credential: Callable[[str, float], None] | None = None, tls: bool | None = None):
         self.channels = list(channel) if isinstance(channel, (list, tuple)) else [channel]
         self.addresses = list(addresses or [])
         self._stubs = [agent_stub(c) for c in self.channels]
@@ -93,6 +110,14 @@ class HeartbeatClient:
         self.generation_fn = generation_fn
         self.dataplane_fn = dataplane_fn        # () -> (routing digest, keys digest, entry load)
         self.on_session = on_session            # called after each successful Register
+        self.node_key = node_key or cred.new_private_key()
+        self.on_coordinator_key = on_coordinator_key
+        self.on_credential = on_credential
+        self.trusted = False
+        self.tls = tls
+        self._handshake_said = ""
+        self._closed_in_a_row = 0
+        self._refusal_said = ""
         self.backoff = Backoff(cap=max_backoff, rng=rng or random.Random())
         self.interval = 5.0
         self.seq = 0
@@ -157,9 +182,14 @@ class HeartbeatClient:
                 if exc.code() in FATAL and exc.code() != grpc.StatusCode.UNAUTHENTICATED:
                     raise AgentRefused(exc.code(), exc.details() or "") from None
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED and any(
-                        w in (exc.details() or "") for w in ("join token", "client certificate")):
+                        w in (exc.details() or "") for w in ("join token", "client certificate", "node key")):
                     raise AgentRefused(exc.code(), exc.details() or "") from None
                 self.last_error = f"{exc.code().name}: {exc.details()}"
+                self._say_handshake(exc.details() or "")
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED and self.last_error != self._refusal_said:
+                    self._refusal_said = self.last_error        # e.g. a clock too far off: say so once
+                    log.warning("the coordinator refused this agent; retrying", extra=kv(
+                        node=self.spec.get("name", ""), reason=(exc.details() or "")[:300]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep trying, the coordinator may come back
@@ -191,11 +221,33 @@ class HeartbeatClient:
             return self.backoff.next()
         return 0.05 + self.backoff.rng.uniform(0, 0.1)
 
+    def _say_handshake(self, details: str) -> None:
+        """Log a refused TLS handshake once per reason (retrying cannot show it otherwise). A
+        connection closed while being set up is ambiguous (a restarting coordinator closes them
+        too): it is said only after it happened on CLOSED_BEFORE_SAYING attempts in a row."""
+        why = handshake_failure(details)
+        hint = closed_hint(details, self.tls)
+        self._closed_in_a_row = self._closed_in_a_row + 1 if hint else 0
+        if not why and self._closed_in_a_row >= CLOSED_BEFORE_SAYING:
+            why = hint
+        if why and why != self._handshake_said:
+            self._handshake_said = why
+            log.warning("TLS handshake with the coordinator failed", extra=kv(
+                node=self.spec.get("name", ""), coordinator=self.addresses[self._current] if self.addresses else "",
+                reason=why))
+
     async def _register(self) -> None:
         status = self.status_fn() if self.status_fn else None
         req = register_request(join_token=self.join_token, node_id=self.node_id, spec=self.spec,
-                               capacity=self.capacity, status=status)
+                               capacity=self.capacity, status=status,
+                               proof=cred.make_proof(self.node_key, self.node_id, time.time()))
         resp = await self.stub.Register(req, timeout=10)
+        if self.on_coordinator_key is not None:
+            try:
+                self.on_coordinator_key(bytes(resp.coordinator_public_key))
+            except Exception as exc:  # noqa: BLE001 - a changed key is fatal: say so and stop
+                raise AgentRefused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+        self.trusted = resp.trusted
         if resp.node_id != self.node_id:
             self.node_id = resp.node_id
             if self.on_node_id:
@@ -251,6 +303,10 @@ class HeartbeatClient:
                 if resp.heartbeat_interval_seconds:
                     self.interval = resp.heartbeat_interval_seconds
             for ins in map(instruction_from_pb, resp.instructions):
+                if "credential" in ins:
+                    if self.on_credential:
+                        self.on_credential(*ins["credential"])
+                    continue
                 if ins.get("drain") and self._draining:
                     self.drain_acked.set()
                 if ins.get("reregister"):

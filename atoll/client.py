@@ -36,7 +36,7 @@ import grpc
 from atoll.core.archive import archive_dir
 from atoll.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
-from atoll.core.tls import channel_credentials
+from atoll.core.tls import channel_credentials, closed_hint, handshake_failure
 from atoll.specs.catalog import Catalog, VariantSpec
 from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, check_addresses, leader_from_refusal
 from atoll.specs.node import TIERS
@@ -69,6 +69,7 @@ class NodeInfo:
     heartbeats: int
     agent_version: str
     status: dict = field(default_factory=dict)
+    trusted: bool = False           # the operator trusts it: trusted_only workflows may run here
 
     @property
     def gpu_count(self) -> int:
@@ -169,6 +170,7 @@ class Client:
         self.timeout = timeout
         options = CHANNEL_OPTIONS + (FAILOVER_CHANNEL_OPTIONS if len(self.addresses) > 1 else [])
         creds = channel_credentials(tls_ca or os.environ.get("ATOLL_TLS_CA"), tls_cert, tls_key)
+        self.tls = creds is not None
         self._raw_channels = [grpc.secure_channel(a, creds, options=options) if creds
                               else grpc.insecure_channel(a, options=options) for a in self.addresses]
         self._channels = ([grpc.intercept_channel(ch, _BearerKey(self.api_key)) for ch in self._raw_channels]
@@ -208,12 +210,25 @@ class Client:
         if leader_from_refusal(details):        # a standby: say where the leader is
             return Unavailable(f"the coordinator at {self.address} is a {details}",
                                hint="point --coordinator at the leader, or list every coordinator: A,B")
+        why = handshake_failure(details)
+        if why:
+            return Unavailable(f"TLS handshake failed: {why} (coordinator {self.address})",
+                               hint="check --tls-ca / ATOLL_TLS_CA and the address; the coordinator's log says "
+                                    "why it refused")
+        closed = closed_hint(details, self.tls)
         if len(self.addresses) == 1:
             return Unavailable(f"cannot reach the coordinator at {self.address} ({exc.code().name})",
-                               hint="is it running? set --coordinator or ATOLL_COORDINATOR")
+                               hint=closed or "is it running? set --coordinator or ATOLL_COORDINATOR")
         return Unavailable(f"no leading coordinator answered at {self.address} within {self.timeout:g} s "
                            f"({exc.code().name}: {details[:200]})",
                            hint="are they running, and is one of them the leader?")
+
+    def _error(self, exc: grpc.RpcError):
+        """The SDK error for a failed call: a refused TLS handshake says so, the rest by code."""
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and (handshake_failure(exc.details() or "")
+                                                           or closed_hint(exc.details() or "", self.tls)):
+            return self._unavailable(exc)
+        return error_from_rpc(exc)
 
     def _call(self, method: str, **fields):
         """Call ClientService ``method`` with a request of ``fields`` and map errors. With several
@@ -315,8 +330,9 @@ class Client:
                     last = resp
                 return wire.invoke_result(last)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay >= deadline:
-                    raise error_from_rpc(exc) from None
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay >= deadline \
+                        or handshake_failure(exc.details() or ""):
+                    raise self._error(exc) from None
                 if len(self.addresses) > 1:
                     self._failover(exc.details() or "")
             time.sleep(delay)
@@ -409,7 +425,7 @@ class Client:
                 if item is not None:
                     yield item
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise self._error(exc) from None
 
     def profile(self, workflow: str, task: str, variant: str = "", node: str = "", requests: int = 16,
                 concurrency: int = 8) -> dict:
@@ -423,7 +439,7 @@ class Client:
             return push_archive(self._channel, data, display_name=os.path.basename(os.path.abspath(path)), kind=kind,
                                 timeout=max(60.0, len(data) / 2e6), progress=progress)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise self._error(exc) from None
 
     # ------------------------------------------------------------------ API keys
     def create_key(self, tenant: str, role: str = "user") -> dict:
@@ -435,6 +451,25 @@ class Client:
 
     def revoke_key(self, key_id: str) -> dict:
         return wire.revoked_key(self._call("RevokeKey", id=key_id))
+
+    # ------------------------------------------------------------------ join tokens and trust
+    def create_join_token(self, tiers=(), regions=(), *, trusted: bool = False, ttl: float = 0.0,
+                          uses: int = 0) -> dict:
+        """A join token admitting new nodes of ``tiers`` in ``regions`` (empty: any), trusted or
+        not, for ``ttl`` seconds (0: no expiry) and ``uses`` nodes (0: unlimited). The returned
+        dict's ``token`` is shown only once."""
+        return wire.created_join_token(self._call("CreateJoinToken", tiers=list(tiers), regions=list(regions),
+                                                  trusted=trusted, ttl_seconds=ttl, uses=uses))
+
+    def list_join_tokens(self) -> list[dict]:
+        return wire.join_token_list(self._call("ListJoinTokens"))
+
+    def revoke_join_token(self, token_id: str) -> dict:
+        return wire.join_token_dict(self._call("RevokeJoinToken", id=token_id))
+
+    def set_trust(self, node: str, trusted: bool) -> NodeInfo:
+        """Trust (or untrust) a node: trusted_only workflows run only on trusted nodes."""
+        return NodeInfo(**wire.node_from_pb(self._call("SetNodeTrust", node=node, trusted=trusted)))
 
     def close(self) -> None:
         for ch in self._raw_channels + self._entry_channels:

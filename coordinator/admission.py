@@ -1,12 +1,13 @@
 """Admission: is a submitted workflow spec one the coordinator can serve? :func:`admit`.
 
-A spec is admitted when it is at most ``MAX_SPEC_BYTES`` of YAML, a valid
+A spec is admitted when it is at most ``MAX_SPEC_BYTES`` of YAML within the loader's bounds
+(UTF-8, nesting, values: ``atoll.specs.common.safe_yaml``), a valid
 :class:`~atoll.specs.workflow.WorkflowSpec` that passes ``WorkflowSpec.check`` with its variants
 inline (``atoll submit`` inlines a catalog), and servable: every edge carries text, an
 embedding stage is a sink, and every variant's model (and adapter) is a local directory with a
 ``config.json`` (``adapter_config.json``) or a ``sha256:`` name in the model store that the
 caller's tenant may use. Pure except for those lookups: the model store is passed in as
-``blob_info(name) -> {"tenant": ...}`` (raising NotFound or InvalidArgument), and local paths
+``blob_info(name) -> {"owners": [...]}`` (raising NotFound or InvalidArgument), and local paths
 are checked on this host's file system.
 """
 
@@ -15,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
-
+from atoll.coordinator.blobs import may_use
 from atoll.core.errors import InvalidArgument, NotFound, SpecError
-from atoll.specs.common import parse_obj
+from atoll.specs.common import parse_obj, safe_yaml
 from atoll.specs.workflow import WorkflowSpec
 
 MAX_SPEC_BYTES = 1 << 20
@@ -34,20 +34,31 @@ def is_source_ref(s: str) -> bool:
 def admit(spec_yaml: str, filename: str, tenant: Optional[str] = None,
           blob_info: Optional[BlobInfo] = None) -> WorkflowSpec:
     """The checked spec, or SpecError / NotFound naming the file, the field and the fix."""
-    src = filename or "workflow"
-    if len(spec_yaml.encode()) > MAX_SPEC_BYTES:
-        raise SpecError(f"spec is larger than {MAX_SPEC_BYTES} bytes", source=src)
-    try:
-        data = yaml.safe_load(spec_yaml)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=src) from None
-    spec = parse_obj(WorkflowSpec, data, source=src)
+    spec = parse_spec(spec_yaml, filename)
+    check_serving(spec, source_name(filename), tenant, blob_info)
+    return spec
+
+
+def source_name(filename: str) -> str:
+    return (filename or "workflow")[:200]
+
+
+def parse_spec(spec_yaml: str, filename: str) -> WorkflowSpec:
+    """The spec's own part of admission, pure (no lookups): bounded YAML, the model, its checks."""
+    src = source_name(filename)
+    spec = parse_obj(WorkflowSpec, safe_yaml(spec_yaml, src, MAX_SPEC_BYTES), source=src)
     if spec.catalog:
         raise SpecError("a submitted workflow must carry its variants inline", source=src, path="catalog",
                         hint="`atoll submit` inlines the catalog for you")
     spec.check(source=src)
-    check_serving(spec, src, tenant, blob_info)
     return spec
+
+
+def parse_and_dump(spec_yaml: str, filename: str) -> tuple[WorkflowSpec, str]:
+    """:func:`parse_spec` and the spec's canonical YAML, as one call (a planning worker runs it:
+    validating a large spec holds the interpreter for a while)."""
+    spec = parse_spec(spec_yaml, filename)
+    return spec, spec.to_yaml()
 
 
 def check_serving(spec: WorkflowSpec, src: str, tenant: Optional[str] = None,
@@ -91,12 +102,15 @@ def check_source(ref: str, kind: str, src: str, path: str, tenant: Optional[str]
         except (NotFound, InvalidArgument) as exc:
             raise NotFound(f"{src}: {path}: {kind} {ref[:19]}… is not in the model store ({exc.message})",
                            hint="push it with `atoll push DIR`") from None
-        owner = info.get("tenant", "")
-        if tenant and owner and owner != tenant:     # another tenant's adapter: as if absent
+        if tenant and not may_use(info, tenant):     # another tenant's blob: as if absent
             raise NotFound(f"{src}: {path}: {kind} {ref[:19]}… is not in the model store",
                            hint="push it with `atoll push DIR`")
         return
-    p = Path(ref).expanduser()
+    if not ref.startswith("/"):       # relative to what? not this process's working directory
+        raise SpecError(f"{kind} path {ref[:200]!r} is not absolute", source=src, path=path,
+                        hint="give the absolute path the directory has on every host (`atoll submit` makes "
+                             "paths relative to the workflow file absolute), or push it and use its sha256 name")
+    p = Path(ref)
     marker = "adapter_config.json" if kind == "adapter" else "config.json"
     if not (p / marker).is_file():
         raise NotFound(f"{src}: {path}: {kind} directory {ref!r} does not exist or has no {marker}",

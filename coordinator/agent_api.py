@@ -1,5 +1,9 @@
 """AgentService servicer: agents register and keep one heartbeat stream each. Thin: unpack,
-call the registry, pack."""
+call the registry, pack.
+
+Every stream's first answer carries the node's capability token (``identity.Issuer``), and a
+fresh one follows down the stream before it expires. A refused registration or heartbeat is
+logged with the peer's address and the reason."""
 
 from __future__ import annotations
 
@@ -10,24 +14,27 @@ import time
 import grpc
 
 from atoll.coordinator import convert
+from atoll.coordinator.identity import Issuer
 from atoll.coordinator.registry import Registry
 from atoll.core.errors import AtollError, Unauthenticated
 from atoll.core.logs import kv
 from atoll.core.rpc import check_parsed, handle_errors, status_code
 from atoll.core.tls import peer_has_verified_cert
 from atoll.proto.v1 import control_pb2_grpc
-from atoll.wire.agent_service import heartbeat_extras
+from atoll.wire.agent_service import heartbeat_extras, proof_from_pb
 from atoll.wire.nodes import capacity_from_pb, spec_from_pb, status_from_pb
 
 log = logging.getLogger("atoll.coordinator")
 
 
 class AgentApi(control_pb2_grpc.AgentServiceServicer):
-    def __init__(self, registry: Registry, metrics, require_client_cert: bool = False, dataplane=None):
+    def __init__(self, registry: Registry, metrics, issuer: Issuer, require_client_cert: bool = False,
+                 dataplane=None):
         """``dataplane``: the :class:`~atoll.coordinator.publish.Publisher` that reads the
         routing and key digests and the entries' load in each heartbeat."""
         self.registry = registry
         self.metrics = metrics
+        self.issuer = issuer
         self.require_client_cert = require_client_cert
         self.dataplane = dataplane
 
@@ -39,13 +46,20 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
 
     @handle_errors
     async def Register(self, request, context):
-        self._check_peer(context)
-        node_id, token = self.registry.register(
-            request.join_token, request.node_id, spec_from_pb(request.spec),
-            capacity_from_pb(request.capacity), status_from_pb(request.status))
-        log.info("agent registered", extra=kv(node=request.spec.name, id=node_id,
-                                               tier=request.spec.tier, region=request.spec.region))
-        return convert.register_response(node_id, token, self.registry.interval, self.registry.liveness.lost_after)
+        try:
+            self._check_peer(context)
+            node_id, token = self.registry.register(
+                request.join_token, request.node_id, spec_from_pb(request.spec),
+                capacity_from_pb(request.capacity), status_from_pb(request.status), proof_from_pb(request))
+        except AtollError as exc:
+            _refused("registration refused", context, exc, node=request.spec.name[:64], id=request.node_id[:64])
+            raise
+        rec = self.registry.nodes[node_id]
+        log.info("agent registered", extra=kv(node=request.spec.name, id=node_id, tier=request.spec.tier,
+                                               region=request.spec.region, trusted=rec.trusted,
+                                               peer=context.peer()))
+        return convert.register_response(node_id, token, self.registry.interval, self.registry.liveness.lost_after,
+                                         self.issuer.public_raw, rec.trusted)
 
     async def Heartbeat(self, request_iterator, context):
         first = await context.read()
@@ -55,10 +69,11 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             check_parsed(first)
             self._check_peer(context)
             sess = self.registry.open_session(first.node_id, first.session_token)
-            self._handle(sess, first)
+            self._handle(sess, first, refresh=False)
         except AtollError as exc:
+            _refused("heartbeat refused", context, exc, id=getattr(first, "node_id", "")[:64])
             await context.abort(status_code(exc), str(exc))
-        await context.write(convert.heartbeat_response(first.seq, self.registry.interval))
+        await context.write(convert.heartbeat_response(first.seq, self.registry.interval, [self._credential(sess)]))
         writer = asyncio.ensure_future(self._writer(sess, context))
         try:
             while True:
@@ -68,9 +83,13 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
                 try:
                     check_parsed(req)
                     if req.node_id != sess.node_id or req.session_token != sess.token:
-                        raise Unauthenticated("heartbeat for another session on this stream")
+                        exc = Unauthenticated("heartbeat for another session on this stream")
+                        exc.reason = "session"
+                        self.metrics.identity_refusal("session")
+                        raise exc
                     self._handle(sess, req)
                 except AtollError as exc:
+                    _refused("heartbeat refused", context, exc, id=sess.node_id)
                     await context.abort(status_code(exc), str(exc))
         finally:
             writer.cancel()
@@ -78,7 +97,13 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             if self.dataplane is not None and sess.node_id not in self.registry.sessions:
                 self.dataplane.session_closed(sess.node_id)
 
-    def _handle(self, sess, req) -> None:
+    def _credential(self, sess) -> dict:
+        """A fresh node token for the session's node, remembered on the session."""
+        token, expires = self.issuer.node_token(sess.node_id)
+        sess.credential_expires = expires
+        return {"credential": (token, expires)}
+
+    def _handle(self, sess, req, refresh: bool = True) -> None:
         t0 = time.perf_counter()
         self.registry.heartbeat(
             sess, req.seq,
@@ -92,6 +117,8 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
                 self.dataplane.heartbeat(sess.node_id, *heartbeat_extras(req))
             except Exception:  # noqa: BLE001 - a node's liveness never depends on its load report
                 log.exception("entry load report failed", extra=kv(node=sess.node_id[:12]))
+        if refresh and self.issuer.needs_refresh(sess.credential_expires):
+            sess.push(self._credential(sess))
         done = time.perf_counter()
         self.metrics.observe_heartbeat(done - t0, (time.time() - req.sent_unix) if req.sent_unix else None)
 
@@ -102,3 +129,10 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             while not sess.outbox.empty():
                 batch.append(sess.outbox.get_nowait())
             await context.write(convert.heartbeat_response(sess.last_seq, self.registry.interval, batch))
+
+
+def _refused(what: str, context, exc: AtollError, **fields) -> None:
+    """Log a refused agent call with who knocked and why (identity refusals are warnings)."""
+    reason = getattr(exc, "reason", "")
+    (log.warning if reason else log.info)(what, extra=kv(peer=context.peer(), reason=reason or exc.code,
+                                                         error=str(exc)[:300], **fields))

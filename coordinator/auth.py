@@ -1,4 +1,4 @@
-"""API keys bound to a tenant, and the gRPC interceptor that checks them.
+"""API keys bound to a tenant, and the gRPC interceptor that checks every caller.
 
 A key looks like ``atoll_<id>_<secret>``; the coordinator stores only ``sha256(secret)`` (keys are
 high-entropy random strings, so a fast hash is enough) with its tenant, role and state, in the
@@ -16,28 +16,35 @@ PERMISSION_DENIED; another tenant's workflow NOT_FOUND (its existence is not rev
 The check itself is :func:`atoll.core.apikeys.identify` and the tenant rule
 :func:`atoll.core.apikeys.may_see`, the same functions agents apply at their doors with the key
 set this coordinator sends them (:meth:`KeyRing.key_set`).
+:class:`AuthInterceptor` also accepts the coordinator's own capability tokens (a node fetching
+the blobs its assignments reference) and asks the authorization table (``atoll.core.access``)
+for every method of every service.
 """
 
 from __future__ import annotations
 
 import contextvars
-import inspect
 import json
 import secrets
 import time
+from dataclasses import dataclass
 
 import grpc
 
+from atoll.core import access
+from atoll.core import credentials as cred
 from atoll.core.apikeys import ROLES, Identity, KeyEntry, KeySet, identify, key_set, may_see, secret_hash
-from atoll.core.apikeys import bearer as _bearer
 from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from atoll.core.rpc import bearer, guarded
 
 META_KEY = "api_keys"
-__all__ = ["Identity", "KeyRing", "ApiKeyInterceptor", "visible", "caller_tenant", "ROLES"]
+AGENT_SERVICE = "/atoll.v1.AgentService/"
+__all__ = ["Identity", "KeyRing", "AuthInterceptor", "NodeCaller", "visible", "caller_tenant", "caller_node", "ROLES"]
 
 
-# The caller of the RPC being handled (None when keys are not enforced).
-current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("atoll_identity", default=None)
+# The caller of the RPC being handled: an API key's Identity, a NodeCaller, or None (keys are
+# not enforced yet, or the call comes from inside the coordinator).
+current: contextvars.ContextVar = contextvars.ContextVar("atoll_identity", default=None)
 
 
 class KeyRing:
@@ -119,85 +126,74 @@ class KeyRing:
         return identify(self.key_set().keys, key)
 
 
-# Methods of atoll.v1.ClientService and what they need.
-ADMIN_ONLY = {"DrainNode"}
-OPEN_WHEN_BOOTSTRAPPING = {"CreateKey"}
+@dataclass(frozen=True)
+class NodeCaller:
+    """A node presenting the capability token the coordinator issued to it."""
+
+    node_id: str
+    scopes: tuple[str, ...]
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Checks API keys on the client-facing services and exposes the caller as ``current``."""
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Finds out who calls (an API key, a capability token, or nobody), asks the authorization
+    table (:func:`atoll.core.access.decide`) whether that kind of caller may call the method,
+    and exposes the caller as ``current`` to the handler, which applies the ownership rule.
 
-    SERVICES = ("/atoll.v1.ClientService/", "/atoll.v1.ModelStore/Push", "/atoll.v1.ModelStore/Stat")
+    ``AgentService`` passes through: its callers authenticate with what their messages carry
+    (join token or node key, then the session token), which the registry checks."""
 
-    def __init__(self, keys: KeyRing):
-        self.keys = keys
+    def __init__(self, keys: KeyRing, issuer):
+        self.keys, self.issuer = keys, issuer
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         method = details.method or ""
-        if handler is None or not method.startswith(self.SERVICES):
+        if handler is None or method.startswith(AGENT_SERVICE) or access.open_to_anyone(method):
             return handler
-        name = method.rsplit("/", 1)[-1]
-        token = _bearer(details.invocation_metadata)
-        keys = self.keys
+        token = bearer(details.invocation_metadata)
 
-        def identify() -> Identity | None:
-            if not keys.enabled():
-                return None
-            if not token and name in OPEN_WHEN_BOOTSTRAPPING:
-                return None
-            ident = keys.check(token)
-            if name in ADMIN_ONLY and not ident.is_admin:
-                raise PermissionDenied(f"{name} needs an admin key")
-            return ident
+        def admit():
+            kind, caller, scopes = self.identify(token)
+            access.decide(method, kind, scopes)
+            reset = current.set(caller)
+            return lambda: current.reset(reset)
+        return guarded(handler, admit)
 
-        async def enter(context):
-            """Check the caller; on success set ``current`` and return the token to reset."""
-            try:
-                return current.set(identify())
-            except (Unauthenticated, PermissionDenied) as exc:
-                code = (grpc.StatusCode.UNAUTHENTICATED if exc.code == "UNAUTHENTICATED"
-                        else grpc.StatusCode.PERMISSION_DENIED)
-                await context.abort(code, str(exc))
-
-        if handler.unary_stream:
-            inner_s = handler.unary_stream
-
-            async def us(request, context):
-                tok = await enter(context)
-                try:
-                    agen = inner_s(request, context)
-                    if inspect.isasyncgen(agen):
-                        async for item in agen:
-                            yield item
-                    else:
-                        for item in await agen:
-                            yield item
-                finally:
-                    current.reset(tok)
-            return grpc.unary_stream_rpc_method_handler(us, handler.request_deserializer, handler.response_serializer)
-
-        # unary-unary and stream-unary: one coroutine call, the same wrapping.
-        kind, factory = ((handler.unary_unary, grpc.unary_unary_rpc_method_handler) if handler.unary_unary
-                         else (handler.stream_unary, grpc.stream_unary_rpc_method_handler))
-        if kind is None:
-            return handler
-        inner = kind
-
-        async def call(request_or_iterator, context):
-            tok = await enter(context)
-            try:
-                return await inner(request_or_iterator, context)
-            finally:
-                current.reset(tok)
-        return factory(call, handler.request_deserializer, handler.response_serializer)
+    def identify(self, token: str) -> tuple[str, "Identity | NodeCaller | None", tuple[str, ...]]:
+        """(kind of caller, the caller for ``current``, token scopes); Unauthenticated when it
+        presents a credential that does not verify."""
+        if cred.is_token(token):
+            claims = self.issuer.verify(token)
+            kind = access.COORDINATOR if claims.is_coordinator else access.NODE
+            return kind, NodeCaller(claims.node_id, claims.scopes), claims.scopes
+        if not self.keys.enabled():
+            return access.ADMIN, None, ()          # no key exists yet: open (bootstrap), said in the log
+        if not token:
+            return access.ANONYMOUS, None, ()
+        ident = self.keys.check(token)
+        return (access.ADMIN if ident.is_admin else access.USER), ident, ()
 
 
 def visible(tenant_of_thing: str) -> bool:
-    """May the current caller see a thing owned by ``tenant_of_thing``?"""
-    return may_see(current.get(), tenant_of_thing)
+    """May the current caller see a thing owned by ``tenant_of_thing``? (None: keys are not
+    enforced yet, or the coordinator itself; a node's token sees no tenant's things.)"""
+    ident = current.get()
+    if isinstance(ident, NodeCaller):
+        return False
+    return may_see(ident, tenant_of_thing)
 
 
 def caller_tenant() -> str:
     ident = current.get()
-    return ident.tenant if ident is not None else ""
+    return ident.tenant if isinstance(ident, Identity) else ""
+
+
+def caller_node() -> str:
+    """The node id of a caller presenting a node token, else ""."""
+    ident = current.get()
+    return ident.node_id if isinstance(ident, NodeCaller) else ""
+
+
+def caller_is_admin() -> bool:
+    ident = current.get()
+    return ident is None or (isinstance(ident, Identity) and ident.is_admin)

@@ -8,6 +8,7 @@ import time
 from atoll.coordinator import auth, convert
 from atoll.coordinator.profiler import profile_variant
 from atoll.coordinator.registry import Registry
+from atoll.coordinator.tenancy import node_view, scope_of
 from atoll.core.errors import AtollError, FailedPrecondition, InvalidArgument
 from atoll.core.logs import kv
 from atoll.core.rpc import handle_errors
@@ -43,18 +44,33 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         if request.state not in convert.PB_TO_STATE and request.state != convert.UNSPECIFIED_STATE:
             raise InvalidArgument(f"unknown node state {request.state}")
         state = convert.PB_TO_STATE.get(request.state, "")
-        recs = self.registry.list(tier=request.tier, region=request.region, state=state)
+        recs = self._views(self.registry.list(tier=request.tier, region=request.region, state=state))
         return convert.nodes_response(recs, self.registry.age)
+
+    def _views(self, recs: list) -> list:
+        """What the caller may see of these nodes: all of it (an admin), or what its tenant's
+        workflows put there (a user: ``tenancy.node_view``)."""
+        if auth.caller_is_admin():
+            return recs
+        scope = scope_of(self.workflows.records.values(), auth.caller_tenant())
+        return [node_view(r, scope) for r in recs]
 
     @handle_errors
     async def GetNode(self, request, context):
-        rec = self.registry.resolve(request.node)
+        rec = self._views([self.registry.resolve(request.node)])[0]
         return convert.node_to_pb(rec, self.registry.age(rec))
 
     @handle_errors
     async def DrainNode(self, request, context):
         rec = self.registry.drain(request.node)
         log.info("node drained by operator", extra=kv(node=rec.name, id=rec.id))
+        return convert.node_to_pb(rec, self.registry.age(rec))
+
+    @handle_errors
+    async def SetNodeTrust(self, request, context):
+        rec = self.registry.set_trusted(request.node, request.trusted)
+        self.workflows.trust_changed(rec.id, rec.trusted)
+        log.info("node trust set by operator", extra=kv(node=rec.name, id=rec.id, trusted=rec.trusted))
         return convert.node_to_pb(rec, self.registry.age(rec))
 
     # ------------------------------------------------------------------ workflows
@@ -68,7 +84,7 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
 
     @handle_errors
     async def SubmitWorkflow(self, request, context):
-        rec = self.workflows.submit(request.spec_yaml, request.filename, request.dry_run,
+        rec = await self.workflows.submit(request.spec_yaml, request.filename, request.dry_run,
                                     tenant=auth.caller_tenant())
         return self._status(rec) if not request.dry_run else convert.planned_status(rec)
 
@@ -146,6 +162,26 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         info = self.keys.revoke(request.id, auth.current.get())
         log.info("api key revoked", extra=kv(id=info["id"], tenant=info["tenant"]))
         return convert.key_info(info)
+
+    # ------------------------------------------------------------------ join tokens
+    @handle_errors
+    async def CreateJoinToken(self, request, context):
+        info, token = self.registry.tokens.create(list(request.tiers), list(request.regions), request.trusted,
+                                                  request.ttl_seconds, request.uses)
+        log.info("join token created", extra=kv(id=info["id"], tiers=",".join(info["tiers"]) or "any",
+                                                 regions=",".join(info["regions"]) or "any",
+                                                 trusted=info["trusted"]))
+        return convert.created_join_token(info, token)
+
+    @handle_errors
+    async def ListJoinTokens(self, request, context):
+        return convert.join_token_list(self.registry.tokens.list())
+
+    @handle_errors
+    async def RevokeJoinToken(self, request, context):
+        info = self.registry.tokens.revoke(request.id)
+        log.info("join token revoked", extra=kv(id=info["id"]))
+        return convert.join_token_info(info)
 
     @handle_errors
     async def Profile(self, request, context):

@@ -27,7 +27,7 @@ UNSPECIFIED_STATE = common_pb2.NODE_STATE_UNSPECIFIED
 def node_to_pb(rec: NodeRecord, age: float) -> common_pb2.Node:
     return nodes.node_to_pb(node_id=rec.id, spec=rec.spec, capacity=rec.capacity, status=rec.status,
                             state=rec.state, last_heartbeat=rec.last_heartbeat, age=age,
-                            registered=rec.registered_at, heartbeats=rec.heartbeats)
+                            registered=rec.registered_at, heartbeats=rec.heartbeats, trusted=rec.trusted)
 
 
 def nodes_response(recs: list[NodeRecord], age) -> control_pb2.ListNodesResponse:
@@ -35,9 +35,10 @@ def nodes_response(recs: list[NodeRecord], age) -> control_pb2.ListNodesResponse
 
 
 # ---------------------------------------------------------------------- agents
-def register_response(node_id: str, token: str, interval: float, lease: float) -> control_pb2.RegisterResponse:
+def register_response(node_id: str, token: str, interval: float, lease: float, coordinator_key: bytes,
+                      trusted: bool) -> control_pb2.RegisterResponse:
     return control_pb2.RegisterResponse(node_id=node_id, session_token=token, heartbeat_interval_seconds=interval,
-                                        lease_seconds=lease)
+                                        lease_seconds=lease, coordinator_public_key=coordinator_key, trusted=trusted)
 
 
 def heartbeat_response(ack_seq: int, interval: float, instructions: Sequence[dict] = ()
@@ -118,9 +119,25 @@ def key_list(keys: list[dict]) -> control_pb2.ListKeysResponse:
     return control_pb2.ListKeysResponse(keys=[key_info(k) for k in keys])
 
 
+# ---------------------------------------------------------------------- join tokens
+def join_token_info(t: dict) -> control_pb2.JoinTokenInfo:
+    return control_pb2.JoinTokenInfo(id=t["id"], tiers=t["tiers"], regions=t["regions"], trusted=t["trusted"],
+                                     expires_unix=t["expires"], uses_left=t["uses_left"], uses=t["uses"],
+                                     created_unix=t["created"], revoked=t["revoked"])
+
+
+def created_join_token(info: dict, token: str) -> control_pb2.CreateJoinTokenResponse:
+    return control_pb2.CreateJoinTokenResponse(info=join_token_info(info), token=token)
+
+
+def join_token_list(tokens: list[dict]) -> control_pb2.ListJoinTokensResponse:
+    return control_pb2.ListJoinTokensResponse(tokens=[join_token_info(t) for t in tokens])
+
+
 # ---------------------------------------------------------------------- model store
 def blob_info(info: dict) -> control_pb2.BlobInfo:
-    return control_pb2.BlobInfo(**{k: v for k, v in info.items() if k != "tenant"})
+    return control_pb2.BlobInfo(name=info["name"], kind=info["kind"], size_bytes=info["size_bytes"],
+                                display_name=info.get("display_name", ""))
 
 
 def blob_chunk(name: str, kind: str, data: bytes, offset: int, total: int) -> control_pb2.BlobChunk:

@@ -5,7 +5,8 @@ values: hardware class, tier, region, price, GPU memory, the base models each al
 the node ids other workflows hold, and the throughput measured on the fleet for this workflow.
 
 Pools: :func:`fleet_pools` groups nodes by (hardware class, tier, region, price, preemptible,
-GPU memory); each group is one planner pool whose ``node_ids`` name its members. A node's
+GPU memory, trusted); each group is one planner pool whose ``node_ids`` name its members. A
+node is trusted only when the operator said so (``NodeRecord.trusted``), never by its tier. A node's
 hardware class is its ``hardware`` label when node.yaml sets one, otherwise a slug of its GPU
 model ("NVIDIA A100-SXM4-80GB" -> "a100-sxm4-80gb"), or "cpu" without a GPU.
 """
@@ -52,6 +53,7 @@ class FleetNode:
     gpu_memory_gb: float           # the largest GPU's memory, GiB, 2 decimals
     labels: Mapping[str, str] = field(default_factory=dict)
     resident: frozenset[str] = frozenset()
+    trusted: bool = False          # the operator's decision (a trusted join token, `atoll nodes trust`)
 
     @classmethod
     def of(cls, rec: NodeRecord) -> "FleetNode":
@@ -61,7 +63,7 @@ class FleetNode:
                    price_per_hour=float(rec.spec.get("price_per_hour", 0.0)),
                    preemptible=bool(rec.spec.get("preemptible", False)), hardware=hardware_class(rec),
                    gpu_memory_gb=mem, labels=dict(rec.spec.get("labels") or {}),
-                   resident=resident_models(rec.status))
+                   resident=resident_models(rec.status), trusted=rec.trusted)
 
     def domain(self, label: str) -> str:
         """The node's failure domain by ``label`` ("region": its region; a node without the
@@ -102,11 +104,12 @@ def fleet_pools(nodes: Sequence[FleetNode]) -> list[dict]:
     """Group nodes into pool dicts (the fields of ``atoll.specs.cluster.PoolSpec``)."""
     groups: dict[tuple, list[FleetNode]] = {}
     for n in sorted(nodes, key=lambda n: n.name):
-        key = (n.hardware, n.tier, n.region, n.price_per_hour, n.preemptible, n.gpu_memory_gb)
+        key = (n.hardware, n.tier, n.region, n.price_per_hour, n.preemptible, n.gpu_memory_gb, n.trusted)
         groups.setdefault(key, []).append(n)
     pools = []
-    for (hw, tier, region, price, pre, mem), members in sorted(groups.items()):
+    for (hw, tier, region, price, pre, mem, trusted), members in sorted(groups.items()):
         pools.append({"name": f"{hw}.{region}.{tier}.{len(pools)}", "hardware": hw, "tier": tier,
                       "region": region, "price_per_hour": price, "preemptible": pre,
-                      "gpu_memory_gb": mem, "count": len(members), "node_ids": [m.id for m in members]})
+                      "gpu_memory_gb": mem, "count": len(members), "node_ids": [m.id for m in members],
+                      "trusted": trusted})
     return pools

@@ -19,16 +19,16 @@ seconds; and the leader checks its own lock connection every ``check`` seconds. 
 fails, or the server no longer lists the lock as held by this backend, the leader has (or may
 have) lost the lock and ``on_lost`` is called; the coordinator then steps down by exiting, to be
 restarted by its supervisor as a standby. Each election also increments ``leader_epoch`` in the
-``meta`` table: a fencing number written to the log and to ``leader_epoch``, so two reigns are
-never confused when reading logs or the database.
+``meta`` table: the fencing number of that reign, written to the log too.
 
-Limit, stated plainly: the store's writes are not fenced by the epoch. After a partition, the old
-leader may keep writing for up to ``check`` + ``CHECK_TIMEOUT`` seconds (1 s + 3 s) before it
-notices, while a standby already leads. Those writes are the same idempotent node and workflow
-updates the new leader makes, and the new leader's next write of a row wins. A process that
-dies (the common case) releases the lock at once and writes nothing more. If PostgreSQL itself
-restarts, every lock connection drops: the leader exits (code 3), and whichever coordinator
-reconnects first leads.
+Writes are fenced by the epoch: the store of an elected coordinator commits a write only while
+``meta.leader_epoch`` is still its own (``store_pg.PostgresStore.fence``), and the election's
+increment of that row waits for such a write and fails every later one. So after a partition
+the old leader, which may take up to ``check`` + ``CHECK_TIMEOUT`` seconds (1 s + 3 s) to notice
+it lost the lock, cannot write anything once a standby leads: its first write fails and makes
+it step down. A process that dies (the common case) releases the lock at once and writes
+nothing more. If PostgreSQL itself restarts, every lock connection drops: the leader exits
+(code 3), and whichever coordinator reconnects first leads.
 
 The elected leader writes its advertised address to ``meta.leader_address``; standbys read it
 on every poll, so they can tell callers where to go ("standby; leader is at ADDR").
@@ -164,7 +164,7 @@ class AdvisoryLockLeadership:
                 why = f"lost the connection that holds the leader lock ({type(exc).__name__}: {str(exc).strip()[:200]})"
             if why:
                 self.is_leader = False
-                log.error("leadership lost; stepping down", extra=kv(epoch=self.epoch, why=why))
+                log.warning("leader lock lost", extra=kv(epoch=self.epoch, why=why))
                 await asyncio.to_thread(self._drop)
                 res = self.on_lost(why)
                 if asyncio.iscoroutine(res):

@@ -13,6 +13,9 @@ from prometheus_client.core import GaugeMetricFamily
 
 from atoll.coordinator.liveness import STATES
 
+IDENTITY_REASONS = ("no_key", "bad_signature", "stale_proof", "replayed_proof", "key_mismatch", "join_token",
+                    "scope", "name_taken", "session")
+
 
 class FleetCollector:
     def __init__(self, registry_fn):
@@ -76,6 +79,11 @@ class CoordinatorMetrics:
                     self.transitions.labels(a, b)
         for reason in ("unauthenticated", "invalid"):
             self.rejections.labels(reason)
+        self.identity_refusals = Counter(
+            "atoll_identity_refusals", "Registrations and heartbeats refused for who the caller is "
+            "(node key, proof, join token, scope, session)", ["reason"], registry=r)
+        for reason in IDENTITY_REASONS:
+            self.identity_refusals.labels(reason)
         # workflows (requests themselves are counted by the agents' entries: agent/dataplane/metrics.py)
         self.forwarded = Counter("atoll_invoke_forwarded", "Invoke calls (gRPC and the OpenAI door) this "
                                  "coordinator forwarded to an agent's entry, by outcome",
@@ -100,6 +108,9 @@ class CoordinatorMetrics:
             self.registrations.inc()
         else:
             self.rejections.labels(reason or "other").inc()
+
+    def identity_refusal(self, reason: str) -> None:
+        self.identity_refusals.labels(reason if reason in IDENTITY_REASONS else "other").inc()
 
     def transition(self, t) -> None:
         self.transitions.labels(t.old, t.new).inc()

@@ -46,10 +46,11 @@ async def profile_variant(wm, workers: WorkerClient, workflow: str, task: str, v
         async with sem:
             prompt = stage.prompt.replace("{input}", f"profiling request {i}") if stage.prompt else f"profiling {i}"
             if stage.kind == "embedding":
-                await workers.embed(address, prompt, adapter=adapter, timeout=TIMEOUT_S)
+                await workers.embed(address, prompt, adapter=adapter, timeout=TIMEOUT_S, node_id=target["node_id"])
                 return
             async for d in workers.generate(address, prompt, adapter=adapter, max_tokens=stage.max_tokens,
-                                            temperature=stage.temperature, timeout=TIMEOUT_S):
+                                            temperature=stage.temperature, timeout=TIMEOUT_S,
+                                            node_id=target["node_id"]):
                 if d.finished:
                     tokens[0] += d.prompt_tokens + d.completion_tokens
 

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 from atoll.planner.plan import Plan
 from atoll.specs.assignment import ReplicaItem
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2      # 2: nodes.identity (bound node key, trust, join scope)
 
 
 @dataclass
@@ -39,6 +39,10 @@ class NodeRecord:
     last_heartbeat: float = 0.0     # wall clock, seconds since the epoch
     heartbeats: int = 0
     drain_requested: bool = False   # an operator drained it: stays DRAINING across restarts
+    # Identity (the operator's and the coordinator's, never the host's claim; see coordinator/identity.py):
+    public_key: str = ""            # the node key bound to this id at its first registration (base64url)
+    trusted: bool = False           # trusted_only workflows may run here (a trusted join token, or an admin)
+    scope: dict = field(default_factory=dict)   # what its join token allowed: {"tiers", "regions", "token"}
 
     @property
     def tier(self) -> str:
@@ -157,19 +161,75 @@ class WorkflowRecord:
 
 
 # ---------------------------------------------------------------------- row form
-NODE_COLUMNS = "id, name, spec, capacity, status, state, registered_at, last_heartbeat, heartbeats, drain_requested"
-WORKFLOW_COLUMNS = "name, spec_yaml, state, message, plan, assignments, generation, created, updated, tenant"
+# The tables, once for both stores: (column, type, constraint) with a portable type ("text",
+# "real", "int", "bool") that :func:`create_tables` spells in each SQL dialect. A column's
+# default is part of its constraint, written with a Python value so each dialect can render it.
+TABLES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "meta": (("key", "text", "PRIMARY KEY"), ("value", "text", "NOT NULL")),
+    "nodes": (("id", "text", "PRIMARY KEY"), ("name", "text", "NOT NULL UNIQUE"), ("spec", "text", "NOT NULL"),
+              ("capacity", "text", "{}"), ("status", "text", "{}"), ("state", "text", "NOT NULL"),
+              ("registered_at", "real", "NOT NULL"), ("last_heartbeat", "real", "NOT NULL"),
+              ("heartbeats", "int", 0), ("drain_requested", "bool", False), ("identity", "text", "{}")),
+    "workflows": (("name", "text", "PRIMARY KEY"), ("spec_yaml", "text", "NOT NULL"), ("state", "text", "NOT NULL"),
+                  ("message", "text", ""), ("plan", "text", "{}"), ("assignments", "text", "[]"),
+                  ("generation", "int", 0), ("created", "real", "NOT NULL"), ("updated", "real", "NOT NULL"),
+                  ("tenant", "text", "")),
+    "profiles": (("variant_key", "text", "NOT NULL"), ("hardware", "text", "NOT NULL"), ("rps", "real", "NOT NULL"),
+                 ("tps", "real", "NOT NULL"), ("source", "text", "NOT NULL"), ("updated", "real", "NOT NULL"),
+                 ("PRIMARY KEY", "(variant_key, hardware)", "")),
+}
+_SQL_TYPES = {"sqlite": {"text": "TEXT", "real": "REAL", "int": "INTEGER", "bool": "INTEGER"},
+              "postgres": {"text": "TEXT", "real": "DOUBLE PRECISION", "int": "BIGINT", "bool": "BOOLEAN"}}
+
+
+def column_sql(column: tuple, dialect: str) -> str:
+    """One column of :data:`TABLES` in ``dialect`` ("sqlite" or "postgres")."""
+    name, kind, rule = column
+    if name == "PRIMARY KEY":                                   # a table constraint
+        return f"PRIMARY KEY {kind}"
+    if isinstance(rule, str) and rule.isupper():                # PRIMARY KEY, NOT NULL, NOT NULL UNIQUE
+        return f"{name} {_SQL_TYPES[dialect][kind]} {rule}"
+    if isinstance(rule, bool):
+        default = str(rule).upper() if dialect == "postgres" else str(int(rule))
+    elif isinstance(rule, int):
+        default = str(rule)
+    else:
+        default = "'" + rule.replace("'", "''") + "'"
+    return f"{name} {_SQL_TYPES[dialect][kind]} NOT NULL DEFAULT {default}"
+
+
+def create_tables(dialect: str) -> list[str]:
+    """``CREATE TABLE IF NOT EXISTS`` for every table of :data:`TABLES` in ``dialect``."""
+    return [f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(column_sql(c, dialect) for c in columns)})"
+            for table, columns in TABLES.items()]
+
+
+def _names(table: str) -> str:
+    return ", ".join(c[0] for c in TABLES[table] if c[0] != "PRIMARY KEY")
+
+
+NODE_COLUMNS = _names("nodes")
+WORKFLOW_COLUMNS = _names("workflows")
+
+
+def node_identity(rec: NodeRecord) -> str:
+    """The ``identity`` column: the bound key, trust and join scope, as JSON."""
+    return json.dumps({"public_key": rec.public_key, "trusted": bool(rec.trusted), "scope": rec.scope},
+                      sort_keys=True)
 
 
 def node_row(rec: NodeRecord) -> tuple:
     return (rec.id, rec.name, json.dumps(rec.spec), json.dumps(rec.capacity), json.dumps(rec.status), rec.state,
-            rec.registered_at, rec.last_heartbeat, rec.heartbeats, bool(rec.drain_requested))
+            rec.registered_at, rec.last_heartbeat, rec.heartbeats, bool(rec.drain_requested), node_identity(rec))
 
 
 def node_from_row(r) -> NodeRecord:
+    ident = json.loads(r[10] or "{}")
     return NodeRecord(id=r[0], name=r[1], spec=json.loads(r[2]), capacity=json.loads(r[3]),
                       status=json.loads(r[4]), state=r[5], registered_at=r[6],
-                      last_heartbeat=r[7], heartbeats=r[8], drain_requested=bool(r[9]))
+                      last_heartbeat=r[7], heartbeats=r[8], drain_requested=bool(r[9]),
+                      public_key=ident.get("public_key", ""), trusted=bool(ident.get("trusted", False)),
+                      scope=dict(ident.get("scope") or {}))
 
 
 def workflow_row(rec: WorkflowRecord) -> tuple:

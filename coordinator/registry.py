@@ -3,6 +3,15 @@
 Plain logic, no gRPC: the servicers unpack messages into dicts, call these methods and pack the
 results. Everything runs on the coordinator's event loop thread.
 
+Identity: every registration proves possession of the agent's Ed25519 node key
+(:func:`atoll.core.credentials.check_proof`: signature, freshness, no replay). The first
+registration of a node id binds that key to the id, with the tier/region scope and the trust
+its join token grants (``join_tokens.py``); a later registration for that id with another key
+is refused, and with the bound key needs no join token but stays within the recorded scope.
+Refusals are counted by reason (``atoll_identity_refusals_total``) and carry the reason on the
+error (``exc.reason``) so the servicer logs it with the peer. Trust is the operator's:
+:meth:`Registry.set_trusted`.
+
 Durability: a registration and a drain are committed to the store before they are
 acknowledged. Heartbeats only touch memory; :meth:`Registry.flush` writes the heartbeat times
 and changed statuses of touched nodes in one transaction every few seconds, and every liveness
@@ -12,7 +21,7 @@ transition is written when it happens.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import base64
 import hmac
 import re
 import secrets
@@ -23,10 +32,12 @@ from typing import Callable
 
 from pydantic import ValidationError
 
+from atoll.coordinator.join_tokens import Grant, JoinTokens, check_scope
 from atoll.coordinator.liveness import DRAINING, LOST, READY, STATES, Liveness, Transition
 from atoll.coordinator.records import NodeRecord
 from atoll.coordinator.store import Store
-from atoll.core.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from atoll.core import credentials as cred
+from atoll.core.errors import AlreadyExists, AtollError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from atoll.specs.common import validation_to_spec_error
 from atoll.specs.node import NodeConfig
 
@@ -34,8 +45,9 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 MAX_GPUS = 256
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def _refusal(exc: AtollError, reason: str) -> AtollError:
+    exc.reason = reason          # the servicer logs it with the peer
+    return exc
 
 
 @dataclass
@@ -48,6 +60,7 @@ class Session:
     last_seq: int = 0
     closed: bool = False
     draining: bool = False
+    credential_expires: float = 0.0     # when the node token last sent on this stream expires
 
     def push(self, instruction: dict) -> None:
         if not self.closed:
@@ -59,7 +72,8 @@ class Registry:
                  metrics=None, mono: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.store = store
-        self._join_hash = join_token_hash
+        self.tokens = JoinTokens(store, join_token_hash, clock=wall)
+        self._nonces = cred.NonceCache()
         self.interval = heartbeat_interval
         self.liveness = Liveness(heartbeat_interval)
         self.metrics = metrics
@@ -92,42 +106,65 @@ class Registry:
         self._listeners.append(fn)
 
     # -- agents -----------------------------------------------------------------------------------
-    def check_join_token(self, token: str) -> None:
-        if not token or not hmac.compare_digest(hash_token(token), self._join_hash):
-            raise Unauthenticated("join token missing or wrong",
-                                  hint="pass the coordinator's token with --join-token or ATOLL_JOIN_TOKEN")
-
-    def register(self, join_token: str, node_id: str, spec: dict, capacity: dict,
-                 status: dict) -> tuple[str, str]:
+    def register(self, join_token: str, node_id: str, spec: dict, capacity: dict, status: dict,
+                 proof: cred.Proof | None = None) -> tuple[str, str]:
         """Admit an agent. Returns (node id, session token)."""
-        try:
-            self.check_join_token(join_token)
-        except Unauthenticated:
-            self._count_registration("rejected", "unauthenticated")
-            raise
         try:
             spec = validate_spec(spec)
             validate_capacity(capacity)
             if node_id and not _NODE_ID.match(node_id):
                 raise InvalidArgument(f"node_id {node_id[:80]!r} is not a valid id",
                                       hint="8-64 letters, digits or '-'; remove the agent's state dir to get a new one")
-            name = spec["name"]
-            owner = self._by_name.get(name)
-            if owner and owner != node_id and owner in self.sessions:
-                raise AlreadyExists(f"node name {name!r} is in use by live node {owner}",
-                                    hint="give this host another name in node.yaml")
-        except (InvalidArgument, AlreadyExists):
+        except InvalidArgument:
             self._count_registration("rejected", "invalid")
             raise
+        name = spec["name"]
+        key = self._proven_key(proof, node_id)
+        if not node_id:             # the host lost its node_id file but kept its key: same node
+            owner = self.nodes.get(self._by_name.get(name, ""))
+            if owner is not None and owner.public_key == key:
+                node_id = owner.id
+        old = self.nodes.get(node_id) if node_id else None
+        bound = bool(old and old.public_key)
+        if bound and not hmac.compare_digest(old.public_key, key):
+            raise self._refuse(Unauthenticated(
+                f"node {node_id} is bound to another node key ({_short(old.public_key)}); this agent "
+                f"presents {_short(key)}", hint="a node id cannot be copied to another host; remove node_id "
+                "from this agent's state dir to join as a new node"), "key_mismatch")
+        if bound:
+            grant = Grant.of_scope(old.scope, old.trusted)
+        else:
+            try:
+                grant = self.tokens.admit(join_token)
+            except Unauthenticated as exc:
+                self._count_registration("rejected", "unauthenticated")
+                raise self._refuse(exc, "join_token") from None
+        try:
+            check_scope(grant, spec["tier"], spec["region"])
+        except PermissionDenied as exc:
+            raise self._refuse(exc, "scope") from None
+        owner = self._by_name.get(name)
+        if owner and owner != node_id:
+            orec = self.nodes.get(owner)
+            if owner in self.sessions:
+                self._count_registration("rejected", "invalid")
+                raise AlreadyExists(f"node name {name!r} is in use by live node {owner}",
+                                    hint="give this host another name in node.yaml")
+            if orec is not None and orec.public_key and orec.state != LOST:
+                raise self._refuse(AlreadyExists(
+                    f"node name {name!r} belongs to node {owner}, which has another node key",
+                    hint="give this host another name in node.yaml, or wait until that node is LOST"), "name_taken")
         if not node_id:
-            node_id = owner or uuid.uuid4().hex   # same name, no live session: take the old id over
-        old = self.nodes.get(node_id)
+            node_id = uuid.uuid4().hex
+        if not bound:
+            self.tokens.spend(grant)
         drain_requested = bool(old and old.drain_requested)
         state = DRAINING if drain_requested else READY
         rec = NodeRecord(id=node_id, name=name, spec=spec, capacity=capacity, status=status,
                          state=state, registered_at=old.registered_at if old else self._wall(),
                          last_heartbeat=self._wall(), heartbeats=old.heartbeats if old else 0,
-                         drain_requested=drain_requested)
+                         drain_requested=drain_requested, public_key=key, trusted=grant.trusted,
+                         scope=grant.scope())
         self.store.upsert_node(rec)                      # durable before we acknowledge
         if old and old.name != name:
             self._by_name.pop(old.name, None)
@@ -149,10 +186,40 @@ class Registry:
         self._count_registration("accepted", "")
         return node_id, token
 
+    def _proven_key(self, proof: cred.Proof | None, node_id: str) -> str:
+        """The node key the proof shows possession of (base64url), or the refusal."""
+        why = cred.check_proof(proof, node_id, self._wall(), self._nonces) if proof is not None else "no_key"
+        if why == "no_key":
+            raise self._refuse(Unauthenticated("this agent presents no node key",
+                                               hint="upgrade the agent: it creates STATE_DIR/node.key"), why)
+        if why:
+            what = {"bad_signature": "the node key's signature does not verify",
+                    "stale_proof": f"the registration's timestamp is more than {cred.FRESHNESS_S:.0f} s from the "
+                                   "coordinator's clock",
+                    "replayed_proof": "this registration was already used (replayed)"}[why]
+            raise self._refuse(Unauthenticated(what, hint="check the host's clock; a replayed or forged "
+                                                          "registration is refused"), why)
+        return base64.urlsafe_b64encode(proof.public_key).decode()
+
+    def _refuse(self, exc: AtollError, reason: str) -> AtollError:
+        if self.metrics is not None:
+            self.metrics.identity_refusal(reason)
+        return _refusal(exc, reason)
+
+    def set_trusted(self, ref: str, trusted: bool) -> NodeRecord:
+        """The operator's decision: may trusted_only workflows run on this node?"""
+        rec = self.resolve(ref)
+        if rec.trusted != trusted:
+            rec.trusted = trusted
+            self.store.upsert_node(rec)
+            self.serving_changes += 1
+        return rec
+
     def open_session(self, node_id: str, token: str) -> Session:
         sess = self.sessions.get(node_id)
         if sess is None or sess.closed or not hmac.compare_digest(sess.token, token or ""):
-            raise Unauthenticated("unknown heartbeat session", hint="register again")
+            exc = Unauthenticated("unknown heartbeat session", hint="register again")
+            raise self._refuse(exc, "session") if node_id in self.nodes else exc
         return sess
 
     def close_session(self, sess: Session) -> None:
@@ -316,3 +383,7 @@ def validate_capacity(cap: dict) -> None:
     for k in ("cpu_cores", "memory_bytes", "disk_bytes"):
         if int(cap.get(k, 0) or 0) < 0:
             raise InvalidArgument(f"capacity.{k} is negative")
+
+
+def _short(key_b64: str) -> str:
+    return cred.fingerprint(base64.urlsafe_b64decode(key_b64 + "=" * (-len(key_b64) % 4))) if key_b64 else "none"

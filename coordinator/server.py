@@ -32,24 +32,28 @@ import grpc
 from prometheus_client import start_http_server
 
 from atoll.coordinator.agent_api import AgentApi
-from atoll.coordinator.auth import ApiKeyInterceptor, KeyRing
+from atoll.coordinator.auth import AuthInterceptor, KeyRing
 from atoll.coordinator.blobs import BlobStore
 from atoll.coordinator.client_api import ClientApi
 from atoll.coordinator.convert import SERVICES
+from atoll.coordinator.identity import Issuer, load_signing_key
 from atoll.coordinator.leader import AdvisoryLockLeadership, SoloLeadership
 from atoll.coordinator.metrics import CoordinatorMetrics
 from atoll.coordinator.model_store_api import ModelStoreApi
 from atoll.coordinator.entry_load import EntryLoads
 from atoll.coordinator.forward import EntryForwarder
 from atoll.coordinator.openai_http import OpenAIDoor
+from atoll.coordinator.join_tokens import hash_token
+from atoll.coordinator.planning import PlanWorkers
 from atoll.coordinator.publish import Publisher, entries
-from atoll.coordinator.registry import Registry, hash_token
-from atoll.coordinator.store import open_store
+from atoll.coordinator.registry import Registry
+from atoll.coordinator.store import guard_store, open_store
 from atoll.coordinator.workflows import WorkflowManager
 from atoll.core.errors import SpecError, Unavailable
 from atoll.core.logs import kv
 from atoll.core.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
-from atoll.core.tls import channel_credentials, mutual_server_credentials, plaintext_policy, server_credentials
+from atoll.core.tls import (channel_credentials, mutual_server_credentials, plain_http_warning, plaintext_policy,
+                            server_credentials)
 from atoll.specs.config import CoordinatorSettings, split_address
 from atoll.specs.routing import UNTRUSTED_TIERS
 from atoll.wire.worker import WorkerClient
@@ -164,18 +168,22 @@ class Coordinator:
         self._log_started(host, mhost, token_file)
 
     def _open_state(self) -> Path | None:
-        """The store, the join token, the blob store, the API keys, the profiler's Worker client
-        (over TLS, with this coordinator's certificate as the client certificate when agents use
-        mutual TLS) and the forwarder to agents' entries. Returns the join-token file, if one is
-        kept here."""
+        """The store (refused when it is empty but this state dir says it held data:
+        ``store.guard_store``), the signing key, the join token, the blob store, the API keys, the
+        profiler's Worker client (over TLS, with this coordinator's certificate as the client
+        certificate when agents use mutual TLS, and always with a coordinator token for the
+        node) and the forwarder to agents' entries. Returns the join-token file, if one is kept
+        here."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(self.settings)
         st = self.settings
+        guard_store(self.store, self.state_dir, st.allow_empty_store)
+        self.issuer = Issuer(load_signing_key(self.store))
         self._token_hash, token_file = resolve_join_token(self.store, self.state_dir, st.join_token,
                                                           bool(st.database_url))
         self.blobs = BlobStore(self.state_dir / "blobs", self.store)
         creds = channel_credentials(st.tls_client_ca, st.tls_cert, st.tls_key)
-        self.workers = WorkerClient(creds)
+        self.workers = WorkerClient(creds, tokens=self.issuer.coordinator_token)
         self.publisher: Publisher | None = None
         self.forwarder = EntryForwarder(self._entries, channel_credentials(st.tls_client_ca), self._entry_current)
         self.keys = KeyRing(self.store)
@@ -193,7 +201,7 @@ class Coordinator:
 
     def _build_server(self) -> None:
         """The gRPC server: every service behind a role gate, API keys checked, health and reflection."""
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ApiKeyInterceptor(self.keys)])
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(self.keys, self.issuer)])
         self.require_agent_certs = bool(self.settings.tls_client_ca)
         for name, cls in (("AgentService", AgentApi), ("ClientService", ClientApi), ("ModelStore", ModelStoreApi)):
             add_service(self.server, _RoleGate(self, name, cls), SERVICES[name])
@@ -222,6 +230,7 @@ class Coordinator:
 
     def _start_metrics(self) -> str:
         mhost, mport = split_address(self.settings.metrics_listen)
+        plain_http_warning(mhost, "the coordinator's metrics (--metrics-listen)")
         try:
             self._metrics_server = start_http_server(mport, addr=mhost, registry=self.metrics.registry)
             srv = self._metrics_server[0] if isinstance(self._metrics_server, tuple) else None
@@ -236,6 +245,7 @@ class Coordinator:
         if not self.settings.openai_listen:
             return
         ohost, oport = split_address(self.settings.openai_listen)
+        plain_http_warning(ohost, "the coordinator's OpenAI door (--openai-listen), which receives API keys,")
         try:
             self.openai = OpenAIDoor(asyncio.get_running_loop(), lambda: self.workflows, self.forwarder,
                                      host=ohost, port=oport, auth=self.keys, metrics=self.metrics)
@@ -261,7 +271,7 @@ class Coordinator:
             store="postgresql" if st.database_url else str(self.state_dir / "atoll.db"),
             role="leader" if self.is_leader else "standby", advertise=self.advertise,
             openai=(f"http://{st.openai_listen.rsplit(':', 1)[0]}:{self.openai.port}/v1" if self.openai else "off"),
-            heartbeat_interval=st.heartbeat_interval,
+            heartbeat_interval=st.heartbeat_interval, signing_key=self.issuer.fingerprint,
             join_token=(f"in {token_file}" if token_file else "from settings" if st.join_token
                         else "from the database")))
 
@@ -272,14 +282,19 @@ class Coordinator:
         self.registry = Registry(self.store, join_token_hash=self._token_hash,
                                  heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics)
         self.metrics.bind(self.registry)
-        self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs)
+        self.planner = PlanWorkers(preload=("atoll.coordinator.placement", "atoll.coordinator.admission"))
+        self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs, planner=self.planner)
+        if self.settings.database_url:       # from now on a write commits only while we lead
+            loop = asyncio.get_running_loop()
+            self.store.fence(self.leadership.epoch, lambda why: loop.call_soon_threadsafe(
+                lambda: asyncio.ensure_future(self._lost(why))))
         self.publisher = Publisher(self.registry, EntryLoads(self.workflows))
-        self._apis = {"AgentService": AgentApi(self.registry, self.metrics,
+        self._apis = {"AgentService": AgentApi(self.registry, self.metrics, self.issuer,
                                                require_client_cert=self.require_agent_certs,
                                                dataplane=self.publisher),
                       "ClientService": ClientApi(self.registry, self.workflows, self.forwarder, self.metrics,
                                                  keys=self.keys, workers=self.workers, entries=self._entries),
-                      "ModelStore": ModelStoreApi(self.blobs)}
+                      "ModelStore": ModelStoreApi(self.blobs, references=self.workflows.references)}
         self._view = None
         loop = asyncio.get_running_loop()
         self._duties = [loop.create_task(self._sweep_loop()), loop.create_task(self._flush_loop()),
@@ -292,8 +307,12 @@ class Coordinator:
                                          load_seconds=round(time.monotonic() - t0, 3)))
 
     async def _lost(self, why: str) -> None:
-        """Leadership cannot be confirmed: stop writing at once and exit, so a supervisor restarts
-        this process as a standby (the safe side of a partition from the database)."""
+        """Leadership cannot be confirmed (or a write was fenced out by a newer epoch): stop
+        writing at once and exit, so a supervisor restarts this process as a standby (the safe
+        side of a partition from the database)."""
+        if not self._apis:
+            return
+        log.error("leadership lost; stepping down", extra=kv(why=why[:300]))
         self._apis = {}
         for t in self._duties:
             t.cancel()
@@ -360,7 +379,7 @@ class Coordinator:
         while True:
             await asyncio.sleep(0.25)
             try:
-                self.workflows.replan_pending()
+                await self.workflows.replan_pending()
                 now = time.monotonic()
                 if now - getattr(self, "_last_autoscale", 0.0) >= 1.0:
                     self._last_autoscale = now
@@ -393,6 +412,8 @@ class Coordinator:
         if getattr(self, "workers", None) is not None:
             await self.workers.close()
             await self.forwarder.close()
+        if getattr(self, "planner", None) is not None:
+            self.planner.close()
         if self.registry is not None and self._apis:
             self.registry.flush()
         if self.leadership is not None:

@@ -16,15 +16,21 @@ written when they happen.
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, WorkflowRecord,
-                                       node_from_row, node_row, workflow_from_row, workflow_row)
+                                       create_tables, node_from_row, node_row, workflow_from_row, workflow_row)
 from atoll.coordinator.store_pg import PostgresStore
+from atoll.core.errors import FailedPrecondition
+
+log = logging.getLogger("atoll.coordinator")
+MARKER = "store-id"
 
 
 class Store(Protocol):
@@ -36,6 +42,8 @@ class Store(Protocol):
     def touch_nodes(self, updates: Iterable[tuple[str, float, int, dict | None]]) -> None: ...
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
+    def init_meta(self, key: str, value: str) -> str: ...
+    def fence(self, epoch: int, on_fenced: Callable[[str], None]) -> None: ...
     def put_workflow(self, rec: "WorkflowRecord") -> None: ...
     def get_workflow(self, name: str) -> "WorkflowRecord | None": ...
     def list_workflows(self) -> list["WorkflowRecord"]: ...
@@ -53,55 +61,27 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a committed transaction survives a process crash (kill -9);
-        # only an OS crash or power loss could lose the last ones.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a committed transaction survives a process crash (kill -9);
+            # only an OS crash or power loss could lose the last ones.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise FailedPrecondition(f"the SQLite database {self.path} is damaged ({exc})",
+                                     hint="restore it from a backup; the coordinator will not start on it") from None
 
     def _migrate(self) -> None:
         with self._lock:
-            self._db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                CREATE TABLE IF NOT EXISTS nodes (
-                    id TEXT PRIMARY KEY,
-                    name TEXT NOT NULL UNIQUE,
-                    spec TEXT NOT NULL,
-                    capacity TEXT NOT NULL DEFAULT '{}',
-                    status TEXT NOT NULL DEFAULT '{}',
-                    state TEXT NOT NULL,
-                    registered_at REAL NOT NULL,
-                    last_heartbeat REAL NOT NULL,
-                    heartbeats INTEGER NOT NULL DEFAULT 0,
-                    drain_requested INTEGER NOT NULL DEFAULT 0
-                );
-                CREATE TABLE IF NOT EXISTS workflows (
-                    name TEXT PRIMARY KEY,
-                    spec_yaml TEXT NOT NULL,
-                    state TEXT NOT NULL,
-                    message TEXT NOT NULL DEFAULT '',
-                    plan TEXT NOT NULL DEFAULT '{}',
-                    assignments TEXT NOT NULL DEFAULT '[]',
-                    generation INTEGER NOT NULL DEFAULT 0,
-                    created REAL NOT NULL,
-                    updated REAL NOT NULL,
-                    tenant TEXT NOT NULL DEFAULT ''
-                );
-                CREATE TABLE IF NOT EXISTS profiles (
-                    variant_key TEXT NOT NULL,
-                    hardware TEXT NOT NULL,
-                    rps REAL NOT NULL,
-                    tps REAL NOT NULL,
-                    source TEXT NOT NULL,
-                    updated REAL NOT NULL,
-                    PRIMARY KEY (variant_key, hardware)
-                );
-                """
-            )
-            self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
+            for stmt in create_tables("sqlite"):
+                self._db.execute(stmt)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(nodes)")}
+            if "identity" not in cols:         # schema 1 -> 2
+                self._db.execute("ALTER TABLE nodes ADD COLUMN identity TEXT NOT NULL DEFAULT '{}'")
+            self._db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
 
     # -- nodes ------------------------------------------------------------------------------
     def upsert_node(self, rec: NodeRecord) -> None:
@@ -111,11 +91,12 @@ class SqliteStore:
                 # A node re-registering under a new id takes the name over from the old row.
                 self._db.execute("DELETE FROM nodes WHERE name = ? AND id != ?", (rec.name, rec.id))
                 self._db.execute(
-                    f"INSERT INTO nodes({NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                    f"INSERT INTO nodes({NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT(id) DO UPDATE SET name=excluded.name, spec=excluded.spec, "
                     "capacity=excluded.capacity, status=excluded.status, state=excluded.state, "
                     "registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat, "
-                    "heartbeats=excluded.heartbeats, drain_requested=excluded.drain_requested",
+                    "heartbeats=excluded.heartbeats, drain_requested=excluded.drain_requested, "
+                    "identity=excluded.identity",
                     node_row(rec))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -175,6 +156,15 @@ class SqliteStore:
             self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
+    def init_meta(self, key: str, value: str) -> str:
+        """Set ``key`` unless it is set; return the value it holds now (the first writer's)."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            return self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    def fence(self, epoch: int, on_fenced: Callable[[str], None]) -> None:
+        """One coordinator owns a SQLite file: there is no other leader to fence out."""
+
     # -- workflows and profiles ------------------------------------------------------------------
     def put_workflow(self, rec: WorkflowRecord) -> None:
         with self._lock:
@@ -224,3 +214,31 @@ def open_store(settings) -> Store:
     if url:
         return PostgresStore(url)
     return SqliteStore(Path(settings.state_dir) / "atoll.db")
+
+
+def guard_store(store: Store, state_dir: Path, allow_empty: bool = False) -> str:
+    """Refuse to start on an empty or replaced database when this state dir shows it served
+    another one before: an empty store has no API keys, so it would be open to everyone.
+
+    The store holds a random ``store_id`` (meta) and the state dir a copy (``store-id``). A
+    marker the store does not match, or (state dirs from before the marker) a join-token file
+    or pushed blobs beside a store that never ran, mean data went missing. ``allow_empty``
+    (``--allow-empty-store``) starts afresh anyway. Returns the store id."""
+    marker = Path(state_dir) / MARKER
+    sid = store.get_meta("store_id")
+    want = marker.read_text().strip() if marker.exists() else ""
+    ran_before = bool(want) or (Path(state_dir) / "join-token").exists() or any(
+        (Path(state_dir) / "blobs").glob("sha256-*"))
+    if sid != want and ran_before and (want or store.get_meta("join_token_sha256") is None):
+        what = f"store {want}" if want else "a store (it kept a join token or blobs here)"
+        if not allow_empty:
+            raise FailedPrecondition(
+                f"the database holds {'store ' + sid if sid else 'nothing'}, but this state dir "
+                f"({state_dir}) served {what}: it looks emptied, truncated or replaced, and an empty "
+                f"store has no API keys (open to everyone)",
+                hint="restore the database, or pass --allow-empty-store to start afresh on purpose")
+        log.warning("starting on an empty or replaced store, as --allow-empty-store says", extra={"fields": {
+            "was": want or "unknown", "now": sid or "new"}})
+    sid = store.init_meta("store_id", secrets.token_hex(8))
+    marker.write_text(sid + "\n")
+    return sid

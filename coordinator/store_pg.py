@@ -7,6 +7,12 @@ deployments where several coordinators share one database (one leads, see ``lead
 - The schema is created idempotently; concurrent start-ups serialise on a transaction-level
   advisory lock, so two coordinators starting at once do not race ``CREATE TABLE``.
 - JSON columns hold the same text as SQLite's, so a row reads back the same in both stores.
+- Fencing: once this coordinator leads, :meth:`PostgresStore.fence` gives the store its leader
+  epoch; from then on every write runs in a transaction that first reads ``meta.leader_epoch``
+  ``FOR SHARE`` and commits only while it is still this epoch. A new leader's election
+  increments that row (``leader.py``), which waits for such a transaction and fails every
+  later one: a deposed leader's writes are refused (Unavailable) the moment another
+  coordinator is elected, and ``on_fenced`` tells the coordinator to step down.
 - One connection guarded by a lock (the coordinator calls the store from its event loop
   thread and, rarely, from worker threads). If the connection breaks (database restarted,
   network blip), the call reconnects once and retries: every write here is idempotent (upserts
@@ -23,7 +29,7 @@ from typing import Callable, Iterable, TypeVar
 import psycopg
 
 from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, WorkflowRecord,
-                                       node_from_row, node_row, workflow_from_row, workflow_row)
+                                       create_tables, node_from_row, node_row, workflow_from_row, workflow_row)
 from atoll.core.errors import Unavailable
 
 T = TypeVar("T")
@@ -32,39 +38,18 @@ T = TypeVar("T")
 # leadership key in leader.py).
 MIGRATE_LOCK_KEY = 0x61746F6C6C00  # "atoll\0"
 
-SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS nodes (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        spec TEXT NOT NULL,
-        capacity TEXT NOT NULL DEFAULT '{}',
-        status TEXT NOT NULL DEFAULT '{}',
-        state TEXT NOT NULL,
-        registered_at DOUBLE PRECISION NOT NULL,
-        last_heartbeat DOUBLE PRECISION NOT NULL,
-        heartbeats BIGINT NOT NULL DEFAULT 0,
-        drain_requested BOOLEAN NOT NULL DEFAULT FALSE)""",
-    """CREATE TABLE IF NOT EXISTS workflows (
-        name TEXT PRIMARY KEY,
-        spec_yaml TEXT NOT NULL,
-        state TEXT NOT NULL,
-        message TEXT NOT NULL DEFAULT '',
-        plan TEXT NOT NULL DEFAULT '{}',
-        assignments TEXT NOT NULL DEFAULT '[]',
-        generation BIGINT NOT NULL DEFAULT 0,
-        created DOUBLE PRECISION NOT NULL,
-        updated DOUBLE PRECISION NOT NULL,
-        tenant TEXT NOT NULL DEFAULT '')""",
-    """CREATE TABLE IF NOT EXISTS profiles (
-        variant_key TEXT NOT NULL,
-        hardware TEXT NOT NULL,
-        rps DOUBLE PRECISION NOT NULL,
-        tps DOUBLE PRECISION NOT NULL,
-        source TEXT NOT NULL,
-        updated DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (variant_key, hardware))""",
+# The tables of records.TABLES, then the migrations of older schemas.
+SCHEMA = create_tables("postgres") + [
+    "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS identity TEXT NOT NULL DEFAULT '{}'",   # schema 1 -> 2
 ]
+
+
+class Fenced(Unavailable):
+    """A write of a coordinator that is no longer the leader: another one was elected since."""
+
+    def __init__(self, mine: int, now: int):
+        super().__init__(f"write refused: this coordinator led in epoch {mine}, the leader epoch is now {now}",
+                         hint="another coordinator leads; this one steps down")
 
 
 def connect(url: str, *, connect_timeout: float = 5.0) -> psycopg.Connection:
@@ -84,7 +69,13 @@ class PostgresStore:
         self.url = url
         self._lock = threading.Lock()
         self._db = connect(url)
+        self._epoch: int | None = None
+        self._on_fenced: Callable[[str], None] | None = None
         self._migrate()
+
+    def fence(self, epoch: int, on_fenced: Callable[[str], None]) -> None:
+        """From now on every write commits only while ``meta.leader_epoch`` is ``epoch``."""
+        self._epoch, self._on_fenced = int(epoch), on_fenced
 
     # -- plumbing ---------------------------------------------------------------------------
     def _run(self, fn: Callable[[psycopg.Connection], T]) -> T:
@@ -106,6 +97,23 @@ class PostgresStore:
                 raise Unavailable(f"PostgreSQL: {str(exc).strip()[:300]}",
                                   hint="the database is unreachable; retry shortly") from None
 
+    def _write(self, fn: Callable[[psycopg.Connection], T]) -> T:
+        """Run ``fn`` in a transaction fenced by the leader epoch (when :meth:`fence` was called)."""
+        def go(db):
+            with db.transaction():
+                if self._epoch is not None:
+                    r = db.execute("SELECT value FROM meta WHERE key = 'leader_epoch' FOR SHARE").fetchone()
+                    now = int(r[0]) if r else 0
+                    if now != self._epoch:
+                        raise Fenced(self._epoch, now)
+                return fn(db)
+        try:
+            return self._run(go)
+        except Fenced as exc:
+            if self._on_fenced is not None:
+                self._on_fenced(exc.message)
+            raise
+
     def _migrate(self) -> None:
         def go(db):
             with db.transaction():
@@ -113,23 +121,23 @@ class PostgresStore:
                 for stmt in SCHEMA:
                     db.execute(stmt)
                 db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', %s) "
-                           "ON CONFLICT (key) DO NOTHING", (str(SCHEMA_VERSION),))
+                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
         self._run(go)
 
     # -- nodes ------------------------------------------------------------------------------
     def upsert_node(self, rec: NodeRecord) -> None:
         def go(db):
-            with db.transaction():
-                # A node re-registering under a new id takes the name over from the old row.
-                db.execute("DELETE FROM nodes WHERE name = %s AND id <> %s", (rec.name, rec.id))
-                db.execute(
-                    f"INSERT INTO nodes({NODE_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-                    "ON CONFLICT (id) DO UPDATE SET name=excluded.name, spec=excluded.spec, "
-                    "capacity=excluded.capacity, status=excluded.status, state=excluded.state, "
-                    "registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat, "
-                    "heartbeats=excluded.heartbeats, drain_requested=excluded.drain_requested",
-                    node_row(rec))
-        self._run(go)
+            # A node re-registering under a new id takes the name over from the old row.
+            db.execute("DELETE FROM nodes WHERE name = %s AND id <> %s", (rec.name, rec.id))
+            db.execute(
+                f"INSERT INTO nodes({NODE_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (id) DO UPDATE SET name=excluded.name, spec=excluded.spec, "
+                "capacity=excluded.capacity, status=excluded.status, state=excluded.state, "
+                "registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat, "
+                "heartbeats=excluded.heartbeats, drain_requested=excluded.drain_requested, "
+                "identity=excluded.identity",
+                node_row(rec))
+        self._write(go)
 
     def get_node(self, node_id: str) -> NodeRecord | None:
         r = self._run(lambda db: db.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE id = %s",
@@ -142,13 +150,13 @@ class PostgresStore:
 
     def set_node_state(self, node_id: str, state: str, drain_requested: bool | None = None) -> None:
         if drain_requested is None:
-            self._run(lambda db: db.execute("UPDATE nodes SET state = %s WHERE id = %s", (state, node_id)))
+            self._write(lambda db: db.execute("UPDATE nodes SET state = %s WHERE id = %s", (state, node_id)))
         else:
-            self._run(lambda db: db.execute("UPDATE nodes SET state = %s, drain_requested = %s WHERE id = %s",
+            self._write(lambda db: db.execute("UPDATE nodes SET state = %s, drain_requested = %s WHERE id = %s",
                                             (state, bool(drain_requested), node_id)))
 
     def set_node_capacity(self, node_id: str, capacity: dict) -> None:
-        self._run(lambda db: db.execute("UPDATE nodes SET capacity = %s WHERE id = %s",
+        self._write(lambda db: db.execute("UPDATE nodes SET capacity = %s WHERE id = %s",
                                         (json.dumps(capacity), node_id)))
 
     def touch_nodes(self, updates: Iterable[tuple[str, float, int, dict | None]]) -> None:
@@ -160,13 +168,13 @@ class PostgresStore:
         full = [(ts, count, json.dumps(status), nid) for nid, ts, count, status in updates if status is not None]
 
         def go(db):
-            with db.transaction(), db.cursor() as cur:
+            with db.cursor() as cur:
                 if plain:
                     cur.executemany("UPDATE nodes SET last_heartbeat = %s, heartbeats = %s WHERE id = %s", plain)
                 if full:
                     cur.executemany("UPDATE nodes SET last_heartbeat = %s, heartbeats = %s, status = %s "
                                     "WHERE id = %s", full)
-        self._run(go)
+        self._write(go)
 
     # -- meta -------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -174,12 +182,20 @@ class PostgresStore:
         return r[0] if r else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self._run(lambda db: db.execute("INSERT INTO meta(key, value) VALUES (%s, %s) "
-                                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)))
+        self._write(lambda db: db.execute("INSERT INTO meta(key, value) VALUES (%s, %s) "
+                                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)))
+
+    def init_meta(self, key: str, value: str) -> str:
+        """Set ``key`` unless it is set; return the value it holds now (the first writer's, so
+        coordinators starting together agree). Not fenced: it runs before any election."""
+        def go(db):
+            db.execute("INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, value))
+            return db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()[0]
+        return self._run(go)
 
     # -- workflows and profiles -------------------------------------------------------------
     def put_workflow(self, rec: WorkflowRecord) -> None:
-        self._run(lambda db: db.execute(
+        self._write(lambda db: db.execute(
             f"INSERT INTO workflows({WORKFLOW_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
             "ON CONFLICT (name) DO UPDATE SET spec_yaml=excluded.spec_yaml, state=excluded.state, "
             "message=excluded.message, plan=excluded.plan, assignments=excluded.assignments, "
@@ -196,10 +212,10 @@ class PostgresStore:
         return [workflow_from_row(r) for r in rows]
 
     def delete_workflow(self, name: str) -> bool:
-        return self._run(lambda db: db.execute("DELETE FROM workflows WHERE name = %s", (name,)).rowcount) > 0
+        return self._write(lambda db: db.execute("DELETE FROM workflows WHERE name = %s", (name,)).rowcount) > 0
 
     def put_profile(self, variant_key: str, hardware: str, rps: float, tps: float, source: str) -> None:
-        self._run(lambda db: db.execute(
+        self._write(lambda db: db.execute(
             "INSERT INTO profiles(variant_key, hardware, rps, tps, source, updated) VALUES (%s,%s,%s,%s,%s,%s) "
             "ON CONFLICT (variant_key, hardware) DO UPDATE SET rps=excluded.rps, tps=excluded.tps, "
             "source=excluded.source, updated=excluded.updated",

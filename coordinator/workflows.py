@@ -14,22 +14,30 @@ writes them to the store before anything is acknowledged, and calls the steps in
 7. failures: a node LOST or DRAINING re-plans the workflows it served (retried every 5 s while
    no plan fits), a new READY node retries them, a price change re-plans every deployed one.
 
-Everything runs on the coordinator's event loop thread.
+Everything runs on the coordinator's event loop thread, except the work that takes CPU time:
+a submit's parsing and validation, and a submit's or a re-plan's placement, run in a planning
+worker process (``planning.PlanWorkers``, with a time and memory budget), so the loop keeps
+answering RPCs meanwhile. Placements that commit (submits and re-plans) take turns
+(``_placing``): each plans on a snapshot no other placement is about to change. Dry runs plan
+without waiting their turn. The autoscaler's placements still run on the loop (its module calls
+``place`` synchronously); they wait while another placement is in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from typing import Mapping
 
-from atoll.coordinator.admission import admit
+from atoll.coordinator.admission import admit, check_serving, parse_and_dump, source_name
 from atoll.coordinator.auth import visible
 from atoll.coordinator.autoscaler import Autoscaler, current_scale
 from atoll.coordinator.deploy import Deployer
 from atoll.coordinator.fleet import FleetSnapshot, measured_profiles, snapshot
 from atoll.coordinator.placement import Placement, place
+from atoll.coordinator.planning import PlanWorkers
 from atoll.coordinator.records import Autoscale, WorkflowRecord
 from atoll.coordinator.routing import build_route, build_table
 from atoll.coordinator.stages import WorkflowServing, serving_of
@@ -45,8 +53,11 @@ RETRY_REPLAN_S = 5.0
 
 
 class WorkflowManager:
-    def __init__(self, store, registry, metrics=None, blobs=None):
+    def __init__(self, store, registry, metrics=None, blobs=None, planner: PlanWorkers | None = None):
+        """``planner``: the worker processes placements run in (None: inline, for tests)."""
         self.store = store
+        self.planner = planner
+        self._placing = asyncio.Lock()
         self.registry = registry
         self.metrics = metrics
         self.blobs = blobs
@@ -84,9 +95,20 @@ class WorkflowManager:
         return snapshot(self.registry.nodes.values(), taken, measured_profiles(self.store.list_profiles(), name))
 
     def place(self, rec: WorkflowRecord, scale: float) -> Placement:
-        """A new placement of a deployed workflow for its declared rate times ``scale``."""
+        """A new placement of a deployed workflow for its declared rate times ``scale`` (on the
+        event loop: the autoscaler's call)."""
         spec, serving = self._loaded(rec)
         return place(rec.name, spec, serving, self.fleet(rec.name), previous=rec.assignments, scale=scale)
+
+    async def _off_loop(self, fn, *args, **kw):
+        """``fn(*args, **kw)`` in a planning worker when there is one (else here)."""
+        if self.planner is None:
+            return fn(*args, **kw)
+        return await self.planner.run(fn, *args, **kw)
+
+    async def _place(self, name: str, spec: WorkflowSpec, serving: WorkflowServing, **kw) -> Placement:
+        """``place`` on the fleet as it is now, in a planning worker when there is one."""
+        return await self._off_loop(place, name, spec, serving, self.fleet(name), **kw)
 
     def _commit(self, rec: WorkflowRecord, p: Placement, autoscale: Autoscale | None) -> None:
         rec.plan, rec.assignments = p.plan, p.assignments
@@ -117,20 +139,32 @@ class WorkflowManager:
         self._changes += 1
 
     # ------------------------------------------------------------------ client calls
-    def submit(self, spec_yaml: str, filename: str, dry_run: bool = False, tenant: str = "") -> WorkflowRecord:
-        spec = self.parse(spec_yaml, filename, tenant)
-        if not dry_run and spec.name in self.records:
-            raise AlreadyExists(f"workflow name {spec.name!r} is taken",
-                                hint="pick another name, or delete yours first")
+    async def submit(self, spec_yaml: str, filename: str, dry_run: bool = False, tenant: str = "") -> WorkflowRecord:
+        spec, text = await self._off_loop(parse_and_dump, spec_yaml, filename)
+        check_serving(spec, source_name(filename), tenant, self.blobs.info if self.blobs is not None else None)
+        self._check_free(spec.name, dry_run)
         serving = serving_of(spec)
-        p = place(spec.name, spec, serving, self.fleet(spec.name))
-        now = time.time()
-        rec = WorkflowRecord(name=spec.name, spec_yaml=spec.to_yaml(), state="DEPLOYING",
-                             message="waiting for replicas", plan=p.plan, assignments=p.assignments,
-                             generation=1, created=now, updated=now, tenant=tenant, deployment=p.deployment)
         if dry_run:
-            rec.state = "PLANNED"
-            return rec
+            return self._record(spec, text, await self._place(spec.name, spec, serving), tenant, "PLANNED")
+        async with self._placing:
+            p = await self._place(spec.name, spec, serving)
+            self._check_free(spec.name, dry_run)           # another submit may have taken the name meanwhile
+            return self._deploy_new(spec, text, serving, p, tenant)
+
+    def _check_free(self, name: str, dry_run: bool) -> None:
+        if not dry_run and name in self.records:
+            raise AlreadyExists(f"workflow name {name!r} is taken", hint="pick another name, or delete yours first")
+
+    @staticmethod
+    def _record(spec: WorkflowSpec, text: str, p: Placement, tenant: str, state: str) -> WorkflowRecord:
+        now = time.time()
+        return WorkflowRecord(name=spec.name, spec_yaml=text, state=state,
+                              message="waiting for replicas", plan=p.plan, assignments=p.assignments,
+                              generation=1, created=now, updated=now, tenant=tenant, deployment=p.deployment)
+
+    def _deploy_new(self, spec: WorkflowSpec, text: str, serving: WorkflowServing, p: Placement,
+                    tenant: str) -> WorkflowRecord:
+        rec = self._record(spec, text, p, tenant, "DEPLOYING")
         self.store.put_workflow(rec)            # durable before we acknowledge
         self.records[rec.name] = rec
         self._specs[rec.name] = (spec, serving)
@@ -158,6 +192,11 @@ class WorkflowManager:
         self._specs.pop(name, None)
         self._changes += 1
         self.reconcile()
+
+    def references(self, node_id: str) -> set[str]:
+        """The ``sha256:`` blobs that ``node_id``'s assignments name: what it may fetch."""
+        return {src for rec in self.records.values() for a in rec.assignments if a.node_id == node_id
+                for src in (a.base_model, a.adapter_source) if src.startswith("sha256:")}
 
     # ------------------------------------------------------------------ status
     def replica_views(self, rec: WorkflowRecord) -> list[dict]:
@@ -224,7 +263,10 @@ class WorkflowManager:
         self.autoscaler.request_finished(name)
 
     def autoscale(self, now: float | None = None) -> list[tuple[str, str]]:
-        """One pass of the autoscaler over every workflow that has a policy. Returns actions taken."""
+        """One pass of the autoscaler over every workflow that has a policy. Returns actions taken.
+        Skipped while a submit or re-plan is placing (it would plan on nodes about to be taken)."""
+        if self._placing.locked():
+            return []
         return self.autoscaler.run(self, self.registry.nodes, time.monotonic() if now is None else now)
 
     def wake(self, name: str) -> None:
@@ -243,6 +285,16 @@ class WorkflowManager:
             for name in self._retry_at:
                 self._replan.add(name)
 
+    def trust_changed(self, node_id: str, trusted: bool) -> None:
+        """An admin trusted or untrusted a node: trusted_only workflows on it move off it; a
+        newly trusted node may let a waiting re-plan succeed."""
+        for rec in self.records.values():
+            if trusted and rec.name in self._retry_at:
+                self._replan.add(rec.name)
+            elif not trusted and any(a.node_id == node_id for a in rec.assignments) \
+                    and rec.deployment.constraints is not None and rec.deployment.constraints.trusted_only:
+                self._replan.add(rec.name)
+
     def _on_price(self, node_id: str, old: float, new: float) -> None:
         """A price change can make another placement cheaper: re-plan every workflow (sticky
         placement and the planner's own choice keep what still pays)."""
@@ -251,7 +303,7 @@ class WorkflowManager:
             if rec.state != "IDLE":
                 self._replan.add(rec.name)
 
-    def replan_pending(self) -> list[str]:
+    async def replan_pending(self) -> list[str]:
         done = []
         now = time.monotonic()
         for name, when in list(self._retry_at.items()):
@@ -263,7 +315,14 @@ class WorkflowManager:
             if rec is None:
                 continue
             try:
-                p = self.place(rec, current_scale(rec) or 1.0)
+                async with self._placing:
+                    spec, serving = self._loaded(rec)
+                    p = await self._place(rec.name, spec, serving, previous=rec.assignments,
+                                          scale=current_scale(rec) or 1.0)
+                    if self.records.get(name) is not rec:      # deleted (or replaced) meanwhile
+                        continue
+                    self._retry_at.pop(name, None)
+                    self._commit(rec, p, rec.deployment.autoscale)
             except Exception as exc:  # noqa: BLE001 - keep serving what is left; retry; report why
                 rec.message = f"re-plan failed (retrying): {exc}"
                 rec.updated = time.time()
@@ -271,8 +330,6 @@ class WorkflowManager:
                 self._retry_at[name] = time.monotonic() + RETRY_REPLAN_S
                 log.warning("re-plan failed", extra=kv(workflow=name, error=str(exc)[:300]))
                 continue
-            self._retry_at.pop(name, None)
-            self._commit(rec, p, rec.deployment.autoscale)
             log.info("workflow re-planned", extra=kv(workflow=name, generation=rec.generation,
                                                       cost=round(p.plan.total_cost_per_hour, 6)))
             done.append(name)

@@ -29,6 +29,13 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
+def _check_dims(problems: list[str], *wanted: tuple[str, torch.Tensor, tuple[str, ...]]) -> None:
+    """One problem per tensor whose number of dimensions differs from its named layout."""
+    for name, t, layout in wanted:
+        if t.dim() != len(layout):
+            problems.append(f"{name} must be {len(layout)}-D [{', '.join(layout)}], got shape {_shape(t)}")
+
+
 def _check_meta(meta, t_rows: int, device: torch.device, problems: list[str]) -> None:
     if meta.num_tokens != t_rows:
         problems.append(f"meta was built for {meta.num_tokens} rows but x/y has {t_rows}: "
@@ -47,10 +54,7 @@ def _check_meta(meta, t_rows: int, device: torch.device, problems: list[str]) ->
 def check_shrink(x: torch.Tensor, a: torch.Tensor, meta) -> list[str]:
     """Problems with shrink arguments: x [T, H_in], a [S, N, R, H_in] of the same dtype."""
     problems: list[str] = []
-    if x.dim() != 2:
-        problems.append(f"x must be 2-D [T, H_in], got shape {_shape(x)}")
-    if a.dim() != 4:
-        problems.append(f"a must be 4-D [S, N, R, H_in], got shape {_shape(a)}")
+    _check_dims(problems, ("x", x, ("T", "H_in")), ("a", a, ("S", "N", "R", "H_in")))
     if x.dim() == 2 and a.dim() == 4 and a.shape[3] != x.shape[1]:
         problems.append(f"a.shape[3] (H_in) = {a.shape[3]} but x.shape[1] = {x.shape[1]}")
     if x.dtype not in WEIGHT_DTYPES:
@@ -73,14 +77,8 @@ def check_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torc
                  slice_offsets) -> list[str]:
     """Problems with expand arguments (see :func:`atoll.kernels.lora.lora_expand` for shapes)."""
     problems: list[str] = []
-    if y.dim() != 2:
-        problems.append(f"y must be 2-D [T, H_out], got shape {_shape(y)}")
-    if h.dim() != 3:
-        problems.append(f"h must be 3-D [N, T, R], got shape {_shape(h)}")
-    if b.dim() != 3:
-        problems.append(f"b must be 3-D [S, H_out, R], got shape {_shape(b)}")
-    if scales.dim() != 1:
-        problems.append(f"scales must be 1-D [S], got shape {_shape(scales)}")
+    _check_dims(problems, ("y", y, ("T", "H_out")), ("h", h, ("N", "T", "R")),
+                ("b", b, ("S", "H_out", "R")), ("scales", scales, ("S",)))
     if y.dim() == 2 and h.dim() == 3 and h.shape[1] != y.shape[0]:
         problems.append(f"h has {h.shape[1]} rows (h.shape[1]) but y has {y.shape[0]}")
     if y.dim() == 2 and b.dim() == 3 and b.shape[1] != y.shape[1]:

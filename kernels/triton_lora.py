@@ -249,6 +249,17 @@ def _k_per_split(h_in: int, split_k: int, block_k: int) -> int:
     return triton.cdiv(triton.cdiv(h_in, split_k), block_k) * block_k
 
 
+def _refuse(launcher: str, problems: list[str], *, split_k: int | None = None,
+            block_m: int | None = None) -> None:
+    """Add the tuning arguments' problems to ``problems`` and raise if there are any."""
+    if split_k is not None and split_k < 1:
+        problems.append(f"split_k must be >= 1, got {split_k}")
+    if block_m is not None and (block_m < 16 or block_m & (block_m - 1)):
+        problems.append(f"block_m must be a power of two >= 16, got {block_m}")
+    if problems:
+        raise LoraArgumentError(launcher, problems)
+
+
 def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, meta, *, split_k: int | None = None,
                 block_m: int | None = None, block_k: int = 64) -> torch.Tensor:
     """SGMV shrink. x [T, H_in], a [S, N, R, H_in] (same dtype) -> new h [N, T, R] float32.
@@ -257,13 +268,7 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, meta, *, split_k: int | None =
     ``split_k`` (default :func:`default_split_k`) splits the H_in reduction; ``block_m`` (rows
     per program, >= 16) defaults to the segment length rounded up to a power of two, at most 64.
     """
-    problems = check_shrink(x, a, meta)
-    if split_k is not None and split_k < 1:
-        problems.append(f"split_k must be >= 1, got {split_k}")
-    if block_m is not None and (block_m < 16 or block_m & (block_m - 1)):
-        problems.append(f"block_m must be a power of two >= 16, got {block_m}")
-    if problems:
-        raise LoraArgumentError("sgmv_shrink", problems)
+    _refuse("sgmv_shrink", check_shrink(x, a, meta), split_k=split_k, block_m=block_m)
     t, h_in = x.shape
     _, n, r, _ = a.shape
     split_k = split_k or default_split_k(h_in)
@@ -287,11 +292,7 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, meta, *, split_k: int | None =
 def bgmv_shrink(x: torch.Tensor, a: torch.Tensor, meta, *, split_k: int | None = None,
                 block_k: int = 128) -> torch.Tensor:
     """BGMV shrink: same contract as :func:`sgmv_shrink`, one program per (row, slice, K part)."""
-    problems = check_shrink(x, a, meta)
-    if split_k is not None and split_k < 1:
-        problems.append(f"split_k must be >= 1, got {split_k}")
-    if problems:
-        raise LoraArgumentError("bgmv_shrink", problems)
+    _refuse("bgmv_shrink", check_shrink(x, a, meta), split_k=split_k)
     t, h_in = x.shape
     _, n, r, _ = a.shape
     split_k = split_k or default_split_k(h_in)
@@ -318,11 +319,7 @@ def sgmv_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch
     b [S, H_out, R] in y's dtype, scales [S] float32. Column blocks never straddle slices.
     ``offsets``: slice_offsets already on y's device as int32 (the step plan's; None: copied now).
     """
-    problems = check_expand(y, h, b, scales, meta, slice_offsets)
-    if block_m is not None and (block_m < 16 or block_m & (block_m - 1)):
-        problems.append(f"block_m must be a power of two >= 16, got {block_m}")
-    if problems:
-        raise LoraArgumentError("sgmv_expand", problems)
+    _refuse("sgmv_expand", check_expand(y, h, b, scales, meta, slice_offsets), block_m=block_m)
     n, t, r = h.shape
     if not meta.any_lora or t == 0 or r == 0 or y.shape[1] == 0:
         return y
@@ -345,9 +342,7 @@ def bgmv_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scales: torch
                 slice_offsets, *, block_n: int = 128, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """BGMV expand: same contract as :func:`sgmv_expand` (IN PLACE on y), one program per
     (row, column block); a block may straddle slices (each column finds its slice)."""
-    problems = check_expand(y, h, b, scales, meta, slice_offsets)
-    if problems:
-        raise LoraArgumentError("bgmv_expand", problems)
+    _refuse("bgmv_expand", check_expand(y, h, b, scales, meta, slice_offsets))
     n, t, r = h.shape
     h_out = y.shape[1]
     if not meta.any_lora or t == 0 or r == 0 or h_out == 0:

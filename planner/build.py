@@ -13,11 +13,13 @@ def _pools(cluster: ClusterSpec) -> tuple[Pool, ...]:
     for p in cluster.pools:
         out.append(Pool(id=p.name, hardware=p.hardware, tier=p.tier, region=p.region,
                         price_per_hour=p.price_per_hour, count=p.count, preemptible=p.preemptible,
-                        gpu_memory_gb=p.gpu_memory_gb, labels=dict(p.labels), node_ids=tuple(p.node_ids)))
+                        gpu_memory_gb=p.gpu_memory_gb, labels=dict(p.labels), node_ids=tuple(p.node_ids),
+                        trusted=p.is_trusted))
     for n in cluster.nodes:
         out.append(Pool(id=n.name, hardware=n.hardware, tier=n.tier, region=n.region,
                         price_per_hour=n.price_per_hour, count=1, preemptible=n.preemptible,
-                        gpu_memory_gb=n.gpu_memory_gb, labels=dict(n.labels), node_ids=(n.name,)))
+                        gpu_memory_gb=n.gpu_memory_gb, labels=dict(n.labels), node_ids=(n.name,),
+                        trusted=n.is_trusted))
     return tuple(out)
 
 
@@ -114,8 +116,6 @@ def problem_from_specs(workflow: WorkflowSpec, cluster: ClusterSpec, catalog=Non
         name=workflow.name, sources=sources, tasks=tuple(tasks), edges=edges, pools=pools,
         network=_network(cluster), accuracy_model=slo.accuracy_model, min_accuracy=slo.min_accuracy,
         max_accuracy_loss=slo.max_accuracy_loss, accuracy_table=table,
-        forbid_tiers=tuple(pl.forbid_tiers) + (("renter",) if getattr(pl, "trusted_only", False)
-                                               and "renter" not in pl.forbid_tiers else ()),
-        forbid_regions=tuple(pl.forbid_regions),
+        forbid_tiers=tuple(pl.forbid_tiers), forbid_regions=tuple(pl.forbid_regions),
         forbid_locations=tuple(parse_location(x) for x in pl.forbid_locations),
-        data_up_only=pl.data_up_only)
+        data_up_only=pl.data_up_only, trusted_only=pl.trusted_only)

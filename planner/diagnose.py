@@ -52,7 +52,8 @@ def diagnose(problem: PlanProblem, opts: PlanOptions) -> PlanInfeasible:
         if not cand[t.name]:
             return SLOInfeasible(
                 f"task {t.name!r}: no variant can run on any allowed node (no throughput profile for "
-                f"their hardware, too little GPU memory, or the tier/region is forbidden)",
+                f"their hardware, too little GPU memory, or the tier/region is forbidden"
+                f"{'; trusted_only: only nodes the operator trusts count' if problem.trusted_only else ''})",
                 slo="memory", hint="add nodes of a profiled hardware class or lift a placement ban")
     if problem.min_accuracy is not None:
         best = max_accuracy(problem)

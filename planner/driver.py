@@ -9,7 +9,8 @@ from typing import Optional
 
 from atoll.planner import highs
 from atoll.planner import solve as S
-from atoll.planner.baselines import greedy_plan
+from atoll.core.errors import PlanInfeasible
+from atoll.planner.baselines import greedy_plan, pick_cheapest_variants
 from atoll.planner.diagnose import SLOInfeasible, diagnose
 from atoll.planner.milp import Model
 from atoll.planner.options import PlanOptions
@@ -41,7 +42,9 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
     if res.status == "infeasible":
         raise diagnose(problem, opts)
     if res.status == "no_solution":
-        return _fallback(problem, previous, opts, lower, t0)
+        if lower is None:            # the exact MILP's LP relaxation still bounds every plan
+            lower = S.lp_bound(Model(problem, up_only=up, previous=previous, churn_penalty=churn), opts)
+        return _fallback(problem, previous, opts, lower, t0, up, churn)
     gap = res.gap
     if gap is None and res.status == "optimal":
         gap = opts.gap               # CBC proved optimality within its relative gap tolerance
@@ -55,16 +58,29 @@ def milp_plan(problem: PlanProblem, previous: Optional[Plan] = None,
                      gap=gap, notes=notes, previous=previous)
 
 
-def _fallback(problem: PlanProblem, previous, opts: PlanOptions, lower: Optional[float], t0: float) -> Plan:
-    """No MILP solution within the time limit: the greedy plan, with a gap against ``lower``
-    (the variant phase's bound) when there is one."""
-    if not opts.fallback:
-        raise SLOInfeasible(f"no plan found within the {opts.time_limit:g} s time limit",
+def _fallback(problem: PlanProblem, previous, opts: PlanOptions, lower: Optional[float], t0: float,
+              up: bool, churn: float) -> Plan:
+    """No MILP solution within the time limit: the greedy plan or, when its placement cannot
+    carry the load (a bandwidth cap, say), the greedy variants placed by diving on the LP
+    (:func:`atoll.planner.solve.rounded_start`); with a gap against ``lower`` (the variant
+    phase's bound, or the LP relaxation's) when there is one."""
+    timeout = SLOInfeasible(f"no plan found within the {opts.time_limit:g} s time limit",
                             slo="time_limit", hint="raise the time limit or enable the fallback")
-    fb = greedy_plan(problem, previous=previous, options=opts)
-    note = (f"MILP found no solution in {opts.time_limit:g} s; greedy fallback",)
+    if not opts.fallback:
+        raise timeout
+    try:
+        fb = greedy_plan(problem, previous=previous, options=opts)
+        note = f"MILP found no solution in {opts.time_limit:g} s; greedy fallback"
+    except PlanInfeasible:
+        choice = pick_cheapest_variants(problem, [q for q in problem.pools if problem.pool_allowed(q)])
+        fixed = None if choice is None else Model(problem, up_only=up, previous=previous, churn_penalty=churn,
+                                                  fix_choice=choice)
+        if fixed is None or not S.rounded_start(fixed, opts):
+            raise timeout from None
+        fb = S.extract(fixed, planner="milp", status="fallback", seconds=0.0, gap=None, previous=previous)
+        note = f"MILP found no solution in {opts.time_limit:g} s; greedy variants placed by an LP dive"
     gap = None
     if lower is not None and math.isfinite(lower) and lower > 0 and fb.total_cost_per_hour > 1e-9:
         gap = max(0.0, 1 - lower / fb.total_cost_per_hour)
-    return replace(fb, planner="milp", status="fallback", notes=fb.notes + note, gap=gap,
+    return replace(fb, planner="milp", status="fallback", notes=fb.notes + (note,), gap=gap,
                    solve_seconds=time.perf_counter() - t0)

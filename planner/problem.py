@@ -134,6 +134,7 @@ class Pool:
     gpu_memory_gb: float = 0.0
     labels: Mapping[str, str] = field(default_factory=dict)
     node_ids: tuple[str, ...] = ()
+    trusted: bool = False          # the operator trusts these nodes (trusted_only uses only these)
 
     def __post_init__(self):
         object.__setattr__(self, "labels", _ro(self.labels))
@@ -193,6 +194,7 @@ class PlanProblem:
     forbid_regions: tuple[str, ...] = ()
     forbid_locations: tuple[tuple[str, Optional[str]], ...] = ()  # (region, tier|None)
     data_up_only: bool = False
+    trusted_only: bool = False                    # only pools the operator trusts
 
     # ------------------------------------------------------------------ lookups
     def task(self, name: str) -> Task:
@@ -216,7 +218,8 @@ class PlanProblem:
     def pool_allowed(self, p: Pool) -> bool:
         return (p.tier not in self.forbid_tiers and p.region not in self.forbid_regions
                 and p.location not in self.forbid_locations
-                and (p.region, None) not in self.forbid_locations and p.count > 0)
+                and (p.region, None) not in self.forbid_locations and p.count > 0
+                and (p.trusted or not self.trusted_only))
 
     def fits(self, v: Variant, p: Pool) -> bool:
         return p.gpu_memory_gb <= 0 or v.memory_gb + v.adapter_memory_gb <= p.gpu_memory_gb + 1e-9

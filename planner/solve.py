@@ -123,6 +123,32 @@ def run(model: Model, opts: PlanOptions, *, time_limit: Optional[float] = None, 
     return SolveResult(status, secs, obj, gap, bound if which == "highs" else None)
 
 
+def rounded_start(model: Model, opts: PlanOptions, rounds: int = 30) -> bool:
+    """A first plan for a placement MILP (variants fixed), by diving on its LP relaxation: the
+    node counts whose fractional part is at least one half (or else the largest one) get that
+    count rounded up as a lower bound, and the LP is solved again, until every count is whole.
+    On success the model's variables hold that plan (a warm start for :func:`run`) and True is
+    returned; False when the dive runs out of room. HiGHS' own first plans on such models can
+    be far off."""
+    ints = [v for v in model.prob.variables() if v.cat == pulp.LpInteger]
+    saved = [(v, v.lowBound) for v in ints]
+    try:
+        for _ in range(rounds):
+            if run(model, opts, mip=False).status != "optimal":
+                return False
+            frac = [(x - math.floor(x), v) for v in ints if (x := v.varValue or 0.0) - math.floor(x + 1e-6) > 1e-6]
+            if not frac:
+                return True
+            top = max(f for f, _ in frac)
+            for f, v in frac:
+                if f >= min(0.5, top):
+                    v.lowBound = math.ceil(v.varValue - 1e-6)
+        return False
+    finally:
+        for v, lo in saved:
+            v.lowBound = lo
+
+
 def lp_bound(model: Model, opts: PlanOptions) -> Optional[float]:
     """Objective of the LP relaxation (a lower bound), for solvers that report no bound."""
     res = run(model, PlanOptions(**{**opts.__dict__, "solver": "cbc"}), mip=False)

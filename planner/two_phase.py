@@ -101,8 +101,9 @@ class _Search:
         stop = lo / (1.0 - self.opts.gap) if math.isfinite(lo) and lo > 0 else None
         enough = self.ub * (1 - self.opts.gap) if math.isfinite(self.ub) and self.best != key else None
         kept = [(v, v.varValue) for v in fixed.prob.variables()] if old and math.isfinite(old.cost) else None
+        warm = kept is not None or S.rounded_start(fixed, self.opts)
         res = S.run(fixed, self.opts, time_limit=max(0.05, time_limit), stop_at=stop, bound_at=enough,
-                    rel_gap=0.5 * self.opts.gap, warm=kept is not None)
+                    rel_gap=0.5 * self.opts.gap, warm=warm)
         if res.status == "infeasible":
             self.placed[key] = _Placed(fixed, math.inf, math.inf)
             return

@@ -109,10 +109,12 @@ class Outcome:
     stages: list[StageDone] = field(default_factory=list)
 
 
-def peer_metadata() -> tuple[tuple[str, str], ...]:
-    """Credentials an agent presents to another agent's Worker and DataPlane services: none
-    beyond the channel's mutual TLS (when configured) yet; node tokens go here."""
-    return ()
+def peer_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """What an agent presents to another agent's Worker and DataPlane services: its node token
+    (``token``, from the coordinator over the heartbeat stream), which the other agent's
+    :class:`~atoll.agent.guard.WorkerGuard` checks against the authorization table, on top of
+    the channel's mutual TLS when configured. None held yet: nothing (the call is refused)."""
+    return (("authorization", "Bearer " + token),) if token else ()
 
 
 def fail(cls: type[AtollError], message: str, stage: str, hint: str = "") -> AtollError:
@@ -130,8 +132,11 @@ def _stage_of(exc: grpc.aio.AioRpcError) -> str:
 
 class DataPlane:
     def __init__(self, node: Callable[[], NodeSelf], local: LocalWorker | None, workers: WorkerClient,
-                 metrics: DataPlaneMetrics, exporter=None, local_address: Callable[[], str] = lambda: ""):
+                 metrics: DataPlaneMetrics, exporter=None, local_address: Callable[[], str] = lambda: "",
+                 peer_token: Callable[[], str] = lambda: ""):
+        """``peer_token()``: this node's current node token (see :func:`peer_metadata`)."""
         self.node, self.local, self.workers = node, local, workers
+        self.peer_token = peer_token
         self.metrics, self.exporter = metrics, exporter
         self.local_address = local_address
         self.state = RoutingState()
@@ -283,7 +288,7 @@ class DataPlane:
         st = cs.stage
         prompt = st.prompt.replace("{input}", text) if st.prompt else text
         run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
-        md = req.span.metadata() + peer_metadata()
+        md = req.span.metadata() + peer_metadata(self.peer_token())
         self.metrics.hops.labels("out").inc()
         if st.kind == "embedding":
             vec = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left, metadata=md)
@@ -319,7 +324,7 @@ class DataPlane:
                               tenant=req.tenant)
         self.metrics.hops.labels("out").inc()
         call = dataplane_stub(self.workers.channel(ep.address)).Forward(
-            msg, timeout=left, metadata=req.span.metadata() + peer_metadata())
+            msg, timeout=left, metadata=req.span.metadata() + peer_metadata(self.peer_token()))
         back = 0
         async for resp in call:
             text, done, output, stages = answer_from_pb(resp)

@@ -21,6 +21,7 @@ from atoll.agent.dataplane.chain import DataPlane, Request, parse_input
 from atoll.agent.dataplane.load import LoadBook
 from atoll.agent.dataplane.table import CompiledRoute
 from atoll.agent.dataplane.trace import Span, start_span
+from atoll.core import access
 from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
 from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from atoll.core.logs import kv
@@ -34,6 +35,7 @@ DEFAULT_TIMEOUT = 60.0
 MAX_TOKENS_LIMIT = 8192
 WAKE_POLL_S = 0.1
 SERVING = ("READY", "DEGRADED")
+INVOKE = f"/{access.ENTRY}/Invoke"
 
 
 class Keys:
@@ -152,6 +154,7 @@ class EntryService:
         span = start_span(context.invocation_metadata(), "entry", request.request_id)
         inv = invocation_from_pb(request)
         ident = self.keys.identify(bearer(context.invocation_metadata()))
+        access.decide(INVOKE, access.ADMIN if ident is None or ident.is_admin else access.USER)
         text = parse_input(inv.input_json)
         timeout = inv.timeout_seconds if inv.timeout_seconds > 0 else DEFAULT_TIMEOUT
         remaining = context.time_remaining()

@@ -7,8 +7,9 @@ stage's stream and result with every stage run from here on. A failure answers i
 and, in trailing metadata (``atoll-failed-stage``), the stage that failed: the sender retries
 another replica only when it is the stage it handed on.
 
-Who may call: :func:`check_peer`, the one place agent-to-agent calls are authenticated (mutual
-TLS on the Worker port when configured; node tokens when they land).
+Who may call: another node presenting its node token, checked by the Worker port's
+:class:`~atoll.agent.guard.WorkerGuard` against the authorization table (``atoll.core.access``),
+on top of the port's mutual TLS when configured.
 """
 
 from __future__ import annotations
@@ -28,12 +29,6 @@ from atoll.wire.dataplane import delta_message, done_message, forwarded_from_pb
 log = logging.getLogger("atoll.agent")
 
 
-def check_peer(context) -> None:
-    """Agent-to-agent authentication: the channel's mutual TLS (the Worker port's credentials
-    require a certificate the fleet's CA signed when TLS is configured)."""
-    return None
-
-
 class HopService:
     def __init__(self, plane: DataPlane):
         self.plane = plane
@@ -44,7 +39,6 @@ class HopService:
         span = None
         try:
             check_parsed(request)
-            check_peer(context)
             fw = forwarded_from_pb(request)
             span = start_span(context.invocation_metadata(), "hop", fw.request_id)
             self.plane.metrics.hops.labels("in").inc()

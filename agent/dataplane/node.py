@@ -44,12 +44,13 @@ class DataPlaneNode:
     def __init__(self, *, node: Callable[[], NodeSelf], local: LocalWorker | None,
                  local_address: Callable[[], str], connected: Callable[[], bool],
                  credentials: grpc.ChannelCredentials | None = None, registry: CollectorRegistry | None = None,
-                 otlp_endpoint: str | None = None, wake: Callable[[], None] = lambda: None):
+                 otlp_endpoint: str | None = None, wake: Callable[[], None] = lambda: None,
+                 peer_token: Callable[[], str] = lambda: ""):
         self.node, self.connected = node, connected
         self.metrics = DataPlaneMetrics(registry)
         exporter = OtlpExporter(otlp_endpoint, "atoll-agent", node().name) if otlp_endpoint else None
         self.workers = WorkerClient(credentials)
-        self.plane = DataPlane(node, local, self.workers, self.metrics, exporter, local_address)
+        self.plane = DataPlane(node, local, self.workers, self.metrics, exporter, local_address, peer_token)
         self.keys = Keys()
         self.book = LoadBook()
         self.entry = EntryService(self.plane, self.keys, self.book, describe=self.describe, wake=wake)

@@ -28,6 +28,9 @@ def register(sub) -> None:
                    help="port for agents, mutual TLS required (with --tls-client-ca)")
     p.add_argument("--insecure", action="store_true",
                    help="allow plaintext gRPC on a non-loopback address (local development only)")
+    p.add_argument("--allow-empty-store", action="store_true",
+                   help="start even when the database is empty but the state dir shows it held data before "
+                        "(an emptied or replaced database is refused otherwise)")
     p.add_argument("--config", help="YAML file with the same settings (keys: listen, metrics_listen, ...)")
     p.add_argument("--log-level", default=None, help="debug | info | warning")
     p.set_defaults(func=run)
@@ -57,6 +60,7 @@ def run(ns) -> int:
         "heartbeat_interval": ns.heartbeat_interval, "join_token": ns.join_token,
         "database_url": ns.database_url, "advertise": ns.advertise, "openai_listen": ns.openai_listen,
         "tls_cert": ns.tls_cert, "tls_key": ns.tls_key, "tls_client_ca": ns.tls_client_ca,
-        "insecure": True if ns.insecure else None, "agent_listen": ns.agent_listen})
+        "insecure": True if ns.insecure else None, "agent_listen": ns.agent_listen,
+        "allow_empty_store": True if ns.allow_empty_store else None})
     logs.setup(ns.log_level)
     return asyncio.run(Coordinator(settings).run_until_signal()) or 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from atoll.cli.admin import admin_flags, list_and_revoke
+
 
 def register(sub) -> None:
     p = sub.add_parser("keys", help="manage API keys (tenants and roles)",
@@ -13,13 +15,8 @@ def register(sub) -> None:
     c = ksub.add_parser("create", help="create a key (printed once)")
     c.add_argument("--tenant", required=True)
     c.add_argument("--role", choices=["user", "admin"], default="user")
-    ls = ksub.add_parser("list", help="list keys (ids, tenants, roles; never the keys)")
-    ls.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    r = ksub.add_parser("revoke", help="revoke a key by id")
-    r.add_argument("id")
-    for q in (c, ls, r):
-        q.add_argument("--coordinator", default=None, metavar="ADDR")
-        q.add_argument("--api-key", default=None, help="an admin key (default $ATOLL_API_KEY)")
+    ls, r = list_and_revoke(ksub, "list keys (ids, tenants, roles; never the keys)", "revoke a key by id")
+    admin_flags(c, ls, r)
     p.set_defaults(func=run)
 
 

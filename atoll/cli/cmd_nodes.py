@@ -1,4 +1,4 @@
-"""atoll nodes / atoll drain: see and drain the fleet."""
+"""atoll nodes / atoll drain: see and drain the fleet; atoll nodes trust | untrust NODE."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ def _coord(p) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("nodes", help="list the fleet's nodes", description="One row per node.")
+    p = sub.add_parser("nodes", help="list the fleet's nodes; trust or untrust one",
+                       description="One row per node. `atoll nodes trust NODE` (admin) lets trusted_only "
+                                   "workflows run on it; `atoll nodes untrust NODE` moves them off it.")
     _coord(p)
+    p.add_argument("action", nargs="?", choices=["trust", "untrust"], help="trust or untrust NODE (admin)")
+    p.add_argument("node", nargs="?", help="node name or id (with trust | untrust)")
     p.add_argument("--tier", choices=["datacenter", "renter", "edge"])
     p.add_argument("--region")
     p.add_argument("--state", type=str.upper, choices=["READY", "SUSPECT", "LOST", "DRAINING"])
@@ -30,7 +34,17 @@ def register(sub) -> None:
 
 def run_nodes(ns) -> int:
     from atoll.client import Client
+    from atoll.core.errors import InvalidArgument
 
+    if ns.action:
+        if not ns.node:
+            raise InvalidArgument(f"say which node: atoll nodes {ns.action} NODE")
+        with Client(ns.coordinator) as c:
+            n = c.set_trust(ns.node, ns.action == "trust")
+        print(f"node {n.name} ({n.id}) is {'trusted' if n.trusted else 'not trusted'}")
+        return 0
+    if ns.node:
+        raise InvalidArgument(f"unexpected {ns.node!r}: atoll nodes [trust|untrust NODE]")
     with Client(ns.coordinator) as c:
         nodes = c.nodes(tier=ns.tier, region=ns.region, state=ns.state)
     if ns.output == "json":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 PLANNER_NAMES = ["milp", "greedy", "cloud_only", "most_accurate", "jellybean"]
 
@@ -61,7 +62,7 @@ def run(ns: argparse.Namespace) -> int:
     # without loading PuLP, HiGHS and the specs
     from atoll.core.errors import SpecError
     from atoll.planner.api import PLANNERS, PlanOptions, explain, problem_from_specs
-    from atoll.specs.cluster import load_cluster
+    from atoll.specs.cluster import check_hardware, load_cluster
     from atoll.specs.workflow import load_workflow
 
     if ns.time_limit <= 0:
@@ -75,6 +76,10 @@ def run(ns: argparse.Namespace) -> int:
     previous = load_previous(ns.previous) if ns.previous else None
     wf, catalog = load_workflow(ns.workflow)
     cluster = load_cluster(ns.cluster)
+    profiled = {hw for vs in wf.resolved_variants(catalog).values() for v in vs
+                for hw in (*v.throughput, *v.tokens_per_second)}
+    for note in check_hardware(cluster, profiled, ns.cluster):
+        print(f"note: {note}", file=sys.stderr)
     problem = problem_from_specs(wf, cluster, catalog, workflow_source=ns.workflow,
                                  cluster_source=ns.cluster)
     opts = PlanOptions(time_limit=ns.time_limit, gap=ns.gap, solver=ns.solver, data_up_only=ns.up_only,

@@ -123,7 +123,7 @@ def run_status(ns) -> int:
     print(f"workflow {st.name}: {st.state} — {st.message} (plan generation {st.generation})")
     cons = st.plan.get("constraints") or {}
     if cons.get("trusted_only"):
-        print("constraints: trusted tiers only (no stage, and none of its data, on a renter host)")
+        print("constraints: trusted nodes only (no stage, and none of its data, on a node the operator does not trust)")
     if st.plan.get("on_demand_floor"):
         f = st.plan["on_demand_floor"]
         print(f"on-demand floor: {f['share']:.0%} of the rate on non-preemptible nodes (${f['cost_per_hour']:.3f}/h)")

@@ -6,8 +6,8 @@ exit code. Modules import their heavy dependencies (torch, grpc, pulp) inside ``
 ``atoll --help`` stays fast. Adding a verb is one line in ``COMMAND_MODULES``.
 
 Errors: an :class:`~atoll.core.errors.AtollError` (bad flag, bad spec, infeasible plan) prints one
-line and exits 2; an RPC error prints its status code and message and exits 1. No tracebacks
-unless ``ATOLL_DEBUG=1``.
+line and exits 2; an RPC error prints its status code and message and exits 1; anything else
+(a bug) prints one line naming the exception and exits 1. No tracebacks unless ``ATOLL_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ COMMAND_MODULES = [
     "atoll.cli.cmd_generate",     # atoll generate (local runtime)
     "atoll.cli.cmd_workflows",    # atoll submit, workflows, status, delete, invoke, profile, push
     "atoll.cli.cmd_keys",         # atoll keys create | list | revoke
+    "atoll.cli.cmd_tokens",       # atoll tokens create | list | revoke
     "atoll.cli.cmd_demo",         # atoll demo
 ]
+
+
+SERVERS = ("coordinator", "agent")     # long-running: gRPC's own log lines (a refused handshake) stay on
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(ns, "func", None):
         parser.print_help()
         return 2
+    if ns.command not in SERVERS:
+        # gRPC's core logs a refused TLS handshake on stderr itself; a command says it once, in its one line
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         return int(ns.func(ns) or 0)
     except AtollError as exc:
@@ -80,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                 name, details = "ERROR", str(exc)
             print(f"atoll {ns.command}: {name}: {details}", file=sys.stderr)
             return 1
-        raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"atoll {ns.command}: internal error: {type(exc).__name__}: {text} "
+              "(set ATOLL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

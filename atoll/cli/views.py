@@ -14,10 +14,10 @@ def gpus_text(n) -> str:
 
 
 def node_table(nodes) -> str:
-    rows = [[n.name, n.id[:12], n.state, n.tier, n.region, f"{n.price_per_hour:.2f}", gpus_text(n),
-             f"{n.last_heartbeat_age_seconds:.1f}", "yes" if n.simulated else "no"] for n in nodes]
-    return render(["NAME", "ID", "STATE", "TIER", "REGION", "$/H", "GPUS", "LAST-HB(S)", "SIMULATED"],
-                  rows, "lllllrlrl")
+    rows = [[n.name, n.id[:12], n.state, n.tier, n.region, "yes" if n.trusted else "no", f"{n.price_per_hour:.2f}",
+             gpus_text(n), f"{n.last_heartbeat_age_seconds:.1f}", "yes" if n.simulated else "no"] for n in nodes]
+    return render(["NAME", "ID", "STATE", "TIER", "REGION", "TRUSTED", "$/H", "GPUS", "LAST-HB(S)", "SIMULATED"],
+                  rows, "llllllrlrl")
 
 
 def print_plan(plan: dict, replicas: list[dict] | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from typing import Callable
 
 import grpc
 from google.protobuf import message_factory
@@ -141,6 +142,64 @@ def handle_errors(fn):
         except Exception as exc:  # noqa: BLE001
             await _abort(context, exc, name)
     return wrapper
+
+
+def bearer(metadata) -> str:
+    """The credential of an ``authorization: Bearer <credential>`` header, or ""."""
+    for k, v in metadata or ():
+        if k == "authorization" and isinstance(v, str) and v.startswith("Bearer "):
+            return v[7:].strip()
+    return ""
+
+
+def guarded(handler, admit: Callable[[], Callable[[], None] | None]):
+    """``handler`` (a ``grpc.RpcMethodHandler`` of any of the four kinds) with ``admit()`` run
+    first, inside the call: it raises an :class:`~atoll.core.errors.AtollError` to refuse the
+    call (which then ends with that error's status code) or returns what to run once the call
+    is over (to reset a context variable it set), or None. Server interceptors use it to check
+    the caller before a servicer sees the request."""
+
+    async def enter(context):
+        try:
+            return admit()
+        except errors.AtollError as exc:
+            await context.abort(status_code(exc), str(exc)[:2000])
+
+    def streamed(inner):
+        async def call(request, context):
+            done = await enter(context)
+            try:
+                out = inner(request, context)
+                if inspect.isasyncgen(out):
+                    async for item in out:
+                        yield item
+                else:
+                    for item in await out:
+                        yield item
+            finally:
+                if done is not None:
+                    done()
+        return call
+
+    def single(inner):
+        async def call(request, context):
+            done = await enter(context)
+            try:
+                return await inner(request, context)
+            finally:
+                if done is not None:
+                    done()
+        return call
+
+    kinds = (("unary_unary", grpc.unary_unary_rpc_method_handler, single),
+             ("stream_unary", grpc.stream_unary_rpc_method_handler, single),
+             ("unary_stream", grpc.unary_stream_rpc_method_handler, streamed),
+             ("stream_stream", grpc.stream_stream_rpc_method_handler, streamed))
+    for attr, factory, wrap in kinds:
+        inner = getattr(handler, attr)
+        if inner is not None:
+            return factory(wrap(inner), handler.request_deserializer, handler.response_serializer)
+    return handler
 
 
 def add_health_and_reflection(server, service_names: list[str]) -> health.HealthServicer:

@@ -76,6 +76,44 @@ def plaintext_policy(host: str, insecure: bool, what: str) -> None:
     log.warning("INSECURE: %s serves plaintext gRPC on %s (no TLS); for local development only", what, host)
 
 
+def handshake_failure(details: str) -> str:
+    """Why a gRPC connection failed in the TLS handshake, from the error's details as the calling
+    side sees them; "" when they do not say so for certain (a retry cannot fix these). The
+    serving side's gRPC core logs its own reason on stderr ("Handshake failed with error ...":
+    no certificate, unknown CA, plaintext peer)."""
+    d = details or ""
+    if "CERTIFICATE_VERIFY_FAILED" in d:
+        return "the server's certificate is not signed by the CA this side trusts (unknown CA)"
+    if "Hostname Verification" in d:
+        return "the server's certificate does not name the address dialled (name mismatch)"
+    if "WRONG_VERSION_NUMBER" in d:
+        return "the server does not speak TLS (a plaintext server)"
+    if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in d:
+        return "no client certificate was presented"
+    if "handshake failed" in d.lower():
+        return d[d.lower().index("handshake failed"):][:200]
+    return ""
+
+
+def closed_hint(details: str, tls: bool | None) -> str:
+    """What a connection the server closed while it was being set up may mean ("" if it was not
+    that). Ambiguous — a server restarting closes connections too — so a hint, never a verdict."""
+    if "Socket closed" not in (details or ""):
+        return ""
+    if tls:
+        return ("the server closed the connection while it was being set up: a server that requires a client "
+                "certificate does so when none, or another CA's, is presented")
+    return "the server closed the connection: a TLS-only server does so to plaintext clients (give its CA: " \
+           "--tls-ca or ATOLL_TLS_CA)"
+
+
+def plain_http_warning(host: str, what: str) -> None:
+    """HTTP doors (metrics, OpenAI) speak plain HTTP: warn loudly when one listens beyond loopback."""
+    if not is_loopback(host):
+        log.warning("INSECURE: %s serves plain HTTP on %s, which is not a loopback address: anyone who "
+                    "reaches it can read it (put a TLS proxy in front, or bind 127.0.0.1)", what, host)
+
+
 def peer_has_verified_cert(context) -> bool:
     """True when the gRPC peer presented a client certificate that the TLS layer verified."""
     try:

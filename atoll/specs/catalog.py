@@ -38,6 +38,8 @@ from atoll.core.errors import SpecError
 from atoll.specs.common import Spec, load_yaml
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MAX_RATE = 1e12          # requests or tokens per second: anything larger is a typo (or an attack)
+MIN_RATE = 1e-6          # ... and anything smaller (one request in 11 days) only makes the solver's numbers degenerate
 
 
 def check_name(v: str) -> str:
@@ -59,12 +61,12 @@ class VariantSpec(Spec):
     memory_gb: float = Field(default=0.0, ge=0, le=4096, description="GPU memory of the base weights")
     adapter_memory_gb: float = Field(default=0.0, ge=0, le=1024,
                                      description="extra GPU memory of the adapter")
-    throughput: dict[str, float] = Field(default_factory=dict,
+    throughput: dict[str, float] = Field(default_factory=dict, max_length=256,
                                          description="requests/s per replica, per hardware class")
-    tokens_per_second: dict[str, float] = Field(default_factory=dict,
+    tokens_per_second: dict[str, float] = Field(default_factory=dict, max_length=256,
                                                 description="tokens/s per replica, per hardware class")
     profile: Optional[list[tuple[float, float]]] = Field(
-        default=None, description="accuracy profile: [input_accuracy, output_accuracy] points")
+        default=None, max_length=64, description="accuracy profile: [input_accuracy, output_accuracy] points")
     # Serving (used by the coordinator; the offline planner ignores them).
     model: Optional[str] = Field(default=None, max_length=1024,
                                  description="base model: a local Hugging Face directory or a sha256: name")
@@ -83,6 +85,8 @@ class VariantSpec(Spec):
             if not (x > 0):
                 raise ValueError(f"{hw}: throughput must be > 0 (drop the entry if the hardware "
                                  f"cannot run this variant)")
+            if not MIN_RATE <= x <= MAX_RATE:
+                raise ValueError(f"{hw}: throughput must be in {MIN_RATE:g}..{MAX_RATE:g}")
         return v
 
     @field_validator("profile")
@@ -135,7 +139,7 @@ class VariantSpec(Spec):
 class Catalog(Spec):
     """A library of variants that workflows reference by name."""
 
-    variants: list[VariantSpec] = Field(default_factory=list)
+    variants: list[VariantSpec] = Field(default_factory=list, max_length=10_000)
 
     @model_validator(mode="after")
     def _unique(self):

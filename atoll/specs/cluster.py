@@ -26,10 +26,12 @@ A single node is a pool of one (its pool id is its name).
 
 from __future__ import annotations
 
+import difflib
 from typing import Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from atoll.core.errors import SpecError
 from atoll.specs.catalog import check_name
 from atoll.specs.common import Spec, load_yaml
 from atoll.specs.node import TIERS, Tier
@@ -60,7 +62,13 @@ class NodeSpec(Spec):
     preemptible: bool = False
     gpu_memory_gb: float = Field(default=0.0, ge=0, le=4096,
                                  description="GPU memory per node; 0 means unknown (no check)")
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    trusted: Optional[bool] = Field(default=None, description="the operator trusts these nodes (trusted_only "
+                                    "workflows run only on trusted nodes); unset: every tier but renter")
+
+    @property
+    def is_trusted(self) -> bool:
+        return self.trusted if self.trusted is not None else self.tier != "renter"
 
     @field_validator("name")
     @classmethod
@@ -78,7 +86,7 @@ class LinkSpec(Spec):
     from_: str = Field(alias="from", description="region/tier or region")
     to: str = Field(description="region/tier or region")
     price_per_gb: float = Field(ge=0, le=100)
-    bandwidth_mbps: Optional[float] = Field(default=None, gt=0, description="cap, megabits/s")
+    bandwidth_mbps: Optional[float] = Field(default=None, gt=0, le=1e9, description="cap, megabits/s")
 
     model_config = {**Spec.model_config, "populate_by_name": True}
 
@@ -97,10 +105,10 @@ class NetworkDefaults(Spec):
 
 class ClusterSpec(Spec):
     name: str = "cluster"
-    pools: list[PoolSpec] = Field(default_factory=list)
-    nodes: list[NodeSpec] = Field(default_factory=list)
+    pools: list[PoolSpec] = Field(default_factory=list, max_length=10_000)
+    nodes: list[NodeSpec] = Field(default_factory=list, max_length=10_000)
     network: NetworkDefaults = Field(default_factory=NetworkDefaults)
-    links: list[LinkSpec] = Field(default_factory=list)
+    links: list[LinkSpec] = Field(default_factory=list, max_length=10_000)
 
     @model_validator(mode="after")
     def _check(self):
@@ -118,3 +126,22 @@ class ClusterSpec(Spec):
 
 def load_cluster(path) -> ClusterSpec:
     return load_yaml(ClusterSpec, path)
+
+
+def check_hardware(cluster: ClusterSpec, profiled: set[str], source: str | None = None) -> list[str]:
+    """Pools and nodes whose hardware class no variant has a profile for. A class within a typo
+    of a profiled one is an error naming the likely class; the others are returned as notes
+    (the planner cannot use those nodes)."""
+    notes = []
+    for kind, items in (("pools", cluster.pools), ("nodes", cluster.nodes)):
+        for i, p in enumerate(items):
+            if p.hardware in profiled:
+                continue
+            close = difflib.get_close_matches(p.hardware, sorted(profiled), n=1, cutoff=0.6)
+            if close:
+                raise SpecError(f"unknown hardware class {p.hardware!r}: no variant has a profile for it",
+                                source=source, path=f"{kind}[{i}].hardware",
+                                hint=f"did you mean {close[0]!r}? profiled classes: {', '.join(sorted(profiled))}")
+            notes.append(f"{kind[:-1]} {p.name!r}: no variant has a throughput profile for hardware "
+                         f"{p.hardware!r}, so the planner cannot use it")
+    return notes

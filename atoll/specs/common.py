@@ -1,8 +1,15 @@
 """Loading pydantic specs from YAML with errors that name the file, the field path and the fix.
 
 Every spec model derives from :class:`Spec` (extra fields forbidden, so a typo is an error
-rather than a silently ignored key). :func:`load_yaml` / :func:`parse_obj` turn pydantic's
-``ValidationError`` into one :class:`~atoll.core.errors.SpecError` listing every problem.
+rather than a silently ignored key; every number finite, so ``.inf`` and ``.nan`` are errors).
+:func:`load_yaml` / :func:`parse_obj` turn pydantic's ``ValidationError`` into one
+:class:`~atoll.core.errors.SpecError` listing every problem.
+
+Bounds, checked before YAML builds anything (:func:`safe_yaml`): at most ``MAX_FILE_BYTES``
+(a file is refused by its size before it is read), UTF-8 text, nesting at most ``MAX_DEPTH``
+deep (counted on the parser's event stream, which does not recurse), and at most
+``MAX_NODES`` values once aliases are expanded (a "billion laughs" document is refused after
+that many, not after it is walked).
 """
 
 from __future__ import annotations
@@ -19,10 +26,17 @@ from atoll.core.errors import SpecError
 T = TypeVar("T", bound=BaseModel)
 
 
-class Spec(BaseModel):
-    """Base of every spec: unknown keys are errors; values are validated on assignment."""
+MAX_FILE_BYTES = 4 << 20
+MAX_DEPTH = 64
+MAX_NODES = 1_000_000
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+class Spec(BaseModel):
+    """Base of every spec: unknown keys are errors; every number finite; values are validated
+    on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     def dump(self) -> dict:
         """The spec as plain data, fields under their YAML names (``from``, not ``from_``)."""
@@ -77,18 +91,75 @@ def parse_obj(model: type[T], data: Any, source: str | None = None) -> T:
         raise validation_to_spec_error(exc, source) from None
 
 
-def read_yaml(path: str | os.PathLike) -> Any:
+def safe_yaml(data: bytes | str, source: str, max_bytes: int = MAX_FILE_BYTES, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse YAML within the bounds above; SpecError naming ``source`` otherwise."""
+    if isinstance(data, str):
+        if len(data) > max_bytes:
+            raise SpecError(f"is more than the {max_bytes} bytes a spec may have", source=source,
+                            hint="split it, or drop what the planner does not need")
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SpecError("is not valid Unicode text (a lone surrogate)", source=source) from None
+    if len(data) > max_bytes:
+        raise SpecError(f"is {len(data)} bytes, more than the {max_bytes} a spec may have", source=source,
+                        hint="split it, or drop what the planner does not need")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+                        source=source, hint="save the file as UTF-8") from None
+    try:
+        depth = 0
+        for ev in yaml.parse(text, Loader=_LOADER):
+            if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > max_depth:
+                    mark = ev.start_mark
+                    raise SpecError(f"nests deeper than {max_depth} levels (at line {mark.line + 1})",
+                                    source=source, hint="a spec is a few levels deep; flatten it")
+            elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+        doc = yaml.load(text, Loader=_LOADER)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source=source) from None
+    _count(doc, source)
+    return doc
+
+
+def _count(doc: Any, source: str) -> None:
+    """Refuse a document of more than MAX_NODES values (aliases counted every time they occur)."""
+    budget, stack = MAX_NODES, [doc]
+    while stack:
+        x = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise SpecError(f"holds more than {MAX_NODES} values (anchors and aliases expanded)", source=source,
+                            hint="a spec has at most a few thousand values; do not nest aliases")
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+
+
+def read_yaml(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> Any:
     p = Path(path)
     if not p.exists():
         raise SpecError("file not found", source=str(p), hint="give the path of an existing YAML file")
     if p.is_dir():
         raise SpecError("is a directory, expected a YAML file", source=str(p))
+    size = p.stat().st_size
+    if size > max_bytes:                       # refused by its size, before a byte is read
+        raise SpecError(f"is {size} bytes, more than the {max_bytes} a spec may have", source=str(p),
+                        hint="split it, or drop what the planner does not need")
     try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source=str(p)) from None
+        data = p.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read it: {exc.strerror}", source=str(p)) from None
+    return safe_yaml(data, str(p), max_bytes)
 
 
 def load_yaml(model: type[T], path: str | os.PathLike) -> T:

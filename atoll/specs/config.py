@@ -100,6 +100,8 @@ class CoordinatorSettings(Spec):
     agent_listen: str | None = Field(default=None, description="HOST:PORT for agents, with mutual TLS "
                                                                "(required with tls_client_ca)")
     insecure: bool = Field(default=False, description="allow plaintext on a non-loopback address")
+    allow_empty_store: bool = Field(default=False, description="start even when the store is empty but the "
+                                                               "state dir shows it held data before")
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -149,6 +151,9 @@ class AgentSettings(Spec):
                                                                   "entry (default: derived from entry_listen)")
     otlp_endpoint: str | None = Field(default=None, description="OpenTelemetry collector (OTLP/HTTP, e.g. "
                                                                 "http://collector:4318): export request spans")
+    cache_keep_seconds: float = Field(default=600.0, ge=0, le=30 * 86400,
+                                      description="keep a fetched model or adapter this long after the last "
+                                                  "assignment naming it went away (warm caches for re-plans)")
 
     @field_validator("worker_listen", "metrics_listen", "entry_listen")
     @classmethod

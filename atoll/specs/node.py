@@ -43,7 +43,7 @@ class SimulatedHardware(Spec):
 
     gpus: list[SimulatedGpu] = Field(default_factory=list)
     cpu_cores: int | None = Field(default=None, ge=1, le=4096)
-    memory_gb: float | None = Field(default=None, gt=0)
+    memory_gb: float | None = Field(default=None, gt=0, le=1e7)
 
 
 class NodeConfig(Spec):
@@ -53,7 +53,7 @@ class NodeConfig(Spec):
     zone: str = Field(default="", max_length=64)
     price_per_hour: float = Field(default=0.0, ge=0, le=10_000, description="USD per hour")
     preemptible: bool = False
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     simulated_hardware: SimulatedHardware | None = None
 
     @field_validator("name")

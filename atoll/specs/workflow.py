@@ -51,15 +51,20 @@ from pydantic import Field, field_validator
 
 from atoll.core.errors import SpecError
 from atoll.specs.autoscaling import AutoscalingSpec
-from atoll.specs.catalog import Catalog, VariantSpec, check_name, load_catalog
+from atoll.specs.catalog import MIN_RATE, Catalog, VariantSpec, check_name, load_catalog
 from atoll.specs.cluster import parse_location
 from atoll.specs.common import Spec, load_yaml
 from atoll.specs.node import TIERS, Tier
 
+# The largest workflow accepted: the planner's work grows with tasks x variants x pools.
+MAX_TASKS = 256
+MAX_VARIANTS = 64
+MAX_EDGES = 4096
+
 
 class SourceSpec(Spec):
     name: str
-    rate: float = Field(gt=0, le=1e9, description="requests/s born at this source")
+    rate: float = Field(ge=MIN_RATE, le=1e9, description="requests/s born at this source")
     region: str = Field(min_length=1, max_length=64)
     tier: Tier = "edge"
 
@@ -71,9 +76,9 @@ class SourceSpec(Spec):
 
 class TaskSpec(Spec):
     name: str
-    prompt_tokens: float = Field(default=0.0, ge=0, description="mean prompt tokens (LLM tasks)")
-    completion_tokens: float = Field(default=0.0, ge=0, description="mean completion tokens")
-    variants: list[Union[str, VariantSpec]] = Field(min_length=1)
+    prompt_tokens: float = Field(default=0.0, ge=0, le=1e7, description="mean prompt tokens (LLM tasks)")
+    completion_tokens: float = Field(default=0.0, ge=0, le=1e7, description="mean completion tokens")
+    variants: list[Union[str, VariantSpec]] = Field(min_length=1, max_length=MAX_VARIANTS)
     # Serving (used by the coordinator; the offline planner ignores them).
     kind: Literal["llm", "embedding"] = Field(default="llm", description="llm: text in, text out; "
                                               "embedding: text in, a vector out (only as a sink)")
@@ -96,15 +101,15 @@ class TaskSpec(Spec):
 class SizeOverride(Spec):
     from_variant: Optional[str] = None
     to_variant: Optional[str] = None
-    size_kb: float = Field(ge=0)
+    size_kb: float = Field(ge=0, le=1e9)
 
 
 class EdgeSpec(Spec):
     from_: str = Field(alias="from")
     to: str
-    ratio: float = Field(default=1.0, gt=0, le=1e6, description="messages to `to` per message from `from`")
-    size_kb: float = Field(default=1.0, ge=0, description="message size in KB (10^3 bytes)")
-    sizes: list[SizeOverride] = Field(default_factory=list)
+    ratio: float = Field(default=1.0, ge=1e-6, le=1e6, description="messages to `to` per message from `from`")
+    size_kb: float = Field(default=1.0, ge=0, le=1e9, description="message size in KB (10^3 bytes)")
+    sizes: list[SizeOverride] = Field(default_factory=list, max_length=1024)
     type: Literal["text", "tensor"] = Field(default="text", description="what the edge carries")
 
     model_config = {**Spec.model_config, "populate_by_name": True}
@@ -118,8 +123,8 @@ class TableRow(Spec):
 class SLOSpec(Spec):
     min_accuracy: Optional[float] = Field(default=None, ge=0, le=1)
     accuracy_model: Literal["profile", "additive", "table"] = "profile"
-    max_accuracy_loss: Optional[float] = Field(default=None, ge=0)
-    accuracy_table: list[TableRow] = Field(default_factory=list)
+    max_accuracy_loss: Optional[float] = Field(default=None, ge=0, le=1e3)
+    accuracy_table: list[TableRow] = Field(default_factory=list, max_length=10_000)
 
 
 class PlacementSpec(Spec):
@@ -127,7 +132,8 @@ class PlacementSpec(Spec):
     forbid_regions: list[str] = Field(default_factory=list)
     forbid_locations: list[str] = Field(default_factory=list, description="region/tier")
     data_up_only: bool = False
-    trusted_only: bool = Field(default=False, description="never place a stage (or its data) on a renter host")
+    trusted_only: bool = Field(default=False, description="place stages (and so their data) only on nodes the "
+                               "operator trusts (a trusted join token or `atoll nodes trust`)")
     min_failure_domains: int = Field(default=1, ge=1, le=64, description="spread every stage's replicas over at "
                                      "least this many failure domains")
     failure_domain: str = Field(default="provider", min_length=1, max_length=63,
@@ -144,9 +150,9 @@ class PlacementSpec(Spec):
 class WorkflowSpec(Spec):
     name: str = "workflow"
     catalog: Optional[str] = Field(default=None, description="catalog file, relative to this file")
-    sources: list[SourceSpec] = Field(min_length=1)
-    tasks: list[TaskSpec] = Field(min_length=1)
-    edges: list[EdgeSpec] = Field(min_length=1)
+    sources: list[SourceSpec] = Field(min_length=1, max_length=MAX_TASKS)
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS)
+    edges: list[EdgeSpec] = Field(min_length=1, max_length=MAX_EDGES)
     slo: SLOSpec = Field(default_factory=SLOSpec)
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
     autoscaling: Optional[AutoscalingSpec] = Field(default=None, description="follow the measured load "

@@ -2,17 +2,22 @@
 reads the instructions; the coordinator's servicer reads the requests and sends instructions.
 
 Instructions are plain values on both sides: ``{"drain": True}`` (stop taking work; also the
-acknowledgement of an agent's own drain), ``{"reregister": True}`` (the session is unknown)
+acknowledgement of an agent's own drain), ``{"reregister": True}`` (the session is unknown),
 ``{"assignments": AssignmentSet}`` (the node's full desired set), ``{"routing": RoutingState}``
-(the routes the node may serve, ``atoll.specs.routing``) and ``{"keys": KeySet}`` (the API keys
-its doors check, ``atoll.core.apikeys``). Heartbeats carry the digests of the last two that the
-agent holds, and its entry's load reports (``atoll.wire.dataplane.EntryLoad``).
+(the routes the node may serve, ``atoll.specs.routing``), ``{"keys": KeySet}`` (the API keys
+its doors check, ``atoll.core.apikeys``) and ``{"credential": (token, expires_unix)}`` (the
+node's capability token). Heartbeats carry the digests of the routing state and key set that
+the agent holds, and its entry's load reports (``atoll.wire.dataplane.EntryLoad``).
+
+A registration carries the agent's proof of possession of its node key
+(:class:`atoll.core.credentials.Proof`); the answer, the coordinator's public key to pin.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from atoll.core.credentials import Proof
 from atoll.proto.v1 import control_pb2, control_pb2_grpc
 from atoll.specs.assignment import AssignmentSet, ReplicaItem
 from atoll.wire.dataplane import (EntryLoad, keys_from_pb, keys_to_pb, load_from_pb, load_to_pb, routing_from_pb,
@@ -27,10 +32,21 @@ def agent_stub(channel) -> control_pb2_grpc.AgentServiceStub:
 
 
 def register_request(*, join_token: str, node_id: str, spec: dict, capacity: dict,
-                     status: dict | None) -> control_pb2.RegisterRequest:
-    return control_pb2.RegisterRequest(join_token=join_token, node_id=node_id, spec=spec_to_pb(spec),
-                                       capacity=capacity_to_pb(capacity),
-                                       status=status_to_pb(status) if status is not None else None)
+                     status: dict | None, proof: Proof | None = None) -> control_pb2.RegisterRequest:
+    req = control_pb2.RegisterRequest(join_token=join_token, node_id=node_id, spec=spec_to_pb(spec),
+                                      capacity=capacity_to_pb(capacity),
+                                      status=status_to_pb(status) if status is not None else None)
+    if proof is not None:
+        req.node_public_key, req.proof_unix = proof.public_key, proof.unix
+        req.proof_nonce, req.proof_signature = proof.nonce, proof.signature
+    return req
+
+
+def proof_from_pb(req: control_pb2.RegisterRequest) -> Proof | None:
+    """The registration's proof of possession (None when it carries no key)."""
+    if not req.node_public_key:
+        return None
+    return Proof(bytes(req.node_public_key), req.proof_unix, req.proof_nonce[:200], bytes(req.proof_signature))
 
 
 def heartbeat_request(*, node_id: str, session_token: str, seq: int, draining: bool, generation: int,
@@ -70,6 +86,9 @@ def instruction_to_pb(ins: dict) -> control_pb2.Instruction:
         return control_pb2.Instruction(drain=True)
     if ins.get("reregister"):
         return control_pb2.Instruction(reregister=True)
+    if "credential" in ins:
+        token, expires = ins["credential"]
+        return control_pb2.Instruction(credential=control_pb2.Credential(token=token, expires_unix=expires))
     if "assignments" in ins:
         a: AssignmentSet = ins["assignments"]
         return control_pb2.Instruction(assignments=control_pb2.Assignments(
@@ -92,6 +111,8 @@ def instruction_from_pb(m: control_pb2.Instruction) -> dict:
         return {"routing": routing_from_pb(m.routing)}
     if kind == "keys":
         return {"keys": keys_from_pb(m.keys)}
+    if kind == "credential":
+        return {"credential": (m.credential.token, m.credential.expires_unix)}
     return {}
 
 

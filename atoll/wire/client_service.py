@@ -160,3 +160,18 @@ def key_list(r) -> list[dict]:
 
 def revoked_key(k) -> dict:
     return {"id": k.id, "tenant": k.tenant, "role": k.role, "revoked": k.revoked}
+
+
+# ---------------------------------------------------------------------- join tokens
+def join_token_dict(t) -> dict:
+    return {"id": t.id, "tiers": list(t.tiers), "regions": list(t.regions), "trusted": t.trusted,
+            "expires_unix": t.expires_unix, "uses_left": t.uses_left, "uses": t.uses,
+            "created_unix": t.created_unix, "revoked": t.revoked}
+
+
+def created_join_token(r) -> dict:
+    return {**join_token_dict(r.info), "token": r.token}
+
+
+def join_token_list(r) -> list[dict]:
+    return [join_token_dict(t) for t in r.tokens]

@@ -26,8 +26,10 @@ def push_archive(channel, data: bytes, *, display_name: str, kind: str, timeout:
     return control_pb2_grpc.ModelStoreStub(channel).Push(chunks(), timeout=timeout).name
 
 
-async def fetch_chunks(channel, name: str, offset: int) -> AsyncIterator[tuple[int, bytes, int]]:
-    """Stream blob ``name`` from ``offset`` over an asyncio channel: (offset, data, total bytes)."""
+async def fetch_chunks(channel, name: str, offset: int, token: str = "") -> AsyncIterator[tuple[int, bytes, int]]:
+    """Stream blob ``name`` from ``offset`` over an asyncio channel: (offset, data, total bytes).
+    ``token``: the node's capability token, which lets it fetch what its assignments name."""
     stub = control_pb2_grpc.ModelStoreStub(channel)
-    async for chunk in stub.Fetch(control_pb2.FetchRequest(name=name, offset=offset)):
+    md = (("authorization", f"Bearer {token}"),) if token else None
+    async for chunk in stub.Fetch(control_pb2.FetchRequest(name=name, offset=offset), metadata=md):
         yield chunk.offset, chunk.data, chunk.total_bytes

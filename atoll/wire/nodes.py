@@ -85,11 +85,11 @@ def status_to_pb(d: dict) -> common_pb2.NodeStatus:
 
 
 def node_to_pb(*, node_id: str, spec: dict, capacity: dict, status: dict, state: str, last_heartbeat: float,
-               age: float, registered: float, heartbeats: int) -> common_pb2.Node:
+               age: float, registered: float, heartbeats: int, trusted: bool = False) -> common_pb2.Node:
     return common_pb2.Node(id=node_id, spec=spec_to_pb(spec), capacity=capacity_to_pb(capacity),
                            state=state_to_pb(state), last_heartbeat_unix=last_heartbeat,
                            last_heartbeat_age_seconds=age, registered_unix=registered,
-                           status=status_to_pb(status), heartbeats=heartbeats)
+                           status=status_to_pb(status), heartbeats=heartbeats, trusted=trusted)
 
 
 def node_from_pb(n: common_pb2.Node) -> dict:
@@ -103,5 +103,5 @@ def node_from_pb(n: common_pb2.Node) -> dict:
         simulated=n.capacity.simulated, last_heartbeat_age_seconds=round(n.last_heartbeat_age_seconds, 3),
         last_heartbeat_unix=n.last_heartbeat_unix, registered_unix=n.registered_unix,
         heartbeats=n.heartbeats, agent_version=n.capacity.agent_version,
-        status=status_from_pb(n.status))
+        status=status_from_pb(n.status), trusted=n.trusted)
 

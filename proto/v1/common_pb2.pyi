@@ -144,7 +144,7 @@ class NodeStatus(_message.Message):
     def __init__(self, loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., running_requests: _Optional[int] = ..., measured_throughput: _Optional[_Mapping[str, float]] = ..., kv_cache_usage: _Optional[float] = ..., worker_address: _Optional[str] = ..., replica_states: _Optional[_Mapping[str, str]] = ..., replica_messages: _Optional[_Mapping[str, str]] = ..., replica_load_seconds: _Optional[_Mapping[str, float]] = ..., cached_models: _Optional[_Iterable[str]] = ..., ttft_seconds: _Optional[float] = ..., entry_address: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "spec", "capacity", "state", "last_heartbeat_unix", "last_heartbeat_age_seconds", "registered_unix", "status", "heartbeats")
+    __slots__ = ("id", "spec", "capacity", "state", "last_heartbeat_unix", "last_heartbeat_age_seconds", "registered_unix", "status", "heartbeats", "trusted")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,7 @@ class Node(_message.Message):
     REGISTERED_UNIX_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEATS_FIELD_NUMBER: _ClassVar[int]
+    TRUSTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: NodeSpec
     capacity: NodeCapacity
@@ -163,4 +164,5 @@ class Node(_message.Message):
     registered_unix: float
     status: NodeStatus
     heartbeats: int
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., capacity: _Optional[_Union[NodeCapacity, _Mapping]] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_heartbeat_unix: _Optional[float] = ..., last_heartbeat_age_seconds: _Optional[float] = ..., registered_unix: _Optional[float] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ..., heartbeats: _Optional[int] = ...) -> None: ...
+    trusted: bool
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., capacity: _Optional[_Union[NodeCapacity, _Mapping]] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_heartbeat_unix: _Optional[float] = ..., last_heartbeat_age_seconds: _Optional[float] = ..., registered_unix: _Optional[float] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ..., heartbeats: _Optional[int] = ..., trusted: _Optional[bool] = ...) -> None: ...

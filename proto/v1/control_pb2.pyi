@@ -9,30 +9,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("join_token", "node_id", "spec", "capacity", "status")
+    __slots__ = ("join_token", "node_id", "spec", "capacity", "status", "node_public_key", "proof_unix", "proof_nonce", "proof_signature")
     JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    NODE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROOF_UNIX_FIELD_NUMBER: _ClassVar[int]
+    PROOF_NONCE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     join_token: str
     node_id: str
     spec: _common_pb2.NodeSpec
     capacity: _common_pb2.NodeCapacity
     status: _common_pb2.NodeStatus
-    def __init__(self, join_token: _Optional[str] = ..., node_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.NodeSpec, _Mapping]] = ..., capacity: _Optional[_Union[_common_pb2.NodeCapacity, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.NodeStatus, _Mapping]] = ...) -> None: ...
+    node_public_key: bytes
+    proof_unix: float
+    proof_nonce: str
+    proof_signature: bytes
+    def __init__(self, join_token: _Optional[str] = ..., node_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.NodeSpec, _Mapping]] = ..., capacity: _Optional[_Union[_common_pb2.NodeCapacity, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.NodeStatus, _Mapping]] = ..., node_public_key: _Optional[bytes] = ..., proof_unix: _Optional[float] = ..., proof_nonce: _Optional[str] = ..., proof_signature: _Optional[bytes] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("node_id", "session_token", "heartbeat_interval_seconds", "lease_seconds")
+    __slots__ = ("node_id", "session_token", "heartbeat_interval_seconds", "lease_seconds", "coordinator_public_key", "trusted")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    TRUSTED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_token: str
     heartbeat_interval_seconds: float
     lease_seconds: float
-    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    coordinator_public_key: bytes
+    trusted: bool
+    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., lease_seconds: _Optional[float] = ..., coordinator_public_key: _Optional[bytes] = ..., trusted: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_id", "session_token", "seq", "capacity", "has_capacity", "status", "draining", "assignments_generation", "sent_unix", "has_price", "price_per_hour", "preemptible", "routing_digest", "keys_digest", "entry_load")
@@ -96,19 +108,29 @@ class Assignments(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[Assignment]
     def __init__(self, generation: _Optional[int] = ..., items: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
+class Credential(_message.Message):
+    __slots__ = ("token", "expires_unix")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    expires_unix: float
+    def __init__(self, token: _Optional[str] = ..., expires_unix: _Optional[float] = ...) -> None: ...
+
 class Instruction(_message.Message):
-    __slots__ = ("assignments", "drain", "reregister", "routing", "keys")
+    __slots__ = ("assignments", "drain", "reregister", "routing", "keys", "credential")
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     REREGISTER_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     assignments: Assignments
     drain: bool
     reregister: bool
     routing: _routing_pb2.RoutingState
     keys: _routing_pb2.KeySet
-    def __init__(self, assignments: _Optional[_Union[Assignments, _Mapping]] = ..., drain: _Optional[bool] = ..., reregister: _Optional[bool] = ..., routing: _Optional[_Union[_routing_pb2.RoutingState, _Mapping]] = ..., keys: _Optional[_Union[_routing_pb2.KeySet, _Mapping]] = ...) -> None: ...
+    credential: Credential
+    def __init__(self, assignments: _Optional[_Union[Assignments, _Mapping]] = ..., drain: _Optional[bool] = ..., reregister: _Optional[bool] = ..., routing: _Optional[_Union[_routing_pb2.RoutingState, _Mapping]] = ..., keys: _Optional[_Union[_routing_pb2.KeySet, _Mapping]] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("ack_seq", "heartbeat_interval_seconds", "instructions")
@@ -603,3 +625,71 @@ class ListEntriesResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[_routing_pb2.EntryInfo]
     def __init__(self, entries: _Optional[_Iterable[_Union[_routing_pb2.EntryInfo, _Mapping]]] = ...) -> None: ...
+
+class JoinTokenInfo(_message.Message):
+    __slots__ = ("id", "tiers", "regions", "trusted", "expires_unix", "uses_left", "uses", "created_unix", "revoked")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    TRUSTED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    USES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tiers: _containers.RepeatedScalarFieldContainer[str]
+    regions: _containers.RepeatedScalarFieldContainer[str]
+    trusted: bool
+    expires_unix: float
+    uses_left: int
+    uses: int
+    created_unix: float
+    revoked: bool
+    def __init__(self, id: _Optional[str] = ..., tiers: _Optional[_Iterable[str]] = ..., regions: _Optional[_Iterable[str]] = ..., trusted: _Optional[bool] = ..., expires_unix: _Optional[float] = ..., uses_left: _Optional[int] = ..., uses: _Optional[int] = ..., created_unix: _Optional[float] = ..., revoked: _Optional[bool] = ...) -> None: ...
+
+class CreateJoinTokenRequest(_message.Message):
+    __slots__ = ("tiers", "regions", "trusted", "ttl_seconds", "uses")
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    TRUSTED_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    tiers: _containers.RepeatedScalarFieldContainer[str]
+    regions: _containers.RepeatedScalarFieldContainer[str]
+    trusted: bool
+    ttl_seconds: float
+    uses: int
+    def __init__(self, tiers: _Optional[_Iterable[str]] = ..., regions: _Optional[_Iterable[str]] = ..., trusted: _Optional[bool] = ..., ttl_seconds: _Optional[float] = ..., uses: _Optional[int] = ...) -> None: ...
+
+class CreateJoinTokenResponse(_message.Message):
+    __slots__ = ("info", "token")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    info: JoinTokenInfo
+    token: str
+    def __init__(self, info: _Optional[_Union[JoinTokenInfo, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ListJoinTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListJoinTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[JoinTokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[JoinTokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeJoinTokenRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class SetNodeTrustRequest(_message.Message):
+    __slots__ = ("node", "trusted")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TRUSTED_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    trusted: bool
+    def __init__(self, node: _Optional[str] = ..., trusted: _Optional[bool] = ...) -> None: ...

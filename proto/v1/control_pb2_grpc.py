@@ -222,6 +222,26 @@ class ClientServiceStub:
                 request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesRequest.SerializeToString,
                 response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesResponse.FromString,
                 _registered_method=True)
+        self.CreateJoinToken = channel.unary_unary(
+                '/atoll.v1.ClientService/CreateJoinToken',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.CreateJoinTokenResponse.FromString,
+                _registered_method=True)
+        self.ListJoinTokens = channel.unary_unary(
+                '/atoll.v1.ClientService/ListJoinTokens',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListJoinTokensRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListJoinTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeJoinToken = channel.unary_unary(
+                '/atoll.v1.ClientService/RevokeJoinToken',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.RevokeJoinTokenRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.JoinTokenInfo.FromString,
+                _registered_method=True)
+        self.SetNodeTrust = channel.unary_unary(
+                '/atoll.v1.ClientService/SetNodeTrust',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.SetNodeTrustRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_common__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -311,6 +331,32 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJoinToken(self, request, context):
+        """Join tokens scoped to tiers and regions, optionally making nodes trusted (admin role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJoinTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeJoinToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetNodeTrust(self, request, context):
+        """Trust or untrust a node: trusted_only workflows run only on trusted nodes (admin role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -378,6 +424,26 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.ListEntries,
                     request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesRequest.FromString,
                     response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinToken,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.CreateJoinTokenResponse.SerializeToString,
+            ),
+            'ListJoinTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJoinTokens,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListJoinTokensRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListJoinTokensResponse.SerializeToString,
+            ),
+            'RevokeJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeJoinToken,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.RevokeJoinTokenRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.JoinTokenInfo.SerializeToString,
+            ),
+            'SetNodeTrust': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNodeTrust,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.SetNodeTrustRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_common__pb2.Node.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -732,6 +798,114 @@ class ClientService:
             '/atoll.v1.ClientService/ListEntries',
             atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesRequest.SerializeToString,
             atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/CreateJoinToken',
+            atoll_dot_proto_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.CreateJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJoinTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/ListJoinTokens',
+            atoll_dot_proto_dot_v1_dot_control__pb2.ListJoinTokensRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.ListJoinTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/RevokeJoinToken',
+            atoll_dot_proto_dot_v1_dot_control__pb2.RevokeJoinTokenRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.JoinTokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNodeTrust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/SetNodeTrust',
+            atoll_dot_proto_dot_v1_dot_control__pb2.SetNodeTrustRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_common__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,

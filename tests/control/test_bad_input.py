@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
 
+from atoll.core import credentials as cred
 from atoll.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
+from atoll.wire.agent_service import register_request
 
 from .helpers import Proc, free_port, node_yaml, wait_for
 
@@ -109,6 +112,11 @@ def test_hostile_rpcs_get_invalid_argument_and_server_survives(coordinator):
     # still serving, nothing stored from the bad requests
     assert proc.alive()
     assert list(client.ListNodes(control_pb2.ListNodesRequest(), timeout=5).nodes) == []
-    ok = agent.Register(control_pb2.RegisterRequest(join_token=TOKEN, spec=spec), timeout=5)
+    assert code_of(agent.Register, control_pb2.RegisterRequest(join_token=TOKEN, spec=spec)) == \
+        grpc.StatusCode.UNAUTHENTICATED                     # no node key, no entry
+    proof = cred.make_proof(cred.new_private_key(), "", time.time())
+    ok = agent.Register(register_request(join_token=TOKEN, node_id="", spec={"name": "ok", "tier": "edge",
+                                                                             "region": "r"},
+                                         capacity={}, status=None, proof=proof), timeout=5)
     assert len(ok.node_id) >= 8
     assert "Traceback" not in proc.log()

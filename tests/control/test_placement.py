@@ -28,9 +28,9 @@ def spec(**over) -> WorkflowSpec:
 
 
 def node(i: int, *, tier: str = "datacenter", region: str = "eu", price: float = 1.0, preemptible: bool = False,
-         **labels: str) -> FleetNode:
+         trusted: bool = False, **labels: str) -> FleetNode:
     return FleetNode(id=f"node{i:04d}-id", name=f"n{i}", region=region, tier=tier, price_per_hour=price,
-                     preemptible=preemptible, hardware="a10", gpu_memory_gb=24.0, labels=labels)
+                     preemptible=preemptible, hardware="a10", gpu_memory_gb=24.0, labels=labels, trusted=trusted)
 
 
 def run(s: WorkflowSpec, nodes, **kw):
@@ -81,13 +81,18 @@ def test_failure_domains_split_the_rate_over_that_many_domains():
         run(spec(placement={"min_failure_domains": 4, "failure_domain": "region"}), nodes)
 
 
-def test_trusted_only_keeps_every_replica_off_renter_hosts():
-    nodes = [node(0, tier="renter", price=0.1), node(1, tier="renter", price=0.1), node(2, price=5.0),
-             node(3, price=5.0)]
+def test_trusted_only_uses_only_nodes_the_operator_trusts_whatever_their_tier():
+    # cheap renters, a cheap datacenter host nobody trusted (it only *says* it is a datacenter),
+    # and the operator-trusted nodes: one expensive datacenter host and one trusted renter
+    nodes = [node(0, tier="renter", price=0.1), node(1, tier="renter", price=0.1), node(2, price=0.2),
+             node(3, price=5.0, trusted=True), node(4, tier="renter", price=4.0, trusted=True)]
     p = run(spec(placement={"trusted_only": True}), nodes)
-    tiers = {n.id: n.tier for n in nodes}
-    assert {tiers[a.node_id] for a in p.assignments} == {"datacenter"}
-    assert p.deployment.constraints.trusted_only and "renter" in p.deployment.constraints.forbid_tiers
+    assert {a.node_id for a in p.assignments} == {nodes[3].id, nodes[4].id}
+    assert p.deployment.constraints.trusted_only and "renter" not in p.deployment.constraints.forbid_tiers
+    free = run(spec(), nodes)                            # without the rule the cheap ones win
+    assert {a.node_id for a in free.assignments} <= {n.id for n in nodes[:3]}
+    with pytest.raises(PlanInfeasible):
+        run(spec(placement={"trusted_only": True}), nodes[:3])
 
 
 def test_no_free_node_is_infeasible_capacity():

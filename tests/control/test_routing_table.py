@@ -4,13 +4,16 @@ in between reuse it; a heartbeat that changes only load figures does not rebuild
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
 from atoll.coordinator.records import Assignment, WorkflowRecord
-from atoll.coordinator.registry import Registry, hash_token
+from atoll.coordinator.join_tokens import hash_token
+from atoll.coordinator.registry import Registry
 from atoll.coordinator.store import SqliteStore
 from atoll.coordinator.workflows import WorkflowManager
+from atoll.core import credentials as cred
 from atoll.core.errors import FailedPrecondition
 from atoll.planner.plan import Plan, Route
 
@@ -26,7 +29,8 @@ def setup(tmp_path):
     reg = Registry(store, join_token_hash=hash_token(TOKEN), heartbeat_interval=1.0)
     status = {"worker_address": "10.0.0.1:7000", "replica_states": {RID: "ready"}, "queue_depth": 0}
     node_id, token = reg.register(TOKEN, "", {"name": "gpu-1", "tier": "datacenter", "region": "eu",
-                                              "price_per_hour": 1.0}, {}, status)
+                                              "price_per_hour": 1.0}, {}, status,
+                                  cred.make_proof(cred.new_private_key(), "", time.time()))
     spec_yaml = (f"name: wf\nsources: [{{name: users, rate: 4, region: eu, tier: edge}}]\n"
                  f"tasks: [{{name: chat, variants: [{{name: v, accuracy: 0.9, throughput: {{a10: 4}}, "
                  f"model: {model}}}]}}]\nedges: [{{from: users, to: chat}}]\n")

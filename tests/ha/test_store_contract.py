@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from atoll.coordinator.records import Assignment
+from atoll.coordinator.records import SCHEMA_VERSION, Assignment
 from atoll.coordinator.store import NodeRecord, SqliteStore, WorkflowRecord, open_store
 from atoll.planner.plan import Plan
 from atoll.coordinator.store_pg import PostgresStore
@@ -111,7 +111,7 @@ def test_meta(make_store):
     s.set_meta("k", "v1")
     s.set_meta("k", "v2")
     assert s.get_meta("k") == "v2"
-    assert s.get_meta("schema_version") == "1"
+    assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
 
 
 def test_workflows_roundtrip_update_delete(make_store):

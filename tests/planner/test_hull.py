@@ -16,6 +16,7 @@ from atoll.core.errors import PlanInfeasible
 from atoll.planner.api import PlanOptions, plan
 from atoll.planner import decompose as D
 from atoll.planner.accuracy_set import AccuracySet
+from atoll.planner.knapsack import least_cover_cost
 from atoll.planner.milp import Model
 from planner_gen import random_problem
 from planner_ref import brute_force
@@ -119,3 +120,41 @@ def test_two_phase_within_its_gap_of_the_full_milp(nodes, pools, tasks, variants
     assert two.gap is not None
     assert two.total_cost_per_hour * (1 - two.gap) <= full.total_cost_per_hour + 1e-6
     assert full.total_cost_per_hour * (1 - full.gap) <= two.total_cost_per_hour + 1e-6
+
+
+def test_enumerated_accuracy_set_is_exactly_the_feasible_choices():
+    """Profile-model DAGs (explicit profiles, fan-outs, joins): the enumerated Z holds every
+    choice of placeable variants that meets the SLO (within its tolerance), and no other."""
+    checked = 0
+    for seed in range(300):
+        pb = random_problem(random.Random(seed))
+        if pb.accuracy_model != "profile" or pb.min_accuracy is None:
+            continue
+        m = Model(pb)
+        if m.empty_tasks:
+            continue
+        Z = AccuracySet.enumerated(m, 10 ** 6)
+        zkeys = list(m.z)
+        got = {tuple(sorted(zkeys[i] for i in row)) for row in Z.table}
+        want = {tuple(sorted(c)) for c in itertools.product(*[[(t.name, v.name) for v in m.cand[t.name]]
+                                                               for t in pb.tasks])
+                if pb.accuracy_ok(dict(c), tol=1e-6)}
+        assert got == want, seed
+        checked += 1
+    assert checked >= 100
+
+
+def test_least_cover_cost_is_exact_or_below():
+    rng = random.Random(5)
+    for _ in range(300):
+        items = [(round(rng.uniform(1, 20), 2), round(rng.uniform(0.1, 3), 3), rng.randint(1, 4))
+                 for _ in range(rng.randint(1, 4))]
+        need = rng.uniform(0.5, 60)
+        best = math.inf
+        for ns in itertools.product(*[range(n + 1) for _, _, n in items]):
+            if sum(a * k for (a, _, _), k in zip(items, ns)) >= need - 1e-12:
+                best = min(best, sum(c * k for (_, c, _), k in zip(items, ns)))
+        exact = least_cover_cost(need, items, rel_tol=0)
+        assert exact == best or abs(exact - best) < 1e-9
+        assert least_cover_cost(need, items) <= best + 1e-9            # the shortcut stays below
+        assert least_cover_cost(need, items, node_limit=1, rel_tol=0) <= best + 1e-9

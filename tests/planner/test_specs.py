@@ -63,7 +63,7 @@ def test_catalog_reference(tmp_path):
 @pytest.mark.parametrize("mutate, path, words", [
     (lambda d: d["edges"].append({"from": "classify", "to": "detect"}), "edges", "cycle"),
     (lambda d: d["edges"].append({"from": "detect", "to": "nowhere"}), "edges[2].to", "edge to nowhere"),
-    (lambda d: d["sources"][0].update(rate=-5), "sources[0].rate", "greater than 0"),
+    (lambda d: d["sources"][0].update(rate=-5), "sources[0].rate", "greater than or equal to"),
     (lambda d: d["tasks"][0]["variants"].append("ghost"), "tasks[0].variants[3]", "no catalog"),
     (lambda d: d["tasks"][0]["variants"][0].update(profile=[[0, 0.5], [0.5, 0.6], [1, 0.95]]),
      "tasks[0].variants[0]", "concave"),

@@ -28,10 +28,14 @@ def fleet(tmp_path_factory):
     procs = [Proc(["coordinator", "--listen", addr, "--metrics-listen", f"127.0.0.1:{free_port()}",
                    "--state-dir", str(tmp / "state"), "--heartbeat-interval", "1", "--join-token", TOKEN,
                    "--openai-listen", f"127.0.0.1:{oport}"], tmp / "coord.log")]
-    for spec in [dict(name="dc-1", tier="datacenter", region="us-east", price_per_hour=3.0, labels={"hardware": "a100"}),
-                 dict(name="rent-1", tier="renter", region="us-east", price_per_hour=0.3, labels={"hardware": "a100"})]:
+    with Client(addr) as c:       # the operator trusts its datacenter hosts: they join with a trusted token
+        trusted = wait_for(lambda: c.create_join_token(["datacenter"], trusted=True)["token"], 20)
+    for spec, token in [(dict(name="dc-1", tier="datacenter", region="us-east", price_per_hour=3.0,
+                              labels={"hardware": "a100"}), trusted),
+                        (dict(name="rent-1", tier="renter", region="us-east", price_per_hour=0.3,
+                              labels={"hardware": "a100"}), TOKEN)]:
         procs.append(Proc(["agent", "--coordinator", addr, "--config", str(node_yaml(tmp / f"{spec['name']}.yaml", **spec)),
-                           "--state-dir", str(tmp / f"a-{spec['name']}"), "--join-token", TOKEN], tmp / f"{spec['name']}.log"))
+                           "--state-dir", str(tmp / f"a-{spec['name']}"), "--join-token", token], tmp / f"{spec['name']}.log"))
     with Client(addr) as c:
         wait_for(lambda: sum(n.state == "READY" for n in c.nodes()) == 2, 40, what="two READY nodes")
     yield {"addr": addr, "openai": f"http://127.0.0.1:{oport}/v1", "tmp": tmp, "coord": procs[0]}

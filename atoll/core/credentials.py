@@ -1,0 +1,223 @@
+"""Node keys, proofs of possession and capability tokens: Ed25519 signatures, pure.
+
+Three things are signed in atoll, all with Ed25519 (``cryptography``):
+
+- **Proof of possession.** An agent proves at ``Register`` that it holds the private half of
+  its node key: it signs ``register_message(node_id, public_key, unix, nonce)``. The
+  coordinator checks the signature, that ``unix`` is within ``FRESHNESS_S`` of its clock and
+  that the nonce was not seen within that window (:class:`NonceCache`), so a captured proof
+  cannot be replayed.
+- **Capability tokens.** The coordinator signs short-lived tokens with its signing key;
+  agents verify them with the coordinator's public key, which they pinned at registration. A
+  token is ``atc1.<claims>.<signature>`` (base64url, no padding) and its claims are
+  :class:`Claims`: the subject (``coordinator`` or ``node:<id>``), the audience (a node id, or
+  ``*`` for every node), the expiry (minutes away) and the scopes it grants (``SCOPES``).
+- **Keys on the wire** are the 32 raw bytes of the public key; keys at rest are PKCS#8 PEM.
+
+Nothing here reads files, clocks or the network: callers pass ``now`` and keep the keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from atoll.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
+
+TOKEN_PREFIX = "atc1."
+FRESHNESS_S = 60.0           # a proof's timestamp may be this far from the verifier's clock
+CLOCK_SKEW_S = 30.0          # a token stays valid this long past its expiry (hosts' clocks differ)
+MAX_TOKEN_BYTES = 4096
+
+COORDINATOR = "coordinator"
+NODE_PREFIX = "node:"
+ANY_NODE = "*"
+
+# What a capability token may grant. The authorization table (atoll.core.access) names the
+# scope each method needs from a token-holding caller.
+SCOPE_INFER = "worker.infer"        # Worker.Generate, Worker.Embed
+SCOPE_MANAGE = "worker.manage"      # Worker.LoadAdapter, UnloadAdapter, ListAdapters
+SCOPE_FETCH = "store.fetch"         # ModelStore.Fetch of blobs the node's assignments reference
+SCOPES = (SCOPE_INFER, SCOPE_MANAGE, SCOPE_FETCH)
+
+PrivateKey = Ed25519PrivateKey
+PublicKey = Ed25519PublicKey
+
+
+# ------------------------------------------------------------------------------ keys
+def new_private_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def private_to_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def private_from_pem(data: bytes, what: str = "private key") -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(f"{what} is not a PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidArgument(f"{what} is not an Ed25519 key")
+    return key
+
+
+def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of a public key (of a private key's public half)."""
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_from_bytes(raw: bytes, what: str = "public key") -> Ed25519PublicKey:
+    if len(raw) != 32:
+        raise InvalidArgument(f"{what} must be 32 bytes (Ed25519), got {len(raw)}")
+    return Ed25519PublicKey.from_public_bytes(bytes(raw))
+
+
+def fingerprint(raw_public: bytes) -> str:
+    """A short printable name of a public key (for logs and error messages)."""
+    return "ed25519:" + _b64(raw_public)[:16]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# ------------------------------------------------------------------------------ proofs
+def register_message(node_id: str, public_key: bytes, unix: float, nonce: str) -> bytes:
+    """What an agent signs at Register: its id (empty on a first join), its key, a time, a nonce."""
+    return b"\x00".join((b"atoll-register-v1", node_id.encode(), public_key, repr(float(unix)).encode(),
+                         nonce.encode()))
+
+
+@dataclass(frozen=True)
+class Proof:
+    public_key: bytes
+    unix: float
+    nonce: str
+    signature: bytes
+
+
+def make_proof(key: Ed25519PrivateKey, node_id: str, now: float) -> Proof:
+    nonce = secrets.token_hex(16)
+    pub = public_bytes(key)
+    return Proof(pub, now, nonce, key.sign(register_message(node_id, pub, now, nonce)))
+
+
+class NonceCache:
+    """Nonces seen within the freshness window (bounded: the oldest go first)."""
+
+    def __init__(self, window: float = FRESHNESS_S, limit: int = 100_000):
+        self.window, self.limit = window, limit
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, nonce: str, now: float) -> bool:
+        """Record ``nonce``; False when it was seen within the window (a replay)."""
+        while self._seen and (next(iter(self._seen.values())) < now - 2 * self.window
+                              or len(self._seen) >= self.limit):
+            self._seen.popitem(last=False)
+        if nonce in self._seen:
+            return False
+        self._seen[nonce] = now
+        return True
+
+
+def check_proof(proof: Proof, node_id: str, now: float, nonces: NonceCache) -> str:
+    """Verify a Register proof; returns "" when good, else the refusal reason
+    (``no_key`` | ``bad_signature`` | ``stale_proof`` | ``replayed_proof``)."""
+    if not proof.public_key:
+        return "no_key"
+    try:
+        pub = public_from_bytes(proof.public_key)
+        if not (0 < len(proof.nonce) <= 128):
+            return "bad_signature"
+        pub.verify(proof.signature, register_message(node_id, proof.public_key, proof.unix, proof.nonce))
+    except (InvalidArgument, InvalidSignature, ValueError):
+        return "bad_signature"
+    if not abs(now - proof.unix) <= FRESHNESS_S:
+        return "stale_proof"
+    if not nonces.add(proof.nonce, now):
+        return "replayed_proof"
+    return ""
+
+
+# ------------------------------------------------------------------------------ tokens
+@dataclass(frozen=True)
+class Claims:
+    sub: str                      # "coordinator" | "node:<id>"
+    aud: str                      # a node id, or "*" for every node
+    exp: float                    # unix seconds
+    iat: float
+    scopes: tuple[str, ...]
+
+    @property
+    def node_id(self) -> str:
+        """The node a node token was issued to ("" for the coordinator's)."""
+        return self.sub[len(NODE_PREFIX):] if self.sub.startswith(NODE_PREFIX) else ""
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.sub == COORDINATOR
+
+
+def node_subject(node_id: str) -> str:
+    return NODE_PREFIX + node_id
+
+
+def sign_token(key: Ed25519PrivateKey, *, sub: str, aud: str, scopes: Iterable[str], now: float,
+               ttl: float) -> str:
+    scopes = tuple(sorted(set(scopes)))
+    unknown = set(scopes) - set(SCOPES)
+    if unknown:
+        raise InvalidArgument(f"unknown scopes {sorted(unknown)}", hint="one of " + ", ".join(SCOPES))
+    body = json.dumps({"sub": sub, "aud": aud, "exp": round(now + ttl, 3), "iat": round(now, 3),
+                       "scopes": list(scopes)}, sort_keys=True, separators=(",", ":")).encode()
+    payload = _b64(body)
+    sig = key.sign((TOKEN_PREFIX + payload).encode())
+    return f"{TOKEN_PREFIX}{payload}.{_b64(sig)}"
+
+
+def is_token(text: str) -> bool:
+    return bool(text) and text.startswith(TOKEN_PREFIX)
+
+
+def verify_token(public: Ed25519PublicKey, token: str, *, now: float, audience: str | None = None,
+                 scope: str | None = None) -> Claims:
+    """The claims of a valid token, or Unauthenticated (bad, forged, expired) / PermissionDenied
+    (another audience, a missing scope). ``audience``: this node's id (a token for ``*`` fits
+    every node); None skips the check (the coordinator verifying its own tokens)."""
+    if not is_token(token) or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
+        raise Unauthenticated("malformed capability token")
+    _, payload, sig = token.split(".")
+    try:
+        public.verify(_unb64(sig), (TOKEN_PREFIX + payload).encode())
+        d = json.loads(_unb64(payload))
+        claims = Claims(sub=str(d["sub"]), aud=str(d["aud"]), exp=float(d["exp"]), iat=float(d["iat"]),
+                        scopes=tuple(str(s) for s in d["scopes"]))
+    except InvalidSignature:
+        raise Unauthenticated("capability token signature does not verify (not issued by this "
+                              "fleet's coordinator)") from None
+    except (ValueError, KeyError, TypeError):
+        raise Unauthenticated("malformed capability token") from None
+    if now > claims.exp + CLOCK_SKEW_S:
+        raise Unauthenticated(f"capability token expired {now - claims.exp:.0f} s ago",
+                              hint="the holder refreshes it from the coordinator")
+    if audience is not None and claims.aud not in (ANY_NODE, audience):
+        raise PermissionDenied("capability token was issued for another node")
+    if scope is not None and scope not in claims.scopes:
+        raise PermissionDenied(f"capability token does not grant {scope}")
+    return claims
