@@ -94,12 +94,14 @@ class SimHost:
         self.dataplane = DataPlaneNode(
             node=lambda: NodeSelf(self.hb.node_id, name, region, tier), local=_Local(self),
             local_address=lambda: self.address, connected=lambda: self.hb.connected.is_set(), registry=registry,
-            wake=lambda: self.hb.poke())
+            wake=lambda: self.hb.poke(), peer_token=lambda: self.node_token)
+        self.node_token = ""             # presented agent to agent, as a real agent does (not checked here)
         self.hb = HeartbeatClient(channel, join_token=join_token, spec=self.spec, capacity=cap,
                                   status_fn=self._status, on_instruction=self._on_instruction,
                                   generation_fn=lambda: self.applied_generation, max_backoff=2.0,
                                   rng=random.Random(seed + 1), dataplane_fn=self.dataplane.heartbeat_extras,
-                                  on_session=self.dataplane.on_session)
+                                  on_session=self.dataplane.on_session,
+                                  on_credential=lambda token, _exp: setattr(self, "node_token", token))
         self.server: grpc.aio.Server | None = None
         self.address = ""
         self.states: dict[str, str] = {}
