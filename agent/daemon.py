@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 from atoll.agent.dataplane.chain import NodeSelf
-from atoll.agent.dataplane.door import EntryDoor
+from atoll.agent.dataplane.door import make_entry_door
 from atoll.agent.dataplane.node import DataPlaneNode
 from atoll.agent.fetch import cached_names, prune, resolve_source
 from atoll.agent.guard import WorkerGuard
@@ -38,9 +38,9 @@ from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
 from atoll.agent.identity import NodeIdentity
 from atoll.agent.probe import probe
 from atoll.agent.replicas import ReplicaManager
-from atoll.agent.serving import LocalEngine, SwitchingWorker
+from atoll.agent.serving import LocalEngine, SwitchingWorker, replica_queues
 from atoll.agent.worker import WorkerService
-from atoll.core.errors import FailedPrecondition, Unauthenticated
+from atoll.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 from atoll.core.logs import kv
 from atoll.core.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS, add_health_and_reflection, set_serving
 from atoll.core.tls import channel_credentials, mutual_server_credentials, plain_http_warning, plaintext_policy
@@ -134,10 +134,16 @@ class Agent:
                                                  insecure=st.insecure, advertise=st.entry_advertise)
         log.info("entry listening", extra=kv(node=self.node.name, address=entry))
         self._start_metrics()
+        self.openai = None
         if self.settings.openai_listen:
             ohost, oport = split_address(self.settings.openai_listen)
-            self.openai = EntryDoor(asyncio.get_running_loop(), self.dataplane.entry, host=ohost, port=oport)
-            self.openai.start()
+            plain_http_warning(ohost, f"agent {self.node.name}'s OpenAI door (--openai-listen), which receives keys,")
+            try:
+                self.openai = make_entry_door(self.dataplane.entry, host=ohost, port=oport)
+            except OSError as exc:
+                raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",
+                                  hint="pick a free port with --openai-listen") from None
+            await self.openai.start()
             log.info("openai endpoint", extra=kv(node=self.node.name, url=f"http://{ohost}:{self.openai.port}/v1"))
         # One channel per coordinator listed (several: fail over between them).
         addresses = split_addresses(self.settings.coordinator)
@@ -317,7 +323,8 @@ class Agent:
               "replica_messages": dict(self.replicas.messages),
               "replica_load_seconds": {k: round(v, 4) for k, v in self.replicas.load_seconds.items()},
               "measured_throughput": {k: round(v, 4) for k, v in self.worker.meter.rates().items()},
-              "running_requests": self.worker.in_flight, "cached_models": cached_names(self.state_dir / "blobs")}
+              "running_requests": self.worker.in_flight, "cached_models": cached_names(self.state_dir / "blobs"),
+              "replica_queue_depth": replica_queues(self.replicas.desired, self.worker.waiting)}
         eng = self.replicas.engine
         if eng is not None:
             try:
@@ -355,6 +362,8 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(5.0)       # in-flight requests get up to 5 s to finish
+        if getattr(self, "openai", None) is not None:
+            await self.openai.stop()
         await self.replicas.close()
         await self.dataplane.close()
         for ch in self.channels or ([self.channel] if self.channel is not None else []):

@@ -44,13 +44,14 @@ def cached_names(cache_dir: Path) -> list[str]:
 
 async def resolve_source(source: str, *, channel, cache_dir: Path,
                          progress: Callable[[int, int], None] | None = None, token: str = "") -> Path:
-    """A local directory for ``source`` (a path or a sha256 name fetched from the coordinator)."""
+    """A local directory (or GGUF file) for ``source`` (a path or a sha256 name fetched from the
+    coordinator)."""
     if not source:
         raise InvalidArgument("empty model/adapter source")
     if not source.startswith("sha256:"):
         p = Path(source).expanduser()
-        if not p.is_dir():
-            raise NotFound(f"{source} is not a directory on this host",
+        if not (p.is_dir() or p.suffix == ".gguf" and p.is_file()):      # a GGUF model may be one file
+            raise NotFound(f"{source} is not a directory (or a .gguf file) on this host",
                            hint="use a path present on every host, or push it with `atoll push` and name it sha256:...")
         return p
     hexd = source.split(":", 1)[1]

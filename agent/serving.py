@@ -4,7 +4,8 @@
 :class:`~atoll.agent.worker.WorkerService` of the engine currently loaded; with none loaded it
 answers UNAVAILABLE (the data plane then tries another replica). It also measures what it serves:
 completed requests per adapter over the last minute, reported in heartbeats as measured
-throughput.
+throughput, and requests per adapter still waiting for their first token, reported per replica
+(:func:`replica_queues`) so the coordinator's autoscaler sees each workflow's queue.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Mapping, Sequence
 
 import grpc
 
 from atoll.core.errors import Unavailable
 from atoll.core.rpc import add_service
 from atoll.proto.v1 import worker_pb2
+from atoll.specs.assignment import ReplicaItem
 from atoll.wire.worker import Delta
 
 WINDOW_S = 60.0
@@ -44,11 +46,24 @@ class ThroughputMeter:
         return out
 
 
+def replica_queues(items: Sequence[ReplicaItem], waiting: Mapping[str, int]) -> dict[str, int]:
+    """Replica id -> its requests waiting for a first token, from the waiting requests per adapter
+    (``"base"`` for the bare base model); replicas that share an adapter are counted once."""
+    out: dict[str, int] = {}
+    seen: set[str] = set()
+    for it in items:
+        key = it.adapter or "base"
+        out[it.replica_id] = 0 if key in seen else int(waiting.get(key, 0))
+        seen.add(key)
+    return out
+
+
 class SwitchingWorker:
     def __init__(self):
         self.current = None          # WorkerService of the loaded engine
         self.meter = ThroughputMeter()
         self.in_flight = 0
+        self.waiting: dict[str, int] = {}     # adapter (or "base") -> requests before their first token
 
     def add_to_server(self, server) -> None:
         add_service(server, self, worker_pb2.DESCRIPTOR.services_by_name["Worker"])
@@ -61,13 +76,21 @@ class SwitchingWorker:
 
     async def Generate(self, request, context):
         svc = await self._svc(context)
+        key = getattr(request, "adapter", "") or "base"
         self.in_flight += 1
+        self.waiting[key] = self.waiting.get(key, 0) + 1
+        waiting = True
         try:
             async for resp in svc.Generate(request, context):
+                if waiting:
+                    waiting = False
+                    self.waiting[key] -= 1
                 yield resp
                 if resp.finished:
-                    self.meter.record(getattr(request, "adapter", "") or "base")
+                    self.meter.record(key)
         finally:
+            if waiting:
+                self.waiting[key] -= 1
             self.in_flight -= 1
 
     async def Embed(self, request, context):
@@ -110,14 +133,21 @@ class LocalEngine:
         engine = self._engine()
         handle = engine.submit(prompt, adapter or None, SamplingParams(max_tokens=max_tokens or 16,
                                                                        temperature=temperature, stop=list(stop)))
-        w = self.worker
+        w, key = self.worker, adapter or "base"
         w.in_flight += 1
+        w.waiting[key] = w.waiting.get(key, 0) + 1          # until its first token (replica_queues)
+        waiting = True
         try:
             async for d in handle:
+                if waiting:
+                    waiting = False
+                    w.waiting[key] -= 1
                 yield Delta(d.text, d.prompt_tokens, d.completion_tokens, d.finished)
                 if d.finished:
-                    w.meter.record(adapter or "base")
+                    w.meter.record(key)
         finally:
+            if waiting:
+                w.waiting[key] -= 1
             w.in_flight -= 1
             if not handle.finished:
                 engine.cancel(handle.request_id)

@@ -5,7 +5,10 @@ engine's own thread; the event loop only awaits token deltas (bridged with
 ``call_soon_threadsafe``) and runs slow calls (adapter loading, embeddings) in an executor.
 Errors map to status codes through :func:`atoll.core.rpc.handle_errors`: unknown adapter NOT_FOUND,
 bad sampling or prompt INVALID_ARGUMENT, a request that cannot fit in the KV cache (or a full
-queue) RESOURCE_EXHAUSTED. A client that cancels its stream cancels the engine request.
+queue) RESOURCE_EXHAUSTED, a chat for a model without a chat template INVALID_ARGUMENT. A client
+that cancels its stream cancels the engine request. A request is a text prompt, token ids or chat
+messages (rendered with the model's own template), with ``n`` choices and log-probabilities
+when asked (see :mod:`atoll.agent.generate`).
 
 Usage by the agent daemon::
 
@@ -19,9 +22,11 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from atoll.agent.generate import stream_choices
 from atoll.core.errors import InvalidArgument, NotFound
-from atoll.proto.v1 import worker_pb2
 from atoll.core.rpc import add_service, handle_errors
+from atoll.proto.v1 import worker_pb2
+from atoll.wire.worker import delta_to_pb
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
@@ -73,11 +78,12 @@ def sampling_from_proto(sp, default_max_tokens: int = 16):
     from atoll.agent.runtime import SamplingParams
 
     return SamplingParams(
-        max_tokens=int(sp.max_tokens) if sp.max_tokens else default_max_tokens,
+        max_tokens=None if sp.no_max_tokens else int(sp.max_tokens) if sp.max_tokens else default_max_tokens,
         temperature=float(sp.temperature), top_k=int(sp.top_k),
         top_p=float(sp.top_p) if sp.top_p else 1.0,
         seed=int(sp.seed) if sp.has_seed else None,
-        stop_token_ids=[int(t) for t in sp.stop_token_ids], stop=list(sp.stop))
+        stop_token_ids=[int(t) for t in sp.stop_token_ids], stop=list(sp.stop),
+        n=int(sp.n) or 1, logprobs=bool(sp.logprobs or sp.top_logprobs), top_logprobs=int(sp.top_logprobs))
 
 
 def adapter_to_proto(info) -> worker_pb2.AdapterInfo:
@@ -116,19 +122,16 @@ class WorkerService:
     @handle_errors
     async def Generate(self, request, context):
         self._check_model(request.model)
-        prompt = self._text_or_ids(request.prompt, request.prompt_token_ids, ("prompt", "prompt_token_ids"),
-                                   "prompt is empty")
+        messages = [{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
+                    for m in request.messages] or None
+        if messages is not None and (request.prompt or request.prompt_token_ids):
+            raise InvalidArgument("set one of prompt, prompt_token_ids or messages, not several")
+        prompt = None if messages is not None else self._text_or_ids(
+            request.prompt, request.prompt_token_ids, ("prompt", "prompt_token_ids"), "prompt is empty")
         params = sampling_from_proto(request.sampling)
-        handle = self.engine.submit(prompt, request.adapter or None, params, request.request_id or None)
-        try:
-            async for d in handle:
-                yield worker_pb2.GenerateResponse(token_ids=d.token_ids, text=d.text, finished=d.finished,
-                                                  finish_reason=d.finish_reason or "",
-                                                  prompt_tokens=d.prompt_tokens,
-                                                  completion_tokens=d.completion_tokens)
-        finally:
-            if not handle.finished:     # the client went away (cancelled, deadline, disconnect)
-                self.engine.cancel(handle.request_id)
+        async for d in stream_choices(self.engine, prompt=prompt, messages=messages, adapter=request.adapter or None,
+                                      params=params, request_id=request.request_id or None):
+            yield delta_to_pb(d)
 
     @handle_errors
     async def LoadAdapter(self, request, context):

@@ -91,6 +91,7 @@ class WorkflowInfo:
     profiles: list[dict]
     generation: int
     cold_starts: list[dict] = field(default_factory=list)
+    autoscale_decisions: list[dict] = field(default_factory=list)   # the autoscaler's last decisions
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -31,8 +31,10 @@ generate minus a 1-token one (transformers); time to first token is the prefill 
 Each figure is also given as a share of its bound, measured in the same run: batch 1 against the
 byte bound (bytes a decode step reads: every weight but the embedding table, plus the KV cache, at
 the measured copy bandwidth), batch 32 against the FLOP bound (the step's FLOPs at the measured
-rate of a batch-32 GEMM done the runtime's way). Prompts: every shape in ``--prompt-lens``,
-random token ids, and the worst shape is reported beside each.
+rate of a batch-32 GEMM done the runtime's way). Prompts: every shape in ``--prompt-lens``
+(``96``: every request 96 tokens; ``16-160``: each request's length drawn from 16 … 160, padded on
+the left for transformers), random token ids; the worst shape is reported beside each target.
+The load average (start, after each shape, end) is recorded, since the machine may be shared.
 
     python bench/runtime_bench.py --model "$(python tests/runtime/smollm2.py)" --out bench/results/runtime_smollm2.json
 """
@@ -160,8 +162,10 @@ def _atoll_decode(engine, prompts, adapters, new_tokens):
 
 
 def _hf_decode(model, prompts, new_tokens):
-    ids = torch.tensor(prompts)
-    kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, eos_token_id=None, pad_token_id=0)
+    width = max(len(p) for p in prompts)           # prompts of unequal lengths: padded on the left
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    kw = dict(attention_mask=mask, do_sample=False, eos_token_id=None, pad_token_id=0)
     with torch.inference_mode():
         t0 = CLOCK()
         model.generate(input_ids=ids, max_new_tokens=1, min_new_tokens=1, **kw)
@@ -172,6 +176,16 @@ def _hf_decode(model, prompts, new_tokens):
     return len(prompts) * (new_tokens - 1) / max(1e-9, full - ttft), ttft, out[:, ids.shape[1]:].tolist()
 
 
+def _prompt_shape(text: str) -> tuple[str, int, int]:
+    """A --prompt-lens entry: "96" (every request 96 tokens) or "16-160" (each request's length
+    drawn uniformly from 16 … 160, seeded). Returns (name, lowest, highest)."""
+    lo, _, hi = text.strip().partition("-")
+    lo, hi = int(lo), int(hi or lo)
+    if not 1 <= lo <= hi:
+        raise SystemExit(f"--prompt-lens: {text!r} is not N or A-B with 1 <= A <= B")
+    return text.strip(), lo, hi
+
+
 def real_model(args) -> int:
     """The --model run (see the module docstring)."""
     from transformers import AutoModelForCausalLM
@@ -180,7 +194,8 @@ def real_model(args) -> int:
 
     path = Path(args.model)
     new_tokens, rank, n_ad, big = args.new_tokens, 16, 8, 32
-    lens = [int(x) for x in args.prompt_lens.split(",")]
+    shapes_arg = [_prompt_shape(x) for x in args.prompt_lens.split(",")]
+    lens = [hi for _, _, hi in shapes_arg]
     engine = Engine(path, device="cpu", dtype="float32", lora_backend="torch", max_lora_rank=rank,
                     max_adapters_on_device=n_ad + 1, kv_cache_tokens=big * (max(lens) + new_tokens) + 256,
                     max_num_batched_tokens=big * max(lens), max_num_seqs=big)
@@ -204,8 +219,10 @@ def real_model(args) -> int:
     step_flops_per_row = 2 * (cfg.num_params - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1))
     g = torch.Generator().manual_seed(11)
     shapes = {}
-    for ln in lens:
-        prompts = torch.randint(3, cfg.vocab_size, (big, ln), generator=g).tolist()
+    load_start = os.getloadavg()
+    for ln, lo, hi in shapes_arg:
+        sizes = torch.randint(lo, hi + 1, (big,), generator=g).tolist()
+        prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in sizes]
         for b, ads in ((1, [None]), (big, [None] * big), (big, [names[i % n_ad] for i in range(big)])):
             run_atoll(engine, prompts[:b], ads, 4)                # warm-up: kernels for these shapes
         rows: dict[str, list] = {k: [] for k in ("b1", "b32", "b32_8ad", "hf_b1", "hf_b32")}
@@ -229,13 +246,14 @@ def real_model(args) -> int:
                 ttft["hf_b32"].append(t)
                 same.append(hf1 == toks1 and hf32 == toks)
         best = {k: max(v) for k, v in rows.items() if v}
-        ctx = ln + new_tokens / 2
+        ctx = sizes[0] + new_tokens / 2                          # batch 1 runs the first prompt
         byte_bound_b1 = bw / (weight_bytes + ctx * kv_tok)
         flop_bound_b32 = big * flops / (big * step_flops_per_row)
-        r = {"prompt_tokens": ln, "decode_tok_s": best, "ttft_s": {k: min(v) for k, v in ttft.items() if v},
+        r = {"prompt_tokens": ln, "prompt_lengths": sizes, "decode_tok_s": best, "ttft_s": {k: min(v) for k, v in ttft.items() if v},
              "runs": rows, "byte_bound_b1_tok_s": byte_bound_b1, "flop_bound_b32_tok_s": flop_bound_b32,
              "b1_vs_byte_bound": best["b1"] / byte_bound_b1, "b32_vs_flop_bound": best["b32"] / flop_bound_b32,
-             "b32_8_adapters_vs_base": best["b32_8ad"] / best["b32"], "tokens_match_transformers": all(same)}
+             "b32_8_adapters_vs_base": best["b32_8ad"] / best["b32"], "tokens_match_transformers": all(same),
+             "load_avg_after": os.getloadavg()}
         if not args.no_hf:
             r["b1_vs_transformers"] = best["b1"] / best["hf_b1"]
             r["b32_vs_transformers"] = best["b32"] / best["hf_b32"]
@@ -246,24 +264,27 @@ def real_model(args) -> int:
     targets = {"b32_vs_transformers": 3.0, "b1_vs_transformers": 2.0, "b1_vs_byte_bound": 0.5,
                "b32_8_adapters_vs_base": 0.85}
     worst = {k: min(r[k] for r in shapes.values()) for k in targets if all(k in r for r in shapes.values())}
+    worst_shape = {k: min(shapes, key=lambda s: shapes[s][k]) for k in worst}
     print(f"model: {path.name} ({engine.source.format}), {cfg.model_type}, {cfg.num_layers} layers, hidden "
           f"{cfg.hidden_size}, vocab {cfg.vocab_size}; greedy, {new_tokens} new tokens; load average "
           f"{os.getloadavg()[0]:.1f} (shared machine)")
     print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, copy bandwidth "
           f"{bw / 1e9:.1f} GB/s, batch-32 GEMM {flops / 1e9:.0f} GFLOP/s ({'packed' if packed else 'plain'})")
-    print(f"{'prompt':>6} {'case':10} {'decode tok/s':>12} {'TTFT s':>8} {'share of bound':>15}")
+    print(f"{'prompt':>8} {'case':10} {'decode tok/s':>12} {'TTFT s':>8} {'share of bound':>15}")
     for ln, r in shapes.items():
         for k, v in r["decode_tok_s"].items():
             bound = r["byte_bound_b1_tok_s"] if "b1" in k else r["flop_bound_b32_tok_s"]
-            print(f"{ln:6d} {k:10} {v:12.1f} {r['ttft_s'].get(k, float('nan')):8.3f} {v / bound:15.2f}")
+            print(f"{ln:>8} {k:10} {v:12.1f} {r['ttft_s'].get(k, float('nan')):8.3f} {v / bound:15.2f}")
     for k, v in worst.items():
-        print(f"worst {k}: {v:.2f} (target {targets[k]}: {'met' if v >= targets[k] else 'NOT met'})")
+        print(f"worst {k}: {v:.2f} at prompts {worst_shape[k]} (target {targets[k]}: "
+              f"{'met' if v >= targets[k] else 'NOT met'})")
     doc = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "model": str(path),
            "format": engine.source.format, "model_type": cfg.model_type, "new_tokens": new_tokens,
-           "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
+           "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                       "load_avg_start": load_start, "load_avg": os.getloadavg(),
                        "copy_bandwidth_gb_s": bw / 1e9, "gemm_gflop_s": flops / 1e9, "packed_base_weights": packed,
                        "torch": torch.__version__, "shared_machine": True},
-           "shapes": shapes, "worst": worst, "targets": targets,
+           "shapes": shapes, "worst": worst, "worst_shape": worst_shape, "targets": targets,
            "targets_met": {k: v >= targets[k] for k, v in worst.items()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2))
@@ -275,7 +296,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="a .gguf file or Hugging Face directory (the real-model run)")
     ap.add_argument("--new-tokens", type=int, default=128, help="--model: new tokens per request")
-    ap.add_argument("--prompt-lens", default="32,96", help="--model: prompt lengths to measure (comma-separated)")
+    ap.add_argument("--prompt-lens", default="32,96,16-160,8-64",
+                    help="--model: prompt shapes to measure, comma-separated: N (every request N tokens) or "
+                         "A-B (each request's length drawn from A … B)")
     ap.add_argument("--quick", action="store_true", help="small model and batch (smoke run)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers+peft case")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
@@ -295,7 +318,7 @@ def main(argv=None) -> int:
     if args.model:
         return real_model(args)
     from atoll.agent.runtime import Engine
-    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama
 
     if args.quick:
         shape = dict(vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2)

@@ -44,17 +44,20 @@ from atoll.proto.v1 import worker_pb2
 from atoll.wire.worker import Delta
 
 # ---------------------------------------------------------------------------------- the profile
-# From bench/results/runtime.json and README "Runtime / Benchmark" (atoll, bare base model, the
-# 56.4M-parameter Llama on the 2-core CPU, 32 requests x 64 prompt + 64 new tokens):
-#   - decode at batch 32: 180.1 tok/s for the whole batch (README table)  -> 32/180.1 s per step;
-#   - decode at batch 1: the byte-model bound, step_bytes 210.3 MB / 9.2 GB/s copy bandwidth
-#     (README machine line)                                                 -> 22.9 ms per step;
-#   - prefill: 2.72 s for 2,048 prompt tokens (runtime.json results.base.prefill_s) -> 85 ms for 64.
-# Step time is interpolated linearly in the batch size between those two points.
+# The shape of a replica's batch curve is the runtime's, as measured on the 2-core CPU
+# (bench/results/runtime.json, docs/runtime.md "Synthetic model, 32 adapters": atoll, bare base
+# model, the 56.4M-parameter Llama, 32 requests x 64 prompt + 64 new tokens):
+#   - decode at batch 32: 528.9 tok/s for the whole batch (results.base.decode_tok_s) -> 60.5 ms per step;
+#   - decode at batch 1: the byte bound, step_bytes 210.3 MB at the measured copy bandwidth of
+#     24.6 GB/s (machine.copy_bandwidth_gb_s)                                       -> 8.6 ms per step;
+#   - prefill: 0.978 s for 2,048 prompt tokens (results.base.prefill_s)            -> 30.6 ms for 64.
+# Step time is interpolated linearly in the batch size between those two points. A simulated
+# host runs this curve ``speed`` times faster (the benchmark sets each hardware class's speed
+# from its assumed time for a lone 64-token answer, see :func:`speed_for`).
 NEW_TOKENS = 64
-STEP_B1 = 210_274_304 / 9.2e9
-STEP_B32 = 32 / 180.1
-PREFILL_S = 2.717 / 32
+STEP_B1 = 210_274_304 / 24.58e9
+STEP_B32 = 32 / 528.9
+PREFILL_S = 0.978 / 32
 
 
 def service_time(k: int, new_tokens: int = NEW_TOKENS) -> float:
@@ -63,6 +66,11 @@ def service_time(k: int, new_tokens: int = NEW_TOKENS) -> float:
     k = max(1, k)
     step = STEP_B1 + (STEP_B32 - STEP_B1) * (k - 1) / 31
     return new_tokens * step + PREFILL_S
+
+
+def speed_for(alone_s: float) -> float:
+    """The speed-up over the measured profile at which a lone 64-token answer takes ``alone_s``."""
+    return service_time(1) / alone_s
 
 
 def declared_rps(speed: float, k: int) -> float:
@@ -150,10 +158,11 @@ class SimHost:
 
     # -------------------------------------------------------------------------- agent side
     def _status(self) -> dict:
+        first = sorted(self.states)[:1]          # the one replica a simulated host serves
         return {"worker_address": self.address, "entry_address": self.dataplane.address,
                 "replica_states": dict(self.states),
                 "replica_load_seconds": dict(self.load_seconds), "running_requests": self.active,
-                "queue_depth": self.waiting}
+                "queue_depth": self.waiting, "replica_queue_depth": {r: self.waiting for r in first}}
 
     async def _on_instruction(self, ins: dict) -> None:
         if self.dataplane.on_instruction(ins) or "assignments" not in ins:

@@ -5,7 +5,8 @@ A spec is admitted when it is at most ``MAX_SPEC_BYTES`` of YAML within the load
 :class:`~atoll.specs.workflow.WorkflowSpec` that passes ``WorkflowSpec.check`` with its variants
 inline (``atoll submit`` inlines a catalog), and servable: every edge carries text, an
 embedding stage is a sink, and every variant's model (and adapter) is a local directory with a
-``config.json`` (``adapter_config.json``) or a ``sha256:`` name in the model store that the
+``config.json`` (``adapter_config.json``), a GGUF model (a ``.gguf`` file, or a directory holding
+one), or a ``sha256:`` name in the model store that the
 caller's tenant may use. Pure except for those lookups: the model store is passed in as
 ``blob_info(name) -> {"owners": [...]}`` (raising NotFound or InvalidArgument), and local paths
 are checked on this host's file system.
@@ -112,6 +113,8 @@ def check_source(ref: str, kind: str, src: str, path: str, tenant: Optional[str]
                              "paths relative to the workflow file absolute), or push it and use its sha256 name")
     p = Path(ref)
     marker = "adapter_config.json" if kind == "adapter" else "config.json"
+    if kind != "adapter" and (p.suffix == ".gguf" and p.is_file() or p.is_dir() and len(list(p.glob("*.gguf"))) == 1):
+        return                    # a GGUF model: the file, or a directory holding exactly one
     if not (p / marker).is_file():
         raise NotFound(f"{src}: {path}: {kind} directory {ref!r} does not exist or has no {marker}",
                        hint=f"give an existing {kind} directory (the same path on every host) or push it")

@@ -1,144 +1,129 @@
-"""Autoscaling: from measured load to the request rate a workflow is planned for.
+"""Autoscaling: the pass that measures each workflow's load, asks :func:`~atoll.coordinator.
+scaling.decide` what rate to plan for, and carries the decision out through the workflow manager.
 
-The planner sizes a workflow for a request rate. The autoscaler watches what the fleet measures
-— requests in flight per replica (or queueing delay), the arrival rate, and idle time — and
-decides when the workflow should be re-planned for another rate. :func:`decide` is pure: it
-returns a decision value. :class:`Autoscaler` is the pass around it: it counts the requests the
-router sees, builds one :class:`Sample` per workflow, and carries the decision out through the
-workflow manager (re-plan with the churn penalty, so replicas that serve well stay; back off to
-a smaller rate when the fleet cannot take the new one or ``max_replicas`` would be exceeded);
-it also times cold starts, from a scale-up decision to each new replica serving.
+Measured per workflow (not per node):
 
-Policy (per workflow, from the spec's ``autoscaling:`` block)::
+- arrivals, counted by whoever starts a request (gRPC ``Invoke`` and the OpenAI door call
+  :meth:`Autoscaler.request_started` / :meth:`~Autoscaler.request_finished`): λ over the last
+  ``STABLE_ARRIVALS`` arrivals, or the last ``STABLE_REACTIONS`` reaction times when fewer came
+  (a short window when the load is high, a long one when it is low, so every estimate rests on
+  about as many arrivals), and the arrivals in the last two reaction times, one by one;
+- work per request: an exponentially weighted mean, per task, of each finished request's
+  completion tokens over the task's declared ``completion_tokens`` (or, when it declares none,
+  its ``max_tokens``, counted only above 1: answers shorter than the budget never plan below the
+  declared profile); the workflow's is its largest task's;
+- requests queued at the workflow's replicas: the agents report waiting requests per replica
+  (``replica_queue_depth``); a node that does not is counted by its whole queue;
+- reaction time ρ: the median of the last ``REACTION_SAMPLES`` replica starts, each from the
+  replica first appearing in the plan to it serving, plus one decision interval.
 
-    metric: in_flight | queue_delay   the per-replica signal (not only the request rate)
-    target: 4                         its target value per ready replica
-    min_replicas / max_replicas       bounds on replicas per stage
-    scale_up_delay: 5                 seconds above the band before scaling out
-    scale_down_delay: 60              seconds below the band before scaling in
-    scale_to_zero: false              allow zero replicas after idle_seconds without requests
-    idle_seconds: 120
-
-Let ``U`` be the utilisation signal: mean in-flight requests per ready replica divided by
-``target`` (or the mean queue delay over ``target``). The plan's rate ``R`` is kept while
-``0.5 <= U <= 1``. Above the band for ``scale_up_delay`` seconds the new rate is
-``max(R * U, arrivals) * headroom``; below it for ``scale_down_delay`` seconds it is
-``max(arrivals * headroom, R * U * headroom)`` (never below the declared ``min_rate``). The
-``rate_only`` policy (a baseline) ignores ``U`` and follows the arrival rate alone, the way a
-reactive autoscaler keyed on requests/s does.
+Carrying a decision out: re-plan with the churn penalty, so replicas that serve well stay and the
+extra capacity goes where the planner finds it cheapest; back off to 75% of the rate when no plan
+fits the fleet, and proportionally when a stage would exceed ``max_replicas``. Every decision
+that changes something is logged with its inputs and reason and kept (the last
+``KEEP_DECISIONS`` per workflow) for ``atoll status``; every decision, kept or not, updates the
+``atoll_autoscaler_*`` metrics. Cold starts are timed from a scale-up decision to each new
+replica serving.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Optional, Protocol, Sequence
+from typing import Collection, Mapping, Optional, Protocol, Sequence
 
 from atoll.coordinator.placement import Placement
 from atoll.coordinator.records import Autoscale, NodeRecord, WorkflowRecord
+from atoll.coordinator.scaling import PASS_S, REACTION_DEFAULT_S, Decision, Sample, State, decide, policy_of
 from atoll.core.errors import PlanInfeasible
 from atoll.core.logs import kv
-from atoll.specs.autoscaling import AutoscalingSpec
 from atoll.specs.workflow import WorkflowSpec
 
 log = logging.getLogger("atoll.coordinator")
 
-HEADROOM = 1.25
-WINDOW_S = 10.0             # arrivals are counted over this window
+STABLE_ARRIVALS = 128         # λ over the last 128 arrivals ...
+STABLE_REACTIONS = 4.0        # ... or the last 4ρ when fewer came
+WORK_WEIGHT = 1.0 / 16        # weight of one finished request in the work per request
+REACTION_SAMPLES = 8          # ρ: the median of the last 8 replica starts
+KEEP_DECISIONS = 32           # decisions kept per workflow
+KEEP_COLD_STARTS = 50         # cold starts kept per workflow
 REPLAN_TRIES = 4
+MAX_ARRIVALS = 4096           # arrival times kept per workflow
 
 
 @dataclass(frozen=True)
-class Policy:
-    metric: Literal["in_flight", "queue_delay", "rate_only"] = "in_flight"
-    target: float = 4.0
-    min_replicas: int = 1
-    max_replicas: int = 64
-    scale_up_delay: float = 5.0
-    scale_down_delay: float = 60.0
-    scale_to_zero: bool = False
-    idle_seconds: float = 120.0
+class DecisionRecord:
+    """One decision as ``atoll status`` and the metrics show it."""
 
-
-@dataclass(frozen=True)
-class Sample:
-    """One observation of a workflow (every reconcile pass)."""
-
-    now: float
-    arrivals_per_s: float          # requests/s over the last window
-    in_flight: float               # requests in flight in the workflow now
-    queue_delay_s: float           # mean queueing delay at the replicas (agents' reports)
-    ready_replicas: int            # ready replicas of the busiest stage
-    last_request_at: float         # monotonic time of the last request, or when the workflow became
-                                   # ready to serve if that came later (idle time counts from there)
+    unix: float
+    action: str                       # up | down | to_zero | from_zero | keep
+    rate: float                       # the rate planned for after it
+    previous_rate: float
+    reason: str
+    signals: Mapping[str, float]      # scaling.Signals, as numbers
+    outcome: str = ""                 # what carrying it out did
 
 
 @dataclass
-class State:
-    """What the autoscaler remembers between samples (mutated only by ``decide``'s caller)."""
+class _Tracked:
+    """What the pass keeps per workflow."""
 
-    above_since: Optional[float] = None
-    below_since: Optional[float] = None
-    last_change: float = float("-inf")
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: Literal["keep", "scale", "to_zero", "from_zero"]
-    rate: float = 0.0
-    reason: str = ""
+    arrivals: collections.deque = field(default_factory=lambda: collections.deque(maxlen=MAX_ARRIVALS))
+    in_flight: int = 0
+    last_request: Optional[float] = None
+    ready_since: Optional[float] = None          # when it last became ready to serve
+    work: dict = field(default_factory=dict)     # task -> work per request
     state: State = field(default_factory=State)
+    first_seen: dict = field(default_factory=dict)       # replica id -> when it appeared in the plan
+    starts: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REACTION_SAMPLES))
+    cold: Optional[tuple[float, set]] = None     # (scale-up decided at, its new replica ids)
+    cold_starts: collections.deque = field(default_factory=lambda: collections.deque(maxlen=KEEP_COLD_STARTS))
+    decisions: collections.deque = field(default_factory=lambda: collections.deque(maxlen=KEEP_DECISIONS))
+    latest: Optional[DecisionRecord] = None
 
 
-def utilisation(policy: Policy, s: Sample) -> float:
-    if s.ready_replicas <= 0:
-        return float("inf") if s.in_flight > 0 else 0.0
-    if policy.metric == "queue_delay":
-        return s.queue_delay_s / policy.target
-    return (s.in_flight / s.ready_replicas) / policy.target
+def rate_over(times: Sequence[float], now: float, count: int, longest: float) -> tuple[float, float]:
+    """(arrivals/s, window s) over the last ``count`` arrival times, or over the last ``longest``
+    seconds when fewer than ``count`` fall in them."""
+    n = 0
+    oldest = now
+    for t in reversed(times):
+        if now - t > longest or n == count:
+            break
+        n += 1
+        oldest = t
+    window = now - oldest if n == count and now > oldest else longest
+    return n / window, window
 
 
-def decide(policy: Policy, s: Sample, plan_rate: float, min_rate: float, state: State,
-           scaled_to_zero: bool = False) -> Decision:
-    """Pure: the decision for this sample, and the autoscaler state to keep."""
-    st = State(state.above_since, state.below_since, state.last_change)
-    if scaled_to_zero:
-        if s.in_flight > 0 or s.arrivals_per_s > 0:
-            return Decision("from_zero", max(min_rate, s.arrivals_per_s * HEADROOM), "a request arrived", st)
-        return Decision("keep", 0.0, "idle at zero", st)
-    if policy.scale_to_zero and s.in_flight == 0 and s.now - s.last_request_at >= policy.idle_seconds:
-        return Decision("to_zero", 0.0, f"no request for {policy.idle_seconds:.0f} s", State(last_change=s.now))
-    if policy.metric == "rate_only":
-        u = s.arrivals_per_s / plan_rate if plan_rate > 0 else float("inf")
-    else:
-        u = utilisation(policy, s)
-    if u > 1.0:
-        st.below_since = None
-        st.above_since = st.above_since if st.above_since is not None else s.now
-        if s.now - st.above_since >= policy.scale_up_delay:
-            base = max(plan_rate * min(u, 4.0), s.arrivals_per_s) if policy.metric != "rate_only" else s.arrivals_per_s
-            new = max(min_rate, base * HEADROOM)
-            if new > plan_rate * 1.05:
-                return Decision("scale", new, f"utilisation {u:.2f} above 1 for {s.now - st.above_since:.0f} s",
-                                State(last_change=s.now))
-        return Decision("keep", plan_rate, f"utilisation {u:.2f}", st)
-    if u < 0.5:
-        st.above_since = None
-        st.below_since = st.below_since if st.below_since is not None else s.now
-        if s.now - st.below_since >= policy.scale_down_delay:
-            want = s.arrivals_per_s * HEADROOM if policy.metric == "rate_only" else max(
-                s.arrivals_per_s * HEADROOM, plan_rate * u * HEADROOM)
-            new = max(min_rate, want)
-            if new < plan_rate * 0.8:
-                return Decision("scale", new, f"utilisation {u:.2f} below 0.5 for {s.now - st.below_since:.0f} s",
-                                State(last_change=s.now))
-        return Decision("keep", plan_rate, f"utilisation {u:.2f}", st)
-    return Decision("keep", plan_rate, f"utilisation {u:.2f} in band", State(last_change=st.last_change))
+def count_between(times: Sequence[float], start: float, end: float) -> int:
+    """How many of the (sorted) ``times`` fall in (start, end]."""
+    n = 0
+    for t in reversed(times):
+        if t <= start:
+            break
+        if t <= end:
+            n += 1
+    return n
 
 
-# ---------------------------------------------------------------------- the pass
+def work_ratio(spec: WorkflowSpec, tokens: Mapping[str, float]) -> float:
+    """Work per request of a workflow: the largest task's, where a task's is its mean completion
+    tokens (``tokens[task]``) over its declared completion tokens (at least 1 when it declares
+    only ``max_tokens``); 1 for a workflow with no such measurement."""
+    out = []
+    for t in spec.tasks:
+        if t.name not in tokens or t.kind != "llm":
+            continue
+        declared = t.completion_tokens or t.max_tokens
+        r = tokens[t.name] / max(declared, 1e-9)
+        out.append(r if t.completion_tokens else max(1.0, r))
+    return max(out, default=1.0)
+
+
 class Workflows(Protocol):
     """What the autoscaling pass needs of the workflow manager."""
 
@@ -146,15 +131,9 @@ class Workflows(Protocol):
 
     def spec(self, name: str) -> WorkflowSpec: ...
     def replica_views(self, rec: WorkflowRecord) -> list[dict]: ...
-    def place(self, rec: WorkflowRecord, scale: float) -> Placement: ...
+    def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement: ...
     def deploy(self, rec: WorkflowRecord, placement: Placement, autoscale: Autoscale) -> None: ...
     def idle(self, rec: WorkflowRecord, autoscale: Autoscale, message: str) -> None: ...
-
-
-def policy_of(a: AutoscalingSpec) -> Policy:
-    return Policy(metric=a.metric, target=a.target, min_replicas=a.min_replicas, max_replicas=a.max_replicas,
-                  scale_up_delay=a.scale_up_delay, scale_down_delay=a.scale_down_delay,
-                  scale_to_zero=a.scale_to_zero, idle_seconds=a.idle_seconds)
 
 
 def base_rate(spec: WorkflowSpec) -> float:
@@ -170,70 +149,105 @@ class Autoscaler:
     def __init__(self, metrics=None, clock=time.monotonic, wall=time.time):
         self.metrics = metrics
         self._clock, self._wall = clock, wall
-        self.arrivals: dict[str, collections.deque] = {}
-        self.in_flight: dict[str, int] = {}
-        self.last_request: dict[str, float] = {}
-        self._state: dict[str, State] = {}
-        self._cold: dict[str, tuple[float, set[str]]] = {}   # workflow -> (decided at, new replica ids)
-        self.cold_starts: list[dict] = []
-        self.ready_since: dict[str, float] = {}              # workflow -> when it last became ready
+        self._wf: dict[str, _Tracked] = {}
+        self._streams: set[str] = set()       # nodes whose heartbeat stream this coordinator has seen open
 
-    # -- load, as the router sees it ------------------------------------------------------
+    def _of(self, name: str) -> _Tracked:
+        return self._wf.setdefault(name, _Tracked())
+
+    # -- load, as whoever starts a request sees it ----------------------------------------
     def request_started(self, name: str) -> None:
+        """A request for workflow ``name`` started (call :meth:`request_finished` when it ends)."""
+        w = self._of(name)
         now = self._clock()
-        self.arrivals.setdefault(name, collections.deque()).append(now)
-        self.in_flight[name] = self.in_flight.get(name, 0) + 1
-        self.last_request[name] = now
+        w.arrivals.append(now)
+        w.in_flight += 1
+        w.last_request = now
 
-    def request_finished(self, name: str) -> None:
-        self.in_flight[name] = max(0, self.in_flight.get(name, 0) - 1)
+    def request_finished(self, name: str, completion_tokens: Optional[Mapping[str, int]] = None) -> None:
+        """The request ended; ``completion_tokens`` (task -> tokens generated) when it succeeded."""
+        w = self._of(name)
+        w.in_flight = max(0, w.in_flight - 1)
+        for task, n in (completion_tokens or {}).items():
+            if n > 0:
+                old = w.work.get(task)
+                w.work[task] = float(n) if old is None else old + WORK_WEIGHT * (n - old)
 
-    def arrival_rate(self, name: str, now: float) -> float:
-        q = self.arrivals.get(name)
-        if not q:
-            return 0.0
-        while q and now - q[0] > WINDOW_S:
-            q.popleft()
-        return len(q) / WINDOW_S
+    def reaction_s(self, name: str) -> float:
+        """ρ: the median replica start of the workflow, plus one decision interval."""
+        starts = self._of(name).starts
+        return (statistics.median(starts) if starts else REACTION_DEFAULT_S) + PASS_S
 
     # -- one pass over every workflow with a policy -----------------------------------------
-    def sample(self, rec: WorkflowRecord, views: Sequence[dict], nodes: Mapping[str, NodeRecord],
-               now: float) -> Sample:
+    def sample(self, rec: WorkflowRecord, spec: WorkflowSpec, views: Sequence[dict],
+               nodes: Mapping[str, NodeRecord], now: float) -> Sample:
+        w = self._of(rec.name)
+        rho = self.reaction_s(rec.name)
+        lam, _ = rate_over(w.arrivals, now, STABLE_ARRIVALS, STABLE_REACTIONS * rho)
+        recent, previous = count_between(w.arrivals, now - rho, now), count_between(w.arrivals, now - 2 * rho, now - rho)
         tasks = {v["task"] for v in views} or set(rec.plan.variants if rec.plan is not None else ())
-        ready = min([sum(1 for v in views if v["task"] == t and v["state"] == "ready") for t in tasks] or [0])
-        qd = 0.0
-        used = {v["node_id"] for v in views}
-        if used:
-            # Little's law over the workflow's nodes: queued requests / arrival rate. (An
-            # agent reports one queue per node; a node shared by workflows over-counts.)
-            depths = [nodes[n].status.get("queue_depth", 0) for n in used if n in nodes]
-            qd = sum(depths) / max(self.arrival_rate(rec.name, now), 1e-3)
+        per_task = [(sum(1 for v in views if v["task"] == t and v["state"] == "ready" and v["node_state"] == "READY"),
+                     sum(1 for v in views if v["task"] == t)) for t in sorted(tasks)]
+        ready, planned = min(per_task, default=(0, 0))
         # Idle time counts from the last request, or from when the workflow became ready to serve
         # if that came later: a workflow still deploying (and not asked for anything) is not idle.
-        seen = [t for t in (self.last_request.get(rec.name), self.ready_since.get(rec.name)) if t is not None]
-        return Sample(now=now, arrivals_per_s=self.arrival_rate(rec.name, now),
-                      in_flight=float(self.in_flight.get(rec.name, 0)), queue_delay_s=qd, ready_replicas=ready,
-                      last_request_at=max(seen) if seen else now)
+        seen = [t for t in (w.last_request, w.ready_since) if t is not None]
+        return Sample(now=now, arrivals_per_s=lam, recent=recent, previous=previous,
+                      work_per_request=work_ratio(spec, w.work), queued=float(queued(rec, nodes)),
+                      in_flight=float(w.in_flight), ready_replicas=ready, planned_replicas=planned,
+                      last_request_at=max(seen) if seen else now, reaction_s=rho)
 
-    def run(self, wm: Workflows, nodes: Mapping[str, NodeRecord], now: float) -> list[tuple[str, str]]:
-        """Decide for every workflow that has a policy, and carry the decisions out. Returns the
-        actions taken, as (workflow, action)."""
+    def run(self, wm: Workflows, nodes: Mapping[str, NodeRecord], now: float,
+            connected: Optional[Collection[str]] = None) -> list[tuple[str, str]]:
+        """Decide for every workflow that has a policy, and carry the decisions out. ``connected``:
+        the nodes with an open heartbeat stream. Returns the actions taken, as (workflow, action)."""
+        if connected is not None:
+            connected = set(connected)
+            self._streams |= connected
         done = []
+        for gone in set(self._wf) - set(wm.records):     # deleted workflows
+            del self._wf[gone]
         for name, rec in list(wm.records.items()):
             spec = wm.spec(name)
             if spec.autoscaling is None:
                 continue
+            risky = at_risk(rec, nodes, connected, self._streams)
+            if risky and rec.state != "IDLE":
+                if self.replace(wm, rec, spec, risky, nodes):
+                    done.append((name, "replace"))
+                continue
+            w = self._of(name)
             base = base_rate(spec)
-            d = decide(policy_of(spec.autoscaling), self.sample(rec, wm.replica_views(rec), nodes, now),
-                       base * current_scale(rec), base * 0.05, self._state.get(name, State()), rec.state == "IDLE")
-            self._state[name] = d.state
+            plan_rate = base * current_scale(rec)
+            d = decide(policy_of(spec.autoscaling), self.sample(rec, spec, wm.replica_views(rec), nodes, now),
+                       plan_rate, base * 0.05, w.state, rec.state == "IDLE")
+            w.state = d.state
+            outcome = ""
             if d.action in ("scale", "from_zero"):
-                if self.rescale(wm, rec, spec, d.rate / base, d.reason):
-                    done.append((name, d.action))
+                outcome = self.rescale(wm, rec, spec, d.rate / base, f"{d.direction}: {d.reason}")
             elif d.action == "to_zero":
                 self.to_zero(wm, rec, d.reason)
+                outcome = "no replica"
+            self._record(name, d, plan_rate, outcome)
+            if d.action != "keep" and outcome and not outcome.startswith("no plan"):
                 done.append((name, d.action))
         return done
+
+    def replace(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, risky: set[str],
+                nodes: Mapping[str, NodeRecord]) -> bool:
+        """Re-plan ``rec`` at its planned rate without the nodes in ``risky`` (their heartbeat
+        stream closed or they turned SUSPECT): replacements start now rather than when the nodes
+        are declared LOST. Returns whether a plan was deployed."""
+        names = sorted(nodes[n].name if n in nodes else n[:8] for n in risky)
+        n = sum(1 for a in rec.assignments if a.node_id in risky)
+        reason = (f"replace: {n} replica(s) on {', '.join(names)}, whose heartbeats stopped (stream closed or "
+                  "SUSPECT); re-planned without them")
+        rate = base_rate(spec) * current_scale(rec)
+        outcome = self.rescale(wm, rec, spec, current_scale(rec), reason, unavailable=risky)
+        r = DecisionRecord(unix=self._wall(), action="replace", rate=rate, previous_rate=rate, reason=reason,
+                           signals={"at_risk": float(n), "plan_rate": round(rate, 4)}, outcome=outcome)
+        self._keep(rec.name, r)
+        return not outcome.startswith("no plan")
 
     def wake(self, wm: Workflows, rec: WorkflowRecord) -> None:
         """A request arrived for a workflow at zero: scale up now (the request waits)."""
@@ -242,15 +256,17 @@ class Autoscaler:
             self.rescale(wm, rec, wm.spec(rec.name), max(before if before is not None else 1.0, 0.05),
                          "a request arrived")
 
-    def rescale(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, scale: float, reason: str) -> bool:
-        """Re-plan ``rec`` for its declared rate times ``scale``, backing off (x0.75 when no plan
-        fits the fleet, proportionally when a stage would exceed ``max_replicas``)."""
+    def rescale(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, scale: float, reason: str,
+                unavailable: Collection[str] = ()) -> str:
+        """Re-plan ``rec`` for its declared rate times ``scale`` (without the ``unavailable``
+        nodes), backing off (x0.75 when no plan fits the fleet, proportionally when a stage would
+        exceed ``max_replicas``). Returns what it did, in words ("no plan: ..." when nothing fitted)."""
         cap = spec.autoscaling.max_replicas
         old_ids = {x.replica_id for x in rec.assignments}
         last = ""
         for _ in range(REPLAN_TRIES):
             try:
-                placement = wm.place(rec, scale)
+                placement = wm.place(rec, scale, unavailable) if unavailable else wm.place(rec, scale)
             except PlanInfeasible as exc:
                 scale *= 0.75
                 last = str(exc)
@@ -262,49 +278,135 @@ class Autoscaler:
             break
         else:
             log.warning("autoscale: no plan", extra=kv(workflow=rec.name, error=last[:200]))
-            return False
+            return f"no plan: {last[:200] or f'more than max_replicas {cap}'}"
         rate = base_rate(spec) * scale
         new_ids = {x.replica_id for x in placement.assignments} - old_ids
         if new_ids:
-            self._cold[rec.name] = (self._clock(), new_ids)
+            self._of(rec.name).cold = (self._clock(), new_ids)
         wm.deploy(rec, placement, Autoscale(scale=scale, rate=rate, reason=reason, decided_unix=self._wall()))
-        log.info("autoscaled", extra=kv(workflow=rec.name, rate=round(rate, 3), replicas=len(placement.assignments),
-                                         why=reason))
-        return True
+        return (f"planned {rate:.2f} req/s: {len(placement.assignments)} replica(s), "
+                f"${placement.plan.total_cost_per_hour:.3f}/h")
 
     def to_zero(self, wm: Workflows, rec: WorkflowRecord, reason: str) -> None:
         before = current_scale(rec) or 1.0
         wm.idle(rec, Autoscale(scale=0.0, rate=0.0, reason=reason, decided_unix=self._wall(),
                                scale_before_zero=before), f"scaled to zero: {reason}")
-        log.info("scaled to zero", extra=kv(workflow=rec.name, why=reason))
+
+    # -- the decision log ----------------------------------------------------------------------
+    def _record(self, name: str, d: Decision, plan_rate: float, outcome: str) -> None:
+        action = "keep" if d.action == "keep" else d.direction
+        rate = d.rate if d.action != "keep" else plan_rate
+        if outcome.startswith("no plan"):
+            rate = plan_rate
+        r = DecisionRecord(unix=self._wall(), action=action, rate=rate, previous_rate=plan_rate, reason=d.reason,
+                           signals=d.signals.as_dict(), outcome=outcome)
+        self._keep(name, r)
+
+    def _keep(self, name: str, r: DecisionRecord) -> None:
+        """Log, keep and export one decision."""
+        w = self._of(name)
+        w.latest = r
+        if r.action != "keep":
+            w.decisions.append(r)
+            log.info("autoscale decision", extra=kv(workflow=name, action=r.action, rate=round(r.rate, 3),
+                                                    previous=round(r.previous_rate, 3), why=r.reason,
+                                                    outcome=r.outcome, **r.signals))
+        else:
+            log.debug("autoscale decision", extra=kv(workflow=name, action=r.action, why=r.reason))
+        if self.metrics is not None:
+            self.metrics.autoscale_decisions.labels(name, r.action).inc()
+            for k, v in r.signals.items():
+                self.metrics.autoscale_signal.labels(name, k).set(v)
+
+    def decisions_of(self, name: str, last: int = 10) -> list[DecisionRecord]:
+        """The last decisions that changed something, oldest first, and the latest decision if it
+        kept the plan."""
+        w = self._wf.get(name)
+        if w is None:
+            return []
+        out = list(w.decisions)[-last:]
+        if w.latest is not None and w.latest.action == "keep":
+            out.append(w.latest)
+        return out
 
     # -- what the status pass sees -----------------------------------------------------------
     def observe(self, rec: WorkflowRecord, views: Sequence[dict], state: str) -> None:
         """The workflow's replica views and state, every reconcile pass: when it became ready to
-        serve (READY, and DEGRADED after it), and the cold starts of replicas a scale-up added."""
+        serve (READY, and DEGRADED after it), how long replicas take to start, and the cold
+        starts of replicas a scale-up added."""
+        w = self._of(rec.name)
+        now = self._clock()
         if state in ("READY", "DEGRADED"):
-            self.ready_since.setdefault(rec.name, self._clock())
+            if w.ready_since is None:
+                w.ready_since = now
         else:
-            self.ready_since.pop(rec.name, None)
+            w.ready_since = None
+        ids = set()
+        for v in views:
+            rid = v["replica_id"]
+            ids.add(rid)
+            if rid not in w.first_seen:
+                w.first_seen[rid] = None if v["state"] == "ready" else now     # ready already: not timed
+            elif v["state"] == "ready" and w.first_seen[rid] is not None:
+                w.starts.append(now - w.first_seen[rid])
+                w.first_seen[rid] = None
+        for rid in set(w.first_seen) - ids:
+            del w.first_seen[rid]
         self._track_cold_starts(rec, views)
 
     def _track_cold_starts(self, rec: WorkflowRecord, views: Sequence[dict]) -> None:
         """Record each replica added by a scale-up when its view first says ready."""
-        pending = self._cold.get(rec.name)
-        if not pending:
+        w = self._of(rec.name)
+        if not w.cold:
             return
-        t0, ids = pending
+        t0, ids = w.cold
         for v in views:
             if v["replica_id"] in ids and v["state"] == "ready":
                 seconds = self._clock() - t0
-                self.cold_starts.append({"workflow": rec.name, "replica": v["replica_id"], "node": v["node_name"],
+                w.cold_starts.append({"workflow": rec.name, "replica": v["replica_id"], "node": v["node_name"],
                                          "seconds": seconds, "fetch": v["fetch_seconds"],
                                          "load": v["load_seconds"], "warmup": v["warmup_seconds"]})
                 if self.metrics is not None:
                     self.metrics.cold_start.labels(rec.name).observe(seconds)
                 ids.discard(v["replica_id"])
         if not ids:
-            self._cold.pop(rec.name, None)
+            w.cold = None
 
-    def cold_starts_of(self, name: str, last: int = 50) -> list[dict]:
-        return [c for c in self.cold_starts if c["workflow"] == name][-last:]
+    def cold_starts_of(self, name: str, last: int = KEEP_COLD_STARTS) -> list[dict]:
+        w = self._wf.get(name)
+        return list(w.cold_starts)[-last:] if w is not None else []
+
+
+def at_risk(rec: WorkflowRecord, nodes: Mapping[str, NodeRecord], connected: Optional[set[str]],
+            seen_open: set[str]) -> set[str]:
+    """The nodes of ``rec``'s replicas whose heartbeats stopped: SUSPECT, or (when ``connected``
+    is known) their heartbeat stream was seen open and is closed now, as when an agent's process
+    dies. LOST nodes are re-planned by the workflow manager."""
+    out = set()
+    for a in rec.assignments:
+        node = nodes.get(a.node_id)
+        if node is None or node.state in ("LOST", "DRAINING"):
+            continue
+        if node.state == "SUSPECT" or (connected is not None and a.node_id in seen_open
+                                       and a.node_id not in connected):
+            out.add(a.node_id)
+    return out
+
+
+def queued(rec: WorkflowRecord, nodes: Mapping[str, NodeRecord]) -> int:
+    """Requests waiting at the workflow's replicas: each node's per-replica report, or its whole
+    queue when it reports none per replica."""
+    total = 0
+    by_node: dict[str, list[str]] = {}
+    for a in rec.assignments:
+        by_node.setdefault(a.node_id, []).append(a.replica_id)
+    for node_id, rids in by_node.items():
+        node = nodes.get(node_id)
+        if node is None or node.state not in ("READY", "SUSPECT", "DRAINING"):
+            continue
+        per = node.status.get("replica_queue_depth")
+        if per:
+            total += sum(int(per.get(r, 0)) for r in rids)
+        else:
+            total += int(node.status.get("queue_depth", 0))
+    return total

@@ -80,7 +80,8 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
             profiles = wm.profiles_view(rec)
         except AtollError:
             profiles = []
-        return convert.workflow_status(rec, wm.replica_views(rec), profiles, wm.autoscaler.cold_starts_of(rec.name))
+        return convert.workflow_status(rec, wm.replica_views(rec), profiles, wm.autoscaler.cold_starts_of(rec.name),
+                                       wm.autoscaler.decisions_of(rec.name))
 
     @handle_errors
     async def SubmitWorkflow(self, request, context):

@@ -80,13 +80,17 @@ def planned_status(rec: WorkflowRecord) -> control_pb2.WorkflowStatus:
 
 
 def workflow_status(rec: WorkflowRecord, replicas: list[dict], profiles: list[dict],
-                    cold_starts: list[dict]) -> control_pb2.WorkflowStatus:
+                    cold_starts: list[dict], decisions: Sequence = ()) -> control_pb2.WorkflowStatus:
+    """``decisions``: the autoscaler's ``DecisionRecord`` values to show."""
     return control_pb2.WorkflowStatus(
         name=rec.name, state=rec.state, message=rec.message, **_plan_fields(rec),
         replicas=[control_pb2.ReplicaStatus(**{k: v for k, v in r.items() if k != "node_state"}) for r in replicas],
         profiles=[control_pb2.ProfileEntry(**p) for p in profiles], spec_yaml=rec.spec_yaml,
         created_unix=rec.created, updated_unix=rec.updated, generation=rec.generation, tenant=rec.tenant,
-        cold_starts_json=json.dumps(cold_starts))
+        cold_starts_json=json.dumps(cold_starts),
+        autoscale_decisions=[control_pb2.AutoscaleDecision(
+            unix=d.unix, action=d.action, rate=d.rate, previous_rate=d.previous_rate, reason=d.reason,
+            signals=dict(d.signals), outcome=d.outcome) for d in decisions])
 
 
 def workflow_list(rows: list[tuple[WorkflowRecord, list[dict]]]) -> control_pb2.ListWorkflowsResponse:

@@ -84,8 +84,26 @@ class CoordinatorMetrics:
             "(node key, proof, join token, scope, session)", ["reason"], registry=r)
         for reason in IDENTITY_REASONS:
             self.identity_refusals.labels(reason)
-        # workflows (requests themselves are counted by the agents' entries: agent/dataplane/metrics.py)
-        self.forwarded = Counter("atoll_invoke_forwarded", "Invoke calls (gRPC and the OpenAI door) this "
+        # workflows: gRPC Invoke is forwarded to agents' entries (which count the requests themselves:
+        # agent/dataplane/metrics.py); the OpenAI door's requests run on this coordinator's router
+        self.requests = Counter("atoll_workflow_requests", "Workflow requests through the coordinator's OpenAI "
+                                "door, by outcome", ["workflow", "outcome"], registry=r)
+        self.request_seconds = Histogram("atoll_workflow_request_seconds", "End-to-end workflow latency",
+                                         ["workflow"], registry=r,
+                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.ttft = Histogram("atoll_workflow_time_to_first_token_seconds",
+                              "Time to the first streamed token of a workflow request", ["workflow"], registry=r,
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.stage_seconds = Histogram("atoll_stage_seconds", "Latency of one stage (retries included)",
+                                       ["workflow", "task"], registry=r,
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.retries = Counter("atoll_stage_retries", "Stage attempts retried on another replica",
+                               ["workflow", "task"], registry=r)
+        self.stage_errors = Counter("atoll_stage_errors", "Failed stage attempts by status code",
+                                    ["workflow", "task", "code"], registry=r)
+        self.bytes_sent = Counter("atoll_bytes_sent", "Bytes sent between stages by the coordinator's router, "
+                                  "by region pair", ["workflow", "from_region", "to_region"], registry=r)
+        self.forwarded = Counter("atoll_invoke_forwarded", "gRPC Invoke calls this "
                                  "coordinator forwarded to an agent's entry, by outcome",
                                  ["workflow", "outcome"], registry=r)
         self.forward_seconds = Histogram("atoll_invoke_forward_seconds", "Forwarded Invoke calls, end to end",
@@ -95,6 +113,11 @@ class CoordinatorMetrics:
                                     ["workflow"], registry=r, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
         self.plan_cost = Gauge("atoll_plan_cost_dollars_per_hour", "Predicted cost of the current plan",
                                ["workflow", "kind"], registry=r)
+        self.autoscale_decisions = Counter("atoll_autoscaler_decisions", "Autoscaling decisions by action "
+                                           "(keep, up, down, to_zero, from_zero)", ["workflow", "action"], registry=r)
+        self.autoscale_signal = Gauge("atoll_autoscaler_signal", "The last autoscaling decision's inputs and "
+                                      "figures (arrivals, work, demand, forecast, floor, queued, plan_rate, "
+                                      "target_rate, reaction_s, ...)", ["workflow", "signal"], registry=r)
         self.plan_accuracy = Gauge("atoll_plan_accuracy_ratio", "Predicted end-to-end accuracy of the plan",
                                    ["workflow"], registry=r)
         self._registry_ref = None

@@ -42,11 +42,12 @@ from atoll.coordinator.metrics import CoordinatorMetrics
 from atoll.coordinator.model_store_api import ModelStoreApi
 from atoll.coordinator.entry_load import EntryLoads
 from atoll.coordinator.forward import EntryForwarder
-from atoll.coordinator.openai_http import OpenAIDoor
+from atoll.coordinator.openai_http import make_door
 from atoll.coordinator.join_tokens import hash_token
 from atoll.coordinator.planning import PlanWorkers
 from atoll.coordinator.publish import Publisher, entries
 from atoll.coordinator.registry import Registry
+from atoll.coordinator.router import Router
 from atoll.coordinator.store import guard_store, open_store
 from atoll.coordinator.workflows import WorkflowManager
 from atoll.core.errors import SpecError, Unavailable
@@ -160,7 +161,7 @@ class Coordinator:
         self.advertise = self.settings.advertise or (
             f"{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{self.port}")
         await self.server.start()
-        self._start_openai()
+        await self._start_openai()
         if not self.keys.enabled():
             log.warning("no API keys exist: client calls are not authenticated "
                         "(create the first admin key with `atoll keys create --tenant NAME --role admin`)")
@@ -184,6 +185,9 @@ class Coordinator:
         self.blobs = BlobStore(self.state_dir / "blobs", self.store)
         creds = channel_credentials(st.tls_client_ca, st.tls_cert, st.tls_key)
         self.workers = WorkerClient(creds, tokens=self.issuer.coordinator_token)
+        # The OpenAI door's requests run here (chat templates, n, logprobs and embeddings are not
+        # carried by Entry.Invoke yet); gRPC Invoke goes to agents' entries.
+        self.router = Router(self.metrics, workers=self.workers)
         self.publisher: Publisher | None = None
         self.forwarder = EntryForwarder(self._entries, channel_credentials(st.tls_client_ca), self._entry_current)
         self.keys = KeyRing(self.store)
@@ -240,19 +244,19 @@ class Coordinator:
                               hint="pick a free port with --metrics-listen") from None
         return mhost
 
-    def _start_openai(self) -> None:
+    async def _start_openai(self) -> None:
         self.openai = None
         if not self.settings.openai_listen:
             return
         ohost, oport = split_address(self.settings.openai_listen)
         plain_http_warning(ohost, "the coordinator's OpenAI door (--openai-listen), which receives API keys,")
         try:
-            self.openai = OpenAIDoor(asyncio.get_running_loop(), lambda: self.workflows, self.forwarder,
-                                     host=ohost, port=oport, auth=self.keys, metrics=self.metrics)
+            self.openai = make_door(self.keys, lambda: self.workflows, self.router, host=ohost, port=oport,
+                                    metrics=self.metrics)
         except OSError as exc:
             raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",
                               hint="pick a free port with --openai-listen") from None
-        self.openai.start()
+        await self.openai.start()
 
     async def _take_role(self) -> None:
         if self.settings.database_url:
@@ -402,7 +406,7 @@ class Coordinator:
 
     async def stop(self, grace: float = 2.0) -> None:
         if getattr(self, "openai", None) is not None:
-            self.openai.stop()
+            await self.openai.stop()
         if self.health is not None:
             await set_serving(self.health, SERVICE_NAMES, False)
         for t in self._tasks:

@@ -51,7 +51,8 @@ def serving_of(spec: WorkflowSpec) -> WorkflowServing:
                 done.add(t.name)
                 pending.remove(t)
     stages = tuple(Stage(task=t.name, kind=t.kind, prompt=t.prompt, parents=tuple(parents[t.name]),
-                         max_tokens=int(t.max_tokens), temperature=float(t.temperature), stop=tuple(t.stop or ()))
+                         max_tokens=int(t.max_tokens), temperature=float(t.temperature), stop=tuple(t.stop or ()),
+                         chat=bool(t.chat))
                    for t in order)
     serving = {(t.name, v.name): VariantServing(base_model=v.model or v.base_model, adapter=v.adapter or "",
                                                 adapter_source=v.adapter_path or "", kind=t.kind)

@@ -40,6 +40,8 @@ def node_view(rec: NodeRecord, scope: TenantScope) -> NodeRecord:
               "replica_messages": {k: v for k, v in (st.get("replica_messages") or {}).items()
                                    if k in scope.replicas},
               "replica_load_seconds": phases,
+              "replica_queue_depth": {k: v for k, v in (st.get("replica_queue_depth") or {}).items()
+                                      if k in scope.replicas},
               "measured_throughput": {k: v for k, v in (st.get("measured_throughput") or {}).items()
                                       if k in scope.adapters},
               "cached_models": [m for m in st.get("cached_models", []) if m in scope.sources],

@@ -29,7 +29,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Mapping
+from typing import Collection, Mapping
 
 from atoll.coordinator.admission import admit, check_serving, parse_and_dump, source_name
 from atoll.coordinator.auth import visible
@@ -89,16 +89,20 @@ class WorkflowManager:
         return self._loaded(self.get(name))[1]
 
     # ------------------------------------------------------------------ placement
-    def fleet(self, name: str) -> FleetSnapshot:
-        """The READY nodes that no workflow other than ``name`` holds, with ``name``'s measured profiles."""
+    def fleet(self, name: str, unavailable: Collection[str] = ()) -> FleetSnapshot:
+        """The READY nodes that no workflow other than ``name`` holds, less ``unavailable``, with
+        ``name``'s measured profiles."""
         taken = {a.node_id for other, r in self.records.items() if other != name for a in r.assignments}
-        return snapshot(self.registry.nodes.values(), taken, measured_profiles(self.store.list_profiles(), name))
+        return snapshot(self.registry.nodes.values(), taken | set(unavailable),
+                        measured_profiles(self.store.list_profiles(), name))
 
-    def place(self, rec: WorkflowRecord, scale: float) -> Placement:
-        """A new placement of a deployed workflow for its declared rate times ``scale`` (on the
-        event loop: the autoscaler's call)."""
+    def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement:
+        """A new placement of a deployed workflow for its declared rate times ``scale``, on the
+        fleet less the ``unavailable`` nodes (replicas at risk), on the event loop: the
+        autoscaler's call."""
         spec, serving = self._loaded(rec)
-        return place(rec.name, spec, serving, self.fleet(rec.name), previous=rec.assignments, scale=scale)
+        return place(rec.name, spec, serving, self.fleet(rec.name, unavailable), previous=rec.assignments,
+                     scale=scale)
 
     async def _off_loop(self, fn, *args, **kw):
         """``fn(*args, **kw)`` in a planning worker when there is one (else here)."""
@@ -255,19 +259,23 @@ class WorkflowManager:
 
     # ------------------------------------------------------------------ autoscaling
     def request_started(self, name: str) -> None:
+        """A request for workflow ``name`` starts (counted for autoscaling)."""
         self.autoscaler.request_started(name)
 
     def request_finished(self, name: str, completion_tokens: Mapping[str, int] | None = None) -> None:
-        """A request counted by :meth:`request_started` ended; ``completion_tokens`` (task ->
-        tokens) when it was answered. Entries' reports arrive here (``coordinator/entry_load.py``)."""
-        self.autoscaler.request_finished(name)
+        """A request started with :meth:`request_started` ended; ``completion_tokens`` (task ->
+        tokens generated, e.g. ``{s.task: s.completion_tokens for s in result.stages}``) when it
+        succeeded. Every door that runs requests calls both, so the autoscaler sees all traffic;
+        entries' reports arrive here too (``coordinator/entry_load.py``)."""
+        self.autoscaler.request_finished(name, completion_tokens)
 
     def autoscale(self, now: float | None = None) -> list[tuple[str, str]]:
         """One pass of the autoscaler over every workflow that has a policy. Returns actions taken.
         Skipped while a submit or re-plan is placing (it would plan on nodes about to be taken)."""
         if self._placing.locked():
             return []
-        return self.autoscaler.run(self, self.registry.nodes, time.monotonic() if now is None else now)
+        return self.autoscaler.run(self, self.registry.nodes, time.monotonic() if now is None else now,
+                                   connected=self.registry.sessions.keys())
 
     def wake(self, name: str) -> None:
         """A request arrived for a workflow at zero: scale up now (the request waits)."""

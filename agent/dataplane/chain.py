@@ -291,8 +291,8 @@ class DataPlane:
         md = req.span.metadata() + peer_metadata(self.peer_token())
         self.metrics.hops.labels("out").inc()
         if st.kind == "embedding":
-            vec = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left, metadata=md)
-            return vec, _with(run, output_bytes=4 * len(vec))
+            emb = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left, metadata=md)
+            return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
         mt, temp = self._sampling(cs, req, True)
         return await self._collect(self.workers.generate(ep.address, prompt, adapter=ep.adapter, max_tokens=mt,
                                                          temperature=temp, stop=st.stop, timeout=left, metadata=md),

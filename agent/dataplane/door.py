@@ -1,59 +1,128 @@
 """The OpenAI-compatible HTTP door on an agent: the same data plane as ``Entry.Invoke``.
 
-``model`` names a workflow the caller may see, ``base:adapter`` (one adapter on any ready replica
-holding it) or ``base`` (the bare base model). ``Authorization: Bearer <api key>`` is checked
-against the key set the coordinator distributes (:class:`~.entry.Keys`), and tenants are kept
-apart exactly as at the coordinator's door: a missing or bad key is 401 (``invalid_api_key``),
-another tenant's workflow or adapter 404. See :mod:`atoll.core.openai_http` for the protocol.
+The HTTP protocol is :mod:`atoll.core.openai_http` (the door the coordinator mounts too); this
+module is its backend on an agent (:class:`EntryBackend`) and its caller check. ``model`` names
+a workflow the caller may see, ``base:adapter`` (one adapter on any ready replica holding it) or
+``base`` (the bare base model). ``Authorization: Bearer <api key>`` is checked against the key
+set the coordinator distributes (:class:`~.entry.Keys`), the route against the authorization
+table (surface ``http:agent``), and tenants are kept apart exactly as at the coordinator's door:
+a missing or bad key is 401 (``invalid_api_key``), another tenant's workflow or adapter 404.
+
+What ``Entry.Invoke`` carries is what this door serves: a text prompt (a chat's last user
+message fills the entry stages' templates), ``max_tokens`` and ``temperature`` for the last
+stage, streaming, and embeddings of text. ``n`` > 1, ``logprobs``, ``top_p``, ``seed``,
+``stop`` and token-id prompts are refused with a clear 400 (the coordinator's door runs them).
 """
 
 from __future__ import annotations
 
 import time
+from typing import AsyncIterator
 
 from atoll.agent.dataplane.chain import Request
-from atoll.agent.dataplane.entry import EntryService
+from atoll.agent.dataplane.entry import EntryService, Keys
 from atoll.agent.dataplane.trace import start_span
+from atoll.core import access
 from atoll.core.apikeys import Identity
-from atoll.core.errors import InvalidArgument
-from atoll.core.openai_http import Answer, BaseDoor
+from atoll.core.errors import InvalidArgument, Unauthenticated
+from atoll.core.http_server import HttpLimits
+from atoll.core.openai_api import Choice, Completion, EmbedRequest, GenRequest
+from atoll.core.openai_http import OpenAIDoor
 from atoll.wire.dataplane import answer_from_pb
+from atoll.wire.worker import Delta
+
+TIMEOUT = 300.0
+_HINT = "leave it out here, or call the coordinator's OpenAI door"
 
 
-def _ident(tenant) -> Identity | None:
-    """The door hands its backend the caller's tenant (None: an admin key, or keys not enforced)."""
-    return None if tenant is None else Identity("", tenant, "user")
+def door_identity(keys: Keys, authorization: str) -> Identity | None:
+    """Who calls the agent's door: None while the fleet enforces no key (or for an admin key, which
+    sees every tenant), else the key's identity; Unauthenticated for a missing or bad key."""
+    if not keys.enabled():
+        return None
+    if not authorization.startswith("Bearer "):
+        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+    ident = keys.check(authorization[7:].strip())
+    return None if ident.is_admin else ident
 
 
-class EntryDoor(BaseDoor):
-    def __init__(self, loop, entry: EntryService, *, host: str = "127.0.0.1", port: int = 0):
-        super().__init__(loop, host=host, port=port, auth=entry.keys, metrics=None)
-        self.entry = entry
+def door_authorize(route: str, caller: Identity | None) -> None:
+    """The authorization table decides (``atoll.core.access``, surface ``http:agent``)."""
+    method, path = route.split(" ", 1)
+    access.decide_http("agent", method, path, access.ADMIN if caller is None else access.USER)
 
-    async def _models(self, tenant):
-        return [{"id": m, "object": "model", "created": 0, "owned_by": "atoll"}
-                for m in self.entry.resolver.models(_ident(tenant))]
 
-    async def _route(self, model, tenant, max_tokens, temperature):
-        cr = self.entry.resolver.resolve(model, _ident(tenant))
+def _refuse_unserved(req: GenRequest) -> None:
+    for name, given in (("n", req.n != 1), ("logprobs", req.logprobs or req.top_logprobs > 0),
+                        ("top_p", req.top_p is not None and req.top_p != 1.0), ("seed", req.seed is not None),
+                        ("stop", bool(req.stop))):
+        if given:
+            raise InvalidArgument(f"{name} is not carried by an agent's entry yet", hint=_HINT)
+    if req.prompt is not None and not isinstance(req.prompt, str):
+        raise InvalidArgument("an agent's entry takes text prompts, not token ids", hint="send the prompt as a string")
+    if not req.input_text.strip():
+        raise InvalidArgument("the prompt is empty")
+
+
+class EntryBackend:
+    """The door's backend on an agent: every request runs through this agent's entry."""
+
+    def __init__(self, entry: EntryService, timeout: float = TIMEOUT):
+        self.entry, self.timeout = entry, timeout
+
+    async def models(self, caller: Identity | None) -> list[dict]:
+        return [{"id": m, "created": 0, "owned_by": "atoll"} for m in self.entry.resolver.models(caller)]
+
+    def _answers(self, model: str, text: str, caller: Identity | None, *, stream: bool, kind: str,
+                 max_tokens: int | None = None, temperature: float | None = None):
+        cr = self.entry.resolver.resolve(model, caller)
         sink = cr.route.stages[-1]
-        if sink.kind != "llm":
-            raise InvalidArgument(f"workflow {model!r} ends in an {sink.kind} stage, not text generation")
-        return cr
+        if sink.kind != kind:
+            use = "/v1/embeddings" if sink.kind == "embedding" else "/v1/completions or /v1/chat/completions"
+            raise InvalidArgument(f"workflow {model!r} ends in an {sink.kind} stage: call {use}")
+        req = Request(cr.route.workflow, text, time.monotonic() + self.timeout, start_span((), "entry-http"),
+                      stream, max_tokens or 0, temperature, caller.tenant if caller is not None else "")
+        return self.entry.serve(cr, req, caller)
 
-    async def invoke(self, model, tenant, prompt, max_tokens, temperature, on_delta=None, timeout=60.0,
-                     api_key: str = ""):
-        cr = await self._route(model, tenant, max_tokens, temperature)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidArgument("the prompt is empty")
-        req = Request(cr.route.workflow, prompt, time.monotonic() + timeout, start_span((), "entry-http"),
-                      on_delta is not None, max_tokens or 0, temperature, tenant or "")
-        out, stages = {}, []
-        async for msg in self.entry.serve(cr, req, _ident(tenant)):
-            text, done, output, runs = answer_from_pb(msg)
+    async def stream(self, req: GenRequest, caller: Identity | None) -> AsyncIterator[Delta]:
+        _refuse_unserved(req)
+        async for msg in self._answers(req.model, req.input_text, caller, stream=True, kind="llm",
+                                       max_tokens=req.max_tokens, temperature=req.temperature):
+            text, done, _, stages = answer_from_pb(msg)
             if done:
-                out, stages = output, runs
-            elif text and on_delta is not None:
-                await on_delta(text)
-        return Answer(out, stages)
+                last = stages[-1] if stages else None
+                yield Delta("", last.prompt_tokens if last else 0, last.completion_tokens if last else 0, True,
+                            finish_reason="stop")
+            elif text:
+                yield Delta(text, 0, 0, False)
 
+    async def complete(self, req: GenRequest, caller: Identity | None) -> Completion:
+        _refuse_unserved(req)
+        async for msg in self._answers(req.model, req.input_text, caller, stream=False, kind="llm",
+                                       max_tokens=req.max_tokens, temperature=req.temperature):
+            _, done, output, stages = answer_from_pb(msg)
+            if done:
+                last = stages[-1] if stages else None
+                return Completion([Choice(0, (output or {}).get("text", ""), "stop")],
+                                  last.prompt_tokens if last else 0, last.completion_tokens if last else 0)
+        raise InvalidArgument(f"workflow {req.model!r} gave no answer")
+
+    async def embed(self, req: EmbedRequest, caller: Identity | None) -> tuple[list[list[float]], int]:
+        vectors, tokens = [], 0
+        for x in req.inputs:
+            if not isinstance(x, str):
+                raise InvalidArgument("an agent's entry embeds text, not token ids", hint="send strings")
+            async for msg in self._answers(req.model, x, caller, stream=False, kind="embedding"):
+                _, done, output, stages = answer_from_pb(msg)
+                if done:
+                    vectors.append((output or {}).get("embedding", []))
+                    tokens += stages[-1].prompt_tokens if stages else 0
+        return vectors, tokens
+
+
+def make_entry_door(entry: EntryService, *, host: str, port: int, limits: HttpLimits = HttpLimits()) -> OpenAIDoor:
+    """The agent's door on ``host:port`` (not started)."""
+    backend = EntryBackend(entry)
+    return OpenAIDoor(backend, lambda authorization: door_identity(entry.keys, authorization),
+                      authorize=door_authorize, host=host, port=port, limits=limits,
+                      request_timeout=backend.timeout)

@@ -1,8 +1,10 @@
 """Paged KV cache: fixed-size blocks handed out from a free list.
 
-Storage per layer is one tensor ``[kv_heads, num_blocks · block_size, head_dim]`` for K and one
-for V, allocated once (head-major, so a gather of rows is already laid out for batched matmul). A request owns a list of block ids (its block table); position ``p``
-of the request lives at flat row ``table[p // block_size] · block_size + p % block_size``.
+Storage per layer is one tensor ``[2, kv_heads, num_blocks · block_size, head_dim]`` (K, then V),
+allocated once: head-major, so a gather of rows is already laid out for batched matmul, and K
+and V together, so one ``index_copy_`` writes both and one ``index_select`` gathers both. A
+request owns a list of block ids (its block table); position ``p`` of the request lives at flat
+row ``table[p // block_size] · block_size + p % block_size``.
 
 Admission control reserves every block a request can ever need (prompt + max_tokens) when it is
 admitted, so a running request never runs out of cache mid-generation and nothing is preempted:
@@ -32,9 +34,8 @@ class PagedKVCache:
             raise ValueError(f"num_blocks ({num_blocks}) and block_size ({block_size}) must be >= 1")
         self.num_blocks, self.block_size = num_blocks, block_size
         rows = num_blocks * block_size
-        shape = (cfg.num_kv_heads, rows, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
+        shape = (2, cfg.num_kv_heads, rows, cfg.head_dim)
+        self.layers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
         self._free = list(range(num_blocks - 1, -1, -1))   # pop() hands out low ids first
         self._lock = threading.Lock()
 
@@ -44,8 +45,8 @@ class PagedKVCache:
 
     @property
     def bytes_per_token(self) -> int:
-        k = self.k[0]
-        return 2 * len(self.k) * k.shape[0] * k.shape[2] * k.element_size()
+        t = self.layers[0]
+        return len(self.layers) * 2 * t.shape[1] * t.shape[3] * t.element_size()
 
     @property
     def num_free(self) -> int:

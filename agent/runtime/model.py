@@ -17,6 +17,14 @@ norms in fp32, norms on the attention and MLP outputs before the residual add, t
 RMSNorm runs in fp32 and casts back, as Hugging Face does. Attention for decode rows is one
 batched call over each request's cache blocks gathered whole through its block table (padded,
 masked); each prefill chunk attends over its request's rows separately.
+
+A small model's decode step costs per-op overhead more than GEMM time, so the step is written as
+few, large ops: what depends only on the step (RoPE rows, masks, the decode rows' block list) is
+made once per step and shared by every layer (:class:`_StepContext`); RoPE rotates q and k
+together, in place in the qkv output; a layer's K and V share one cache tensor, written by one
+``index_copy_`` and gathered by one ``index_select``; scores are one ``baddbmm`` with the scale
+and the mask folded in (fp32, no soft-capping); the o and down projections add the residual
+inside the GEMM (:func:`~.weights.linear_add`) and adapters add their delta to that sum in place.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from atoll.kernels.lora import LoraMeta, lora_apply, plan_step
 from .config import ModelConfig, rope_inv_freq
 from .modules import module_dims, packed_modules
 from .kv_cache import PagedKVCache
-from .weights import ModelWeights, linear
+from .weights import ModelWeights, linear, linear_add
 
 
 @dataclass
@@ -54,6 +62,7 @@ class StepBatch:
     decode_kv_mask: torch.Tensor | None   # [B, 1, NB·block_size] additive mask (0 or -inf)
     prefills: list[PrefillChunk]
     logit_rows: torch.Tensor  # [M] long: rows whose next-token logits are wanted
+    max_position: int         # the largest of ``positions``
 
 
 class SlotWeights:
@@ -65,7 +74,10 @@ class SlotWeights:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False) -> torch.Tensor:
     """Llama: ``w · (x / rms(x))`` cast to x's dtype before the product; gemma2: the product in
-    fp32 with ``weight`` already ``1 + w``, then cast."""
+    fp32 with ``weight`` already ``1 + w``, then cast. fp32 input takes torch's fused kernel
+    (the same operations in the same order, so the same bits)."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     if gemma:
@@ -79,10 +91,11 @@ def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
 
 class _StepMasks:
     """Additive attention masks of one step, made once per window size and shared by the layers
-    with that window: decode [B, 1, span] and one [g·len, pos0+len] per prefill chunk."""
+    with that window: decode [nkv·B, 1, span] (kv-head-major, as the decode scores) and one
+    [g·len, pos0+len] per prefill chunk."""
 
-    def __init__(self, batch: StepBatch, group: int, device: torch.device):
-        self.batch, self.group, self.device = batch, group, device
+    def __init__(self, batch: StepBatch, group: int, kv_heads: int, device: torch.device):
+        self.batch, self.group, self.kv_heads, self.device = batch, group, kv_heads, device
         self._made: dict[int | None, tuple] = {}
 
     def get(self, window: int | None):
@@ -93,12 +106,15 @@ class _StepMasks:
 
     def _decode(self, window: int | None):
         b = self.batch
-        if not b.num_decode or window is None:
-            return b.decode_kv_mask
-        span = b.decode_kv_mask.shape[-1]
-        ar = torch.arange(span, device=self.device)
-        old = ar[None, :] <= b.positions[:b.num_decode, None] - window                   # [B, span]
-        return b.decode_kv_mask.masked_fill(old.unsqueeze(1), float("-inf"))
+        if not b.num_decode:
+            return None
+        m = b.decode_kv_mask
+        if window is not None:
+            span = m.shape[-1]
+            ar = torch.arange(span, device=self.device)
+            old = ar[None, :] <= b.positions[:b.num_decode, None] - window                   # [B, span]
+            m = m.masked_fill(old.unsqueeze(1), float("-inf"))
+        return m.repeat(self.kv_heads, 1, 1)
 
     def _prefill(self, ch: PrefillChunk, window: int | None) -> torch.Tensor:
         qpos = torch.arange(ch.pos0, ch.pos0 + ch.length, device=self.device)
@@ -109,6 +125,33 @@ class _StepMasks:
             hidden |= kpos[None, :] <= qpos[:, None] - window
         m.masked_fill_(hidden, float("-inf"))
         return m.repeat(self.group, 1)                                                      # rows ordered (g, Lq)
+
+
+class _StepContext:
+    """What every layer of one step shares, made once per step: the RoPE rows of the step's
+    positions (``cos``, and ``sin`` signed for the rotation by swapped halves), the decode rows'
+    cache blocks as one flat index, and the attention masks of each window size."""
+
+    def __init__(self, model: "LlamaModel", batch: StepBatch):
+        cfg = model.cfg
+        cos_t, sin_t = model.rope_tables(batch.max_position + 1)
+        self.cos = cos_t.index_select(0, batch.positions).unsqueeze(1)                 # [T, 1, rope_dim]
+        self.sin = sin_t.index_select(0, batch.positions).unsqueeze(1)
+        self.decode_blocks = batch.decode_kv_rows.flatten() if batch.num_decode else None   # [B·NB]
+        self._masks = _StepMasks(batch, cfg.num_heads // cfg.num_kv_heads, cfg.num_kv_heads, model.device)
+
+    def masks(self, window: int | None):
+        return self._masks.get(window)
+
+    def rope_(self, x: torch.Tensor) -> None:
+        """In place on ``x`` [T, heads, head_dim] (a view): the first ``rope_dim`` dims of each
+        head become ``x·cos + rotate_half(x)·sin``, computed as ``x·cos + swap_halves(x)·sin±``
+        (sin± = [-sin, sin] per half: the same products, so the same bits)."""
+        rd = self.cos.shape[-1]
+        xr = x if rd == x.shape[-1] else x[..., :rd]
+        h = rd // 2
+        swapped = torch.cat((xr[..., h:], xr[..., :h]), dim=-1)
+        xr.mul_(self.cos).addcmul_(swapped, self.sin)
 
 
 class LlamaModel:
@@ -126,33 +169,32 @@ class LlamaModel:
         self.act = F.silu if cfg.activation == "silu" else partial(F.gelu, approximate="tanh")
         self.embed_scale = (torch.tensor(cfg.embed_scale, dtype=dtype) if cfg.embed_scale is not None else None)
 
-    def _rope_tables(self, max_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope_tables(self, max_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin±) [n >= max_pos, rope_dim] in the serving dtype, grown on demand: cos and sin of
+        position · inverse frequency (both halves), sin± with its first half negated."""
         if max_pos > self._rope_len:
             n = max(max_pos, 2 * self._rope_len, 256)
             pos = torch.arange(n, device=self.device, dtype=torch.float32)
             freqs = torch.outer(pos, self.inv_freq)
-            emb = torch.cat([freqs, freqs], dim=-1)
-            self._cos, self._sin, self._rope_len = emb.cos(), emb.sin(), n
+            self._cos = torch.cat([freqs, freqs], dim=-1).cos().to(self.dtype)
+            sin = freqs.sin()
+            self._sin = torch.cat([-sin, sin], dim=-1).to(self.dtype)
+            self._rope_len = n
         return self._cos, self._sin
 
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        h = x.shape[-1] // 2
-        return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+    def _scores(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """fp32 ``softcap(q·kᵀ · scale) + mask``: q [N, M, d], k [N, L, d], mask broadcastable to
+        [N, M, L]. fp32 without soft-capping: one ``baddbmm``."""
+        kt = k.transpose(1, 2)
+        if q.dtype == torch.float32 and self.cfg.attn_softcap is None:
+            return torch.baddbmm(mask, q, kt, alpha=self.scale)
+        return softcap(torch.bmm(q, kt).float() * self.scale, self.cfg.attn_softcap) + mask
 
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        rd = cos.shape[-1]
-        if rd == x.shape[-1]:
-            return x * cos + self._rotate_half(x) * sin
-        xr = x[..., :rd]
-        return torch.cat([xr * cos + self._rotate_half(xr) * sin, x[..., rd:]], dim=-1)
-
-    def _attend(self, qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """qh [nkv, B, M, d] (M = g·Lq query rows per kv head), kh/vh [nkv, B, L, d], additive mask
-        broadcastable to [nkv, B, M, L]. Returns [nkv, B, M, d]."""
-        scores = softcap(torch.matmul(qh, kh.transpose(-1, -2)).float() * self.scale, self.cfg.attn_softcap) + mask
-        probs = torch.softmax(scores, dim=-1).to(vh.dtype)
-        return torch.matmul(probs, vh)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """q [N, M, d] (M = g·Lq query rows per kv head and request), k/v [N, L, d], additive mask
+        broadcastable to [N, M, L]. Returns [N, M, d]."""
+        probs = torch.softmax(self._scores(q, k, mask), dim=-1)
+        return torch.bmm(probs.to(v.dtype), v)
 
     def forward(self, batch: StepBatch, kv: PagedKVCache, slots: list[SlotWeights] | None,
                 scales: torch.Tensor | None, *, return_hidden: bool = False):
@@ -161,84 +203,87 @@ class LlamaModel:
         meta = batch.lora
         use_lora = slots is not None and meta.any_lora
         lplan = plan_step(meta, backend=self.lora_backend) if use_lora else None   # once per step
-        cos_t, sin_t = self._rope_tables(int(batch.positions.max()) + 1)
-        cos = cos_t[batch.positions].to(self.dtype).unsqueeze(1)            # [T, 1, rope_dim]
-        sin = sin_t[batch.positions].to(self.dtype).unsqueeze(1)
-        masks = _StepMasks(batch, cfg.num_heads // cfg.num_kv_heads, self.device)
-        x = self.w.embed[batch.input_ids]
+        ctx = _StepContext(self, batch)
+        x = self.w.embed.index_select(0, batch.input_ids)
         if self.embed_scale is not None:
             x = x * self.embed_scale
         for n, lw in enumerate(self.w.layers):
             lora = _LayerLora(slots[n], scales, meta, self.lora_backend, lplan) if use_lora else None
-            x = self._layer(n, lw, x, batch, kv, cos, sin, masks.get(cfg.layer_window(n)), lora)
-        x = rms_norm(x, self.w.norm, cfg.rms_norm_eps, cfg.gemma_norms)
+            x = self._layer(n, lw, x, batch, kv, ctx, lora)
+        rows = batch.logit_rows
+        if return_hidden:
+            x = rms_norm(x, self.w.norm, cfg.rms_norm_eps, cfg.gemma_norms)
+            h = x.index_select(0, rows)
+        else:                           # only the rows whose logits are wanted
+            h = rms_norm(x.index_select(0, rows), self.w.norm, cfg.rms_norm_eps, cfg.gemma_norms)
         logits = None
-        if batch.logit_rows.numel():
-            logits = softcap(linear(x[batch.logit_rows], self.w.lm_head).float(), cfg.final_softcap)
+        if rows.numel():
+            logits = softcap(linear(h, self.w.lm_head).float(), cfg.final_softcap)
         return (logits, x) if return_hidden else logits
 
-    def _layer(self, n: int, lw, x, batch: StepBatch, kv: PagedKVCache, cos, sin, masks, lora) -> torch.Tensor:
+    def _layer(self, n: int, lw, x, batch: StepBatch, kv: PagedKVCache, ctx: _StepContext, lora) -> torch.Tensor:
         cfg = self.cfg
-        gem = cfg.gemma_norms
-        h = rms_norm(x, lw.ln1, cfg.rms_norm_eps, gem)
+        h = rms_norm(x, lw.ln1, cfg.rms_norm_eps, cfg.gemma_norms)
         qkv = linear(h, lw.qkv, lw.qkv_bias)
         if lora is not None:
             lora.apply("qkv", qkv, h, self.q_slices)
-        attn = self._attention(n, lw, qkv, batch, kv, cos, sin, masks)
-        o = linear(attn, lw.o, lw.o_bias)
-        if lora is not None:
-            lora.apply("o", o, attn, self.o_slices)
-        if lw.attn_out_norm is not None:
-            o = rms_norm(o, lw.attn_out_norm, cfg.rms_norm_eps, gem)
-        x = x + o
-        h = rms_norm(x, lw.ln2, cfg.rms_norm_eps, gem)
+        attn = self._attention(n, lw, qkv, batch, kv, ctx)
+        x = self._residual(x, attn, lw.o, lw.o_bias, lw.attn_out_norm, lora, "o", self.o_slices)
+        h = rms_norm(x, lw.ln2, cfg.rms_norm_eps, cfg.gemma_norms)
         gu = linear(h, lw.gate_up)
         if lora is not None:
             lora.apply("gate_up", gu, h, self.gu_slices)
         i = cfg.intermediate_size
-        act = self.act(gu[:, :i]) * gu[:, i:]
-        dn = linear(act, lw.down)
-        if lora is not None:
-            lora.apply("down", dn, act, self.down_slices)
-        if lw.mlp_out_norm is not None:
-            dn = rms_norm(dn, lw.mlp_out_norm, cfg.rms_norm_eps, gem)
-        return x + dn
+        act = self.act(gu[:, :i]).mul_(gu[:, i:])
+        return self._residual(x, act, lw.down, None, lw.mlp_out_norm, lora, "down", self.down_slices)
 
-    def _attention(self, n: int, lw, qkv, batch: StepBatch, kv: PagedKVCache, cos, sin, masks) -> torch.Tensor:
+    def _residual(self, x, inp, w, bias, out_norm, lora, proj: str, slices) -> torch.Tensor:
+        """``x + (inp·wᵀ + bias + LoRA)``; with gemma2's norm after the projection,
+        ``x + norm(inp·wᵀ + bias + LoRA)``."""
+        if out_norm is None:
+            y = linear_add(inp, w, x, bias)              # the residual added inside the GEMM
+            if lora is not None:
+                lora.apply(proj, y, inp, slices)         # the adapter's delta added to that sum
+            return y
+        y = linear(inp, w, bias)
+        if lora is not None:
+            lora.apply(proj, y, inp, slices)
+        return x + rms_norm(y, out_norm, self.cfg.rms_norm_eps, self.cfg.gemma_norms)
+
+    def _attention(self, n: int, lw, qkv, batch: StepBatch, kv: PagedKVCache, ctx: _StepContext) -> torch.Tensor:
         cfg = self.cfg
         nh, nkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         t = qkv.shape[0]
-        q = qkv[:, :cfg.q_size].view(t, nh, d)
-        k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].view(t, nkv, d)
-        v = qkv[:, cfg.q_size + cfg.kv_size:].view(t, nkv, d)
+        qk = qkv[:, :cfg.q_size + cfg.kv_size].view(t, nh + nkv, d)          # q heads, then k heads
         if lw.q_norm is not None:
-            q = rms_norm(q, lw.q_norm, cfg.rms_norm_eps)
-            k = rms_norm(k, lw.k_norm, cfg.rms_norm_eps)
-        q = self._rope(q, cos, sin)
-        k = self._rope(k, cos, sin)
-        kc, vc = kv.k[n], kv.v[n]                                              # [nkv, rows, d]
+            qk[:, :nh] = rms_norm(qk[:, :nh], lw.q_norm, cfg.rms_norm_eps)
+            qk[:, nh:] = rms_norm(qk[:, nh:], lw.k_norm, cfg.rms_norm_eps)
+        ctx.rope_(qk)
+        cache = kv.layers[n]                                                    # [2, nkv, rows, d]
         # index_select / index_copy_ along the row dim: a memcpy per row or block, several
         # times faster on the CPU than advanced indexing of a middle dimension
-        kc.index_copy_(1, batch.write_rows, k.transpose(0, 1))
-        vc.index_copy_(1, batch.write_rows, v.transpose(0, 1))
-        attn = torch.empty(t, nh * d, dtype=self.dtype, device=self.device)
+        cache.index_copy_(2, batch.write_rows, qkv[:, cfg.q_size:].view(t, 2, nkv, d).permute(1, 2, 0, 3))
+        q = qk[:, :nh]
         g = nh // nkv
         nd = batch.num_decode
-        decode_mask, prefill_masks = masks
+        decode_mask, prefill_masks = ctx.masks(cfg.layer_window(n))
         if nd:
-            blocks = batch.decode_kv_rows.flatten()                            # [B·NB]
             span = batch.decode_kv_rows.shape[1] * kv.block_size
-            bsd = kv.block_size * d
-            kb = kc.view(nkv, -1, bsd).index_select(1, blocks).view(nkv, nd, span, d)
-            vb = vc.view(nkv, -1, bsd).index_select(1, blocks).view(nkv, nd, span, d)
-            qh = q[:nd].view(nd, nkv, g, d).transpose(0, 1)                    # [nkv, B, g, d]
-            out = self._attend(qh, kb, vb, decode_mask)
-            attn[:nd] = out.transpose(0, 1).reshape(nd, nh * d)
+            kvb = (cache.view(2 * nkv, -1, kv.block_size * d).index_select(1, ctx.decode_blocks)
+                   .view(2, nkv * nd, span, d))                                # K and V, [nkv·B, span, d] each
+            qh = q[:nd].reshape(nd, nkv, g, d).transpose(0, 1).reshape(nkv * nd, g, d)
+            out = self._attend(qh, kvb[0], kvb[1], decode_mask)                 # [nkv·B, g, d]
+            dec = out.view(nkv, nd, g, d).transpose(0, 1).reshape(nd, nh * d)
+            if nd == t:
+                return dec
+        attn = torch.empty(t, nh * d, dtype=self.dtype, device=self.device)
+        if nd:
+            attn[:nd] = dec
         for ch, m in zip(batch.prefills, prefill_masks):
             r0, ln = ch.row0, ch.length
-            qh = q[r0:r0 + ln].view(ln, nkv, g, d).permute(1, 2, 0, 3).reshape(nkv, 1, g * ln, d)
-            out = self._attend(qh, kc.index_select(1, ch.kv_rows).unsqueeze(1),
-                               vc.index_select(1, ch.kv_rows).unsqueeze(1), m)
+            qh = q[r0:r0 + ln].reshape(ln, nkv, g, d).permute(1, 2, 0, 3).reshape(nkv, g * ln, d)
+            kvc = cache.index_select(2, ch.kv_rows)                             # [2, nkv, pos0+len, d]
+            out = self._attend(qh, kvc[0], kvc[1], m)
             attn[r0:r0 + ln] = out.view(nkv, g, ln, d).permute(2, 0, 1, 3).reshape(ln, nh * d)
         return attn
 

@@ -155,4 +155,4 @@ class Scheduler:
             write_rows=torch.tensor(write, dtype=torch.long, device=dev),
             lora=LoraMeta.build(torch.tensor(slots, dtype=torch.int32, device=dev)),
             num_decode=nd, decode_kv_rows=kv_rows, decode_kv_mask=kv_mask, prefills=prefills,
-            logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=dev))
+            logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=dev), max_position=max(pos))

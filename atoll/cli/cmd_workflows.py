@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from atoll.cli.views import print_plan
 
@@ -131,6 +132,12 @@ def run_status(ns) -> int:
     if a:
         print(f"autoscaled to {a['rate']:.2f} req/s: {a['reason']}")
     print_plan(st.plan, st.replicas)
+    if st.autoscale_decisions:
+        print("autoscaling decisions (the last few; `-o json` shows each one's inputs):")
+        print(render(["TIME", "ACTION", "REQ/S FROM", "TO", "WHY"],
+                     [[time.strftime("%H:%M:%S", time.localtime(d["unix"])), d["action"], f"{d['previous_rate']:.2f}",
+                       f"{d['rate']:.2f}", d["reason"] + (f" => {d['outcome']}" if d["outcome"] else "")]
+                      for d in st.autoscale_decisions[-5:]], "llrrl"))
     if st.cold_starts:
         print("cold starts (decision to serving; on the agent: fetch / load / warm-up):")
         print(render(["REPLICA", "NODE", "TOTAL S", "FETCH", "LOAD", "WARM-UP"],

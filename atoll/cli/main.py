@@ -62,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(ns, "func", None):
         parser.print_help()
         return 2
-    if ns.command not in SERVERS:
-        # gRPC's core logs a refused TLS handshake on stderr itself; a command says it once, in its one line
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # gRPC's core logs a refused TLS handshake on stderr itself; a command says it once, in its one
+    # line. Only for this call: a caller running main() in its own process (tests, scripts) keeps its
+    # environment, and the servers it starts later still log the handshakes they refuse.
+    quiet = ns.command not in SERVERS and "GRPC_VERBOSITY" not in os.environ
+    if quiet:
+        os.environ["GRPC_VERBOSITY"] = "ERROR"
     try:
         return int(ns.func(ns) or 0)
     except AtollError as exc:
@@ -91,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"atoll {ns.command}: internal error: {type(exc).__name__}: {text} "
               "(set ATOLL_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if quiet:
+            os.environ.pop("GRPC_VERBOSITY", None)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,10 @@ _COORD_KEYS = "coordinator/auth.py: AuthInterceptor"
 _AGENT_GUARD = "agent/guard.py: WorkerGuard"
 _AGENT_KEYS = "agent/dataplane/entry.py: Keys (the key set the coordinator sends)"
 
+# The OpenAI door's routes (atoll.core.openai_http.ROUTES; a test checks they are the same).
+_DOOR_ROUTES = ["GET /v1/models", "GET /v1/models/{model}", "POST /v1/completions", "POST /v1/chat/completions",
+                "POST /v1/embeddings"]
+
 TABLE: tuple[Rule, ...] = (
     _r(CLIENT, ["ListNodes", "GetNode"], {USER, ADMIN}, owner=TENANT_VIEW, by=_COORD_KEYS)
     + _r(CLIENT, ["DrainNode", "SetNodeTrust", "ListKeys", "RevokeKey", "CreateJoinToken", "ListJoinTokens",
@@ -92,10 +96,10 @@ TABLE: tuple[Rule, ...] = (
     + _r(DATAPLANE, ["Forward"], {NODE}, scope=SCOPE_INFER, by=_AGENT_GUARD)
     + _r(HEALTH, ["Check", "Watch", "List"], CALLERS, by="open (Kubernetes probes)")
     + _r(REFLECTION, ["ServerReflectionInfo"], CALLERS, by="open (service discovery for grpcurl)")
-    + _r("http:coordinator", ["GET /v1/models", "POST /v1/completions", "POST /v1/chat/completions"],
-         {USER, ADMIN}, owner=OWN_TENANT, by="coordinator/openai_http.py (atoll.core.openai_http.BaseDoor)")
+    + _r("http:coordinator", _DOOR_ROUTES, {USER, ADMIN}, owner=OWN_TENANT,
+         by="coordinator/openai_http.py: door_authorize (atoll.core.openai_http.OpenAIDoor)")
     + _r("http:coordinator", ["GET /metrics"], CALLERS, by="open (Prometheus scrapes)")
-    + _r("http:agent", ["GET /v1/models", "POST /v1/completions", "POST /v1/chat/completions"],
+    + _r("http:agent", _DOOR_ROUTES,
          {USER, ADMIN}, owner=OWN_TENANT, by="agent/dataplane/door.py: EntryDoor (the keys of " + _AGENT_KEYS + ")")
     + _r("http:agent", ["GET /metrics"], CALLERS, by="open (Prometheus scrapes)")
 )

@@ -1,15 +1,27 @@
-"""OpenAI-compatible HTTP plumbing shared by the coordinator and the agents.
+"""The OpenAI-compatible HTTP door, one module for the coordinator and the agents alike.
 
-    GET  /v1/models              models the caller may use
-    POST /v1/completions         {"model", "prompt", "max_tokens", "temperature", "stream"}
-    POST /v1/chat/completions    {"model", "messages", ...}; messages become one prompt
+    GET  /v1/models                 models the caller may use
+    GET  /v1/models/{id}            one of them
+    POST /v1/completions            prompt (text, token ids, or a batch of either)
+    POST /v1/chat/completions       messages, rendered with the serving model's own chat template
+    POST /v1/embeddings             input (text or token ids, or a batch)
 
-``stream: true`` answers with server-sent events in OpenAI's chunk format, ending with
-``data: [DONE]``. ``Authorization: Bearer <api key>`` is checked when the door has an
-``auth`` key ring with keys enabled. Errors use OpenAI's shape:
-``{"error": {"message", "type", "param", "code"}}``. :class:`BaseDoor` runs a stdlib
-``ThreadingHTTPServer`` in a thread and hands each request's work to an asyncio loop;
-subclasses (the coordinator's workflow door, an agent's local-engine door) say what a model is.
+:class:`OpenAIDoor` is a Starlette application served by :class:`~atoll.core.http_server.HttpServer`
+(uvicorn in the caller's event loop). What a request means is the **backend's** business,
+passed in (:class:`Backend`): the coordinator's runs workflows and ``base:adapter`` models through
+its router, an agent's runs its own engine. ``authenticate`` turns the ``Authorization`` header
+into the caller the backend is given (raising ``Unauthenticated`` or ``PermissionDenied``).
+
+Requests are validated by the pydantic models of :mod:`atoll.core.openai_api` (400 naming the
+field otherwise). Bodies are bounded (``max_body`` bytes, 413; read within ``body_timeout``
+seconds, 408); a request runs for at most ``request_timeout`` seconds (504). ``stream: true``
+answers with server-sent events in OpenAI's chunk format (``stream_options.include_usage`` adds
+the usage chunk), ending with ``data: [DONE]``; the answer's head is sent once the first token
+is there, so a request that fails before it (unknown model, bad input, no replica) gets a plain
+HTTP error, and one that fails later ends its stream with an error event. Errors have OpenAI's
+shape, ``{"error": {"message", "type", "param", "code"}}``, with the status of their cause:
+400 invalid, 401 no or bad key, 403 not allowed, 404 unknown model or route, 409 not ready,
+429 full, 503 unavailable, 504 deadline.
 """
 
 from __future__ import annotations
@@ -17,269 +29,282 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import queue
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, AsyncIterator, Callable, Protocol
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from atoll.core.errors import AtollError
+from atoll.core.http_server import HttpLimits, HttpServer
+from atoll.core.openai_api import (Collector, Completion, EmbedRequest, GenRequest, RequestError, chunk_body,
+                                   completion_body, embeddings_body, error_body, parse_chat, parse_completion,
+                                   parse_embedding, usage)
 
-log = logging.getLogger("atoll.coordinator")
+log = logging.getLogger("atoll.http")
 
-MAX_BODY = 4 << 20
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
                "FAILED_PRECONDITION": 409, "ALREADY_EXISTS": 409, "RESOURCE_EXHAUSTED": 429,
                "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
-ERROR_TYPE = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-              404: "invalid_request_error", 409: "invalid_request_error", 429: "rate_limit_error",
-              503: "server_error", 504: "server_error", 500: "server_error"}
+ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found"}
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
-        self.status, self.message, self.code, self.param = status, message, code, param
+# Every route of the door, as the authorization table (``atoll.core.access``) names them.
+ROUTES = ("GET /v1/models", "GET /v1/models/{model}", "POST /v1/completions", "POST /v1/chat/completions",
+          "POST /v1/embeddings")
 
 
-def chat_prompt(messages) -> str:
-    if not isinstance(messages, list) or not messages:
-        raise HttpError(400, "'messages' must be a non-empty list", param="messages")
-    lines = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise HttpError(400, f"messages[{i}] must be an object with a 'role'", param="messages")
-        content = m.get("content")
-        if isinstance(content, list):   # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if not isinstance(content, str):
-            raise HttpError(400, f"messages[{i}].content must be a string", param="messages")
-        lines.append(f"{m['role']}: {content}")
-    lines.append("assistant:")
-    return "\n".join(lines)
+class Backend(Protocol):
+    """What the door needs of whoever serves the requests. ``caller`` is what ``authenticate``
+    returned. Errors are ``AtollError`` subclasses (their gRPC code picks the HTTP status)."""
+
+    async def models(self, caller) -> list[dict]:
+        """``[{"id", "created", "owned_by"}]``: the models this caller may use."""
+
+    async def complete(self, req: GenRequest, caller) -> Completion:
+        """Run one prompt (or chat) to the end: ``req.n`` choices and the token counts."""
+
+    def stream(self, req: GenRequest, caller) -> AsyncIterator:
+        """Run one prompt (or chat), yielding events as they come (see :mod:`atoll.core.openai_api`).
+        Closing the iterator early cancels the work."""
+
+    async def embed(self, req: EmbedRequest, caller) -> tuple[list[list[float]], int]:
+        """One vector per input, and the prompt tokens they took."""
 
 
-class BaseDoor:
-    """An OpenAI-compatible HTTP server in a thread; subclasses say what models exist
-    (``_models``), how a model resolves (``_route``) and how a request runs (``invoke``), all
-    as coroutines run on ``loop``."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, host: str = "127.0.0.1", port: int = 0,
-                 auth=None, metrics=None):
-        self.loop, self.auth, self.metrics = loop, auth, metrics
-        door = self
-
-        class Handler(_Handler):
-            pass
-        Handler.door = door
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="openai-http", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def call(self, coro_fn, timeout: float = 120.0):
-        fut = asyncio.run_coroutine_threadsafe(coro_fn(), self.loop)
-        return fut.result(timeout)
-
-    async def _models(self, tenant) -> list[dict]:
-        raise NotImplementedError
-
-    async def _route(self, model: str, tenant, max_tokens, temperature):
-        raise NotImplementedError
-
-    async def invoke(self, model, tenant, prompt, max_tokens, temperature, on_delta=None, timeout=60.0,
-                     api_key: str = ""):
-        """Run one request; ``api_key`` is the key the caller presented (a door that hands the
-        request on passes it along)."""
-        raise NotImplementedError
+def _json(status: int, body: Any) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status, media_type="application/json")
 
 
-class Answer:
-    """A backend's whole answer: the output and OpenAI-style usage of the last stage (any value
-    with ``prompt_tokens`` and ``completion_tokens``)."""
-
-    def __init__(self, output: dict, stages=()):
-        self.output = output
-        last = stages[-1] if stages else None
-        pt, ct = (last.prompt_tokens, last.completion_tokens) if last is not None else (0, 0)
-        self.usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+def _error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
+    return _json(status, error_body(status, message, param=param, code=code or ERROR_CODES.get(status)))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    door: BaseDoor = None  # type: ignore[assignment]
-    protocol_version = "HTTP/1.1"
-    server_version = "atoll"
+def _from_exception(exc: BaseException) -> tuple[int, str, str | None, str | None]:
+    """(status, message, param, code) for any failure; unexpected ones are logged, never shown."""
+    if isinstance(exc, RequestError):
+        return exc.status, exc.message, exc.param, exc.code
+    if isinstance(exc, AtollError):
+        status = HTTP_STATUS.get(exc.code, 500)
+        return status, str(exc) if status != 500 else "internal error", None, None
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return 504, "the request did not finish in time", None, None
+    log.error("openai door: unexpected %s", type(exc).__name__, exc_info=exc)
+    return 500, f"internal error: {type(exc).__name__}", None, None
 
-    def log_message(self, fmt, *args):  # quiet; the coordinator logs what matters
-        log.debug("http " + fmt, *args)
 
-    # ---------------------------------------------------------------- plumbing
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+def _sse(body: dict | str) -> bytes:
+    return b"data: " + (body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))).encode() + b"\n\n"
 
-    def _error(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
-        self._send(status, {"error": {"message": message, "type": ERROR_TYPE.get(status, "server_error"),
-                                      "param": param, "code": code}})
 
-    def _tenant(self):
-        auth = self.door.auth
-        header = self.headers.get("Authorization", "")
-        self.api_key = header[7:].strip() if header.startswith("Bearer ") else ""
-        if auth is None or not auth.enabled():
-            return None
-        if not header.startswith("Bearer "):
-            raise HttpError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+async def _merged(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]:
+    """Events of several streams as they come, each with the number of its stream."""
+    if len(streams) == 1:
+        async for ev in streams[0]:
+            yield 0, ev
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(k: int, s: AsyncIterator) -> None:
         try:
-            ident = auth.check(header[7:].strip())
-        except AtollError as exc:
-            raise HttpError(401, str(exc), code="invalid_api_key") from None
-        return None if ident.role == "admin" else ident.tenant
+            async for ev in s:
+                await queue.put((k, ev))
+            await queue.put((k, done))
+        except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
+            await queue.put((k, exc))
 
-    def _body(self) -> dict:
+    tasks = [asyncio.ensure_future(pump(k, s)) for k, s in enumerate(streams)]
+    try:
+        left = len(streams)
+        while left:
+            k, ev = await queue.get()
+            if ev is done:
+                left -= 1
+            elif isinstance(ev, Exception):
+                raise ev
+            else:
+                yield k, ev
+    finally:
+        for t in tasks:
+            t.cancel()
+        for s in streams:
+            await s.aclose()
+
+
+class OpenAIDoor:
+    """The door: ``backend`` serves, ``authenticate(authorization_header) -> caller`` identifies,
+    ``authorize(route, caller)`` (``route`` one of :data:`ROUTES`) raises when that caller may not
+    call that route (the coordinator asks the authorization table, ``atoll.core.access``).
+    :meth:`start` serves on ``host:port`` (``port`` 0: any free port, then in ``self.port``)."""
+
+    def __init__(self, backend: Backend, authenticate: Callable[[str], Any], *,
+                 authorize: Callable[[str, Any], None] | None = None, host: str = "127.0.0.1",
+                 port: int = 0, limits: HttpLimits = HttpLimits(), max_body: int = 4 << 20,
+                 body_timeout: float = 30.0, request_timeout: float = 300.0):
+        self.backend, self.authenticate = backend, authenticate
+        self.max_body, self.body_timeout, self.request_timeout = max_body, body_timeout, request_timeout
+        self.authorize = authorize
+        handlers = {"GET /v1/models": self._models, "GET /v1/models/{model}": self._model,
+                    "POST /v1/completions": self._completions, "POST /v1/chat/completions": self._chat,
+                    "POST /v1/embeddings": self._embeddings}
+        self.app = Starlette(routes=[
+            Route(key.split(" ", 1)[1].replace("{model}", "{model:path}"), handler, methods=[key.split(" ", 1)[0]])
+            for key, handler in handlers.items()
+        ], exception_handlers={HTTPException: self._http_exception, Exception: self._unexpected})
+        self.server = HttpServer(self.app, host, port, limits)
+        self.port = self.server.port
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    # ------------------------------------------------------------------ plumbing
+    async def _http_exception(self, request: Request, exc: HTTPException) -> Response:
+        what = "no route" if exc.status_code == 404 else exc.detail
+        return _error(exc.status_code, f"{what}: {request.method} {request.url.path}"[:300],
+                      code="not_found" if exc.status_code == 404 else None)
+
+    async def _unexpected(self, request: Request, exc: Exception) -> Response:
+        return _error(*_from_exception(exc)[:2])
+
+    async def _body(self, request: Request) -> Any:
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > self.max_body):
+            raise RequestError(413 if size.isdigit() else 400, f"the body must be at most {self.max_body} bytes of JSON")
+        chunks, n = [], 0
         try:
-            n = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise HttpError(400, "bad Content-Length") from None
-        if n <= 0 or n > MAX_BODY:
-            raise HttpError(400 if n <= 0 else 413, f"request body must be 1..{MAX_BODY} bytes of JSON")
+            async with asyncio.timeout(self.body_timeout):
+                async for chunk in request.stream():
+                    n += len(chunk)
+                    if n > self.max_body:
+                        raise RequestError(413, f"the body must be at most {self.max_body} bytes of JSON")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestError(408, f"the body did not arrive within {self.body_timeout:g} s") from None
+        if not n:
+            raise RequestError(400, "the body is empty: send a JSON object")
         try:
-            body = json.loads(self.rfile.read(n))
+            body = json.loads(b"".join(chunks))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HttpError(400, f"body is not JSON: {exc}") from None
+            raise RequestError(400, f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict):
-            raise HttpError(400, "body must be a JSON object")
+            raise RequestError(400, "the body must be a JSON object")
         return body
 
-    def _guard(self, fn) -> None:
+    def _caller(self, request: Request):
+        return self.authenticate(request.headers.get("authorization", ""))
+
+    async def _guard(self, request: Request, route: str, handle) -> Response:
         try:
-            fn()
-        except HttpError as e:
-            self._error(e.status, e.message, e.code, e.param)
-        except AtollError as e:
-            status = HTTP_STATUS.get(e.code, 500)
-            self._error(status, str(e), "model_not_found" if status == 404 else None)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        except Exception as exc:  # noqa: BLE001 - never a stack trace to the caller
-            log.exception("openai http handler failed")
-            self._error(500, f"internal error: {type(exc).__name__}")
+            caller = self._caller(request)
+            if self.authorize is not None:
+                self.authorize(route, caller)
+            return await handle(caller)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error answer
+            status, message, param, code = _from_exception(exc)
+            return _error(status, message, param=param, code=code)
 
-    # ---------------------------------------------------------------- routes
-    def do_GET(self):  # noqa: N802
-        def run():
-            tenant = self._tenant()
-            if self.path.rstrip("/") != "/v1/models":
-                raise HttpError(404, f"no route {self.path}", code="not_found")
-            data = self.door.call(lambda: self.door._models(tenant))
-            self._send(200, {"object": "list", "data": data})
-        self._guard(run)
+    # ------------------------------------------------------------------ routes
+    async def _models(self, request: Request) -> Response:
+        async def go(caller):
+            data = await self.backend.models(caller)
+            return _json(200, {"object": "list", "data": [dict(m, object="model") for m in data]})
+        return await self._guard(request, "GET /v1/models", go)
 
-    def do_POST(self):  # noqa: N802
-        def run():
-            tenant = self._tenant()
-            path = self.path.rstrip("/")
-            if path not in ("/v1/completions", "/v1/chat/completions"):
-                raise HttpError(404, f"no route {self.path}", code="not_found")
-            body = self._body()
-            chat = path.endswith("chat/completions")
-            model = body.get("model")
-            if not isinstance(model, str) or not model:
-                raise HttpError(400, "'model' is required: a workflow name or base:adapter", param="model")
-            if chat:
-                prompt = chat_prompt(body.get("messages"))
-            else:
-                prompt = body.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                    prompt = prompt[0]
-                if not isinstance(prompt, str) or not prompt:
-                    raise HttpError(400, "'prompt' must be a non-empty string", param="prompt")
-            max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-            if max_tokens is not None and (not isinstance(max_tokens, int) or not 1 <= max_tokens <= 8192):
-                raise HttpError(400, "'max_tokens' must be an integer in 1..8192", param="max_tokens")
-            temperature = body.get("temperature")
-            if temperature is not None and (not isinstance(temperature, (int, float)) or not 0 <= temperature <= 5):
-                raise HttpError(400, "'temperature' must be a number in 0..5", param="temperature")
-            if body.get("n", 1) != 1:
-                raise HttpError(400, "only n = 1 is supported", param="n")
-            rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-            if body.get("stream"):
-                self._stream(rid, chat, model, tenant, prompt, max_tokens, temperature)
-            else:
-                res = self.door.call(lambda: self.door.invoke(model, tenant, prompt, max_tokens, temperature,
-                                                              api_key=self.api_key))
-                text = res.output.get("text", "")
-                usage = getattr(res, "usage", None) or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-                if chat:
-                    choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                              "finish_reason": "stop"}
-                else:
-                    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}
-                self._send(200, {"id": rid, "object": "chat.completion" if chat else "text_completion",
-                                 "created": int(time.time()), "model": model, "choices": [choice], "usage": usage})
-        self._guard(run)
+    async def _model(self, request: Request) -> Response:
+        async def go(caller):
+            want = request.path_params["model"]
+            for m in await self.backend.models(caller):
+                if m["id"] == want:
+                    return _json(200, dict(m, object="model"))
+            raise RequestError(404, f"the model {want[:200]!r} does not exist", param="model", code="model_not_found")
+        return await self._guard(request, "GET /v1/models/{model}", go)
 
-    def _stream(self, rid, chat, model, tenant, prompt, max_tokens, temperature) -> None:
-        q: queue.Queue = queue.Queue()
+    async def _completions(self, request: Request) -> Response:
+        async def go(caller):
+            return await self._generate(parse_completion(await self._body(request)), caller)
+        return await self._guard(request, "POST /v1/completions", go)
 
-        async def on_delta(d: str) -> None:
-            q.put(("delta", d))
+    async def _chat(self, request: Request) -> Response:
+        async def go(caller):
+            return await self._generate([parse_chat(await self._body(request))], caller)
+        return await self._guard(request, "POST /v1/chat/completions", go)
 
-        async def go():
-            try:
-                await self.door.invoke(model, tenant, prompt, max_tokens, temperature, on_delta=on_delta,
-                                       api_key=self.api_key)
-                q.put(("done", None))
-            except Exception as exc:  # noqa: BLE001 - reported in the stream
-                q.put(("error", exc))
+    async def _embeddings(self, request: Request) -> Response:
+        async def go(caller):
+            req = parse_embedding(await self._body(request))
+            async with asyncio.timeout(self.request_timeout):
+                vectors, tokens = await self.backend.embed(req, caller)
+            return _json(200, embeddings_body(req, vectors, tokens))
+        return await self._guard(request, "POST /v1/embeddings", go)
 
-        # Resolve the route first so that "no such model" is a plain HTTP error, not a stream.
-        self.door.call(lambda: self.door._route(model, tenant, max_tokens, temperature))
-        asyncio.run_coroutine_threadsafe(go(), self.door.loop)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
+    # ------------------------------------------------------------------ generation
+    async def _generate(self, reqs: list[GenRequest], caller) -> Response:
+        rid = ("chatcmpl-" if reqs[0].chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        obj = "chat.completion.chunk" if chat else "text_completion"
+        if reqs[0].stream:
+            return await self._stream(rid, created, reqs, caller)
+        async with asyncio.timeout(self.request_timeout):
+            if len(reqs) == 1:
+                return _json(200, completion_body(rid, created, reqs[0], await self.backend.complete(reqs[0], caller)))
+            dones = await asyncio.gather(*(self.backend.complete(r, caller) for r in reqs))
+        n = reqs[0].n
+        for k, d in enumerate(dones):
+            for c in d.choices:
+                c.index += k * n
+        whole = Completion([c for d in dones for c in d.choices], sum(d.prompt_tokens for d in dones),
+                           sum(d.completion_tokens for d in dones))
+        return _json(200, completion_body(rid, created, reqs[0], whole))
 
-        def chunk(delta: str | None, finish: str | None, first: bool = False) -> dict:
-            if chat:
-                d = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta else {})
-                return {"id": rid, "object": obj, "created": created, "model": model,
-                        "choices": [{"index": 0, "delta": d, "finish_reason": finish}]}
-            return {"id": rid, "object": obj, "created": created, "model": model,
-                    "choices": [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]}
+    async def _stream(self, rid: str, created: int, reqs: list[GenRequest], caller) -> Response:
+        req, n = reqs[0], reqs[0].n
+        events = _merged([self.backend.stream(r, caller) for r in reqs])
+        collectors = [Collector(n) for _ in reqs]
+        deadline = time.monotonic() + self.request_timeout
+        try:       # the head waits for the first event: a failure before it is a plain HTTP error
+            async with asyncio.timeout(self.request_timeout):
+                first = await events.__anext__()
+        except BaseException:
+            await events.aclose()
+            raise
 
-        def send(obj_: dict) -> None:
-            self.wfile.write(b"data: " + json.dumps(obj_).encode() + b"\n\n")
-            self.wfile.flush()
+        def chunk(k: int, ev) -> bytes:
+            collectors[k].add(ev)
+            body = chunk_body(rid, created, req, ev)
+            body["choices"][0]["index"] = k * n + ev.index
+            return _sse(body)
 
-        if chat:
-            send(chunk(None, None, first=True))
-        while True:
-            kind, val = q.get(timeout=180)
-            if kind == "delta":
-                send(chunk(val, None))
-            elif kind == "done":
-                send(chunk(None, "stop"))
-                break
-            else:
-                status = HTTP_STATUS.get(getattr(val, "code", ""), 500)
-                send({"error": {"message": f"stream cut off: {val}", "type": ERROR_TYPE.get(status, "server_error"),
-                                "param": None, "code": None}})
-                break
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
-        self.close_connection = True
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                if req.chat:
+                    for i in range(n * len(reqs)):
+                        yield _sse(chunk_body(rid, created, req, index=i, first=True))
+                yield chunk(*first)
+                while True:
+                    try:
+                        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                            k, ev = await events.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    yield chunk(k, ev)
+                if req.include_usage:
+                    yield _sse(chunk_body(rid, created, req, usage_=usage(
+                        sum(c.prompt_tokens for c in collectors), sum(c.completion_tokens for c in collectors))))
+            except Exception as exc:  # noqa: BLE001 - the head is sent: the stream ends with the error
+                status, message, param, code = _from_exception(exc)
+                yield _sse(error_body(status, f"the stream was cut off: {message}", param=param, code=code))
+            finally:
+                await events.aclose()
+            yield _sse("[DONE]")
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,5 +1,5 @@
-"""A local fleet for the demo and the integration tests: a coordinator and agents started and
-stopped as child processes of this one, on loopback."""
+"""A local fleet for the demo and the integration tests: a coordinator (with its OpenAI door) and
+agents started and stopped as child processes of this one, on loopback."""
 
 from __future__ import annotations
 
@@ -30,30 +30,32 @@ class LocalFleet:
 
     def __init__(self, workdir: Path, heartbeat_interval: float = 1.0):
         self.dir = workdir
-        self.port, self.mport = free_port(), free_port()
+        self.port, self.mport, self.oport = free_port(), free_port(), free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.mport}/metrics"
+        self.openai_url = f"http://127.0.0.1:{self.oport}/v1"
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
         self.interval = heartbeat_interval
         self.coordinator: subprocess.Popen | None = None
         self.agents: dict[str, subprocess.Popen] = {}
 
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", ATOLL_JOIN_TOKEN=self.token)
+    def _spawn(self, args: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", ATOLL_JOIN_TOKEN=self.token, **(env or {}))
         return subprocess.Popen([sys.executable, "-m", "atoll", *args], stdout=open(self.dir / log, "w"),
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def start_coordinator(self) -> None:
         self.coordinator = self._spawn(["coordinator", "--listen", self.addr, "--metrics-listen",
                                         f"127.0.0.1:{self.mport}", "--state-dir", str(self.dir / "coordinator"),
-                                        "--heartbeat-interval", str(self.interval)], "coordinator.log")
+                                        "--heartbeat-interval", str(self.interval),
+                                        "--openai-listen", f"127.0.0.1:{self.oport}"], "coordinator.log")
 
-    def start_agent(self, spec: dict, extra: list[str] | None = None) -> None:
+    def start_agent(self, spec: dict, extra: list[str] | None = None, env: dict | None = None) -> None:
         cfg = self.dir / f"{spec['name']}.yaml"
         cfg.write_text(yaml.safe_dump(spec, sort_keys=False))
         self.agents[spec["name"]] = self._spawn(
             ["agent", "--coordinator", self.addr, "--config", str(cfg),
-             "--state-dir", str(self.dir / f"agent-{spec['name']}"), *(extra or [])], f"{spec['name']}.log")
+             "--state-dir", str(self.dir / f"agent-{spec['name']}"), *(extra or [])], f"{spec['name']}.log", env)
 
     def client(self) -> Client:
         return Client(self.addr, timeout=5)

@@ -1,8 +1,13 @@
-"""The ``autoscaling:`` block of a workflow spec (see :mod:`atoll.coordinator.autoscaler`)."""
+"""The ``autoscaling:`` block of a workflow spec (see :mod:`atoll.coordinator.autoscaler`).
+
+Every field has a default meant to work without tuning: ``autoscaling: {}`` follows the measured
+demand, with delays and memory derived from the workflow's own measured reaction time (how long
+a scale-up takes to serve) rather than fixed seconds.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -10,14 +15,29 @@ from atoll.specs.common import Spec
 
 
 class AutoscalingSpec(Spec):
-    metric: Literal["in_flight", "queue_delay", "rate_only"] = Field(
-        default="in_flight", description="per-replica signal: requests in flight, queueing delay (s), or the "
-                                         "arrival rate alone (a reactive baseline)")
-    target: float = Field(default=4.0, gt=0, le=10_000, description="target value of the metric per replica")
+    metric: Literal["demand", "in_flight", "queue_delay", "rate_only"] = Field(
+        default="demand", description="what the planned rate follows: the measured demand (arrivals x work per "
+                                       "request, recent peak and trend, queued requests), requests in flight per "
+                                       "replica, queueing delay (s) per replica, or the arrival rate alone (a "
+                                       "reactive baseline)")
+    target: float = Field(default=4.0, gt=0, le=10_000, description="in_flight / queue_delay: the metric's target "
+                                                                      "value per ready replica")
+    headroom: float = Field(default=1.0, ge=1.0, le=10.0, description="plan for this multiple of the demand "
+                            "(the forecast, the recent-peak floor and the queued work already add a margin)")
+    max_step: float = Field(default=2.0, gt=1.0, le=100.0, description="the most one decision multiplies (or "
+                                                                        "divides) the planned rate by")
+    noise_z: float = Field(default=2.0, ge=0.0, le=10.0, description="a recent rise counts when it exceeds this "
+                                                                      "many Poisson deviations of the arrival counts")
     min_replicas: int = Field(default=1, ge=0, le=10_000)
     max_replicas: int = Field(default=64, ge=1, le=10_000)
-    scale_up_delay: float = Field(default=5.0, ge=0, le=3600, description="seconds above target before scaling out")
-    scale_down_delay: float = Field(default=60.0, ge=0, le=86_400, description="seconds below before scaling in")
+    scale_up_delay: float = Field(default=0.0, ge=0, le=3600, description="seconds above the plan before scaling "
+                                                                          "out (0: at the next decision)")
+    scale_down_delay: Optional[float] = Field(
+        default=None, ge=0, le=86_400, description="seconds below the plan before scaling in; unset: one "
+                                                   "reaction time (measured scale-up to serving, plus a decision)")
+    peak_half_life: Optional[float] = Field(
+        default=None, gt=0, le=86_400, description="half-life (s) of the floor the recent peak of demand "
+                                                   "leaves; unset: four reaction times")
     scale_to_zero: bool = Field(default=False, description="allow zero replicas when idle")
     idle_seconds: float = Field(default=120.0, gt=0, le=86_400, description="idle time before scaling to zero")
     on_demand_floor: float = Field(default=0.0, ge=0, le=1, description="share of the rate that must be served "

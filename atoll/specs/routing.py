@@ -27,13 +27,23 @@ from atoll.core.errors import InvalidArgument
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage of a route: its prompt template and sampling settings. The spec sets
+    ``max_tokens``, ``temperature``, ``stop`` and ``chat``; one request may change the sink's
+    settings (:func:`with_sink`), the OpenAI door all of the others too."""
+
     task: str
     kind: str                      # llm | embedding
     prompt: str                    # template; "{input}" is replaced by the stage's input text
     parents: tuple[str, ...]       # tasks (or sources) feeding it
-    max_tokens: int = 32
+    max_tokens: int | None = 32    # None: up to a stop token or the context
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
+    chat: bool = False             # send the prompt as a user message, through the model's chat template
+    top_p: float = 1.0
+    seed: int | None = None
+    n: int = 1                     # choices (the sink only)
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ class RoutingTable:
 
 def with_sink(route: Route, **changes) -> Route:
     """The route with fields of its sink stage replaced for one request (``max_tokens``,
-    ``temperature``); the route itself is left untouched."""
+    ``temperature``, ...); the route itself is left untouched."""
     sink = next(s for s in route.stages if s.task == route.sink)
     if sink.kind != "llm":
         raise InvalidArgument(f"{', '.join(sorted(changes))} given, but workflow {route.workflow!r} ends in "

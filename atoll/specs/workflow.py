@@ -87,6 +87,8 @@ class TaskSpec(Spec):
     max_tokens: int = Field(default=32, ge=1, le=8192)
     temperature: float = Field(default=0.0, ge=0, le=5)
     stop: list[str] = Field(default_factory=list, max_length=16)
+    chat: bool = Field(default=False, description="send the prompt as a user message through the serving model's "
+                       "own chat template (instruct models)")
 
     @field_validator("name")
     @classmethod

@@ -114,7 +114,10 @@ def workflow_from_pb(st: control_pb2.WorkflowStatus) -> dict:
                   for r in st.replicas],
         profiles=[{"variant": p.variant, "hardware": p.hardware, "declared_rps": p.declared_rps,
                    "measured_rps": p.measured_rps, "source": p.source} for p in st.profiles],
-        generation=st.generation, cold_starts=json.loads(st.cold_starts_json or "[]"))
+        generation=st.generation, cold_starts=json.loads(st.cold_starts_json or "[]"),
+        autoscale_decisions=[{"unix": d.unix, "action": d.action, "rate": d.rate, "previous_rate": d.previous_rate,
+                              "reason": d.reason, "signals": dict(d.signals), "outcome": d.outcome}
+                             for d in st.autoscale_decisions])
 
 
 def workflow_summaries(resp) -> list[dict]:

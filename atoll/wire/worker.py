@@ -3,7 +3,10 @@ Worker services (an agent's data plane, and the coordinator's profiler).
 
 It keeps one channel per Worker address (over TLS with ``credentials`` when given), presents
 ``tokens(node_id)`` — the coordinator's capability token for that node — as
-``authorization: Bearer`` on every call that names the node, and speaks in plain values: a prompt and sampling settings in, :class:`Delta` values out. gRPC failures
+``authorization: Bearer`` on every call that names the node, and speaks in plain values: a
+prompt (or chat messages) and sampling settings in, :class:`Delta` values out
+(:func:`delta_to_pb` / :func:`delta_from_pb` are the stream's two directions; the agent's
+servicer packs with the first). gRPC failures
 reach the caller as ``grpc.aio.AioRpcError``, whose status code says whether another replica
 may be tried. The serving side is the agent's servicer, ``atoll.agent.worker``.
 """
@@ -11,7 +14,7 @@ may be tried. The serving side is the agent's servicer, ``atoll.agent.worker``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, Mapping, Sequence
 
 import grpc
 
@@ -22,13 +25,53 @@ SERVICE = worker_pb2.DESCRIPTOR.services_by_name["Worker"]
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model, its text, and the likeliest
+    alternatives as (token id, log-probability, text), most likely first."""
+
+    token_id: int
+    logprob: float
+    text: str
+    top: tuple[tuple[int, float, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Delta:
-    """One message of a generation stream: new text, the token counts so far, the end."""
+    """One message of a generation stream: new text of choice ``index``, the token counts so far
+    (``completion_tokens`` of that choice), and its end (``finish_reason``: length | stop |
+    cancelled). ``logprobs`` holds one entry per new token when they were asked for."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finished: bool
+    index: int = 0
+    finish_reason: str = ""
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+def delta_from_pb(resp: worker_pb2.GenerateResponse) -> Delta:
+    return Delta(resp.text, resp.prompt_tokens, resp.completion_tokens, resp.finished, resp.index,
+                 resp.finish_reason, tuple(resp.token_ids),
+                 tuple(TokenLogprob(lp.token_id, lp.logprob, lp.text,
+                                    tuple((t.token_id, t.logprob, t.text) for t in lp.top))
+                       for lp in resp.logprobs))
+
+
+def delta_to_pb(d: Delta) -> worker_pb2.GenerateResponse:
+    return worker_pb2.GenerateResponse(
+        token_ids=d.token_ids, text=d.text, finished=d.finished, finish_reason=d.finish_reason,
+        prompt_tokens=d.prompt_tokens, completion_tokens=d.completion_tokens, index=d.index,
+        logprobs=[worker_pb2.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, text=lp.text,
+                                          top=[worker_pb2.TopLogprob(token_id=i, logprob=v, text=s)
+                                               for i, v, s in lp.top]) for lp in d.logprobs])
+
+
+@dataclass(frozen=True)
+class Embedding:
+    vector: list[float]
+    tokens: int                    # prompt tokens the worker embedded
 
 
 class WorkerClient:
@@ -59,23 +102,36 @@ class WorkerClient:
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return worker_pb2_grpc.WorkerStub(self.channel(address))
 
-    async def generate(self, address: str, prompt: str, *, adapter: str, max_tokens: int, temperature: float,
-                       stop: Sequence[str] = (), timeout: float, metadata: Sequence[tuple[str, str]] = (),
-                       request_id: str = "", node_id: str = "") -> AsyncIterator[Delta]:
-        """Stream one generation from the Worker at ``address`` (``adapter`` empty: the base model);
+    async def generate(self, address: str, prompt: str, *, adapter: str, max_tokens: int | None,
+                       temperature: float, stop: Sequence[str] = (), top_p: float = 1.0, seed: int | None = None,
+                       n: int = 1, logprobs: bool = False, top_logprobs: int = 0,
+                       messages: Sequence[Mapping[str, str]] | None = None,
+                       timeout: float, metadata: Sequence[tuple[str, str]] = (), request_id: str = "",
+                       node_id: str = "") -> AsyncIterator[Delta]:
+        """Stream one generation from the Worker at ``address`` (``adapter`` empty: the base model):
+        of the text ``prompt``, or of a chat (``messages``: role, content and optional name),
+        which the worker renders with its model's own template. ``max_tokens`` None: up to a stop
+        token or the context. ``n`` choices come interleaved, each delta naming its index.
         ``metadata`` rides along (trace context); ``node_id`` is the node serving there (whose
         token the call presents)."""
-        req = worker_pb2.GenerateRequest(prompt=prompt, adapter=adapter, request_id=request_id,
-                                         sampling=worker_pb2.SamplingParams(max_tokens=max_tokens,
-                                                                            temperature=temperature, stop=list(stop)))
+        sampling = worker_pb2.SamplingParams(
+            max_tokens=max_tokens or 0, no_max_tokens=max_tokens is None, temperature=temperature, stop=list(stop),
+            top_p=top_p, has_seed=seed is not None, seed=seed or 0, n=n, logprobs=logprobs or top_logprobs > 0,
+            top_logprobs=top_logprobs)
+        if messages is not None:
+            req = worker_pb2.GenerateRequest(adapter=adapter, sampling=sampling, request_id=request_id, messages=[
+                worker_pb2.ChatMessage(role=m["role"], content=m["content"], name=m.get("name", ""))
+                for m in messages])
+        else:
+            req = worker_pb2.GenerateRequest(prompt=prompt, adapter=adapter, sampling=sampling, request_id=request_id)
         async for resp in self._stub(address).Generate(req, timeout=timeout, metadata=self._metadata(node_id, metadata)):
-            yield Delta(resp.text, resp.prompt_tokens, resp.completion_tokens, resp.finished)
+            yield delta_from_pb(resp)
 
     async def embed(self, address: str, text: str, *, adapter: str, timeout: float,
-                    metadata: Sequence[tuple[str, str]] = (), node_id: str = "") -> list[float]:
+                    metadata: Sequence[tuple[str, str]] = (), node_id: str = "") -> Embedding:
         resp = await self._stub(address).Embed(worker_pb2.EmbedRequest(text=text, adapter=adapter), timeout=timeout,
                                                metadata=self._metadata(node_id, metadata))
-        return list(resp.embedding)
+        return Embedding(list(resp.embedding), resp.tokens)
 
     async def close(self) -> None:
         for ch in self._channels.values():

@@ -375,7 +375,7 @@ class PlacementConstraints(_message.Message):
     def __init__(self, trusted_only: _Optional[bool] = ..., on_demand_only: _Optional[bool] = ..., forbid_tiers: _Optional[_Iterable[str]] = ..., forbid_regions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WorkflowStatus(_message.Message):
-    __slots__ = ("name", "state", "message", "replicas", "profiles", "spec_yaml", "created_unix", "updated_unix", "generation", "tenant", "cold_starts_json", "plan", "deployment")
+    __slots__ = ("name", "state", "message", "replicas", "profiles", "spec_yaml", "created_unix", "updated_unix", "generation", "tenant", "cold_starts_json", "plan", "deployment", "autoscale_decisions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -389,6 +389,7 @@ class WorkflowStatus(_message.Message):
     COLD_STARTS_JSON_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALE_DECISIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     message: str
@@ -402,7 +403,33 @@ class WorkflowStatus(_message.Message):
     cold_starts_json: str
     plan: Plan
     deployment: Deployment
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[ProfileEntry, _Mapping]]] = ..., spec_yaml: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., generation: _Optional[int] = ..., tenant: _Optional[str] = ..., cold_starts_json: _Optional[str] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+    autoscale_decisions: _containers.RepeatedCompositeFieldContainer[AutoscaleDecision]
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[ProfileEntry, _Mapping]]] = ..., spec_yaml: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., generation: _Optional[int] = ..., tenant: _Optional[str] = ..., cold_starts_json: _Optional[str] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ..., autoscale_decisions: _Optional[_Iterable[_Union[AutoscaleDecision, _Mapping]]] = ...) -> None: ...
+
+class AutoscaleDecision(_message.Message):
+    __slots__ = ("unix", "action", "rate", "previous_rate", "reason", "signals", "outcome")
+    class SignalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    UNIX_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_RATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    unix: float
+    action: str
+    rate: float
+    previous_rate: float
+    reason: str
+    signals: _containers.ScalarMap[str, float]
+    outcome: str
+    def __init__(self, unix: _Optional[float] = ..., action: _Optional[str] = ..., rate: _Optional[float] = ..., previous_rate: _Optional[float] = ..., reason: _Optional[str] = ..., signals: _Optional[_Mapping[str, float]] = ..., outcome: _Optional[str] = ...) -> None: ...
 
 class WorkflowSummary(_message.Message):
     __slots__ = ("name", "state", "cost_per_hour", "accuracy", "replicas", "ready_replicas")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61toll/proto/v1/worker.proto\x12\x08\x61toll.v1\"O\n\x0c\x45mbedRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"2\n\rEmbedResponse\x12\x11\n\tembedding\x18\x01 \x03(\x02\x12\x0e\n\x06tokens\x18\x02 \x01(\x05\"\x9d\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x10\n\x08has_seed\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x0c\n\x04stop\x18\x08 \x03(\t\"\x9b\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12\x0f\n\x07\x61\x64\x61pter\x18\x04 \x01(\t\x12*\n\x08sampling\x18\x05 \x01(\x0b\x32\x18.atoll.v1.SamplingParams\x12\r\n\x05model\x18\x06 \x01(\t\"\x8e\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x05\"L\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0b\n\x03pin\x18\x03 \x01(\x08\x12\r\n\x05model\x18\x04 \x01(\t\"\x95\x01\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x16\n\x0etarget_modules\x18\x04 \x03(\t\x12\x11\n\tresidency\x18\x05 \x01(\t\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\r\n\x05\x61lpha\x18\x08 \x01(\x01\"3\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\")\n\x15UnloadAdapterResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"$\n\x13ListAdaptersRequest\x12\r\n\x05model\x18\x01 \x01(\t\"?\n\x14ListAdaptersResponse\x12\'\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x15.atoll.v1.AdapterInfo2\xec\x02\n\x06Worker\x12\x43\n\x08Generate\x12\x19.atoll.v1.GenerateRequest\x1a\x1a.atoll.v1.GenerateResponse0\x01\x12\x42\n\x0bLoadAdapter\x12\x1c.atoll.v1.LoadAdapterRequest\x1a\x15.atoll.v1.AdapterInfo\x12P\n\rUnloadAdapter\x12\x1e.atoll.v1.UnloadAdapterRequest\x1a\x1f.atoll.v1.UnloadAdapterResponse\x12M\n\x0cListAdapters\x12\x1d.atoll.v1.ListAdaptersRequest\x1a\x1e.atoll.v1.ListAdaptersResponse\x12\x38\n\x05\x45mbed\x12\x16.atoll.v1.EmbedRequest\x1a\x17.atoll.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61toll/proto/v1/worker.proto\x12\x08\x61toll.v1\"O\n\x0c\x45mbedRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"2\n\rEmbedResponse\x12\x11\n\tembedding\x18\x01 \x03(\x02\x12\x0e\n\x06tokens\x18\x02 \x01(\x05\"\xe7\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x10\n\x08has_seed\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\t\n\x01n\x18\t \x01(\x05\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0b \x01(\x05\x12\x15\n\rno_max_tokens\x18\x0c \x01(\x08\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xc4\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12\x0f\n\x07\x61\x64\x61pter\x18\x04 \x01(\t\x12*\n\x08sampling\x18\x05 \x01(\x0b\x32\x18.atoll.v1.SamplingParams\x12\r\n\x05model\x18\x06 \x01(\t\x12\'\n\x08messages\x18\x07 \x03(\x0b\x32\x15.atoll.v1.ChatMessage\"=\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\"b\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\x12!\n\x03top\x18\x04 \x03(\x0b\x32\x14.atoll.v1.TopLogprob\"\xc7\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x05\x12\r\n\x05index\x18\x07 \x01(\x05\x12(\n\x08logprobs\x18\x08 \x03(\x0b\x32\x16.atoll.v1.TokenLogprob\"L\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0b\n\x03pin\x18\x03 \x01(\x08\x12\r\n\x05model\x18\x04 \x01(\t\"\x95\x01\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x16\n\x0etarget_modules\x18\x04 \x03(\t\x12\x11\n\tresidency\x18\x05 \x01(\t\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\r\n\x05\x61lpha\x18\x08 \x01(\x01\"3\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\")\n\x15UnloadAdapterResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"$\n\x13ListAdaptersRequest\x12\r\n\x05model\x18\x01 \x01(\t\"?\n\x14ListAdaptersResponse\x12\'\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x15.atoll.v1.AdapterInfo2\xec\x02\n\x06Worker\x12\x43\n\x08Generate\x12\x19.atoll.v1.GenerateRequest\x1a\x1a.atoll.v1.GenerateResponse0\x01\x12\x42\n\x0bLoadAdapter\x12\x1c.atoll.v1.LoadAdapterRequest\x1a\x15.atoll.v1.AdapterInfo\x12P\n\rUnloadAdapter\x12\x1e.atoll.v1.UnloadAdapterRequest\x1a\x1f.atoll.v1.UnloadAdapterResponse\x12M\n\x0cListAdapters\x12\x1d.atoll.v1.ListAdaptersRequest\x1a\x1e.atoll.v1.ListAdaptersResponse\x12\x38\n\x05\x45mbed\x12\x16.atoll.v1.EmbedRequest\x1a\x17.atoll.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,23 +36,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDRESPONSE']._serialized_start=122
   _globals['_EMBEDRESPONSE']._serialized_end=172
   _globals['_SAMPLINGPARAMS']._serialized_start=175
-  _globals['_SAMPLINGPARAMS']._serialized_end=332
-  _globals['_GENERATEREQUEST']._serialized_start=335
-  _globals['_GENERATEREQUEST']._serialized_end=490
-  _globals['_GENERATERESPONSE']._serialized_start=493
-  _globals['_GENERATERESPONSE']._serialized_end=635
-  _globals['_LOADADAPTERREQUEST']._serialized_start=637
-  _globals['_LOADADAPTERREQUEST']._serialized_end=713
-  _globals['_ADAPTERINFO']._serialized_start=716
-  _globals['_ADAPTERINFO']._serialized_end=865
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=867
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=918
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=920
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=961
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=963
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=999
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1001
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1064
-  _globals['_WORKER']._serialized_start=1067
-  _globals['_WORKER']._serialized_end=1431
+  _globals['_SAMPLINGPARAMS']._serialized_end=406
+  _globals['_CHATMESSAGE']._serialized_start=408
+  _globals['_CHATMESSAGE']._serialized_end=466
+  _globals['_GENERATEREQUEST']._serialized_start=469
+  _globals['_GENERATEREQUEST']._serialized_end=665
+  _globals['_TOPLOGPROB']._serialized_start=667
+  _globals['_TOPLOGPROB']._serialized_end=728
+  _globals['_TOKENLOGPROB']._serialized_start=730
+  _globals['_TOKENLOGPROB']._serialized_end=828
+  _globals['_GENERATERESPONSE']._serialized_start=831
+  _globals['_GENERATERESPONSE']._serialized_end=1030
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1032
+  _globals['_LOADADAPTERREQUEST']._serialized_end=1108
+  _globals['_ADAPTERINFO']._serialized_start=1111
+  _globals['_ADAPTERINFO']._serialized_end=1260
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1262
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1313
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1315
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1356
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1358
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1394
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1396
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1459
+  _globals['_WORKER']._serialized_start=1462
+  _globals['_WORKER']._serialized_end=1826
 # @@protoc_insertion_point(module_scope)

@@ -85,7 +85,7 @@ def test_kill_the_leader_while_serving(ha, tmp_path):
 
     from atoll.client import Client
     from atoll.core.errors import Unavailable
-    from atoll.demo.models import build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_llama
 
     model = str(build_tiny_llama(tmp_path / "models" / "base"))
     a = ha.start_coordinator("coord-a")

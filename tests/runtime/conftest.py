@@ -24,7 +24,7 @@ ADAPTERS = [
 def make_hf_llama(path, *, seed=0, rope_scaling=None, init_range=0.1):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from atoll.demo.models import _tokenizer_json
+    from tests.fixtures.tiny_models import _tokenizer_json
 
     kw = {}
     if rope_scaling:
@@ -99,6 +99,6 @@ def engine(hf_model_dir, peft_adapters):
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from atoll.demo.models import build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny"))

@@ -10,7 +10,7 @@ import pytest
 
 from atoll.agent.runtime import Engine, SamplingParams
 from atoll.core.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, SpecError
-from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama
 
 
 @pytest.fixture(scope="module")

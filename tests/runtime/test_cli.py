@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from atoll.demo.models import build_tiny_adapter
+from tests.fixtures.tiny_models import build_tiny_adapter
 
 
 def test_generate_cli(atoll_bin, tiny_dir, tmp_path):

@@ -161,7 +161,7 @@ def test_refusals_name_the_model_type_and_feature(tmp_path, changes, words):
 
 def test_adapter_for_split_modules_refused_on_fused_family(tmp_path, hf_model_dir):
     """A Llama-style adapter (q_proj ...) on phi3 (qkv_proj ...) is refused with the modules it has."""
-    from atoll.demo.models import build_tiny_adapter
+    from tests.fixtures.tiny_models import build_tiny_adapter
 
     base = build_family("phi3", tmp_path / "phi3")
     ad = build_tiny_adapter(tmp_path / "ad", hf_model_dir, rank=4, target_modules=("q_proj",))

@@ -80,7 +80,7 @@ TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %
 
 @pytest.fixture
 def chat_dir(tmp_path):
-    from atoll.demo.models import build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_llama
 
     d = build_tiny_llama(tmp_path / "chat", vocab_size=512)
     tj = json.loads((d / "tokenizer.json").read_text())

@@ -127,7 +127,7 @@ def test_tiny_builders_load_in_transformers_and_peft(tiny_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from atoll.demo.models import build_tiny_adapter
+    from tests.fixtures.tiny_models import build_tiny_adapter
 
     ad = build_tiny_adapter(tmp_path / "ad", tiny_dir, rank=4, alpha=8, target_modules=("q_proj", "down_proj"),
                             use_rslora=True)

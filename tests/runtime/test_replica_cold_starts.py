@@ -14,7 +14,7 @@ from atoll.specs.assignment import generation_of as digest
 
 def test_adapter_on_a_warm_host_is_a_small_fraction_of_a_base_cold_start(tmp_path):
     from atoll.agent.runtime import Engine
-    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama
 
     # big enough (11M parameters) that loading a base model is real work, small enough for CI
     tiny_dir = build_tiny_llama(tmp_path / "base", vocab_size=8192, hidden_size=256, intermediate_size=704,

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from atoll.agent.runtime import Engine
 from atoll.proto.v1 import worker_pb2, worker_pb2_grpc
-from atoll.demo.models import build_tiny_adapter
+from tests.fixtures.tiny_models import build_tiny_adapter
 
 
 @pytest.fixture(scope="module")

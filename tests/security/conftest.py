@@ -78,7 +78,7 @@ class Fleet:
 
 
 def start_fleet(tmp: Path, *agents: dict, env_agents: dict | None = None) -> Fleet:
-    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama
 
     build_tiny_llama(tmp / "base")
     build_tiny_adapter(tmp / "adapter-a", tmp / "base", rank=4, seed=5)

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from atoll.agent.heartbeat import HeartbeatClient
 from atoll.core import access
+from atoll.core.openai_http import ROUTES, OpenAIDoor
 from atoll.coordinator.identity import NODE_SCOPES
 from atoll.core import credentials as cred
 from atoll.proto.v1 import control_pb2, control_pb2_grpc, dataplane_pb2, worker_pb2, worker_pb2_grpc
@@ -222,7 +223,7 @@ def expected(r: access.Rule, who: str) -> str:
     if kind in access.TOKEN_CALLERS and r.scope and r.scope not in SCOPES_OF[kind]:
         return "refused"
     if who == "wrong-tenant" and r.owner.startswith(access.OWN_TENANT) and r.method in (
-            "GetWorkflow", "Invoke", "Profile", "Stat", "Fetch", "ListEntries"):
+            "GetWorkflow", "Invoke", "Profile", "Stat", "Fetch", "ListEntries", "GET /v1/models/{model}"):
         return "hidden"
     if who == "node" and r.method == "Fetch":
         return "hidden"          # a node fetches only what its own assignments name
@@ -265,13 +266,27 @@ def test_walk_the_coordinators_http_routes(fleet, walk):
     for r in access.TABLE:
         if r.surface != "http:coordinator" or not r.method.startswith("GET"):
             continue
-        url = fleet.metrics if r.method.endswith("/metrics") else fleet.openai + r.method.split(" ", 1)[1][3:]
+        path = r.method.split(" ", 1)[1].replace("{model}", "walk-a")     # tenant a's workflow
+        url = fleet.metrics if r.method.endswith("/metrics") else fleet.openai + path[3:]
         for who in CALLERS:
             code = _http(url, walk["creds"][who])
-            allowed = expected(r, who) == "allowed"
-            assert (code == 200) == allowed, (r.key, who, code)
-            if not allowed:
+            want = expected(r, who)
+            assert (code == 200) == (want == "allowed"), (r.key, who, code)
+            if want == "hidden":
+                assert code == 404, (r.key, who, code)      # another tenant's model: as if absent
+            elif want == "refused":
                 assert code == 401, (r.key, who, code)
+
+
+def test_every_route_of_the_openai_door_is_in_the_table_for_both_doors():
+    door = OpenAIDoor(backend=None, authenticate=lambda authorization: None)
+    door.server.sock.close()                                  # never started: only its routes are read
+    served = {f"{m} {route.path.replace('{model:path}', '{model}')}"
+              for route in door.app.routes for m in route.methods if m != "HEAD"}
+    assert served == set(ROUTES)
+    for surface in ("http:coordinator", "http:agent"):
+        in_table = {r.method for r in access.TABLE if r.surface == surface and r.method.startswith(("GET /v1", "POST"))}
+        assert in_table == served, (surface, served ^ in_table)
 
 
 def test_the_agent_http_door_checks_keys():

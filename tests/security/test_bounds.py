@@ -126,12 +126,12 @@ def test_a_user_sees_only_what_its_tenant_put_on_a_node():
         "worker_address": "10.0.0.1:1", "replica_states": {"wa.chat.v.n1": "ready", "wb.chat.v.n1": "ready"},
         "replica_messages": {"wb.chat.v.n1": "x"}, "replica_load_seconds": {"wa.chat.v.n1/load": 1.0,
                                                                             "wb.chat.v.n1/load": 2.0},
-        "measured_throughput": {"ad-a": 1.0, "ad-b": 2.0},
+        "measured_throughput": {"ad-a": 1.0, "ad-b": 2.0}, "replica_queue_depth": {"wa.chat.v.n1": 1, "wb.chat.v.n1": 3},
         "cached_models": ["sha256:" + "a" * 64, "sha256:" + "c" * 64, "sha256:" + "d" * 64],
         "loaded": [{"base_model": "sha256:" + "a" * 64, "adapters": ["ad-a", "ad-b"], "state": "ready"}]})
     v = node_view(node, scope_of(recs, "team-a")).status
     assert v["replica_states"] == {"wa.chat.v.n1": "ready"} and v["replica_messages"] == {}
-    assert v["replica_load_seconds"] == {"wa.chat.v.n1/load": 1.0}
+    assert v["replica_load_seconds"] == {"wa.chat.v.n1/load": 1.0} and v["replica_queue_depth"] == {"wa.chat.v.n1": 1}
     assert v["measured_throughput"] == {"ad-a": 1.0} and v["cached_models"] == ["sha256:" + "a" * 64]
     assert v["loaded"] == [{"base_model": "sha256:" + "a" * 64, "adapters": ["ad-a"], "state": "ready"}]
     assert "wb" not in repr(node_view(node, scope_of(recs, "team-c")).status)

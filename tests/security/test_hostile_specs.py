@@ -109,7 +109,7 @@ def run_cli(*args) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from atoll.demo.models import build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_llama
 
     d = tmp_path_factory.mktemp("hostile")
     build_tiny_llama(d / "base")

@@ -107,7 +107,7 @@ def test_worker_handlers_survive_hostile_messages(tmp_path):
 
     from atoll.agent.runtime import Engine
     from atoll.agent.worker import WorkerService
-    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama
 
     build_tiny_llama(tmp_path / "base")
     build_tiny_adapter(tmp_path / "ad", tmp_path / "base", rank=4)

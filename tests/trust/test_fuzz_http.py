@@ -22,7 +22,10 @@ JSONV = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 63) 
 BODY = st.one_of(
     st.fixed_dictionaries({}, optional={"model": JSONV | st.sampled_from(["wf", "base:ad", "", "x" * 5000]),
                                         "prompt": JSONV, "messages": JSONV, "max_tokens": JSONV,
-                                        "temperature": JSONV, "stream": JSONV, "n": JSONV}),
+                                        "temperature": JSONV, "stream": JSONV, "n": JSONV, "input": JSONV,
+                                        "stop": JSONV, "seed": JSONV, "logprobs": JSONV, "top_logprobs": JSONV,
+                                        "top_p": JSONV, "stream_options": JSONV, "encoding_format": JSONV,
+                                        "max_completion_tokens": JSONV}),
     JSONV)
 RAW = st.binary(max_size=200)
 
@@ -51,7 +54,8 @@ def request(port, method, path, body: bytes | None, headers: dict):
 
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/nope", "/", "/v1/%00"]),
+@given(path=st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models",
+                             "/v1/models/wf", "/v1/nope", "/", "/v1/%00"]),
        body=BODY, raw=RAW, use_raw=st.booleans(),
        auth=st.sampled_from([None, "Bearer ", "Bearer atoll_x_y", "Basic abc", "Bearer " + "k" * 3000]))
 def test_openai_door_survives_hostile_requests(door, path, body, raw, use_raw, auth):
@@ -60,8 +64,8 @@ def test_openai_door_survives_hostile_requests(door, path, body, raw, use_raw, a
     headers = {"Content-Type": "application/json"}
     if auth is not None:
         headers["Authorization"] = auth
-    status, payload = request(port, "POST" if path != "/v1/models" else "GET", path, data, headers)
-    assert status in (200, 400, 401, 403, 404, 409, 413, 429, 503), (status, payload[:300])
+    status, payload = request(port, "GET" if path.startswith("/v1/models") else "POST", path, data, headers)
+    assert status in (200, 400, 401, 403, 404, 405, 409, 413, 429, 503), (status, payload[:300])
     if status != 200:
         err = json.loads(payload)["error"]
         assert isinstance(err["message"], str) and err["type"]

@@ -18,10 +18,10 @@ TOKEN = "tenant-test-token"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama, with_chat_template
 
     tmp = tmp_path_factory.mktemp("tenants")
-    build_tiny_llama(tmp / "base")
+    with_chat_template(build_tiny_llama(tmp / "base"))
     build_tiny_adapter(tmp / "tenant-a", tmp / "base", rank=4, seed=5)
     port, oport = free_port(), free_port()
     addr = f"127.0.0.1:{port}"
@@ -101,13 +101,21 @@ def test_keys_tenants_trusted_tiers_and_openai(fleet):
         assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
         r = oa.chat.completions.create(model="wf-a", messages=[{"role": "user", "content": "hi"}])
         assert r.choices[0].message.role == "assistant"
-        chunks = list(oa.chat.completions.create(model="base:tenant-a", stream=True, max_tokens=5,
+        chunks = list(oa.chat.completions.create(model="base:tenant-a", stream=True, max_tokens=5, temperature=0,
+                                                 stream_options={"include_usage": True},
                                                  messages=[{"role": "user", "content": "stream"}]))
-        assert chunks and chunks[-1].choices[0].finish_reason == "stop"
-        text = "".join(c.choices[0].delta.content or "" for c in chunks)
-        assert isinstance(text, str)
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+        finish = chunks[-2].choices[0].finish_reason
+        assert finish == ("length" if chunks[-1].usage.completion_tokens == 5 else "stop")
+        text = "".join(c.choices[0].delta.content or "" for c in chunks[:-1])
+        whole = oa.chat.completions.create(model="base:tenant-a", max_tokens=5, temperature=0,
+                                           messages=[{"role": "user", "content": "stream"}])
+        assert whole.choices[0].message.content == text          # greedy: the same answer both ways
         ob = openai.OpenAI(base_url=fleet["openai"], api_key=kb, max_retries=0)
         assert "wf-a" not in {m.id for m in ob.models.list().data}
+        with pytest.raises(openai.NotFoundError):           # another tenant's adapter, as a model
+            ob.chat.completions.create(model="base:tenant-a", messages=[{"role": "user", "content": "x"}])
+        assert "base:tenant-a" not in {m.id for m in ob.models.list().data}
         with pytest.raises(openai.NotFoundError) as ei:
             ob.completions.create(model="wf-a", prompt="x")
         assert ei.value.body["type"] == "invalid_request_error" or "message" in str(ei.value)

@@ -38,7 +38,7 @@ def pki(tmp_path_factory):
 
 
 def test_mutual_tls_fleet_and_refusals(pki, tmp_path):
-    from atoll.demo.models import build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_llama
 
     build_tiny_llama(tmp_path / "base")
     port = free_port()

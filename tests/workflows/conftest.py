@@ -76,11 +76,11 @@ class Harness:
 
 @pytest.fixture(scope="package")
 def harness(tmp_path_factory):
-    from atoll.demo.models import build_tiny_adapter, build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama, with_chat_template
 
     root = tmp_path_factory.mktemp("wf")
     models = root / "models"
-    build_tiny_llama(models / "base")
+    with_chat_template(build_tiny_llama(models / "base"))
     for i, name in enumerate(["tenant-a", "tenant-b", "tenant-c"]):
         build_tiny_adapter(models / name, models / "base", rank=4 + 4 * i, alpha=8 + i, seed=10 + i)
     fleet = LocalFleet(root, heartbeat_interval=1.0)
