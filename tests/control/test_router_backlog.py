@@ -59,8 +59,9 @@ def test_calls_in_flight_are_counted_per_replica_and_released():
         async def generate(self, address, prompt, **kw):
             self.seen.append(dict(router.in_flight))
 
-            class R:
+            class R:                    # one Worker delta: choice 0, finished
                 text, prompt_tokens, completion_tokens = "ok", 1, 1
+                index, logprobs, finished, finish_reason = 0, [], True, "stop"
             yield R()
 
     router = Router(workers=Workers())

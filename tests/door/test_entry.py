@@ -43,8 +43,8 @@ class FakeWM:
     def request_started(self, name):
         self.log.append("started")
 
-    def request_finished(self, name):
-        self.log.append("finished")
+    def request_finished(self, name, completion_tokens=None):
+        self.log.append(f"finished {completion_tokens}" if completion_tokens else "finished")
 
     def wake(self, name):
         self.log.append("wake")
@@ -70,6 +70,17 @@ def test_a_request_is_counted_until_its_block_ends():
             wm.log.append(f"serving {route}")
     run(go())
     assert wm.log == ["started", "serving the-route", "finished"]
+
+
+def test_the_tokens_a_request_generated_reach_the_autoscaler():
+    wm = FakeWM()
+
+    async def go():
+        tokens: dict[str, int] = {}
+        async with entering(wm, "wf", time.monotonic() + 5, tokens):
+            tokens["gen"] = 7
+    run(go())
+    assert wm.log == ["started", "finished {'gen': 7}"]
 
 
 def test_a_failing_request_is_counted_finished_too():
