@@ -132,7 +132,8 @@ def test_entry_loads_reach_the_real_autoscaler(tmp_path):
     loads.report("n1", [EntryLoad("wf", started=5, finished=3, failed=1, completion_tokens={"chat": 12}, in_flight=2)])
     loads.report("n2", [EntryLoad("wf", started=1, in_flight=1)])
     a = wm.autoscaler
-    assert a.in_flight["wf"] == 3 and len(a.arrivals["wf"]) == 6
+    w = a._of("wf")                                   # the autoscaler's own per-workflow signals
+    assert w.in_flight == 3 and len(w.arrivals) == 6 and w.work == {"chat": 6.0}      # 12 tokens over 2 answered requests
     loads.node_gone("n1")
     loads.node_gone("n2")
-    assert a.in_flight["wf"] == 0
+    assert w.in_flight == 0
