@@ -32,7 +32,7 @@ from typing import AsyncIterator, Awaitable, Callable, Mapping, Protocol, Sequen
 import grpc
 
 from atoll.agent.dataplane.metrics import DataPlaneMetrics
-from atoll.agent.dataplane.table import CompiledRoute, CompiledStage, Exclusions
+from atoll.agent.dataplane.table import CompiledRoute, CompiledStage, Exclusions, InFlight
 from atoll.agent.dataplane.trace import Span
 from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from atoll.core.logs import kv
@@ -142,6 +142,7 @@ class DataPlane:
         self.state = RoutingState()
         self.compiled: dict[str, CompiledRoute] = {}
         self.excluded = Exclusions()
+        self.in_flight = InFlight()                 # this agent's calls to replicas now (backlog rule)
         self.updated = time.monotonic()
 
     # -- routing state ----------------------------------------------------------------------
@@ -182,7 +183,8 @@ class DataPlane:
                 if left <= 0:
                     raise fail(DeadlineExceeded, f"deadline passed in stage {cs.stage.task} after {attempts} "
                                "attempt(s)" + (f"; last error: {last_err}" if last_err else ""), cs.stage.task)
-                ep = first if first is not None else cr.pick(cs, from_location, tried, self.excluded)
+                ep = first if first is not None else cr.pick(cs, from_location, tried, self.excluded,
+                                                             self.in_flight)
                 if ep is None:
                     raise fail(Unavailable, f"stage {cs.stage.task}: " + (
                         f"all {len(cs.endpoints)} replica(s) failed; last error: {last_err}" if cs.endpoints
@@ -194,6 +196,7 @@ class DataPlane:
                 if attempts > 1:
                     self.metrics.retries.labels(cr.route.workflow, cs.stage.task).inc()
                 started = [False]
+                self.in_flight.add(ep)
                 try:
                     if self._is_local(ep):
                         self._count(cr, me.region, ep.region, len(text.encode()))
@@ -224,6 +227,8 @@ class DataPlane:
                     self.metrics.stage_errors.labels(cr.route.workflow, cs.stage.task, exc.code).inc()
                     self._retry_or_raise(cs, ep, exc.code, exc.message, started[0], tried, first is not None)
                     continue
+                finally:
+                    self.in_flight.done(ep)
                 break
             run = _with(run, seconds=time.monotonic() - t0, attempts=attempts)
             runs.append(run)

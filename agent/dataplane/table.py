@@ -11,6 +11,11 @@ step. The cycles are built when a routing state arrives, never per request.
 Replicas that failed are excluded for a while (:class:`Exclusions`) and skipped; a location
 whose replicas are all excluded or tried gives way to the others (by their weights); when none
 is left, a replica excluded earlier is tried again rather than failing the request.
+
+A replica this agent has backed up is passed over (the rule every router shares,
+:func:`atoll.specs.routing.backlogged`): :class:`InFlight` counts this agent's calls in flight per
+replica and per location, so the check costs two lookups; only a backlogged pick scans its
+location for the least loaded replica.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from atoll.specs.routing import Endpoint, Route, Stage
+from atoll.specs.routing import Endpoint, Route, Stage, backlogged, least_loaded
 
 CYCLE_MIN = 256          # picks per cycle at least (shares follow weights within 1/CYCLE_MIN)
 EXCLUDE_S = 10.0         # how long a failed replica is skipped
@@ -74,6 +79,7 @@ class CompiledStage:
     replicas_in: Mapping[str, Picker]                 # location -> replica picker
     locations: Mapping[str, Picker]                   # from location -> location picker (plan's flows)
     fallback: Picker                                  # location picker by summed replica weights
+    loc_weight: Mapping[str, float]                   # location -> its replicas' summed weights
     parent: str                                       # the parent whose replica's location routes it
     edge_src: str                                     # the plan edge's source (parent task or a source)
 
@@ -103,6 +109,7 @@ class CompiledRoute:
                  for loc, es in by_loc.items()},
                 {a: Picker(sorted(ws.items())) for a, ws in froms.items()},
                 Picker(sorted((loc, sum(max(e.weight, 1e-9) for e in es)) for loc, es in by_loc.items())),
+                {loc: sum(max(e.weight, 1e-9) for e in es) for loc, es in by_loc.items()},
                 parent, edge_src))
         self.index = {c.stage.task: c.index for c in self.stages}
         # the outputs (and whether the request's text) stages from index k on still read
@@ -113,9 +120,11 @@ class CompiledRoute:
             text = any(not any(p in tasks for p in s.parents) for s in later)
             self.needs.append((reads, text))
 
-    def pick(self, cs: CompiledStage, from_location: str, avoid: set[str], excluded: "Exclusions") -> Endpoint | None:
+    def pick(self, cs: CompiledStage, from_location: str, avoid: set[str], excluded: "Exclusions",
+             in_flight: "InFlight | None" = None) -> Endpoint | None:
         """A replica of stage ``cs``: the plan's location from ``from_location``, then a replica by
-        weight; skipping ``avoid`` (tried by this request) and, while others remain, excluded ones."""
+        weight; skipping ``avoid`` (tried by this request) and, while others remain, excluded ones;
+        a replica backlogged with this agent's calls (``in_flight``) gives way to the least loaded."""
         for strict in (True, False):
             def usable(e: Endpoint) -> bool:
                 return e.replica_id not in avoid and not (strict and excluded.has(e.replica_id))
@@ -130,8 +139,33 @@ class CompiledRoute:
             if loc is None:
                 loc = cs.fallback.next(has_usable)
             if loc is not None:
-                return cs.replicas_in[loc].next(usable)
+                chosen = cs.replicas_in[loc].next(usable)
+                if chosen is None or in_flight is None or not backlogged(
+                        in_flight.replicas.get(chosen.replica_id, 0), chosen.weight,
+                        in_flight.locations.get(loc, 0), cs.loc_weight[loc]):
+                    return chosen
+                pool = [e for e in dict.fromkeys(cs.replicas_in[loc].seq) if usable(e)]
+                return least_loaded(pool, in_flight.replicas, chosen)
         return None
+
+
+class InFlight:
+    """This agent's calls in flight, per replica id and per location."""
+
+    def __init__(self):
+        self.replicas: dict[str, int] = {}
+        self.locations: dict[str, int] = {}
+
+    def add(self, ep: Endpoint) -> None:
+        self.replicas[ep.replica_id] = self.replicas.get(ep.replica_id, 0) + 1
+        self.locations[ep.location] = self.locations.get(ep.location, 0) + 1
+
+    def done(self, ep: Endpoint) -> None:
+        for d, key in ((self.replicas, ep.replica_id), (self.locations, ep.location)):
+            if d.get(key, 0) > 1:
+                d[key] -= 1
+            else:
+                d.pop(key, None)
 
 
 class Exclusions:

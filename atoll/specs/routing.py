@@ -102,6 +102,40 @@ def with_sink(route: Route, **changes) -> Route:
                                                    for s in route.stages))
 
 
+# A replica is backlogged when, with the request being placed, it would hold more than
+# BACKLOG_RATIO x its weight's share of the caller's calls in flight to its location plus
+# BACKLOG_SLACK: replicas merely busier than their weight (a closed loop of clients, a replica a
+# little slower than planned) keep the plan's shares; a backlogged one is passed over for the
+# replica with the fewest calls per unit of weight (after a replica is lost, or while new ones
+# start, the survivors' queues drain instead of growing).
+BACKLOG_RATIO = 2.0
+BACKLOG_SLACK = 4
+
+
+def backlogged(held: int, weight: float, total_held: int, total_weight: float) -> bool:
+    """Would a replica holding ``held`` of the caller's calls (weight ``weight``, of a location
+    whose replicas hold ``total_held`` and weigh ``total_weight``) be backlogged with one more?"""
+    share = max(weight, 1e-9) / max(total_weight, 1e-9)
+    return held + 1 > BACKLOG_RATIO * share * (total_held + 1) + BACKLOG_SLACK
+
+
+def least_loaded(pool: Sequence[Endpoint], in_flight: Mapping[str, int], chosen: Endpoint) -> Endpoint:
+    """The replica of ``pool`` with the fewest of the caller's calls per unit of weight (``chosen``
+    on a tie)."""
+    return min(pool, key=lambda e: (in_flight.get(e.replica_id, 0) / max(e.weight, 1e-9), e is not chosen))
+
+
+def unbacklogged(chosen: Endpoint, pool: Sequence[Endpoint], in_flight: Mapping[str, int]) -> Endpoint:
+    """``chosen`` (picked by weight among ``pool``, the replicas of its location that may serve),
+    or, when it is backlogged with the caller's calls ``in_flight`` (replica id -> calls now), the
+    least loaded replica of ``pool``. The one rule for every router, the coordinator's and each
+    agent's (which keeps the totals itself: :func:`backlogged`)."""
+    if backlogged(in_flight.get(chosen.replica_id, 0), chosen.weight,
+                  sum(in_flight.get(e.replica_id, 0) for e in pool), sum(max(e.weight, 1e-9) for e in pool)):
+        return least_loaded(pool, in_flight, chosen)
+    return chosen
+
+
 UNTRUSTED_TIERS = frozenset({"renter"})
 
 
