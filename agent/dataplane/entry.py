@@ -64,6 +64,15 @@ class Keys:
                 self._seen[key] = ident
         return ident
 
+    def caller(self, key: str) -> tuple[str, Identity | None]:
+        """(kind of caller for the authorization table, identity), decided as the coordinator's
+        interceptor decides (``coordinator/auth.py: AuthInterceptor.identify``): no key presented
+        while keys are enforced is an anonymous caller, which the table refuses in its own words."""
+        if not key and self.keyset.digest and self.keyset.enforced:
+            return access.ANONYMOUS, None
+        ident = self.identify(key)
+        return (access.ADMIN if ident is None or ident.is_admin else access.USER), ident
+
     # the HTTP door's interface (atoll.core.openai_http.BaseDoor: auth.enabled(), auth.check(key))
     def enabled(self) -> bool:
         return not self.keyset.digest or self.keyset.enforced
@@ -153,8 +162,8 @@ class EntryService:
     async def Invoke(self, request, context):
         span = start_span(context.invocation_metadata(), "entry", request.request_id)
         inv = invocation_from_pb(request)
-        ident = self.keys.identify(bearer(context.invocation_metadata()))
-        access.decide(INVOKE, access.ADMIN if ident is None or ident.is_admin else access.USER)
+        kind, ident = self.keys.caller(bearer(context.invocation_metadata()))
+        access.decide(INVOKE, kind)
         text = parse_input(inv.input_json)
         timeout = inv.timeout_seconds if inv.timeout_seconds > 0 else DEFAULT_TIMEOUT
         remaining = context.time_remaining()

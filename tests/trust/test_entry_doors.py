@@ -24,7 +24,7 @@ TOKEN = "entry-doors-token"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    from atoll.demo.models import build_tiny_llama
+    from tests.fixtures.tiny_models import build_tiny_llama
 
     tmp = tmp_path_factory.mktemp("doors")
     build_tiny_llama(tmp / "base")
@@ -71,6 +71,7 @@ def test_agent_doors_refuse_like_the_coordinator_and_trusted_data_stays_off_rent
         admin = anon.create_key("ops", "admin")["key"]
     with Client(addr, api_key=admin) as adm:
         ka, kb = adm.create_key("team-a")["key"], adm.create_key("team-b")["key"]
+        assert adm.set_trust("dc-1", True).trusted        # trusted_only needs a node the operator trusts
         spec = {"name": "wf-a", "sources": [{"name": "u", "rate": 2, "region": "us-east", "tier": "datacenter"}],
                 "tasks": [{"name": "chat", "max_tokens": 2, "variants": [
                     {"name": "v", "model": str(tmp / "base"), "accuracy": 0.9, "memory_gb": 1,
