@@ -15,7 +15,7 @@ import pytest
 
 from atoll.client import Client
 from atoll.core.errors import AtollError
-from atoll.demo.models import _TEXT
+from tests.fixtures.tiny_models import _TEXT
 
 from .conftest import wait_until
 from .test_serving import bytes_by_pair, one_stage
