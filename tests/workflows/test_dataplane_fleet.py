@@ -147,7 +147,7 @@ def test_coordinator_killed_for_60_s_entries_keep_serving(harness):
         h.fleet.start_coordinator()
         with h.client() as c:
             wait_until(lambda: c.status("wf-outage").state == "READY", 60, "READY after the restart")
-        wait_until(lambda: describe(entry) == (describe(entry)[0], "SERVING") and not describe(entry)[0].degraded,
+        wait_until(lambda: (lambda info, health: health == "SERVING" and not info.degraded)(*describe(entry)),
                    15, "the entry back in touch with the coordinator")
         time.sleep(3)
     finally:
