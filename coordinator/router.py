@@ -22,14 +22,13 @@ consumes it — the same flows the planner priced.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 
-from atoll.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from atoll.core.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from atoll.core.rpc import error_from_rpc
 from atoll.specs.routing import Endpoint, Route, Stage, unbacklogged
 from atoll.wire.worker import Delta, TokenLogprob, WorkerClient
@@ -94,27 +93,6 @@ class Result:
         last = self.stages[-1] if self.stages else StageRun("")
         return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
                 "total_tokens": last.prompt_tokens + last.completion_tokens}
-
-
-def parse_input(raw: str) -> str:
-    """``{"text": ...}`` / ``{"prompt": ...}`` / a JSON string -> the request's text."""
-    try:
-        val = json.loads(raw) if raw else None
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"input is not JSON: {exc.msg} at position {exc.pos}",
-                              hint='pass --input \'{"text": "..."}\'') from None
-    if isinstance(val, str):
-        text = val
-    elif isinstance(val, dict) and isinstance(val.get("text", val.get("prompt")), str):
-        text = val.get("text", val.get("prompt"))
-    else:
-        raise InvalidArgument("input must be a JSON object with a string field 'text' (or a JSON string)",
-                              hint='for example --input \'{"text": "hello"}\'')
-    if not text.strip():
-        raise InvalidArgument("input text is empty")
-    if len(text) > 200_000:
-        raise InvalidArgument(f"input text has {len(text)} characters, at most 200000")
-    return text
 
 
 class Router:

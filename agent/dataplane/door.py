@@ -26,7 +26,7 @@ from atoll.core import access
 from atoll.core.apikeys import Identity
 from atoll.core.errors import InvalidArgument, Unauthenticated
 from atoll.core.http_server import HttpLimits
-from atoll.core.openai_api import Choice, Completion, EmbedRequest, GenRequest
+from atoll.core.openai_api import Collector, Completion, EmbedRequest, GenRequest
 from atoll.core.openai_http import OpenAIDoor
 from atoll.wire.dataplane import answer_from_pb
 from atoll.wire.worker import Delta
@@ -84,28 +84,28 @@ class EntryBackend:
                       stream, max_tokens or 0, temperature, caller.tenant if caller is not None else "")
         return self.entry.serve(cr, req, caller)
 
-    async def stream(self, req: GenRequest, caller: Identity | None) -> AsyncIterator[Delta]:
+    async def _deltas(self, req: GenRequest, caller: Identity | None, stream: bool) -> AsyncIterator[Delta]:
+        """The answer as Worker-style deltas: streamed text, then the end with the last stage's
+        token counts (and, when not streamed, the whole text)."""
         _refuse_unserved(req)
-        async for msg in self._answers(req.model, req.input_text, caller, stream=True, kind="llm",
+        async for msg in self._answers(req.model, req.input_text, caller, stream=stream, kind="llm",
                                        max_tokens=req.max_tokens, temperature=req.temperature):
-            text, done, _, stages = answer_from_pb(msg)
+            text, done, output, stages = answer_from_pb(msg)
             if done:
                 last = stages[-1] if stages else None
-                yield Delta("", last.prompt_tokens if last else 0, last.completion_tokens if last else 0, True,
-                            finish_reason="stop")
+                yield Delta("" if stream else (output or {}).get("text", ""), last.prompt_tokens if last else 0,
+                            last.completion_tokens if last else 0, True, finish_reason="stop")
             elif text:
                 yield Delta(text, 0, 0, False)
 
+    def stream(self, req: GenRequest, caller: Identity | None) -> AsyncIterator[Delta]:
+        return self._deltas(req, caller, True)
+
     async def complete(self, req: GenRequest, caller: Identity | None) -> Completion:
-        _refuse_unserved(req)
-        async for msg in self._answers(req.model, req.input_text, caller, stream=False, kind="llm",
-                                       max_tokens=req.max_tokens, temperature=req.temperature):
-            _, done, output, stages = answer_from_pb(msg)
-            if done:
-                last = stages[-1] if stages else None
-                return Completion([Choice(0, (output or {}).get("text", ""), "stop")],
-                                  last.prompt_tokens if last else 0, last.completion_tokens if last else 0)
-        raise InvalidArgument(f"workflow {req.model!r} gave no answer")
+        out = Collector(1)
+        async for ev in self._deltas(req, caller, False):
+            out.add(ev)
+        return out.result()
 
     async def embed(self, req: EmbedRequest, caller: Identity | None) -> tuple[list[list[float]], int]:
         vectors, tokens = [], 0

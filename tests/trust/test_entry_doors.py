@@ -48,8 +48,8 @@ def fleet(tmp_path_factory):
         p.stop()
 
 
-def http_call(port: int, key: str | None, model: str) -> tuple[int, dict]:
-    body = json.dumps({"model": model, "prompt": "hello", "max_tokens": 2}).encode()
+def http_call(port: int, key: str | None, model: str, **extra) -> tuple[int, dict]:
+    body = json.dumps({"model": model, "prompt": "hello", "max_tokens": 2, **extra}).encode()
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key is not None else {})}
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body, headers=headers)
     try:
@@ -104,7 +104,12 @@ def test_agent_doors_refuse_like_the_coordinator_and_trusted_data_stays_off_rent
         assert want[0] is (NotFound if name == "cross-tenant" else Unauthenticated), (name, want)
     # ... and at the agent's OpenAI door, with the coordinator's door's statuses
     port = fleet["http"]["dc-1"]
-    assert http_call(port, ka, "wf-a")[0] == 200
+    code, body = http_call(port, ka, "wf-a")
+    assert code == 200 and isinstance(body["choices"][0]["text"], str), body
+    assert body["usage"]["completion_tokens"] >= 1, body              # the last stage's counts
+    for extra in ({"n": 2}, {"logprobs": 1}, {"seed": 7}, {"stop": ["x"]}):    # not carried by an entry yet
+        code, body = http_call(port, ka, "wf-a", **extra)
+        assert code == 400 and next(iter(extra)) in body["error"]["message"], (extra, code, body)
     for key, status in ((None, 401), ("not-a-key", 401), ("atoll_0123456789ab_nope", 401), (kb, 404)):
         code, body = http_call(port, key, "wf-a")
         assert code == status and body["error"]["message"], (key, code, body)
