@@ -17,6 +17,7 @@ from typing import AsyncIterator, Mapping, Sequence
 
 import grpc
 
+from atoll.agent.generate import chat_ids
 from atoll.core.errors import Unavailable
 from atoll.core.rpc import add_service
 from atoll.proto.v1 import worker_pb2
@@ -125,13 +126,16 @@ class LocalEngine:
         return svc.engine
 
     async def generate(self, prompt: str, *, adapter: str, max_tokens: int, temperature: float,
-                       stop: Sequence[str], timeout: float) -> AsyncIterator[Delta]:
+                       stop: Sequence[str], timeout: float,
+                       messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]:
+        """``messages``: a chat, rendered with the model's own chat template, instead of ``prompt``."""
         # The runtime (torch, seconds to import) loads with the first model, so an agent joins the
         # fleet without waiting for it; a request here means a model is loaded.
         from atoll.agent.runtime import SamplingParams
 
         engine = self._engine()
-        handle = engine.submit(prompt, adapter or None, SamplingParams(max_tokens=max_tokens or 16,
+        source = chat_ids(engine, messages) if messages is not None else prompt
+        handle = engine.submit(source, adapter or None, SamplingParams(max_tokens=max_tokens or 16,
                                                                        temperature=temperature, stop=list(stop)))
         w, key = self.worker, adapter or "base"
         w.in_flight += 1

@@ -255,7 +255,7 @@ class _Local:
     def __init__(self, host: SimHost):
         self.host = host
 
-    async def generate(self, prompt, *, adapter, max_tokens, temperature, stop, timeout):
+    async def generate(self, prompt, *, adapter, max_tokens, temperature, stop, timeout, messages=None):
         if not any(s == "ready" for s in self.host.states.values()):
             raise Unavailable(f"{self.host.name}: no ready replica")
         async for d in self.host.serve(max_tokens):

@@ -37,7 +37,7 @@ from atoll.agent.dataplane.trace import Span
 from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from atoll.core.logs import kv
 from atoll.core.rpc import CODE_BY_NAME, error_from_rpc
-from atoll.specs.routing import Endpoint, RoutingState, may_carry
+from atoll.specs.routing import Endpoint, RoutingState, Stage, may_carry
 from atoll.wire.dataplane import StageDone, answer_from_pb, dataplane_stub, forward_request
 from atoll.wire.worker import Delta, WorkerClient
 
@@ -74,7 +74,7 @@ class LocalWorker(Protocol):
     """This host's engine, called in process (the same work as its Worker service)."""
 
     def generate(self, prompt: str, *, adapter: str, max_tokens: int, temperature: float, stop: Sequence[str],
-                 timeout: float) -> AsyncIterator[Delta]: ...
+                 timeout: float, messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]: ...
 
     async def embed(self, text: str, *, adapter: str, timeout: float) -> list[float]: ...
 
@@ -287,7 +287,8 @@ class DataPlane:
             return vec, _with(run, output_bytes=4 * len(vec))
         mt, temp = self._sampling(cs, req, cs.index == len(cr.stages) - 1)
         return await self._collect(self.local.generate(prompt, adapter=ep.adapter, max_tokens=mt, temperature=temp,
-                                                       stop=st.stop, timeout=left), run, on_delta, started)
+                                                       stop=st.stop, timeout=left, messages=_chat(st, prompt)),
+                                   run, on_delta, started)
 
     async def _run_remote(self, cr, cs, ep, text, req, left, on_delta, started) -> tuple[object, StageDone]:
         st = cs.stage
@@ -300,7 +301,8 @@ class DataPlane:
             return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
         mt, temp = self._sampling(cs, req, True)
         return await self._collect(self.workers.generate(ep.address, prompt, adapter=ep.adapter, max_tokens=mt,
-                                                         temperature=temp, stop=st.stop, timeout=left, metadata=md),
+                                                         temperature=temp, stop=st.stop, timeout=left, metadata=md,
+                                                         messages=_chat(st, prompt)),
                                    run, on_delta, started)
 
     @staticmethod
@@ -355,6 +357,12 @@ class _Coded(grpc.RpcError):
 
     def details(self):
         return self._details
+
+
+def _chat(stage: Stage, prompt: str) -> list[dict] | None:
+    """A stage marked ``chat`` sends its prompt as one user message, which the serving agent
+    renders with its model's own chat template (as the coordinator's router does); else None."""
+    return [{"role": "user", "content": prompt}] if stage.kind == "llm" and stage.chat else None
 
 
 def _with(run: StageDone, **changes) -> StageDone:

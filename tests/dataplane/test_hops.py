@@ -6,6 +6,7 @@ trace context reach every hop."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import grpc
@@ -29,13 +30,14 @@ class Fake:
     def __init__(self, name: str):
         self.name, self.calls, self.broken = name, 0, False
 
-    async def generate(self, prompt, *, adapter, max_tokens, temperature, stop, timeout):
+    async def generate(self, prompt, *, adapter, max_tokens, temperature, stop, timeout, messages=None):
         self.calls += 1
         if self.broken:
             from atoll.core.errors import Unavailable
             raise Unavailable(f"{self.name} is broken")
         yield Delta(f"{self.name}[", 1, 1, False)
-        yield Delta(f"{prompt}]", 2, 2, True)
+        said = f"chat:{messages[-1]['role']}:{messages[-1]['content']}" if messages else prompt   # a chat stage's
+        yield Delta(f"{said}]", 2, 2, True)
 
     async def embed(self, text, *, adapter, timeout):
         return [0.0]
@@ -45,7 +47,9 @@ class Fake:
         if self.broken:
             self.calls += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} is broken")
-        async for d in self.generate(request.prompt, adapter="", max_tokens=0, temperature=0, stop=(), timeout=1):
+        msgs = [{"role": m.role, "content": m.content} for m in request.messages] or None
+        async for d in self.generate(request.prompt, adapter="", max_tokens=0, temperature=0, stop=(), timeout=1,
+                                     messages=msgs):
             yield worker_pb2.GenerateResponse(text=d.text, finished=d.finished, prompt_tokens=d.prompt_tokens,
                                               completion_tokens=d.completion_tokens)
 
@@ -82,11 +86,13 @@ def metric(node: Node, name: str, **labels) -> float:
     return 0.0
 
 
-async def fleet(break_sink: bool = False):
+async def fleet(break_sink: bool = False, chat: bool = False):
     a, b, c, d = Node("a", "eu"), Node("b", "us"), Node("c", "ap"), Node("d", "us")
     for n in (a, b, c, d):
         await n.start()
     stages = (Stage("s1", "llm", "one({input})", ("users",), 4), Stage("s2", "llm", "two({input})", ("s1",), 4))
+    if chat:                       # both stages send their prompt as one user message (a task's `chat: true`)
+        stages = tuple(dataclasses.replace(st, chat=True) for st in stages)
     eps = [endpoint("r1", "s1", region="us", node="b", address=b.address, weight=10.0),
            endpoint("r1b", "s1", region="us", node="d", address=d.address, weight=1.0),
            endpoint("r2", "s2", region="ap", node="c", address=c.address)]
@@ -154,3 +160,18 @@ def test_a_later_stages_failure_is_not_retried_upstream():
     (a, b, c, d), err = asyncio.run(go())
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "stage s2" in err.details()
     assert (b.fake.calls, c.fake.calls, d.fake.calls) == (1, 1, 0)      # s1 ran once: not redone on d
+
+
+def test_chat_stages_send_their_prompt_as_a_user_message_in_process_and_over_the_wire():
+    async def go():
+        nodes, entry = await fleet(chat=True)
+        try:
+            return await invoke(entry, stream=False)
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    *_, (_, done, output, stages) = asyncio.run(go())
+    # s1 ran in process on b (LocalEngine's path), s2 over gRPC on c (the Worker's messages field)
+    assert done and output == {"text": "c[chat:user:two(b[chat:user:one(hi)])]"}
+    assert [s.node_name for s in stages] == ["b", "c"]
