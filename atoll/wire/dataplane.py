@@ -27,8 +27,9 @@ def route_to_pb(r: Route) -> routing_pb2.WorkflowRoute:
     return routing_pb2.WorkflowRoute(
         workflow=r.workflow, tenant=r.tenant, state=r.state, trusted_only=r.trusted_only, wakeable=r.wakeable,
         stages=[routing_pb2.RouteStage(task=s.task, kind=s.kind, prompt=s.prompt, parents=list(s.parents),
-                                       max_tokens=int(s.max_tokens), temperature=float(s.temperature),
-                                       stop=list(s.stop)) for s in r.stages],
+                                       max_tokens=int(s.max_tokens or 0), no_max_tokens=s.max_tokens is None,
+                                       temperature=float(s.temperature), stop=list(s.stop), chat=s.chat)
+                for s in r.stages],
         endpoints=[routing_pb2.RouteEndpoint(replica_id=e.replica_id, task=e.task, variant=e.variant,
                                              node_id=e.node_id, node_name=e.node_name, region=e.region,
                                              address=e.address, weight=e.weight, adapter=e.adapter,
@@ -47,8 +48,9 @@ def route_from_pb(m: routing_pb2.WorkflowRoute) -> Route:
     flows: dict[tuple[str, str], list] = {}
     for f in m.flows:
         flows.setdefault((f.src, f.dst), []).append((f.from_location, f.to_location, f.rate))
-    return Route(m.workflow, tuple(Stage(s.task, s.kind, s.prompt, tuple(s.parents), s.max_tokens, s.temperature,
-                                         tuple(s.stop)) for s in m.stages),
+    return Route(m.workflow, tuple(Stage(s.task, s.kind, s.prompt, tuple(s.parents),
+                                         None if s.no_max_tokens else s.max_tokens, s.temperature, tuple(s.stop),
+                                         s.chat) for s in m.stages),
                  MappingProxyType({t: tuple(v) for t, v in eps.items()}), m.source_region, m.sink, m.source_location,
                  MappingProxyType({k: tuple(v) for k, v in flows.items()}), m.tenant, m.state, m.trusted_only,
                  m.wakeable)

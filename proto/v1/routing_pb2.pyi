@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RouteStage(_message.Message):
-    __slots__ = ("task", "kind", "prompt", "parents", "max_tokens", "temperature", "stop")
+    __slots__ = ("task", "kind", "prompt", "parents", "max_tokens", "temperature", "stop", "chat", "no_max_tokens")
     TASK_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,8 @@ class RouteStage(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    NO_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     task: str
     kind: str
     prompt: str
@@ -22,7 +24,9 @@ class RouteStage(_message.Message):
     max_tokens: int
     temperature: float
     stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task: _Optional[str] = ..., kind: _Optional[str] = ..., prompt: _Optional[str] = ..., parents: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+    chat: bool
+    no_max_tokens: bool
+    def __init__(self, task: _Optional[str] = ..., kind: _Optional[str] = ..., prompt: _Optional[str] = ..., parents: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., chat: _Optional[bool] = ..., no_max_tokens: _Optional[bool] = ...) -> None: ...
 
 class RouteEndpoint(_message.Message):
     __slots__ = ("replica_id", "task", "variant", "node_id", "node_name", "region", "address", "weight", "adapter", "location", "base_model", "tier")

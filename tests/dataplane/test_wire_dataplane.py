@@ -14,7 +14,8 @@ from .helpers import endpoint, route
 def test_routing_state_and_keys_round_trip_as_instructions():
     r1 = route("wf", tenant="team-a", trusted_only=True, state="IDLE", wakeable=True,
                stages=(Stage("a", "llm", "Q: {input}", ("users",), 8, 0.5, ("\n",)),
-                       Stage("b", "embedding", "", ("a",))),
+                       Stage("b", "embedding", "", ("a",)),
+                       Stage("c", "llm", "{input}", ("a",), None, chat=True)),     # a chat stage, no token cap
                endpoints=[endpoint("1", "a", adapter="ad", weight=0.25), endpoint("2", "b", region="us")],
                flows={("users", "a"): [("eu/edge", "eu/datacenter", 2.0)], ("a", "b"): [("eu/datacenter",
                                                                                       "us/datacenter", 2.0)]})
