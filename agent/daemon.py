@@ -29,14 +29,16 @@ import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from atoll.agent.dataplane.chain import NodeSelf
+from atoll.agent.dataplane.door import make_entry_door
+from atoll.agent.dataplane.node import DataPlaneNode
 from atoll.agent.fetch import cached_names, prune, resolve_source
 from atoll.agent.guard import WorkerGuard
 from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
 from atoll.agent.identity import NodeIdentity
-from atoll.agent.openai_local import make_local_door
 from atoll.agent.probe import probe
 from atoll.agent.replicas import ReplicaManager
-from atoll.agent.serving import SwitchingWorker, replica_queues
+from atoll.agent.serving import LocalEngine, SwitchingWorker, replica_queues
 from atoll.agent.worker import WorkerService
 from atoll.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 from atoll.core.logs import kv
@@ -100,6 +102,19 @@ class Agent:
         self.worker_address = ""
         self.replicas = ReplicaManager(self._make_engine, self._resolve, on_change=self._status_changed)
         self._engine_seen = None
+        self.metrics_registry = CollectorRegistry()
+        st = settings
+        # The data plane: this agent is an entry, and a hop on the plan's paths between stages.
+        self.dataplane = DataPlaneNode(
+            node=self._self, local=LocalEngine(self.worker), local_address=lambda: self.worker_address,
+            connected=lambda: self.hb is not None and self.hb.connected.is_set(),
+            credentials=channel_credentials(st.tls_ca, st.tls_cert, st.tls_key), registry=self.metrics_registry,
+            otlp_endpoint=st.otlp_endpoint, wake=self._status_changed,
+            peer_token=self.identity.current_token)
+
+    def _self(self) -> NodeSelf:
+        return NodeSelf(self.hb.node_id if self.hb is not None else self.ids.read(), self.node.name,
+                        self.node.region, self.node.tier)
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> "Agent":
@@ -114,13 +129,17 @@ class Agent:
             raise Unauthenticated("no join token", hint="pass --join-token or set ATOLL_JOIN_TOKEN "
                                   "(the coordinator keeps it in STATE_DIR/join-token)")
         await self._start_worker_server()
+        st = self.settings
+        entry = await self.dataplane.start_entry(st.entry_listen, tls_cert=st.tls_cert, tls_key=st.tls_key,
+                                                 insecure=st.insecure, advertise=st.entry_advertise)
+        log.info("entry listening", extra=kv(node=self.node.name, address=entry))
         self._start_metrics()
         self.openai = None
         if self.settings.openai_listen:
             ohost, oport = split_address(self.settings.openai_listen)
-            plain_http_warning(ohost, f"agent {self.node.name}'s OpenAI door (--openai-listen), which checks no key,")
+            plain_http_warning(ohost, f"agent {self.node.name}'s OpenAI door (--openai-listen), which receives keys,")
             try:
-                self.openai = make_local_door(lambda: self.replicas.engine, host=ohost, port=oport)
+                self.openai = make_entry_door(self.dataplane.entry, host=ohost, port=oport)
             except OSError as exc:
                 raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",
                                   hint="pick a free port with --openai-listen") from None
@@ -139,6 +158,7 @@ class Agent:
                                   node_id=self.ids.read(), on_node_id=self.ids.write,
                                   on_instruction=self._on_instruction, status_fn=self._status,
                                   generation_fn=lambda: self.replicas.applied_generation,
+                                  dataplane_fn=self.dataplane.heartbeat_extras, on_session=self.dataplane.on_session,
                                   node_key=self.identity.key, on_coordinator_key=self.identity.pin,
                                   on_credential=self.identity.set_token, tls=creds is not None)
         # The ordered duties: heartbeat first (everything else depends on the coordinator's view);
@@ -148,6 +168,7 @@ class Agent:
             Duty("heartbeat", 0, self.hb.run),
             Duty("converge-assignments", 0.2, self._converge),
             Duty("capacity-refresh", 30.0, self._refresh_capacity),
+            Duty("dataplane-watch", 0, self.dataplane.watch),
         ]
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run_duty(d), name=d.name) for d in self.duties]
@@ -207,7 +228,7 @@ class Agent:
                     g.add_metric([st], counts.get(st, 0))
                 yield g
 
-        reg = CollectorRegistry()
+        reg = self.metrics_registry          # the data plane's families are in it already
         reg.register(_Current())
         host, port = split_address(self.settings.metrics_listen)
         plain_http_warning(host, f"agent {self.node.name}'s metrics (--metrics-listen)")
@@ -217,6 +238,7 @@ class Agent:
     async def _start_worker_server(self) -> None:
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[WorkerGuard(self._guard_identity)])
         self.worker.add_to_server(self.server)
+        self.dataplane.add_to_worker_server(self.server)
         self.health = add_health_and_reflection(self.server, ["atoll.v1.Worker"])
         host, port = split_address(self.settings.worker_listen)
         st = self.settings
@@ -296,7 +318,8 @@ class Agent:
 
     def _status(self) -> dict:
         """The NodeStatus fields (see ``atoll.wire.nodes``) for the next heartbeat."""
-        st = {"worker_address": self.worker_address, "replica_states": dict(self.replicas.states),
+        st = {"worker_address": self.worker_address, "entry_address": self.dataplane.address,
+              "replica_states": dict(self.replicas.states),
               "replica_messages": dict(self.replicas.messages),
               "replica_load_seconds": {k: round(v, 4) for k, v in self.replicas.load_seconds.items()},
               "measured_throughput": {k: round(v, 4) for k, v in self.worker.meter.rates().items()},
@@ -318,6 +341,8 @@ class Agent:
     async def _on_instruction(self, ins: dict) -> None:
         if ins.get("drain") and not self.hb._draining:
             log.info("drained by the coordinator; taking no new work", extra=kv(node=self.node.name))
+        elif self.dataplane.on_instruction(ins):
+            return
         elif "assignments" in ins:
             self.replicas.set_desired(ins["assignments"].items, ins["assignments"].generation)
 
@@ -340,6 +365,7 @@ class Agent:
         if getattr(self, "openai", None) is not None:
             await self.openai.stop()
         await self.replicas.close()
+        await self.dataplane.close()
         for ch in self.channels or ([self.channel] if self.channel is not None else []):
             await ch.close()
 

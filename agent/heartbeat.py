@@ -90,6 +90,7 @@ class HeartbeatClient:
                  on_node_id: Callable[[str], None] | None = None, max_backoff: float = 5.0,
                  generation_fn: Callable[[], int] | None = None,
                  rng: random.Random | None = None, addresses: list[str] | None = None,
+                 dataplane_fn: Callable[[], tuple] | None = None, on_session: Callable[[], None] | None = None,
                  node_key: cred.PrivateKey | None = None,
                  on_coordinator_key: Callable[[bytes], None] | None = None,
                  on_credential: Callable[[str, float], None] | None = None, tls: bool | None = None):
@@ -107,6 +108,8 @@ class HeartbeatClient:
         self.on_instruction = on_instruction
         self.on_node_id = on_node_id
         self.generation_fn = generation_fn
+        self.dataplane_fn = dataplane_fn        # () -> (routing digest, keys digest, entry load)
+        self.on_session = on_session            # called after each successful Register
         self.node_key = node_key or cred.new_private_key()
         self.on_coordinator_key = on_coordinator_key
         self.on_credential = on_credential
@@ -252,6 +255,8 @@ class HeartbeatClient:
         self._session = resp.session_token
         self.interval = resp.heartbeat_interval_seconds or self.interval
         self._capacity_dirty = True
+        if self.on_session:
+            self.on_session()
 
     async def _requests(self):
         while not self._stop.is_set():
@@ -260,10 +265,12 @@ class HeartbeatClient:
             self._capacity_dirty = False
             status = self.status_fn() if self.status_fn else None
             self.sent += 1
+            routing, keys, load = self.dataplane_fn() if self.dataplane_fn else (0, 0, ())
             yield heartbeat_request(node_id=self.node_id, session_token=self._session, seq=self.seq,
                                     draining=self._draining,
                                     generation=self.generation_fn() if self.generation_fn else 0, price=self._price,
-                                    capacity=capacity, status=status, sent_unix=time.time())
+                                    capacity=capacity, status=status, sent_unix=time.time(),
+                                    routing_digest=routing, keys_digest=keys, entry_load=load)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)

@@ -2,7 +2,7 @@
 
 :class:`SwitchingWorker` serves ``atoll.v1.Worker`` by delegating to the
 :class:`~atoll.agent.worker.WorkerService` of the engine currently loaded; with none loaded it
-answers UNAVAILABLE (the router then tries another replica). It also measures what it serves:
+answers UNAVAILABLE (the data plane then tries another replica). It also measures what it serves:
 completed requests per adapter over the last minute, reported in heartbeats as measured
 throughput, and requests per adapter still waiting for their first token, reported per replica
 (:func:`replica_queues`) so the coordinator's autoscaler sees each workflow's queue.
@@ -10,15 +10,19 @@ throughput, and requests per adapter still waiting for their first token, report
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
-from typing import Mapping, Sequence
+from typing import AsyncIterator, Mapping, Sequence
 
 import grpc
 
-from atoll.proto.v1 import worker_pb2
+from atoll.agent.generate import chat_ids
+from atoll.core.errors import Unavailable
 from atoll.core.rpc import add_service
+from atoll.proto.v1 import worker_pb2
 from atoll.specs.assignment import ReplicaItem
+from atoll.wire.worker import Delta
 
 WINDOW_S = 60.0
 
@@ -104,3 +108,58 @@ class SwitchingWorker:
 
     async def ListAdapters(self, request, context):
         return await (await self._svc(context)).ListAdapters(request, context)
+
+
+class LocalEngine:
+    """The engine loaded now, called in process by this agent's data plane (a stage whose
+    replica is on this host): the same work as ``Worker.Generate``/``Embed``, without gRPC, and
+    counted alike (measured throughput, requests in flight). ``timeout`` is the caller's: the
+    request is cancelled when the caller gives up on it."""
+
+    def __init__(self, worker: SwitchingWorker):
+        self.worker = worker
+
+    def _engine(self):
+        svc = self.worker.current
+        if svc is None:
+            raise Unavailable("no model is loaded on this node yet")
+        return svc.engine
+
+    async def generate(self, prompt: str, *, adapter: str, max_tokens: int, temperature: float,
+                       stop: Sequence[str], timeout: float,
+                       messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]:
+        """``messages``: a chat, rendered with the model's own chat template, instead of ``prompt``."""
+        # The runtime (torch, seconds to import) loads with the first model, so an agent joins the
+        # fleet without waiting for it; a request here means a model is loaded.
+        from atoll.agent.runtime import SamplingParams
+
+        engine = self._engine()
+        source = chat_ids(engine, messages) if messages is not None else prompt
+        handle = engine.submit(source, adapter or None, SamplingParams(max_tokens=max_tokens or 16,
+                                                                       temperature=temperature, stop=list(stop)))
+        w, key = self.worker, adapter or "base"
+        w.in_flight += 1
+        w.waiting[key] = w.waiting.get(key, 0) + 1          # until its first token (replica_queues)
+        waiting = True
+        try:
+            async for d in handle:
+                if waiting:
+                    waiting = False
+                    w.waiting[key] -= 1
+                yield Delta(d.text, d.prompt_tokens, d.completion_tokens, d.finished)
+                if d.finished:
+                    w.meter.record(key)
+        finally:
+            if waiting:
+                w.waiting[key] -= 1
+            w.in_flight -= 1
+            if not handle.finished:
+                engine.cancel(handle.request_id)
+
+    async def embed(self, text: str, *, adapter: str, timeout: float) -> list[float]:
+        engine = self._engine()
+        ids = engine.encode_prompt(text)
+        vec = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: engine.embed([ids], adapter=adapter or None))
+        self.worker.meter.record(adapter or "base")
+        return vec[0].tolist()

@@ -12,6 +12,14 @@ down, or a standby answering "standby; leader is at ADDR") is tried on the next 
 leader named, when it is in the list), rotating until the call's timeout. With one address a
 call is tried once, as always.
 
+Entries (the data plane): every agent takes requests itself, so requests need not pass the
+coordinator. ``Client(addr, entries="10.0.1.5:7443,10.0.2.7:7443")`` sends ``invoke`` to those
+agents' entries; ``Client(addr, region="eu-west")`` asks the coordinator once for the fleet's
+entries (that region's first). The client prefers the nearest entry — its own region (``region``
+or ``$ATOLL_REGION``), then the lowest round trip measured with one ``Describe`` call each — and
+fails over to the next one when an entry cannot be reached. Without either, ``invoke`` goes
+through the coordinator, which forwards it to an entry in the workflow's source region.
+
 Errors arrive as :mod:`atoll.core.errors` types (NotFound, InvalidArgument, Unavailable, ...).
 """
 
@@ -34,6 +42,7 @@ from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, check_addresses, leader
 from atoll.specs.node import TIERS
 from atoll.specs.workflow import WorkflowSpec, load_workflow
 from atoll.wire import client_service as wire
+from atoll.wire import dataplane as dp
 from atoll.wire.model_store import push_archive
 
 STATES = ("READY", "SUSPECT", "LOST", "DRAINING")
@@ -144,9 +153,13 @@ class _CallDetails(grpc.ClientCallDetails):
 
 class Client:
     def __init__(self, address: str | None = None, *, timeout: float = 10.0, api_key: str | None = None,
-                 tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None):
+                 tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+                 entries: str | list[str] | None = None, region: str | None = None):
         """``api_key`` (default ``$ATOLL_API_KEY``) is sent as ``authorization: Bearer <key>``;
-        ``tls_ca`` (default ``$ATOLL_TLS_CA``) turns on TLS, verifying the coordinator with it."""
+        ``tls_ca`` (default ``$ATOLL_TLS_CA``) turns on TLS, verifying the coordinator with it.
+        ``entries`` (default ``$ATOLL_ENTRIES``): agents' entry addresses to invoke at;
+        ``region`` (default ``$ATOLL_REGION``): this client's region, preferred among entries (given
+        without ``entries``, the coordinator is asked once for the fleet's entries)."""
         address = address or os.environ.get("ATOLL_COORDINATOR") or "127.0.0.1:7070"
         self.api_key = api_key or os.environ.get("ATOLL_API_KEY") or None
         try:
@@ -165,6 +178,20 @@ class Client:
                           if self.api_key else list(self._raw_channels))
         self._stubs = [wire.client_stub(ch) for ch in self._channels]
         self._use(0)
+        self._creds = creds
+        self.region = region or os.environ.get("ATOLL_REGION") or ""
+        entries = entries if entries is not None else os.environ.get("ATOLL_ENTRIES") or None
+        if isinstance(entries, str):
+            entries = [e.strip() for e in entries.split(",") if e.strip()]
+        for e in entries or ():
+            try:
+                check_addresses(e)
+            except ValueError as exc:
+                raise InvalidArgument(f"entry address: {exc}") from None
+        self._entry_list: list[str] | None = list(entries) if entries else None
+        self._ask_entries = bool(self.region) and not entries
+        self._entry_stubs: dict[str, object] = {}
+        self._entry_channels: list = []
 
     def _use(self, i: int) -> None:
         self._current = i
@@ -286,6 +313,9 @@ class Client:
             input if isinstance(input, dict) else {"text": input})
         req = wire.request("Invoke", workflow=name, input_json=payload, stream=stream, timeout_seconds=timeout,
                            max_tokens=max_tokens)
+        targets = self._entry_targets(name)
+        if targets:
+            return self._invoke_entries(targets, req, timeout, stream)
         if stream:
             return self._invoke_stream(req, timeout)
         # UNAVAILABLE (the coordinator restarting, or no replica reachable for a moment) is
@@ -308,6 +338,86 @@ class Client:
                     self._failover(exc.details() or "")
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    # ------------------------------------------------------------------ entries
+    def entries(self, region: str = "", workflow: str = "") -> list[dict]:
+        """The fleet's entries (``region``'s first; those that may take ``workflow``)."""
+        resp = self._call("ListEntries", region=region, workflow=workflow)
+        return [vars(dp.entry_from_pb(e)) for e in resp.entries]
+
+    def _entry_stub(self, address: str):
+        stub = self._entry_stubs.get(address)
+        if stub is None:
+            raw = (grpc.secure_channel(address, self._creds, options=CHANNEL_OPTIONS) if self._creds
+                   else grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
+            self._entry_channels.append(raw)
+            ch = grpc.intercept_channel(raw, _BearerKey(self.api_key)) if self.api_key else raw
+            stub = self._entry_stubs[address] = dp.entry_stub(ch)
+        return stub
+
+    def _entry_targets(self, workflow: str) -> list[str]:
+        """The entries to try, nearest first (measured once, then kept)."""
+        if self._entry_list is None and self._ask_entries:
+            self._ask_entries = False
+            self._entry_list = [e["address"] for e in self.entries(self.region, workflow)] or None
+        if not self._entry_list:
+            return []
+        if not getattr(self, "_entries_ranked", False):
+            self._entry_list = self._rank(self._entry_list)
+            self._entries_ranked = True
+        return self._entry_list
+
+    def _rank(self, addresses: list[str]) -> list[str]:
+        """Same region first, then the lowest round trip of one Describe call; unreachable last."""
+        rows = []
+        for i, a in enumerate(addresses):
+            t0 = time.monotonic()
+            try:
+                info = dp.entry_from_pb(self._entry_stub(a).Describe(dp.describe_request(), timeout=2.0))
+                rows.append((0 if (not self.region or info.region == self.region) else 1, time.monotonic() - t0, i, a))
+            except grpc.RpcError:
+                rows.append((2, float("inf"), i, a))
+        return [a for *_, a in sorted(rows)]
+
+    def _invoke_entries(self, targets: list[str], req, timeout: float, stream: bool):
+        """Invoke at the nearest entry; an entry that cannot be reached (or has no state yet)
+        gives way to the next, until the deadline (before a streamed answer's first token only)."""
+        if stream:
+            return self._stream_entries(targets, req, timeout)
+        deadline = time.monotonic() + timeout
+        delay, i = 0.05, 0
+        while True:
+            left = deadline - time.monotonic()
+            req.timeout_seconds = max(left, 0.001)
+            try:
+                last = None
+                for resp in self._entry_stub(targets[i % len(targets)]).Invoke(req, timeout=left + 5):
+                    last = resp
+                return wire.invoke_result(last)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay >= deadline:
+                    raise error_from_rpc(exc) from None
+            i += 1
+            if i % len(targets) == 0:              # a full round failed: back off, then again
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _stream_entries(self, targets: list[str], req, timeout: float):
+        deadline = time.monotonic() + timeout
+        for n, address in enumerate(targets):
+            started = False
+            try:
+                left = max(deadline - time.monotonic(), 0.001)
+                req.timeout_seconds = left
+                for resp in self._entry_stub(address).Invoke(req, timeout=left + 5):
+                    started = True
+                    item = wire.stream_item(resp)
+                    if item is not None:
+                        yield item
+                return
+            except grpc.RpcError as exc:
+                if started or exc.code() != grpc.StatusCode.UNAVAILABLE or n == len(targets) - 1:
+                    raise error_from_rpc(exc) from None
 
     def _invoke_stream(self, req, timeout):
         try:
@@ -363,7 +473,7 @@ class Client:
         return NodeInfo(**wire.node_from_pb(self._call("SetNodeTrust", node=node, trusted=trusted)))
 
     def close(self) -> None:
-        for ch in self._raw_channels:
+        for ch in self._raw_channels + self._entry_channels:
             ch.close()
 
     def __enter__(self) -> "Client":

@@ -6,7 +6,7 @@ Each :class:`SimHost` is a real agent as far as the coordinator can tell:
   stream) with a node spec (tier, region, price, preemptible, label ``hardware: <class>``);
 - a real ``grpc.aio`` server on its own loopback port serving ``atoll.v1.Worker.Generate``
   (registered from the descriptor with :func:`atoll.core.rpc.add_service`), so the coordinator's
-  router calls it exactly as it calls a real agent;
+  data plane calls it exactly as it calls a real agent's;
 - on an ``assignments`` instruction, each new replica turns ``loading`` and, after a simulated
   cold start, ``ready``; once every replica of the desired set is ready the host reports
   ``assignments_generation = generation`` (as ``agent/daemon.py`` does through ReplicaManager).
@@ -17,8 +17,14 @@ at most ``concurrency`` requests are served at once (the rest wait in FIFO order
 when ``k`` requests are in service takes ``service_time(k, n) / speed`` seconds, streamed as a
 few text chunks.
 
+Every host is also a data-plane node (``atoll.agent.dataplane``, the agent's own): an ``Entry``
+server where clients invoke workflows, the ``DataPlane`` service beside its Worker, the routing
+state and key set from its heartbeat stream, and stages whose replica it holds run in process
+(the same service model). ``instant=True`` serves every request at once with one chunk (the
+data-plane benchmark's near-instant Workers).
+
 Killing a host (:meth:`SimHost.kill`) cancels its heartbeat task and stops its Worker server
-without grace: in-flight calls fail, and the router retries them on another replica.
+without grace: in-flight calls fail, and the data plane retries them on another replica.
 """
 
 from __future__ import annotations
@@ -29,9 +35,13 @@ import time
 
 import grpc
 
+from atoll.agent.dataplane.chain import NodeSelf
+from atoll.agent.dataplane.node import DataPlaneNode
 from atoll.agent.heartbeat import HeartbeatClient
+from atoll.core.errors import Unavailable
 from atoll.core.rpc import add_service
 from atoll.proto.v1 import worker_pb2
+from atoll.wire.worker import Delta
 
 # ---------------------------------------------------------------------------------- the profile
 # The shape of a replica's batch curve is the runtime's, as measured on the 2-core CPU
@@ -74,8 +84,10 @@ WORKER = worker_pb2.DESCRIPTOR.services_by_name["Worker"]
 class SimHost:
     def __init__(self, *, name: str, tier: str, region: str, price: float, preemptible: bool, hardware: str,
                  speed: float, gpu_mem_gb: int, channel, join_token: str, concurrency: int = 8,
-                 cold_start: tuple[float, float] = (1.0, 2.5), seed: int = 0, provider: str = ""):
+                 cold_start: tuple[float, float] = (1.0, 2.5), seed: int = 0, provider: str = "",
+                 instant: bool = False, registry=None):
         self.name, self.tier, self.hardware, self.speed = name, tier, hardware, speed
+        self.region, self.instant = region, instant
         self.preemptible = preemptible
         self.price = price
         self.concurrency = concurrency
@@ -87,10 +99,17 @@ class SimHost:
                          "memory_free_bytes": gpu_mem_gb << 30, "compute_capability": "8.0"}],
                "cpu_cores": 8, "memory_bytes": 64 << 30, "disk_bytes": 1 << 40, "simulated": True,
                "agent_version": "elasticity-bench"}
+        self.dataplane = DataPlaneNode(
+            node=lambda: NodeSelf(self.hb.node_id, name, region, tier), local=_Local(self),
+            local_address=lambda: self.address, connected=lambda: self.hb.connected.is_set(), registry=registry,
+            wake=lambda: self.hb.poke(), peer_token=lambda: self.node_token)
+        self.node_token = ""             # presented agent to agent, as a real agent does (not checked here)
         self.hb = HeartbeatClient(channel, join_token=join_token, spec=self.spec, capacity=cap,
                                   status_fn=self._status, on_instruction=self._on_instruction,
                                   generation_fn=lambda: self.applied_generation, max_backoff=2.0,
-                                  rng=random.Random(seed + 1))
+                                  rng=random.Random(seed + 1), dataplane_fn=self.dataplane.heartbeat_extras,
+                                  on_session=self.dataplane.on_session,
+                                  on_credential=lambda token, _exp: setattr(self, "node_token", token))
         self.server: grpc.aio.Server | None = None
         self.address = ""
         self.states: dict[str, str] = {}
@@ -109,9 +128,11 @@ class SimHost:
     async def start(self) -> None:
         self.server = grpc.aio.server()
         add_service(self.server, self, WORKER)
+        self.dataplane.add_to_worker_server(self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
         self.address = f"127.0.0.1:{port}"
+        await self.dataplane.start_entry("127.0.0.1:0")
         self.alive = True
         self._hb_task = asyncio.ensure_future(self.hb.run())
 
@@ -124,6 +145,8 @@ class SimHost:
             t.cancel()
         if self.server is not None:
             await self.server.stop(None)
+        if self.dataplane.server is not None:
+            await self.dataplane.server.stop(None)
 
     async def stop(self) -> None:
         if not self.alive:
@@ -136,12 +159,13 @@ class SimHost:
     # -------------------------------------------------------------------------- agent side
     def _status(self) -> dict:
         first = sorted(self.states)[:1]          # the one replica a simulated host serves
-        return {"worker_address": self.address, "replica_states": dict(self.states),
+        return {"worker_address": self.address, "entry_address": self.dataplane.address,
+                "replica_states": dict(self.states),
                 "replica_load_seconds": dict(self.load_seconds), "running_requests": self.active,
                 "queue_depth": self.waiting, "replica_queue_depth": {r: self.waiting for r in first}}
 
     async def _on_instruction(self, ins: dict) -> None:
-        if "assignments" not in ins:
+        if self.dataplane.on_instruction(ins) or "assignments" not in ins:
             return
         desired = ins["assignments"]
         self.desired_generation = desired.generation
@@ -179,6 +203,19 @@ class SimHost:
     async def Generate(self, request, context):
         if not any(s == "ready" for s in self.states.values()):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.name}: no ready replica")
+        async for d in self.serve(request.sampling.max_tokens):
+            yield worker_pb2.GenerateResponse(text=d.text, finished=d.finished,
+                                              finish_reason="length" if d.finished else "",
+                                              completion_tokens=d.completion_tokens)
+
+    async def serve(self, max_tokens: int):
+        """One request under the service model, as Delta values (Worker calls and in-process
+        stages alike)."""
+        tokens = max_tokens or NEW_TOKENS               # the request's completion budget
+        if self.instant:
+            self.served += 1
+            yield Delta("done", 1, tokens, True)
+            return
         self.waiting += 1
         try:
             await self._slots.acquire()
@@ -188,15 +225,12 @@ class SimHost:
             self.active += 1
             k = self.active
             # batch-aware: time per request grows with the batch; +-10% jitter per request
-            tokens = request.sampling.max_tokens or NEW_TOKENS    # the request's completion budget
             total = service_time(k, tokens) / self.speed * self.rng.uniform(0.9, 1.1)
             chunks = 4
             words = ["sim", "ulated", " tokens", " done"]
             for i in range(chunks):
                 await asyncio.sleep(total / chunks)
-                yield worker_pb2.GenerateResponse(text=words[i], finished=i == chunks - 1,
-                                                  finish_reason="length" if i == chunks - 1 else "",
-                                                  completion_tokens=tokens if i == chunks - 1 else 0)
+                yield Delta(words[i], 1, tokens if i == chunks - 1 else 0, i == chunks - 1)
             self.served += 1
         finally:
             self.active -= 1
@@ -213,6 +247,22 @@ class SimHost:
 
     async def Embed(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "simulated host")
+
+
+class _Local:
+    """The host's stages run in process by its data plane (the data plane's LocalWorker)."""
+
+    def __init__(self, host: SimHost):
+        self.host = host
+
+    async def generate(self, prompt, *, adapter, max_tokens, temperature, stop, timeout, messages=None):
+        if not any(s == "ready" for s in self.host.states.values()):
+            raise Unavailable(f"{self.host.name}: no ready replica")
+        async for d in self.host.serve(max_tokens):
+            yield d
+
+    async def embed(self, text, *, adapter, timeout):
+        raise Unavailable("simulated host: no embeddings")
 
 
 def now() -> float:

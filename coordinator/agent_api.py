@@ -21,18 +21,22 @@ from atoll.core.logs import kv
 from atoll.core.rpc import check_parsed, handle_errors, status_code
 from atoll.core.tls import peer_has_verified_cert
 from atoll.proto.v1 import control_pb2_grpc
-from atoll.wire.agent_service import proof_from_pb
+from atoll.wire.agent_service import heartbeat_extras, proof_from_pb
 from atoll.wire.nodes import capacity_from_pb, spec_from_pb, status_from_pb
 
 log = logging.getLogger("atoll.coordinator")
 
 
 class AgentApi(control_pb2_grpc.AgentServiceServicer):
-    def __init__(self, registry: Registry, metrics, issuer: Issuer, require_client_cert: bool = False):
+    def __init__(self, registry: Registry, metrics, issuer: Issuer, require_client_cert: bool = False,
+                 dataplane=None):
+        """``dataplane``: the :class:`~atoll.coordinator.publish.Publisher` that reads the
+        routing and key digests and the entries' load in each heartbeat."""
         self.registry = registry
         self.metrics = metrics
         self.issuer = issuer
         self.require_client_cert = require_client_cert
+        self.dataplane = dataplane
 
     def _check_peer(self, context) -> None:
         if self.require_client_cert and not peer_has_verified_cert(context):
@@ -90,6 +94,8 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
         finally:
             writer.cancel()
             self.registry.close_session(sess)
+            if self.dataplane is not None and sess.node_id not in self.registry.sessions:
+                self.dataplane.session_closed(sess.node_id)
 
     def _credential(self, sess) -> dict:
         """A fresh node token for the session's node, remembered on the session."""
@@ -106,6 +112,11 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
             req.draining, req.assignments_generation)
         if req.has_price:
             self.registry.set_price(sess.node_id, req.price_per_hour, req.preemptible)
+        if self.dataplane is not None:
+            try:
+                self.dataplane.heartbeat(sess.node_id, *heartbeat_extras(req))
+            except Exception:  # noqa: BLE001 - a node's liveness never depends on its load report
+                log.exception("entry load report failed", extra=kv(node=sess.node_id[:12]))
         if refresh and self.issuer.needs_refresh(sess.credential_expires):
             sess.push(self._credential(sess))
         done = time.perf_counter()

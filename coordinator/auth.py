@@ -13,6 +13,9 @@ development, and says so in its log); the first key can be created without one a
 admin key. A missing, unknown or revoked key gets UNAUTHENTICATED; a key without the role
 PERMISSION_DENIED; another tenant's workflow NOT_FOUND (its existence is not revealed).
 
+The check itself is :func:`atoll.core.apikeys.identify` and the tenant rule
+:func:`atoll.core.apikeys.may_see`, the same functions agents apply at their doors with the key
+set this coordinator sends them (:meth:`KeyRing.key_set`).
 :class:`AuthInterceptor` also accepts the coordinator's own capability tokens (a node fetching
 the blobs its assignments reference) and asks the authorization table (``atoll.core.access``)
 for every method of every service.
@@ -21,8 +24,6 @@ for every method of every service.
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import hmac
 import json
 import secrets
 import time
@@ -32,32 +33,18 @@ import grpc
 
 from atoll.core import access
 from atoll.core import credentials as cred
+from atoll.core.apikeys import ROLES, Identity, KeyEntry, KeySet, identify, key_set, may_see, secret_hash
 from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from atoll.core.rpc import bearer, guarded
 
 META_KEY = "api_keys"
 AGENT_SERVICE = "/atoll.v1.AgentService/"
-ROLES = ("admin", "user")
-
-
-@dataclass(frozen=True)
-class Identity:
-    key_id: str
-    tenant: str
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
+__all__ = ["Identity", "KeyRing", "AuthInterceptor", "NodeCaller", "visible", "caller_tenant", "caller_node", "ROLES"]
 
 
 # The caller of the RPC being handled: an API key's Identity, a NodeCaller, or None (keys are
 # not enforced yet, or the call comes from inside the coordinator).
 current: contextvars.ContextVar = contextvars.ContextVar("atoll_identity", default=None)
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class KeyRing:
@@ -67,9 +54,12 @@ class KeyRing:
         self.store = store
         self._keys: dict[str, dict] = json.loads(store.get_meta(META_KEY) or "{}")
         self._loaded = time.monotonic()
+        self._set: KeySet | None = None        # built from _keys; dropped whenever they change
 
     def reload(self) -> None:
-        self._keys = json.loads(self.store.get_meta(META_KEY) or "{}")
+        keys = json.loads(self.store.get_meta(META_KEY) or "{}")
+        if keys != self._keys:
+            self._keys, self._set = keys, None
         self._loaded = time.monotonic()
 
     def _fresh(self) -> None:
@@ -77,6 +67,7 @@ class KeyRing:
             self.reload()
 
     def _save(self) -> None:
+        self._set = None
         self.store.set_meta(META_KEY, json.dumps(self._keys, sort_keys=True))
 
     def enabled(self) -> bool:
@@ -95,7 +86,7 @@ class KeyRing:
             raise FailedPrecondition("the first key must be an admin key", hint="atoll keys create --tenant ops --role admin")
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(24)
-        rec = {"id": key_id, "tenant": tenant, "role": role, "hash": _hash(secret), "created": time.time(),
+        rec = {"id": key_id, "tenant": tenant, "role": role, "hash": secret_hash(secret), "created": time.time(),
                "revoked": False}
         self._keys[key_id] = rec
         self._save()                                   # durable before the key is shown
@@ -120,16 +111,19 @@ class KeyRing:
         self._save()
         return self.view(rec)
 
+    def key_set(self) -> KeySet:
+        """The keys as agents check them (hashes, tenants, roles, revocations), with a digest;
+        rebuilt only when the stored keys changed."""
+        self._fresh()
+        if self._set is None:
+            self._set = key_set(self._entries())
+        return self._set
+
+    def _entries(self) -> list[KeyEntry]:
+        return [KeyEntry(r["id"], r["tenant"], r["role"], r["hash"], bool(r["revoked"])) for r in self._keys.values()]
+
     def check(self, key: str) -> Identity:
-        parts = (key or "").split("_", 2)
-        if len(parts) != 3 or parts[0] != "atoll":
-            raise Unauthenticated("missing or malformed API key", hint="pass --api-key or set ATOLL_API_KEY")
-        rec = self._keys.get(parts[1])
-        if rec is None or not hmac.compare_digest(rec["hash"], _hash(parts[2])):
-            raise Unauthenticated("unknown API key")
-        if rec["revoked"]:
-            raise Unauthenticated("this API key was revoked")
-        return Identity(rec["id"], rec["tenant"], rec["role"])
+        return identify(self.key_set().keys, key)
 
 
 @dataclass(frozen=True)
@@ -182,11 +176,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 def visible(tenant_of_thing: str) -> bool:
     """May the current caller see a thing owned by ``tenant_of_thing``? (None: keys are not
-    enforced yet, or the coordinator itself.)"""
+    enforced yet, or the coordinator itself; a node's token sees no tenant's things.)"""
     ident = current.get()
     if isinstance(ident, NodeCaller):
         return False
-    return ident is None or ident.is_admin or ident.tenant == tenant_of_thing
+    return may_see(ident, tenant_of_thing)
 
 
 def caller_tenant() -> str:

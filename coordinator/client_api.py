@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import uuid
 
 from atoll.coordinator import auth, convert
-from atoll.coordinator.entry import entering
 from atoll.coordinator.profiler import profile_variant
 from atoll.coordinator.registry import Registry
 from atoll.coordinator.tenancy import node_view, scope_of
-from atoll.coordinator.router import parse_input
-from atoll.core.errors import AtollError, InvalidArgument
+from atoll.core.errors import AtollError, FailedPrecondition, InvalidArgument
 from atoll.core.logs import kv
 from atoll.core.rpc import handle_errors
 from atoll.proto.v1 import control_pb2_grpc
 from atoll.specs.node import TIERS
-from atoll.specs.routing import with_sink
+from atoll.wire.dataplane import entries_response
 
 MAX_TOKENS_LIMIT = 8192         # the OpenAI door's bound too
 
@@ -27,12 +23,18 @@ DEFAULT_TIMEOUT = 60.0
 
 
 class ClientApi(control_pb2_grpc.ClientServiceServicer):
-    def __init__(self, registry: Registry, workflows=None, router=None, metrics=None, keys=None):
+    def __init__(self, registry: Registry, workflows=None, forwarder=None, metrics=None, keys=None, workers=None,
+                 entries=None):
+        """``forwarder``: :class:`~atoll.coordinator.forward.EntryForwarder` (Invoke goes to an
+        agent's entry); ``workers``: the WorkerClient the profiler calls agents with;
+        ``entries(region, workflow)``: the entries the SDK may use."""
         self.registry = registry
         self.workflows = workflows
-        self.router = router
+        self.forwarder = forwarder
         self.metrics = metrics
         self.keys = keys
+        self.workers = workers
+        self.entries = entries
 
     # ------------------------------------------------------------------ nodes
     @handle_errors
@@ -104,7 +106,8 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
 
     @handle_errors
     async def Invoke(self, request, context):
-        text = parse_input(request.input_json)
+        """Forwarded to an agent's entry in the workflow's source region (the data plane runs it);
+        the caller must see the workflow, and a workflow at zero is woken here at once."""
         timeout = request.timeout_seconds if request.timeout_seconds > 0 else DEFAULT_TIMEOUT
         remaining = context.time_remaining()
         if remaining is not None:
@@ -114,52 +117,35 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         if not 0 <= request.max_tokens <= MAX_TOKENS_LIMIT:
             raise InvalidArgument(f"max_tokens must be in 0..{MAX_TOKENS_LIMIT} (0: the spec's), "
                                   f"got {request.max_tokens}")
-        deadline = time.monotonic() + timeout
-        tokens: dict[str, int] = {}
-        async with entering(self.workflows, request.workflow, deadline, tokens) as route:
-            if request.max_tokens:
-                route = with_sink(route, max_tokens=request.max_tokens)
-            async for item in self._run(request, text, route, deadline, tokens):
-                yield item
-
-    async def _run(self, request, text: str, route, deadline: float, tokens: dict[str, int]):
-        """Run one counted request on its route: stream its deltas (when asked), then the result;
-        ``tokens`` gets the tokens each task generated."""
-        rid = request.request_id or uuid.uuid4().hex[:16]
+        wm = self.workflows
+        rec = wm.get(request.workflow)                 # NOT_FOUND for another tenant's, as ever
+        wakeable = rec.state == "IDLE" or (rec.state == "DEPLOYING" and rec.deployment.autoscale is not None)
+        if rec.state not in ("READY", "DEGRADED") and not wakeable:
+            raise FailedPrecondition(f"workflow {rec.name!r} is {rec.state}: {rec.message}",
+                                     hint="wait until `atoll status` says READY")
+        if rec.state == "IDLE":
+            wm.wake(rec.name)
         t0 = time.monotonic()
-        queue: asyncio.Queue = asyncio.Queue()
-        first = [None]
-
-        async def on_delta(delta) -> None:
-            if first[0] is None:
-                first[0] = time.monotonic() - t0
-            if delta.text:
-                await queue.put(delta.text)
-
-        task = asyncio.ensure_future(self.router.invoke(route, text, deadline=deadline,
-                                                        on_delta=on_delta if request.stream else None))
         outcome = "error"
         try:
-            if request.stream:
-                while not (task.done() and queue.empty()):
-                    getter = asyncio.ensure_future(queue.get())
-                    done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter in done:
-                        yield convert.invoke_delta(getter.result(), rid)
-                    else:
-                        getter.cancel()
-            result = await task
+            async for msg in self.forwarder.invoke(
+                    region=wm.serving(rec.name).source_region, workflow=rec.name, input_json=request.input_json,
+                    stream=request.stream, timeout=timeout, request_id=request.request_id,
+                    max_tokens=request.max_tokens,
+                    temperature=request.temperature if request.HasField("temperature") else None,
+                    metadata=context.invocation_metadata() or ()):
+                yield msg
             outcome = "ok"
-            tokens.update({s.task: s.completion_tokens for s in result.stages})
-            yield convert.invoke_done(result, rid, request.stream)
         finally:
-            if not task.done():
-                task.cancel()
             if self.metrics is not None:
-                self.metrics.requests.labels(request.workflow[:64], outcome).inc()
-                self.metrics.request_seconds.labels(request.workflow[:64]).observe(time.monotonic() - t0)
-                if first[0] is not None:
-                    self.metrics.ttft.labels(request.workflow[:64]).observe(first[0])
+                self.metrics.forwarded.labels(request.workflow[:64], outcome).inc()
+                self.metrics.forward_seconds.labels(request.workflow[:64]).observe(time.monotonic() - t0)
+
+    @handle_errors
+    async def ListEntries(self, request, context):
+        if request.workflow:
+            self.workflows.get(request.workflow)       # NOT_FOUND unless the caller sees it
+        return entries_response(self.entries(request.region, request.workflow))
 
     # ------------------------------------------------------------------ API keys
     @handle_errors
@@ -200,6 +186,6 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
 
     @handle_errors
     async def Profile(self, request, context):
-        res = await profile_variant(self.workflows, self.router.workers, request.workflow, request.task,
+        res = await profile_variant(self.workflows, self.workers, request.workflow, request.task,
                                     request.variant, request.node, request.requests or 16, request.concurrency or 8)
         return convert.profile_response(res)

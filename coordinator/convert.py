@@ -12,7 +12,6 @@ import json
 from typing import Sequence
 
 from atoll.coordinator.records import Deployment, NodeRecord, WorkflowRecord
-from atoll.coordinator.router import Result
 from atoll.proto.v1 import common_pb2, control_pb2
 from atoll.wire import nodes
 from atoll.wire.agent_service import instruction_to_pb
@@ -104,21 +103,6 @@ def workflow_list(rows: list[tuple[WorkflowRecord, list[dict]]]) -> control_pb2.
 
 def deleted() -> control_pb2.DeleteWorkflowResponse:
     return control_pb2.DeleteWorkflowResponse(deleted=True)
-
-
-# ---------------------------------------------------------------------- invocations
-def invoke_delta(text: str, request_id: str) -> control_pb2.InvokeResponse:
-    return control_pb2.InvokeResponse(text=text, request_id=request_id)
-
-
-def invoke_done(result: Result, request_id: str, streamed: bool) -> control_pb2.InvokeResponse:
-    return control_pb2.InvokeResponse(
-        done=True, request_id=request_id, output_json=json.dumps(result.output),
-        text=result.output.get("text", "") if not streamed else "",
-        stages=[control_pb2.StageResult(task=s.task, variant=s.variant, node_name=s.node_name, region=s.region,
-                                        seconds=s.seconds, attempts=s.attempts, output_bytes=s.output_bytes,
-                                        prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens)
-                for s in result.stages])
 
 
 def profile_response(res: dict) -> control_pb2.ProfileResponse:

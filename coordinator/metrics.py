@@ -84,9 +84,10 @@ class CoordinatorMetrics:
             "(node key, proof, join token, scope, session)", ["reason"], registry=r)
         for reason in IDENTITY_REASONS:
             self.identity_refusals.labels(reason)
-        # workflows and the data plane
-        self.requests = Counter("atoll_workflow_requests", "Workflow requests by outcome",
-                                ["workflow", "outcome"], registry=r)
+        # workflows: gRPC Invoke is forwarded to agents' entries (which count the requests themselves:
+        # agent/dataplane/metrics.py); the OpenAI door's requests run on this coordinator's router
+        self.requests = Counter("atoll_workflow_requests", "Workflow requests through the coordinator's OpenAI "
+                                "door, by outcome", ["workflow", "outcome"], registry=r)
         self.request_seconds = Histogram("atoll_workflow_request_seconds", "End-to-end workflow latency",
                                          ["workflow"], registry=r,
                                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
@@ -100,8 +101,14 @@ class CoordinatorMetrics:
                                ["workflow", "task"], registry=r)
         self.stage_errors = Counter("atoll_stage_errors", "Failed stage attempts by status code",
                                     ["workflow", "task", "code"], registry=r)
-        self.bytes_sent = Counter("atoll_bytes_sent", "Bytes sent between stages, by region pair",
-                                  ["workflow", "from_region", "to_region"], registry=r)
+        self.bytes_sent = Counter("atoll_bytes_sent", "Bytes sent between stages by the coordinator's router, "
+                                  "by region pair", ["workflow", "from_region", "to_region"], registry=r)
+        self.forwarded = Counter("atoll_invoke_forwarded", "gRPC Invoke calls this "
+                                 "coordinator forwarded to an agent's entry, by outcome",
+                                 ["workflow", "outcome"], registry=r)
+        self.forward_seconds = Histogram("atoll_invoke_forward_seconds", "Forwarded Invoke calls, end to end",
+                                         ["workflow"], registry=r,
+                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.cold_start = Histogram("atoll_cold_start_seconds", "From a scale-up decision to the replica serving",
                                     ["workflow"], registry=r, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
         self.plan_cost = Gauge("atoll_plan_cost_dollars_per_hour", "Predicted cost of the current plan",

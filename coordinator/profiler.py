@@ -3,8 +3,8 @@
 Sends ``requests`` generate calls (``concurrency`` at a time) for the stage's prompt to one
 ready replica of (task, variant) and records requests/s and tokens/s for that node's hardware
 class. The planner then prefers the measured figure over the declared one for that workflow
-(``atoll.coordinator.placement.with_measured``). Calls go through the router's
-:class:`~atoll.wire.worker.WorkerClient`.
+(``atoll.coordinator.placement.with_measured``). Calls go through the coordinator's
+:class:`~atoll.wire.worker.WorkerClient` (over mutual TLS when agents use it).
 """
 
 from __future__ import annotations

@@ -22,23 +22,17 @@ consumes it — the same flows the planner priced.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 
-from atoll.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from atoll.core.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from atoll.core.rpc import error_from_rpc
-from atoll.specs.routing import Endpoint, Route, Stage
+from atoll.specs.routing import Endpoint, Route, Stage, unbacklogged
 from atoll.wire.worker import Delta, TokenLogprob, WorkerClient
 
-# A replica is backlogged when it holds more than BACKLOG_RATIO x its weight's share of the calls in
-# flight to its location plus BACKLOG_SLACK: replicas that are merely busier than their weight
-# (a closed loop of clients, a replica slower than planned) keep the plan's shares.
-BACKLOG_RATIO = 2.0
-BACKLOG_SLACK = 4
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION,
              grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED,
@@ -101,27 +95,6 @@ class Result:
                 "total_tokens": last.prompt_tokens + last.completion_tokens}
 
 
-def parse_input(raw: str) -> str:
-    """``{"text": ...}`` / ``{"prompt": ...}`` / a JSON string -> the request's text."""
-    try:
-        val = json.loads(raw) if raw else None
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"input is not JSON: {exc.msg} at position {exc.pos}",
-                              hint='pass --input \'{"text": "..."}\'') from None
-    if isinstance(val, str):
-        text = val
-    elif isinstance(val, dict) and isinstance(val.get("text", val.get("prompt")), str):
-        text = val.get("text", val.get("prompt"))
-    else:
-        raise InvalidArgument("input must be a JSON object with a string field 'text' (or a JSON string)",
-                              hint='for example --input \'{"text": "hello"}\'')
-    if not text.strip():
-        raise InvalidArgument("input text is empty")
-    if len(text) > 200_000:
-        raise InvalidArgument(f"input text has {len(text)} characters, at most 200000")
-    return text
-
-
 class Router:
     """Runs requests along routes (``atoll.coordinator.routing``), calling agents' Workers
     through ``workers`` (one :class:`~atoll.wire.worker.WorkerClient`, shared with the profiler;
@@ -157,15 +130,7 @@ class Router:
         rid = self.wrr.pick((workflow, task, loc, "replica"),
                             sorted((e.replica_id, max(e.weight, 1e-9)) for e in eps))
         chosen = next(e for e in eps if e.replica_id == rid)
-        total = sum(self.in_flight.get(e.replica_id, 0) for e in eps) + 1        # with this one
-        share = max(chosen.weight, 1e-9) / sum(max(e.weight, 1e-9) for e in eps)
-        if self.in_flight.get(chosen.replica_id, 0) + 1 <= BACKLOG_RATIO * share * total + BACKLOG_SLACK:
-            return chosen
-        return min(eps, key=lambda e: (self._load(e), e is not chosen))
-
-    def _load(self, e: Endpoint, extra: int = 0) -> float:
-        """This router's calls in flight to ``e`` (plus ``extra``) per unit of its weight."""
-        return (self.in_flight.get(e.replica_id, 0) + extra) / max(e.weight, 1e-9)
+        return unbacklogged(chosen, eps, self.in_flight)
 
     async def invoke(self, route: Route, text: str, *, deadline: float,
                      on_delta: Callable[[Delta], Awaitable[None]] | None = None,

@@ -2,8 +2,9 @@
 from its serving view, plan, assignments and replica views. Pure.
 
 The coordinator builds a table once per plan generation or change of replica state
-(``WorkflowManager.routing_table``) and the router reads it; the table is an immutable value
-(``atoll.specs.routing``) that refers to nothing inside the coordinator.
+(``WorkflowManager.routing_table``); :mod:`atoll.coordinator.publish` sends each agent the routes
+it may serve, and the agents' data plane (``atoll.agent.dataplane``) runs requests on them. The
+table is an immutable value (``atoll.specs.routing``) that refers to nothing inside the coordinator.
 
 A replica is an endpoint when it reports ready on a READY node that advertises a Worker
 address.
@@ -21,21 +22,23 @@ from atoll.specs.routing import Endpoint, Flow, Route, RoutingTable
 
 
 def build_route(workflow: str, serving: WorkflowServing, plan: Plan | None, assignments: Sequence[Assignment],
-                views: Sequence[dict]) -> Route:
+                views: Sequence[dict], *, tenant: str = "", state: str = "READY", trusted_only: bool = False,
+                wakeable: bool = False) -> Route:
     """The route of one workflow; ``views`` are its replicas' status views, one per assignment
-    in the same order (``atoll.coordinator.status.replica_views``)."""
+    in the same order (``atoll.coordinator.status.replica_views``). ``tenant``, ``state``,
+    ``trusted_only`` and ``wakeable`` are what entries need to admit a request."""
     eps: dict[str, list[Endpoint]] = {}
     for a, v in zip(assignments, views):
         if v["state"] == "ready" and v["node_state"] == "READY" and v["worker_address"]:
             eps.setdefault(a.task, []).append(Endpoint(
                 a.replica_id, a.task, a.variant, a.node_id, v["node_name"], v["region"], v["worker_address"],
-                a.weight, a.adapter, f"{v['region']}/{v['tier']}", a.base_model))
+                a.weight, a.adapter, f"{v['region']}/{v['tier']}", a.base_model, v["tier"]))
     flows: dict[tuple[str, str], list[Flow]] = {}
     for f in (plan.routes if plan is not None else ()):
         flows.setdefault((f.src, f.dst), []).append((f.from_location, f.to_location, float(f.rate)))
     return Route(workflow, serving.stages, MappingProxyType({t: tuple(e) for t, e in eps.items()}),
                  serving.source_region, serving.sink, serving.source_location,
-                 MappingProxyType({k: tuple(v) for k, v in flows.items()}))
+                 MappingProxyType({k: tuple(v) for k, v in flows.items()}), tenant, state, trusted_only, wakeable)
 
 
 def build_table(routes: Iterable[Route]) -> RoutingTable:

@@ -40,9 +40,12 @@ from atoll.coordinator.identity import Issuer, load_signing_key
 from atoll.coordinator.leader import AdvisoryLockLeadership, SoloLeadership
 from atoll.coordinator.metrics import CoordinatorMetrics
 from atoll.coordinator.model_store_api import ModelStoreApi
+from atoll.coordinator.entry_load import EntryLoads
+from atoll.coordinator.forward import EntryForwarder
 from atoll.coordinator.openai_http import make_door
-from atoll.coordinator.planning import PlanWorkers
 from atoll.coordinator.join_tokens import hash_token
+from atoll.coordinator.planning import PlanWorkers
+from atoll.coordinator.publish import Publisher, entries
 from atoll.coordinator.registry import Registry
 from atoll.coordinator.router import Router
 from atoll.coordinator.store import guard_store, open_store
@@ -53,6 +56,7 @@ from atoll.core.rpc import SERVER_OPTIONS, add_health_and_reflection, add_servic
 from atoll.core.tls import (channel_credentials, mutual_server_credentials, plain_http_warning, plaintext_policy,
                             server_credentials)
 from atoll.specs.config import CoordinatorSettings, split_address
+from atoll.specs.routing import UNTRUSTED_TIERS
 from atoll.wire.worker import WorkerClient
 
 log = logging.getLogger("atoll.coordinator")
@@ -166,10 +170,11 @@ class Coordinator:
 
     def _open_state(self) -> Path | None:
         """The store (refused when it is empty but this state dir says it held data:
-        ``store.guard_store``), the signing key, the join token, the blob store, the API keys
-        and the router (which calls agents' Workers over TLS, with this coordinator's
-        certificate as the client certificate when agents use mutual TLS, and always with a
-        coordinator token for the node). Returns the join-token file, if one is kept here."""
+        ``store.guard_store``), the signing key, the join token, the blob store, the API keys, the
+        profiler's Worker client (over TLS, with this coordinator's certificate as the client
+        certificate when agents use mutual TLS, and always with a coordinator token for the
+        node) and the forwarder to agents' entries. Returns the join-token file, if one is kept
+        here."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(self.settings)
         st = self.settings
@@ -178,9 +183,13 @@ class Coordinator:
         self._token_hash, token_file = resolve_join_token(self.store, self.state_dir, st.join_token,
                                                           bool(st.database_url))
         self.blobs = BlobStore(self.state_dir / "blobs", self.store)
-        self.router = Router(self.metrics, workers=WorkerClient(channel_credentials(st.tls_client_ca, st.tls_cert,
-                                                                                    st.tls_key),
-                                                                tokens=self.issuer.coordinator_token))
+        creds = channel_credentials(st.tls_client_ca, st.tls_cert, st.tls_key)
+        self.workers = WorkerClient(creds, tokens=self.issuer.coordinator_token)
+        # The OpenAI door's requests run here (chat templates, n, logprobs and embeddings are not
+        # carried by Entry.Invoke yet); gRPC Invoke goes to agents' entries.
+        self.router = Router(self.metrics, workers=self.workers)
+        self.publisher: Publisher | None = None
+        self.forwarder = EntryForwarder(self._entries, channel_credentials(st.tls_client_ca), self._entry_current)
         self.keys = KeyRing(self.store)
         return token_file
 
@@ -283,10 +292,12 @@ class Coordinator:
             loop = asyncio.get_running_loop()
             self.store.fence(self.leadership.epoch, lambda why: loop.call_soon_threadsafe(
                 lambda: asyncio.ensure_future(self._lost(why))))
+        self.publisher = Publisher(self.registry, EntryLoads(self.workflows))
         self._apis = {"AgentService": AgentApi(self.registry, self.metrics, self.issuer,
-                                               require_client_cert=self.require_agent_certs),
-                      "ClientService": ClientApi(self.registry, self.workflows, self.router, self.metrics,
-                                                 keys=self.keys),
+                                               require_client_cert=self.require_agent_certs,
+                                               dataplane=self.publisher),
+                      "ClientService": ClientApi(self.registry, self.workflows, self.forwarder, self.metrics,
+                                                 keys=self.keys, workers=self.workers, entries=self._entries),
                       "ModelStore": ModelStoreApi(self.blobs, references=self.workflows.references)}
         self._view = None
         loop = asyncio.get_running_loop()
@@ -344,6 +355,17 @@ class Coordinator:
         leader = leader or "unknown (election under way)"
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"standby; leader is at {leader}")
 
+    def _entries(self, region: str, workflow: str = ""):
+        """READY agents' entries, ``region``'s first; a trusted_only workflow's never on a renter."""
+        trusted = False
+        if workflow and self.workflows is not None and workflow in self.workflows.records:
+            trusted = self.workflows.spec(workflow).placement.trusted_only
+        return entries(self.registry.nodes.values() if self.registry else (), region,
+                       (lambda tier: tier not in UNTRUSTED_TIERS) if trusted else None)
+
+    def _entry_current(self, node_id: str) -> bool:
+        return self.publisher is None or self.publisher.current(node_id, self.keys.key_set())
+
     async def _sweep_loop(self) -> None:
         period = min(0.5, self.settings.heartbeat_interval / 10)
         while True:
@@ -367,6 +389,7 @@ class Coordinator:
                     self._last_autoscale = now
                     self.workflows.autoscale(now)
                 self.workflows.reconcile()
+                self.publisher.publish(self.workflows.routing_table(), self.keys.key_set(), now)
             except Exception:  # noqa: BLE001
                 log.exception("reconcile failed")
 
@@ -390,8 +413,9 @@ class Coordinator:
             t.cancel()
         if self.server is not None:
             await self.server.stop(grace)
-        if getattr(self, "router", None) is not None:
-            await self.router.close()
+        if getattr(self, "workers", None) is not None:
+            await self.workers.close()
+            await self.forwarder.close()
         if getattr(self, "planner", None) is not None:
             self.planner.close()
         if self.registry is not None and self._apis:

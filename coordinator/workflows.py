@@ -224,7 +224,10 @@ class WorkflowManager:
         return self._table[1]
 
     def _route_of(self, rec: WorkflowRecord) -> Route:
-        return build_route(rec.name, self._loaded(rec)[1], rec.plan, rec.assignments, self.replica_views(rec))
+        spec, serving = self._loaded(rec)
+        wakeable = rec.state == "IDLE" or (rec.state == "DEPLOYING" and rec.deployment.autoscale is not None)
+        return build_route(rec.name, serving, rec.plan, rec.assignments, self.replica_views(rec), tenant=rec.tenant,
+                           state=rec.state, trusted_only=spec.placement.trusted_only, wakeable=wakeable)
 
     def route(self, name: str) -> Route:
         rec = self.get(name)
@@ -262,7 +265,8 @@ class WorkflowManager:
     def request_finished(self, name: str, completion_tokens: Mapping[str, int] | None = None) -> None:
         """A request started with :meth:`request_started` ended; ``completion_tokens`` (task ->
         tokens generated, e.g. ``{s.task: s.completion_tokens for s in result.stages}``) when it
-        succeeded. Every door that runs requests calls both, so the autoscaler sees all traffic."""
+        succeeded. Every door that runs requests calls both, so the autoscaler sees all traffic;
+        entries' reports arrive here too (``coordinator/entry_load.py``)."""
         self.autoscaler.request_finished(name, completion_tokens)
 
     def autoscale(self, now: float | None = None) -> list[tuple[str, str]]:

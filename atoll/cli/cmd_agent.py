@@ -20,6 +20,11 @@ def register(sub) -> None:
                    help="OpenAI-compatible HTTP API for this host's model and adapters (edge clients)")
     p.add_argument("--worker-advertise", metavar="HOST:PORT",
                    help="address the coordinator uses for this agent's Worker (default: derived from --worker-listen)")
+    p.add_argument("--entry-listen", metavar="HOST:PORT",
+                   help="Entry gRPC HOST:PORT: clients invoke workflows at this agent (default 127.0.0.1:0)")
+    p.add_argument("--entry-advertise", metavar="HOST:PORT", help="address clients use for this agent's entry")
+    p.add_argument("--otlp-endpoint", metavar="URL",
+                   help="export request spans to this OpenTelemetry collector (OTLP/HTTP, e.g. http://otel:4318)")
     p.add_argument("--tls-ca", metavar="PEM", help="CA that signed the coordinator's certificate: use TLS")
     p.add_argument("--tls-cert", metavar="PEM", help="this agent's client certificate (mutual TLS)")
     p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
@@ -45,7 +50,8 @@ def run(ns) -> int:
         "join_token": ns.join_token, "worker_listen": ns.worker_listen,
         "worker_advertise": ns.worker_advertise, "tls_ca": ns.tls_ca, "tls_cert": ns.tls_cert,
         "tls_key": ns.tls_key, "insecure": True if ns.insecure else None,
-        "metrics_listen": ns.metrics_listen, "openai_listen": ns.openai_listen})
+        "metrics_listen": ns.metrics_listen, "openai_listen": ns.openai_listen,
+        "entry_listen": ns.entry_listen, "entry_advertise": ns.entry_advertise, "otlp_endpoint": ns.otlp_endpoint})
     agent = Agent.from_settings(settings)   # validates node.yaml before anything starts
     logs.setup(ns.log_level)
     asyncio.run(agent.run_until_signal())

@@ -41,6 +41,12 @@ def register(sub) -> None:
 
     p = sub.add_parser("invoke", help="run one request through a workflow")
     _coord(p)
+    p.add_argument("--entry", default=None, metavar="ADDR[,ADDR]",
+                   help="invoke at these agents' entries, nearest first (default $ATOLL_ENTRIES; unset: "
+                        "through the coordinator, which forwards to an entry)")
+    p.add_argument("--region", default=None,
+                   help="this client's region: its entries are preferred; without --entry, the coordinator is "
+                        "asked once for the fleet's entries (default $ATOLL_REGION)")
     p.add_argument("name")
     p.add_argument("--input", required=True, help='JSON, e.g. \'{"text": "hello"}\'')
     p.add_argument("--stream", action="store_true", help="print the last stage's tokens as they come")
@@ -49,6 +55,13 @@ def register(sub) -> None:
                    help="completion budget of the last stage for this request (default: the spec's)")
     p.add_argument("--output", "-o", choices=["text", "json"], default="text")
     p.set_defaults(func=run_invoke)
+
+    p = sub.add_parser("entries", help="agents' entries, where clients invoke workflows (the data plane)")
+    _coord(p)
+    p.add_argument("--region", default="", help="this region's entries first")
+    p.add_argument("--workflow", default="", help="only entries that may take this workflow")
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    p.set_defaults(func=run_entries)
 
     p = sub.add_parser("profile", help="measure a variant's throughput on a live agent and record it")
     _coord(p)
@@ -156,7 +169,7 @@ def run_invoke(ns) -> int:
         json.loads(ns.input)
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"--input is not JSON: {exc.msg}", hint='e.g. --input \'{"text": "hello"}\'') from None
-    with Client(ns.coordinator, timeout=ns.timeout + 5) as c:
+    with Client(ns.coordinator, timeout=ns.timeout + 5, entries=ns.entry, region=ns.region) as c:
         if ns.stream:
             result = None
             for item in c.invoke(ns.name, ns.input, timeout=ns.timeout, stream=True, max_tokens=ns.max_tokens):
@@ -176,6 +189,22 @@ def run_invoke(ns) -> int:
     for s in (result or {}).get("stages", []):
         print(f"  {s['task']}: {s['variant']} on {s['node']} ({s['region']}) {s['seconds'] * 1000:.0f} ms"
               + (f", {s['attempts']} attempts" if s["attempts"] > 1 else ""), file=sys.stderr)
+    return 0
+
+
+def run_entries(ns) -> int:
+    from atoll.cli.table import render
+    from atoll.client import Client
+
+    with Client(ns.coordinator) as c:
+        es = c.entries(ns.region, ns.workflow)
+    if ns.output == "json":
+        print(json.dumps(es, indent=2))
+    elif not es:
+        print("no entries (no READY agent serves one)")
+    else:
+        print(render(["NODE", "REGION", "TIER", "ENTRY"], [[e["node_name"], e["region"], e["tier"], e["address"]]
+                                                           for e in es], "llll"))
     return 0
 
 

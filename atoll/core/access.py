@@ -64,10 +64,13 @@ CLIENT = "atoll.v1.ClientService"
 STORE = "atoll.v1.ModelStore"
 AGENTS = "atoll.v1.AgentService"
 WORKER = "atoll.v1.Worker"
+ENTRY = "atoll.v1.Entry"
+DATAPLANE = "atoll.v1.DataPlane"
 HEALTH = "grpc.health.v1.Health"
 REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 _COORD_KEYS = "coordinator/auth.py: AuthInterceptor"
 _AGENT_GUARD = "agent/guard.py: WorkerGuard"
+_AGENT_KEYS = "agent/dataplane/entry.py: Keys (the key set the coordinator sends)"
 
 # The OpenAI door's routes (atoll.core.openai_http.ROUTES; a test checks they are the same).
 _DOOR_ROUTES = ["GET /v1/models", "GET /v1/models/{model}", "POST /v1/completions", "POST /v1/chat/completions",
@@ -78,8 +81,8 @@ TABLE: tuple[Rule, ...] = (
     + _r(CLIENT, ["DrainNode", "SetNodeTrust", "ListKeys", "RevokeKey", "CreateJoinToken", "ListJoinTokens",
                   "RevokeJoinToken"], {ADMIN}, by=_COORD_KEYS)
     + _r(CLIENT, ["CreateKey"], {ADMIN}, owner=BOOTSTRAP, by=_COORD_KEYS)
-    + _r(CLIENT, ["SubmitWorkflow", "ListWorkflows", "GetWorkflow", "DeleteWorkflow", "Invoke", "Profile"],
-         {USER, ADMIN}, owner=OWN_TENANT, by=_COORD_KEYS)
+    + _r(CLIENT, ["SubmitWorkflow", "ListWorkflows", "GetWorkflow", "DeleteWorkflow", "Invoke", "Profile",
+                  "ListEntries"], {USER, ADMIN}, owner=OWN_TENANT, by=_COORD_KEYS)
     + _r(STORE, ["Push", "Stat"], {USER, ADMIN}, owner=OWN_TENANT, by=_COORD_KEYS)
     + _r(STORE, ["Fetch"], {USER, ADMIN, NODE}, scope=SCOPE_FETCH, owner=f"{OWN_TENANT}; node: {ASSIGNED}",
          by=_COORD_KEYS)
@@ -88,13 +91,16 @@ TABLE: tuple[Rule, ...] = (
     + _r(WORKER, ["Generate", "Embed"], {COORDINATOR, NODE}, scope=SCOPE_INFER, by=_AGENT_GUARD)
     + _r(WORKER, ["LoadAdapter", "UnloadAdapter", "ListAdapters"], {COORDINATOR}, scope=SCOPE_MANAGE,
          by=_AGENT_GUARD)
+    + _r(ENTRY, ["Invoke"], {USER, ADMIN}, owner=OWN_TENANT, by=_AGENT_KEYS)
+    + _r(ENTRY, ["Describe"], CALLERS, by="open (clients rank entries by its round trip)")
+    + _r(DATAPLANE, ["Forward"], {NODE}, scope=SCOPE_INFER, by=_AGENT_GUARD)
     + _r(HEALTH, ["Check", "Watch", "List"], CALLERS, by="open (Kubernetes probes)")
     + _r(REFLECTION, ["ServerReflectionInfo"], CALLERS, by="open (service discovery for grpcurl)")
     + _r("http:coordinator", _DOOR_ROUTES, {USER, ADMIN}, owner=OWN_TENANT,
          by="coordinator/openai_http.py: door_authorize (atoll.core.openai_http.OpenAIDoor)")
     + _r("http:coordinator", ["GET /metrics"], CALLERS, by="open (Prometheus scrapes)")
     + _r("http:agent", _DOOR_ROUTES,
-         {USER, ADMIN}, owner=OWN_TENANT, by="not yet: agent/openai_local.py checks no key (issue 16)")
+         {USER, ADMIN}, owner=OWN_TENANT, by="agent/dataplane/door.py: EntryDoor (the keys of " + _AGENT_KEYS + ")")
     + _r("http:agent", ["GET /metrics"], CALLERS, by="open (Prometheus scrapes)")
 )
 

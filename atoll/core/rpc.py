@@ -40,6 +40,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.enable_retries", 0),
+    # gRPC's own reconnect backoff grows to 120 s: after a minute without the coordinator an
+    # agent would come back up to half a minute after it (agents trickled back one by one).
+    # Capped at the heartbeat's own backoff cap (agent/heartbeat.py: Backoff, 5 s).
+    ("grpc.max_reconnect_backoff_ms", 5000),
 ]
 
 

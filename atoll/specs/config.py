@@ -145,11 +145,17 @@ class AgentSettings(Spec):
     tls_cert: str | None = Field(default=None, description="PEM client certificate of this agent (mutual TLS)")
     tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")
     insecure: bool = Field(default=False, description="allow a plaintext Worker on a non-loopback address")
+    entry_listen: str = Field(default="127.0.0.1:0", description="HOST:PORT of this agent's Entry service, "
+                                                                 "where clients invoke workflows (port 0: any)")
+    entry_advertise: str | None = Field(default=None, description="HOST:PORT clients should use to reach the "
+                                                                  "entry (default: derived from entry_listen)")
+    otlp_endpoint: str | None = Field(default=None, description="OpenTelemetry collector (OTLP/HTTP, e.g. "
+                                                                "http://collector:4318): export request spans")
     cache_keep_seconds: float = Field(default=600.0, ge=0, le=30 * 86400,
                                       description="keep a fetched model or adapter this long after the last "
                                                   "assignment naming it went away (warm caches for re-plans)")
 
-    @field_validator("worker_listen", "metrics_listen")
+    @field_validator("worker_listen", "metrics_listen", "entry_listen")
     @classmethod
     def _addr(cls, v: str | None) -> str | None:
         return None if v is None else check_address(v)

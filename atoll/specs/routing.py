@@ -6,13 +6,21 @@ location, routing weight, adapter), where requests enter, which stage answers, a
 location-level flows per edge. A :class:`RoutingTable` holds the routes of every workflow.
 They are immutable plain values: the coordinator builds them (``atoll.coordinator.routing``)
 and whoever runs requests reads them, whichever side of the wire it is on.
+
+A :class:`RoutingState` is what one agent holds: the routes of every workflow it may serve as an
+entry or a hop, with a content digest (:func:`routing_state`), pushed level-triggered down the
+heartbeat stream. :func:`may_carry` is the one rule, applied by the coordinator when it decides
+who gets a route and by every agent before it accepts or hands on a request, that keeps a
+``trusted_only`` workflow's data off rented hosts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from atoll.core.errors import InvalidArgument
 
@@ -51,6 +59,7 @@ class Endpoint:
     adapter: str
     location: str = ""             # "region/tier", as the plan names locations
     base_model: str = ""
+    tier: str = ""
 
 
 Flow = tuple[str, str, float]      # (from location, to location, rate)
@@ -58,7 +67,7 @@ Flow = tuple[str, str, float]      # (from location, to location, rate)
 
 @dataclass(frozen=True)
 class Route:
-    """What the router needs of one deployed workflow."""
+    """What the data plane needs of one deployed workflow."""
 
     workflow: str
     stages: Sequence[Stage]        # topological order
@@ -68,6 +77,10 @@ class Route:
     source_location: str = ""
     # (from task or source, to task) -> [(from location, to location, rate)] from the plan
     flows: Mapping[tuple[str, str], Sequence[Flow]] = field(default_factory=dict)
+    tenant: str = ""
+    state: str = "READY"           # the workflow's state when the route was built
+    trusted_only: bool = False     # its data never reaches a renter host
+    wakeable: bool = False         # scaled to zero (or waking up): a request wakes it
 
 
 @dataclass(frozen=True)
@@ -87,3 +100,76 @@ def with_sink(route: Route, **changes) -> Route:
                               f"an {sink.kind} stage, which generates no tokens")
     return dataclasses.replace(route, stages=tuple(dataclasses.replace(s, **changes) if s.task == route.sink else s
                                                    for s in route.stages))
+
+
+# A replica is backlogged when, with the request being placed, it would hold more than
+# BACKLOG_RATIO x its weight's share of the caller's calls in flight to its location plus
+# BACKLOG_SLACK: replicas merely busier than their weight (a closed loop of clients, a replica a
+# little slower than planned) keep the plan's shares; a backlogged one is passed over for the
+# replica with the fewest calls per unit of weight (after a replica is lost, or while new ones
+# start, the survivors' queues drain instead of growing).
+BACKLOG_RATIO = 2.0
+BACKLOG_SLACK = 4
+
+
+def backlogged(held: int, weight: float, total_held: int, total_weight: float) -> bool:
+    """Would a replica holding ``held`` of the caller's calls (weight ``weight``, of a location
+    whose replicas hold ``total_held`` and weigh ``total_weight``) be backlogged with one more?"""
+    share = max(weight, 1e-9) / max(total_weight, 1e-9)
+    return held + 1 > BACKLOG_RATIO * share * (total_held + 1) + BACKLOG_SLACK
+
+
+def least_loaded(pool: Sequence[Endpoint], in_flight: Mapping[str, int], chosen: Endpoint) -> Endpoint:
+    """The replica of ``pool`` with the fewest of the caller's calls per unit of weight (``chosen``
+    on a tie)."""
+    return min(pool, key=lambda e: (in_flight.get(e.replica_id, 0) / max(e.weight, 1e-9), e is not chosen))
+
+
+def unbacklogged(chosen: Endpoint, pool: Sequence[Endpoint], in_flight: Mapping[str, int]) -> Endpoint:
+    """``chosen`` (picked by weight among ``pool``, the replicas of its location that may serve),
+    or, when it is backlogged with the caller's calls ``in_flight`` (replica id -> calls now), the
+    least loaded replica of ``pool``. The one rule for every router, the coordinator's and each
+    agent's (which keeps the totals itself: :func:`backlogged`)."""
+    if backlogged(in_flight.get(chosen.replica_id, 0), chosen.weight,
+                  sum(in_flight.get(e.replica_id, 0) for e in pool), sum(max(e.weight, 1e-9) for e in pool)):
+        return least_loaded(pool, in_flight, chosen)
+    return chosen
+
+
+UNTRUSTED_TIERS = frozenset({"renter"})
+
+
+def may_carry(route: Route, tier: str) -> bool:
+    """May a host of ``tier`` see this workflow's requests (as an entry, a hop or a replica)?
+    Not a renter when the workflow asks for trusted hosts only."""
+    return not (route.trusted_only and tier in UNTRUSTED_TIERS)
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """The routes one agent holds, and their digest (0: no state yet)."""
+
+    digest: int = 0
+    routes: Mapping[str, Route] = field(default_factory=dict)
+
+    def get(self, workflow: str) -> Route | None:
+        return self.routes.get(workflow)
+
+
+def _route_row(r: Route) -> list:
+    return [r.workflow, r.tenant, r.state, r.trusted_only, r.wakeable, r.source_region, r.source_location, r.sink,
+            [dataclasses.astuple(s) for s in r.stages],
+            sorted([dataclasses.astuple(e) for eps in r.endpoints.values() for e in eps]),
+            sorted([[a, b, *f] for (a, b), fs in r.flows.items() for f in fs])]
+
+
+def routing_digest(routes: Iterable[Route]) -> int:
+    """A 63-bit content digest of a set of routes, independent of their order (never 0)."""
+    rows = sorted((_route_row(r) for r in routes), key=lambda row: row[0])
+    h = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).digest()
+    return (int.from_bytes(h[:8], "big") >> 1) or 1
+
+
+def routing_state(routes: Iterable[Route]) -> RoutingState:
+    routes = tuple(routes)
+    return RoutingState(routing_digest(routes), {r.workflow: r for r in routes})

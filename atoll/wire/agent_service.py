@@ -3,8 +3,11 @@ reads the instructions; the coordinator's servicer reads the requests and sends 
 
 Instructions are plain values on both sides: ``{"drain": True}`` (stop taking work; also the
 acknowledgement of an agent's own drain), ``{"reregister": True}`` (the session is unknown),
-``{"assignments": AssignmentSet}`` (the node's full desired set) and ``{"credential": (token,
-expires_unix)}`` (the node's capability token).
+``{"assignments": AssignmentSet}`` (the node's full desired set), ``{"routing": RoutingState}``
+(the routes the node may serve, ``atoll.specs.routing``), ``{"keys": KeySet}`` (the API keys
+its doors check, ``atoll.core.apikeys``) and ``{"credential": (token, expires_unix)}`` (the
+node's capability token). Heartbeats carry the digests of the routing state and key set that
+the agent holds, and its entry's load reports (``atoll.wire.dataplane.EntryLoad``).
 
 A registration carries the agent's proof of possession of its node key
 (:class:`atoll.core.credentials.Proof`); the answer, the coordinator's public key to pin.
@@ -12,9 +15,13 @@ A registration carries the agent's proof of possession of its node key
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from atoll.core.credentials import Proof
 from atoll.proto.v1 import control_pb2, control_pb2_grpc
 from atoll.specs.assignment import AssignmentSet, ReplicaItem
+from atoll.wire.dataplane import (EntryLoad, keys_from_pb, keys_to_pb, load_from_pb, load_to_pb, routing_from_pb,
+                                  routing_to_pb)
 from atoll.wire.nodes import capacity_to_pb, spec_to_pb, status_to_pb
 
 SERVICE = control_pb2.DESCRIPTOR.services_by_name["AgentService"]
@@ -44,11 +51,15 @@ def proof_from_pb(req: control_pb2.RegisterRequest) -> Proof | None:
 
 def heartbeat_request(*, node_id: str, session_token: str, seq: int, draining: bool, generation: int,
                       price: tuple[float, bool] | None, capacity: dict | None, status: dict | None,
-                      sent_unix: float) -> control_pb2.HeartbeatRequest:
+                      sent_unix: float, routing_digest: int = 0, keys_digest: int = 0,
+                      entry_load: Sequence[EntryLoad] = ()) -> control_pb2.HeartbeatRequest:
     """One heartbeat; ``capacity`` when it changed, ``price`` (per hour, preemptible) when the
-    host re-priced itself, ``status`` when the agent has one to report."""
+    host re-priced itself, ``status`` when the agent has one to report; the digests of the
+    routing state and key set it holds, and its entry's load since the last heartbeat."""
     req = control_pb2.HeartbeatRequest(node_id=node_id, session_token=session_token, seq=seq, draining=draining,
-                                       assignments_generation=generation, sent_unix=sent_unix)
+                                       assignments_generation=generation, sent_unix=sent_unix,
+                                       routing_digest=routing_digest, keys_digest=keys_digest,
+                                       entry_load=load_to_pb(entry_load))
     if price is not None:
         req.has_price, (req.price_per_hour, req.preemptible) = True, price
     if capacity is not None:
@@ -82,6 +93,10 @@ def instruction_to_pb(ins: dict) -> control_pb2.Instruction:
         a: AssignmentSet = ins["assignments"]
         return control_pb2.Instruction(assignments=control_pb2.Assignments(
             generation=a.generation, items=[item_to_pb(i) for i in a.items]))
+    if "routing" in ins:
+        return control_pb2.Instruction(routing=routing_to_pb(ins["routing"]))
+    if "keys" in ins:
+        return control_pb2.Instruction(keys=keys_to_pb(ins["keys"]))
     raise ValueError(f"unknown instruction {sorted(ins)}")
 
 
@@ -92,6 +107,15 @@ def instruction_from_pb(m: control_pb2.Instruction) -> dict:
                                              tuple(item_from_pb(a) for a in m.assignments.items))}
     if kind in ("drain", "reregister"):
         return {kind: True}
+    if kind == "routing":
+        return {"routing": routing_from_pb(m.routing)}
+    if kind == "keys":
+        return {"keys": keys_from_pb(m.keys)}
     if kind == "credential":
         return {"credential": (m.credential.token, m.credential.expires_unix)}
     return {}
+
+
+def heartbeat_extras(req: control_pb2.HeartbeatRequest) -> tuple[int, int, list[EntryLoad]]:
+    """The data plane's part of a heartbeat: (routing digest, key-set digest, entry load)."""
+    return req.routing_digest, req.keys_digest, load_from_pb(req.entry_load)

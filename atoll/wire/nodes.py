@@ -68,7 +68,8 @@ def status_from_pb(m: common_pb2.NodeStatus) -> dict:
             "kv_cache_usage": m.kv_cache_usage, "worker_address": m.worker_address,
             "replica_states": dict(m.replica_states), "replica_messages": dict(m.replica_messages),
             "replica_load_seconds": dict(m.replica_load_seconds), "cached_models": list(m.cached_models),
-            "ttft_seconds": m.ttft_seconds, "replica_queue_depth": dict(m.replica_queue_depth)}
+            "ttft_seconds": m.ttft_seconds, "entry_address": m.entry_address,
+            "replica_queue_depth": dict(m.replica_queue_depth)}
 
 
 def status_to_pb(d: dict) -> common_pb2.NodeStatus:
@@ -81,6 +82,7 @@ def status_to_pb(d: dict) -> common_pb2.NodeStatus:
         replica_messages=d.get("replica_messages") or {},
         replica_load_seconds=d.get("replica_load_seconds") or {},
         cached_models=d.get("cached_models") or [], ttft_seconds=float(d.get("ttft_seconds", 0.0)),
+        entry_address=d.get("entry_address", ""),
         replica_queue_depth={k: int(v) for k, v in (d.get("replica_queue_depth") or {}).items()})
 
 

@@ -1,5 +1,5 @@
 """``Worker`` on the wire, the calling side: :class:`WorkerClient`, the one client of agents'
-Worker services (the coordinator's router and profiler share one).
+Worker services (an agent's data plane, and the coordinator's profiler).
 
 It keeps one channel per Worker address (over TLS with ``credentials`` when given), presents
 ``tokens(node_id)`` — the coordinator's capability token for that node — as
@@ -81,45 +81,56 @@ class WorkerClient:
         self.tokens = tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def _metadata(self, node_id: str) -> tuple | None:
-        if self.tokens is None or not node_id:
-            return None
-        return (("authorization", "Bearer " + self.tokens(node_id)),)
+    def _metadata(self, node_id: str, extra: Sequence[tuple[str, str]] = ()) -> tuple | None:
+        """``extra`` (trace context) plus, when a token source is set and ``node_id`` names the
+        node serving there, the token this call presents to it."""
+        md = tuple(extra)
+        if self.tokens is not None and node_id:
+            md = tuple((k, v) for k, v in md if k != "authorization") + (
+                ("authorization", "Bearer " + self.tokens(node_id)),)
+        return md or None
 
-    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The channel to the agent at ``address`` (its Worker and DataPlane services share it)."""
         ch = self._channels.get(address)
         if ch is None:
             ch = self._channels[address] = (
                 grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS) if self.credentials
                 else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
-        return worker_pb2_grpc.WorkerStub(ch)
+        return ch
+
+    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        return worker_pb2_grpc.WorkerStub(self.channel(address))
 
     async def generate(self, address: str, prompt: str, *, adapter: str, max_tokens: int | None,
                        temperature: float, stop: Sequence[str] = (), top_p: float = 1.0, seed: int | None = None,
                        n: int = 1, logprobs: bool = False, top_logprobs: int = 0,
                        messages: Sequence[Mapping[str, str]] | None = None,
-                       timeout: float, node_id: str = "") -> AsyncIterator[Delta]:
+                       timeout: float, metadata: Sequence[tuple[str, str]] = (), request_id: str = "",
+                       node_id: str = "") -> AsyncIterator[Delta]:
         """Stream one generation from the Worker at ``address`` (``adapter`` empty: the base model):
         of the text ``prompt``, or of a chat (``messages``: role, content and optional name),
         which the worker renders with its model's own template. ``max_tokens`` None: up to a stop
         token or the context. ``n`` choices come interleaved, each delta naming its index.
-        ``node_id`` is the node serving there (whose token the call presents)."""
+        ``metadata`` rides along (trace context); ``node_id`` is the node serving there (whose
+        token the call presents)."""
         sampling = worker_pb2.SamplingParams(
             max_tokens=max_tokens or 0, no_max_tokens=max_tokens is None, temperature=temperature, stop=list(stop),
             top_p=top_p, has_seed=seed is not None, seed=seed or 0, n=n, logprobs=logprobs or top_logprobs > 0,
             top_logprobs=top_logprobs)
         if messages is not None:
-            req = worker_pb2.GenerateRequest(adapter=adapter, sampling=sampling, messages=[
+            req = worker_pb2.GenerateRequest(adapter=adapter, sampling=sampling, request_id=request_id, messages=[
                 worker_pb2.ChatMessage(role=m["role"], content=m["content"], name=m.get("name", ""))
                 for m in messages])
         else:
-            req = worker_pb2.GenerateRequest(prompt=prompt, adapter=adapter, sampling=sampling)
-        async for resp in self._stub(address).Generate(req, timeout=timeout, metadata=self._metadata(node_id)):
+            req = worker_pb2.GenerateRequest(prompt=prompt, adapter=adapter, sampling=sampling, request_id=request_id)
+        async for resp in self._stub(address).Generate(req, timeout=timeout, metadata=self._metadata(node_id, metadata)):
             yield delta_from_pb(resp)
 
-    async def embed(self, address: str, text: str, *, adapter: str, timeout: float, node_id: str = "") -> Embedding:
+    async def embed(self, address: str, text: str, *, adapter: str, timeout: float,
+                    metadata: Sequence[tuple[str, str]] = (), node_id: str = "") -> Embedding:
         resp = await self._stub(address).Embed(worker_pb2.EmbedRequest(text=text, adapter=adapter), timeout=timeout,
-                                               metadata=self._metadata(node_id))
+                                               metadata=self._metadata(node_id, metadata))
         return Embedding(list(resp.embedding), resp.tokens)
 
     async def close(self) -> None:

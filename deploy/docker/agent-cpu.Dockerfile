@@ -34,12 +34,14 @@ COPY deploy/docker/agent-entrypoint.sh /usr/local/bin/atoll-agent-entrypoint
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ATOLL_STATE_DIR=/var/lib/atoll/agent \
-    ATOLL_WORKER_LISTEN=0.0.0.0:7071
+    ATOLL_WORKER_LISTEN=0.0.0.0:7071 \
+    ATOLL_ENTRY_LISTEN=0.0.0.0:7443
 USER 10001:10001
 WORKDIR /var/lib/atoll
 VOLUME ["/var/lib/atoll"]
-# 7071: Worker gRPC (atoll.v1.Worker, grpc.health.v1)
-EXPOSE 7071
+# 7071: Worker gRPC (atoll.v1.Worker, atoll.v1.DataPlane, grpc.health.v1)
+# 7443: Entry gRPC (atoll.v1.Entry: clients invoke workflows here, grpc.health.v1)
+EXPOSE 7071 7443
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/opt/atoll/healthcheck.py"]
 STOPSIGNAL SIGTERM

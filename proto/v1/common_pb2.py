@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61toll/proto/v1/common.proto\x12\x08\x61toll.v1\"y\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x03\x12\x1a\n\x12\x63ompute_capability\x18\x05 \x01(\t\"\x96\x01\n\x0cNodeCapacity\x12\x1f\n\x04gpus\x18\x01 \x03(\x0b\x32\x11.atoll.v1.GpuInfo\x12\x11\n\tcpu_cores\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x04 \x01(\x03\x12\x11\n\tsimulated\x18\x05 \x01(\x08\x12\x15\n\ragent_version\x18\x06 \x01(\t\"\xd0\x01\n\x08NodeSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x16\n\x0eprice_per_hour\x18\x05 \x01(\x01\x12\x13\n\x0bpreemptible\x18\x06 \x01(\x08\x12.\n\x06labels\x18\x07 \x03(\x0b\x32\x1e.atoll.v1.NodeSpec.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x0bLoadedModel\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x10\n\x08\x61\x64\x61pters\x18\x02 \x03(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xc4\x06\n\nNodeStatus\x12%\n\x06loaded\x18\x01 \x03(\x0b\x32\x15.atoll.v1.LoadedModel\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\x05\x12\x18\n\x10running_requests\x18\x03 \x01(\x05\x12I\n\x13measured_throughput\x18\x04 \x03(\x0b\x32,.atoll.v1.NodeStatus.MeasuredThroughputEntry\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x16\n\x0eworker_address\x18\x06 \x01(\t\x12?\n\x0ereplica_states\x18\x07 \x03(\x0b\x32\'.atoll.v1.NodeStatus.ReplicaStatesEntry\x12\x43\n\x10replica_messages\x18\x08 \x03(\x0b\x32).atoll.v1.NodeStatus.ReplicaMessagesEntry\x12J\n\x14replica_load_seconds\x18\t \x03(\x0b\x32,.atoll.v1.NodeStatus.ReplicaLoadSecondsEntry\x12\x15\n\rcached_models\x18\n \x03(\t\x12\x14\n\x0cttft_seconds\x18\x0b \x01(\x01\x12H\n\x13replica_queue_depth\x18\x0c \x03(\x0b\x32+.atoll.v1.NodeStatus.ReplicaQueueDepthEntry\x1a\x39\n\x17MeasuredThroughputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x34\n\x12ReplicaStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14ReplicaMessagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x39\n\x17ReplicaLoadSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x38\n\x16ReplicaQueueDepthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xa7\x02\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12 \n\x04spec\x18\x02 \x01(\x0b\x32\x12.atoll.v1.NodeSpec\x12(\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x16.atoll.v1.NodeCapacity\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.atoll.v1.NodeState\x12\x1b\n\x13last_heartbeat_unix\x18\x05 \x01(\x01\x12\"\n\x1alast_heartbeat_age_seconds\x18\x06 \x01(\x01\x12\x17\n\x0fregistered_unix\x18\x07 \x01(\x01\x12$\n\x06status\x18\x08 \x01(\x0b\x32\x14.atoll.v1.NodeStatus\x12\x12\n\nheartbeats\x18\t \x01(\x04\x12\x0f\n\x07trusted\x18\n \x01(\x08*W\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\t\n\x05READY\x10\x01\x12\x0b\n\x07SUSPECT\x10\x02\x12\x08\n\x04LOST\x10\x03\x12\x0c\n\x08\x44RAINING\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61toll/proto/v1/common.proto\x12\x08\x61toll.v1\"y\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x03\x12\x1a\n\x12\x63ompute_capability\x18\x05 \x01(\t\"\x96\x01\n\x0cNodeCapacity\x12\x1f\n\x04gpus\x18\x01 \x03(\x0b\x32\x11.atoll.v1.GpuInfo\x12\x11\n\tcpu_cores\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x04 \x01(\x03\x12\x11\n\tsimulated\x18\x05 \x01(\x08\x12\x15\n\ragent_version\x18\x06 \x01(\t\"\xd0\x01\n\x08NodeSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x16\n\x0eprice_per_hour\x18\x05 \x01(\x01\x12\x13\n\x0bpreemptible\x18\x06 \x01(\x08\x12.\n\x06labels\x18\x07 \x03(\x0b\x32\x1e.atoll.v1.NodeSpec.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x0bLoadedModel\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x10\n\x08\x61\x64\x61pters\x18\x02 \x03(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xdb\x06\n\nNodeStatus\x12%\n\x06loaded\x18\x01 \x03(\x0b\x32\x15.atoll.v1.LoadedModel\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\x05\x12\x18\n\x10running_requests\x18\x03 \x01(\x05\x12I\n\x13measured_throughput\x18\x04 \x03(\x0b\x32,.atoll.v1.NodeStatus.MeasuredThroughputEntry\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x16\n\x0eworker_address\x18\x06 \x01(\t\x12?\n\x0ereplica_states\x18\x07 \x03(\x0b\x32\'.atoll.v1.NodeStatus.ReplicaStatesEntry\x12\x43\n\x10replica_messages\x18\x08 \x03(\x0b\x32).atoll.v1.NodeStatus.ReplicaMessagesEntry\x12J\n\x14replica_load_seconds\x18\t \x03(\x0b\x32,.atoll.v1.NodeStatus.ReplicaLoadSecondsEntry\x12\x15\n\rcached_models\x18\n \x03(\t\x12\x14\n\x0cttft_seconds\x18\x0b \x01(\x01\x12H\n\x13replica_queue_depth\x18\x0c \x03(\x0b\x32+.atoll.v1.NodeStatus.ReplicaQueueDepthEntry\x12\x15\n\rentry_address\x18\x14 \x01(\t\x1a\x39\n\x17MeasuredThroughputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x34\n\x12ReplicaStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14ReplicaMessagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x39\n\x17ReplicaLoadSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x38\n\x16ReplicaQueueDepthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xa7\x02\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12 \n\x04spec\x18\x02 \x01(\x0b\x32\x12.atoll.v1.NodeSpec\x12(\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x16.atoll.v1.NodeCapacity\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.atoll.v1.NodeState\x12\x1b\n\x13last_heartbeat_unix\x18\x05 \x01(\x01\x12\"\n\x1alast_heartbeat_age_seconds\x18\x06 \x01(\x01\x12\x17\n\x0fregistered_unix\x18\x07 \x01(\x01\x12$\n\x06status\x18\x08 \x01(\x0b\x32\x14.atoll.v1.NodeStatus\x12\x12\n\nheartbeats\x18\t \x01(\x04\x12\x0f\n\x07trusted\x18\n \x01(\x08*W\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\t\n\x05READY\x10\x01\x12\x0b\n\x07SUSPECT\x10\x02\x12\x08\n\x04LOST\x10\x03\x12\x0c\n\x08\x44RAINING\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,8 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODESTATUS_REPLICALOADSECONDSENTRY']._serialized_options = b'8\001'
   _globals['_NODESTATUS_REPLICAQUEUEDEPTHENTRY']._loaded_options = None
   _globals['_NODESTATUS_REPLICAQUEUEDEPTHENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATE']._serialized_start=1750
-  _globals['_NODESTATE']._serialized_end=1837
+  _globals['_NODESTATE']._serialized_start=1773
+  _globals['_NODESTATE']._serialized_end=1860
   _globals['_GPUINFO']._serialized_start=41
   _globals['_GPUINFO']._serialized_end=162
   _globals['_NODECAPACITY']._serialized_start=165
@@ -56,17 +56,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADEDMODEL']._serialized_start=528
   _globals['_LOADEDMODEL']._serialized_end=611
   _globals['_NODESTATUS']._serialized_start=614
-  _globals['_NODESTATUS']._serialized_end=1450
-  _globals['_NODESTATUS_MEASUREDTHROUGHPUTENTRY']._serialized_start=1166
-  _globals['_NODESTATUS_MEASUREDTHROUGHPUTENTRY']._serialized_end=1223
-  _globals['_NODESTATUS_REPLICASTATESENTRY']._serialized_start=1225
-  _globals['_NODESTATUS_REPLICASTATESENTRY']._serialized_end=1277
-  _globals['_NODESTATUS_REPLICAMESSAGESENTRY']._serialized_start=1279
-  _globals['_NODESTATUS_REPLICAMESSAGESENTRY']._serialized_end=1333
-  _globals['_NODESTATUS_REPLICALOADSECONDSENTRY']._serialized_start=1335
-  _globals['_NODESTATUS_REPLICALOADSECONDSENTRY']._serialized_end=1392
-  _globals['_NODESTATUS_REPLICAQUEUEDEPTHENTRY']._serialized_start=1394
-  _globals['_NODESTATUS_REPLICAQUEUEDEPTHENTRY']._serialized_end=1450
-  _globals['_NODE']._serialized_start=1453
-  _globals['_NODE']._serialized_end=1748
+  _globals['_NODESTATUS']._serialized_end=1473
+  _globals['_NODESTATUS_MEASUREDTHROUGHPUTENTRY']._serialized_start=1189
+  _globals['_NODESTATUS_MEASUREDTHROUGHPUTENTRY']._serialized_end=1246
+  _globals['_NODESTATUS_REPLICASTATESENTRY']._serialized_start=1248
+  _globals['_NODESTATUS_REPLICASTATESENTRY']._serialized_end=1300
+  _globals['_NODESTATUS_REPLICAMESSAGESENTRY']._serialized_start=1302
+  _globals['_NODESTATUS_REPLICAMESSAGESENTRY']._serialized_end=1356
+  _globals['_NODESTATUS_REPLICALOADSECONDSENTRY']._serialized_start=1358
+  _globals['_NODESTATUS_REPLICALOADSECONDSENTRY']._serialized_end=1415
+  _globals['_NODESTATUS_REPLICAQUEUEDEPTHENTRY']._serialized_start=1417
+  _globals['_NODESTATUS_REPLICAQUEUEDEPTHENTRY']._serialized_end=1473
+  _globals['_NODE']._serialized_start=1476
+  _globals['_NODE']._serialized_end=1771
 # @@protoc_insertion_point(module_scope)

@@ -88,7 +88,7 @@ class LoadedModel(_message.Message):
     def __init__(self, base_model: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("loaded", "queue_depth", "running_requests", "measured_throughput", "kv_cache_usage", "worker_address", "replica_states", "replica_messages", "replica_load_seconds", "cached_models", "ttft_seconds", "replica_queue_depth")
+    __slots__ = ("loaded", "queue_depth", "running_requests", "measured_throughput", "kv_cache_usage", "worker_address", "replica_states", "replica_messages", "replica_load_seconds", "cached_models", "ttft_seconds", "replica_queue_depth", "entry_address")
     class MeasuredThroughputEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class NodeStatus(_message.Message):
     CACHED_MODELS_FIELD_NUMBER: _ClassVar[int]
     TTFT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REPLICA_QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     loaded: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     queue_depth: int
     running_requests: int
@@ -148,7 +149,8 @@ class NodeStatus(_message.Message):
     cached_models: _containers.RepeatedScalarFieldContainer[str]
     ttft_seconds: float
     replica_queue_depth: _containers.ScalarMap[str, int]
-    def __init__(self, loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., running_requests: _Optional[int] = ..., measured_throughput: _Optional[_Mapping[str, float]] = ..., kv_cache_usage: _Optional[float] = ..., worker_address: _Optional[str] = ..., replica_states: _Optional[_Mapping[str, str]] = ..., replica_messages: _Optional[_Mapping[str, str]] = ..., replica_load_seconds: _Optional[_Mapping[str, float]] = ..., cached_models: _Optional[_Iterable[str]] = ..., ttft_seconds: _Optional[float] = ..., replica_queue_depth: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    entry_address: str
+    def __init__(self, loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., running_requests: _Optional[int] = ..., measured_throughput: _Optional[_Mapping[str, float]] = ..., kv_cache_usage: _Optional[float] = ..., worker_address: _Optional[str] = ..., replica_states: _Optional[_Mapping[str, str]] = ..., replica_messages: _Optional[_Mapping[str, str]] = ..., replica_load_seconds: _Optional[_Mapping[str, float]] = ..., cached_models: _Optional[_Iterable[str]] = ..., ttft_seconds: _Optional[float] = ..., replica_queue_depth: _Optional[_Mapping[str, int]] = ..., entry_address: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("id", "spec", "capacity", "state", "last_heartbeat_unix", "last_heartbeat_age_seconds", "registered_unix", "status", "heartbeats", "trusted")

@@ -1,4 +1,5 @@
 from atoll.proto.v1 import common_pb2 as _common_pb2
+from atoll.proto.v1 import routing_pb2 as _routing_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -46,7 +47,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., lease_seconds: _Optional[float] = ..., coordinator_public_key: _Optional[bytes] = ..., trusted: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "session_token", "seq", "capacity", "has_capacity", "status", "draining", "assignments_generation", "sent_unix", "has_price", "price_per_hour", "preemptible")
+    __slots__ = ("node_id", "session_token", "seq", "capacity", "has_capacity", "status", "draining", "assignments_generation", "sent_unix", "has_price", "price_per_hour", "preemptible", "routing_digest", "keys_digest", "entry_load")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +60,9 @@ class HeartbeatRequest(_message.Message):
     HAS_PRICE_FIELD_NUMBER: _ClassVar[int]
     PRICE_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
     PREEMPTIBLE_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KEYS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_LOAD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_token: str
     seq: int
@@ -71,7 +75,10 @@ class HeartbeatRequest(_message.Message):
     has_price: bool
     price_per_hour: float
     preemptible: bool
-    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., seq: _Optional[int] = ..., capacity: _Optional[_Union[_common_pb2.NodeCapacity, _Mapping]] = ..., has_capacity: _Optional[bool] = ..., status: _Optional[_Union[_common_pb2.NodeStatus, _Mapping]] = ..., draining: _Optional[bool] = ..., assignments_generation: _Optional[int] = ..., sent_unix: _Optional[float] = ..., has_price: _Optional[bool] = ..., price_per_hour: _Optional[float] = ..., preemptible: _Optional[bool] = ...) -> None: ...
+    routing_digest: int
+    keys_digest: int
+    entry_load: _containers.RepeatedCompositeFieldContainer[_routing_pb2.EntryLoad]
+    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., seq: _Optional[int] = ..., capacity: _Optional[_Union[_common_pb2.NodeCapacity, _Mapping]] = ..., has_capacity: _Optional[bool] = ..., status: _Optional[_Union[_common_pb2.NodeStatus, _Mapping]] = ..., draining: _Optional[bool] = ..., assignments_generation: _Optional[int] = ..., sent_unix: _Optional[float] = ..., has_price: _Optional[bool] = ..., price_per_hour: _Optional[float] = ..., preemptible: _Optional[bool] = ..., routing_digest: _Optional[int] = ..., keys_digest: _Optional[int] = ..., entry_load: _Optional[_Iterable[_Union[_routing_pb2.EntryLoad, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("replica_id", "workflow", "task", "variant", "base_model", "adapter", "adapter_source", "kind")
@@ -110,16 +117,20 @@ class Credential(_message.Message):
     def __init__(self, token: _Optional[str] = ..., expires_unix: _Optional[float] = ...) -> None: ...
 
 class Instruction(_message.Message):
-    __slots__ = ("assignments", "drain", "reregister", "credential")
+    __slots__ = ("assignments", "drain", "reregister", "routing", "keys", "credential")
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     assignments: Assignments
     drain: bool
     reregister: bool
+    routing: _routing_pb2.RoutingState
+    keys: _routing_pb2.KeySet
     credential: Credential
-    def __init__(self, assignments: _Optional[_Union[Assignments, _Mapping]] = ..., drain: _Optional[bool] = ..., reregister: _Optional[bool] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
+    def __init__(self, assignments: _Optional[_Union[Assignments, _Mapping]] = ..., drain: _Optional[bool] = ..., reregister: _Optional[bool] = ..., routing: _Optional[_Union[_routing_pb2.RoutingState, _Mapping]] = ..., keys: _Optional[_Union[_routing_pb2.KeySet, _Mapping]] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("ack_seq", "heartbeat_interval_seconds", "instructions")
@@ -459,20 +470,22 @@ class DeleteWorkflowResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("workflow", "input_json", "stream", "timeout_seconds", "request_id", "max_tokens")
+    __slots__ = ("workflow", "input_json", "stream", "timeout_seconds", "request_id", "max_tokens", "temperature")
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     workflow: str
     input_json: str
     stream: bool
     timeout_seconds: float
     request_id: str
     max_tokens: int
-    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., stream: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+    temperature: float
+    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., stream: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class StageResult(_message.Message):
     __slots__ = ("task", "variant", "node_name", "region", "seconds", "attempts", "output_bytes", "prompt_tokens", "completion_tokens")
@@ -625,6 +638,20 @@ class RevokeKeyRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListEntriesRequest(_message.Message):
+    __slots__ = ("region", "workflow")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    workflow: str
+    def __init__(self, region: _Optional[str] = ..., workflow: _Optional[str] = ...) -> None: ...
+
+class ListEntriesResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[_routing_pb2.EntryInfo]
+    def __init__(self, entries: _Optional[_Iterable[_Union[_routing_pb2.EntryInfo, _Mapping]]] = ...) -> None: ...
 
 class JoinTokenInfo(_message.Message):
     __slots__ = ("id", "tiers", "regions", "trusted", "expires_unix", "uses_left", "uses", "created_unix", "revoked")

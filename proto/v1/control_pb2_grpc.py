@@ -217,6 +217,11 @@ class ClientServiceStub:
                 request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.RevokeKeyRequest.SerializeToString,
                 response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ApiKeyInfo.FromString,
                 _registered_method=True)
+        self.ListEntries = channel.unary_unary(
+                '/atoll.v1.ClientService/ListEntries',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesResponse.FromString,
+                _registered_method=True)
         self.CreateJoinToken = channel.unary_unary(
                 '/atoll.v1.ClientService/CreateJoinToken',
                 request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
@@ -319,6 +324,13 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEntries(self, request, context):
+        """Agents' entries (the data plane's doors), the given region's first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateJoinToken(self, request, context):
         """Join tokens scoped to tiers and regions, optionally making nodes trusted (admin role).
         """
@@ -407,6 +419,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.RevokeKey,
                     request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.RevokeKeyRequest.FromString,
                     response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ApiKeyInfo.SerializeToString,
+            ),
+            'ListEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEntries,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesResponse.SerializeToString,
             ),
             'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateJoinToken,
@@ -754,6 +771,33 @@ class ClientService:
             '/atoll.v1.ClientService/RevokeKey',
             atoll_dot_proto_dot_v1_dot_control__pb2.RevokeKeyRequest.SerializeToString,
             atoll_dot_proto_dot_v1_dot_control__pb2.ApiKeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/ListEntries',
+            atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_control__pb2.ListEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

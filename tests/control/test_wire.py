@@ -68,7 +68,7 @@ def test_node_messages_round_trip():
               "running_requests": 2, "measured_throughput": {"a": 1.5}, "kv_cache_usage": 0.25,
               "worker_address": "h:1", "replica_states": {"r": "ready"}, "replica_messages": {"r": ""},
               "replica_load_seconds": {"r/load": 0.5}, "cached_models": ["sha256:" + "ab" * 32], "ttft_seconds": 0.125,
-              "replica_queue_depth": {"r": 4}}
+              "entry_address": "h:2", "replica_queue_depth": {"r": 4}}
     assert nodes.spec_from_pb(nodes.spec_to_pb(spec)) == spec
     assert nodes.capacity_from_pb(nodes.capacity_to_pb(cap)) == cap
     assert nodes.status_from_pb(nodes.status_to_pb(status)) == status

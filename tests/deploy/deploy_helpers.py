@@ -73,10 +73,11 @@ def instantiated_families() -> dict[str, str]:
     """family name -> type, from the metric classes themselves (exact types)."""
     from prometheus_client import CollectorRegistry
 
+    from atoll.agent.dataplane.metrics import DataPlaneMetrics
     from atoll.agent.worker import WorkerMetrics
     from atoll.coordinator.metrics import CoordinatorMetrics
 
-    regs = [CoordinatorMetrics().registry, CollectorRegistry()]
+    regs = [CoordinatorMetrics().registry, CollectorRegistry(), DataPlaneMetrics().registry]
     WorkerMetrics(_FakeEngine(), regs[1])
     return {fam.name: fam.type for reg in regs for fam in reg.collect()}
 

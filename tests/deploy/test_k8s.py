@@ -172,7 +172,9 @@ def test_agent_daemonset(objs):
     assert names <= agent_settings, names - agent_settings
     worker_port = _port_of(env["ATOLL_WORKER_LISTEN"]["value"])
     assert env["ATOLL_WORKER_LISTEN"]["value"].startswith("$(POD_IP):"), "the agent must advertise a routable address"
-    assert [p["containerPort"] for p in c["ports"]] == [worker_port]
+    entry_port = _port_of(env["ATOLL_ENTRY_LISTEN"]["value"])
+    assert env["ATOLL_ENTRY_LISTEN"]["value"].startswith("$(POD_IP):"), "clients must reach the agent's entry"
+    assert [p["containerPort"] for p in c["ports"]] == [worker_port, entry_port]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["grpc"]["port"] == worker_port, probe
     # the agent knows every coordinator replica by its stable name

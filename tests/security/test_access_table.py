@@ -20,7 +20,8 @@ from atoll.core import access
 from atoll.core.openai_http import ROUTES, OpenAIDoor
 from atoll.coordinator.identity import NODE_SCOPES
 from atoll.core import credentials as cred
-from atoll.proto.v1 import control_pb2, control_pb2_grpc, worker_pb2, worker_pb2_grpc
+from atoll.proto.v1 import control_pb2, control_pb2_grpc, dataplane_pb2, worker_pb2, worker_pb2_grpc
+from atoll.wire import dataplane as dp
 from atoll.wire.agent_service import heartbeat_request, register_request
 from tests.control.helpers import wait_for
 
@@ -39,6 +40,7 @@ def test_every_method_of_every_service_has_a_rule():
     from grpc_health.v1 import health_pb2 as h
 
     services = [*control_pb2.DESCRIPTOR.services_by_name.values(), worker_pb2.DESCRIPTOR.services_by_name["Worker"],
+                *dataplane_pb2.DESCRIPTOR.services_by_name.values(),
                 h.DESCRIPTOR.services_by_name["Health"],
                 reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]]
     methods = {f"/{s.full_name}/{m.name}" for s in services for m in s.methods}
@@ -98,7 +100,10 @@ def walk(fleet):
         "forged-coordinator": cred.sign_token(rogue, sub=cred.COORDINATOR, aud=node.id, scopes=cred.SCOPES, now=t,
                                               ttl=600),
     }
-    yield {"creds": creds, "sha": sha["a"], "node": node, "worker": node.status["worker_address"], "rogue": rogue}
+    with fleet.client("admin") as c:
+        entry = next(e["address"] for e in c.entries("", "") if e["node_id"] == node.id)
+    yield {"creds": creds, "sha": sha["a"], "node": node, "worker": node.status["worker_address"], "rogue": rogue,
+           "entry": entry}
     with fleet.client("a") as a:
         a.delete("walk-a")
 
@@ -111,7 +116,8 @@ def _grpc_call(fleet, w, method: str, who: str):
     """Call ``method`` as ``who`` with a request that touches tenant a's things; the status code."""
     md = _md(w["creds"][who])
     svc, name = method.strip("/").split("/")
-    ch = grpc.insecure_channel(w["worker"] if svc == access.WORKER else fleet.addr)
+    ch = grpc.insecure_channel(w["worker"] if svc in (access.WORKER, access.DATAPLANE)
+                               else w["entry"] if svc == access.ENTRY else fleet.addr)
     try:
         if svc == access.CLIENT:
             stub = control_pb2_grpc.ClientServiceStub(ch)
@@ -130,7 +136,8 @@ def _grpc_call(fleet, w, method: str, who: str):
                    "RevokeKey": control_pb2.RevokeKeyRequest(id="no-such-key"),
                    "CreateJoinToken": control_pb2.CreateJoinTokenRequest(tiers=["edge"], uses=1),
                    "ListJoinTokens": control_pb2.ListJoinTokensRequest(),
-                   "RevokeJoinToken": control_pb2.RevokeJoinTokenRequest(id="no-such-token")}[name]
+                   "RevokeJoinToken": control_pb2.RevokeJoinTokenRequest(id="no-such-token"),
+                   "ListEntries": control_pb2.ListEntriesRequest(workflow="walk-a")}[name]
             fn = getattr(stub, name)
             return rpc_code(lambda: list(fn(req, timeout=30, metadata=md)) if name == "Invoke"
                             else fn(req, timeout=30, metadata=md))
@@ -145,6 +152,17 @@ def _grpc_call(fleet, w, method: str, who: str):
                             else stub.Stat(req, timeout=30, metadata=md))
         if svc == access.AGENTS:
             return _agent_call(fleet, ch, name, who, w)
+        if svc == access.ENTRY:
+            stub = dp.entry_stub(ch)
+            if name == "Describe":
+                return rpc_code(lambda: stub.Describe(dataplane_pb2.DescribeEntryRequest(), timeout=10, metadata=md))
+            req = dp.invoke_request(workflow="walk-a", input_json='{"text": "hi"}', stream=False, timeout_seconds=20,
+                                    request_id="", max_tokens=0, temperature=None)
+            return rpc_code(lambda: list(stub.Invoke(req, timeout=30, metadata=md)))
+        if svc == access.DATAPLANE:
+            req = dp.forward_request(workflow="walk-a", task="chat", replica_id="", outputs={}, text="hi",
+                                     stream=False, max_tokens=2, temperature=None, request_id="", tenant="")
+            return rpc_code(lambda: list(dp.dataplane_stub(ch).Forward(req, timeout=30, metadata=md)))
         if svc == access.WORKER:
             stub = worker_pb2_grpc.WorkerStub(ch)
             req = {"Generate": worker_pb2.GenerateRequest(prompt="hi", sampling=worker_pb2.SamplingParams(max_tokens=2)),
@@ -205,7 +223,7 @@ def expected(r: access.Rule, who: str) -> str:
     if kind in access.TOKEN_CALLERS and r.scope and r.scope not in SCOPES_OF[kind]:
         return "refused"
     if who == "wrong-tenant" and r.owner.startswith(access.OWN_TENANT) and r.method in (
-            "GetWorkflow", "Invoke", "Profile", "Stat", "Fetch", "GET /v1/models/{model}"):
+            "GetWorkflow", "Invoke", "Profile", "Stat", "Fetch", "ListEntries", "GET /v1/models/{model}"):
         return "hidden"
     if who == "node" and r.method == "Fetch":
         return "hidden"          # a node fetches only what its own assignments name
@@ -271,11 +289,13 @@ def test_every_route_of_the_openai_door_is_in_the_table_for_both_doors():
         assert in_table == served, (surface, served ^ in_table)
 
 
-def test_the_agent_http_door_is_a_stated_gap_until_issue_16():
-    # An agent's OpenAI door checks no key yet: the table says so (and docs/security.md with it),
-    # so this gap cannot disappear from the documentation while it is still there.
+def test_the_agent_http_door_checks_keys():
+    # Issue 16 closed the gap: an agent's OpenAI door checks API keys with the coordinator's key
+    # set (tests/trust/test_entry_doors.py refuses keys there as at the coordinator); the table
+    # (and docs/security.md with it) names the code that does, and no rule is left "not yet".
     rules = [r for r in access.TABLE if r.surface == "http:agent" and r.method.startswith(("POST", "GET /v1"))]
-    assert rules and all(r.enforced_by.startswith("not yet") for r in rules)
+    assert rules and all(r.enforced_by.startswith("agent/dataplane/door.py") for r in rules)
+    assert not [r.key for r in access.TABLE if r.enforced_by.startswith("not yet")]
 
 
 def test_an_unknown_key_format_is_unauthenticated_not_a_crash(fleet):

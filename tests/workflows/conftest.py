@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atoll.demo.fleet import LocalFleet
+from atoll.demo.fleet import LocalFleet, free_port
 
 NODES = [
     {"name": "dc-1", "tier": "datacenter", "region": "us-east", "price_per_hour": 4.0, "labels": {"hardware": "a100"}},
@@ -27,6 +27,22 @@ class Harness:
     def __init__(self, fleet: LocalFleet, models: Path):
         self.fleet = fleet
         self.models = models
+        self.metrics_ports: dict[str, int] = {}
+
+    def start_agent(self, spec: dict) -> None:
+        """An agent with its /metrics served (the data plane's bytes per region pair live there)."""
+        port = self.metrics_ports.setdefault(spec["name"], free_port())
+        self.fleet.start_agent(spec, ["--metrics-listen", f"127.0.0.1:{port}"])
+
+    def agent_metrics(self) -> str:
+        """Every live agent's /metrics, one after the other."""
+        out = []
+        for name, port in self.metrics_ports.items():
+            try:
+                out.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+            except OSError:
+                pass            # a killed agent
+        return "\n".join(out)
 
     @property
     def addr(self) -> str:
@@ -47,7 +63,7 @@ class Harness:
 
     def restart_agent(self, name: str) -> None:
         spec = next(n for n in NODES if n["name"] == name)
-        self.fleet.start_agent(spec)
+        self.start_agent(spec)
 
     def wait_nodes_ready(self, names, timeout=40) -> None:
         assert self.fleet.wait_states({n: "READY" for n in names}, timeout), f"nodes not READY: {names}"
@@ -69,9 +85,9 @@ def harness(tmp_path_factory):
         build_tiny_adapter(models / name, models / "base", rank=4 + 4 * i, alpha=8 + i, seed=10 + i)
     fleet = LocalFleet(root, heartbeat_interval=1.0)
     fleet.start_coordinator()
-    for spec in NODES:
-        fleet.start_agent(spec)
     h = Harness(fleet, models)
+    for spec in NODES:
+        h.start_agent(spec)
     try:
         h.wait_nodes_ready([n["name"] for n in NODES], 60)
         yield h

@@ -57,7 +57,7 @@ def test_agent_metrics_endpoint(tmp_path):
 
         import openai
         oa = openai.OpenAI(base_url=f"http://127.0.0.1:{oport}/v1", api_key="unused", max_retries=0)
-        assert [m.id for m in oa.models.list().data] == ["base"]
+        assert [m.id for m in oa.models.list().data] == ["wf-m", "base"]      # workflows, then base models
         r = oa.completions.create(model="base", prompt="edge hello", max_tokens=3)
         assert isinstance(r.choices[0].text, str)
         assert 1 <= r.usage.completion_tokens <= 3 and r.usage.prompt_tokens >= 1      # the agent door counts

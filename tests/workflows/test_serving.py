@@ -51,7 +51,7 @@ def bytes_by_pair(metrics: str, workflow: str) -> dict[tuple[str, str], float]:
     for m in re.finditer(r'atoll_bytes_sent_total\{from_region="([^"]+)",to_region="([^"]+)",workflow="([^"]+)"\} (\S+)',
                          metrics):
         if m.group(3) == workflow:
-            out[(m.group(1), m.group(2))] = float(m.group(4))
+            out[(m.group(1), m.group(2))] = out.get((m.group(1), m.group(2)), 0.0) + float(m.group(4))
     return out
 
 
@@ -66,7 +66,7 @@ def test_submit_route_shares_and_bytes(harness):
         assert {w["name"] for w in c.workflows()} >= {"wf-route"}
         weights = {r["replica_id"]: r["weight"] for r in st.replicas}
         assert len(weights) >= 3 and abs(sum(weights.values()) - 1) < 1e-6
-        before = bytes_by_pair(h.metrics(), "wf-route")
+        before = bytes_by_pair(h.agent_metrics(), "wf-route")
         ok, errors = run_many(c, "wf-route", 1000, workers=16)
         assert not errors, errors[:3]
         seen = Counter(r["stages"][0]["node"] for r in ok)
@@ -75,7 +75,7 @@ def test_submit_route_shares_and_bytes(harness):
             share = seen[node] / len(ok)
             assert abs(share - w) <= 0.1 * w + 1e-9, (node, share, w)
         # bytes per region pair: measured vs the plan's flows (same message sizes)
-        after = bytes_by_pair(h.metrics(), "wf-route")
+        after = bytes_by_pair(h.agent_metrics(), "wf-route")
         measured = {k: after[k] - before.get(k, 0.0) for k in after}
         total = sum(measured.values())
         flows = {}

@@ -1,0 +1,373 @@
+"""Run one request from a stage to the end of its route, handing it from agent to agent.
+
+:meth:`DataPlane.run` takes a compiled route, the index of the stage to run next, the outputs of
+the stages before it that later stages read, and the request's text. For each stage in
+topological order it picks a replica (:mod:`.table`: the plan's location from where the input
+is, then a replica by weight) and:
+
+- the replica is on this host: the stage runs here, on this agent's engine, in process;
+- it is the last stage: this agent calls that replica's Worker and streams its answer back;
+- otherwise: this agent hands the request on (``DataPlane.Forward`` on the replica's agent,
+  which runs the stage and then goes on the same way) and passes the answer back.
+
+So every stage's output goes from the replica that produced it straight to a replica of the
+stage that reads it, over the plan's paths; only the last stage's answer travels back to the
+entry. A replica that fails before answering (unreachable, lost, overloaded, no longer holding
+the model) is excluded for a while and the stage is retried on another one; a stage after the
+next one failing is that stage's agent's business (it retried already), so its error passes
+back unchanged, naming the stage. A stream cut after its first token is not retried.
+
+Bytes: each stage's input is counted by the agent that sends it, per (this region, the
+replica's region); the answers coming back are counted apart (``atoll_result_bytes_sent``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable, Mapping, Protocol, Sequence
+
+import grpc
+
+from atoll.agent.dataplane.metrics import DataPlaneMetrics
+from atoll.agent.dataplane.table import CompiledRoute, CompiledStage, Exclusions, InFlight
+from atoll.agent.dataplane.trace import Span
+from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from atoll.core.logs import kv
+from atoll.core.rpc import CODE_BY_NAME, error_from_rpc
+from atoll.specs.routing import Endpoint, RoutingState, Stage, may_carry
+from atoll.wire.dataplane import StageDone, answer_from_pb, dataplane_stub, forward_request
+from atoll.wire.worker import Delta, WorkerClient
+
+log = logging.getLogger("atoll.agent")
+
+RETRYABLE = {"UNAVAILABLE", "CANCELLED", "INTERNAL", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "NOT_FOUND",
+             "UNKNOWN", "ABORTED", "DEADLINE_EXCEEDED"}
+FAILED_STAGE = "atoll-failed-stage"       # trailing metadata: the stage whose failure this is
+MAX_TEXT = 200_000
+
+
+def parse_input(raw: str) -> str:
+    """``{"text": ...}`` / ``{"prompt": ...}`` / a JSON string -> the request's text."""
+    try:
+        val = json.loads(raw) if raw else None
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"input is not JSON: {exc.msg} at position {exc.pos}",
+                              hint='pass --input \'{"text": "..."}\'') from None
+    if isinstance(val, str):
+        text = val
+    elif isinstance(val, dict) and isinstance(val.get("text", val.get("prompt")), str):
+        text = val.get("text", val.get("prompt"))
+    else:
+        raise InvalidArgument("input must be a JSON object with a string field 'text' (or a JSON string)",
+                              hint='for example --input \'{"text": "hello"}\'')
+    if not text.strip():
+        raise InvalidArgument("input text is empty")
+    if len(text) > MAX_TEXT:
+        raise InvalidArgument(f"input text has {len(text)} characters, at most {MAX_TEXT}")
+    return text
+
+
+class LocalWorker(Protocol):
+    """This host's engine, called in process (the same work as its Worker service)."""
+
+    def generate(self, prompt: str, *, adapter: str, max_tokens: int, temperature: float, stop: Sequence[str],
+                 timeout: float, messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]: ...
+
+    async def embed(self, text: str, *, adapter: str, timeout: float) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class NodeSelf:
+    """This agent as routes name it."""
+
+    node_id: str = ""
+    name: str = ""
+    region: str = ""
+    tier: str = ""
+
+
+@dataclass
+class Request:
+    """One request on its way through a route (the parts every hop shares)."""
+
+    workflow: str
+    text: str
+    deadline: float                      # monotonic
+    span: Span
+    stream: bool = False
+    max_tokens: int = 0                  # the sink's budget (0: the spec's)
+    temperature: float | None = None     # the sink's temperature (None: the spec's)
+    tenant: str = ""
+
+
+@dataclass
+class Outcome:
+    output: object                       # the sink's text, or its embedding
+    stages: list[StageDone] = field(default_factory=list)
+
+
+def peer_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """What an agent presents to another agent's Worker and DataPlane services: its node token
+    (``token``, from the coordinator over the heartbeat stream), which the other agent's
+    :class:`~atoll.agent.guard.WorkerGuard` checks against the authorization table, on top of
+    the channel's mutual TLS when configured. None held yet: nothing (the call is refused)."""
+    return (("authorization", "Bearer " + token),) if token else ()
+
+
+def fail(cls: type[AtollError], message: str, stage: str, hint: str = "") -> AtollError:
+    exc = cls(message, hint=hint) if hint else cls(message)
+    exc.stage = stage          # which stage failed (a Forward answers it in trailing metadata)
+    return exc
+
+
+def _stage_of(exc: grpc.aio.AioRpcError) -> str:
+    for k, v in exc.trailing_metadata() or ():
+        if k == FAILED_STAGE:
+            return v
+    return ""
+
+
+class DataPlane:
+    def __init__(self, node: Callable[[], NodeSelf], local: LocalWorker | None, workers: WorkerClient,
+                 metrics: DataPlaneMetrics, exporter=None, local_address: Callable[[], str] = lambda: "",
+                 peer_token: Callable[[], str] = lambda: ""):
+        """``peer_token()``: this node's current node token (see :func:`peer_metadata`)."""
+        self.node, self.local, self.workers = node, local, workers
+        self.peer_token = peer_token
+        self.metrics, self.exporter = metrics, exporter
+        self.local_address = local_address
+        self.state = RoutingState()
+        self.compiled: dict[str, CompiledRoute] = {}
+        self.excluded = Exclusions()
+        self.in_flight = InFlight()                 # this agent's calls to replicas now (backlog rule)
+        self.updated = time.monotonic()
+
+    # -- routing state ----------------------------------------------------------------------
+    def set_routing(self, state: RoutingState) -> None:
+        """Take a new routing state (compiled here, off the requests' path)."""
+        old = self.compiled
+        self.compiled = {name: (old[name] if name in old and old[name].route == r else CompiledRoute(r))
+                         for name, r in state.routes.items()}
+        self.state = state
+        self.updated = time.monotonic()
+        self.metrics.workflows.set(len(state.routes))
+
+    def _is_local(self, ep: Endpoint) -> bool:
+        me = self.node()
+        return self.local is not None and ((me.node_id and ep.node_id == me.node_id)
+                                           or (ep.address and ep.address == self.local_address()))
+
+    # -- running ----------------------------------------------------------------------------
+    async def run(self, cr: CompiledRoute, k: int, req: Request, outputs: dict[str, str], from_location: str,
+                  on_delta: Callable[[str], Awaitable[None]] | None, first: Endpoint | None = None) -> Outcome:
+        """Run stages ``k..`` of ``cr`` (``first``: the replica of stage ``k``, already chosen by
+        the agent that handed the request here)."""
+        me = self.node()
+        if not may_carry(cr.route, me.tier):
+            raise fail(FailedPrecondition, f"workflow {cr.route.workflow!r} runs on trusted hosts only, and this "
+                       "host is a renter", cr.stages[k].stage.task)
+        runs: list[StageDone] = []
+        while True:
+            cs = cr.stages[k]
+            last = k == len(cr.stages) - 1
+            text = self._input(cs, req.text, outputs)
+            tried: set[str] = set()
+            attempts = 0
+            t0 = time.monotonic()
+            last_err = ""
+            while True:
+                left = req.deadline - time.monotonic()
+                if left <= 0:
+                    raise fail(DeadlineExceeded, f"deadline passed in stage {cs.stage.task} after {attempts} "
+                               "attempt(s)" + (f"; last error: {last_err}" if last_err else ""), cs.stage.task)
+                ep = first if first is not None else cr.pick(cs, from_location, tried, self.excluded,
+                                                             self.in_flight)
+                if ep is None:
+                    raise fail(Unavailable, f"stage {cs.stage.task}: " + (
+                        f"all {len(cs.endpoints)} replica(s) failed; last error: {last_err}" if cs.endpoints
+                        else "no ready replica"), cs.stage.task, hint="see `atoll status`")
+                if not may_carry(cr.route, ep.tier):
+                    tried.add(ep.replica_id)
+                    continue
+                attempts += 1
+                if attempts > 1:
+                    self.metrics.retries.labels(cr.route.workflow, cs.stage.task).inc()
+                started = [False]
+                self.in_flight.add(ep)
+                try:
+                    if self._is_local(ep):
+                        self._count(cr, me.region, ep.region, len(text.encode()))
+                        out, run = await self._run_local(cr, cs, ep, text, req, left,
+                                                         on_delta if last else None, started)
+                    elif last:
+                        self._count(cr, me.region, ep.region, len(text.encode()))
+                        out, run = await self._run_remote(cr, cs, ep, text, req, left, on_delta, started)
+                        self.metrics.result_bytes.labels(cr.route.workflow, ep.region, me.region).inc(
+                            _size(out))
+                    else:
+                        res = await self._forward(cr, k, ep, req, outputs, left, on_delta, started)
+                        res.stages[:0] = runs
+                        return res
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                    last_err = f"{ep.node_name}: {code}: {exc.details()}"
+                    failed = _stage_of(exc)
+                    if failed and failed != cs.stage.task:        # a later stage's agent gave up
+                        raise fail(type(error_from_rpc(exc)), exc.details() or code, failed) from None
+                    self.metrics.stage_errors.labels(cr.route.workflow, cs.stage.task, code).inc()
+                    self._retry_or_raise(cs, ep, code, exc.details() or "", started[0], tried, first is not None)
+                    continue
+                except AtollError as exc:
+                    if getattr(exc, "stage", cs.stage.task) != cs.stage.task:
+                        raise
+                    last_err = f"{ep.node_name}: {exc.code}: {exc.message}"
+                    self.metrics.stage_errors.labels(cr.route.workflow, cs.stage.task, exc.code).inc()
+                    self._retry_or_raise(cs, ep, exc.code, exc.message, started[0], tried, first is not None)
+                    continue
+                finally:
+                    self.in_flight.done(ep)
+                break
+            run = _with(run, seconds=time.monotonic() - t0, attempts=attempts)
+            runs.append(run)
+            self.metrics.stage_seconds.labels(cr.route.workflow, cs.stage.task).observe(run.seconds)
+            if last:
+                return Outcome(out, runs)
+            outputs[cs.stage.task] = out
+            from_location = ep.location
+            first = None
+            k += 1
+
+    def _retry_or_raise(self, cs: CompiledStage, ep: Endpoint, code: str, details: str, started: bool,
+                        tried: set[str], pinned: bool) -> None:
+        """Go on to another replica, or raise. ``pinned``: the replica was chosen by the agent that
+        handed the request here; it retries elsewhere itself, so its failure goes back to it."""
+        task = cs.stage.task
+        if started:
+            raise fail(Unavailable, f"stage {task}: the stream from {ep.node_name} was cut off after its first "
+                       "tokens; the partial output was not retried", task)
+        if code not in RETRYABLE:             # the request's own fault: the same error anywhere
+            raise fail(type(error_from_rpc(_Coded(code, details))), f"stage {task}: {details}", task)
+        if pinned:
+            raise fail(type(error_from_rpc(_Coded(code, details))), f"stage {task} on {ep.node_name}: {details}", task)
+        tried.add(ep.replica_id)
+        self.excluded.add(ep.replica_id)
+        self.metrics.excluded.set(len(self.excluded.active()))
+        log.info("replica excluded", extra=kv(replica=ep.replica_id, node=ep.node_name, code=code,
+                                              error=details[:200]))
+
+    @staticmethod
+    def _input(cs: CompiledStage, text: str, outputs: Mapping[str, str]) -> str:
+        parts = []
+        for p in cs.stage.parents:
+            if p in outputs:
+                if not isinstance(outputs[p], str):
+                    raise fail(FailedPrecondition, f"stage {cs.stage.task} needs text but {p} produced a tensor",
+                               cs.stage.task)
+                parts.append(outputs[p])
+        return "\n".join(parts) if parts else text
+
+    def _count(self, cr: CompiledRoute, a: str, b: str, n: int) -> None:
+        self.metrics.bytes_sent.labels(cr.route.workflow, a, b).inc(n)
+
+    @staticmethod
+    def _sampling(cs: CompiledStage, req: Request, last: bool) -> tuple[int, float]:
+        mt = req.max_tokens if (last and req.max_tokens) else cs.stage.max_tokens
+        temp = req.temperature if (last and req.temperature is not None) else cs.stage.temperature
+        return mt, temp
+
+    async def _run_local(self, cr, cs, ep, text, req, left, on_delta, started) -> tuple[object, StageDone]:
+        st = cs.stage
+        prompt = st.prompt.replace("{input}", text) if st.prompt else text
+        run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
+        if st.kind == "embedding":
+            vec = await self.local.embed(prompt, adapter=ep.adapter, timeout=left)
+            return vec, _with(run, output_bytes=4 * len(vec))
+        mt, temp = self._sampling(cs, req, cs.index == len(cr.stages) - 1)
+        return await self._collect(self.local.generate(prompt, adapter=ep.adapter, max_tokens=mt, temperature=temp,
+                                                       stop=st.stop, timeout=left, messages=_chat(st, prompt)),
+                                   run, on_delta, started)
+
+    async def _run_remote(self, cr, cs, ep, text, req, left, on_delta, started) -> tuple[object, StageDone]:
+        st = cs.stage
+        prompt = st.prompt.replace("{input}", text) if st.prompt else text
+        run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
+        md = req.span.metadata() + peer_metadata(self.peer_token())
+        self.metrics.hops.labels("out").inc()
+        if st.kind == "embedding":
+            emb = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left, metadata=md)
+            return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
+        mt, temp = self._sampling(cs, req, True)
+        return await self._collect(self.workers.generate(ep.address, prompt, adapter=ep.adapter, max_tokens=mt,
+                                                         temperature=temp, stop=st.stop, timeout=left, metadata=md,
+                                                         messages=_chat(st, prompt)),
+                                   run, on_delta, started)
+
+    @staticmethod
+    async def _collect(deltas: AsyncIterator[Delta], run: StageDone, on_delta, started) -> tuple[str, StageDone]:
+        parts: list[str] = []
+        pt = ct = 0
+        async for d in deltas:
+            pt, ct = max(pt, d.prompt_tokens), max(ct, d.completion_tokens)
+            if d.text:
+                parts.append(d.text)
+                if on_delta is not None:
+                    started[0] = True
+                    await on_delta(d.text)
+        out = "".join(parts)
+        return out, _with(run, output_bytes=len(out.encode()), prompt_tokens=pt, completion_tokens=ct)
+
+    async def _forward(self, cr, k, ep, req, outputs, left, on_delta, started) -> Outcome:
+        reads, needs_text = cr.needs[k]
+        carried = {t: v for t, v in outputs.items() if t in reads}
+        payload = sum(len(v.encode()) for v in carried.values()) + (len(req.text.encode()) if needs_text else 0)
+        me = self.node()
+        self._count(cr, me.region, ep.region, payload)
+        msg = forward_request(workflow=cr.route.workflow, task=cr.stages[k].stage.task, replica_id=ep.replica_id,
+                              outputs=carried, text=req.text if needs_text else "", stream=on_delta is not None,
+                              max_tokens=req.max_tokens, temperature=req.temperature, request_id=req.span.request_id,
+                              tenant=req.tenant)
+        self.metrics.hops.labels("out").inc()
+        call = dataplane_stub(self.workers.channel(ep.address)).Forward(
+            msg, timeout=left, metadata=req.span.metadata() + peer_metadata(self.peer_token()))
+        back = 0
+        async for resp in call:
+            text, done, output, stages = answer_from_pb(resp)
+            back += resp.ByteSize()
+            if done:
+                self.metrics.result_bytes.labels(cr.route.workflow, ep.region, me.region).inc(back)
+                return Outcome(output.get("text", output.get("embedding")), stages)
+            if text and on_delta is not None:
+                started[0] = True
+                await on_delta(text)
+        raise fail(Unavailable, f"stage {cr.stages[k].stage.task}: {ep.node_name} closed the call without an "
+                   "answer", cr.stages[k].stage.task)
+
+
+class _Coded(grpc.RpcError):
+    """A status code and details as ``error_from_rpc`` reads them."""
+
+    def __init__(self, code: str, details: str):
+        self._code, self._details = CODE_BY_NAME.get(code, grpc.StatusCode.UNKNOWN), details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+def _chat(stage: Stage, prompt: str) -> list[dict] | None:
+    """A stage marked ``chat`` sends its prompt as one user message, which the serving agent
+    renders with its model's own chat template (as the coordinator's router does); else None."""
+    return [{"role": "user", "content": prompt}] if stage.kind == "llm" and stage.chat else None
+
+
+def _with(run: StageDone, **changes) -> StageDone:
+    return StageDone(**{**run.__dict__, **changes})
+
+
+def _size(out: object) -> int:
+    return len(out.encode()) if isinstance(out, str) else 4 * len(out)

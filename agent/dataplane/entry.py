@@ -1,0 +1,272 @@
+"""The ``Entry`` service: clients invoke workflows at any agent.
+
+:meth:`EntryService.Invoke` checks the caller's API key against the key set the coordinator
+sent (:class:`Keys`, with :func:`atoll.core.apikeys.identify`; kept while the coordinator is
+away), resolves the workflow among the routes this agent holds (another tenant's is NOT_FOUND,
+exactly as at the coordinator: :func:`atoll.core.apikeys.may_see`; ``base:adapter`` names one
+adapter on any ready replica holding it), wakes a workflow scaled to zero (the arrival is
+reported at once, and the request waits for a replica until its deadline), counts the request
+for the autoscaler (:class:`~.load.LoadBook`) and runs it (:class:`~.chain.DataPlane`).
+``Describe`` says who this entry is and whether it serves from a stale routing state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from atoll.agent.dataplane.chain import DataPlane, Request, parse_input
+from atoll.agent.dataplane.load import LoadBook
+from atoll.agent.dataplane.table import CompiledRoute
+from atoll.agent.dataplane.trace import Span, start_span
+from atoll.core import access
+from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
+from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from atoll.core.logs import kv
+from atoll.core.rpc import handle_errors
+from atoll.specs.routing import Route, Stage
+from atoll.wire.dataplane import EntryInfo, delta_message, done_message, entry_to_pb, invocation_from_pb
+
+log = logging.getLogger("atoll.agent")
+
+DEFAULT_TIMEOUT = 60.0
+MAX_TOKENS_LIMIT = 8192
+WAKE_POLL_S = 0.1
+SERVING = ("READY", "DEGRADED")
+INVOKE = f"/{access.ENTRY}/Invoke"
+
+
+class Keys:
+    """The key set this agent's doors check; ``identify`` remembers keys it verified until the
+    set changes."""
+
+    def __init__(self):
+        self.keyset = KeySet()
+        self._seen: dict[str, Identity] = {}
+
+    def set(self, ks: KeySet) -> None:
+        self.keyset, self._seen = ks, {}
+
+    def identify(self, key: str) -> Identity | None:
+        """The caller (None: keys are not enforced in this fleet yet), or Unauthenticated."""
+        ks = self.keyset
+        if not ks.digest:
+            raise Unavailable("this entry has not received the fleet's API keys from the coordinator yet",
+                              hint="retry in a moment, or use another entry")
+        if not ks.enforced:
+            return None
+        ident = self._seen.get(key)
+        if ident is None:
+            ident = identify(ks.keys, key)
+            if len(self._seen) < 10_000:
+                self._seen[key] = ident
+        return ident
+
+    def caller(self, key: str) -> tuple[str, Identity | None]:
+        """(kind of caller for the authorization table, identity), decided as the coordinator's
+        interceptor decides (``coordinator/auth.py: AuthInterceptor.identify``): no key presented
+        while keys are enforced is an anonymous caller, which the table refuses in its own words."""
+        if not key and self.keyset.digest and self.keyset.enforced:
+            return access.ANONYMOUS, None
+        ident = self.identify(key)
+        return (access.ADMIN if ident is None or ident.is_admin else access.USER), ident
+
+    # the HTTP door's interface (atoll.core.openai_http.BaseDoor: auth.enabled(), auth.check(key))
+    def enabled(self) -> bool:
+        return not self.keyset.digest or self.keyset.enforced
+
+    def check(self, key: str) -> Identity:
+        ident = self.identify(key)
+        return ident if ident is not None else Identity("", "", "admin")
+
+
+class Resolver:
+    """Workflow names (and ``base:adapter``) to compiled routes, as the caller may see them."""
+
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
+        self._adapters: dict[tuple, CompiledRoute] = {}
+        self._for_state = 0
+
+    def resolve(self, name: str, ident: Identity | None, max_tokens: int = 0,
+                temperature: float | None = None) -> CompiledRoute:
+        if not name:
+            raise InvalidArgument("workflow name is required")
+        cr = self.plane.compiled.get(name)
+        if cr is not None and may_see(ident, cr.route.tenant):
+            return cr
+        if not name.startswith("sha256:"):
+            cr = self._adapter_route(name, ident)
+            if cr is not None:
+                return cr
+        if ":" in name and not name.startswith("sha256:"):
+            base, adapter = name.split(":", 1)
+            raise NotFound(f"no ready replica serves adapter {adapter!r} on base {base!r}",
+                           hint="GET /v1/models lists what you can call")
+        raise NotFound(f"no workflow named {name[:80]!r}", hint="see `atoll workflows`")
+
+    def models(self, ident: Identity | None) -> list[str]:
+        """What the caller may name: its workflows, then ``base`` and ``base:adapter`` names."""
+        routes = [r for r in self.plane.state.routes.values() if may_see(ident, r.tenant)]
+        names = [r.workflow for r in sorted(routes, key=lambda r: r.workflow)]
+        for r in routes:
+            for eps in r.endpoints.values():
+                for e in eps:
+                    base = e.base_model.rstrip("/").rsplit("/", 1)[-1]
+                    n = f"{base}:{e.adapter}" if e.adapter else base
+                    if n not in names:
+                        names.append(n)
+        return names
+
+    def _adapter_route(self, model: str, ident: Identity | None) -> CompiledRoute | None:
+        """One stage on every ready replica (of the caller's workflows) holding ``base:adapter``
+        (``base`` alone: the bare base model); None when none does."""
+        if self._for_state != self.plane.state.digest:
+            self._adapters, self._for_state = {}, self.plane.state.digest
+        key = (model, None if ident is None or ident.is_admin else ident.tenant)
+        cr = self._adapters.get(key)
+        if cr is None:
+            base, adapter = model.split(":", 1) if ":" in model else (model, "")
+            routes = [r for r in self.plane.state.routes.values() if may_see(ident, r.tenant)]
+            hits = tuple(e for r in routes for eps in r.endpoints.values() for e in eps
+                         if e.adapter == adapter and (e.base_model.rstrip("/").rsplit("/", 1)[-1] == base
+                                                      or e.base_model == base))
+            if not hits:
+                return None
+            hits = tuple({e.replica_id: e for e in hits}.values())
+            task = hits[0].task
+            hits = tuple(e for e in hits if e.task == task) + tuple(
+                type(e)(**{**e.__dict__, "task": task}) for e in hits if e.task != task)
+            trusted = any(r.trusted_only for r in routes if any(e.adapter == adapter for es in r.endpoints.values()
+                                                                for e in es))
+            route = Route(model, (Stage(task=task, kind="llm", prompt="{input}", parents=()),), {task: hits},
+                          hits[0].region, task, hits[0].location, {}, "", "READY", trusted)
+            cr = self._adapters[key] = CompiledRoute(route)
+        return cr
+
+
+class EntryService:
+    def __init__(self, plane: DataPlane, keys: Keys, book: LoadBook, *, describe: Callable[[], EntryInfo],
+                 wake: Callable[[], None] = lambda: None):
+        self.plane, self.keys, self.book = plane, keys, book
+        self.resolver = Resolver(plane)
+        self.describe, self.wake = describe, wake
+
+    @handle_errors
+    async def Describe(self, request, context):
+        return entry_to_pb(self.describe())
+
+    @handle_errors
+    async def Invoke(self, request, context):
+        span = start_span(context.invocation_metadata(), "entry", request.request_id)
+        inv = invocation_from_pb(request)
+        kind, ident = self.keys.caller(bearer(context.invocation_metadata()))
+        access.decide(INVOKE, kind)
+        text = parse_input(inv.input_json)
+        timeout = inv.timeout_seconds if inv.timeout_seconds > 0 else DEFAULT_TIMEOUT
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        if timeout <= 0 or timeout != timeout:
+            raise InvalidArgument("timeout_seconds must be > 0")
+        if not 0 <= inv.max_tokens <= MAX_TOKENS_LIMIT:
+            raise InvalidArgument(f"max_tokens must be in 0..{MAX_TOKENS_LIMIT} (0: the spec's), got {inv.max_tokens}")
+        if inv.temperature is not None and not 0 <= inv.temperature <= 5:
+            raise InvalidArgument(f"temperature must be in 0..5, got {inv.temperature}")
+        cr = self.resolver.resolve(inv.workflow, ident)
+        req = Request(cr.route.workflow, text, time.monotonic() + timeout, span, inv.stream, inv.max_tokens,
+                      inv.temperature, ident.tenant if ident is not None else "")
+        async for msg in self.serve(cr, req, ident):
+            yield msg
+
+    async def serve(self, cr: CompiledRoute, req: Request, ident: Identity | None):
+        """Count, wake, run and answer one request (InvokeResponse messages)."""
+        name = cr.route.workflow
+        sink = cr.route.stages[-1] if cr.route.stages else None
+        if sink is not None and sink.kind != "llm" and (req.max_tokens or req.temperature is not None):
+            raise InvalidArgument(f"max_tokens or temperature given, but workflow {name!r} ends in an {sink.kind} "
+                                  "stage, which generates no tokens")
+        self.book.started(name)
+        ok, tokens, t0 = False, None, time.monotonic()
+        first = [None]
+        metrics = self.plane.metrics
+        try:
+            cr = await self._ready(cr, req, ident)
+            if req.stream:
+                async for item in self._streamed(cr, req, first, t0):
+                    if isinstance(item, str):
+                        yield delta_message(item, req.span.request_id)
+                    else:
+                        outcome = item
+            else:
+                outcome = await self.plane.run(cr, 0, req, {}, cr.route.source_location, None)
+            ok = True
+            tokens = {s.task: s.completion_tokens for s in outcome.stages}
+            out = {"text": outcome.output} if isinstance(outcome.output, str) else {"embedding": outcome.output}
+            yield done_message(out, outcome.stages, req.span.request_id, req.stream)
+        except AtollError as exc:
+            self._log(req.span, name, t0, False, exc)
+            raise
+        finally:
+            self.book.finished(name, ok, tokens)
+            label = name[:64]
+            metrics.requests.labels(label, "ok" if ok else "error").inc()
+            metrics.request_seconds.labels(label).observe(time.monotonic() - t0)
+            if first[0] is not None:
+                metrics.ttft.labels(label).observe(first[0])
+        self._log(req.span, name, t0, True)
+
+    async def _streamed(self, cr: CompiledRoute, req: Request, first: list, t0: float):
+        """The sink's deltas as they come (text), then the outcome."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def on_delta(delta: str) -> None:
+            if first[0] is None:
+                first[0] = time.monotonic() - t0
+            await queue.put(delta)
+
+        task = asyncio.ensure_future(self.plane.run(cr, 0, req, {}, cr.route.source_location, on_delta))
+        try:
+            while not (task.done() and queue.empty()):
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield await task
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _log(self, span: Span, workflow: str, t0: float, ok: bool, exc: AtollError | None = None) -> None:
+        fields = {**span.fields(), "workflow": workflow, "outcome": "ok" if ok else exc.code,
+                  "ms": round((time.monotonic() - t0) * 1000, 2)}
+        if ok:
+            log.info("request", extra=kv(**fields))
+        else:
+            log.warning("request failed", extra=kv(**fields, error=exc.message[:300]))
+        if self.plane.exporter is not None:
+            span.attrs.update({"atoll.workflow": workflow})
+            self.plane.exporter.export(span, time.time(), ok, "" if ok else exc.message)
+
+    async def _ready(self, cr: CompiledRoute, req: Request, ident: Identity | None) -> CompiledRoute:
+        """The route to run: at once when the workflow serves; a workflow at zero is woken (the
+        arrival is reported now) and the request waits for its replicas until its deadline."""
+        name = cr.route.workflow
+        if cr.route.state in SERVING:
+            return cr
+        if not cr.route.wakeable:
+            raise FailedPrecondition(f"workflow {name!r} is {cr.route.state}",
+                                     hint="wait until `atoll status` says READY")
+        self.wake()
+        while True:
+            if time.monotonic() >= req.deadline:
+                raise DeadlineExceeded(f"workflow {name} was scaled to zero and no replica was ready before the "
+                                       "deadline")
+            await asyncio.sleep(WAKE_POLL_S)
+            cr = self.resolver.resolve(name, ident)
+            if cr.route.state in SERVING and all(cr.route.endpoints.get(s.task) for s in cr.route.stages):
+                return cr

@@ -1,0 +1,197 @@
+"""A route compiled for picking replicas in constant time, whatever the replica count.
+
+For every stage the router first picks a location, by the plan's flow rates from the location
+the stage's input comes from (the source's, or the previous stage's replica's), then a replica
+inside that location, by its weight. Both choices follow a precomputed cycle
+(:func:`cycle`): each item appears ``round(L * share)`` times in a cycle of length ``L``, spread
+evenly (the i-th occurrence of an item sits at virtual time ``(i + 0.5) / count``), so over any
+run of picks every share is within one cycle's rounding of its weight, and a pick is one index
+step. The cycles are built when a routing state arrives, never per request.
+
+Replicas that failed are excluded for a while (:class:`Exclusions`) and skipped; a location
+whose replicas are all excluded or tried gives way to the others (by their weights); when none
+is left, a replica excluded earlier is tried again rather than failing the request.
+
+A replica this agent has backed up is passed over (the rule every router shares,
+:func:`atoll.specs.routing.backlogged`): :class:`InFlight` counts this agent's calls in flight per
+replica and per location, so the check costs two lookups; only a backlogged pick scans its
+location for the least loaded replica.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from atoll.specs.routing import Endpoint, Route, Stage, backlogged, least_loaded
+
+CYCLE_MIN = 256          # picks per cycle at least (shares follow weights within 1/CYCLE_MIN)
+EXCLUDE_S = 10.0         # how long a failed replica is skipped
+
+
+def cycle(items: Sequence[tuple[object, float]], length: int) -> tuple:
+    """A cycle of ``length`` picks in which each item's share follows its weight, evenly spread.
+    Items with weight <= 0 get the smallest share (they stay reachable)."""
+    weights = [max(w, 0.0) for _, w in items]
+    total = sum(weights)
+    if total <= 0:
+        weights, total = [1.0] * len(items), float(len(items))
+    exact = [w / total * length for w in weights]
+    counts = [max(1, int(x)) for x in exact]
+    rest = length - sum(counts)
+    for i in sorted(range(len(items)), key=lambda i: exact[i] - int(exact[i]), reverse=True)[:max(rest, 0)]:
+        counts[i] += 1
+    slots = sorted(((j + 0.5) / c, i) for i, c in enumerate(counts) for j in range(c))
+    return tuple(items[i][0] for _, i in slots)
+
+
+class Picker:
+    """A cycle and its position."""
+
+    __slots__ = ("seq", "_n")
+
+    def __init__(self, items: Sequence[tuple[object, float]]):
+        self.seq = cycle(items, max(CYCLE_MIN, 4 * len(items))) if items else ()
+        self._n = itertools.count()
+
+    def next(self, ok) -> object | None:
+        """The next item of the cycle that ``ok(item)`` accepts (None when none does)."""
+        n = len(self.seq)
+        start = next(self._n)
+        for k in range(n):
+            item = self.seq[(start + k) % n]
+            if ok(item):
+                return item
+            if k >= 2 * CYCLE_MIN and k >= 8:      # many refused in a row: decide from the distinct items
+                distinct = [x for x in dict.fromkeys(self.seq) if ok(x)]
+                return distinct[start % len(distinct)] if distinct else None
+        return None
+
+
+@dataclass
+class CompiledStage:
+    stage: Stage
+    index: int
+    endpoints: tuple[Endpoint, ...]
+    by_replica: Mapping[str, Endpoint]
+    replicas_in: Mapping[str, Picker]                 # location -> replica picker
+    locations: Mapping[str, Picker]                   # from location -> location picker (plan's flows)
+    fallback: Picker                                  # location picker by summed replica weights
+    loc_weight: Mapping[str, float]                   # location -> its replicas' summed weights
+    parent: str                                       # the parent whose replica's location routes it
+    edge_src: str                                     # the plan edge's source (parent task or a source)
+
+
+class CompiledRoute:
+    """A :class:`~atoll.specs.routing.Route` with its pickers, and what each stage still needs."""
+
+    def __init__(self, route: Route):
+        self.route = route
+        self.stages: list[CompiledStage] = []
+        tasks = {s.task for s in route.stages}
+        for i, st in enumerate(route.stages):
+            eps = tuple(route.endpoints.get(st.task, ()))
+            by_loc: dict[str, list[Endpoint]] = {}
+            for e in eps:
+                by_loc.setdefault(e.location, []).append(e)
+            parent = next((p for p in st.parents if p in tasks), "")
+            edge_src = parent or next(iter(st.parents), "")
+            froms: dict[str, dict[str, float]] = {}
+            for a, b, rate in route.flows.get((edge_src, st.task), ()):
+                if b in by_loc and rate > 0:
+                    froms.setdefault(a, {})
+                    froms[a][b] = froms[a].get(b, 0.0) + rate
+            self.stages.append(CompiledStage(
+                st, i, eps, {e.replica_id: e for e in eps},
+                {loc: Picker(sorted(((e, max(e.weight, 1e-9)) for e in es), key=lambda x: x[0].replica_id))
+                 for loc, es in by_loc.items()},
+                {a: Picker(sorted(ws.items())) for a, ws in froms.items()},
+                Picker(sorted((loc, sum(max(e.weight, 1e-9) for e in es)) for loc, es in by_loc.items())),
+                {loc: sum(max(e.weight, 1e-9) for e in es) for loc, es in by_loc.items()},
+                parent, edge_src))
+        self.index = {c.stage.task: c.index for c in self.stages}
+        # the outputs (and whether the request's text) stages from index k on still read
+        self.needs: list[tuple[frozenset[str], bool]] = []
+        for k in range(len(self.stages)):
+            later = route.stages[k:]
+            reads = frozenset(p for s in later for p in s.parents if p in tasks)
+            text = any(not any(p in tasks for p in s.parents) for s in later)
+            self.needs.append((reads, text))
+
+    def pick(self, cs: CompiledStage, from_location: str, avoid: set[str], excluded: "Exclusions",
+             in_flight: "InFlight | None" = None) -> Endpoint | None:
+        """A replica of stage ``cs``: the plan's location from ``from_location``, then a replica by
+        weight; skipping ``avoid`` (tried by this request) and, while others remain, excluded ones;
+        a replica backlogged with this agent's calls (``in_flight``) gives way to the least loaded."""
+        for strict in (True, False):
+            def usable(e: Endpoint) -> bool:
+                return e.replica_id not in avoid and not (strict and excluded.has(e.replica_id))
+
+            def has_usable(loc: str) -> bool:
+                return any(usable(e) for e in cs.replicas_in[loc].seq)
+
+            loc = None
+            plan = cs.locations.get(from_location)
+            if plan is not None:
+                loc = plan.next(has_usable)
+            if loc is None:
+                loc = cs.fallback.next(has_usable)
+            if loc is not None:
+                chosen = cs.replicas_in[loc].next(usable)
+                if chosen is None or in_flight is None or not backlogged(
+                        in_flight.replicas.get(chosen.replica_id, 0), chosen.weight,
+                        in_flight.locations.get(loc, 0), cs.loc_weight[loc]):
+                    return chosen
+                pool = [e for e in dict.fromkeys(cs.replicas_in[loc].seq) if usable(e)]
+                return least_loaded(pool, in_flight.replicas, chosen)
+        return None
+
+
+class InFlight:
+    """This agent's calls in flight, per replica id and per location."""
+
+    def __init__(self):
+        self.replicas: dict[str, int] = {}
+        self.locations: dict[str, int] = {}
+
+    def add(self, ep: Endpoint) -> None:
+        self.replicas[ep.replica_id] = self.replicas.get(ep.replica_id, 0) + 1
+        self.locations[ep.location] = self.locations.get(ep.location, 0) + 1
+
+    def done(self, ep: Endpoint) -> None:
+        for d, key in ((self.replicas, ep.replica_id), (self.locations, ep.location)):
+            if d.get(key, 0) > 1:
+                d[key] -= 1
+            else:
+                d.pop(key, None)
+
+
+class Exclusions:
+    """Replicas that failed, skipped until a deadline (monotonic seconds)."""
+
+    def __init__(self, seconds: float = EXCLUDE_S, clock=time.monotonic):
+        self.seconds, self.clock = seconds, clock
+        self._until: dict[str, float] = {}
+
+    def add(self, replica_id: str) -> None:
+        self._until[replica_id] = self.clock() + self.seconds
+
+    def has(self, replica_id: str) -> bool:
+        until = self._until.get(replica_id)
+        if until is None:
+            return False
+        if self.clock() >= until:
+            del self._until[replica_id]
+            return False
+        return True
+
+    def clear(self, replica_id: str) -> None:
+        self._until.pop(replica_id, None)
+
+    def active(self) -> list[str]:
+        now = self.clock()
+        for rid in [r for r, t in self._until.items() if now >= t]:
+            del self._until[rid]
+        return sorted(self._until)

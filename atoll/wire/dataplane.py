@@ -1,0 +1,244 @@
+"""The data plane on the wire: routing state and key sets (coordinator to agents, down the
+heartbeat stream), entries' load reports (agents to coordinator, in heartbeats), entries as the
+SDK lists them, and the ``Entry`` and ``DataPlane`` services' messages (``dataplane.proto``).
+
+Both sides convert here: the coordinator packs routing states and key sets and reads load
+reports; agents read the first two, pack the third, and serve ``Entry`` and ``DataPlane`` with
+the message helpers below; the SDK reads :class:`EntryInfo` values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping, Sequence
+
+from atoll.core.apikeys import KeyEntry, KeySet
+from atoll.proto.v1 import control_pb2, dataplane_pb2, dataplane_pb2_grpc, routing_pb2
+from atoll.specs.routing import Endpoint, Route, RoutingState, Stage
+
+ENTRY = dataplane_pb2.DESCRIPTOR.services_by_name["Entry"]
+DATAPLANE = dataplane_pb2.DESCRIPTOR.services_by_name["DataPlane"]
+
+
+# ---------------------------------------------------------------------- routing state
+def route_to_pb(r: Route) -> routing_pb2.WorkflowRoute:
+    return routing_pb2.WorkflowRoute(
+        workflow=r.workflow, tenant=r.tenant, state=r.state, trusted_only=r.trusted_only, wakeable=r.wakeable,
+        stages=[routing_pb2.RouteStage(task=s.task, kind=s.kind, prompt=s.prompt, parents=list(s.parents),
+                                       max_tokens=int(s.max_tokens or 0), no_max_tokens=s.max_tokens is None,
+                                       temperature=float(s.temperature), stop=list(s.stop), chat=s.chat)
+                for s in r.stages],
+        endpoints=[routing_pb2.RouteEndpoint(replica_id=e.replica_id, task=e.task, variant=e.variant,
+                                             node_id=e.node_id, node_name=e.node_name, region=e.region,
+                                             address=e.address, weight=e.weight, adapter=e.adapter,
+                                             location=e.location, base_model=e.base_model, tier=e.tier)
+                   for eps in r.endpoints.values() for e in eps],
+        flows=[routing_pb2.RouteFlow(src=a, dst=b, from_location=f[0], to_location=f[1], rate=f[2])
+               for (a, b), fs in r.flows.items() for f in fs],
+        source_region=r.source_region, source_location=r.source_location, sink=r.sink)
+
+
+def route_from_pb(m: routing_pb2.WorkflowRoute) -> Route:
+    eps: dict[str, list[Endpoint]] = {}
+    for e in m.endpoints:
+        eps.setdefault(e.task, []).append(Endpoint(e.replica_id, e.task, e.variant, e.node_id, e.node_name, e.region,
+                                                   e.address, e.weight, e.adapter, e.location, e.base_model, e.tier))
+    flows: dict[tuple[str, str], list] = {}
+    for f in m.flows:
+        flows.setdefault((f.src, f.dst), []).append((f.from_location, f.to_location, f.rate))
+    return Route(m.workflow, tuple(Stage(s.task, s.kind, s.prompt, tuple(s.parents),
+                                         None if s.no_max_tokens else s.max_tokens, s.temperature, tuple(s.stop),
+                                         s.chat) for s in m.stages),
+                 MappingProxyType({t: tuple(v) for t, v in eps.items()}), m.source_region, m.sink, m.source_location,
+                 MappingProxyType({k: tuple(v) for k, v in flows.items()}), m.tenant, m.state, m.trusted_only,
+                 m.wakeable)
+
+
+def routing_to_pb(state: RoutingState) -> routing_pb2.RoutingState:
+    return routing_pb2.RoutingState(digest=state.digest, routes=[route_to_pb(r) for r in state.routes.values()])
+
+
+def routing_from_pb(m: routing_pb2.RoutingState) -> RoutingState:
+    return RoutingState(m.digest, MappingProxyType({r.workflow: route_from_pb(r) for r in m.routes}))
+
+
+# ---------------------------------------------------------------------- key sets
+def keys_to_pb(ks: KeySet) -> routing_pb2.KeySet:
+    return routing_pb2.KeySet(digest=ks.digest, enforced=ks.enforced, keys=[
+        routing_pb2.ApiKeyEntry(id=k.id, tenant=k.tenant, role=k.role, secret_sha256=k.secret_sha256,
+                                revoked=k.revoked) for k in ks.keys.values()])
+
+
+def keys_from_pb(m: routing_pb2.KeySet) -> KeySet:
+    return KeySet(m.digest, m.enforced, MappingProxyType({
+        k.id: KeyEntry(k.id, k.tenant, k.role, k.secret_sha256, k.revoked) for k in m.keys}))
+
+
+# ---------------------------------------------------------------------- load reports
+@dataclass
+class EntryLoad:
+    """What one entry saw of one workflow since its previous report."""
+
+    workflow: str
+    started: int = 0
+    finished: int = 0
+    failed: int = 0
+    completion_tokens: dict[str, int] = field(default_factory=dict)   # task -> tokens (answered requests)
+    in_flight: int = 0
+
+
+def load_to_pb(loads: Sequence[EntryLoad]) -> list[routing_pb2.EntryLoad]:
+    return [routing_pb2.EntryLoad(workflow=x.workflow, started=x.started, finished=x.finished, failed=x.failed,
+                                  completion_tokens=x.completion_tokens, in_flight=x.in_flight) for x in loads]
+
+
+def load_from_pb(ms) -> list[EntryLoad]:
+    return [EntryLoad(m.workflow, m.started, m.finished, m.failed, dict(m.completion_tokens), m.in_flight)
+            for m in ms]
+
+
+# ---------------------------------------------------------------------- entries
+@dataclass(frozen=True)
+class EntryInfo:
+    node_name: str
+    region: str
+    tier: str
+    address: str
+    node_id: str = ""
+    degraded: bool = False
+    degraded_reason: str = ""
+    routing_age_seconds: float = 0.0
+    workflows: int = 0
+
+
+def entry_to_pb(e: EntryInfo) -> routing_pb2.EntryInfo:
+    return routing_pb2.EntryInfo(node_name=e.node_name, node_id=e.node_id, region=e.region, tier=e.tier,
+                                 address=e.address, degraded=e.degraded, degraded_reason=e.degraded_reason,
+                                 routing_age_seconds=e.routing_age_seconds, workflows=e.workflows)
+
+
+def entry_from_pb(m: routing_pb2.EntryInfo) -> EntryInfo:
+    return EntryInfo(m.node_name, m.region, m.tier, m.address, m.node_id, m.degraded, m.degraded_reason,
+                     m.routing_age_seconds, m.workflows)
+
+
+def entries_response(entries: Sequence[EntryInfo]) -> control_pb2.ListEntriesResponse:
+    return control_pb2.ListEntriesResponse(entries=[entry_to_pb(e) for e in entries])
+
+
+def entry_stub(channel) -> dataplane_pb2_grpc.EntryStub:
+    return dataplane_pb2_grpc.EntryStub(channel)
+
+
+def dataplane_stub(channel) -> dataplane_pb2_grpc.DataPlaneStub:
+    return dataplane_pb2_grpc.DataPlaneStub(channel)
+
+
+def describe_request() -> dataplane_pb2.DescribeEntryRequest:
+    return dataplane_pb2.DescribeEntryRequest()
+
+
+# ---------------------------------------------------------------------- requests and answers
+@dataclass(frozen=True)
+class Invocation:
+    """One request as an entry takes it (an ``InvokeRequest``, unpacked)."""
+
+    workflow: str
+    input_json: str
+    stream: bool
+    timeout_seconds: float
+    request_id: str
+    max_tokens: int
+    temperature: float | None
+
+
+def invocation_from_pb(m: control_pb2.InvokeRequest) -> Invocation:
+    return Invocation(m.workflow, m.input_json, m.stream, m.timeout_seconds, m.request_id, m.max_tokens,
+                      m.temperature if m.HasField("temperature") else None)
+
+
+@dataclass(frozen=True)
+class StageDone:
+    """One stage's run, as answers report it."""
+
+    task: str
+    variant: str = ""
+    node_name: str = ""
+    region: str = ""
+    seconds: float = 0.0
+    attempts: int = 0
+    output_bytes: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def stage_to_pb(s: StageDone) -> control_pb2.StageResult:
+    return control_pb2.StageResult(task=s.task, variant=s.variant, node_name=s.node_name, region=s.region,
+                                   seconds=s.seconds, attempts=s.attempts, output_bytes=s.output_bytes,
+                                   prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens)
+
+
+def stage_from_pb(m: control_pb2.StageResult) -> StageDone:
+    return StageDone(m.task, m.variant, m.node_name, m.region, m.seconds, m.attempts, m.output_bytes,
+                     m.prompt_tokens, m.completion_tokens)
+
+
+def delta_message(text: str, request_id: str) -> control_pb2.InvokeResponse:
+    return control_pb2.InvokeResponse(text=text, done=False, request_id=request_id)
+
+
+def done_message(output: Mapping, stages: Sequence[StageDone], request_id: str,
+                 streamed: bool) -> control_pb2.InvokeResponse:
+    """The final answer: the output (its text again unless it was streamed) and every stage's run."""
+    text = output.get("text", "") if isinstance(output.get("text"), str) and not streamed else ""
+    return control_pb2.InvokeResponse(text=text, done=True, output_json=json.dumps(dict(output)),
+                                      stages=[stage_to_pb(s) for s in stages], request_id=request_id)
+
+
+def answer_from_pb(m: control_pb2.InvokeResponse) -> tuple[str, bool, dict | None, list[StageDone]]:
+    """(text delta, done, output when done, stage runs) of one answer message."""
+    return (m.text, m.done, json.loads(m.output_json or "{}") if m.done else None,
+            [stage_from_pb(s) for s in m.stages])
+
+
+def forward_request(*, workflow: str, task: str, replica_id: str, outputs: Mapping[str, str], text: str,
+                    stream: bool, max_tokens: int, temperature: float | None, request_id: str,
+                    tenant: str) -> dataplane_pb2.ForwardRequest:
+    req = dataplane_pb2.ForwardRequest(workflow=workflow, task=task, replica_id=replica_id, outputs=dict(outputs),
+                                       input=text, stream=stream, max_tokens=max_tokens, request_id=request_id,
+                                       tenant=tenant)
+    if temperature is not None:
+        req.temperature = temperature
+    return req
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A ``ForwardRequest``, unpacked."""
+
+    workflow: str
+    task: str
+    replica_id: str
+    outputs: Mapping[str, str]
+    text: str
+    stream: bool
+    max_tokens: int
+    temperature: float | None
+    request_id: str
+    tenant: str
+
+
+def forwarded_from_pb(m: dataplane_pb2.ForwardRequest) -> Forwarded:
+    return Forwarded(m.workflow, m.task, m.replica_id, dict(m.outputs), m.input, m.stream, m.max_tokens,
+                     m.temperature if m.HasField("temperature") else None, m.request_id, m.tenant)
+
+
+def invoke_request(*, workflow: str, input_json: str, stream: bool, timeout_seconds: float, request_id: str,
+                   max_tokens: int, temperature: float | None) -> control_pb2.InvokeRequest:
+    req = control_pb2.InvokeRequest(workflow=workflow, input_json=input_json, stream=stream,
+                                    timeout_seconds=timeout_seconds, request_id=request_id, max_tokens=max_tokens)
+    if temperature is not None:
+        req.temperature = temperature
+    return req

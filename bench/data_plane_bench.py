@@ -1,0 +1,376 @@
+"""The data plane against the coordinator hub, side by side on one fleet of simulated agents.
+
+A real ``atoll coordinator`` and simulated agents (``bench/sim_agent.py`` with near-instant
+Workers: every request answered at once, in one chunk), each agent in its own process and each
+one a full data-plane node (``atoll.agent.dataplane``: Entry server, DataPlane service, routing
+state and key set from its heartbeat stream, in-process stages). Closed-loop load generators
+(their own processes, ``grpc.aio``, a fixed number of requests in flight) drive one-stage
+workflows; every window reports req/s, p50/p99 latency and the CPU milliseconds per request of
+every process on the path (coordinator, each agent, the load generators), from /proc.
+
+1. One replica, on agent a1: direct ``Worker.Generate`` calls to a1; a1's entry (the stage runs
+   in process there); the coordinator's ``Invoke`` (forwarded to a1's entry).
+2. Two replicas, on a1 and a2: the hub (``Invoke`` at the coordinator, forwarded to an entry)
+   against the two agents' entries, with the same number of requests in flight.
+3. Routing cost per request in process (``DataPlane.run`` with an instant local stage), for a
+   route of 4 and of 512 replicas over 4 locations with the plan's flows.
+
+Targets: the coordinator spends no CPU per request on the entry path; an entry holding the
+stage's replica costs at most 1.5x a direct Worker call; two entries reach at least 2x the hub's
+req/s; routing cost at 512 replicas within 1.2x of 4.
+
+    .venv/bin/python bench/data_plane_bench.py                  # writes bench/results/data_plane.json
+    .venv/bin/python bench/data_plane_bench.py --seconds 5      # shorter windows
+    .venv/bin/python bench/data_plane_bench.py --soak 1000000   # 1M requests through entries, RSS flat
+
+The soak writes bench/results/data_plane_soak.json: every process's RSS sampled through the run,
+the workflow without an ``autoscaling:`` block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from control_plane_bench import cpu_seconds, free_port, machine  # noqa: E402 - bench helpers beside this file
+
+REPO = HERE.parent
+TOKEN = "dataplane-bench-token"
+WORKFLOW = {"sources": [{"name": "u", "rate": 1, "region": "us-east", "tier": "datacenter"}],
+            "tasks": [{"name": "gen", "max_tokens": 1, "variants": [
+                {"name": "v", "model": "/models/sim", "accuracy": 0.9, "memory_gb": 1,
+                 "throughput": {"sim": 1000}}]}],
+            "edges": [{"from": "u", "to": "gen", "size_kb": 0.05}]}
+
+
+# ---------------------------------------------------------------------------------- an agent
+async def agent_main(name: str, region: str, coordinator: str) -> None:
+    import grpc
+
+    from sim_agent import SimHost
+
+    from atoll.core import logs
+    from atoll.core.rpc import CHANNEL_OPTIONS
+
+    logs.setup("INFO")           # the per-request log lines count, as on a real agent
+    logging.getLogger().handlers[0].stream = open(os.devnull, "w")
+    ch = grpc.aio.insecure_channel(coordinator, options=CHANNEL_OPTIONS)
+    host = SimHost(name=name, tier="datacenter", region=region, price=1.0, preemptible=False, hardware="sim",
+                   speed=1.0, gpu_mem_gb=24, channel=ch, join_token=TOKEN, cold_start=(0.05, 0.1), instant=True)
+    await host.start()
+    await asyncio.Event().wait()
+
+
+# ---------------------------------------------------------------------------------- load
+async def load_main(kind: str, targets: list[str], seconds: float, concurrency: int, workflow: str) -> None:
+    import grpc
+
+    from atoll.core.rpc import CHANNEL_OPTIONS
+    from atoll.wire import client_service, dataplane
+    from atoll.wire.worker import WorkerClient
+
+    chans = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in targets]
+    workers = WorkerClient()
+    lat: list[float] = []
+    errors = [0]
+    stop = time.monotonic() + seconds
+
+    async def one(i: int) -> None:
+        if kind == "worker":
+            async for _ in workers.generate(targets[i % len(targets)], "hello", adapter="", max_tokens=1,
+                                            temperature=0.0, timeout=10):
+                pass
+            return
+        req = dataplane.invoke_request(workflow=workflow, input_json='{"text": "hello"}', stream=False,
+                                       timeout_seconds=10, request_id="", max_tokens=0, temperature=None)
+        ch = chans[i % len(chans)]
+        stub = client_service.client_stub(ch) if kind == "hub" else dataplane.entry_stub(ch)
+        async for _ in stub.Invoke(req, timeout=10):
+            pass
+
+    async def loop(i: int) -> None:
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            try:
+                await one(i)
+                lat.append(time.perf_counter() - t0)
+            except grpc.aio.AioRpcError:
+                errors[0] += 1
+
+    await asyncio.gather(*(loop(i) for i in range(concurrency)))
+    lat.sort()
+    print(json.dumps({"requests": len(lat), "errors": errors[0],
+                      "p50_ms": round(lat[len(lat) // 2] * 1000, 3) if lat else None,
+                      "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 3) if lat else None}), flush=True)
+
+
+# ---------------------------------------------------------------------------------- the driver
+def spawn(args: list[str], log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", ATOLL_JOIN_TOKEN=TOKEN)
+    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                            start_new_session=True)
+
+
+def rss_bytes(pid: int) -> int:
+    m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(m.group(1)) * 1024 if m else 0
+
+
+class Fleet:
+    def __init__(self, workdir: Path):
+        self.dir = workdir
+        self.addr = f"127.0.0.1:{free_port()}"
+        self.coord = spawn([sys.executable, "-m", "atoll", "coordinator", "--listen", self.addr, "--metrics-listen",
+                            f"127.0.0.1:{free_port()}", "--state-dir", str(workdir / "coord"),
+                            "--heartbeat-interval", "1"], workdir / "coordinator.log")
+        self.agents: dict[str, subprocess.Popen] = {}
+
+    def add_agent(self, name: str, region: str = "us-east") -> None:
+        self.agents[name] = spawn([sys.executable, str(HERE / "data_plane_bench.py"), "--agent", name, "--region",
+                                   region, "--coordinator", self.addr], self.dir / f"{name}.log")
+
+    def client(self):
+        from atoll.client import Client
+        return Client(self.addr, timeout=30)
+
+    def wait(self, pred, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                v = pred()
+                if v:
+                    return v
+            except Exception:  # noqa: BLE001 - still starting
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"timed out waiting for {what}; see {self.dir}")
+
+    def deploy(self, name: str, rate: float) -> dict:
+        import yaml
+        model = self.dir / "sim-model"          # simulated agents never load it; admission wants one
+        model.mkdir(exist_ok=True)
+        (model / "config.json").write_text("{}")
+        spec = {"name": name, **WORKFLOW}
+        spec["sources"] = [{**WORKFLOW["sources"][0], "rate": rate}]
+        spec["tasks"] = [{**WORKFLOW["tasks"][0], "variants": [{**WORKFLOW["tasks"][0]["variants"][0],
+                                                                 "model": str(model)}]}]
+        path = self.dir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        with self.client() as c:
+            c.submit(str(path))
+            st = self.wait(lambda: (lambda s: s if s.state == "READY" and all(r["state"] == "ready" for r in s.replicas)
+                                    else None)(c.status(name)), 60, f"{name} READY")
+            entries = {e["node_name"]: e["address"] for e in c.entries("us-east", name)}
+            ok = self.wait(lambda: self._serves(entries, name), 30, "entries holding the route")
+        return {"status": st, "entries": entries, "ok": ok}
+
+    def _serves(self, entries: dict, name: str) -> bool:
+        from atoll.client import Client
+        for addr in entries.values():
+            with Client(self.addr, entries=addr) as c:
+                c.invoke(name, {"text": "warm"}, timeout=5)
+        return True
+
+    def window(self, kind: str, targets: list[list[str]], seconds: float, concurrency: int, workflow: str) -> dict:
+        """One closed-loop window: a load generator per target list, CPU of every process."""
+        pids = {"coordinator": self.coord.pid, **{n: p.pid for n, p in self.agents.items()}}
+        gens = [subprocess.Popen([sys.executable, str(HERE / "data_plane_bench.py"), "--load", kind, "--targets",
+                                  ",".join(t), "--seconds", str(seconds), "--concurrency", str(concurrency),
+                                  "--workflow", workflow], stdout=subprocess.PIPE, cwd=REPO, text=True)
+                for t in targets]
+        time.sleep(1.0)                                    # the generators' start-up is not measured
+        cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
+        t0 = time.monotonic()
+        outs = [json.loads(g.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1]) for g in gens]
+        wall = time.monotonic() - t0
+        # the generators ran `seconds` from their own start: count the CPU of the shared window
+        cpu1 = {n: cpu_seconds(p) for n, p in pids.items()}
+        n = sum(o["requests"] for o in outs)
+        res = {"kind": kind, "requests": n, "errors": sum(o["errors"] for o in outs),
+               "req_per_s": round(n / seconds, 1),
+               "p50_ms": max(o["p50_ms"] or 0 for o in outs), "p99_ms": max(o["p99_ms"] or 0 for o in outs),
+               "cpu_ms_per_request": {name: round((cpu1[name] - cpu0[name]) * 1000 / max(n, 1), 4) for name in pids},
+               "wall_s": round(wall, 2)}
+        return res
+
+    def stop(self) -> None:
+        for p in [*self.agents.values(), self.coord]:
+            if p.poll() is None:
+                p.terminate()
+        for p in [*self.agents.values(), self.coord]:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def routing_costs(sizes=(4, 512), rounds: int = 15, batch: int = 2000) -> dict:
+    """Microseconds per request of the data plane's own work (pick, bookkeeping, an instant
+    in-process stage) on routes of ``sizes`` replicas over 4 locations with the plan's flows;
+    batches of the sizes alternate (side by side on a shared machine), the median batch counts."""
+    from atoll.agent.dataplane.chain import DataPlane, NodeSelf, Request
+    from atoll.agent.dataplane.metrics import DataPlaneMetrics
+    from atoll.agent.dataplane.table import CompiledRoute
+    from atoll.agent.dataplane.trace import start_span
+    from atoll.specs.routing import Endpoint, Route, Stage
+    from atoll.wire.worker import Delta, WorkerClient
+
+    class Instant:
+        async def generate(self, prompt, **kw):
+            yield Delta("ok", 1, 1, True)
+
+    regions = ["us-east", "us-west", "eu-west", "ap-south"]
+    flows = {("u", "gen"): tuple(("us-east/datacenter", f"{r}/datacenter", 1.0 + k) for k, r in enumerate(regions))}
+    plane = DataPlane(lambda: NodeSelf("me", "me", "us-east", "datacenter"), Instant(), WorkerClient(),
+                      DataPlaneMetrics())
+    routes, compile_ms = {}, {}
+    for n in sizes:
+        eps = tuple(Endpoint(f"r{i}", "gen", "v", "me", f"n{i}", regions[i % 4], f"10.0.{i // 250}.{i % 250}:1",
+                             1.0 + i % 3, "", f"{regions[i % 4]}/datacenter", "/m", "datacenter") for i in range(n))
+        route = Route(f"wf{n}", (Stage("gen", "llm", "{input}", ("u",), 1),), {"gen": eps}, "us-east", "gen",
+                      "us-east/datacenter", flows)
+        t0 = time.perf_counter()
+        routes[n] = CompiledRoute(route)
+        compile_ms[n] = round((time.perf_counter() - t0) * 1000, 2)
+    span = start_span((), "bench")
+
+    async def go() -> dict:
+        times: dict[int, list[float]] = {n: [] for n in sizes}
+        for r in range(rounds + 1):
+            for n in sizes:
+                cr = routes[n]
+                t = time.perf_counter()
+                for _ in range(batch):
+                    await plane.run(cr, 0, Request(cr.route.workflow, "hi", time.monotonic() + 60, span), {},
+                                    "us-east/datacenter", None)
+                if r:                                  # the first round warms up
+                    times[n].append((time.perf_counter() - t) / batch)
+        return {n: sorted(v)[len(v) // 2] for n, v in times.items()}
+
+    per = asyncio.run(go())
+    return {str(n): {"replicas": n, "us_per_request": round(per[n] * 1e6, 2), "compile_ms": compile_ms[n]}
+            for n in sizes}
+
+
+def main_bench(seconds: float, concurrency: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="dp-bench-"))
+    fleet = Fleet(work)
+    out: dict = {}
+    try:
+        fleet.add_agent("a1")
+        fleet.add_agent("a2")
+        with fleet.client() as c:
+            fleet.wait(lambda: sum(n.state == "READY" and bool(n.status.get("entry_address"))
+                                   for n in c.nodes()) == 2, 60, "two agents")
+        # 1. one replica: direct Worker calls, its own entry, the hub
+        d = fleet.deploy("one", rate=1)
+        rep = d["status"].replicas[0]
+        holder, worker = rep["node"], rep["worker_address"]
+        entry = d["entries"][holder]
+        one = {"replica_on": holder}
+        one["direct_worker"] = fleet.window("worker", [[worker]], seconds, concurrency, "one")
+        one["entry_on_replica_host"] = fleet.window("entry", [[entry]], seconds, concurrency, "one")
+        one["hub"] = fleet.window("hub", [[fleet.addr]], seconds, concurrency, "one")
+        direct = one["direct_worker"]["cpu_ms_per_request"][holder]
+        via = one["entry_on_replica_host"]["cpu_ms_per_request"][holder]
+        one["entry_over_direct_cpu"] = round(via / direct, 3) if direct else None
+        out["one_replica"] = one
+        with fleet.client() as c:
+            c.delete("one")
+        # 2. two replicas: the hub against two entries, the same requests in flight
+        d = fleet.deploy("two", rate=1500)
+        assert len(d["status"].replicas) == 2, d["status"].replicas
+        two = {"hub": fleet.window("hub", [[fleet.addr], [fleet.addr]], seconds, concurrency // 2, "two"),
+               "two_entries": fleet.window("entry", [[d["entries"]["a1"]], [d["entries"]["a2"]]], seconds,
+                                           concurrency // 2, "two")}
+        two["entries_over_hub_req_per_s"] = round(two["two_entries"]["req_per_s"] / two["hub"]["req_per_s"], 3)
+        out["two_replicas"] = two
+    finally:
+        fleet.stop()
+    # 3. routing cost per request, in process
+    out["routing"] = routing_costs()
+    out["routing"]["ratio_512_over_4"] = round(out["routing"]["512"]["us_per_request"] /
+                                               out["routing"]["4"]["us_per_request"], 3)
+    o = out
+    out["targets"] = {
+        "coordinator_cpu_ms_per_request_on_entry_path": o["one_replica"]["entry_on_replica_host"][
+            "cpu_ms_per_request"]["coordinator"],
+        "entry_over_direct_worker_cpu (<= 1.5)": o["one_replica"]["entry_over_direct_cpu"],
+        "two_entries_over_hub_req_per_s (>= 2)": o["two_replicas"]["entries_over_hub_req_per_s"],
+        "routing_512_over_4 (<= 1.2)": o["routing"]["ratio_512_over_4"]}
+    return out
+
+
+def soak(total: int, concurrency: int) -> dict:
+    """``total`` requests through two entries (no autoscaling block); every process's RSS sampled."""
+    work = Path(tempfile.mkdtemp(prefix="dp-soak-"))
+    fleet = Fleet(work)
+    samples: list[dict] = []
+    try:
+        fleet.add_agent("a1")
+        fleet.add_agent("a2")
+        with fleet.client() as c:
+            fleet.wait(lambda: sum(n.state == "READY" for n in c.nodes()) == 2, 60, "two agents")
+        d = fleet.deploy("soak", rate=1500)
+        targets = [[d["entries"]["a1"]], [d["entries"]["a2"]]]
+        done, t0 = 0, time.monotonic()
+        while done < total:
+            w = fleet.window("entry", targets, 30.0, concurrency // 2, "soak")
+            done += w["requests"]
+            pids = {"coordinator": fleet.coord.pid, **{n: p.pid for n, p in fleet.agents.items()}}
+            samples.append({"requests": done, "t_s": round(time.monotonic() - t0, 1), "req_per_s": w["req_per_s"],
+                            "errors": w["errors"], "rss_mib": {n: round(rss_bytes(p) / 2**20, 2)
+                                                               for n, p in pids.items()}})
+            print(json.dumps(samples[-1]), flush=True)
+    finally:
+        fleet.stop()
+    warm = [s for s in samples if s["requests"] >= total * 0.1] or samples
+    growth = {n: round(max(s["rss_mib"][n] for s in warm) / min(s["rss_mib"][n] for s in warm) - 1, 4)
+              for n in warm[0]["rss_mib"]}
+    return {"requests": done, "samples": samples, "rss_growth_after_warmup": growth,
+            "errors": sum(s["errors"] for s in samples)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="each load window (default 10)")
+    ap.add_argument("--concurrency", type=int, default=32, help="requests in flight per window (default 32)")
+    ap.add_argument("--soak", type=int, default=0, help="run the soak with this many requests instead")
+    ap.add_argument("--agent"), ap.add_argument("--region", default="us-east"), ap.add_argument("--coordinator")
+    ap.add_argument("--load"), ap.add_argument("--targets"), ap.add_argument("--workflow", default="")
+    ns = ap.parse_args()
+    if ns.agent:
+        asyncio.run(agent_main(ns.agent, ns.region, ns.coordinator))
+        return
+    if ns.load:
+        asyncio.run(load_main(ns.load, ns.targets.split(","), ns.seconds, ns.concurrency, ns.workflow))
+        return
+    cmd = "bench/data_plane_bench.py " + " ".join(sys.argv[1:])
+    if ns.soak:
+        res = {"bench": "data_plane_soak", "machine": machine(), "command": cmd, "shared_machine": True,
+               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": soak(ns.soak, ns.concurrency)}
+        path = REPO / "bench" / "results" / "data_plane_soak.json"
+    else:
+        res = {"bench": "data_plane", "machine": machine(), "command": cmd, "shared_machine": True,
+               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "results": main_bench(ns.seconds, ns.concurrency)}
+        path = REPO / "bench" / "results" / "data_plane.json"
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res["results"].get("targets", res["results"].get("rss_growth_after_warmup")), indent=2))
+    print(f"wrote {path.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

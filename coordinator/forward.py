@@ -1,0 +1,109 @@
+"""The coordinator's ``Invoke`` (and its OpenAI door), kept for convenience: the request is
+forwarded to an agent's entry in the workflow's source region, which runs it on the data plane.
+
+The coordinator takes no part in the request's path beyond this hop: it checks that the caller
+may see the workflow, wakes a workflow at zero, and passes the call (the caller's API key, its
+trace context and request id included) to an entry, streaming the entry's answer back as it
+comes. Entries of the source's region come first, in turn; an entry that cannot be reached gives
+way to the next, and one that has not yet received the newest routing state or key set (a
+workflow or key created a moment ago) is given up to ``KEY_WAIT_S`` to catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import AsyncIterator, Callable, Sequence
+
+import grpc
+
+from atoll.core.errors import Unavailable
+from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
+from atoll.wire.dataplane import EntryInfo, entry_stub, invoke_request
+
+PASSED_ON = ("authorization", "traceparent", "tracestate", "x-request-id")
+KEY_WAIT_S = 2.0            # how long an entry may lag behind a key or a workflow new here
+# what an entry answers when it lags behind: a key or workflow it has not heard of yet
+LAGGING = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+class EntryForwarder:
+    def __init__(self, entries: Callable[[str, str], Sequence[EntryInfo]],
+                 credentials: grpc.ChannelCredentials | None = None,
+                 current: Callable[[str], bool] = lambda node_id: True):
+        """``entries(region, workflow)``: the entries that may take the workflow, the region's
+        first; ``current(node id)``: whether that entry holds the routing state and key set this
+        coordinator last decided for it."""
+        self.entries, self.credentials, self.current = entries, credentials, current
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._turn = itertools.count()
+
+    def _stub(self, address: str):
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = self._channels[address] = (
+                grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS) if self.credentials
+                else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+        return entry_stub(ch)
+
+    def order(self, region: str, workflow: str) -> list[EntryInfo]:
+        """The entries to try: the region's, starting at the next in turn, then the others."""
+        es = list(self.entries(region, workflow))
+        if not es:
+            raise Unavailable("no agent serves an entry for this workflow", hint="see `atoll nodes`")
+        local = [e for e in es if e.region == region] or es
+        rest = [e for e in es if e not in local]
+        n = next(self._turn) % len(local)
+        return local[n:] + local[:n] + rest
+
+    async def invoke(self, *, region: str, workflow: str, input_json: str, stream: bool, timeout: float,
+                     request_id: str, max_tokens: int, temperature: float | None,
+                     metadata: Sequence[tuple[str, str]], carried_by: str = "") -> AsyncIterator:
+        """The entry's answer messages (``InvokeResponse``), passed through unchanged.
+        ``carried_by``: the workflow whose placement rules choose the entries when ``workflow``
+        names a ``base:adapter`` model (a trusted_only workflow's adapter never enters at a renter)."""
+        deadline = time.monotonic() + timeout
+        md = tuple((k, v) for k, v in metadata if k in PASSED_ON)
+        last: grpc.aio.AioRpcError | None = None
+        for entry in self.order(region, carried_by or workflow):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            req = invoke_request(workflow=workflow, input_json=input_json, stream=stream, timeout_seconds=left,
+                                 request_id=request_id, max_tokens=max_tokens, temperature=temperature)
+            key_wait_end = time.monotonic() + KEY_WAIT_S
+            while True:
+                answered = False
+                try:
+                    async for msg in self._stub(entry.address).Invoke(req, timeout=left + 1.0, metadata=md or None):
+                        answered = True
+                        yield msg
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    last = exc
+                    if answered:
+                        raise passed_on(exc) from None
+                    code = exc.code()
+                    if code in LAGGING and not self.current(entry.node_id) \
+                            and time.monotonic() < min(deadline, key_wait_end):
+                        await asyncio.sleep(0.05)         # the entry has not received the newest state yet
+                        left = deadline - time.monotonic()
+                        req.timeout_seconds = max(left, 0.001)
+                        continue
+                    if code != grpc.StatusCode.UNAVAILABLE:
+                        raise passed_on(exc) from None
+                    break
+        if last is not None:
+            raise Unavailable(f"no entry answered: {last.code().name}: {last.details()}")
+        raise Unavailable("deadline passed before an entry answered")
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+
+def passed_on(exc: grpc.aio.AioRpcError):
+    """The entry's refusal as this coordinator answers it: the same status and words."""
+    return type(error_from_rpc(exc))(exc.details() or exc.code().name)

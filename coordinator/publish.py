@@ -1,0 +1,111 @@
+"""Publish the data plane's state to agents: each node's routing state and the API key set, sent
+down its heartbeat stream level-triggered by digest, and the entries' load reports read back.
+
+Every reconcile pass computes what each connected node should hold (:func:`desired_routing`):
+the routes of every workflow it may serve as an entry or a hop, that is every route except a
+``trusted_only`` workflow's on a renter host (:func:`atoll.specs.routing.may_carry`), and the
+key set. :func:`to_send` picks the nodes whose reported digest differs, unless the same value
+went to the same session less than ``RESEND_AFTER`` seconds ago; sending twice is harmless. A
+routing table is rebuilt only when a plan, a workflow's state or a replica's state changed
+(``WorkflowManager.routing_table``), so a re-plan, a scale event or a replica state change
+reaches every agent within one pass (0.25 s) plus a heartbeat's round trip.
+
+:class:`Publisher` is the thin part: it keeps what agents reported (digests from their
+heartbeats) and what was sent, pushes the instructions, and hands entries' load reports to
+:class:`~atoll.coordinator.entry_load.EntryLoads`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+from atoll.coordinator.deploy import RESEND_AFTER, Sent
+from atoll.coordinator.entry_load import EntryLoads
+from atoll.core.apikeys import KeySet
+from atoll.specs.routing import RoutingState, RoutingTable, may_carry, routing_state
+from atoll.wire.dataplane import EntryInfo, EntryLoad
+
+
+def desired_routing(table: RoutingTable, tiers: Mapping[str, str]) -> dict[str, RoutingState]:
+    """node id -> the routing state it should hold (``tiers``: node id -> tier). Nodes of one
+    tier share one state value."""
+    by_tier: dict[str, RoutingState] = {}
+    out = {}
+    for node_id, tier in tiers.items():
+        st = by_tier.get(tier)
+        if st is None:
+            st = by_tier[tier] = routing_state(r for r in table.routes.values() if may_carry(r, tier))
+        out[node_id] = st
+    return out
+
+
+def to_send(desired: Mapping[str, tuple[int, object]], reported: Mapping[str, int], sessions: Mapping[str, object],
+            sent: Mapping[str, Sent], now: float, resend_after: float = RESEND_AFTER) -> list[tuple[str, object]]:
+    """(node id, value) pairs to send now: ``desired`` maps node id -> (digest, value)."""
+    out = []
+    for node_id, (digest, value) in desired.items():
+        sess = sessions.get(node_id)
+        if sess is None or reported.get(node_id) == digest:
+            continue
+        last = sent.get(node_id)
+        if last is not None and last.generation == digest and last.session is sess and now - last.when < resend_after:
+            continue
+        out.append((node_id, value))
+    return out
+
+
+def entries(nodes: Sequence, region: str = "", carry: Callable[[str], bool] | None = None) -> list[EntryInfo]:
+    """The READY nodes that serve an entry, this ``region``'s first (then by name); ``carry(tier)``
+    False leaves a node out (a trusted_only workflow's entries are never renters)."""
+    out = [EntryInfo(n.name, n.region, n.tier, n.status.get("entry_address", ""), n.id) for n in nodes
+           if n.state == "READY" and n.status.get("entry_address") and (carry is None or carry(n.tier))]
+    return sorted(out, key=lambda e: (bool(region) and e.region != region, e.node_name))
+
+
+class Publisher:
+    """Pushes routing states and key sets to connected agents; reads their digests and loads."""
+
+    def __init__(self, registry, loads: EntryLoads):
+        self.registry = registry
+        self.loads = loads
+        self.routing_reported: dict[str, int] = {}
+        self.keys_reported: dict[str, int] = {}
+        self._sent_routing: dict[str, Sent] = {}
+        self._sent_keys: dict[str, Sent] = {}
+        self._desired: tuple[object, dict[str, RoutingState]] | None = None
+        self._tiers: dict[str, str] = {}
+
+    def heartbeat(self, node_id: str, routing_digest: int, keys_digest: int, loads: Sequence[EntryLoad]) -> None:
+        self.routing_reported[node_id] = routing_digest
+        self.keys_reported[node_id] = keys_digest
+        if loads:
+            self.loads.report(node_id, loads)
+
+    def session_closed(self, node_id: str) -> None:
+        self.routing_reported.pop(node_id, None)
+        self.keys_reported.pop(node_id, None)
+        self.loads.node_gone(node_id)
+
+    def current(self, node_id: str, keys: KeySet) -> bool:
+        """Does the node hold the routing state last decided for it, and ``keys``?"""
+        want = self._desired[1].get(node_id) if self._desired is not None else None
+        return (want is None or self.routing_reported.get(node_id) == want.digest) and \
+            self.keys_reported.get(node_id) == keys.digest
+
+    def publish(self, table: RoutingTable, keys: KeySet, now: float) -> int:
+        """One pass: send every connected node what it lacks. Returns the instructions sent."""
+        reg = self.registry
+        tiers = {nid: reg.nodes[nid].tier for nid in reg.sessions if nid in reg.nodes}
+        if self._desired is None or self._desired[0] is not table or self._tiers != tiers:
+            self._desired, self._tiers = (table, desired_routing(table, tiers)), tiers
+        routing = {nid: (st.digest, st) for nid, st in self._desired[1].items()}
+        n = 0
+        for kind, want, reported, sent in (
+                ("routing", routing, self.routing_reported, self._sent_routing),
+                ("keys", {nid: (keys.digest, keys) for nid in tiers}, self.keys_reported, self._sent_keys)):
+            for node_id, value in to_send(want, reported, reg.sessions, sent, now):
+                sess = reg.sessions[node_id]
+                sess.push({kind: value})
+                sent[node_id] = Sent(value.digest, now, sess)
+                n += 1
+        return n
