@@ -39,6 +39,7 @@ import grpc
 
 from atoll.core import credentials as cred
 from atoll.core.logs import kv
+from atoll.core.rpc import RECONNECT_BACKOFF_CAP_S
 from atoll.core.tls import closed_hint, handshake_failure
 from atoll.specs.config import leader_from_refusal
 from atoll.wire.agent_service import agent_stub, heartbeat_request, instruction_from_pb, register_request
@@ -59,7 +60,7 @@ class AgentRefused(Exception):
 @dataclass
 class Backoff:
     base: float = 0.2
-    cap: float = 5.0
+    cap: float = RECONNECT_BACKOFF_CAP_S
     attempt: int = 0
     rng: random.Random = random.Random()
 
@@ -87,7 +88,7 @@ class HeartbeatClient:
                  capacity: dict,
                  node_id: str = "", status_fn: Callable[[], dict | None] | None = None,
                  on_instruction: Callable[[dict], Awaitable[None] | None] | None = None,
-                 on_node_id: Callable[[str], None] | None = None, max_backoff: float = 5.0,
+                 on_node_id: Callable[[str], None] | None = None, max_backoff: float = RECONNECT_BACKOFF_CAP_S,
                  generation_fn: Callable[[], int] | None = None,
                  rng: random.Random | None = None, addresses: list[str] | None = None,
                  dataplane_fn: Callable[[], tuple] | None = None, on_session: Callable[[], None] | None = None,

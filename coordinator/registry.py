@@ -38,6 +38,7 @@ from atoll.coordinator.records import NodeRecord
 from atoll.coordinator.store import Store
 from atoll.core import credentials as cred
 from atoll.core.errors import AlreadyExists, AtollError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from atoll.core.rpc import RECONNECT_BACKOFF_CAP_S
 from atoll.specs.common import validation_to_spec_error
 from atoll.specs.node import NodeConfig
 
@@ -92,9 +93,11 @@ class Registry:
 
     # -- start-up -------------------------------------------------------------------------------
     def _restore(self) -> None:
-        """Load nodes from the store. Nodes that were alive get a grace period (one lease plus
-        the agents' reconnect back-off) to reconnect before they can be marked LOST."""
-        grace = self.liveness.lost_after + max(1.0, self.interval)
+        """Load nodes from the store. Nodes that were alive get a grace period to reconnect: the
+        agents' longest reconnect back-off plus two intervals (their Register and first heartbeat
+        on a busy host), on top of the lease, before they can be marked LOST. A shorter one loses
+        agents that are merely between two attempts, and re-plans their workflows for nothing."""
+        grace = RECONNECT_BACKOFF_CAP_S + 2 * max(1.0, self.interval)
         now = self._mono()
         for rec in self.store.list_nodes():
             self.nodes[rec.id] = rec

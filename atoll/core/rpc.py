@@ -23,6 +23,10 @@ log = logging.getLogger("atoll.core.rpc")
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
+# The longest an agent waits between attempts to reach the coordinator (its exponential
+# back-off's cap). A restarted coordinator gives restored nodes at least this long to come back.
+RECONNECT_BACKOFF_CAP_S = 5.0
+
 CODE_BY_NAME = {c.name: c for c in grpc.StatusCode}
 
 SERVER_OPTIONS = [

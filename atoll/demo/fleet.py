@@ -41,7 +41,7 @@ class LocalFleet:
 
     def _spawn(self, args: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
         env = dict(os.environ, PYTHONUNBUFFERED="1", ATOLL_JOIN_TOKEN=self.token, **(env or {}))
-        return subprocess.Popen([sys.executable, "-m", "atoll", *args], stdout=open(self.dir / log, "w"),
+        return subprocess.Popen([sys.executable, "-m", "atoll", *args], stdout=open(self.dir / log, "a"),
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def start_coordinator(self) -> None:

@@ -7,6 +7,7 @@ from atoll.coordinator.registry import Registry
 from atoll.coordinator.store import SqliteStore
 from atoll.core import credentials as cred
 from atoll.core.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from atoll.core.rpc import RECONNECT_BACKOFF_CAP_S
 
 TOKEN = "join-token-123"
 HOST = cred.new_private_key()          # the node key of "this host" in most tests
@@ -121,11 +122,20 @@ def test_restart_restores_nodes_with_grace_then_loses_silent_ones(tmp_path):
     b, _ = join(reg, TOKEN, "", spec(name="b"))
     reg.flush()
     # "kill -9": a new registry over the same store
+    t0 = clock.t
     reg2 = Registry(store, join_token_hash=hash_token(TOKEN), heartbeat_interval=1.0, mono=clock, wall=clock)
     assert {r.name: r.state for r in reg2.list()} == {"a": "READY", "b": "READY"}
     _, tok = join(reg2, TOKEN, a, spec(name="a"))  # a reconnects, b never does
     sess = reg2.open_session(a, tok)
-    for _ in range(8):
+    # b may be between two reconnect attempts: it is not LOST while a lease plus the agents'
+    # longest back-off has not passed since the restart
+    quiet = reg2.liveness.lost_after + RECONNECT_BACKOFF_CAP_S
+    while clock.t + 1.0 <= t0 + quiet:
+        clock.t += 1.0
+        reg2.heartbeat(sess, 1, None, None, False)
+        reg2.sweep()
+        assert reg2.nodes[b].state != "LOST", clock.t - t0
+    for _ in range(4):
         clock.t += 1.0
         reg2.heartbeat(sess, 1, None, None, False)
         reg2.sweep()

@@ -68,6 +68,17 @@ class Harness:
     def wait_nodes_ready(self, names, timeout=40) -> None:
         assert self.fleet.wait_states({n: "READY" for n in names}, timeout), f"nodes not READY: {names}"
 
+    def heal(self) -> None:
+        """Restart whatever a test left dead (the coordinator, agents) and wait until every node
+        is READY, so one test's failure does not become the next test's."""
+        if self.fleet.coordinator.poll() is not None:
+            self.fleet.start_coordinator()
+        for spec in NODES:
+            p = self.fleet.agents.get(spec["name"])
+            if p is None or p.poll() is not None:
+                self.start_agent(spec)
+        self.wait_nodes_ready([n["name"] for n in NODES], 60)
+
     def restart_coordinator(self) -> None:
         self.fleet.coordinator.send_signal(signal.SIGKILL)
         self.fleet.coordinator.wait(10)
@@ -93,6 +104,14 @@ def harness(tmp_path_factory):
         yield h
     finally:
         fleet.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _whole_fleet(request):
+    """Every test that uses the fleet starts with all of it up."""
+    if "harness" in request.fixturenames:
+        request.getfixturevalue("harness").heal()
+    yield
 
 
 def wait_until(pred, timeout: float, what: str):
