@@ -17,7 +17,10 @@ Measured per workflow (not per node):
 - reaction time ρ: the median of the last ``REACTION_SAMPLES`` replica starts, each from the
   replica first appearing in the plan to it serving, plus one decision interval.
 
-Carrying a decision out: re-plan with the churn penalty, so replicas that serve well stay and the
+Carrying a decision out: re-plan (in a planning worker process: :meth:`Workflows.place` is a
+coroutine, so the coordinator's event loop answers RPCs while a large workflow is planned; one
+placement at a time, :meth:`Workflows.placing`, so each plans on a fleet no other is about to
+take) with the churn penalty, so replicas that serve well stay and the
 extra capacity goes where the planner finds it cheapest; back off to 75% of the rate when no plan
 fits the fleet, and proportionally when a stage would exceed ``max_replicas``. Every decision
 that changes something is logged with its inputs and reason and kept (the last
@@ -33,7 +36,7 @@ import logging
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Collection, Mapping, Optional, Protocol, Sequence
+from typing import AsyncContextManager, Collection, Mapping, Optional, Protocol, Sequence
 
 from atoll.coordinator.placement import Placement
 from atoll.coordinator.records import Autoscale, NodeRecord, WorkflowRecord
@@ -131,7 +134,8 @@ class Workflows(Protocol):
 
     def spec(self, name: str) -> WorkflowSpec: ...
     def replica_views(self, rec: WorkflowRecord) -> list[dict]: ...
-    def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement: ...
+    def placing(self) -> AsyncContextManager: ...
+    async def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement: ...
     def deploy(self, rec: WorkflowRecord, placement: Placement, autoscale: Autoscale) -> None: ...
     def idle(self, rec: WorkflowRecord, autoscale: Autoscale, message: str) -> None: ...
 
@@ -197,7 +201,7 @@ class Autoscaler:
                       in_flight=float(w.in_flight), ready_replicas=ready, planned_replicas=planned,
                       last_request_at=max(seen) if seen else now, reaction_s=rho)
 
-    def run(self, wm: Workflows, nodes: Mapping[str, NodeRecord], now: float,
+    async def run(self, wm: Workflows, nodes: Mapping[str, NodeRecord], now: float,
             connected: Optional[Collection[str]] = None) -> list[tuple[str, str]]:
         """Decide for every workflow that has a policy, and carry the decisions out. ``connected``:
         the nodes with an open heartbeat stream. Returns the actions taken, as (workflow, action)."""
@@ -213,7 +217,7 @@ class Autoscaler:
                 continue
             risky = at_risk(rec, nodes, connected, self._streams)
             if risky and rec.state != "IDLE":
-                if self.replace(wm, rec, spec, risky, nodes):
+                if await self.replace(wm, rec, spec, risky, nodes):
                     done.append((name, "replace"))
                 continue
             w = self._of(name)
@@ -224,7 +228,7 @@ class Autoscaler:
             w.state = d.state
             outcome = ""
             if d.action in ("scale", "from_zero"):
-                outcome = self.rescale(wm, rec, spec, d.rate / base, f"{d.direction}: {d.reason}")
+                outcome = await self.rescale(wm, rec, spec, d.rate / base, f"{d.direction}: {d.reason}")
             elif d.action == "to_zero":
                 self.to_zero(wm, rec, d.reason)
                 outcome = "no replica"
@@ -233,7 +237,7 @@ class Autoscaler:
                 done.append((name, d.action))
         return done
 
-    def replace(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, risky: set[str],
+    async def replace(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, risky: set[str],
                 nodes: Mapping[str, NodeRecord]) -> bool:
         """Re-plan ``rec`` at its planned rate without the nodes in ``risky`` (their heartbeat
         stream closed or they turned SUSPECT): replacements start now rather than when the nodes
@@ -243,47 +247,54 @@ class Autoscaler:
         reason = (f"replace: {n} replica(s) on {', '.join(names)}, whose heartbeats stopped (stream closed or "
                   "SUSPECT); re-planned without them")
         rate = base_rate(spec) * current_scale(rec)
-        outcome = self.rescale(wm, rec, spec, current_scale(rec), reason, unavailable=risky)
+        outcome = await self.rescale(wm, rec, spec, current_scale(rec), reason, unavailable=risky)
         r = DecisionRecord(unix=self._wall(), action="replace", rate=rate, previous_rate=rate, reason=reason,
                            signals={"at_risk": float(n), "plan_rate": round(rate, 4)}, outcome=outcome)
         self._keep(rec.name, r)
         return not outcome.startswith("no plan")
 
-    def wake(self, wm: Workflows, rec: WorkflowRecord) -> None:
+    async def wake(self, wm: Workflows, rec: WorkflowRecord) -> None:
         """A request arrived for a workflow at zero: scale up now (the request waits)."""
         if rec.state == "IDLE":
             before = rec.deployment.autoscale.scale_before_zero if rec.deployment.autoscale else None
-            self.rescale(wm, rec, wm.spec(rec.name), max(before if before is not None else 1.0, 0.05),
+            await self.rescale(wm, rec, wm.spec(rec.name), max(before if before is not None else 1.0, 0.05),
                          "a request arrived")
 
-    def rescale(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, scale: float, reason: str,
-                unavailable: Collection[str] = ()) -> str:
+    async def rescale(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, scale: float, reason: str,
+                      unavailable: Collection[str] = ()) -> str:
         """Re-plan ``rec`` for its declared rate times ``scale`` (without the ``unavailable``
         nodes), backing off (x0.75 when no plan fits the fleet, proportionally when a stage would
-        exceed ``max_replicas``). Returns what it did, in words ("no plan: ..." when nothing fitted)."""
+        exceed ``max_replicas``), and deploy the plan. Placements take turns (``wm.placing()``);
+        a workflow deleted or changed by someone else after the decision (while this waited its
+        turn or was planned) keeps what it has: the next pass decides again. Returns what it did, in words ("no plan: ..." when nothing fitted or it was
+        superseded)."""
         cap = spec.autoscaling.max_replicas
-        old_ids = {x.replica_id for x in rec.assignments}
-        last = ""
-        for _ in range(REPLAN_TRIES):
-            try:
-                placement = wm.place(rec, scale, unavailable) if unavailable else wm.place(rec, scale)
-            except PlanInfeasible as exc:
-                scale *= 0.75
-                last = str(exc)
-                continue
-            worst = max(collections.Counter(a.task for a in placement.assignments).values() or [0])
-            if worst > cap:
-                scale *= cap / worst
-                continue
-            break
-        else:
-            log.warning("autoscale: no plan", extra=kv(workflow=rec.name, error=last[:200]))
-            return f"no plan: {last[:200] or f'more than max_replicas {cap}'}"
-        rate = base_rate(spec) * scale
-        new_ids = {x.replica_id for x in placement.assignments} - old_ids
-        if new_ids:
-            self._of(rec.name).cold = (self._clock(), new_ids)
-        wm.deploy(rec, placement, Autoscale(scale=scale, rate=rate, reason=reason, decided_unix=self._wall()))
+        generation = rec.generation          # what the decision saw
+        async with wm.placing():
+            old_ids = {x.replica_id for x in rec.assignments}
+            last = ""
+            for _ in range(REPLAN_TRIES):
+                try:
+                    placement = await (wm.place(rec, scale, unavailable) if unavailable else wm.place(rec, scale))
+                except PlanInfeasible as exc:
+                    scale *= 0.75
+                    last = str(exc)
+                    continue
+                worst = max(collections.Counter(a.task for a in placement.assignments).values() or [0])
+                if worst > cap:
+                    scale *= cap / worst
+                    continue
+                break
+            else:
+                log.warning("autoscale: no plan", extra=kv(workflow=rec.name, error=last[:200]))
+                return f"no plan: {last[:200] or f'more than max_replicas {cap}'}"
+            if wm.records.get(rec.name) is not rec or rec.generation != generation:
+                return "no plan: superseded (the workflow changed while it was planned)"
+            rate = base_rate(spec) * scale
+            new_ids = {x.replica_id for x in placement.assignments} - old_ids
+            if new_ids:
+                self._of(rec.name).cold = (self._clock(), new_ids)
+            wm.deploy(rec, placement, Autoscale(scale=scale, rate=rate, reason=reason, decided_unix=self._wall()))
         return (f"planned {rate:.2f} req/s: {len(placement.assignments)} replica(s), "
                 f"${placement.plan.total_cost_per_hour:.3f}/h")
 

@@ -379,19 +379,33 @@ class Coordinator:
                 log.exception("liveness sweep failed")
 
     async def _reconcile_loop(self) -> None:
-        """Level-triggered: re-plan workflows that lost capacity, then send differences."""
-        while True:
-            await asyncio.sleep(0.25)
-            try:
-                await self.workflows.replan_pending()
-                now = time.monotonic()
-                if now - getattr(self, "_last_autoscale", 0.0) >= 1.0:
-                    self._last_autoscale = now
-                    self.workflows.autoscale(now)
-                self.workflows.reconcile()
-                self.publisher.publish(self.workflows.routing_table(), self.keys.key_set(), now)
-            except Exception:  # noqa: BLE001
-                log.exception("reconcile failed")
+        """Level-triggered: re-plan workflows that lost capacity, then send differences. The
+        autoscaler's pass runs as a task of its own, once a second at most and one at a time, so
+        its re-plans (in the planning workers) never hold this loop up; it ends with this loop."""
+        autoscaling: asyncio.Task | None = None
+        last_pass = 0.0
+        try:
+            while True:
+                await asyncio.sleep(0.25)
+                try:
+                    await self.workflows.replan_pending()
+                    now = time.monotonic()
+                    if now - last_pass >= 1.0 and (autoscaling is None or autoscaling.done()):
+                        last_pass = now
+                        autoscaling = asyncio.get_running_loop().create_task(self._autoscale(now))
+                    self.workflows.reconcile()
+                    self.publisher.publish(self.workflows.routing_table(), self.keys.key_set(), now)
+                except Exception:  # noqa: BLE001
+                    log.exception("reconcile failed")
+        finally:
+            if autoscaling is not None:
+                autoscaling.cancel()
+
+    async def _autoscale(self, now: float) -> None:
+        try:
+            await self.workflows.autoscale(now)
+        except Exception:  # noqa: BLE001 - the next pass runs anyway
+            log.exception("autoscaling pass failed")
 
     async def _flush_loop(self) -> None:
         period = min(2.0, self.settings.heartbeat_interval)

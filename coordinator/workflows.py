@@ -17,10 +17,10 @@ writes them to the store before anything is acknowledged, and calls the steps in
 Everything runs on the coordinator's event loop thread, except the work that takes CPU time:
 a submit's parsing and validation, and a submit's or a re-plan's placement, run in a planning
 worker process (``planning.PlanWorkers``, with a time and memory budget), so the loop keeps
-answering RPCs meanwhile. Placements that commit (submits and re-plans) take turns
-(``_placing``): each plans on a snapshot no other placement is about to change. Dry runs plan
-without waiting their turn. The autoscaler's placements still run on the loop (its module calls
-``place`` synchronously); they wait while another placement is in flight.
+answering RPCs meanwhile; so do the autoscaler's re-plans (:meth:`WorkflowManager.place`).
+Placements that commit (submits, re-plans, the autoscaler's) take turns (``_placing``): each
+plans on a snapshot no other placement is about to change. Dry runs plan without waiting their
+turn.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class WorkflowManager:
         self._specs: dict[str, tuple[WorkflowSpec, WorkflowServing]] = {}
         self._replan: set[str] = set()
         self._retry_at: dict[str, float] = {}              # workflow -> next re-plan attempt
+        self._waking: dict[str, asyncio.Task] = {}         # workflow -> its wake (scale from zero) under way
         self._changes = 0                                  # bumps on every change of a record
         self._table: tuple[tuple[int, int], RoutingTable] | None = None
         registry.add_listener(self._on_transition)
@@ -96,13 +97,17 @@ class WorkflowManager:
         return snapshot(self.registry.nodes.values(), taken | set(unavailable),
                         measured_profiles(self.store.list_profiles(), name))
 
-    def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement:
+    def placing(self) -> asyncio.Lock:
+        """Held while a placement that will commit is planned and committed (one at a time)."""
+        return self._placing
+
+    async def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement:
         """A new placement of a deployed workflow for its declared rate times ``scale``, on the
-        fleet less the ``unavailable`` nodes (replicas at risk), on the event loop: the
-        autoscaler's call."""
+        fleet less the ``unavailable`` nodes (replicas at risk), in a planning worker: the
+        autoscaler's call (it holds :meth:`placing`)."""
         spec, serving = self._loaded(rec)
-        return place(rec.name, spec, serving, self.fleet(rec.name, unavailable), previous=rec.assignments,
-                     scale=scale)
+        return await self._off_loop(place, rec.name, spec, serving, self.fleet(rec.name, unavailable),
+                                    previous=rec.assignments, scale=scale)
 
     async def _off_loop(self, fn, *args, **kw):
         """``fn(*args, **kw)`` in a planning worker when there is one (else here)."""
@@ -269,19 +274,30 @@ class WorkflowManager:
         entries' reports arrive here too (``coordinator/entry_load.py``)."""
         self.autoscaler.request_finished(name, completion_tokens)
 
-    def autoscale(self, now: float | None = None) -> list[tuple[str, str]]:
+    async def autoscale(self, now: float | None = None) -> list[tuple[str, str]]:
         """One pass of the autoscaler over every workflow that has a policy. Returns actions taken.
-        Skipped while a submit or re-plan is placing (it would plan on nodes about to be taken)."""
-        if self._placing.locked():
-            return []
-        return self.autoscaler.run(self, self.registry.nodes, time.monotonic() if now is None else now,
-                                   connected=self.registry.sessions.keys())
+        Its re-plans run in the planning workers, each in its turn with submits and re-plans."""
+        return await self.autoscaler.run(self, self.registry.nodes, time.monotonic() if now is None else now,
+                                         connected=self.registry.sessions.keys())
 
-    def wake(self, name: str) -> None:
-        """A request arrived for a workflow at zero: scale up now (the request waits)."""
+    def wake(self, name: str) -> asyncio.Task | None:
+        """A request arrived for a workflow at zero: scale up now, in a task of the running loop
+        (the callers are request handlers; the request waits for a replica meanwhile). One wake
+        per workflow at a time. Returns the task (None: nothing to wake, or one is under way)."""
         rec = self.records.get(name)
-        if rec is not None:
-            self.autoscaler.wake(self, rec)
+        if rec is None or rec.state != "IDLE" or name in self._waking:
+            return None
+        task = asyncio.get_running_loop().create_task(self._wake(rec))
+        self._waking[name] = task
+        return task
+
+    async def _wake(self, rec: WorkflowRecord) -> None:
+        try:
+            await self.autoscaler.wake(self, rec)
+        except Exception as exc:  # noqa: BLE001 - the next request (or pass) wakes it again; say why
+            log.warning("wake failed", extra=kv(workflow=rec.name, error=str(exc)[:300]))
+        finally:
+            self._waking.pop(rec.name, None)
 
     # ------------------------------------------------------------------ failures
     def _on_transition(self, t) -> None:

@@ -13,9 +13,11 @@ is, then a replica by weight) and:
 So every stage's output goes from the replica that produced it straight to a replica of the
 stage that reads it, over the plan's paths; only the last stage's answer travels back to the
 entry. A replica that fails before answering (unreachable, lost, overloaded, no longer holding
-the model) is excluded for a while and the stage is retried on another one; a stage after the
-next one failing is that stage's agent's business (it retried already), so its error passes
-back unchanged, naming the stage. A stream cut after its first token is not retried.
+the model) is excluded for a while and the stage is retried on another one; when none is left
+to try (every replica lost, their replacements still starting) the request waits for the
+routing state to bring one, up to its deadline, as a request to a workflow woken from zero
+does. A stage after the next one failing is that stage's agent's business (it retried
+already), so its error passes back unchanged, naming the stage. A stream cut after its first token is not retried.
 
 Bytes: each stage's input is counted by the agent that sends it, per (this region, the
 replica's region); the answers coming back are counted apart (``atoll_result_bytes_sent``).
@@ -23,6 +25,7 @@ replica's region); the answers coming back are counted apart (``atoll_result_byt
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -47,6 +50,8 @@ RETRYABLE = {"UNAVAILABLE", "CANCELLED", "INTERNAL", "RESOURCE_EXHAUSTED", "FAIL
              "UNKNOWN", "ABORTED", "DEADLINE_EXCEEDED"}
 FAILED_STAGE = "atoll-failed-stage"       # trailing metadata: the stage whose failure this is
 MAX_TEXT = 200_000
+NO_REPLICA_POLL_S = 0.1     # how often a request with no replica to try looks for a new one ...
+NO_REPLICA_MARGIN_S = 0.5   # ... until this long before its deadline, so its caller hears why
 
 
 def parse_input(raw: str) -> str:
@@ -175,6 +180,7 @@ class DataPlane:
             last = k == len(cr.stages) - 1
             text = self._input(cs, req.text, outputs)
             tried: set[str] = set()
+            refused: set[str] = set()            # replicas on hosts that may not carry this route
             attempts = 0
             t0 = time.monotonic()
             last_err = ""
@@ -186,11 +192,21 @@ class DataPlane:
                 ep = first if first is not None else cr.pick(cs, from_location, tried, self.excluded,
                                                              self.in_flight)
                 if ep is None:
-                    raise fail(Unavailable, f"stage {cs.stage.task}: " + (
-                        f"all {len(cs.endpoints)} replica(s) failed; last error: {last_err}" if cs.endpoints
-                        else "no ready replica"), cs.stage.task, hint="see `atoll status`")
+                    why = (f"all {len(cs.endpoints)} replica(s) failed; last error: {last_err}" if cs.endpoints
+                           else "no ready replica")
+                    until = req.deadline - NO_REPLICA_MARGIN_S
+                    found = await self._replica_appears(cr, k, from_location, tried, refused, until)
+                    if found is None and time.monotonic() >= until:
+                        raise fail(DeadlineExceeded, f"stage {cs.stage.task}: {why}, and no other replica became "
+                                   "ready before the deadline", cs.stage.task, hint="see `atoll status`")
+                    if found is None:
+                        raise fail(Unavailable, f"stage {cs.stage.task}: {why}", cs.stage.task,
+                                   hint="see `atoll status`")
+                    cr, ep = found
+                    cs = cr.stages[k]
                 if not may_carry(cr.route, ep.tier):
                     tried.add(ep.replica_id)
+                    refused.add(ep.replica_id)
                     continue
                 attempts += 1
                 if attempts > 1:
@@ -239,6 +255,27 @@ class DataPlane:
             from_location = ep.location
             first = None
             k += 1
+
+    async def _replica_appears(self, cr: CompiledRoute, k: int, from_location: str, tried: set[str],
+                               refused: set[str], deadline: float) -> tuple[CompiledRoute, Endpoint] | None:
+        """Wait until the routing state offers a replica of stage ``k`` this request has not tried
+        (replacements for lost replicas, or one whose exclusion lapsed): (the newest compiled
+        route, that replica). None at the deadline, or at once when ``cr`` is not a workflow's
+        route here (an adapter's route) or the workflow is gone or changed its stages."""
+        task = cr.stages[k].stage.task
+        while True:
+            now = self.compiled.get(cr.route.workflow)
+            if now is None or (now is not cr and (len(now.stages) <= k or now.stages[k].stage.task != task)):
+                return None
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(min(NO_REPLICA_POLL_S, max(0.0, deadline - time.monotonic())))
+            tried.difference_update([r for r in tried if r not in refused and not self.excluded.has(r)])
+            now = self.compiled.get(cr.route.workflow)
+            if now is not None and len(now.stages) > k and now.stages[k].stage.task == task:
+                ep = now.pick(now.stages[k], from_location, tried, self.excluded, self.in_flight)
+                if ep is not None:
+                    return now, ep
 
     def _retry_or_raise(self, cs: CompiledStage, ep: Endpoint, code: str, details: str, started: bool,
                         tried: set[str], pinned: bool) -> None:

@@ -2,6 +2,7 @@
 around them (coordinator/autoscaler.py) with an injected clock and a fake workflow manager. No
 test sleeps."""
 
+import asyncio
 import math
 
 import pytest
@@ -296,6 +297,11 @@ def test_reaction_time_is_measured_from_replica_starts():
     assert auto.reaction_s("wf") == pytest.approx(3.0 + scaling.PASS_S)
 
 
+def drive(auto, wm, *args, **kw):
+    """One autoscaling pass, to its end."""
+    return asyncio.run(auto.run(wm, *args, **kw))
+
+
 class FakeManager:
     """The workflow manager as the pass sees it; ``fit`` is the largest scale a plan fits."""
 
@@ -303,6 +309,7 @@ class FakeManager:
         self.records = {rec.name: rec}
         self.fit, self.per_replica = fit, per_replica
         self.deployed = []
+        self.lock = asyncio.Lock()
 
     def spec(self, name):
         return SPEC
@@ -310,7 +317,11 @@ class FakeManager:
     def replica_views(self, rec):
         return [view(a.replica_id) for a in rec.assignments]
 
-    def place(self, rec, scale, unavailable=()):
+    def placing(self):
+        return self.lock
+
+    async def place(self, rec, scale, unavailable=()):
+        assert self.lock.locked()                     # the autoscaler plans in its turn
         self.unavailable = set(unavailable)
         if scale > self.fit:
             raise PlanInfeasible("too much", slo="throughput", asked=scale, reachable=self.fit)
@@ -326,6 +337,7 @@ class FakeManager:
 
     def deploy(self, rec, placement, autoscale):
         rec.assignments = placement.assignments
+        rec.generation += 1
         rec.deployment = type(rec.deployment)(autoscale=autoscale)
         self.deployed.append(autoscale)
 
@@ -343,7 +355,7 @@ def test_the_pass_carries_decisions_out_logs_and_exports_them():
         clock.t += 1 / 30
         auto.request_started("wf")
         auto.request_finished("wf", {"gen": 96})
-    done = auto.run(wm, {}, clock.t)
+    done = drive(auto, wm, {}, clock.t)
     assert done == [("wf", "scale")] and wm.deployed[-1].rate == pytest.approx(20.0)   # x2 at most
     d = auto.decisions_of("wf")[-1]
     assert d.action == "up" and d.previous_rate == 10.0 and d.rate == pytest.approx(20.0)
@@ -353,12 +365,12 @@ def test_the_pass_carries_decisions_out_logs_and_exports_them():
     assert value("atoll_autoscaler_decisions_total", {"workflow": "wf", "action": "up"}) == 1
     assert value("atoll_autoscaler_signal", {"workflow": "wf", "signal": "work"}) == pytest.approx(1.5)
     # the next pass keeps (already 2x), and the kept decision shows after the changes
-    auto.run(wm, {}, clock.t + 0.5)
+    drive(auto, wm, {}, clock.t + 0.5)
     shown = auto.decisions_of("wf")
     assert [x.action for x in shown][-1] in ("up", "keep")
     # a workflow deleted from the manager is forgotten
     wm.records.clear()
-    auto.run(wm, {}, clock.t + 1)
+    drive(auto, wm, {}, clock.t + 1)
     assert auto.decisions_of("wf") == []
 
 
@@ -370,10 +382,10 @@ def test_the_pass_backs_off_when_no_plan_fits_or_replicas_would_exceed_the_cap()
     for _ in range(300):
         clock.t += 1 / 30
         auto.request_started("wf")
-    auto.run(wm, {}, clock.t)
+    drive(auto, wm, {}, clock.t)
     assert wm.deployed[-1].scale == pytest.approx(1.5)      # 2.0 did not fit, 0.75 x 2.0 did
     wm.fit = 0.0
-    auto.run(wm, {}, clock.t + 1)
+    drive(auto, wm, {}, clock.t + 1)
     d = auto.decisions_of("wf")[-1]
     assert d.outcome.startswith("no plan") and d.rate == d.previous_rate
 
@@ -398,9 +410,9 @@ def test_replicas_whose_heartbeats_stopped_are_replaced_before_the_nodes_are_los
     nodes["n2"].state = "READY"
     auto = Autoscaler(clock=Clock(0.0), wall=lambda: 1.7e9)
     wm = FakeManager(rec)
-    assert auto.run(wm, nodes, 1.0, connected={"n0", "n1", "n2"}) == []
-    assert auto.run(wm, nodes, 2.0, connected={"n0", "n2"}) == [("wf", "replace")]
+    assert drive(auto, wm, nodes, 1.0, connected={"n0", "n1", "n2"}) == []
+    assert drive(auto, wm, nodes, 2.0, connected={"n0", "n2"}) == [("wf", "replace")]
     assert wm.unavailable == {"n1"} and wm.deployed[-1].scale == 1.0       # same rate, without n1
     d = auto.decisions_of("wf")[-1]
     assert d.action == "replace" and "host1" in d.reason and d.signals["at_risk"] == 1.0
-    assert auto.run(wm, nodes, 3.0, connected={"n0", "n2"}) == []         # n1 no longer holds a replica
+    assert drive(auto, wm, nodes, 3.0, connected={"n0", "n2"}) == []         # n1 no longer holds a replica
