@@ -402,8 +402,11 @@ class Coordinator:
                 autoscaling.cancel()
 
     async def _autoscale(self, now: float) -> None:
+        """One autoscaling pass; what it changed reaches the agents' routing state at once (its
+        placements were sent to the nodes when they were committed)."""
         try:
-            await self.workflows.autoscale(now)
+            if await self.workflows.autoscale(now):
+                self.publisher.publish(self.workflows.routing_table(), self.keys.key_set(), time.monotonic())
         except Exception:  # noqa: BLE001 - the next pass runs anyway
             log.exception("autoscaling pass failed")
 
