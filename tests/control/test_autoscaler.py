@@ -416,3 +416,29 @@ def test_replicas_whose_heartbeats_stopped_are_replaced_before_the_nodes_are_los
     d = auto.decisions_of("wf")[-1]
     assert d.action == "replace" and "host1" in d.reason and d.signals["at_risk"] == 1.0
     assert drive(auto, wm, nodes, 3.0, connected={"n0", "n2"}) == []         # n1 no longer holds a replica
+
+
+def test_a_workflow_changed_while_the_pass_planned_keeps_what_it_has():
+    """The pass plans in a worker, so others act meanwhile: a workflow re-planned (or deleted) by
+    someone else after the decision keeps that plan; the next pass decides again."""
+    clock = Clock(0.0)
+    auto = Autoscaler(clock=clock, wall=lambda: 1.7e9)
+    rec = WorkflowRecord(name="wf", spec_yaml="", state="READY", assignments=(assignment("r0", "n0"),))
+
+    class Racing(FakeManager):
+        async def place(self, rec, scale, unavailable=()):
+            p = await super().place(rec, scale, unavailable)
+            self.race(rec)                          # what another placement did meanwhile
+            return p
+
+    for race in (lambda r: setattr(r, "generation", r.generation + 1), lambda r: wm.records.clear()):
+        rec.generation = 1
+        wm = Racing(rec)
+        wm.race = race
+        for _ in range(300):
+            clock.t += 1 / 30
+            auto.request_started("wf")
+        assert drive(auto, wm, {}, clock.t) == []
+        assert wm.deployed == [] and rec.assignments == (assignment("r0", "n0"),)
+    d = auto.decisions_of("wf")[-1]
+    assert d.action == "up" and d.outcome.startswith("no plan: superseded") and d.rate == d.previous_rate
