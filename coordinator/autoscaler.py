@@ -215,17 +215,19 @@ class Autoscaler:
             spec = wm.spec(name)
             if spec.autoscaling is None:
                 continue
-            risky = at_risk(rec, nodes, connected, self._streams)
-            if risky and rec.state != "IDLE":
-                if await self.replace(wm, rec, spec, risky, nodes):
-                    done.append((name, "replace"))
-                continue
             w = self._of(name)
             base = base_rate(spec)
             plan_rate = base * current_scale(rec)
             d = decide(policy_of(spec.autoscaling), self.sample(rec, spec, wm.replica_views(rec), nodes, now),
                        plan_rate, base * 0.05, w.state, rec.state == "IDLE")
             w.state = d.state
+            risky = at_risk(rec, nodes, connected, self._streams)
+            if risky and rec.state != "IDLE":
+                # replacing never holds a scale-up back: a storm on a rising load gets both at once
+                up = d if d.action == "scale" and d.rate > plan_rate else None
+                if await self.replace(wm, rec, spec, risky, nodes, up):
+                    done.append((name, "replace"))
+                continue
             outcome = ""
             if d.action in ("scale", "from_zero"):
                 outcome = await self.rescale(wm, rec, spec, d.rate / base, f"{d.direction}: {d.reason}")
@@ -238,18 +240,27 @@ class Autoscaler:
         return done
 
     async def replace(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, risky: set[str],
-                nodes: Mapping[str, NodeRecord]) -> bool:
-        """Re-plan ``rec`` at its planned rate without the nodes in ``risky`` (their heartbeat
-        stream closed or they turned SUSPECT): replacements start now rather than when the nodes
-        are declared LOST. Returns whether a plan was deployed."""
+                      nodes: Mapping[str, NodeRecord], up: Optional[Decision] = None) -> bool:
+        """Re-plan ``rec`` without the nodes in ``risky`` (their heartbeat stream closed or they
+        turned SUSPECT): replacements start now rather than when the nodes are declared LOST. At
+        its planned rate, or at ``up``'s (a scale-up decided on the same pass). Returns whether a
+        plan was deployed."""
         names = sorted(nodes[n].name if n in nodes else n[:8] for n in risky)
         n = sum(1 for a in rec.assignments if a.node_id in risky)
         reason = (f"replace: {n} replica(s) on {', '.join(names)}, whose heartbeats stopped (stream closed or "
                   "SUSPECT); re-planned without them")
-        rate = base_rate(spec) * current_scale(rec)
-        outcome = await self.rescale(wm, rec, spec, current_scale(rec), reason, unavailable=risky)
-        r = DecisionRecord(unix=self._wall(), action="replace", rate=rate, previous_rate=rate, reason=reason,
-                           signals={"at_risk": float(n), "plan_rate": round(rate, 4)}, outcome=outcome)
+        base = base_rate(spec)
+        previous = base * current_scale(rec)
+        rate, signals = previous, {"at_risk": float(n), "plan_rate": round(previous, 4)}
+        if up is not None:
+            rate = up.rate
+            reason += f", and {up.direction}: {up.reason}"
+            signals = {**up.signals.as_dict(), **signals}
+        outcome = await self.rescale(wm, rec, spec, rate / base, reason, unavailable=risky)
+        if outcome.startswith("no plan"):
+            rate = previous
+        r = DecisionRecord(unix=self._wall(), action="replace", rate=rate, previous_rate=previous, reason=reason,
+                           signals=signals, outcome=outcome)
         self._keep(rec.name, r)
         return not outcome.startswith("no plan")
 

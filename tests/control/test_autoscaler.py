@@ -442,3 +442,23 @@ def test_a_workflow_changed_while_the_pass_planned_keeps_what_it_has():
         assert wm.deployed == [] and rec.assignments == (assignment("r0", "n0"),)
     d = auto.decisions_of("wf")[-1]
     assert d.action == "up" and d.outcome.startswith("no plan: superseded") and d.rate == d.previous_rate
+
+
+def test_a_replacement_on_a_rising_load_scales_up_at_once():
+    """A storm on the ramp: the pass that replaces the lost replicas also carries out the scale-up
+    decided on the same sample, instead of holding it back until the replacement is done."""
+    clock = Clock(0.0)
+    auto = Autoscaler(clock=clock, wall=lambda: 1.7e9)
+    rec = WorkflowRecord(name="wf", spec_yaml="", state="READY",
+                         assignments=(assignment("r0", "n0"), assignment("r1", "n1")))
+    nodes = {f"n{i}": NodeRecord(id=f"n{i}", name=f"host{i}", spec={}) for i in range(4)}
+    wm = FakeManager(rec)
+    assert drive(auto, wm, nodes, clock.t, connected={"n0", "n1"}) == []
+    for _ in range(300):                                   # 30/s: the plan is sized for 10
+        clock.t += 1 / 30
+        auto.request_started("wf")
+    assert drive(auto, wm, nodes, clock.t, connected={"n0"}) == [("wf", "replace")]
+    assert wm.unavailable == {"n1"} and wm.deployed[-1].scale == pytest.approx(2.0)   # x2 at most, without n1
+    d = auto.decisions_of("wf")[-1]
+    assert d.action == "replace" and d.previous_rate == 10.0 and d.rate == pytest.approx(20.0)
+    assert "host1" in d.reason and "and up: " in d.reason and d.signals["arrivals"] == pytest.approx(30.0, rel=0.05)
