@@ -337,12 +337,14 @@ def figures(policy, autoscaling, rate, initial, results, timeline, events, final
     inside = sum(1 for r in results if within(r))
     failed = [r for r in results if not r[2]]
     errors: dict[str, int] = {}
+    samples: dict[str, str] = {}                  # the first message of each kind, to read why
     for r in failed:
         key = r[3].split(":")[0]
         errors[key] = errors.get(key, 0) + 1
+        samples.setdefault(key, r[3])
     decisions = [d for d in final.autoscale_decisions if d["action"] != "keep"]
     out = {"policy": policy, "autoscaling": autoscaling, "source_rate": round(rate, 3), "initial": initial,
-           "requests": n, "ok": n - len(failed), "failed": len(failed), "errors": errors,
+           "requests": n, "ok": n - len(failed), "failed": len(failed), "errors": errors, "error_samples": samples,
            "slo_share": round(inside / n, 5) if n else 0.0, "slo_misses": n - inside,
            "latency_p50_s": round(pct(lat, 0.5), 3), "latency_p99_s": round(pct(lat, 0.99), 3),
            "mean_cost_per_hour": round(mean_cost_h, 4), "cost_per_day": round(mean_cost_h * 24, 2),
