@@ -30,13 +30,16 @@ TOKEN = "join-token-offloop"
 def big_spec(name: str, model: str, tasks: int, variants: int, seed: int = 3) -> str:
     """A chain of ``tasks`` tasks of ``variants`` variants each, with an autoscaling policy."""
     rng = random.Random(seed)
+
+    def variant(j: int) -> dict:
+        return {"name": f"v{j}", "model": model, "accuracy": round(rng.uniform(0.97, 0.999), 3),
+                "memory_gb": round(rng.uniform(0.5, 4), 2),
+                "throughput": {hw: round(rng.uniform(20, top), 2) for hw, top in (("a100", 200), ("h100", 300))}}
+
+    chain = ["u"] + [f"t{i}" for i in range(tasks)]
     spec = {"name": name, "sources": [{"name": "u", "rate": 20, "region": "us-east", "tier": "datacenter"}],
-            "tasks": [{"name": f"t{i}", "variants": [
-                {"name": f"v{j}", "model": model, "accuracy": round(rng.uniform(0.97, 0.999), 3),
-                 "memory_gb": round(rng.uniform(0.5, 4), 2),
-                 "throughput": {"a100": round(rng.uniform(20, 200), 2), "h100": round(rng.uniform(20, 300), 2)}}
-                for j in range(variants)]} for i in range(tasks)],
-            "edges": [{"from": "u" if i == 0 else f"t{i - 1}", "to": f"t{i}", "size_kb": 4} for i in range(tasks)],
+            "tasks": [{"name": t, "variants": [variant(j) for j in range(variants)]} for t in chain[1:]],
+            "edges": [{"from": a, "to": b, "size_kb": 4} for a, b in zip(chain, chain[1:])],
             "slo": {"min_accuracy": 0.01}, "autoscaling": {}}
     return yaml.safe_dump(spec, sort_keys=False)
 
