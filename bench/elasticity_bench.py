@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import platform
@@ -54,6 +55,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import elasticity_traces as traces  # noqa: E402
 from sim_agent import SimHost, declared_rps, service_time, speed_for  # noqa: E402
+
+from atoll.core.logs import LogfmtFormatter  # noqa: E402
 
 TOKEN = "elasticity-bench-token"
 WF = "elastic"
@@ -511,13 +514,20 @@ def main() -> int:
     ap.add_argument("--constant-mix", action="store_true",
                     help="every request asks for 64 tokens (no change of request mix through the day)")
     ap.add_argument("--resume", action="store_true", help="keep the traces already in --out; run the others")
-    ap.add_argument("--keep-logs", default=None, metavar="DIR", help="copy each coordinator's log there")
+    ap.add_argument("--keep-logs", default=None, metavar="DIR",
+                    help="copy each coordinator's log there, and write the simulated hosts' log there")
     ap.add_argument("--log-level", default="warning", help="the coordinators' log level (info shows decisions)")
     ap.add_argument("--atoll-policy", default="{}", metavar="JSON",
                     help="the autoscaling block of the atoll and atoll-storm runs (default {}: every default)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     POLICIES["atoll"] = json.loads(args.atoll_policy)
+    if args.keep_logs:          # the simulated hosts' own log (their data planes: failed requests and why)
+        Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(args.keep_logs) / "sim-hosts.log")
+        handler.setFormatter(LogfmtFormatter())
+        logging.getLogger("atoll").addHandler(handler)
+        logging.getLogger("atoll").setLevel(args.log_level.upper())
     spec = args.traces or ((QUICK_SUITE if args.quick else SUITE) if args.suite else "diurnal:11")
     todo = traces.parse(spec)
     out = Path(args.out or REPO / "bench" / "results" / f"elasticity{'_quick' if args.quick else ''}.json")
