@@ -6,7 +6,9 @@ may see the workflow, wakes a workflow at zero, and passes the call (the caller'
 trace context and request id included) to an entry, streaming the entry's answer back as it
 comes. Entries of the source's region come first, in turn; an entry that cannot be reached gives
 way to the next, and one that has not yet received the newest routing state or key set (a
-workflow or key created a moment ago) is given up to ``KEY_WAIT_S`` to catch up.
+workflow or key created a moment ago) is given up to ``KEY_WAIT_S`` to catch up. An answer
+that came whole (its ``done`` message) stands even when the entry vanishes before the call's
+status (a preempted host: the caller has its answer).
 """
 
 from __future__ import annotations
@@ -74,14 +76,16 @@ class EntryForwarder:
                                  request_id=request_id, max_tokens=max_tokens, temperature=temperature)
             key_wait_end = time.monotonic() + KEY_WAIT_S
             while True:
-                answered = False
+                answered = done = False
                 try:
                     async for msg in self._stub(entry.address).Invoke(req, timeout=left + 1.0, metadata=md or None):
-                        answered = True
+                        answered, done = True, done or msg.done
                         yield msg
                     return
                 except grpc.aio.AioRpcError as exc:
                     last = exc
+                    if done:        # the whole answer came; the entry went away before its status
+                        return
                     if answered:
                         raise passed_on(exc) from None
                     code = exc.code()
