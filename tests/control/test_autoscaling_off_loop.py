@@ -116,4 +116,7 @@ def test_an_rpc_is_answered_promptly_while_the_autoscaler_replans_a_large_workfl
     p95 = lat[int(0.95 * (len(lat) - 1))]
     print(f"\nre-plan {seconds:.1f} s; {len(lat)} health checks meanwhile: median "
           f"{1000 * statistics.median(lat):.1f} ms, p95 {1000 * p95:.1f} ms, max {1000 * lat[-1]:.1f} ms")
-    assert len(lat) >= 10 and p95 < 0.2 and lat[-1] < 1.0, lat[-10:]
+    # On the loop, one call waits out the whole re-plan and few are answered meanwhile; off it,
+    # calls are answered all along (at least 10 per second of re-planning; the probe asks about
+    # 50 times a second) and none waits for a good part of the re-plan, even on a busy host.
+    assert len(lat) >= 10 * seconds and p95 < 0.25 and lat[-1] < 0.5 * seconds, lat[-10:]
