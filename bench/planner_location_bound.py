@@ -80,6 +80,7 @@ class _Location:
         pb = model.pb
         self.prob = pulp.LpProblem("pattern", pulp.LpMinimize)
         tasks = [t.name for t in pb.tasks]
+        self.h = {}
         self.s = {t: self.prob.add_variable(f"s_{i}", lowBound=0, upBound=1) for i, t in enumerate(tasks)}
         served = defaultdict(list)
         base = []
@@ -92,6 +93,7 @@ class _Location:
                     h = self.prob.add_variable(f"h_{len(base)}_{len(hs)}", lowBound=0,
                                                upBound=model.pools[cid].count, cat="Integer")
                     hs.append(h)
+                    self.h[(label, cid)] = h
                     load = []
                     for (t, m) in members:
                         r = self.prob.add_variable(f"r_{len(served[t])}_{t}_{len(hs)}_{len(base)}", lowBound=0)
@@ -118,6 +120,21 @@ class _Location:
                 self.prob += x >= here - self.s[w]
                 base.append((x, alpha * c))
         self.base = base
+
+    def pattern_of(self, model: Model, shares: dict) -> tuple[dict, float]:
+        """A pattern at least as good as the plan held in ``model``'s variables at this location
+        (its node counts, at least its ``shares``): a first column that needs no artificial."""
+        saved = [(v, v.lowBound, v.upBound) for v in [*self.h.values(), *self.s.values()]]
+        for key, v in self.h.items():
+            v.lowBound = v.upBound = round(model.h[key].varValue or 0.0)
+        for t, v in self.s.items():
+            v.lowBound = max(0.0, shares.get(t, 0.0) * (1 - 1e-9) - 1e-12)
+        try:
+            shares, cost = self.price({}, 60.0)[1:]
+        finally:
+            for v, lo, hi in saved:
+                v.lowBound, v.upBound = lo, hi
+        return shares, cost
 
     def price(self, y: dict, time_limit: float) -> tuple[float, dict, float]:
         """(a lower bound on the least reduced cost, the pattern's shares, its true cost)."""
@@ -148,37 +165,44 @@ def location_bound(pb: PlanProblem, choice: dict, rounds: int = 40, time_limit: 
     alpha = {l: min((pb.network.price(l, l2) for l2 in locs if l2 != l), default=0.0) for l in locs}
     subs = {l: _Location(model, l, by_loc.get(l, []), pairs, src, alpha[l]) for l in locs}
     cols = {l: [] for l in locs}                     # (shares, cost)
+    if S.rounded_start(model, PlanOptions(time_limit=60)):   # a whole plan: the first columns
+        here = defaultdict(lambda: defaultdict(float))
+        for (t, _m, p, _c), v in model.r.items():
+            here[model.pools[p].location][t] += v.varValue or 0.0
+        for l, sub in subs.items():
+            cols[l].append(sub.pattern_of(model, here[l]))
     lp = _lp_value(Model(pb, fix_choice=choice))
     y = {t: 0.0 for t in tasks}
     best, master = -math.inf, None
     for it in range(rounds):
-        # pricing at the current duals: a valid bound L(y) and new columns
-        total = sum(y.values())
-        added = 0
-        for l, sub in subs.items():
-            left = time_limit - (time.perf_counter() - t0)
-            lb, shares, cost = sub.price(y, max(1.0, left))
-            total += lb
-            red = cost - sum(y[t] * shares[t] for t in tasks)
-            if not cols[l] or red < -1e-7:
-                cols[l].append((shares, cost))
-                added += 1
-        best = max(best, total)
-        # the master LP over the columns found so far
+        # the master LP over the columns found so far, then pricing at its duals: a valid
+        # bound L(y) and new columns
         mp = pulp.LpProblem("master", pulp.LpMinimize)
         lam = {(l, k): mp.add_variable(f"l_{i}_{k}", lowBound=0)
                for i, l in enumerate(locs) for k in range(len(cols[l]))}
         art = {t: mp.add_variable(f"a_{j}", lowBound=0) for j, t in enumerate(tasks)}
-        mp += pulp.lpSum(lam[(l, k)] * c for (l, k), _ in lam.items() for c in [cols[l][k][1]]) + BIG * pulp.lpSum(art.values())
+        mp += pulp.LpAffineExpression([(v, cols[l][k][1]) for (l, k), v in lam.items()]
+                                      + [(a, BIG) for a in art.values()])
         cover = {}
         for t in tasks:
-            cover[t] = pulp.lpSum(lam[(l, k)] * cols[l][k][0][t] for (l, k) in lam) + art[t] >= 1
+            cover[t] = pulp.LpAffineExpression([(v, cols[l][k][0][t]) for (l, k), v in lam.items()] + [(art[t], 1.0)]) >= 1
             mp += cover[t]
         for i, l in enumerate(locs):
             mp += pulp.lpSum(lam[(l, k)] for k in range(len(cols[l]))) == 1, f"conv_{i}"
         mp.solve(pulp.HiGHS(msg=False))
         master = pulp.value(mp.objective)
         y = {t: max(0.0, cover[t].pi or 0.0) for t in tasks}
+        total = sum(y.values())
+        added = 0
+        for l, sub in subs.items():
+            left = time_limit - (time.perf_counter() - t0)
+            lb, shares, cost = sub.price(y, max(1.0, left))
+            total += lb
+            if cost - sum(y[t] * shares[t] for t in tasks) < -1e-7 or not any(
+                    all(abs(shares[t] - c[0][t]) <= 1e-9 for t in tasks) for c in cols[l]):
+                cols[l].append((shares, cost))
+                added += 1
+        best = max(best, total)
         if log:
             log(f"round {it:3d}: bound {best:.4f}  master {master:.4f}  columns {sum(map(len, cols.values()))}  "
                 f"{time.perf_counter() - t0:.1f} s")
