@@ -41,15 +41,14 @@ from pathlib import Path
 
 import pulp
 
-BIG = 1e6
+from atoll.planner import solve as S
+from atoll.planner.api import plan
+from atoll.planner.milp import K_COST, Model
+from atoll.planner.options import PlanOptions
+from atoll.planner.problem import PlanProblem
+
+BIG = 1e6                        # the price of an artificial column (a task left uncovered)
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-
-from atoll.planner import solve as S  # noqa: E402
-from atoll.planner.milp import K_COST, Model  # noqa: E402
-from atoll.planner.options import PlanOptions  # noqa: E402
-from atoll.planner.problem import PlanProblem  # noqa: E402
-
 
 
 def _lp_value(model: Model) -> float:
@@ -212,9 +211,10 @@ def location_bound(pb: PlanProblem, choice: dict, rounds: int = 40, time_limit: 
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, str(REPO / "tests" / "planner"))
-    from planner_bench import build  # noqa: E402  (the bench's case ids; heavy imports kept out of tests)
-    from atoll.planner.api import plan
+    sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests" / "planner")]
+    # the bench's case ids: planner_bench imports the reference MILP and the scenario files,
+    # which the test of this module does not need
+    from planner_bench import build
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("case")
     ap.add_argument("--choice", default=None, help="JSON task -> variant (default: the MILP's plan in --plan-time s)")
