@@ -38,10 +38,13 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import pulp
 
 from atoll.planner import solve as S
+from atoll.planner.accuracy_set import AccuracySet
 from atoll.planner.api import plan
 from atoll.planner.milp import K_COST, Model
 from atoll.planner.options import PlanOptions
@@ -56,9 +59,12 @@ def _lp_value(model: Model) -> float:
     return S.run(model, PlanOptions(time_limit=60), mip=False).objective
 
 
-def _edges(pb: PlanProblem, choice: dict) -> tuple[list, dict]:
+def _edges(model: Model) -> tuple[list, dict]:
     """Task edges as (producer, consumer, $/h per unit of share leaving a location before alpha)
-    and, per consumer fed by sources, (share of its rate born at each location, $/h per unit)."""
+    and, per consumer fed by sources, (share of its rate born at each location, $/h per unit);
+    a message costs at least its least size over the candidate variants at both ends."""
+    pb = model.pb
+    cand = {t: [m.name for m in ms] for t, ms in model.cand.items()}
     rate = {t.name: t.rate for t in pb.tasks}
     pairs, src = [], defaultdict(lambda: [defaultdict(float), math.inf])
     for e in pb.edges:
@@ -66,9 +72,10 @@ def _edges(pb: PlanProblem, choice: dict) -> tuple[list, dict]:
         if s is not None:
             entry = src[e.dst]
             entry[0][s.location] += e.rate / rate[e.dst]
-            entry[1] = min(entry[1], K_COST * e.size(None, choice[e.dst]) * rate[e.dst])
+            entry[1] = min(entry[1], K_COST * min(e.size(None, b) for b in cand[e.dst]) * rate[e.dst])
         else:
-            pairs.append((e.src, e.dst, K_COST * e.size(choice[e.src], choice[e.dst]) * rate[e.dst]))
+            size = min(e.size(a, b) for a in cand[e.src] for b in cand[e.dst])
+            pairs.append((e.src, e.dst, K_COST * size * rate[e.dst]))
     return pairs, dict(src)
 
 
@@ -78,9 +85,8 @@ class _Location:
     def __init__(self, model: Model, loc, classes: list, pairs: list, src: dict, alpha: float):
         pb = model.pb
         self.prob = pulp.LpProblem("pattern", pulp.LpMinimize)
-        tasks = [t.name for t in pb.tasks]
         self.h = {}
-        self.s = {t: self.prob.add_variable(f"s_{i}", lowBound=0, upBound=1) for i, t in enumerate(tasks)}
+        self.s = {k: self.prob.add_variable(f"s_{i}", lowBound=0, upBound=1) for i, k in enumerate(model.z)}
         served = defaultdict(list)
         base = []
         for cid in classes:
@@ -95,8 +101,8 @@ class _Location:
                     self.h[(label, cid)] = h
                     load = []
                     for (t, m) in members:
-                        r = self.prob.add_variable(f"r_{len(served[t])}_{t}_{len(hs)}_{len(base)}", lowBound=0)
-                        served[t].append(r)
+                        r = self.prob.add_variable(f"r_{len(self.h)}_{len(served[(t, m)])}_{len(load)}", lowBound=0)
+                        served[(t, m)].append(r)
                         load.append((r, model.rate[t] / model.mu[(t, m, cid)]))
                     self.prob += pulp.LpAffineExpression(load) <= h
             members_pools = model.class_pools[cid]
@@ -104,30 +110,37 @@ class _Location:
                     for k, q in enumerate(members_pools)]
             self.prob += pulp.lpSum(hs) == pulp.lpSum(segs)
             base += [(sv, q.price_per_hour) for sv, q in zip(segs, members_pools)]
-        for t in tasks:
-            self.prob += self.s[t] == pulp.lpSum(served[t])
+        for k, v in self.s.items():
+            self.prob += v == pulp.lpSum(served[k])
+        task = defaultdict(list)                     # a task's share: over its variants
+        for (t, m), v in self.s.items():
+            task[t].append(v)
+        task = {t: pulp.lpSum(vs) for t, vs in task.items()}
+        for t, share in task.items():
+            self.prob += share <= 1
         for u, w, c in pairs:
             if alpha * c > 0:
                 x = self.prob.add_variable(f"x_{u}_{w}", lowBound=0)
-                self.prob += x >= self.s[u] - self.s[w]
+                self.prob += x >= task[u] - task[w]
                 base.append((x, alpha * c))
         self.const = 0.0
         for w, (shares, c) in src.items():
             here = shares.get(loc, 0.0)
             if alpha * c > 0 and here > 0:
                 x = self.prob.add_variable(f"xs_{w}", lowBound=0)
-                self.prob += x >= here - self.s[w]
+                self.prob += x >= here - task[w]
                 base.append((x, alpha * c))
         self.base = base
 
-    def pattern_of(self, model: Model, shares: dict) -> tuple[dict, float]:
+    def pattern_of(self, model: Optional[Model], shares: dict) -> tuple[dict, float]:
         """A pattern at least as good as the plan held in ``model``'s variables at this location
-        (its node counts, at least its ``shares``): a first column that needs no artificial."""
+        (its node counts, at least its ``shares``): a first column that needs no artificial;
+        with no model, the empty pattern."""
         saved = [(v, v.lowBound, v.upBound) for v in [*self.h.values(), *self.s.values()]]
         for key, v in self.h.items():
-            v.lowBound = v.upBound = round(model.h[key].varValue or 0.0)
-        for t, v in self.s.items():
-            v.lowBound = max(0.0, shares.get(t, 0.0) * (1 - 1e-9) - 1e-12)
+            v.lowBound = v.upBound = 0 if model is None else round(model.h[key].varValue or 0.0)
+        for k, v in self.s.items():
+            v.lowBound = max(0.0, shares.get(k, 0.0) * (1 - 1e-9) - 1e-12)
         try:
             shares, cost = self.price({}, 60.0)[1:]
         finally:
@@ -144,34 +157,43 @@ class _Location:
         info = h.getInfo()
         shares = {t: float(v.varValue or 0.0) for t, v in self.s.items()}
         cost = sum(a * float(v.varValue or 0.0) for v, a in self.base)
+        if self.prob.status != pulp.LpStatusOptimal:
+            raise RuntimeError(f"pricing stopped without a solution ({pulp.LpStatus[self.prob.status]})")
+        if not self.h:                               # an LP (no pools here): exact
+            return info.objective_function_value, shares, cost
         bound = info.mip_dual_bound if math.isfinite(info.mip_dual_bound) else -math.inf
         return min(bound, info.objective_function_value), shares, cost
 
 
-def location_bound(pb: PlanProblem, choice: dict, rounds: int = 40, time_limit: float = 120.0,
+def location_bound(pb: PlanProblem, choice: Optional[dict], rounds: int = 40, time_limit: float = 120.0,
                    log=None) -> dict:
     """The best Lagrangian bound over ``rounds`` of column generation (see the module docstring),
-    and the master LP's value at the end (equal to the bound at convergence)."""
+    and the master LP's value at the end (equal to the bound at convergence). With ``choice``
+    None the variants are free: a pattern picks them too, and the choices come from the exact
+    search over the accuracy-feasible ones (``AccuracySet``), a bound on every plan."""
     t0 = time.perf_counter()
     model = Model(pb, fix_choice=choice)
-    pairs, src = _edges(pb, choice)
+    keys = list(model.z)                             # (task, variant): the rows of the master
+    Z = None if choice else AccuracySet.of(model)
+    if not choice and Z is None:
+        raise ValueError("free variants need an accuracy set the exact search covers")
+    pairs, src = _edges(model)
     by_loc = defaultdict(list)
     for cid, p in model.pools.items():
         by_loc[p.location].append(cid)
     locs = list(by_loc) + [loc for shares, _ in src.values() for loc in shares if loc not in by_loc]
     locs = list(dict.fromkeys(locs))
-    tasks = [t.name for t in pb.tasks]
     alpha = {l: min((pb.network.price(l, l2) for l2 in locs if l2 != l), default=0.0) for l in locs}
     subs = {l: _Location(model, l, by_loc.get(l, []), pairs, src, alpha[l]) for l in locs}
-    cols = {l: [] for l in locs}                     # (shares, cost)
-    if S.rounded_start(model, PlanOptions(time_limit=60)):   # a whole plan: the first columns
+    cols = {l: [sub.pattern_of(None, {})] for l, sub in subs.items()}   # (shares, cost)
+    if choice and S.rounded_start(model, PlanOptions(time_limit=60)):   # a whole plan
         here = defaultdict(lambda: defaultdict(float))
-        for (t, _m, p, _c), v in model.r.items():
-            here[model.pools[p].location][t] += v.varValue or 0.0
+        for (t, m, p, _c), v in model.r.items():
+            here[model.pools[p].location][(t, m)] += v.varValue or 0.0
         for l, sub in subs.items():
             cols[l].append(sub.pattern_of(model, here[l]))
+    zcols = [keys] if choice else [[keys[i] for i in Z.minimize(np.zeros(len(keys)))[1][0][1]]]
     lp = _lp_value(Model(pb, fix_choice=choice))
-    y = {t: 0.0 for t in tasks}
     best, master = -math.inf, None
     for it in range(rounds):
         # the master LP over the columns found so far, then pricing at its duals: a valid
@@ -179,32 +201,46 @@ def location_bound(pb: PlanProblem, choice: dict, rounds: int = 40, time_limit: 
         mp = pulp.LpProblem("master", pulp.LpMinimize)
         lam = {(l, k): mp.add_variable(f"l_{i}_{k}", lowBound=0)
                for i, l in enumerate(locs) for k in range(len(cols[l]))}
-        art = {t: mp.add_variable(f"a_{j}", lowBound=0) for j, t in enumerate(tasks)}
+        nu = [mp.add_variable(f"n_{k}", lowBound=0) for k in range(len(zcols))]
+        art = {key: mp.add_variable(f"a_{j}", lowBound=0) for j, key in enumerate(keys)}
         mp += pulp.LpAffineExpression([(v, cols[l][k][1]) for (l, k), v in lam.items()]
                                       + [(a, BIG) for a in art.values()])
+        member = [set(zc) for zc in zcols]
         cover = {}
-        for t in tasks:
-            cover[t] = pulp.LpAffineExpression([(v, cols[l][k][0][t]) for (l, k), v in lam.items()] + [(art[t], 1.0)]) >= 1
-            mp += cover[t]
+        for key in keys:
+            cover[key] = pulp.LpAffineExpression(
+                [(v, cols[l][k][0].get(key, 0.0)) for (l, k), v in lam.items()] + [(art[key], 1.0)]
+                + [(n, -1.0) for n, mem in zip(nu, member) if key in mem]) >= 0
+            mp += cover[key]
+        mp += pulp.lpSum(nu) == 1
         for i, l in enumerate(locs):
             mp += pulp.lpSum(lam[(l, k)] for k in range(len(cols[l]))) == 1, f"conv_{i}"
         mp.solve(pulp.HiGHS(msg=False))
         master = pulp.value(mp.objective)
-        y = {t: max(0.0, cover[t].pi or 0.0) for t in tasks}
-        total = sum(y.values())
+        y = {key: max(0.0, cover[key].pi or 0.0) for key in keys}
         added = 0
+        if choice:
+            total = sum(y.values())                  # the one choice: y.z = sum of y
+        else:
+            beta, found = Z.minimize(np.array([y[k] for k in keys]), 5)
+            total = beta
+            for _val, sel in found:
+                zc = [keys[i] for i in sel]
+                if set(zc) not in member:
+                    zcols.append(zc)
+                    added += 1
         for l, sub in subs.items():
             left = time_limit - (time.perf_counter() - t0)
             lb, shares, cost = sub.price(y, max(1.0, left))
             total += lb
-            if cost - sum(y[t] * shares[t] for t in tasks) < -1e-7 or not any(
-                    all(abs(shares[t] - c[0][t]) <= 1e-9 for t in tasks) for c in cols[l]):
+            if cost - sum(y[k] * shares[k] for k in keys) < -1e-7 and not any(
+                    all(abs(shares[k] - c[0][k]) <= 1e-9 for k in keys) for c in cols[l]):
                 cols[l].append((shares, cost))
                 added += 1
         best = max(best, total)
         if log:
             log(f"round {it:3d}: bound {best:.4f}  master {master:.4f}  columns {sum(map(len, cols.values()))}  "
-                f"{time.perf_counter() - t0:.1f} s")
+                f"choices {len(zcols)}  {time.perf_counter() - t0:.1f} s")
         if added == 0 or master - best <= 1e-6 * abs(master) or time.perf_counter() - t0 > time_limit:
             break
     return {"bound": best, "master": master, "lp": lp, "seconds": time.perf_counter() - t0, "rounds": it + 1}
@@ -217,14 +253,14 @@ def main(argv=None) -> int:
     from planner_bench import build
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("case")
-    ap.add_argument("--choice", default=None, help="JSON task -> variant (default: the MILP's plan in --plan-time s)")
+    ap.add_argument("--choice", default=None, help="JSON task -> variant, or 'free' (default: the MILP's plan in --plan-time s)")
     ap.add_argument("--plan-time", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--time-limit", type=float, default=300.0)
     a = ap.parse_args(argv)
     pb = build(a.case)
     if a.choice:
-        choice = json.loads(a.choice)
+        choice = None if a.choice == "free" else json.loads(a.choice)
     else:
         p = plan(pb, options=PlanOptions(time_limit=a.plan_time, gap=0.01))
         choice = dict(p.variants)

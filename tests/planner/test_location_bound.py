@@ -14,6 +14,8 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+from atoll.planner.accuracy_set import AccuracySet
+from atoll.planner.milp import Model
 from planner_gen import random_problem
 from planner_ref import accuracy_ok, brute_force
 
@@ -49,3 +51,18 @@ def test_location_bound_never_above_the_placement_optimum():
             above_lp += r["bound"] > r["lp"] + 1e-6 * max(1.0, r["lp"])
     assert checked >= 20
     assert above_lp >= 2
+
+
+def test_location_bound_with_free_variants_never_above_the_optimum():
+    """Variants free (each pattern picks them, the choices come from the exact search over the
+    accuracy-feasible ones): a bound on every plan, held to the exhaustive optimum."""
+    checked = 0
+    for seed in SEEDS:
+        pb = random_problem(random.Random(7000 + seed))
+        best = brute_force(pb)
+        if best is None or AccuracySet.of(Model(pb)) is None:
+            continue
+        r = lb.location_bound(pb, None, rounds=60, time_limit=60.0)
+        assert r["bound"] <= best + 1e-6 * max(1.0, best), (seed, r, best)
+        checked += 1
+    assert checked >= 8
