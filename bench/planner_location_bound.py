@@ -4,7 +4,7 @@ Dantzig-Wolfe bound over per-location patterns). Not used by the planner: it mea
 the gap between the placement's LP relaxation and its best plans a location decomposition would
 close, the step ``docs/planner.md`` ("What is left") discusses.
 
-    .venv/bin/python bench/planner_location_bound.py chain/100/10/4/6/s0 [--choice JSON] [--rounds 40]
+    .venv/bin/python bench/planner_location_bound.py chain/100/10/4/6/s0 [--choice JSON|free] [--rounds 40]
 
 The bound. Fix the variant of every task. A plan restricted to one location l is a *pattern*: whole
 node counts h on the pool classes at l and the share s_v(l) of each task's rate served there, with
@@ -26,7 +26,16 @@ proven bound is used). Unlike the placement's LP, a pattern holds whole nodes *a
 mismatch of consecutive tasks at its location in the same breath, so mixing patterns cannot
 spread every task thinly over every location at no transfer cost. Bandwidth caps and the
 up-only rule are dropped (a relaxation); churn is not modelled (no previous plan).
-``tests/planner/test_location_bound.py`` checks the bound against the exact placement MILP.
+
+Variants free (``--choice free``): the master's rows are per (task, variant),
+sum_l s_vm(l) >= z_vm, a pattern picks the variants it serves (a message then costs at least its
+least size over the candidate variants at both ends), and z ranges over the accuracy-feasible
+choices Z through columns of Z; the Lagrangian is
+    L(y) = beta(y) + sum_l min over patterns at l of [ cost(pattern) - sum_vm y_vm s_vm(l) ],
+with beta(y) <= min over Z of y.z from the exact search of :mod:`atoll.planner.accuracy_set`,
+valid for every plan since its z is in Z and its patterns satisfy the rows.
+
+``tests/planner/test_location_bound.py`` holds both to exhaustive search on small problems.
 """
 
 from __future__ import annotations
