@@ -51,21 +51,27 @@ class Delta:
     logprobs: tuple[TokenLogprob, ...] = ()
 
 
+def logprobs_from_pb(ms) -> tuple[TokenLogprob, ...]:
+    return tuple(TokenLogprob(lp.token_id, lp.logprob, lp.text, tuple((t.token_id, t.logprob, t.text) for t in lp.top))
+                 for lp in ms)
+
+
+def logprobs_to_pb(lps: Sequence[TokenLogprob]) -> list[worker_pb2.TokenLogprob]:
+    return [worker_pb2.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, text=lp.text,
+                                    top=[worker_pb2.TopLogprob(token_id=i, logprob=v, text=s) for i, v, s in lp.top])
+            for lp in lps]
+
+
 def delta_from_pb(resp: worker_pb2.GenerateResponse) -> Delta:
     return Delta(resp.text, resp.prompt_tokens, resp.completion_tokens, resp.finished, resp.index,
-                 resp.finish_reason, tuple(resp.token_ids),
-                 tuple(TokenLogprob(lp.token_id, lp.logprob, lp.text,
-                                    tuple((t.token_id, t.logprob, t.text) for t in lp.top))
-                       for lp in resp.logprobs))
+                 resp.finish_reason, tuple(resp.token_ids), logprobs_from_pb(resp.logprobs))
 
 
 def delta_to_pb(d: Delta) -> worker_pb2.GenerateResponse:
     return worker_pb2.GenerateResponse(
         token_ids=d.token_ids, text=d.text, finished=d.finished, finish_reason=d.finish_reason,
         prompt_tokens=d.prompt_tokens, completion_tokens=d.completion_tokens, index=d.index,
-        logprobs=[worker_pb2.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, text=lp.text,
-                                          top=[worker_pb2.TopLogprob(token_id=i, logprob=v, text=s)
-                                               for i, v, s in lp.top]) for lp in d.logprobs])
+        logprobs=logprobs_to_pb(d.logprobs))
 
 
 @dataclass(frozen=True)
