@@ -22,7 +22,7 @@ from atoll.core.errors import Unavailable
 from atoll.core.rpc import add_service
 from atoll.proto.v1 import worker_pb2
 from atoll.specs.assignment import ReplicaItem
-from atoll.wire.worker import Delta
+from atoll.wire.worker import Delta, Embedding
 
 WINDOW_S = 60.0
 
@@ -125,12 +125,12 @@ class LocalEngine:
             raise Unavailable("no model is loaded on this node yet")
         return svc.engine
 
-    async def generate(self, prompt: str, *, adapter: str, max_tokens: int | None, temperature: float,
+    async def generate(self, prompt: str | Sequence[int], *, adapter: str, max_tokens: int | None, temperature: float,
                        stop: Sequence[str], top_p: float = 1.0, seed: int | None = None, n: int = 1,
                        logprobs: bool = False, top_logprobs: int = 0, timeout: float,
                        messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]:
         """As ``Worker.Generate`` (:func:`~atoll.agent.generate.stream_choices`): ``n`` choices of
-        ``prompt``, or of ``messages`` rendered with the model's own chat template."""
+        ``prompt`` (text or token ids), or of ``messages`` rendered with the model's own chat template."""
         # The runtime (torch, seconds to import) loads with the first model, so an agent joins the
         # fleet without waiting for it; a request here means a model is loaded.
         from atoll.agent.runtime import SamplingParams
@@ -143,7 +143,8 @@ class LocalEngine:
         w.waiting[key] = w.waiting.get(key, 0) + 1          # until its first token (replica_queues)
         waiting = True
         try:
-            async for d in stream_choices(engine, prompt=None if messages is not None else prompt, messages=messages,
+            async for d in stream_choices(engine, prompt=None if messages is not None else (
+                                              prompt if isinstance(prompt, str) else list(prompt)), messages=messages,
                                           adapter=adapter or None, params=params):
                 if waiting:
                     waiting = False
@@ -156,10 +157,10 @@ class LocalEngine:
                 w.waiting[key] -= 1
             w.in_flight -= 1
 
-    async def embed(self, text: str, *, adapter: str, timeout: float) -> list[float]:
+    async def embed(self, text: str, *, adapter: str, timeout: float) -> Embedding:
         engine = self._engine()
         ids = engine.encode_prompt(text)
         vec = await asyncio.get_running_loop().run_in_executor(
             None, lambda: engine.embed([ids], adapter=adapter or None))
         self.worker.meter.record(adapter or "base")
-        return vec[0].tolist()
+        return Embedding(vec[0].tolist(), len(ids))

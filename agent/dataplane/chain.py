@@ -40,7 +40,7 @@ from atoll.core.rpc import CODE_BY_NAME, error_from_rpc
 from atoll.specs.routing import Endpoint, RoutingState, Stage, may_carry
 from atoll.wire.dataplane import (Chat, ChoiceDone, Sink, StageDone, answer_from_pb, dataplane_stub,
                                   forward_request)
-from atoll.wire.worker import Delta, WorkerClient
+from atoll.wire.worker import Delta, Embedding, WorkerClient
 
 log = logging.getLogger("atoll.agent")
 
@@ -79,7 +79,7 @@ class LocalWorker(Protocol):
                  logprobs: bool = False, top_logprobs: int = 0, timeout: float,
                  messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]: ...
 
-    async def embed(self, text: str, *, adapter: str, timeout: float) -> list[float]: ...
+    async def embed(self, text: str, *, adapter: str, timeout: float) -> Embedding: ...
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class Request:
     sink: Sink = Sink()                  # this request's settings for the last stage
     tenant: str = ""
     messages: Chat | None = None         # a chat: the entry stages send it (see stage_chat)
+    prompt_ids: tuple[int, ...] = ()     # the input as token ids: the entry stages send them as they are
 
 
 @dataclass
@@ -179,6 +180,8 @@ class DataPlane:
             last = k == len(cr.stages) - 1
             text, entry_stage = self._input(cs, req.text, outputs)
             chat = req.messages if entry_stage else None
+            ids = req.prompt_ids if entry_stage else ()
+            size = 4 * len(ids) if ids else len(text.encode())
             tried: set[str] = set()
             attempts = 0
             t0 = time.monotonic()
@@ -204,12 +207,12 @@ class DataPlane:
                 self.in_flight.add(ep)
                 try:
                     if self._is_local(ep):
-                        self._count(cr, me.region, ep.region, len(text.encode()))
-                        out, run = await self._run_local(cs, ep, text, req, left, last, chat,
+                        self._count(cr, me.region, ep.region, size)
+                        out, run = await self._run_local(cs, ep, ids or text, req, left, last, chat,
                                                          on_delta if last else None, started)
                     elif last:
-                        self._count(cr, me.region, ep.region, len(text.encode()))
-                        out, run = await self._run_remote(cs, ep, text, req, left, chat, on_delta, started)
+                        self._count(cr, me.region, ep.region, size)
+                        out, run = await self._run_remote(cs, ep, ids or text, req, left, chat, on_delta, started)
                         self.metrics.result_bytes.labels(cr.route.workflow, ep.region, me.region).inc(
                             _size(out))
                     else:
@@ -280,11 +283,11 @@ class DataPlane:
 
     async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started) -> tuple[object, StageDone]:
         st = cs.stage
-        prompt = st.prompt.replace("{input}", text) if st.prompt else text
+        prompt = fill(st, text)
         run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
         if st.kind == "embedding":
-            vec = await self.local.embed(prompt, adapter=ep.adapter, timeout=left)
-            return vec, _with(run, output_bytes=4 * len(vec))
+            emb = await self.local.embed(prompt, adapter=ep.adapter, timeout=left)
+            return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
         s = sampling(st, req.sink if last else Sink())
         return await self._collect(self.local.generate(prompt, adapter=ep.adapter, timeout=left,
                                                        messages=stage_chat(st, prompt, chat), **s),
@@ -292,7 +295,7 @@ class DataPlane:
 
     async def _run_remote(self, cs, ep, text, req, left, chat, on_delta, started) -> tuple[object, StageDone]:
         st = cs.stage
-        prompt = st.prompt.replace("{input}", text) if st.prompt else text
+        prompt = fill(st, text)
         run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
         md = req.span.metadata() + peer_metadata(self.peer_token())
         self.metrics.hops.labels("out").inc()
@@ -331,13 +334,15 @@ class DataPlane:
     async def _forward(self, cr, k, ep, req, outputs, left, on_delta, started) -> Outcome:
         reads, needs_text = cr.needs[k]
         carried = {t: v for t, v in outputs.items() if t in reads}
-        payload = sum(len(v.encode()) for v in carried.values()) + (len(req.text.encode()) if needs_text else 0)
+        payload = sum(len(v.encode()) for v in carried.values()) + (
+            (4 * len(req.prompt_ids) or len(req.text.encode())) if needs_text else 0)
         me = self.node()
         self._count(cr, me.region, ep.region, payload)
         msg = forward_request(workflow=cr.route.workflow, task=cr.stages[k].stage.task, replica_id=ep.replica_id,
                               outputs=carried, text=req.text if needs_text else "", stream=on_delta is not None,
                               sink=req.sink, messages=req.messages if needs_text else None,
-                              request_id=req.span.request_id, tenant=req.tenant)
+                              request_id=req.span.request_id, tenant=req.tenant,
+                              prompt_ids=req.prompt_ids if needs_text else ())
         self.metrics.hops.labels("out").inc()
         call = dataplane_stub(self.workers.channel(ep.address)).Forward(
             msg, timeout=left, metadata=req.span.metadata() + peer_metadata(self.peer_token()))
@@ -366,6 +371,20 @@ class _Coded(grpc.RpcError):
 
     def details(self):
         return self._details
+
+
+def fill(stage: Stage, text: str | tuple[int, ...]) -> str | tuple[int, ...]:
+    """The stage's prompt: its template filled with ``text``; token ids (which only a stage taking
+    its input as it is receives: :func:`takes_ids`) go as they are."""
+    if not isinstance(text, str):
+        return text
+    return stage.prompt.replace("{input}", text) if stage.prompt else text
+
+
+def takes_ids(stage: Stage) -> bool:
+    """May the request's token ids stand for this entry stage's prompt? Only when the stage sends
+    its input unchanged, as text."""
+    return stage.kind == "llm" and stage.prompt in ("", "{input}") and not stage.chat
 
 
 def sampling(stage: Stage, sink: Sink) -> dict:

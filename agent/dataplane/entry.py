@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Callable
 
-from atoll.agent.dataplane.chain import DataPlane, Request, parse_input
+from atoll.agent.dataplane.chain import DataPlane, Request, parse_input, takes_ids
 from atoll.agent.dataplane.load import LoadBook
 from atoll.agent.dataplane.table import CompiledRoute
 from atoll.agent.dataplane.trace import Span, start_span
@@ -66,6 +66,17 @@ def openai_defaults(sink: Sink, *, chat: bool) -> Sink:
     return dataclasses.replace(sink, temperature=1.0 if sink.temperature is None else sink.temperature,
                                max_tokens=sink.max_tokens or (0 if chat else 16),
                                no_max_tokens=chat and not sink.max_tokens)
+
+
+def check_ids(route: Route, inv: Invocation) -> None:
+    """Token ids stand for the input only where every entry stage sends its input as it is."""
+    if inv.messages is not None:
+        raise InvalidArgument("send messages or prompt token ids, not both")
+    tasks = {s.task for s in route.stages}
+    for s in route.stages:
+        if not any(p in tasks for p in s.parents) and not takes_ids(s):
+            raise InvalidArgument(f"stage {s.task} of {route.workflow!r} fills a prompt template (or a chat): "
+                                  "send its input as text, not token ids", hint="send the prompt as a string")
 
 
 def check_chat(messages: Chat | None) -> Chat | None:
@@ -126,15 +137,16 @@ class Resolver:
         self._adapters: dict[tuple, CompiledRoute] = {}
         self._for_state = 0
 
-    def resolve(self, name: str, ident: Identity | None, max_tokens: int = 0,
-                temperature: float | None = None) -> CompiledRoute:
+    def resolve(self, name: str, ident: Identity | None, kind: str = "llm") -> CompiledRoute:
+        """``name``'s route as ``ident`` sees it; a model (``base:adapter``, ``base`` or an
+        adapter's name alone) is one stage of ``kind`` (llm | embedding)."""
         if not name:
             raise InvalidArgument("workflow name is required")
         cr = self.plane.compiled.get(name)
         if cr is not None and may_see(ident, cr.route.tenant):
             return cr
         if not name.startswith("sha256:"):
-            cr = self._adapter_route(name, ident)
+            cr = self._adapter_route(name, ident, kind)
             if cr is not None:
                 return cr
         if ":" in name and not name.startswith("sha256:"):
@@ -156,19 +168,23 @@ class Resolver:
                         names.append(n)
         return names
 
-    def _adapter_route(self, model: str, ident: Identity | None) -> CompiledRoute | None:
-        """One stage on every ready replica (of the caller's workflows) holding ``base:adapter``
-        (``base`` alone: the bare base model); None when none does."""
+    def _adapter_route(self, model: str, ident: Identity | None, kind: str) -> CompiledRoute | None:
+        """One stage of ``kind`` on every ready replica (of the caller's workflows) holding
+        ``base:adapter`` (``base`` alone: the bare base model; else an adapter of that name on any
+        base); None when none does."""
         if self._for_state != self.plane.state.digest:
             self._adapters, self._for_state = {}, self.plane.state.digest
-        key = (model, None if ident is None or ident.is_admin else ident.tenant)
+        key = (model, None if ident is None or ident.is_admin else ident.tenant, kind)
         cr = self._adapters.get(key)
         if cr is None:
             base, adapter = model.split(":", 1) if ":" in model else (model, "")
             routes = [r for r in self.plane.state.routes.values() if may_see(ident, r.tenant)]
-            hits = tuple(e for r in routes for eps in r.endpoints.values() for e in eps
-                         if e.adapter == adapter and (e.base_model.rstrip("/").rsplit("/", 1)[-1] == base
-                                                      or e.base_model == base))
+            eps = [e for r in routes for es in r.endpoints.values() for e in es]
+            hits = tuple(e for e in eps if e.adapter == adapter and (
+                e.base_model.rstrip("/").rsplit("/", 1)[-1] == base or e.base_model == base))
+            if not hits and ":" not in model:
+                adapter = model
+                hits = tuple(e for e in eps if e.adapter == adapter)
             if not hits:
                 return None
             hits = tuple({e.replica_id: e for e in hits}.values())
@@ -177,7 +193,7 @@ class Resolver:
                 type(e)(**{**e.__dict__, "task": task}) for e in hits if e.task != task)
             trusted = any(r.trusted_only for r in routes if any(e.adapter == adapter for es in r.endpoints.values()
                                                                 for e in es))
-            route = Route(model, (Stage(task=task, kind="llm", prompt="{input}", parents=()),), {task: hits},
+            route = Route(model, (Stage(task=task, kind=kind, prompt="{input}", parents=()),), {task: hits},
                           hits[0].region, task, hits[0].location, {}, "", "READY", trusted)
             cr = self._adapters[key] = CompiledRoute(route)
         return cr
@@ -206,16 +222,18 @@ class EntryService:
     async def invoke(self, inv: Invocation, ident: Identity | None, span: Span, remaining: float | None = None):
         """Check, resolve and serve one invocation from ``ident`` (a caller the door identified);
         ``remaining``: the caller's own deadline, when it has one."""
-        text = parse_input(inv.input_json)
+        text = "" if inv.prompt_ids else parse_input(inv.input_json)
         timeout = inv.timeout_seconds if inv.timeout_seconds > 0 else DEFAULT_TIMEOUT
         if remaining is not None:
             timeout = min(timeout, remaining)
         if timeout <= 0 or timeout != timeout:
             raise InvalidArgument("timeout_seconds must be > 0")
         check_sink(inv.sink)
-        cr = self.resolver.resolve(inv.workflow, ident)
+        cr = self.resolver.resolve(inv.workflow, ident, inv.kind or "llm")
+        if inv.prompt_ids:
+            check_ids(cr.route, inv)
         req = Request(cr.route.workflow, text, time.monotonic() + timeout, span, inv.stream, inv.sink,
-                      ident.tenant if ident is not None else "", check_chat(inv.messages))
+                      ident.tenant if ident is not None else "", check_chat(inv.messages), inv.prompt_ids)
         async for msg in self.serve(cr, req, ident, inv.kind):
             yield msg
 

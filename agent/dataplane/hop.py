@@ -54,7 +54,7 @@ class HopService:
                 raise FailedPrecondition(f"replica {fw.replica_id!r} of {fw.task!r} is not on this node")
             left = context.time_remaining()
             req = Request(fw.workflow, fw.text, time.monotonic() + (left if left is not None else 60.0), span,
-                          fw.stream, fw.sink, fw.tenant, fw.messages)
+                          fw.stream, fw.sink, fw.tenant, fw.messages, fw.prompt_ids)
 
             async def on_delta(d: Delta) -> None:
                 await context.write(delta_message(d, fw.request_id))

@@ -206,25 +206,29 @@ class Invocation:
     sink: Sink = Sink()
     messages: Chat | None = None
     kind: str = ""                       # an OpenAI door's endpoint: llm | embedding ("": any)
+    prompt_ids: tuple[int, ...] = ()     # the input as token ids (then input_json is empty)
 
 
 def invocation_to_pb(inv: Invocation, timeout_seconds: float | None = None) -> control_pb2.InvokeRequest:
     return invoke_request(workflow=inv.workflow, input_json=inv.input_json, stream=inv.stream,
                           timeout_seconds=inv.timeout_seconds if timeout_seconds is None else timeout_seconds,
-                          request_id=inv.request_id, sink=inv.sink, messages=inv.messages, kind=inv.kind)
+                          request_id=inv.request_id, sink=inv.sink, messages=inv.messages, kind=inv.kind,
+                          prompt_ids=inv.prompt_ids)
 
 
 def invocation_from_pb(m: control_pb2.InvokeRequest) -> Invocation:
     return Invocation(m.workflow, m.input_json, m.stream, m.timeout_seconds, m.request_id,
                       _sink_from_pb(m, m.max_tokens, m.temperature if m.HasField("temperature") else None),
-                      _chat_from_pb(m.messages), m.kind)
+                      _chat_from_pb(m.messages), m.kind, tuple(m.prompt_token_ids))
 
 
 def invoke_request(*, workflow: str, input_json: str, stream: bool, timeout_seconds: float, request_id: str,
-                   sink: Sink = Sink(), messages: Chat | None = None, kind: str = "") -> control_pb2.InvokeRequest:
+                   sink: Sink = Sink(), messages: Chat | None = None, kind: str = "",
+                   prompt_ids: Sequence[int] = ()) -> control_pb2.InvokeRequest:
     req = control_pb2.InvokeRequest(workflow=workflow, input_json=input_json, stream=stream,
                                     timeout_seconds=timeout_seconds, request_id=request_id, max_tokens=sink.max_tokens,
-                                    sampling=_sampling_to_pb(sink), messages=_chat_to_pb(messages), kind=kind)
+                                    sampling=_sampling_to_pb(sink), messages=_chat_to_pb(messages), kind=kind,
+                                    prompt_token_ids=list(prompt_ids))
     if sink.temperature is not None:
         req.temperature = sink.temperature
     return req
@@ -308,11 +312,12 @@ def answer_from_pb(m: control_pb2.InvokeResponse) -> Answer:
 
 
 def forward_request(*, workflow: str, task: str, replica_id: str, outputs: Mapping[str, str], text: str,
-                    stream: bool, sink: Sink, messages: Chat | None, request_id: str,
-                    tenant: str) -> dataplane_pb2.ForwardRequest:
+                    stream: bool, sink: Sink, messages: Chat | None, request_id: str, tenant: str,
+                    prompt_ids: Sequence[int] = ()) -> dataplane_pb2.ForwardRequest:
     req = dataplane_pb2.ForwardRequest(workflow=workflow, task=task, replica_id=replica_id, outputs=dict(outputs),
                                        input=text, stream=stream, max_tokens=sink.max_tokens, request_id=request_id,
-                                       tenant=tenant, sampling=_sampling_to_pb(sink), messages=_chat_to_pb(messages))
+                                       tenant=tenant, sampling=_sampling_to_pb(sink), messages=_chat_to_pb(messages),
+                                       prompt_token_ids=list(prompt_ids))
     if sink.temperature is not None:
         req.temperature = sink.temperature
     return req
@@ -332,9 +337,10 @@ class Forwarded:
     tenant: str
     sink: Sink = Sink()
     messages: Chat | None = None
+    prompt_ids: tuple[int, ...] = ()
 
 
 def forwarded_from_pb(m: dataplane_pb2.ForwardRequest) -> Forwarded:
     return Forwarded(m.workflow, m.task, m.replica_id, dict(m.outputs), m.input, m.stream, m.request_id, m.tenant,
                      _sink_from_pb(m, m.max_tokens, m.temperature if m.HasField("temperature") else None),
-                     _chat_from_pb(m.messages))
+                     _chat_from_pb(m.messages), tuple(m.prompt_token_ids))

@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from atoll.core.errors import InvalidArgument
+from atoll.core.errors import InvalidArgument, Unavailable
 from atoll.core.openai_api import Choice, Completion, EmbedRequest, GenRequest
 from atoll.wire.dataplane import Answer, Invocation, Sink, answer_from_pb
 from atoll.wire.worker import Delta
@@ -38,19 +38,23 @@ Invoke = Callable[[Invocation, Any], AsyncIterator]
 
 def invocation(model: str, text: str, *, kind: str, stream: bool, timeout: float, req: GenRequest | None = None
                ) -> Invocation:
-    """The ``Entry.Invoke`` of one OpenAI request (``req`` None: an embedding of ``text``)."""
+    """The ``Entry.Invoke`` of one OpenAI request (``req`` None: an embedding of ``text``). A
+    prompt of token ids travels as such (the entry stages must take their input unchanged)."""
     if req is None:
         return Invocation(model, json.dumps({"text": text}), False, timeout, uuid.uuid4().hex, kind=kind)
     sink = Sink(req.max_tokens or 0, req.temperature, req.top_p, None if req.seed is None else req.seed % SEED_MOD,
                 tuple(req.stop), req.n, req.logprobs or req.top_logprobs > 0, req.top_logprobs)
-    return Invocation(model, json.dumps({"text": text}), stream, timeout, uuid.uuid4().hex, sink,
-                      tuple(dict(m) for m in req.messages) if req.messages else None, kind)
+    ids = () if req.prompt is None or isinstance(req.prompt, str) else tuple(req.prompt)
+    return Invocation(model, "" if ids else json.dumps({"text": text}), stream, timeout, uuid.uuid4().hex, sink,
+                      tuple(dict(m) for m in req.messages) if req.messages else None, kind, ids)
 
 
 def text_of(req: GenRequest) -> str:
-    """The request's input text; token-id prompts do not enter a workflow's templates."""
+    """The request's input text ("" for token ids)."""
     if req.prompt is not None and not isinstance(req.prompt, str):
-        raise InvalidArgument("an entry takes text prompts, not token ids", hint="send the prompt as a string")
+        if not req.prompt:
+            raise InvalidArgument("the prompt is empty")
+        return ""
     if not req.input_text.strip():
         raise InvalidArgument("the prompt is empty")
     return req.input_text
@@ -82,8 +86,9 @@ class EntryDoorBackend:
                 ans = answer_from_pb(msg)
                 if first is not None and not first and not ans.done:
                     first.append(time.monotonic())
+                if ans.done:
+                    outcome = "ok"
                 yield ans
-            outcome = "ok"
         finally:
             if self.metrics is not None:
                 label = inv.workflow[:64]
@@ -92,14 +97,21 @@ class EntryDoorBackend:
                 if first:
                     self.metrics.ttft.labels(label).observe(first[0] - t0)
 
-    async def complete(self, req: GenRequest, caller) -> Completion:
-        inv = invocation(req.model, text_of(req), kind="llm", stream=False, timeout=self.timeout, req=req)
+    async def _done(self, inv: Invocation, caller) -> Answer:
+        """The final answer of an unstreamed invocation."""
+        done = None
         async for ans in self._answers(inv, caller):
-            if ans.done:
-                pt = ans.stages[-1].prompt_tokens if ans.stages else 0
-                return Completion([Choice(c.index, c.text, c.finish_reason or "stop", list(c.logprobs))
-                                   for c in ans.choices], pt, sum(c.completion_tokens for c in ans.choices))
-        raise InvalidArgument("the entry closed the call without an answer")
+            done = ans if ans.done else done
+        if done is None:
+            raise Unavailable("the entry closed the call without an answer")
+        return done
+
+    async def complete(self, req: GenRequest, caller) -> Completion:
+        ans = await self._done(invocation(req.model, text_of(req), kind="llm", stream=False, timeout=self.timeout,
+                                          req=req), caller)
+        pt = ans.stages[-1].prompt_tokens if ans.stages else 0
+        return Completion([Choice(c.index, c.text, c.finish_reason or "stop", list(c.logprobs)) for c in ans.choices],
+                          pt, sum(c.completion_tokens for c in ans.choices))
 
     async def stream(self, req: GenRequest, caller) -> AsyncIterator[Delta]:
         """The sink's deltas as the entry sends them, then every choice's end."""
@@ -113,11 +125,8 @@ class EntryDoorBackend:
                     yield d
 
     async def _embed_one(self, model: str, text: str, caller) -> tuple[list[float], int]:
-        async for ans in self._answers(invocation(model, text, kind="embedding", stream=False,
-                                                  timeout=self.timeout), caller):
-            if ans.done:
-                return ans.output.get("embedding", []), ans.stages[-1].prompt_tokens if ans.stages else 0
-        raise InvalidArgument("the entry closed the call without an answer")
+        ans = await self._done(invocation(model, text, kind="embedding", stream=False, timeout=self.timeout), caller)
+        return ans.output.get("embedding", []), ans.stages[-1].prompt_tokens if ans.stages else 0
 
     async def embed(self, req: EmbedRequest, caller) -> tuple[list[list[float]], int]:
         if any(not isinstance(x, str) for x in req.inputs):

@@ -108,14 +108,14 @@ class WorkerClient:
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return worker_pb2_grpc.WorkerStub(self.channel(address))
 
-    async def generate(self, address: str, prompt: str, *, adapter: str, max_tokens: int | None,
+    async def generate(self, address: str, prompt: str | Sequence[int], *, adapter: str, max_tokens: int | None,
                        temperature: float, stop: Sequence[str] = (), top_p: float = 1.0, seed: int | None = None,
                        n: int = 1, logprobs: bool = False, top_logprobs: int = 0,
                        messages: Sequence[Mapping[str, str]] | None = None,
                        timeout: float, metadata: Sequence[tuple[str, str]] = (), request_id: str = "",
                        node_id: str = "") -> AsyncIterator[Delta]:
         """Stream one generation from the Worker at ``address`` (``adapter`` empty: the base model):
-        of the text ``prompt``, or of a chat (``messages``: role, content and optional name),
+        of ``prompt`` (text, or token ids), or of a chat (``messages``: role, content and optional name),
         which the worker renders with its model's own template. ``max_tokens`` None: up to a stop
         token or the context. ``n`` choices come interleaved, each delta naming its index.
         ``metadata`` rides along (trace context); ``node_id`` is the node serving there (whose
@@ -129,7 +129,11 @@ class WorkerClient:
                 worker_pb2.ChatMessage(role=m["role"], content=m["content"], name=m.get("name", ""))
                 for m in messages])
         else:
-            req = worker_pb2.GenerateRequest(prompt=prompt, adapter=adapter, sampling=sampling, request_id=request_id)
+            req = worker_pb2.GenerateRequest(adapter=adapter, sampling=sampling, request_id=request_id)
+            if isinstance(prompt, str):
+                req.prompt = prompt
+            else:
+                req.prompt_token_ids.extend(prompt)
         async for resp in self._stub(address).Generate(req, timeout=timeout, metadata=self._metadata(node_id, metadata)):
             yield delta_from_pb(resp)
 

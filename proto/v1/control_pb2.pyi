@@ -471,7 +471,7 @@ class DeleteWorkflowResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("workflow", "input_json", "stream", "timeout_seconds", "request_id", "max_tokens", "temperature", "sampling", "messages", "kind")
+    __slots__ = ("workflow", "input_json", "stream", "timeout_seconds", "request_id", "max_tokens", "temperature", "sampling", "messages", "kind", "prompt_token_ids")
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -482,6 +482,7 @@ class InvokeRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     workflow: str
     input_json: str
     stream: bool
@@ -492,7 +493,8 @@ class InvokeRequest(_message.Message):
     sampling: SinkSampling
     messages: _containers.RepeatedCompositeFieldContainer[_worker_pb2.ChatMessage]
     kind: str
-    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., stream: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., sampling: _Optional[_Union[SinkSampling, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_worker_pb2.ChatMessage, _Mapping]]] = ..., kind: _Optional[str] = ...) -> None: ...
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., stream: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., sampling: _Optional[_Union[SinkSampling, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_worker_pb2.ChatMessage, _Mapping]]] = ..., kind: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SinkSampling(_message.Message):
     __slots__ = ("top_p", "seed", "stop", "n", "logprobs", "top_logprobs", "no_max_tokens")

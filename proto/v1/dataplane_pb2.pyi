@@ -14,7 +14,7 @@ class DescribeEntryRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("workflow", "task", "replica_id", "outputs", "input", "stream", "max_tokens", "temperature", "request_id", "tenant", "sampling", "messages")
+    __slots__ = ("workflow", "task", "replica_id", "outputs", "input", "stream", "max_tokens", "temperature", "request_id", "tenant", "sampling", "messages", "prompt_token_ids")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class ForwardRequest(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     workflow: str
     task: str
     replica_id: str
@@ -46,4 +47,5 @@ class ForwardRequest(_message.Message):
     tenant: str
     sampling: _control_pb2.SinkSampling
     messages: _containers.RepeatedCompositeFieldContainer[_worker_pb2.ChatMessage]
-    def __init__(self, workflow: _Optional[str] = ..., task: _Optional[str] = ..., replica_id: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., input: _Optional[str] = ..., stream: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., sampling: _Optional[_Union[_control_pb2.SinkSampling, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_worker_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, workflow: _Optional[str] = ..., task: _Optional[str] = ..., replica_id: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., input: _Optional[str] = ..., stream: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., sampling: _Optional[_Union[_control_pb2.SinkSampling, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_worker_pb2.ChatMessage, _Mapping]]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...

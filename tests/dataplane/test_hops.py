@@ -22,7 +22,7 @@ from atoll.core.rpc import add_service
 from atoll.proto.v1 import worker_pb2
 from atoll.specs.routing import Stage, routing_state
 from atoll.wire import dataplane as dp
-from atoll.wire.worker import SERVICE as WORKER, Delta, TokenLogprob, delta_to_pb
+from atoll.wire.worker import SERVICE as WORKER, Delta, Embedding, TokenLogprob, delta_to_pb
 
 from .helpers import endpoint, route
 
@@ -50,7 +50,7 @@ class Fake:
             yield Delta(f"{said}]", 2, 2 + i, True, i, "length" if i else "stop", logprobs=lp(2))
 
     async def embed(self, text, *, adapter, timeout):
-        return [0.0]
+        return Embedding([0.0], 1)
 
     # the same engine behind a Worker service, for agents that call it over gRPC
     async def Generate(self, request, context):

@@ -161,7 +161,8 @@ def _grpc_call(fleet, w, method: str, who: str):
             return rpc_code(lambda: list(stub.Invoke(req, timeout=30, metadata=md)))
         if svc == access.DATAPLANE:
             req = dp.forward_request(workflow="walk-a", task="chat", replica_id="", outputs={}, text="hi",
-                                     stream=False, max_tokens=2, temperature=None, request_id="", tenant="")
+                                     stream=False, sink=dp.Sink(max_tokens=2), messages=None, request_id="",
+                                     tenant="")
             return rpc_code(lambda: list(dp.dataplane_stub(ch).Forward(req, timeout=30, metadata=md)))
         if svc == access.WORKER:
             stub = worker_pb2_grpc.WorkerStub(ch)
