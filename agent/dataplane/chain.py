@@ -17,6 +17,12 @@ the model) is excluded for a while and the stage is retried on another one; a st
 next one failing is that stage's agent's business (it retried already), so its error passes
 back unchanged, naming the stage. A stream cut after its first token is not retried.
 
+Settings: every stage runs with its spec's settings, the last one with the request's laid over
+them (:func:`sampling`: ``n`` choices, seed, ``top_p``, stop strings added, logprobs, token budget
+and temperature); an entry stage of a chat request sends the chat, its last user message through
+the stage's template (:func:`stage_chat`), and token ids stand for an entry stage's prompt when
+the request sent them. Every choice of the last stage comes back (:class:`Outcome`).
+
 Bytes: each stage's input is counted by the agent that sends it, per (this region, the
 replica's region); the answers coming back are counted apart (``atoll_result_bytes_sent``).
 """
@@ -74,7 +80,7 @@ def parse_input(raw: str) -> str:
 class LocalWorker(Protocol):
     """This host's engine, called in process (the same work as its Worker service)."""
 
-    def generate(self, prompt: str, *, adapter: str, max_tokens: int | None, temperature: float,
+    def generate(self, prompt: str | Sequence[int], *, adapter: str, max_tokens: int | None, temperature: float,
                  stop: Sequence[str], top_p: float = 1.0, seed: int | None = None, n: int = 1,
                  logprobs: bool = False, top_logprobs: int = 0, timeout: float,
                  messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]: ...
