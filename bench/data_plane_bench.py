@@ -94,7 +94,7 @@ async def load_main(kind: str, targets: list[str], seconds: float, concurrency: 
                 pass
             return
         req = dataplane.invoke_request(workflow=workflow, input_json='{"text": "hello"}', stream=False,
-                                       timeout_seconds=10, request_id="", max_tokens=0, temperature=None)
+                                       timeout_seconds=10, request_id="")
         ch = chans[i % len(chans)]
         stub = client_service.client_stub(ch) if kind == "hub" else dataplane.entry_stub(ch)
         async for _ in stub.Invoke(req, timeout=10):

@@ -47,7 +47,6 @@ from atoll.coordinator.join_tokens import hash_token
 from atoll.coordinator.planning import PlanWorkers
 from atoll.coordinator.publish import Publisher, entries
 from atoll.coordinator.registry import Registry
-from atoll.coordinator.router import Router
 from atoll.coordinator.store import guard_store, open_store
 from atoll.coordinator.workflows import WorkflowManager
 from atoll.core.errors import SpecError, Unavailable
@@ -185,9 +184,6 @@ class Coordinator:
         self.blobs = BlobStore(self.state_dir / "blobs", self.store)
         creds = channel_credentials(st.tls_client_ca, st.tls_cert, st.tls_key)
         self.workers = WorkerClient(creds, tokens=self.issuer.coordinator_token)
-        # The OpenAI door's requests run here (chat templates, n, logprobs and embeddings are not
-        # carried by Entry.Invoke yet); gRPC Invoke goes to agents' entries.
-        self.router = Router(self.metrics, workers=self.workers)
         self.publisher: Publisher | None = None
         self.forwarder = EntryForwarder(self._entries, channel_credentials(st.tls_client_ca), self._entry_current)
         self.keys = KeyRing(self.store)
@@ -251,7 +247,7 @@ class Coordinator:
         ohost, oport = split_address(self.settings.openai_listen)
         plain_http_warning(ohost, "the coordinator's OpenAI door (--openai-listen), which receives API keys,")
         try:
-            self.openai = make_door(self.keys, lambda: self.workflows, self.router, host=ohost, port=oport,
+            self.openai = make_door(self.keys, lambda: self.workflows, self.forwarder, host=ohost, port=oport,
                                     metrics=self.metrics)
         except OSError as exc:
             raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",

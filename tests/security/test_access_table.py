@@ -157,11 +157,12 @@ def _grpc_call(fleet, w, method: str, who: str):
             if name == "Describe":
                 return rpc_code(lambda: stub.Describe(dataplane_pb2.DescribeEntryRequest(), timeout=10, metadata=md))
             req = dp.invoke_request(workflow="walk-a", input_json='{"text": "hi"}', stream=False, timeout_seconds=20,
-                                    request_id="", max_tokens=0, temperature=None)
+                                    request_id="")
             return rpc_code(lambda: list(stub.Invoke(req, timeout=30, metadata=md)))
         if svc == access.DATAPLANE:
             req = dp.forward_request(workflow="walk-a", task="chat", replica_id="", outputs={}, text="hi",
-                                     stream=False, max_tokens=2, temperature=None, request_id="", tenant="")
+                                     stream=False, sink=dp.Sink(max_tokens=2), messages=None, request_id="",
+                                     tenant="")
             return rpc_code(lambda: list(dp.dataplane_stub(ch).Forward(req, timeout=30, metadata=md)))
         if svc == access.WORKER:
             stub = worker_pb2_grpc.WorkerStub(ch)
