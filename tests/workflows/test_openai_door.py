@@ -1,7 +1,8 @@
 """The coordinator's OpenAI door on real processes, with the official client: chat rendered on
 the agent with its model's template, n choices, seeds, logprobs, stop strings, token-id prompts,
-finish reasons and real token counts, forwarded to an agent's entry and run on the data plane; embedding workflows; ``base:adapter`` models; door
-requests counted and a workflow at zero woken, as gRPC invokes are."""
+finish reasons and real token counts, forwarded to an agent's entry and run on the data plane;
+embedding workflows; ``base:adapter`` models; door requests counted and a workflow at zero
+woken, as gRPC invokes are."""
 
 from __future__ import annotations
 
