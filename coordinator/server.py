@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import grpc
-from prometheus_client import start_http_server
 
 from atoll.coordinator.agent_api import AgentApi
 from atoll.coordinator.auth import AuthInterceptor, KeyRing
@@ -52,6 +51,7 @@ from atoll.coordinator.store import guard_store, open_store
 from atoll.coordinator.workflows import WorkflowManager
 from atoll.core.errors import SpecError, Unavailable
 from atoll.core.logs import kv
+from atoll.core.metrics_http import read_token_file, serve_metrics
 from atoll.core.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
 from atoll.core.tls import (channel_credentials, mutual_server_credentials, plain_http_warning, plaintext_policy,
                             server_credentials)
@@ -234,11 +234,11 @@ class Coordinator:
 
     def _start_metrics(self) -> str:
         mhost, mport = split_address(self.settings.metrics_listen)
+        token = read_token_file(self.settings.metrics_token_file)
         plain_http_warning(mhost, "the coordinator's metrics (--metrics-listen)")
         try:
-            self._metrics_server = start_http_server(mport, addr=mhost, registry=self.metrics.registry)
-            srv = self._metrics_server[0] if isinstance(self._metrics_server, tuple) else None
-            self.metrics_port = srv.server_address[1] if srv else mport
+            self._metrics_server = serve_metrics(mhost, mport, self.metrics.registry, token)
+            self.metrics_port = self._metrics_server.server_address[1]
         except OSError as exc:
             raise Unavailable(f"cannot serve metrics on {self.settings.metrics_listen}: {exc}",
                               hint="pick a free port with --metrics-listen") from None
@@ -422,8 +422,9 @@ class Coordinator:
             self.registry.flush()
         if self.leadership is not None:
             await self.leadership.close()
-        if self._metrics_server and isinstance(self._metrics_server, tuple):
-            self._metrics_server[0].shutdown()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self.store is not None:
             self.store.close()
         self._stopped.set()
