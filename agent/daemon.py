@@ -238,7 +238,8 @@ class Agent:
         log.info("agent metrics", extra=kv(node=self.node.name, url=f"http://{host}:{port}/metrics"))
 
     async def _start_worker_server(self) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[WorkerGuard(self._guard_identity)])
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[WorkerGuard(
+            self._guard_identity, revoked=lambda: self.dataplane.keys.keyset.revoked_nodes)])
         self.worker.add_to_server(self.server)
         self.dataplane.add_to_worker_server(self.server)
         self.health = add_health_and_reflection(self.server, ["atoll.v1.Worker"])

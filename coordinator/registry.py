@@ -32,7 +32,8 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from atoll.coordinator.join_tokens import Grant, JoinTokens, check_scope
+from atoll.coordinator.identity import NODE_TOKEN_TTL
+from atoll.coordinator.join_tokens import Grant, JoinTokens, check_scope, revoked_nodes
 from atoll.coordinator.liveness import DRAINING, LOST, READY, STATES, Liveness, Transition
 from atoll.coordinator.records import NodeRecord
 from atoll.coordinator.store import Store
@@ -135,6 +136,7 @@ class Registry:
                 f"presents {_short(key)}", hint="a node id cannot be copied to another host; remove node_id "
                 "from this agent's state dir to join as a new node"), "key_mismatch")
         if bound:
+            self._check_not_cut_off(old)
             grant = Grant.of_scope(old.scope, old.trusted)
         else:
             try:
@@ -210,19 +212,55 @@ class Registry:
         return _refusal(exc, reason)
 
     def set_trusted(self, ref: str, trusted: bool) -> NodeRecord:
-        """The operator's decision: may trusted_only workflows run on this node?"""
+        """The operator's decision: may trusted_only workflows run on this node? Untrusting it
+        also revokes the node tokens it holds (every agent refuses them once the key set with
+        the revocation reaches it); a node still connected gets a fresh one at its next heartbeat."""
         rec = self.resolve(ref)
         if rec.trusted != trusted:
             rec.trusted = trusted
+            if not trusted:
+                rec.tokens_before = self._wall()
+                sess = self.sessions.get(rec.id)
+                if sess is not None:
+                    sess.credential_expires = 0.0          # re-issued at its next heartbeat
             self.store.upsert_node(rec)
             self.serving_changes += 1
         return rec
+
+    def revoked_nodes(self) -> dict[str, float]:
+        """The node-token revocations agents and the model store enforce (node id -> unix
+        seconds, see :func:`atoll.coordinator.join_tokens.revoked_nodes`)."""
+        return revoked_nodes(self.nodes.values(), self.tokens.revoked_ids(), self._wall(),
+                             NODE_TOKEN_TTL + cred.CLOCK_SKEW_S)
+
+    def _check_not_cut_off(self, rec: NodeRecord) -> None:
+        tid = rec.scope.get("token")
+        if tid and tid in self.tokens.revoked_ids():
+            raise self._refuse(Unauthenticated(
+                f"node {rec.id} joined with join token {tid}, which was revoked",
+                hint="ask an admin for a join token and a new node id (remove node_id and node.key from the "
+                     "state dir)"), "revoked")
+
+    def cut_off(self) -> list[str]:
+        """Close the heartbeat sessions of nodes whose join token was revoked (they can no
+        longer register either); the ids of the nodes cut off now."""
+        out = []
+        revoked = self.tokens.revoked_ids()
+        for node_id, sess in list(self.sessions.items()):
+            rec = self.nodes.get(node_id)
+            if rec is not None and rec.scope.get("token") in revoked:
+                self.close_session(sess)
+                out.append(node_id)
+        return out
 
     def open_session(self, node_id: str, token: str) -> Session:
         sess = self.sessions.get(node_id)
         if sess is None or sess.closed or not hmac.compare_digest(sess.token, token or ""):
             exc = Unauthenticated("unknown heartbeat session", hint="register again")
             raise self._refuse(exc, "session") if node_id in self.nodes else exc
+        rec = self.nodes.get(node_id)
+        if rec is not None:
+            self._check_not_cut_off(rec)
         return sess
 
     def close_session(self, sess: Session) -> None:

@@ -49,6 +49,7 @@ from atoll.coordinator.registry import Registry
 from atoll.coordinator.router import Router
 from atoll.coordinator.store import guard_store, open_store
 from atoll.coordinator.workflows import WorkflowManager
+from atoll.core.apikeys import KeySet, with_revoked_nodes
 from atoll.core.errors import SpecError, Unavailable
 from atoll.core.logs import kv
 from atoll.core.metrics_http import read_token_file, serve_metrics
@@ -205,7 +206,8 @@ class Coordinator:
 
     def _build_server(self) -> None:
         """The gRPC server: every service behind a role gate, API keys checked, health and reflection."""
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(self.keys, self.issuer)])
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(
+            self.keys, self.issuer, revoked=self._revoked_nodes)])
         self.require_agent_certs = bool(self.settings.tls_client_ca)
         for name, cls in (("AgentService", AgentApi), ("ClientService", ClientApi), ("ModelStore", ModelStoreApi)):
             add_service(self.server, _RoleGate(self, name, cls), SERVICES[name])
@@ -364,7 +366,14 @@ class Coordinator:
                        (lambda tier: tier not in UNTRUSTED_TIERS) if trusted else None)
 
     def _entry_current(self, node_id: str) -> bool:
-        return self.publisher is None or self.publisher.current(node_id, self.keys.key_set())
+        return self.publisher is None or self.publisher.current(node_id, self._agent_keys())
+
+    def _revoked_nodes(self) -> dict[str, float]:
+        return self.registry.revoked_nodes() if self.registry is not None else {}
+
+    def _agent_keys(self) -> KeySet:
+        """What agents check: the API keys, and the node-token revocations."""
+        return with_revoked_nodes(self.keys.key_set(), self._revoked_nodes())
 
     async def _sweep_loop(self) -> None:
         period = min(0.5, self.settings.heartbeat_interval / 10)
@@ -389,7 +398,8 @@ class Coordinator:
                     self._last_autoscale = now
                     self.workflows.autoscale(now)
                 self.workflows.reconcile()
-                self.publisher.publish(self.workflows.routing_table(), self.keys.key_set(), now)
+                self.registry.cut_off()
+                self.publisher.publish(self.workflows.routing_table(), self._agent_keys(), now)
             except Exception:  # noqa: BLE001
                 log.exception("reconcile failed")
 
