@@ -59,14 +59,19 @@ class Grant:
                    str(scope.get("token", "")))
 
 
+def cut_off(rec, revoked_tokens: Collection[str]) -> bool:
+    """Is the node ``rec`` out of the fleet for good: removed by the operator, or joined with a
+    join token since revoked?"""
+    return rec.tokens_before == math.inf or rec.scope.get("token") in revoked_tokens
+
+
 def revoked_nodes(nodes: Iterable, revoked_tokens: Collection[str], now: float, keep: float) -> dict[str, float]:
     """node id -> unix seconds before which its node tokens are revoked: every token (infinity)
-    of a node that joined with a revoked join token; those issued before an untrust
-    (``NodeRecord.tokens_before``) for ``keep`` seconds after it (the longest a token issued
-    then can still be valid)."""
+    of a node :func:`cut_off`; those issued before an untrust (``NodeRecord.tokens_before``) for
+    ``keep`` seconds after it (the longest a token issued then can still be valid)."""
     out = {}
     for rec in nodes:
-        if rec.scope.get("token") in revoked_tokens:
+        if cut_off(rec, revoked_tokens):
             out[rec.id] = math.inf
         elif rec.tokens_before and now - rec.tokens_before < keep:
             out[rec.id] = rec.tokens_before

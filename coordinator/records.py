@@ -43,7 +43,8 @@ class NodeRecord:
     public_key: str = ""            # the node key bound to this id at its first registration (base64url)
     trusted: bool = False           # trusted_only workflows may run here (a trusted join token, or an admin)
     scope: dict = field(default_factory=dict)   # what its join token allowed: {"tiers", "regions", "token"}
-    tokens_before: float = 0.0      # node tokens issued before this (unix seconds) are revoked (an untrust)
+    tokens_before: float = 0.0      # node tokens issued before this (unix seconds) are revoked (an untrust);
+    #                                 infinity: the operator removed the node (cut off for good)
 
     @property
     def tier(self) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import math
 import re
 import secrets
 import time
@@ -33,7 +34,7 @@ from typing import Callable
 from pydantic import ValidationError
 
 from atoll.coordinator.identity import NODE_TOKEN_TTL
-from atoll.coordinator.join_tokens import Grant, JoinTokens, check_scope, revoked_nodes
+from atoll.coordinator.join_tokens import Grant, JoinTokens, check_scope, cut_off, revoked_nodes
 from atoll.coordinator.liveness import DRAINING, LOST, READY, STATES, Liveness, Transition
 from atoll.coordinator.records import NodeRecord
 from atoll.coordinator.store import Store
@@ -233,22 +234,34 @@ class Registry:
         return revoked_nodes(self.nodes.values(), self.tokens.revoked_ids(), self._wall(),
                              NODE_TOKEN_TTL + cred.CLOCK_SKEW_S)
 
+    def remove(self, ref: str) -> NodeRecord:
+        """The operator throws a node out: every token of it is revoked, its session closed (it
+        is drained, so its work is re-planned, and it goes LOST), its key refused from now on. The record stays so
+        that the refusal holds; the host can come back only as a new node (a new key, a join token)."""
+        rec = self.drain(ref)                          # no new work; its replicas are re-planned off it
+        rec.tokens_before, rec.trusted = math.inf, False
+        self.store.upsert_node(rec)
+        self.serving_changes += 1
+        self.cut_off()
+        return rec
+
     def _check_not_cut_off(self, rec: NodeRecord) -> None:
-        tid = rec.scope.get("token")
-        if tid and tid in self.tokens.revoked_ids():
-            raise self._refuse(Unauthenticated(
-                f"node {rec.id} joined with join token {tid}, which was revoked",
-                hint="ask an admin for a join token and a new node id (remove node_id and node.key from the "
-                     "state dir)"), "revoked")
+        if not cut_off(rec, self.tokens.revoked_ids()):
+            return
+        why = "was removed by an operator" if rec.tokens_before == math.inf else \
+            f"joined with join token {rec.scope.get('token')}, which was revoked"
+        raise self._refuse(Unauthenticated(
+            f"node {rec.id} {why}", hint="ask an admin for a join token and join as a new node (remove node_id "
+                                         "and node.key from the state dir)"), "revoked")
 
     def cut_off(self) -> list[str]:
-        """Close the heartbeat sessions of nodes whose join token was revoked (they can no
-        longer register either); the ids of the nodes cut off now."""
+        """Close the heartbeat sessions of nodes removed or whose join token was revoked (they
+        can no longer register either); the ids of the nodes cut off now."""
         out = []
         revoked = self.tokens.revoked_ids()
         for node_id, sess in list(self.sessions.items()):
             rec = self.nodes.get(node_id)
-            if rec is not None and rec.scope.get("token") in revoked:
+            if rec is not None and cut_off(rec, revoked):
                 self.close_session(sess)
                 out.append(node_id)
         return out

@@ -80,7 +80,7 @@ _DOOR_ROUTES = ["GET /v1/models", "GET /v1/models/{model}", "POST /v1/completion
 
 TABLE: tuple[Rule, ...] = (
     _r(CLIENT, ["ListNodes", "GetNode"], {USER, ADMIN}, owner=TENANT_VIEW, by=_COORD_KEYS)
-    + _r(CLIENT, ["DrainNode", "SetNodeTrust", "ListKeys", "RevokeKey", "CreateJoinToken", "ListJoinTokens",
+    + _r(CLIENT, ["DrainNode", "SetNodeTrust", "RemoveNode", "ListKeys", "RevokeKey", "CreateJoinToken", "ListJoinTokens",
                   "RevokeJoinToken"], {ADMIN}, by=_COORD_KEYS)
     + _r(CLIENT, ["CreateKey"], {ADMIN}, owner=BOOTSTRAP, by=_COORD_KEYS)
     + _r(CLIENT, ["SubmitWorkflow", "ListWorkflows", "GetWorkflow", "DeleteWorkflow", "Invoke", "Profile",

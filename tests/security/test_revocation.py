@@ -144,3 +144,26 @@ def test_which_nodes_are_revoked_and_for_how_long():
     both = with_revoked_nodes(ks, {"a": math.inf})
     assert both.digest != ks.digest and with_revoked_nodes(ks, {}) is ks
     assert keys_from_pb(keys_to_pb(both)).revoked_nodes == {"a": math.inf}
+
+
+@pytest.mark.integration
+def test_removing_a_node_cuts_it_off_even_when_it_joined_with_the_bootstrap_token(fleet):
+    agent = fleet.agent(dict(REV, name="rev-2"))                 # the bootstrap join token: not revocable
+    try:
+        fleet.wait_ready("rev-2")
+        rev = fleet.node("rev-2")
+        addrs = workers(fleet, "dc-1", "rent-1")
+        tok = node_token(fleet, rev.id, time.time())
+        for a in addrs:
+            assert generate_code(a, tok) not in REFUSED, a
+        t0 = time.monotonic()
+        with fleet.client("admin") as c:
+            removed = c.remove_node("rev-2")
+        assert removed.id == rev.id and not removed.trusted
+        took = refused_everywhere_within(fleet, addrs, tok, t0)
+        print(f"\nremoved: rev-2's node token refused everywhere after {took:.2f} s")
+        assert took < WITHIN_S, took
+        wait_for(lambda: "was removed by an operator" in agent.log(), 30, what="rev-2's registration to be refused")
+        assert fleet.node("rev-2").state != "READY"
+    finally:
+        agent.stop()
