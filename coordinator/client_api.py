@@ -74,6 +74,13 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         log.info("node trust set by operator", extra=kv(node=rec.name, id=rec.id, trusted=rec.trusted))
         return convert.node_to_pb(rec, self.registry.age(rec))
 
+    @handle_errors
+    async def RemoveNode(self, request, context):
+        rec = self.registry.remove(request.node)
+        log.warning("node removed by operator: its tokens are revoked and its key refused",
+                    extra=kv(node=rec.name, id=rec.id))
+        return convert.node_to_pb(rec, self.registry.age(rec))
+
     # ------------------------------------------------------------------ workflows
     def _status(self, rec):
         wm = self.workflows

@@ -69,12 +69,14 @@ def routing_from_pb(m: routing_pb2.RoutingState) -> RoutingState:
 def keys_to_pb(ks: KeySet) -> routing_pb2.KeySet:
     return routing_pb2.KeySet(digest=ks.digest, enforced=ks.enforced, keys=[
         routing_pb2.ApiKeyEntry(id=k.id, tenant=k.tenant, role=k.role, secret_sha256=k.secret_sha256,
-                                revoked=k.revoked) for k in ks.keys.values()])
+                                revoked=k.revoked) for k in ks.keys.values()],
+        revoked_nodes=dict(ks.revoked_nodes))
 
 
 def keys_from_pb(m: routing_pb2.KeySet) -> KeySet:
     return KeySet(m.digest, m.enforced, MappingProxyType({
-        k.id: KeyEntry(k.id, k.tenant, k.role, k.secret_sha256, k.revoked) for k in m.keys}))
+        k.id: KeyEntry(k.id, k.tenant, k.role, k.secret_sha256, k.revoked) for k in m.keys}),
+        MappingProxyType(dict(m.revoked_nodes)))
 
 
 # ---------------------------------------------------------------------- load reports

@@ -767,3 +767,9 @@ class SetNodeTrustRequest(_message.Message):
     node: str
     trusted: bool
     def __init__(self, node: _Optional[str] = ..., trusted: _Optional[bool] = ...) -> None: ...
+
+class RemoveNodeRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...

@@ -124,6 +124,7 @@ def _grpc_call(fleet, w, method: str, who: str):
             req = {"ListNodes": control_pb2.ListNodesRequest(), "GetNode": control_pb2.GetNodeRequest(node="dc-1"),
                    "DrainNode": control_pb2.DrainNodeRequest(node="no-such-node"),
                    "SetNodeTrust": control_pb2.SetNodeTrustRequest(node="no-such-node", trusted=True),
+                   "RemoveNode": control_pb2.RemoveNodeRequest(node="no-such-node"),
                    "SubmitWorkflow": control_pb2.SubmitWorkflowRequest(spec_yaml="name: x", dry_run=True),
                    "ListWorkflows": control_pb2.ListWorkflowsRequest(),
                    "GetWorkflow": control_pb2.GetWorkflowRequest(name="walk-a"),
