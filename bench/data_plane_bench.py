@@ -316,10 +316,14 @@ def main_bench(seconds: float, concurrency: int, runs: int) -> dict:
                     "two_entries": fleet.window("entry", [[d["entries"]["a1"]], [d["entries"]["a2"]]], seconds,
                                                 concurrency // 2, "two")}
             pair["entries_over_hub_req_per_s"] = round(pair["two_entries"]["req_per_s"] / pair["hub"]["req_per_s"], 3)
+            # what the serving processes (coordinator and agents, not the clients) spend per request:
+            # the capacity ratio on hosts of their own, whatever share of a busy machine each window got
+            serving = {k: sum(v for n, v in pair[k]["cpu_ms_per_request"].items() if n != "load_generators")
+                       for k in ("hub", "two_entries")}
+            pair["serving_cpu_hub_over_entries"] = round(serving["hub"] / serving["two_entries"], 3)
             pairs.append(pair)
-        ratios = sorted(p["entries_over_hub_req_per_s"] for p in pairs)
-        out["two_replicas"] = {"runs": pairs, "entries_over_hub_req_per_s": {
-            "min": ratios[0], "median": ratios[len(ratios) // 2], "max": ratios[-1]}}
+        out["two_replicas"] = {"runs": pairs, **{key: _spread([p[key] for p in pairs]) for key in (
+            "entries_over_hub_req_per_s", "serving_cpu_hub_over_entries")}}
     finally:
         fleet.stop()
     # 3. routing cost per request, in process
@@ -330,40 +334,72 @@ def main_bench(seconds: float, concurrency: int, runs: int) -> dict:
             "cpu_ms_per_request"]["coordinator"],
         "entry_over_direct_worker_cpu (<= 1.5)": o["one_replica"]["entry_over_direct_cpu"],
         "two_entries_over_hub_req_per_s (>= 2), median of runs": o["two_replicas"]["entries_over_hub_req_per_s"]["median"],
+        "serving_cpu_per_request_hub_over_two_entries, median of runs":
+            o["two_replicas"]["serving_cpu_hub_over_entries"]["median"],
         "routing_512_over_4 (<= 1.2), median of rounds": o["routing"]["idle"]["ratio_512_over_4"]["median"],
         "routing_512_over_4 with 32 calls in flight (<= 1.2), median of rounds":
             o["routing"]["busy"]["ratio_512_over_4"]["median"]}
     return out
 
 
-def soak(total: int, concurrency: int) -> dict:
-    """``total`` requests through two entries (no autoscaling block); every process's RSS sampled."""
+def _spread(values: list[float]) -> dict:
+    v = sorted(values)
+    return {"min": v[0], "median": v[len(v) // 2], "max": v[-1]}
+
+
+def soak(total: int, concurrency: int, window_s: float, write) -> dict:
+    """``total`` requests through the entries of two agents (each also holds one replica of the
+    workflow, which has no ``autoscaling:`` block), in closed-loop windows of ``window_s``; after
+    every window a progress line and every process's RSS (coordinator, a1, a2). ``write(result)``
+    is called after every window (a stopped soak keeps what it measured). RSS growth is taken
+    after warm-up (the first 10% of the requests): the largest sample over the smallest, and
+    the last sample over the first."""
     work = Path(tempfile.mkdtemp(prefix="dp-soak-"))
     fleet = Fleet(work)
     samples: list[dict] = []
+    roles = {"coordinator": "control plane", "a1": "entry + replica host", "a2": "entry + replica host"}
+    res: dict = {"requested": total, "window_s": window_s, "concurrency": concurrency, "roles": roles,
+                 "complete": False}
     try:
         fleet.add_agent("a1")
         fleet.add_agent("a2")
         with fleet.client() as c:
             fleet.wait(lambda: sum(n.state == "READY" for n in c.nodes()) == 2, 60, "two agents")
         d = fleet.deploy("soak", rate=1500)
+        res["replicas"] = [r["node"] for r in d["status"].replicas]
         targets = [[d["entries"]["a1"]], [d["entries"]["a2"]]]
+        pids = {"coordinator": fleet.coord.pid, **{n: p.pid for n, p in fleet.agents.items()}}
+        res["rss_mib_at_start"] = {n: round(rss_bytes(p) / 2**20, 2) for n, p in pids.items()}
         done, t0 = 0, time.monotonic()
         while done < total:
-            w = fleet.window("entry", targets, 30.0, concurrency // 2, "soak")
+            w = fleet.window("entry", targets, window_s, concurrency // 2, "soak")
             done += w["requests"]
-            pids = {"coordinator": fleet.coord.pid, **{n: p.pid for n, p in fleet.agents.items()}}
-            samples.append({"requests": done, "t_s": round(time.monotonic() - t0, 1), "req_per_s": w["req_per_s"],
-                            "errors": w["errors"], "rss_mib": {n: round(rss_bytes(p) / 2**20, 2)
-                                                               for n, p in pids.items()}})
-            print(json.dumps(samples[-1]), flush=True)
+            elapsed = time.monotonic() - t0
+            samples.append({"requests": done, "t_s": round(elapsed, 1), "req_per_s": w["req_per_s"],
+                            "errors": w["errors"], "load_avg_1m": w["load_avg_1m"],
+                            "rss_mib": {n: round(rss_bytes(p) / 2**20, 2) for n, p in pids.items()}})
+            eta = (total - done) / max(done / elapsed, 1e-9)
+            print(json.dumps({**samples[-1], "eta_s": round(max(eta, 0))}), flush=True)
+            res.update(_soak_summary(samples, total, done))
+            write(res)
+            if any(p.poll() is not None for p in [fleet.coord, *fleet.agents.values()]):
+                raise SystemExit(f"a process of the fleet exited; see {work}")
+        res["complete"] = True
     finally:
         fleet.stop()
+    write(res)
+    return res
+
+
+def _soak_summary(samples: list[dict], total: int, done: int) -> dict:
     warm = [s for s in samples if s["requests"] >= total * 0.1] or samples
-    growth = {n: round(max(s["rss_mib"][n] for s in warm) / min(s["rss_mib"][n] for s in warm) - 1, 4)
-              for n in warm[0]["rss_mib"]}
-    return {"requests": done, "samples": samples, "rss_growth_after_warmup": growth,
-            "errors": sum(s["errors"] for s in samples)}
+    names = list(warm[0]["rss_mib"])
+    return {"requests": done, "errors": sum(s["errors"] for s in samples), "samples": samples,
+            "warm_samples": len(warm),
+            "rss_growth_after_warmup_max_over_min": {
+                n: round(max(s["rss_mib"][n] for s in warm) / min(s["rss_mib"][n] for s in warm) - 1, 4) for n in names},
+            "rss_growth_after_warmup_last_over_first": {
+                n: round(warm[-1]["rss_mib"][n] / warm[0]["rss_mib"][n] - 1, 4) for n in names}}
 
 
 def main() -> None:
@@ -372,6 +408,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight per window (default 32)")
     ap.add_argument("--runs", type=int, default=3, help="hub / two-entry window pairs (default 3)")
     ap.add_argument("--soak", type=int, default=0, help="run the soak with this many requests instead")
+    ap.add_argument("--soak-window", type=float, default=30.0, help="seconds between the soak's samples (default 30)")
     ap.add_argument("--agent"), ap.add_argument("--region", default="us-east"), ap.add_argument("--coordinator")
     ap.add_argument("--load"), ap.add_argument("--targets"), ap.add_argument("--workflow", default="")
     ns = ap.parse_args()
@@ -384,15 +421,20 @@ def main() -> None:
     cmd = "bench/data_plane_bench.py " + " ".join(sys.argv[1:])
     if ns.soak:
         res = {"bench": "data_plane_soak", "machine": machine(), "command": cmd, "shared_machine": True,
-               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": soak(ns.soak, ns.concurrency)}
+               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         path = REPO / "bench" / "results" / "data_plane_soak.json"
+
+        def write(r: dict) -> None:
+            path.write_text(json.dumps({**res, "results": r}, indent=2) + "\n")
+        res["results"] = soak(ns.soak, ns.concurrency, ns.soak_window, write)
     else:
         res = {"bench": "data_plane", "machine": machine(), "command": cmd, "shared_machine": True,
                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "results": main_bench(ns.seconds, ns.concurrency, ns.runs)}
         path = REPO / "bench" / "results" / "data_plane.json"
     path.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res["results"].get("targets", res["results"].get("rss_growth_after_warmup")), indent=2))
+    print(json.dumps(res["results"].get("targets", res["results"].get("rss_growth_after_warmup_max_over_min")),
+                     indent=2))
     print(f"wrote {path.relative_to(REPO)}")
 
 
