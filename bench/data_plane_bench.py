@@ -11,16 +11,18 @@ every process on the path (coordinator, each agent, the load generators), from /
 1. One replica, on agent a1: direct ``Worker.Generate`` calls to a1; a1's entry (the stage runs
    in process there); the coordinator's ``Invoke`` (forwarded to a1's entry).
 2. Two replicas, on a1 and a2: the hub (``Invoke`` at the coordinator, forwarded to an entry)
-   against the two agents' entries, with the same number of requests in flight.
+   against the two agents' entries, with the same number of requests in flight; ``--runs``
+   pairs (min/median/max of the req/s ratio and of the serving processes' CPU ratio).
 3. Routing cost per request in process (``DataPlane.run`` with an instant local stage), for a
-   route of 4 and of 512 replicas over 4 locations with the plan's flows.
+   route of 4 and of 512 replicas over 4 locations with the plan's flows, idle and with 32 of
+   the agent's calls in flight.
 
 Targets: the coordinator spends no CPU per request on the entry path; an entry holding the
 stage's replica costs at most 1.5x a direct Worker call; two entries reach at least 2x the hub's
 req/s; routing cost at 512 replicas within 1.2x of 4.
 
     .venv/bin/python bench/data_plane_bench.py                  # writes bench/results/data_plane.json
-    .venv/bin/python bench/data_plane_bench.py --seconds 5      # shorter windows
+    .venv/bin/python bench/data_plane_bench.py --seconds 4 --runs 5   # shorter windows, 5 pairs
     .venv/bin/python bench/data_plane_bench.py --soak 1000000   # 1M requests through entries, RSS flat
 
 The soak writes bench/results/data_plane_soak.json: every process's RSS sampled through the run,
