@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from atoll.specs.routing import Endpoint, Route, Stage, backlogged, least_loaded
 
@@ -151,7 +151,8 @@ class CompiledRoute:
         return None
 
 
-def _least_loaded(order: Sequence[Endpoint], usable, held: Mapping[str, int], chosen: Endpoint) -> Endpoint:
+def _least_loaded(order: Sequence[Endpoint], usable: Callable[[Endpoint], bool], held: Mapping[str, int],
+                  chosen: Endpoint) -> Endpoint:
     """:func:`~atoll.specs.routing.least_loaded` of the usable replicas of ``order`` (the pool in
     its order), for a backlogged ``chosen``, without scanning the whole location: ``chosen`` holds
     at least BACKLOG_SLACK calls, so a usable replica holding none is the least loaded, and the
@@ -159,7 +160,7 @@ def _least_loaded(order: Sequence[Endpoint], usable, held: Mapping[str, int], ch
     unusable, so the scan costs at most this agent's calls in flight plus the replicas it may not
     use, whatever the replica count; only when every usable replica holds calls is the minimum
     taken over all of them."""
-    if not held.get(chosen.replica_id, 0):       # (not with the rule's slack) holding none, it wins a tie
+    if not held.get(chosen.replica_id, 0):       # never so under the rule's slack; were it, it would win the tie
         return chosen
     pool = []
     for e in order:
