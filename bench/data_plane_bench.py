@@ -335,7 +335,8 @@ def main_bench(seconds: float, concurrency: int, runs: int) -> dict:
         "coordinator_cpu_ms_per_request_on_entry_path": o["one_replica"]["entry_on_replica_host"][
             "cpu_ms_per_request"]["coordinator"],
         "entry_over_direct_worker_cpu (<= 1.5)": o["one_replica"]["entry_over_direct_cpu"],
-        "two_entries_over_hub_req_per_s (>= 2), median of runs": o["two_replicas"]["entries_over_hub_req_per_s"]["median"],
+        "two_entries_over_hub_req_per_s (>= 2), median of runs":
+            o["two_replicas"]["entries_over_hub_req_per_s"]["median"],
         "serving_cpu_per_request_hub_over_two_entries, median of runs":
             o["two_replicas"]["serving_cpu_hub_over_entries"]["median"],
         "routing_512_over_4 (<= 1.2), median of rounds": o["routing"]["idle"]["ratio_512_over_4"]["median"],
@@ -399,7 +400,8 @@ def _soak_summary(samples: list[dict], total: int, done: int) -> dict:
     return {"requests": done, "errors": sum(s["errors"] for s in samples), "samples": samples,
             "warm_samples": len(warm),
             "rss_growth_after_warmup_max_over_min": {
-                n: round(max(s["rss_mib"][n] for s in warm) / min(s["rss_mib"][n] for s in warm) - 1, 4) for n in names},
+                n: round(max(s["rss_mib"][n] for s in warm) / min(s["rss_mib"][n] for s in warm) - 1, 4)
+                for n in names},
             "rss_growth_after_warmup_last_over_first": {
                 n: round(warm[-1]["rss_mib"][n] / warm[0]["rss_mib"][n] - 1, 4) for n in names}}
 
