@@ -28,10 +28,12 @@ class Harness:
         self.fleet = fleet
         self.models = models
         self.metrics_ports: dict[str, int] = {}
+        self.started: dict[str, float] = {}        # node name -> when its agent process started
 
     def start_agent(self, spec: dict) -> None:
         """An agent with its /metrics served (the data plane's bytes per region pair live there)."""
         port = self.metrics_ports.setdefault(spec["name"], free_port())
+        self.started[spec["name"]] = time.time()
         self.fleet.start_agent(spec, ["--metrics-listen", f"127.0.0.1:{port}"])
 
     def agent_metrics(self) -> str:
@@ -66,11 +68,19 @@ class Harness:
         self.start_agent(spec)
 
     def wait_nodes_ready(self, names, timeout=40) -> None:
-        assert self.fleet.wait_states({n: "READY" for n in names}, timeout), f"nodes not READY: {names}"
+        """Every node named READY, heartbeating from the agent process started last under that name
+        (a killed agent's node stays READY until its lease runs out: that one does not count)."""
+        def ready():
+            with self.client(timeout=5) as c:
+                got = {n.name: n for n in c.nodes()}
+            return all(n in got and got[n].state == "READY" and got[n].last_heartbeat_unix >= self.started.get(n, 0)
+                       for n in names)
+        wait_until(ready, timeout, f"nodes READY by their current agents: {list(names)}")
 
     def heal(self) -> None:
-        """Restart whatever a test left dead (the coordinator, agents) and wait until every node
-        is READY, so one test's failure does not become the next test's."""
+        """Restart whatever a test left dead (the coordinator, agents), wait until every node is
+        READY, and delete the workflows left behind, so one test's failure does not become the
+        next test's."""
         if self.fleet.coordinator.poll() is not None:
             self.fleet.start_coordinator()
         for spec in NODES:
@@ -78,6 +88,9 @@ class Harness:
             if p is None or p.poll() is not None:
                 self.start_agent(spec)
         self.wait_nodes_ready([n["name"] for n in NODES], 60)
+        with self.client() as c:                    # what a failed test did not delete
+            for wf in c.workflows():
+                c.delete(wf["name"])
 
     def restart_coordinator(self) -> None:
         self.fleet.coordinator.send_signal(signal.SIGKILL)
