@@ -283,6 +283,58 @@ def routing_costs(sizes=(4, 512), rounds: int = 31, batch: int = 2000) -> dict:
     return out
 
 
+def entry_costs(rounds: int = 5, batch: int = 10000) -> dict:
+    """CPU microseconds per request of an entry's own work, without gRPC: ``EntryService.Invoke``
+    (key set, authorization, input, resolve, load book, an instant local stage, metrics, the
+    request's log line to /dev/null, the answer message) with a stand-in call context; the
+    median of ``rounds`` batches of process CPU time."""
+    from atoll.agent.dataplane.chain import NodeSelf
+    from atoll.agent.dataplane.node import DataPlaneNode
+    from atoll.core import logs
+    from atoll.core.apikeys import KeySet
+    from atoll.specs.routing import Endpoint, Route, Stage, routing_state
+    from atoll.wire import dataplane
+    from atoll.wire.worker import Delta
+
+    class Instant:
+        async def generate(self, prompt, **kw):
+            yield Delta("done", 1, 1, True)
+
+    class Context:
+        def invocation_metadata(self):
+            return ()
+
+        def time_remaining(self):
+            return 10.0
+
+    logs.setup("INFO")
+    logging.getLogger().handlers[0].stream = open(os.devnull, "w")
+    node = DataPlaneNode(node=lambda: NodeSelf("me", "a1", "us-east", "datacenter"), local=Instant(),
+                         local_address=lambda: "127.0.0.1:1", connected=lambda: True)
+    ep = Endpoint("r1", "gen", "v", "me", "a1", "us-east", "127.0.0.1:1", 1.0, "", "us-east/datacenter", "/m",
+                  "datacenter")
+    route = Route("one", (Stage("gen", "llm", "{input}", ("u",), 1),), {"gen": (ep,)}, "us-east", "gen",
+                  "us-east/datacenter", {("u", "gen"): (("us-east/datacenter", "us-east/datacenter", 1.0),)})
+    node.on_instruction({"routing": routing_state([route])})
+    node.on_instruction({"keys": KeySet(digest=1)})
+    req = dataplane.invoke_request(workflow="one", input_json='{"text": "hello"}', stream=False, timeout_seconds=10,
+                                   request_id="", max_tokens=0, temperature=None)
+
+    async def go(n: int) -> None:
+        for _ in range(n):
+            async for _ in node.entry.Invoke(req, Context()):
+                pass
+
+    asyncio.run(go(500))                                   # warm-up
+    per = []
+    for _ in range(rounds):
+        t = time.process_time()
+        asyncio.run(go(batch))
+        per.append((time.process_time() - t) / batch * 1e6)
+    logging.getLogger().handlers[0].stream.close()
+    return {"cpu_us_per_request": _spread([round(x, 1) for x in per]), "batch": batch, "rounds": rounds}
+
+
 def main_bench(seconds: float, concurrency: int, runs: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="dp-bench-"))
     fleet = Fleet(work)
@@ -330,6 +382,7 @@ def main_bench(seconds: float, concurrency: int, runs: int) -> dict:
         fleet.stop()
     # 3. routing cost per request, in process
     out["routing"] = routing_costs()
+    out["entry_python"] = entry_costs()
     o = out
     out["targets"] = {
         "coordinator_cpu_ms_per_request_on_entry_path": o["one_replica"]["entry_on_replica_host"][
