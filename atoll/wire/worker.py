@@ -86,6 +86,7 @@ class WorkerClient:
         self.credentials = credentials
         self.tokens = tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, worker_pb2_grpc.WorkerStub] = {}     # built once per address, not per call
 
     def _metadata(self, node_id: str, extra: Sequence[tuple[str, str]] = ()) -> tuple | None:
         """``extra`` (trace context) plus, when a token source is set and ``node_id`` names the
@@ -106,7 +107,10 @@ class WorkerClient:
         return ch
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
-        return worker_pb2_grpc.WorkerStub(self.channel(address))
+        stub = self._stubs.get(address)
+        if stub is None:
+            stub = self._stubs[address] = worker_pb2_grpc.WorkerStub(self.channel(address))
+        return stub
 
     async def generate(self, address: str, prompt: str | Sequence[int], *, adapter: str, max_tokens: int | None,
                        temperature: float, stop: Sequence[str] = (), top_p: float = 1.0, seed: int | None = None,
@@ -147,3 +151,4 @@ class WorkerClient:
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
+        self._stubs.clear()
