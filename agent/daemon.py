@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import grpc
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
 from atoll.agent.dataplane.chain import NodeSelf
@@ -42,6 +42,7 @@ from atoll.agent.serving import LocalEngine, SwitchingWorker, replica_queues
 from atoll.agent.worker import WorkerService
 from atoll.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 from atoll.core.logs import kv
+from atoll.core.metrics_http import read_token_file, serve_metrics
 from atoll.core.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS, add_health_and_reflection, set_serving
 from atoll.core.tls import channel_credentials, mutual_server_credentials, plain_http_warning, plaintext_policy
 from atoll.specs.common import load_yaml
@@ -231,12 +232,14 @@ class Agent:
         reg = self.metrics_registry          # the data plane's families are in it already
         reg.register(_Current())
         host, port = split_address(self.settings.metrics_listen)
+        token = read_token_file(self.settings.metrics_token_file)
         plain_http_warning(host, f"agent {self.node.name}'s metrics (--metrics-listen)")
-        start_http_server(port, addr=host, registry=reg)
+        serve_metrics(host, port, reg, token)
         log.info("agent metrics", extra=kv(node=self.node.name, url=f"http://{host}:{port}/metrics"))
 
     async def _start_worker_server(self) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[WorkerGuard(self._guard_identity)])
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[WorkerGuard(
+            self._guard_identity, revoked=lambda: self.dataplane.keys.keyset.revoked_nodes)])
         self.worker.add_to_server(self.server)
         self.dataplane.add_to_worker_server(self.server)
         self.health = add_health_and_reflection(self.server, ["atoll.v1.Worker"])

@@ -5,7 +5,8 @@ atc1...``), verifies it with the coordinator key this agent pinned at registrati
 node (its audience, or ``*``), and asks the authorization table (``atoll.core.access``) whether
 that kind of caller — the coordinator, or a node — with those scopes may call the method:
 ``LoadAdapter``/``UnloadAdapter``/``ListAdapters`` only the coordinator, ``Generate``/``Embed``
-the coordinator or a node token. Health and reflection stay open. Before the agent has
+the coordinator or a node token; a node token the coordinator revoked (the revocations travel
+with the key set it pushes) is refused. Health and reflection stay open. Before the agent has
 registered (no pinned key, no node id) every guarded call is UNAVAILABLE: the router tries
 another replica.
 """
@@ -13,7 +14,7 @@ another replica.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import grpc
 
@@ -24,11 +25,13 @@ from atoll.core.rpc import bearer, guarded
 
 
 class WorkerGuard(grpc.aio.ServerInterceptor):
-    """``identity()`` returns (the pinned coordinator key or None, this node's id or "")."""
+    """``identity()`` returns (the pinned coordinator key or None, this node's id or "");
+    ``revoked()`` the node-token revocations the coordinator last sent (with the key set)."""
 
     def __init__(self, identity: Callable[[], tuple[cred.PublicKey | None, str]],
-                 clock: Callable[[], float] = time.time):
-        self.identity, self.clock = identity, clock
+                 clock: Callable[[], float] = time.time,
+                 revoked: Callable[[], Mapping[str, float]] = dict):
+        self.identity, self.clock, self.revoked = identity, clock, revoked
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -51,5 +54,5 @@ class WorkerGuard(grpc.aio.ServerInterceptor):
         key, node_id = self.identity()
         if key is None or not node_id:
             raise Unavailable("this node has not registered with the coordinator yet", hint="retry shortly")
-        claims = cred.verify_token(key, token, now=self.clock(), audience=node_id)
+        claims = cred.verify_token(key, token, now=self.clock(), audience=node_id, revoked=self.revoked())
         return (access.COORDINATOR if claims.is_coordinator else access.NODE), claims.scopes

@@ -17,12 +17,12 @@ from typing import AsyncIterator, Mapping, Sequence
 
 import grpc
 
-from atoll.agent.generate import chat_ids
+from atoll.agent.generate import stream_choices
 from atoll.core.errors import Unavailable
 from atoll.core.rpc import add_service
 from atoll.proto.v1 import worker_pb2
 from atoll.specs.assignment import ReplicaItem
-from atoll.wire.worker import Delta
+from atoll.wire.worker import Delta, Embedding
 
 WINDOW_S = 60.0
 
@@ -125,41 +125,42 @@ class LocalEngine:
             raise Unavailable("no model is loaded on this node yet")
         return svc.engine
 
-    async def generate(self, prompt: str, *, adapter: str, max_tokens: int, temperature: float,
-                       stop: Sequence[str], timeout: float,
+    async def generate(self, prompt: str | Sequence[int], *, adapter: str, max_tokens: int | None, temperature: float,
+                       stop: Sequence[str], top_p: float = 1.0, seed: int | None = None, n: int = 1,
+                       logprobs: bool = False, top_logprobs: int = 0, timeout: float,
                        messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]:
-        """``messages``: a chat, rendered with the model's own chat template, instead of ``prompt``."""
+        """As ``Worker.Generate`` (:func:`~atoll.agent.generate.stream_choices`): ``n`` choices of
+        ``prompt`` (text or token ids), or of ``messages`` rendered with the model's own chat template."""
         # The runtime (torch, seconds to import) loads with the first model, so an agent joins the
         # fleet without waiting for it; a request here means a model is loaded.
         from atoll.agent.runtime import SamplingParams
 
         engine = self._engine()
-        source = chat_ids(engine, messages) if messages is not None else prompt
-        handle = engine.submit(source, adapter or None, SamplingParams(max_tokens=max_tokens or 16,
-                                                                       temperature=temperature, stop=list(stop)))
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, stop=list(stop), top_p=top_p,
+                                seed=seed, n=n, logprobs=logprobs or top_logprobs > 0, top_logprobs=top_logprobs)
         w, key = self.worker, adapter or "base"
         w.in_flight += 1
         w.waiting[key] = w.waiting.get(key, 0) + 1          # until its first token (replica_queues)
         waiting = True
         try:
-            async for d in handle:
+            async for d in stream_choices(engine, prompt=None if messages is not None else (
+                                              prompt if isinstance(prompt, str) else list(prompt)), messages=messages,
+                                          adapter=adapter or None, params=params):
                 if waiting:
                     waiting = False
                     w.waiting[key] -= 1
-                yield Delta(d.text, d.prompt_tokens, d.completion_tokens, d.finished)
+                yield d
                 if d.finished:
                     w.meter.record(key)
         finally:
             if waiting:
                 w.waiting[key] -= 1
             w.in_flight -= 1
-            if not handle.finished:
-                engine.cancel(handle.request_id)
 
-    async def embed(self, text: str, *, adapter: str, timeout: float) -> list[float]:
+    async def embed(self, text: str, *, adapter: str, timeout: float) -> Embedding:
         engine = self._engine()
         ids = engine.encode_prompt(text)
         vec = await asyncio.get_running_loop().run_in_executor(
             None, lambda: engine.embed([ids], adapter=adapter or None))
         self.worker.meter.record(adapter or "base")
-        return vec[0].tolist()
+        return Embedding(vec[0].tolist(), len(ids))

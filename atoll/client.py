@@ -468,6 +468,10 @@ class Client:
     def revoke_join_token(self, token_id: str) -> dict:
         return wire.join_token_dict(self._call("RevokeJoinToken", id=token_id))
 
+    def remove_node(self, node: str) -> NodeInfo:
+        """Cut a node off (admin): its tokens refused everywhere, its key refused at registration."""
+        return NodeInfo(**wire.node_from_pb(self._call("RemoveNode", node=node)))
+
     def set_trust(self, node: str, trusted: bool) -> NodeInfo:
         """Trust (or untrust) a node: trusted_only workflows run only on trusted nodes."""
         return NodeInfo(**wire.node_from_pb(self._call("SetNodeTrust", node=node, trusted=trusted)))

@@ -11,16 +11,18 @@ every process on the path (coordinator, each agent, the load generators), from /
 1. One replica, on agent a1: direct ``Worker.Generate`` calls to a1; a1's entry (the stage runs
    in process there); the coordinator's ``Invoke`` (forwarded to a1's entry).
 2. Two replicas, on a1 and a2: the hub (``Invoke`` at the coordinator, forwarded to an entry)
-   against the two agents' entries, with the same number of requests in flight.
+   against the two agents' entries, with the same number of requests in flight; ``--runs``
+   pairs (min/median/max of the req/s ratio and of the serving processes' CPU ratio).
 3. Routing cost per request in process (``DataPlane.run`` with an instant local stage), for a
-   route of 4 and of 512 replicas over 4 locations with the plan's flows.
+   route of 4 and of 512 replicas over 4 locations with the plan's flows, idle and with 32 of
+   the agent's calls in flight.
 
 Targets: the coordinator spends no CPU per request on the entry path; an entry holding the
 stage's replica costs at most 1.5x a direct Worker call; two entries reach at least 2x the hub's
 req/s; routing cost at 512 replicas within 1.2x of 4.
 
     .venv/bin/python bench/data_plane_bench.py                  # writes bench/results/data_plane.json
-    .venv/bin/python bench/data_plane_bench.py --seconds 5      # shorter windows
+    .venv/bin/python bench/data_plane_bench.py --seconds 4 --runs 5   # shorter windows, 5 pairs
     .venv/bin/python bench/data_plane_bench.py --soak 1000000   # 1M requests through entries, RSS flat
 
 The soak writes bench/results/data_plane_soak.json: every process's RSS sampled through the run,
@@ -85,6 +87,11 @@ async def load_main(kind: str, targets: list[str], seconds: float, concurrency: 
     workers = WorkerClient()
     lat: list[float] = []
     errors = [0]
+    # the client's own work stays small (a real client runs elsewhere): stubs and the request built once
+    stubs = [client_service.client_stub(ch) if kind == "hub" else dataplane.entry_stub(ch) for ch in chans]
+    req = dataplane.invoke_request(workflow=workflow, input_json='{"text": "hello"}', stream=False,
+                                   timeout_seconds=10, request_id="")
+    cpu0 = time.process_time()
     stop = time.monotonic() + seconds
 
     async def one(i: int) -> None:
@@ -93,11 +100,7 @@ async def load_main(kind: str, targets: list[str], seconds: float, concurrency: 
                                             temperature=0.0, timeout=10):
                 pass
             return
-        req = dataplane.invoke_request(workflow=workflow, input_json='{"text": "hello"}', stream=False,
-                                       timeout_seconds=10, request_id="", max_tokens=0, temperature=None)
-        ch = chans[i % len(chans)]
-        stub = client_service.client_stub(ch) if kind == "hub" else dataplane.entry_stub(ch)
-        async for _ in stub.Invoke(req, timeout=10):
+        async for _ in stubs[i % len(stubs)].Invoke(req, timeout=10):
             pass
 
     async def loop(i: int) -> None:
@@ -111,7 +114,7 @@ async def load_main(kind: str, targets: list[str], seconds: float, concurrency: 
 
     await asyncio.gather(*(loop(i) for i in range(concurrency)))
     lat.sort()
-    print(json.dumps({"requests": len(lat), "errors": errors[0],
+    print(json.dumps({"requests": len(lat), "errors": errors[0], "cpu_s": round(time.process_time() - cpu0, 4),
                       "p50_ms": round(lat[len(lat) // 2] * 1000, 3) if lat else None,
                       "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 3) if lat else None}), flush=True)
 
@@ -198,12 +201,12 @@ class Fleet:
         # the generators ran `seconds` from their own start: count the CPU of the shared window
         cpu1 = {n: cpu_seconds(p) for n, p in pids.items()}
         n = sum(o["requests"] for o in outs)
-        res = {"kind": kind, "requests": n, "errors": sum(o["errors"] for o in outs),
-               "req_per_s": round(n / seconds, 1),
-               "p50_ms": max(o["p50_ms"] or 0 for o in outs), "p99_ms": max(o["p99_ms"] or 0 for o in outs),
-               "cpu_ms_per_request": {name: round((cpu1[name] - cpu0[name]) * 1000 / max(n, 1), 4) for name in pids},
-               "wall_s": round(wall, 2)}
-        return res
+        cpu = {name: round((cpu1[name] - cpu0[name]) * 1000 / max(n, 1), 4) for name in pids}
+        cpu["load_generators"] = round(sum(o["cpu_s"] for o in outs) * 1000 / max(n, 1), 4)
+        return {"kind": kind, "requests": n, "errors": sum(o["errors"] for o in outs),
+                "req_per_s": round(n / seconds, 1),
+                "p50_ms": max(o["p50_ms"] or 0 for o in outs), "p99_ms": max(o["p99_ms"] or 0 for o in outs),
+                "cpu_ms_per_request": cpu, "wall_s": round(wall, 2), "load_avg_1m": round(os.getloadavg()[0], 2)}
 
     def stop(self) -> None:
         for p in [*self.agents.values(), self.coord]:
@@ -216,10 +219,13 @@ class Fleet:
                 p.kill()
 
 
-def routing_costs(sizes=(4, 512), rounds: int = 15, batch: int = 2000) -> dict:
+def routing_costs(sizes=(4, 512), rounds: int = 31, batch: int = 2000) -> dict:
     """Microseconds per request of the data plane's own work (pick, bookkeeping, an instant
-    in-process stage) on routes of ``sizes`` replicas over 4 locations with the plan's flows;
-    batches of the sizes alternate (side by side on a shared machine), the median batch counts."""
+    in-process stage) on routes of ``sizes`` replicas over 4 locations with the plan's flows:
+    idle (no other call in flight) and busy (32 of this agent's calls in flight, held by the first
+    4 replicas of each location, so picks meet backlogged replicas). Each round runs one batch of
+    every size back to back (a shared machine's load drifts alike for both); the median batch
+    counts, and the ratio is the median of the rounds' ratios."""
     from atoll.agent.dataplane.chain import DataPlane, NodeSelf, Request
     from atoll.agent.dataplane.metrics import DataPlaneMetrics
     from atoll.agent.dataplane.table import CompiledRoute
@@ -233,9 +239,12 @@ def routing_costs(sizes=(4, 512), rounds: int = 15, batch: int = 2000) -> dict:
 
     regions = ["us-east", "us-west", "eu-west", "ap-south"]
     flows = {("u", "gen"): tuple(("us-east/datacenter", f"{r}/datacenter", 1.0 + k) for k, r in enumerate(regions))}
-    plane = DataPlane(lambda: NodeSelf("me", "me", "us-east", "datacenter"), Instant(), WorkerClient(),
-                      DataPlaneMetrics())
-    routes, compile_ms = {}, {}
+
+    def plane() -> DataPlane:
+        return DataPlane(lambda: NodeSelf("me", "me", "us-east", "datacenter"), Instant(), WorkerClient(),
+                         DataPlaneMetrics())
+
+    routes, compile_ms, planes = {}, {}, {}
     for n in sizes:
         eps = tuple(Endpoint(f"r{i}", "gen", "v", "me", f"n{i}", regions[i % 4], f"10.0.{i // 250}.{i % 250}:1",
                              1.0 + i % 3, "", f"{regions[i % 4]}/datacenter", "/m", "datacenter") for i in range(n))
@@ -244,27 +253,89 @@ def routing_costs(sizes=(4, 512), rounds: int = 15, batch: int = 2000) -> dict:
         t0 = time.perf_counter()
         routes[n] = CompiledRoute(route)
         compile_ms[n] = round((time.perf_counter() - t0) * 1000, 2)
+        planes[(n, "idle")], planes[(n, "busy")] = plane(), plane()
+        for e in eps[:16]:                                     # the first 4 replicas of each location
+            for _ in range(8):
+                planes[(n, "busy")].in_flight.add(e)
     span = start_span((), "bench")
 
     async def go() -> dict:
-        times: dict[int, list[float]] = {n: [] for n in sizes}
+        times: dict[tuple, list[float]] = {key: [] for key in planes}
         for r in range(rounds + 1):
-            for n in sizes:
-                cr = routes[n]
+            for key, pl in planes.items():
+                cr = routes[key[0]]
                 t = time.perf_counter()
                 for _ in range(batch):
-                    await plane.run(cr, 0, Request(cr.route.workflow, "hi", time.monotonic() + 60, span), {},
-                                    "us-east/datacenter", None)
+                    await pl.run(cr, 0, Request(cr.route.workflow, "hi", time.monotonic() + 60, span), {},
+                                 "us-east/datacenter", None)
                 if r:                                  # the first round warms up
-                    times[n].append((time.perf_counter() - t) / batch)
-        return {n: sorted(v)[len(v) // 2] for n, v in times.items()}
+                    times[key].append((time.perf_counter() - t) / batch)
+        return times
 
-    per = asyncio.run(go())
-    return {str(n): {"replicas": n, "us_per_request": round(per[n] * 1e6, 2), "compile_ms": compile_ms[n]}
-            for n in sizes}
+    times = asyncio.run(go())
+    out: dict = {}
+    for mode in ("idle", "busy"):
+        out[mode] = {str(n): {"replicas": n, "us_per_request": round(sorted(times[(n, mode)])[rounds // 2] * 1e6, 2),
+                              "compile_ms": compile_ms[n]} for n in sizes}
+        ratios = sorted(a / b for a, b in zip(times[(sizes[-1], mode)], times[(sizes[0], mode)]))
+        out[mode][f"ratio_{sizes[-1]}_over_{sizes[0]}"] = {
+            "min": round(ratios[0], 3), "median": round(ratios[len(ratios) // 2], 3), "max": round(ratios[-1], 3)}
+    return out
 
 
-def main_bench(seconds: float, concurrency: int) -> dict:
+def entry_costs(rounds: int = 5, batch: int = 10000) -> dict:
+    """CPU microseconds per request of an entry's own work, without gRPC: ``EntryService.Invoke``
+    (key set, authorization, input, resolve, load book, an instant local stage, metrics, the
+    request's log line to /dev/null, the answer message) with a stand-in call context; the
+    median of ``rounds`` batches of process CPU time."""
+    from atoll.agent.dataplane.chain import NodeSelf
+    from atoll.agent.dataplane.node import DataPlaneNode
+    from atoll.core import logs
+    from atoll.core.apikeys import KeySet
+    from atoll.specs.routing import Endpoint, Route, Stage, routing_state
+    from atoll.wire import dataplane
+    from atoll.wire.worker import Delta
+
+    class Instant:
+        async def generate(self, prompt, **kw):
+            yield Delta("done", 1, 1, True)
+
+    class Context:
+        def invocation_metadata(self):
+            return ()
+
+        def time_remaining(self):
+            return 10.0
+
+    logs.setup("INFO")
+    logging.getLogger().handlers[0].stream = open(os.devnull, "w")
+    node = DataPlaneNode(node=lambda: NodeSelf("me", "a1", "us-east", "datacenter"), local=Instant(),
+                         local_address=lambda: "127.0.0.1:1", connected=lambda: True)
+    ep = Endpoint("r1", "gen", "v", "me", "a1", "us-east", "127.0.0.1:1", 1.0, "", "us-east/datacenter", "/m",
+                  "datacenter")
+    route = Route("one", (Stage("gen", "llm", "{input}", ("u",), 1),), {"gen": (ep,)}, "us-east", "gen",
+                  "us-east/datacenter", {("u", "gen"): (("us-east/datacenter", "us-east/datacenter", 1.0),)})
+    node.on_instruction({"routing": routing_state([route])})
+    node.on_instruction({"keys": KeySet(digest=1)})
+    req = dataplane.invoke_request(workflow="one", input_json='{"text": "hello"}', stream=False, timeout_seconds=10,
+                                   request_id="")
+
+    async def go(n: int) -> None:
+        for _ in range(n):
+            async for _ in node.entry.Invoke(req, Context()):
+                pass
+
+    asyncio.run(go(500))                                   # warm-up
+    per = []
+    for _ in range(rounds):
+        t = time.process_time()
+        asyncio.run(go(batch))
+        per.append((time.process_time() - t) / batch * 1e6)
+    logging.getLogger().handlers[0].stream.close()
+    return {"cpu_us_per_request": _spread([round(x, 1) for x in per]), "batch": batch, "rounds": rounds}
+
+
+def main_bench(seconds: float, concurrency: int, runs: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="dp-bench-"))
     fleet = Fleet(work)
     out: dict = {}
@@ -292,62 +363,109 @@ def main_bench(seconds: float, concurrency: int) -> dict:
         # 2. two replicas: the hub against two entries, the same requests in flight
         d = fleet.deploy("two", rate=1500)
         assert len(d["status"].replicas) == 2, d["status"].replicas
-        two = {"hub": fleet.window("hub", [[fleet.addr], [fleet.addr]], seconds, concurrency // 2, "two"),
-               "two_entries": fleet.window("entry", [[d["entries"]["a1"]], [d["entries"]["a2"]]], seconds,
-                                           concurrency // 2, "two")}
-        two["entries_over_hub_req_per_s"] = round(two["two_entries"]["req_per_s"] / two["hub"]["req_per_s"], 3)
-        out["two_replicas"] = two
+        # (runs alternate, hub then entries, so a shared machine's changing load hits both alike)
+        pairs = []
+        for _ in range(runs):
+            pair = {"hub": fleet.window("hub", [[fleet.addr], [fleet.addr]], seconds, concurrency // 2, "two"),
+                    "two_entries": fleet.window("entry", [[d["entries"]["a1"]], [d["entries"]["a2"]]], seconds,
+                                                concurrency // 2, "two")}
+            pair["entries_over_hub_req_per_s"] = round(pair["two_entries"]["req_per_s"] / pair["hub"]["req_per_s"], 3)
+            # what the serving processes (coordinator and agents, not the clients) spend per request:
+            # the capacity ratio on hosts of their own, whatever share of a busy machine each window got
+            serving = {k: sum(v for n, v in pair[k]["cpu_ms_per_request"].items() if n != "load_generators")
+                       for k in ("hub", "two_entries")}
+            pair["serving_cpu_hub_over_entries"] = round(serving["hub"] / serving["two_entries"], 3)
+            pairs.append(pair)
+        out["two_replicas"] = {"runs": pairs, **{key: _spread([p[key] for p in pairs]) for key in (
+            "entries_over_hub_req_per_s", "serving_cpu_hub_over_entries")}}
     finally:
         fleet.stop()
     # 3. routing cost per request, in process
     out["routing"] = routing_costs()
-    out["routing"]["ratio_512_over_4"] = round(out["routing"]["512"]["us_per_request"] /
-                                               out["routing"]["4"]["us_per_request"], 3)
+    out["entry_python"] = entry_costs()
     o = out
     out["targets"] = {
         "coordinator_cpu_ms_per_request_on_entry_path": o["one_replica"]["entry_on_replica_host"][
             "cpu_ms_per_request"]["coordinator"],
         "entry_over_direct_worker_cpu (<= 1.5)": o["one_replica"]["entry_over_direct_cpu"],
-        "two_entries_over_hub_req_per_s (>= 2)": o["two_replicas"]["entries_over_hub_req_per_s"],
-        "routing_512_over_4 (<= 1.2)": o["routing"]["ratio_512_over_4"]}
+        "two_entries_over_hub_req_per_s (>= 2), median of runs":
+            o["two_replicas"]["entries_over_hub_req_per_s"]["median"],
+        "serving_cpu_per_request_hub_over_two_entries, median of runs":
+            o["two_replicas"]["serving_cpu_hub_over_entries"]["median"],
+        "routing_512_over_4 (<= 1.2), median of rounds": o["routing"]["idle"]["ratio_512_over_4"]["median"],
+        "routing_512_over_4 with 32 calls in flight (<= 1.2), median of rounds":
+            o["routing"]["busy"]["ratio_512_over_4"]["median"]}
     return out
 
 
-def soak(total: int, concurrency: int) -> dict:
-    """``total`` requests through two entries (no autoscaling block); every process's RSS sampled."""
+def _spread(values: list[float]) -> dict:
+    v = sorted(values)
+    return {"min": v[0], "median": v[len(v) // 2], "max": v[-1]}
+
+
+def soak(total: int, concurrency: int, window_s: float, write) -> dict:
+    """``total`` requests through the entries of two agents (each also holds one replica of the
+    workflow, which has no ``autoscaling:`` block), in closed-loop windows of ``window_s``; after
+    every window a progress line and every process's RSS (coordinator, a1, a2). ``write(result)``
+    is called after every window (a stopped soak keeps what it measured). RSS growth is taken
+    after warm-up (the first 10% of the requests): the largest sample over the smallest, and
+    the last sample over the first."""
     work = Path(tempfile.mkdtemp(prefix="dp-soak-"))
     fleet = Fleet(work)
     samples: list[dict] = []
+    roles = {"coordinator": "control plane", "a1": "entry + replica host", "a2": "entry + replica host"}
+    res: dict = {"requested": total, "window_s": window_s, "concurrency": concurrency, "roles": roles,
+                 "complete": False}
     try:
         fleet.add_agent("a1")
         fleet.add_agent("a2")
         with fleet.client() as c:
             fleet.wait(lambda: sum(n.state == "READY" for n in c.nodes()) == 2, 60, "two agents")
         d = fleet.deploy("soak", rate=1500)
+        res["replicas"] = [r["node"] for r in d["status"].replicas]
         targets = [[d["entries"]["a1"]], [d["entries"]["a2"]]]
+        pids = {"coordinator": fleet.coord.pid, **{n: p.pid for n, p in fleet.agents.items()}}
+        res["rss_mib_at_start"] = {n: round(rss_bytes(p) / 2**20, 2) for n, p in pids.items()}
         done, t0 = 0, time.monotonic()
         while done < total:
-            w = fleet.window("entry", targets, 30.0, concurrency // 2, "soak")
+            w = fleet.window("entry", targets, window_s, concurrency // 2, "soak")
             done += w["requests"]
-            pids = {"coordinator": fleet.coord.pid, **{n: p.pid for n, p in fleet.agents.items()}}
-            samples.append({"requests": done, "t_s": round(time.monotonic() - t0, 1), "req_per_s": w["req_per_s"],
-                            "errors": w["errors"], "rss_mib": {n: round(rss_bytes(p) / 2**20, 2)
-                                                               for n, p in pids.items()}})
-            print(json.dumps(samples[-1]), flush=True)
+            elapsed = time.monotonic() - t0
+            samples.append({"requests": done, "t_s": round(elapsed, 1), "req_per_s": w["req_per_s"],
+                            "errors": w["errors"], "load_avg_1m": w["load_avg_1m"],
+                            "rss_mib": {n: round(rss_bytes(p) / 2**20, 2) for n, p in pids.items()}})
+            eta = (total - done) / max(done / elapsed, 1e-9)
+            print(json.dumps({**samples[-1], "eta_s": round(max(eta, 0))}), flush=True)
+            res.update(_soak_summary(samples, total, done))
+            write(res)
+            if any(p.poll() is not None for p in [fleet.coord, *fleet.agents.values()]):
+                raise SystemExit(f"a process of the fleet exited; see {work}")
+        res["complete"] = True
     finally:
         fleet.stop()
+    write(res)
+    return res
+
+
+def _soak_summary(samples: list[dict], total: int, done: int) -> dict:
     warm = [s for s in samples if s["requests"] >= total * 0.1] or samples
-    growth = {n: round(max(s["rss_mib"][n] for s in warm) / min(s["rss_mib"][n] for s in warm) - 1, 4)
-              for n in warm[0]["rss_mib"]}
-    return {"requests": done, "samples": samples, "rss_growth_after_warmup": growth,
-            "errors": sum(s["errors"] for s in samples)}
+    names = list(warm[0]["rss_mib"])
+    return {"requests": done, "errors": sum(s["errors"] for s in samples), "samples": samples,
+            "warm_samples": len(warm),
+            "rss_growth_after_warmup_max_over_min": {
+                n: round(max(s["rss_mib"][n] for s in warm) / min(s["rss_mib"][n] for s in warm) - 1, 4)
+                for n in names},
+            "rss_growth_after_warmup_last_over_first": {
+                n: round(warm[-1]["rss_mib"][n] / warm[0]["rss_mib"][n] - 1, 4) for n in names}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="each load window (default 10)")
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight per window (default 32)")
+    ap.add_argument("--runs", type=int, default=3, help="hub / two-entry window pairs (default 3)")
     ap.add_argument("--soak", type=int, default=0, help="run the soak with this many requests instead")
+    ap.add_argument("--soak-window", type=float, default=30.0, help="seconds between the soak's samples (default 30)")
     ap.add_argument("--agent"), ap.add_argument("--region", default="us-east"), ap.add_argument("--coordinator")
     ap.add_argument("--load"), ap.add_argument("--targets"), ap.add_argument("--workflow", default="")
     ns = ap.parse_args()
@@ -360,15 +478,20 @@ def main() -> None:
     cmd = "bench/data_plane_bench.py " + " ".join(sys.argv[1:])
     if ns.soak:
         res = {"bench": "data_plane_soak", "machine": machine(), "command": cmd, "shared_machine": True,
-               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": soak(ns.soak, ns.concurrency)}
+               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         path = REPO / "bench" / "results" / "data_plane_soak.json"
+
+        def write(r: dict) -> None:
+            path.write_text(json.dumps({**res, "results": r}, indent=2) + "\n")
+        res["results"] = soak(ns.soak, ns.concurrency, ns.soak_window, write)
     else:
         res = {"bench": "data_plane", "machine": machine(), "command": cmd, "shared_machine": True,
                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "results": main_bench(ns.seconds, ns.concurrency)}
+               "results": main_bench(ns.seconds, ns.concurrency, ns.runs)}
         path = REPO / "bench" / "results" / "data_plane.json"
     path.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res["results"].get("targets", res["results"].get("rss_growth_after_warmup")), indent=2))
+    print(json.dumps(res["results"].get("targets", res["results"].get("rss_growth_after_warmup_max_over_min")),
+                     indent=2))
     print(f"wrote {path.relative_to(REPO)}")
 
 

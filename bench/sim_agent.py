@@ -255,7 +255,8 @@ class _Local:
     def __init__(self, host: SimHost):
         self.host = host
 
-    async def generate(self, prompt, *, adapter, max_tokens, temperature, stop, timeout, messages=None):
+    async def generate(self, prompt, *, adapter, max_tokens, timeout, messages=None, **sampling):
+        """The simulated service takes the token budget; the other settings change nothing here."""
         if not any(s == "ready" for s in self.host.states.values()):
             raise Unavailable(f"{self.host.name}: no ready replica")
         async for d in self.host.serve(max_tokens):

@@ -28,6 +28,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import grpc
 
@@ -140,10 +141,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     and exposes the caller as ``current`` to the handler, which applies the ownership rule.
 
     ``AgentService`` passes through: its callers authenticate with what their messages carry
-    (join token or node key, then the session token), which the registry checks."""
+    (join token or node key, then the session token), which the registry checks. A node token
+    that ``revoked()`` revokes (``Registry.revoked_nodes``) is UNAUTHENTICATED."""
 
-    def __init__(self, keys: KeyRing, issuer):
-        self.keys, self.issuer = keys, issuer
+    def __init__(self, keys: KeyRing, issuer, revoked: Callable[[], Mapping[str, float]] = dict):
+        self.keys, self.issuer, self.revoked = keys, issuer, revoked
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -163,7 +165,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         """(kind of caller, the caller for ``current``, token scopes); Unauthenticated when it
         presents a credential that does not verify."""
         if cred.is_token(token):
-            claims = self.issuer.verify(token)
+            claims = self.issuer.verify(token, revoked=self.revoked())
             kind = access.COORDINATOR if claims.is_coordinator else access.NODE
             return kind, NodeCaller(claims.node_id, claims.scopes), claims.scopes
         if not self.keys.enabled():

@@ -6,15 +6,16 @@ import logging
 import time
 
 from atoll.coordinator import auth, convert
+from atoll.coordinator.entry import admit
 from atoll.coordinator.profiler import profile_variant
 from atoll.coordinator.registry import Registry
 from atoll.coordinator.tenancy import node_view, scope_of
-from atoll.core.errors import AtollError, FailedPrecondition, InvalidArgument
+from atoll.core.errors import AtollError, InvalidArgument
 from atoll.core.logs import kv
 from atoll.core.rpc import handle_errors
 from atoll.proto.v1 import control_pb2_grpc
 from atoll.specs.node import TIERS
-from atoll.wire.dataplane import entries_response
+from atoll.wire.dataplane import entries_response, invocation_from_pb
 
 MAX_TOKENS_LIMIT = 8192         # the OpenAI door's bound too
 
@@ -73,6 +74,13 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         log.info("node trust set by operator", extra=kv(node=rec.name, id=rec.id, trusted=rec.trusted))
         return convert.node_to_pb(rec, self.registry.age(rec))
 
+    @handle_errors
+    async def RemoveNode(self, request, context):
+        rec = self.registry.remove(request.node)
+        log.warning("node removed by operator: its tokens are revoked and its key refused",
+                    extra=kv(node=rec.name, id=rec.id))
+        return convert.node_to_pb(rec, self.registry.age(rec))
+
     # ------------------------------------------------------------------ workflows
     def _status(self, rec):
         wm = self.workflows
@@ -117,23 +125,12 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         if not 0 <= request.max_tokens <= MAX_TOKENS_LIMIT:
             raise InvalidArgument(f"max_tokens must be in 0..{MAX_TOKENS_LIMIT} (0: the spec's), "
                                   f"got {request.max_tokens}")
-        wm = self.workflows
-        rec = wm.get(request.workflow)                 # NOT_FOUND for another tenant's, as ever
-        wakeable = rec.state == "IDLE" or (rec.state == "DEPLOYING" and rec.deployment.autoscale is not None)
-        if rec.state not in ("READY", "DEGRADED") and not wakeable:
-            raise FailedPrecondition(f"workflow {rec.name!r} is {rec.state}: {rec.message}",
-                                     hint="wait until `atoll status` says READY")
-        if rec.state == "IDLE":
-            wm.wake(rec.name)
+        there = admit(self.workflows, request.workflow)
         t0 = time.monotonic()
         outcome = "error"
         try:
-            async for msg in self.forwarder.invoke(
-                    region=wm.serving(rec.name).source_region, workflow=rec.name, input_json=request.input_json,
-                    stream=request.stream, timeout=timeout, request_id=request.request_id,
-                    max_tokens=request.max_tokens,
-                    temperature=request.temperature if request.HasField("temperature") else None,
-                    metadata=context.invocation_metadata() or ()):
+            async for msg in self.forwarder.invoke(invocation_from_pb(request), region=there.region, timeout=timeout,
+                                                   metadata=context.invocation_metadata() or ()):
                 yield msg
             outcome = "ok"
         finally:

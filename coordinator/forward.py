@@ -22,7 +22,7 @@ import grpc
 
 from atoll.core.errors import Unavailable
 from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
-from atoll.wire.dataplane import EntryInfo, entry_stub, invoke_request
+from atoll.wire.dataplane import EntryInfo, Invocation, entry_stub, invocation_to_pb
 
 PASSED_ON = ("authorization", "traceparent", "tracestate", "x-request-id")
 KEY_WAIT_S = 2.0            # how long an entry may lag behind a key or a workflow new here
@@ -59,21 +59,19 @@ class EntryForwarder:
         n = next(self._turn) % len(local)
         return local[n:] + local[:n] + rest
 
-    async def invoke(self, *, region: str, workflow: str, input_json: str, stream: bool, timeout: float,
-                     request_id: str, max_tokens: int, temperature: float | None,
-                     metadata: Sequence[tuple[str, str]], carried_by: str = "") -> AsyncIterator:
-        """The entry's answer messages (``InvokeResponse``), passed through unchanged.
-        ``carried_by``: the workflow whose placement rules choose the entries when ``workflow``
-        names a ``base:adapter`` model (a trusted_only workflow's adapter never enters at a renter)."""
+    async def invoke(self, inv: Invocation, *, region: str, timeout: float, metadata: Sequence[tuple[str, str]],
+                     carried_by: str = "") -> AsyncIterator:
+        """The entry's answer messages (``InvokeResponse``) to ``inv``, passed through unchanged.
+        ``carried_by``: the workflow whose placement rules choose the entries when ``inv`` names
+        a ``base:adapter`` model (a trusted_only workflow's adapter never enters at a renter)."""
         deadline = time.monotonic() + timeout
         md = tuple((k, v) for k, v in metadata if k in PASSED_ON)
         last: grpc.aio.AioRpcError | None = None
-        for entry in self.order(region, carried_by or workflow):
+        for entry in self.order(region, carried_by or inv.workflow):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            req = invoke_request(workflow=workflow, input_json=input_json, stream=stream, timeout_seconds=left,
-                                 request_id=request_id, max_tokens=max_tokens, temperature=temperature)
+            req = invocation_to_pb(inv, timeout_seconds=left)
             key_wait_end = time.monotonic() + KEY_WAIT_S
             while True:
                 answered = done = False

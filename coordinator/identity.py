@@ -9,8 +9,10 @@
   reused until half its life is gone.
 - **Node tokens** (``sub: node:<id>``, ``aud: *``, scopes ``worker.infer`` and ``store.fetch``)
   go to each node down its heartbeat stream, first thing on every stream and again before they
-  expire. The node presents its token to fetch the blobs its assignments reference, and (the
-  data plane) to call other nodes' Workers.
+  expire (and at its next heartbeat after an untrust, which revokes those issued before it). The
+  node presents its token to fetch the blobs its assignments reference, and (the data plane) to
+  call other nodes' Workers. Revocations (``Registry.revoked_nodes``) travel to agents with the
+  key set.
 
 The token format and the signatures are :mod:`atoll.core.credentials`'; this module only
 keeps the key and the clock.
@@ -19,7 +21,7 @@ keeps the key and the clock.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from atoll.core import credentials as cred
 
@@ -73,6 +75,7 @@ class Issuer:
         """Should a node whose token expires at ``expires`` get a new one now?"""
         return expires - self.clock() < self.node_ttl / 2
 
-    def verify(self, token: str, scope: str | None = None) -> cred.Claims:
-        """The claims of a token this fleet issued (Unauthenticated / PermissionDenied otherwise)."""
-        return cred.verify_token(self.public, token, now=self.clock(), scope=scope)
+    def verify(self, token: str, scope: str | None = None, revoked: Mapping[str, float] | None = None) -> cred.Claims:
+        """The claims of a token this fleet issued (Unauthenticated / PermissionDenied otherwise;
+        ``revoked``: the node-token revocations, see ``Registry.revoked_nodes``)."""
+        return cred.verify_token(self.public, token, now=self.clock(), scope=scope, revoked=revoked)

@@ -12,8 +12,10 @@ Two kinds admit a node whose key is not yet bound to an id:
   a token created or revoked on the leader.
 
 A token is spent once per *new* node: a node whose key is bound to its id re-registers with its
-key alone, within the scope recorded when it joined (``NodeRecord.scope``), whatever became of
-the token since. :func:`check_scope` is that rule.
+key alone, within the scope recorded when it joined (``NodeRecord.scope``), as long as the token
+is not revoked (an expired or used-up one does not matter). :func:`check_scope` is that rule.
+Revoking a token cuts off the nodes that joined with it (:func:`revoked_nodes`): they can no
+longer register or heartbeat, and every agent refuses their node tokens.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
 from atoll.core.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from atoll.specs.node import TIERS
@@ -54,6 +57,25 @@ class Grant:
     def of_scope(cls, scope: dict, trusted: bool) -> "Grant":
         return cls(tuple(scope.get("tiers") or ()), tuple(scope.get("regions") or ()), trusted,
                    str(scope.get("token", "")))
+
+
+def cut_off(rec, revoked_tokens: Collection[str]) -> bool:
+    """Is the node ``rec`` out of the fleet for good: removed by the operator, or joined with a
+    join token since revoked?"""
+    return rec.tokens_before == math.inf or rec.scope.get("token") in revoked_tokens
+
+
+def revoked_nodes(nodes: Iterable, revoked_tokens: Collection[str], now: float, keep: float) -> dict[str, float]:
+    """node id -> unix seconds before which its node tokens are revoked: every token (infinity)
+    of a node :func:`cut_off`; those issued before an untrust (``NodeRecord.tokens_before``) for
+    ``keep`` seconds after it (the longest a token issued then can still be valid)."""
+    out = {}
+    for rec in nodes:
+        if cut_off(rec, revoked_tokens):
+            out[rec.id] = math.inf
+        elif rec.tokens_before and now - rec.tokens_before < keep:
+            out[rec.id] = rec.tokens_before
+    return out
 
 
 def describe(tiers: Sequence[str], regions: Sequence[str]) -> str:
@@ -124,6 +146,10 @@ class JoinTokens:
         rec["revoked"] = True
         self._save()
         return self.view(rec)
+
+    def revoked_ids(self) -> frozenset[str]:
+        """The ids of the revoked tokens: the nodes that joined with one are cut off."""
+        return frozenset(tid for tid, rec in self._fresh().items() if rec["revoked"])
 
     def admit(self, token: str) -> Grant:
         """The grant of a join token, or Unauthenticated saying why it admits nothing."""

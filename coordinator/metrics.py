@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from atoll.coordinator.liveness import STATES
 
 IDENTITY_REASONS = ("no_key", "bad_signature", "stale_proof", "replayed_proof", "key_mismatch", "join_token",
-                    "scope", "name_taken", "session")
+                    "scope", "name_taken", "session", "revoked")
 
 
 class FleetCollector:
@@ -84,8 +84,8 @@ class CoordinatorMetrics:
             "(node key, proof, join token, scope, session)", ["reason"], registry=r)
         for reason in IDENTITY_REASONS:
             self.identity_refusals.labels(reason)
-        # workflows: gRPC Invoke is forwarded to agents' entries (which count the requests themselves:
-        # agent/dataplane/metrics.py); the OpenAI door's requests run on this coordinator's router
+        # workflows: both doors forward to agents' entries, which count the requests, stages and bytes
+        # themselves (agent/dataplane/metrics.py); these count the OpenAI door's requests as it saw them
         self.requests = Counter("atoll_workflow_requests", "Workflow requests through the coordinator's OpenAI "
                                 "door, by outcome", ["workflow", "outcome"], registry=r)
         self.request_seconds = Histogram("atoll_workflow_request_seconds", "End-to-end workflow latency",
@@ -94,15 +94,6 @@ class CoordinatorMetrics:
         self.ttft = Histogram("atoll_workflow_time_to_first_token_seconds",
                               "Time to the first streamed token of a workflow request", ["workflow"], registry=r,
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.stage_seconds = Histogram("atoll_stage_seconds", "Latency of one stage (retries included)",
-                                       ["workflow", "task"], registry=r,
-                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.retries = Counter("atoll_stage_retries", "Stage attempts retried on another replica",
-                               ["workflow", "task"], registry=r)
-        self.stage_errors = Counter("atoll_stage_errors", "Failed stage attempts by status code",
-                                    ["workflow", "task", "code"], registry=r)
-        self.bytes_sent = Counter("atoll_bytes_sent", "Bytes sent between stages by the coordinator's router, "
-                                  "by region pair", ["workflow", "from_region", "to_region"], registry=r)
         self.forwarded = Counter("atoll_invoke_forwarded", "gRPC Invoke calls this "
                                  "coordinator forwarded to an agent's entry, by outcome",
                                  ["workflow", "outcome"], registry=r)

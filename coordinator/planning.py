@@ -5,7 +5,10 @@ the coordinator's event loop it would stall every RPC meanwhile. :class:`PlanWor
 few worker processes (a fresh interpreter each, started with ``python -c``, so they inherit
 nothing of the coordinator's threads and never re-run its main module), each limited to ``memory_bytes`` of address space (``RLIMIT_AS``), and
 sends each :func:`atoll.coordinator.placement.place` call to an idle one; the event loop only
-waits on a pipe. A call that runs past ``time_budget`` seconds gets its process killed (and a
+waits on a pipe. Calls wait their turn fairly (:mod:`atoll.coordinator.fairness`): a queue per
+tenant served round-robin, no tenant holding every worker, a bounded number waiting per tenant;
+``run(..., on_behalf_of=tenant)`` says whose call it is, and calls that say nothing are the
+coordinator's own (re-plans). A call that runs past ``time_budget`` seconds gets its process killed (and a
 new one started) and fails with RESOURCE_EXHAUSTED, as does one that runs out of memory. The
 planner's own errors (PlanInfeasible, SpecError) come back as the same typed errors.
 
@@ -29,6 +32,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
+from atoll.coordinator.fairness import SYSTEM, FairQueue
 from atoll.core.errors import AtollError, ResourceExhausted, Unavailable
 from atoll.core.logs import kv
 
@@ -38,6 +42,7 @@ TIME_BUDGET_S = 120.0
 STARTUP_S = 120.0            # a worker's imports, on a busy host
 MEMORY_BYTES = 4 << 30
 WORKERS = 2
+WAITING_PER_TENANT = 8       # planning calls one tenant may have waiting; one more is RESOURCE_EXHAUSTED
 
 
 def serve(fd: int, memory_bytes: int, preload: tuple[str, ...] = ()) -> None:
@@ -110,28 +115,59 @@ class _Worker:
 
 
 class PlanWorkers:
-    """A few planning processes, started at the first call."""
+    """A few planning processes, started at the first call, shared fairly between tenants."""
 
     def __init__(self, workers: int = WORKERS, time_budget: float = TIME_BUDGET_S, memory_bytes: int = MEMORY_BYTES,
-                 preload: tuple[str, ...] = ()):
-        """``preload``: modules each worker imports before its first call (the planner's)."""
+                 preload: tuple[str, ...] = (), waiting_per_tenant: int = WAITING_PER_TENANT):
+        """``preload``: modules each worker imports before its first call (the planner's). A
+        tenant holds at most ``workers - 1`` workers at once (1 with a single worker) and has at
+        most ``waiting_per_tenant`` calls waiting."""
         self.time_budget, self.memory_bytes, self.preload = time_budget, memory_bytes, tuple(preload)
         self._size = workers
-        self._idle: asyncio.Queue | None = None
+        self._idle: list[_Worker] | None = None
+        self._turns: FairQueue[asyncio.Future] = FairQueue(max(1, workers - 1), waiting_per_tenant)
 
-    def _start(self) -> asyncio.Queue:
+    def _start(self) -> None:
         if self._idle is None:
-            self._idle = asyncio.Queue()
-            for _ in range(self._size):
-                self._idle.put_nowait(_Worker(self.memory_bytes, self.preload))
-        return self._idle
+            self._idle = [_Worker(self.memory_bytes, self.preload) for _ in range(self._size)]
 
-    async def run(self, fn: Callable, *args, **kwargs):
-        """``fn(*args, **kwargs)`` in a worker process; its result or its error. A call that
-        does not get its answer (out of time, the worker died, the caller went away) replaces
-        its worker: a late answer must never reach the next call."""
-        idle = self._start()
-        w = await idle.get()
+    def _dispatch(self) -> None:
+        """Hand idle workers to the calls whose turn it is."""
+        while self._idle:
+            turn = self._turns.next()
+            if turn is None:
+                return
+            who, fut = turn
+            if fut.done():                  # its caller went away just now
+                self._turns.done(who)
+                continue
+            fut.set_result(self._idle.pop())
+
+    def _release(self, who: str, w: _Worker) -> None:
+        self._turns.done(who)
+        self._idle.append(w)
+        self._dispatch()
+
+    async def _acquire(self, who: str) -> _Worker:
+        self._start()
+        fut = asyncio.get_running_loop().create_future()
+        self._turns.add(who, fut)                       # ResourceExhausted past the tenant's share
+        self._dispatch()
+        try:
+            return await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():     # a worker was handed over as the caller left
+                self._release(who, fut.result())
+            else:
+                self._turns.remove(who, fut)
+            raise
+
+    async def run(self, fn: Callable, *args, on_behalf_of: str = SYSTEM, **kwargs):
+        """``fn(*args, **kwargs)`` in a worker process, when it is ``on_behalf_of``'s turn (a
+        tenant; by default the coordinator itself); its result or its error. A call that does not
+        get its answer (out of time, the worker died, the caller went away) replaces its worker:
+        a late answer must never reach the next call."""
+        w = await self._acquire(on_behalf_of)
         answered = False
         try:
             await w.wait_ready()
@@ -149,7 +185,7 @@ class PlanWorkers:
             if not answered:
                 w.kill()
                 w = _Worker(self.memory_bytes, self.preload)
-            idle.put_nowait(w)
+            self._release(on_behalf_of, w)
         if reply[0] == "ok":
             log.debug("planned in a worker", extra=kv(seconds=round(time.monotonic() - t0, 3)))
             return reply[1]
@@ -164,5 +200,5 @@ class PlanWorkers:
     def close(self) -> None:
         if self._idle is None:
             return
-        while not self._idle.empty():
-            self._idle.get_nowait().kill()
+        while self._idle:
+            self._idle.pop().kill()

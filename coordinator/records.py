@@ -43,6 +43,8 @@ class NodeRecord:
     public_key: str = ""            # the node key bound to this id at its first registration (base64url)
     trusted: bool = False           # trusted_only workflows may run here (a trusted join token, or an admin)
     scope: dict = field(default_factory=dict)   # what its join token allowed: {"tiers", "regions", "token"}
+    tokens_before: float = 0.0      # node tokens issued before this (unix seconds) are revoked (an untrust);
+    #                                 infinity: the operator removed the node (cut off for good)
 
     @property
     def tier(self) -> str:
@@ -214,8 +216,8 @@ WORKFLOW_COLUMNS = _names("workflows")
 
 def node_identity(rec: NodeRecord) -> str:
     """The ``identity`` column: the bound key, trust and join scope, as JSON."""
-    return json.dumps({"public_key": rec.public_key, "trusted": bool(rec.trusted), "scope": rec.scope},
-                      sort_keys=True)
+    return json.dumps({"public_key": rec.public_key, "trusted": bool(rec.trusted), "scope": rec.scope,
+                       "tokens_before": rec.tokens_before}, sort_keys=True)
 
 
 def node_row(rec: NodeRecord) -> tuple:
@@ -229,7 +231,7 @@ def node_from_row(r) -> NodeRecord:
                       status=json.loads(r[4]), state=r[5], registered_at=r[6],
                       last_heartbeat=r[7], heartbeats=r[8], drain_requested=bool(r[9]),
                       public_key=ident.get("public_key", ""), trusted=bool(ident.get("trusted", False)),
-                      scope=dict(ident.get("scope") or {}))
+                      scope=dict(ident.get("scope") or {}), tokens_before=float(ident.get("tokens_before", 0.0)))
 
 
 def workflow_row(rec: WorkflowRecord) -> tuple:

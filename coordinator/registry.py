@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import math
 import re
 import secrets
 import time
@@ -32,7 +33,8 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from atoll.coordinator.join_tokens import Grant, JoinTokens, check_scope
+from atoll.coordinator.identity import NODE_TOKEN_TTL
+from atoll.coordinator.join_tokens import Grant, JoinTokens, check_scope, cut_off, revoked_nodes
 from atoll.coordinator.liveness import DRAINING, LOST, READY, STATES, Liveness, Transition
 from atoll.coordinator.records import NodeRecord
 from atoll.coordinator.store import Store
@@ -135,6 +137,7 @@ class Registry:
                 f"presents {_short(key)}", hint="a node id cannot be copied to another host; remove node_id "
                 "from this agent's state dir to join as a new node"), "key_mismatch")
         if bound:
+            self._check_not_cut_off(old)
             grant = Grant.of_scope(old.scope, old.trusted)
         else:
             try:
@@ -210,19 +213,67 @@ class Registry:
         return _refusal(exc, reason)
 
     def set_trusted(self, ref: str, trusted: bool) -> NodeRecord:
-        """The operator's decision: may trusted_only workflows run on this node?"""
+        """The operator's decision: may trusted_only workflows run on this node? Untrusting it
+        also revokes the node tokens it holds (every agent refuses them once the key set with
+        the revocation reaches it); a node still connected gets a fresh one at its next heartbeat."""
         rec = self.resolve(ref)
         if rec.trusted != trusted:
             rec.trusted = trusted
+            if not trusted:
+                rec.tokens_before = self._wall()
+                sess = self.sessions.get(rec.id)
+                if sess is not None:
+                    sess.credential_expires = 0.0          # re-issued at its next heartbeat
             self.store.upsert_node(rec)
             self.serving_changes += 1
         return rec
+
+    def revoked_nodes(self) -> dict[str, float]:
+        """The node-token revocations agents and the model store enforce (node id -> unix
+        seconds, see :func:`atoll.coordinator.join_tokens.revoked_nodes`)."""
+        return revoked_nodes(self.nodes.values(), self.tokens.revoked_ids(), self._wall(),
+                             NODE_TOKEN_TTL + cred.CLOCK_SKEW_S)
+
+    def remove(self, ref: str) -> NodeRecord:
+        """The operator throws a node out: every token of it is revoked, its session closed (it
+        is drained, so its work is re-planned, and it goes LOST), its key refused from now on. The record stays so
+        that the refusal holds; the host can come back only as a new node (a new key, a join token)."""
+        rec = self.drain(ref)                          # no new work; its replicas are re-planned off it
+        rec.tokens_before, rec.trusted = math.inf, False
+        self.store.upsert_node(rec)
+        self.serving_changes += 1
+        self.cut_off()
+        return rec
+
+    def _check_not_cut_off(self, rec: NodeRecord) -> None:
+        if not cut_off(rec, self.tokens.revoked_ids()):
+            return
+        why = "was removed by an operator" if rec.tokens_before == math.inf else \
+            f"joined with join token {rec.scope.get('token')}, which was revoked"
+        raise self._refuse(Unauthenticated(
+            f"node {rec.id} {why}", hint="ask an admin for a join token and join as a new node (remove node_id "
+                                         "and node.key from the state dir)"), "revoked")
+
+    def cut_off(self) -> list[str]:
+        """Close the heartbeat sessions of nodes removed or whose join token was revoked (they
+        can no longer register either); the ids of the nodes cut off now."""
+        out = []
+        revoked = self.tokens.revoked_ids()
+        for node_id, sess in list(self.sessions.items()):
+            rec = self.nodes.get(node_id)
+            if rec is not None and cut_off(rec, revoked):
+                self.close_session(sess)
+                out.append(node_id)
+        return out
 
     def open_session(self, node_id: str, token: str) -> Session:
         sess = self.sessions.get(node_id)
         if sess is None or sess.closed or not hmac.compare_digest(sess.token, token or ""):
             exc = Unauthenticated("unknown heartbeat session", hint="register again")
             raise self._refuse(exc, "session") if node_id in self.nodes else exc
+        rec = self.nodes.get(node_id)
+        if rec is not None:
+            self._check_not_cut_off(rec)
         return sess
 
     def close_session(self, sess: Session) -> None:

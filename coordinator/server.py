@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import grpc
-from prometheus_client import start_http_server
 
 from atoll.coordinator.agent_api import AgentApi
 from atoll.coordinator.auth import AuthInterceptor, KeyRing
@@ -47,11 +46,12 @@ from atoll.coordinator.join_tokens import hash_token
 from atoll.coordinator.planning import PlanWorkers
 from atoll.coordinator.publish import Publisher, entries
 from atoll.coordinator.registry import Registry
-from atoll.coordinator.router import Router
 from atoll.coordinator.store import guard_store, open_store
 from atoll.coordinator.workflows import WorkflowManager
+from atoll.core.apikeys import KeySet, with_revoked_nodes
 from atoll.core.errors import SpecError, Unavailable
 from atoll.core.logs import kv
+from atoll.core.metrics_http import read_token_file, serve_metrics
 from atoll.core.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
 from atoll.core.tls import (channel_credentials, mutual_server_credentials, plain_http_warning, plaintext_policy,
                             server_credentials)
@@ -185,9 +185,6 @@ class Coordinator:
         self.blobs = BlobStore(self.state_dir / "blobs", self.store)
         creds = channel_credentials(st.tls_client_ca, st.tls_cert, st.tls_key)
         self.workers = WorkerClient(creds, tokens=self.issuer.coordinator_token)
-        # The OpenAI door's requests run here (chat templates, n, logprobs and embeddings are not
-        # carried by Entry.Invoke yet); gRPC Invoke goes to agents' entries.
-        self.router = Router(self.metrics, workers=self.workers)
         self.publisher: Publisher | None = None
         self.forwarder = EntryForwarder(self._entries, channel_credentials(st.tls_client_ca), self._entry_current)
         self.keys = KeyRing(self.store)
@@ -205,7 +202,8 @@ class Coordinator:
 
     def _build_server(self) -> None:
         """The gRPC server: every service behind a role gate, API keys checked, health and reflection."""
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(self.keys, self.issuer)])
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(
+            self.keys, self.issuer, revoked=self._revoked_nodes)])
         self.require_agent_certs = bool(self.settings.tls_client_ca)
         for name, cls in (("AgentService", AgentApi), ("ClientService", ClientApi), ("ModelStore", ModelStoreApi)):
             add_service(self.server, _RoleGate(self, name, cls), SERVICES[name])
@@ -234,11 +232,11 @@ class Coordinator:
 
     def _start_metrics(self) -> str:
         mhost, mport = split_address(self.settings.metrics_listen)
+        token = read_token_file(self.settings.metrics_token_file)
         plain_http_warning(mhost, "the coordinator's metrics (--metrics-listen)")
         try:
-            self._metrics_server = start_http_server(mport, addr=mhost, registry=self.metrics.registry)
-            srv = self._metrics_server[0] if isinstance(self._metrics_server, tuple) else None
-            self.metrics_port = srv.server_address[1] if srv else mport
+            self._metrics_server = serve_metrics(mhost, mport, self.metrics.registry, token)
+            self.metrics_port = self._metrics_server.server_address[1]
         except OSError as exc:
             raise Unavailable(f"cannot serve metrics on {self.settings.metrics_listen}: {exc}",
                               hint="pick a free port with --metrics-listen") from None
@@ -251,7 +249,7 @@ class Coordinator:
         ohost, oport = split_address(self.settings.openai_listen)
         plain_http_warning(ohost, "the coordinator's OpenAI door (--openai-listen), which receives API keys,")
         try:
-            self.openai = make_door(self.keys, lambda: self.workflows, self.router, host=ohost, port=oport,
+            self.openai = make_door(self.keys, lambda: self.workflows, self.forwarder, host=ohost, port=oport,
                                     metrics=self.metrics)
         except OSError as exc:
             raise Unavailable(f"cannot serve the OpenAI API on {self.settings.openai_listen}: {exc}",
@@ -364,7 +362,14 @@ class Coordinator:
                        (lambda tier: tier not in UNTRUSTED_TIERS) if trusted else None)
 
     def _entry_current(self, node_id: str) -> bool:
-        return self.publisher is None or self.publisher.current(node_id, self.keys.key_set())
+        return self.publisher is None or self.publisher.current(node_id, self._agent_keys())
+
+    def _revoked_nodes(self) -> dict[str, float]:
+        return self.registry.revoked_nodes() if self.registry is not None else {}
+
+    def _agent_keys(self) -> KeySet:
+        """What agents check: the API keys, and the node-token revocations."""
+        return with_revoked_nodes(self.keys.key_set(), self._revoked_nodes())
 
     async def _sweep_loop(self) -> None:
         period = min(0.5, self.settings.heartbeat_interval / 10)
@@ -394,7 +399,8 @@ class Coordinator:
                         last_pass = now
                         autoscaling = asyncio.get_running_loop().create_task(self._autoscale(now))
                     self.workflows.reconcile()
-                    self.publisher.publish(self.workflows.routing_table(), self.keys.key_set(), now)
+                    self.registry.cut_off()
+                    self.publisher.publish(self.workflows.routing_table(), self._agent_keys(), now)
                 except Exception:  # noqa: BLE001
                     log.exception("reconcile failed")
         finally:
@@ -406,7 +412,7 @@ class Coordinator:
         placements were sent to the nodes when they were committed)."""
         try:
             if await self.workflows.autoscale(now):
-                self.publisher.publish(self.workflows.routing_table(), self.keys.key_set(), time.monotonic())
+                self.publisher.publish(self.workflows.routing_table(), self._agent_keys(), time.monotonic())
         except Exception:  # noqa: BLE001 - the next pass runs anyway
             log.exception("autoscaling pass failed")
 
@@ -439,8 +445,9 @@ class Coordinator:
             self.registry.flush()
         if self.leadership is not None:
             await self.leadership.close()
-        if self._metrics_server and isinstance(self._metrics_server, tuple):
-            self._metrics_server[0].shutdown()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self.store is not None:
             self.store.close()
         self._stopped.set()

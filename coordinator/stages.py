@@ -1,7 +1,7 @@
 """What a workflow spec says about serving it: :func:`serving_of`. Pure.
 
 - its stages in topological order, each with its prompt template and sampling settings (what
-  the router runs, see :mod:`atoll.specs.routing`);
+  agents' data planes run, see :mod:`atoll.specs.routing`);
 - each (task, variant)'s base model and adapter sources and kind (what placement puts on a
   node, see :mod:`atoll.coordinator.placement`);
 - where requests enter (the first source's region and location) and the stage whose output is

@@ -35,6 +35,7 @@ from atoll.coordinator.admission import admit, check_serving, parse_and_dump, so
 from atoll.coordinator.auth import visible
 from atoll.coordinator.autoscaler import Autoscaler, current_scale
 from atoll.coordinator.deploy import Deployer
+from atoll.coordinator.fairness import SYSTEM
 from atoll.coordinator.fleet import FleetSnapshot, measured_profiles, snapshot
 from atoll.coordinator.placement import Placement, place
 from atoll.coordinator.planning import PlanWorkers
@@ -109,15 +110,17 @@ class WorkflowManager:
         return await self._off_loop(place, rec.name, spec, serving, self.fleet(rec.name, unavailable),
                                     previous=rec.assignments, scale=scale)
 
-    async def _off_loop(self, fn, *args, **kw):
-        """``fn(*args, **kw)`` in a planning worker when there is one (else here)."""
+    async def _off_loop(self, fn, *args, on_behalf_of: str = SYSTEM, **kw):
+        """``fn(*args, **kw)`` in a planning worker when there is one (else here), in
+        ``on_behalf_of``'s turn (a tenant; by default the coordinator's own)."""
         if self.planner is None:
             return fn(*args, **kw)
-        return await self.planner.run(fn, *args, **kw)
+        return await self.planner.run(fn, *args, on_behalf_of=on_behalf_of, **kw)
 
-    async def _place(self, name: str, spec: WorkflowSpec, serving: WorkflowServing, **kw) -> Placement:
+    async def _place(self, name: str, spec: WorkflowSpec, serving: WorkflowServing, on_behalf_of: str = SYSTEM,
+                     **kw) -> Placement:
         """``place`` on the fleet as it is now, in a planning worker when there is one."""
-        return await self._off_loop(place, name, spec, serving, self.fleet(name), **kw)
+        return await self._off_loop(place, name, spec, serving, self.fleet(name), on_behalf_of=on_behalf_of, **kw)
 
     def _commit(self, rec: WorkflowRecord, p: Placement, autoscale: Autoscale | None) -> None:
         rec.plan, rec.assignments = p.plan, p.assignments
@@ -149,14 +152,14 @@ class WorkflowManager:
 
     # ------------------------------------------------------------------ client calls
     async def submit(self, spec_yaml: str, filename: str, dry_run: bool = False, tenant: str = "") -> WorkflowRecord:
-        spec, text = await self._off_loop(parse_and_dump, spec_yaml, filename)
+        spec, text = await self._off_loop(parse_and_dump, spec_yaml, filename, on_behalf_of=tenant)
         check_serving(spec, source_name(filename), tenant, self.blobs.info if self.blobs is not None else None)
         self._check_free(spec.name, dry_run)
         serving = serving_of(spec)
         if dry_run:
-            return self._record(spec, text, await self._place(spec.name, spec, serving), tenant, "PLANNED")
+            return self._record(spec, text, await self._place(spec.name, spec, serving, tenant), tenant, "PLANNED")
         async with self._placing:
-            p = await self._place(spec.name, spec, serving)
+            p = await self._place(spec.name, spec, serving, tenant)
             self._check_free(spec.name, dry_run)           # another submit may have taken the name meanwhile
             return self._deploy_new(spec, text, serving, p, tenant)
 

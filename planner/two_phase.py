@@ -25,6 +25,14 @@ lower bound, and so an honest gap:
 
 The reported gap is (UB - LB) / UB; the status is "optimal" once it is within the target and
 "time_limit" only when the time limit ends the search first.
+
+Where the bound is weak: small fleets with many tasks (``chain/100/10/8/8`` of the benchmark).
+Both P(choice) (HiGHS on the placement MILP) and B_rest (R's loads) let every task spread over
+every location in the same proportions, so consecutive tasks never pay for the data between
+them, while a plan with whole nodes does. A bound over per-location patterns that pays that
+mismatch (``bench/planner_location_bound.py``) lifts P(choice) most of the way for a fixed
+choice, but the same relaxation over all choices falls back below B_rest: it would have to be
+used inside this branching on the choice. ``docs/planner.md`` ("What is left") has the figures.
 """
 
 from __future__ import annotations

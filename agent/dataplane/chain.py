@@ -19,6 +19,12 @@ routing state to bring one, up to its deadline, as a request to a workflow woken
 does. A stage after the next one failing is that stage's agent's business (it retried
 already), so its error passes back unchanged, naming the stage. A stream cut after its first token is not retried.
 
+Settings: every stage runs with its spec's settings, the last one with the request's laid over
+them (:func:`sampling`: ``n`` choices, seed, ``top_p``, stop strings added, logprobs, token budget
+and temperature); an entry stage of a chat request sends the chat, its last user message through
+the stage's template (:func:`stage_chat`), and token ids stand for an entry stage's prompt when
+the request sent them. Every choice of the last stage comes back (:class:`Outcome`).
+
 Bytes: each stage's input is counted by the agent that sends it, per (this region, the
 replica's region); the answers coming back are counted apart (``atoll_result_bytes_sent``).
 """
@@ -41,8 +47,9 @@ from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, 
 from atoll.core.logs import kv
 from atoll.core.rpc import CODE_BY_NAME, error_from_rpc
 from atoll.specs.routing import Endpoint, RoutingState, Stage, may_carry
-from atoll.wire.dataplane import StageDone, answer_from_pb, dataplane_stub, forward_request
-from atoll.wire.worker import Delta, WorkerClient
+from atoll.wire.dataplane import (Chat, ChoiceDone, Sink, StageDone, answer_from_pb, dataplane_stub,
+                                  forward_request)
+from atoll.wire.worker import Delta, Embedding, WorkerClient
 
 log = logging.getLogger("atoll.agent")
 
@@ -78,10 +85,12 @@ def parse_input(raw: str) -> str:
 class LocalWorker(Protocol):
     """This host's engine, called in process (the same work as its Worker service)."""
 
-    def generate(self, prompt: str, *, adapter: str, max_tokens: int, temperature: float, stop: Sequence[str],
-                 timeout: float, messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]: ...
+    def generate(self, prompt: str | Sequence[int], *, adapter: str, max_tokens: int | None, temperature: float,
+                 stop: Sequence[str], top_p: float = 1.0, seed: int | None = None, n: int = 1,
+                 logprobs: bool = False, top_logprobs: int = 0, timeout: float,
+                 messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]: ...
 
-    async def embed(self, text: str, *, adapter: str, timeout: float) -> list[float]: ...
+    async def embed(self, text: str, *, adapter: str, timeout: float) -> Embedding: ...
 
 
 @dataclass(frozen=True)
@@ -103,15 +112,17 @@ class Request:
     deadline: float                      # monotonic
     span: Span
     stream: bool = False
-    max_tokens: int = 0                  # the sink's budget (0: the spec's)
-    temperature: float | None = None     # the sink's temperature (None: the spec's)
+    sink: Sink = Sink()                  # this request's settings for the last stage
     tenant: str = ""
+    messages: Chat | None = None         # a chat: the entry stages send it (see stage_chat)
+    prompt_ids: tuple[int, ...] = ()     # the input as token ids: the entry stages send them as they are
 
 
 @dataclass
 class Outcome:
-    output: object                       # the sink's text, or its embedding
+    output: object                       # the sink's text (its choice 0's), or its embedding
     stages: list[StageDone] = field(default_factory=list)
+    choices: list[ChoiceDone] = field(default_factory=list)     # an llm sink's
 
 
 def peer_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -167,7 +178,7 @@ class DataPlane:
 
     # -- running ----------------------------------------------------------------------------
     async def run(self, cr: CompiledRoute, k: int, req: Request, outputs: dict[str, str], from_location: str,
-                  on_delta: Callable[[str], Awaitable[None]] | None, first: Endpoint | None = None) -> Outcome:
+                  on_delta: Callable[[Delta], Awaitable[None]] | None, first: Endpoint | None = None) -> Outcome:
         """Run stages ``k..`` of ``cr`` (``first``: the replica of stage ``k``, already chosen by
         the agent that handed the request here)."""
         me = self.node()
@@ -178,7 +189,10 @@ class DataPlane:
         while True:
             cs = cr.stages[k]
             last = k == len(cr.stages) - 1
-            text = self._input(cs, req.text, outputs)
+            text, entry_stage = self._input(cs, req.text, outputs)
+            chat = req.messages if entry_stage else None
+            ids = req.prompt_ids if entry_stage else ()
+            size = 4 * len(ids) if ids else len(text.encode())
             tried: set[str] = set()
             refused: set[str] = set()            # replicas on hosts that may not carry this route
             attempts = 0
@@ -215,12 +229,12 @@ class DataPlane:
                 self.in_flight.add(ep)
                 try:
                     if self._is_local(ep):
-                        self._count(cr, me.region, ep.region, len(text.encode()))
-                        out, run = await self._run_local(cr, cs, ep, text, req, left,
+                        self._count(cr, me.region, ep.region, size)
+                        out, run = await self._run_local(cs, ep, ids or text, req, left, last, chat,
                                                          on_delta if last else None, started)
                     elif last:
-                        self._count(cr, me.region, ep.region, len(text.encode()))
-                        out, run = await self._run_remote(cr, cs, ep, text, req, left, on_delta, started)
+                        self._count(cr, me.region, ep.region, size)
+                        out, run = await self._run_remote(cs, ep, ids or text, req, left, chat, on_delta, started)
                         self.metrics.result_bytes.labels(cr.route.workflow, ep.region, me.region).inc(
                             _size(out))
                     else:
@@ -250,8 +264,8 @@ class DataPlane:
             runs.append(run)
             self.metrics.stage_seconds.labels(cr.route.workflow, cs.stage.task).observe(run.seconds)
             if last:
-                return Outcome(out, runs)
-            outputs[cs.stage.task] = out
+                return Outcome(out[0].text, runs, out) if _chosen(out) else Outcome(out, runs)
+            outputs[cs.stage.task] = out[0].text if _chosen(out) else out
             from_location = ep.location
             first = None
             k += 1
@@ -296,7 +310,8 @@ class DataPlane:
                                               error=details[:200]))
 
     @staticmethod
-    def _input(cs: CompiledStage, text: str, outputs: Mapping[str, str]) -> str:
+    def _input(cs: CompiledStage, text: str, outputs: Mapping[str, str]) -> tuple[str, bool]:
+        """(the stage's input, whether it is the request's own: an entry stage)."""
         parts = []
         for p in cs.stage.parents:
             if p in outputs:
@@ -304,81 +319,86 @@ class DataPlane:
                     raise fail(FailedPrecondition, f"stage {cs.stage.task} needs text but {p} produced a tensor",
                                cs.stage.task)
                 parts.append(outputs[p])
-        return "\n".join(parts) if parts else text
+        return ("\n".join(parts), False) if parts else (text, True)
 
     def _count(self, cr: CompiledRoute, a: str, b: str, n: int) -> None:
         self.metrics.bytes_sent.labels(cr.route.workflow, a, b).inc(n)
 
-    @staticmethod
-    def _sampling(cs: CompiledStage, req: Request, last: bool) -> tuple[int, float]:
-        mt = req.max_tokens if (last and req.max_tokens) else cs.stage.max_tokens
-        temp = req.temperature if (last and req.temperature is not None) else cs.stage.temperature
-        return mt, temp
-
-    async def _run_local(self, cr, cs, ep, text, req, left, on_delta, started) -> tuple[object, StageDone]:
+    async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started) -> tuple[object, StageDone]:
         st = cs.stage
-        prompt = st.prompt.replace("{input}", text) if st.prompt else text
+        prompt = fill(st, text)
         run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
         if st.kind == "embedding":
-            vec = await self.local.embed(prompt, adapter=ep.adapter, timeout=left)
-            return vec, _with(run, output_bytes=4 * len(vec))
-        mt, temp = self._sampling(cs, req, cs.index == len(cr.stages) - 1)
-        return await self._collect(self.local.generate(prompt, adapter=ep.adapter, max_tokens=mt, temperature=temp,
-                                                       stop=st.stop, timeout=left, messages=_chat(st, prompt)),
-                                   run, on_delta, started)
+            emb = await self.local.embed(prompt, adapter=ep.adapter, timeout=left)
+            return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
+        s = sampling(st, req.sink if last else Sink())
+        return await self._collect(self.local.generate(prompt, adapter=ep.adapter, timeout=left,
+                                                       messages=stage_chat(st, prompt, chat), **s),
+                                   s["n"], run, on_delta, started)
 
-    async def _run_remote(self, cr, cs, ep, text, req, left, on_delta, started) -> tuple[object, StageDone]:
+    async def _run_remote(self, cs, ep, text, req, left, chat, on_delta, started) -> tuple[object, StageDone]:
         st = cs.stage
-        prompt = st.prompt.replace("{input}", text) if st.prompt else text
+        prompt = fill(st, text)
         run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
         md = req.span.metadata() + peer_metadata(self.peer_token())
         self.metrics.hops.labels("out").inc()
         if st.kind == "embedding":
             emb = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left, metadata=md)
             return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
-        mt, temp = self._sampling(cs, req, True)
-        return await self._collect(self.workers.generate(ep.address, prompt, adapter=ep.adapter, max_tokens=mt,
-                                                         temperature=temp, stop=st.stop, timeout=left, metadata=md,
-                                                         messages=_chat(st, prompt)),
-                                   run, on_delta, started)
+        s = sampling(st, req.sink)
+        return await self._collect(self.workers.generate(ep.address, prompt, adapter=ep.adapter, timeout=left,
+                                                         metadata=md, messages=stage_chat(st, prompt, chat), **s),
+                                   s["n"], run, on_delta, started)
 
     @staticmethod
-    async def _collect(deltas: AsyncIterator[Delta], run: StageDone, on_delta, started) -> tuple[str, StageDone]:
-        parts: list[str] = []
-        pt = ct = 0
+    async def _collect(deltas: AsyncIterator[Delta], n: int, run: StageDone, on_delta,
+                       started) -> tuple[list[ChoiceDone], StageDone]:
+        """The stage's ``n`` choices, each delta passed on to ``on_delta`` as it comes."""
+        texts: list[list[str]] = [[] for _ in range(n)]
+        lps: list[list] = [[] for _ in range(n)]
+        reasons, tokens = [""] * n, [0] * n
+        pt = 0
         async for d in deltas:
-            pt, ct = max(pt, d.prompt_tokens), max(ct, d.completion_tokens)
+            if not 0 <= d.index < n:
+                raise Unavailable(f"stage {run.task}: {run.node_name} answered choice {d.index} of {n}")
+            pt, tokens[d.index] = max(pt, d.prompt_tokens), max(tokens[d.index], d.completion_tokens)
+            lps[d.index].extend(d.logprobs)
             if d.text:
-                parts.append(d.text)
-                if on_delta is not None:
-                    started[0] = True
-                    await on_delta(d.text)
-        out = "".join(parts)
-        return out, _with(run, output_bytes=len(out.encode()), prompt_tokens=pt, completion_tokens=ct)
+                texts[d.index].append(d.text)
+            if d.finished:
+                reasons[d.index] = d.finish_reason
+            if on_delta is not None and (d.text or d.logprobs):
+                started[0] = True
+                await on_delta(d)
+        choices = [ChoiceDone(i, "".join(texts[i]), reasons[i] or "stop", tokens[i], tuple(lps[i])) for i in range(n)]
+        return choices, _with(run, output_bytes=len(choices[0].text.encode()), prompt_tokens=pt,
+                              completion_tokens=sum(tokens))
 
     async def _forward(self, cr, k, ep, req, outputs, left, on_delta, started) -> Outcome:
         reads, needs_text = cr.needs[k]
         carried = {t: v for t, v in outputs.items() if t in reads}
-        payload = sum(len(v.encode()) for v in carried.values()) + (len(req.text.encode()) if needs_text else 0)
+        payload = sum(len(v.encode()) for v in carried.values()) + (
+            (4 * len(req.prompt_ids) or len(req.text.encode())) if needs_text else 0)
         me = self.node()
         self._count(cr, me.region, ep.region, payload)
         msg = forward_request(workflow=cr.route.workflow, task=cr.stages[k].stage.task, replica_id=ep.replica_id,
                               outputs=carried, text=req.text if needs_text else "", stream=on_delta is not None,
-                              max_tokens=req.max_tokens, temperature=req.temperature, request_id=req.span.request_id,
-                              tenant=req.tenant)
+                              sink=req.sink, messages=req.messages if needs_text else None,
+                              request_id=req.span.request_id, tenant=req.tenant,
+                              prompt_ids=req.prompt_ids if needs_text else ())
         self.metrics.hops.labels("out").inc()
         call = dataplane_stub(self.workers.channel(ep.address)).Forward(
             msg, timeout=left, metadata=req.span.metadata() + peer_metadata(self.peer_token()))
         back = 0
         async for resp in call:
-            text, done, output, stages = answer_from_pb(resp)
+            ans = answer_from_pb(resp)
             back += resp.ByteSize()
-            if done:
+            if ans.done:
                 self.metrics.result_bytes.labels(cr.route.workflow, ep.region, me.region).inc(back)
-                return Outcome(output.get("text", output.get("embedding")), stages)
-            if text and on_delta is not None:
+                return Outcome(ans.output.get("text", ans.output.get("embedding")), ans.stages, ans.choices)
+            if on_delta is not None and (ans.delta.text or ans.delta.logprobs):
                 started[0] = True
-                await on_delta(text)
+                await on_delta(ans.delta)
         raise fail(Unavailable, f"stage {cr.stages[k].stage.task}: {ep.node_name} closed the call without an "
                    "answer", cr.stages[k].stage.task)
 
@@ -396,10 +416,49 @@ class _Coded(grpc.RpcError):
         return self._details
 
 
-def _chat(stage: Stage, prompt: str) -> list[dict] | None:
-    """A stage marked ``chat`` sends its prompt as one user message, which the serving agent
-    renders with its model's own chat template (as the coordinator's router does); else None."""
-    return [{"role": "user", "content": prompt}] if stage.kind == "llm" and stage.chat else None
+def fill(stage: Stage, text: str | tuple[int, ...]) -> str | tuple[int, ...]:
+    """The stage's prompt: its template filled with ``text``; token ids (which only a stage taking
+    its input as it is receives: :func:`takes_ids`) go as they are."""
+    if not isinstance(text, str):
+        return text
+    return stage.prompt.replace("{input}", text) if stage.prompt else text
+
+
+def takes_ids(stage: Stage) -> bool:
+    """May the request's token ids stand for this entry stage's prompt? Only when the stage sends
+    its input unchanged, as text."""
+    return stage.kind == "llm" and stage.prompt in ("", "{input}") and not stage.chat
+
+
+def sampling(stage: Stage, sink: Sink) -> dict:
+    """The generation settings of ``stage``: its own, with ``sink`` (one request's settings for
+    the last stage; ``Sink()`` for the others) laid over them."""
+    mt = None if sink.no_max_tokens else (sink.max_tokens or stage.max_tokens)
+    return {"max_tokens": mt, "temperature": stage.temperature if sink.temperature is None else sink.temperature,
+            "stop": tuple(dict.fromkeys(stage.stop + sink.stop)),
+            "top_p": 1.0 if sink.top_p is None else sink.top_p, "seed": sink.seed, "n": max(1, sink.n),
+            "logprobs": sink.logprobs, "top_logprobs": sink.top_logprobs}
+
+
+def stage_chat(stage: Stage, prompt: str, messages: Sequence[Mapping[str, str]] | None) -> list[dict] | None:
+    """The chat a stage sends, or None to send ``prompt`` as text: the serving agent renders it
+    with its model's own chat template. An entry stage of a chat request (``messages``) sends
+    the request's chat with its last user message replaced by ``prompt`` (the stage's template
+    filled with it); any stage marked ``chat`` sends ``prompt`` as one user message."""
+    if stage.kind != "llm":
+        return None
+    if messages:
+        out = [dict(m) for m in messages]
+        last = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=None)
+        if last is None:
+            return out + [{"role": "user", "content": prompt}]
+        out[last]["content"] = prompt
+        return out
+    return [{"role": "user", "content": prompt}] if stage.chat else None
+
+
+def _chosen(out: object) -> bool:
+    return isinstance(out, list) and bool(out) and isinstance(out[0], ChoiceDone)
 
 
 def _with(run: StageDone, **changes) -> StageDone:
@@ -407,4 +466,6 @@ def _with(run: StageDone, **changes) -> StageDone:
 
 
 def _size(out: object) -> int:
+    if _chosen(out):
+        return sum(len(c.text.encode()) for c in out)
     return len(out.encode()) if isinstance(out, str) else 4 * len(out)

@@ -13,11 +13,12 @@ for the autoscaler (:class:`~.load.LoadBook`) and runs it (:class:`~.chain.DataP
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Callable
 
-from atoll.agent.dataplane.chain import DataPlane, Request, parse_input
+from atoll.agent.dataplane.chain import DataPlane, Request, parse_input, takes_ids
 from atoll.agent.dataplane.load import LoadBook
 from atoll.agent.dataplane.table import CompiledRoute
 from atoll.agent.dataplane.trace import Span, start_span
@@ -25,17 +26,63 @@ from atoll.core import access
 from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
 from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from atoll.core.logs import kv
+from atoll.core.openai_api import MAX_CHOICES, MAX_STOP, MAX_TOKENS, MAX_TOP_LOGPROBS
 from atoll.core.rpc import handle_errors
 from atoll.specs.routing import Route, Stage
-from atoll.wire.dataplane import EntryInfo, delta_message, done_message, entry_to_pb, invocation_from_pb
+from atoll.wire.dataplane import Chat, EntryInfo, Invocation, Sink, delta_message, done_message, entry_to_pb, invocation_from_pb
+from atoll.wire.worker import Delta
 
 log = logging.getLogger("atoll.agent")
 
 DEFAULT_TIMEOUT = 60.0
-MAX_TOKENS_LIMIT = 8192
+MAX_TOKENS_LIMIT = MAX_TOKENS     # the OpenAI door's bound; the serving model's context decides below it
 WAKE_POLL_S = 0.1
 SERVING = ("READY", "DEGRADED")
 INVOKE = f"/{access.ENTRY}/Invoke"
+CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+def check_sink(sink: Sink) -> None:
+    """Refuse settings no stage can take, as the Worker would (before anything is counted)."""
+    if not 0 <= sink.max_tokens <= MAX_TOKENS_LIMIT:
+        raise InvalidArgument(f"max_tokens must be in 0..{MAX_TOKENS_LIMIT} (0: the spec's), got {sink.max_tokens}")
+    if sink.no_max_tokens and sink.max_tokens:
+        raise InvalidArgument("set max_tokens or no_max_tokens, not both")
+    if sink.temperature is not None and not 0 <= sink.temperature <= 5:
+        raise InvalidArgument(f"temperature must be in 0..5, got {sink.temperature}")
+    if sink.top_p is not None and not 0 < sink.top_p <= 1:
+        raise InvalidArgument(f"top_p must be in (0, 1], got {sink.top_p}")
+    if not 1 <= sink.n <= MAX_CHOICES:
+        raise InvalidArgument(f"n must be in 1..{MAX_CHOICES}, got {sink.n}")
+    if not 0 <= sink.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidArgument(f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {sink.top_logprobs}")
+    if len(sink.stop) > MAX_STOP or any(not s for s in sink.stop):
+        raise InvalidArgument(f"stop takes at most {MAX_STOP} non-empty strings")
+
+
+def openai_defaults(sink: Sink, *, chat: bool) -> Sink:
+    """OpenAI's defaults for what a ``base:adapter`` model's request leaves unset: temperature 1,
+    ``max_tokens`` 16 for a completion and up to the end of the answer for a chat."""
+    return dataclasses.replace(sink, temperature=1.0 if sink.temperature is None else sink.temperature,
+                               max_tokens=sink.max_tokens or (0 if chat else 16),
+                               no_max_tokens=chat and not sink.max_tokens)
+
+
+def check_ids(route: Route, inv: Invocation) -> None:
+    """Token ids stand for the input only where every entry stage sends its input as it is."""
+    if inv.messages is not None:
+        raise InvalidArgument("send messages or prompt token ids, not both")
+    tasks = {s.task for s in route.stages}
+    for s in route.stages:
+        if not any(p in tasks for p in s.parents) and not takes_ids(s):
+            raise InvalidArgument(f"stage {s.task} of {route.workflow!r} fills a prompt template (or a chat): "
+                                  "send its input as text, not token ids", hint="send the prompt as a string")
+
+
+def check_chat(messages: Chat | None) -> Chat | None:
+    if messages is not None and any(m["role"] not in CHAT_ROLES for m in messages):
+        raise InvalidArgument(f"a chat message's role must be one of {', '.join(CHAT_ROLES)}")
+    return messages
 
 
 class Keys:
@@ -90,15 +137,16 @@ class Resolver:
         self._adapters: dict[tuple, CompiledRoute] = {}
         self._for_state = 0
 
-    def resolve(self, name: str, ident: Identity | None, max_tokens: int = 0,
-                temperature: float | None = None) -> CompiledRoute:
+    def resolve(self, name: str, ident: Identity | None, kind: str = "llm") -> CompiledRoute:
+        """``name``'s route as ``ident`` sees it; a model (``base:adapter``, ``base`` or an
+        adapter's name alone) is one stage of ``kind`` (llm | embedding)."""
         if not name:
             raise InvalidArgument("workflow name is required")
         cr = self.plane.compiled.get(name)
         if cr is not None and may_see(ident, cr.route.tenant):
             return cr
         if not name.startswith("sha256:"):
-            cr = self._adapter_route(name, ident)
+            cr = self._adapter_route(name, ident, kind)
             if cr is not None:
                 return cr
         if ":" in name and not name.startswith("sha256:"):
@@ -120,19 +168,23 @@ class Resolver:
                         names.append(n)
         return names
 
-    def _adapter_route(self, model: str, ident: Identity | None) -> CompiledRoute | None:
-        """One stage on every ready replica (of the caller's workflows) holding ``base:adapter``
-        (``base`` alone: the bare base model); None when none does."""
+    def _adapter_route(self, model: str, ident: Identity | None, kind: str) -> CompiledRoute | None:
+        """One stage of ``kind`` on every ready replica (of the caller's workflows) holding
+        ``base:adapter`` (``base`` alone: the bare base model; else an adapter of that name on any
+        base); None when none does."""
         if self._for_state != self.plane.state.digest:
             self._adapters, self._for_state = {}, self.plane.state.digest
-        key = (model, None if ident is None or ident.is_admin else ident.tenant)
+        key = (model, None if ident is None or ident.is_admin else ident.tenant, kind)
         cr = self._adapters.get(key)
         if cr is None:
             base, adapter = model.split(":", 1) if ":" in model else (model, "")
             routes = [r for r in self.plane.state.routes.values() if may_see(ident, r.tenant)]
-            hits = tuple(e for r in routes for eps in r.endpoints.values() for e in eps
-                         if e.adapter == adapter and (e.base_model.rstrip("/").rsplit("/", 1)[-1] == base
-                                                      or e.base_model == base))
+            eps = [e for r in routes for es in r.endpoints.values() for e in es]
+            hits = tuple(e for e in eps if e.adapter == adapter and (
+                e.base_model.rstrip("/").rsplit("/", 1)[-1] == base or e.base_model == base))
+            if not hits and ":" not in model:
+                adapter = model
+                hits = tuple(e for e in eps if e.adapter == adapter)
             if not hits:
                 return None
             hits = tuple({e.replica_id: e for e in hits}.values())
@@ -141,7 +193,7 @@ class Resolver:
                 type(e)(**{**e.__dict__, "task": task}) for e in hits if e.task != task)
             trusted = any(r.trusted_only for r in routes if any(e.adapter == adapter for es in r.endpoints.values()
                                                                 for e in es))
-            route = Route(model, (Stage(task=task, kind="llm", prompt="{input}", parents=()),), {task: hits},
+            route = Route(model, (Stage(task=task, kind=kind, prompt="{input}", parents=()),), {task: hits},
                           hits[0].region, task, hits[0].location, {}, "", "READY", trusted)
             cr = self._adapters[key] = CompiledRoute(route)
         return cr
@@ -164,30 +216,42 @@ class EntryService:
         inv = invocation_from_pb(request)
         kind, ident = self.keys.caller(bearer(context.invocation_metadata()))
         access.decide(INVOKE, kind)
-        text = parse_input(inv.input_json)
+        async for msg in self.invoke(inv, ident, span, context.time_remaining()):
+            yield msg
+
+    async def invoke(self, inv: Invocation, ident: Identity | None, span: Span, remaining: float | None = None):
+        """Check, resolve and serve one invocation from ``ident`` (a caller the door identified);
+        ``remaining``: the caller's own deadline, when it has one."""
+        text = "" if inv.prompt_ids else parse_input(inv.input_json)
         timeout = inv.timeout_seconds if inv.timeout_seconds > 0 else DEFAULT_TIMEOUT
-        remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
         if timeout <= 0 or timeout != timeout:
             raise InvalidArgument("timeout_seconds must be > 0")
-        if not 0 <= inv.max_tokens <= MAX_TOKENS_LIMIT:
-            raise InvalidArgument(f"max_tokens must be in 0..{MAX_TOKENS_LIMIT} (0: the spec's), got {inv.max_tokens}")
-        if inv.temperature is not None and not 0 <= inv.temperature <= 5:
-            raise InvalidArgument(f"temperature must be in 0..5, got {inv.temperature}")
-        cr = self.resolver.resolve(inv.workflow, ident)
-        req = Request(cr.route.workflow, text, time.monotonic() + timeout, span, inv.stream, inv.max_tokens,
-                      inv.temperature, ident.tenant if ident is not None else "")
-        async for msg in self.serve(cr, req, ident):
+        check_sink(inv.sink)
+        cr = self.resolver.resolve(inv.workflow, ident, inv.kind or "llm")
+        if inv.prompt_ids:
+            check_ids(cr.route, inv)
+        req = Request(cr.route.workflow, text, time.monotonic() + timeout, span, inv.stream, inv.sink,
+                      ident.tenant if ident is not None else "", check_chat(inv.messages), inv.prompt_ids)
+        async for msg in self.serve(cr, req, ident, inv.kind):
             yield msg
 
-    async def serve(self, cr: CompiledRoute, req: Request, ident: Identity | None):
-        """Count, wake, run and answer one request (InvokeResponse messages)."""
+    async def serve(self, cr: CompiledRoute, req: Request, ident: Identity | None, kind: str = ""):
+        """Count, wake, run and answer one request (InvokeResponse messages). ``kind``: the
+        OpenAI door's endpoint (llm | embedding) that the workflow must end in; a
+        ``base:adapter`` model then takes OpenAI's defaults (:func:`openai_defaults`)."""
         name = cr.route.workflow
         sink = cr.route.stages[-1] if cr.route.stages else None
-        if sink is not None and sink.kind != "llm" and (req.max_tokens or req.temperature is not None):
-            raise InvalidArgument(f"max_tokens or temperature given, but workflow {name!r} ends in an {sink.kind} "
-                                  "stage, which generates no tokens")
+        if kind and sink is not None:
+            if sink.kind != kind:
+                use = "/v1/embeddings" if sink.kind == "embedding" else "/v1/completions or /v1/chat/completions"
+                raise InvalidArgument(f"workflow {name!r} ends in an {sink.kind} stage: call {use}")
+            if self.plane.compiled.get(name) is not cr and kind == "llm":
+                req.sink = openai_defaults(req.sink, chat=req.messages is not None)
+        if sink is not None and sink.kind != "llm" and req.sink.given():
+            raise InvalidArgument(f"{' or '.join(req.sink.given())} given, but workflow {name!r} ends in an "
+                                  f"{sink.kind} stage, which generates no tokens")
         self.book.started(name)
         ok, tokens, t0 = False, None, time.monotonic()
         first = [None]
@@ -196,7 +260,7 @@ class EntryService:
             cr = await self._ready(cr, req, ident)
             if req.stream:
                 async for item in self._streamed(cr, req, first, t0):
-                    if isinstance(item, str):
+                    if isinstance(item, Delta):
                         yield delta_message(item, req.span.request_id)
                     else:
                         outcome = item
@@ -205,7 +269,7 @@ class EntryService:
             ok = True
             tokens = {s.task: s.completion_tokens for s in outcome.stages}
             out = {"text": outcome.output} if isinstance(outcome.output, str) else {"embedding": outcome.output}
-            yield done_message(out, outcome.stages, req.span.request_id, req.stream)
+            yield done_message(out, outcome.stages, req.span.request_id, req.stream, outcome.choices)
         except AtollError as exc:
             self._log(req.span, name, t0, False, exc)
             raise
@@ -219,10 +283,10 @@ class EntryService:
         self._log(req.span, name, t0, True)
 
     async def _streamed(self, cr: CompiledRoute, req: Request, first: list, t0: float):
-        """The sink's deltas as they come (text), then the outcome."""
+        """The sink's deltas as they come, then the outcome."""
         queue: asyncio.Queue = asyncio.Queue()
 
-        async def on_delta(delta: str) -> None:
+        async def on_delta(delta: Delta) -> None:
             if first[0] is None:
                 first[0] = time.monotonic() - t0
             await queue.put(delta)

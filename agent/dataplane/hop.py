@@ -25,6 +25,7 @@ from atoll.core.errors import AtollError, FailedPrecondition
 from atoll.core.logs import kv
 from atoll.core.rpc import check_parsed, status_code
 from atoll.wire.dataplane import delta_message, done_message, forwarded_from_pb
+from atoll.wire.worker import Delta
 
 log = logging.getLogger("atoll.agent")
 
@@ -53,17 +54,15 @@ class HopService:
                 raise FailedPrecondition(f"replica {fw.replica_id!r} of {fw.task!r} is not on this node")
             left = context.time_remaining()
             req = Request(fw.workflow, fw.text, time.monotonic() + (left if left is not None else 60.0), span,
-                          fw.stream, fw.max_tokens, fw.temperature, fw.tenant)
-            deltas: list[str] = []
+                          fw.stream, fw.sink, fw.tenant, fw.messages, fw.prompt_ids)
 
-            async def on_delta(d: str) -> None:
-                deltas.append(d)
+            async def on_delta(d: Delta) -> None:
                 await context.write(delta_message(d, fw.request_id))
 
             outcome = await self.plane.run(cr, k, req, dict(fw.outputs), ep.location, on_delta if fw.stream else None,
                                            first=ep)
             out = {"text": outcome.output} if isinstance(outcome.output, str) else {"embedding": outcome.output}
-            await context.write(done_message(out, outcome.stages, fw.request_id, fw.stream))
+            await context.write(done_message(out, outcome.stages, fw.request_id, fw.stream, outcome.choices))
             log.info("hop", extra=kv(**span.fields(), workflow=fw.workflow, task=fw.task, outcome="ok",
                                      ms=round((time.monotonic() - t0) * 1000, 2)))
             if self.plane.exporter is not None:

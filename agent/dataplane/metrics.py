@@ -1,7 +1,6 @@
 """The data plane's Prometheus families on an agent (``/metrics``, with the runtime's).
 
-The workflow and stage families keep the names the coordinator's router used, so the alert
-rules and the dashboard read them from agents unchanged; ``atoll_bytes_sent_total`` counts the
+The alert rules and the dashboard read the workflow and stage families from agents; ``atoll_bytes_sent_total`` counts the
 bytes this agent sent towards a stage (a request's input, a stage's output) per (from region, to
 region), the flows the planner priced, and ``atoll_result_bytes_sent_total`` the answers sent
 back towards the entry.

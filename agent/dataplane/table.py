@@ -14,8 +14,10 @@ is left, a replica excluded earlier is tried again rather than failing the reque
 
 A replica this agent has backed up is passed over (the rule every router shares,
 :func:`atoll.specs.routing.backlogged`): :class:`InFlight` counts this agent's calls in flight per
-replica and per location, so the check costs two lookups; only a backlogged pick scans its
-location for the least loaded replica.
+replica and per location, so the check costs two lookups; only a backlogged pick looks for the
+least loaded replica of its location, and that search stops at the first usable replica holding
+none of this agent's calls (:func:`_least_loaded`: bounded by the calls in flight, not by the
+replica count).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from atoll.specs.routing import Endpoint, Route, Stage, backlogged, least_loaded
 
@@ -50,10 +52,11 @@ def cycle(items: Sequence[tuple[object, float]], length: int) -> tuple:
 class Picker:
     """A cycle and its position."""
 
-    __slots__ = ("seq", "_n")
+    __slots__ = ("seq", "distinct", "_n")
 
     def __init__(self, items: Sequence[tuple[object, float]]):
         self.seq = cycle(items, max(CYCLE_MIN, 4 * len(items))) if items else ()
+        self.distinct = tuple(dict.fromkeys(self.seq))     # each item once, in order of first appearance
         self._n = itertools.count()
 
     def next(self, ok) -> object | None:
@@ -65,7 +68,7 @@ class Picker:
             if ok(item):
                 return item
             if k >= 2 * CYCLE_MIN and k >= 8:      # many refused in a row: decide from the distinct items
-                distinct = [x for x in dict.fromkeys(self.seq) if ok(x)]
+                distinct = [x for x in self.distinct if ok(x)]
                 return distinct[start % len(distinct)] if distinct else None
         return None
 
@@ -130,7 +133,7 @@ class CompiledRoute:
                 return e.replica_id not in avoid and not (strict and excluded.has(e.replica_id))
 
             def has_usable(loc: str) -> bool:
-                return any(usable(e) for e in cs.replicas_in[loc].seq)
+                return any(usable(e) for e in cs.replicas_in[loc].distinct)
 
             loc = None
             plan = cs.locations.get(from_location)
@@ -144,9 +147,28 @@ class CompiledRoute:
                         in_flight.replicas.get(chosen.replica_id, 0), chosen.weight,
                         in_flight.locations.get(loc, 0), cs.loc_weight[loc]):
                     return chosen
-                pool = [e for e in dict.fromkeys(cs.replicas_in[loc].seq) if usable(e)]
-                return least_loaded(pool, in_flight.replicas, chosen)
+                return _least_loaded(cs.replicas_in[loc].distinct, usable, in_flight.replicas, chosen)
         return None
+
+
+def _least_loaded(order: Sequence[Endpoint], usable: Callable[[Endpoint], bool], held: Mapping[str, int],
+                  chosen: Endpoint) -> Endpoint:
+    """:func:`~atoll.specs.routing.least_loaded` of the usable replicas of ``order`` (the pool in
+    its order), for a backlogged ``chosen``, without scanning the whole location: ``chosen`` holds
+    at least BACKLOG_SLACK calls, so a usable replica holding none is the least loaded, and the
+    first one in order wins the tie. Replicas passed on the way hold a call of this agent or are
+    unusable, so the scan costs at most this agent's calls in flight plus the replicas it may not
+    use, whatever the replica count; only when every usable replica holds calls is the minimum
+    taken over all of them."""
+    if not held.get(chosen.replica_id, 0):       # never so under the rule's slack; were it, it would win the tie
+        return chosen
+    pool = []
+    for e in order:
+        if usable(e):
+            if not held.get(e.replica_id, 0):
+                return e
+            pool.append(e)
+    return least_loaded(pool, held, chosen)
 
 
 class InFlight:

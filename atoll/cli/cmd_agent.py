@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--worker-listen", help="Worker gRPC HOST:PORT (default 127.0.0.1:0)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics (runtime: TTFT, tokens/s, KV use, adapter slots) here")
+    p.add_argument("--metrics-token-file", metavar="FILE",
+                   help="/metrics requires Authorization: Bearer <the token in FILE> (default: open)")
     p.add_argument("--openai-listen", metavar="HOST:PORT",
                    help="OpenAI-compatible HTTP API for this host's model and adapters (edge clients)")
     p.add_argument("--worker-advertise", metavar="HOST:PORT",
@@ -50,7 +52,8 @@ def run(ns) -> int:
         "join_token": ns.join_token, "worker_listen": ns.worker_listen,
         "worker_advertise": ns.worker_advertise, "tls_ca": ns.tls_ca, "tls_cert": ns.tls_cert,
         "tls_key": ns.tls_key, "insecure": True if ns.insecure else None,
-        "metrics_listen": ns.metrics_listen, "openai_listen": ns.openai_listen,
+        "metrics_listen": ns.metrics_listen, "metrics_token_file": ns.metrics_token_file,
+        "openai_listen": ns.openai_listen,
         "entry_listen": ns.entry_listen, "entry_advertise": ns.entry_advertise, "otlp_endpoint": ns.otlp_endpoint})
     agent = Agent.from_settings(settings)   # validates node.yaml before anything starts
     logs.setup(ns.log_level)

@@ -9,6 +9,8 @@ def register(sub) -> None:
                                    "variables and --config, in that order of precedence.")
     p.add_argument("--listen", help="gRPC HOST:PORT (default 127.0.0.1:7070)")
     p.add_argument("--metrics-listen", help="Prometheus HTTP HOST:PORT (default 127.0.0.1:9090)")
+    p.add_argument("--metrics-token-file", metavar="FILE",
+                   help="/metrics requires Authorization: Bearer <the token in FILE> (default: open)")
     p.add_argument("--state-dir", help="directory of the SQLite state (default .atoll/coordinator)")
     p.add_argument("--heartbeat-interval", type=_positive_float, metavar="SECONDS",
                    help="seconds between agent heartbeats (default 5)")
@@ -56,7 +58,8 @@ def run(ns) -> int:
     from atoll.specs.config import CoordinatorSettings, resolve_settings
 
     settings = resolve_settings(CoordinatorSettings, config_file=ns.config, flags={
-        "listen": ns.listen, "metrics_listen": ns.metrics_listen, "state_dir": ns.state_dir,
+        "listen": ns.listen, "metrics_listen": ns.metrics_listen,
+        "metrics_token_file": ns.metrics_token_file, "state_dir": ns.state_dir,
         "heartbeat_interval": ns.heartbeat_interval, "join_token": ns.join_token,
         "database_url": ns.database_url, "advertise": ns.advertise, "openai_listen": ns.openai_listen,
         "tls_cert": ns.tls_cert, "tls_key": ns.tls_key, "tls_client_ca": ns.tls_client_ca,

@@ -1,4 +1,4 @@
-"""atoll nodes / atoll drain: see and drain the fleet; atoll nodes trust | untrust NODE."""
+"""atoll nodes / atoll drain: see and drain the fleet; atoll nodes trust | untrust | remove NODE."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ def _coord(p) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("nodes", help="list the fleet's nodes; trust or untrust one",
+    p = sub.add_parser("nodes", help="list the fleet's nodes; trust, untrust or remove one",
                        description="One row per node. `atoll nodes trust NODE` (admin) lets trusted_only "
-                                   "workflows run on it; `atoll nodes untrust NODE` moves them off it.")
+                                   "workflows run on it; `atoll nodes untrust NODE` moves them off it; "
+                                   "`atoll nodes remove NODE` cuts it off (its tokens and key refused).")
     _coord(p)
-    p.add_argument("action", nargs="?", choices=["trust", "untrust"], help="trust or untrust NODE (admin)")
-    p.add_argument("node", nargs="?", help="node name or id (with trust | untrust)")
+    p.add_argument("action", nargs="?", choices=["trust", "untrust", "remove"],
+                   help="trust, untrust or remove NODE (admin)")
+    p.add_argument("node", nargs="?", help="node name or id (with trust | untrust | remove)")
     p.add_argument("--tier", choices=["datacenter", "renter", "edge"])
     p.add_argument("--region")
     p.add_argument("--state", type=str.upper, choices=["READY", "SUSPECT", "LOST", "DRAINING"])
@@ -40,11 +42,15 @@ def run_nodes(ns) -> int:
         if not ns.node:
             raise InvalidArgument(f"say which node: atoll nodes {ns.action} NODE")
         with Client(ns.coordinator) as c:
+            if ns.action == "remove":
+                n = c.remove_node(ns.node)
+                print(f"node {n.name} ({n.id}) is removed: its tokens and its key are refused")
+                return 0
             n = c.set_trust(ns.node, ns.action == "trust")
         print(f"node {n.name} ({n.id}) is {'trusted' if n.trusted else 'not trusted'}")
         return 0
     if ns.node:
-        raise InvalidArgument(f"unexpected {ns.node!r}: atoll nodes [trust|untrust NODE]")
+        raise InvalidArgument(f"unexpected {ns.node!r}: atoll nodes [trust|untrust|remove NODE]")
     with Client(ns.coordinator) as c:
         nodes = c.nodes(tier=ns.tier, region=ns.region, state=ns.state)
     if ns.output == "json":

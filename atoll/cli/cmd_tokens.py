@@ -36,7 +36,7 @@ def register(sub) -> None:
     c.add_argument("--ttl", type=duration, default=0.0, help="expires after this long (30m, 24h, 7d; default never)")
     c.add_argument("--uses", type=int, default=0, help="at most this many nodes join with it (default unlimited)")
     ls, r = list_and_revoke(tsub, "list join tokens (never the tokens themselves)",
-                            "revoke a join token by id (nodes that joined with it stay)")
+                            "revoke a join token by id (and cut off the nodes that joined with it)")
     admin_flags(c, ls, r)
     p.set_defaults(func=run)
 

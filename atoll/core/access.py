@@ -39,6 +39,7 @@ ASSIGNED = "assigned"            # a node: only blobs its current assignments re
 JOIN = "join"                    # a join token allowing the claimed tier and region, or the bound node key
 SESSION = "session"              # the session token Register returned, bound to the node id
 BOOTSTRAP = "bootstrap"          # also anonymous while no API key exists (the first admin key)
+METRICS_TOKEN = "metrics-token"  # with --metrics-token-file: only a caller presenting that bearer token
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 _COORD_KEYS = "coordinator/auth.py: AuthInterceptor"
 _AGENT_GUARD = "agent/guard.py: WorkerGuard"
 _AGENT_KEYS = "agent/dataplane/entry.py: Keys (the key set the coordinator sends)"
+_METRICS = "atoll/core/metrics_http.py: guarded_app (open unless --metrics-token-file)"
 
 # The OpenAI door's routes (atoll.core.openai_http.ROUTES; a test checks they are the same).
 _DOOR_ROUTES = ["GET /v1/models", "GET /v1/models/{model}", "POST /v1/completions", "POST /v1/chat/completions",
@@ -78,7 +80,7 @@ _DOOR_ROUTES = ["GET /v1/models", "GET /v1/models/{model}", "POST /v1/completion
 
 TABLE: tuple[Rule, ...] = (
     _r(CLIENT, ["ListNodes", "GetNode"], {USER, ADMIN}, owner=TENANT_VIEW, by=_COORD_KEYS)
-    + _r(CLIENT, ["DrainNode", "SetNodeTrust", "ListKeys", "RevokeKey", "CreateJoinToken", "ListJoinTokens",
+    + _r(CLIENT, ["DrainNode", "SetNodeTrust", "RemoveNode", "ListKeys", "RevokeKey", "CreateJoinToken", "ListJoinTokens",
                   "RevokeJoinToken"], {ADMIN}, by=_COORD_KEYS)
     + _r(CLIENT, ["CreateKey"], {ADMIN}, owner=BOOTSTRAP, by=_COORD_KEYS)
     + _r(CLIENT, ["SubmitWorkflow", "ListWorkflows", "GetWorkflow", "DeleteWorkflow", "Invoke", "Profile",
@@ -98,10 +100,10 @@ TABLE: tuple[Rule, ...] = (
     + _r(REFLECTION, ["ServerReflectionInfo"], CALLERS, by="open (service discovery for grpcurl)")
     + _r("http:coordinator", _DOOR_ROUTES, {USER, ADMIN}, owner=OWN_TENANT,
          by="coordinator/openai_http.py: door_authorize (atoll.core.openai_http.OpenAIDoor)")
-    + _r("http:coordinator", ["GET /metrics"], CALLERS, by="open (Prometheus scrapes)")
+    + _r("http:coordinator", ["GET /metrics"], CALLERS, owner=METRICS_TOKEN, by=_METRICS)
     + _r("http:agent", _DOOR_ROUTES,
          {USER, ADMIN}, owner=OWN_TENANT, by="agent/dataplane/door.py: EntryDoor (the keys of " + _AGENT_KEYS + ")")
-    + _r("http:agent", ["GET /metrics"], CALLERS, by="open (Prometheus scrapes)")
+    + _r("http:agent", ["GET /metrics"], CALLERS, owner=METRICS_TOKEN, by=_METRICS)
 )
 
 _BY_KEY = {r.key: r for r in TABLE}

@@ -50,6 +50,9 @@ class KeySet:
     digest: int = 0                # 0: no set received yet
     enforced: bool = False
     keys: Mapping[str, KeyEntry] = field(default_factory=dict)
+    # node id -> unix seconds: node tokens of that node issued before are revoked (inf: all of
+    # them). Not API keys, but they travel to agents with them, by the same digest.
+    revoked_nodes: Mapping[str, float] = field(default_factory=dict)
 
 
 def secret_hash(secret: str) -> str:
@@ -63,6 +66,15 @@ def key_set(entries: Iterable[KeyEntry]) -> KeySet:
     h = hashlib.sha256(json.dumps(rows).encode()).digest()
     return KeySet((int.from_bytes(h[:8], "big") >> 1) or 1, any(not e.revoked for e in entries),
                   {e.id: e for e in entries})
+
+
+def with_revoked_nodes(ks: KeySet, revoked: Mapping[str, float]) -> KeySet:
+    """``ks`` carrying the node-token revocations ``revoked``, with a digest covering both."""
+    if not revoked:
+        return ks
+    rows = [ks.digest, sorted([n, float(t)] for n, t in revoked.items())]
+    h = hashlib.sha256(json.dumps(rows).encode()).digest()
+    return KeySet((int.from_bytes(h[:8], "big") >> 1) or 1, ks.enforced, ks.keys, dict(revoked))
 
 
 def identify(keys: Mapping[str, KeyEntry], key: str) -> Identity:

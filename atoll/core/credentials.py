@@ -24,7 +24,7 @@ import json
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -196,10 +196,11 @@ def is_token(text: str) -> bool:
 
 
 def verify_token(public: Ed25519PublicKey, token: str, *, now: float, audience: str | None = None,
-                 scope: str | None = None) -> Claims:
-    """The claims of a valid token, or Unauthenticated (bad, forged, expired) / PermissionDenied
-    (another audience, a missing scope). ``audience``: this node's id (a token for ``*`` fits
-    every node); None skips the check (the coordinator verifying its own tokens)."""
+                 scope: str | None = None, revoked: Mapping[str, float] | None = None) -> Claims:
+    """The claims of a valid token, or Unauthenticated (bad, forged, expired, revoked) /
+    PermissionDenied (another audience, a missing scope). ``audience``: this node's id (a token
+    for ``*`` fits every node); None skips the check (the coordinator verifying its own tokens).
+    ``revoked``: node id -> unix seconds; a node token issued before its node's time is refused."""
     if not is_token(token) or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
         raise Unauthenticated("malformed capability token")
     _, payload, sig = token.split(".")
@@ -218,6 +219,10 @@ def verify_token(public: Ed25519PublicKey, token: str, *, now: float, audience: 
                               hint="the holder refreshes it from the coordinator")
     if audience is not None and claims.aud not in (ANY_NODE, audience):
         raise PermissionDenied("capability token was issued for another node")
+    if revoked and claims.node_id and claims.iat < revoked.get(claims.node_id, float("-inf")):
+        raise Unauthenticated(f"the node token of node {claims.node_id} was revoked",
+                              hint="an operator revoked this node's join token or changed its trust; a node "
+                                   "still admitted gets a fresh token from the coordinator")
     if scope is not None and scope not in claims.scopes:
         raise PermissionDenied(f"capability token does not grant {scope}")
     return claims

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 
 
 class LogfmtFormatter(logging.Formatter):
+    def __init__(self):
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")       # the last whole second formatted (a request path logs often)
+
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        sec = int(record.created)
+        if sec != self._second[0]:
+            self._second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+        ts = self._second[1] + f".{int(record.msecs):03d}Z"
         parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}",
                  "msg=" + _q(record.getMessage())]
         for k, v in getattr(record, "fields", {}).items():
@@ -20,8 +28,12 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+# a value left bare: letters and digits (``\w`` is exactly ``str.isalnum()`` or "_") and -_.:/@[]
+_BARE = re.compile(r"[\w\-.:/@\[\]]+")
+
+
 def _q(s: str) -> str:
-    if s and all(c.isalnum() or c in "-_.:/@[]" for c in s):
+    if _BARE.fullmatch(s):
         return s
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 

@@ -8,8 +8,9 @@
 
 :class:`OpenAIDoor` is a Starlette application served by :class:`~atoll.core.http_server.HttpServer`
 (uvicorn in the caller's event loop). What a request means is the **backend's** business,
-passed in (:class:`Backend`): the coordinator's runs workflows and ``base:adapter`` models through
-its router, an agent's runs its own engine. ``authenticate`` turns the ``Authorization`` header
+passed in (:class:`Backend`): the coordinator and the agents pass the same one
+(:class:`atoll.wire.openai_entry.EntryDoorBackend`), which runs every request through an agent's
+entry (``Entry.Invoke``) on the data plane. ``authenticate`` turns the ``Authorization`` header
 into the caller the backend is given (raising ``Unauthenticated`` or ``PermissionDenied``).
 
 Requests are validated by the pydantic models of :mod:`atoll.core.openai_api` (400 naming the

@@ -10,6 +10,7 @@ file, which beats the defaults).
     join_token: s3cret               ATOLL_JOIN_TOKEN            --join-token
     database_url: postgresql://...   ATOLL_DATABASE_URL          --database-url
     advertise: 10.0.0.5:7070         ATOLL_ADVERTISE             --advertise
+    metrics_token_file: /run/tok     ATOLL_METRICS_TOKEN_FILE    --metrics-token-file
 
 An agent's or a client's ``coordinator`` may list several coordinators, comma-separated
 (``a:7070,b:7070``): they fail over to the next one when one is down or on standby.
@@ -82,6 +83,8 @@ def split_address(value: str) -> tuple[str, int]:
 class CoordinatorSettings(Spec):
     listen: str = Field(default="127.0.0.1:7070", description="gRPC address HOST:PORT")
     metrics_listen: str = Field(default="127.0.0.1:9090", description="Prometheus HTTP HOST:PORT")
+    metrics_token_file: str | None = Field(default=None, description="file holding a bearer token /metrics "
+                                                                      "requires; unset: /metrics is open")
     state_dir: str = Field(default=".atoll/coordinator", description="where the SQLite database lives")
     heartbeat_interval: float = Field(default=5.0, gt=0, le=3600, description="seconds between heartbeats")
     join_token: str | None = Field(default=None, min_length=8, max_length=256,
@@ -137,6 +140,8 @@ class AgentSettings(Spec):
     join_token: str | None = Field(default=None, max_length=256)
     worker_listen: str = Field(default="127.0.0.1:0", description="Worker gRPC HOST:PORT (port 0: any)")
     metrics_listen: str | None = Field(default=None, description="Prometheus HTTP HOST:PORT")
+    metrics_token_file: str | None = Field(default=None, description="file holding a bearer token /metrics "
+                                                                      "requires; unset: /metrics is open")
     worker_advertise: str | None = Field(default=None, description="HOST:PORT the coordinator should use to "
                                                                     "reach this agent's Worker")
     openai_listen: str | None = Field(default=None, description="HOST:PORT of an OpenAI-compatible endpoint "

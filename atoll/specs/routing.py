@@ -22,14 +22,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from atoll.core.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a route: its prompt template and sampling settings. The spec sets
-    ``max_tokens``, ``temperature``, ``stop`` and ``chat``; one request may change the sink's
-    settings (:func:`with_sink`), the OpenAI door all of the others too."""
+    """One stage of a route: its prompt template and sampling settings, as the spec sets them (one
+    request may lay its own over the last stage's: ``atoll.wire.dataplane.Sink``)."""
 
     task: str
     kind: str                      # llm | embedding
@@ -39,11 +37,6 @@ class Stage:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
     chat: bool = False             # send the prompt as a user message, through the model's chat template
-    top_p: float = 1.0
-    seed: int | None = None
-    n: int = 1                     # choices (the sink only)
-    logprobs: bool = False
-    top_logprobs: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,17 +84,6 @@ class RoutingTable:
         return self.routes.get(workflow)
 
 
-def with_sink(route: Route, **changes) -> Route:
-    """The route with fields of its sink stage replaced for one request (``max_tokens``,
-    ``temperature``, ...); the route itself is left untouched."""
-    sink = next(s for s in route.stages if s.task == route.sink)
-    if sink.kind != "llm":
-        raise InvalidArgument(f"{', '.join(sorted(changes))} given, but workflow {route.workflow!r} ends in "
-                              f"an {sink.kind} stage, which generates no tokens")
-    return dataclasses.replace(route, stages=tuple(dataclasses.replace(s, **changes) if s.task == route.sink else s
-                                                   for s in route.stages))
-
-
 # A replica is backlogged when, with the request being placed, it would hold more than
 # BACKLOG_RATIO x its weight's share of the caller's calls in flight to its location plus
 # BACKLOG_SLACK: replicas merely busier than their weight (a closed loop of clients, a replica a
@@ -123,17 +105,6 @@ def least_loaded(pool: Sequence[Endpoint], in_flight: Mapping[str, int], chosen:
     """The replica of ``pool`` with the fewest of the caller's calls per unit of weight (``chosen``
     on a tie)."""
     return min(pool, key=lambda e: (in_flight.get(e.replica_id, 0) / max(e.weight, 1e-9), e is not chosen))
-
-
-def unbacklogged(chosen: Endpoint, pool: Sequence[Endpoint], in_flight: Mapping[str, int]) -> Endpoint:
-    """``chosen`` (picked by weight among ``pool``, the replicas of its location that may serve),
-    or, when it is backlogged with the caller's calls ``in_flight`` (replica id -> calls now), the
-    least loaded replica of ``pool``. The one rule for every router, the coordinator's and each
-    agent's (which keeps the totals itself: :func:`backlogged`)."""
-    if backlogged(in_flight.get(chosen.replica_id, 0), chosen.weight,
-                  sum(in_flight.get(e.replica_id, 0) for e in pool), sum(max(e.weight, 1e-9) for e in pool)):
-        return least_loaded(pool, in_flight, chosen)
-    return chosen
 
 
 UNTRUSTED_TIERS = frozenset({"renter"})

@@ -15,8 +15,9 @@ from types import MappingProxyType
 from typing import Mapping, Sequence
 
 from atoll.core.apikeys import KeyEntry, KeySet
-from atoll.proto.v1 import control_pb2, dataplane_pb2, dataplane_pb2_grpc, routing_pb2
+from atoll.proto.v1 import control_pb2, dataplane_pb2, dataplane_pb2_grpc, routing_pb2, worker_pb2
 from atoll.specs.routing import Endpoint, Route, RoutingState, Stage
+from atoll.wire.worker import Delta, TokenLogprob, logprobs_from_pb, logprobs_to_pb
 
 ENTRY = dataplane_pb2.DESCRIPTOR.services_by_name["Entry"]
 DATAPLANE = dataplane_pb2.DESCRIPTOR.services_by_name["DataPlane"]
@@ -68,12 +69,14 @@ def routing_from_pb(m: routing_pb2.RoutingState) -> RoutingState:
 def keys_to_pb(ks: KeySet) -> routing_pb2.KeySet:
     return routing_pb2.KeySet(digest=ks.digest, enforced=ks.enforced, keys=[
         routing_pb2.ApiKeyEntry(id=k.id, tenant=k.tenant, role=k.role, secret_sha256=k.secret_sha256,
-                                revoked=k.revoked) for k in ks.keys.values()])
+                                revoked=k.revoked) for k in ks.keys.values()],
+        revoked_nodes=dict(ks.revoked_nodes))
 
 
 def keys_from_pb(m: routing_pb2.KeySet) -> KeySet:
     return KeySet(m.digest, m.enforced, MappingProxyType({
-        k.id: KeyEntry(k.id, k.tenant, k.role, k.secret_sha256, k.revoked) for k in m.keys}))
+        k.id: KeyEntry(k.id, k.tenant, k.role, k.secret_sha256, k.revoked) for k in m.keys}),
+        MappingProxyType(dict(m.revoked_nodes)))
 
 
 # ---------------------------------------------------------------------- load reports
@@ -142,6 +145,58 @@ def describe_request() -> dataplane_pb2.DescribeEntryRequest:
 
 # ---------------------------------------------------------------------- requests and answers
 @dataclass(frozen=True)
+class Sink:
+    """One request's settings for the route's last stage; the defaults keep the stage's own.
+    ``stop`` strings are added to the stage's; ``no_max_tokens``: up to a stop or the context."""
+
+    max_tokens: int = 0                  # 0: the spec's
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    no_max_tokens: bool = False
+
+    def given(self) -> list[str]:
+        """The settings this request sets (to refuse them where no tokens are generated)."""
+        return [name for name, on in (("max_tokens", self.max_tokens or self.no_max_tokens),
+                                      ("temperature", self.temperature is not None), ("top_p", self.top_p is not None),
+                                      ("seed", self.seed is not None), ("stop", self.stop), ("n", self.n != 1),
+                                      ("logprobs", self.logprobs or self.top_logprobs)) if on]
+
+
+Chat = tuple  # of {"role", "content"[, "name"]} dicts
+
+
+def _sampling_to_pb(s: Sink) -> control_pb2.SinkSampling:
+    m = control_pb2.SinkSampling(stop=list(s.stop), n=s.n, logprobs=s.logprobs, top_logprobs=s.top_logprobs,
+                                 no_max_tokens=s.no_max_tokens)
+    if s.top_p is not None:
+        m.top_p = s.top_p
+    if s.seed is not None:
+        m.seed = s.seed
+    return m
+
+
+def _sink_from_pb(m, max_tokens: int, temperature: float | None) -> Sink:
+    sm = m.sampling
+    return Sink(max_tokens, temperature, sm.top_p if sm.HasField("top_p") else None,
+                sm.seed if sm.HasField("seed") else None, tuple(sm.stop), sm.n or 1, sm.logprobs, sm.top_logprobs,
+                sm.no_max_tokens)
+
+
+def _chat_to_pb(messages: Chat | None) -> list[worker_pb2.ChatMessage]:
+    return [worker_pb2.ChatMessage(role=m["role"], content=m["content"], name=m.get("name", ""))
+            for m in messages or ()]
+
+
+def _chat_from_pb(ms) -> Chat | None:
+    return tuple({"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in ms) or None
+
+
+@dataclass(frozen=True)
 class Invocation:
     """One request as an entry takes it (an ``InvokeRequest``, unpacked)."""
 
@@ -150,13 +205,35 @@ class Invocation:
     stream: bool
     timeout_seconds: float
     request_id: str
-    max_tokens: int
-    temperature: float | None
+    sink: Sink = Sink()
+    messages: Chat | None = None
+    kind: str = ""                       # an OpenAI door's endpoint: llm | embedding ("": any)
+    prompt_ids: tuple[int, ...] = ()     # the input as token ids (then input_json is empty)
+
+
+def invocation_to_pb(inv: Invocation, timeout_seconds: float | None = None) -> control_pb2.InvokeRequest:
+    return invoke_request(workflow=inv.workflow, input_json=inv.input_json, stream=inv.stream,
+                          timeout_seconds=inv.timeout_seconds if timeout_seconds is None else timeout_seconds,
+                          request_id=inv.request_id, sink=inv.sink, messages=inv.messages, kind=inv.kind,
+                          prompt_ids=inv.prompt_ids)
 
 
 def invocation_from_pb(m: control_pb2.InvokeRequest) -> Invocation:
-    return Invocation(m.workflow, m.input_json, m.stream, m.timeout_seconds, m.request_id, m.max_tokens,
-                      m.temperature if m.HasField("temperature") else None)
+    return Invocation(m.workflow, m.input_json, m.stream, m.timeout_seconds, m.request_id,
+                      _sink_from_pb(m, m.max_tokens, m.temperature if m.HasField("temperature") else None),
+                      _chat_from_pb(m.messages), m.kind, tuple(m.prompt_token_ids))
+
+
+def invoke_request(*, workflow: str, input_json: str, stream: bool, timeout_seconds: float, request_id: str,
+                   sink: Sink = Sink(), messages: Chat | None = None, kind: str = "",
+                   prompt_ids: Sequence[int] = ()) -> control_pb2.InvokeRequest:
+    req = control_pb2.InvokeRequest(workflow=workflow, input_json=input_json, stream=stream,
+                                    timeout_seconds=timeout_seconds, request_id=request_id, max_tokens=sink.max_tokens,
+                                    sampling=_sampling_to_pb(sink), messages=_chat_to_pb(messages), kind=kind,
+                                    prompt_token_ids=list(prompt_ids))
+    if sink.temperature is not None:
+        req.temperature = sink.temperature
+    return req
 
 
 @dataclass(frozen=True)
@@ -174,6 +251,29 @@ class StageDone:
     completion_tokens: int = 0
 
 
+@dataclass(frozen=True)
+class ChoiceDone:
+    """One choice of the sink's answer (``text`` and ``logprobs`` empty when it was streamed)."""
+
+    index: int
+    text: str = ""
+    finish_reason: str = ""
+    completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer message, unpacked: a streamed delta (``delta``), or the end (``done``) with the
+    output, every stage's run and, for llm sinks, every choice."""
+
+    done: bool
+    delta: Delta | None = None
+    output: dict | None = None
+    stages: list[StageDone] = field(default_factory=list)
+    choices: list[ChoiceDone] = field(default_factory=list)
+
+
 def stage_to_pb(s: StageDone) -> control_pb2.StageResult:
     return control_pb2.StageResult(task=s.task, variant=s.variant, node_name=s.node_name, region=s.region,
                                    seconds=s.seconds, attempts=s.attempts, output_bytes=s.output_bytes,
@@ -185,32 +285,43 @@ def stage_from_pb(m: control_pb2.StageResult) -> StageDone:
                      m.prompt_tokens, m.completion_tokens)
 
 
-def delta_message(text: str, request_id: str) -> control_pb2.InvokeResponse:
-    return control_pb2.InvokeResponse(text=text, done=False, request_id=request_id)
+def delta_message(d: Delta, request_id: str) -> control_pb2.InvokeResponse:
+    """A streamed delta of the sink: choice ``d.index``'s new text (and its tokens' logprobs)."""
+    return control_pb2.InvokeResponse(text=d.text, done=False, request_id=request_id, index=d.index,
+                                      logprobs=logprobs_to_pb(d.logprobs))
 
 
-def done_message(output: Mapping, stages: Sequence[StageDone], request_id: str,
-                 streamed: bool) -> control_pb2.InvokeResponse:
-    """The final answer: the output (its text again unless it was streamed) and every stage's run."""
+def done_message(output: Mapping, stages: Sequence[StageDone], request_id: str, streamed: bool,
+                 choices: Sequence[ChoiceDone] = ()) -> control_pb2.InvokeResponse:
+    """The final answer: the output (its text again unless it was streamed), every stage's run
+    and the sink's choices (their texts and logprobs again unless streamed)."""
     text = output.get("text", "") if isinstance(output.get("text"), str) and not streamed else ""
-    return control_pb2.InvokeResponse(text=text, done=True, output_json=json.dumps(dict(output)),
-                                      stages=[stage_to_pb(s) for s in stages], request_id=request_id)
+    return control_pb2.InvokeResponse(
+        text=text, done=True, output_json=json.dumps(dict(output)), stages=[stage_to_pb(s) for s in stages],
+        request_id=request_id,
+        choices=[control_pb2.ChoiceResult(index=c.index, text="" if streamed else c.text,
+                                          finish_reason=c.finish_reason, completion_tokens=c.completion_tokens,
+                                          logprobs=logprobs_to_pb(() if streamed else c.logprobs))
+                 for c in choices])
 
 
-def answer_from_pb(m: control_pb2.InvokeResponse) -> tuple[str, bool, dict | None, list[StageDone]]:
-    """(text delta, done, output when done, stage runs) of one answer message."""
-    return (m.text, m.done, json.loads(m.output_json or "{}") if m.done else None,
-            [stage_from_pb(s) for s in m.stages])
+def answer_from_pb(m: control_pb2.InvokeResponse) -> Answer:
+    if not m.done:
+        return Answer(False, Delta(m.text, 0, 0, False, m.index, logprobs=logprobs_from_pb(m.logprobs)))
+    return Answer(True, None, json.loads(m.output_json or "{}"), [stage_from_pb(s) for s in m.stages],
+                  [ChoiceDone(c.index, c.text, c.finish_reason, c.completion_tokens, logprobs_from_pb(c.logprobs))
+                   for c in m.choices])
 
 
 def forward_request(*, workflow: str, task: str, replica_id: str, outputs: Mapping[str, str], text: str,
-                    stream: bool, max_tokens: int, temperature: float | None, request_id: str,
-                    tenant: str) -> dataplane_pb2.ForwardRequest:
+                    stream: bool, sink: Sink, messages: Chat | None, request_id: str, tenant: str,
+                    prompt_ids: Sequence[int] = ()) -> dataplane_pb2.ForwardRequest:
     req = dataplane_pb2.ForwardRequest(workflow=workflow, task=task, replica_id=replica_id, outputs=dict(outputs),
-                                       input=text, stream=stream, max_tokens=max_tokens, request_id=request_id,
-                                       tenant=tenant)
-    if temperature is not None:
-        req.temperature = temperature
+                                       input=text, stream=stream, max_tokens=sink.max_tokens, request_id=request_id,
+                                       tenant=tenant, sampling=_sampling_to_pb(sink), messages=_chat_to_pb(messages),
+                                       prompt_token_ids=list(prompt_ids))
+    if sink.temperature is not None:
+        req.temperature = sink.temperature
     return req
 
 
@@ -224,21 +335,14 @@ class Forwarded:
     outputs: Mapping[str, str]
     text: str
     stream: bool
-    max_tokens: int
-    temperature: float | None
     request_id: str
     tenant: str
+    sink: Sink = Sink()
+    messages: Chat | None = None
+    prompt_ids: tuple[int, ...] = ()
 
 
 def forwarded_from_pb(m: dataplane_pb2.ForwardRequest) -> Forwarded:
-    return Forwarded(m.workflow, m.task, m.replica_id, dict(m.outputs), m.input, m.stream, m.max_tokens,
-                     m.temperature if m.HasField("temperature") else None, m.request_id, m.tenant)
-
-
-def invoke_request(*, workflow: str, input_json: str, stream: bool, timeout_seconds: float, request_id: str,
-                   max_tokens: int, temperature: float | None) -> control_pb2.InvokeRequest:
-    req = control_pb2.InvokeRequest(workflow=workflow, input_json=input_json, stream=stream,
-                                    timeout_seconds=timeout_seconds, request_id=request_id, max_tokens=max_tokens)
-    if temperature is not None:
-        req.temperature = temperature
-    return req
+    return Forwarded(m.workflow, m.task, m.replica_id, dict(m.outputs), m.input, m.stream, m.request_id, m.tenant,
+                     _sink_from_pb(m, m.max_tokens, m.temperature if m.HasField("temperature") else None),
+                     _chat_from_pb(m.messages), tuple(m.prompt_token_ids))

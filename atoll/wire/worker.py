@@ -51,21 +51,27 @@ class Delta:
     logprobs: tuple[TokenLogprob, ...] = ()
 
 
+def logprobs_from_pb(ms) -> tuple[TokenLogprob, ...]:
+    return tuple(TokenLogprob(lp.token_id, lp.logprob, lp.text, tuple((t.token_id, t.logprob, t.text) for t in lp.top))
+                 for lp in ms)
+
+
+def logprobs_to_pb(lps: Sequence[TokenLogprob]) -> list[worker_pb2.TokenLogprob]:
+    return [worker_pb2.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, text=lp.text,
+                                    top=[worker_pb2.TopLogprob(token_id=i, logprob=v, text=s) for i, v, s in lp.top])
+            for lp in lps]
+
+
 def delta_from_pb(resp: worker_pb2.GenerateResponse) -> Delta:
     return Delta(resp.text, resp.prompt_tokens, resp.completion_tokens, resp.finished, resp.index,
-                 resp.finish_reason, tuple(resp.token_ids),
-                 tuple(TokenLogprob(lp.token_id, lp.logprob, lp.text,
-                                    tuple((t.token_id, t.logprob, t.text) for t in lp.top))
-                       for lp in resp.logprobs))
+                 resp.finish_reason, tuple(resp.token_ids), logprobs_from_pb(resp.logprobs))
 
 
 def delta_to_pb(d: Delta) -> worker_pb2.GenerateResponse:
     return worker_pb2.GenerateResponse(
         token_ids=d.token_ids, text=d.text, finished=d.finished, finish_reason=d.finish_reason,
         prompt_tokens=d.prompt_tokens, completion_tokens=d.completion_tokens, index=d.index,
-        logprobs=[worker_pb2.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, text=lp.text,
-                                          top=[worker_pb2.TopLogprob(token_id=i, logprob=v, text=s)
-                                               for i, v, s in lp.top]) for lp in d.logprobs])
+        logprobs=logprobs_to_pb(d.logprobs))
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class WorkerClient:
         self.credentials = credentials
         self.tokens = tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, worker_pb2_grpc.WorkerStub] = {}     # built once per address, not per call
 
     def _metadata(self, node_id: str, extra: Sequence[tuple[str, str]] = ()) -> tuple | None:
         """``extra`` (trace context) plus, when a token source is set and ``node_id`` names the
@@ -100,16 +107,19 @@ class WorkerClient:
         return ch
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
-        return worker_pb2_grpc.WorkerStub(self.channel(address))
+        stub = self._stubs.get(address)
+        if stub is None:
+            stub = self._stubs[address] = worker_pb2_grpc.WorkerStub(self.channel(address))
+        return stub
 
-    async def generate(self, address: str, prompt: str, *, adapter: str, max_tokens: int | None,
+    async def generate(self, address: str, prompt: str | Sequence[int], *, adapter: str, max_tokens: int | None,
                        temperature: float, stop: Sequence[str] = (), top_p: float = 1.0, seed: int | None = None,
                        n: int = 1, logprobs: bool = False, top_logprobs: int = 0,
                        messages: Sequence[Mapping[str, str]] | None = None,
                        timeout: float, metadata: Sequence[tuple[str, str]] = (), request_id: str = "",
                        node_id: str = "") -> AsyncIterator[Delta]:
         """Stream one generation from the Worker at ``address`` (``adapter`` empty: the base model):
-        of the text ``prompt``, or of a chat (``messages``: role, content and optional name),
+        of ``prompt`` (text, or token ids), or of a chat (``messages``: role, content and optional name),
         which the worker renders with its model's own template. ``max_tokens`` None: up to a stop
         token or the context. ``n`` choices come interleaved, each delta naming its index.
         ``metadata`` rides along (trace context); ``node_id`` is the node serving there (whose
@@ -123,7 +133,11 @@ class WorkerClient:
                 worker_pb2.ChatMessage(role=m["role"], content=m["content"], name=m.get("name", ""))
                 for m in messages])
         else:
-            req = worker_pb2.GenerateRequest(prompt=prompt, adapter=adapter, sampling=sampling, request_id=request_id)
+            req = worker_pb2.GenerateRequest(adapter=adapter, sampling=sampling, request_id=request_id)
+            if isinstance(prompt, str):
+                req.prompt = prompt
+            else:
+                req.prompt_token_ids.extend(prompt)
         async for resp in self._stub(address).Generate(req, timeout=timeout, metadata=self._metadata(node_id, metadata)):
             yield delta_from_pb(resp)
 
@@ -137,3 +151,4 @@ class WorkerClient:
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
+        self._stubs.clear()

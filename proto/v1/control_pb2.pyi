@@ -1,5 +1,6 @@
 from atoll.proto.v1 import common_pb2 as _common_pb2
 from atoll.proto.v1 import routing_pb2 as _routing_pb2
+from atoll.proto.v1 import worker_pb2 as _worker_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -470,7 +471,7 @@ class DeleteWorkflowResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("workflow", "input_json", "stream", "timeout_seconds", "request_id", "max_tokens", "temperature")
+    __slots__ = ("workflow", "input_json", "stream", "timeout_seconds", "request_id", "max_tokens", "temperature", "sampling", "messages", "kind", "prompt_token_ids")
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -478,6 +479,10 @@ class InvokeRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     workflow: str
     input_json: str
     stream: bool
@@ -485,7 +490,43 @@ class InvokeRequest(_message.Message):
     request_id: str
     max_tokens: int
     temperature: float
-    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., stream: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ...) -> None: ...
+    sampling: SinkSampling
+    messages: _containers.RepeatedCompositeFieldContainer[_worker_pb2.ChatMessage]
+    kind: str
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., stream: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., request_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., sampling: _Optional[_Union[SinkSampling, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_worker_pb2.ChatMessage, _Mapping]]] = ..., kind: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SinkSampling(_message.Message):
+    __slots__ = ("top_p", "seed", "stop", "n", "logprobs", "top_logprobs", "no_max_tokens")
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    NO_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    top_p: float
+    seed: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    n: int
+    logprobs: bool
+    top_logprobs: int
+    no_max_tokens: bool
+    def __init__(self, top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., n: _Optional[int] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., no_max_tokens: _Optional[bool] = ...) -> None: ...
+
+class ChoiceResult(_message.Message):
+    __slots__ = ("index", "text", "finish_reason", "completion_tokens", "logprobs")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    text: str
+    finish_reason: str
+    completion_tokens: int
+    logprobs: _containers.RepeatedCompositeFieldContainer[_worker_pb2.TokenLogprob]
+    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., completion_tokens: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[_worker_pb2.TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class StageResult(_message.Message):
     __slots__ = ("task", "variant", "node_name", "region", "seconds", "attempts", "output_bytes", "prompt_tokens", "completion_tokens")
@@ -510,18 +551,24 @@ class StageResult(_message.Message):
     def __init__(self, task: _Optional[str] = ..., variant: _Optional[str] = ..., node_name: _Optional[str] = ..., region: _Optional[str] = ..., seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., output_bytes: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class InvokeResponse(_message.Message):
-    __slots__ = ("text", "done", "output_json", "stages", "request_id")
+    __slots__ = ("text", "done", "output_json", "stages", "request_id", "index", "logprobs", "choices")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
     text: str
     done: bool
     output_json: str
     stages: _containers.RepeatedCompositeFieldContainer[StageResult]
     request_id: str
-    def __init__(self, text: _Optional[str] = ..., done: _Optional[bool] = ..., output_json: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageResult, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    index: int
+    logprobs: _containers.RepeatedCompositeFieldContainer[_worker_pb2.TokenLogprob]
+    choices: _containers.RepeatedCompositeFieldContainer[ChoiceResult]
+    def __init__(self, text: _Optional[str] = ..., done: _Optional[bool] = ..., output_json: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageResult, _Mapping]]] = ..., request_id: _Optional[str] = ..., index: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[_worker_pb2.TokenLogprob, _Mapping]]] = ..., choices: _Optional[_Iterable[_Union[ChoiceResult, _Mapping]]] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
     __slots__ = ("workflow", "task", "variant", "node", "requests", "concurrency")
@@ -720,3 +767,9 @@ class SetNodeTrustRequest(_message.Message):
     node: str
     trusted: bool
     def __init__(self, node: _Optional[str] = ..., trusted: _Optional[bool] = ...) -> None: ...
+
+class RemoveNodeRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...

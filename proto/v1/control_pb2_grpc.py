@@ -242,6 +242,11 @@ class ClientServiceStub:
                 request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.SetNodeTrustRequest.SerializeToString,
                 response_deserializer=atoll_dot_proto_dot_v1_dot_common__pb2.Node.FromString,
                 _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/atoll.v1.ClientService/RemoveNode',
+                request_serializer=atoll_dot_proto_dot_v1_dot_control__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=atoll_dot_proto_dot_v1_dot_common__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -357,6 +362,14 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveNode(self, request, context):
+        """Cut a node off (admin): its node tokens refused everywhere, its heartbeat stream closed, its
+        key refused at Register. The record stays (it goes LOST) so that the refusal holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -443,6 +456,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
             'SetNodeTrust': grpc.unary_unary_rpc_method_handler(
                     servicer.SetNodeTrust,
                     request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.SetNodeTrustRequest.FromString,
+                    response_serializer=atoll_dot_proto_dot_v1_dot_common__pb2.Node.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=atoll_dot_proto_dot_v1_dot_control__pb2.RemoveNodeRequest.FromString,
                     response_serializer=atoll_dot_proto_dot_v1_dot_common__pb2.Node.SerializeToString,
             ),
     }
@@ -905,6 +923,33 @@ class ClientService:
             target,
             '/atoll.v1.ClientService/SetNodeTrust',
             atoll_dot_proto_dot_v1_dot_control__pb2.SetNodeTrustRequest.SerializeToString,
+            atoll_dot_proto_dot_v1_dot_common__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.v1.ClientService/RemoveNode',
+            atoll_dot_proto_dot_v1_dot_control__pb2.RemoveNodeRequest.SerializeToString,
             atoll_dot_proto_dot_v1_dot_common__pb2.Node.FromString,
             options,
             channel_credentials,

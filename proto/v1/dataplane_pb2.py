@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from atoll.proto.v1 import control_pb2 as atoll_dot_proto_dot_v1_dot_control__pb2
 from atoll.proto.v1 import routing_pb2 as atoll_dot_proto_dot_v1_dot_routing__pb2
+from atoll.proto.v1 import worker_pb2 as atoll_dot_proto_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61toll/proto/v1/dataplane.proto\x12\x08\x61toll.v1\x1a\x1c\x61toll/proto/v1/control.proto\x1a\x1c\x61toll/proto/v1/routing.proto\"\x16\n\x14\x44\x65scribeEntryRequest\"\xad\x02\n\x0e\x46orwardRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\x12\x36\n\x07outputs\x18\x04 \x03(\x0b\x32%.atoll.v1.ForwardRequest.OutputsEntry\x12\r\n\x05input\x18\x05 \x01(\t\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12\x12\n\nmax_tokens\x18\x07 \x01(\x05\x12\x18\n\x0btemperature\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x0e\n\x06tenant\x18\n \x01(\t\x1a.\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_temperature2\x87\x01\n\x05\x45ntry\x12=\n\x06Invoke\x12\x17.atoll.v1.InvokeRequest\x1a\x18.atoll.v1.InvokeResponse0\x01\x12?\n\x08\x44\x65scribe\x12\x1e.atoll.v1.DescribeEntryRequest\x1a\x13.atoll.v1.EntryInfo2L\n\tDataPlane\x12?\n\x07\x46orward\x12\x18.atoll.v1.ForwardRequest\x1a\x18.atoll.v1.InvokeResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61toll/proto/v1/dataplane.proto\x12\x08\x61toll.v1\x1a\x1c\x61toll/proto/v1/control.proto\x1a\x1c\x61toll/proto/v1/routing.proto\x1a\x1b\x61toll/proto/v1/worker.proto\"\x16\n\x14\x44\x65scribeEntryRequest\"\x9a\x03\n\x0e\x46orwardRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\x12\x36\n\x07outputs\x18\x04 \x03(\x0b\x32%.atoll.v1.ForwardRequest.OutputsEntry\x12\r\n\x05input\x18\x05 \x01(\t\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12\x12\n\nmax_tokens\x18\x07 \x01(\x05\x12\x18\n\x0btemperature\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x0e\n\x06tenant\x18\n \x01(\t\x12(\n\x08sampling\x18\x0b \x01(\x0b\x32\x16.atoll.v1.SinkSampling\x12\'\n\x08messages\x18\x0c \x03(\x0b\x32\x15.atoll.v1.ChatMessage\x12\x18\n\x10prompt_token_ids\x18\r \x03(\x05\x1a.\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_temperature2\x87\x01\n\x05\x45ntry\x12=\n\x06Invoke\x12\x17.atoll.v1.InvokeRequest\x1a\x18.atoll.v1.InvokeResponse0\x01\x12?\n\x08\x44\x65scribe\x12\x1e.atoll.v1.DescribeEntryRequest\x1a\x13.atoll.v1.EntryInfo2L\n\tDataPlane\x12?\n\x07\x46orward\x12\x18.atoll.v1.ForwardRequest\x1a\x18.atoll.v1.InvokeResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FORWARDREQUEST_OUTPUTSENTRY']._loaded_options = None
   _globals['_FORWARDREQUEST_OUTPUTSENTRY']._serialized_options = b'8\001'
-  _globals['_DESCRIBEENTRYREQUEST']._serialized_start=104
-  _globals['_DESCRIBEENTRYREQUEST']._serialized_end=126
-  _globals['_FORWARDREQUEST']._serialized_start=129
-  _globals['_FORWARDREQUEST']._serialized_end=430
-  _globals['_FORWARDREQUEST_OUTPUTSENTRY']._serialized_start=368
-  _globals['_FORWARDREQUEST_OUTPUTSENTRY']._serialized_end=414
-  _globals['_ENTRY']._serialized_start=433
-  _globals['_ENTRY']._serialized_end=568
-  _globals['_DATAPLANE']._serialized_start=570
-  _globals['_DATAPLANE']._serialized_end=646
+  _globals['_DESCRIBEENTRYREQUEST']._serialized_start=133
+  _globals['_DESCRIBEENTRYREQUEST']._serialized_end=155
+  _globals['_FORWARDREQUEST']._serialized_start=158
+  _globals['_FORWARDREQUEST']._serialized_end=568
+  _globals['_FORWARDREQUEST_OUTPUTSENTRY']._serialized_start=506
+  _globals['_FORWARDREQUEST_OUTPUTSENTRY']._serialized_end=552
+  _globals['_ENTRY']._serialized_start=571
+  _globals['_ENTRY']._serialized_end=706
+  _globals['_DATAPLANE']._serialized_start=708
+  _globals['_DATAPLANE']._serialized_end=784
 # @@protoc_insertion_point(module_scope)

@@ -119,14 +119,23 @@ class ApiKeyEntry(_message.Message):
     def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., role: _Optional[str] = ..., secret_sha256: _Optional[str] = ..., revoked: _Optional[bool] = ...) -> None: ...
 
 class KeySet(_message.Message):
-    __slots__ = ("digest", "enforced", "keys")
+    __slots__ = ("digest", "enforced", "keys", "revoked_nodes")
+    class RevokedNodesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     ENFORCED_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_NODES_FIELD_NUMBER: _ClassVar[int]
     digest: int
     enforced: bool
     keys: _containers.RepeatedCompositeFieldContainer[ApiKeyEntry]
-    def __init__(self, digest: _Optional[int] = ..., enforced: _Optional[bool] = ..., keys: _Optional[_Iterable[_Union[ApiKeyEntry, _Mapping]]] = ...) -> None: ...
+    revoked_nodes: _containers.ScalarMap[str, float]
+    def __init__(self, digest: _Optional[int] = ..., enforced: _Optional[bool] = ..., keys: _Optional[_Iterable[_Union[ApiKeyEntry, _Mapping]]] = ..., revoked_nodes: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class EntryLoad(_message.Message):
     __slots__ = ("workflow", "started", "finished", "failed", "completion_tokens", "in_flight")

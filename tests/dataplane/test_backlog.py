@@ -1,7 +1,6 @@
 """The agent router's choice of a replica inside a location: the plan's weights, unless the replica
 proposed is backlogged with this agent's calls (agent/dataplane/table.py: CompiledRoute.pick with
-InFlight; the rule is atoll.specs.routing.backlogged, the coordinator router's too:
-tests/control/test_router_backlog.py)."""
+InFlight; the rule is atoll.specs.routing.backlogged)."""
 
 from __future__ import annotations
 

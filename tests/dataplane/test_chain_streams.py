@@ -92,7 +92,7 @@ def test_failure_before_the_first_token_is_retried_on_another_replica():
             deltas = []
 
             async def on_delta(d):
-                deltas.append(d)
+                deltas.append(d.text)
 
             res = await router.invoke(route, "hi", deadline=time.monotonic() + 10, on_delta=on_delta)
         finally:
@@ -115,7 +115,7 @@ def test_stream_cut_off_after_its_first_tokens_says_so():
         deltas = []
 
         async def on_delta(d):
-            deltas.append(d)
+            deltas.append(d.text)
 
         try:
             with pytest.raises(Unavailable) as ei:

@@ -13,34 +13,44 @@ import grpc
 import pytest
 
 from atoll.agent.dataplane.chain import NodeSelf
+from atoll.agent.dataplane.door import entry_backend
 from atoll.agent.dataplane.node import DataPlaneNode
 from atoll.core.apikeys import key_set
+from atoll.core.errors import InvalidArgument
+from atoll.core.openai_api import Collector, EmbedRequest, GenRequest
 from atoll.core.rpc import add_service
 from atoll.proto.v1 import worker_pb2
 from atoll.specs.routing import Stage, routing_state
 from atoll.wire import dataplane as dp
-from atoll.wire.worker import SERVICE as WORKER, Delta
+from atoll.wire.worker import SERVICE as WORKER, Delta, Embedding, TokenLogprob, delta_to_pb
 
 from .helpers import endpoint, route
 
 
 class Fake:
-    """A node's engine: answers ``<task>@<node>[<prompt>]``; ``broken`` answers UNAVAILABLE."""
+    """A node's engine: choice i answers ``<node>[<prompt>]`` (``<node>/i[...]`` for i > 0), with one
+    logprob per delta when asked; ``sampling`` records each call's settings; ``broken`` answers
+    UNAVAILABLE."""
 
     def __init__(self, name: str):
-        self.name, self.calls, self.broken = name, 0, False
+        self.name, self.calls, self.broken, self.sampling = name, 0, False, []
 
-    async def generate(self, prompt, *, adapter, max_tokens, temperature, stop, timeout, messages=None):
+    async def generate(self, prompt, *, adapter, timeout, messages=None, **sampling):
         self.calls += 1
+        self.sampling.append(dict(sampling, messages=messages))
         if self.broken:
             from atoll.core.errors import Unavailable
             raise Unavailable(f"{self.name} is broken")
-        yield Delta(f"{self.name}[", 1, 1, False)
         said = f"chat:{messages[-1]['role']}:{messages[-1]['content']}" if messages else prompt   # a chat stage's
-        yield Delta(f"{said}]", 2, 2, True)
+        for i in range(sampling.get("n", 1)):
+            lp = lambda k: (TokenLogprob(k, -0.5 * k, f"t{k}", ((k, -0.5 * k, f"t{k}"),)),) if sampling.get(
+                "logprobs") else ()
+            who = self.name if i == 0 else f"{self.name}/{i}"
+            yield Delta(f"{who}[", 1, 1, False, i, logprobs=lp(1))
+            yield Delta(f"{said}]", 2, 2 + i, True, i, "length" if i else "stop", logprobs=lp(2))
 
     async def embed(self, text, *, adapter, timeout):
-        return [0.0]
+        return Embedding([0.0], 1)
 
     # the same engine behind a Worker service, for agents that call it over gRPC
     async def Generate(self, request, context):
@@ -48,10 +58,13 @@ class Fake:
             self.calls += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} is broken")
         msgs = [{"role": m.role, "content": m.content} for m in request.messages] or None
-        async for d in self.generate(request.prompt, adapter="", max_tokens=0, temperature=0, stop=(), timeout=1,
-                                     messages=msgs):
-            yield worker_pb2.GenerateResponse(text=d.text, finished=d.finished, prompt_tokens=d.prompt_tokens,
-                                              completion_tokens=d.completion_tokens)
+        sp = request.sampling
+        async for d in self.generate(request.prompt, adapter="", timeout=1, messages=msgs,
+                                     max_tokens=None if sp.no_max_tokens else sp.max_tokens,
+                                     temperature=round(sp.temperature, 4), stop=tuple(sp.stop),
+                                     top_p=round(sp.top_p, 4), seed=sp.seed if sp.has_seed else None, n=sp.n or 1,
+                                     logprobs=sp.logprobs, top_logprobs=sp.top_logprobs):
+            yield delta_to_pb(d)
 
     async def Embed(self, request, context):
         raise NotImplementedError
@@ -110,7 +123,7 @@ def invoke(entry: str, stream: bool, timeout: float = 10):
     async def go():
         async with grpc.aio.insecure_channel(entry) as ch:
             req = dp.invoke_request(workflow="wf", input_json='{"text": "hi"}', stream=stream, timeout_seconds=timeout,
-                                    request_id="req-42", max_tokens=0, temperature=None)
+                                    request_id="req-42")
             md = (("traceparent", "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"),)
             return [dp.answer_from_pb(m) async for m in dp.entry_stub(ch).Invoke(req, metadata=md)]
     return go()
@@ -128,9 +141,10 @@ def test_two_stages_hop_agent_to_agent_and_count_bytes(caplog):
         return nodes, answers
 
     (a, b, c, d), answers = asyncio.run(go())
-    *deltas, (_, done, output, stages) = answers
+    *deltas, last = answers
+    done, output, stages = last.done, last.output, last.stages
     assert done and output == {"text": "c[two(b[one(hi)])]"}
-    assert "".join(t for t, *_ in deltas) == output["text"]                   # the sink's stream, relayed
+    assert "".join(d.delta.text for d in deltas) == output["text"]             # the sink's stream, relayed
     assert [(s.task, s.node_name, s.region) for s in stages] == [("s1", "b", "us"), ("s2", "c", "ap")]
     assert (b.fake.calls, c.fake.calls, d.fake.calls, a.fake.calls) == (1, 1, 0, 0)
     # bytes towards each stage, counted by the sender: the request eu -> us, s1's output us -> ap
@@ -173,7 +187,94 @@ def test_chat_stages_send_their_prompt_as_a_user_message_in_process_and_over_the
             for n in nodes:
                 await n.stop()
 
-    *_, (_, done, output, stages) = asyncio.run(go())
+    last = asyncio.run(go())[-1]
+    done, output, stages = last.done, last.output, last.stages
     # s1 ran in process on b (LocalEngine's path), s2 over gRPC on c (the Worker's messages field)
     assert done and output == {"text": "c[chat:user:two(b[chat:user:one(hi)])]"}
     assert [s.node_name for s in stages] == ["b", "c"]
+
+
+def test_a_requests_settings_reach_the_last_stage_only_and_its_choices_come_back():
+    """n, seed, top_p, stop, logprobs, max_tokens and temperature are the last stage's (here over the
+    wire, Worker c); earlier stages keep the spec's (s1, in process on b). A chat reaches the entry
+    stage, its last user message through the stage's template."""
+    chat = ({"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"})
+    sink = dp.Sink(max_tokens=9, temperature=0.7, top_p=0.5, seed=3, stop=("zz",), n=2, logprobs=True,
+                   top_logprobs=1)
+
+    async def go():
+        nodes, entry = await fleet()
+        try:
+            async with grpc.aio.insecure_channel(entry) as ch:
+                out = []
+                for stream in (False, True):
+                    req = dp.invoke_request(workflow="wf", input_json='{"text": "hi"}', stream=stream,
+                                            timeout_seconds=10, request_id="r", sink=sink, messages=chat)
+                    out.append([dp.answer_from_pb(m) async for m in dp.entry_stub(ch).Invoke(req)])
+                return nodes, out
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    (a, b, c, d), (whole, streamed) = asyncio.run(go())
+    assert b.fake.sampling[0] == {"max_tokens": 4, "temperature": 0.0, "stop": (), "top_p": 1.0, "seed": None,
+                                  "n": 1, "logprobs": False, "top_logprobs": 0,
+                                  "messages": [chat[0], {"role": "user", "content": "one(hi)"}]}
+    assert c.fake.sampling[0] == {"max_tokens": 9, "temperature": 0.7, "stop": ("zz",), "top_p": 0.5, "seed": 3,
+                                  "n": 2, "logprobs": True, "top_logprobs": 1, "messages": None}
+    done = whole[-1]
+    assert len(whole) == 1 and done.output == {"text": "c[two(b[chat:user:one(hi)])]"}
+    assert [(x.index, x.text, x.finish_reason, x.completion_tokens) for x in done.choices] == [
+        (0, "c[two(b[chat:user:one(hi)])]", "stop", 2), (1, "c/1[two(b[chat:user:one(hi)])]", "length", 3)]
+    assert [[lp.token_id for lp in x.logprobs] for x in done.choices] == [[1, 2], [1, 2]]
+    assert done.stages[-1].completion_tokens == 5                       # every choice's tokens
+    # streamed: every choice's deltas with their logprobs, then each choice's end without its text again
+    *deltas, end = streamed
+    texts = {i: "".join(x.delta.text for x in deltas if x.delta.index == i) for i in (0, 1)}
+    assert texts == {0: done.choices[0].text, 1: done.choices[1].text}
+    assert sum(len(x.delta.logprobs) for x in deltas) == 4
+    assert [(x.index, x.text, x.finish_reason, x.logprobs) for x in end.choices] == [
+        (0, "", "stop", ()), (1, "", "length", ())]
+
+
+def test_the_agents_openai_door_serves_every_setting_through_its_entry():
+    """The door's backend (the coordinator's too) on this agent's entry: choices, finish reasons,
+    logprobs and usage of a completion and of a stream; OpenAI's defaults for a base:adapter model."""
+    async def go():
+        nodes, entry = await fleet()
+        backend = entry_backend(nodes[0].dp.entry)
+        try:
+            req = GenRequest(model="wf", prompt="hi", n=2, seed=-1, logprobs=True, top_logprobs=1, stop=("zz",))
+            whole = await backend.complete(req, None)
+            events = [ev async for ev in backend.stream(dataclasses.replace(req, stream=True), None)]
+            adapter = await backend.complete(GenRequest(model="base", prompt="hi"), None)
+            chat = await backend.complete(GenRequest(model="base", messages=({"role": "user", "content": "hi"},)),
+                                          None)
+            with pytest.raises(InvalidArgument, match="ends in an llm stage: call /v1/completions"):
+                await backend.embed(EmbedRequest("wf", ("x",)), None)
+            with pytest.raises(InvalidArgument, match="token ids"):
+                await backend.complete(GenRequest(model="wf", prompt=[1, 2]), None)
+            return nodes, whole, events, adapter, chat
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    (a, b, c, d), whole, events, adapter, chat = asyncio.run(go())
+    assert [(x.index, x.text, x.finish_reason) for x in whole.choices] == [
+        (0, "c[two(b[one(hi)])]", "stop"), (1, "c/1[two(b[one(hi)])]", "length")]
+    assert (whole.prompt_tokens, whole.completion_tokens) == (2, 5) and len(whole.choices[1].logprobs) == 2
+    assert c.fake.sampling[0]["seed"] == 2 ** 64 - 1 and c.fake.sampling[0]["stop"] == ("zz",)
+    out = Collector(2)
+    for ev in events:
+        out.add(ev)
+    assert [(x.text, x.finish_reason, len(x.logprobs)) for x in out.result().choices] == [
+        (x.text, x.finish_reason, 2) for x in whole.choices]
+    assert out.completion_tokens == 5
+    # "base" names the bare base model on one stage: OpenAI's defaults, 16 tokens for a completion,
+    # up to the end for a chat, temperature 1
+    assert adapter.choices[0].text.endswith("[hi]")
+    defaults = [s for n in (a, b, c, d) for s in n.fake.sampling if s["messages"] is None and s["n"] == 1]
+    assert {(s["max_tokens"], s["temperature"]) for s in defaults[-1:]} == {(16, 1.0)}
+    chats = [s for n in (a, b, c, d) for s in n.fake.sampling if s["messages"] == [{"role": "user", "content": "hi"}]]
+    assert len(chats) == 1 and (chats[0]["max_tokens"], chats[0]["temperature"]) == (None, 1.0)
+    assert chat.choices[0].text.endswith("[chat:user:hi]")

@@ -1,7 +1,9 @@
-"""An agent's OpenAI door over a real engine, with the official client: every answer is the one
-the engine gives for the same input (chat rendered with the model's own template, n choices and
-their seeds, log-probabilities, stop strings, embeddings), token counts are the engine's, and a
-client that goes away cancels its request. SmolLM2-135M-Instruct answers a real question."""
+"""An agent's OpenAI door over a real engine, with the official client: the door's request enters
+this agent's entry and runs on the data plane, in process on the engine of the replica this host
+holds (``LocalEngine``). Every answer is the one the engine gives for the same input (chat
+rendered with the model's own template, n choices and their seeds, log-probabilities, stop
+strings, token-id prompts, embeddings), token counts are the engine's, and a client that goes
+away cancels its request. SmolLM2-135M-Instruct answers a real question."""
 
 from __future__ import annotations
 
@@ -13,12 +15,40 @@ import openai
 import pytest
 import torch
 
-from atoll.agent.openai_local import EngineBackend
+from atoll.agent.dataplane.chain import NodeSelf
+from atoll.agent.dataplane.door import entry_backend
+from atoll.agent.dataplane.node import DataPlaneNode
 from atoll.agent.runtime import Engine, SamplingParams
+from atoll.agent.serving import LocalEngine, SwitchingWorker
+from atoll.core.apikeys import key_set
+from atoll.specs.routing import routing_state
+from tests.dataplane.helpers import endpoint, route
 from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama, with_chat_template
 from tests.runtime.smollm2 import smollm2_gguf
 
 from .helpers import serving
+
+
+class Loaded:
+    """What LocalEngine reads of a loaded Worker service: its engine."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+
+def engine_node(engine, adapters=("tenant-a",)) -> DataPlaneNode:
+    """An agent's data plane whose only replicas are on this host (``engine``): one workflow for the
+    bare base model and one per adapter, so ``base`` and ``base:adapter`` name them."""
+    worker = SwitchingWorker()
+    worker.current = Loaded(engine)
+    node = DataPlaneNode(node=lambda: NodeSelf("self", "self", "eu", "datacenter"), local=LocalEngine(worker),
+                         local_address=lambda: "", connected=lambda: True)
+    base = str(engine.model_dir)
+    routes = [route(f"wf-{a or 'base'}", endpoints=(endpoint(f"r-{a or 'base'}", node="self", adapter=a, base=base),))
+              for a in ("", *adapters)]
+    node.on_instruction({"routing": routing_state(routes)})
+    node.on_instruction({"keys": key_set([])})
+    return node
 
 MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat sat on"}]
 
@@ -36,7 +66,7 @@ def engine(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def door(engine):
-    with serving(EngineBackend(lambda: engine)) as d:
+    with serving(entry_backend(engine_node(engine).entry)) as d:
         yield d
 
 
@@ -46,7 +76,7 @@ def oa(door):
 
 
 def test_models_are_the_base_and_its_adapters(oa):
-    assert [m.id for m in oa.models.list().data] == ["base", "base:tenant-a"]
+    assert sorted(m.id for m in oa.models.list().data if not m.id.startswith("wf-")) == ["base", "base:tenant-a"]
 
 
 def test_chat_is_the_engines_answer_to_the_rendered_template(engine, oa):
@@ -142,7 +172,7 @@ def test_smollm2_answers_through_the_door():
     eng = Engine(smollm2_gguf(), kv_cache_tokens=2048)
     eng.start()
     try:
-        with serving(EngineBackend(lambda: eng)) as d:
+        with serving(entry_backend(engine_node(eng, adapters=()).entry)) as d:
             oa = openai.OpenAI(base_url=f"http://127.0.0.1:{d.port}/v1", api_key="unused", max_retries=0, timeout=120)
             q = [{"role": "user", "content": "What is the capital of France?"}]
             r = oa.chat.completions.create(model=eng.model_dir.name, messages=q, temperature=0)

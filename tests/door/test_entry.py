@@ -1,18 +1,18 @@
-"""The one entry path of a workflow request (gRPC Invoke and the OpenAI door alike): counted for
-the autoscaler from start to finish however it ends, unknown workflows refused before counting,
-a workflow at zero woken with the request waiting; and what each stage of a chat request sends."""
+"""The one way a request enters a workflow through the coordinator (gRPC Invoke and the OpenAI
+door alike, ``coordinator/entry.py``): unknown workflows refused, a workflow that does not serve
+refused in words, a workflow at zero woken at once (the entry holds the request), the source
+region's entries first, and a ``base:adapter`` model entering through the workflow holding it;
+and what each stage of a chat request sends (``agent/dataplane/chain.py``: stage_chat)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass, field
 
 import pytest
 
-from atoll.coordinator.entry import entering
-from atoll.coordinator.router import stage_chat
-from atoll.core.errors import DeadlineExceeded, FailedPrecondition, NotFound
+from atoll.agent.dataplane.chain import stage_chat
+from atoll.coordinator.entry import admit, admit_model, is_model
+from atoll.core.errors import FailedPrecondition, NotFound
 from atoll.specs.routing import Stage
 
 
@@ -22,108 +22,80 @@ class Deployment:
 
 
 @dataclass
+class Assigned:
+    base_model: str
+    adapter: str
+
+
+@dataclass
 class Rec:
+    name: str
     state: str
     deployment: Deployment = field(default_factory=Deployment)
+    message: str = ""
+    tenant: str = ""
+    assignments: tuple = ()
+
+
+@dataclass
+class Serving:
+    source_region: str
 
 
 class FakeWM:
-    """The part of WorkflowManager the entry path uses; ``ready_after`` route() calls fail first."""
+    """The part of WorkflowManager the entry path uses."""
 
-    def __init__(self, state="READY", ready_after=0):
-        self.rec = Rec(state)
+    def __init__(self, *recs: Rec):
+        self.records = {r.name: r for r in recs}
         self.log: list[str] = []
-        self.ready_after = ready_after
 
     def get(self, name):
-        if name != "wf":
+        if name not in self.records:
             raise NotFound(f"no workflow named {name!r}")
-        return self.rec
-
-    def request_started(self, name):
-        self.log.append("started")
-
-    def request_finished(self, name, completion_tokens=None):
-        self.log.append(f"finished {completion_tokens}" if completion_tokens else "finished")
+        return self.records[name]
 
     def wake(self, name):
-        self.log.append("wake")
-        self.rec.state = "DEPLOYING"
+        self.log.append(f"wake {name}")
+        self.records[name].state = "DEPLOYING"
 
-    def route(self, name):
-        if self.ready_after > 0:
-            self.ready_after -= 1
-            raise FailedPrecondition("workflow 'wf' is DEPLOYING: loading")
-        self.rec.state = "READY"
-        return "the-route"
+    def serving(self, name):
+        return Serving(f"region-of-{name}")
 
 
-def run(coro):
-    return asyncio.run(coro)
+def test_a_serving_workflow_enters_at_its_source_region():
+    wm = FakeWM(Rec("wf", "READY"))
+    there = admit(wm, "wf")
+    assert (there.region, there.carried_by) == ("region-of-wf", "wf") and wm.log == []
 
 
-def test_a_request_is_counted_until_its_block_ends():
-    wm = FakeWM()
-
-    async def go():
-        async with entering(wm, "wf", time.monotonic() + 5) as route:
-            wm.log.append(f"serving {route}")
-    run(go())
-    assert wm.log == ["started", "serving the-route", "finished"]
-
-
-def test_the_tokens_a_request_generated_reach_the_autoscaler():
-    wm = FakeWM()
-
-    async def go():
-        tokens: dict[str, int] = {}
-        async with entering(wm, "wf", time.monotonic() + 5, tokens):
-            tokens["gen"] = 7
-    run(go())
-    assert wm.log == ["started", "finished {'gen': 7}"]
-
-
-def test_a_failing_request_is_counted_finished_too():
-    wm = FakeWM()
-
-    async def go():
-        async with entering(wm, "wf", time.monotonic() + 5):
-            raise RuntimeError("the replica broke")
-    with pytest.raises(RuntimeError):
-        run(go())
-    assert wm.log == ["started", "finished"]
-
-
-def test_an_unknown_workflow_is_refused_before_counting():
-    wm = FakeWM()
-
-    async def go():
-        async with entering(wm, "other", time.monotonic() + 5):
-            pass
+def test_an_unknown_workflow_is_refused():
     with pytest.raises(NotFound):
-        run(go())
-    assert wm.log == []
+        admit(FakeWM(Rec("wf", "READY")), "other")
 
 
-def test_a_workflow_at_zero_is_woken_and_the_request_waits():
-    wm = FakeWM(state="IDLE", ready_after=3)
-
-    async def go():
-        async with entering(wm, "wf", time.monotonic() + 5) as route:
-            return route
-    assert run(go()) == "the-route"
-    assert wm.log == ["started", "wake", "finished"] and wm.ready_after == 0
+def test_a_workflow_that_does_not_serve_is_refused_in_words():
+    with pytest.raises(FailedPrecondition, match="'wf' is FAILED: no capacity"):
+        admit(FakeWM(Rec("wf", "FAILED", message="no capacity")), "wf")
+    with pytest.raises(FailedPrecondition, match="DEPLOYING"):        # deploying, not after a wake
+        admit(FakeWM(Rec("wf", "DEPLOYING")), "wf")
 
 
-def test_waking_past_the_deadline_is_a_clear_error():
-    wm = FakeWM(state="IDLE", ready_after=10 ** 6)
+def test_a_workflow_at_zero_is_woken_and_the_request_goes_on():
+    wm = FakeWM(Rec("wf", "IDLE", Deployment(autoscale=object())))
+    assert admit(wm, "wf").region == "region-of-wf" and wm.log == ["wake wf"]
+    assert admit(wm, "wf").region == "region-of-wf" and wm.log == ["wake wf"]   # deploying after a wake: once
 
-    async def go():
-        async with entering(wm, "wf", time.monotonic() + 0.3):
-            pass
-    with pytest.raises(DeadlineExceeded, match="scaled to zero"):
-        run(go())
-    assert wm.log == ["started", "wake", "finished"]
+
+def test_an_adapter_model_enters_through_the_serving_workflow_holding_it():
+    wm = FakeWM(Rec("a-idle", "IDLE", assignments=(Assigned("/m/base", "tenant-a"),)),
+                Rec("b-ready", "READY", assignments=(Assigned("/m/base", "tenant-a"),)),
+                Rec("c-other", "READY", assignments=(Assigned("/m/other", "tenant-a"),)))
+    assert is_model("base:tenant-a") and not is_model("wf") and not is_model("sha256:abc")
+    there = admit_model(wm, "base:tenant-a")
+    assert (there.region, there.carried_by) == ("region-of-b-ready", "b-ready")
+    assert admit_model(wm, "other:tenant-a").carried_by == "c-other"
+    with pytest.raises(NotFound, match="adapter 'nope' on base 'base'"):
+        admit_model(wm, "base:nope")
 
 
 def test_what_each_stage_of_a_request_sends():

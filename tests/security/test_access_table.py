@@ -124,6 +124,7 @@ def _grpc_call(fleet, w, method: str, who: str):
             req = {"ListNodes": control_pb2.ListNodesRequest(), "GetNode": control_pb2.GetNodeRequest(node="dc-1"),
                    "DrainNode": control_pb2.DrainNodeRequest(node="no-such-node"),
                    "SetNodeTrust": control_pb2.SetNodeTrustRequest(node="no-such-node", trusted=True),
+                   "RemoveNode": control_pb2.RemoveNodeRequest(node="no-such-node"),
                    "SubmitWorkflow": control_pb2.SubmitWorkflowRequest(spec_yaml="name: x", dry_run=True),
                    "ListWorkflows": control_pb2.ListWorkflowsRequest(),
                    "GetWorkflow": control_pb2.GetWorkflowRequest(name="walk-a"),
@@ -157,11 +158,12 @@ def _grpc_call(fleet, w, method: str, who: str):
             if name == "Describe":
                 return rpc_code(lambda: stub.Describe(dataplane_pb2.DescribeEntryRequest(), timeout=10, metadata=md))
             req = dp.invoke_request(workflow="walk-a", input_json='{"text": "hi"}', stream=False, timeout_seconds=20,
-                                    request_id="", max_tokens=0, temperature=None)
+                                    request_id="")
             return rpc_code(lambda: list(stub.Invoke(req, timeout=30, metadata=md)))
         if svc == access.DATAPLANE:
             req = dp.forward_request(workflow="walk-a", task="chat", replica_id="", outputs={}, text="hi",
-                                     stream=False, max_tokens=2, temperature=None, request_id="", tenant="")
+                                     stream=False, sink=dp.Sink(max_tokens=2), messages=None, request_id="",
+                                     tenant="")
             return rpc_code(lambda: list(dp.dataplane_stub(ch).Forward(req, timeout=30, metadata=md)))
         if svc == access.WORKER:
             stub = worker_pb2_grpc.WorkerStub(ch)

@@ -240,7 +240,27 @@ def big_spec(model: str, tasks: int = 100, variants: int = 20, seed: int = 7) ->
     return yaml.safe_dump(spec, sort_keys=False)
 
 
+def list_nodes_latencies(stub, key: str, keep_going) -> list[float]:
+    """ListNodes round trips, one every 50 ms, while ``keep_going()``; sorted."""
+    lat = []
+    while keep_going(len(lat)):
+        t0 = time.monotonic()
+        stub.ListNodes(control_pb2.ListNodesRequest(), timeout=5, metadata=md(key))
+        lat.append(time.monotonic() - t0)
+        time.sleep(0.05)
+    return sorted(lat)
+
+
+def p95(lat: list[float]) -> float:
+    return lat[int(0.95 * (len(lat) - 1))]
+
+
 def test_attack5_planning_a_large_spec_leaves_the_coordinator_answering(fleet):
+    """While a large spec is planned, ListNodes keeps answering. The bounds are relative, so a
+    loaded machine does not fail the test and a frozen loop still does: the slowest call must be
+    far below the plan's own run time (on the event loop, one call would wait most of the plan),
+    and the 95th percentile within 100 ms or 4 times the same RPC's p95 measured just before
+    on the same machine without the plan (whichever is larger)."""
     text = big_spec(str(fleet.tmp / "base"))
     assert len(text) > 200_000
     path = fleet.tmp / "atk5.yaml"
@@ -257,24 +277,21 @@ def test_attack5_planning_a_large_spec_leaves_the_coordinator_answering(fleet):
         done["seconds"] = time.monotonic() - t0
 
     th = threading.Thread(target=submit)
-    lat = []
     ch = grpc.insecure_channel(fleet.addr)
     try:
         stub = control_pb2_grpc.ClientServiceStub(ch)
         stub.ListNodes(control_pb2.ListNodesRequest(), timeout=5, metadata=md(fleet.keys["b"]))   # warm channel
+        base = list_nodes_latencies(stub, fleet.keys["b"], lambda n: n < 40)
         th.start()
-        while th.is_alive():
-            t0 = time.monotonic()
-            stub.ListNodes(control_pb2.ListNodesRequest(), timeout=5, metadata=md(fleet.keys["b"]))
-            lat.append(time.monotonic() - t0)
-            time.sleep(0.05)
+        lat = list_nodes_latencies(stub, fleet.keys["b"], lambda n: th.is_alive())
     finally:
         th.join(300)
         ch.close()
     assert "plan" in done or isinstance(done.get("error"), AtollError), done
     assert done["seconds"] > 1.0, "the plan was too quick to show anything"
-    lat.sort()
-    p95 = lat[int(0.95 * (len(lat) - 1))]
-    print(f"\nplanning took {done['seconds']:.1f} s; ListNodes during it: {len(lat)} calls, "
-          f"median {1000 * statistics.median(lat):.1f} ms, p95 {1000 * p95:.1f} ms, max {1000 * lat[-1]:.1f} ms")
-    assert p95 < 0.1 and lat[-1] < 0.5, lat[-10:]
+    assert len(lat) >= 5, lat
+    print(f"\nplanning took {done['seconds']:.1f} s; ListNodes before it: p95 {1000 * p95(base):.1f} ms, "
+          f"max {1000 * base[-1]:.1f} ms; during it: {len(lat)} calls, median {1000 * statistics.median(lat):.1f} ms, "
+          f"p95 {1000 * p95(lat):.1f} ms, max {1000 * lat[-1]:.1f} ms")
+    assert lat[-1] < done["seconds"] / 4, (done["seconds"], lat[-10:])
+    assert p95(lat) < max(0.1, 4 * p95(base)), (p95(base), lat[-10:])

@@ -107,9 +107,10 @@ def test_agent_doors_refuse_like_the_coordinator_and_trusted_data_stays_off_rent
     code, body = http_call(port, ka, "wf-a")
     assert code == 200 and isinstance(body["choices"][0]["text"], str), body
     assert body["usage"]["completion_tokens"] >= 1, body              # the last stage's counts
-    for extra in ({"n": 2}, {"logprobs": 1}, {"seed": 7}, {"stop": ["x"]}):    # not carried by an entry yet
+    for extra in ({"n": 2}, {"logprobs": 1}, {"seed": 7}, {"stop": ["x"]}):    # carried by the entry
         code, body = http_call(port, ka, "wf-a", **extra)
-        assert code == 400 and next(iter(extra)) in body["error"]["message"], (extra, code, body)
+        assert code == 200 and len(body["choices"]) == extra.get("n", 1), (extra, code, body)
+        assert (body["choices"][0]["logprobs"] is not None) == ("logprobs" in extra), (extra, body)
     for key, status in ((None, 401), ("not-a-key", 401), ("atoll_0123456789ab_nope", 401), (kb, 404)):
         code, body = http_call(port, key, "wf-a")
         assert code == status and body["error"]["message"], (key, code, body)

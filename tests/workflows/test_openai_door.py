@@ -1,7 +1,8 @@
 """The coordinator's OpenAI door on real processes, with the official client: chat rendered on
-the agent with its model's template, n choices, seeds, logprobs, stop strings, finish reasons
-and real token counts through the router; embedding workflows; ``base:adapter`` models; door
-requests counted and a workflow at zero woken, as gRPC invokes are."""
+the agent with its model's template, n choices, seeds, logprobs, stop strings, token-id prompts,
+finish reasons and real token counts, forwarded to an agent's entry and run on the data plane;
+embedding workflows; ``base:adapter`` models; door requests counted and a workflow at zero
+woken, as gRPC invokes are."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def test_generation_through_the_coordinator(harness):
         # chat: the agent renders the template; the prompt's tokens are the template's
         eng = Engine(h.models / "base", kv_cache_tokens=512)
         want_prompt = len(eng.apply_chat_template(MSGS, tokenize=True))
+        ids = eng.encode_prompt("the quick brown")
         eng.close()
         r = oa.chat.completions.create(model="wf-door", messages=MSGS, temperature=0)
         assert r.usage.prompt_tokens == want_prompt
@@ -87,8 +89,9 @@ def test_generation_through_the_coordinator(harness):
         assert r.choices[0].message.content == greedy and r.usage.prompt_tokens == want_prompt
         with pytest.raises(openai.BadRequestError, match="ends in an llm stage"):
             oa.embeddings.create(model="wf-door", input="x")
-        with pytest.raises(openai.BadRequestError, match="token ids"):
-            oa.completions.create(model="wf-door", prompt=[1, 2, 3])
+        # a prompt of token ids: the same answer as its text (the stage's template is "{input}")
+        r = oa.completions.create(model="wf-door", prompt=ids, max_tokens=12, temperature=0)
+        assert r.choices[0].text == full.choices[0].text and r.usage.prompt_tokens == len(ids)
         c.delete("wf-door")
         with pytest.raises(openai.NotFoundError):
             oa.completions.create(model="wf-door", prompt="gone")
