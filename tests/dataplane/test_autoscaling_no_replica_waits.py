@@ -23,7 +23,7 @@ def invoke(entry: str, timeout: float):
     async def go():
         async with grpc.aio.insecure_channel(entry) as ch:
             req = dp.invoke_request(workflow="wf", input_json='{"text": "hi"}', stream=False,
-                                    timeout_seconds=timeout, request_id="req-storm", max_tokens=0, temperature=None)
+                                    timeout_seconds=timeout, request_id="req-storm")
             return [dp.answer_from_pb(m) async for m in dp.entry_stub(ch).Invoke(req)]
     return go()
 
@@ -56,8 +56,8 @@ def test_a_request_with_every_replica_lost_waits_for_a_replacement():
                 await n.stop()
 
     answer, seconds, b_calls, c_calls = asyncio.run(go())
-    text, done, output, _stages = answer[-1]
-    assert done and output["text"] == "c[hi]"
+    last = answer[-1]
+    assert last.done and last.output["text"] == "c[hi]"
     assert b_calls == 1 and c_calls == 1 and 0.6 <= seconds < 3.0
 
 

@@ -14,7 +14,7 @@ from atoll.coordinator.forward import EntryForwarder
 from atoll.core.errors import Unavailable
 from atoll.core.rpc import add_service
 from atoll.proto.v1 import control_pb2
-from atoll.wire.dataplane import ENTRY, EntryInfo, done_message
+from atoll.wire.dataplane import ENTRY, EntryInfo, Invocation, done_message
 
 
 class Vanishing:
@@ -58,8 +58,9 @@ def test_an_answer_that_came_whole_stands_when_its_entry_vanishes(whole):
         fw = EntryForwarder(lambda region, workflow: infos)
         got, err = [], None
         try:
-            async for m in fw.invoke(region="eu", workflow="wf", input_json='{"text": "q"}', stream=False,
-                                     timeout=5, request_id="r1", max_tokens=0, temperature=None, metadata=()):
+            inv = Invocation(workflow="wf", input_json='{"text": "q"}', stream=False, timeout_seconds=5,
+                             request_id="r1")
+            async for m in fw.invoke(inv, region="eu", timeout=5, metadata=()):
                 got.append(m)
         except Unavailable as exc:
             err = exc
