@@ -72,18 +72,25 @@ def refused_everywhere_within(fleet, addrs: list[str], token: str, t0: float) ->
     return time.monotonic() - t0
 
 
+def admitted(fleet, name: str):
+    """The node ``name`` once READY, the other agents' Worker addresses, and a token of the node
+    that every one of them admits now."""
+    fleet.wait_ready(name)
+    rev = fleet.node(name)
+    addrs = workers(fleet, "dc-1", "rent-1")
+    tok = node_token(fleet, rev.id, time.time())
+    for a in addrs:
+        assert generate_code(a, tok) not in REFUSED, a
+    return rev, addrs, tok
+
+
 @pytest.mark.integration
 def test_revoking_a_join_token_cuts_off_the_nodes_that_joined_with_it(fleet):
     with fleet.client("admin") as c:
         jt = c.create_join_token(["datacenter"], ["eu-west"])
     agent = fleet.agent(REV, token=jt["token"])
     try:
-        fleet.wait_ready("rev-1")
-        rev = fleet.node("rev-1")
-        addrs = workers(fleet, "dc-1", "rent-1")
-        tok = node_token(fleet, rev.id, time.time())
-        for a in addrs:
-            assert generate_code(a, tok) not in REFUSED, a
+        rev, addrs, tok = admitted(fleet, "rev-1")
         assert fetch_code(fleet, tok) == grpc.StatusCode.NOT_FOUND      # admitted; no such blob
         t0 = time.monotonic()
         with fleet.client("admin") as c:
@@ -150,12 +157,7 @@ def test_which_nodes_are_revoked_and_for_how_long():
 def test_removing_a_node_cuts_it_off_even_when_it_joined_with_the_bootstrap_token(fleet):
     agent = fleet.agent(dict(REV, name="rev-2"))                 # the bootstrap join token: not revocable
     try:
-        fleet.wait_ready("rev-2")
-        rev = fleet.node("rev-2")
-        addrs = workers(fleet, "dc-1", "rent-1")
-        tok = node_token(fleet, rev.id, time.time())
-        for a in addrs:
-            assert generate_code(a, tok) not in REFUSED, a
+        rev, addrs, tok = admitted(fleet, "rev-2")
         t0 = time.monotonic()
         with fleet.client("admin") as c:
             removed = c.remove_node("rev-2")
