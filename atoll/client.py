@@ -381,7 +381,8 @@ class Client:
 
     def _invoke_entries(self, targets: list[str], req, timeout: float, stream: bool):
         """Invoke at the nearest entry; an entry that cannot be reached (or has no state yet)
-        gives way to the next, until the deadline (before a streamed answer's first token only)."""
+        gives way to the next, until the deadline (before a streamed answer's first token only).
+        An answer that came whole stands even when its entry vanishes before the call's status."""
         if stream:
             return self._stream_entries(targets, req, timeout)
         deadline = time.monotonic() + timeout
@@ -389,12 +390,14 @@ class Client:
         while True:
             left = deadline - time.monotonic()
             req.timeout_seconds = max(left, 0.001)
+            last = None
             try:
-                last = None
                 for resp in self._entry_stub(targets[i % len(targets)]).Invoke(req, timeout=left + 5):
                     last = resp
                 return wire.invoke_result(last)
             except grpc.RpcError as exc:
+                if last is not None and last.done:      # the whole answer came; the entry went away after
+                    return wire.invoke_result(last)
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay >= deadline:
                     raise error_from_rpc(exc) from None
             i += 1
@@ -405,17 +408,19 @@ class Client:
     def _stream_entries(self, targets: list[str], req, timeout: float):
         deadline = time.monotonic() + timeout
         for n, address in enumerate(targets):
-            started = False
+            started = done = False
             try:
                 left = max(deadline - time.monotonic(), 0.001)
                 req.timeout_seconds = left
                 for resp in self._entry_stub(address).Invoke(req, timeout=left + 5):
-                    started = True
+                    started, done = True, done or resp.done
                     item = wire.stream_item(resp)
                     if item is not None:
                         yield item
                 return
             except grpc.RpcError as exc:
+                if done:                                # the whole answer came; the entry went away after
+                    return
                 if started or exc.code() != grpc.StatusCode.UNAVAILABLE or n == len(targets) - 1:
                     raise error_from_rpc(exc) from None
 

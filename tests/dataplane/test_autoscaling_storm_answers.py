@@ -1,15 +1,17 @@
 """A preempted entry can vanish after sending a request's whole answer and before the call's
-status: the coordinator's forwarder keeps that answer (it was lost as UNAVAILABLE "Cancelling
+status: the coordinator's forwarder and the SDK's entry client keep that answer (it was lost as UNAVAILABLE "Cancelling
 all calls" in issue 18's storm); an entry that vanishes before the answer is complete still
 gives way to the next entry. Real gRPC entries on loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import grpc
 import pytest
 
+from atoll.client import Client
 from atoll.coordinator.forward import EntryForwarder
 from atoll.core.errors import Unavailable
 from atoll.core.rpc import add_service
@@ -77,3 +79,24 @@ def test_an_answer_that_came_whole_stands_when_its_entry_vanishes(whole):
     else:                                            # a partial answer is not replayed elsewhere
         assert isinstance(err, Unavailable) and "Cancelling all calls" in str(err)
         assert [m.text for m in got] == ["the ans"] and (first_calls, second_calls) == (1, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_sdk_keeps_an_answer_that_came_whole_when_its_entry_vanishes(stream):
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    entry = Vanishing(True)
+    server, address = asyncio.run_coroutine_threadsafe(serve(entry), loop).result(10)
+    try:
+        with Client("127.0.0.1:1", entries=address, timeout=5) as c:
+            if stream:
+                parts = list(c.invoke("wf", {"text": "q"}, stream=True))
+                assert parts and "the answer" in str(parts[-1]), parts
+            else:
+                assert c.invoke("wf", {"text": "q"})["output"] == {"text": "the answer"}
+        assert entry.calls == 1                      # answered once, not asked again
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
