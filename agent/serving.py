@@ -77,17 +77,24 @@ class SwitchingWorker:
 
     async def Generate(self, request, context):
         svc = await self._svc(context)
-        key = getattr(request, "adapter", "") or "base"
+        async for resp in self.counted(getattr(request, "adapter", ""), svc.Generate(request, context)):
+            yield resp
+
+    async def counted(self, adapter: str, stream: AsyncIterator):
+        """``stream`` (one request's answers, each with ``finished``) passed through and counted:
+        in flight until it ends, waiting (``replica_queues``) until its first answer, and one
+        request for the meter when an answer finishes."""
+        key = adapter or "base"
         self.in_flight += 1
         self.waiting[key] = self.waiting.get(key, 0) + 1
         waiting = True
         try:
-            async for resp in svc.Generate(request, context):
+            async for item in stream:
                 if waiting:
                     waiting = False
                     self.waiting[key] -= 1
-                yield resp
-                if resp.finished:
+                yield item
+                if item.finished:
                     self.meter.record(key)
         finally:
             if waiting:
@@ -138,24 +145,11 @@ class LocalEngine:
         engine = self._engine()
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, stop=list(stop), top_p=top_p,
                                 seed=seed, n=n, logprobs=logprobs or top_logprobs > 0, top_logprobs=top_logprobs)
-        w, key = self.worker, adapter or "base"
-        w.in_flight += 1
-        w.waiting[key] = w.waiting.get(key, 0) + 1          # until its first token (replica_queues)
-        waiting = True
-        try:
-            async for d in stream_choices(engine, prompt=None if messages is not None else (
-                                              prompt if isinstance(prompt, str) else list(prompt)), messages=messages,
-                                          adapter=adapter or None, params=params):
-                if waiting:
-                    waiting = False
-                    w.waiting[key] -= 1
-                yield d
-                if d.finished:
-                    w.meter.record(key)
-        finally:
-            if waiting:
-                w.waiting[key] -= 1
-            w.in_flight -= 1
+        choices = stream_choices(engine, prompt=None if messages is not None else (
+                                     prompt if isinstance(prompt, str) else list(prompt)), messages=messages,
+                                 adapter=adapter or None, params=params)
+        async for d in self.worker.counted(adapter, choices):
+            yield d
 
     async def embed(self, text: str, *, adapter: str, timeout: float) -> Embedding:
         engine = self._engine()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from atoll.coordinator import auth, convert
 from atoll.coordinator.entry import admit
@@ -23,19 +25,19 @@ log = logging.getLogger("atoll.coordinator")
 DEFAULT_TIMEOUT = 60.0
 
 
+@dataclass(eq=False)
 class ClientApi(control_pb2_grpc.ClientServiceServicer):
-    def __init__(self, registry: Registry, workflows=None, forwarder=None, metrics=None, keys=None, workers=None,
-                 entries=None):
-        """``forwarder``: :class:`~atoll.coordinator.forward.EntryForwarder` (Invoke goes to an
-        agent's entry); ``workers``: the WorkerClient the profiler calls agents with;
-        ``entries(region, workflow)``: the entries the SDK may use."""
-        self.registry = registry
-        self.workflows = workflows
-        self.forwarder = forwarder
-        self.metrics = metrics
-        self.keys = keys
-        self.workers = workers
-        self.entries = entries
+    """``forwarder``: :class:`~atoll.coordinator.forward.EntryForwarder` (Invoke goes to an
+    agent's entry); ``workers``: the WorkerClient the profiler calls agents with;
+    ``entries(region, workflow)``: the entries the SDK may use."""
+
+    registry: Registry
+    workflows: Any = None
+    forwarder: Any = None
+    metrics: Any = None
+    keys: Any = None
+    workers: Any = None
+    entries: Any = None
 
     # ------------------------------------------------------------------ nodes
     @handle_errors

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
 
 import psycopg
 
@@ -68,6 +69,7 @@ class SoloLeadership:
         pass
 
 
+@dataclass(eq=False)
 class AdvisoryLockLeadership:
     """Elect one leader among coordinators sharing ``url`` (see the module docstring).
 
@@ -78,18 +80,16 @@ class AdvisoryLockLeadership:
     Blocking database calls run in a worker thread so the event loop never stalls on the network.
     """
 
-    def __init__(self, url: str, advertise: str, *, on_elected: Callable[[], Awaitable[None]],
-                 on_lost: Callable[[str], Awaitable[None] | None], poll: float = 0.5, check: float = 1.0):
-        self.url = url
-        self.advertise = advertise
-        self.on_elected = on_elected
-        self.on_lost = on_lost
-        self.poll = poll
-        self.check = check
-        self.is_leader = False
-        self.epoch = 0
-        self.leader_address = ""
-        self._conn = None
+    url: str
+    advertise: str
+    on_elected: Callable[[], Awaitable[None]] = field(kw_only=True)
+    on_lost: Callable[[str], Awaitable[None] | None] = field(kw_only=True)
+    poll: float = field(default=0.5, kw_only=True)
+    check: float = field(default=1.0, kw_only=True)
+    is_leader: bool = field(default=False, init=False)
+    epoch: int = field(default=0, init=False)
+    leader_address: str = field(default="", init=False)
+    _conn: Any = field(default=None, init=False, repr=False)
 
     # -- blocking parts (worker thread) ------------------------------------------------------
     def _connect(self):

@@ -246,3 +246,31 @@ def workflow_from_row(r) -> WorkflowRecord:
                           plan=Plan.from_dict(plan) if "planner" in plan else None,
                           assignments=tuple(Assignment(**a) for a in json.loads(r[5])), generation=r[6],
                           created=r[7], updated=r[8], tenant=r[9], deployment=Deployment.from_dict(plan))
+
+
+class RecordReads:
+    """The reads both stores share; a store supplies ``_fetch(sql, args, one=...)`` and its
+    parameter placeholder ``P`` (``?`` for SQLite, ``%s`` for PostgreSQL)."""
+
+    P = "?"
+
+    def _fetch(self, sql: str, args: tuple = (), *, one: bool = False):
+        raise NotImplementedError
+
+    def get_node(self, node_id: str) -> NodeRecord | None:
+        r = self._fetch(f"SELECT {NODE_COLUMNS} FROM nodes WHERE id = {self.P}", (node_id,), one=True)
+        return node_from_row(r) if r else None
+
+    def list_nodes(self) -> list[NodeRecord]:
+        return [node_from_row(r) for r in self._fetch(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")]
+
+    def get_meta(self, key: str) -> str | None:
+        r = self._fetch(f"SELECT value FROM meta WHERE key = {self.P}", (key,), one=True)
+        return r[0] if r else None
+
+    def get_workflow(self, name: str) -> WorkflowRecord | None:
+        r = self._fetch(f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = {self.P}", (name,), one=True)
+        return workflow_from_row(r) if r else None
+
+    def list_workflows(self) -> list[WorkflowRecord]:
+        return [workflow_from_row(r) for r in self._fetch(f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY name")]

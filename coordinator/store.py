@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, WorkflowRecord,
-                                       create_tables, node_from_row, node_row, workflow_from_row, workflow_row)
+from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, RecordReads,
+                                       WorkflowRecord, create_tables, node_row, workflow_row)
 from atoll.coordinator.store_pg import PostgresStore
 from atoll.core.errors import FailedPrecondition
 
@@ -53,7 +53,7 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteStore:
+class SqliteStore(RecordReads):
     """SQLite store. Thread-safe (one connection guarded by a lock); WAL journal."""
 
     def __init__(self, path: str | Path):
@@ -103,15 +103,10 @@ class SqliteStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def get_node(self, node_id: str) -> NodeRecord | None:
+    def _fetch(self, sql: str, args: tuple = (), *, one: bool = False):
         with self._lock:
-            r = self._db.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,)).fetchone()
-        return node_from_row(r) if r else None
-
-    def list_nodes(self) -> list[NodeRecord]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name").fetchall()
-        return [node_from_row(r) for r in rows]
+            cur = self._db.execute(sql, args)
+            return cur.fetchone() if one else cur.fetchall()
 
     def set_node_state(self, node_id: str, state: str, drain_requested: bool | None = None) -> None:
         with self._lock:
@@ -146,11 +141,6 @@ class SqliteStore:
                 raise
 
     # -- meta -------------------------------------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
-        with self._lock:
-            r = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return r[0] if r else None
-
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
             self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
@@ -174,16 +164,6 @@ class SqliteStore:
                 "message=excluded.message, plan=excluded.plan, assignments=excluded.assignments, "
                 "generation=excluded.generation, updated=excluded.updated, tenant=excluded.tenant",
                 workflow_row(rec))
-
-    def get_workflow(self, name: str) -> WorkflowRecord | None:
-        with self._lock:
-            r = self._db.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ?", (name,)).fetchone()
-        return workflow_from_row(r) if r else None
-
-    def list_workflows(self) -> list[WorkflowRecord]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY name").fetchall()
-        return [workflow_from_row(r) for r in rows]
 
     def delete_workflow(self, name: str) -> bool:
         with self._lock:

@@ -28,8 +28,8 @@ from typing import Callable, Iterable, TypeVar
 
 import psycopg
 
-from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, WorkflowRecord,
-                                       create_tables, node_from_row, node_row, workflow_from_row, workflow_row)
+from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, RecordReads,
+                                       WorkflowRecord, create_tables, node_row, workflow_row)
 from atoll.core.errors import Unavailable
 
 T = TypeVar("T")
@@ -62,8 +62,10 @@ def connect(url: str, *, connect_timeout: float = 5.0) -> psycopg.Connection:
                           hint="check --database-url / ATOLL_DATABASE_URL and that the server is up") from None
 
 
-class PostgresStore:
+class PostgresStore(RecordReads):
     """PostgreSQL store (psycopg 3). Thread-safe: one connection guarded by a lock."""
+
+    P = "%s"
 
     def __init__(self, url: str):
         self.url = url
@@ -139,14 +141,11 @@ class PostgresStore:
                 node_row(rec))
         self._write(go)
 
-    def get_node(self, node_id: str) -> NodeRecord | None:
-        r = self._run(lambda db: db.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE id = %s",
-                                            (node_id,)).fetchone())
-        return node_from_row(r) if r else None
-
-    def list_nodes(self) -> list[NodeRecord]:
-        rows = self._run(lambda db: db.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name").fetchall())
-        return [node_from_row(r) for r in rows]
+    def _fetch(self, sql: str, args: tuple = (), *, one: bool = False):
+        def go(db):
+            cur = db.execute(sql, args)
+            return cur.fetchone() if one else cur.fetchall()
+        return self._run(go)
 
     def set_node_state(self, node_id: str, state: str, drain_requested: bool | None = None) -> None:
         if drain_requested is None:
@@ -177,10 +176,6 @@ class PostgresStore:
         self._write(go)
 
     # -- meta -------------------------------------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
-        r = self._run(lambda db: db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone())
-        return r[0] if r else None
-
     def set_meta(self, key: str, value: str) -> None:
         self._write(lambda db: db.execute("INSERT INTO meta(key, value) VALUES (%s, %s) "
                                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)))
@@ -201,15 +196,6 @@ class PostgresStore:
             "message=excluded.message, plan=excluded.plan, assignments=excluded.assignments, "
             "generation=excluded.generation, updated=excluded.updated, tenant=excluded.tenant",
             workflow_row(rec)))
-
-    def get_workflow(self, name: str) -> WorkflowRecord | None:
-        r = self._run(lambda db: db.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = %s",
-                                            (name,)).fetchone())
-        return workflow_from_row(r) if r else None
-
-    def list_workflows(self) -> list[WorkflowRecord]:
-        rows = self._run(lambda db: db.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY name").fetchall())
-        return [workflow_from_row(r) for r in rows]
 
     def delete_workflow(self, name: str) -> bool:
         return self._write(lambda db: db.execute("DELETE FROM workflows WHERE name = %s", (name,)).rowcount) > 0

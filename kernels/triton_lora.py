@@ -191,8 +191,7 @@ def _bgmv_expand_kernel(
     stride_hn, stride_ht, stride_bs, stride_bc, stride_yt,
     N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    cb = tl.program_id(1)
+    t, cb = tl.program_id(0), tl.program_id(1)      # token, column block
     slot = tl.load(slots_ptr + t)
     if slot < 0:
         return
@@ -245,6 +244,16 @@ def _shrink_workspace(x, a, split_k):
     return torch.zeros(split_k, n, x.shape[0], r, dtype=torch.float32, device=x.device)
 
 
+def _shrink_prologue(launcher: str, x, a, meta, split_k: int | None, block_m: int | None):
+    """Checks a shrink's arguments; returns (H_in, N, R, split_k, zeroed workspace, idle), idle
+    when there is nothing to compute (no LoRA row, no token or rank 0)."""
+    _refuse(launcher, check_shrink(x, a, meta), split_k=split_k, block_m=block_m)
+    t, h_in = x.shape
+    _, n, r, _ = a.shape
+    split_k = split_k or default_split_k(h_in)
+    return h_in, n, r, split_k, _shrink_workspace(x, a, split_k), not meta.any_lora or t == 0 or r == 0
+
+
 def _k_per_split(h_in: int, split_k: int, block_k: int) -> int:
     return triton.cdiv(triton.cdiv(h_in, split_k), block_k) * block_k
 
@@ -268,12 +277,8 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, meta, *, split_k: int | None =
     ``split_k`` (default :func:`default_split_k`) splits the H_in reduction; ``block_m`` (rows
     per program, >= 16) defaults to the segment length rounded up to a power of two, at most 64.
     """
-    _refuse("sgmv_shrink", check_shrink(x, a, meta), split_k=split_k, block_m=block_m)
-    t, h_in = x.shape
-    _, n, r, _ = a.shape
-    split_k = split_k or default_split_k(h_in)
-    ws = _shrink_workspace(x, a, split_k)
-    if not meta.any_lora or t == 0 or r == 0:
+    h_in, n, r, split_k, ws, idle = _shrink_prologue("sgmv_shrink", x, a, meta, split_k, block_m)
+    if idle:
         return _finish_shrink(ws)
     bm = block_m or min(64, max(16, triton.next_power_of_2(meta.max_seg_len)))
     row_blocks = triton.cdiv(meta.max_seg_len, bm)
@@ -292,14 +297,10 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, meta, *, split_k: int | None =
 def bgmv_shrink(x: torch.Tensor, a: torch.Tensor, meta, *, split_k: int | None = None,
                 block_k: int = 128) -> torch.Tensor:
     """BGMV shrink: same contract as :func:`sgmv_shrink`, one program per (row, slice, K part)."""
-    _refuse("bgmv_shrink", check_shrink(x, a, meta), split_k=split_k)
-    t, h_in = x.shape
-    _, n, r, _ = a.shape
-    split_k = split_k or default_split_k(h_in)
-    ws = _shrink_workspace(x, a, split_k)
-    if not meta.any_lora or t == 0 or r == 0:
+    h_in, n, r, split_k, ws, idle = _shrink_prologue("bgmv_shrink", x, a, meta, split_k, None)
+    if idle:
         return _finish_shrink(ws)
-    _bgmv_shrink_kernel[(t, n * split_k)](
+    _bgmv_shrink_kernel[(x.shape[0], n * split_k)](
         x, a, ws, meta.token_slots,
         h_in, r, _k_per_split(h_in, split_k, block_k),
         x.stride(0), a.stride(0), a.stride(1), a.stride(2),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from atoll.cli.flags import server_flags
+
 
 def register(sub) -> None:
     p = sub.add_parser("agent", help="run the agent on this host",
@@ -16,8 +18,6 @@ def register(sub) -> None:
     p.add_argument("--worker-listen", help="Worker gRPC HOST:PORT (default 127.0.0.1:0)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics (runtime: TTFT, tokens/s, KV use, adapter slots) here")
-    p.add_argument("--metrics-token-file", metavar="FILE",
-                   help="/metrics requires Authorization: Bearer <the token in FILE> (default: open)")
     p.add_argument("--openai-listen", metavar="HOST:PORT",
                    help="OpenAI-compatible HTTP API for this host's model and adapters (edge clients)")
     p.add_argument("--worker-advertise", metavar="HOST:PORT",
@@ -28,10 +28,7 @@ def register(sub) -> None:
     p.add_argument("--otlp-endpoint", metavar="URL",
                    help="export request spans to this OpenTelemetry collector (OTLP/HTTP, e.g. http://otel:4318)")
     p.add_argument("--tls-ca", metavar="PEM", help="CA that signed the coordinator's certificate: use TLS")
-    p.add_argument("--tls-cert", metavar="PEM", help="this agent's client certificate (mutual TLS)")
-    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a plaintext Worker on a non-loopback address (local development only)")
+    server_flags(p, cert_help="this agent's client certificate (mutual TLS)", plaintext="a plaintext Worker")
     p.add_argument("--log-level", default=None)
     p.set_defaults(func=run)
 

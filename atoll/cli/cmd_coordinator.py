@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from atoll.cli.flags import server_flags
+
 
 def register(sub) -> None:
     p = sub.add_parser("coordinator", help="run the coordinator (control plane)",
@@ -9,8 +11,6 @@ def register(sub) -> None:
                                    "variables and --config, in that order of precedence.")
     p.add_argument("--listen", help="gRPC HOST:PORT (default 127.0.0.1:7070)")
     p.add_argument("--metrics-listen", help="Prometheus HTTP HOST:PORT (default 127.0.0.1:9090)")
-    p.add_argument("--metrics-token-file", metavar="FILE",
-                   help="/metrics requires Authorization: Bearer <the token in FILE> (default: open)")
     p.add_argument("--state-dir", help="directory of the SQLite state (default .atoll/coordinator)")
     p.add_argument("--heartbeat-interval", type=_positive_float, metavar="SECONDS",
                    help="seconds between agent heartbeats (default 5)")
@@ -23,13 +23,10 @@ def register(sub) -> None:
                         "standbys (default: the listen address)")
     p.add_argument("--openai-listen", metavar="HOST:PORT",
                    help="serve an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions)")
-    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate")
-    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    server_flags(p, cert_help="serve TLS with this certificate", plaintext="plaintext gRPC")
     p.add_argument("--tls-client-ca", metavar="PEM", help="CA of agent certificates: agents must use mutual TLS")
     p.add_argument("--agent-listen", metavar="HOST:PORT",
                    help="port for agents, mutual TLS required (with --tls-client-ca)")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow plaintext gRPC on a non-loopback address (local development only)")
     p.add_argument("--allow-empty-store", action="store_true",
                    help="start even when the database is empty but the state dir shows it held data before "
                         "(an emptied or replaced database is refused otherwise)")

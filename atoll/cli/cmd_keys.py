@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from atoll.cli.admin import admin_flags, list_and_revoke
+from atoll.cli.admin import admin_flags, list_and_revoke, run_admin
 
 
 def register(sub) -> None:
@@ -21,25 +19,15 @@ def register(sub) -> None:
 
 
 def run(ns) -> int:
-    from atoll.cli.table import render
-    from atoll.client import Client
-    from atoll.core.errors import InvalidArgument
+    def create(c):
+        k = c.create_key(ns.tenant, ns.role)
+        return f"created key {k['id']} for tenant {k['tenant']} ({k['role']})", k["key"]
 
-    if not getattr(ns, "keys_command", None):
-        raise InvalidArgument("say what to do: atoll keys create | list | revoke")
-    with Client(ns.coordinator, api_key=ns.api_key) as c:
-        if ns.keys_command == "create":
-            k = c.create_key(ns.tenant, ns.role)
-            print(f"created key {k['id']} for tenant {k['tenant']} ({k['role']}); it is shown only once:")
-            print(k["key"])
-        elif ns.keys_command == "list":
-            keys = c.list_keys()
-            if ns.output == "json":
-                print(json.dumps(keys, indent=2))
-            else:
-                print(render(["ID", "TENANT", "ROLE", "REVOKED"],
-                             [[k["id"], k["tenant"], k["role"], "yes" if k["revoked"] else "no"] for k in keys]))
-        else:
-            k = c.revoke_key(ns.id)
-            print(f"key {k['id']} ({k['tenant']}) revoked")
-    return 0
+    def revoke(c, key_id):
+        k = c.revoke_key(key_id)
+        return f"key {k['id']} ({k['tenant']}) revoked"
+
+    return run_admin(ns, getattr(ns, "keys_command", None), "atoll keys create | list | revoke",
+                     create=create, listing=lambda c: c.list_keys(), revoke=revoke,
+                     columns=["ID", "TENANT", "ROLE", "REVOKED"],
+                     row=lambda k: [k["id"], k["tenant"], k["role"], "yes" if k["revoked"] else "no"])

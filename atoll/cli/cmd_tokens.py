@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 
-from atoll.cli.admin import admin_flags, list_and_revoke
+from atoll.cli.admin import admin_flags, list_and_revoke, run_admin
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -42,32 +41,27 @@ def register(sub) -> None:
 
 
 def run(ns) -> int:
-    from atoll.cli.table import render
-    from atoll.client import Client
-    from atoll.core.errors import InvalidArgument
+    def create(c):
+        t = c.create_join_token(ns.tier, ns.region, trusted=ns.trusted, ttl=ns.ttl, uses=ns.uses)
+        return f"created join token {t['id']} ({_scope(t)})", t["token"]
 
-    if not getattr(ns, "tokens_command", None):
-        raise InvalidArgument("say what to do: atoll tokens create | list | revoke")
-    with Client(ns.coordinator, api_key=ns.api_key) as c:
-        if ns.tokens_command == "create":
-            t = c.create_join_token(ns.tier, ns.region, trusted=ns.trusted, ttl=ns.ttl, uses=ns.uses)
-            print(f"created join token {t['id']} ({_scope(t)}); it is shown only once:")
-            print(t["token"])
-        elif ns.tokens_command == "list":
-            tokens = c.list_join_tokens()
-            if ns.output == "json":
-                print(json.dumps(tokens, indent=2))
-            else:
-                now = time.time()
-                print(render(["ID", "SCOPE", "EXPIRES", "USES", "LEFT", "REVOKED"], [
-                    [t["id"], _scope(t), "never" if not t["expires_unix"] else
-                     ("expired" if t["expires_unix"] < now else f"in {(t['expires_unix'] - now) / 3600:.1f} h"),
-                     str(t["uses"]), "unlimited" if t["uses_left"] < 0 else str(t["uses_left"]),
-                     "yes" if t["revoked"] else "no"] for t in tokens]))
-        else:
-            t = c.revoke_join_token(ns.id)
-            print(f"join token {t['id']} revoked")
-    return 0
+    def revoke(c, token_id):
+        t = c.revoke_join_token(token_id)
+        return f"join token {t['id']} revoked"
+
+    now = time.time()
+    return run_admin(ns, getattr(ns, "tokens_command", None), "atoll tokens create | list | revoke",
+                     create=create, listing=lambda c: c.list_join_tokens(), revoke=revoke,
+                     columns=["ID", "SCOPE", "EXPIRES", "USES", "LEFT", "REVOKED"],
+                     row=lambda t: [t["id"], _scope(t), _expires(t["expires_unix"], now), str(t["uses"]),
+                                    "unlimited" if t["uses_left"] < 0 else str(t["uses_left"]),
+                                    "yes" if t["revoked"] else "no"])
+
+
+def _expires(unix: float, now: float) -> str:
+    if not unix:
+        return "never"
+    return "expired" if unix < now else f"in {(unix - now) / 3600:.1f} h"
 
 
 def _scope(t: dict) -> str:

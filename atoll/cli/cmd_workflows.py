@@ -14,33 +14,32 @@ def _coord(p) -> None:
                    help="coordinator HOST:PORT (default $ATOLL_COORDINATOR or 127.0.0.1:7070)")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("submit", help="submit a workflow: validate, plan on the live fleet, deploy")
+def _verb(sub, name: str, help: str, func, *positional: str, output: tuple[str, ...] = ()):
+    """A sub-command ``name`` that runs ``func``: --coordinator, the ``positional`` arguments and,
+    when ``output`` lists formats, ``--output`` (the first one the default)."""
+    p = sub.add_parser(name, help=help)
     _coord(p)
+    for arg in positional:
+        p.add_argument(arg)
+    if output:
+        p.add_argument("--output", "-o", choices=list(output), default=output[0])
+    p.set_defaults(func=func)
+    return p
+
+
+def register(sub) -> None:
+    table = ("table", "json")
+    p = _verb(sub, "submit", "submit a workflow: validate, plan on the live fleet, deploy", run_submit,
+              output=table)
     p.add_argument("spec", help="workflow YAML")
     p.add_argument("--dry-run", action="store_true", help="plan only; store and deploy nothing")
     p.add_argument("--wait", action="store_true", help="wait until the workflow is READY")
-    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    p.set_defaults(func=run_submit)
 
-    p = sub.add_parser("workflows", help="list workflows")
-    _coord(p)
-    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    p.set_defaults(func=run_list)
+    _verb(sub, "workflows", "list workflows", run_list, output=table)
+    _verb(sub, "status", "a workflow's plan, replicas and profiles", run_status, "name", output=table)
+    _verb(sub, "delete", "delete a workflow (its replicas are unloaded)", run_delete, "name")
 
-    p = sub.add_parser("status", help="a workflow's plan, replicas and profiles")
-    _coord(p)
-    p.add_argument("name")
-    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    p.set_defaults(func=run_status)
-
-    p = sub.add_parser("delete", help="delete a workflow (its replicas are unloaded)")
-    _coord(p)
-    p.add_argument("name")
-    p.set_defaults(func=run_delete)
-
-    p = sub.add_parser("invoke", help="run one request through a workflow")
-    _coord(p)
+    p = _verb(sub, "invoke", "run one request through a workflow", run_invoke, output=("text", "json"))
     p.add_argument("--entry", default=None, metavar="ADDR[,ADDR]",
                    help="invoke at these agents' entries, nearest first (default $ATOLL_ENTRIES; unset: "
                         "through the coordinator, which forwards to an entry)")
@@ -53,31 +52,21 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (default 60)")
     p.add_argument("--max-tokens", type=int, default=0,
                    help="completion budget of the last stage for this request (default: the spec's)")
-    p.add_argument("--output", "-o", choices=["text", "json"], default="text")
-    p.set_defaults(func=run_invoke)
 
-    p = sub.add_parser("entries", help="agents' entries, where clients invoke workflows (the data plane)")
-    _coord(p)
+    p = _verb(sub, "entries", "agents' entries, where clients invoke workflows (the data plane)", run_entries,
+              output=table)
     p.add_argument("--region", default="", help="this region's entries first")
     p.add_argument("--workflow", default="", help="only entries that may take this workflow")
-    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    p.set_defaults(func=run_entries)
 
-    p = sub.add_parser("profile", help="measure a variant's throughput on a live agent and record it")
-    _coord(p)
-    p.add_argument("workflow")
-    p.add_argument("task")
+    p = _verb(sub, "profile", "measure a variant's throughput on a live agent and record it", run_profile,
+              "workflow", "task")
     p.add_argument("--variant", default="")
     p.add_argument("--node", default="", help="node name or id (default: any node running it)")
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=8)
-    p.set_defaults(func=run_profile)
 
-    p = sub.add_parser("push", help="upload a model or adapter directory to the coordinator's store")
-    _coord(p)
-    p.add_argument("path")
+    p = _verb(sub, "push", "upload a model or adapter directory to the coordinator's store", run_push, "path")
     p.add_argument("--kind", choices=["model", "adapter"], default="model")
-    p.set_defaults(func=run_push)
 
 
 def run_submit(ns) -> int:

@@ -42,40 +42,17 @@ class SpecError(AtollError):
         super().__init__(where + message, hint=hint)
 
 
-class InvalidArgument(AtollError):
-    code = "INVALID_ARGUMENT"
-
-
-class NotFound(AtollError):
-    code = "NOT_FOUND"
-
-
-class AlreadyExists(AtollError):
-    code = "ALREADY_EXISTS"
-
-
-class FailedPrecondition(AtollError):
-    code = "FAILED_PRECONDITION"
-
-
-class ResourceExhausted(AtollError):
-    code = "RESOURCE_EXHAUSTED"
-
-
-class Unauthenticated(AtollError):
-    code = "UNAUTHENTICATED"
-
-
-class PermissionDenied(AtollError):
-    code = "PERMISSION_DENIED"
-
-
-class Unavailable(AtollError):
-    code = "UNAVAILABLE"
-
-
-class DeadlineExceeded(AtollError):
-    code = "DEADLINE_EXCEEDED"
+# One class per gRPC status a caller may see, written as a table (each is AtollError with
+# another ``code``).
+class InvalidArgument(AtollError): code = "INVALID_ARGUMENT"
+class NotFound(AtollError): code = "NOT_FOUND"
+class AlreadyExists(AtollError): code = "ALREADY_EXISTS"
+class FailedPrecondition(AtollError): code = "FAILED_PRECONDITION"
+class ResourceExhausted(AtollError): code = "RESOURCE_EXHAUSTED"
+class Unauthenticated(AtollError): code = "UNAUTHENTICATED"
+class PermissionDenied(AtollError): code = "PERMISSION_DENIED"
+class Unavailable(AtollError): code = "UNAVAILABLE"
+class DeadlineExceeded(AtollError): code = "DEADLINE_EXCEEDED"
 
 
 class PlanInfeasible(AtollError):

@@ -80,11 +80,17 @@ def split_address(value: str) -> tuple[str, int]:
     return host, int(m.group("port"))
 
 
-class CoordinatorSettings(Spec):
-    listen: str = Field(default="127.0.0.1:7070", description="gRPC address HOST:PORT")
-    metrics_listen: str = Field(default="127.0.0.1:9090", description="Prometheus HTTP HOST:PORT")
+class ServerSettings(Spec):
+    """Settings both daemons have."""
+
     metrics_token_file: str | None = Field(default=None, description="file holding a bearer token /metrics "
                                                                       "requires; unset: /metrics is open")
+    tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")
+
+
+class CoordinatorSettings(ServerSettings):
+    listen: str = Field(default="127.0.0.1:7070", description="gRPC address HOST:PORT")
+    metrics_listen: str = Field(default="127.0.0.1:9090", description="Prometheus HTTP HOST:PORT")
     state_dir: str = Field(default=".atoll/coordinator", description="where the SQLite database lives")
     heartbeat_interval: float = Field(default=5.0, gt=0, le=3600, description="seconds between heartbeats")
     join_token: str | None = Field(default=None, min_length=8, max_length=256,
@@ -97,7 +103,6 @@ class CoordinatorSettings(Spec):
     openai_listen: str | None = Field(default=None, description="HOST:PORT of the OpenAI-compatible HTTP "
                                                                 "endpoint (/v1/...); unset: off")
     tls_cert: str | None = Field(default=None, description="PEM certificate: serve TLS")
-    tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")
     tls_client_ca: str | None = Field(default=None, description="PEM CA that signs agent certificates: "
                                                                  "agents must present one (mutual TLS)")
     agent_listen: str | None = Field(default=None, description="HOST:PORT for agents, with mutual TLS "
@@ -132,7 +137,7 @@ class CoordinatorSettings(Spec):
         return v
 
 
-class AgentSettings(Spec):
+class AgentSettings(ServerSettings):
     coordinator: str = Field(default="127.0.0.1:7070",
                              description="coordinator HOST:PORT, or several comma-separated to fail over between")
     config: str = Field(description="path of node.yaml")
@@ -140,15 +145,12 @@ class AgentSettings(Spec):
     join_token: str | None = Field(default=None, max_length=256)
     worker_listen: str = Field(default="127.0.0.1:0", description="Worker gRPC HOST:PORT (port 0: any)")
     metrics_listen: str | None = Field(default=None, description="Prometheus HTTP HOST:PORT")
-    metrics_token_file: str | None = Field(default=None, description="file holding a bearer token /metrics "
-                                                                      "requires; unset: /metrics is open")
     worker_advertise: str | None = Field(default=None, description="HOST:PORT the coordinator should use to "
                                                                     "reach this agent's Worker")
     openai_listen: str | None = Field(default=None, description="HOST:PORT of an OpenAI-compatible endpoint "
                                                                 "serving this host's model directly (edge clients)")
     tls_ca: str | None = Field(default=None, description="PEM CA that signed the coordinator's certificate")
     tls_cert: str | None = Field(default=None, description="PEM client certificate of this agent (mutual TLS)")
-    tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")
     insecure: bool = Field(default=False, description="allow a plaintext Worker on a non-loopback address")
     entry_listen: str = Field(default="127.0.0.1:0", description="HOST:PORT of this agent's Entry service, "
                                                                  "where clients invoke workflows (port 0: any)")
