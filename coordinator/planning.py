@@ -148,10 +148,10 @@ class PlanWorkers:
         self._idle.append(w)
         self._dispatch()
 
-    async def _acquire(self, who: str) -> _Worker:
+    async def _acquire(self, who: str, first: bool) -> _Worker:
         self._start()
         fut = asyncio.get_running_loop().create_future()
-        self._turns.add(who, fut)                       # ResourceExhausted past the tenant's share
+        self._turns.add(who, fut, first)                # ResourceExhausted past the tenant's share
         self._dispatch()
         try:
             return await fut
@@ -162,12 +162,13 @@ class PlanWorkers:
                 self._turns.remove(who, fut)
             raise
 
-    async def run(self, fn: Callable, *args, on_behalf_of: str = SYSTEM, **kwargs):
+    async def run(self, fn: Callable, *args, on_behalf_of: str = SYSTEM, first: bool = False, **kwargs):
         """``fn(*args, **kwargs)`` in a worker process, when it is ``on_behalf_of``'s turn (a
-        tenant; by default the coordinator itself); its result or its error. A call that does not
-        get its answer (out of time, the worker died, the caller went away) replaces its worker:
-        a late answer must never reach the next call."""
-        w = await self._acquire(on_behalf_of)
+        tenant; by default the coordinator itself; ``first``: ahead of that tenant's other calls,
+        for a placement that holds the placement lock); its result or its error. A call that does
+        not get its answer (out of time, the worker died, the caller went away) replaces its
+        worker: a late answer must never reach the next call."""
+        w = await self._acquire(on_behalf_of, first)
         answered = False
         try:
             await w.wait_ready()
