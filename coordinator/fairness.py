@@ -19,8 +19,8 @@ decides instead, and decides only (no asyncio; the caller hands out what is scar
   RESOURCE_EXHAUSTED, unless the caller is one of ``unbounded`` (the coordinator's own re-plans,
   which it serialises itself).
 
-:class:`FairLock` is the thin asyncio part for the placement lock: one holder at a time, the
-turns decided by a :class:`FairQueue`.
+:class:`Handout` is the thin asyncio part that hands out what is scarce in those turns: the
+planning workers, and the one key of :class:`FairLock`, the placement lock.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import AsyncIterator, Collection, Generic, TypeVar
 from atoll.core.errors import ResourceExhausted
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 SYSTEM = "(coordinator)"      # not a valid tenant name: re-plans and other calls of the coordinator's own
 
@@ -118,50 +119,61 @@ class FairQueue(Generic[T]):
         return self._running.get(who, 0)
 
 
-class FairLock:
-    """An asyncio lock whose waiters take turns by caller (:class:`FairQueue`): ``async with
-    lock.hold(tenant): ...``. At most ``max_waiting_each`` waiters per tenant (one more:
-    RESOURCE_EXHAUSTED); the coordinator's own (:data:`SYSTEM`) are not counted. A waiter that
-    goes away gives its turn back."""
+class Handout(Generic[R]):
+    """The thin asyncio part: hands the ``free`` resources (a list this object owns from now on)
+    to waiting callers, in the turns a :class:`FairQueue` decides. A waiter that goes away gives
+    its turn back (or the resource, when it was handed over as it left)."""
 
-    def __init__(self, max_waiting_each: int, what: str = "placements"):
-        self._turns: FairQueue[asyncio.Future] = FairQueue(1, max_waiting_each, what=what)
-        self._held = False
-
-    def locked(self) -> bool:
-        return self._held
+    def __init__(self, turns: FairQueue[asyncio.Future], free: list[R]):
+        self.turns, self.free = turns, free
 
     def _dispatch(self) -> None:
-        while not self._held:
-            turn = self._turns.next()
+        while self.free:
+            turn = self.turns.next()
             if turn is None:
                 return
             who, fut = turn
             if fut.done():                  # its caller went away just now
-                self._turns.done(who)
+                self.turns.done(who)
                 continue
-            self._held = True
-            fut.set_result(None)
+            fut.set_result(self.free.pop())
 
-    def _release(self, who: str) -> None:
-        self._turns.done(who)
-        self._held = False
+    def release(self, who: str, resource: R) -> None:
+        self.turns.done(who)
+        self.free.append(resource)
         self._dispatch()
+
+    async def acquire(self, who: str, first: bool = False) -> R:
+        """A resource, in ``who``'s turn (``first``: ahead of ``who``'s other waiters);
+        ResourceExhausted past ``who``'s waiting share."""
+        fut = asyncio.get_running_loop().create_future()
+        self.turns.add(who, fut, first)
+        self._dispatch()
+        try:
+            return await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():     # handed over as the caller left
+                self.release(who, fut.result())
+            else:
+                self.turns.remove(who, fut)
+            raise
+
+
+class FairLock:
+    """An asyncio lock whose waiters take turns by caller: ``async with lock.hold(tenant): ...``.
+    At most ``max_waiting_each`` waiters per tenant (one more: RESOURCE_EXHAUSTED); the
+    coordinator's own (:data:`SYSTEM`) are not counted."""
+
+    def __init__(self, max_waiting_each: int, what: str = "placements"):
+        self._handout: Handout[bool] = Handout(FairQueue(1, max_waiting_each, what=what), [True])
+
+    def locked(self) -> bool:
+        return not self._handout.free
 
     @contextlib.asynccontextmanager
     async def hold(self, who: str = SYSTEM) -> AsyncIterator[None]:
-        fut = asyncio.get_running_loop().create_future()
-        self._turns.add(who, fut)                       # ResourceExhausted past the tenant's share
-        self._dispatch()
-        try:
-            await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():     # the lock was handed over as the caller left
-                self._release(who)
-            else:
-                self._turns.remove(who, fut)
-            raise
+        key = await self._handout.acquire(who)
         try:
             yield
         finally:
-            self._release(who)
+            self._handout.release(who, key)
