@@ -74,7 +74,7 @@ class TrustGate:
         self.claims, self.routing, self.items, self.node_id = claims, routing, items, node_id
         self.refusals = Counter("atoll_trusted_only_refusals", "Node callers refused a trusted_only workflow's "
                                 "adapter, base model or request (the operator does not trust them, or a renter)",
-                                ["method"], registry=registry)
+                                ["method"], registry=registry if registry is not None else CollectorRegistry())
         self._for: tuple | None = None
         self._memo: dict[tuple[str, bool], dict[str, str]] = {}
 

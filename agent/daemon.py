@@ -29,11 +29,11 @@ import grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
+from atoll.agent.carry import TrustGate
 from atoll.agent.dataplane.chain import NodeSelf
 from atoll.agent.dataplane.door import make_entry_door
 from atoll.agent.dataplane.node import DataPlaneNode
 from atoll.agent.fetch import cached_names, prune, resolve_source
-from atoll.agent.carry import TrustGate
 from atoll.agent.guard import WorkerGuard
 from atoll.agent.heartbeat import AgentRefused, HeartbeatClient
 from atoll.agent.identity import NodeIdentity

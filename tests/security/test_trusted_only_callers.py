@@ -15,14 +15,16 @@ import urllib.request
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
-from atoll.agent.carry import withheld
+from atoll.agent.carry import TrustGate, withheld
 from atoll.client import Client
 from atoll.coordinator.identity import Issuer
 from atoll.core import credentials as cred
-from atoll.core.errors import NotFound, Unavailable
+from atoll.core.errors import NotFound, PermissionDenied, Unavailable
 from atoll.proto.v1 import dataplane_pb2, dataplane_pb2_grpc, worker_pb2, worker_pb2_grpc
 from atoll.specs.assignment import ReplicaItem
+from atoll.specs.routing import routing_state
 from tests.control.helpers import free_port, wait_for
 from tests.dataplane.helpers import endpoint, route
 
@@ -201,3 +203,39 @@ def test_what_a_caller_may_not_use_here_follows_may_hold():
     # a trusted_only route's endpoint here counts even before the assignments say so
     assert withheld(routes, [], "n1", "edge", False) == {"ad-s": "secret", "": "secret"}
     assert withheld(routes, [], "n2", "edge", False) == {}
+
+
+def test_the_gate_asks_the_caller_claims_and_follows_a_new_routing_state():
+    secret = route("secret", trusted_only=True, endpoints=[endpoint("s", node="n1", adapter="ad-s")])
+    public = route("public", endpoints=[endpoint("p", node="n1", adapter="ad-p")])
+    caller: list = [None]
+    state = [routing_state([secret, public])]
+    reg = CollectorRegistry()
+    gate = TrustGate(lambda: caller[0], lambda: state[0], lambda: (1, []), lambda: "n1", registry=reg)
+
+    def claims(**kw):
+        return cred.Claims(sub=kw.pop("sub", cred.node_subject("r1")), aud="*", exp=0, iat=0, scopes=(), **kw)
+
+    gate.infer("Generate", "ad-s")                              # outside a guarded call: nothing to check
+    caller[0] = claims(sub=cred.COORDINATOR)
+    gate.infer("Generate", "ad-s")
+    gate.forward(secret)
+    caller[0] = claims(trusted=False, tier="renter")
+    gate.infer("Generate", "ad-p")
+    gate.forward(public)
+    for call in (lambda: gate.infer("Embed", "ad-s"), lambda: gate.infer("Generate", ""), lambda: gate.forward(secret)):
+        with pytest.raises(PermissionDenied, match="the calling node r1 is not trusted by the operator"):
+            call()
+    caller[0] = claims(trusted=True, tier="renter")
+    with pytest.raises(PermissionDenied, match="the calling node r1 is a renter host"):
+        gate.infer("Generate", "ad-s")
+    caller[0] = claims(trusted=True, tier="edge")
+    gate.infer("Generate", "ad-s")
+    gate.forward(secret)
+    caller[0] = claims(trusted=False, tier="edge")
+    state[0] = routing_state([public])                          # the secret replica left this node
+    gate.infer("Generate", "ad-s")
+    gate.infer("Generate", "")
+    counted = {m: reg.get_sample_value("atoll_trusted_only_refusals_total", {"method": m}) for m in
+               ("Generate", "Embed", "Forward")}
+    assert counted == {"Generate": 2.0, "Embed": 1.0, "Forward": 1.0}, counted
