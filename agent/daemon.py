@@ -29,6 +29,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
+from atoll.agent.carry import TrustGate
 from atoll.agent.dataplane.chain import NodeSelf
 from atoll.agent.dataplane.door import make_entry_door
 from atoll.agent.dataplane.node import DataPlaneNode
@@ -97,13 +98,18 @@ class Agent:
         self.hb: HeartbeatClient | None = None
         self.duties: list[Duty] = []
         self._tasks: list[asyncio.Task] = []
-        self.worker = SwitchingWorker()
+        self.metrics_registry = CollectorRegistry()
+        # The Worker port's door: the guard checks the caller's token, the gate what it asks for.
+        self.guard = WorkerGuard(self._guard_identity, revoked=lambda: self.dataplane.keys.keyset.revoked_nodes)
+        self.gate = TrustGate(self.guard.claims, lambda: self.dataplane.plane.state,
+                              lambda: (self.replicas.desired_generation, self.replicas.desired),
+                              lambda: self._self().node_id, registry=self.metrics_registry)
+        self.worker = SwitchingWorker(admit=self.gate.infer)
         self.server: grpc.aio.Server | None = None
         self.health = None
         self.worker_address = ""
         self.replicas = ReplicaManager(self._make_engine, self._resolve, on_change=self._status_changed)
         self._engine_seen = None
-        self.metrics_registry = CollectorRegistry()
         st = settings
         # The data plane: this agent is an entry, and a hop on the plan's paths between stages.
         self.dataplane = DataPlaneNode(
@@ -111,7 +117,7 @@ class Agent:
             connected=lambda: self.hb is not None and self.hb.connected.is_set(),
             credentials=channel_credentials(st.tls_ca, st.tls_cert, st.tls_key), registry=self.metrics_registry,
             otlp_endpoint=st.otlp_endpoint, wake=self._status_changed,
-            peer_token=self.identity.current_token)
+            peer_token=self.identity.current_token, admit_forward=self.gate.forward)
 
     def _self(self) -> NodeSelf:
         return NodeSelf(self.hb.node_id if self.hb is not None else self.ids.read(), self.node.name,
@@ -238,8 +244,7 @@ class Agent:
         log.info("agent metrics", extra=kv(node=self.node.name, url=f"http://{host}:{port}/metrics"))
 
     async def _start_worker_server(self) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[WorkerGuard(
-            self._guard_identity, revoked=lambda: self.dataplane.keys.keyset.revoked_nodes)])
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[self.guard])
         self.worker.add_to_server(self.server)
         self.dataplane.add_to_worker_server(self.server)
         self.health = add_health_and_reflection(self.server, ["atoll.v1.Worker"])

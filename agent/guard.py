@@ -9,10 +9,18 @@ the coordinator or a node token; a node token the coordinator revoked (the revoc
 with the key set it pushes) is refused. Health and reflection stay open. Before the agent has
 registered (no pinned key, no node id) every guarded call is UNAVAILABLE: the router tries
 another replica.
+
+The interceptor cannot read the request, so what a call asks for (which adapter, which
+workflow) is checked by the servicer. The guard leaves the verified claims where the servicer
+can read them for the length of the call: :meth:`WorkerGuard.claims`, a context variable of the
+guard's own, set inside the guarded call (each RPC runs in its own task) and reset when it
+ends. ``agent/carry.py`` reads them to keep ``trusted_only`` workflows' data from callers the
+operator does not trust.
 """
 
 from __future__ import annotations
 
+import contextvars
 import time
 from typing import Callable, Mapping
 
@@ -32,6 +40,12 @@ class WorkerGuard(grpc.aio.ServerInterceptor):
                  clock: Callable[[], float] = time.time,
                  revoked: Callable[[], Mapping[str, float]] = dict):
         self.identity, self.clock, self.revoked = identity, clock, revoked
+        self._claims: contextvars.ContextVar[cred.Claims | None] = contextvars.ContextVar("caller_claims",
+                                                                                           default=None)
+
+    def claims(self) -> cred.Claims | None:
+        """The verified token of the caller of the call under way (None outside a guarded call)."""
+        return self._claims.get()
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -41,18 +55,29 @@ class WorkerGuard(grpc.aio.ServerInterceptor):
         token = bearer(details.invocation_metadata)
 
         def admit():
-            kind, scopes = self.caller(method, token)
-            access.decide(method, kind, scopes)
-            return None
+            claims = self.caller(token)
+            kind = access.ANONYMOUS if claims is None else access.COORDINATOR if claims.is_coordinator else access.NODE
+            access.decide(method, kind, claims.scopes if claims is not None else ())
+            mark = self._claims.set(claims)
+            return lambda: _reset(self._claims, mark)
         return guarded(handler, admit)
 
-    def caller(self, method: str, token: str) -> tuple[str, tuple[str, ...]]:
-        """(kind of caller, token scopes). An API key or anything else that is not one of the
-        fleet's tokens makes the caller anonymous here: the Worker takes no API keys."""
+    def caller(self, token: str) -> cred.Claims | None:
+        """The claims of the fleet token presented, or None (anonymous). An API key or anything
+        else that is not one of the fleet's tokens makes the caller anonymous here: the Worker
+        takes no API keys."""
         if not cred.is_token(token):
-            return access.ANONYMOUS, ()
+            return None
         key, node_id = self.identity()
         if key is None or not node_id:
             raise Unavailable("this node has not registered with the coordinator yet", hint="retry shortly")
-        claims = cred.verify_token(key, token, now=self.clock(), audience=node_id, revoked=self.revoked())
-        return (access.COORDINATOR if claims.is_coordinator else access.NODE), claims.scopes
+        return cred.verify_token(key, token, now=self.clock(), audience=node_id, revoked=self.revoked())
+
+
+def _reset(var: contextvars.ContextVar, mark: contextvars.Token) -> None:
+    """Undo ``var.set`` at the end of a call; a streamed call that the server finalises from
+    another context (a cancelled stream) has nothing left to undo: that context dies with it."""
+    try:
+        var.reset(mark)
+    except (ValueError, RuntimeError):
+        pass

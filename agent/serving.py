@@ -5,7 +5,10 @@
 answers UNAVAILABLE (the data plane then tries another replica). It also measures what it serves:
 completed requests per adapter over the last minute, reported in heartbeats as measured
 throughput, and requests per adapter still waiting for their first token, reported per replica
-(:func:`replica_queues`) so the coordinator's autoscaler sees each workflow's queue.
+(:func:`replica_queues`) so the coordinator's autoscaler sees each workflow's queue. Before a
+``Generate`` or ``Embed`` of this node's model reaches the engine, ``admit(method, adapter)``
+may refuse the caller (``agent/carry.py``: a ``trusted_only`` workflow's adapter and a node
+caller the operator does not trust).
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import AsyncIterator, Mapping, Sequence
+from typing import AsyncIterator, Callable, Mapping, Sequence
 
 import grpc
 
 from atoll.agent.generate import stream_choices
-from atoll.core.errors import Unavailable
-from atoll.core.rpc import add_service
+from atoll.core.errors import AtollError, Unavailable
+from atoll.core.rpc import add_service, status_code
 from atoll.proto.v1 import worker_pb2
 from atoll.specs.assignment import ReplicaItem
 from atoll.wire.worker import Delta, Embedding
@@ -60,7 +63,9 @@ def replica_queues(items: Sequence[ReplicaItem], waiting: Mapping[str, int]) -> 
 
 
 class SwitchingWorker:
-    def __init__(self):
+    def __init__(self, admit: Callable[[str, str], None] = lambda method, adapter: None):
+        """``admit(method, adapter)``: raises an AtollError to refuse the caller of this call."""
+        self.admit = admit
         self.current = None          # WorkerService of the loaded engine
         self.meter = ThroughputMeter()
         self.in_flight = 0
@@ -75,8 +80,19 @@ class SwitchingWorker:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no model is loaded on this node yet")
         return svc
 
+    async def _admit(self, svc, method: str, request, context) -> None:
+        """Ask ``admit`` about a request for this node's model (one for another model touches
+        nothing: the engine's servicer answers NOT_FOUND)."""
+        if request.model and request.model not in svc.model_names:
+            return
+        try:
+            self.admit(method, request.adapter)
+        except AtollError as exc:
+            await context.abort(status_code(exc), str(exc)[:2000])
+
     async def Generate(self, request, context):
         svc = await self._svc(context)
+        await self._admit(svc, "Generate", request, context)
         async for resp in self.counted(getattr(request, "adapter", ""), svc.Generate(request, context)):
             yield resp
 
@@ -103,6 +119,7 @@ class SwitchingWorker:
 
     async def Embed(self, request, context):
         svc = await self._svc(context)
+        await self._admit(svc, "Embed", request, context)
         resp = await svc.Embed(request, context)
         self.meter.record(getattr(request, "adapter", "") or "base")
         return resp

@@ -98,8 +98,10 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
                 self.dataplane.session_closed(sess.node_id)
 
     def _credential(self, sess) -> dict:
-        """A fresh node token for the session's node, remembered on the session."""
-        token, expires = self.issuer.node_token(sess.node_id)
+        """A fresh node token for the session's node (with its trust and tier now), remembered on
+        the session."""
+        rec = self.registry.nodes[sess.node_id]
+        token, expires = self.issuer.node_token(sess.node_id, trusted=rec.trusted, tier=rec.tier)
         sess.credential_expires = expires
         return {"credential": (token, expires)}
 

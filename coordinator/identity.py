@@ -7,9 +7,12 @@
 - **Coordinator tokens** (``sub: coordinator``, ``aud:`` one node, scopes ``worker.infer`` and
   ``worker.manage``) ride on every call the coordinator makes to a node's Worker; one per node,
   reused until half its life is gone.
-- **Node tokens** (``sub: node:<id>``, ``aud: *``, scopes ``worker.infer`` and ``store.fetch``)
-  go to each node down its heartbeat stream, first thing on every stream and again before they
-  expire (and at its next heartbeat after an untrust, which revokes those issued before it). The
+- **Node tokens** (``sub: node:<id>``, ``aud: *``, scopes ``worker.infer`` and ``store.fetch``,
+  and the node's ``trusted`` and ``tier`` as the registry holds them) go to each node down its
+  heartbeat stream, first thing on every stream and again before they expire, and at its next
+  heartbeat after the operator trusts or untrusts it (an untrust also revokes those issued
+  before it). The node called refuses a caller whose token does not let it carry a
+  ``trusted_only`` workflow's data (``agent/carry.py``). The
   node presents its token to fetch the blobs its assignments reference, and (the data plane) to
   call other nodes' Workers. Revocations (``Registry.revoked_nodes``) travel to agents with the
   key set.
@@ -64,11 +67,12 @@ class Issuer:
             hit = self._for_node[node_id] = (tok, now + self.coordinator_ttl)
         return hit[0]
 
-    def node_token(self, node_id: str) -> tuple[str, float]:
-        """A fresh token for ``node_id`` and its expiry (unix seconds)."""
+    def node_token(self, node_id: str, *, trusted: bool, tier: str) -> tuple[str, float]:
+        """A fresh token for ``node_id`` (``trusted``, ``tier``: the node's, as the registry
+        holds them) and its expiry (unix seconds)."""
         now = self.clock()
         tok = cred.sign_token(self._key, sub=cred.node_subject(node_id), aud=cred.ANY_NODE, scopes=NODE_SCOPES,
-                              now=now, ttl=self.node_ttl)
+                              now=now, ttl=self.node_ttl, trusted=trusted, tier=tier)
         return tok, now + self.node_ttl
 
     def needs_refresh(self, expires: float) -> bool:

@@ -32,7 +32,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
-from atoll.coordinator.fairness import SYSTEM, FairQueue
+from atoll.coordinator.fairness import SYSTEM, FairQueue, Handout
 from atoll.core.errors import AtollError, ResourceExhausted, Unavailable
 from atoll.core.logs import kv
 
@@ -124,50 +124,22 @@ class PlanWorkers:
         most ``waiting_per_tenant`` calls waiting."""
         self.time_budget, self.memory_bytes, self.preload = time_budget, memory_bytes, tuple(preload)
         self._size = workers
-        self._idle: list[_Worker] | None = None
-        self._turns: FairQueue[asyncio.Future] = FairQueue(max(1, workers - 1), waiting_per_tenant)
+        self._started = False
+        self._workers: Handout[_Worker] = Handout(FairQueue(max(1, workers - 1), waiting_per_tenant), [])
 
     def _start(self) -> None:
-        if self._idle is None:
-            self._idle = [_Worker(self.memory_bytes, self.preload) for _ in range(self._size)]
+        if not self._started:
+            self._started = True
+            self._workers.free.extend(_Worker(self.memory_bytes, self.preload) for _ in range(self._size))
 
-    def _dispatch(self) -> None:
-        """Hand idle workers to the calls whose turn it is."""
-        while self._idle:
-            turn = self._turns.next()
-            if turn is None:
-                return
-            who, fut = turn
-            if fut.done():                  # its caller went away just now
-                self._turns.done(who)
-                continue
-            fut.set_result(self._idle.pop())
-
-    def _release(self, who: str, w: _Worker) -> None:
-        self._turns.done(who)
-        self._idle.append(w)
-        self._dispatch()
-
-    async def _acquire(self, who: str) -> _Worker:
-        self._start()
-        fut = asyncio.get_running_loop().create_future()
-        self._turns.add(who, fut)                       # ResourceExhausted past the tenant's share
-        self._dispatch()
-        try:
-            return await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():     # a worker was handed over as the caller left
-                self._release(who, fut.result())
-            else:
-                self._turns.remove(who, fut)
-            raise
-
-    async def run(self, fn: Callable, *args, on_behalf_of: str = SYSTEM, **kwargs):
+    async def run(self, fn: Callable, *args, on_behalf_of: str = SYSTEM, first: bool = False, **kwargs):
         """``fn(*args, **kwargs)`` in a worker process, when it is ``on_behalf_of``'s turn (a
-        tenant; by default the coordinator itself); its result or its error. A call that does not
-        get its answer (out of time, the worker died, the caller went away) replaces its worker:
-        a late answer must never reach the next call."""
-        w = await self._acquire(on_behalf_of)
+        tenant; by default the coordinator itself; ``first``: ahead of that tenant's other calls,
+        for a placement that holds the placement lock); its result or its error. A call that does
+        not get its answer (out of time, the worker died, the caller went away) replaces its
+        worker: a late answer must never reach the next call."""
+        self._start()
+        w = await self._workers.acquire(on_behalf_of, first)
         answered = False
         try:
             await w.wait_ready()
@@ -185,7 +157,7 @@ class PlanWorkers:
             if not answered:
                 w.kill()
                 w = _Worker(self.memory_bytes, self.preload)
-            self._release(on_behalf_of, w)
+            self._workers.release(on_behalf_of, w)
         if reply[0] == "ok":
             log.debug("planned in a worker", extra=kv(seconds=round(time.monotonic() - t0, 3)))
             return reply[1]
@@ -198,7 +170,5 @@ class PlanWorkers:
         raise AtollError(f"the planner failed: {reply[1]}")
 
     def close(self) -> None:
-        if self._idle is None:
-            return
-        while self._idle:
-            self._idle.pop().kill()
+        while self._workers.free:
+            self._workers.free.pop().kill()

@@ -3,9 +3,10 @@ down its heartbeat stream level-triggered by digest, and the entries' load repor
 
 Every reconcile pass computes what each connected node should hold (:func:`desired_routing`):
 the routes of every workflow it may serve as an entry or a hop, that is every route except a
-``trusted_only`` workflow's on a renter host (:func:`atoll.specs.routing.may_carry`), and the
-key set. :func:`to_send` picks the nodes whose reported digest differs, unless the same value
-went to the same session less than ``RESEND_AFTER`` seconds ago; sending twice is harmless. A
+``trusted_only`` workflow's on a renter host or on a host the operator does not trust
+(:func:`atoll.specs.routing.may_hold`), and the key set. :func:`to_send` picks the nodes whose
+reported digest differs, unless the same value went to the same session less than
+``RESEND_AFTER`` seconds ago; sending twice is harmless. A
 routing table is rebuilt only when a plan, a workflow's state or a replica's state changed
 (``WorkflowManager.routing_table``), so a re-plan, a scale event or a replica state change
 reaches every agent within one pass (0.25 s) plus a heartbeat's round trip.
@@ -22,19 +23,20 @@ from typing import Callable, Mapping, Sequence
 from atoll.coordinator.deploy import RESEND_AFTER, Sent
 from atoll.coordinator.entry_load import EntryLoads
 from atoll.core.apikeys import KeySet
-from atoll.specs.routing import RoutingState, RoutingTable, may_carry, routing_state
+from atoll.specs.routing import RoutingState, RoutingTable, may_hold, routing_state
 from atoll.wire.dataplane import EntryInfo, EntryLoad
 
 
-def desired_routing(table: RoutingTable, tiers: Mapping[str, str]) -> dict[str, RoutingState]:
-    """node id -> the routing state it should hold (``tiers``: node id -> tier). Nodes of one
-    tier share one state value."""
-    by_tier: dict[str, RoutingState] = {}
+def desired_routing(table: RoutingTable, hosts: Mapping[str, tuple[str, bool]]) -> dict[str, RoutingState]:
+    """node id -> the routing state it should hold (``hosts``: node id -> (tier, trusted by the
+    operator)). Nodes of one tier and trust share one state value."""
+    by_kind: dict[tuple[str, bool], RoutingState] = {}
     out = {}
-    for node_id, tier in tiers.items():
-        st = by_tier.get(tier)
+    for node_id, (tier, trusted) in hosts.items():
+        st = by_kind.get((tier, trusted))
         if st is None:
-            st = by_tier[tier] = routing_state(r for r in table.routes.values() if may_carry(r, tier))
+            st = by_kind[tier, trusted] = routing_state(r for r in table.routes.values()
+                                                        if may_hold(r, tier, trusted))
         out[node_id] = st
     return out
 
@@ -73,7 +75,7 @@ class Publisher:
         self._sent_routing: dict[str, Sent] = {}
         self._sent_keys: dict[str, Sent] = {}
         self._desired: tuple[object, dict[str, RoutingState]] | None = None
-        self._tiers: dict[str, str] = {}
+        self._hosts: dict[str, tuple[str, bool]] = {}
 
     def heartbeat(self, node_id: str, routing_digest: int, keys_digest: int, loads: Sequence[EntryLoad]) -> None:
         self.routing_reported[node_id] = routing_digest
@@ -95,14 +97,14 @@ class Publisher:
     def publish(self, table: RoutingTable, keys: KeySet, now: float) -> int:
         """One pass: send every connected node what it lacks. Returns the instructions sent."""
         reg = self.registry
-        tiers = {nid: reg.nodes[nid].tier for nid in reg.sessions if nid in reg.nodes}
-        if self._desired is None or self._desired[0] is not table or self._tiers != tiers:
-            self._desired, self._tiers = (table, desired_routing(table, tiers)), tiers
+        hosts = {nid: (reg.nodes[nid].tier, reg.nodes[nid].trusted) for nid in reg.sessions if nid in reg.nodes}
+        if self._desired is None or self._desired[0] is not table or self._hosts != hosts:
+            self._desired, self._hosts = (table, desired_routing(table, hosts)), hosts
         routing = {nid: (st.digest, st) for nid, st in self._desired[1].items()}
         n = 0
         for kind, want, reported, sent in (
                 ("routing", routing, self.routing_reported, self._sent_routing),
-                ("keys", {nid: (keys.digest, keys) for nid in tiers}, self.keys_reported, self._sent_keys)):
+                ("keys", {nid: (keys.digest, keys) for nid in hosts}, self.keys_reported, self._sent_keys)):
             for node_id, value in to_send(want, reported, reg.sessions, sent, now):
                 sess = reg.sessions[node_id]
                 sess.push({kind: value})

@@ -213,17 +213,18 @@ class Registry:
         return _refusal(exc, reason)
 
     def set_trusted(self, ref: str, trusted: bool) -> NodeRecord:
-        """The operator's decision: may trusted_only workflows run on this node? Untrusting it
-        also revokes the node tokens it holds (every agent refuses them once the key set with
-        the revocation reaches it); a node still connected gets a fresh one at its next heartbeat."""
+        """The operator's decision: may trusted_only workflows run on this node? Its node token
+        says so: a node still connected gets a fresh one at its next heartbeat, either way.
+        Untrusting it also revokes the node tokens it holds (every agent refuses them once the key
+        set with the revocation reaches it)."""
         rec = self.resolve(ref)
         if rec.trusted != trusted:
             rec.trusted = trusted
             if not trusted:
                 rec.tokens_before = self._wall()
-                sess = self.sessions.get(rec.id)
-                if sess is not None:
-                    sess.credential_expires = 0.0          # re-issued at its next heartbeat
+            sess = self.sessions.get(rec.id)
+            if sess is not None:
+                sess.credential_expires = 0.0              # re-issued at its next heartbeat
             self.store.upsert_node(rec)
             self.serving_changes += 1
         return rec

@@ -354,12 +354,15 @@ class Coordinator:
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"standby; leader is at {leader}")
 
     def _entries(self, region: str, workflow: str = ""):
-        """READY agents' entries, ``region``'s first; a trusted_only workflow's never on a renter."""
+        """READY agents' entries, ``region``'s first; a trusted_only workflow's only on nodes the
+        operator trusts, and never on a renter (``atoll.specs.routing.may_hold``)."""
         trusted = False
         if workflow and self.workflows is not None and workflow in self.workflows.records:
             trusted = self.workflows.spec(workflow).placement.trusted_only
-        return entries(self.registry.nodes.values() if self.registry else (), region,
-                       (lambda tier: tier not in UNTRUSTED_TIERS) if trusted else None)
+        nodes = self.registry.nodes.values() if self.registry else ()
+        if trusted:
+            nodes = [n for n in nodes if n.trusted]
+        return entries(nodes, region, (lambda tier: tier not in UNTRUSTED_TIERS) if trusted else None)
 
     def _entry_current(self, node_id: str) -> bool:
         return self.publisher is None or self.publisher.current(node_id, self._agent_keys())

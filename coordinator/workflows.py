@@ -18,9 +18,11 @@ Everything runs on the coordinator's event loop thread, except the work that tak
 a submit's parsing and validation, and a submit's or a re-plan's placement, run in a planning
 worker process (``planning.PlanWorkers``, with a time and memory budget), so the loop keeps
 answering RPCs meanwhile; so do the autoscaler's re-plans (:meth:`WorkflowManager.place`).
-Placements that commit (submits, re-plans, the autoscaler's) take turns (``_placing``): each
-plans on a snapshot no other placement is about to change. Dry runs plan without waiting their
-turn.
+Placements that commit (submits, re-plans, the autoscaler's) take turns (``_placing``, a
+:class:`~atoll.coordinator.fairness.FairLock`): each plans on a snapshot no other placement is
+about to change, and the turns go round the tenants (the coordinator's own re-plans and
+autoscaling count as one more), so one tenant's many deploying submits delay another tenant's by
+at most the placement under way. Dry runs plan without waiting their turn.
 """
 
 from __future__ import annotations
@@ -29,16 +31,16 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Collection, Mapping
+from typing import AsyncContextManager, Collection, Mapping
 
 from atoll.coordinator.admission import admit, check_serving, parse_and_dump, source_name
 from atoll.coordinator.auth import visible
 from atoll.coordinator.autoscaler import Autoscaler, current_scale
 from atoll.coordinator.deploy import Deployer
-from atoll.coordinator.fairness import SYSTEM
+from atoll.coordinator.fairness import SYSTEM, FairLock
 from atoll.coordinator.fleet import FleetSnapshot, measured_profiles, snapshot
 from atoll.coordinator.placement import Placement, place
-from atoll.coordinator.planning import PlanWorkers
+from atoll.coordinator.planning import WAITING_PER_TENANT, PlanWorkers
 from atoll.coordinator.records import Autoscale, WorkflowRecord
 from atoll.coordinator.routing import build_route, build_table
 from atoll.coordinator.stages import WorkflowServing, serving_of
@@ -58,7 +60,7 @@ class WorkflowManager:
         """``planner``: the worker processes placements run in (None: inline, for tests)."""
         self.store = store
         self.planner = planner
-        self._placing = asyncio.Lock()
+        self._placing = FairLock(WAITING_PER_TENANT)
         self.registry = registry
         self.metrics = metrics
         self.blobs = blobs
@@ -98,9 +100,10 @@ class WorkflowManager:
         return snapshot(self.registry.nodes.values(), taken | set(unavailable),
                         measured_profiles(self.store.list_profiles(), name))
 
-    def placing(self) -> asyncio.Lock:
-        """Held while a placement that will commit is planned and committed (one at a time)."""
-        return self._placing
+    def placing(self, tenant: str = SYSTEM) -> AsyncContextManager[None]:
+        """Held while a placement that will commit is planned and committed (one at a time; the
+        waiters take turns by tenant, ``tenant`` this one's, by default the coordinator's own)."""
+        return self._placing.hold(tenant)
 
     async def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement:
         """A new placement of a deployed workflow for its declared rate times ``scale``, on the
@@ -110,17 +113,21 @@ class WorkflowManager:
         return await self._off_loop(place, rec.name, spec, serving, self.fleet(rec.name, unavailable),
                                     previous=rec.assignments, scale=scale)
 
-    async def _off_loop(self, fn, *args, on_behalf_of: str = SYSTEM, **kw):
+    async def _off_loop(self, fn, *args, on_behalf_of: str = SYSTEM, first: bool = False, **kw):
         """``fn(*args, **kw)`` in a planning worker when there is one (else here), in
-        ``on_behalf_of``'s turn (a tenant; by default the coordinator's own)."""
+        ``on_behalf_of``'s turn (a tenant; by default the coordinator's own; ``first``: ahead of
+        that tenant's other planning calls)."""
         if self.planner is None:
             return fn(*args, **kw)
-        return await self.planner.run(fn, *args, on_behalf_of=on_behalf_of, **kw)
+        return await self.planner.run(fn, *args, on_behalf_of=on_behalf_of, first=first, **kw)
 
     async def _place(self, name: str, spec: WorkflowSpec, serving: WorkflowServing, on_behalf_of: str = SYSTEM,
-                     **kw) -> Placement:
-        """``place`` on the fleet as it is now, in a planning worker when there is one."""
-        return await self._off_loop(place, name, spec, serving, self.fleet(name), on_behalf_of=on_behalf_of, **kw)
+                     first: bool = False, **kw) -> Placement:
+        """``place`` on the fleet as it is now, in a planning worker when there is one. A
+        placement that holds the placement lock goes ``first`` in its tenant's planning queue, so
+        the lock never waits behind that tenant's own dry runs."""
+        return await self._off_loop(place, name, spec, serving, self.fleet(name), on_behalf_of=on_behalf_of,
+                                    first=first, **kw)
 
     def _commit(self, rec: WorkflowRecord, p: Placement, autoscale: Autoscale | None) -> None:
         rec.plan, rec.assignments = p.plan, p.assignments
@@ -158,8 +165,8 @@ class WorkflowManager:
         serving = serving_of(spec)
         if dry_run:
             return self._record(spec, text, await self._place(spec.name, spec, serving, tenant), tenant, "PLANNED")
-        async with self._placing:
-            p = await self._place(spec.name, spec, serving, tenant)
+        async with self.placing(tenant):
+            p = await self._place(spec.name, spec, serving, tenant, first=True)
             self._check_free(spec.name, dry_run)           # another submit may have taken the name meanwhile
             return self._deploy_new(spec, text, serving, p, tenant)
 
@@ -342,7 +349,7 @@ class WorkflowManager:
             if rec is None:
                 continue
             try:
-                async with self._placing:
+                async with self.placing():
                     spec, serving = self._loaded(rec)
                     p = await self._place(rec.name, spec, serving, previous=rec.assignments,
                                           scale=current_scale(rec) or 1.0)

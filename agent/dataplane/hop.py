@@ -9,13 +9,16 @@ another replica only when it is the stage it handed on.
 
 Who may call: another node presenting its node token, checked by the Worker port's
 :class:`~atoll.agent.guard.WorkerGuard` against the authorization table (``atoll.core.access``),
-on top of the port's mutual TLS when configured.
+on top of the port's mutual TLS when configured; ``admit(route)`` then refuses a caller that may
+not hold the request's route (``agent/carry.py``: a ``trusted_only`` workflow and a node the
+operator does not trust).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import grpc
 
@@ -24,6 +27,7 @@ from atoll.agent.dataplane.trace import start_span
 from atoll.core.errors import AtollError, FailedPrecondition
 from atoll.core.logs import kv
 from atoll.core.rpc import check_parsed, status_code
+from atoll.specs.routing import Route
 from atoll.wire.dataplane import delta_message, done_message, forwarded_from_pb
 from atoll.wire.worker import Delta
 
@@ -31,8 +35,8 @@ log = logging.getLogger("atoll.agent")
 
 
 class HopService:
-    def __init__(self, plane: DataPlane):
-        self.plane = plane
+    def __init__(self, plane: DataPlane, admit: Callable[[Route], None] = lambda route: None):
+        self.plane, self.admit = plane, admit
 
     async def Forward(self, request, context):
         t0 = time.monotonic()
@@ -47,6 +51,7 @@ class HopService:
             k = cr.index.get(fw.task) if cr is not None else None
             if k is None:
                 raise FailedPrecondition(f"no route for {fw.workflow!r} stage {fw.task!r} on this node (yet)")
+            self.admit(cr.route)
             cs = cr.stages[k]
             ep = cs.by_replica.get(fw.replica_id) or next(
                 (e for e in cs.endpoints if self.plane._is_local(e)), None)

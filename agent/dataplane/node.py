@@ -33,6 +33,7 @@ from atoll.core.logs import kv
 from atoll.core.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
 from atoll.core.tls import plaintext_policy, server_credentials
 from atoll.specs.config import split_address
+from atoll.specs.routing import Route
 from atoll.wire.dataplane import DATAPLANE, ENTRY, EntryInfo
 from atoll.wire.worker import WorkerClient
 
@@ -45,7 +46,9 @@ class DataPlaneNode:
                  local_address: Callable[[], str], connected: Callable[[], bool],
                  credentials: grpc.ChannelCredentials | None = None, registry: CollectorRegistry | None = None,
                  otlp_endpoint: str | None = None, wake: Callable[[], None] = lambda: None,
-                 peer_token: Callable[[], str] = lambda: ""):
+                 peer_token: Callable[[], str] = lambda: "",
+                 admit_forward: Callable[[Route], None] = lambda route: None):
+        """``admit_forward(route)``: raises to refuse the caller of a Forward (``agent/carry.py``)."""
         self.node, self.connected = node, connected
         self.metrics = DataPlaneMetrics(registry)
         exporter = OtlpExporter(otlp_endpoint, "atoll-agent", node().name) if otlp_endpoint else None
@@ -54,7 +57,7 @@ class DataPlaneNode:
         self.keys = Keys()
         self.book = LoadBook()
         self.entry = EntryService(self.plane, self.keys, self.book, describe=self.describe, wake=wake)
-        self.hop = HopService(self.plane)
+        self.hop = HopService(self.plane, admit_forward)
         self.server: grpc.aio.Server | None = None
         self.health = None
         self.address = ""

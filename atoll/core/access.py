@@ -40,6 +40,7 @@ JOIN = "join"                    # a join token allowing the claimed tier and re
 SESSION = "session"              # the session token Register returned, bound to the node id
 BOOTSTRAP = "bootstrap"          # also anonymous while no API key exists (the first admin key)
 METRICS_TOKEN = "metrics-token"  # with --metrics-token-file: only a caller presenting that bearer token
+MAY_HOLD = "may-hold"            # a node: a trusted_only workflow's data only with a trusted, non-renter token
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ HEALTH = "grpc.health.v1.Health"
 REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 _COORD_KEYS = "coordinator/auth.py: AuthInterceptor"
 _AGENT_GUARD = "agent/guard.py: WorkerGuard"
+_AGENT_CARRY = _AGENT_GUARD + "; agent/carry.py: TrustGate"
 _AGENT_KEYS = "agent/dataplane/entry.py: Keys (the key set the coordinator sends)"
 _METRICS = "atoll/core/metrics_http.py: guarded_app (open unless --metrics-token-file)"
 
@@ -90,12 +92,13 @@ TABLE: tuple[Rule, ...] = (
          by=_COORD_KEYS)
     + _r(AGENTS, ["Register"], {AGENT}, owner=JOIN, by="coordinator/registry.py: Registry.register")
     + _r(AGENTS, ["Heartbeat"], {AGENT}, owner=SESSION, by="coordinator/registry.py: Registry.open_session")
-    + _r(WORKER, ["Generate", "Embed"], {COORDINATOR, NODE}, scope=SCOPE_INFER, by=_AGENT_GUARD)
+    + _r(WORKER, ["Generate", "Embed"], {COORDINATOR, NODE}, scope=SCOPE_INFER, owner=f"node: {MAY_HOLD}",
+         by=_AGENT_CARRY)
     + _r(WORKER, ["LoadAdapter", "UnloadAdapter", "ListAdapters"], {COORDINATOR}, scope=SCOPE_MANAGE,
          by=_AGENT_GUARD)
     + _r(ENTRY, ["Invoke"], {USER, ADMIN}, owner=OWN_TENANT, by=_AGENT_KEYS)
     + _r(ENTRY, ["Describe"], CALLERS, by="open (clients rank entries by its round trip)")
-    + _r(DATAPLANE, ["Forward"], {NODE}, scope=SCOPE_INFER, by=_AGENT_GUARD)
+    + _r(DATAPLANE, ["Forward"], {NODE}, scope=SCOPE_INFER, owner=MAY_HOLD, by=_AGENT_CARRY)
     + _r(HEALTH, ["Check", "Watch", "List"], CALLERS, by="open (Kubernetes probes)")
     + _r(REFLECTION, ["ServerReflectionInfo"], CALLERS, by="open (service discovery for grpcurl)")
     + _r("http:coordinator", _DOOR_ROUTES, {USER, ADMIN}, owner=OWN_TENANT,

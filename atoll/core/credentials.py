@@ -11,7 +11,9 @@ Three things are signed in atoll, all with Ed25519 (``cryptography``):
   agents verify them with the coordinator's public key, which they pinned at registration. A
   token is ``atc1.<claims>.<signature>`` (base64url, no padding) and its claims are
   :class:`Claims`: the subject (``coordinator`` or ``node:<id>``), the audience (a node id, or
-  ``*`` for every node), the expiry (minutes away) and the scopes it grants (``SCOPES``).
+  ``*`` for every node), the expiry (minutes away) and the scopes it grants (``SCOPES``); a
+  node token also says whether the operator trusts the node and its tier, so that the node it
+  calls can refuse it the data of ``trusted_only`` workflows.
 - **Keys on the wire** are the 32 raw bytes of the public key; keys at rest are PKCS#8 PEM.
 
 Nothing here reads files, clocks or the network: callers pass ``now`` and keep the keys.
@@ -163,6 +165,8 @@ class Claims:
     exp: float                    # unix seconds
     iat: float
     scopes: tuple[str, ...]
+    trusted: bool = False         # node tokens: the operator trusts the node (trusted_only work)
+    tier: str = ""                # node tokens: the node's tier, as it joined
 
     @property
     def node_id(self) -> str:
@@ -179,13 +183,17 @@ def node_subject(node_id: str) -> str:
 
 
 def sign_token(key: Ed25519PrivateKey, *, sub: str, aud: str, scopes: Iterable[str], now: float,
-               ttl: float) -> str:
+               ttl: float, trusted: bool = False, tier: str = "") -> str:
+    """A signed token. ``trusted`` and ``tier`` are claims of node tokens (``sub: node:<id>``)
+    only; a coordinator token carries neither."""
     scopes = tuple(sorted(set(scopes)))
     unknown = set(scopes) - set(SCOPES)
     if unknown:
         raise InvalidArgument(f"unknown scopes {sorted(unknown)}", hint="one of " + ", ".join(SCOPES))
-    body = json.dumps({"sub": sub, "aud": aud, "exp": round(now + ttl, 3), "iat": round(now, 3),
-                       "scopes": list(scopes)}, sort_keys=True, separators=(",", ":")).encode()
+    claims = {"sub": sub, "aud": aud, "exp": round(now + ttl, 3), "iat": round(now, 3), "scopes": list(scopes)}
+    if sub.startswith(NODE_PREFIX):
+        claims.update(trusted=bool(trusted), tier=str(tier))
+    body = json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
     payload = _b64(body)
     sig = key.sign((TOKEN_PREFIX + payload).encode())
     return f"{TOKEN_PREFIX}{payload}.{_b64(sig)}"
@@ -208,7 +216,8 @@ def verify_token(public: Ed25519PublicKey, token: str, *, now: float, audience: 
         public.verify(_unb64(sig), (TOKEN_PREFIX + payload).encode())
         d = json.loads(_unb64(payload))
         claims = Claims(sub=str(d["sub"]), aud=str(d["aud"]), exp=float(d["exp"]), iat=float(d["iat"]),
-                        scopes=tuple(str(s) for s in d["scopes"]))
+                        scopes=tuple(str(s) for s in d["scopes"]), trusted=d.get("trusted") is True,
+                        tier=str(d.get("tier", "")))
     except InvalidSignature:
         raise Unauthenticated("capability token signature does not verify (not issued by this "
                               "fleet's coordinator)") from None

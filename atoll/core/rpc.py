@@ -181,8 +181,8 @@ def guarded(handler, admit: Callable[[], Callable[[], None] | None]):
                 if inspect.isasyncgen(out):
                     async for item in out:
                         yield item
-                else:
-                    for item in await out:
+                else:       # a coroutine: it returns its messages, or writes them itself (None)
+                    for item in await out or ():
                         yield item
             finally:
                 if done is not None:

@@ -9,9 +9,10 @@ and whoever runs requests reads them, whichever side of the wire it is on.
 
 A :class:`RoutingState` is what one agent holds: the routes of every workflow it may serve as an
 entry or a hop, with a content digest (:func:`routing_state`), pushed level-triggered down the
-heartbeat stream. :func:`may_carry` is the one rule, applied by the coordinator when it decides
-who gets a route and by every agent before it accepts or hands on a request, that keeps a
-``trusted_only`` workflow's data off rented hosts.
+heartbeat stream. :func:`may_carry` is the rule, applied by every agent before it accepts or
+hands on a request, that keeps a ``trusted_only`` workflow's data off rented hosts; :func:`may_hold`
+adds the operator's trust to it: the coordinator gives a node a route, and a node admits
+another node's call for a route's data, only when it holds.
 """
 
 from __future__ import annotations
@@ -114,6 +115,14 @@ def may_carry(route: Route, tier: str) -> bool:
     """May a host of ``tier`` see this workflow's requests (as an entry, a hop or a replica)?
     Not a renter when the workflow asks for trusted hosts only."""
     return not (route.trusted_only and tier in UNTRUSTED_TIERS)
+
+
+def may_hold(route: Route, tier: str, trusted: bool) -> bool:
+    """May a node of ``tier``, trusted by the operator or not, hold this route (be an entry or a
+    hop for it, or call one of its replicas)? :func:`may_carry`'s rule, and for a ``trusted_only``
+    workflow only a node the operator trusts, as placement decides
+    (``atoll.planner.problem.PlanProblem.pool_allowed``)."""
+    return may_carry(route, tier) and (trusted or not route.trusted_only)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from atoll.coordinator.deploy import Sent
 from atoll.coordinator.entry_load import EntryLoads, spread
 from atoll.coordinator.publish import Publisher, desired_routing, entries, to_send
 from atoll.core.apikeys import KeyEntry, key_set
-from atoll.specs.routing import RoutingTable, may_carry, routing_digest
+from atoll.specs.routing import RoutingTable, may_carry, may_hold, routing_digest
 from atoll.wire.dataplane import EntryLoad
 
 from .helpers import endpoint, route
@@ -19,14 +19,19 @@ def table(*routes) -> RoutingTable:
     return RoutingTable({r.workflow: r for r in routes})
 
 
-def test_trusted_only_routes_never_go_to_renters():
+def test_trusted_only_routes_go_only_to_trusted_nodes_and_never_to_renters():
     secret = route("secret", trusted_only=True, endpoints=[endpoint("a")])
     public = route("public", endpoints=[endpoint("b")])
-    want = desired_routing(table(secret, public), {"dc": "datacenter", "edge": "edge", "rent": "renter"})
+    want = desired_routing(table(secret, public), {"dc": ("datacenter", True), "edge": ("edge", True),
+                                                   "dc-u": ("datacenter", False), "rent": ("renter", False),
+                                                   "rent-t": ("renter", True)})
     assert set(want["dc"].routes) == set(want["edge"].routes) == {"secret", "public"}
-    assert set(want["rent"].routes) == {"public"}
-    assert want["dc"] is want["dc"] and want["dc"].digest != want["rent"].digest
+    assert set(want["rent"].routes) == set(want["dc-u"].routes) == set(want["rent-t"].routes) == {"public"}
+    assert want["dc"] is want["edge"] or want["dc"].digest == want["edge"].digest
+    assert want["dc"].digest != want["rent"].digest and want["dc-u"] is want["dc-u"]
     assert not may_carry(secret, "renter") and may_carry(secret, "edge") and may_carry(public, "renter")
+    assert may_hold(secret, "edge", True) and not may_hold(secret, "edge", False)
+    assert not may_hold(secret, "renter", True) and may_hold(public, "renter", False)
 
 
 def test_digests_change_with_content_only():
@@ -55,8 +60,8 @@ def test_to_send_is_level_triggered():
 def test_publisher_pushes_what_each_node_lacks():
     pushed: dict[str, list] = {"dc": [], "rent": []}
     sessions = {n: SimpleNamespace(push=pushed[n].append) for n in pushed}
-    reg = SimpleNamespace(sessions=sessions, nodes={"dc": SimpleNamespace(tier="datacenter"),
-                                                   "rent": SimpleNamespace(tier="renter")})
+    reg = SimpleNamespace(sessions=sessions, nodes={"dc": SimpleNamespace(tier="datacenter", trusted=True),
+                                                   "rent": SimpleNamespace(tier="renter", trusted=False)})
     pub = Publisher(reg, EntryLoads(SimpleNamespace(records={})))
     t = table(route("secret", trusted_only=True, endpoints=[endpoint("a")]), route("public"))
     keys = key_set([KeyEntry("k", "t", "user", "h")])
@@ -66,6 +71,8 @@ def test_publisher_pushes_what_each_node_lacks():
     for n in pushed:      # the agents report what they hold
         pub.heartbeat(n, pushed[n][0]["routing"].digest, keys.digest, [])
     assert pub.current("dc", keys) and pub.publish(t, keys, now=10.0) == 0
+    reg.nodes["dc"].trusted = False           # the operator untrusts dc: the secret route leaves it
+    assert pub.publish(t, keys, now=11.0) == 1 and set(pushed["dc"][-1]["routing"].routes) == {"public"}
     pub.session_closed("rent")
     assert "rent" not in pub.routing_reported
 

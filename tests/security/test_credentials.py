@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from atoll.core import credentials as cred
@@ -24,6 +26,23 @@ def test_a_token_verifies_with_the_issuers_key_and_says_what_it_grants():
     n = cred.verify_token(KEY.public_key(), token(sub=cred.node_subject("n-1"), aud=cred.ANY_NODE), now=NOW,
                           audience="any-node")
     assert n.node_id == "n-1" and not n.is_coordinator
+
+
+def test_a_node_token_says_whether_its_node_is_trusted_and_its_tier_and_that_cannot_be_edited():
+    node = token(sub=cred.node_subject("n-1"), aud=cred.ANY_NODE, trusted=True, tier="datacenter")
+    c = cred.verify_token(KEY.public_key(), node, now=NOW)
+    assert (c.trusted, c.tier) == (True, "datacenter")
+    plain = cred.verify_token(KEY.public_key(), token(sub=cred.node_subject("n-2"), aud=cred.ANY_NODE, tier="renter"),
+                              now=NOW)
+    assert (plain.trusted, plain.tier) == (False, "renter")
+    coord = cred.verify_token(KEY.public_key(), token(trusted=True, tier="datacenter"), now=NOW)
+    assert (coord.trusted, coord.tier) == (False, "")          # a coordinator token carries neither
+    head, body, sig = token(sub=cred.node_subject("n-2"), aud=cred.ANY_NODE, tier="renter").split(".")
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).replace(b'"trusted":false', b'"trusted":true')
+    edited = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    assert edited != body
+    with pytest.raises(Unauthenticated, match="does not verify"):
+        cred.verify_token(KEY.public_key(), f"{head}.{edited}.{sig}", now=NOW)
 
 
 @pytest.mark.parametrize("bad", ["", "atoll_abc_def", "atc1.", "atc1.x.y", "atc1.e30.AAAA", "atc1." + "A" * 5000])
