@@ -47,7 +47,7 @@ from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, 
 from atoll.core.logs import kv
 from atoll.core.rpc import CODE_BY_NAME, error_from_rpc
 from atoll.specs.routing import Endpoint, RoutingState, Stage, may_carry
-from atoll.wire.dataplane import (Chat, ChoiceDone, Sink, StageDone, answer_from_pb, dataplane_stub,
+from atoll.wire.dataplane import (NO_SINK, Chat, ChoiceDone, Sink, StageDone, answer_from_pb, dataplane_stub,
                                   forward_request)
 from atoll.wire.worker import Delta, Embedding, WorkerClient
 
@@ -112,7 +112,7 @@ class Request:
     deadline: float                      # monotonic
     span: Span
     stream: bool = False
-    sink: Sink = Sink()                  # this request's settings for the last stage
+    sink: Sink = NO_SINK                 # this request's settings for the last stage
     tenant: str = ""
     messages: Chat | None = None         # a chat: the entry stages send it (see stage_chat)
     prompt_ids: tuple[int, ...] = ()     # the input as token ids: the entry stages send them as they are
@@ -171,8 +171,9 @@ class DataPlane:
         self.updated = time.monotonic()
         self.metrics.workflows.set(len(state.routes))
 
-    def _is_local(self, ep: Endpoint) -> bool:
-        me = self.node()
+    def _is_local(self, ep: Endpoint, me: NodeSelf | None = None) -> bool:
+        """Is ``ep`` on this host? (``me``: this node, when the caller has it at hand.)"""
+        me = me if me is not None else self.node()
         return self.local is not None and ((me.node_id and ep.node_id == me.node_id)
                                            or (ep.address and ep.address == self.local_address()))
 
@@ -224,19 +225,19 @@ class DataPlane:
                     continue
                 attempts += 1
                 if attempts > 1:
-                    self.metrics.retries.labels(cr.route.workflow, cs.stage.task).inc()
+                    self.metrics.series(self.metrics.retries, cr.route.workflow, cs.stage.task).inc()
                 started = [False]
                 self.in_flight.add(ep)
                 try:
-                    if self._is_local(ep):
+                    if self._is_local(ep, me):
                         self._count(cr, me.region, ep.region, size)
                         out, run = await self._run_local(cs, ep, ids or text, req, left, last, chat,
                                                          on_delta if last else None, started)
                     elif last:
                         self._count(cr, me.region, ep.region, size)
                         out, run = await self._run_remote(cs, ep, ids or text, req, left, chat, on_delta, started)
-                        self.metrics.result_bytes.labels(cr.route.workflow, ep.region, me.region).inc(
-                            _size(out))
+                        self.metrics.series(self.metrics.result_bytes, cr.route.workflow, ep.region,
+                                            me.region).inc(_size(out))
                     else:
                         res = await self._forward(cr, k, ep, req, outputs, left, on_delta, started)
                         res.stages[:0] = runs
@@ -262,7 +263,7 @@ class DataPlane:
                 break
             run = _with(run, seconds=time.monotonic() - t0, attempts=attempts)
             runs.append(run)
-            self.metrics.stage_seconds.labels(cr.route.workflow, cs.stage.task).observe(run.seconds)
+            self.metrics.series(self.metrics.stage_seconds, cr.route.workflow, cs.stage.task).observe(run.seconds)
             if last:
                 return Outcome(out[0].text, runs, out) if _chosen(out) else Outcome(out, runs)
             outputs[cs.stage.task] = out[0].text if _chosen(out) else out
@@ -322,7 +323,7 @@ class DataPlane:
         return ("\n".join(parts), False) if parts else (text, True)
 
     def _count(self, cr: CompiledRoute, a: str, b: str, n: int) -> None:
-        self.metrics.bytes_sent.labels(cr.route.workflow, a, b).inc(n)
+        self.metrics.series(self.metrics.bytes_sent, cr.route.workflow, a, b).inc(n)
 
     async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started) -> tuple[object, StageDone]:
         st = cs.stage
@@ -331,7 +332,7 @@ class DataPlane:
         if st.kind == "embedding":
             emb = await self.local.embed(prompt, adapter=ep.adapter, timeout=left)
             return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
-        s = sampling(st, req.sink if last else Sink())
+        s = sampling(st, req.sink if last else NO_SINK)
         return await self._collect(self.local.generate(prompt, adapter=ep.adapter, timeout=left,
                                                        messages=stage_chat(st, prompt, chat), **s),
                                    s["n"], run, on_delta, started)
@@ -341,7 +342,7 @@ class DataPlane:
         prompt = fill(st, text)
         run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
         md = req.span.metadata() + peer_metadata(self.peer_token())
-        self.metrics.hops.labels("out").inc()
+        self.metrics.series(self.metrics.hops, "out").inc()
         if st.kind == "embedding":
             emb = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left, metadata=md)
             return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
@@ -386,7 +387,7 @@ class DataPlane:
                               sink=req.sink, messages=req.messages if needs_text else None,
                               request_id=req.span.request_id, tenant=req.tenant,
                               prompt_ids=req.prompt_ids if needs_text else ())
-        self.metrics.hops.labels("out").inc()
+        self.metrics.series(self.metrics.hops, "out").inc()
         call = dataplane_stub(self.workers.channel(ep.address)).Forward(
             msg, timeout=left, metadata=req.span.metadata() + peer_metadata(self.peer_token()))
         back = 0
@@ -394,7 +395,7 @@ class DataPlane:
             ans = answer_from_pb(resp)
             back += resp.ByteSize()
             if ans.done:
-                self.metrics.result_bytes.labels(cr.route.workflow, ep.region, me.region).inc(back)
+                self.metrics.series(self.metrics.result_bytes, cr.route.workflow, ep.region, me.region).inc(back)
                 return Outcome(ans.output.get("text", ans.output.get("embedding")), ans.stages, ans.choices)
             if on_delta is not None and (ans.delta.text or ans.delta.logprobs):
                 started[0] = True
@@ -432,7 +433,7 @@ def takes_ids(stage: Stage) -> bool:
 
 def sampling(stage: Stage, sink: Sink) -> dict:
     """The generation settings of ``stage``: its own, with ``sink`` (one request's settings for
-    the last stage; ``Sink()`` for the others) laid over them."""
+    the last stage; ``NO_SINK`` for the others) laid over them."""
     mt = None if sink.no_max_tokens else (sink.max_tokens or stage.max_tokens)
     return {"max_tokens": mt, "temperature": stage.temperature if sink.temperature is None else sink.temperature,
             "stop": tuple(dict.fromkeys(stage.stop + sink.stop)),
