@@ -118,6 +118,9 @@ class Request:
     prompt_ids: tuple[int, ...] = ()     # the input as token ids: the entry stages send them as they are
 
 
+Usage = tuple[int, int, int]        # one stage run's output bytes, prompt tokens and completion tokens
+
+
 @dataclass
 class Outcome:
     output: object                       # the sink's text (its choice 0's), or its embedding
@@ -231,11 +234,12 @@ class DataPlane:
                 try:
                     if self._is_local(ep, me):
                         self._count(cr, me.region, ep.region, size)
-                        out, run = await self._run_local(cs, ep, ids or text, req, left, last, chat,
-                                                         on_delta if last else None, started)
+                        out, usage = await self._run_local(cs, ep, ids or text, req, left, last, chat,
+                                                           on_delta if last else None, started)
                     elif last:
                         self._count(cr, me.region, ep.region, size)
-                        out, run = await self._run_remote(cs, ep, ids or text, req, left, chat, on_delta, started)
+                        out, usage = await self._run_remote(cs, ep, ids or text, req, left, chat, on_delta,
+                                                            started)
                         self.metrics.series(self.metrics.result_bytes, cr.route.workflow, ep.region,
                                             me.region).inc(_size(out))
                     else:
@@ -261,7 +265,8 @@ class DataPlane:
                 finally:
                     self.in_flight.done(ep)
                 break
-            run = _with(run, seconds=time.monotonic() - t0, attempts=attempts)
+            run = StageDone(cs.stage.task, ep.variant, ep.node_name, ep.region, time.monotonic() - t0, attempts,
+                            *usage)
             runs.append(run)
             self.metrics.series(self.metrics.stage_seconds, cr.route.workflow, cs.stage.task).observe(run.seconds)
             if last:
@@ -325,43 +330,42 @@ class DataPlane:
     def _count(self, cr: CompiledRoute, a: str, b: str, n: int) -> None:
         self.metrics.series(self.metrics.bytes_sent, cr.route.workflow, a, b).inc(n)
 
-    async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started) -> tuple[object, StageDone]:
+    async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started) -> tuple[object, Usage]:
         st = cs.stage
         prompt = fill(st, text)
-        run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
         if st.kind == "embedding":
             emb = await self.local.embed(prompt, adapter=ep.adapter, timeout=left)
-            return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
+            return emb.vector, (4 * len(emb.vector), emb.tokens, 0)
         s = sampling(st, req.sink if last else NO_SINK)
         return await self._collect(self.local.generate(prompt, adapter=ep.adapter, timeout=left,
                                                        messages=stage_chat(st, prompt, chat), **s),
-                                   s["n"], run, on_delta, started)
+                                   s["n"], st.task, ep, on_delta, started)
 
-    async def _run_remote(self, cs, ep, text, req, left, chat, on_delta, started) -> tuple[object, StageDone]:
+    async def _run_remote(self, cs, ep, text, req, left, chat, on_delta, started) -> tuple[object, Usage]:
         st = cs.stage
         prompt = fill(st, text)
-        run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
         md = req.span.metadata() + peer_metadata(self.peer_token())
         self.metrics.series(self.metrics.hops, "out").inc()
         if st.kind == "embedding":
             emb = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left, metadata=md)
-            return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
+            return emb.vector, (4 * len(emb.vector), emb.tokens, 0)
         s = sampling(st, req.sink)
         return await self._collect(self.workers.generate(ep.address, prompt, adapter=ep.adapter, timeout=left,
                                                          metadata=md, messages=stage_chat(st, prompt, chat), **s),
-                                   s["n"], run, on_delta, started)
+                                   s["n"], st.task, ep, on_delta, started)
 
     @staticmethod
-    async def _collect(deltas: AsyncIterator[Delta], n: int, run: StageDone, on_delta,
-                       started) -> tuple[list[ChoiceDone], StageDone]:
-        """The stage's ``n`` choices, each delta passed on to ``on_delta`` as it comes."""
+    async def _collect(deltas: AsyncIterator[Delta], n: int, task: str, ep: Endpoint, on_delta,
+                       started) -> tuple[list[ChoiceDone], Usage]:
+        """Stage ``task``'s ``n`` choices from replica ``ep``, each delta passed on to ``on_delta``
+        as it comes."""
         texts: list[list[str]] = [[] for _ in range(n)]
         lps: list[list] = [[] for _ in range(n)]
         reasons, tokens = [""] * n, [0] * n
         pt = 0
         async for d in deltas:
             if not 0 <= d.index < n:
-                raise Unavailable(f"stage {run.task}: {run.node_name} answered choice {d.index} of {n}")
+                raise Unavailable(f"stage {task}: {ep.node_name} answered choice {d.index} of {n}")
             pt, tokens[d.index] = max(pt, d.prompt_tokens), max(tokens[d.index], d.completion_tokens)
             lps[d.index].extend(d.logprobs)
             if d.text:
@@ -372,8 +376,7 @@ class DataPlane:
                 started[0] = True
                 await on_delta(d)
         choices = [ChoiceDone(i, "".join(texts[i]), reasons[i] or "stop", tokens[i], tuple(lps[i])) for i in range(n)]
-        return choices, _with(run, output_bytes=len(choices[0].text.encode()), prompt_tokens=pt,
-                              completion_tokens=sum(tokens))
+        return choices, (len(choices[0].text.encode()), pt, sum(tokens))
 
     async def _forward(self, cr, k, ep, req, outputs, left, on_delta, started) -> Outcome:
         reads, needs_text = cr.needs[k]
@@ -460,10 +463,6 @@ def stage_chat(stage: Stage, prompt: str, messages: Sequence[Mapping[str, str]] 
 
 def _chosen(out: object) -> bool:
     return isinstance(out, list) and bool(out) and isinstance(out[0], ChoiceDone)
-
-
-def _with(run: StageDone, **changes) -> StageDone:
-    return StageDone(**{**run.__dict__, **changes})
 
 
 def _size(out: object) -> int:

@@ -219,7 +219,7 @@ class EntryService:
         access.decide(INVOKE, kind)
         cr, req = self.request(inv, ident, span, context.time_remaining())
         async for msg in self.serve(cr, req, ident, inv.kind):
-            yield msg
+            await context.write(msg)
 
     async def invoke(self, inv: Invocation, ident: Identity | None, span: Span, remaining: float | None = None):
         """Check, resolve and serve one invocation from ``ident`` (a caller the door identified);

@@ -308,7 +308,7 @@ def done_message(output: Mapping, stages: Sequence[StageDone], request_id: str, 
     """The final answer: the output (its text again unless it was streamed), every stage's run
     and the sink's choices (their texts and logprobs again unless streamed)."""
     text = output.get("text", "") if isinstance(output.get("text"), str) and not streamed else ""
-    m = control_pb2.InvokeResponse(text=text, done=True, output_json=json.dumps(dict(output)), request_id=request_id)
+    m = control_pb2.InvokeResponse(text=text, done=True, output_json=_output_json(output), request_id=request_id)
     for s in stages:            # filled in place: no message built apart and copied in
         m.stages.add(task=s.task, variant=s.variant, node_name=s.node_name, region=s.region, seconds=s.seconds,
                      attempts=s.attempts, output_bytes=s.output_bytes, prompt_tokens=s.prompt_tokens,
@@ -319,6 +319,15 @@ def done_message(output: Mapping, stages: Sequence[StageDone], request_id: str, 
         if c.logprobs and not streamed:
             r.logprobs.extend(logprobs_to_pb(c.logprobs))
     return m
+
+
+def _output_json(output: Mapping) -> str:
+    """``json.dumps(dict(output))``; a text output (the common answer) is written as the same
+    string without building the encoder's dict walk."""
+    text = output.get("text") if len(output) == 1 else None
+    if isinstance(text, str):
+        return '{"text": ' + json.dumps(text) + "}"
+    return json.dumps(dict(output))
 
 
 def answer_from_pb(m: control_pb2.InvokeResponse) -> Answer:
