@@ -8,8 +8,9 @@ state and key set from its heartbeat stream, in-process stages). Closed-loop loa
 workflows; every window reports req/s, p50/p99 latency and the CPU milliseconds per request of
 every process on the path (coordinator, each agent, the load generators), from /proc.
 
-1. One replica, on agent a1: direct ``Worker.Generate`` calls to a1; a1's entry (the stage runs
-   in process there); the coordinator's ``Invoke`` (forwarded to a1's entry).
+1. One replica, on agent a1: direct ``Worker.Generate`` calls to a1 and a1's entry (the stage
+   runs in process there), ``--runs`` pairs of windows (min/median/max of the CPU ratio); the
+   coordinator's ``Invoke`` (forwarded to an entry).
 2. Two replicas, on a1 and a2: the hub (``Invoke`` at the coordinator, forwarded to an entry)
    against the two agents' entries, with the same number of requests in flight; ``--runs``
    pairs (min/median/max of the req/s ratio, of the serving processes' CPU ratio, and of every
@@ -354,13 +355,22 @@ def main_bench(seconds: float, concurrency: int, runs: int) -> dict:
         rep = d["status"].replicas[0]
         holder, worker = rep["node"], rep["worker_address"]
         entry = d["entries"][holder]
-        one = {"replica_on": holder}
-        one["direct_worker"] = fleet.window("worker", [[worker]], seconds, concurrency, "one")
-        one["entry_on_replica_host"] = fleet.window("entry", [[entry]], seconds, concurrency, "one")
+        # direct then entry, ``runs`` pairs: one window each read the machine's load at two moments
+        # as the entry's cost (the pairs below alternate for the same reason); the pair with the
+        # median ratio stands in the table, every pair is kept
+        one: dict = {"replica_on": holder, "pairs": []}
+        for _ in range(runs):
+            pair = {"direct_worker": fleet.window("worker", [[worker]], seconds, concurrency, "one"),
+                    "entry_on_replica_host": fleet.window("entry", [[entry]], seconds, concurrency, "one")}
+            direct = pair["direct_worker"]["cpu_ms_per_request"][holder]
+            via = pair["entry_on_replica_host"]["cpu_ms_per_request"][holder]
+            pair["entry_over_direct_cpu"] = round(via / direct, 3) if direct else None
+            one["pairs"].append(pair)
+        ranked = sorted(one["pairs"], key=lambda p: p["entry_over_direct_cpu"] or 0.0)
+        one.update({k: ranked[len(ranked) // 2][k] for k in ("direct_worker", "entry_on_replica_host",
+                                                              "entry_over_direct_cpu")})
+        one["entry_over_direct_cpu_runs"] = _spread([p["entry_over_direct_cpu"] or 0.0 for p in ranked])
         one["hub"] = fleet.window("hub", [[fleet.addr]], seconds, concurrency, "one")
-        direct = one["direct_worker"]["cpu_ms_per_request"][holder]
-        via = one["entry_on_replica_host"]["cpu_ms_per_request"][holder]
-        one["entry_over_direct_cpu"] = round(via / direct, 3) if direct else None
         out["one_replica"] = one
         with fleet.client() as c:
             c.delete("one")
@@ -395,7 +405,7 @@ def main_bench(seconds: float, concurrency: int, runs: int) -> dict:
     out["targets"] = {
         "coordinator_cpu_ms_per_request_on_entry_path": o["one_replica"]["entry_on_replica_host"][
             "cpu_ms_per_request"]["coordinator"],
-        "entry_over_direct_worker_cpu (<= 1.5)": o["one_replica"]["entry_over_direct_cpu"],
+        "entry_over_direct_worker_cpu (<= 1.5), median of pairs": o["one_replica"]["entry_over_direct_cpu"],
         "two_entries_over_hub_req_per_s (>= 2), median of runs":
             o["two_replicas"]["entries_over_hub_req_per_s"]["median"],
         "serving_cpu_per_request_hub_over_two_entries, median of runs":
