@@ -14,8 +14,8 @@ every process on the path (coordinator, each agent, the load generators), from /
 2. Two replicas, on a1 and a2: the hub (``Invoke`` at the coordinator, forwarded to an entry)
    against the two agents' entries, with the same number of requests in flight; ``--runs``
    pairs (min/median/max of the req/s ratio, of the serving processes' CPU ratio, and of every
-   process's CPU ratio, load generators included: the most the req/s ratio can be while all of
-   them share this machine's cores).
+   process's CPU ratio, load generators included: what the req/s ratio comes to while all of
+   them share this machine's cores and keep them busy).
 3. Routing cost per request in process (``DataPlane.run`` with an instant local stage), for a
    route of 4 and of 512 replicas over 4 locations with the plan's flows, idle and with 32 of
    the agent's calls in flight.
@@ -389,8 +389,8 @@ def main_bench(seconds: float, concurrency: int, runs: int) -> dict:
             serving = {k: sum(v for n, v in pair[k]["cpu_ms_per_request"].items() if n != "load_generators")
                        for k in ("hub", "two_entries")}
             pair["serving_cpu_hub_over_entries"] = round(serving["hub"] / serving["two_entries"], 3)
-            # every process's CPU per request, the load generators' too: when all of them share the
-            # machine's cores and keep them busy, the req/s ratio can reach this and no further
+            # every process's CPU per request, the load generators' too: while all of them share the
+            # machine's cores and keep them busy, the req/s ratio comes to about this
             every = {k: sum(pair[k]["cpu_ms_per_request"].values()) for k in ("hub", "two_entries")}
             pair["all_cpu_hub_over_entries"] = round(every["hub"] / every["two_entries"], 3)
             pairs.append(pair)
@@ -410,8 +410,8 @@ def main_bench(seconds: float, concurrency: int, runs: int) -> dict:
             o["two_replicas"]["entries_over_hub_req_per_s"]["median"],
         "serving_cpu_per_request_hub_over_two_entries, median of runs":
             o["two_replicas"]["serving_cpu_hub_over_entries"]["median"],
-        "all_processes_cpu_per_request_hub_over_two_entries (the req/s ratio's ceiling on one busy machine), "
-        "median of runs": o["two_replicas"]["all_cpu_hub_over_entries"]["median"],
+        "all_processes_cpu_per_request_hub_over_two_entries (what the req/s ratio comes to on one busy "
+        "machine), median of runs": o["two_replicas"]["all_cpu_hub_over_entries"]["median"],
         "routing_512_over_4 (<= 1.2), median of rounds": o["routing"]["idle"]["ratio_512_over_4"]["median"],
         "routing_512_over_4 with 32 calls in flight (<= 1.2), median of rounds":
             o["routing"]["busy"]["ratio_512_over_4"]["median"]}
