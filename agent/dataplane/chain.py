@@ -47,7 +47,7 @@ from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, 
 from atoll.core.logs import kv
 from atoll.core.rpc import CODE_BY_NAME, error_from_rpc
 from atoll.specs.routing import Endpoint, RoutingState, Stage, may_carry
-from atoll.wire.dataplane import (Chat, ChoiceDone, Sink, StageDone, answer_from_pb, dataplane_stub,
+from atoll.wire.dataplane import (NO_SINK, Chat, ChoiceDone, Sink, StageDone, answer_from_pb, dataplane_stub,
                                   forward_request)
 from atoll.wire.worker import Delta, Embedding, WorkerClient
 
@@ -112,10 +112,13 @@ class Request:
     deadline: float                      # monotonic
     span: Span
     stream: bool = False
-    sink: Sink = Sink()                  # this request's settings for the last stage
+    sink: Sink = NO_SINK                 # this request's settings for the last stage
     tenant: str = ""
     messages: Chat | None = None         # a chat: the entry stages send it (see stage_chat)
     prompt_ids: tuple[int, ...] = ()     # the input as token ids: the entry stages send them as they are
+
+
+Usage = tuple[int, int, int]        # one stage run's output bytes, prompt tokens and completion tokens
 
 
 @dataclass
@@ -171,8 +174,9 @@ class DataPlane:
         self.updated = time.monotonic()
         self.metrics.workflows.set(len(state.routes))
 
-    def _is_local(self, ep: Endpoint) -> bool:
-        me = self.node()
+    def _is_local(self, ep: Endpoint, me: NodeSelf | None = None) -> bool:
+        """Is ``ep`` on this host? (``me``: this node, when the caller has it at hand.)"""
+        me = me if me is not None else self.node()
         return self.local is not None and ((me.node_id and ep.node_id == me.node_id)
                                            or (ep.address and ep.address == self.local_address()))
 
@@ -224,19 +228,20 @@ class DataPlane:
                     continue
                 attempts += 1
                 if attempts > 1:
-                    self.metrics.retries.labels(cr.route.workflow, cs.stage.task).inc()
+                    self.metrics.series(self.metrics.retries, cr.route.workflow, cs.stage.task).inc()
                 started = [False]
                 self.in_flight.add(ep)
                 try:
-                    if self._is_local(ep):
+                    if self._is_local(ep, me):
                         self._count(cr, me.region, ep.region, size)
-                        out, run = await self._run_local(cs, ep, ids or text, req, left, last, chat,
-                                                         on_delta if last else None, started)
+                        out, usage = await self._run_local(cs, ep, ids or text, req, left, last, chat,
+                                                           on_delta if last else None, started)
                     elif last:
                         self._count(cr, me.region, ep.region, size)
-                        out, run = await self._run_remote(cs, ep, ids or text, req, left, chat, on_delta, started)
-                        self.metrics.result_bytes.labels(cr.route.workflow, ep.region, me.region).inc(
-                            _size(out))
+                        out, usage = await self._run_remote(cs, ep, ids or text, req, left, chat, on_delta,
+                                                            started)
+                        self.metrics.series(self.metrics.result_bytes, cr.route.workflow, ep.region,
+                                            me.region).inc(_size(out))
                     else:
                         res = await self._forward(cr, k, ep, req, outputs, left, on_delta, started)
                         res.stages[:0] = runs
@@ -260,9 +265,10 @@ class DataPlane:
                 finally:
                     self.in_flight.done(ep)
                 break
-            run = _with(run, seconds=time.monotonic() - t0, attempts=attempts)
+            run = StageDone(cs.stage.task, ep.variant, ep.node_name, ep.region, time.monotonic() - t0, attempts,
+                            *usage)
             runs.append(run)
-            self.metrics.stage_seconds.labels(cr.route.workflow, cs.stage.task).observe(run.seconds)
+            self.metrics.series(self.metrics.stage_seconds, cr.route.workflow, cs.stage.task).observe(run.seconds)
             if last:
                 return Outcome(out[0].text, runs, out) if _chosen(out) else Outcome(out, runs)
             outputs[cs.stage.task] = out[0].text if _chosen(out) else out
@@ -322,45 +328,44 @@ class DataPlane:
         return ("\n".join(parts), False) if parts else (text, True)
 
     def _count(self, cr: CompiledRoute, a: str, b: str, n: int) -> None:
-        self.metrics.bytes_sent.labels(cr.route.workflow, a, b).inc(n)
+        self.metrics.series(self.metrics.bytes_sent, cr.route.workflow, a, b).inc(n)
 
-    async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started) -> tuple[object, StageDone]:
+    async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started) -> tuple[object, Usage]:
         st = cs.stage
         prompt = fill(st, text)
-        run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
         if st.kind == "embedding":
             emb = await self.local.embed(prompt, adapter=ep.adapter, timeout=left)
-            return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
-        s = sampling(st, req.sink if last else Sink())
+            return emb.vector, (4 * len(emb.vector), emb.tokens, 0)
+        s = sampling(st, req.sink if last else NO_SINK)
         return await self._collect(self.local.generate(prompt, adapter=ep.adapter, timeout=left,
                                                        messages=stage_chat(st, prompt, chat), **s),
-                                   s["n"], run, on_delta, started)
+                                   s["n"], st.task, ep, on_delta, started)
 
-    async def _run_remote(self, cs, ep, text, req, left, chat, on_delta, started) -> tuple[object, StageDone]:
+    async def _run_remote(self, cs, ep, text, req, left, chat, on_delta, started) -> tuple[object, Usage]:
         st = cs.stage
         prompt = fill(st, text)
-        run = StageDone(st.task, ep.variant, ep.node_name, ep.region)
         md = req.span.metadata() + peer_metadata(self.peer_token())
-        self.metrics.hops.labels("out").inc()
+        self.metrics.series(self.metrics.hops, "out").inc()
         if st.kind == "embedding":
             emb = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left, metadata=md)
-            return emb.vector, _with(run, output_bytes=4 * len(emb.vector), prompt_tokens=emb.tokens)
+            return emb.vector, (4 * len(emb.vector), emb.tokens, 0)
         s = sampling(st, req.sink)
         return await self._collect(self.workers.generate(ep.address, prompt, adapter=ep.adapter, timeout=left,
                                                          metadata=md, messages=stage_chat(st, prompt, chat), **s),
-                                   s["n"], run, on_delta, started)
+                                   s["n"], st.task, ep, on_delta, started)
 
     @staticmethod
-    async def _collect(deltas: AsyncIterator[Delta], n: int, run: StageDone, on_delta,
-                       started) -> tuple[list[ChoiceDone], StageDone]:
-        """The stage's ``n`` choices, each delta passed on to ``on_delta`` as it comes."""
+    async def _collect(deltas: AsyncIterator[Delta], n: int, task: str, ep: Endpoint, on_delta,
+                       started) -> tuple[list[ChoiceDone], Usage]:
+        """Stage ``task``'s ``n`` choices from replica ``ep``, each delta passed on to ``on_delta``
+        as it comes."""
         texts: list[list[str]] = [[] for _ in range(n)]
         lps: list[list] = [[] for _ in range(n)]
         reasons, tokens = [""] * n, [0] * n
         pt = 0
         async for d in deltas:
             if not 0 <= d.index < n:
-                raise Unavailable(f"stage {run.task}: {run.node_name} answered choice {d.index} of {n}")
+                raise Unavailable(f"stage {task}: {ep.node_name} answered choice {d.index} of {n}")
             pt, tokens[d.index] = max(pt, d.prompt_tokens), max(tokens[d.index], d.completion_tokens)
             lps[d.index].extend(d.logprobs)
             if d.text:
@@ -371,8 +376,7 @@ class DataPlane:
                 started[0] = True
                 await on_delta(d)
         choices = [ChoiceDone(i, "".join(texts[i]), reasons[i] or "stop", tokens[i], tuple(lps[i])) for i in range(n)]
-        return choices, _with(run, output_bytes=len(choices[0].text.encode()), prompt_tokens=pt,
-                              completion_tokens=sum(tokens))
+        return choices, (len(choices[0].text.encode()), pt, sum(tokens))
 
     async def _forward(self, cr, k, ep, req, outputs, left, on_delta, started) -> Outcome:
         reads, needs_text = cr.needs[k]
@@ -386,7 +390,7 @@ class DataPlane:
                               sink=req.sink, messages=req.messages if needs_text else None,
                               request_id=req.span.request_id, tenant=req.tenant,
                               prompt_ids=req.prompt_ids if needs_text else ())
-        self.metrics.hops.labels("out").inc()
+        self.metrics.series(self.metrics.hops, "out").inc()
         call = dataplane_stub(self.workers.channel(ep.address)).Forward(
             msg, timeout=left, metadata=req.span.metadata() + peer_metadata(self.peer_token()))
         back = 0
@@ -394,7 +398,7 @@ class DataPlane:
             ans = answer_from_pb(resp)
             back += resp.ByteSize()
             if ans.done:
-                self.metrics.result_bytes.labels(cr.route.workflow, ep.region, me.region).inc(back)
+                self.metrics.series(self.metrics.result_bytes, cr.route.workflow, ep.region, me.region).inc(back)
                 return Outcome(ans.output.get("text", ans.output.get("embedding")), ans.stages, ans.choices)
             if on_delta is not None and (ans.delta.text or ans.delta.logprobs):
                 started[0] = True
@@ -432,7 +436,7 @@ def takes_ids(stage: Stage) -> bool:
 
 def sampling(stage: Stage, sink: Sink) -> dict:
     """The generation settings of ``stage``: its own, with ``sink`` (one request's settings for
-    the last stage; ``Sink()`` for the others) laid over them."""
+    the last stage; ``NO_SINK`` for the others) laid over them."""
     mt = None if sink.no_max_tokens else (sink.max_tokens or stage.max_tokens)
     return {"max_tokens": mt, "temperature": stage.temperature if sink.temperature is None else sink.temperature,
             "stop": tuple(dict.fromkeys(stage.stop + sink.stop)),
@@ -459,10 +463,6 @@ def stage_chat(stage: Stage, prompt: str, messages: Sequence[Mapping[str, str]] 
 
 def _chosen(out: object) -> bool:
     return isinstance(out, list) and bool(out) and isinstance(out[0], ChoiceDone)
-
-
-def _with(run: StageDone, **changes) -> StageDone:
-    return StageDone(**{**run.__dict__, **changes})
 
 
 def _size(out: object) -> int:

@@ -212,16 +212,25 @@ class EntryService:
 
     @handle_errors
     async def Invoke(self, request, context):
-        span = start_span(context.invocation_metadata(), "entry", request.request_id)
+        md = context.invocation_metadata()
+        span = start_span(md, "entry", request.request_id)
         inv = invocation_from_pb(request)
-        kind, ident = self.keys.caller(bearer(context.invocation_metadata()))
+        kind, ident = self.keys.caller(bearer(md))
         access.decide(INVOKE, kind)
-        async for msg in self.invoke(inv, ident, span, context.time_remaining()):
-            yield msg
+        cr, req = self.request(inv, ident, span, context.time_remaining())
+        async for msg in self.serve(cr, req, ident, inv.kind):
+            await context.write(msg)
 
     async def invoke(self, inv: Invocation, ident: Identity | None, span: Span, remaining: float | None = None):
         """Check, resolve and serve one invocation from ``ident`` (a caller the door identified);
         ``remaining``: the caller's own deadline, when it has one."""
+        cr, req = self.request(inv, ident, span, remaining)
+        async for msg in self.serve(cr, req, ident, inv.kind):
+            yield msg
+
+    def request(self, inv: Invocation, ident: Identity | None, span: Span,
+                remaining: float | None = None) -> tuple[CompiledRoute, Request]:
+        """Check and resolve one invocation: its route and the request to run on it."""
         text = "" if inv.prompt_ids else parse_input(inv.input_json)
         timeout = inv.timeout_seconds if inv.timeout_seconds > 0 else DEFAULT_TIMEOUT
         if remaining is not None:
@@ -232,10 +241,8 @@ class EntryService:
         cr = self.resolver.resolve(inv.workflow, ident, inv.kind or "llm")
         if inv.prompt_ids:
             check_ids(cr.route, inv)
-        req = Request(cr.route.workflow, text, time.monotonic() + timeout, span, inv.stream, inv.sink,
-                      ident.tenant if ident is not None else "", check_chat(inv.messages), inv.prompt_ids)
-        async for msg in self.serve(cr, req, ident, inv.kind):
-            yield msg
+        return cr, Request(cr.route.workflow, text, time.monotonic() + timeout, span, inv.stream, inv.sink,
+                           ident.tenant if ident is not None else "", check_chat(inv.messages), inv.prompt_ids)
 
     async def serve(self, cr: CompiledRoute, req: Request, ident: Identity | None, kind: str = ""):
         """Count, wake, run and answer one request (InvokeResponse messages). ``kind``: the
@@ -276,10 +283,10 @@ class EntryService:
         finally:
             self.book.finished(name, ok, tokens)
             label = name[:64]
-            metrics.requests.labels(label, "ok" if ok else "error").inc()
-            metrics.request_seconds.labels(label).observe(time.monotonic() - t0)
+            metrics.series(metrics.requests, label, "ok" if ok else "error").inc()
+            metrics.series(metrics.request_seconds, label).observe(time.monotonic() - t0)
             if first[0] is not None:
-                metrics.ttft.labels(label).observe(first[0])
+                metrics.series(metrics.ttft, label).observe(first[0])
         self._log(req.span, name, t0, True)
 
     async def _streamed(self, cr: CompiledRoute, req: Request, first: list, t0: float):
@@ -306,12 +313,13 @@ class EntryService:
                 task.cancel()
 
     def _log(self, span: Span, workflow: str, t0: float, ok: bool, exc: AtollError | None = None) -> None:
-        fields = {**span.fields(), "workflow": workflow, "outcome": "ok" if ok else exc.code,
-                  "ms": round((time.monotonic() - t0) * 1000, 2)}
+        ms = round((time.monotonic() - t0) * 1000, 2)
         if ok:
-            log.info("request", extra=kv(**fields))
-        else:
-            log.warning("request failed", extra=kv(**fields, error=exc.message[:300]))
+            if log.isEnabledFor(logging.INFO):
+                log.info("request", extra=kv(**span.fields(), workflow=workflow, outcome="ok", ms=ms))
+        elif log.isEnabledFor(logging.WARNING):
+            log.warning("request failed", extra=kv(**span.fields(), workflow=workflow, outcome=exc.code, ms=ms,
+                                                   error=exc.message[:300]))
         if self.plane.exporter is not None:
             span.attrs.update({"atoll.workflow": workflow})
             self.plane.exporter.export(span, time.time(), ok, "" if ok else exc.message)

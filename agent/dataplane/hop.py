@@ -46,7 +46,7 @@ class HopService:
             check_parsed(request)
             fw = forwarded_from_pb(request)
             span = start_span(context.invocation_metadata(), "hop", fw.request_id)
-            self.plane.metrics.hops.labels("in").inc()
+            self.plane.metrics.series(self.plane.metrics.hops, "in").inc()
             cr = self.plane.compiled.get(fw.workflow)
             k = cr.index.get(fw.task) if cr is not None else None
             if k is None:

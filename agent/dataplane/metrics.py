@@ -4,6 +4,10 @@ The alert rules and the dashboard read the workflow and stage families from agen
 bytes this agent sent towards a stage (a request's input, a stage's output) per (from region, to
 region), the flows the planner priced, and ``atoll_result_bytes_sent_total`` the answers sent
 back towards the entry.
+
+The request path looks its labelled series up through :meth:`DataPlaneMetrics.series`, which
+keeps each one after its first use (``labels()`` checks and joins the label values every call;
+the series it returns is the same object every time, and nothing here removes one).
 """
 
 from __future__ import annotations
@@ -45,3 +49,12 @@ class DataPlaneMetrics:
         self.excluded = Gauge("atoll_dataplane_excluded_replicas",
                               "Replicas skipped for a while after they failed", registry=r)
         self.workflows = Gauge("atoll_dataplane_workflows", "Workflows in this agent's routing state", registry=r)
+        self._series: dict[tuple, object] = {}
+
+    def series(self, family, *values: str):
+        """``family.labels(*values)``, looked up once per family and label values."""
+        key = (id(family), values)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = family.labels(*values)
+        return child

@@ -128,6 +128,11 @@ class CompiledRoute:
         """A replica of stage ``cs``: the plan's location from ``from_location``, then a replica by
         weight; skipping ``avoid`` (tried by this request) and, while others remain, excluded ones;
         a replica backlogged with this agent's calls (``in_flight``) gives way to the least loaded."""
+        if not avoid and not excluded:       # nothing to skip: every location and replica is usable
+            plan = cs.locations.get(from_location)
+            loc = (plan if plan is not None else cs.fallback).next(_any)
+            return None if loc is None else self._unless_backlogged(cs, loc, cs.replicas_in[loc].next(_any), _any,
+                                                                     in_flight)
         for strict in (True, False):
             def usable(e: Endpoint) -> bool:
                 return e.replica_id not in avoid and not (strict and excluded.has(e.replica_id))
@@ -142,13 +147,23 @@ class CompiledRoute:
             if loc is None:
                 loc = cs.fallback.next(has_usable)
             if loc is not None:
-                chosen = cs.replicas_in[loc].next(usable)
-                if chosen is None or in_flight is None or not backlogged(
-                        in_flight.replicas.get(chosen.replica_id, 0), chosen.weight,
-                        in_flight.locations.get(loc, 0), cs.loc_weight[loc]):
-                    return chosen
-                return _least_loaded(cs.replicas_in[loc].distinct, usable, in_flight.replicas, chosen)
+                return self._unless_backlogged(cs, loc, cs.replicas_in[loc].next(usable), usable, in_flight)
         return None
+
+    @staticmethod
+    def _unless_backlogged(cs: CompiledStage, loc: str, chosen: Endpoint | None, usable: Callable[[Endpoint], bool],
+                           in_flight: "InFlight | None") -> Endpoint | None:
+        """``chosen`` (of location ``loc``), or the least loaded usable replica there when this
+        agent has backed ``chosen`` up."""
+        if chosen is None or in_flight is None or not backlogged(
+                in_flight.replicas.get(chosen.replica_id, 0), chosen.weight,
+                in_flight.locations.get(loc, 0), cs.loc_weight[loc]):
+            return chosen
+        return _least_loaded(cs.replicas_in[loc].distinct, usable, in_flight.replicas, chosen)
+
+
+def _any(item) -> bool:
+    return True
 
 
 def _least_loaded(order: Sequence[Endpoint], usable: Callable[[Endpoint], bool], held: Mapping[str, int],
@@ -208,6 +223,10 @@ class Exclusions:
             del self._until[replica_id]
             return False
         return True
+
+    def __bool__(self) -> bool:
+        """Whether any replica is (or was until lately) excluded; False: none to skip."""
+        return bool(self._until)
 
     def clear(self, replica_id: str) -> None:
         self._until.pop(replica_id, None)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import os
 import re
-import secrets
 import threading
 import time
 import urllib.request
@@ -64,10 +64,12 @@ def _header(metadata, name: str) -> str:
 def start_span(metadata, name: str, request_id: str = "") -> Span:
     """This hop's span: a child of the caller's ``traceparent`` (a new trace when absent or
     malformed); the request id from the request, else from ``x-request-id``, else a new one."""
-    m = _TRACEPARENT.match(_header(metadata, "traceparent").strip().lower())
-    trace_id, parent = (m.group(1), m.group(2)) if m and m.group(1) != "0" * 32 else (secrets.token_hex(16), "")
-    rid = (request_id or _header(metadata, "x-request-id") or secrets.token_hex(8))[:64]
-    return Span(rid, trace_id, secrets.token_hex(8), parent, name)
+    header = _header(metadata, "traceparent")
+    m = _TRACEPARENT.match(header.strip().lower()) if header else None
+    fresh = os.urandom(32).hex()          # one read: the span id, and the trace and request ids when new
+    trace_id, parent = (m.group(1), m.group(2)) if m and m.group(1) != "0" * 32 else (fresh[:32], "")
+    rid = (request_id or _header(metadata, "x-request-id") or fresh[48:])[:64]
+    return Span(rid, trace_id, fresh[32:48], parent, name)
 
 
 class OtlpExporter:

@@ -170,19 +170,41 @@ class Sink:
 Chat = tuple  # of {"role", "content"[, "name"]} dicts
 
 
-def _sampling_to_pb(s: Sink) -> control_pb2.SinkSampling:
-    m = control_pb2.SinkSampling(stop=list(s.stop), n=s.n, logprobs=s.logprobs, top_logprobs=s.top_logprobs,
-                                 no_max_tokens=s.no_max_tokens)
-    if s.top_p is not None:
-        m.top_p = s.top_p
-    if s.seed is not None:
-        m.seed = s.seed
-    return m
+NO_SINK = Sink()          # a request that sets nothing: one shared value, never rebuilt per request
 
 
-def _sink_from_pb(m, max_tokens: int, temperature: float | None) -> Sink:
+def _put_sink(req, sink: Sink, messages: Chat | None, prompt_ids: Sequence[int]):
+    """Pack one request's settings, chat and token ids into ``req`` (an ``InvokeRequest`` or a
+    ``ForwardRequest``: the same field names). Settings left at their defaults are not sent
+    (``sampling`` unset reads back as :data:`NO_SINK`)."""
+    if sink.max_tokens:
+        req.max_tokens = sink.max_tokens
+    if sink.temperature is not None:
+        req.temperature = sink.temperature
+    if sink != NO_SINK:
+        sm = req.sampling
+        sm.stop.extend(sink.stop)
+        sm.n, sm.logprobs, sm.top_logprobs, sm.no_max_tokens = sink.n, sink.logprobs, sink.top_logprobs, \
+            sink.no_max_tokens
+        if sink.top_p is not None:
+            sm.top_p = sink.top_p
+        if sink.seed is not None:
+            sm.seed = sink.seed
+    if messages:
+        req.messages.extend(_chat_to_pb(messages))
+    if prompt_ids:
+        req.prompt_token_ids.extend(prompt_ids)
+    return req
+
+
+def _sink_from_pb(m) -> Sink:
+    """The settings of an ``InvokeRequest`` or ``ForwardRequest``; one that sets none is
+    :data:`NO_SINK` (nothing built per request)."""
+    temperature = m.temperature if m.HasField("temperature") else None
+    if not m.HasField("sampling"):
+        return NO_SINK if not m.max_tokens and temperature is None else Sink(m.max_tokens, temperature)
     sm = m.sampling
-    return Sink(max_tokens, temperature, sm.top_p if sm.HasField("top_p") else None,
+    return Sink(m.max_tokens, temperature, sm.top_p if sm.HasField("top_p") else None,
                 sm.seed if sm.HasField("seed") else None, tuple(sm.stop), sm.n or 1, sm.logprobs, sm.top_logprobs,
                 sm.no_max_tokens)
 
@@ -219,21 +241,17 @@ def invocation_to_pb(inv: Invocation, timeout_seconds: float | None = None) -> c
 
 
 def invocation_from_pb(m: control_pb2.InvokeRequest) -> Invocation:
-    return Invocation(m.workflow, m.input_json, m.stream, m.timeout_seconds, m.request_id,
-                      _sink_from_pb(m, m.max_tokens, m.temperature if m.HasField("temperature") else None),
-                      _chat_from_pb(m.messages), m.kind, tuple(m.prompt_token_ids))
+    return Invocation(m.workflow, m.input_json, m.stream, m.timeout_seconds, m.request_id, _sink_from_pb(m),
+                      _chat_from_pb(m.messages) if m.messages else None, m.kind,
+                      tuple(m.prompt_token_ids) if m.prompt_token_ids else ())
 
 
 def invoke_request(*, workflow: str, input_json: str, stream: bool, timeout_seconds: float, request_id: str,
-                   sink: Sink = Sink(), messages: Chat | None = None, kind: str = "",
+                   sink: Sink = NO_SINK, messages: Chat | None = None, kind: str = "",
                    prompt_ids: Sequence[int] = ()) -> control_pb2.InvokeRequest:
-    req = control_pb2.InvokeRequest(workflow=workflow, input_json=input_json, stream=stream,
-                                    timeout_seconds=timeout_seconds, request_id=request_id, max_tokens=sink.max_tokens,
-                                    sampling=_sampling_to_pb(sink), messages=_chat_to_pb(messages), kind=kind,
-                                    prompt_token_ids=list(prompt_ids))
-    if sink.temperature is not None:
-        req.temperature = sink.temperature
-    return req
+    return _put_sink(control_pb2.InvokeRequest(workflow=workflow, input_json=input_json, stream=stream,
+                                               timeout_seconds=timeout_seconds, request_id=request_id, kind=kind),
+                     sink, messages, prompt_ids)
 
 
 @dataclass(frozen=True)
@@ -274,12 +292,6 @@ class Answer:
     choices: list[ChoiceDone] = field(default_factory=list)
 
 
-def stage_to_pb(s: StageDone) -> control_pb2.StageResult:
-    return control_pb2.StageResult(task=s.task, variant=s.variant, node_name=s.node_name, region=s.region,
-                                   seconds=s.seconds, attempts=s.attempts, output_bytes=s.output_bytes,
-                                   prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens)
-
-
 def stage_from_pb(m: control_pb2.StageResult) -> StageDone:
     return StageDone(m.task, m.variant, m.node_name, m.region, m.seconds, m.attempts, m.output_bytes,
                      m.prompt_tokens, m.completion_tokens)
@@ -296,13 +308,26 @@ def done_message(output: Mapping, stages: Sequence[StageDone], request_id: str, 
     """The final answer: the output (its text again unless it was streamed), every stage's run
     and the sink's choices (their texts and logprobs again unless streamed)."""
     text = output.get("text", "") if isinstance(output.get("text"), str) and not streamed else ""
-    return control_pb2.InvokeResponse(
-        text=text, done=True, output_json=json.dumps(dict(output)), stages=[stage_to_pb(s) for s in stages],
-        request_id=request_id,
-        choices=[control_pb2.ChoiceResult(index=c.index, text="" if streamed else c.text,
-                                          finish_reason=c.finish_reason, completion_tokens=c.completion_tokens,
-                                          logprobs=logprobs_to_pb(() if streamed else c.logprobs))
-                 for c in choices])
+    m = control_pb2.InvokeResponse(text=text, done=True, output_json=_output_json(output), request_id=request_id)
+    for s in stages:            # filled in place: no message built apart and copied in
+        m.stages.add(task=s.task, variant=s.variant, node_name=s.node_name, region=s.region, seconds=s.seconds,
+                     attempts=s.attempts, output_bytes=s.output_bytes, prompt_tokens=s.prompt_tokens,
+                     completion_tokens=s.completion_tokens)
+    for c in choices:
+        r = m.choices.add(index=c.index, text="" if streamed else c.text, finish_reason=c.finish_reason,
+                          completion_tokens=c.completion_tokens)
+        if c.logprobs and not streamed:
+            r.logprobs.extend(logprobs_to_pb(c.logprobs))
+    return m
+
+
+def _output_json(output: Mapping) -> str:
+    """``json.dumps(dict(output))``; a text output (the common answer) is written as the same
+    string without building the encoder's dict walk."""
+    text = output.get("text") if len(output) == 1 else None
+    if isinstance(text, str):
+        return '{"text": ' + json.dumps(text) + "}"
+    return json.dumps(dict(output))
 
 
 def answer_from_pb(m: control_pb2.InvokeResponse) -> Answer:
@@ -316,13 +341,9 @@ def answer_from_pb(m: control_pb2.InvokeResponse) -> Answer:
 def forward_request(*, workflow: str, task: str, replica_id: str, outputs: Mapping[str, str], text: str,
                     stream: bool, sink: Sink, messages: Chat | None, request_id: str, tenant: str,
                     prompt_ids: Sequence[int] = ()) -> dataplane_pb2.ForwardRequest:
-    req = dataplane_pb2.ForwardRequest(workflow=workflow, task=task, replica_id=replica_id, outputs=dict(outputs),
-                                       input=text, stream=stream, max_tokens=sink.max_tokens, request_id=request_id,
-                                       tenant=tenant, sampling=_sampling_to_pb(sink), messages=_chat_to_pb(messages),
-                                       prompt_token_ids=list(prompt_ids))
-    if sink.temperature is not None:
-        req.temperature = sink.temperature
-    return req
+    return _put_sink(dataplane_pb2.ForwardRequest(workflow=workflow, task=task, replica_id=replica_id,
+                                                  outputs=dict(outputs), input=text, stream=stream,
+                                                  request_id=request_id, tenant=tenant), sink, messages, prompt_ids)
 
 
 @dataclass(frozen=True)
@@ -344,5 +365,5 @@ class Forwarded:
 
 def forwarded_from_pb(m: dataplane_pb2.ForwardRequest) -> Forwarded:
     return Forwarded(m.workflow, m.task, m.replica_id, dict(m.outputs), m.input, m.stream, m.request_id, m.tenant,
-                     _sink_from_pb(m, m.max_tokens, m.temperature if m.HasField("temperature") else None),
-                     _chat_from_pb(m.messages), tuple(m.prompt_token_ids))
+                     _sink_from_pb(m), _chat_from_pb(m.messages) if m.messages else None,
+                     tuple(m.prompt_token_ids) if m.prompt_token_ids else ())
