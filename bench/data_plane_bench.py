@@ -249,8 +249,10 @@ def routing_costs(sizes=(4, 512), rounds: int = 31, batch: int = 2000) -> dict:
 
     routes, compile_ms, planes = {}, {}, {}
     for n in sizes:
-        eps = tuple(Endpoint(f"r{i}", "gen", "v", "me", f"n{i}", regions[i % 4], f"10.0.{i // 250}.{i % 250}:1",
-                             1.0 + i % 3, "", f"{regions[i % 4]}/datacenter", "/m", "datacenter") for i in range(n))
+        eps = tuple(Endpoint(replica_id=f"r{i}", task="gen", variant="v", adapter="", base_model="/m",
+                             weight=1.0 + i % 3, node_id="me", node_name=f"n{i}",
+                             address=f"10.0.{i // 250}.{i % 250}:1", region=regions[i % 4], tier="datacenter",
+                             location=f"{regions[i % 4]}/datacenter") for i in range(n))
         route = Route(f"wf{n}", (Stage("gen", "llm", "{input}", ("u",), 1),), {"gen": eps}, "us-east", "gen",
                       "us-east/datacenter", flows)
         t0 = time.perf_counter()
@@ -317,8 +319,9 @@ def entry_costs(rounds: int = 5, batch: int = 10000) -> dict:
     logging.getLogger().handlers[0].stream = open(os.devnull, "w")
     node = DataPlaneNode(node=lambda: NodeSelf("me", "a1", "us-east", "datacenter"), local=Instant(),
                          local_address=lambda: "127.0.0.1:1", connected=lambda: True)
-    ep = Endpoint("r1", "gen", "v", "me", "a1", "us-east", "127.0.0.1:1", 1.0, "", "us-east/datacenter", "/m",
-                  "datacenter")
+    ep = Endpoint(replica_id="r1", task="gen", variant="v", adapter="", base_model="/m", weight=1.0, node_id="me",
+                  node_name="a1", address="127.0.0.1:1", region="us-east", tier="datacenter",
+                  location="us-east/datacenter")
     route = Route("one", (Stage("gen", "llm", "{input}", ("u",), 1),), {"gen": (ep,)}, "us-east", "gen",
                   "us-east/datacenter", {("u", "gen"): (("us-east/datacenter", "us-east/datacenter", 1.0),)})
     node.on_instruction({"routing": routing_state([route])})

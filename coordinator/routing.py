@@ -31,8 +31,9 @@ def build_route(workflow: str, serving: WorkflowServing, plan: Plan | None, assi
     for a, v in zip(assignments, views):
         if v["state"] == "ready" and v["node_state"] == "READY" and v["worker_address"]:
             eps.setdefault(a.task, []).append(Endpoint(
-                a.replica_id, a.task, a.variant, a.node_id, v["node_name"], v["region"], v["worker_address"],
-                a.weight, a.adapter, f"{v['region']}/{v['tier']}", a.base_model, v["tier"]))
+                replica_id=a.replica_id, task=a.task, variant=a.variant, adapter=a.adapter, base_model=a.base_model,
+                weight=a.weight, node_id=a.node_id, node_name=v["node_name"], address=v["worker_address"],
+                region=v["region"], tier=v["tier"], location=f"{v['region']}/{v['tier']}"))
     flows: dict[tuple[str, str], list[Flow]] = {}
     for f in (plan.routes if plan is not None else ()):
         flows.setdefault((f.src, f.dst), []).append((f.from_location, f.to_location, float(f.rate)))

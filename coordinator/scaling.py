@@ -76,16 +76,19 @@ Metric = Literal["demand", "in_flight", "queue_delay", "rate_only"]
 
 @dataclass(frozen=True)
 class Policy:
+    # what is measured, and the aim
     metric: Metric = "demand"
     target: float = 4.0
     headroom: float = 1.0
+    noise_z: float = 2.0                          # move only on evidence beyond z Poisson deviations
+    # how far and how soon one decision moves
     max_step: float = 2.0
+    scale_down_delay: Optional[float] = None      # None: one reaction time
+    scale_up_delay: float = 0.0
+    peak_half_life: Optional[float] = None        # None: four reaction times
+    # bounds
     min_replicas: int = 1
     max_replicas: int = 64
-    scale_up_delay: float = 0.0
-    scale_down_delay: Optional[float] = None      # None: one reaction time
-    peak_half_life: Optional[float] = None        # None: four reaction times
-    noise_z: float = 2.0                          # move only on evidence beyond z Poisson deviations
     scale_to_zero: bool = False
     idle_seconds: float = 120.0
 

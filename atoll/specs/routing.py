@@ -40,20 +40,23 @@ class Stage:
     chat: bool = False             # send the prompt as a user message, through the model's chat template
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Endpoint:
+    """One ready replica of a task: what it serves, where, and its share of the task's traffic."""
+
     replica_id: str
     task: str
     variant: str
+    adapter: str
+    base_model: str = ""
+    weight: float                  # the plan's share of the task's traffic
+    # where it runs
     node_id: str
     node_name: str
-    region: str
     address: str
-    weight: float
-    adapter: str
-    location: str = ""             # "region/tier", as the plan names locations
-    base_model: str = ""
+    region: str
     tier: str = ""
+    location: str = ""             # "region/tier", as the plan names locations
 
 
 Flow = tuple[str, str, float]      # (from location, to location, rate)

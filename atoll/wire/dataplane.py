@@ -10,7 +10,7 @@ the message helpers below; the SDK reads :class:`EntryInfo` values.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
@@ -24,6 +24,7 @@ DATAPLANE = dataplane_pb2.DESCRIPTOR.services_by_name["DataPlane"]
 
 
 # ---------------------------------------------------------------------- routing state
+ENDPOINT_FIELDS = tuple(f.name for f in fields(Endpoint))     # RouteEndpoint has the same fields
 def route_to_pb(r: Route) -> routing_pb2.WorkflowRoute:
     return routing_pb2.WorkflowRoute(
         workflow=r.workflow, tenant=r.tenant, state=r.state, trusted_only=r.trusted_only, wakeable=r.wakeable,
@@ -31,10 +32,7 @@ def route_to_pb(r: Route) -> routing_pb2.WorkflowRoute:
                                        max_tokens=int(s.max_tokens or 0), no_max_tokens=s.max_tokens is None,
                                        temperature=float(s.temperature), stop=list(s.stop), chat=s.chat)
                 for s in r.stages],
-        endpoints=[routing_pb2.RouteEndpoint(replica_id=e.replica_id, task=e.task, variant=e.variant,
-                                             node_id=e.node_id, node_name=e.node_name, region=e.region,
-                                             address=e.address, weight=e.weight, adapter=e.adapter,
-                                             location=e.location, base_model=e.base_model, tier=e.tier)
+        endpoints=[routing_pb2.RouteEndpoint(**{f: getattr(e, f) for f in ENDPOINT_FIELDS})
                    for eps in r.endpoints.values() for e in eps],
         flows=[routing_pb2.RouteFlow(src=a, dst=b, from_location=f[0], to_location=f[1], rate=f[2])
                for (a, b), fs in r.flows.items() for f in fs],
@@ -44,8 +42,7 @@ def route_to_pb(r: Route) -> routing_pb2.WorkflowRoute:
 def route_from_pb(m: routing_pb2.WorkflowRoute) -> Route:
     eps: dict[str, list[Endpoint]] = {}
     for e in m.endpoints:
-        eps.setdefault(e.task, []).append(Endpoint(e.replica_id, e.task, e.variant, e.node_id, e.node_name, e.region,
-                                                   e.address, e.weight, e.adapter, e.location, e.base_model, e.tier))
+        eps.setdefault(e.task, []).append(Endpoint(**{f: getattr(e, f) for f in ENDPOINT_FIELDS}))
     flows: dict[tuple[str, str], list] = {}
     for f in m.flows:
         flows.setdefault((f.src, f.dst), []).append((f.from_location, f.to_location, f.rate))
@@ -219,18 +216,26 @@ def _chat_from_pb(ms) -> Chat | None:
 
 
 @dataclass(frozen=True)
-class Invocation:
-    """One request as an entry takes it (an ``InvokeRequest``, unpacked)."""
+class Carried:
+    """What a request carries to its last stage besides its input (keyword-only, after a
+    subclass's own fields): the OpenAI settings, chat messages, the prompt as token ids."""
+
+    sink: Sink = field(default=NO_SINK, kw_only=True)
+    messages: Chat | None = field(default=None, kw_only=True)
+    prompt_ids: tuple[int, ...] = field(default=(), kw_only=True)   # the input as token ids
+
+
+@dataclass(frozen=True)
+class Invocation(Carried):
+    """One request as an entry takes it (an ``InvokeRequest``, unpacked; with token ids,
+    ``input_json`` is empty)."""
 
     workflow: str
     input_json: str
     stream: bool
     timeout_seconds: float
     request_id: str
-    sink: Sink = Sink()
-    messages: Chat | None = None
     kind: str = ""                       # an OpenAI door's endpoint: llm | embedding ("": any)
-    prompt_ids: tuple[int, ...] = ()     # the input as token ids (then input_json is empty)
 
 
 def invocation_to_pb(inv: Invocation, timeout_seconds: float | None = None) -> control_pb2.InvokeRequest:
@@ -241,9 +246,9 @@ def invocation_to_pb(inv: Invocation, timeout_seconds: float | None = None) -> c
 
 
 def invocation_from_pb(m: control_pb2.InvokeRequest) -> Invocation:
-    return Invocation(m.workflow, m.input_json, m.stream, m.timeout_seconds, m.request_id, _sink_from_pb(m),
-                      _chat_from_pb(m.messages) if m.messages else None, m.kind,
-                      tuple(m.prompt_token_ids) if m.prompt_token_ids else ())
+    return Invocation(m.workflow, m.input_json, m.stream, m.timeout_seconds, m.request_id, m.kind,
+                      sink=_sink_from_pb(m), messages=_chat_from_pb(m.messages) if m.messages else None,
+                      prompt_ids=tuple(m.prompt_token_ids) if m.prompt_token_ids else ())
 
 
 def invoke_request(*, workflow: str, input_json: str, stream: bool, timeout_seconds: float, request_id: str,
@@ -347,7 +352,7 @@ def forward_request(*, workflow: str, task: str, replica_id: str, outputs: Mappi
 
 
 @dataclass(frozen=True)
-class Forwarded:
+class Forwarded(Carried):
     """A ``ForwardRequest``, unpacked."""
 
     workflow: str
@@ -358,12 +363,9 @@ class Forwarded:
     stream: bool
     request_id: str
     tenant: str
-    sink: Sink = Sink()
-    messages: Chat | None = None
-    prompt_ids: tuple[int, ...] = ()
 
 
 def forwarded_from_pb(m: dataplane_pb2.ForwardRequest) -> Forwarded:
     return Forwarded(m.workflow, m.task, m.replica_id, dict(m.outputs), m.input, m.stream, m.request_id, m.tenant,
-                     _sink_from_pb(m), _chat_from_pb(m.messages) if m.messages else None,
-                     tuple(m.prompt_token_ids) if m.prompt_token_ids else ())
+                     sink=_sink_from_pb(m), messages=_chat_from_pb(m.messages) if m.messages else None,
+                     prompt_ids=tuple(m.prompt_token_ids) if m.prompt_token_ids else ())

@@ -45,8 +45,9 @@ def invocation(model: str, text: str, *, kind: str, stream: bool, timeout: float
     sink = Sink(req.max_tokens or 0, req.temperature, req.top_p, None if req.seed is None else req.seed % SEED_MOD,
                 tuple(req.stop), req.n, req.logprobs or req.top_logprobs > 0, req.top_logprobs)
     ids = () if req.prompt is None or isinstance(req.prompt, str) else tuple(req.prompt)
-    return Invocation(model, "" if ids else json.dumps({"text": text}), stream, timeout, uuid.uuid4().hex, sink,
-                      tuple(dict(m) for m in req.messages) if req.messages else None, kind, ids)
+    return Invocation(model, "" if ids else json.dumps({"text": text}), stream, timeout, uuid.uuid4().hex, kind,
+                      sink=sink, messages=tuple(dict(m) for m in req.messages) if req.messages else None,
+                      prompt_ids=ids)
 
 
 def text_of(req: GenRequest) -> str:

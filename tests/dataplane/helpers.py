@@ -9,8 +9,9 @@ from atoll.specs.routing import Endpoint, Route, Stage
 
 def endpoint(rid: str, task: str = "gen", *, region: str = "eu", tier: str = "datacenter", weight: float = 1.0,
              node: str = "", address: str = "", adapter: str = "", base: str = "/m/base") -> Endpoint:
-    return Endpoint(rid, task, "v", node or f"node-{rid}", node or f"node-{rid}", region, address or f"{rid}:1",
-                    weight, adapter, f"{region}/{tier}", base, tier)
+    return Endpoint(replica_id=rid, task=task, variant="v", adapter=adapter, base_model=base, weight=weight,
+                    node_id=node or f"node-{rid}", node_name=node or f"node-{rid}", address=address or f"{rid}:1",
+                    region=region, tier=tier, location=f"{region}/{tier}")
 
 
 def route(name: str = "wf", *, stages=None, endpoints=(), flows=None, tenant: str = "", state: str = "READY",

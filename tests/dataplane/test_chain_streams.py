@@ -59,8 +59,8 @@ async def serve(modes: list[str]):
         servers.append(server)
         workers.append(w)
         # the first endpoint weighs most, so the router tries it first
-        eps.append(Endpoint(f"r{i}", "chat", "v", f"n{i}", f"node-{i}", "eu", f"127.0.0.1:{port}",
-                            weight=10.0 if i == 0 else 1.0, adapter=""))
+        eps.append(Endpoint(replica_id=f"r{i}", task="chat", variant="v", node_id=f"n{i}", node_name=f"node-{i}",
+                            region="eu", address=f"127.0.0.1:{port}", weight=10.0 if i == 0 else 1.0, adapter=""))
     route = Route("wf", [Stage("chat", "llm", "{input}", ("users",), max_tokens=4)], {"chat": eps}, "eu", "chat")
     return servers, workers, route
 

@@ -22,8 +22,8 @@ SINKS = [dp.NO_SINK, dp.Sink(max_tokens=7), dp.Sink(temperature=0.0), dp.Sink(n=
 
 @pytest.mark.parametrize("sink", SINKS)
 def test_settings_round_trip_through_invoke_and_forward(sink):
-    inv = dp.Invocation("wf", '{"text": "hi"}', True, 5.0, "rid", sink, ({"role": "user", "content": "hi"},),
-                        "llm", (1, 2, 3))
+    inv = dp.Invocation("wf", '{"text": "hi"}', True, 5.0, "rid", "llm", sink=sink,
+                        messages=({"role": "user", "content": "hi"},), prompt_ids=(1, 2, 3))
     m = dp.invocation_to_pb(inv)
     assert dp.invocation_from_pb(dp.control_pb2.InvokeRequest.FromString(m.SerializeToString())) == inv
     fw = dp.forward_request(workflow="wf", task="gen", replica_id="r", outputs={"a": "x"}, text="hi", stream=False,
