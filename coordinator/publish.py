@@ -88,19 +88,28 @@ class Publisher:
         self.keys_reported.pop(node_id, None)
         self.loads.node_gone(node_id)
 
-    def current(self, node_id: str, keys: KeySet) -> bool:
-        """Does the node hold the routing state last decided for it, and ``keys``?"""
-        want = self._desired[1].get(node_id) if self._desired is not None else None
+    def current(self, node_id: str, keys: KeySet, table: RoutingTable) -> bool:
+        """Does the node hold the routing state ``table`` decides for it, and ``keys``? (The
+        table as it is now, not as the last pass saw it: a workflow that turned READY since then
+        is not on the node yet.)"""
+        want = self._desired_for(table).get(node_id)
         return (want is None or self.routing_reported.get(node_id) == want.digest) and \
             self.keys_reported.get(node_id) == keys.digest
 
-    def publish(self, table: RoutingTable, keys: KeySet, now: float) -> int:
-        """One pass: send every connected node what it lacks. Returns the instructions sent."""
+    def _desired_for(self, table: RoutingTable) -> dict[str, RoutingState]:
+        """Every connected node's routing state under ``table``, recomputed only when the table
+        or the connected nodes' tier and trust changed."""
         reg = self.registry
         hosts = {nid: (reg.nodes[nid].tier, reg.nodes[nid].trusted) for nid in reg.sessions if nid in reg.nodes}
         if self._desired is None or self._desired[0] is not table or self._hosts != hosts:
             self._desired, self._hosts = (table, desired_routing(table, hosts)), hosts
-        routing = {nid: (st.digest, st) for nid, st in self._desired[1].items()}
+        return self._desired[1]
+
+    def publish(self, table: RoutingTable, keys: KeySet, now: float) -> int:
+        """One pass: send every connected node what it lacks. Returns the instructions sent."""
+        reg = self.registry
+        routing = {nid: (st.digest, st) for nid, st in self._desired_for(table).items()}
+        hosts = self._hosts
         n = 0
         for kind, want, reported, sent in (
                 ("routing", routing, self.routing_reported, self._sent_routing),

@@ -365,7 +365,8 @@ class Coordinator:
         return entries(nodes, region, (lambda tier: tier not in UNTRUSTED_TIERS) if trusted else None)
 
     def _entry_current(self, node_id: str) -> bool:
-        return self.publisher is None or self.publisher.current(node_id, self._agent_keys())
+        return self.publisher is None or self.publisher.current(node_id, self._agent_keys(),
+                                                                self.workflows.routing_table())
 
     def _revoked_nodes(self) -> dict[str, float]:
         return self.registry.revoked_nodes() if self.registry is not None else {}

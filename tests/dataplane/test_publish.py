@@ -67,10 +67,14 @@ def test_publisher_pushes_what_each_node_lacks():
     keys = key_set([KeyEntry("k", "t", "user", "h")])
     assert pub.publish(t, keys, now=0.0) == 4
     assert set(pushed["rent"][0]["routing"].routes) == {"public"} and pushed["rent"][1]["keys"] is keys
-    assert not pub.current("dc", keys)
+    assert not pub.current("dc", keys, t)
     for n in pushed:      # the agents report what they hold
         pub.heartbeat(n, pushed[n][0]["routing"].digest, keys.digest, [])
-    assert pub.current("dc", keys) and pub.publish(t, keys, now=10.0) == 0
+    assert pub.current("dc", keys, t) and pub.publish(t, keys, now=10.0) == 0
+    # a workflow turned READY since the last pass: no node holds it yet, whatever that pass said
+    newer = table(route("secret", trusted_only=True, endpoints=[endpoint("a")]), route("public"), route("new"))
+    assert not pub.current("dc", keys, newer) and not pub.current("rent", keys, newer)
+    assert pub.current("dc", keys, t)
     reg.nodes["dc"].trusted = False           # the operator untrusts dc: the secret route leaves it
     assert pub.publish(t, keys, now=11.0) == 1 and set(pushed["dc"][-1]["routing"].routes) == {"public"}
     pub.session_closed("rent")
