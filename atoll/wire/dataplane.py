@@ -25,6 +25,8 @@ DATAPLANE = dataplane_pb2.DESCRIPTOR.services_by_name["DataPlane"]
 
 # ---------------------------------------------------------------------- routing state
 ENDPOINT_FIELDS = tuple(f.name for f in fields(Endpoint))     # RouteEndpoint has the same fields
+
+
 def route_to_pb(r: Route) -> routing_pb2.WorkflowRoute:
     return routing_pb2.WorkflowRoute(
         workflow=r.workflow, tenant=r.tenant, state=r.state, trusted_only=r.trusted_only, wakeable=r.wakeable,
@@ -247,8 +249,8 @@ def invocation_to_pb(inv: Invocation, timeout_seconds: float | None = None) -> c
 
 def invocation_from_pb(m: control_pb2.InvokeRequest) -> Invocation:
     return Invocation(m.workflow, m.input_json, m.stream, m.timeout_seconds, m.request_id, m.kind,
-                      sink=_sink_from_pb(m), messages=_chat_from_pb(m.messages) if m.messages else None,
-                      prompt_ids=tuple(m.prompt_token_ids) if m.prompt_token_ids else ())
+                      sink=_sink_from_pb(m), messages=_chat_from_pb(m.messages),
+                      prompt_ids=tuple(m.prompt_token_ids))
 
 
 def invoke_request(*, workflow: str, input_json: str, stream: bool, timeout_seconds: float, request_id: str,
@@ -367,5 +369,5 @@ class Forwarded(Carried):
 
 def forwarded_from_pb(m: dataplane_pb2.ForwardRequest) -> Forwarded:
     return Forwarded(m.workflow, m.task, m.replica_id, dict(m.outputs), m.input, m.stream, m.request_id, m.tenant,
-                     sink=_sink_from_pb(m), messages=_chat_from_pb(m.messages) if m.messages else None,
-                     prompt_ids=tuple(m.prompt_token_ids) if m.prompt_token_ids else ())
+                     sink=_sink_from_pb(m), messages=_chat_from_pb(m.messages),
+                     prompt_ids=tuple(m.prompt_token_ids))
