@@ -24,6 +24,7 @@ from atoll.agent.generate import stream_choices
 from atoll.core.errors import AtollError, Unavailable
 from atoll.core.rpc import add_service, status_code
 from atoll.proto.v1 import worker_pb2
+from atoll.wire.worker import LOAD_KEY
 from atoll.specs.assignment import ReplicaItem
 from atoll.wire.worker import Delta, Embedding
 
@@ -95,6 +96,7 @@ class SwitchingWorker:
         await self._admit(svc, "Generate", request, context)
         async for resp in self.counted(getattr(request, "adapter", ""), svc.Generate(request, context)):
             yield resp
+        context.set_trailing_metadata(((LOAD_KEY, str(self.in_flight)),))
 
     async def counted(self, adapter: str, stream: AsyncIterator):
         """``stream`` (one request's answers, each with ``finished``) passed through and counted:
@@ -142,6 +144,11 @@ class LocalEngine:
 
     def __init__(self, worker: SwitchingWorker):
         self.worker = worker
+
+    @property
+    def in_flight(self) -> int:
+        """Requests this host's engine is serving now, from every caller."""
+        return self.worker.in_flight
 
     def _engine(self):
         svc = self.worker.current

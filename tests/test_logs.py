@@ -29,3 +29,32 @@ def test_a_line_names_the_time_level_logger_message_and_fields():
         'ts=2023-11-14T22:13:20.250Z level=info logger=atoll.agent msg=request workflow="wf one" ms=1.5',
         'ts=2023-11-14T22:13:20.750Z level=info logger=atoll.agent msg=request workflow="wf one" ms=1.5',
         'ts=2023-11-14T22:13:21.500Z level=info logger=atoll.agent msg=request workflow="wf one" ms=1.5']
+
+
+def test_a_request_line_written_straight_reads_as_the_ordinary_one(monkeypatch, caplog):
+    import io
+
+    from atoll.core import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.setup("INFO")
+        out = io.StringIO()
+        root.handlers[0].stream = out
+        log = logging.getLogger("atoll.test.requests")
+        monkeypatch.setattr(logs.time, "time", lambda: 1_700_000_000.25)
+        logs.event(log, logging.INFO, "request", request_id="r1", workflow="wf one", ms=1.5)
+        logs.event(log, logging.DEBUG, "not written", request_id="r2")
+        rec = logging.LogRecord(log.name, logging.INFO, __file__, 1, "request", None, None)
+        rec.created, rec.msecs = 1_700_000_000.25, 250.0
+        rec.fields = {"request_id": "r1", "workflow": "wf one", "ms": 1.5}
+        assert out.getvalue() == root.handlers[0].formatter.format(rec) + "\n"
+        # any other set-up takes the ordinary path: here pytest's capture handler sees the line
+        root.addHandler(caplog.handler)
+        logs.event(log, logging.WARNING, "request failed", request_id="r3")
+        assert [(r.getMessage(), r.fields) for r in caplog.records] == [("request failed", {"request_id": "r3"})]
+        assert out.getvalue().count("\n") == 2 and "request_id=r3" in out.getvalue()
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])

@@ -41,7 +41,7 @@ from typing import AsyncIterator, Awaitable, Callable, Mapping, Protocol, Sequen
 import grpc
 
 from atoll.agent.dataplane.metrics import DataPlaneMetrics
-from atoll.agent.dataplane.table import CompiledRoute, CompiledStage, Exclusions, InFlight
+from atoll.agent.dataplane.table import CompiledRoute, CompiledStage, Exclusions, InFlight, prefer_local
 from atoll.agent.dataplane.trace import Span
 from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from atoll.core.logs import kv
@@ -91,6 +91,9 @@ class LocalWorker(Protocol):
                  messages: Sequence[Mapping[str, str]] | None = None) -> AsyncIterator[Delta]: ...
 
     async def embed(self, text: str, *, adapter: str, timeout: float) -> Embedding: ...
+
+    # optional: ``in_flight``, the requests the engine serves now from every caller; with it, a
+    # replica on this host is preferred to the plan's pick while it is not the busier one
 
 
 @dataclass(frozen=True)
@@ -207,8 +210,7 @@ class DataPlane:
                 if left <= 0:
                     raise fail(DeadlineExceeded, f"deadline passed in stage {cs.stage.task} after {attempts} "
                                "attempt(s)" + (f"; last error: {last_err}" if last_err else ""), cs.stage.task)
-                ep = first if first is not None else cr.pick(cs, from_location, tried, self.excluded,
-                                                             self.in_flight)
+                ep = first if first is not None else self._pick(cr, cs, from_location, tried, me)
                 if ep is None:
                     why = (f"all {len(cs.endpoints)} replica(s) failed; last error: {last_err}" if cs.endpoints
                            else "no ready replica")
@@ -275,6 +277,21 @@ class DataPlane:
             from_location = ep.location
             first = None
             k += 1
+
+    def _pick(self, cr: CompiledRoute, cs: CompiledStage, from_location: str, tried: set[str],
+              me: NodeSelf) -> Endpoint | None:
+        """The plan's pick for stage ``cs``, or this host's replica in the same location when it
+        is not the busier one (:func:`~atoll.agent.dataplane.table.prefer_local`)."""
+        ep = cr.pick(cs, from_location, tried, self.excluded, self.in_flight)
+        load = getattr(self.local, "in_flight", None)
+        if ep is None or load is None:
+            return ep
+        if cs.mine is None or cs.mine[0] != me:
+            cs.mine = (me, {e.location: e for e in cs.endpoints if self._is_local(e, me)})
+        local = cs.mine[1].get(ep.location)
+        if local is None or local.replica_id in tried or self.excluded.has(local.replica_id):
+            return ep
+        return prefer_local(ep, local, load, self.in_flight)
 
     async def _replica_appears(self, cr: CompiledRoute, k: int, from_location: str, tried: set[str],
                                refused: set[str], deadline: float) -> tuple[CompiledRoute, Endpoint] | None:
@@ -351,7 +368,9 @@ class DataPlane:
             return emb.vector, (4 * len(emb.vector), emb.tokens, 0)
         s = sampling(st, req.sink)
         return await self._collect(self.workers.generate(ep.address, prompt, adapter=ep.adapter, timeout=left,
-                                                         metadata=md, messages=stage_chat(st, prompt, chat), **s),
+                                                         metadata=md, messages=stage_chat(st, prompt, chat),
+                                                         on_load=lambda n: self.in_flight.report(ep.replica_id, n),
+                                                         **s),
                                    s["n"], st.task, ep, on_delta, started)
 
     @staticmethod

@@ -22,10 +22,9 @@ from atoll.agent.dataplane.chain import DataPlane, Request, parse_input, takes_i
 from atoll.agent.dataplane.load import LoadBook
 from atoll.agent.dataplane.table import CompiledRoute
 from atoll.agent.dataplane.trace import Span, start_span
-from atoll.core import access
+from atoll.core import access, logs
 from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
 from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from atoll.core.logs import kv
 from atoll.core.openai_api import MAX_CHOICES, MAX_STOP, MAX_TOKENS, MAX_TOP_LOGPROBS
 from atoll.core.rpc import handle_errors
 from atoll.specs.routing import Route, Stage
@@ -315,11 +314,10 @@ class EntryService:
     def _log(self, span: Span, workflow: str, t0: float, ok: bool, exc: AtollError | None = None) -> None:
         ms = round((time.monotonic() - t0) * 1000, 2)
         if ok:
-            if log.isEnabledFor(logging.INFO):
-                log.info("request", extra=kv(**span.fields(), workflow=workflow, outcome="ok", ms=ms))
-        elif log.isEnabledFor(logging.WARNING):
-            log.warning("request failed", extra=kv(**span.fields(), workflow=workflow, outcome=exc.code, ms=ms,
-                                                   error=exc.message[:300]))
+            logs.event(log, logging.INFO, "request", **span.fields(), workflow=workflow, outcome="ok", ms=ms)
+        else:
+            logs.event(log, logging.WARNING, "request failed", **span.fields(), workflow=workflow, outcome=exc.code,
+                       ms=ms, error=exc.message[:300])
         if self.plane.exporter is not None:
             span.attrs.update({"atoll.workflow": workflow})
             self.plane.exporter.export(span, time.time(), ok, "" if ok else exc.message)

@@ -25,6 +25,7 @@ import grpc
 from atoll.agent.dataplane.chain import FAILED_STAGE, DataPlane, Request
 from atoll.agent.dataplane.trace import start_span
 from atoll.core.errors import AtollError, FailedPrecondition
+from atoll.core import logs
 from atoll.core.logs import kv
 from atoll.core.rpc import check_parsed, status_code
 from atoll.specs.routing import Route
@@ -68,8 +69,8 @@ class HopService:
                                            first=ep)
             out = {"text": outcome.output} if isinstance(outcome.output, str) else {"embedding": outcome.output}
             await context.write(done_message(out, outcome.stages, fw.request_id, fw.stream, outcome.choices))
-            log.info("hop", extra=kv(**span.fields(), workflow=fw.workflow, task=fw.task, outcome="ok",
-                                     ms=round((time.monotonic() - t0) * 1000, 2)))
+            logs.event(log, logging.INFO, "hop", **span.fields(), workflow=fw.workflow, task=fw.task, outcome="ok",
+                       ms=round((time.monotonic() - t0) * 1000, 2))
             if self.plane.exporter is not None:
                 span.attrs.update({"atoll.workflow": fw.workflow, "atoll.task": fw.task})
                 self.plane.exporter.export(span, time.time(), True)

@@ -18,6 +18,12 @@ replica and per location, so the check costs two lookups; only a backlogged pick
 least loaded replica of its location, and that search stops at the first usable replica holding
 none of this agent's calls (:func:`_least_loaded`: bounded by the calls in flight, not by the
 replica count).
+
+A replica on this agent's own host, in the location picked, is taken instead of the plan's pick
+while it is not the busier of the two (:func:`prefer_local`, called by the data plane, which
+knows its host): its engine's requests in flight against what the picked replica reported with
+its last answer to this agent (``InFlight.report``). The location, and so the plan's flows and
+the bytes between regions, stay as the plan has them.
 """
 
 from __future__ import annotations
@@ -31,6 +37,23 @@ from atoll.specs.routing import Endpoint, Route, Stage, backlogged, least_loaded
 
 CYCLE_MIN = 256          # picks per cycle at least (shares follow weights within 1/CYCLE_MIN)
 EXCLUDE_S = 10.0         # how long a failed replica is skipped
+REPORT_TTL_S = 2.0       # how long a replica's reported load stands
+REPORTS_KEPT = 1024      # reports kept before the stale ones are dropped
+LOCAL_SLACK = 2          # calls a replica on the entry's own host may hold beyond the plan's pick
+
+
+def prefer_local(picked: Endpoint, local: Endpoint | None, local_load: int, in_flight: "InFlight") -> Endpoint:
+    """The replica to call for ``picked`` (the plan's pick): the replica on this host in the same
+    location, ``local`` (holding ``local_load`` requests, all callers'), unless it is busier per
+    unit of weight than ``picked`` by more than LOCAL_SLACK calls. A call to a replica on this
+    host costs no network hop and no second server's work; two choices, one of them the plan's,
+    keep the replicas' loads close where entries see uneven traffic (an idle or instant replica
+    here takes everything, a queued one passes the surplus on), and the location, which the
+    plan's flows fix, is the same."""
+    if local is None or picked.replica_id == local.replica_id or picked.location != local.location:
+        return picked
+    ratio = max(local.weight, 1e-9) / max(picked.weight, 1e-9)
+    return local if local_load <= ratio * in_flight.load(picked.replica_id) + LOCAL_SLACK else picked
 
 
 def cycle(items: Sequence[tuple[object, float]], length: int) -> tuple:
@@ -85,6 +108,7 @@ class CompiledStage:
     loc_weight: Mapping[str, float]                   # location -> its replicas' summed weights
     parent: str                                       # the parent whose replica's location routes it
     edge_src: str                                     # the plan edge's source (parent task or a source)
+    mine: tuple | None = None                         # (this node, {location: its replica there}), set on use
 
 
 class CompiledRoute:
@@ -187,11 +211,29 @@ def _least_loaded(order: Sequence[Endpoint], usable: Callable[[Endpoint], bool],
 
 
 class InFlight:
-    """This agent's calls in flight, per replica id and per location."""
+    """This agent's calls in flight, per replica id and per location; and the load each replica
+    reported with its last answer to this agent (its requests in flight, all callers')."""
 
-    def __init__(self):
+    def __init__(self, clock=time.monotonic):
         self.replicas: dict[str, int] = {}
         self.locations: dict[str, int] = {}
+        self.reported: dict[str, tuple[int, float]] = {}     # replica id -> (in flight, when)
+        self.clock = clock
+
+    def report(self, replica_id: str, n: int) -> None:
+        now = self.clock()
+        self.reported[replica_id] = (n, now)
+        if len(self.reported) > REPORTS_KEPT:          # replicas come and go: stale reports are dropped
+            self.reported = {r: v for r, v in self.reported.items() if now - v[1] <= REPORT_TTL_S}
+
+    def load(self, replica_id: str) -> int:
+        """A replica's load as it last reported it, if within REPORT_TTL_S; else this agent's own
+        calls to it (a lower bound)."""
+        got = self.reported.get(replica_id)
+        mine = self.replicas.get(replica_id, 0)
+        if got is None or self.clock() - got[1] > REPORT_TTL_S:
+            return mine
+        return max(got[0], mine)
 
     def add(self, ep: Endpoint) -> None:
         self.replicas[ep.replica_id] = self.replicas.get(ep.replica_id, 0) + 1

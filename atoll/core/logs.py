@@ -15,17 +15,21 @@ class LogfmtFormatter(logging.Formatter):
         self._second: tuple[int, str] = (-1, "")       # the last whole second formatted (a request path logs often)
 
     def format(self, record: logging.LogRecord) -> str:
-        sec = int(record.created)
+        line = self.line(record.created, record.levelname, record.name, record.getMessage(),
+                         getattr(record, "fields", {}))
+        if record.exc_info:
+            line += " exc=" + _q(self.formatException(record.exc_info).splitlines()[-1])
+        return line
+
+    def line(self, created: float, levelname: str, name: str, msg: str, fields: dict) -> str:
+        sec = int(created)
         if sec != self._second[0]:
             self._second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-        ts = self._second[1] + f".{int(record.msecs):03d}Z"
-        parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}",
-                 "msg=" + _q(record.getMessage())]
-        for k, v in getattr(record, "fields", {}).items():
-            parts.append(f"{k}={_q(str(v))}")
-        if record.exc_info:
-            parts.append("exc=" + _q(self.formatException(record.exc_info).splitlines()[-1]))
-        return " ".join(parts)
+        head = (f"ts={self._second[1]}.{int((created - sec) * 1000):03d}Z level={levelname.lower()} "
+                f"logger={name} msg={_q(msg)}")
+        if not fields:
+            return head
+        return head + " " + " ".join([f"{k}={_q(v if type(v) is str else str(v))}" for k, v in fields.items()])
 
 
 # a value left bare: letters and digits (``\w`` is exactly ``str.isalnum()`` or "_") and -_.:/@[]
@@ -33,7 +37,7 @@ _BARE = re.compile(r"[\w\-.:/@\[\]]+")
 
 
 def _q(s: str) -> str:
-    if _BARE.fullmatch(s):
+    if s.isalnum() or _BARE.fullmatch(s):                # isalnum: most values, at a fifth of the match's cost
         return s
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
@@ -46,6 +50,43 @@ def setup(level: str | None = None) -> None:
     h.setFormatter(LogfmtFormatter())
     root.addHandler(h)
     root.setLevel(level)
+
+
+def event(log: logging.Logger, level: int, msg: str, **fields) -> None:
+    """``log.log(level, msg, extra=kv(**fields))`` for lines a request path writes on every
+    request: where the line would reach only the handler :func:`setup` installed, it is formatted
+    and written straight to that handler's stream, the same text without a ``LogRecord``, its
+    caller lookup and the handler chain (about a fifth of the cost). Any other set-up (pytest's
+    log capture, a handler of one's own, filters) takes the ordinary path."""
+    if not log.isEnabledFor(level):
+        return
+    h = _only_handler(log, level)
+    if h is None:
+        log.log(level, msg, extra={"fields": fields})
+        return
+    text = h.formatter.line(time.time(), logging.getLevelName(level), log.name, msg, fields)
+    with h.lock:
+        h.stream.write(text + "\n")
+        h.flush()
+
+
+def _only_handler(log: logging.Logger, level: int) -> logging.StreamHandler | None:
+    """The handler :func:`setup` installed, when it is the only one ``log``'s lines reach and
+    nothing filters them; else None."""
+    c = log
+    while c is not None:
+        if c.filters:
+            return None
+        if c.parent is None:                            # the root
+            hs = c.handlers
+            if len(hs) == 1 and type(hs[0]) is logging.StreamHandler and type(hs[0].formatter) is LogfmtFormatter \
+                    and not hs[0].filters and hs[0].level <= level:
+                return hs[0]
+            return None
+        if c.handlers or not c.propagate:
+            return None
+        c = c.parent
+    return None
 
 
 def kv(**fields) -> dict:

@@ -22,6 +22,16 @@ from atoll.core.rpc import CHANNEL_OPTIONS
 from atoll.proto.v1 import worker_pb2, worker_pb2_grpc
 
 SERVICE = worker_pb2.DESCRIPTOR.services_by_name["Worker"]
+# trailing metadata of a Generate stream: the Worker's requests in flight (all callers') as it
+# finished this one; entries weigh a replica on their own host against the plan's pick with it
+LOAD_KEY = "atoll-in-flight"
+
+
+def load_of(trailing) -> int | None:
+    for k, v in trailing or ():
+        if k == LOAD_KEY:
+            return int(v) if isinstance(v, str) and v.isdigit() and len(v) <= 9 else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -117,13 +127,14 @@ class WorkerClient:
                        n: int = 1, logprobs: bool = False, top_logprobs: int = 0,
                        messages: Sequence[Mapping[str, str]] | None = None,
                        timeout: float, metadata: Sequence[tuple[str, str]] = (), request_id: str = "",
-                       node_id: str = "") -> AsyncIterator[Delta]:
+                       node_id: str = "", on_load: Callable[[int], None] | None = None) -> AsyncIterator[Delta]:
         """Stream one generation from the Worker at ``address`` (``adapter`` empty: the base model):
         of ``prompt`` (text, or token ids), or of a chat (``messages``: role, content and optional name),
         which the worker renders with its model's own template. ``max_tokens`` None: up to a stop
         token or the context. ``n`` choices come interleaved, each delta naming its index.
         ``metadata`` rides along (trace context); ``node_id`` is the node serving there (whose
-        token the call presents)."""
+        token the call presents); ``on_load(n)``: the Worker's requests in flight as it finished
+        this one (:data:`LOAD_KEY`), when it said."""
         sampling = worker_pb2.SamplingParams(
             max_tokens=max_tokens or 0, no_max_tokens=max_tokens is None, temperature=temperature, stop=list(stop),
             top_p=top_p, has_seed=seed is not None, seed=seed or 0, n=n, logprobs=logprobs or top_logprobs > 0,
@@ -138,8 +149,13 @@ class WorkerClient:
                 req.prompt = prompt
             else:
                 req.prompt_token_ids.extend(prompt)
-        async for resp in self._stub(address).Generate(req, timeout=timeout, metadata=self._metadata(node_id, metadata)):
+        call = self._stub(address).Generate(req, timeout=timeout, metadata=self._metadata(node_id, metadata))
+        async for resp in call:
             yield delta_from_pb(resp)
+        if on_load is not None:
+            n = load_of(await call.trailing_metadata())
+            if n is not None:
+                on_load(n)
 
     async def embed(self, address: str, text: str, *, adapter: str, timeout: float,
                     metadata: Sequence[tuple[str, str]] = (), node_id: str = "") -> Embedding:

@@ -87,3 +87,133 @@ def test_calls_in_flight_are_counted_per_replica_and_released():
     out = asyncio.run(plane.run(cr, 0, req, {}, "eu/edge", None))
     assert out.output == "ok" and seen == [({"a": 1}, {"eu/datacenter": 1})]
     assert plane.in_flight.replicas == {} and plane.in_flight.locations == {}
+
+
+def _plane_with_local(local_load: list[int], remote_load: int | None):
+    """A data plane on node-a (which holds replica a) beside replica b on another host, in one
+    location with equal weights; the local engine's load and b's reported load are the test's."""
+    calls = Counter()
+
+    class Local:
+        @property
+        def in_flight(self):
+            return local_load[0]
+
+        async def generate(self, prompt, **kw):
+            calls["a"] += 1
+            yield Delta("local", 1, 1, True)
+
+    class Workers:
+        async def generate(self, address, prompt, on_load=None, **kw):
+            calls[address.split(":")[0]] += 1
+            yield Delta("remote", 1, 1, True)
+            if on_load is not None and remote_load is not None:
+                on_load(remote_load)
+
+        async def close(self):
+            pass
+
+    plane = DataPlane(lambda: NodeSelf("node-a", "node-a", "eu", "datacenter"), Local(), Workers(),
+                      DataPlaneMetrics())
+    cr = CompiledRoute(route(endpoints=(endpoint("a"), endpoint("b"))))
+
+    def run(n: int) -> Counter:
+        calls.clear()
+        for _ in range(n):
+            asyncio.run(plane.run(cr, 0, Request("wf", "hi", time.monotonic() + 5, start_span((), "t")), {},
+                                  "eu/edge", None))
+        return Counter(calls)
+    return plane, run
+
+
+def test_the_replica_on_the_entry_host_serves_while_it_is_not_the_busier_one():
+    # idle here: every request stays on this host, although the plan's weights split them 1:1
+    plane, run = _plane_with_local([0], remote_load=0)
+    assert run(40) == {"a": 40}
+    # busy here (a queue of 10), b reported idle: the plan's picks go to b, the rest stay here
+    local = [10]
+    plane, run = _plane_with_local(local, remote_load=0)
+    got = run(40)
+    assert got == {"a": 20, "b": 20}, got                   # the plan's own 1:1 split
+    # b reports a queue as long as this host's: this host keeps them (within the slack)
+    plane, run = _plane_with_local(local, remote_load=9)
+    run(2)                                                  # b's report arrives with its first answer
+    assert run(40) == {"a": 40}
+    # a report goes stale: the entry counts only its own calls to b again
+    plane.in_flight.reported = {rid: (n, t - 60) for rid, (n, t) in plane.in_flight.reported.items()}
+    assert run(10)["b"] > 0
+
+
+def test_an_excluded_replica_here_is_not_preferred():
+    plane, run = _plane_with_local([0], remote_load=0)
+    plane.excluded.add("a")
+    assert run(10) == {"b": 10}
+
+
+def test_a_worker_reports_its_load_when_a_stream_ends():
+    from atoll.wire.worker import LOAD_KEY, load_of
+
+    assert load_of(((LOAD_KEY, "7"), ("x", "y"))) == 7
+    assert load_of((("x", "y"),)) is None and load_of(None) is None
+    assert load_of(((LOAD_KEY, "-1"),)) is None and load_of(((LOAD_KEY, "9" * 12),)) is None
+
+
+def test_a_worker_server_says_its_load_in_the_streams_trailer():
+    """The agent's Worker service (SwitchingWorker) over real gRPC on loopback, called by the
+    WorkerClient every data plane uses: ``on_load`` hears the requests still in flight there."""
+    import grpc
+
+    from atoll.agent.serving import SwitchingWorker
+    from atoll.proto.v1 import worker_pb2
+    from atoll.wire.worker import WorkerClient
+
+    release = asyncio.Event()
+
+    class Service:                                  # a loaded engine's servicer, answering one message
+        model_names = ("m",)
+
+        async def Generate(self, request, context):
+            if request.adapter == "slow":
+                await release.wait()
+            yield worker_pb2.GenerateResponse(text="x", finished=True, completion_tokens=1)
+
+    async def go() -> list[int]:
+        worker = SwitchingWorker()
+        worker.current = Service()
+        server = grpc.aio.server()
+        worker.add_to_server(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        client, heard = WorkerClient(), []
+        try:
+            async def one(adapter: str) -> None:
+                async for _ in client.generate(f"127.0.0.1:{port}", "hi", adapter=adapter, max_tokens=1,
+                                               temperature=0.0, timeout=10, on_load=heard.append):
+                    pass
+            await one("")                                       # alone: none left in flight
+            slow = [asyncio.ensure_future(one("slow")) for _ in range(3)]
+            while worker.in_flight < 3:
+                await asyncio.sleep(0.01)
+            await one("")                                       # three still held there
+            release.set()
+            await asyncio.gather(*slow)
+        finally:
+            await client.close()
+            await server.stop(None)
+        return heard
+
+    heard = asyncio.run(go())
+    assert heard[:2] == [0, 3] and sorted(heard[2:]) == [0, 1, 2]
+
+
+def test_reports_of_replicas_long_gone_are_dropped():
+    from atoll.agent.dataplane import table
+
+    now = [0.0]
+    f = InFlight(clock=lambda: now[0])
+    for i in range(table.REPORTS_KEPT):
+        f.report(f"old-{i}", 3)
+    now[0] = table.REPORT_TTL_S + 1
+    assert f.load("old-0") == 0                      # stale: only this agent's own calls count
+    f.report("new", 5)
+    assert f.reported == {"new": (5, now[0])} and f.load("new") == 5
