@@ -1,7 +1,8 @@
 """Stage to stage, agent to agent, on loopback: the entry hands the request to the first stage's
 agent, which runs it and calls the next stage's Worker; bytes are counted per region pair by the
 agent that sends them; a later stage's failure is not retried by the entry; request id and
-trace context reach every hop."""
+trace context reach every hop; with TLS the hops are mutual TLS, and a peer the fleet's CA did not
+sign is refused."""
 
 from __future__ import annotations
 
@@ -73,17 +74,22 @@ class Fake:
 
 
 class Node:
-    def __init__(self, name: str, region: str):
-        self.name, self.region, self.fake = name, region, Fake(name)
+    """``tls``: (server credentials, channel credentials) for mutual TLS between the agents."""
+
+    def __init__(self, name: str, region: str, tls: tuple | None = None):
+        self.name, self.region, self.fake, self.tls = name, region, Fake(name), tls
         self.address = ""
         self.dp = DataPlaneNode(node=lambda: NodeSelf(name, name, region, "datacenter"), local=self.fake,
-                                local_address=lambda: self.address, connected=lambda: True)
+                                local_address=lambda: self.address, connected=lambda: True,
+                                credentials=tls[1] if tls else None)
 
     async def start(self):
         self.server = grpc.aio.server()
         add_service(self.server, self.fake, WORKER)
         self.dp.add_to_worker_server(self.server)
-        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        port = (self.server.add_secure_port("127.0.0.1:0", self.tls[0]) if self.tls
+                else self.server.add_insecure_port("127.0.0.1:0"))
+        self.address = f"127.0.0.1:{port}"
         await self.server.start()
 
     async def stop(self):
@@ -99,8 +105,9 @@ def metric(node: Node, name: str, **labels) -> float:
     return 0.0
 
 
-async def fleet(break_sink: bool = False, chat: bool = False):
-    a, b, c, d = Node("a", "eu"), Node("b", "us"), Node("c", "ap"), Node("d", "us")
+async def fleet(break_sink: bool = False, chat: bool = False, tls=None):
+    """``tls(name)``: a node's (server, channel) credentials, or None for plaintext."""
+    a, b, c, d = (Node(n, r, tls(n) if tls else None) for n, r in (("a", "eu"), ("b", "us"), ("c", "ap"), ("d", "us")))
     for n in (a, b, c, d):
         await n.start()
     stages = (Stage("s1", "llm", "one({input})", ("users",), 4), Stage("s2", "llm", "two({input})", ("s1",), 4))
@@ -158,6 +165,50 @@ def test_two_stages_hop_agent_to_agent_and_count_bytes(caplog):
     assert recs["request"]["parent_span"] == "cd" * 8
     assert recs["hop"]["parent_span"] == recs["request"]["span_id"]
     assert recs["request"]["request_id"] == recs["hop"]["request_id"] == "req-42"
+
+
+def test_stages_hop_over_mutual_tls_and_a_peer_without_the_fleets_certificate_is_refused(tmp_path):
+    """Agents whose Worker servers ask for a client certificate signed by the fleet's CA, as an
+    agent with --tls-ca/--tls-cert/--tls-key serves them: the request hops entry -> b -> c over
+    mutual TLS; an entry whose certificate another CA signed gets no stage served."""
+    import trustme
+
+    from atoll.core.tls import channel_credentials, mutual_server_credentials
+
+    ca, rogue = trustme.CA(), trustme.CA()
+    files = {}
+    for who, issuer in (("fleet", ca), ("rogue", rogue)):
+        cert = issuer.issue_cert("127.0.0.1", "localhost")
+        for part, blob in (("cert", cert.cert_chain_pems[0]), ("key", cert.private_key_pem)):
+            files[who, part] = str(tmp_path / f"{who}.{part}.pem")
+            blob.write_to_path(files[who, part])
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+
+    def tls(entry_signer: str):
+        def creds(name: str) -> tuple:
+            who = entry_signer if name == "a" else "fleet"
+            return (mutual_server_credentials(files["fleet", "cert"], files["fleet", "key"], str(tmp_path / "ca.pem")),
+                    channel_credentials(str(tmp_path / "ca.pem"), files[who, "cert"], files[who, "key"]))
+        return creds
+
+    async def go(entry_signer: str):
+        nodes, entry = await fleet(tls=tls(entry_signer))
+        try:
+            return nodes, await invoke(entry, stream=False, timeout=3)
+        except grpc.aio.AioRpcError as exc:
+            return nodes, exc
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    (a, b, c, d), answers = asyncio.run(go("fleet"))
+    assert answers[-1].output == {"text": "c[two(b[one(hi)])]"}
+    assert [(s.task, s.node_name) for s in answers[-1].stages] == [("s1", "b"), ("s2", "c")]
+    (a, b, c, d), refused = asyncio.run(go("rogue"))
+    assert isinstance(refused, grpc.aio.AioRpcError), refused
+    assert refused.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), refused
+    assert (b.fake.calls, c.fake.calls, d.fake.calls) == (0, 0, 0)
+    assert "all 2 replica(s) failed" in refused.details() and "UNAVAILABLE" in refused.details(), refused.details()
 
 
 def test_a_later_stages_failure_is_not_retried_upstream():
