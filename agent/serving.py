@@ -24,9 +24,8 @@ from atoll.agent.generate import stream_choices
 from atoll.core.errors import AtollError, Unavailable
 from atoll.core.rpc import add_service, status_code
 from atoll.proto.v1 import worker_pb2
-from atoll.wire.worker import LOAD_KEY
 from atoll.specs.assignment import ReplicaItem
-from atoll.wire.worker import Delta, Embedding
+from atoll.wire.worker import LOAD_KEY, Delta, Embedding
 
 WINDOW_S = 60.0
 

@@ -50,6 +50,11 @@ def test_a_request_line_written_straight_reads_as_the_ordinary_one(monkeypatch, 
         rec.created, rec.msecs = 1_700_000_000.25, 250.0
         rec.fields = {"request_id": "r1", "workflow": "wf one", "ms": 1.5}
         assert out.getvalue() == root.handlers[0].formatter.format(rec) + "\n"
+        closed = io.StringIO()
+        closed.close()
+        root.handlers[0].stream = closed
+        logs.event(log, logging.INFO, "request", request_id="r1")        # a closed stream: the caller goes on
+        root.handlers[0].stream = out
         # any other set-up takes the ordinary path: here pytest's capture handler sees the line
         root.addHandler(caplog.handler)
         logs.event(log, logging.WARNING, "request failed", request_id="r3")

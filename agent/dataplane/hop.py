@@ -24,8 +24,8 @@ import grpc
 
 from atoll.agent.dataplane.chain import FAILED_STAGE, DataPlane, Request
 from atoll.agent.dataplane.trace import start_span
-from atoll.core.errors import AtollError, FailedPrecondition
 from atoll.core import logs
+from atoll.core.errors import AtollError, FailedPrecondition
 from atoll.core.logs import kv
 from atoll.core.rpc import check_parsed, status_code
 from atoll.specs.routing import Route

@@ -56,7 +56,7 @@ def event(log: logging.Logger, level: int, msg: str, **fields) -> None:
     """``log.log(level, msg, extra=kv(**fields))`` for lines a request path writes on every
     request: where the line would reach only the handler :func:`setup` installed, it is formatted
     and written straight to that handler's stream, the same text without a ``LogRecord``, its
-    caller lookup and the handler chain (about a fifth of the cost). Any other set-up (pytest's
+    caller lookup and the handler chain (about half the cost). Any other set-up (pytest's
     log capture, a handler of one's own, filters) takes the ordinary path."""
     if not log.isEnabledFor(level):
         return
@@ -66,8 +66,11 @@ def event(log: logging.Logger, level: int, msg: str, **fields) -> None:
         return
     text = h.formatter.line(time.time(), logging.getLevelName(level), log.name, msg, fields)
     with h.lock:
-        h.stream.write(text + "\n")
-        h.flush()
+        try:
+            h.stream.write(text + "\n")
+            h.flush()
+        except (OSError, ValueError):            # a closed or broken stream: as logging does, the request goes on
+            pass
 
 
 def _only_handler(log: logging.Logger, level: int) -> logging.StreamHandler | None:
