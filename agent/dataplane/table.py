@@ -37,7 +37,7 @@ from atoll.specs.routing import Endpoint, Route, Stage, backlogged, least_loaded
 
 CYCLE_MIN = 256          # picks per cycle at least (shares follow weights within 1/CYCLE_MIN)
 EXCLUDE_S = 10.0         # how long a failed replica is skipped
-REPORT_TTL_S = 2.0       # how long a replica's reported load stands
+REPORT_TTL_S = 0.5       # how long a replica's reported load stands (short: a replica not called since drains unseen)
 REPORTS_KEPT = 1024      # reports kept before the stale ones are dropped
 LOCAL_SLACK = 2          # calls a replica on the entry's own host may hold beyond the plan's pick
 
