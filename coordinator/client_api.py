@@ -14,12 +14,13 @@ from atoll.coordinator.registry import Registry
 from atoll.coordinator.tenancy import node_view, scope_of
 from atoll.core.errors import AtollError, InvalidArgument
 from atoll.core.logs import kv
+from atoll.core.openai_api import MAX_TOKENS
 from atoll.core.rpc import handle_errors
 from atoll.proto.v1 import control_pb2_grpc
 from atoll.specs.node import TIERS
 from atoll.wire.dataplane import entries_response, invocation_from_pb
 
-MAX_TOKENS_LIMIT = 8192         # the OpenAI door's bound too
+MAX_TOKENS_LIMIT = MAX_TOKENS   # the entries' bound (they serve what the coordinator forwards), the OpenAI door's too
 
 log = logging.getLogger("atoll.coordinator")
 DEFAULT_TIMEOUT = 60.0

@@ -120,3 +120,27 @@ def test_hostile_rpcs_get_invalid_argument_and_server_survives(coordinator):
                                          capacity={}, status=None, proof=proof), timeout=5)
     assert len(ok.node_id) >= 8
     assert "Traceback" not in proc.log()
+
+
+def test_invoke_at_the_coordinator_bounds_max_tokens_as_the_entries_do(coordinator):
+    """The coordinator forwards Invoke to an entry, so it takes every budget an entry takes
+    (atoll.core.openai_api.MAX_TOKENS) and refuses the rest itself."""
+    from atoll.core.openai_api import MAX_TOKENS
+    from atoll.wire import dataplane
+
+    ch, proc = coordinator
+    client = control_pb2_grpc.ClientServiceStub(ch)
+
+    def invoke(max_tokens: int) -> grpc.RpcError:
+        req = dataplane.invoke_request(workflow="absent", input_json='{"text": "hi"}', stream=False,
+                                       timeout_seconds=5, request_id="")
+        req.max_tokens = max_tokens
+        with pytest.raises(grpc.RpcError) as ei:
+            list(client.Invoke(req, timeout=5))
+        return ei.value
+
+    over = invoke(MAX_TOKENS + 1)
+    assert over.code() == grpc.StatusCode.INVALID_ARGUMENT and f"0..{MAX_TOKENS}" in over.details()
+    for ok in (8193, MAX_TOKENS):            # the budget passes; what is missing is the workflow
+        assert invoke(ok).code() == grpc.StatusCode.NOT_FOUND
+    assert proc.alive()
