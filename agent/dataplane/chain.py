@@ -43,6 +43,7 @@ import grpc
 from atoll.agent.dataplane.metrics import DataPlaneMetrics
 from atoll.agent.dataplane.table import CompiledRoute, CompiledStage, Exclusions, InFlight, prefer_local
 from atoll.agent.dataplane.trace import Span
+from atoll.core.apikeys import header
 from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from atoll.core.logs import kv
 from atoll.core.rpc import CODE_BY_NAME, error_from_rpc
@@ -146,10 +147,7 @@ def fail(cls: type[AtollError], message: str, stage: str, hint: str = "") -> Ato
 
 
 def _stage_of(exc: grpc.aio.AioRpcError) -> str:
-    for k, v in exc.trailing_metadata() or ():
-        if k == FAILED_STAGE:
-            return v
-    return ""
+    return header(exc.trailing_metadata(), FAILED_STAGE)
 
 
 class DataPlane:

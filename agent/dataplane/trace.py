@@ -25,6 +25,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from atoll.core.apikeys import header
+
 log = logging.getLogger("atoll.agent")
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -54,21 +56,14 @@ class Span:
                 "parent_span": self.parent_span or "-"}
 
 
-def _header(metadata, name: str) -> str:
-    for k, v in metadata or ():
-        if k == name and isinstance(v, str):
-            return v
-    return ""
-
-
 def start_span(metadata, name: str, request_id: str = "") -> Span:
     """This hop's span: a child of the caller's ``traceparent`` (a new trace when absent or
     malformed); the request id from the request, else from ``x-request-id``, else a new one."""
-    header = _header(metadata, "traceparent")
-    m = _TRACEPARENT.match(header.strip().lower()) if header else None
+    parent_header = header(metadata, "traceparent")
+    m = _TRACEPARENT.match(parent_header.strip().lower()) if parent_header else None
     fresh = os.urandom(32).hex()          # one read: the span id, and the trace and request ids when new
     trace_id, parent = (m.group(1), m.group(2)) if m and m.group(1) != "0" * 32 else (fresh[:32], "")
-    rid = (request_id or _header(metadata, "x-request-id") or fresh[48:])[:64]
+    rid = (request_id or header(metadata, "x-request-id") or fresh[48:])[:64]
     return Span(rid, trace_id, fresh[32:48], parent, name)
 
 

@@ -95,9 +95,15 @@ def may_see(ident: Identity | None, tenant_of_thing: str) -> bool:
     return ident is None or ident.is_admin or ident.tenant == tenant_of_thing
 
 
-def bearer(metadata) -> str:
-    """The key in gRPC metadata ``authorization: Bearer <key>`` ("" when absent)."""
+def header(metadata, name: str) -> str:
+    """The text value of ``name`` in gRPC metadata (pairs; request or trailing), or ""."""
     for k, v in metadata or ():
-        if k == "authorization" and isinstance(v, str) and v.startswith("Bearer "):
-            return v[7:].strip()
+        if k == name and isinstance(v, str):
+            return v
     return ""
+
+
+def bearer(metadata) -> str:
+    """The credential of an ``authorization: Bearer <credential>`` header, or ""."""
+    v = header(metadata, "authorization")
+    return v[7:].strip() if v.startswith("Bearer ") else ""

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from atoll.core import errors
+from atoll.core.apikeys import bearer  # noqa: F401  (the servers' guards read it from here)
 
 log = logging.getLogger("atoll.core.rpc")
 
@@ -150,14 +151,6 @@ def handle_errors(fn):
         except Exception as exc:  # noqa: BLE001
             await _abort(context, exc, name)
     return wrapper
-
-
-def bearer(metadata) -> str:
-    """The credential of an ``authorization: Bearer <credential>`` header, or ""."""
-    for k, v in metadata or ():
-        if k == "authorization" and isinstance(v, str) and v.startswith("Bearer "):
-            return v[7:].strip()
-    return ""
 
 
 def guarded(handler, admit: Callable[[], Callable[[], None] | None]):

@@ -18,6 +18,7 @@ from typing import AsyncIterator, Callable, Mapping, Sequence
 
 import grpc
 
+from atoll.core.apikeys import header
 from atoll.core.rpc import CHANNEL_OPTIONS
 from atoll.proto.v1 import worker_pb2, worker_pb2_grpc
 
@@ -28,10 +29,8 @@ LOAD_KEY = "atoll-in-flight"
 
 
 def load_of(trailing) -> int | None:
-    for k, v in trailing or ():
-        if k == LOAD_KEY:
-            return int(v) if isinstance(v, str) and v.isdigit() and len(v) <= 9 else None
-    return None
+    v = header(trailing, LOAD_KEY)
+    return int(v) if v.isdigit() and len(v) <= 9 else None
 
 
 @dataclass(frozen=True)
