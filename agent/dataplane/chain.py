@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Mapping, Protocol, Sequence
@@ -163,13 +164,14 @@ class DataPlane:
         self.compiled: dict[str, CompiledRoute] = {}
         self.excluded = Exclusions()
         self.in_flight = InFlight()                 # this agent's calls to replicas now (backlog rule)
+        self.rng = random.Random()                  # where this agent's pick cycles start (table.py)
         self.updated = time.monotonic()
 
     # -- routing state ----------------------------------------------------------------------
     def set_routing(self, state: RoutingState) -> None:
         """Take a new routing state (compiled here, off the requests' path)."""
         old = self.compiled
-        self.compiled = {name: (old[name] if name in old and old[name].route == r else CompiledRoute(r))
+        self.compiled = {name: (old[name] if name in old and old[name].route == r else CompiledRoute(r, self.rng))
                          for name, r in state.routes.items()}
         self.state = state
         self.updated = time.monotonic()

@@ -194,7 +194,7 @@ class Resolver:
                                                                 for e in es))
             route = Route(model, (Stage(task=task, kind=kind, prompt="{input}", parents=()),), {task: hits},
                           hits[0].region, task, hits[0].location, {}, "", "READY", trusted)
-            cr = self._adapters[key] = CompiledRoute(route)
+            cr = self._adapters[key] = CompiledRoute(route, self.plane.rng)
         return cr
 
 

@@ -6,7 +6,12 @@ inside that location, by its weight. Both choices follow a precomputed cycle
 (:func:`cycle`): each item appears ``round(L * share)`` times in a cycle of length ``L``, spread
 evenly (the i-th occurrence of an item sits at virtual time ``(i + 0.5) / count``), so over any
 run of picks every share is within one cycle's rounding of its weight, and a pick is one index
-step. The cycles are built when a routing state arrives, never per request.
+step. The cycles are built when a routing state arrives, never per request. An agent starts
+each new cycle at a random place (``CompiledRoute(route, rng)``, the data plane's generator):
+every agent builds the same cycles from the same routing state, and cycles started at their head
+would send every agent's first picks after each new routing state (a replica ready, a re-plan)
+to the same replica, piling them onto it while the others idle. Without ``rng`` a cycle starts
+at its head (deterministic, for tests).
 
 Replicas that failed are excluded for a while (:class:`Exclusions`) and skipped; a location
 whose replicas are all excluded or tried gives way to the others (by their weights); when none
@@ -29,6 +34,7 @@ the bytes between regions, stay as the plan has them.
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -77,10 +83,10 @@ class Picker:
 
     __slots__ = ("seq", "distinct", "_n")
 
-    def __init__(self, items: Sequence[tuple[object, float]]):
+    def __init__(self, items: Sequence[tuple[object, float]], rng: random.Random | None = None):
         self.seq = cycle(items, max(CYCLE_MIN, 4 * len(items))) if items else ()
         self.distinct = tuple(dict.fromkeys(self.seq))     # each item once, in order of first appearance
-        self._n = itertools.count()
+        self._n = itertools.count(rng.randrange(len(self.seq)) if rng is not None and self.seq else 0)
 
     def next(self, ok) -> object | None:
         """The next item of the cycle that ``ok(item)`` accepts (None when none does)."""
@@ -114,7 +120,8 @@ class CompiledStage:
 class CompiledRoute:
     """A :class:`~atoll.specs.routing.Route` with its pickers, and what each stage still needs."""
 
-    def __init__(self, route: Route):
+    def __init__(self, route: Route, rng: random.Random | None = None):
+        """``rng``: where each cycle starts (module docstring); None: at its head."""
         self.route = route
         self.stages: list[CompiledStage] = []
         tasks = {s.task for s in route.stages}
@@ -132,10 +139,10 @@ class CompiledRoute:
                     froms[a][b] = froms[a].get(b, 0.0) + rate
             self.stages.append(CompiledStage(
                 st, i, eps, {e.replica_id: e for e in eps},
-                {loc: Picker(sorted(((e, max(e.weight, 1e-9)) for e in es), key=lambda x: x[0].replica_id))
+                {loc: Picker(sorted(((e, max(e.weight, 1e-9)) for e in es), key=lambda x: x[0].replica_id), rng)
                  for loc, es in by_loc.items()},
-                {a: Picker(sorted(ws.items())) for a, ws in froms.items()},
-                Picker(sorted((loc, sum(max(e.weight, 1e-9) for e in es)) for loc, es in by_loc.items())),
+                {a: Picker(sorted(ws.items()), rng) for a, ws in froms.items()},
+                Picker(sorted((loc, sum(max(e.weight, 1e-9) for e in es)) for loc, es in by_loc.items()), rng),
                 {loc: sum(max(e.weight, 1e-9) for e in es) for loc, es in by_loc.items()},
                 parent, edge_src))
         self.index = {c.stage.task: c.index for c in self.stages}

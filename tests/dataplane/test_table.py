@@ -3,6 +3,7 @@ in constant time; failed replicas skipped for a while, and tried again when noth
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 from atoll.agent.dataplane.table import CYCLE_MIN, CompiledRoute, Exclusions, cycle
@@ -34,6 +35,23 @@ def test_pick_follows_the_plans_location_flows_then_replica_weights():
     # from a location the plan has no flow for: by replica weights (eu 3, us 5)
     got = Counter(cr.pick(cr.stages[0], "ap/edge", set(), ex).region for _ in range(800))
     assert abs(got["eu"] - 300) <= 800 / CYCLE_MIN and abs(got["us"] - 500) <= 800 / CYCLE_MIN, got
+
+
+def test_each_new_cycle_starts_at_its_own_place():
+    # Every agent compiles the same routing state into the same cycle, again on every change (a
+    # replica ready, a re-plan). Started at its head, each agent's first picks after a change would
+    # all go to one replica; the elasticity bench's entries piled 40 requests onto one replica that
+    # way while six others idled. The first picks of 400 fresh compilations spread over all four.
+    eps = [endpoint(f"r{i}") for i in range(4)]
+    rng = random.Random(5)
+    firsts = Counter(_first_pick(CompiledRoute(route(endpoints=eps), rng)) for _ in range(400))
+    assert set(firsts) == {"r0", "r1", "r2", "r3"} and min(firsts.values()) >= 50, firsts
+    # without a generator (tests): at the cycle's head, every time
+    assert {_first_pick(CompiledRoute(route(endpoints=eps))) for _ in range(20)} == {"r0"}
+
+
+def _first_pick(cr: CompiledRoute) -> str:
+    return cr.pick(cr.stages[0], "", set(), Exclusions()).replica_id
 
 
 def test_excluded_replicas_are_skipped_until_nothing_else_is_left():
