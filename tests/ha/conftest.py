@@ -59,7 +59,9 @@ class PgServer:
 
     def _run(self, cmd: list[str], what: str) -> None:
         if self.as_root:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+            # runuser lives in /usr/sbin, which a minimal PATH (env -i, some CI images) leaves out
+            runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin") or "runuser"
+            cmd = [runuser, "-u", "postgres", "--", *cmd]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             log = (self.root / "pg.log")
