@@ -250,13 +250,17 @@ class Agent:
         self.health = add_health_and_reflection(self.server, ["atoll.v1.Worker"])
         host, port = split_address(self.settings.worker_listen)
         st = self.settings
-        if st.tls_cert and st.tls_key and st.tls_ca:
-            # The Worker answers only the coordinator: its client certificate must be signed by tls_ca.
-            bound = self.server.add_secure_port(f"{host}:{port}",
-                                                mutual_server_credentials(st.tls_cert, st.tls_key, st.tls_ca))
-        else:
-            plaintext_policy(host, st.insecure, f"agent {self.node.name}'s Worker")
-            bound = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            if st.tls_cert and st.tls_key and st.tls_ca:
+                # The Worker answers only the coordinator: its client certificate must be signed by tls_ca.
+                bound = self.server.add_secure_port(f"{host}:{port}",
+                                                    mutual_server_credentials(st.tls_cert, st.tls_key, st.tls_ca))
+            else:
+                plaintext_policy(host, st.insecure, f"agent {self.node.name}'s Worker")
+                bound = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:
+            raise Unavailable(f"cannot listen on {st.worker_listen}: {exc}",
+                              hint="pick a free port with --worker-listen") from None
         await self.server.start()
         await set_serving(self.health, ["atoll.v1.Worker"], True)
         if st.worker_advertise:

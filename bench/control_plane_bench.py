@@ -28,7 +28,6 @@ import platform
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-join-token"
 PER_CHANNEL = 25
+
+from atoll.core.ports import free_port  # noqa: E402  (bench/data_plane_bench.py imports it from here)
 
 
 # ------------------------------------------------------------------------------ simulator side
@@ -98,12 +99,6 @@ def emit(**kw):
 
 
 # ------------------------------------------------------------------------------ measuring side
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -57,6 +57,7 @@ import elasticity_traces as traces  # noqa: E402
 from sim_agent import SimHost, declared_rps, service_time, speed_for  # noqa: E402
 
 from atoll.core.logs import LogfmtFormatter  # noqa: E402
+from atoll.core.ports import free_port  # noqa: E402
 
 TOKEN = "elasticity-bench-token"
 WF = "elastic"
@@ -100,12 +101,6 @@ def slo_for(tokens: int) -> float:
 
 
 # ------------------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def scrape_cost(port: int) -> float | None:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()

@@ -29,6 +29,7 @@ from atoll.agent.dataplane.hop import HopService
 from atoll.agent.dataplane.load import LoadBook
 from atoll.agent.dataplane.metrics import DataPlaneMetrics
 from atoll.agent.dataplane.trace import OtlpExporter
+from atoll.core.errors import Unavailable
 from atoll.core.logs import kv
 from atoll.core.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
 from atoll.core.tls import plaintext_policy, server_credentials
@@ -128,11 +129,14 @@ class DataPlaneNode:
         add_service(self.server, self.entry, ENTRY)
         self.health = add_health_and_reflection(self.server, [ENTRY.full_name, COORDINATOR_HEALTH])
         host, port = split_address(listen)
-        if tls_cert and tls_key:
-            bound = self.server.add_secure_port(f"{host}:{port}", server_credentials(tls_cert, tls_key))
-        else:
-            plaintext_policy(host, insecure, f"agent {self.node().name}'s entry")
-            bound = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            if tls_cert and tls_key:
+                bound = self.server.add_secure_port(f"{host}:{port}", server_credentials(tls_cert, tls_key))
+            else:
+                plaintext_policy(host, insecure, f"agent {self.node().name}'s entry")
+                bound = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:
+            raise Unavailable(f"cannot listen on {listen}: {exc}", hint="pick a free port with --entry-listen") from None
         await self.server.start()
         await set_serving(self.health, [ENTRY.full_name], True)
         if not advertise and host in ("0.0.0.0", "::", ""):

@@ -36,6 +36,9 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ("grpc.max_concurrent_streams", 10000),
+    # gRPC sets SO_REUSEPORT by default: a second server on a port already in use would bind too
+    # and take part of its calls. A clash must fail at start instead ("cannot listen on ...").
+    ("grpc.so_reuseport", 0),
 ]
 
 CHANNEL_OPTIONS = [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ from pathlib import Path
 import yaml
 
 from atoll.client import Client
+from atoll.core.ports import free_port  # noqa: F401  (tests and benches import it from here)
 
 TOKEN_BYTES = 18
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalFleet:

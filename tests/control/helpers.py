@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +11,7 @@ from pathlib import Path
 
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from atoll.core.ports import free_port  # noqa: F401  (the tests import it from here)
 
 
 def node_yaml(path: Path, **overrides) -> Path:
@@ -35,7 +30,11 @@ def env() -> dict:
 
 
 class Proc:
-    """A child process running `python -m atoll ...`, logging to a file."""
+    """A child process running `python -m atoll ...`, logging to a file. Every one started is
+    remembered, so a timed-out wait can show the logs of those that died, and the session's end
+    can kill those a failed fixture left running."""
+
+    started: list["Proc"] = []
 
     def __init__(self, args: list[str], log: Path):
         self.args = args
@@ -43,6 +42,7 @@ class Proc:
         self._log = open(log, "ab")
         self.p = subprocess.Popen([sys.executable, "-m", "atoll", *args], stdout=self._log,
                                   stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+        Proc.started.append(self)
 
     def kill9(self) -> None:
         self.p.send_signal(signal.SIGKILL)
@@ -63,6 +63,23 @@ class Proc:
             self.p.send_signal(signal.SIGKILL)
             self.p.wait(10)
         self._log.close()
+        if self in Proc.started:
+            Proc.started.remove(self)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for proc in list(cls.started):
+            proc.stop()
+
+
+def _dead_children() -> str:
+    """The last log lines of every started child that has exited (why a fleet never came up)."""
+    out = []
+    for proc in Proc.started:
+        if not proc.alive():
+            tail = "\n    ".join(proc.log().splitlines()[-8:])
+            out.append(f"\n  `atoll {' '.join(proc.args[:1])}` exited {proc.p.returncode}; its log ends:\n    {tail}")
+    return "".join(out)
 
 
 def wait_for(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
@@ -76,4 +93,4 @@ def wait_for(pred, timeout: float, interval: float = 0.05, what: str = "conditio
         except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
             last = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}{_dead_children()}")
