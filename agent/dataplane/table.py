@@ -24,6 +24,12 @@ least loaded replica of its location, and that search stops at the first usable 
 none of this agent's calls (:func:`_least_loaded`: bounded by the calls in flight, not by the
 replica count).
 
+Every other pick draws a second replica of the same location from its cycle (so by weight) and
+takes it when the plan's pick is the busier of the two by more than LOAD_SLACK requests per unit
+of weight (:func:`lighter`), by the loads the two reported with their last answers to this agent
+(all callers' requests, fresh for REPORT_TTL_S) or else this agent's own calls: other entries'
+queues show there, which the backlog rule cannot see.
+
 A replica on this agent's own host, in the location picked, is taken instead of the plan's pick
 while it is not the busier of the two (:func:`prefer_local`, called by the data plane, which
 knows its host): its engine's requests in flight against what the picked replica reported with
@@ -46,6 +52,7 @@ EXCLUDE_S = 10.0         # how long a failed replica is skipped
 REPORT_TTL_S = 0.5       # how long a replica's reported load stands (short: a replica not called since drains unseen)
 REPORTS_KEPT = 1024      # reports kept before the stale ones are dropped
 LOCAL_SLACK = 2          # calls a replica on the entry's own host may hold beyond the plan's pick
+LOAD_SLACK = 2           # calls (per unit of weight) the plan's pick may hold beyond a second draw before it gives way
 
 
 def prefer_local(picked: Endpoint, local: Endpoint | None, local_load: int, in_flight: "InFlight") -> Endpoint:
@@ -121,8 +128,10 @@ class CompiledRoute:
     """A :class:`~atoll.specs.routing.Route` with its pickers, and what each stage still needs."""
 
     def __init__(self, route: Route, rng: random.Random | None = None):
-        """``rng``: where each cycle starts (module docstring); None: at its head."""
+        """``rng``: where each cycle starts (module docstring); None: at its head, and the second
+        draws of :meth:`pick` come from a generator seeded alike every time (deterministic)."""
         self.route = route
+        self.rng = rng if rng is not None else random.Random(0)
         self.stages: list[CompiledStage] = []
         tasks = {s.task for s in route.stages}
         for i, st in enumerate(route.stages):
@@ -162,8 +171,8 @@ class CompiledRoute:
         if not avoid and not excluded:       # nothing to skip: every location and replica is usable
             plan = cs.locations.get(from_location)
             loc = (plan if plan is not None else cs.fallback).next(_any)
-            return None if loc is None else self._unless_backlogged(cs, loc, cs.replicas_in[loc].next(_any), _any,
-                                                                     in_flight)
+            return None if loc is None else self._unless_loaded(cs, loc, cs.replicas_in[loc].next(_any), _any,
+                                                                 in_flight)
         for strict in (True, False):
             def usable(e: Endpoint) -> bool:
                 return e.replica_id not in avoid and not (strict and excluded.has(e.replica_id))
@@ -178,19 +187,38 @@ class CompiledRoute:
             if loc is None:
                 loc = cs.fallback.next(has_usable)
             if loc is not None:
-                return self._unless_backlogged(cs, loc, cs.replicas_in[loc].next(usable), usable, in_flight)
+                return self._unless_loaded(cs, loc, cs.replicas_in[loc].next(usable), usable, in_flight)
         return None
 
-    @staticmethod
-    def _unless_backlogged(cs: CompiledStage, loc: str, chosen: Endpoint | None, usable: Callable[[Endpoint], bool],
-                           in_flight: "InFlight | None") -> Endpoint | None:
-        """``chosen`` (of location ``loc``), or the least loaded usable replica there when this
-        agent has backed ``chosen`` up."""
-        if chosen is None or in_flight is None or not backlogged(
-                in_flight.replicas.get(chosen.replica_id, 0), chosen.weight,
-                in_flight.locations.get(loc, 0), cs.loc_weight[loc]):
+    def _unless_loaded(self, cs: CompiledStage, loc: str, chosen: Endpoint | None, usable: Callable[[Endpoint], bool],
+                       in_flight: "InFlight | None") -> Endpoint | None:
+        """``chosen`` (of location ``loc``); or the least loaded usable replica there when this
+        agent has backed ``chosen`` up; or a second draw from the location's cycle when
+        ``chosen`` is the busier of the two by what they reported (:func:`lighter`)."""
+        if chosen is None or in_flight is None:
             return chosen
-        return _least_loaded(cs.replicas_in[loc].distinct, usable, in_flight.replicas, chosen)
+        if backlogged(in_flight.replicas.get(chosen.replica_id, 0), chosen.weight,
+                      in_flight.locations.get(loc, 0), cs.loc_weight[loc]):
+            return _least_loaded(cs.replicas_in[loc].distinct, usable, in_flight.replicas, chosen)
+        picker = cs.replicas_in[loc]
+        if len(picker.distinct) < 2:
+            return chosen
+        other = picker.seq[self.rng.randrange(len(picker.seq))]
+        return lighter(chosen, other, in_flight) if usable(other) else chosen
+
+
+def lighter(chosen: Endpoint, other: Endpoint, in_flight: "InFlight") -> Endpoint:
+    """``other`` when ``chosen`` (the plan's pick) holds more than LOAD_SLACK requests per unit
+    of weight beyond it, by the loads the replicas last reported to this agent (all callers'
+    requests, :meth:`InFlight.load`; only while ``chosen``'s report is fresh); else ``chosen``. ``other`` is a second draw from the same
+    weighted cycle, so the plan's shares hold while loads stay close, and a replica that other
+    entries have queued up (after a storm took its peers, while new ones start) sheds its share
+    to an idle one instead of growing its queue: the power of two choices, on every pick, for
+    two lookups."""
+    if other.replica_id == chosen.replica_id or not in_flight.fresh(chosen.replica_id):
+        return chosen           # no word from the pick's replica: this agent's own calls are the backlog rule's
+    ratio = max(chosen.weight, 1e-9) / max(other.weight, 1e-9)
+    return other if in_flight.load(chosen.replica_id) > ratio * in_flight.load(other.replica_id) + LOAD_SLACK else chosen
 
 
 def _any(item) -> bool:
@@ -232,6 +260,11 @@ class InFlight:
         self.reported[replica_id] = (n, now)
         if len(self.reported) > REPORTS_KEPT:          # replicas come and go: stale reports are dropped
             self.reported = {r: v for r, v in self.reported.items() if now - v[1] <= REPORT_TTL_S}
+
+    def fresh(self, replica_id: str) -> bool:
+        """Whether the replica reported its load within REPORT_TTL_S."""
+        got = self.reported.get(replica_id)
+        return got is not None and self.clock() - got[1] <= REPORT_TTL_S
 
     def load(self, replica_id: str) -> int:
         """A replica's load as it last reported it, if within REPORT_TTL_S; else this agent's own

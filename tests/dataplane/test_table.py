@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from atoll.agent.dataplane.table import CYCLE_MIN, CompiledRoute, Exclusions, cycle
+from atoll.agent.dataplane.table import CYCLE_MIN, REPORT_TTL_S, CompiledRoute, Exclusions, InFlight, cycle
 from atoll.specs.routing import Stage
 
 from .helpers import endpoint, route
@@ -52,6 +52,44 @@ def test_each_new_cycle_starts_at_its_own_place():
 
 def _first_pick(cr: CompiledRoute) -> str:
     return cr.pick(cr.stages[0], "", set(), Exclusions()).replica_id
+
+
+def test_a_replica_others_queued_up_sheds_its_share_while_its_report_is_fresh():
+    # After a storm the surviving replica holds the queue every entry sent it, and new replicas
+    # hold nothing. An entry with none of its own calls there sees that only in what the replicas
+    # report: the queued one then gets a small share of the picks (a second draw from the same
+    # weighted cycle replaces it unless that draw is busier), back to the plan's share once its
+    # report is stale.
+    now = [100.0]
+    inf = InFlight(clock=lambda: now[0])
+    cr = CompiledRoute(route(endpoints=[endpoint(f"r{i}") for i in range(4)]), random.Random(3))
+
+    def shares(n=800):
+        got = Counter(cr.pick(cr.stages[0], "", set(), Exclusions(), inf).replica_id for _ in range(n))
+        return {r: got[r] / n for r in ("r0", "r1", "r2", "r3")}
+
+    assert all(0.2 <= v <= 0.3 for v in shares().values())          # nothing reported: the plan's shares
+    inf.report("r0", 40)
+    inf.report("r1", 2)                                                # within LOAD_SLACK of idle ones
+    got = shares()
+    assert got["r0"] < 0.1, got                                        # 1/4 x 1/4 expected
+    assert all(got[r] > 0.25 for r in ("r1", "r2", "r3")), got
+    now[0] += REPORT_TTL_S + 0.01                                      # stale: the plan's shares again
+    assert all(0.2 <= v <= 0.3 for v in shares().values())
+
+
+def test_loads_within_the_slack_keep_the_plans_weighted_shares():
+    # a replica with three times the weight carries three times the load without giving way
+    now = [0.0]
+    inf = InFlight(clock=lambda: now[0])
+    cr = CompiledRoute(route(endpoints=[endpoint("big", weight=3.0), endpoint("small")]), random.Random(1))
+    inf.report("big", 9)
+    inf.report("small", 3)
+    got = Counter(cr.pick(cr.stages[0], "", set(), Exclusions(), inf).replica_id for _ in range(400))
+    assert 0.7 <= got["big"] / 400 <= 0.8, got
+    inf.report("big", 16)                                              # beyond 3 x 3 + LOAD_SLACK
+    got = Counter(cr.pick(cr.stages[0], "", set(), Exclusions(), inf).replica_id for _ in range(400))
+    assert got["big"] / 400 < 0.65, got
 
 
 def test_excluded_replicas_are_skipped_until_nothing_else_is_left():
