@@ -149,6 +149,22 @@ def current_scale(rec: WorkflowRecord) -> float:
     return a.scale if a is not None else 1.0
 
 
+class PassTimer:
+    """When the next autoscaling pass is due: PASS_S after the last one started, or at once when
+    a heartbeat stream ended since (``closed``: the registry's count of ended streams), so the
+    replicas of an agent that died are replaced without waiting out the second."""
+
+    def __init__(self, closed: int = 0):
+        self.last = float("-inf")
+        self.closed = closed
+
+    def due(self, now: float, closed: int) -> bool:
+        return now - self.last >= PASS_S or closed != self.closed
+
+    def started(self, now: float, closed: int) -> None:
+        self.last, self.closed = now, closed
+
+
 class Autoscaler:
     def __init__(self, metrics=None, clock=time.monotonic, wall=time.time):
         self.metrics = metrics
@@ -225,7 +241,7 @@ class Autoscaler:
             if risky and rec.state != "IDLE":
                 # replacing never holds a scale-up back: a storm on a rising load gets both at once
                 up = d if d.action == "scale" and d.rate > plan_rate else None
-                if await self.replace(wm, rec, spec, risky, nodes, up):
+                if await self.replace(wm, rec, spec, risky, nodes, up, d.signals.demand):
                     done.append((name, "replace"))
                 continue
             outcome = ""
@@ -240,19 +256,26 @@ class Autoscaler:
         return done
 
     async def replace(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, risky: set[str],
-                      nodes: Mapping[str, NodeRecord], up: Optional[Decision] = None) -> bool:
+                      nodes: Mapping[str, NodeRecord], up: Optional[Decision] = None, demand: float = 0.0) -> bool:
         """Re-plan ``rec`` without the nodes in ``risky`` (their heartbeat stream closed or they
         turned SUSPECT): replacements start now rather than when the nodes are declared LOST. At
-        its planned rate, or at ``up``'s (a scale-up decided on the same pass). Returns whether a
-        plan was deployed."""
+        its planned rate plus the surge (:func:`surge`: the backlog the lost replicas' share of
+        ``demand`` builds while replacements start, to drain as fast as it came), or at ``up``'s
+        rate (a scale-up decided on the same pass) when that is higher. Returns whether a plan
+        was deployed."""
         names = sorted(nodes[n].name if n in nodes else n[:8] for n in risky)
         n = sum(1 for a in rec.assignments if a.node_id in risky)
         reason = (f"replace: {n} replica(s) on {', '.join(names)}, whose heartbeats stopped (stream closed or "
                   "SUSPECT); re-planned without them")
         base = base_rate(spec)
         previous = base * current_scale(rec)
-        rate, signals = previous, {"at_risk": float(n), "plan_rate": round(previous, 4)}
-        if up is not None:
+        extra = surge(rec, risky, previous, demand)
+        rate = previous + extra
+        signals = {"at_risk": float(n), "plan_rate": round(previous, 4), "surge": round(extra, 4)}
+        if extra > 0:
+            reason += (f", at {rate:.2f} req/s: + {extra:.2f}/s for the backlog that builds on the survivors "
+                       "until the replacements serve")
+        if up is not None and up.rate > rate:
             rate = up.rate
             reason += f", and {up.direction}: {up.reason}"
             signals = {**up.signals.as_dict(), **signals}
@@ -397,6 +420,23 @@ class Autoscaler:
     def cold_starts_of(self, name: str, last: int = KEEP_COLD_STARTS) -> list[dict]:
         w = self._wf.get(name)
         return list(w.cold_starts)[-last:] if w is not None else []
+
+
+def surge(rec: WorkflowRecord, risky: Collection[str], plan_rate: float, demand: float) -> float:
+    """Extra req/s to plan while replacing the replicas on ``risky`` nodes: the demand those
+    replicas carried (the largest share of any task's planned rate they held, times the demand
+    up to the planned rate). Until the replacements serve (ρ), that share of the arrivals queues
+    on the survivors; planning it once more for a while drains that backlog in about another ρ,
+    instead of the survivors' queues growing until a later pass sees them. The next passes take
+    it back down once the queues are gone (the usual hysteresis)."""
+    held: dict[str, float] = {}
+    total: dict[str, float] = {}
+    for a in rec.assignments:
+        total[a.task] = total.get(a.task, 0.0) + max(a.weight, 0.0)
+        if a.node_id in risky:
+            held[a.task] = held.get(a.task, 0.0) + max(a.weight, 0.0)
+    share = max((held[t] / total[t] for t in held if total.get(t, 0.0) > 0), default=0.0)
+    return min(share, 1.0) * min(max(demand, 0.0), plan_rate)
 
 
 def at_risk(rec: WorkflowRecord, nodes: Mapping[str, NodeRecord], connected: Optional[set[str]],

@@ -84,6 +84,7 @@ class Registry:
         self.nodes: dict[str, NodeRecord] = {}
         self._by_name: dict[str, str] = {}
         self.sessions: dict[str, Session] = {}
+        self.sessions_closed = 0      # heartbeat streams ended so far (the autoscaler runs a pass at once on one)
         self._dirty: dict[str, bool] = {}      # node id -> status changed since last flush
         self._listeners: list[Callable[[Transition], None]] = []
         self.applied_generation: dict[str, int] = {}   # node id -> assignments generation it applied
@@ -281,6 +282,7 @@ class Registry:
         sess.closed = True
         if self.sessions.get(sess.node_id) is sess:
             del self.sessions[sess.node_id]
+            self.sessions_closed += 1
 
     def add_price_listener(self, fn: Callable[[str, float, float], None]) -> None:
         self._price_listeners.append(fn)

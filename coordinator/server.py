@@ -32,6 +32,7 @@ import grpc
 
 from atoll.coordinator.agent_api import AgentApi
 from atoll.coordinator.auth import AuthInterceptor, KeyRing
+from atoll.coordinator.autoscaler import PassTimer
 from atoll.coordinator.blobs import BlobStore
 from atoll.coordinator.client_api import ClientApi
 from atoll.coordinator.convert import SERVICES
@@ -390,17 +391,19 @@ class Coordinator:
     async def _reconcile_loop(self) -> None:
         """Level-triggered: re-plan workflows that lost capacity, then send differences. The
         autoscaler's pass runs as a task of its own, once a second at most and one at a time, so
-        its re-plans (in the planning workers) never hold this loop up; it ends with this loop."""
+        its re-plans (in the planning workers) never hold this loop up; it ends with this loop.
+        A heartbeat stream that ended (an agent died) starts a pass at once, so the replicas it
+        held are replaced within this loop's tick rather than at the next second."""
         autoscaling: asyncio.Task | None = None
-        last_pass = 0.0
+        timer = PassTimer(self.registry.sessions_closed)
         try:
             while True:
                 await asyncio.sleep(0.25)
                 try:
                     await self.workflows.replan_pending()
                     now = time.monotonic()
-                    if now - last_pass >= 1.0 and (autoscaling is None or autoscaling.done()):
-                        last_pass = now
+                    if timer.due(now, self.registry.sessions_closed) and (autoscaling is None or autoscaling.done()):
+                        timer.started(now, self.registry.sessions_closed)
                         autoscaling = asyncio.get_running_loop().create_task(self._autoscale(now))
                     self.workflows.reconcile()
                     self.registry.cut_off()

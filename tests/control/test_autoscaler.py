@@ -462,3 +462,47 @@ def test_a_replacement_on_a_rising_load_scales_up_at_once():
     d = auto.decisions_of("wf")[-1]
     assert d.action == "replace" and d.previous_rate == 10.0 and d.rate == pytest.approx(20.0)
     assert "host1" in d.reason and "and up: " in d.reason and d.signals["arrivals"] == pytest.approx(30.0, rel=0.05)
+
+
+def test_a_storm_at_steady_load_plans_the_lost_share_again_for_the_backlog():
+    """Three of four replicas lost while the load matches the plan: until the replacements serve,
+    three quarters of the arrivals queue on the survivor. The replacing pass plans the lost share
+    once more (10 + 0.75 x 10), so the backlog drains instead of waiting for a later pass to see
+    the queue; with no demand it replaces at the planned rate only."""
+    from atoll.coordinator.autoscaler import surge
+
+    clock = Clock(0.0)
+    auto = Autoscaler(clock=clock, wall=lambda: 1.7e9)
+    rec = WorkflowRecord(name="wf", spec_yaml="", state="READY",
+                         assignments=tuple(assignment(f"r{i}", f"n{i}") for i in range(4)))
+    nodes = {f"n{i}": NodeRecord(id=f"n{i}", name=f"host{i}", spec={}) for i in range(6)}
+    wm = FakeManager(rec)
+    every = {f"n{i}" for i in range(4)}
+    assert drive(auto, wm, nodes, clock.t, connected=every) == []
+    for _ in range(200):                                   # 10/s: what the plan is sized for
+        clock.t += 1 / 10
+        auto.request_started("wf")
+        auto.request_finished("wf", {"gen": 64})
+    assert drive(auto, wm, nodes, clock.t, connected={"n3"}) == [("wf", "replace")]
+    assert wm.unavailable == {"n0", "n1", "n2"} and wm.deployed[-1].scale == pytest.approx(1.75, rel=0.03)
+    d = auto.decisions_of("wf")[-1]
+    assert d.action == "replace" and d.signals["surge"] == pytest.approx(7.5, rel=0.03)
+    assert "for the backlog" in d.reason
+    # the share is the largest any task lost, by the plan's weights; demand above the plan counts as the plan
+    rec = WorkflowRecord(name="wf", spec_yaml="", state="READY",
+                         assignments=tuple(assignment(f"r{i}", f"n{i}") for i in range(4)))
+    assert surge(rec, {"n0"}, 10.0, 40.0) == pytest.approx(2.5)
+    assert surge(rec, {"n0"}, 10.0, 0.0) == 0.0
+    assert surge(rec, {"elsewhere"}, 10.0, 10.0) == 0.0
+
+
+def test_a_pass_is_due_each_second_or_at_once_when_a_heartbeat_stream_ends():
+    from atoll.coordinator.autoscaler import PassTimer
+
+    t = PassTimer(closed=3)
+    assert t.due(0.0, 3)                       # the first pass
+    t.started(0.0, 3)
+    assert not t.due(0.25, 3) and not t.due(0.99, 3) and t.due(1.0, 3)
+    assert t.due(0.25, 4)                      # an agent's stream ended: at once, not at 1.0
+    t.started(0.25, 4)
+    assert not t.due(0.5, 4) and t.due(1.25, 4)

@@ -74,10 +74,15 @@ def test_stable_id_and_name_conflict(tmp_path):
     other = cred.new_private_key()
     with pytest.raises(AlreadyExists):       # another host claims a live node's name
         join(reg, TOKEN, "", spec(), key=other)
+    assert reg.sessions_closed == 0
     reg.close_session(reg.sessions[nid])
+    assert reg.sessions_closed == 1          # counted: the autoscaler runs a pass at once
     took, _ = join(reg, TOKEN, "", spec())   # no live session, same key: same host, node_id file lost
     assert took == nid
-    reg.close_session(reg.sessions[nid])
+    stale = reg.sessions[nid]
+    reg.close_session(stale)
+    reg.close_session(stale)                 # a session closed twice counts once
+    assert reg.sessions_closed == 2
     with pytest.raises(AlreadyExists, match="another node key"):   # another key: not while it may come back
         join(reg, TOKEN, "", spec(), key=other)
     clock.t += 10.0
