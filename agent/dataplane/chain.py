@@ -41,6 +41,7 @@ from typing import AsyncIterator, Awaitable, Callable, Mapping, Protocol, Sequen
 
 import grpc
 
+from atoll.agent.dataplane import hedge
 from atoll.agent.dataplane.metrics import DataPlaneMetrics
 from atoll.agent.dataplane.table import CompiledRoute, CompiledStage, Exclusions, InFlight, prefer_local
 from atoll.agent.dataplane.trace import Span
@@ -165,6 +166,8 @@ class DataPlane:
         self.excluded = Exclusions()
         self.in_flight = InFlight()                 # this agent's calls to replicas now (backlog rule)
         self.rng = random.Random()                  # where this agent's pick cycles start (table.py)
+        self.first_delta = hedge.FirstDeltaTimes()  # when a last stage's call is hedged (hedge.py)
+        self.hedges = hedge.Budget()
         self.updated = time.monotonic()
 
     # -- routing state ----------------------------------------------------------------------
@@ -232,9 +235,17 @@ class DataPlane:
                 if attempts > 1:
                     self.metrics.series(self.metrics.retries, cr.route.workflow, cs.stage.task).inc()
                 started = [False]
+                served = ep
                 self.in_flight.add(ep)
                 try:
-                    if self._is_local(ep, me):
+                    if last and first is None and cs.stage.kind != "embedding":
+                        self._count(cr, me.region, ep.region, size)
+                        out, usage, served = await self._run_last(cr, cs, ep, ids or text, req, chat, on_delta,
+                                                                  started, tried, from_location, me)
+                        if not self._is_local(served, me):
+                            self.metrics.series(self.metrics.result_bytes, cr.route.workflow, served.region,
+                                                me.region).inc(_size(out))
+                    elif self._is_local(ep, me):
                         self._count(cr, me.region, ep.region, size)
                         out, usage = await self._run_local(cs, ep, ids or text, req, left, last, chat,
                                                            on_delta if last else None, started)
@@ -267,6 +278,7 @@ class DataPlane:
                 finally:
                     self.in_flight.done(ep)
                 break
+            ep = served
             run = StageDone(cs.stage.task, ep.variant, ep.node_name, ep.region, time.monotonic() - t0, attempts,
                             *usage)
             runs.append(run)
@@ -346,6 +358,70 @@ class DataPlane:
 
     def _count(self, cr: CompiledRoute, a: str, b: str, n: int) -> None:
         self.metrics.series(self.metrics.bytes_sent, cr.route.workflow, a, b).inc(n)
+
+    def _stream(self, cs: CompiledStage, ep: Endpoint, text, req: Request, chat, me: NodeSelf) -> AsyncIterator[Delta]:
+        """The last stage's call to replica ``ep`` (this host's engine, or its Worker), as deltas."""
+        st = cs.stage
+        prompt = fill(st, text)
+        s = sampling(st, req.sink)
+        left = max(0.001, req.deadline - time.monotonic())
+        if self._is_local(ep, me):
+            return self.local.generate(prompt, adapter=ep.adapter, timeout=left,
+                                       messages=stage_chat(st, prompt, chat), **s)
+        self.metrics.series(self.metrics.hops, "out").inc()
+        return self.workers.generate(ep.address, prompt, adapter=ep.adapter, timeout=left,
+                                     metadata=req.span.metadata() + peer_metadata(self.peer_token()),
+                                     messages=stage_chat(st, prompt, chat),
+                                     on_load=lambda n: self.in_flight.report(ep.replica_id, n), **s)
+
+    def _idle(self, ep: Endpoint, me: NodeSelf) -> bool:
+        """May a hedge go to ``ep``: none of this agent's calls there, and at most one request
+        by its last report (this host's engine: by its own count)."""
+        if self.in_flight.replicas.get(ep.replica_id, 0):
+            return False
+        if self._is_local(ep, me):
+            return getattr(self.local, "in_flight", 0) <= 1
+        return self.in_flight.load(ep.replica_id) <= 1
+
+    async def _run_last(self, cr: CompiledRoute, cs: CompiledStage, ep: Endpoint, text, req: Request, chat,
+                        on_delta, started, tried: set[str], from_location: str,
+                        me: NodeSelf) -> tuple[object, Usage, Endpoint]:
+        """The last stage on ``ep``, hedged (:mod:`.hedge`): with no first token after a while, the
+        same call goes to an idle replica too and the first to answer serves. Returns its output,
+        usage and the replica that served."""
+        key = (cr.route.workflow, cs.stage.task)
+        self.hedges.earn()
+        extra: list[Endpoint] = []
+
+        def second() -> tuple[Endpoint, AsyncIterator[Delta]] | None:
+            if self.hedges.tokens < 1.0 or time.monotonic() >= req.deadline:
+                return None
+            alt = cr.pick(cs, from_location, tried | {ep.replica_id}, self.excluded, self.in_flight)
+            if alt is None or alt.replica_id == ep.replica_id or not may_carry(cr.route, alt.tier) \
+                    or not self._idle(alt, me) or not self.hedges.spend():
+                return None
+            extra.append(alt)
+            self.in_flight.add(alt)
+            self.metrics.series(self.metrics.hedges, cr.route.workflow, cs.stage.task, "sent").inc()
+            log.info("call hedged", extra=kv(workflow=cr.route.workflow, task=cs.stage.task, replica=ep.replica_id,
+                                             node=ep.node_name, hedge=alt.replica_id, hedge_node=alt.node_name))
+            return alt, self._stream(cs, alt, text, req, chat, me)
+
+        t0 = time.monotonic()
+        try:
+            won, first_delta, stream = await hedge.race(self._stream(cs, ep, text, req, chat, me),
+                                                        self.first_delta.after(key), second)
+            if won is None:
+                self.first_delta.add(key, time.monotonic() - t0)
+            else:
+                self.metrics.series(self.metrics.hedges, cr.route.workflow, cs.stage.task, "won").inc()
+            served = won if won is not None else ep
+            out, usage = await self._collect(hedge.stream_from(first_delta, stream), sampling(cs.stage, req.sink)["n"],
+                                             cs.stage.task, served, on_delta, started)
+            return out, usage, served
+        finally:
+            for alt in extra:
+                self.in_flight.done(alt)
 
     async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started) -> tuple[object, Usage]:
         st = cs.stage

@@ -37,6 +37,9 @@ class DataPlaneMetrics:
                                   ["workflow", "from_region", "to_region"], registry=r)
         self.result_bytes = Counter("atoll_result_bytes_sent", "Answer bytes sent back towards the entry",
                                     ["workflow", "from_region", "to_region"], registry=r)
+        self.hedges = Counter("atoll_stage_hedges", "Last-stage calls also sent to an idle replica after no first "
+                              "token for a while (sent), and those the second replica answered first (won)",
+                              ["workflow", "task", "outcome"], registry=r)
         self.hops = Counter("atoll_dataplane_hops", "Requests handed on to another agent or taken from one",
                             ["direction"], registry=r)
         self.coordinator_connected = Gauge("atoll_dataplane_coordinator_connected",
