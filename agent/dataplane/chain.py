@@ -248,11 +248,11 @@ class DataPlane:
                     elif self._is_local(ep, me):
                         self._count(cr, me.region, ep.region, size)
                         out, usage = await self._run_local(cs, ep, ids or text, req, left, last, chat,
-                                                           on_delta if last else None, started)
+                                                           on_delta if last else None, started, me)
                     elif last:
                         self._count(cr, me.region, ep.region, size)
                         out, usage = await self._run_remote(cs, ep, ids or text, req, left, chat, on_delta,
-                                                            started)
+                                                            started, me)
                         self.metrics.series(self.metrics.result_bytes, cr.route.workflow, ep.region,
                                             me.region).inc(_size(out))
                     else:
@@ -359,11 +359,13 @@ class DataPlane:
     def _count(self, cr: CompiledRoute, a: str, b: str, n: int) -> None:
         self.metrics.series(self.metrics.bytes_sent, cr.route.workflow, a, b).inc(n)
 
-    def _stream(self, cs: CompiledStage, ep: Endpoint, text, req: Request, chat, me: NodeSelf) -> AsyncIterator[Delta]:
-        """The last stage's call to replica ``ep`` (this host's engine, or its Worker), as deltas."""
+    def _stream(self, cs: CompiledStage, ep: Endpoint, text, req: Request, chat, me: NodeSelf,
+                sink: Sink | None = None) -> AsyncIterator[Delta]:
+        """Stage ``cs``'s call to replica ``ep`` (this host's engine, or its Worker), as deltas;
+        ``sink``: the request's settings laid over the stage's (default ``req.sink``, the last stage's)."""
         st = cs.stage
         prompt = fill(st, text)
-        s = sampling(st, req.sink)
+        s = sampling(st, req.sink if sink is None else sink)
         left = max(0.001, req.deadline - time.monotonic())
         if self._is_local(ep, me):
             return self.local.generate(prompt, adapter=ep.adapter, timeout=left,
@@ -423,31 +425,24 @@ class DataPlane:
             for alt in extra:
                 self.in_flight.done(alt)
 
-    async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started) -> tuple[object, Usage]:
+    async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started, me) -> tuple[object, Usage]:
         st = cs.stage
-        prompt = fill(st, text)
         if st.kind == "embedding":
-            emb = await self.local.embed(prompt, adapter=ep.adapter, timeout=left)
+            emb = await self.local.embed(fill(st, text), adapter=ep.adapter, timeout=left)
             return emb.vector, (4 * len(emb.vector), emb.tokens, 0)
-        s = sampling(st, req.sink if last else NO_SINK)
-        return await self._collect(self.local.generate(prompt, adapter=ep.adapter, timeout=left,
-                                                       messages=stage_chat(st, prompt, chat), **s),
-                                   s["n"], st.task, ep, on_delta, started)
+        sink = req.sink if last else NO_SINK
+        return await self._collect(self._stream(cs, ep, text, req, chat, me, sink), sampling(st, sink)["n"], st.task,
+                                   ep, on_delta, started)
 
-    async def _run_remote(self, cs, ep, text, req, left, chat, on_delta, started) -> tuple[object, Usage]:
+    async def _run_remote(self, cs, ep, text, req, left, chat, on_delta, started, me) -> tuple[object, Usage]:
         st = cs.stage
-        prompt = fill(st, text)
-        md = req.span.metadata() + peer_metadata(self.peer_token())
-        self.metrics.series(self.metrics.hops, "out").inc()
         if st.kind == "embedding":
-            emb = await self.workers.embed(ep.address, prompt, adapter=ep.adapter, timeout=left, metadata=md)
+            self.metrics.series(self.metrics.hops, "out").inc()
+            emb = await self.workers.embed(ep.address, fill(st, text), adapter=ep.adapter, timeout=left,
+                                           metadata=req.span.metadata() + peer_metadata(self.peer_token()))
             return emb.vector, (4 * len(emb.vector), emb.tokens, 0)
-        s = sampling(st, req.sink)
-        return await self._collect(self.workers.generate(ep.address, prompt, adapter=ep.adapter, timeout=left,
-                                                         metadata=md, messages=stage_chat(st, prompt, chat),
-                                                         on_load=lambda n: self.in_flight.report(ep.replica_id, n),
-                                                         **s),
-                                   s["n"], st.task, ep, on_delta, started)
+        return await self._collect(self._stream(cs, ep, text, req, chat, me), sampling(st, req.sink)["n"], st.task,
+                                   ep, on_delta, started)
 
     @staticmethod
     async def _collect(deltas: AsyncIterator[Delta], n: int, task: str, ep: Endpoint, on_delta,
