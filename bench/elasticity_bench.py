@@ -534,7 +534,7 @@ def main() -> int:
 
     res = {"command": "python bench/elasticity_bench.py " + " ".join(sys.argv[1:]), "quick": args.quick,
            "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-                       "grpcio": grpc.__version__, "shared": "2 cores shared with other jobs while it ran"},
+                       "grpcio": grpc.__version__, "load_avg_before": [round(x, 2) for x in os.getloadavg()]},
            "slo_s": SLO_S, "slo": "SLO_S x completion tokens / 64 per request",
            "replica_concurrency": CONCURRENCY, "declared_at_batch": K_DECLARED,
            "hardware": {hw: {"speed_vs_cpu_profile": sp, "gpu_memory_gb": m,
@@ -557,7 +557,7 @@ def main() -> int:
                                         args.constant_mix)
         rows = {n: t["row"] for n, t in res["traces"].items()}
         res.update(worst=worst(rows), wall_s=round(sum(t["wall_s"] for t in res["traces"].values()), 1),
-                   load_avg=os.getloadavg())
+                   load_avg_after=[round(x, 2) for x in os.getloadavg()])
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1))          # after every trace: a long suite keeps its progress
     rows = {n: t["row"] for n, t in res["traces"].items()}
