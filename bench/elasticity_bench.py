@@ -57,6 +57,7 @@ import elasticity_traces as traces  # noqa: E402
 from sim_agent import SimHost, declared_rps, service_time, speed_for  # noqa: E402
 
 from atoll.core.logs import LogfmtFormatter  # noqa: E402
+from atoll.agent.dataplane.hedge import Budget  # noqa: E402
 from atoll.core.ports import free_port  # noqa: E402
 
 TOKEN = "elasticity-bench-token"
@@ -93,6 +94,7 @@ DAY_S = {False: {"diurnal": 150.0, "spikes": 150.0, "week": 60.0}, True: {"diurn
                                                                           "week": 12.0}}
 PEAK_DAY = {False: 18.0, True: 9.0}
 STORM_SHARE = 0.3
+NO_HEDGING = False      # --no-hedging
 TARGETS = {"cheaper_than_static": 0.35, "slo_share": 0.99, "storm_back_s": 10.0}
 
 
@@ -196,6 +198,8 @@ async def run_policy(policy: str, tr: dict, quick: bool, tmp: Path, log_level: s
                                  cold_start=(1.0, 2.5), seed=seed * 100 + i, provider=s["provider"]))
         for h in hosts:
             await h.start()
+            if NO_HEDGING:          # an ablation: the entries never hedge (agent/dataplane/hedge.py)
+                h.dataplane.plane.hedges = Budget(share=0.0, cap=0.0)
         t_reg = time.monotonic() + 30
         while sum(h.hb.connected.is_set() for h in hosts) < len(hosts):
             if time.monotonic() > t_reg:
@@ -514,8 +518,12 @@ def main() -> int:
     ap.add_argument("--log-level", default="warning", help="the coordinators' log level (info shows decisions)")
     ap.add_argument("--atoll-policy", default="{}", metavar="JSON",
                     help="the autoscaling block of the atoll and atoll-storm runs (default {}: every default)")
+    ap.add_argument("--no-hedging", action="store_true",
+                    help="an ablation: the simulated hosts' entries never hedge a call (atoll's default: they do)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    global NO_HEDGING
+    NO_HEDGING = args.no_hedging
     POLICIES["atoll"] = json.loads(args.atoll_policy)
     if args.keep_logs:          # the simulated hosts' own log (their data planes: failed requests and why)
         Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
@@ -532,7 +540,7 @@ def main() -> int:
         ap.error(f"unknown policies {sorted(bad)}; choose from {ALL_POLICIES}")
     import grpc
 
-    res = {"command": "python bench/elasticity_bench.py " + " ".join(sys.argv[1:]), "quick": args.quick,
+    res = {"command": "python bench/elasticity_bench.py " + " ".join(sys.argv[1:]), "quick": args.quick, "hedging": not args.no_hedging,
            "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
                        "grpcio": grpc.__version__, "load_avg_before": [round(x, 2) for x in os.getloadavg()]},
            "slo_s": SLO_S, "slo": "SLO_S x completion tokens / 64 per request",
