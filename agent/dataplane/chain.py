@@ -241,7 +241,7 @@ class DataPlane:
                     if last and first is None and cs.stage.kind != "embedding":
                         self._count(cr, me.region, ep.region, size)
                         out, usage, served = await self._run_last(cr, cs, ep, ids or text, req, chat, on_delta,
-                                                                  started, tried, from_location, me)
+                                                                  started, tried, from_location, me, size)
                         if not self._is_local(served, me):
                             self.metrics.series(self.metrics.result_bytes, cr.route.workflow, served.region,
                                                 me.region).inc(_size(out))
@@ -387,10 +387,11 @@ class DataPlane:
 
     async def _run_last(self, cr: CompiledRoute, cs: CompiledStage, ep: Endpoint, text, req: Request, chat,
                         on_delta, started, tried: set[str], from_location: str,
-                        me: NodeSelf) -> tuple[object, Usage, Endpoint]:
+                        me: NodeSelf, size: int) -> tuple[object, Usage, Endpoint]:
         """The last stage on ``ep``, hedged (:mod:`.hedge`): with no first token after a while, the
-        same call goes to an idle replica too and the first to answer serves. Returns its output,
-        usage and the replica that served."""
+        same call goes to an idle replica too and the first to answer serves (a hedge's ``size``
+        input bytes are counted like the first call's). Returns its output, usage and the replica
+        that served."""
         key = (cr.route.workflow, cs.stage.task)
         self.hedges.earn()
         extra: list[Endpoint] = []
@@ -404,6 +405,7 @@ class DataPlane:
                 return None
             extra.append(alt)
             self.in_flight.add(alt)
+            self._count(cr, me.region, alt.region, size)
             self.metrics.series(self.metrics.hedges, cr.route.workflow, cs.stage.task, "sent").inc()
             log.info("call hedged", extra=kv(workflow=cr.route.workflow, task=cs.stage.task, replica=ep.replica_id,
                                              node=ep.node_name, hedge=alt.replica_id, hedge_node=alt.node_name))

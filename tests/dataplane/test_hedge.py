@@ -143,6 +143,8 @@ def test_the_data_plane_sends_a_queued_last_stage_to_an_idle_replica(monkeypatch
     assert sample("atoll_stage_hedges_total", {"workflow": "wf", "task": "gen", "outcome": "sent"}) == 1
     assert sample("atoll_stage_hedges_total", {"workflow": "wf", "task": "gen", "outcome": "won"}) == 1
     assert plane.in_flight.replicas == {}
+    # the input went to both replicas (region eu), and both sends are counted
+    assert sample("atoll_bytes_sent_total", {"workflow": "wf", "from_region": "eu", "to_region": "eu"}) == 2 * len("hi")
     # a busy second replica (by its report) is not hedged to: the call waits for a
     plane2 = DataPlane(lambda: NodeSelf("entry-node", "entry", "eu", "datacenter"), None, Workers(), DataPlaneMetrics())
     plane2.in_flight.report("b", 6)
