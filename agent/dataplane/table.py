@@ -24,8 +24,8 @@ least loaded replica of its location, and that search stops at the first usable 
 none of this agent's calls (:func:`_least_loaded`: bounded by the calls in flight, not by the
 replica count).
 
-Every other pick draws a second replica of the same location from its cycle (so by weight) and
-takes it when the plan's pick is the busier of the two by more than LOAD_SLACK requests per unit
+Otherwise, when the pick's replica reported its load lately, a second replica of the same
+location is drawn from its cycle (so by weight) and taken when the plan's pick is the busier of the two by more than LOAD_SLACK requests per unit
 of weight (:func:`lighter`), by the loads the two reported with their last answers to this agent
 (all callers' requests, fresh for REPORT_TTL_S) or else this agent's own calls: other entries'
 queues show there, which the backlog rule cannot see.
@@ -201,8 +201,8 @@ class CompiledRoute:
                       in_flight.locations.get(loc, 0), cs.loc_weight[loc]):
             return _least_loaded(cs.replicas_in[loc].distinct, usable, in_flight.replicas, chosen)
         picker = cs.replicas_in[loc]
-        if len(picker.distinct) < 2:
-            return chosen
+        if len(picker.distinct) < 2 or not in_flight.fresh(chosen.replica_id):
+            return chosen       # no word from the pick's replica: this agent's own calls are the backlog rule's
         other = picker.seq[self.rng.randrange(len(picker.seq))]
         return lighter(chosen, other, in_flight) if usable(other) else chosen
 
@@ -216,7 +216,7 @@ def lighter(chosen: Endpoint, other: Endpoint, in_flight: "InFlight") -> Endpoin
     to an idle one instead of growing its queue: the power of two choices, on every pick, for
     two lookups."""
     if other.replica_id == chosen.replica_id or not in_flight.fresh(chosen.replica_id):
-        return chosen           # no word from the pick's replica: this agent's own calls are the backlog rule's
+        return chosen
     ratio = max(chosen.weight, 1e-9) / max(other.weight, 1e-9)
     return other if in_flight.load(chosen.replica_id) > ratio * in_flight.load(other.replica_id) + LOAD_SLACK else chosen
 
