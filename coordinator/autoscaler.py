@@ -213,6 +213,7 @@ class Autoscaler:
         # if that came later: a workflow still deploying (and not asked for anything) is not idle.
         seen = [t for t in (w.last_request, w.ready_since) if t is not None]
         return Sample(now=now, arrivals_per_s=lam, recent=recent, previous=previous,
+                      last_pass=count_between(w.arrivals, now - PASS_S, now),
                       work_per_request=work_ratio(spec, w.work), queued=float(queued(rec, nodes)),
                       in_flight=float(w.in_flight), ready_replicas=ready, planned_replicas=planned,
                       last_request_at=max(seen) if seen else now, reaction_s=rho)

@@ -9,41 +9,56 @@ declared for, i.e. the planner's unit)::
 
     λ   arrivals/s over a long window (the pass's: the last 128 arrivals, or 4ρ if fewer came)
     n1  arrivals in the last ρ;  n2  arrivals in the ρ before it
+    n0  arrivals in the last decision interval (PASS_S)
     w   work per request: finished requests' completion tokens / the task's (1 until measured)
     q   requests waiting at the workflow's replicas
     R   the rate the current plan is sized for
     ρ   reaction time: measured seconds from a replica appearing in the plan to it serving,
         plus one decision interval (``REACTION_DEFAULT_S`` until a replica start was measured)
-    h   ``headroom`` (1.0)     s   ``max_step`` (2)     z   ``noise_z`` (2): Poisson deviations
+    h   ``headroom`` (1.0)     s   ``max_step`` (2)     z   ``noise_z`` (1.25): Poisson deviations
 
 The ``demand`` metric (the default)::
 
-    D  = λ · w, or n1 / ρ · w when (n1 - z √n1) / ρ · w > λ · w
-                                       measured demand: the last reaction time's arrivals
+    D  = λ · w, or the largest of n1 / ρ · w and n0 / PASS_S · w that is above λ · w by more
+         than noise: (n1 - z √n1) / ρ · w > λ · w, (n0 - (z + 0.75) √n0) / PASS_S · w > λ · w
+                                       measured demand: the arrivals of the last ρ, or of the
+                                       last pass (n0, one second: a sharp rise shows there
+                                       first; a short window, so it needs more evidence),
                                        stand for it when they are above the long window by
                                        more than noise (a count n is n ± √n)
-    F  = D + min((n1 - n2) / ρ · w, AHEAD_CAP · D)   when n1 - n2 > z √(n1 + n2), else D
-                                       short-horizon forecast: a significant rise over the
-                                       last reaction time, carried one reaction ahead (the
-                                       new replicas must meet it when they start serving)
+    F  = D + min((n1 - n2) / ρ · w, a · D)   when n1 - n2 > z √(n1 + n2), else D
+                                       short-horizon forecast (off by default: a =
+                                       ``forecast_cap`` = 0): a significant rise over the
+                                       last reaction time, carried one reaction ahead
     P  = max over the kept past of D(t_i) · 2^(-(t - t_i) / H)
                                        decaying floor from the recent peak
-                                       (H = ``peak_half_life``, 4ρ unset)
+                                       (H = ``peak_half_life``, 2ρ unset)
     B  = min(w · q / ρ, D)   if every planned replica is ready, else 0
                                        queued work cleared within one reaction
                                        (at most doubling the demand)
     T  = max(min_rate, h · (max(F, P) + B))      the rate to plan for
 
 ``h`` is 1 by default: a plan already rounds up to whole replicas and a replica's declared
-throughput is a rate it sustains, not its limit; the forecast, the floor and the queue term
-carry the margin, and each of them says so in the decision's reason.
+throughput is a rate it sustains, not its limit; the short windows, the floor and the queue
+term carry the margin, and each of them says so in the decision's reason.
+
+Why these defaults (``bench/autoscaler_replay.py`` replays :func:`decide` on the benchmark's
+traces with a queueing model of the simulated fleet, many seeds in seconds): a low ``z`` and
+the one-second window catch a sharp rise sooner, and the false alarms they also raise cost
+little because a plan comes down one pass after the demand is back (not one ρ) and the floor
+halves every 2ρ (not 4ρ). The trend forecast added cost without removing misses, so it is off
+unless ``forecast_cap`` is set. ``docs/benchmarks.md`` has the replay's and the benchmark's
+figures for these defaults and the earlier ones.
 ``rate_only`` (a baseline) plans for ``h · λ``: no work per request, trend, floor or queue.
 ``in_flight`` and ``queue_delay`` plan for ``h · max(R · U, D)``, where ``U`` is requests in
 flight per ready replica (or the queueing delay ``q / λ``) over ``target``.
 
 Hysteresis and bounds: the plan moves up when ``T > (1 + UP_BAND) R`` has held for
 ``scale_up_delay`` (0: at once), to ``min(T, s R)``; down when ``T < (1 - DOWN_BAND) R`` has held
-for ``scale_down_delay`` (ρ unset), to ``max(T, R / s)``. So one decision changes the planned
+for ``scale_down_delay`` (unset: one pass, i.e. seen on two passes in a row) and every planned
+replica serves, to ``max(T, R / s)``. A plan whose replicas are still starting is not judged
+too big before it exists (it scales in anyway after ``2ρ`` more, so a replica that never starts
+does not pin it). So one decision changes the planned
 rate by at most a factor ``s`` either way, a burst is followed in steps as its demand is
 measured (never by the queue it causes while replicas start), and the floor keeps the capacity a
 peak needed for a few reaction times, so a lull just before the next rise does not scale in.
@@ -67,8 +82,8 @@ PASS_S = 1.0                 # the coordinator decides for every workflow once a
 UP_BAND = 0.05               # re-plan up when the target is more than 5% above the plan
 DOWN_BAND = 0.1              # ... and down when it is more than 10% below
 REACTION_DEFAULT_S = 30.0    # reaction time assumed before a replica start was measured
-AHEAD_CAP = 0.25             # the forecast adds at most a quarter of the demand
-FLOOR_REACTIONS = 4.0
+FLOOR_REACTIONS = 2.0
+LAST_PASS_EXTRA_Z = 0.75     # the last pass's count (one second) needs z + 0.75 deviations
 KEEP_HALF_LIVES = 4.0        # demand history kept: four floor half-lives (and at least 2ρ)
 
 Metric = Literal["demand", "in_flight", "queue_delay", "rate_only"]
@@ -80,12 +95,13 @@ class Policy:
     metric: Metric = "demand"
     target: float = 4.0
     headroom: float = 1.0
-    noise_z: float = 2.0                          # move only on evidence beyond z Poisson deviations
+    noise_z: float = 1.25                         # move only on evidence beyond z Poisson deviations
+    forecast_cap: float = 0.0                     # the trend forecast adds at most this share of D
     # how far and how soon one decision moves
     max_step: float = 2.0
-    scale_down_delay: Optional[float] = None      # None: one reaction time
+    scale_down_delay: Optional[float] = None      # None: one pass (PASS_S)
     scale_up_delay: float = 0.0
-    peak_half_life: Optional[float] = None        # None: four reaction times
+    peak_half_life: Optional[float] = None        # None: two reaction times
     # bounds
     min_replicas: int = 1
     max_replicas: int = 64
@@ -95,6 +111,7 @@ class Policy:
 
 def policy_of(a: AutoscalingSpec) -> Policy:
     return Policy(metric=a.metric, target=a.target, headroom=a.headroom, max_step=a.max_step, noise_z=a.noise_z,
+                  forecast_cap=a.forecast_cap,
                   min_replicas=a.min_replicas, max_replicas=a.max_replicas, scale_up_delay=a.scale_up_delay,
                   scale_down_delay=a.scale_down_delay, peak_half_life=a.peak_half_life,
                   scale_to_zero=a.scale_to_zero, idle_seconds=a.idle_seconds)
@@ -108,6 +125,7 @@ class Sample:
     arrivals_per_s: float              # λ, over the last window
     recent: int = -1                   # arrivals in the last ρ (-1: not counted) ...
     previous: int = -1                 # ... and in the ρ before it
+    last_pass: int = -1                # arrivals in the last PASS_S (-1: not counted)
     work_per_request: float = 1.0      # w
     queued: float = 0.0                # q: requests waiting at the workflow's replicas
     in_flight: float = 0.0             # requests in flight in the workflow (the coordinator's count)
@@ -212,8 +230,11 @@ def decide(policy: Policy, s: Sample, plan_rate: float, min_rate: float, state: 
         # the long window by more than z deviations; their difference is a rise when it is more
         # than z deviations of the difference.
         n1, n2 = s.recent, max(s.previous, 0)
-        if (n1 - z * math.sqrt(n1)) / rho * work > demand:
-            demand = n1 / rho * work
+        long = demand
+        # the last pass's arrivals too (n0 in one PASS_S): a sharp rise shows there first
+        for n, window, zz in ((n1, rho, z), (s.last_pass, PASS_S, z + LAST_PASS_EXTRA_Z)):
+            if n >= 0 and (n - zz * math.sqrt(n)) / window * work > long:
+                demand = max(demand, n / window * work)
         if s.previous >= 0 and n1 - n2 > z * math.sqrt(n1 + n2):
             trend = (n1 - n2) / rho / rho * work
     u = 0.0
@@ -230,7 +251,7 @@ def decide(policy: Policy, s: Sample, plan_rate: float, min_rate: float, state: 
         floor = peak_floor(history, s.now, half)
         if s.ready_replicas >= s.planned_replicas:
             backlog = min(work * s.queued / rho, demand)
-    ahead = min(trend * rho, AHEAD_CAP * demand)
+    ahead = min(trend * rho, policy.forecast_cap * demand)
     forecast = demand + ahead
     target = max(min_rate, h * (max(forecast, floor) + backlog))
     sig = _with(base, demand=demand, trend=trend, forecast=forecast, floor=floor, backlog=backlog,
@@ -248,13 +269,16 @@ def decide(policy: Policy, s: Sample, plan_rate: float, min_rate: float, state: 
                         State(history, above_since=since), sig)
     if target < (1 - DOWN_BAND) * plan_rate:
         since = state.below_since if state.below_since is not None else s.now
-        delay = policy.scale_down_delay if policy.scale_down_delay is not None else rho
-        if s.now - since >= delay:
+        delay = policy.scale_down_delay if policy.scale_down_delay is not None else PASS_S
+        starting = s.ready_replicas < s.planned_replicas and s.now - since < delay + 2 * rho
+        if s.now - since >= delay and not starting:
             new = max(target, plan_rate / step)
             bound = f"; one step is at most /{step:g}" if new > target else ""
             return Decision("scale", new, f"down: {why} below the plan {plan_rate:.2f} for "
                                           f"{s.now - since:.0f} s{bound}", State(history), sig)
-        return Decision("keep", plan_rate, f"{why} below the plan for {s.now - since:.0f} s",
+        wait = (f"; {s.planned_replicas - s.ready_replicas} planned replica(s) still starting"
+                if s.now - since >= delay else "")
+        return Decision("keep", plan_rate, f"{why} below the plan for {s.now - since:.0f} s{wait}",
                         State(history, below_since=since), sig)
     return Decision("keep", plan_rate, f"{why} within the plan {plan_rate:.2f}", State(history), sig)
 

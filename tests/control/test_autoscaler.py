@@ -4,6 +4,7 @@ test sleeps."""
 
 import asyncio
 import math
+from dataclasses import replace
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -80,26 +81,29 @@ def test_scale_up_delay():
     assert "above the plan for 2 s" in out[2].reason
 
 
-def test_scale_in_waits_one_reaction_time_and_halves_at_most():
-    """Demand drops to a third: the plan comes down after ρ (the default delay), by at most /2 per
-    decision (the floor of the earlier demand decays meanwhile), never below min_rate."""
+def test_scale_in_waits_one_pass_and_halves_at_most():
+    """Demand drops to a third: the plan comes down once the drop was seen on two passes in a row
+    (the default delay: one pass), by at most /2 per decision (the floor of the earlier demand
+    decays meanwhile), never below min_rate."""
     high = [sample(t, arrivals=9.0) for t in range(30)]
     low = [sample(30 + t, arrivals=0.1) for t in range(80)]
     out, rate = run(Policy(), high + low, plan_rate=10.0, min_rate=2.0)
     downs = [(i, d) for i, d in enumerate(out) if d.action == "scale"]
-    assert downs[0][0] >= 30 + RHO and downs[0][1].rate >= 10.0 / 2 - 1e-9
+    assert out[30].action == "keep" and "below the plan for 0 s" in out[30].reason
+    assert downs[0][0] == 30 + scaling.PASS_S and downs[0][1].rate >= 10.0 / 2 - 1e-9
     assert rate == pytest.approx(2.0)               # min_rate: H x 0.1 is below it
     assert all(d.rate >= 2.0 for _, d in downs)
 
 
 def test_recent_peak_floor_holds_capacity_through_a_lull():
-    """A peak at 20 req/s, then a lull at 5: the floor from the peak decays with half-life 4ρ, so
+    """A peak at 20 req/s, then a lull at 5: the floor from the peak decays with half-life 2ρ, so
     the plan stays above H x 5 for a while and follows the decayed peak down."""
     peak = [sample(t, arrivals=20.0) for t in range(10)]
     lull = [sample(10 + t, arrivals=5.0) for t in range(40)]
     out, _ = run(Policy(), peak + lull, plan_rate=22.0)
     d = out[10 + 6]                                         # 6 s into the lull
-    half = 4 * RHO
+    half = scaling.FLOOR_REACTIONS * RHO
+    assert scaling.FLOOR_REACTIONS == 2.0
     assert d.signals.floor == pytest.approx(20.0 * 0.5 ** ((6 + 1) / half), rel=1e-6)
     assert d.signals.target_rate == pytest.approx(H * d.signals.floor)
     plan = 22.0
@@ -114,6 +118,20 @@ def test_recent_peak_floor_holds_capacity_through_a_lull():
     assert first2.rate == pytest.approx(11.0) and first.rate > 14.0 and "recent-peak floor" in first.reason
 
 
+def test_scale_in_waits_for_a_plan_still_starting():
+    """The plan was raised and one of its replicas is still starting when the demand drops: the
+    plan is not judged too big before it exists; it comes down once every replica serves, or 2ρ
+    after the delay if one never does (so a replica stuck loading does not pin the plan)."""
+    low = [sample(t, arrivals=3.0, replicas=2, planned=3) for t in range(20)]
+    out, _ = run(Policy(peak_half_life=0.01), low, plan_rate=10.0, min_rate=1.0)
+    first = next(i for i, d in enumerate(out) if d.action == "scale")
+    assert "still starting" in out[1].reason and out[1].action == "keep"
+    assert first == math.ceil(scaling.PASS_S + 2 * RHO)
+    served = [sample(0, arrivals=3.0, replicas=2, planned=3), sample(1, arrivals=3.0, replicas=3, planned=3)]
+    out, _ = run(Policy(peak_half_life=0.01), served, plan_rate=10.0, min_rate=1.0)
+    assert [d.action for d in out] == ["keep", "scale"]
+
+
 def test_peak_floor():
     assert peak_floor(((0.0, 10.0), (5.0, 4.0)), 10.0, 10.0) == pytest.approx(5.0)
     assert peak_floor(((0.0, 10.0), (5.0, 8.0)), 10.0, 10.0) == pytest.approx(8.0 * 0.5 ** 0.5)
@@ -121,26 +139,51 @@ def test_peak_floor():
 
 
 def test_a_recent_rise_counts_only_beyond_noise():
-    """The last reaction time's arrivals stand for the demand only when they are more than z = 2
-    Poisson deviations above the long window: 39 in 3 s (13/s) against 10/s is not, 60 (20/s) is."""
-    d = decide(Policy(), sample(0, arrivals=10.0, recent=39, previous=30), H * 10.0, 1.0, State())
+    """The last reaction time's arrivals stand for the demand only when they are more than z = 1.25
+    Poisson deviations above the long window: 36 in 3 s (12/s) against 10/s is not, 60 (20/s) is."""
+    assert Policy().noise_z == 1.25
+    d = decide(Policy(), sample(0, arrivals=10.0, recent=36, previous=30), H * 10.0, 1.0, State())
     assert d.signals.demand == pytest.approx(10.0) and d.signals.trend == 0.0 and d.action == "keep"
     d = decide(Policy(), sample(0, arrivals=10.0, recent=60, previous=30), H * 10.0, 1.0, State())
     assert d.signals.demand == pytest.approx(20.0) and d.action == "scale"
+    # a stricter z ignores what the default takes
+    d = decide(Policy(noise_z=2.0), sample(0, arrivals=10.0, recent=39, previous=30), H * 10.0, 1.0, State())
+    assert d.signals.demand == pytest.approx(10.0)
+
+
+def test_the_last_pass_shows_a_sharp_rise_first():
+    """A rise that began within the last second: 19 arrivals in the last pass against 10/s over the
+    long window and the last ρ is beyond noise (a one-second window needs z + 0.75 = 2 deviations:
+    19 - 2 sqrt(19) = 10.3 > 10), 17 is not; the larger of the two short windows stands for the
+    demand."""
+    def one(last_pass, recent=30):
+        s = replace(sample(0, arrivals=10.0, recent=recent, previous=30), last_pass=last_pass)
+        return decide(Policy(), s, H * 10.0, 1.0, State())
+    assert one(-1).signals.demand == pytest.approx(10.0)
+    assert one(17).signals.demand == pytest.approx(10.0) and one(17).action == "keep"
+    d = one(19)
+    assert d.signals.demand == pytest.approx(19.0) and d.action == "scale" and d.rate == pytest.approx(19.0)
+    assert one(19, recent=60).signals.demand == pytest.approx(20.0)      # the ρ window is larger
+    assert one(25, recent=60).signals.demand == pytest.approx(25.0)      # the last pass is larger
 
 
 def test_forecast_plans_one_reaction_ahead_on_a_significant_rise_and_is_capped():
-    """90 arrivals in the last 3 s after 60 in the 3 s before: a rise (30 > 2 sqrt(150)), 3.33 req/s
-    per second, one reaction time ahead (+10) but at most AHEAD_CAP x the demand (30 req/s)."""
-    d = decide(Policy(max_step=100), sample(0, arrivals=20.0, recent=90, previous=60), 5.0, 1.0, State())
+    """With ``forecast_cap`` 0.25: 90 arrivals in the last 3 s after 60 in the 3 s before: a rise
+    (30 > 1.25 sqrt(150)), 3.33 req/s per second, one reaction time ahead (+10) but at most a
+    quarter of the demand (30 req/s). Off by default: the same samples plan the demand alone."""
+    pol = Policy(max_step=100, forecast_cap=0.25)
+    d = decide(pol, sample(0, arrivals=20.0, recent=90, previous=60), 5.0, 1.0, State())
     assert d.signals.demand == pytest.approx(30.0) and d.signals.trend == pytest.approx(30 / 9)
-    assert d.signals.forecast == pytest.approx(30.0 + min(10.0, scaling.AHEAD_CAP * 30.0))
+    assert d.signals.forecast == pytest.approx(30.0 + min(10.0, 0.25 * 30.0))
     assert d.rate == pytest.approx(H * d.signals.forecast) and "forecast" in d.reason
+    d = decide(Policy(max_step=100), sample(0, arrivals=20.0, recent=90, previous=60), 5.0, 1.0, State())
+    assert d.signals.forecast == pytest.approx(30.0) and d.rate == pytest.approx(30.0) and "forecast" not in d.reason
     # the same difference on counts too small to tell from noise is no trend
-    d = decide(Policy(), sample(0, arrivals=2.0, recent=12, previous=6), 5.0, 1.0, State())
+    d = decide(pol, sample(0, arrivals=2.0, recent=10, previous=6), 5.0, 1.0, State())     # 4 < 1.25 x 4
     assert d.signals.trend == 0.0
     # the rate-only baseline never forecasts
-    d = decide(Policy(metric="rate_only"), sample(0, arrivals=20.0, recent=90, previous=60), 5.0, 1.0, State())
+    d = decide(Policy(metric="rate_only", forecast_cap=0.25), sample(0, arrivals=20.0, recent=90, previous=60),
+               5.0, 1.0, State())
     assert d.signals.trend == 0.0 and d.signals.forecast == pytest.approx(30.0)
 
 
@@ -153,11 +196,17 @@ def test_queued_requests_add_demand_only_once_replicas_are_ready():
     assert starting.signals.backlog == 0.0 and starting.action == "keep"
 
 
-def test_default_delays_follow_the_measured_reaction_time():
-    """The same lull scales in after one reaction time: 2 s for a fast fleet, 20 s for a slow one."""
+def test_default_floor_follows_the_measured_reaction_time():
+    """The same peak and lull: the recent-peak floor (half-life 2ρ) holds the plan ten times longer
+    for a fleet whose replicas start in 20 s than for one where they start in 2 s."""
+    first = {}
     for rho in (2.0, 20.0):
-        out, _ = run(Policy(peak_half_life=0.01), [sample(t, arrivals=2.0, rho=rho) for t in range(40)])
-        assert next(i for i, d in enumerate(out) if d.action == "scale") == rho
+        peak = [sample(t, arrivals=20.0, rho=rho) for t in range(10)]
+        lull = [sample(10 + t, arrivals=2.0, rho=rho) for t in range(300)]
+        out, _ = run(Policy(), peak + lull, plan_rate=20.0)
+        # seconds into the lull until the plan is halved: one floor half-life, 2ρ (+ one pass)
+        first[rho] = next(i for i, d in enumerate(out) if d.action == "scale" and d.rate <= 10.0) - 9
+    assert 2 * 2.0 <= first[2.0] <= 2 * 2.0 + 2 and 2 * 20.0 <= first[20.0] <= 2 * 20.0 + 2
 
 
 # ---------------------------------------------------------------------- the other metrics

@@ -152,3 +152,25 @@ def test_each_trace_draws_one_picture(tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     assert elasticity_plot.buckets([0.5, 1.0, 2.5, 9.0], 4.0) == ([0.0, 2.0, 4.0], [2, 1, 0])
+
+
+def test_the_autoscaler_replay_follows_load_and_compares_settings():
+    """bench/autoscaler_replay.py drives the coordinator's own decide() through its queueing model:
+    a flat load needs no more than the flat replicas, a spike makes it scale out and back in, the
+    cost lies between the floor of one replica and the static plan, and the comparison of two
+    settings comes out per trace (a policy that never scales up misses more, and costs less)."""
+    import autoscaler_replay as rp
+    from atoll.coordinator.scaling import Policy
+
+    fleet = rp.Fleet()
+    tr = traces.make("spikes", 1, 150.0, 18.0)
+    out = rp.replay(tr, Policy(), fleet, seed=0, slowdown=1.0)
+    assert out["requests"] == len(traces.arrivals(tr)) and 0 <= out["misses"] < out["requests"]
+    assert min(fleet.prices) <= out["cost_per_hour"] < fleet.static_cost(tr) * 1.5
+    assert out == rp.replay(tr, Policy(), fleet, seed=0, slowdown=1.0)              # deterministic
+    stuck = rp.replay(tr, Policy(noise_z=10.0, max_step=1.0001), fleet, seed=0, slowdown=1.0)   # barely moves
+    assert stuck["misses"] > out["misses"] and stuck["cost_per_hour"] < out["cost_per_hour"]
+    res = rp.evaluate('{"noise_z": 2.0, "last_pass_window": false}', [("spikes", 1)], 2, 1.0, fleet)
+    assert set(res["traces"]) == {"spikes-1"} and len(res["traces"]["spikes-1"]["misses"]) == 2
+    assert res["policy"] == {"noise_z": 2.0, "last_pass_window": False}
+    assert rp.S.LAST_PASS_EXTRA_Z == 0.75                       # restored after the evaluation

@@ -1,0 +1,248 @@
+"""Autoscaler replay: the coordinator's own decision function (``coordinator/scaling.py: decide``)
+driven by the elasticity benchmark's traces through a queueing model of its simulated fleet, in
+seconds instead of hours. For comparing autoscaling settings over many traces and seeds before
+confirming the chosen one with ``bench/elasticity_bench.py`` (which runs the real coordinator,
+planner, data plane and simulated hosts over gRPC, and is the measurement that counts).
+
+The model (one discrete-event simulation per trace and seed, no processes, no network):
+
+- arrivals and completion lengths: the trace's own (``bench/elasticity_traces.py``), same seeds;
+- replicas: the benchmark's renters (RTX 4090 class, cheapest first, ``elasticity_bench.fleet``),
+  each serving at most ``CONCURRENCY`` requests at once with the simulated hosts' batch-aware
+  service time (``sim_agent.service_time`` / speed) times ``--slowdown`` (the real run's CPU
+  contention and RPC overhead; 1.2 puts the model's p99 latency near the measured one); a
+  request waits in one FIFO queue for the least-loaded ready replica;
+- a decision every ``PASS_S`` from the same ``Sample`` fields the coordinator measures (arrivals
+  over the long window, the last ρ, the ρ before it and the last pass; work per request;
+  queued and in-flight requests; ready and planned replicas; ρ = the median of the last 8
+  starts + one pass); a planned rate becomes ⌈rate / declared rate per replica⌉ replicas,
+  each starting after a cold start drawn from the simulated hosts' range (1.0-2.5 s); a scale
+  in removes starting replicas first, then the dearest;
+- cost: the plan's $/h integrated over the trace (replicas count from the moment they are
+  planned, as the benchmark's scraped plan cost does); static-peak: the cheapest replicas
+  whose declared rate covers the trace's peak of work.
+
+What it leaves out: the planner (prices and placements beyond "cheapest renters first"),
+storms, hedging and routing, heartbeat timing. Its figures rank settings; they are not the
+benchmark's figures.
+
+    .venv/bin/python bench/autoscaler_replay.py            # the defaults and the earlier ones, 16 traces x 6
+    .venv/bin/python bench/autoscaler_replay.py --policy '{"noise_z": 2}' --policy '{}'   # side by side
+
+The earlier defaults (before 2026-12-07) were ``noise_z`` 2, a trend forecast of at most +25%,
+a floor half-life of 4ρ, a scale-down delay of ρ and no one-second window; the replay takes ρ
+as 2.75 s for them (the median of the simulated cold starts plus one pass). The rule that a
+plan still starting is not scaled in applies to both.
+
+Writes bench/results/autoscaler_replay.json and prints one row per setting (worst case over
+traces, misses summed over seeds) and the per-trace figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import elasticity_bench as EB  # noqa: E402
+import elasticity_traces as T  # noqa: E402
+from sim_agent import declared_rps, service_time  # noqa: E402
+
+from atoll.coordinator import scaling as S  # noqa: E402
+from atoll.coordinator.autoscaler import (REACTION_SAMPLES, STABLE_ARRIVALS, STABLE_REACTIONS,  # noqa: E402
+                                         count_between, rate_over)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPLAY_SUITE = "diurnal:11,23,31,32,33,34,35,36,37,38;spikes:1,2,3,4,5;week:1"
+COLD_START = (1.0, 2.5)           # the simulated hosts' range (elasticity_bench: SimHost cold_start)
+
+
+class Fleet:
+    """The benchmark's renters: price, speed and declared rate per replica."""
+
+    def __init__(self):
+        hosts = [h for h in EB.fleet(quick=False) if h["tier"] == "renter"]
+        self.prices = sorted(h["price"] for h in hosts)
+        self.speed = EB.HW["rtx4090"][0]
+        self.mu = declared_rps(self.speed, EB.K_DECLARED)
+
+    def replicas_for(self, rate: float) -> int:
+        return max(1, min(len(self.prices), math.ceil(rate / self.mu - 1e-9)))
+
+    def static_cost(self, tr: dict) -> float:
+        peak = max(tr["peak_rps"], tr["peak_work_rps_at_64_tokens"])
+        return sum(self.prices[:self.replicas_for(peak)])
+
+
+def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float) -> dict:
+    """One trace under one setting; ``seed`` draws the cold starts."""
+    times = T.arrivals(tr)
+    tokens = T.request_tokens(tr, times)
+    rng = random.Random(seed)
+    end = tr["duration_s"]
+    ev: list = [(t, 1, "arrive", i) for i, t in enumerate(times)]
+    heapq.heapify(ev)
+    reps: list[dict] = []
+    serial = 0
+
+    def resize(n: int, now: float) -> None:
+        nonlocal serial
+        if n > len(reps):
+            taken = sorted(r["price"] for r in reps)
+            free = list(fleet.prices)
+            for p in taken:
+                free.remove(p)
+            for p in free[:n - len(reps)]:
+                serial += 1
+                cold = rng.uniform(*COLD_START)
+                r = {"id": serial, "price": p, "ready_at": now + cold, "cold": cold, "busy": 0}
+                reps.append(r)
+                heapq.heappush(ev, (now + cold, 0, "ready", r))
+        elif n < len(reps):
+            reps.sort(key=lambda r: (r["ready_at"] <= now, -r["price"]))      # starting, then dearest
+            del reps[:len(reps) - n]
+
+    base = max(tr["mean_rps"], 1e-3)
+    plan_rate = 2 * fleet.mu * 0.85                                  # the benchmark's first plan: 2 replicas
+    resize(fleet.replicas_for(plan_rate), 0.0)
+    for r in reps:
+        r["ready_at"] = 0.0
+    queue: list[int] = []
+    seen: list[float] = []
+    starts: list[float] = []
+    in_flight, work, misses = 0, None, 0
+    state = S.State()
+    cost, last = 0.0, 0.0
+    latencies: list[float] = []
+    heapq.heappush(ev, (S.PASS_S, 2, "pass", None))
+
+    def dispatch(now: float) -> None:
+        while queue:
+            free = [r for r in reps if r["ready_at"] <= now and r["busy"] < EB.CONCURRENCY]
+            if not free:
+                return
+            r = min(free, key=lambda x: x["busy"])
+            i = queue.pop(0)
+            r["busy"] += 1
+            svc = service_time(r["busy"], tokens[i]) / fleet.speed * slowdown
+            heapq.heappush(ev, (now + svc, 0, "done", (i, r)))
+
+    while ev:
+        t, _, kind, x = heapq.heappop(ev)
+        cost += sum(r["price"] for r in reps) * (min(t, end) - min(last, end))
+        last = t
+        if kind == "arrive":
+            seen.append(t)
+            in_flight += 1
+            queue.append(x)
+        elif kind == "done":
+            i, r = x
+            r["busy"] -= 1
+            in_flight -= 1
+            latency = t - times[i]
+            latencies.append(latency)
+            misses += latency > EB.slo_for(tokens[i])
+            w = tokens[i] / T.NEW_TOKENS
+            work = w if work is None else work + (w - work) / 16
+        elif kind == "ready":
+            if any(r is x for r in reps):
+                starts.append(x["cold"])
+        elif kind == "pass":
+            if t < end:
+                heapq.heappush(ev, (t + S.PASS_S, 2, "pass", None))
+            rho = (statistics.median(starts[-REACTION_SAMPLES:]) if starts else S.REACTION_DEFAULT_S) + S.PASS_S
+            lam, _ = rate_over(seen, t, STABLE_ARRIVALS, STABLE_REACTIONS * rho)
+            sample = S.Sample(now=t, arrivals_per_s=lam, recent=count_between(seen, t - rho, t),
+                              previous=count_between(seen, t - 2 * rho, t - rho),
+                              last_pass=count_between(seen, t - S.PASS_S, t), work_per_request=work or 1.0,
+                              queued=float(len(queue)), in_flight=float(in_flight),
+                              ready_replicas=sum(1 for r in reps if r["ready_at"] <= t),
+                              planned_replicas=len(reps), last_request_at=t, reaction_s=rho)
+            d = S.decide(policy, sample, plan_rate, 0.05 * base, state)
+            state = d.state
+            if d.action == "scale":
+                plan_rate = d.rate
+                resize(fleet.replicas_for(plan_rate), t)
+        dispatch(t)
+    latencies.sort()
+    return {"cost_per_hour": cost / end, "requests": len(times), "misses": misses,
+            "p99_s": latencies[int(0.99 * (len(latencies) - 1))] if latencies else None}
+
+
+EARLIER = ('{"noise_z": 2.0, "forecast_cap": 0.25, "peak_half_life": 11.0, "scale_down_delay": 2.75, '
+           '"last_pass_window": false}')     # the defaults before 2026-12-07, with the model's rho of 2.75 s
+
+
+def evaluate(policy_json: str, traces: list[tuple[str, int]], seeds: int, slowdown: float, fleet: Fleet) -> dict:
+    """``policy_json``: Policy fields, and ``"last_pass_window": false`` to leave out the
+    one-second window (as the earlier defaults did)."""
+    fields = json.loads(policy_json)
+    window = fields.pop("last_pass_window", True)
+    policy = S.Policy(**fields)
+    extra = S.LAST_PASS_EXTRA_Z
+    rows = {}
+    for shape, seed in traces:
+        tr = T.make(shape, seed, EB.DAY_S[False][shape], EB.PEAK_DAY[False])
+        S.LAST_PASS_EXTRA_Z = extra if window else math.inf
+        try:
+            runs = [replay(tr, policy, fleet, k, slowdown) for k in range(seeds)]
+        finally:
+            S.LAST_PASS_EXTRA_Z = extra
+        static = fleet.static_cost(tr)
+        cost = statistics.mean(r["cost_per_hour"] for r in runs)
+        rows[f"{shape}-{seed}"] = {
+            "cheaper_than_static": round(1 - cost / static, 4),
+            "slo_share_mean": round(1 - sum(r["misses"] for r in runs) / sum(r["requests"] for r in runs), 5),
+            "slo_share_min": round(min(1 - r["misses"] / r["requests"] for r in runs), 5),
+            "misses": [r["misses"] for r in runs], "static_cost_per_hour": round(static, 3),
+            "mean_cost_per_hour": round(cost, 4)}
+    return {"policy": json.loads(policy_json),
+            "worst_cheaper": min(r["cheaper_than_static"] for r in rows.values()),
+            "worst_slo_share_mean": min(r["slo_share_mean"] for r in rows.values()),
+            "misses": sum(sum(r["misses"]) for r in rows.values()), "traces": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--policy", action="append", default=None, metavar="JSON",
+                    help="an autoscaling block's fields (coordinator.scaling.Policy); repeat to compare "
+                         "(default: the defaults, {}, and the earlier defaults)")
+    ap.add_argument("--traces", default=REPLAY_SUITE, help='e.g. "diurnal:11,23;spikes:1"')
+    ap.add_argument("--seeds", type=int, default=6, help="cold-start draws per trace")
+    ap.add_argument("--slowdown", type=float, default=1.2, help="service time multiplier (see the docstring)")
+    ap.add_argument("--out", default=str(RESULTS / "autoscaler_replay.json"))
+    args = ap.parse_args()
+    policies = args.policy or ["{}", EARLIER]
+    traces = T.parse(args.traces)
+    fleet = Fleet()
+    t0 = time.perf_counter()
+    out = {"command": "python " + " ".join(sys.argv), "machine": {"platform": platform.platform(),
+           "python": platform.python_version()}, "seeds": args.seeds, "slowdown": args.slowdown,
+           "declared_rps_per_replica": round(fleet.mu, 3), "results": []}
+    print(f"{'setting':58s} {'worst cheaper':>13s} {'worst SLO':>10s} {'misses':>7s}")
+    for p in policies:
+        res = evaluate(p, traces, args.seeds, args.slowdown, fleet)
+        out["results"].append(res)
+        print(f"{p:58s} {res['worst_cheaper']:13.3f} {res['worst_slo_share_mean']:10.4f} {res['misses']:7d}", flush=True)
+    for res in out["results"]:
+        print(f"\n{json.dumps(res['policy'])}: per trace (cheaper than static-peak, SLO share over {args.seeds} seeds)")
+        print("  " + "  ".join(f"{k} {v['cheaper_than_static']:.3f}/{v['slo_share_mean']:.4f}"
+                               for k, v in res["traces"].items()))
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"\nwrote {args.out} in {out['wall_s']} s")
+
+
+if __name__ == "__main__":
+    main()
