@@ -30,7 +30,8 @@ benchmark's figures.
     .venv/bin/python bench/autoscaler_replay.py --policy '{"noise_z": 2}' --policy '{}'   # side by side
 
 The earlier defaults (before 2026-12-07) were ``noise_z`` 2, a trend forecast of at most +25%,
-a floor half-life of 4ρ, a scale-down delay of ρ and no one-second window; the replay takes ρ
+a floor half-life of 4ρ, a scale-down delay of ρ, a 10% band below the plan and no one-second
+window; the replay takes ρ
 as 2.75 s for them (the median of the simulated cold starts plus one pass). The rule that a
 plan still starting is not scaled in applies to both.
 
@@ -180,24 +181,26 @@ def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float)
 
 
 EARLIER = ('{"noise_z": 2.0, "forecast_cap": 0.25, "peak_half_life": 11.0, "scale_down_delay": 2.75, '
-           '"last_pass_window": false}')     # the defaults before 2026-12-07, with the model's rho of 2.75 s
+           '"last_pass_window": false, "down_band": 0.1}')   # the defaults before 2026-12-07 (rho taken as 2.75 s)
 
 
 def evaluate(policy_json: str, traces: list[tuple[str, int]], seeds: int, slowdown: float, fleet: Fleet) -> dict:
-    """``policy_json``: Policy fields, and ``"last_pass_window": false`` to leave out the
-    one-second window (as the earlier defaults did)."""
+    """``policy_json``: Policy fields, and two of the module's constants as the earlier defaults
+    had them: ``"last_pass_window": false`` leaves out the one-second window, ``"down_band"``
+    replaces ``DOWN_BAND``."""
     fields = json.loads(policy_json)
     window = fields.pop("last_pass_window", True)
+    band = fields.pop("down_band", S.DOWN_BAND)
     policy = S.Policy(**fields)
-    extra = S.LAST_PASS_EXTRA_Z
+    extra, saved_band = S.LAST_PASS_EXTRA_Z, S.DOWN_BAND
     rows = {}
     for shape, seed in traces:
         tr = T.make(shape, seed, EB.DAY_S[False][shape], EB.PEAK_DAY[False])
-        S.LAST_PASS_EXTRA_Z = extra if window else math.inf
+        S.LAST_PASS_EXTRA_Z, S.DOWN_BAND = (extra if window else math.inf), band
         try:
             runs = [replay(tr, policy, fleet, k, slowdown) for k in range(seeds)]
         finally:
-            S.LAST_PASS_EXTRA_Z = extra
+            S.LAST_PASS_EXTRA_Z, S.DOWN_BAND = extra, saved_band
         static = fleet.static_cost(tr)
         cost = statistics.mean(r["cost_per_hour"] for r in runs)
         rows[f"{shape}-{seed}"] = {

@@ -80,7 +80,7 @@ from atoll.specs.autoscaling import AutoscalingSpec
 
 PASS_S = 1.0                 # the coordinator decides for every workflow once a second
 UP_BAND = 0.05               # re-plan up when the target is more than 5% above the plan
-DOWN_BAND = 0.1              # ... and down when it is more than 10% below
+DOWN_BAND = 0.05             # ... and down when it is more than 5% below
 REACTION_DEFAULT_S = 30.0    # reaction time assumed before a replica start was measured
 FLOOR_REACTIONS = 2.0
 LAST_PASS_EXTRA_Z = 0.75     # the last pass's count (one second) needs z + 0.75 deviations

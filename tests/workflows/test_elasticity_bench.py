@@ -173,4 +173,4 @@ def test_the_autoscaler_replay_follows_load_and_compares_settings():
     res = rp.evaluate('{"noise_z": 2.0, "last_pass_window": false}', [("spikes", 1)], 2, 1.0, fleet)
     assert set(res["traces"]) == {"spikes-1"} and len(res["traces"]["spikes-1"]["misses"]) == 2
     assert res["policy"] == {"noise_z": 2.0, "last_pass_window": False}
-    assert rp.S.LAST_PASS_EXTRA_Z == 0.75                       # restored after the evaluation
+    assert rp.S.LAST_PASS_EXTRA_Z == 0.75 and rp.S.DOWN_BAND == 0.05     # restored after the evaluation
