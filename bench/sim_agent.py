@@ -39,7 +39,7 @@ from atoll.agent.dataplane.chain import NodeSelf
 from atoll.agent.dataplane.node import DataPlaneNode
 from atoll.agent.heartbeat import HeartbeatClient
 from atoll.core.errors import Unavailable
-from atoll.core.rpc import add_service
+from atoll.core.rpc import SERVER_OPTIONS, add_service
 from atoll.proto.v1 import worker_pb2
 from atoll.wire.worker import LOAD_KEY, Delta
 
@@ -126,7 +126,10 @@ class SimHost:
 
     # -------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        self.server = grpc.aio.server()
+        # the agent's own server options (agent/daemon.py): with gRPC's defaults the server
+        # answers the clients' 10 s keepalive pings on idle connections with GOAWAY
+        # "too_many_pings", and the next call waits for a new connection
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         add_service(self.server, self, WORKER)
         self.dataplane.add_to_worker_server(self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
