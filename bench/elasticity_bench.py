@@ -449,17 +449,23 @@ def load_curve(tr: dict, points: int = 600) -> tuple[list[float], list[float], l
 
 
 def run_trace(shape: str, seed: int, quick: bool, policies: list[str], out_dir: Path, log_dir: Path | None,
-              log_level: str, constant_mix: bool) -> dict:
+              log_level: str, constant_mix: bool, earlier: dict | None = None) -> dict:
+    """Run ``policies`` on the trace; ``earlier``: this trace's entry from an earlier invocation,
+    whose runs are kept (its policies are not run again) and compared with the new ones."""
     tr = traces.make(shape, seed, DAY_S[quick][shape], PEAK_DAY[quick], constant_mix=constant_mix)
     name = f"{shape}-{seed}"
     print(f"{name}: {tr['duration_s']:.0f} s ({tr['days']} day(s) of {tr['day_s']:.0f} s), peak {tr['peak_rps']} "
           f"req/s, mean {tr['mean_rps']} req/s, peak of work {tr['peak_work_rps_at_64_tokens']} req/s at 64 tokens",
           flush=True)
-    runs = {}
+    runs = dict(earlier["runs"]) if earlier else {}
+    if runs:
+        print(f"  kept from the earlier invocation: {', '.join(runs)}", flush=True)
     t_all = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="atoll-elastic-") as tmpd:
         tmp = Path(tmpd)
         for p in policies:
+            if p in runs:
+                continue
             t1 = time.monotonic()
             runs[p] = asyncio.run(run_policy(p, tr, quick, tmp, log_level))
             r = runs[p]
@@ -487,7 +493,8 @@ def run_trace(shape: str, seed: int, quick: bool, policies: list[str], out_dir: 
     except Exception as exc:  # noqa: BLE001 - the runs' figures are kept; the failure is said and stored
         print(f"  no picture: {type(exc).__name__}: {exc}", flush=True)
         png = f"not drawn: {type(exc).__name__}: {str(exc)[:200]}"
-    return {"trace": tr, "runs": runs, "row": row, "png": png, "wall_s": round(time.monotonic() - t_all, 1)}
+    wall = round(time.monotonic() - t_all + (earlier or {}).get("wall_s", 0.0), 1)
+    return {"trace": tr, "runs": runs, "row": row, "png": png, "wall_s": wall}
 
 
 # ------------------------------------------------------------------------------------- main
@@ -512,7 +519,8 @@ def main() -> int:
     ap.add_argument("--policies", default=",".join(ALL_POLICIES))
     ap.add_argument("--constant-mix", action="store_true",
                     help="every request asks for 64 tokens (no change of request mix through the day)")
-    ap.add_argument("--resume", action="store_true", help="keep the traces already in --out; run the others")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in --out; run only the traces and policies they lack")
     ap.add_argument("--keep-logs", default=None, metavar="DIR",
                     help="copy each coordinator's log there, and write the simulated hosts' log there")
     ap.add_argument("--log-level", default="warning", help="the coordinators' log level (info shows decisions)")
@@ -557,12 +565,13 @@ def main() -> int:
     t_all = time.monotonic()
     for shape, seed in todo:
         name = f"{shape}-{seed}"
-        if name in res["traces"]:
+        earlier = res["traces"].get(name)
+        if earlier is not None and all(p in earlier["runs"] for p in policies):
             print(f"{name}: kept from {out}", flush=True)
             continue
         res["traces"][name] = run_trace(shape, seed, args.quick, policies, out.parent,
                                         Path(args.keep_logs) if args.keep_logs else None, args.log_level,
-                                        args.constant_mix)
+                                        args.constant_mix, earlier)
         rows = {n: t["row"] for n, t in res["traces"].items()}
         res.update(worst=worst(rows), wall_s=round(sum(t["wall_s"] for t in res["traces"].values()), 1),
                    load_avg_after=[round(x, 2) for x in os.getloadavg()])

@@ -154,6 +154,27 @@ def test_each_trace_draws_one_picture(tmp_path):
     assert elasticity_plot.buckets([0.5, 1.0, 2.5, 9.0], 4.0) == ([0.0, 2.0, 4.0], [2, 1, 0])
 
 
+def test_a_trace_keeps_the_runs_of_an_earlier_invocation(tmp_path, monkeypatch):
+    """``--resume`` with more policies: the runs already stored are kept (not run again) and
+    compared, with the new ones, in the trace's row and picture; only the missing policies run."""
+    ran = []
+
+    async def fake_run(policy, tr, quick, tmp, log_level="warning"):
+        ran.append(policy)
+        return run_figures(policy)
+
+    monkeypatch.setattr(eb, "run_policy", fake_run)
+    earlier = {"runs": {"atoll": run_figures("atoll"), "atoll-storm": run_figures(
+        "atoll-storm", events={"storm_at_s": 30.0, "killed": []})}, "wall_s": 300.0}
+    out = eb.run_trace("diurnal", 3, True, ["atoll", "atoll-storm", "static-peak", "rate-only"], tmp_path, None,
+                       "warning", False, earlier)
+    assert ran == ["static-peak", "rate-only"] and list(out["runs"]) == ["atoll", "atoll-storm", "static-peak",
+                                                                          "rate-only"]
+    assert out["runs"]["atoll"] is earlier["runs"]["atoll"] and out["wall_s"] >= 300.0
+    assert out["row"]["rate_only_misses"] == out["runs"]["rate-only"]["slo_misses"]
+    assert "cheaper_than_static" in out["row"] and (tmp_path / "elasticity_diurnal_3_quick.png").exists()
+
+
 def test_the_autoscaler_replay_follows_load_and_compares_settings():
     """bench/autoscaler_replay.py drives the coordinator's own decide() through its queueing model:
     a flat load needs no more than the flat replicas, a spike makes it scale out and back in, the
