@@ -20,7 +20,8 @@ The model (one discrete-event simulation per trace and seed, no processes, no ne
   in removes starting replicas first, then the dearest;
 - cost: the plan's $/h integrated over the trace (replicas count from the moment they are
   planned, as the benchmark's scraped plan cost does); static-peak: the cheapest replicas
-  whose declared rate covers the trace's peak of work.
+  whose declared rate covers the trace's peak of work; the oracle (per trace, for scale): the
+  cheapest replicas covering the rate of work at every instant, started at once.
 
 What it leaves out: the planner (prices and placements beyond "cheapest renters first"),
 storms, hedging and routing, heartbeat timing. Its figures rank settings; they are not the
@@ -83,6 +84,13 @@ class Fleet:
     def static_cost(self, tr: dict) -> float:
         peak = max(tr["peak_rps"], tr["peak_work_rps_at_64_tokens"])
         return sum(self.prices[:self.replicas_for(peak)])
+
+    def oracle_cost(self, tr: dict, points: int = 6000) -> float:
+        """$/h of an autoscaler that knows the rate of work at every instant and starts replicas
+        at once: the cheapest replicas whose declared rate covers it, averaged over the trace."""
+        step = tr["duration_s"] / points
+        return sum(sum(self.prices[:self.replicas_for(T.rate(tr, i * step) * T.work_mix(tr, i * step))])
+                   for i in range(points)) / points
 
 
 def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float) -> dict:
@@ -208,6 +216,7 @@ def evaluate(policy_json: str, traces: list[tuple[str, int]], seeds: int, slowdo
             "slo_share_mean": round(1 - sum(r["misses"] for r in runs) / sum(r["requests"] for r in runs), 5),
             "slo_share_min": round(min(1 - r["misses"] / r["requests"] for r in runs), 5),
             "misses": [r["misses"] for r in runs], "static_cost_per_hour": round(static, 3),
+            "oracle_cheaper_than_static": round(1 - fleet.oracle_cost(tr) / static, 4),
             "mean_cost_per_hour": round(cost, 4)}
     return {"policy": json.loads(policy_json),
             "worst_cheaper": min(r["cheaper_than_static"] for r in rows.values()),
@@ -237,6 +246,9 @@ def main() -> None:
         res = evaluate(p, traces, args.seeds, args.slowdown, fleet)
         out["results"].append(res)
         print(f"{p:58s} {res['worst_cheaper']:13.3f} {res['worst_slo_share_mean']:10.4f} {res['misses']:7d}", flush=True)
+    first = out["results"][0]["traces"]
+    print("\nthe oracle, cheaper than static-peak: " + "  ".join(f"{k} {v['oracle_cheaper_than_static']:.3f}"
+                                                          for k, v in first.items()))
     for res in out["results"]:
         print(f"\n{json.dumps(res['policy'])}: per trace (cheaper than static-peak, SLO share over {args.seeds} seeds)")
         print("  " + "  ".join(f"{k} {v['cheaper_than_static']:.3f}/{v['slo_share_mean']:.4f}"

@@ -195,3 +195,5 @@ def test_the_autoscaler_replay_follows_load_and_compares_settings():
     assert set(res["traces"]) == {"spikes-1"} and len(res["traces"]["spikes-1"]["misses"]) == 2
     assert res["policy"] == {"noise_z": 2.0, "last_pass_window": False}
     assert rp.S.LAST_PASS_EXTRA_Z == 0.75 and rp.S.DOWN_BAND == 0.05     # restored after the evaluation
+    oracle = res["traces"]["spikes-1"]["oracle_cheaper_than_static"]
+    assert res["traces"]["spikes-1"]["cheaper_than_static"] < oracle < 1      # nothing beats knowing the future
