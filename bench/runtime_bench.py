@@ -13,14 +13,16 @@ interleaved repetitions (the CPU is shared, so single runs are noisy); decode th
 decode tokens / time of the decode steps only. Byte-model bound of a decode step
 (RUNTIME.md): bytes = weights read (all but the embedding table) + KV read + unique adapter bytes;
 bound tok/s = batch / (bytes / measured copy bandwidth). FLOP bound: the step's FLOPs at the
-decode-GEMM rate measured in the same run (cache-hot, best of 50, so optimistic); the roofline
+decode-GEMM rate measured in the same run (the fastest weight layout this machine serves: plain,
+oneDNN's or atoll's panels; cache-hot, best of 50, so optimistic); the roofline
 is the lower of the two. On this CPU an fp32 decode step of 32 rows is compute-bound (its FLOP
 bound is below its byte bound), so the byte-model target cannot be reached here; the roofline
 ratio is printed beside it for information.
 
     python bench/runtime_bench.py            # full run (writes bench/results/runtime.json)
     python bench/runtime_bench.py --quick    # smaller model and batch, a smoke run
-    python bench/runtime_bench.py --plain-gemm --out /tmp/plain.json   # base weights unpacked
+    python bench/runtime_bench.py --layout plain --out /tmp/plain.json   # base weights unpacked
+    python bench/runtime_bench.py --layout onednn --out /tmp/onednn.json # oneDNN's layout, not atoll's kernel
 
 A real model (``--model``: a .gguf file or a Hugging Face directory; e.g. SmolLM2-135M-Instruct,
 whose path ``python tests/runtime/smollm2.py`` prints): greedy decode of 128 new tokens at batch 1
@@ -31,7 +33,8 @@ generate minus a 1-token one (transformers); time to first token is the prefill 
 Each figure is also given as a share of its bound, measured in the same run: batch 1 against the
 byte bound (bytes a decode step reads: every weight but the embedding table, plus the KV cache, at
 the measured copy bandwidth), batch 32 against the FLOP bound (the step's FLOPs at the measured
-rate of a batch-32 GEMM done the runtime's way). Prompts: every shape in ``--prompt-lens``
+rate of a batch-32 GEMM in the fastest weight layout). ``--compare-layout onednn`` runs batch 1 and
+32 a second time on an engine whose weights take that layout, interleaved with the rest. Prompts: every shape in ``--prompt-lens``
 (``96``: every request 96 tokens; ``16-160``: each request's length drawn from 16 … 160, padded on
 the left for transformers), random token ids; the worst shape is reported beside each target.
 The load average (start, after each shape, end) is recorded, since the machine may be shared.
@@ -52,6 +55,8 @@ from pathlib import Path
 
 import torch
 
+from atoll.agent.runtime.weights import layout_of
+
 REPO = Path(__file__).resolve().parent.parent
 CLOCK = time.perf_counter      # --cpu-time: time.process_time (immune to other processes' time slices)
 
@@ -68,14 +73,14 @@ def copy_bandwidth(nbytes: int = 512 << 20, reps: int = 10) -> float:
     return 2 * nbytes / best
 
 
-def gemm_flops(m: int, k: int, n: int, reps: int = 20, packed: bool = False) -> float:
-    """FLOP/s of an fp32 [m, k] @ [k, n] matmul (a decode-sized GEMM) done the way the runtime
-    does it (``packed``: oneDNN's packed weight), best of ``reps``."""
+def gemm_flops(m: int, k: int, n: int, reps: int = 20, layout: str = "plain") -> float:
+    """FLOP/s of an fp32 [m, k] @ [k, n] matmul (a decode-sized GEMM) with the weight in
+    ``layout`` ("plain", "onednn" or "panel", see atoll.agent.runtime.weights), best of ``reps``."""
     from atoll.agent.runtime.weights import linear, pack
 
     x, w = torch.randn(m, k), torch.randn(n, k)
-    if packed:
-        w = pack(w)
+    if layout != "plain":
+        w = pack(w, layout=layout)
     best = float("inf")
     for _ in range(reps):
         t = CLOCK()
@@ -155,6 +160,18 @@ def write_random_adapter(path: Path, cfg, rank: int, seed: int, std: float = 0.0
     return path
 
 
+def best_gemm_flops(m: int, k: int, n: int, reps: int = 50) -> dict[str, float]:
+    """:func:`gemm_flops` for every layout this machine serves; "best" is the highest, the rate a
+    FLOP bound should use whichever layout the runtime took."""
+    from atoll.agent.runtime.weights import onednn_available
+    from atoll.kernels import cpu_ops
+
+    layouts = ["plain"] + (["onednn"] if onednn_available() else []) + (["panel"] if cpu_ops.available() else [])
+    rates = {lay: gemm_flops(m, k, n, reps=reps, layout=lay) for lay in layouts}
+    rates["best"] = max(rates.values())
+    return rates
+
+
 def _atoll_decode(engine, prompts, adapters, new_tokens):
     """(decode tok/s over the decode steps, seconds to the first token of the batch)."""
     r = run_atoll(engine, prompts, adapters, new_tokens)
@@ -186,6 +203,11 @@ def _prompt_shape(text: str) -> tuple[str, int, int]:
     return text.strip(), lo, hi
 
 
+def _packed_arg(layout: str | None):
+    """--layout / --compare-layout as Engine's ``packed_weights``."""
+    return {"auto": None, "plain": False}.get(layout, layout)
+
+
 def real_model(args) -> int:
     """The --model run (see the module docstring)."""
     from transformers import AutoModelForCausalLM
@@ -196,9 +218,11 @@ def real_model(args) -> int:
     new_tokens, rank, n_ad, big = args.new_tokens, 16, 8, 32
     shapes_arg = [_prompt_shape(x) for x in args.prompt_lens.split(",")]
     lens = [hi for _, _, hi in shapes_arg]
-    engine = Engine(path, device="cpu", dtype="float32", lora_backend="torch", max_lora_rank=rank,
-                    max_adapters_on_device=n_ad + 1, kv_cache_tokens=big * (max(lens) + new_tokens) + 256,
-                    max_num_batched_tokens=big * max(lens), max_num_seqs=big)
+    sizing = dict(device="cpu", dtype="float32", lora_backend="torch", max_lora_rank=rank,
+                  max_adapters_on_device=n_ad + 1, kv_cache_tokens=big * (max(lens) + new_tokens) + 256,
+                  max_num_batched_tokens=big * max(lens), max_num_seqs=big)
+    engine = Engine(path, packed_weights=_packed_arg(args.layout), **sizing)
+    other = Engine(path, packed_weights=_packed_arg(args.compare_layout), **sizing) if args.compare_layout else None
     cfg = engine.cfg
     tmp = Path(tempfile.mkdtemp(prefix="atoll-bench-"))
     names = [f"t{i}" for i in range(n_ad)]
@@ -211,8 +235,9 @@ def real_model(args) -> int:
         hf = AutoModelForCausalLM.from_pretrained(engine.model_dir, dtype=torch.float32)
     hf.eval()
     bw = copy_bandwidth()
-    packed = engine.weights.layers[0].qkv.is_mkldnn
-    flops = gemm_flops(big, cfg.hidden_size, cfg.intermediate_size, reps=50, packed=packed)
+    layout = layout_of(engine.weights.layers[0].qkv)
+    rates = best_gemm_flops(big, cfg.hidden_size, cfg.intermediate_size)
+    flops = rates["best"]
     w = engine.weights
     weight_bytes = w.nbytes() - (w.embed.numel() * w.embed.element_size() if w.lm_head is not w.embed else 0)
     kv_tok = engine.kv.bytes_per_token
@@ -225,7 +250,12 @@ def real_model(args) -> int:
         prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in sizes]
         for b, ads in ((1, [None]), (big, [None] * big), (big, [names[i % n_ad] for i in range(big)])):
             run_atoll(engine, prompts[:b], ads, 4)                # warm-up: kernels for these shapes
+        if other is not None:
+            run_atoll(other, prompts[:1], [None], 4)
+            run_atoll(other, prompts, [None] * big, 4)
         rows: dict[str, list] = {k: [] for k in ("b1", "b32", "b32_8ad", "hf_b1", "hf_b32")}
+        if other is not None:
+            rows.update({"b1_other": [], "b32_other": []})
         ttft: dict[str, list] = {k: [] for k in ("b1", "b32", "hf_b1", "hf_b32")}
         same = []
         for _ in range(max(1, args.reps)):                       # interleaved repetitions
@@ -237,6 +267,9 @@ def real_model(args) -> int:
             ttft["b32"].append(t)
             d, _, _ = _atoll_decode(engine, prompts, [names[i % n_ad] for i in range(big)], new_tokens)
             rows["b32_8ad"].append(d)
+            if other is not None:                                 # the same cases, the other weight layout
+                rows["b1_other"].append(_atoll_decode(other, prompts[:1], [None], new_tokens)[0])
+                rows["b32_other"].append(_atoll_decode(other, prompts, [None] * big, new_tokens)[0])
             if not args.no_hf:
                 d, t, hf1 = _hf_decode(hf, prompts[:1], new_tokens)
                 rows["hf_b1"].append(d)
@@ -254,6 +287,9 @@ def real_model(args) -> int:
              "b1_vs_byte_bound": best["b1"] / byte_bound_b1, "b32_vs_flop_bound": best["b32"] / flop_bound_b32,
              "b32_8_adapters_vs_base": best["b32_8ad"] / best["b32"], "tokens_match_transformers": all(same),
              "load_avg_after": os.getloadavg()}
+        if other is not None:
+            r["b1_vs_other_layout"] = best["b1"] / best["b1_other"]
+            r["b32_vs_other_layout"] = best["b32"] / best["b32_other"]
         if not args.no_hf:
             r["b1_vs_transformers"] = best["b1"] / best["hf_b1"]
             r["b32_vs_transformers"] = best["b32"] / best["hf_b32"]
@@ -261,6 +297,8 @@ def real_model(args) -> int:
             r["hf_b32_vs_flop_bound"] = best["hf_b32"] / flop_bound_b32
         shapes[ln] = r
     engine.close()
+    if other is not None:
+        other.close()
     targets = {"b32_vs_transformers": 3.0, "b1_vs_transformers": 2.0, "b1_vs_byte_bound": 0.5,
                "b32_8_adapters_vs_base": 0.85}
     worst = {k: min(r[k] for r in shapes.values()) for k in targets if all(k in r for r in shapes.values())}
@@ -269,7 +307,8 @@ def real_model(args) -> int:
           f"{cfg.hidden_size}, vocab {cfg.vocab_size}; greedy, {new_tokens} new tokens; load average "
           f"{os.getloadavg()[0]:.1f} (shared machine)")
     print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, copy bandwidth "
-          f"{bw / 1e9:.1f} GB/s, batch-32 GEMM {flops / 1e9:.0f} GFLOP/s ({'packed' if packed else 'plain'})")
+          f"{bw / 1e9:.1f} GB/s, batch-32 GEMM " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in rates.items())
+          + f" GFLOP/s; atoll's weights: {layout}" + (f", other engine: {args.compare_layout}" if other else ""))
     print(f"{'prompt':>8} {'case':10} {'decode tok/s':>12} {'TTFT s':>8} {'share of bound':>15}")
     for ln, r in shapes.items():
         for k, v in r["decode_tok_s"].items():
@@ -282,7 +321,9 @@ def real_model(args) -> int:
            "format": engine.source.format, "model_type": cfg.model_type, "new_tokens": new_tokens,
            "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                        "load_avg_start": load_start, "load_avg": os.getloadavg(),
-                       "copy_bandwidth_gb_s": bw / 1e9, "gemm_gflop_s": flops / 1e9, "packed_base_weights": packed,
+                       "copy_bandwidth_gb_s": bw / 1e9, "gemm_gflop_s": flops / 1e9,
+                       "gemm_gflop_s_by_layout": {k: v / 1e9 for k, v in rates.items()},
+                       "weight_layout": layout, "compare_layout": args.compare_layout,
                        "torch": torch.__version__, "shared_machine": True},
            "shapes": shapes, "worst": worst, "worst_shape": worst_shape, "targets": targets,
            "targets_met": {k: v >= targets[k] for k, v in worst.items()}}
@@ -305,10 +346,16 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with this process's CPU time (use with --threads 1 on a shared machine)")
     ap.add_argument("--plain-gemm", action="store_true",
-                    help="keep the base weights unpacked (plain F.linear) instead of oneDNN's packed layout")
+                    help="keep the base weights unpacked (plain F.linear); the same as --layout plain")
+    ap.add_argument("--layout", choices=("auto", "panel", "onednn", "plain"), default="auto",
+                    help="atoll's base-weight layout (auto: the panel kernel where it builds, else oneDNN)")
+    ap.add_argument("--compare-layout", choices=("panel", "onednn", "plain"), default=None,
+                    help="--model: also run batch 1 and 32 on a second engine with this layout, side by side")
     ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions per case (best is kept)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "runtime.json"))
     args = ap.parse_args(argv)
+    if args.plain_gemm:
+        args.layout = "plain"
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK
@@ -338,7 +385,7 @@ def main(argv=None) -> int:
     engine = Engine(model_dir, device="cpu", dtype="float32", lora_backend="torch", max_lora_rank=rank,
                     max_adapters_on_device=n_req + 1, kv_cache_tokens=n_req * (prompt_len + new_tokens) + 256,
                     max_num_batched_tokens=n_req * prompt_len, max_num_seqs=n_req,
-                    packed_weights=False if args.plain_gemm else None)
+                    packed_weights=False if args.plain_gemm else _packed_arg(args.layout))
     for name, path in adapter_dirs.items():
         engine.add_adapter(name, path)
     cfg = engine.cfg
@@ -354,8 +401,9 @@ def main(argv=None) -> int:
     adapter_bytes = engine.store.list()[0].size_bytes
     kv_per_tok = engine.kv.bytes_per_token
     avg_ctx = prompt_len + new_tokens / 2
-    packed = engine.weights.layers[0].qkv.is_mkldnn
-    flops = gemm_flops(n_req, cfg.hidden_size, cfg.intermediate_size, reps=50, packed=packed)
+    layout = layout_of(engine.weights.layers[0].qkv)
+    rates = best_gemm_flops(n_req, cfg.hidden_size, cfg.intermediate_size)
+    flops = rates["best"]
     step_flops = 2 * n_req * (cfg.num_params - cfg.vocab_size * cfg.hidden_size)
     from atoll.agent.runtime.modules import module_dims
 
@@ -417,7 +465,7 @@ def main(argv=None) -> int:
     print(f"clock: {'process CPU time' if args.cpu_time else 'wall'}; load average {os.getloadavg()[0]:.1f}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}, copy bandwidth {bw / 1e9:.1f} GB/s, decode-GEMM {flops / 1e9:.0f} GFLOP/s "
-          f"({'oneDNN packed' if packed else 'plain F.linear'} base weights)")
+          f"(best of {', '.join(k for k in rates if k != 'best')}; atoll's base weights: {layout})")
     nan = float("nan")
     print(f"{'case':10} {'tok/s':>8} {'decode tok/s':>13} {'byte bound':>11} {'decode/bound':>13} "
           f"{'FLOP bound':>11} {'wall s':>7}")
@@ -437,7 +485,8 @@ def main(argv=None) -> int:
     doc = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick,
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "torch_threads": torch.get_num_threads(), "copy_bandwidth_gb_s": bw / 1e9,
-                       "decode_gemm_gflop_s": flops / 1e9, "packed_base_weights": packed, "load_avg": os.getloadavg(),
+                       "decode_gemm_gflop_s": flops / 1e9, "gemm_gflop_s_by_layout": {k: v / 1e9 for k, v in rates.items()},
+                    "weight_layout": layout, "load_avg": os.getloadavg(),
                        "clock": "process CPU time" if args.cpu_time else "wall",
                        "python": platform.python_version(), "torch": torch.__version__,
                        "transformers": transformers.__version__},

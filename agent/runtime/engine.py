@@ -67,15 +67,16 @@ class Engine:
     host memory; ``kv_cache_tokens``: paged KV capacity (default: 512 MiB worth, at most 16
     contexts); ``max_num_batched_tokens``: token budget per step; ``max_num_seqs``: running
     requests at most; ``max_waiting``: queued requests before submit answers RESOURCE_EXHAUSTED;
-    ``packed_weights``: keep the base projections in oneDNN's packed layout (None: on the CPU in
-    fp32, where it makes decode GEMMs faster; see :mod:`.weights`).
+    ``packed_weights``: keep the base projections packed for the CPU (None: on the CPU in fp32,
+    where it makes decode GEMMs faster), in atoll's panel layout where its kernel builds, else
+    oneDNN's; "panel" or "onednn" asks for one (see :mod:`.weights`).
     """
 
     def __init__(self, model_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",
                  lora_backend: str = "auto", max_lora_rank: int = 64, max_adapters_on_device: int = 8,
                  max_adapters_in_host: int = 64, kv_cache_tokens: int | None = None, block_size: int = 16,
                  max_num_batched_tokens: int = 1024, max_num_seqs: int = 64, max_waiting: int = 4096,
-                 packed_weights: bool | None = None):
+                 packed_weights: bool | str | None = None):
         self.model_dir = Path(model_dir)
         for flag, value in (("max_lora_rank", max_lora_rank), ("max_adapters_on_device", max_adapters_on_device),
                             ("max_adapters_in_host", max_adapters_in_host), ("block_size", block_size),

@@ -35,6 +35,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from atoll.kernels import cpu_ops
 from atoll.kernels.lora import LoraMeta, lora_apply, plan_step
 
 from .config import ModelConfig, rope_inv_freq
@@ -74,8 +75,12 @@ class SlotWeights:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False) -> torch.Tensor:
     """Llama: ``w · (x / rms(x))`` cast to x's dtype before the product; gemma2: the product in
-    fp32 with ``weight`` already ``1 + w``, then cast. fp32 input takes torch's fused kernel
-    (the same operations in the same order, so the same bits)."""
+    fp32 with ``weight`` already ``1 + w``, then cast. fp32 rows on the CPU take atoll's kernel
+    where it built (:mod:`atoll.kernels.cpu_ops`: one call instead of eight operators, within
+    a few ulps), other fp32 input torch's fused kernel (the same operations in the same order as
+    Hugging Face, so the same bits)."""
+    if cpu_ops.rms_norm_applies(x, weight):
+        return cpu_ops.rms_norm(x, weight, eps)
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
         return F.rms_norm(x, weight.shape, weight, eps)
     xf = x.float()

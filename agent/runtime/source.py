@@ -42,7 +42,7 @@ class ModelSource:
     def name(self) -> str:
         return self.path.stem if self.format == "gguf" else self.path.name
 
-    def weights(self, *, dtype: torch.dtype, device: torch.device, packed: bool | None) -> ModelWeights:
+    def weights(self, *, dtype: torch.dtype, device: torch.device, packed: bool | str | None) -> ModelWeights:
         if self.format == "hf":
             return load_weights(self.path, self.cfg, dtype=dtype, device=device, packed=packed)
         tensors, self._tensors = self._tensors, None          # free the fp32 copies as they are cast

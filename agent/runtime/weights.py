@@ -14,14 +14,16 @@ Layout per layer (weights stored ``[out, in]`` as in ``nn.Linear``):
   post_attention_layernorm and post_feedforward_layernorm). gemma2 norms are stored as the fp32
   factor ``1 + w`` they multiply by.
 
-On the CPU in fp32 the projections (and an untied lm_head) are stored **packed for oneDNN**
-(``torch.ops.mkldnn._reorder_linear_weight``, the blocked layout PyTorch's own compiler uses
-for frozen CPU weights) and applied with :func:`linear`. Measured on this 2-core AVX2 CPU
-against plain ``F.linear`` (``bench/runtime_bench.py --plain-gemm`` runs the other way): the
-GEMMs of a 32-row decode step of the runtime bench's model take 20 ms instead of 28 (the
-32,000-row lm_head 9.5 instead of 14), 8 rows 8 instead of 17, while 512-2,048-row prefill
-GEMMs are 2-6% slower. Only one copy of each projection is kept; a tied lm_head is the one
-exception (below).
+On the CPU in fp32 the projections (and the lm_head) are stored **packed**: in panels of 32
+output features for atoll's own AVX-512 linear kernel (:mod:`atoll.kernels.cpu_ops`) where
+it builds, else in oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, the
+layout PyTorch's own compiler uses for frozen CPU weights). Either is applied with
+:func:`linear`. Measured on this 2-core CPU against plain ``F.linear`` (``bench/runtime_bench.py
+--plain-gemm`` runs the other way): oneDNN's packing takes the GEMMs of a 32-row decode step of
+the runtime bench's model from 28 ms to 20 (8 rows: 17 to 8); the panel kernel reads the weights
+of a one-row step about twice as fast as oneDNN (about 40 GB/s against 19) and matches or beats
+it at 4-512 rows (``bench/kernels_bench.py --cpu-linear``). Only one copy of each projection is
+kept; a tied lm_head is the one exception (below).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from atoll.core.errors import InvalidArgument, SpecError
+from atoll.kernels import cpu_ops
+from atoll.kernels.cpu_ops import PanelWeight
 
 from .config import ModelConfig
 
@@ -42,20 +46,40 @@ _REORDER = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
 _LINEAR_PACKED = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 
+def onednn_available() -> bool:
+    return (_REORDER is not None and _LINEAR_PACKED is not None and torch.backends.mkldnn.is_available())
+
+
 def packing_available(device: torch.device | str, dtype: torch.dtype) -> bool:
-    """oneDNN packing serves fp32 weights on the CPU (when this torch build has oneDNN)."""
-    return (torch.device(device).type == "cpu" and dtype == torch.float32 and _REORDER is not None
-            and _LINEAR_PACKED is not None and torch.backends.mkldnn.is_available())
+    """Packed weights serve fp32 on the CPU (atoll's panel kernel, else oneDNN's layout)."""
+    return (torch.device(device).type == "cpu" and dtype == torch.float32
+            and (cpu_ops.available() or onednn_available()))
 
 
-def pack(w: torch.Tensor, batch_hint: int = 32) -> torch.Tensor:
-    """A [out, in] fp32 CPU weight in oneDNN's blocked layout (an opaque ``torch._mkldnn``
-    tensor: shape and values kept, no storage to index; :func:`linear` applies it)."""
+def pack(w: torch.Tensor, batch_hint: int = 32, *, layout: str | None = None) -> torch.Tensor | PanelWeight:
+    """A [out, in] fp32 CPU weight packed for :func:`linear`: ``layout`` "panel" (atoll's
+    kernel) or "onednn" (an opaque ``torch._mkldnn`` tensor: shape and values kept, no storage to
+    index); None takes the panel layout wherever its kernel builds."""
+    if layout is None:
+        layout = "panel" if cpu_ops.available() else "onednn"
+    if layout == "panel":
+        return cpu_ops.pack(w)
     return _REORDER(w.contiguous(), batch_hint)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def is_packed(w) -> bool:
+    return isinstance(w, PanelWeight) or w.is_mkldnn
+
+
+def layout_of(w) -> str:
+    """"panel", "onednn" or "plain"."""
+    return "panel" if isinstance(w, PanelWeight) else "onednn" if w.is_mkldnn else "plain"
+
+
+def linear(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ w.T (+ bias) for a plain [out, in] weight or one packed by :func:`pack`."""
+    if isinstance(w, PanelWeight):
+        return cpu_ops.linear(x, w, bias)
     if w.is_mkldnn:
         return _LINEAR_PACKED(x, w, bias, "none", [], "")
     return F.linear(x, w, bias)
@@ -64,8 +88,10 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
 def linear_add(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """``residual + (x @ w.T + bias)`` as a new tensor (the same bits as :func:`linear` then an
-    add). A packed weight adds the residual inside oneDNN's GEMM (a binary post-op: one pass
-    over the output instead of two)."""
+    add). A packed weight adds the residual inside the GEMM (oneDNN's binary post-op, or the
+    panel kernel's store): one pass over the output instead of two."""
+    if isinstance(w, PanelWeight):
+        return cpu_ops.linear(x, w, bias, residual)
     if w.is_mkldnn:
         return _LINEAR_PACKED.binary(x, residual, w, bias, "add")
     return F.linear(x, w, bias).add_(residual)
@@ -105,7 +131,7 @@ class ModelWeights:
         for lw in self.layers:
             tensors += lw.tensors()
         for t in tensors:
-            key = id(t) if t.is_mkldnn else t.data_ptr()     # packed weights have no storage
+            key = id(t) if is_packed(t) else t.data_ptr()    # packed weights have no storage of their own
             if key not in seen:
                 seen.add(key)
                 total += t.numel() * t.element_size()
@@ -144,23 +170,21 @@ def read_safetensors(model_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model_dir: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
-                 device: torch.device, packed: bool | None = None) -> ModelWeights:
+                 device: torch.device, packed: bool | str | None = None) -> ModelWeights:
     """Read every shard of a checkpoint directory, then :func:`build_weights`."""
     return build_weights(read_safetensors(model_dir), cfg, dtype=dtype, device=device, packed=packed,
                          source=str(model_dir))
 
 
 def build_weights(raw: dict[str, torch.Tensor], cfg: ModelConfig, *, dtype: torch.dtype,
-                  device: torch.device, packed: bool | None = None, source: str = "checkpoint") -> ModelWeights:
+                  device: torch.device, packed: bool | str | None = None, source: str = "checkpoint") -> ModelWeights:
     """Check each tensor (Hugging Face names) against ``cfg``, pack and move to ``device``.
 
-    ``packed``: store the projections in oneDNN's layout (None: wherever
-    :func:`packing_available`; True where it is not raises)."""
-    if packed is None:
-        packed = packing_available(device, dtype)
-    elif packed and not packing_available(device, dtype):
-        raise InvalidArgument(f"packed weights need fp32 on a CPU with oneDNN, not {dtype} on {device}",
-                              hint="leave packed unset to choose automatically")
+    ``packed``: store the projections packed for the CPU: True or None packs wherever
+    :func:`packing_available` (None decides; True raises where it cannot), in the panel layout
+    where atoll's kernel builds, else oneDNN's; "panel" or "onednn" asks for that layout."""
+    layout = _layout(packed, device, dtype)
+    packed = layout is not None
     h, i = cfg.hidden_size, cfg.intermediate_size
     take = _Taker(raw, dtype, source)
 
@@ -178,7 +202,7 @@ def build_weights(raw: dict[str, torch.Tensor], cfg: ModelConfig, *, dtype: torc
         x @ W.T then reads W without a transpose, measured 6-18% faster at decode and prefill
         sizes on this 2-core CPU (narrow o / down were not faster)."""
         if packed:
-            return pack(t)
+            return pack(t, layout=layout)
         if wide and torch.device(device).type == "cpu":
             return t.t().contiguous().t()
         return dev(t)
@@ -210,10 +234,31 @@ def build_weights(raw: dict[str, torch.Tensor], cfg: ModelConfig, *, dtype: torc
         # tied: packed, the lm_head is a second copy of the table (the lookup needs the plain
         # one), worth its memory: the largest GEMM of a decode step, 1.9x faster packed at 32
         # rows and 1.3x at one row (SmolLM2-135M's 49,152 x 576 on this CPU)
-        lm_head = pack(embed) if packed else embed
+        lm_head = pack(embed, layout=layout) if packed else embed
     else:
         lm_head = proj(take("lm_head.weight", (cfg.vocab_size, h)), wide=True)
     return ModelWeights(embed=embed, layers=layers, norm=norm("model.norm.weight", h), lm_head=lm_head)
+
+
+def _layout(packed: bool | str | None, device, dtype: torch.dtype) -> str | None:
+    """The packed layout ``packed`` asks for ("panel", "onednn"), or None for plain weights."""
+    if packed is False:
+        return None
+    if packed not in (None, True, "panel", "onednn"):
+        raise InvalidArgument(f"packed_weights must be true, false, 'panel' or 'onednn', not {packed!r}")
+    if not packing_available(device, dtype):
+        if packed is None:
+            return None
+        raise InvalidArgument(f"packed weights need fp32 on a CPU with oneDNN or AVX-512, not {dtype} on {device}",
+                              hint="leave packed unset to choose automatically")
+    if packed == "panel" and not cpu_ops.available():
+        raise InvalidArgument(f"the panel layout needs atoll's CPU kernel: {cpu_ops.why_not()}",
+                              hint="leave packed unset to choose automatically")
+    if packed == "onednn" and not onednn_available():
+        raise InvalidArgument("this torch build has no oneDNN", hint="leave packed unset to choose automatically")
+    if packed in ("panel", "onednn"):
+        return packed
+    return "panel" if cpu_ops.available() else "onednn"
 
 
 class _Taker:

@@ -51,16 +51,22 @@ def test_mixed_batch_matches_peft_torch_backend(engine, hf_reference):
         assert (delta > 1e-2) if a else (delta < 1e-4), (a, delta)
 
 
-def test_plain_and_packed_base_weights_both_match_peft(engine, hf_model_dir, peft_adapters, hf_reference):
-    from atoll.agent.runtime.weights import packing_available
+@pytest.mark.parametrize("layout", ["plain", "onednn"])
+def test_every_weight_layout_matches_peft(engine, hf_model_dir, peft_adapters, hf_reference, layout):
+    from atoll.agent.runtime.weights import layout_of, onednn_available
+    from atoll.kernels import cpu_ops
 
-    # the session engine (CPU, fp32, packed_weights unset) packs wherever this torch has oneDNN
-    assert engine.weights.layers[0].qkv.is_mkldnn == packing_available("cpu", torch.float32)
-    assert engine.weights.lm_head.is_mkldnn == engine.weights.layers[0].down.is_mkldnn
+    # the session engine (CPU, fp32, packed_weights unset) takes the panel layout wherever
+    # atoll's kernel builds, else oneDNN's (and its lm_head the same as its projections)
+    want = "panel" if cpu_ops.available() else "onednn" if onednn_available() else "plain"
+    assert layout_of(engine.weights.layers[0].qkv) == layout_of(engine.weights.lm_head) == want
+    if layout == "onednn" and not onednn_available():
+        pytest.skip("this torch build has no oneDNN")
     eng = Engine(hf_model_dir, device="cpu", dtype="float32", lora_backend="torch", max_lora_rank=16,
-                 max_adapters_on_device=4, kv_cache_tokens=512, packed_weights=False)
+                 max_adapters_on_device=4, kv_cache_tokens=512,
+                 packed_weights=False if layout == "plain" else layout)
     try:
-        assert not any(t.is_mkldnn for t in (eng.weights.layers[0].qkv, eng.weights.lm_head))
+        assert {layout_of(t) for t in (eng.weights.layers[0].qkv, eng.weights.lm_head)} == {layout}
         assert eng.weights.nbytes() == engine.weights.nbytes()       # one copy either way
         for name, path in peft_adapters.items():
             eng.add_adapter(name, path)
@@ -74,6 +80,8 @@ def test_packed_weights_refused_where_they_cannot_serve(hf_model_dir):
 
     with pytest.raises(AtollError, match="packed weights need fp32"):
         Engine(hf_model_dir, device="cpu", dtype="float16", packed_weights=True)
+    with pytest.raises(AtollError, match="must be true, false, 'panel' or 'onednn'"):
+        Engine(hf_model_dir, device="cpu", dtype="float32", packed_weights="blocked")
 
 
 def test_mixed_batch_matches_peft_triton_backend(hf_model_dir, peft_adapters, hf_reference):

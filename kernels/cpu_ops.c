@@ -1,0 +1,154 @@
+/* fp32 linear layers for x86-64 CPUs with AVX-512F, built and loaded by cpu_ops.py.
+ *
+ *     y[m, n] = x[m, k] . W[n, k]^T (+ bias[n]) (+ res[m, n])
+ *
+ * W is stored in panels of 32 output features: wp[p][i][j] = W[32p + j][i] for p < ceil(n/32),
+ * zero past n. Every k-step of a panel is then 128 contiguous bytes (two 16-lane vectors), and a
+ * whole panel is one sequential stream, so a decode step with one row reads the weights at
+ * close to the memory's streaming rate, and a 32-row step keeps a panel (k x 128 bytes) in L2
+ * while 8 rows at a time are multiplied against it (16 accumulators, x broadcast per k-step).
+ * Work is split over OpenMP threads by (64-row chunk, panel, 8-row block), chunk-major.
+ */
+#ifndef __AVX512F__
+#error "cpu_ops.c needs AVX-512F"
+#endif
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#define NR 32
+#define MR 8
+#define MC 64
+
+static inline __mmask16 lo_mask(int c) { return c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << c) - 1); }
+static inline __mmask16 hi_mask(int c) {
+  return c >= 32 ? (__mmask16)0xFFFF : c <= 16 ? (__mmask16)0 : (__mmask16)((1u << (c - 16)) - 1);
+}
+
+/* One output row of a panel: c <= 32 valid columns, optional bias and residual (masked loads
+ * never touch memory past the valid columns). */
+static inline __attribute__((always_inline)) void store_row(__m512 a0, __m512 a1, float* y, const float* bias,
+                                                            const float* res, int c) {
+  __mmask16 m0 = lo_mask(c), m1 = hi_mask(c);
+  if (bias) {
+    a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(m0, bias));
+    a1 = _mm512_add_ps(a1, _mm512_maskz_loadu_ps(m1, bias + 16));
+  }
+  if (res) {
+    a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(m0, res));
+    a1 = _mm512_add_ps(a1, _mm512_maskz_loadu_ps(m1, res + 16));
+  }
+  _mm512_mask_storeu_ps(y, m0, a0);
+  _mm512_mask_storeu_ps(y + 16, m1, a1);
+}
+
+/* One row against one panel, four k-steps in flight (one row alone would otherwise wait on the
+ * FMA latency of a single accumulator pair). */
+static void tile1(const float* x, const float* wp, int64_t k, float* y, const float* bias, const float* res, int c) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+  __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps(), d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 4 <= k; i += 4) {
+    const float* w = wp + i * NR;
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_set1_ps(x[i]), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 16), _mm512_set1_ps(x[i]), a1);
+    b0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 32), _mm512_set1_ps(x[i + 1]), b0);
+    b1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 48), _mm512_set1_ps(x[i + 1]), b1);
+    c0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 64), _mm512_set1_ps(x[i + 2]), c0);
+    c1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 80), _mm512_set1_ps(x[i + 2]), c1);
+    d0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 96), _mm512_set1_ps(x[i + 3]), d0);
+    d1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 112), _mm512_set1_ps(x[i + 3]), d1);
+  }
+  for (; i < k; i++) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wp + i * NR), _mm512_set1_ps(x[i]), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wp + i * NR + 16), _mm512_set1_ps(x[i]), a1);
+  }
+  a0 = _mm512_add_ps(_mm512_add_ps(a0, b0), _mm512_add_ps(c0, d0));
+  a1 = _mm512_add_ps(_mm512_add_ps(a1, b1), _mm512_add_ps(c1, d1));
+  store_row(a0, a1, y, bias, res, c);
+}
+
+/* R rows (2 <= R <= 8, a constant once inlined) against one panel. */
+static inline __attribute__((always_inline)) void tile(const int R, const float* x, int64_t ldx, const float* wp,
+                                                       int64_t k, float* y, int64_t ldy, const float* bias,
+                                                       const float* res, int64_t ldr, int c) {
+  __m512 a0[MR], a1[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++) {
+    a0[r] = _mm512_setzero_ps();
+    a1[r] = _mm512_setzero_ps();
+  }
+  for (int64_t i = 0; i < k; i++) {
+    __m512 w0 = _mm512_loadu_ps(wp + i * NR), w1 = _mm512_loadu_ps(wp + i * NR + 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+      __m512 xb = _mm512_set1_ps(x[r * ldx + i]);
+      a0[r] = _mm512_fmadd_ps(w0, xb, a0[r]);
+      a1[r] = _mm512_fmadd_ps(w1, xb, a1[r]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++) store_row(a0[r], a1[r], y + r * ldy, bias, res ? res + r * ldr : 0, c);
+}
+
+/* The ABI version cpu_ops.py checks before it calls anything else. */
+int atoll_linear_abi(void) { return 1; }
+
+void atoll_linear(const float* x, int64_t ldx, const float* wp, const float* bias, const float* res, int64_t ldr,
+                  float* y, int64_t ldy, int64_t m, int64_t n, int64_t k, int nthreads) {
+  int64_t np = (n + NR - 1) / NR, nmc = (m + MC - 1) / MC, mbc = MC / MR;
+  int64_t tasks = nmc * np * mbc;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t t = 0; t < tasks; t++) {
+    int64_t mc = t / (np * mbc), p = (t / mbc) % np, b = t % mbc;
+    int64_t r0 = mc * MC + b * MR;
+    if (r0 >= m) continue;
+    int rows = (int)((m - r0) < MR ? (m - r0) : MR);
+    int c = (int)((n - p * NR) < NR ? (n - p * NR) : NR);
+    const float* xr = x + r0 * ldx;
+    const float* w = wp + p * k * NR;
+    float* yr = y + r0 * ldy + p * NR;
+    const float* bb = bias ? bias + p * NR : 0;
+    const float* rr = res ? res + r0 * ldr + p * NR : 0;
+    switch (rows) {
+      case 1: tile1(xr, w, k, yr, bb, rr, c); break;
+      case 2: tile(2, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+      case 3: tile(3, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+      case 4: tile(4, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+      case 5: tile(5, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+      case 6: tile(6, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+      case 7: tile(7, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+      default: tile(8, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+    }
+  }
+}
+
+/* y[r] = w * (x[r] * 1/sqrt(mean(x[r]^2) + eps)) for m rows of n (Llama's RMSNorm in fp32; gemma2
+ * passes its 1 + w as w). Rows split over threads when there are many. */
+void atoll_rms_norm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t m, int64_t n,
+                    float eps, int nthreads) {
+#pragma omp parallel for num_threads(m >= 64 ? nthreads : 1) schedule(static)
+  for (int64_t r = 0; r < m; r++) {
+    const float* xr = x + r * ldx;
+    float* yr = y + r * ldy;
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+      __m512 a = _mm512_loadu_ps(xr + i), b = _mm512_loadu_ps(xr + i + 16);
+      s0 = _mm512_fmadd_ps(a, a, s0);
+      s1 = _mm512_fmadd_ps(b, b, s1);
+    }
+    for (; i < n; i += 16) {
+      __mmask16 mk = (n - i) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+      __m512 a = _mm512_maskz_loadu_ps(mk, xr + i);
+      s0 = _mm512_fmadd_ps(a, a, s0);
+    }
+    float inv = 1.0f / sqrtf(_mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / (float)n + eps);
+    __m512 vi = _mm512_set1_ps(inv);
+    for (i = 0; i < n; i += 16) {
+      __mmask16 mk = (n - i) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + i), vi);
+      _mm512_mask_storeu_ps(yr + i, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, w + i), v));
+    }
+  }
+}

@@ -1,0 +1,138 @@
+"""atoll's AVX-512 CPU operators (atoll.kernels.cpu_ops) against fp64 formulas, and the rules of
+their build: where the library may live, which CPU a build is for, how it is turned off.
+
+The kernel tests need an x86-64 CPU with AVX-512F and a C compiler (the CI machine has both);
+elsewhere they are skipped with the reason the kernel gave, and the runtime serves oneDNN's
+layout instead (tests/runtime/test_reference.py checks whichever layout is taken)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from atoll.kernels import cpu_ops
+
+needs_kernel = pytest.mark.skipif(not cpu_ops.available(), reason=f"no CPU kernel here: {cpu_ops.why_not()}")
+
+# rows 0-9 cross every tile height (1, 2-7, 8); 63-65 and 130 cross the 64-row chunks; columns cross
+# the 32-wide panels and their 16-lane halves; k = 1, 3, 5 run the single-row kernel's tail
+SHAPES = [(m, n, k) for m in (0, 1, 2, 3, 5, 7, 8, 9, 63, 64, 65, 130)
+          for n, k in ((1, 1), (7, 5), (16, 3), (17, 33), (31, 64), (32, 576), (33, 17), (100, 130))]
+
+
+def _ref(x, w, bias=None, res=None):
+    y = x.double() @ w.double().T
+    if bias is not None:
+        y += bias.double()
+    if res is not None:
+        y += res.double()
+    return y
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_linear_matches_fp64(m, n, k):
+    g = torch.Generator().manual_seed(m * 10007 + n * 101 + k)
+    x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+    bias, res = torch.randn(n, generator=g), torch.randn(m, n, generator=g)
+    pw = cpu_ops.pack(w)
+    assert pw.shape == (n, k) and torch.equal(pw.unpack(), w)
+    tol = 1e-5 * (k ** 0.5) * 4
+    for b, r in ((None, None), (bias, None), (None, res), (bias, res)):
+        y = cpu_ops.linear(x, pw, b, r)
+        assert y.shape == (m, n) and y.dtype == torch.float32
+        assert (y.double() - _ref(x, w, b, r)).abs().max().item() <= tol if m else True
+
+
+@needs_kernel
+def test_linear_takes_strided_rows_and_leaves_inputs_alone():
+    g = torch.Generator().manual_seed(3)
+    big = torch.randn(9, 40, generator=g)
+    x = big[:, 4:29]                                  # row stride 40, 25 features
+    w = torch.randn(37, 25, generator=g)
+    res_big = torch.randn(9, 50, generator=g)
+    res = res_big[:, 3:40]
+    before = (big.clone(), res_big.clone())
+    y = cpu_ops.linear(x, cpu_ops.pack(w), None, res)
+    assert (y.double() - _ref(x, w, None, res)).abs().max().item() < 1e-4
+    assert torch.equal(big, before[0]) and torch.equal(res_big, before[1])
+    # rows summed in the kernel's order: the residual is added last, so linear + add has the same bits
+    assert torch.equal(y, cpu_ops.linear(x, cpu_ops.pack(w)) + res)
+
+
+@needs_kernel
+def test_linear_refuses_what_it_cannot_take():
+    pw = cpu_ops.pack(torch.randn(8, 4))
+    with pytest.raises(ValueError, match="input has 5 features"):
+        cpu_ops.linear(torch.randn(2, 5), pw)
+    with pytest.raises(ValueError, match="bias of shape"):
+        cpu_ops.linear(torch.randn(2, 4), pw, torch.randn(7))
+    with pytest.raises(ValueError, match="residual of shape"):
+        cpu_ops.linear(torch.randn(2, 4), pw, None, torch.randn(3, 8))
+    with pytest.raises(ValueError, match="2-D fp32 CPU tensor"):
+        cpu_ops.pack(torch.randn(8, 4, dtype=torch.float64))
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,n", [(1, 576), (2, 17), (3, 16), (9, 100), (64, 64), (130, 33)])
+def test_rms_norm_matches_fp64_and_torch(m, n):
+    g = torch.Generator().manual_seed(m + n)
+    x, w = torch.randn(m, n, generator=g) * 3, torch.randn(n, generator=g)
+    xd = x.double()
+    want = w.double() * (xd / torch.sqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-5))
+    got = cpu_ops.rms_norm(x, w, 1e-5)
+    assert (got.double() - want).abs().max().item() < 1e-5 * want.abs().max().item()
+    assert torch.allclose(got, torch.nn.functional.rms_norm(x, (n,), w, 1e-5), rtol=1e-5, atol=1e-6)
+    assert cpu_ops.rms_norm_applies(x, w)
+    assert not cpu_ops.rms_norm_applies(x.double(), w) and not cpu_ops.rms_norm_applies(x[:, ::2], w[: (n + 1) // 2])
+
+
+def test_cache_directory_must_be_private(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert "writable by others" in cpu_ops._private_dir(shared)
+    own = tmp_path / "own" / "kernels"
+    assert cpu_ops._private_dir(own) is None
+    assert stat.S_IMODE(own.stat().st_mode) & 0o077 == 0
+
+
+def test_library_name_names_the_source_compiler_and_cpu(monkeypatch):
+    name = cpu_ops.library_name("cc 1.0")
+    assert name == cpu_ops.library_name("cc 1.0") and name != cpu_ops.library_name("cc 1.1")
+    monkeypatch.setattr(cpu_ops, "_cpu_identity", lambda: "model name: another CPU\nflags: fpu sse2")
+    assert cpu_ops.library_name("cc 1.0") != name
+
+
+def _in_child(code: str, **env) -> str:
+    full = {**os.environ, **env}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_turned_off_by_the_environment_and_the_runtime_falls_back():
+    code = ("import torch\nfrom atoll.kernels import cpu_ops\nfrom atoll.agent.runtime.weights import pack, layout_of\n"
+            "print(cpu_ops.available(), cpu_ops.why_not(), layout_of(pack(torch.randn(4, 4))), sep='|')")
+    got = _in_child(code, ATOLL_CPU_OPS="0").split("|")
+    assert got[0] == "False" and "ATOLL_CPU_OPS" in got[1] and got[2] == "onednn"
+
+
+@needs_kernel
+def test_build_is_cached_per_cpu_and_refused_in_a_shared_directory(tmp_path):
+    code = "from atoll.kernels import cpu_ops\nprint(cpu_ops.available(), cpu_ops.why_not(), sep='|')"
+    cache = tmp_path / "cache"
+    assert _in_child(code, ATOLL_KERNEL_CACHE=str(cache)) == "True|"
+    built = sorted(p.name for p in cache.iterdir())
+    assert len(built) == 1 and built[0].startswith("cpu_ops-") and built[0].endswith(".so")
+    # a second process loads the same file
+    assert _in_child(code, ATOLL_KERNEL_CACHE=str(cache)) == "True|"
+    assert sorted(p.name for p in cache.iterdir()) == built
+    cache.chmod(0o777)
+    got = _in_child(code, ATOLL_KERNEL_CACHE=str(cache)).split("|")
+    assert got[0] == "False" and "writable by others" in got[1]
