@@ -15,6 +15,9 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define NR 32
 #define MR 8
@@ -149,6 +152,114 @@ void atoll_rms_norm(const float* x, int64_t ldx, const float* w, float* y, int64
       __mmask16 mk = (n - i) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
       __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + i), vi);
       _mm512_mask_storeu_ps(yr + i, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, w + i), v));
+    }
+  }
+}
+
+/* e^x for 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to degree 7
+ * (relative error under 1e-8 there), times 2^n by scalef. Lanes below -87.3 come out as 0. */
+static inline __m512 exp16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3f);
+  __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, lo);
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps((__mmask16)~tiny, _mm512_scalef_ps(p, n));
+}
+
+static inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+
+static inline float dot(const float* a, const float* b, int64_t d) {
+  __m512 s = _mm512_setzero_ps();
+  for (int64_t i = 0; i < d; i += 16) {
+    __mmask16 m = tail_mask(d - i);
+    s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s);
+  }
+  return _mm512_reduce_add_ps(s);
+}
+
+/* Attention of one new token per request over its paged KV cache, read in place.
+ *
+ * q: row b holds the request's nh query heads (head h at q + b*ldq + h*d, RoPE applied);
+ * cache: one layer, [2][nkv][rows][d] (K then V); the request's position t lives in row
+ * table[b*nbmax + t/bs]*bs + t%bs; it attends to positions k0 ... lens[b]-1, where k0 is
+ * lens[b] - window when a window is set. Query head h reads kv head h / (nh/nkv).
+ * scores = scale q.k (then cap tanh(s/cap) when cap > 0), softmax, times V;
+ * out: [B][nh*d]. scratch: per thread, (nh/nkv) * max_len floats. */
+void atoll_decode_attention(const float* q, int64_t ldq, const float* cache, int64_t rows, const int64_t* table,
+                            int64_t nbmax, const int64_t* lens, int64_t bs, int64_t B, int64_t nh, int64_t nkv,
+                            int64_t d, float scale, float cap, int64_t window, float* out, float* scratch,
+                            int64_t scratch_per_thread, int nthreads) {
+  int64_t g = nh / nkv;
+#pragma omp parallel num_threads(nthreads)
+  {
+#ifdef _OPENMP
+    float* s = scratch + (int64_t)omp_get_thread_num() * scratch_per_thread;
+#else
+    float* s = scratch;
+#endif
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < B * nkv; task++) {
+      int64_t b = task / nkv, j = task % nkv;
+      int64_t len = lens[b], k0 = (window > 0 && len > window) ? len - window : 0, L = len - k0;
+      const int64_t* tb = table + b * nbmax;
+      const float* kbase = cache + j * rows * d;
+      const float* vbase = cache + (nkv + j) * rows * d;
+      const float* qb = q + b * ldq + j * g * d;
+      float* ob = out + b * nh * d + j * g * d;
+      for (int64_t t = 0; t < L; t++) {
+        int64_t pos = k0 + t, row = tb[pos / bs] * bs + pos % bs;
+        const float* kr = kbase + row * d;
+        for (int64_t h = 0; h < g; h++) {
+          float v = scale * dot(qb + h * d, kr, d);
+          if (cap > 0.0f) v = cap * tanhf(v / cap);
+          s[h * L + t] = v;
+        }
+      }
+      for (int64_t h = 0; h < g; h++) {
+        float* sh = s + h * L;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int64_t t = 0; t < L; t += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail_mask(L - t), sh + t));
+        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
+        for (int64_t t = 0; t < L; t += 16) {
+          __mmask16 k = tail_mask(L - t);
+          __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, sh + t), m));
+          e = _mm512_maskz_mov_ps(k, e);
+          _mm512_mask_storeu_ps(sh + t, k, e);
+          sum = _mm512_add_ps(sum, e);
+        }
+        float inv = 1.0f / _mm512_reduce_add_ps(sum);
+        for (int64_t t = 0; t < L; t += 16) {
+          __mmask16 k = tail_mask(L - t);
+          _mm512_mask_storeu_ps(sh + t, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sh + t), _mm512_set1_ps(inv)));
+        }
+      }
+      for (int64_t h = 0; h < g; h++)
+        for (int64_t i = 0; i < d; i += 16) _mm512_mask_storeu_ps(ob + h * d + i, tail_mask(d - i), _mm512_setzero_ps());
+      for (int64_t t = 0; t < L; t++) {
+        int64_t pos = k0 + t, row = tb[pos / bs] * bs + pos % bs;
+        const float* vr = vbase + row * d;
+        for (int64_t i = 0; i < d; i += 16) {
+          __mmask16 k = tail_mask(d - i);
+          __m512 vv = _mm512_maskz_loadu_ps(k, vr + i);
+          for (int64_t h = 0; h < g; h++) {
+            float* o = ob + h * d + i;
+            _mm512_mask_storeu_ps(o, k, _mm512_fmadd_ps(_mm512_set1_ps(s[h * L + t]), vv, _mm512_maskz_loadu_ps(k, o)));
+          }
+        }
+      }
     }
   }
 }

@@ -8,7 +8,9 @@ whose memory streams at 50-60 GB/s; the kernel here reads them at about 40 GB/s,
 layout makes each thread's share of a weight one sequential stream (panels of 32 output
 features, ``[ceil(n/32), k, 32]``), and a 32-row step keeps one panel in L2 while it multiplies
 8 rows at a time against it (as fast as oneDNN or faster at 1-512 rows on the runtime's shapes:
-``bench/kernels_bench.py --cpu-linear``). RMSNorm of a few rows is one call of about a
+``bench/kernels_bench.py --cpu-linear``). Decode attention reads each request's K and V once,
+in place in the paged cache (:class:`DecodeAttention`), where the torch path first copies every
+request's blocks into one padded tensor per layer and then reads that copy. RMSNorm of a few rows is one call of about a
 microsecond where torch's takes eight operators and about 30 µs: at batch 1 a small model's step
 is short enough (about 20 ms for 61 norms) for that to count.
 
@@ -122,6 +124,11 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     if lib.atoll_linear_abi() != ABI:
         raise RuntimeError(f"{target} has ABI {lib.atoll_linear_abi()}, expected {ABI}")
+    lib.atoll_decode_attention.restype = None
+    lib.atoll_decode_attention.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_float, ctypes.c_float, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.atoll_rms_norm.restype = None
     lib.atoll_rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                    ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
@@ -250,3 +257,55 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         _lib.atoll_rms_norm(x.data_ptr(), x.stride(0), weight.data_ptr(), y.data_ptr(), n, m, n, float(eps),
                             torch.get_num_threads())
     return y
+
+
+class DecodeAttention:
+    """Attention of a step's decode rows (one new token per request) over the paged KV cache,
+    read in place: prepared once per step from the requests' block tables and lengths (checked
+    against the cache here, once, since the kernel indexes memory by them), then run per layer.
+
+    ``table`` [B, NB] block ids, ``lens`` [B] tokens in each request's cache (the new one
+    included), ``num_blocks`` / ``block_size`` of the cache."""
+
+    def __init__(self, table: torch.Tensor, lens: torch.Tensor, *, num_blocks: int, block_size: int,
+                 num_heads: int, num_kv_heads: int, head_dim: int):
+        if not available():
+            raise RuntimeError(f"the CPU kernels are unavailable: {_why_not}")
+        self.table = table.to(torch.int64).contiguous()
+        self.lens = lens.to(torch.int64).contiguous()
+        b, nb = self.table.shape
+        if self.lens.shape != (b,) or num_heads % num_kv_heads:
+            raise ValueError(f"decode attention: table {tuple(self.table.shape)}, lens {tuple(self.lens.shape)}, "
+                             f"{num_heads} heads over {num_kv_heads} kv heads")
+        if b:
+            lo, hi = int(self.lens.min()), int(self.lens.max())
+            if lo < 1 or hi > nb * block_size:
+                raise ValueError(f"decode attention: lengths {lo}..{hi} outside 1..{nb * block_size}")
+            if int(self.table.min()) < 0 or int(self.table.max()) >= num_blocks:
+                raise ValueError(f"decode attention: block ids outside 0..{num_blocks - 1}")
+        self.max_len = int(self.lens.max()) if b else 0
+        self.block_size, self.num_blocks = block_size, num_blocks
+        self.nh, self.nkv, self.d = num_heads, num_kv_heads, head_dim
+        self.threads = torch.get_num_threads()
+        self.per_thread = (num_heads // num_kv_heads) * max(1, self.max_len)
+        self.scratch = torch.empty(self.threads * self.per_thread, dtype=torch.float32)
+
+    def __call__(self, q: torch.Tensor, cache: torch.Tensor, *, scale: float, softcap: float | None = None,
+                 window: int | None = None) -> torch.Tensor:
+        """``q``: [B, >= nh*d] fp32 rows (query heads first, last dim contiguous); ``cache``: one
+        layer's [2, nkv, num_blocks*block_size, d] fp32. Returns [B, nh*d]."""
+        b = self.table.shape[0]
+        nh, nkv, d = self.nh, self.nkv, self.d
+        rows = self.num_blocks * self.block_size
+        if (q.dtype != torch.float32 or q.dim() != 2 or q.shape[0] != b or q.shape[1] < nh * d or q.stride(1) != 1
+                or q.device.type != "cpu"):
+            raise ValueError(f"decode attention: q must be [{b}, >= {nh * d}] fp32 CPU rows, not {tuple(q.shape)}")
+        if cache.dtype != torch.float32 or tuple(cache.shape) != (2, nkv, rows, d) or not cache.is_contiguous():
+            raise ValueError(f"decode attention: cache must be a contiguous fp32 [2, {nkv}, {rows}, {d}]")
+        out = torch.empty(b, nh * d, dtype=torch.float32)
+        if b:
+            _lib.atoll_decode_attention(
+                q.data_ptr(), q.stride(0), cache.data_ptr(), rows, self.table.data_ptr(), self.table.shape[1],
+                self.lens.data_ptr(), self.block_size, b, nh, nkv, d, float(scale), float(softcap or 0.0),
+                int(window or 0), out.data_ptr(), self.scratch.data_ptr(), self.per_thread, self.threads)
+        return out

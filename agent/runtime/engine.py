@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from atoll.kernels import cpu_ops
 
 from .adapters import AdapterInfo, AdapterStore
 from .chat import no_template_error
@@ -32,6 +33,7 @@ from .scheduler import Scheduler
 from .source import open_model
 from .stepper import StepRunner
 from .tokenizer import IncrementalDecoder
+from .weights import onednn_available
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -69,14 +71,17 @@ class Engine:
     requests at most; ``max_waiting``: queued requests before submit answers RESOURCE_EXHAUSTED;
     ``packed_weights``: keep the base projections packed for the CPU (None: on the CPU in fp32,
     where it makes decode GEMMs faster), in atoll's panel layout where its kernel builds, else
-    oneDNN's; "panel" or "onednn" asks for one (see :mod:`.weights`).
+    oneDNN's; "panel" or "onednn" asks for one (see :mod:`.weights`); ``cpu_kernels``: atoll's
+    own CPU kernels (:mod:`atoll.kernels.cpu_ops`: the panel layout, decode attention over the
+    cache in place, RMSNorm) in fp32 on the CPU: None where they build, False never (torch and
+    oneDNN only), True required.
     """
 
     def __init__(self, model_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",
                  lora_backend: str = "auto", max_lora_rank: int = 64, max_adapters_on_device: int = 8,
                  max_adapters_in_host: int = 64, kv_cache_tokens: int | None = None, block_size: int = 16,
                  max_num_batched_tokens: int = 1024, max_num_seqs: int = 64, max_waiting: int = 4096,
-                 packed_weights: bool | str | None = None):
+                 packed_weights: bool | str | None = None, cpu_kernels: bool | None = None):
         self.model_dir = Path(model_dir)
         for flag, value in (("max_lora_rank", max_lora_rank), ("max_adapters_on_device", max_adapters_on_device),
                             ("max_adapters_in_host", max_adapters_in_host), ("block_size", block_size),
@@ -99,9 +104,17 @@ class Engine:
                 dtype = "float16"
         self.dtype = _resolve_dtype(dtype, self.device)
         self.lora_backend = _resolve_backend(lora_backend, self.device)
+        fits = self.device.type == "cpu" and self.dtype == torch.float32
+        if cpu_kernels and not (fits and cpu_ops.available()):
+            raise FailedPrecondition("atoll's CPU kernels serve fp32 on an x86-64 CPU with AVX-512F and a C compiler: "
+                                     + (cpu_ops.why_not() if fits else f"not {self.dtype} on {self.device}"),
+                                     hint="leave cpu_kernels unset to use them where they build")
+        cpu_kernels = fits and cpu_kernels is not False and cpu_ops.available()
+        if not cpu_kernels and packed_weights in (None, True) and fits and onednn_available():
+            packed_weights = "onednn"
         self.weights = self.source.weights(dtype=self.dtype, device=self.device, packed=packed_weights)
         self.model = LlamaModel(self.cfg, self.weights, dtype=self.dtype, device=self.device,
-                                lora_backend=self.lora_backend)
+                                lora_backend=self.lora_backend, cpu_kernels=cpu_kernels)
         self.tokenizer = self.source.tokenizer
         self.chat_template = self.source.chat_template
         self.metrics = EngineMetrics()

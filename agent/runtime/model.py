@@ -16,7 +16,9 @@ norms in fp32, norms on the attention and MLP outputs before the residual add, t
 
 RMSNorm runs in fp32 and casts back, as Hugging Face does. Attention for decode rows is one
 batched call over each request's cache blocks gathered whole through its block table (padded,
-masked); each prefill chunk attends over its request's rows separately.
+masked); each prefill chunk attends over its request's rows separately. In fp32 on the CPU
+with atoll's kernels (:mod:`atoll.kernels.cpu_ops`) the decode rows instead attend over the
+cache in place, one call per layer.
 
 A small model's decode step costs per-op overhead more than GEMM time, so the step is written as
 few, large ops: what depends only on the step (RoPE rows, masks, the decode rows' block list) is
@@ -61,6 +63,7 @@ class StepBatch:
     num_decode: int           # rows 0 … num_decode-1 are single-token decodes, one per request
     decode_kv_rows: torch.Tensor | None   # [B, NB] long, cache blocks of each request (padding: 0)
     decode_kv_mask: torch.Tensor | None   # [B, 1, NB·block_size] additive mask (0 or -inf)
+    decode_lens: torch.Tensor | None      # [B] long: tokens in each decode request's cache, its new one included
     prefills: list[PrefillChunk]
     logit_rows: torch.Tensor  # [M] long: rows whose next-token logits are wanted
     max_position: int         # the largest of ``positions``
@@ -75,12 +78,9 @@ class SlotWeights:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False) -> torch.Tensor:
     """Llama: ``w · (x / rms(x))`` cast to x's dtype before the product; gemma2: the product in
-    fp32 with ``weight`` already ``1 + w``, then cast. fp32 rows on the CPU take atoll's kernel
-    where it built (:mod:`atoll.kernels.cpu_ops`: one call instead of eight operators, within
-    a few ulps), other fp32 input torch's fused kernel (the same operations in the same order as
-    Hugging Face, so the same bits)."""
-    if cpu_ops.rms_norm_applies(x, weight):
-        return cpu_ops.rms_norm(x, weight, eps)
+    fp32 with ``weight`` already ``1 + w``, then cast. fp32 input takes torch's fused kernel
+    (the same operations in the same order, so the same bits); :meth:`LlamaModel._norm` takes
+    atoll's CPU kernel first where the model uses them."""
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
         return F.rms_norm(x, weight.shape, weight, eps)
     xf = x.float()
@@ -99,8 +99,9 @@ class _StepMasks:
     with that window: decode [nkv·B, 1, span] (kv-head-major, as the decode scores) and one
     [g·len, pos0+len] per prefill chunk."""
 
-    def __init__(self, batch: StepBatch, group: int, kv_heads: int, device: torch.device):
+    def __init__(self, batch: StepBatch, group: int, kv_heads: int, device: torch.device, *, decode: bool = True):
         self.batch, self.group, self.kv_heads, self.device = batch, group, kv_heads, device
+        self.decode = decode             # False: the decode rows need no mask (they attend in place)
         self._made: dict[int | None, tuple] = {}
 
     def get(self, window: int | None):
@@ -111,7 +112,7 @@ class _StepMasks:
 
     def _decode(self, window: int | None):
         b = self.batch
-        if not b.num_decode:
+        if not b.num_decode or not self.decode:
             return None
         m = b.decode_kv_mask
         if window is not None:
@@ -137,13 +138,20 @@ class _StepContext:
     positions (``cos``, and ``sin`` signed for the rotation by swapped halves), the decode rows'
     cache blocks as one flat index, and the attention masks of each window size."""
 
-    def __init__(self, model: "LlamaModel", batch: StepBatch):
+    def __init__(self, model: "LlamaModel", batch: StepBatch, kv: PagedKVCache):
         cfg = model.cfg
         cos_t, sin_t = model.rope_tables(batch.max_position + 1)
         self.cos = cos_t.index_select(0, batch.positions).unsqueeze(1)                 # [T, 1, rope_dim]
         self.sin = sin_t.index_select(0, batch.positions).unsqueeze(1)
         self.decode_blocks = batch.decode_kv_rows.flatten() if batch.num_decode else None   # [B·NB]
-        self._masks = _StepMasks(batch, cfg.num_heads // cfg.num_kv_heads, cfg.num_kv_heads, model.device)
+        # fp32 on the CPU with atoll's kernels: decode rows attend over the cache in place
+        self.cpu_attention = None
+        if batch.num_decode and model.cpu_kernels:
+            self.cpu_attention = cpu_ops.DecodeAttention(
+                batch.decode_kv_rows, batch.decode_lens, num_blocks=kv.num_blocks, block_size=kv.block_size,
+                num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
+        self._masks = _StepMasks(batch, cfg.num_heads // cfg.num_kv_heads, cfg.num_kv_heads, model.device,
+                                 decode=self.cpu_attention is None)
 
     def masks(self, window: int | None):
         return self._masks.get(window)
@@ -163,8 +171,11 @@ class LlamaModel:
     """The decoder of every served family (Llama's, with the features its config switches on)."""
 
     def __init__(self, cfg: ModelConfig, weights: ModelWeights, *, dtype: torch.dtype,
-                 device: torch.device, lora_backend: str = "torch"):
+                 device: torch.device, lora_backend: str = "torch", cpu_kernels: bool = False):
         self.cfg, self.w, self.dtype, self.device = cfg, weights, dtype, device
+        # atoll's CPU kernels (fp32 on the CPU; the caller checked they built): decode attention
+        # over the cache in place and RMSNorm in one call (:mod:`atoll.kernels.cpu_ops`)
+        self.cpu_kernels = cpu_kernels
         self.lora_backend = lora_backend
         self.inv_freq = rope_inv_freq(cfg).to(device)
         self._rope_len = 0
@@ -173,6 +184,13 @@ class LlamaModel:
         self.scale = cfg.scale
         self.act = F.silu if cfg.activation == "silu" else partial(F.gelu, approximate="tanh")
         self.embed_scale = (torch.tensor(cfg.embed_scale, dtype=dtype) if cfg.embed_scale is not None else None)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor, gemma: bool = False) -> torch.Tensor:
+        """:func:`rms_norm` with the config's eps; fp32 rows through atoll's kernel where the model
+        uses them (one call instead of eight operators; within a few ulps of torch's)."""
+        if self.cpu_kernels and cpu_ops.rms_norm_applies(x, weight):
+            return cpu_ops.rms_norm(x, weight, self.cfg.rms_norm_eps)
+        return rms_norm(x, weight, self.cfg.rms_norm_eps, gemma)
 
     def rope_tables(self, max_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin±) [n >= max_pos, rope_dim] in the serving dtype, grown on demand: cos and sin of
@@ -208,7 +226,7 @@ class LlamaModel:
         meta = batch.lora
         use_lora = slots is not None and meta.any_lora
         lplan = plan_step(meta, backend=self.lora_backend) if use_lora else None   # once per step
-        ctx = _StepContext(self, batch)
+        ctx = _StepContext(self, batch, kv)
         x = self.w.embed.index_select(0, batch.input_ids)
         if self.embed_scale is not None:
             x = x * self.embed_scale
@@ -217,10 +235,10 @@ class LlamaModel:
             x = self._layer(n, lw, x, batch, kv, ctx, lora)
         rows = batch.logit_rows
         if return_hidden:
-            x = rms_norm(x, self.w.norm, cfg.rms_norm_eps, cfg.gemma_norms)
+            x = self._norm(x, self.w.norm, cfg.gemma_norms)
             h = x.index_select(0, rows)
         else:                           # only the rows whose logits are wanted
-            h = rms_norm(x.index_select(0, rows), self.w.norm, cfg.rms_norm_eps, cfg.gemma_norms)
+            h = self._norm(x.index_select(0, rows), self.w.norm, cfg.gemma_norms)
         logits = None
         if rows.numel():
             logits = softcap(linear(h, self.w.lm_head).float(), cfg.final_softcap)
@@ -228,13 +246,13 @@ class LlamaModel:
 
     def _layer(self, n: int, lw, x, batch: StepBatch, kv: PagedKVCache, ctx: _StepContext, lora) -> torch.Tensor:
         cfg = self.cfg
-        h = rms_norm(x, lw.ln1, cfg.rms_norm_eps, cfg.gemma_norms)
+        h = self._norm(x, lw.ln1, cfg.gemma_norms)
         qkv = linear(h, lw.qkv, lw.qkv_bias)
         if lora is not None:
             lora.apply("qkv", qkv, h, self.q_slices)
         attn = self._attention(n, lw, qkv, batch, kv, ctx)
         x = self._residual(x, attn, lw.o, lw.o_bias, lw.attn_out_norm, lora, "o", self.o_slices)
-        h = rms_norm(x, lw.ln2, cfg.rms_norm_eps, cfg.gemma_norms)
+        h = self._norm(x, lw.ln2, cfg.gemma_norms)
         gu = linear(h, lw.gate_up)
         if lora is not None:
             lora.apply("gate_up", gu, h, self.gu_slices)
@@ -253,7 +271,7 @@ class LlamaModel:
         y = linear(inp, w, bias)
         if lora is not None:
             lora.apply(proj, y, inp, slices)
-        return x + rms_norm(y, out_norm, self.cfg.rms_norm_eps, self.cfg.gemma_norms)
+        return x + self._norm(y, out_norm, self.cfg.gemma_norms)
 
     def _attention(self, n: int, lw, qkv, batch: StepBatch, kv: PagedKVCache, ctx: _StepContext) -> torch.Tensor:
         cfg = self.cfg
@@ -271,14 +289,18 @@ class LlamaModel:
         q = qk[:, :nh]
         g = nh // nkv
         nd = batch.num_decode
-        decode_mask, prefill_masks = ctx.masks(cfg.layer_window(n))
+        window = cfg.layer_window(n)
+        decode_mask, prefill_masks = ctx.masks(window)
         if nd:
-            span = batch.decode_kv_rows.shape[1] * kv.block_size
-            kvb = (cache.view(2 * nkv, -1, kv.block_size * d).index_select(1, ctx.decode_blocks)
-                   .view(2, nkv * nd, span, d))                                # K and V, [nkv·B, span, d] each
-            qh = q[:nd].reshape(nd, nkv, g, d).transpose(0, 1).reshape(nkv * nd, g, d)
-            out = self._attend(qh, kvb[0], kvb[1], decode_mask)                 # [nkv·B, g, d]
-            dec = out.view(nkv, nd, g, d).transpose(0, 1).reshape(nd, nh * d)
+            if ctx.cpu_attention is not None:                                   # in place, one call
+                dec = ctx.cpu_attention(qkv[:nd], cache, scale=self.scale, softcap=cfg.attn_softcap, window=window)
+            else:
+                span = batch.decode_kv_rows.shape[1] * kv.block_size
+                kvb = (cache.view(2 * nkv, -1, kv.block_size * d).index_select(1, ctx.decode_blocks)
+                       .view(2, nkv * nd, span, d))                            # K and V, [nkv·B, span, d] each
+                qh = q[:nd].reshape(nd, nkv, g, d).transpose(0, 1).reshape(nkv * nd, g, d)
+                out = self._attend(qh, kvb[0], kvb[1], decode_mask)             # [nkv·B, g, d]
+                dec = out.view(nkv, nd, g, d).transpose(0, 1).reshape(nd, nh * d)
             if nd == t:
                 return dec
         attn = torch.empty(t, nh * d, dtype=self.dtype, device=self.device)

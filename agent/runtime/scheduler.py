@@ -134,7 +134,7 @@ class Scheduler:
                 logit_rows.append(row + n - 1)
             row += n
         nd = len(decodes)
-        kv_rows = kv_mask = None
+        kv_rows = kv_mask = lens = None
         if nd:
             lens_l = [r.num_computed + 1 for r in decodes]
             lens = torch.tensor(lens_l, device=dev)
@@ -154,5 +154,5 @@ class Scheduler:
             positions=torch.tensor(pos, dtype=torch.long, device=dev),
             write_rows=torch.tensor(write, dtype=torch.long, device=dev),
             lora=LoraMeta.build(torch.tensor(slots, dtype=torch.int32, device=dev)),
-            num_decode=nd, decode_kv_rows=kv_rows, decode_kv_mask=kv_mask, prefills=prefills,
+            num_decode=nd, decode_kv_rows=kv_rows, decode_kv_mask=kv_mask, decode_lens=lens, prefills=prefills,
             logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=dev), max_position=max(pos))

@@ -136,3 +136,60 @@ def test_build_is_cached_per_cpu_and_refused_in_a_shared_directory(tmp_path):
     cache.chmod(0o777)
     got = _in_child(code, ATOLL_KERNEL_CACHE=str(cache)).split("|")
     assert got[0] == "False" and "writable by others" in got[1]
+
+
+def _attention_ref(q, cache, table, lens, bs, nh, nkv, d, scale, cap, window):
+    """fp64, request by request: gather the request's rows through its block table, mask, softmax."""
+    out = torch.zeros(len(lens), nh * d, dtype=torch.float64)
+    g = nh // nkv
+    for b, n in enumerate(lens.tolist()):
+        pos = torch.arange(n)
+        rows = table[b, pos // bs] * bs + pos % bs
+        k, v = cache[0][:, rows].double(), cache[1][:, rows].double()          # [nkv, n, d]
+        for h in range(nh):
+            s = scale * (k[h // g] @ q[b, h * d:(h + 1) * d].double())
+            if cap:
+                s = cap * torch.tanh(s / cap)
+            if window:
+                s[pos <= n - 1 - window] = float("-inf")
+            out[b, h * d:(h + 1) * d] = torch.softmax(s, 0) @ v[h // g]
+    return out
+
+
+@needs_kernel
+@pytest.mark.parametrize("nh,nkv,d,bs,cap,window", [
+    (9, 3, 64, 16, None, None), (4, 4, 24, 4, None, None), (8, 2, 80, 16, 50.0, None),
+    (6, 1, 16, 8, None, 5), (4, 2, 32, 16, 30.0, 40), (2, 2, 130, 1, None, None)])
+def test_decode_attention_matches_fp64(nh, nkv, d, bs, cap, window):
+    g = torch.Generator().manual_seed(nh * 1000 + d + bs)
+    lens = torch.tensor([1, bs, bs + 1, 3 * bs - 1, 50, 97])
+    nbmax = -(-int(lens.max()) // bs)
+    num_blocks = len(lens) * nbmax + 5
+    cache = torch.randn(2, nkv, num_blocks * bs, d, generator=g)
+    perm = torch.randperm(num_blocks, generator=g)                # scattered, non-overlapping blocks
+    table = perm[: len(lens) * nbmax].view(len(lens), nbmax)
+    width = nh * d + 2 * nkv * d                                    # rows as the runtime's qkv output
+    qkv = torch.randn(len(lens), width, generator=g) * 2
+    scale = d ** -0.5
+    attn = cpu_ops.DecodeAttention(table, lens, num_blocks=num_blocks, block_size=bs, num_heads=nh,
+                                   num_kv_heads=nkv, head_dim=d)
+    got = attn(qkv, cache, scale=scale, softcap=cap, window=window)
+    want = _attention_ref(qkv, cache, table, lens, bs, nh, nkv, d, scale, cap, window)
+    assert got.shape == (len(lens), nh * d)
+    assert (got.double() - want).abs().max().item() < 2e-5
+
+
+@needs_kernel
+def test_decode_attention_refuses_tables_outside_the_cache():
+    kw = dict(num_blocks=4, block_size=4, num_heads=2, num_kv_heads=1, head_dim=8)
+    with pytest.raises(ValueError, match="block ids outside"):
+        cpu_ops.DecodeAttention(torch.tensor([[0, 4]]), torch.tensor([5]), **kw)
+    with pytest.raises(ValueError, match="lengths"):
+        cpu_ops.DecodeAttention(torch.tensor([[0, 1]]), torch.tensor([9]), **kw)
+    with pytest.raises(ValueError, match="lengths"):
+        cpu_ops.DecodeAttention(torch.tensor([[0, 1]]), torch.tensor([0]), **kw)
+    attn = cpu_ops.DecodeAttention(torch.tensor([[0, 1]]), torch.tensor([5]), **kw)
+    with pytest.raises(ValueError, match="cache must be"):
+        attn(torch.randn(1, 16), torch.randn(2, 1, 15, 8), scale=1.0)
+    with pytest.raises(ValueError, match="q must be"):
+        attn(torch.randn(2, 16), torch.randn(2, 1, 16, 8), scale=1.0)

@@ -51,7 +51,7 @@ def test_mixed_batch_matches_peft_torch_backend(engine, hf_reference):
         assert (delta > 1e-2) if a else (delta < 1e-4), (a, delta)
 
 
-@pytest.mark.parametrize("layout", ["plain", "onednn"])
+@pytest.mark.parametrize("layout", ["plain", "onednn", "without-kernels"])
 def test_every_weight_layout_matches_peft(engine, hf_model_dir, peft_adapters, hf_reference, layout):
     from atoll.agent.runtime.weights import layout_of, onednn_available
     from atoll.kernels import cpu_ops
@@ -60,13 +60,18 @@ def test_every_weight_layout_matches_peft(engine, hf_model_dir, peft_adapters, h
     # atoll's kernel builds, else oneDNN's (and its lm_head the same as its projections)
     want = "panel" if cpu_ops.available() else "onednn" if onednn_available() else "plain"
     assert layout_of(engine.weights.layers[0].qkv) == layout_of(engine.weights.lm_head) == want
-    if layout == "onednn" and not onednn_available():
+    assert engine.model.cpu_kernels == cpu_ops.available()
+    if layout != "plain" and not onednn_available():
         pytest.skip("this torch build has no oneDNN")
+    # without-kernels: torch and oneDNN only (oneDNN's layout, torch's attention and norms)
     eng = Engine(hf_model_dir, device="cpu", dtype="float32", lora_backend="torch", max_lora_rank=16,
                  max_adapters_on_device=4, kv_cache_tokens=512,
-                 packed_weights=False if layout == "plain" else layout)
+                 **({"packed_weights": False} if layout == "plain" else {"packed_weights": "onednn"}
+                    if layout == "onednn" else {"cpu_kernels": False}))
     try:
-        assert {layout_of(t) for t in (eng.weights.layers[0].qkv, eng.weights.lm_head)} == {layout}
+        want = "onednn" if layout == "without-kernels" else layout
+        assert {layout_of(t) for t in (eng.weights.layers[0].qkv, eng.weights.lm_head)} == {want}
+        assert eng.model.cpu_kernels == (layout != "without-kernels" and cpu_ops.available())
         assert eng.weights.nbytes() == engine.weights.nbytes()       # one copy either way
         for name, path in peft_adapters.items():
             eng.add_adapter(name, path)
@@ -82,6 +87,8 @@ def test_packed_weights_refused_where_they_cannot_serve(hf_model_dir):
         Engine(hf_model_dir, device="cpu", dtype="float16", packed_weights=True)
     with pytest.raises(AtollError, match="must be true, false, 'panel' or 'onednn'"):
         Engine(hf_model_dir, device="cpu", dtype="float32", packed_weights="blocked")
+    with pytest.raises(AtollError, match="CPU kernels serve fp32"):
+        Engine(hf_model_dir, device="cpu", dtype="float16", cpu_kernels=True)
 
 
 def test_mixed_batch_matches_peft_triton_backend(hf_model_dir, peft_adapters, hf_reference):
