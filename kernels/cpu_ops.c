@@ -263,3 +263,62 @@ void atoll_decode_attention(const float* q, int64_t ldq, const float* cache, int
     }
   }
 }
+
+/* RoPE in place on the q and k heads of t rows, then each row's k and v heads written to the
+ * cache. Row r of qkv: nh q heads, nkv k heads, nkv v heads of d floats (row stride ldq). The
+ * first rd dims of each q/k head rotate: with h = rd/2, x[i] <- x[i] cos[i] + x[i+h] sin[i] and
+ * x[i+h] <- x[i+h] cos[i+h] + x[i] sin[i+h], where cos/sin are the row's tables (sin with its
+ * first half negated, as the runtime keeps it). cache: [2][nkv][rows][d]; row r goes to
+ * cache row write_rows[r]. */
+void atoll_rope_write(float* qkv, int64_t ldq, int64_t t, int64_t nh, int64_t nkv, int64_t d, int64_t rd,
+                      const float* cos_t, const float* sin_t, int64_t ldc, float* cache, int64_t rows,
+                      const int64_t* write_rows, int nthreads) {
+  int64_t h = rd / 2;
+#pragma omp parallel for num_threads(t >= 8 ? nthreads : 1) schedule(static)
+  for (int64_t r = 0; r < t; r++) {
+    float* row = qkv + r * ldq;
+    const float* c = cos_t + r * ldc;
+    const float* s = sin_t + r * ldc;
+    for (int64_t hd = 0; hd < nh + nkv; hd++) {
+      float* x = row + hd * d;
+      for (int64_t i = 0; i < h; i += 16) {
+        __mmask16 m = tail_mask(h - i);
+        __m512 a = _mm512_maskz_loadu_ps(m, x + i), b = _mm512_maskz_loadu_ps(m, x + h + i);
+        __m512 na = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m, s + i), _mm512_mul_ps(a, _mm512_maskz_loadu_ps(m, c + i)));
+        __m512 nb = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, s + h + i),
+                                    _mm512_mul_ps(b, _mm512_maskz_loadu_ps(m, c + h + i)));
+        _mm512_mask_storeu_ps(x + i, m, na);
+        _mm512_mask_storeu_ps(x + h + i, m, nb);
+      }
+    }
+    int64_t wr = write_rows[r];
+    for (int64_t j = 0; j < nkv; j++) {
+      const float* k = row + (nh + j) * d;
+      const float* v = row + (nh + nkv + j) * d;
+      float* kc = cache + (j * rows + wr) * d;
+      float* vc = cache + ((nkv + j) * rows + wr) * d;
+      for (int64_t i = 0; i < d; i += 16) {
+        __mmask16 m = tail_mask(d - i);
+        _mm512_mask_storeu_ps(kc + i, m, _mm512_maskz_loadu_ps(m, k + i));
+        _mm512_mask_storeu_ps(vc + i, m, _mm512_maskz_loadu_ps(m, v + i));
+      }
+    }
+  }
+}
+
+/* out[r][i] = silu(gu[r][i]) * gu[r][n + i] for m rows of 2n (row stride ldg); out is [m][n]. */
+void atoll_silu_mul(const float* gu, int64_t ldg, int64_t m, int64_t n, float* out, int nthreads) {
+#pragma omp parallel for num_threads(m >= 4 ? nthreads : 1) schedule(static)
+  for (int64_t r = 0; r < m; r++) {
+    const float* g = gu + r * ldg;
+    const float* u = g + n;
+    float* o = out + r * n;
+    for (int64_t i = 0; i < n; i += 16) {
+      __mmask16 k = tail_mask(n - i);
+      __m512 x = _mm512_maskz_loadu_ps(k, g + i);
+      __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+      __m512 sg = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+      _mm512_mask_storeu_ps(o + i, k, _mm512_mul_ps(sg, _mm512_maskz_loadu_ps(k, u + i)));
+    }
+  }
+}

@@ -129,6 +129,14 @@ def _build() -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
         ctypes.c_float, ctypes.c_float, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    lib.atoll_rope_write.restype = None
+    lib.atoll_rope_write.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_int]
+    lib.atoll_silu_mul.restype = None
+    lib.atoll_silu_mul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                   ctypes.c_void_p, ctypes.c_int]
     lib.atoll_rms_norm.restype = None
     lib.atoll_rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                    ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
@@ -309,3 +317,38 @@ class DecodeAttention:
                 self.lens.data_ptr(), self.block_size, b, nh, nkv, d, float(scale), float(softcap or 0.0),
                 int(window or 0), out.data_ptr(), self.scratch.data_ptr(), self.per_thread, self.threads)
         return out
+
+
+def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor,
+               write_rows: torch.Tensor, *, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+    """In place: RoPE on the q and k heads of ``qkv`` [T, >= (nh + 2·nkv)·d] (fp32 rows: q heads,
+    k heads, v heads), rotating the first ``cos.shape[-1]`` dims of each head with the rows' tables
+    ``cos`` / ``sin`` [T, rope_dim] (sin with its first half negated), then each row's k and v heads
+    stored at cache row ``write_rows[t]`` of ``cache`` [2, nkv, rows, d]. ``write_rows`` (int64,
+    contiguous) must lie in 0 … rows-1: the caller checks that once per step."""
+    t = qkv.shape[0]
+    nh, nkv, d = num_heads, num_kv_heads, head_dim
+    rd = cos.shape[-1]
+    if (qkv.dtype != torch.float32 or qkv.dim() != 2 or qkv.stride(1) != 1 or qkv.shape[1] < (nh + 2 * nkv) * d
+            or rd % 2 or rd > d or tuple(cos.shape) != (t, rd) or cos.stride(1) != 1 or sin.stride() != cos.stride()
+            or sin.shape != cos.shape or cos.dtype != torch.float32 or sin.dtype != torch.float32
+            or cache.dtype != torch.float32 or not cache.is_contiguous() or cache.dim() != 4
+            or tuple(cache.shape[:2]) != (2, nkv) or cache.shape[3] != d or write_rows.dtype != torch.int64
+            or tuple(write_rows.shape) != (t,) or not write_rows.is_contiguous()):
+        raise ValueError("rope_write: qkv [T, (nh+2nkv)*d] fp32 rows, cos/sin [T, rope_dim], a contiguous "
+                         "fp32 cache [2, nkv, rows, d] and int64 write rows [T]")
+    if t:
+        _lib.atoll_rope_write(qkv.data_ptr(), qkv.stride(0), t, nh, nkv, d, rd, cos.data_ptr(), sin.data_ptr(),
+                              cos.stride(0), cache.data_ptr(), cache.shape[2], write_rows.data_ptr(),
+                              torch.get_num_threads())
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) · up`` for fp32 rows ``[gate | up]`` [T, 2n], as a new [T, n] tensor."""
+    if gate_up.dtype != torch.float32 or gate_up.dim() != 2 or gate_up.stride(1) != 1 or gate_up.shape[1] % 2:
+        raise ValueError("silu_mul: needs fp32 rows [T, 2n] with a contiguous last dim")
+    m, n = gate_up.shape[0], gate_up.shape[1] // 2
+    out = torch.empty(m, n, dtype=torch.float32)
+    if m:
+        _lib.atoll_silu_mul(gate_up.data_ptr(), gate_up.stride(0), m, n, out.data_ptr(), torch.get_num_threads())
+    return out

@@ -152,6 +152,10 @@ class _StepContext:
                 num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
         self._masks = _StepMasks(batch, cfg.num_heads // cfg.num_kv_heads, cfg.num_kv_heads, model.device,
                                  decode=self.cpu_attention is None)
+        if model.cpu_kernels and batch.write_rows.numel():
+            lo, hi = int(batch.write_rows.min()), int(batch.write_rows.max())
+            if lo < 0 or hi >= kv.capacity_tokens:
+                raise ValueError(f"cache write rows {lo}..{hi} outside 0..{kv.capacity_tokens - 1}")
 
     def masks(self, window: int | None):
         return self._masks.get(window)
@@ -174,7 +178,8 @@ class LlamaModel:
                  device: torch.device, lora_backend: str = "torch", cpu_kernels: bool = False):
         self.cfg, self.w, self.dtype, self.device = cfg, weights, dtype, device
         # atoll's CPU kernels (fp32 on the CPU; the caller checked they built): decode attention
-        # over the cache in place and RMSNorm in one call (:mod:`atoll.kernels.cpu_ops`)
+        # over the cache in place; RMSNorm, RoPE with the cache write, and silu(gate)·up each in
+        # one call (:mod:`atoll.kernels.cpu_ops`)
         self.cpu_kernels = cpu_kernels
         self.lora_backend = lora_backend
         self.inv_freq = rope_inv_freq(cfg).to(device)
@@ -257,7 +262,10 @@ class LlamaModel:
         if lora is not None:
             lora.apply("gate_up", gu, h, self.gu_slices)
         i = cfg.intermediate_size
-        act = self.act(gu[:, :i]).mul_(gu[:, i:])
+        if self.cpu_kernels and cfg.activation == "silu":
+            act = cpu_ops.silu_mul(gu)
+        else:
+            act = self.act(gu[:, :i]).mul_(gu[:, i:])
         return self._residual(x, act, lw.down, None, lw.mlp_out_norm, lora, "down", self.down_slices)
 
     def _residual(self, x, inp, w, bias, out_norm, lora, proj: str, slices) -> torch.Tensor:
@@ -281,11 +289,15 @@ class LlamaModel:
         if lw.q_norm is not None:
             qk[:, :nh] = rms_norm(qk[:, :nh], lw.q_norm, cfg.rms_norm_eps)
             qk[:, nh:] = rms_norm(qk[:, nh:], lw.k_norm, cfg.rms_norm_eps)
-        ctx.rope_(qk)
         cache = kv.layers[n]                                                    # [2, nkv, rows, d]
-        # index_select / index_copy_ along the row dim: a memcpy per row or block, several
-        # times faster on the CPU than advanced indexing of a middle dimension
-        cache.index_copy_(2, batch.write_rows, qkv[:, cfg.q_size:].view(t, 2, nkv, d).permute(1, 2, 0, 3))
+        if self.cpu_kernels:                                                    # RoPE and the write, one call
+            cpu_ops.rope_write(qkv, ctx.cos.squeeze(1), ctx.sin.squeeze(1), cache, batch.write_rows,
+                               num_heads=nh, num_kv_heads=nkv, head_dim=d)
+        else:
+            ctx.rope_(qk)
+            # index_select / index_copy_ along the row dim: a memcpy per row or block, several
+            # times faster on the CPU than advanced indexing of a middle dimension
+            cache.index_copy_(2, batch.write_rows, qkv[:, cfg.q_size:].view(t, 2, nkv, d).permute(1, 2, 0, 3))
         q = qk[:, :nh]
         g = nh // nkv
         nd = batch.num_decode

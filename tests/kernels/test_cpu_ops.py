@@ -193,3 +193,41 @@ def test_decode_attention_refuses_tables_outside_the_cache():
         attn(torch.randn(1, 16), torch.randn(2, 1, 15, 8), scale=1.0)
     with pytest.raises(ValueError, match="q must be"):
         attn(torch.randn(2, 16), torch.randn(2, 1, 16, 8), scale=1.0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("t,nh,nkv,d,rd", [(1, 9, 3, 64, 64), (5, 4, 2, 24, 24), (9, 6, 1, 80, 32), (3, 2, 2, 130, 130)])
+def test_rope_write_matches_the_torch_path(t, nh, nkv, d, rd):
+    g = torch.Generator().manual_seed(t * 31 + d)
+    width = (nh + 2 * nkv) * d
+    qkv = torch.randn(t, width + 3, generator=g)[:, :width]          # rows with a stride, as views are
+    pos = torch.randint(0, 500, (t,), generator=g).double()
+    freqs = pos[:, None] * (10000.0 ** (-torch.arange(0, rd, 2).double() / rd))[None, :]
+    cos = torch.cat([freqs, freqs], -1).cos().float()
+    sin = torch.cat([-freqs.sin(), freqs.sin()], -1).float()
+    rows = 40
+    cache = torch.randn(2, nkv, rows, d, generator=g)
+    write = torch.randperm(rows, generator=g)[:t]
+    want_qkv = qkv.double().clone().view(t, nh + 2 * nkv, d)
+    x = want_qkv[:, : nh + nkv, :rd]
+    h = rd // 2
+    x.copy_(x * cos.double()[:, None] + torch.cat([x[..., h:], x[..., :h]], -1) * sin.double()[:, None])
+    want_cache = cache.double().clone()
+    want_cache[:, :, write] = want_qkv[:, nh:].reshape(t, 2, nkv, d).permute(1, 2, 0, 3)
+    cpu_ops.rope_write(qkv, cos, sin, cache, write, num_heads=nh, num_kv_heads=nkv, head_dim=d)
+    assert (qkv.double() - want_qkv.view(t, width)).abs().max().item() < 1e-5
+    assert (cache.double() - want_cache).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="rope_write"):
+        cpu_ops.rope_write(qkv, cos, sin, cache, write.int(), num_heads=nh, num_kv_heads=nkv, head_dim=d)
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,n", [(1, 1536), (3, 17), (8, 100), (33, 64)])
+def test_silu_mul_matches_fp64(m, n):
+    g = torch.Generator().manual_seed(m + n)
+    gu = torch.randn(m, 2 * n, generator=g) * 6
+    gu[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -30.0])           # the far tails of exp
+    want = torch.nn.functional.silu(gu[:, :n].double()) * gu[:, n:].double()
+    got = cpu_ops.silu_mul(gu)
+    assert (got.double() - want).abs().max().item() < 1e-5 * max(1.0, want.abs().max().item())
+    assert torch.isfinite(got).all()
