@@ -181,6 +181,17 @@ static inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
 }
 
+/* The sums of four vectors' lanes, as one 4-lane vector (a, b, c, d). */
+static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));   /* a0+a2 b0+b2 a1+a3 b1+b3 per 128 */
+  __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  /* a b c d per 128-bit lane */
+  __m512 half = _mm512_add_ps(abcd, _mm512_shuffle_f32x4(abcd, abcd, _MM_SHUFFLE(1, 0, 3, 2)));
+  __m512 all = _mm512_add_ps(half, _mm512_shuffle_f32x4(half, half, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_castps512_ps128(all);
+}
+
 static inline float dot(const float* a, const float* b, int64_t d) {
   __m512 s = _mm512_setzero_ps();
   for (int64_t i = 0; i < d; i += 16) {
@@ -219,7 +230,36 @@ void atoll_decode_attention(const float* q, int64_t ldq, const float* cache, int
       const float* vbase = cache + (nkv + j) * rows * d;
       const float* qb = q + b * ldq + j * g * d;
       float* ob = out + b * nh * d + j * g * d;
-      for (int64_t t = 0; t < L; t++) {
+      /* scores, four keys at a time: each head's four dot products reduced together */
+      int64_t t = 0;
+      for (; t + 4 <= L; t += 4) {
+        const float* kr[4];
+        for (int u = 0; u < 4; u++) {
+          int64_t pos = k0 + t + u;
+          kr[u] = kbase + (tb[pos / bs] * bs + pos % bs) * d;
+        }
+        for (int64_t h = 0; h < g; h++) {
+          const float* qh = qb + h * d;
+          __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+          for (int64_t i = 0; i < d; i += 16) {
+            __mmask16 m = tail_mask(d - i);
+            __m512 qv = _mm512_maskz_loadu_ps(m, qh + i);
+            a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, kr[0] + i), a0);
+            a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, kr[1] + i), a1);
+            a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, kr[2] + i), a2);
+            a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, kr[3] + i), a3);
+          }
+          __m128 four = _mm_mul_ps(reduce4(a0, a1, a2, a3), _mm_set1_ps(scale));
+          if (cap > 0.0f) {
+            float v[4];
+            _mm_storeu_ps(v, four);
+            for (int u = 0; u < 4; u++) s[h * L + t + u] = cap * tanhf(v[u] / cap);
+          } else {
+            _mm_storeu_ps(s + h * L + t, four);
+          }
+        }
+      }
+      for (; t < L; t++) {
         int64_t pos = k0 + t, row = tb[pos / bs] * bs + pos % bs;
         const float* kr = kbase + row * d;
         for (int64_t h = 0; h < g; h++) {
@@ -246,18 +286,37 @@ void atoll_decode_attention(const float* q, int64_t ldq, const float* cache, int
           _mm512_mask_storeu_ps(sh + t, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sh + t), _mm512_set1_ps(inv)));
         }
       }
-      for (int64_t h = 0; h < g; h++)
-        for (int64_t i = 0; i < d; i += 16) _mm512_mask_storeu_ps(ob + h * d + i, tail_mask(d - i), _mm512_setzero_ps());
-      for (int64_t t = 0; t < L; t++) {
-        int64_t pos = k0 + t, row = tb[pos / bs] * bs + pos % bs;
-        const float* vr = vbase + row * d;
-        for (int64_t i = 0; i < d; i += 16) {
-          __mmask16 k = tail_mask(d - i);
-          __m512 vv = _mm512_maskz_loadu_ps(k, vr + i);
-          for (int64_t h = 0; h < g; h++) {
-            float* o = ob + h * d + i;
-            _mm512_mask_storeu_ps(o, k, _mm512_fmadd_ps(_mm512_set1_ps(s[h * L + t]), vv, _mm512_maskz_loadu_ps(k, o)));
+      /* probabilities times V: up to 4 heads x 64 dims of accumulators held in registers */
+      for (int64_t h0 = 0; h0 < g; h0 += 4) {
+        int64_t hn = (g - h0) < 4 ? (g - h0) : 4;
+        for (int64_t i0 = 0; i0 < d; i0 += 64) {
+          __mmask16 mk[4];
+          for (int c = 0; c < 4; c++) mk[c] = (i0 + 16 * c < d) ? tail_mask(d - i0 - 16 * c) : (__mmask16)0;
+          __m512 acc[4][4];
+#pragma GCC unroll 4
+          for (int hh = 0; hh < 4; hh++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) acc[hh][c] = _mm512_setzero_ps();
+          for (int64_t tt = 0; tt < L; tt++) {
+            int64_t pos = k0 + tt, row = tb[pos / bs] * bs + pos % bs;
+            const float* vr = vbase + row * d + i0;
+            __m512 vv[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) vv[c] = _mm512_maskz_loadu_ps(mk[c], vr + 16 * c);
+#pragma GCC unroll 4
+            for (int hh = 0; hh < 4; hh++) {
+              if (hh < hn) {
+                __m512 p = _mm512_set1_ps(s[(h0 + hh) * L + tt]);
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) acc[hh][c] = _mm512_fmadd_ps(p, vv[c], acc[hh][c]);
+              }
+            }
           }
+#pragma GCC unroll 4
+          for (int hh = 0; hh < 4; hh++)
+            if (hh < hn)
+#pragma GCC unroll 4
+              for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(ob + (h0 + hh) * d + i0 + 16 * c, mk[c], acc[hh][c]);
         }
       }
     }
