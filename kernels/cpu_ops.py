@@ -137,6 +137,12 @@ def _build() -> ctypes.CDLL:
     lib.atoll_silu_mul.restype = None
     lib.atoll_silu_mul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                    ctypes.c_void_p, ctypes.c_int]
+    lib.atoll_lora.restype = None
+    lib.atoll_lora.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,       # y, x
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,      # a, b, scales, slots
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,                        # order, groups
+                               ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,          # N, R, hin, hout
+                               ctypes.c_void_p, ctypes.c_int]
     lib.atoll_rms_norm.restype = None
     lib.atoll_rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                    ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
@@ -352,3 +358,74 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if m:
         _lib.atoll_silu_mul(gate_up.data_ptr(), gate_up.stride(0), m, n, out.data_ptr(), torch.get_num_threads())
     return out
+
+
+LORA_MAX_RANK = 512
+LORA_MAX_ROWS = 128
+
+
+class LoraStep:
+    """The LoRA of a decode step's rows, each with its own adapter slot, one call per projection
+    (in place on the projection's output). Prepared once per step: ``slots`` [T] (-1: no
+    adapter) checked against the ``num_slots`` stacked slots here, once, since the kernel indexes
+    memory by them. Serves fp32 CPU steps of at most ``LORA_MAX_ROWS`` rows (longer runs of one
+    adapter are GEMMs, faster in torch) and ranks up to ``LORA_MAX_RANK``: :meth:`serves`."""
+
+    @staticmethod
+    def serves(rows: int, dtype: torch.dtype, device: torch.device, rank: int) -> bool:
+        return (rows <= LORA_MAX_ROWS and dtype == torch.float32 and torch.device(device).type == "cpu"
+                and rank <= LORA_MAX_RANK and available())
+
+    def __init__(self, slots: torch.Tensor, num_slots: int):
+        if not available():
+            raise RuntimeError(f"the CPU kernels are unavailable: {_why_not}")
+        self.slots = slots.to(torch.int32).contiguous()
+        if self.slots.dim() != 1:
+            raise ValueError(f"lora: slots must be [T], not {tuple(self.slots.shape)}")
+        if self.slots.numel():
+            lo, hi = int(self.slots.min()), int(self.slots.max())
+            if lo < -1 or hi >= num_slots:
+                raise ValueError(f"lora: slots {lo}..{hi} outside -1..{num_slots - 1}")
+        self.num_slots = num_slots
+        # rows grouped by adapter, in groups of at most 4 rows that share one (the kernel's unit)
+        self.order = torch.argsort(self.slots, stable=True).to(torch.int64)
+        starts, prev, run = [], None, 0
+        for k, slot in enumerate(self.slots[self.order].tolist()):
+            if slot != prev or run == 4:
+                starts.append(k)
+                prev, run = slot, 0
+            run += 1
+        self.group_starts = torch.tensor(starts + [self.slots.numel()], dtype=torch.int64)
+        self._offsets: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, scales: torch.Tensor,
+                 slice_offsets: tuple[int, ...]) -> torch.Tensor:
+        """``y[t, slice n] += scales[s] · (x[t] · a[s, n]ᵀ) · b[s, slice n]ᵀ`` for each row whose slot
+        ``s`` is not -1; the shapes of :mod:`atoll.kernels.lora` (``a`` [S, N, R, H_in],
+        ``slice_offsets`` the N + 1 bounds of the slices in H_out) but for ``bt``: b laid out
+        [S, R, H_out] (``b.transpose(1, 2)``, contiguous)."""
+        b = bt
+        t, hin = x.shape
+        s_, n, r, _ = a.shape
+        hout = y.shape[1]
+        offs = self._offsets.get(slice_offsets)
+        if offs is None:
+            o = [int(v) for v in slice_offsets]
+            if len(o) != n + 1 or o[0] != 0 or o[-1] != hout or any(p > q for p, q in zip(o, o[1:])):
+                raise ValueError(f"lora: slice bounds {o} do not split 0..{hout} into {n} slices")
+            offs = self._offsets[slice_offsets] = torch.tensor(o, dtype=torch.int64)
+        if (t != self.slots.shape[0] or y.shape[0] != t or s_ != self.num_slots or x.stride(1) != 1
+                or y.stride(1) != 1 or a.shape[3] != hin or tuple(b.shape) != (s_, r, hout) or r > LORA_MAX_RANK
+                or not (a.is_contiguous() and b.is_contiguous() and scales.is_contiguous())
+                or not (x.dtype == y.dtype == a.dtype == b.dtype == scales.dtype == torch.float32)
+                or scales.shape != (s_,) or x.device.type != "cpu"):
+            raise ValueError(f"lora: fp32 CPU rows x [{self.slots.shape[0]}, H_in] and y [.., H_out], contiguous "
+                             f"a [{self.num_slots}, N, R, H_in], bt [{self.num_slots}, R, H_out], scales "
+                             f"[{self.num_slots}]")
+        if t:
+            _lib.atoll_lora(y.data_ptr(), y.stride(0), x.data_ptr(), x.stride(0), a.data_ptr(), b.data_ptr(),
+                            scales.data_ptr(), self.slots.data_ptr(), self.order.data_ptr(),
+                            self.group_starts.data_ptr(), self.group_starts.numel() - 1, n, r, hin, hout,
+                            offs.data_ptr(),
+                            torch.get_num_threads())
+        return y

@@ -70,10 +70,12 @@ class StepBatch:
 
 
 class SlotWeights:
-    """Stacked adapter slots of one layer, per packed projection: a [S,N,R,in], b [S,out,R]."""
+    """Stacked adapter slots of one layer, per packed projection: a [S,N,R,in], b [S,out,R], and
+    optionally bt, a copy of b laid out [S,R,out] (atoll's CPU LoRA kernel reads it)."""
 
-    def __init__(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]):
-        self.a, self.b = a, b
+    def __init__(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                 bt: dict[str, torch.Tensor] | None = None):
+        self.a, self.b, self.bt = a, b, bt
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False) -> torch.Tensor:
@@ -231,12 +233,17 @@ class LlamaModel:
         meta = batch.lora
         use_lora = slots is not None and meta.any_lora
         lplan = plan_step(meta, backend=self.lora_backend) if use_lora else None   # once per step
+        cpu_lora = None
+        if use_lora and self.cpu_kernels and slots[0].bt is not None:
+            a = slots[0].a["qkv"]
+            if cpu_ops.LoraStep.serves(meta.num_tokens, a.dtype, a.device, a.shape[2]):
+                cpu_lora = cpu_ops.LoraStep(meta.token_slots, a.shape[0])
         ctx = _StepContext(self, batch, kv)
         x = self.w.embed.index_select(0, batch.input_ids)
         if self.embed_scale is not None:
             x = x * self.embed_scale
         for n, lw in enumerate(self.w.layers):
-            lora = _LayerLora(slots[n], scales, meta, self.lora_backend, lplan) if use_lora else None
+            lora = _LayerLora(slots[n], scales, meta, self.lora_backend, lplan, cpu_lora) if use_lora else None
             x = self._layer(n, lw, x, batch, kv, ctx, lora)
         rows = batch.logit_rows
         if return_hidden:
@@ -328,12 +335,19 @@ class LlamaModel:
 
 
 class _LayerLora:
-    """One layer's adapter slots and the step's LoRA metadata and plan."""
+    """One layer's adapter slots and the step's LoRA metadata and plan. With atoll's CPU kernels,
+    a decode-sized step (at most ``cpu_ops.LORA_MAX_ROWS`` rows) runs each projection's LoRA as
+    one call over the rows' own slots (:class:`~atoll.kernels.cpu_ops.LoraStep`); longer steps
+    take ``backend`` (their adapters' rows are long runs: GEMMs)."""
 
-    def __init__(self, sw: SlotWeights, scales, meta: LoraMeta, backend: str, plan):
+    def __init__(self, sw: SlotWeights, scales, meta: LoraMeta, backend: str, plan, cpu_lora=None):
         self.sw, self.scales, self.meta, self.backend, self.plan = sw, scales, meta, backend, plan
+        self.cpu_lora = cpu_lora                # the step's cpu_ops.LoraStep, where it serves
 
     def apply(self, proj: str, y: torch.Tensor, x: torch.Tensor, offsets: tuple[int, ...]) -> None:
+        if self.cpu_lora is not None:
+            self.cpu_lora(y, x, self.sw.a[proj], self.sw.bt[proj], self.scales, offsets)
+            return
         lora_apply(y, x, self.sw.a[proj], self.sw.b[proj], self.scales, self.meta, offsets,
                    backend=self.backend, plan=self.plan)
 
