@@ -297,6 +297,8 @@ def real_model(args) -> int:
             r["hf_b1_vs_byte_bound"] = best["hf_b1"] / byte_bound_b1
             r["hf_b32_vs_flop_bound"] = best["hf_b32"] / flop_bound_b32
         shapes[ln] = r
+        print(f"prompts {ln}: " + ", ".join(f"{k} {v:.1f}" for k, v in best.items()) + " decode tok/s",
+              flush=True)
     engine.close()
     if other is not None:
         other.close()

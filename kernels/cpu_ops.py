@@ -8,7 +8,7 @@ whose memory streams at 50-60 GB/s; the kernel here reads them at about 40 GB/s,
 layout makes each thread's share of a weight one sequential stream (panels of 32 output
 features, ``[ceil(n/32), k, 32]``), and a 32-row step keeps one panel in L2 while it multiplies
 8 rows at a time against it (as fast as oneDNN or faster at 1-512 rows on the runtime's shapes:
-``bench/kernels_bench.py --cpu-linear``). Decode attention reads each request's K and V once,
+``bench/cpu_ops_bench.py``). Decode attention reads each request's K and V once,
 in place in the paged cache (:class:`DecodeAttention`), where the torch path first copies every
 request's blocks into one padded tensor per layer and then reads that copy. RMSNorm of a few rows is one call of about a
 microsecond where torch's takes eight operators and about 30 µs: at batch 1 a small model's step

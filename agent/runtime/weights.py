@@ -22,7 +22,7 @@ layout PyTorch's own compiler uses for frozen CPU weights). Either is applied wi
 --plain-gemm`` runs the other way): oneDNN's packing takes the GEMMs of a 32-row decode step of
 the runtime bench's model from 28 ms to 20 (8 rows: 17 to 8); the panel kernel reads the weights
 of a one-row step about twice as fast as oneDNN (about 40 GB/s against 19) and matches or beats
-it at 4-512 rows (``bench/kernels_bench.py --cpu-linear``). Only one copy of each projection is
+it at 4-512 rows (``bench/cpu_ops_bench.py``). Only one copy of each projection is
 kept; a tied lm_head is the one exception (below).
 """
 

@@ -231,3 +231,55 @@ def test_silu_mul_matches_fp64(m, n):
     got = cpu_ops.silu_mul(gu)
     assert (got.double() - want).abs().max().item() < 1e-5 * max(1.0, want.abs().max().item())
     assert torch.isfinite(got).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("slots,r,widths,hin", [
+    ([0, 1, 2, 3, 0, 1, 2, 3], 16, (576, 192, 192), 576),          # decode rows, 4 adapters (qkv-like)
+    ([2, 2, 2, 2, 2, 2, -1, 0], 5, (37,), 33),                      # a run of 6 (two groups), a bare row
+    ([-1, -1], 8, (20, 12), 16),                                    # no adapter at all: y untouched
+    ([1, 0, 1, 0, 1], 20, (100, 3), 70),                            # ranks and slices off the 4/16 grid
+])
+def test_lora_step_matches_fp64(slots, r, widths, hin):
+    g = torch.Generator().manual_seed(len(slots) * 7 + r)
+    s_ = 3
+    t = len(slots)
+    offs = (0,)
+    for w_ in widths:
+        offs += (offs[-1] + w_,)
+    hout = offs[-1]
+    a = torch.randn(s_, len(widths), r, hin, generator=g)
+    b = torch.randn(s_, hout, r, generator=g)
+    scales = torch.tensor([0.5, 2.0, -1.5])
+    x = torch.randn(t, hin, generator=g)
+    y0 = torch.randn(t, hout, generator=g)
+    want = y0.double().clone()
+    for row, s in enumerate(slots):
+        if s < 0:
+            continue
+        for n in range(len(widths)):
+            h = a[s, n].double() @ x[row].double()
+            want[row, offs[n]:offs[n + 1]] += scales[s].double() * (b[s, offs[n]:offs[n + 1]].double() @ h)
+    y = y0.clone()
+    step = cpu_ops.LoraStep(torch.tensor(slots), s_)
+    step(y, x, a, b.transpose(1, 2).contiguous(), scales, offs)
+    assert (y.double() - want).abs().max().item() < 1e-4 * max(1.0, want.abs().max().item())
+    bare = [i for i, s in enumerate(slots) if s < 0]
+    assert torch.equal(y[bare], y0[bare])
+
+
+@needs_kernel
+def test_lora_step_refuses_slots_and_shapes_it_cannot_take():
+    with pytest.raises(ValueError, match="slots 0..3 outside -1..2"):
+        cpu_ops.LoraStep(torch.tensor([0, 3]), 3)
+    with pytest.raises(ValueError, match="outside"):
+        cpu_ops.LoraStep(torch.tensor([-2, 0]), 3)
+    step = cpu_ops.LoraStep(torch.tensor([0, 1]), 3)
+    a, bt = torch.randn(3, 1, 4, 8), torch.randn(3, 4, 6)
+    with pytest.raises(ValueError, match="slice bounds"):
+        step(torch.randn(2, 6), torch.randn(2, 8), a, bt, torch.ones(3), (0, 5))
+    with pytest.raises(ValueError, match="bt \\[3, R, H_out\\]"):
+        step(torch.randn(2, 6), torch.randn(2, 8), a, torch.randn(3, 6, 4), torch.ones(3), (0, 6))
+    assert cpu_ops.LoraStep.serves(128, torch.float32, "cpu", 16)
+    assert not cpu_ops.LoraStep.serves(129, torch.float32, "cpu", 16)
+    assert not cpu_ops.LoraStep.serves(8, torch.float16, "cpu", 16)
