@@ -121,6 +121,9 @@ def _build() -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         log.info("built the CPU linear kernel in %.2f s: %s", time.monotonic() - t0, target)
+    st = target.stat()
+    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RuntimeError(f"{target} belongs to another user or is writable by others")
     lib = ctypes.CDLL(str(target))
     if lib.atoll_linear_abi() != ABI:
         raise RuntimeError(f"{target} has ABI {lib.atoll_linear_abi()}, expected {ABI}")

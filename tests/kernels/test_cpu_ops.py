@@ -133,6 +133,10 @@ def test_build_is_cached_per_cpu_and_refused_in_a_shared_directory(tmp_path):
     # a second process loads the same file
     assert _in_child(code, ATOLL_KERNEL_CACHE=str(cache)) == "True|"
     assert sorted(p.name for p in cache.iterdir()) == built
+    (cache / built[0]).chmod(0o777)                 # a library others could have replaced
+    got = _in_child(code, ATOLL_KERNEL_CACHE=str(cache)).split("|")
+    assert got[0] == "False" and "writable by others" in got[1]
+    (cache / built[0]).chmod(0o700)
     cache.chmod(0o777)
     got = _in_child(code, ATOLL_KERNEL_CACHE=str(cache)).split("|")
     assert got[0] == "False" and "writable by others" in got[1]
@@ -242,7 +246,7 @@ def test_silu_mul_matches_fp64(m, n):
 ])
 def test_lora_step_matches_fp64(slots, r, widths, hin):
     g = torch.Generator().manual_seed(len(slots) * 7 + r)
-    s_ = 3
+    s_ = 4
     t = len(slots)
     offs = (0,)
     for w_ in widths:
@@ -250,7 +254,7 @@ def test_lora_step_matches_fp64(slots, r, widths, hin):
     hout = offs[-1]
     a = torch.randn(s_, len(widths), r, hin, generator=g)
     b = torch.randn(s_, hout, r, generator=g)
-    scales = torch.tensor([0.5, 2.0, -1.5])
+    scales = torch.tensor([0.5, 2.0, -1.5, 0.75])
     x = torch.randn(t, hin, generator=g)
     y0 = torch.randn(t, hout, generator=g)
     want = y0.double().clone()
