@@ -1,18 +1,25 @@
-"""atoll's own fp32 CPU operators for x86-64 with AVX-512F (``cpu_ops.c``): the linear layer
-of every projection and RMSNorm.
+"""atoll's own fp32 CPU kernels for x86-64 with AVX-512F (``cpu_ops.c``), called through ctypes:
+the decode path of the runtime's model step.
 
-A decode step of a small model at batch 1 is a chain of matrix-vector products: every weight
-is read once and used for one multiply-add, so the step runs at the rate the weights stream from
-memory. oneDNN's packed fp32 linear reaches about 19 GB/s of weights there on this 2-core VM,
-whose memory streams at 50-60 GB/s; the kernel here reads them at about 40 GB/s, because its
-layout makes each thread's share of a weight one sequential stream (panels of 32 output
-features, ``[ceil(n/32), k, 32]``), and a 32-row step keeps one panel in L2 while it multiplies
-8 rows at a time against it (as fast as oneDNN or faster at 1-512 rows on the runtime's shapes:
-``bench/cpu_ops_bench.py``). Decode attention reads each request's K and V once,
-in place in the paged cache (:class:`DecodeAttention`), where the torch path first copies every
-request's blocks into one padded tensor per layer and then reads that copy. RMSNorm of a few rows is one call of about a
-microsecond where torch's takes eight operators and about 30 µs: at batch 1 a small model's step
-is short enough (about 20 ms for 61 norms) for that to count.
+A small model's decode step on a CPU is short (tens of milliseconds for 30 layers), so it is
+bound by how fast the weights stream from memory and by how many operator calls each layer
+makes. The kernels:
+
+- :func:`linear` on a :class:`PanelWeight`: weights in panels of 32 output features
+  (``[ceil(n/32), k, 32]``), so a one-row step reads each thread's share of a weight as one
+  sequential stream (30-35 GB/s of weights on this 2-core VM where oneDNN's packed linear reads
+  20-26), and a 32-row step keeps one panel in L2 while 8 rows at a time are multiplied against
+  it (as fast as oneDNN from 1 to 128 rows, within 3% at 512). Bias and residual are added in
+  the store.
+- :class:`DecodeAttention`: each decode row attends over its own cache blocks in place, through
+  its block table, where the torch path copies every request's blocks into one padded tensor per
+  layer and then reads the copy (5-11x faster at 32 requests).
+- :func:`rope_write` (RoPE on q and k, then the new K/V rows into the cache), :func:`silu_mul`
+  (the gated activation) and :func:`rms_norm`: one call each where torch takes 2-8 operators.
+- :class:`LoraStep`: the LoRA of a decode step's rows, each with its own adapter, one call per
+  projection; rows sharing an adapter (up to 4) share each read of its weights.
+
+``bench/cpu_ops_bench.py`` times each against the path it replaces.
 
 The C source is compiled on first use with the system C compiler (``cc -O3 -march=native
 -fopenmp``, about 0.3 s) into a per-user cache directory (``$ATOLL_KERNEL_CACHE``, else
@@ -21,7 +28,7 @@ source, the flags, the compiler's version and this CPU's model and flags, so a c
 different CPUs never loads a build made for another. The directory must belong to the user and
 be writable by no one else; otherwise, or without a compiler or AVX-512F, or with
 ``ATOLL_CPU_OPS=0``, :func:`available` is False and the runtime keeps oneDNN's packed
-weights. The library links the OpenMP runtime torch has already loaded (the same soname), so
+weights and torch's operators. The library links the OpenMP runtime torch has already loaded (the same soname), so
 the two share one thread pool setting: each call uses ``torch.get_num_threads()`` threads.
 """
 
