@@ -73,8 +73,8 @@ class Engine:
     where it makes decode GEMMs faster), in atoll's panel layout where its kernel builds, else
     oneDNN's; "panel" or "onednn" asks for one (see :mod:`.weights`); ``cpu_kernels``: atoll's
     own CPU kernels (:mod:`atoll.kernels.cpu_ops`: the panel layout, decode attention over the
-    cache in place, RMSNorm) in fp32 on the CPU: None where they build, False never (torch and
-    oneDNN only), True required.
+    cache in place, RoPE with the cache write, silu·up, RMSNorm, the decode LoRA) in fp32 on the
+    CPU: None where they build, False never (torch and oneDNN only), True required.
     """
 
     def __init__(self, model_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",

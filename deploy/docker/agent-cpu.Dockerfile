@@ -23,7 +23,12 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="atoll-agent-cpu" \
       org.opencontainers.image.source="https://github.com/atoll/atoll" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --system --gid 10001 atoll \
+# gcc, libc6-dev: atoll's AVX-512 CPU kernels (atoll.kernels.cpu_ops) are compiled for the host's
+# CPU on first use, into the atoll user's cache; without a compiler the agent serves with oneDNN.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 atoll \
     && useradd --system --uid 10001 --gid atoll --home-dir /var/lib/atoll --create-home atoll
 COPY --from=build /opt/venv /opt/venv
 COPY deploy/docker/healthcheck.py /opt/atoll/healthcheck.py
