@@ -61,8 +61,7 @@ import elasticity_traces as T  # noqa: E402
 from sim_agent import declared_rps, service_time  # noqa: E402
 
 from atoll.coordinator import scaling as S  # noqa: E402
-from atoll.coordinator.autoscaler import (REACTION_SAMPLES, STABLE_ARRIVALS, STABLE_REACTIONS,  # noqa: E402
-                                         count_between, rate_over)
+from atoll.coordinator.autoscaler import REACTION_SAMPLES, arrival_signals  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPLAY_SUITE = "diurnal:11,23,31,32,33,34,35,36,37,38;spikes:1,2,3,4,5;week:1"
@@ -170,10 +169,7 @@ def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float)
             if t < end:
                 heapq.heappush(ev, (t + S.PASS_S, 2, "pass", None))
             rho = (statistics.median(starts[-REACTION_SAMPLES:]) if starts else S.REACTION_DEFAULT_S) + S.PASS_S
-            lam, _ = rate_over(seen, t, STABLE_ARRIVALS, STABLE_REACTIONS * rho)
-            sample = S.Sample(now=t, arrivals_per_s=lam, recent=count_between(seen, t - rho, t),
-                              previous=count_between(seen, t - 2 * rho, t - rho),
-                              last_pass=count_between(seen, t - S.PASS_S, t), work_per_request=work or 1.0,
+            sample = S.Sample(now=t, **arrival_signals(seen, t, rho), work_per_request=work or 1.0,
                               queued=float(len(queue)), in_flight=float(in_flight),
                               ready_replicas=sum(1 for r in reps if r["ready_at"] <= t),
                               planned_replicas=len(reps), last_request_at=t, reaction_s=rho)

@@ -113,6 +113,16 @@ def count_between(times: Sequence[float], start: float, end: float) -> int:
     return n
 
 
+def arrival_signals(arrivals: Sequence[float], now: float, rho: float) -> dict[str, float]:
+    """The arrival fields of a :class:`Sample`: the stable rate (over the last
+    ``STABLE_ARRIVALS`` arrivals, or the last ``STABLE_REACTIONS`` ρ when fewer came) and the
+    counts in the last ρ, the ρ before it and the last pass."""
+    lam, _ = rate_over(arrivals, now, STABLE_ARRIVALS, STABLE_REACTIONS * rho)
+    return dict(arrivals_per_s=lam, recent=count_between(arrivals, now - rho, now),
+                previous=count_between(arrivals, now - 2 * rho, now - rho),
+                last_pass=count_between(arrivals, now - PASS_S, now))
+
+
 def work_ratio(spec: WorkflowSpec, tokens: Mapping[str, float]) -> float:
     """Work per request of a workflow: the largest task's, where a task's is its mean completion
     tokens (``tokens[task]``) over its declared completion tokens (at least 1 when it declares
@@ -203,8 +213,6 @@ class Autoscaler:
                nodes: Mapping[str, NodeRecord], now: float) -> Sample:
         w = self._of(rec.name)
         rho = self.reaction_s(rec.name)
-        lam, _ = rate_over(w.arrivals, now, STABLE_ARRIVALS, STABLE_REACTIONS * rho)
-        recent, previous = count_between(w.arrivals, now - rho, now), count_between(w.arrivals, now - 2 * rho, now - rho)
         tasks = {v["task"] for v in views} or set(rec.plan.variants if rec.plan is not None else ())
         per_task = [(sum(1 for v in views if v["task"] == t and v["state"] == "ready" and v["node_state"] == "READY"),
                      sum(1 for v in views if v["task"] == t)) for t in sorted(tasks)]
@@ -212,8 +220,7 @@ class Autoscaler:
         # Idle time counts from the last request, or from when the workflow became ready to serve
         # if that came later: a workflow still deploying (and not asked for anything) is not idle.
         seen = [t for t in (w.last_request, w.ready_since) if t is not None]
-        return Sample(now=now, arrivals_per_s=lam, recent=recent, previous=previous,
-                      last_pass=count_between(w.arrivals, now - PASS_S, now),
+        return Sample(now=now, **arrival_signals(w.arrivals, now, rho),
                       work_per_request=work_ratio(spec, w.work), queued=float(queued(rec, nodes)),
                       in_flight=float(w.in_flight), ready_replicas=ready, planned_replicas=planned,
                       last_request_at=max(seen) if seen else now, reaction_s=rho)

@@ -343,7 +343,8 @@ void atoll_rope_write(float* qkv, int64_t ldq, int64_t t, int64_t nh, int64_t nk
       for (int64_t i = 0; i < h; i += 16) {
         __mmask16 m = tail_mask(h - i);
         __m512 a = _mm512_maskz_loadu_ps(m, x + i), b = _mm512_maskz_loadu_ps(m, x + h + i);
-        __m512 na = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m, s + i), _mm512_mul_ps(a, _mm512_maskz_loadu_ps(m, c + i)));
+        __m512 na = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m, s + i),
+                                    _mm512_mul_ps(a, _mm512_maskz_loadu_ps(m, c + i)));
         __m512 nb = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, s + h + i),
                                     _mm512_mul_ps(b, _mm512_maskz_loadu_ps(m, c + h + i)));
         _mm512_mask_storeu_ps(x + i, m, na);

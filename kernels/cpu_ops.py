@@ -148,10 +148,10 @@ def _build() -> ctypes.CDLL:
     lib.atoll_silu_mul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                    ctypes.c_void_p, ctypes.c_int]
     lib.atoll_lora.restype = None
-    lib.atoll_lora.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,       # y, x
-                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,      # a, b, scales, slots
-                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,                        # order, groups
-                               ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,          # N, R, hin, hout
+    lib.atoll_lora.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,  # y, x
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,  # a bt sc slots
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,                    # order, groups
+                               ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,      # N, R, hin, hout
                                ctypes.c_void_p, ctypes.c_int]
     lib.atoll_rms_norm.restype = None
     lib.atoll_rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,

@@ -210,12 +210,12 @@ class CompiledRoute:
 def lighter(chosen: Endpoint, other: Endpoint, in_flight: "InFlight") -> Endpoint:
     """``other`` when ``chosen`` (the plan's pick) holds more than LOAD_SLACK requests per unit
     of weight beyond it, by the loads the replicas last reported to this agent (all callers'
-    requests, :meth:`InFlight.load`; only while ``chosen``'s report is fresh); else ``chosen``. ``other`` is a second draw from the same
-    weighted cycle, so the plan's shares hold while loads stay close, and a replica that other
-    entries have queued up (after a storm took its peers, while new ones start) sheds its share
-    to an idle one instead of growing its queue: the power of two choices, on every pick, for
-    two lookups."""
-    if other.replica_id == chosen.replica_id or not in_flight.fresh(chosen.replica_id):
+    requests, :meth:`InFlight.load`; the caller draws ``other`` only while ``chosen``'s report is
+    fresh); else ``chosen``. ``other`` is a second draw from the same weighted cycle, so the
+    plan's shares hold while loads stay close, and a replica that other entries have queued up
+    (after a storm took its peers, while new ones start) sheds its share to an idle one instead
+    of growing its queue: the power of two choices, on every pick, for two lookups."""
+    if other.replica_id == chosen.replica_id:
         return chosen
     ratio = max(chosen.weight, 1e-9) / max(other.weight, 1e-9)
     return other if in_flight.load(chosen.replica_id) > ratio * in_flight.load(other.replica_id) + LOAD_SLACK else chosen

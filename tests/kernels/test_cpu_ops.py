@@ -200,7 +200,8 @@ def test_decode_attention_refuses_tables_outside_the_cache():
 
 
 @needs_kernel
-@pytest.mark.parametrize("t,nh,nkv,d,rd", [(1, 9, 3, 64, 64), (5, 4, 2, 24, 24), (9, 6, 1, 80, 32), (3, 2, 2, 130, 130)])
+@pytest.mark.parametrize("t,nh,nkv,d,rd", [(1, 9, 3, 64, 64), (5, 4, 2, 24, 24), (9, 6, 1, 80, 32),
+                                           (3, 2, 2, 130, 130)])
 def test_rope_write_matches_the_torch_path(t, nh, nkv, d, rd):
     g = torch.Generator().manual_seed(t * 31 + d)
     width = (nh + 2 * nkv) * d
