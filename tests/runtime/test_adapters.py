@@ -136,12 +136,17 @@ def test_lru_eviction_pinning_and_refcounts(tiny_dir, tmp_path):
 
         # a running request's adapter is never evicted: a3 waits until a2's request is done
         eng.start()
-        long = eng.submit([1, 5, 6], "a2", SamplingParams(max_tokens=40, ignore_eos=True))
-        other = eng.submit([1, 5, 6], "a0", SamplingParams(max_tokens=40, ignore_eos=True))
+        # (long enough to outlast the checks below on a fast CPU: 400 tokens each)
+        long = eng.submit([1, 5, 6], "a2", SamplingParams(max_tokens=400, ignore_eos=True))
+        other = eng.submit([1, 5, 6], "a0", SamplingParams(max_tokens=400, ignore_eos=True))
         _wait(lambda: len(long.token_ids) > 0 and len(other.token_ids) > 0)
         late = eng.submit([1, 7], "a3", SamplingParams(max_tokens=1, ignore_eos=True))
-        time.sleep(0.05)
-        assert not late.finished and res()["a3"] != "device"
+        checks, until = 0, time.monotonic() + 0.05
+        while time.monotonic() < until and not (long.finished or other.finished):
+            assert not late.finished and res()["a3"] != "device"     # both slots held by running requests
+            checks += 1
+            time.sleep(0.002)
+        assert checks > 0 and not (long.finished or other.finished), "the long requests ended before the check"
         with pytest.raises(FailedPrecondition, match="running request"):
             eng.remove_adapter("a2")
         long.result(30)
