@@ -412,7 +412,7 @@ void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float*
       yr[m] = y + t * ldy;
     }
     float sc = scales[s];
-    float h[4][512 + 16];
+    float h[4][512];
     for (int64_t n = 0; n < N; n++) {
       const float* an = a + ((int64_t)s * N + n) * R * hin;
       int64_t r = 0;
@@ -440,8 +440,6 @@ void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float*
       }
       for (; r < R; r++)
         for (int m = 0; m < gm; m++) h[m][r] = dot(xr[m], an + r * hin, hin);
-      for (int m = 0; m < gm; m++)
-        for (int64_t r2 = R; r2 < R + 16; r2++) h[m][r2] = 0.0f;
       /* expand from bt [R][hout]: 16 output columns at a time, bt's rows read once for the group */
       const float* bts = bt + (int64_t)s * R * hout;
       for (int m = 0; m < gm; m++)

@@ -195,8 +195,6 @@ class PanelWeight:
     """A ``[out, in]`` fp32 CPU weight in panels of 32 output features (see the module
     docstring); :func:`linear` applies it. ``shape`` is the logical ``(out, in)``."""
 
-    is_mkldnn = False
-
     def __init__(self, w: torch.Tensor):
         if w.dim() != 2 or w.dtype != torch.float32 or w.device.type != "cpu":
             raise ValueError(f"a panel weight is a 2-D fp32 CPU tensor, not {tuple(w.shape)} {w.dtype} on {w.device}")

@@ -62,7 +62,6 @@ class StepBatch:
     lora: LoraMeta            # slot per row (-1: base model)
     num_decode: int           # rows 0 … num_decode-1 are single-token decodes, one per request
     decode_kv_rows: torch.Tensor | None   # [B, NB] long, cache blocks of each request (padding: 0)
-    decode_kv_mask: torch.Tensor | None   # [B, 1, NB·block_size] additive mask (0 or -inf)
     decode_lens: torch.Tensor | None      # [B] long: tokens in each decode request's cache, its new one included
     prefills: list[PrefillChunk]
     logit_rows: torch.Tensor  # [M] long: rows whose next-token logits are wanted
@@ -101,8 +100,10 @@ class _StepMasks:
     with that window: decode [nkv·B, 1, span] (kv-head-major, as the decode scores) and one
     [g·len, pos0+len] per prefill chunk."""
 
-    def __init__(self, batch: StepBatch, group: int, kv_heads: int, device: torch.device, *, decode: bool = True):
+    def __init__(self, batch: StepBatch, group: int, kv_heads: int, device: torch.device, block_size: int, *,
+                 decode: bool = True):
         self.batch, self.group, self.kv_heads, self.device = batch, group, kv_heads, device
+        self.block_size = block_size
         self.decode = decode             # False: the decode rows need no mask (they attend in place)
         self._made: dict[int | None, tuple] = {}
 
@@ -116,13 +117,15 @@ class _StepMasks:
         b = self.batch
         if not b.num_decode or not self.decode:
             return None
-        m = b.decode_kv_mask
+        # whole blocks are gathered: positions past a request's length (and padding blocks) are
+        # masked, and with a window the keys it no longer sees
+        span = b.decode_kv_rows.shape[1] * self.block_size
+        ar = torch.arange(span, device=self.device)
+        hidden = ar[None, :] >= b.decode_lens[:, None]                                      # [B, span]
         if window is not None:
-            span = m.shape[-1]
-            ar = torch.arange(span, device=self.device)
-            old = ar[None, :] <= b.positions[:b.num_decode, None] - window                   # [B, span]
-            m = m.masked_fill(old.unsqueeze(1), float("-inf"))
-        return m.repeat(self.kv_heads, 1, 1)
+            hidden |= ar[None, :] <= b.positions[:b.num_decode, None] - window
+        m = torch.zeros(b.num_decode, 1, span, device=self.device)
+        return m.masked_fill_(hidden.unsqueeze(1), float("-inf")).repeat(self.kv_heads, 1, 1)
 
     def _prefill(self, ch: PrefillChunk, window: int | None) -> torch.Tensor:
         qpos = torch.arange(ch.pos0, ch.pos0 + ch.length, device=self.device)
@@ -153,7 +156,7 @@ class _StepContext:
                 batch.decode_kv_rows, batch.decode_lens, num_blocks=kv.num_blocks, block_size=kv.block_size,
                 num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
         self._masks = _StepMasks(batch, cfg.num_heads // cfg.num_kv_heads, cfg.num_kv_heads, model.device,
-                                 decode=self.cpu_attention is None)
+                                 kv.block_size, decode=self.cpu_attention is None)
         if model.cpu_kernels and batch.write_rows.numel():
             lo, hi = int(batch.write_rows.min()), int(batch.write_rows.max())
             if lo < 0 or hi >= kv.capacity_tokens:

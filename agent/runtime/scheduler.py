@@ -134,25 +134,18 @@ class Scheduler:
                 logit_rows.append(row + n - 1)
             row += n
         nd = len(decodes)
-        kv_rows = kv_mask = lens = None
+        kv_rows = lens = None
         if nd:
             lens_l = [r.num_computed + 1 for r in decodes]
             lens = torch.tensor(lens_l, device=dev)
             nbmax = -(-max(lens_l) // bs)
-            table = torch.tensor([(r.blocks + [0] * nbmax)[:nbmax] for r in decodes], dtype=torch.long,
-                                 device=dev)
-            # whole blocks are gathered (one copy of block_size rows per block, not one per row);
-            # positions past a request's length, and padding blocks (block 0), are masked
-            span = nbmax * bs
-            ar = torch.arange(span, device=dev)
-            kv_rows = table
-            kv_mask = torch.zeros(nd, span, device=dev)
-            kv_mask.masked_fill_(ar[None, :] >= lens[:, None], float("-inf"))
-            kv_mask = kv_mask.view(nd, 1, span)
+            # each request's blocks, padded with block 0 (the model masks what lies past its length)
+            kv_rows = torch.tensor([(r.blocks + [0] * nbmax)[:nbmax] for r in decodes], dtype=torch.long,
+                                   device=dev)
         return StepBatch(
             input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
             positions=torch.tensor(pos, dtype=torch.long, device=dev),
             write_rows=torch.tensor(write, dtype=torch.long, device=dev),
             lora=LoraMeta.build(torch.tensor(slots, dtype=torch.int32, device=dev)),
-            num_decode=nd, decode_kv_rows=kv_rows, decode_kv_mask=kv_mask, decode_lens=lens, prefills=prefills,
+            num_decode=nd, decode_kv_rows=kv_rows, decode_lens=lens, prefills=prefills,
             logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=dev), max_position=max(pos))
