@@ -23,6 +23,12 @@
 #define MR 8
 #define MC 64
 
+/* Below this many multiply-adds (or elements) a call runs on one thread: waking a second one
+ * costs more than it saves, and an idle OpenMP thread spins after each parallel region, which
+ * takes CPU from the other replicas and processes of a small host. */
+#define PAR_WORK ((int64_t)1 << 18)
+static inline int team(int64_t work, int nthreads) { return work >= PAR_WORK ? nthreads : 1; }
+
 static inline __mmask16 lo_mask(int c) { return c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << c) - 1); }
 static inline __mmask16 hi_mask(int c) {
   return c >= 32 ? (__mmask16)0xFFFF : c <= 16 ? (__mmask16)0 : (__mmask16)((1u << (c - 16)) - 1);
@@ -101,7 +107,7 @@ void atoll_linear(const float* x, int64_t ldx, const float* wp, const float* bia
                   float* y, int64_t ldy, int64_t m, int64_t n, int64_t k, int nthreads) {
   int64_t np = (n + NR - 1) / NR, nmc = (m + MC - 1) / MC, mbc = MC / MR;
   int64_t tasks = nmc * np * mbc;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+#pragma omp parallel for num_threads(team(m * n * k, nthreads)) schedule(static)
   for (int64_t t = 0; t < tasks; t++) {
     int64_t mc = t / (np * mbc), p = (t / mbc) % np, b = t % mbc;
     int64_t r0 = mc * MC + b * MR;
@@ -130,7 +136,7 @@ void atoll_linear(const float* x, int64_t ldx, const float* wp, const float* bia
  * passes its 1 + w as w). Rows split over threads when there are many. */
 void atoll_rms_norm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t m, int64_t n,
                     float eps, int nthreads) {
-#pragma omp parallel for num_threads(m >= 64 ? nthreads : 1) schedule(static)
+#pragma omp parallel for num_threads(team(m * n * 8, nthreads)) schedule(static)
   for (int64_t r = 0; r < m; r++) {
     const float* xr = x + r * ldx;
     float* yr = y + r * ldy;
@@ -213,8 +219,9 @@ void atoll_decode_attention(const float* q, int64_t ldq, const float* cache, int
                             int64_t nbmax, const int64_t* lens, int64_t bs, int64_t B, int64_t nh, int64_t nkv,
                             int64_t d, float scale, float cap, int64_t window, float* out, float* scratch,
                             int64_t scratch_per_thread, int nthreads) {
-  int64_t g = nh / nkv;
-#pragma omp parallel num_threads(nthreads)
+  int64_t g = nh / nkv, keys = 0;
+  for (int64_t b = 0; b < B; b++) keys += lens[b];
+#pragma omp parallel num_threads(B * nkv >= 2 ? team(keys * nh * d * 2, nthreads) : 1)
   {
 #ifdef _OPENMP
     float* s = scratch + (int64_t)omp_get_thread_num() * scratch_per_thread;
@@ -333,7 +340,7 @@ void atoll_rope_write(float* qkv, int64_t ldq, int64_t t, int64_t nh, int64_t nk
                       const float* cos_t, const float* sin_t, int64_t ldc, float* cache, int64_t rows,
                       const int64_t* write_rows, int nthreads) {
   int64_t h = rd / 2;
-#pragma omp parallel for num_threads(t >= 8 ? nthreads : 1) schedule(static)
+#pragma omp parallel for num_threads(team(t * (nh + 2 * nkv) * d * 8, nthreads)) schedule(static)
   for (int64_t r = 0; r < t; r++) {
     float* row = qkv + r * ldq;
     const float* c = cos_t + r * ldc;
@@ -368,7 +375,7 @@ void atoll_rope_write(float* qkv, int64_t ldq, int64_t t, int64_t nh, int64_t nk
 
 /* out[r][i] = silu(gu[r][i]) * gu[r][n + i] for m rows of 2n (row stride ldg); out is [m][n]. */
 void atoll_silu_mul(const float* gu, int64_t ldg, int64_t m, int64_t n, float* out, int nthreads) {
-#pragma omp parallel for num_threads(m >= 4 ? nthreads : 1) schedule(static)
+#pragma omp parallel for num_threads(team(m * n * 8, nthreads)) schedule(static)
   for (int64_t r = 0; r < m; r++) {
     const float* g = gu + r * ldg;
     const float* u = g + n;
@@ -399,7 +406,7 @@ void atoll_silu_mul(const float* gu, int64_t ldg, int64_t m, int64_t n, float* o
 void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float* a, const float* bt,
                 const float* scales, const int32_t* slots, const int64_t* order, const int64_t* gstart, int64_t G,
                 int64_t N, int64_t R, int64_t hin, int64_t hout, const int64_t* offsets, int nthreads) {
-#pragma omp parallel for num_threads(G >= 2 ? nthreads : 1) schedule(static)
+#pragma omp parallel for num_threads(G >= 2 ? team(G * 4 * N * R * (hin + hout), nthreads) : 1) schedule(static)
   for (int64_t gi = 0; gi < G; gi++) {
     int64_t k0 = gstart[gi], gm = gstart[gi + 1] - k0;
     int32_t s = slots[order[k0]];
