@@ -1,17 +1,23 @@
-/* fp32 linear layers for x86-64 CPUs with AVX-512F, built and loaded by cpu_ops.py.
+/* fp32 kernels for the decode path on x86-64 CPUs, built and loaded by cpu_ops.py: linear layers,
+ * RMSNorm, decode attention over the paged cache, RoPE with the cache write, silu(gate)*up and
+ * the LoRA of decode steps.
+ *
+ * The kernels are written once against a 16-lane vector layer (below): on a CPU with AVX-512F a
+ * vector is one zmm register and a mask one __mmask16; on one with AVX2 and FMA (no AVX-512) a
+ * vector is a pair of ymm registers and a mask the count of leading lanes it keeps (every mask
+ * the kernels use is a prefix of the lanes). The tile sizes that set how many vectors a loop
+ * keeps in registers (MR, K1, PV_H, PV_C, LU) follow the ISA: 32 registers for AVX-512, 16 for
+ * AVX2.
  *
  *     y[m, n] = x[m, k] . W[n, k]^T (+ bias[n]) (+ res[m, n])
  *
  * W is stored in panels of 32 output features: wp[p][i][j] = W[32p + j][i] for p < ceil(n/32),
  * zero past n. Every k-step of a panel is then 128 contiguous bytes (two 16-lane vectors), and a
  * whole panel is one sequential stream, so a decode step with one row reads the weights at
- * close to the memory's streaming rate, and a 32-row step keeps a panel (k x 128 bytes) in L2
- * while 8 rows at a time are multiplied against it (16 accumulators, x broadcast per k-step).
- * Work is split over OpenMP threads by (64-row chunk, panel, 8-row block), chunk-major.
+ * close to the memory's streaming rate, and a many-row step keeps a panel (k x 128 bytes) in L2
+ * while MR rows at a time are multiplied against it (2 MR accumulators, x broadcast per k-step).
+ * Work is split over OpenMP threads by (MC-row chunk, panel, MR-row block), chunk-major.
  */
-#ifndef __AVX512F__
-#error "cpu_ops.c needs AVX-512F"
-#endif
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -19,9 +25,185 @@
 #include <omp.h>
 #endif
 
+#if defined(__AVX512F__)
+
+#define ISA 2
+#define MR 8   /* rows per linear tile: 16 accumulators */
+#define K1 4   /* k-steps in flight for one row */
+#define PV_H 4 /* attention P.V: heads x 16-lane chunks of d held in registers */
+#define PV_C 4
+#define LU 4   /* LoRA shrink: ranks reduced together */
+
+typedef __m512 vf;
+typedef __mmask16 vm;
+static inline vf v_zero(void) { return _mm512_setzero_ps(); }
+static inline vf v_set1(float a) { return _mm512_set1_ps(a); }
+static inline vf v_load(const float* p) { return _mm512_loadu_ps(p); }
+static inline vm v_tail(int64_t left) {
+  return left >= 16 ? (vm)0xFFFF : left <= 0 ? (vm)0 : (vm)((1u << left) - 1);
+}
+static inline vf v_loadm(vm m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+static inline vf v_loadm_or(vf src, vm m, const float* p) { return _mm512_mask_loadu_ps(src, m, p); }
+static inline void v_storem(float* p, vm m, vf a) { _mm512_mask_storeu_ps(p, m, a); }
+static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf v_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+static inline vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }  /* a b + c */
+static inline vf v_keep(vm m, vf a) { return _mm512_maskz_mov_ps(m, a); }     /* zero past the mask */
+static inline float v_sum(vf a) { return _mm512_reduce_add_ps(a); }
+static inline float v_hmax(vf a) { return _mm512_reduce_max_ps(a); }
+
+/* The sums of four vectors' lanes, as one 4-lane vector (a, b, c, d). */
+static inline __m128 v_sum4(vf a, vf b, vf c, vf d) {
+  __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));   /* a0+a2 b0+b2 a1+a3 b1+b3 per 128 */
+  __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  /* a b c d per 128-bit lane */
+  __m512 half = _mm512_add_ps(abcd, _mm512_shuffle_f32x4(abcd, abcd, _MM_SHUFFLE(1, 0, 3, 2)));
+  __m512 all = _mm512_add_ps(half, _mm512_shuffle_f32x4(half, half, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_castps512_ps128(all);
+}
+
+/* e^x: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to degree 7 (relative error
+ * under 1e-8 there), times 2^n (scalef, which saturates to inf). Lanes below -87.3 come out 0. */
+static inline vf v_exp(vf x) {
+  const __m512 lo = _mm512_set1_ps(-87.3f);
+  __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, lo);
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps((__mmask16)~tiny, _mm512_scalef_ps(p, n));
+}
+
+#elif defined(__AVX2__) && defined(__FMA__)
+
+#define ISA 1
+#define MR 3
+#define K1 2
+#define PV_H 2
+#define PV_C 2
+#define LU 1
+
+typedef struct { __m256 l, h; } vf;
+typedef int vm; /* lanes 0 ... vm-1 are kept (0 to 16) */
+static inline vf v_zero(void) { vf r = {_mm256_setzero_ps(), _mm256_setzero_ps()}; return r; }
+static inline vf v_set1(float a) { vf r = {_mm256_set1_ps(a), _mm256_set1_ps(a)}; return r; }
+static inline vf v_load(const float* p) { vf r = {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; return r; }
+static inline vm v_tail(int64_t left) { return left >= 16 ? 16 : left <= 0 ? 0 : (int)left; }
+static inline __m256i lanes8(int n) {   /* all-ones in lanes 0 ... n-1 of eight */
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline vf v_loadm(vm m, const float* p) {
+  if (m >= 16) return v_load(p);
+  vf r;
+  r.l = m >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes8(m));
+  r.h = m > 8 ? _mm256_maskload_ps(p + 8, lanes8(m - 8)) : _mm256_setzero_ps();
+  return r;
+}
+static inline vf v_keep(vm m, vf a) {
+  if (m >= 16) return a;
+  vf r = {_mm256_and_ps(a.l, _mm256_castsi256_ps(lanes8(m))), _mm256_and_ps(a.h, _mm256_castsi256_ps(lanes8(m - 8)))};
+  return r;
+}
+static inline vf v_loadm_or(vf src, vm m, const float* p) {
+  if (m >= 16) return v_load(p);
+  __m256 kl = _mm256_castsi256_ps(lanes8(m)), kh = _mm256_castsi256_ps(lanes8(m - 8));
+  vf v = v_loadm(m, p);
+  vf r = {_mm256_blendv_ps(src.l, v.l, kl), _mm256_blendv_ps(src.h, v.h, kh)};
+  return r;
+}
+static inline void v_storem(float* p, vm m, vf a) {
+  if (m >= 16) {
+    _mm256_storeu_ps(p, a.l);
+    _mm256_storeu_ps(p + 8, a.h);
+    return;
+  }
+  if (m >= 8) _mm256_storeu_ps(p, a.l);
+  else if (m > 0) _mm256_maskstore_ps(p, lanes8(m), a.l);
+  if (m > 8) _mm256_maskstore_ps(p + 8, lanes8(m - 8), a.h);
+}
+#define V_BINARY(name, op) \
+  static inline vf name(vf a, vf b) { vf r = {op(a.l, b.l), op(a.h, b.h)}; return r; }
+V_BINARY(v_add, _mm256_add_ps)
+V_BINARY(v_sub, _mm256_sub_ps)
+V_BINARY(v_mul, _mm256_mul_ps)
+V_BINARY(v_div, _mm256_div_ps)
+V_BINARY(v_max, _mm256_max_ps)
+static inline vf v_fma(vf a, vf b, vf c) {
+  vf r = {_mm256_fmadd_ps(a.l, b.l, c.l), _mm256_fmadd_ps(a.h, b.h, c.h)};
+  return r;
+}
+static inline __m128 sum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  __m256 ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+  __m256 cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+  __m256 abcd = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  /* a b c d per 128-bit lane */
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+static inline __m128 v_sum4(vf a, vf b, vf c, vf d) {
+  return sum8x4(_mm256_add_ps(a.l, a.h), _mm256_add_ps(b.l, b.h), _mm256_add_ps(c.l, c.h), _mm256_add_ps(d.l, d.h));
+}
+static inline float v_sum(vf a) {
+  __m256 s = _mm256_add_ps(a.l, a.h);
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_add_ss(q, _mm_movehdup_ps(q));
+  return _mm_cvtss_f32(q);
+}
+static inline float v_hmax(vf a) {
+  __m256 s = _mm256_max_ps(a.l, a.h);
+  __m128 q = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  q = _mm_max_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_max_ss(q, _mm_movehdup_ps(q));
+  return _mm_cvtss_f32(q);
+}
+
+/* e^x for 8 lanes, as the AVX-512 version: n = round(x / ln2), the degree-7 polynomial of
+ * r = x - n ln2, times 2^n built in two exponent-field halves (2^(n>>1) 2^(n - (n>>1))), so
+ * that n = 128 and above saturate to inf as scalef does. Lanes below -87.3 come out 0; x is
+ * capped at 100 (e^100 is already inf in fp32) before the conversion to an integer. */
+static inline __m256 exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  __m256 tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(100.0f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  __m256i ni = _mm256_cvtps_epi32(n), h1 = _mm256_srai_epi32(ni, 1), h2 = _mm256_sub_epi32(ni, h1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h1, bias), 23));
+  __m256 e2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h2, bias), 23));
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(_mm256_mul_ps(p, e1), e2));
+}
+static inline vf v_exp(vf x) { vf r = {exp8(x.l), exp8(x.h)}; return r; }
+
+#else
+#error "cpu_ops.c needs AVX-512F, or AVX2 with FMA"
+#endif
+
 #define NR 32
-#define MR 8
-#define MC 64
+#define MC (8 * MR)
 
 /* Below this many multiply-adds (or elements) a call runs on one thread: waking a second one
  * costs more than it saves, and an idle OpenMP thread spins after each parallel region, which
@@ -29,71 +211,73 @@
 #define PAR_WORK ((int64_t)1 << 18)
 static inline int team(int64_t work, int nthreads) { return work >= PAR_WORK ? nthreads : 1; }
 
-static inline __mmask16 lo_mask(int c) { return c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << c) - 1); }
-static inline __mmask16 hi_mask(int c) {
-  return c >= 32 ? (__mmask16)0xFFFF : c <= 16 ? (__mmask16)0 : (__mmask16)((1u << (c - 16)) - 1);
-}
-
 /* One output row of a panel: c <= 32 valid columns, optional bias and residual (masked loads
  * never touch memory past the valid columns). */
-static inline __attribute__((always_inline)) void store_row(__m512 a0, __m512 a1, float* y, const float* bias,
+static inline __attribute__((always_inline)) void store_row(vf a0, vf a1, float* y, const float* bias,
                                                             const float* res, int c) {
-  __mmask16 m0 = lo_mask(c), m1 = hi_mask(c);
+  vm m0 = v_tail(c), m1 = v_tail(c - 16);
   if (bias) {
-    a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(m0, bias));
-    a1 = _mm512_add_ps(a1, _mm512_maskz_loadu_ps(m1, bias + 16));
+    a0 = v_add(a0, v_loadm(m0, bias));
+    a1 = v_add(a1, v_loadm(m1, bias + 16));
   }
   if (res) {
-    a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(m0, res));
-    a1 = _mm512_add_ps(a1, _mm512_maskz_loadu_ps(m1, res + 16));
+    a0 = v_add(a0, v_loadm(m0, res));
+    a1 = v_add(a1, v_loadm(m1, res + 16));
   }
-  _mm512_mask_storeu_ps(y, m0, a0);
-  _mm512_mask_storeu_ps(y + 16, m1, a1);
+  v_storem(y, m0, a0);
+  v_storem(y + 16, m1, a1);
 }
 
-/* One row against one panel, four k-steps in flight (one row alone would otherwise wait on the
+/* One row against one panel, K1 k-steps in flight (one row alone would otherwise wait on the
  * FMA latency of a single accumulator pair). */
 static void tile1(const float* x, const float* wp, int64_t k, float* y, const float* bias, const float* res, int c) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-  __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps(), d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
+  vf a0[K1], a1[K1];
+#pragma GCC unroll 4
+  for (int u = 0; u < K1; u++) {
+    a0[u] = v_zero();
+    a1[u] = v_zero();
+  }
   int64_t i = 0;
-  for (; i + 4 <= k; i += 4) {
+  for (; i + K1 <= k; i += K1) {
     const float* w = wp + i * NR;
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_set1_ps(x[i]), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 16), _mm512_set1_ps(x[i]), a1);
-    b0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 32), _mm512_set1_ps(x[i + 1]), b0);
-    b1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 48), _mm512_set1_ps(x[i + 1]), b1);
-    c0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 64), _mm512_set1_ps(x[i + 2]), c0);
-    c1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 80), _mm512_set1_ps(x[i + 2]), c1);
-    d0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 96), _mm512_set1_ps(x[i + 3]), d0);
-    d1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 112), _mm512_set1_ps(x[i + 3]), d1);
+#pragma GCC unroll 4
+    for (int u = 0; u < K1; u++) {
+      vf xb = v_set1(x[i + u]);
+      a0[u] = v_fma(v_load(w + u * NR), xb, a0[u]);
+      a1[u] = v_fma(v_load(w + u * NR + 16), xb, a1[u]);
+    }
   }
   for (; i < k; i++) {
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wp + i * NR), _mm512_set1_ps(x[i]), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wp + i * NR + 16), _mm512_set1_ps(x[i]), a1);
+    a0[0] = v_fma(v_load(wp + i * NR), v_set1(x[i]), a0[0]);
+    a1[0] = v_fma(v_load(wp + i * NR + 16), v_set1(x[i]), a1[0]);
   }
-  a0 = _mm512_add_ps(_mm512_add_ps(a0, b0), _mm512_add_ps(c0, d0));
-  a1 = _mm512_add_ps(_mm512_add_ps(a1, b1), _mm512_add_ps(c1, d1));
-  store_row(a0, a1, y, bias, res, c);
+#if K1 == 4
+  a0[0] = v_add(v_add(a0[0], a0[1]), v_add(a0[2], a0[3]));
+  a1[0] = v_add(v_add(a1[0], a1[1]), v_add(a1[2], a1[3]));
+#else
+  a0[0] = v_add(a0[0], a0[1]);
+  a1[0] = v_add(a1[0], a1[1]);
+#endif
+  store_row(a0[0], a1[0], y, bias, res, c);
 }
 
-/* R rows (2 <= R <= 8, a constant once inlined) against one panel. */
+/* R rows (2 <= R <= MR, a constant once inlined) against one panel. */
 static inline __attribute__((always_inline)) void tile(const int R, const float* x, int64_t ldx, const float* wp,
                                                        int64_t k, float* y, int64_t ldy, const float* bias,
                                                        const float* res, int64_t ldr, int c) {
-  __m512 a0[MR], a1[MR];
+  vf a0[MR], a1[MR];
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++) {
-    a0[r] = _mm512_setzero_ps();
-    a1[r] = _mm512_setzero_ps();
+    a0[r] = v_zero();
+    a1[r] = v_zero();
   }
   for (int64_t i = 0; i < k; i++) {
-    __m512 w0 = _mm512_loadu_ps(wp + i * NR), w1 = _mm512_loadu_ps(wp + i * NR + 16);
+    vf w0 = v_load(wp + i * NR), w1 = v_load(wp + i * NR + 16);
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
-      __m512 xb = _mm512_set1_ps(x[r * ldx + i]);
-      a0[r] = _mm512_fmadd_ps(w0, xb, a0[r]);
-      a1[r] = _mm512_fmadd_ps(w1, xb, a1[r]);
+      vf xb = v_set1(x[r * ldx + i]);
+      a0[r] = v_fma(w0, xb, a0[r]);
+      a1[r] = v_fma(w1, xb, a1[r]);
     }
   }
 #pragma GCC unroll 8
@@ -102,6 +286,9 @@ static inline __attribute__((always_inline)) void tile(const int R, const float*
 
 /* The ABI version cpu_ops.py checks before it calls anything else. */
 int atoll_linear_abi(void) { return 1; }
+
+/* Which vector layer this build uses: 2 for AVX-512F, 1 for AVX2 with FMA. */
+int atoll_isa(void) { return ISA; }
 
 void atoll_linear(const float* x, int64_t ldx, const float* wp, const float* bias, const float* res, int64_t ldr,
                   float* y, int64_t ldy, int64_t m, int64_t n, int64_t k, int nthreads) {
@@ -122,12 +309,14 @@ void atoll_linear(const float* x, int64_t ldx, const float* wp, const float* bia
     switch (rows) {
       case 1: tile1(xr, w, k, yr, bb, rr, c); break;
       case 2: tile(2, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+#if MR > 3
       case 3: tile(3, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
       case 4: tile(4, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
       case 5: tile(5, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
       case 6: tile(6, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
       case 7: tile(7, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
-      default: tile(8, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+#endif
+      default: tile(MR, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
     }
   }
 }
@@ -140,71 +329,34 @@ void atoll_rms_norm(const float* x, int64_t ldx, const float* w, float* y, int64
   for (int64_t r = 0; r < m; r++) {
     const float* xr = x + r * ldx;
     float* yr = y + r * ldy;
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    vf s0 = v_zero(), s1 = v_zero();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-      __m512 a = _mm512_loadu_ps(xr + i), b = _mm512_loadu_ps(xr + i + 16);
-      s0 = _mm512_fmadd_ps(a, a, s0);
-      s1 = _mm512_fmadd_ps(b, b, s1);
+      vf a = v_load(xr + i), b = v_load(xr + i + 16);
+      s0 = v_fma(a, a, s0);
+      s1 = v_fma(b, b, s1);
     }
     for (; i < n; i += 16) {
-      __mmask16 mk = (n - i) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-      __m512 a = _mm512_maskz_loadu_ps(mk, xr + i);
-      s0 = _mm512_fmadd_ps(a, a, s0);
+      vf a = v_loadm(v_tail(n - i), xr + i);
+      s0 = v_fma(a, a, s0);
     }
-    float inv = 1.0f / sqrtf(_mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / (float)n + eps);
-    __m512 vi = _mm512_set1_ps(inv);
+    float inv = 1.0f / sqrtf(v_sum(v_add(s0, s1)) / (float)n + eps);
+    vf vi = v_set1(inv);
     for (i = 0; i < n; i += 16) {
-      __mmask16 mk = (n - i) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + i), vi);
-      _mm512_mask_storeu_ps(yr + i, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, w + i), v));
+      vm mk = v_tail(n - i);
+      vf v = v_mul(v_loadm(mk, xr + i), vi);
+      v_storem(yr + i, mk, v_mul(v_loadm(mk, w + i), v));
     }
   }
-}
-
-/* e^x for 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to degree 7
- * (relative error under 1e-8 there), times 2^n by scalef. Lanes below -87.3 come out as 0. */
-static inline __m512 exp16(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.3f);
-  __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  x = _mm512_max_ps(x, lo);
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_mov_ps((__mmask16)~tiny, _mm512_scalef_ps(p, n));
-}
-
-static inline __mmask16 tail_mask(int64_t left) {
-  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-}
-
-/* The sums of four vectors' lanes, as one 4-lane vector (a, b, c, d). */
-static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));   /* a0+a2 b0+b2 a1+a3 b1+b3 per 128 */
-  __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-  __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
-                              _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  /* a b c d per 128-bit lane */
-  __m512 half = _mm512_add_ps(abcd, _mm512_shuffle_f32x4(abcd, abcd, _MM_SHUFFLE(1, 0, 3, 2)));
-  __m512 all = _mm512_add_ps(half, _mm512_shuffle_f32x4(half, half, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_castps512_ps128(all);
 }
 
 static inline float dot(const float* a, const float* b, int64_t d) {
-  __m512 s = _mm512_setzero_ps();
+  vf s = v_zero();
   for (int64_t i = 0; i < d; i += 16) {
-    __mmask16 m = tail_mask(d - i);
-    s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s);
+    vm m = v_tail(d - i);
+    s = v_fma(v_loadm(m, a + i), v_loadm(m, b + i), s);
   }
-  return _mm512_reduce_add_ps(s);
+  return v_sum(s);
 }
 
 /* Attention of one new token per request over its paged KV cache, read in place.
@@ -247,16 +399,16 @@ void atoll_decode_attention(const float* q, int64_t ldq, const float* cache, int
         }
         for (int64_t h = 0; h < g; h++) {
           const float* qh = qb + h * d;
-          __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+          vf a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
           for (int64_t i = 0; i < d; i += 16) {
-            __mmask16 m = tail_mask(d - i);
-            __m512 qv = _mm512_maskz_loadu_ps(m, qh + i);
-            a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, kr[0] + i), a0);
-            a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, kr[1] + i), a1);
-            a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, kr[2] + i), a2);
-            a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, kr[3] + i), a3);
+            vm m = v_tail(d - i);
+            vf qv = v_loadm(m, qh + i);
+            a0 = v_fma(qv, v_loadm(m, kr[0] + i), a0);
+            a1 = v_fma(qv, v_loadm(m, kr[1] + i), a1);
+            a2 = v_fma(qv, v_loadm(m, kr[2] + i), a2);
+            a3 = v_fma(qv, v_loadm(m, kr[3] + i), a3);
           }
-          __m128 four = _mm_mul_ps(reduce4(a0, a1, a2, a3), _mm_set1_ps(scale));
+          __m128 four = _mm_mul_ps(v_sum4(a0, a1, a2, a3), _mm_set1_ps(scale));
           if (cap > 0.0f) {
             float v[4];
             _mm_storeu_ps(v, four);
@@ -277,53 +429,52 @@ void atoll_decode_attention(const float* q, int64_t ldq, const float* cache, int
       }
       for (int64_t h = 0; h < g; h++) {
         float* sh = s + h * L;
-        __m512 mx = _mm512_set1_ps(-INFINITY);
-        for (int64_t t = 0; t < L; t += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail_mask(L - t), sh + t));
-        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
+        vf mx = v_set1(-INFINITY);
+        for (int64_t t = 0; t < L; t += 16) mx = v_max(mx, v_loadm_or(mx, v_tail(L - t), sh + t));
+        vf m = v_set1(v_hmax(mx)), sum = v_zero();
         for (int64_t t = 0; t < L; t += 16) {
-          __mmask16 k = tail_mask(L - t);
-          __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, sh + t), m));
-          e = _mm512_maskz_mov_ps(k, e);
-          _mm512_mask_storeu_ps(sh + t, k, e);
-          sum = _mm512_add_ps(sum, e);
+          vm k = v_tail(L - t);
+          vf e = v_keep(k, v_exp(v_sub(v_loadm(k, sh + t), m)));
+          v_storem(sh + t, k, e);
+          sum = v_add(sum, e);
         }
-        float inv = 1.0f / _mm512_reduce_add_ps(sum);
+        vf inv = v_set1(1.0f / v_sum(sum));
         for (int64_t t = 0; t < L; t += 16) {
-          __mmask16 k = tail_mask(L - t);
-          _mm512_mask_storeu_ps(sh + t, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sh + t), _mm512_set1_ps(inv)));
+          vm k = v_tail(L - t);
+          v_storem(sh + t, k, v_mul(v_loadm(k, sh + t), inv));
         }
       }
-      /* probabilities times V: up to 4 heads x 64 dims of accumulators held in registers */
-      for (int64_t h0 = 0; h0 < g; h0 += 4) {
-        int64_t hn = (g - h0) < 4 ? (g - h0) : 4;
-        for (int64_t i0 = 0; i0 < d; i0 += 64) {
-          __mmask16 mk[4];
-          for (int c = 0; c < 4; c++) mk[c] = (i0 + 16 * c < d) ? tail_mask(d - i0 - 16 * c) : (__mmask16)0;
-          __m512 acc[4][4];
+      /* probabilities times V: PV_H heads x 16 PV_C dims of accumulators held in registers */
+      for (int64_t h0 = 0; h0 < g; h0 += PV_H) {
+        int64_t hn = (g - h0) < PV_H ? (g - h0) : PV_H;
+        for (int64_t i0 = 0; i0 < d; i0 += 16 * PV_C) {
+          vm mk[PV_C];
+          for (int c = 0; c < PV_C; c++) mk[c] = v_tail(d - i0 - 16 * c);
+          vf acc[PV_H][PV_C];
 #pragma GCC unroll 4
-          for (int hh = 0; hh < 4; hh++)
+          for (int hh = 0; hh < PV_H; hh++)
 #pragma GCC unroll 4
-            for (int c = 0; c < 4; c++) acc[hh][c] = _mm512_setzero_ps();
+            for (int c = 0; c < PV_C; c++) acc[hh][c] = v_zero();
           for (int64_t tt = 0; tt < L; tt++) {
             int64_t pos = k0 + tt, row = tb[pos / bs] * bs + pos % bs;
             const float* vr = vbase + row * d + i0;
-            __m512 vv[4];
+            vf vv[PV_C];
 #pragma GCC unroll 4
-            for (int c = 0; c < 4; c++) vv[c] = _mm512_maskz_loadu_ps(mk[c], vr + 16 * c);
+            for (int c = 0; c < PV_C; c++) vv[c] = v_loadm(mk[c], vr + 16 * c);
 #pragma GCC unroll 4
-            for (int hh = 0; hh < 4; hh++) {
+            for (int hh = 0; hh < PV_H; hh++) {
               if (hh < hn) {
-                __m512 p = _mm512_set1_ps(s[(h0 + hh) * L + tt]);
+                vf p = v_set1(s[(h0 + hh) * L + tt]);
 #pragma GCC unroll 4
-                for (int c = 0; c < 4; c++) acc[hh][c] = _mm512_fmadd_ps(p, vv[c], acc[hh][c]);
+                for (int c = 0; c < PV_C; c++) acc[hh][c] = v_fma(p, vv[c], acc[hh][c]);
               }
             }
           }
 #pragma GCC unroll 4
-          for (int hh = 0; hh < 4; hh++)
+          for (int hh = 0; hh < PV_H; hh++)
             if (hh < hn)
 #pragma GCC unroll 4
-              for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(ob + (h0 + hh) * d + i0 + 16 * c, mk[c], acc[hh][c]);
+              for (int c = 0; c < PV_C; c++) v_storem(ob + (h0 + hh) * d + i0 + 16 * c, mk[c], acc[hh][c]);
         }
       }
     }
@@ -348,14 +499,12 @@ void atoll_rope_write(float* qkv, int64_t ldq, int64_t t, int64_t nh, int64_t nk
     for (int64_t hd = 0; hd < nh + nkv; hd++) {
       float* x = row + hd * d;
       for (int64_t i = 0; i < h; i += 16) {
-        __mmask16 m = tail_mask(h - i);
-        __m512 a = _mm512_maskz_loadu_ps(m, x + i), b = _mm512_maskz_loadu_ps(m, x + h + i);
-        __m512 na = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m, s + i),
-                                    _mm512_mul_ps(a, _mm512_maskz_loadu_ps(m, c + i)));
-        __m512 nb = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, s + h + i),
-                                    _mm512_mul_ps(b, _mm512_maskz_loadu_ps(m, c + h + i)));
-        _mm512_mask_storeu_ps(x + i, m, na);
-        _mm512_mask_storeu_ps(x + h + i, m, nb);
+        vm m = v_tail(h - i);
+        vf a = v_loadm(m, x + i), b = v_loadm(m, x + h + i);
+        vf na = v_fma(b, v_loadm(m, s + i), v_mul(a, v_loadm(m, c + i)));
+        vf nb = v_fma(a, v_loadm(m, s + h + i), v_mul(b, v_loadm(m, c + h + i)));
+        v_storem(x + i, m, na);
+        v_storem(x + h + i, m, nb);
       }
     }
     int64_t wr = write_rows[r];
@@ -365,9 +514,9 @@ void atoll_rope_write(float* qkv, int64_t ldq, int64_t t, int64_t nh, int64_t nk
       float* kc = cache + (j * rows + wr) * d;
       float* vc = cache + ((nkv + j) * rows + wr) * d;
       for (int64_t i = 0; i < d; i += 16) {
-        __mmask16 m = tail_mask(d - i);
-        _mm512_mask_storeu_ps(kc + i, m, _mm512_maskz_loadu_ps(m, k + i));
-        _mm512_mask_storeu_ps(vc + i, m, _mm512_maskz_loadu_ps(m, v + i));
+        vm m = v_tail(d - i);
+        v_storem(kc + i, m, v_loadm(m, k + i));
+        v_storem(vc + i, m, v_loadm(m, v + i));
       }
     }
   }
@@ -381,11 +530,11 @@ void atoll_silu_mul(const float* gu, int64_t ldg, int64_t m, int64_t n, float* o
     const float* u = g + n;
     float* o = out + r * n;
     for (int64_t i = 0; i < n; i += 16) {
-      __mmask16 k = tail_mask(n - i);
-      __m512 x = _mm512_maskz_loadu_ps(k, g + i);
-      __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
-      __m512 sg = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-      _mm512_mask_storeu_ps(o + i, k, _mm512_mul_ps(sg, _mm512_maskz_loadu_ps(k, u + i)));
+      vm k = v_tail(n - i);
+      vf x = v_loadm(k, g + i);
+      vf e = v_exp(v_sub(v_zero(), x));
+      vf sg = v_div(x, v_add(v_set1(1.0f), e));
+      v_storem(o + i, k, v_mul(sg, v_loadm(k, u + i)));
     }
   }
 }
@@ -401,7 +550,7 @@ void atoll_silu_mul(const float* gu, int64_t ldg, int64_t m, int64_t n, float* o
  * group g is order[gstart[g]] ... order[gstart[g+1]-1]): a group reads its adapter's weights
  * once, for all its rows, so the weights' trip from memory is shared (at batch 32 with 8
  * adapters these reads are most of the work). Per row the R shrink sums of a slice stay on the
- * stack (R <= 512), reduced four at a time; the expand adds 16 output columns at a time, one
+ * stack (R <= 512), LU ranks reduced together; the expand adds 16 output columns at a time, one
  * multiply-add per rank. Groups are split over threads. */
 void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float* a, const float* bt,
                 const float* scales, const int32_t* slots, const int64_t* order, const int64_t* gstart, int64_t G,
@@ -423,27 +572,32 @@ void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float*
     for (int64_t n = 0; n < N; n++) {
       const float* an = a + ((int64_t)s * N + n) * R * hin;
       int64_t r = 0;
-      for (; r + 4 <= R; r += 4) {
-        __m512 acc[4][4];
+      for (; r + LU <= R; r += LU) {
+        vf acc[4][LU];
 #pragma GCC unroll 4
         for (int m = 0; m < 4; m++)
 #pragma GCC unroll 4
-          for (int u = 0; u < 4; u++) acc[m][u] = _mm512_setzero_ps();
+          for (int u = 0; u < LU; u++) acc[m][u] = v_zero();
         for (int64_t i = 0; i < hin; i += 16) {
-          __mmask16 mk = tail_mask(hin - i);
-          __m512 av[4];
+          vm mk = v_tail(hin - i);
+          vf av[LU];
 #pragma GCC unroll 4
-          for (int u = 0; u < 4; u++) av[u] = _mm512_maskz_loadu_ps(mk, an + (r + u) * hin + i);
+          for (int u = 0; u < LU; u++) av[u] = v_loadm(mk, an + (r + u) * hin + i);
 #pragma GCC unroll 4
           for (int m = 0; m < 4; m++) {
             if (m < gm) {
-              __m512 xv = _mm512_maskz_loadu_ps(mk, xr[m] + i);
+              vf xv = v_loadm(mk, xr[m] + i);
 #pragma GCC unroll 4
-              for (int u = 0; u < 4; u++) acc[m][u] = _mm512_fmadd_ps(xv, av[u], acc[m][u]);
+              for (int u = 0; u < LU; u++) acc[m][u] = v_fma(xv, av[u], acc[m][u]);
             }
           }
         }
-        for (int m = 0; m < gm; m++) _mm_storeu_ps(h[m] + r, reduce4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
+#if LU == 4
+        for (int m = 0; m < gm; m++) _mm_storeu_ps(h[m] + r, v_sum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
+#else
+        for (int m = 0; m < gm; m++)
+          for (int u = 0; u < LU; u++) h[m][r + u] = v_sum(acc[m][u]);
+#endif
       }
       for (; r < R; r++)
         for (int m = 0; m < gm; m++) h[m][r] = dot(xr[m], an + r * hin, hin);
@@ -452,18 +606,17 @@ void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float*
       for (int m = 0; m < gm; m++)
         for (int64_t r2 = 0; r2 < R; r2++) h[m][r2] *= sc;
       for (int64_t j = offsets[n]; j < offsets[n + 1]; j += 16) {
-        __mmask16 mk = tail_mask(offsets[n + 1] - j);
-        __m512 c[4];
+        vm mk = v_tail(offsets[n + 1] - j);
+        vf c[4];
 #pragma GCC unroll 4
-        for (int m = 0; m < 4; m++) c[m] = _mm512_setzero_ps();
+        for (int m = 0; m < 4; m++) c[m] = v_zero();
         for (int64_t r2 = 0; r2 < R; r2++) {
-          __m512 bv = _mm512_maskz_loadu_ps(mk, bts + r2 * hout + j);
+          vf bv = v_loadm(mk, bts + r2 * hout + j);
 #pragma GCC unroll 4
           for (int m = 0; m < 4; m++)
-            if (m < gm) c[m] = _mm512_fmadd_ps(_mm512_set1_ps(h[m][r2]), bv, c[m]);
+            if (m < gm) c[m] = v_fma(v_set1(h[m][r2]), bv, c[m]);
         }
-        for (int m = 0; m < gm; m++)
-          _mm512_mask_storeu_ps(yr[m] + j, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, yr[m] + j), c[m]));
+        for (int m = 0; m < gm; m++) v_storem(yr[m] + j, mk, v_add(v_loadm(mk, yr[m] + j), c[m]));
       }
     }
   }

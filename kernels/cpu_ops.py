@@ -104,8 +104,9 @@ def library_name(compiler_version: str) -> str:
 def _build() -> ctypes.CDLL:
     if platform.machine() not in ("x86_64", "AMD64"):
         raise RuntimeError(f"not an x86-64 CPU ({platform.machine()})")
-    if "avx512f" not in _cpu_identity():
-        raise RuntimeError("this CPU has no AVX-512F")
+    flags = set(_cpu_identity().split())
+    if "avx512f" not in flags and not {"avx2", "fma"} <= flags:
+        raise RuntimeError("this CPU has neither AVX-512F nor AVX2 with FMA")
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
@@ -134,6 +135,7 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     if lib.atoll_linear_abi() != ABI:
         raise RuntimeError(f"{target} has ABI {lib.atoll_linear_abi()}, expected {ABI}")
+    lib.atoll_isa.restype = ctypes.c_int
     lib.atoll_decode_attention.restype = None
     lib.atoll_decode_attention.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
@@ -184,6 +186,12 @@ def library() -> ctypes.CDLL | None:
 
 def available() -> bool:
     return library() is not None
+
+
+def isa() -> str | None:
+    """The vector instructions the loaded build uses ("avx512f" or "avx2"), or None."""
+    lib = library()
+    return None if lib is None else {2: "avx512f", 1: "avx2"}.get(lib.atoll_isa())
 
 
 def why_not() -> str:
