@@ -6,7 +6,7 @@
  * vector is one zmm register and a mask one __mmask16; on one with AVX2 and FMA (no AVX-512) a
  * vector is a pair of ymm registers and a mask the count of leading lanes it keeps (every mask
  * the kernels use is a prefix of the lanes). The tile sizes that set how many vectors a loop
- * keeps in registers (MR, K1, PV_H, PV_C, LU) follow the ISA: 32 registers for AVX-512, 16 for
+ * keeps in registers (MR, NV, K1, PV_H, PV_C, LU) follow the ISA: 32 registers for AVX-512, 16 for
  * AVX2.
  *
  *     y[m, n] = x[m, k] . W[n, k]^T (+ bias[n]) (+ res[m, n])
@@ -15,7 +15,7 @@
  * zero past n. Every k-step of a panel is then 128 contiguous bytes (two 16-lane vectors), and a
  * whole panel is one sequential stream, so a decode step with one row reads the weights at
  * close to the memory's streaming rate, and a many-row step keeps a panel (k x 128 bytes) in L2
- * while MR rows at a time are multiplied against it (2 MR accumulators, x broadcast per k-step).
+ * while MR rows at a time are multiplied against it (MR NV accumulators, x broadcast per k-step).
  * Work is split over OpenMP threads by (MC-row chunk, panel, MR-row block), chunk-major.
  */
 #include <immintrin.h>
@@ -28,7 +28,8 @@
 #if defined(__AVX512F__)
 
 #define ISA 2
-#define MR 8   /* rows per linear tile: 16 accumulators */
+#define MR 8   /* rows per linear tile ... */
+#define NV 2   /* ... times 16-column vectors per row: 16 accumulators */
 #define K1 4   /* k-steps in flight for one row */
 #define PV_H 4 /* attention P.V: heads x 16-lane chunks of d held in registers */
 #define PV_C 4
@@ -90,7 +91,8 @@ static inline vf v_exp(vf x) {
 #elif defined(__AVX2__) && defined(__FMA__)
 
 #define ISA 1
-#define MR 3
+#define MR 6
+#define NV 1
 #define K1 2
 #define PV_H 2
 #define PV_C 2
@@ -211,21 +213,13 @@ static inline vf v_exp(vf x) { vf r = {exp8(x.l), exp8(x.h)}; return r; }
 #define PAR_WORK ((int64_t)1 << 18)
 static inline int team(int64_t work, int nthreads) { return work >= PAR_WORK ? nthreads : 1; }
 
-/* One output row of a panel: c <= 32 valid columns, optional bias and residual (masked loads
- * never touch memory past the valid columns). */
-static inline __attribute__((always_inline)) void store_row(vf a0, vf a1, float* y, const float* bias,
-                                                            const float* res, int c) {
-  vm m0 = v_tail(c), m1 = v_tail(c - 16);
-  if (bias) {
-    a0 = v_add(a0, v_loadm(m0, bias));
-    a1 = v_add(a1, v_loadm(m1, bias + 16));
-  }
-  if (res) {
-    a0 = v_add(a0, v_loadm(m0, res));
-    a1 = v_add(a1, v_loadm(m1, res + 16));
-  }
-  v_storem(y, m0, a0);
-  v_storem(y + 16, m1, a1);
+/* One 16-column vector of an output row: the columns the mask keeps, optional bias and residual
+ * (masked loads never touch memory past the valid columns). */
+static inline __attribute__((always_inline)) void store_vec(vf a, float* y, const float* bias, const float* res,
+                                                            vm m) {
+  if (bias) a = v_add(a, v_loadm(m, bias));
+  if (res) a = v_add(a, v_loadm(m, res));
+  v_storem(y, m, a);
 }
 
 /* One row against one panel, K1 k-steps in flight (one row alone would otherwise wait on the
@@ -258,30 +252,43 @@ static void tile1(const float* x, const float* wp, int64_t k, float* y, const fl
   a0[0] = v_add(a0[0], a0[1]);
   a1[0] = v_add(a1[0], a1[1]);
 #endif
-  store_row(a0[0], a1[0], y, bias, res, c);
+  store_vec(a0[0], y, bias, res, v_tail(c));
+  store_vec(a1[0], y + 16, bias ? bias + 16 : 0, res ? res + 16 : 0, v_tail(c - 16));
 }
 
-/* R rows (2 <= R <= MR, a constant once inlined) against one panel. */
+/* R rows (2 <= R <= MR, a constant once inlined) against one panel, NV of its two 16-column
+ * halves per pass (AVX-512: both at once; AVX2: one half at a time, so that 6 rows' accumulators,
+ * the weights and a broadcast fit the 16 ymm registers). */
 static inline __attribute__((always_inline)) void tile(const int R, const float* x, int64_t ldx, const float* wp,
                                                        int64_t k, float* y, int64_t ldy, const float* bias,
                                                        const float* res, int64_t ldr, int c) {
-  vf a0[MR], a1[MR];
+  for (int half = 0; half < 2 && 16 * half < c; half += NV) {
+    vf acc[MR][NV];
 #pragma GCC unroll 8
-  for (int r = 0; r < R; r++) {
-    a0[r] = v_zero();
-    a1[r] = v_zero();
-  }
-  for (int64_t i = 0; i < k; i++) {
-    vf w0 = v_load(wp + i * NR), w1 = v_load(wp + i * NR + 16);
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) acc[r][v] = v_zero();
+    const float* w = wp + 16 * half;
+    for (int64_t i = 0; i < k; i++) {
+      vf wv[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) wv[v] = v_load(w + i * NR + 16 * v);
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++) {
-      vf xb = v_set1(x[r * ldx + i]);
-      a0[r] = v_fma(w0, xb, a0[r]);
-      a1[r] = v_fma(w1, xb, a1[r]);
+      for (int r = 0; r < R; r++) {
+        vf xb = v_set1(x[r * ldx + i]);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) acc[r][v] = v_fma(wv[v], xb, acc[r][v]);
+      }
     }
-  }
 #pragma GCC unroll 8
-  for (int r = 0; r < R; r++) store_row(a0[r], a1[r], y + r * ldy, bias, res ? res + r * ldr : 0, c);
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) {
+        int col = 16 * (half + v);
+        store_vec(acc[r][v], y + r * ldy + col, bias ? bias + col : 0, res ? res + r * ldr + col : 0,
+                  v_tail(c - col));
+      }
+  }
 }
 
 /* The ABI version cpu_ops.py checks before it calls anything else. */
@@ -309,10 +316,10 @@ void atoll_linear(const float* x, int64_t ldx, const float* wp, const float* bia
     switch (rows) {
       case 1: tile1(xr, w, k, yr, bb, rr, c); break;
       case 2: tile(2, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
-#if MR > 3
       case 3: tile(3, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
       case 4: tile(4, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
       case 5: tile(5, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+#if MR > 6
       case 6: tile(6, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
       case 7: tile(7, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
 #endif
