@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 
 from atoll.agent.runtime.weights import layout_of
+from atoll.kernels import cpu_ops
 
 REPO = Path(__file__).resolve().parent.parent
 CLOCK = time.perf_counter      # --cpu-time: time.process_time (immune to other processes' time slices)
@@ -165,7 +166,6 @@ def best_gemm_flops(m: int, k: int, n: int, reps: int = 50) -> dict[str, float]:
     """:func:`gemm_flops` for every layout this machine serves; "best" is the highest, the rate a
     FLOP bound should use whichever layout the runtime took."""
     from atoll.agent.runtime.weights import onednn_available
-    from atoll.kernels import cpu_ops
 
     layouts = ["plain"] + (["onednn"] if onednn_available() else []) + (["panel"] if cpu_ops.available() else [])
     rates = {lay: gemm_flops(m, k, n, reps=reps, layout=lay) for lay in layouts}
@@ -309,7 +309,8 @@ def real_model(args) -> int:
     print(f"model: {path.name} ({engine.source.format}), {cfg.model_type}, {cfg.num_layers} layers, hidden "
           f"{cfg.hidden_size}, vocab {cfg.vocab_size}; greedy, {new_tokens} new tokens; load average "
           f"{os.getloadavg()[0]:.1f} (shared machine)")
-    print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, copy bandwidth "
+    print(f"machine: {cpu_ops.cpu_model()}, {os.cpu_count()} cores, atoll's CPU kernels: {cpu_ops.isa()}, torch "
+          f"threads {torch.get_num_threads()}, copy bandwidth "
           f"{bw / 1e9:.1f} GB/s, batch-32 GEMM " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in rates.items())
           + f" GFLOP/s; atoll's weights: {layout}" + ("; *_other: a second engine without atoll's CPU kernels"
                                                       if other else ""))
@@ -323,7 +324,8 @@ def real_model(args) -> int:
               f"{'met' if v >= targets[k] else 'NOT met'})")
     doc = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "model": str(path),
            "format": engine.source.format, "model_type": cfg.model_type, "new_tokens": new_tokens,
-           "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "machine": {"cpu": cpu_ops.cpu_model(), "cores": os.cpu_count(), "kernel_isa": cpu_ops.isa(),
+                       "torch_threads": torch.get_num_threads(),
                        "load_avg_start": load_start, "load_avg": os.getloadavg(),
                        "copy_bandwidth_gb_s": bw / 1e9, "gemm_gflop_s": flops / 1e9,
                        "gemm_gflop_s_by_layout": {k: v / 1e9 for k, v in rates.items()},
@@ -468,7 +470,7 @@ def main(argv=None) -> int:
     print(f"model: {cfg.num_params / 1e6:.1f}M params, hidden {cfg.hidden_size}, {cfg.num_layers} layers, "
           f"vocab {cfg.vocab_size}; {n_req} requests x {prompt_len} prompt + {new_tokens} new tokens, rank {rank}")
     print(f"clock: {'process CPU time' if args.cpu_time else 'wall'}; load average {os.getloadavg()[0]:.1f}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+    print(f"machine: {cpu_ops.cpu_model()}, {os.cpu_count()} cores, atoll's CPU kernels: {cpu_ops.isa()}, torch threads "
           f"{torch.get_num_threads()}, copy bandwidth {bw / 1e9:.1f} GB/s, decode-GEMM {flops / 1e9:.0f} GFLOP/s "
           f"(best of {', '.join(k for k in rates if k != 'best')}; atoll's base weights: {layout})")
     nan = float("nan")
@@ -488,7 +490,7 @@ def main(argv=None) -> int:
     import transformers
 
     doc = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick,
-           "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "machine": {"cpu": cpu_ops.cpu_model(), "cores": os.cpu_count(), "kernel_isa": cpu_ops.isa(),
                        "torch_threads": torch.get_num_threads(), "copy_bandwidth_gb_s": bw / 1e9,
                        "decode_gemm_gflop_s": flops / 1e9, "gemm_gflop_s_by_layout": {k: v / 1e9 for k, v in rates.items()},
                     "weight_layout": layout, "load_avg": os.getloadavg(),

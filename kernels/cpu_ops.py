@@ -1,4 +1,5 @@
-"""atoll's own fp32 CPU kernels for x86-64 with AVX-512F (``cpu_ops.c``), called through ctypes:
+"""atoll's own fp32 CPU kernels for x86-64 with AVX-512F or AVX2 + FMA (``cpu_ops.c``), called
+through ctypes:
 the decode path of the runtime's model step.
 
 A small model's decode step on a CPU is short (tens of milliseconds for 30 layers), so it is
@@ -26,7 +27,7 @@ The C source is compiled on first use with the system C compiler (``cc -O3 -marc
 ``$XDG_CACHE_HOME/atoll/kernels``, else ``~/.cache/atoll/kernels``), named by a hash of the
 source, the flags, the compiler's version and this CPU's model and flags, so a cache shared by
 different CPUs never loads a build made for another. The directory must belong to the user and
-be writable by no one else; otherwise, or without a compiler or AVX-512F, or with
+be writable by no one else; otherwise, or without a compiler or one of AVX-512F and AVX2 + FMA, or with
 ``ATOLL_CPU_OPS=0``, :func:`available` is False and the runtime keeps oneDNN's packed
 weights and torch's operators. The library links the OpenMP runtime torch has already loaded (the same soname), so
 the two share one thread pool setting: each call uses ``torch.get_num_threads()`` threads.
@@ -55,6 +56,20 @@ SOURCE = Path(__file__).with_name("cpu_ops.c")
 PANEL = 32
 ABI = 1
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+ISAS = ("native", "avx2")
+
+
+def requested_isa() -> str:
+    """``ATOLL_CPU_OPS_ISA``: "native" (the default: AVX-512F where the CPU has it, else AVX2) or
+    "avx2" (the AVX2 build even on an AVX-512 CPU, so that both can be tested on one machine)."""
+    isa = os.environ.get("ATOLL_CPU_OPS_ISA", "native").strip().lower() or "native"
+    if isa not in ISAS:
+        raise RuntimeError(f"ATOLL_CPU_OPS_ISA={isa!r}: expected one of {', '.join(ISAS)}")
+    return isa
+
+
+def build_flags() -> tuple[str, ...]:
+    return FLAGS + (("-mno-avx512f",) if requested_isa() == "avx2" else ())
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -80,6 +95,14 @@ def _cpu_identity() -> str:
     return "\n".join(dict.fromkeys(keep))           # the same lines repeat per core
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC ..."), for benchmark records; the machine type elsewhere."""
+    for ln in _cpu_identity().splitlines():
+        if ln.startswith("model name") and ":" in ln:
+            return ln.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def _private_dir(d: Path) -> str | None:
     """Create ``d`` (0700) if needed; the reason it cannot hold code we load, or None."""
     try:
@@ -96,7 +119,7 @@ def _private_dir(d: Path) -> str | None:
 
 def library_name(compiler_version: str) -> str:
     """The cached library's file name: a hash of the source, the flags, the compiler and this CPU."""
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler_version.encode(),
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(build_flags()).encode(), compiler_version.encode(),
                                      _cpu_identity().encode()])).hexdigest()[:24]
     return f"cpu_ops-{key}.so"
 
@@ -105,8 +128,9 @@ def _build() -> ctypes.CDLL:
     if platform.machine() not in ("x86_64", "AMD64"):
         raise RuntimeError(f"not an x86-64 CPU ({platform.machine()})")
     flags = set(_cpu_identity().split())
-    if "avx512f" not in flags and not {"avx2", "fma"} <= flags:
-        raise RuntimeError("this CPU has neither AVX-512F nor AVX2 with FMA")
+    if not {"avx2", "fma"} <= flags and ("avx512f" not in flags or requested_isa() == "avx2"):
+        raise RuntimeError("this CPU has neither AVX-512F nor AVX2 with FMA" if "avx512f" not in flags
+                           else "ATOLL_CPU_OPS_ISA=avx2 on a CPU without AVX2 and FMA")
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
@@ -121,7 +145,7 @@ def _build() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=d)
         os.close(fd)
         try:
-            r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
+            r = subprocess.run([cc, *build_flags(), str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
             if r.returncode != 0:
                 raise RuntimeError(f"{Path(cc).name} failed: {(r.stderr or r.stdout).strip()[-400:]}")
             os.replace(tmp, target)                 # atomic: a concurrent build loads either copy

@@ -106,7 +106,7 @@ class Engine:
         self.lora_backend = _resolve_backend(lora_backend, self.device)
         fits = self.device.type == "cpu" and self.dtype == torch.float32
         if cpu_kernels and not (fits and cpu_ops.available()):
-            raise FailedPrecondition("atoll's CPU kernels serve fp32 on an x86-64 CPU with AVX-512F and a C compiler: "
+            raise FailedPrecondition("atoll's CPU kernels serve fp32 on an x86-64 CPU with AVX-512F or AVX2 and a C compiler: "
                                      + (cpu_ops.why_not() if fits else f"not {self.dtype} on {self.device}"),
                                      hint="leave cpu_kernels unset to use them where they build")
         cpu_kernels = fits and cpu_kernels is not False and cpu_ops.available()

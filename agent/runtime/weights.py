@@ -15,7 +15,7 @@ Layout per layer (weights stored ``[out, in]`` as in ``nn.Linear``):
   factor ``1 + w`` they multiply by.
 
 On the CPU in fp32 the projections (and the lm_head) are stored **packed**: in panels of 32
-output features for atoll's own AVX-512 linear kernel (:mod:`atoll.kernels.cpu_ops`) where
+output features for atoll's own linear kernel (:mod:`atoll.kernels.cpu_ops`) where
 it builds, else in oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, the
 layout PyTorch's own compiler uses for frozen CPU weights). Either is applied with
 :func:`linear`. Measured on this 2-core CPU against plain ``F.linear`` (``bench/runtime_bench.py
@@ -249,7 +249,7 @@ def _layout(packed: bool | str | None, device, dtype: torch.dtype) -> str | None
     if not packing_available(device, dtype):
         if packed is None:
             return None
-        raise InvalidArgument(f"packed weights need fp32 on a CPU with oneDNN or AVX-512, not {dtype} on {device}",
+        raise InvalidArgument(f"packed weights need fp32 on a CPU with oneDNN or atoll's CPU kernels, not {dtype} on {device}",
                               hint="leave packed unset to choose automatically")
     if packed == "panel" and not cpu_ops.available():
         raise InvalidArgument(f"the panel layout needs atoll's CPU kernel: {cpu_ops.why_not()}",

@@ -1,7 +1,8 @@
-"""atoll's AVX-512 CPU operators (atoll.kernels.cpu_ops) against fp64 formulas, and the rules of
+"""atoll's CPU operators (atoll.kernels.cpu_ops) against fp64 formulas, and the rules of
 their build: where the library may live, which CPU a build is for, how it is turned off.
 
-The kernel tests need an x86-64 CPU with AVX-512F and a C compiler (the CI machine has both);
+The kernel tests need an x86-64 CPU with AVX-512F or AVX2 + FMA and a C compiler (they run with
+whichever vector layer this CPU builds: AVX-512F where it has it, else AVX2);
 elsewhere they are skipped with the reason the kernel gave, and the runtime serves oneDNN's
 layout instead (tests/runtime/test_reference.py checks whichever layout is taken)."""
 
@@ -19,9 +20,10 @@ from atoll.kernels import cpu_ops
 
 needs_kernel = pytest.mark.skipif(not cpu_ops.available(), reason=f"no CPU kernel here: {cpu_ops.why_not()}")
 
-# rows 0-9 cross every tile height (1, 2-7, 8); 63-65 and 130 cross the 64-row chunks; columns cross
-# the 32-wide panels and their 16-lane halves; k = 1, 3, 5 run the single-row kernel's tail
-SHAPES = [(m, n, k) for m in (0, 1, 2, 3, 5, 7, 8, 9, 63, 64, 65, 130)
+# rows 0-9 cross every tile height (AVX-512: 1, 2-7, 8; AVX2: 1, 2-5, 6); 47-49, 63-65 and 130
+# cross the row chunks (64 rows; AVX2 48); columns cross the 32-wide panels and their 16-lane
+# halves; k = 1, 3, 5 run the single-row kernel's tail
+SHAPES = [(m, n, k) for m in (0, 1, 2, 3, 5, 7, 8, 9, 47, 48, 49, 63, 64, 65, 130)
           for n, k in ((1, 1), (7, 5), (16, 3), (17, 33), (31, 64), (32, 576), (33, 17), (100, 130))]
 
 
@@ -114,6 +116,36 @@ def _in_child(code: str, **env) -> str:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
+
+
+def test_the_build_uses_the_widest_vector_layer_this_cpu_has():
+    flags = set(cpu_ops._cpu_identity().split())
+    if not cpu_ops.available():
+        pytest.skip(f"no CPU kernel here: {cpu_ops.why_not()}")
+    forced = cpu_ops.requested_isa() == "avx2"
+    assert cpu_ops.isa() == ("avx512f" if "avx512f" in flags and not forced else "avx2")
+
+
+def test_an_unknown_isa_request_is_refused_with_the_choices():
+    code = "from atoll.kernels import cpu_ops\nprint(cpu_ops.available(), cpu_ops.why_not(), sep='|')"
+    got = _in_child(code, ATOLL_CPU_OPS_ISA="sse2").split("|")
+    assert got[0] == "False" and "ATOLL_CPU_OPS_ISA='sse2'" in got[1] and "native, avx2" in got[1]
+
+
+@needs_kernel
+def test_the_avx2_build_passes_these_tests_on_an_avx512_cpu(tmp_path):
+    """On a CPU with AVX-512F the tests above ran the AVX-512 build; this runs them again on the
+    AVX2 build (ATOLL_CPU_OPS_ISA=avx2), so one machine checks both vector layers."""
+    if cpu_ops.isa() != "avx512f":
+        pytest.skip(f"the native build here is already {cpu_ops.isa()}: the tests above ran it")
+    env = {**os.environ, "ATOLL_CPU_OPS_ISA": "avx2", "ATOLL_KERNEL_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "not avx2_build and not cached_per_cpu"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and " failed" not in out.stdout
+    assert _in_child("from atoll.kernels import cpu_ops\nprint(cpu_ops.isa())", ATOLL_CPU_OPS_ISA="avx2",
+                     ATOLL_KERNEL_CACHE=str(tmp_path / "cache")) == "avx2"
 
 
 def test_turned_off_by_the_environment_and_the_runtime_falls_back():
