@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from atoll.core.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from atoll.kernels import cpu_ops
 
 from .config import ModelConfig
 from .lora import AdapterWeights, load_adapter
@@ -222,6 +223,8 @@ class AdapterStore:
         return None
 
     def _loader(self) -> None:
+        if self.device.type == "cpu":
+            cpu_ops.serial_torch_thread()      # no second OpenMP pool beside the serving thread's
         waiting: list[_Entry] = []
         while True:
             try:

@@ -320,3 +320,35 @@ def test_lora_step_refuses_slots_and_shapes_it_cannot_take():
     assert cpu_ops.LoraStep.serves(128, torch.float32, "cpu", 16)
     assert not cpu_ops.LoraStep.serves(129, torch.float32, "cpu", 16)
     assert not cpu_ops.LoraStep.serves(8, torch.float16, "cpu", 16)
+
+
+_POOL_CHILD = """
+import os, threading, torch
+from atoll.kernels import cpu_ops
+torch.set_num_threads(2)
+x = torch.zeros(4_000_000)
+x.add_(1)                                  # the main thread's pool exists from here on
+def count():
+    return len(os.listdir("/proc/self/task"))
+def helper(serial, out):
+    if serial:
+        out.append(cpu_ops.serial_torch_thread())
+    before = count()
+    torch.zeros(4_000_000).add_(1)         # a parallel operator (when this thread may run one)
+    out.append(count() - before)
+for serial in (False, True):
+    out = []
+    t = threading.Thread(target=helper, args=(serial, out))
+    t.start(); t.join()
+    print(serial, out[-1], out[0] if serial else "")
+"""
+
+
+def test_a_serial_helper_thread_starts_no_second_openmp_pool():
+    """A parallel operator on a second thread starts a second OpenMP pool (libgomp then counts
+    more threads than CPUs and stops letting idle workers spin); after serial_torch_thread it
+    runs on the thread alone. The control (no call) shows the check can fail."""
+    lines = _in_child(_POOL_CHILD).splitlines()
+    plain, serial = (ln.split() for ln in lines)
+    assert plain[0] == "False" and int(plain[1]) >= 1, lines     # the control: a new pool thread
+    assert serial[0] == "True" and serial[1] == "0" and serial[2] == "True", lines

@@ -4,9 +4,12 @@ refcounts, host tier)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
+import torch
 
 from atoll.agent.runtime import Engine, SamplingParams
 from atoll.core.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, SpecError
@@ -226,3 +229,43 @@ def test_more_adapters_than_slots_all_finish_without_thrashing(tiny_dir, tmp_pat
         assert eng.stats()["adapter_loads"] <= 6 + 18 + 6
     finally:
         eng.close()
+
+
+_LOADER_CHILD = """
+import os, sys, time, torch
+from pathlib import Path
+from atoll.agent.runtime import Engine, SamplingParams
+from atoll.kernels import cpu_ops
+from tests.fixtures.tiny_models import build_tiny_adapter, build_tiny_llama
+if sys.argv[2] == "control":
+    cpu_ops.serial_torch_thread = lambda: False
+torch.set_num_threads(2)
+tmp = Path(sys.argv[1])
+base = build_tiny_llama(tmp / "base", hidden_size=512, intermediate_size=1024, num_layers=1, num_heads=8, num_kv_heads=4)
+ad = build_tiny_adapter(tmp / "ad", base, rank=64, alpha=64)
+eng = Engine(base, lora_backend="torch", max_lora_rank=64, max_adapters_on_device=2, kv_cache_tokens=512)
+sp = SamplingParams(max_tokens=2)
+torch.zeros(4_000_000).add_(1)             # the serving (main) thread's pool
+eng.generate([[1, 2, 3]], sampling=sp)
+before = len(os.listdir("/proc/self/task"))
+eng.add_adapter("a", str(ad))
+eng.generate([[1, 2, 3]], adapters=["a"], sampling=sp)
+time.sleep(0.2)
+print(len(os.listdir("/proc/self/task")) - before)
+eng.close()
+"""
+
+
+@pytest.mark.parametrize("mode", ["fixed", "control"])
+def test_the_adapter_loader_starts_no_second_openmp_pool(tmp_path, mode):
+    """The loader thread's tensor work runs serially (cpu_ops.serial_torch_thread): a second
+    OpenMP pool would make libgomp stop letting the serving thread's idle workers spin, and every
+    decode step after the first adapter load would wait on sleeping workers (15-30% slower on
+    2 cores). The control, without the call, shows the loader does start one."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one torch thread here: no pool to start")
+    out = subprocess.run([sys.executable, "-c", _LOADER_CHILD, str(tmp_path), mode], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    extra = int(out.stdout.strip().splitlines()[-1])
+    assert (extra == 0) if mode == "fixed" else (extra >= 1), (mode, extra)
