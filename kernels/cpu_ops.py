@@ -244,7 +244,8 @@ def serial_torch_thread() -> bool:
     thread, such as the adapter loader: a parallel operator there starts a second OpenMP pool,
     libgomp then manages more threads than there are CPUs and stops letting idle workers spin,
     so every parallel region of the serving thread waits for a sleeping worker to wake (on a
-    2-core host that made a SmolLM2 decode step 15-30% slower after the first adapter loaded).
+    2-core host that made SmolLM2's batch-32 decode about a third slower after the first
+    adapter loaded).
     False where no OpenMP runtime is loaded (nothing to do)."""
     torch.get_num_threads()         # torch's per-thread set-up first, or its first operator resets the count
     lib = _openmp_runtime()

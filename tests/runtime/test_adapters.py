@@ -260,7 +260,7 @@ eng.close()
 def test_the_adapter_loader_starts_no_second_openmp_pool(tmp_path, mode):
     """The loader thread's tensor work runs serially (cpu_ops.serial_torch_thread): a second
     OpenMP pool would make libgomp stop letting the serving thread's idle workers spin, and every
-    decode step after the first adapter load would wait on sleeping workers (15-30% slower on
+    decode step after the first adapter load would wait on sleeping workers (about a third slower on
     2 cores). The control, without the call, shows the loader does start one."""
     if torch.get_num_threads() < 2:
         pytest.skip("one torch thread here: no pool to start")
