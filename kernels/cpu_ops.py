@@ -1,20 +1,20 @@
 """atoll's own fp32 CPU kernels for x86-64 with AVX-512F or AVX2 + FMA (``cpu_ops.c``), called
-through ctypes:
-the decode path of the runtime's model step.
+through ctypes: the decode path of the runtime's model step.
 
 A small model's decode step on a CPU is short (tens of milliseconds for 30 layers), so it is
 bound by how fast the weights stream from memory and by how many operator calls each layer
-makes. The kernels:
+makes. The kernels (each written once in C against a 16-lane vector layer: one zmm register with
+AVX-512F, two ymm registers with AVX2, the register tiles sized to each):
 
 - :func:`linear` on a :class:`PanelWeight`: weights in panels of 32 output features
   (``[ceil(n/32), k, 32]``), so a one-row step reads each thread's share of a weight as one
-  sequential stream (30-35 GB/s of weights on this 2-core VM where oneDNN's packed linear reads
-  20-26), and a 32-row step keeps one panel in L2 while 8 rows at a time are multiplied against
-  it (as fast as oneDNN from 1 to 128 rows, within 3% at 512). Bias and residual are added in
+  sequential stream (30-44 GB/s of weights on the 2-core VMs measured, where oneDNN's packed
+  linear reads 20-37), and a many-row step keeps one panel in L2 while 8 rows at a time (AVX2:
+  6 rows against each 16-column half) are multiplied against it. Bias and residual are added in
   the store.
 - :class:`DecodeAttention`: each decode row attends over its own cache blocks in place, through
   its block table, where the torch path copies every request's blocks into one padded tensor per
-  layer and then reads the copy (5-11x faster at 32 requests).
+  layer and then reads the copy (5-16x faster at 32 requests).
 - :func:`rope_write` (RoPE on q and k, then the new K/V rows into the cache), :func:`silu_mul`
   (the gated activation) and :func:`rms_norm`: one call each where torch takes 2-8 operators.
 - :class:`LoraStep`: the LoRA of a decode step's rows, each with its own adapter, one call per
