@@ -33,10 +33,10 @@ DRAIN_SECONDS = 10.0      # how long a replaced engine may finish its requests i
 def _serially(fn, *args):
     """``fn(*args)`` on an executor thread with torch's operators serial there: only the engine's
     own serving thread runs a parallel OpenMP pool (:func:`atoll.kernels.cpu_ops.serial_torch_thread`
-    says why). Imported here, not at the top: torch loads with the first model."""
-    from atoll.kernels import cpu_ops
+    says why)."""
+    from atoll.agent.runtime import serially      # here, not at the top: torch loads with the first model
 
-    return cpu_ops.serially(fn, *args)
+    return serially(fn, *args)
 
 
 @dataclass

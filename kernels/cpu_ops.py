@@ -224,10 +224,12 @@ def why_not() -> str:
 
 
 def _openmp_runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime torch has loaded (libgomp), found among this process's mapped files."""
+    """The OpenMP runtime torch has loaded (GNU's libgomp in the PyPI wheels; LLVM's libomp or
+    Intel's libiomp5 elsewhere), found among this process's mapped files."""
+    names = ("libgomp", "libiomp5", "libomp.so", "libomp-")
     try:
         with open("/proc/self/maps") as f:
-            paths = {ln.split()[-1] for ln in f if "libgomp" in ln and "/" in ln}
+            paths = {ln.split()[-1] for ln in f if "/" in ln and any(n in ln.rsplit("/", 1)[-1] for n in names)}
     except OSError:
         return None
     for path in sorted(paths):
