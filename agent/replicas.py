@@ -30,15 +30,6 @@ log = logging.getLogger("atoll.agent")
 DRAIN_SECONDS = 10.0      # how long a replaced engine may finish its requests in flight
 
 
-def _serially(fn, *args):
-    """``fn(*args)`` on an executor thread with torch's operators serial there: only the engine's
-    own serving thread runs a parallel OpenMP pool (:func:`atoll.kernels.cpu_ops.serial_torch_thread`
-    says why)."""
-    from atoll.agent.runtime import serially      # here, not at the top: torch loads with the first model
-
-    return serially(fn, *args)
-
-
 @dataclass
 class Loaded:
     base_source: str = ""
@@ -109,7 +100,7 @@ class ReplicaManager:
             want = {i.adapter: i.adapter_source for i in items if i.adapter}
             eng = self.loaded.engine
             for name in [n for n in self.loaded.adapters if n not in want or self.loaded.adapters[n] != want[n]]:
-                await asyncio.to_thread(_serially, eng.remove_adapter, name)
+                await asyncio.to_thread(eng.remove_adapter, name)
                 self.loaded.adapters.pop(name, None)
             for it in items:
                 if not it.adapter:
@@ -123,9 +114,9 @@ class ReplicaManager:
                 try:
                     path = await self.resolve(it.adapter_source)
                     t1 = time.monotonic()
-                    await asyncio.to_thread(_serially, eng.add_adapter, it.adapter, str(path))
+                    await asyncio.to_thread(eng.add_adapter, it.adapter, str(path))
                     t2 = time.monotonic()
-                    await asyncio.to_thread(_serially, self._warm, eng, it.adapter)
+                    await asyncio.to_thread(self._warm, eng, it.adapter)
                     t3 = time.monotonic()
                     self.loaded.adapters[it.adapter] = it.adapter_source
                     for i in items:
@@ -141,7 +132,7 @@ class ReplicaManager:
         old = self.loaded.engine
         self.loaded = Loaded()
         if old is not None:   # requests in flight finish (bounded); new ones get UNAVAILABLE and go elsewhere
-            failed = await asyncio.to_thread(_serially, old.shutdown, DRAIN_SECONDS)
+            failed = await asyncio.to_thread(old.shutdown, DRAIN_SECONDS)
             if failed:
                 log.warning("requests cut off by an engine swap", extra=kv(failed=failed))
         if not source:
@@ -152,9 +143,9 @@ class ReplicaManager:
         try:
             path = await self.resolve(source)
             t1 = time.monotonic()
-            engine = await asyncio.to_thread(_serially, self.engine_factory, path)
+            engine = await asyncio.to_thread(self.engine_factory, path)
             t2 = time.monotonic()
-            await asyncio.to_thread(_serially, self._warm, engine, None)
+            await asyncio.to_thread(self._warm, engine, None)
             t3 = time.monotonic()
             self.loaded = Loaded(base_source=source, engine=engine)
             for it in items:
@@ -186,5 +177,5 @@ class ReplicaManager:
 
     async def close(self) -> None:
         if self.loaded.engine is not None:
-            await asyncio.to_thread(_serially, self.loaded.engine.shutdown, DRAIN_SECONDS)
+            await asyncio.to_thread(self.loaded.engine.shutdown, DRAIN_SECONDS)
             self.loaded = Loaded()

@@ -177,9 +177,7 @@ class LocalEngine:
     async def embed(self, text: str, *, adapter: str, timeout: float) -> Embedding:
         engine = self._engine()
         ids = engine.encode_prompt(text)
-        from atoll.agent.runtime import serially    # here, not at the top: torch is loaded with the engine
-
         vec = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: serially(engine.embed, [ids], adapter=adapter or None))
+            None, lambda: engine.embed([ids], adapter=adapter or None))
         self.worker.meter.record(adapter or "base")
         return Embedding(vec[0].tolist(), len(ids))

@@ -138,11 +138,9 @@ class WorkerService:
         self._check_model(request.model)
         if not request.name or not request.path:
             raise InvalidArgument("LoadAdapter needs name and path")
-        from atoll.agent.runtime import serially    # here, not at the top: torch is loaded with the engine
-
         loop = asyncio.get_running_loop()
-        info = await loop.run_in_executor(None, lambda: serially(self.engine.add_adapter, request.name,
-                                                                 request.path, pin=request.pin))
+        info = await loop.run_in_executor(None, lambda: self.engine.add_adapter(request.name, request.path,
+                                                                                 pin=request.pin))
         return adapter_to_proto(info)
 
     @handle_errors
@@ -162,9 +160,6 @@ class WorkerService:
         self._check_model(request.model)
         prompt = self._text_or_ids(request.text, request.token_ids, ("text", "token_ids"), "nothing to embed")
         ids = self.engine.encode_prompt(prompt)
-        from atoll.agent.runtime import serially    # here, not at the top: torch is loaded with the engine
-
         loop = asyncio.get_running_loop()
-        vec = await loop.run_in_executor(None, lambda: serially(self.engine.embed, [ids],
-                                                                adapter=request.adapter or None))
+        vec = await loop.run_in_executor(None, lambda: self.engine.embed([ids], adapter=request.adapter or None))
         return worker_pb2.EmbedResponse(embedding=vec[0].tolist(), tokens=len(ids))

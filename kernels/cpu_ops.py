@@ -257,14 +257,6 @@ def serial_torch_thread() -> bool:
     return True
 
 
-def serially(fn, /, *args, **kwargs):
-    """``fn(*args, **kwargs)`` on this (helper) thread after :func:`serial_torch_thread`: for the
-    tensor work an agent hands to executor threads (loading a model or an adapter, warm-ups,
-    embeddings), so that only the engine's serving thread runs a parallel OpenMP pool."""
-    serial_torch_thread()
-    return fn(*args, **kwargs)
-
-
 class PanelWeight:
     """A ``[out, in]`` fp32 CPU weight in panels of 32 output features (see the module
     docstring); :func:`linear` applies it. ``shape`` is the logical ``(out, in)``."""

@@ -8,12 +8,9 @@ directories or GGUF files) serving many LoRA adapters in one batch.
                            sampling=SamplingParams(max_tokens=16, temperature=0.0))
 """
 
-from atoll.kernels.cpu_ops import serially
-
 from .adapters import AdapterInfo
 from .engine import Engine
 from .request import Delta, GenerationOutput, RequestHandle
 from .sampling import SamplingParams, TokenLogprob
 
-__all__ = ["Engine", "SamplingParams", "GenerationOutput", "RequestHandle", "Delta", "AdapterInfo", "TokenLogprob",
-           "serially"]
+__all__ = ["Engine", "SamplingParams", "GenerationOutput", "RequestHandle", "Delta", "AdapterInfo", "TokenLogprob"]
