@@ -25,6 +25,16 @@
 #include <omp.h>
 #endif
 
+/* e^x, both vector layers: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for precision), e^r
+ * by its Taylor polynomial to degree 7 (relative error under 1e-8 there), times 2^n. Lanes below
+ * EXP_LO come out 0. */
+#define EXP_LO -87.3f
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2_HI 0.693145751953125f
+#define EXP_LN2_LO 1.428606765330187045e-06f
+static const float EXP_TAYLOR[8] = {1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f,
+                                    1.0f / 6.0f,    0.5f,           1.0f,           1.0f};
+
 #if defined(__AVX512F__)
 
 #define ISA 2
@@ -67,24 +77,18 @@ static inline __m128 v_sum4(vf a, vf b, vf c, vf d) {
   return _mm512_castps512_ps128(all);
 }
 
-/* e^x: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to degree 7 (relative error
- * under 1e-8 there), times 2^n (scalef, which saturates to inf). Lanes below -87.3 come out 0. */
+/* e^x (see EXP_TAYLOR): 2^n by scalef, which saturates to inf. */
 static inline vf v_exp(vf x) {
-  const __m512 lo = _mm512_set1_ps(-87.3f);
+  const __m512 lo = _mm512_set1_ps(EXP_LO);
   __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
   x = _mm512_max_ps(x, lo);
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+  __m512 p = _mm512_set1_ps(EXP_TAYLOR[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < 8; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_TAYLOR[i]));
   return _mm512_maskz_mov_ps((__mmask16)~tiny, _mm512_scalef_ps(p, n));
 }
 
@@ -172,26 +176,19 @@ static inline float v_hmax(vf a) {
   return _mm_cvtss_f32(q);
 }
 
-/* e^x for 8 lanes, as the AVX-512 version: n = round(x / ln2), the degree-7 polynomial of
- * r = x - n ln2, times 2^n built in two exponent-field halves (2^(n>>1) 2^(n - (n>>1))), so
- * that n = 128 and above saturate to inf as scalef does. Lanes below -87.3 come out 0; x is
- * capped at 100 (e^100 is already inf in fp32) before the conversion to an integer. */
+/* e^x for 8 lanes (see EXP_TAYLOR): 2^n built in two exponent-field halves (2^(n>>1) 2^(n - (n>>1))),
+ * so that n = 128 and above saturate to inf as scalef does; x is capped at 100 (e^100 is already
+ * inf in fp32) before the conversion to an integer. */
 static inline __m256 exp8(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.3f);
+  const __m256 lo = _mm256_set1_ps(EXP_LO);
   __m256 tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
   x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(100.0f));
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+  __m256 p = _mm256_set1_ps(EXP_TAYLOR[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < 8; i++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_TAYLOR[i]));
   __m256i ni = _mm256_cvtps_epi32(n), h1 = _mm256_srai_epi32(ni, 1), h2 = _mm256_sub_epi32(ni, h1);
   const __m256i bias = _mm256_set1_epi32(127);
   __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h1, bias), 23));
