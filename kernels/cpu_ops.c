@@ -161,20 +161,16 @@ static inline __m128 sum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
 static inline __m128 v_sum4(vf a, vf b, vf c, vf d) {
   return sum8x4(_mm256_add_ps(a.l, a.h), _mm256_add_ps(b.l, b.h), _mm256_add_ps(c.l, c.h), _mm256_add_ps(d.l, d.h));
 }
-static inline float v_sum(vf a) {
-  __m256 s = _mm256_add_ps(a.l, a.h);
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  q = _mm_add_ss(q, _mm_movehdup_ps(q));
-  return _mm_cvtss_f32(q);
-}
-static inline float v_hmax(vf a) {
-  __m256 s = _mm256_max_ps(a.l, a.h);
-  __m128 q = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  q = _mm_max_ps(q, _mm_movehl_ps(q, q));
-  q = _mm_max_ss(q, _mm_movehdup_ps(q));
-  return _mm_cvtss_f32(q);
-}
+/* A horizontal reduction of 16 lanes by op (add or max), halving the width each time. */
+#define V_REDUCE(name, op256, op128, opss)                                        \
+  static inline float name(vf a) {                                                \
+    __m256 s = op256(a.l, a.h);                                                   \
+    __m128 q = op128(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));     \
+    q = op128(q, _mm_movehl_ps(q, q));                                            \
+    return _mm_cvtss_f32(opss(q, _mm_movehdup_ps(q)));                            \
+  }
+V_REDUCE(v_sum, _mm256_add_ps, _mm_add_ps, _mm_add_ss)
+V_REDUCE(v_hmax, _mm256_max_ps, _mm_max_ps, _mm_max_ss)
 
 /* e^x for 8 lanes (see EXP_TAYLOR): 2^n built in two exponent-field halves (2^(n>>1) 2^(n - (n>>1))),
  * so that n = 128 and above saturate to inf as scalef does; x is capped at 100 (e^100 is already
