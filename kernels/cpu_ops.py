@@ -128,9 +128,9 @@ def _build() -> ctypes.CDLL:
     if platform.machine() not in ("x86_64", "AMD64"):
         raise RuntimeError(f"not an x86-64 CPU ({platform.machine()})")
     flags = set(_cpu_identity().split())
-    if not {"avx2", "fma"} <= flags and ("avx512f" not in flags or requested_isa() == "avx2"):
-        raise RuntimeError("this CPU has neither AVX-512F nor AVX2 with FMA" if "avx512f" not in flags
-                           else "ATOLL_CPU_OPS_ISA=avx2 on a CPU without AVX2 and FMA")
+    avx512 = "avx512f" in flags and requested_isa() == "native"
+    if not avx512 and not {"avx2", "fma"} <= flags:
+        raise RuntimeError("this CPU has no AVX2 with FMA" + ("" if "avx512f" in flags else ", nor AVX-512F"))
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")

@@ -21,8 +21,9 @@ layout PyTorch's own compiler uses for frozen CPU weights). Either is applied wi
 :func:`linear`. Measured on this 2-core CPU against plain ``F.linear`` (``bench/runtime_bench.py
 --plain-gemm`` runs the other way): oneDNN's packing takes the GEMMs of a 32-row decode step of
 the runtime bench's model from 28 ms to 20 (8 rows: 17 to 8); the panel kernel reads the weights
-of a one-row step 1.3-1.5x as fast as oneDNN (30-35 GB/s against 20-26) and is as fast from 1
-to 128 rows, within 3% at 512 (``bench/cpu_ops_bench.py``). Only one copy of each projection is
+of a one-row step 1.2-1.5x as fast as oneDNN (30-44 GB/s against 20-37) and keeps up with it at
+4-32 rows; at 128-512 rows (prefill) it is within 3% on SmolLM2's shapes, and on a 1B model's
+shapes with AVX2 10-17% behind (``bench/cpu_ops_bench.py``, docs/runtime.md). Only one copy of each projection is
 kept; a tied lm_head is the one exception (below).
 """
 

@@ -336,8 +336,8 @@ def helper(serial, out):
     before = count()
     torch.zeros(4_000_000).add_(1)         # a parallel operator (when this thread may run one)
     out.append(count() - before)
-for serial in (False, True):
-    out = []
+for serial in (True, False):                # serial first: the control's pool, torn down when its
+    out = []                                # thread ends, must not change the serial thread's count
     t = threading.Thread(target=helper, args=(serial, out))
     t.start(); t.join()
     print(serial, out[-1], out[0] if serial else "")
@@ -349,6 +349,6 @@ def test_a_serial_helper_thread_starts_no_second_openmp_pool():
     more threads than CPUs and stops letting idle workers spin); after serial_torch_thread it
     runs on the thread alone. The control (no call) shows the check can fail."""
     lines = _in_child(_POOL_CHILD).splitlines()
-    plain, serial = (ln.split() for ln in lines)
+    serial, plain = (ln.split() for ln in lines)
     assert plain[0] == "False" and int(plain[1]) >= 1, lines     # the control: a new pool thread
     assert serial[0] == "True" and serial[1] == "0" and serial[2] == "True", lines
