@@ -328,16 +328,16 @@ from atoll.kernels import cpu_ops
 torch.set_num_threads(2)
 x = torch.zeros(4_000_000)
 x.add_(1)                                  # the main thread's pool exists from here on
-def count():
-    return len(os.listdir("/proc/self/task"))
+def tids():                                 # the threads alive now (new ones counted by id: a thread
+    return set(os.listdir("/proc/self/task"))  # that ends meanwhile must not cancel one that starts)
 def helper(serial, out):
     if serial:
         out.append(cpu_ops.serial_torch_thread())
-    before = count()
+    before = tids()
     torch.zeros(4_000_000).add_(1)         # a parallel operator (when this thread may run one)
-    out.append(count() - before)
-for serial in (True, False):                # serial first: the control's pool, torn down when its
-    out = []                                # thread ends, must not change the serial thread's count
+    out.append(len(tids() - before))
+for serial in (True, False):
+    out = []
     t = threading.Thread(target=helper, args=(serial, out))
     t.start(); t.join()
     print(serial, out[-1], out[0] if serial else "")
