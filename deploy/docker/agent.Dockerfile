@@ -15,8 +15,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-RUN pip install torch==2.13.0
 WORKDIR /src
+# The CUDA torch from PyPI (it pins its own triton and CUDA libraries), then everything else
+# exactly as locked: requirements/runtime.txt is the run-time part of requirements/lock.txt with
+# its pins and sha256 hashes (scripts/setup_env.py runtime), installed without resolving.
+COPY requirements/runtime.txt requirements/
+RUN pip install torch==2.13.0 \
+    && pip install --require-hashes --no-deps -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY atoll/ atoll/
 COPY coordinator/ coordinator/
@@ -24,7 +29,7 @@ COPY agent/ agent/
 COPY planner/ planner/
 COPY kernels/ kernels/
 COPY proto/ proto/
-RUN pip install . && atoll --help > /dev/null
+RUN pip install --no-deps --no-build-isolation . && pip check && atoll --help > /dev/null
 
 FROM ${CUDA_IMAGE}
 LABEL org.opencontainers.image.title="atoll-agent" \
