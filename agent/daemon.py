@@ -118,6 +118,7 @@ class Agent:
             credentials=channel_credentials(st.tls_ca, st.tls_cert, st.tls_key), registry=self.metrics_registry,
             otlp_endpoint=st.otlp_endpoint, wake=self._status_changed,
             peer_token=self.identity.current_token, admit_forward=self.gate.forward)
+        self.dataplane.keys.identity = self._guard_identity    # caller tokens: for this node, by the pinned key
 
     def _self(self) -> NodeSelf:
         return NodeSelf(self.hb.node_id if self.hb is not None else self.ids.read(), self.node.name,

@@ -28,7 +28,7 @@ import grpc
 
 from atoll.core import access
 from atoll.core import credentials as cred
-from atoll.core.errors import Unavailable
+from atoll.core.errors import Unauthenticated, Unavailable
 from atoll.core.rpc import bearer, guarded
 
 
@@ -71,7 +71,10 @@ class WorkerGuard(grpc.aio.ServerInterceptor):
         key, node_id = self.identity()
         if key is None or not node_id:
             raise Unavailable("this node has not registered with the coordinator yet", hint="retry shortly")
-        return cred.verify_token(key, token, now=self.clock(), audience=node_id, revoked=self.revoked())
+        claims = cred.verify_token(key, token, now=self.clock(), audience=node_id, revoked=self.revoked())
+        if claims.is_caller:
+            raise Unauthenticated("a caller token is taken only by this node's entry, not its Worker")
+        return claims
 
 
 def _reset(var: contextvars.ContextVar, mark: contextvars.Token) -> None:

@@ -18,7 +18,10 @@ agents' entries; ``Client(addr, region="eu-west")`` asks the coordinator once fo
 entries (that region's first). The client prefers the nearest entry — its own region (``region``
 or ``$ATOLL_REGION``), then the lowest round trip measured with one ``Describe`` call each — and
 fails over to the next one when an entry cannot be reached. Without either, ``invoke`` goes
-through the coordinator, which forwards it to an entry in the workflow's source region.
+through the coordinator, which forwards it to an entry in the workflow's source region. The API
+key goes only to the coordinator and to entries named in ``entries``: at an entry the
+coordinator listed, the client presents the caller token the coordinator issued for that entry
+alone (fetched again before it expires), so a host it did not choose never sees its key.
 
 Errors arrive as :mod:`atoll.core.errors` types (NotFound, InvalidArgument, Unavailable, ...).
 """
@@ -30,11 +33,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
 from atoll.core.archive import archive_dir
-from atoll.core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from atoll.core.errors import AtollError, FailedPrecondition, InvalidArgument, Unavailable
 from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
 from atoll.core.tls import channel_credentials, closed_hint, handshake_failure
 from atoll.specs.catalog import Catalog, VariantSpec
@@ -46,6 +50,8 @@ from atoll.wire import dataplane as dp
 from atoll.wire.model_store import push_archive
 
 STATES = ("READY", "SUSPECT", "LOST", "DRAINING")
+# An entry's caller token (valid 10 minutes) is fetched again from the coordinator after this long.
+ENTRY_TOKEN_REFRESH_S = 240.0
 
 
 @dataclass
@@ -122,13 +128,14 @@ def _read_spec(spec) -> tuple[str, str]:
 
 class _BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
                  grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds ``authorization: Bearer <api key>`` to every call."""
+    """Adds ``authorization: Bearer <api key>`` (or a caller token, read at each call) to every call."""
 
-    def __init__(self, key: str):
-        self.md = ("authorization", f"Bearer {key}")
+    def __init__(self, key: str | Callable[[], str]):
+        self.key = key
 
     def _details(self, d):
-        md = list(d.metadata or []) + [self.md]
+        key = self.key() if callable(self.key) else self.key
+        md = list(d.metadata or []) + [("authorization", f"Bearer {key}")]
         return _CallDetails(d.method, d.timeout, md, d.credentials, getattr(d, "wait_for_ready", None),
                             getattr(d, "compression", None))
 
@@ -192,6 +199,9 @@ class Client:
         self._ask_entries = bool(self.region) and not entries
         self._entry_stubs: dict[str, object] = {}
         self._entry_channels: list = []
+        # address -> the caller token the coordinator issued for that entry (ListEntries), and
+        # when: an entry found through the coordinator gets the token, never the API key
+        self._entry_tokens: dict[str, tuple[str, float]] = {}
 
     def _use(self, i: int) -> None:
         self._current = i
@@ -341,9 +351,29 @@ class Client:
 
     # ------------------------------------------------------------------ entries
     def entries(self, region: str = "", workflow: str = "") -> list[dict]:
-        """The fleet's entries (``region``'s first; those that may take ``workflow``)."""
+        """The fleet's entries (``region``'s first; those that may take ``workflow``), each with
+        the caller token to present there (``token``; empty while keys are not enforced)."""
         resp = self._call("ListEntries", region=region, workflow=workflow)
-        return [vars(dp.entry_from_pb(e)) for e in resp.entries]
+        found = [vars(dp.entry_from_pb(e)) for e in resp.entries]
+        now = time.monotonic()
+        for e in found:
+            if e["token"]:
+                self._entry_tokens[e["address"]] = (e["token"], now)
+        return found
+
+    def _entry_credential(self, address: str) -> str:
+        """What to present at ``address``: its caller token (fetched again from the coordinator
+        when half its life is gone) when the coordinator listed it, else the API key."""
+        got = self._entry_tokens.get(address)
+        if got is None:
+            return self.api_key or ""
+        if time.monotonic() - got[1] > ENTRY_TOKEN_REFRESH_S:
+            try:
+                self.entries(self.region)
+            except AtollError:
+                pass                        # keep the old token; the entry says when it expired
+            got = self._entry_tokens[address]
+        return got[0]
 
     def _entry_stub(self, address: str):
         stub = self._entry_stubs.get(address)
@@ -351,7 +381,10 @@ class Client:
             raw = (grpc.secure_channel(address, self._creds, options=CHANNEL_OPTIONS) if self._creds
                    else grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
             self._entry_channels.append(raw)
-            ch = grpc.intercept_channel(raw, _BearerKey(self.api_key)) if self.api_key else raw
+            if address in self._entry_tokens:
+                ch = grpc.intercept_channel(raw, _BearerKey(lambda: self._entry_credential(address)))
+            else:
+                ch = grpc.intercept_channel(raw, _BearerKey(self.api_key)) if self.api_key else raw
             stub = self._entry_stubs[address] = dp.entry_stub(ch)
         return stub
 

@@ -37,6 +37,7 @@ import grpc
 
 from atoll.agent.dataplane.chain import NodeSelf
 from atoll.agent.dataplane.node import DataPlaneNode
+from atoll.core.credentials import public_from_bytes
 from atoll.agent.heartbeat import HeartbeatClient
 from atoll.core.errors import Unavailable
 from atoll.core.rpc import SERVER_OPTIONS, add_service
@@ -104,12 +105,15 @@ class SimHost:
             local_address=lambda: self.address, connected=lambda: self.hb.connected.is_set(), registry=registry,
             wake=lambda: self.hb.poke(), peer_token=lambda: self.node_token)
         self.node_token = ""             # presented agent to agent, as a real agent does (not checked here)
+        self.coordinator_key = None      # pinned at registration: the entry verifies caller tokens with it
+        self.dataplane.keys.identity = lambda: (self.coordinator_key, self.hb.node_id)
         self.hb = HeartbeatClient(channel, join_token=join_token, spec=self.spec, capacity=cap,
                                   status_fn=self._status, on_instruction=self._on_instruction,
                                   generation_fn=lambda: self.applied_generation, max_backoff=2.0,
                                   rng=random.Random(seed + 1), dataplane_fn=self.dataplane.heartbeat_extras,
                                   on_session=self.dataplane.on_session,
-                                  on_credential=lambda token, _exp: setattr(self, "node_token", token))
+                                  on_credential=lambda token, _exp: setattr(self, "node_token", token),
+                                  on_coordinator_key=self._pin)
         self.server: grpc.aio.Server | None = None
         self.address = ""
         self.states: dict[str, str] = {}
@@ -160,6 +164,9 @@ class SimHost:
             await asyncio.gather(self._hb_task, return_exceptions=True)
 
     # -------------------------------------------------------------------------- agent side
+    def _pin(self, raw: bytes) -> None:
+        self.coordinator_key = public_from_bytes(raw, "the coordinator's public key") if raw else None
+
     def _status(self) -> dict:
         first = sorted(self.states)[:1]          # the one replica a simulated host serves
         return {"worker_address": self.address, "entry_address": self.dataplane.address,

@@ -166,6 +166,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         presents a credential that does not verify."""
         if cred.is_token(token):
             claims = self.issuer.verify(token, revoked=self.revoked())
+            if claims.is_caller:
+                raise Unauthenticated("a caller token is taken only by the agent entry it was issued for",
+                                      hint="present your API key to the coordinator")
             kind = access.COORDINATOR if claims.is_coordinator else access.NODE
             return kind, NodeCaller(claims.node_id, claims.scopes), claims.scopes
         if not self.keys.enabled():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ DEFAULT_TIMEOUT = 60.0
 class ClientApi(control_pb2_grpc.ClientServiceServicer):
     """``forwarder``: :class:`~atoll.coordinator.forward.EntryForwarder` (Invoke goes to an
     agent's entry); ``workers``: the WorkerClient the profiler calls agents with;
-    ``entries(region, workflow)``: the entries the SDK may use."""
+    ``entries(region, workflow)``: the entries the SDK may use; ``mint(identity, node id)``: the
+    caller token an API key's holder presents at that node's entry (never the key itself)."""
 
     registry: Registry
     workflows: Any = None
@@ -39,6 +41,7 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
     keys: Any = None
     workers: Any = None
     entries: Any = None
+    mint: Any = None
 
     # ------------------------------------------------------------------ nodes
     @handle_errors
@@ -132,8 +135,10 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
         t0 = time.monotonic()
         outcome = "error"
         try:
+            caller = auth.current.get()
             async for msg in self.forwarder.invoke(invocation_from_pb(request), region=there.region, timeout=timeout,
-                                                   metadata=context.invocation_metadata() or ()):
+                                                   metadata=context.invocation_metadata() or (),
+                                                   caller=caller if isinstance(caller, auth.Identity) else None):
                 yield msg
             outcome = "ok"
         finally:
@@ -145,7 +150,11 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
     async def ListEntries(self, request, context):
         if request.workflow:
             self.workflows.get(request.workflow)       # NOT_FOUND unless the caller sees it
-        return entries_response(self.entries(request.region, request.workflow))
+        found = self.entries(request.region, request.workflow)
+        caller = auth.current.get()
+        if isinstance(caller, auth.Identity) and self.mint is not None:
+            found = [dataclasses.replace(e, token=self.mint(caller, e.node_id)) for e in found]
+        return entries_response(found)
 
     # ------------------------------------------------------------------ API keys
     @handle_errors

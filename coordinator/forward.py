@@ -2,9 +2,11 @@
 forwarded to an agent's entry in the workflow's source region, which runs it on the data plane.
 
 The coordinator takes no part in the request's path beyond this hop: it checks that the caller
-may see the workflow, wakes a workflow at zero, and passes the call (the caller's API key, its
-trace context and request id included) to an entry, streaming the entry's answer back as it
-comes. Entries of the source's region come first, in turn; an entry that cannot be reached gives
+may see the workflow, wakes a workflow at zero, and passes the call (its trace context and
+request id included) to an entry, streaming the entry's answer back as it comes. The caller's
+API key stays here: the entry gets a caller token instead (``Issuer.caller_token``: the key's
+tenant and role, for that one node, expiring within minutes), so a host that reports an entry
+address, a renter's included, never sees a key it could use anywhere else. Entries of the source's region come first, in turn; an entry that cannot be reached gives
 way to the next, and one that has not yet received the newest routing state or key set (a
 workflow or key created a moment ago) is given up to ``KEY_WAIT_S`` to catch up. An answer
 that came whole (its ``done`` message) stands even when the entry vanishes before the call's
@@ -20,11 +22,12 @@ from typing import AsyncIterator, Callable, Sequence
 
 import grpc
 
+from atoll.core.apikeys import Identity
 from atoll.core.errors import Unavailable
 from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
 from atoll.wire.dataplane import EntryInfo, Invocation, entry_stub, invocation_to_pb
 
-PASSED_ON = ("authorization", "traceparent", "tracestate", "x-request-id")
+PASSED_ON = ("traceparent", "tracestate", "x-request-id")     # never the caller's API key
 KEY_WAIT_S = 2.0            # how long an entry may lag behind a key or a workflow new here
 # what an entry answers when it lags behind: a key or workflow it has not heard of yet
 LAGGING = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
@@ -33,11 +36,13 @@ LAGGING = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.Stat
 class EntryForwarder:
     def __init__(self, entries: Callable[[str, str], Sequence[EntryInfo]],
                  credentials: grpc.ChannelCredentials | None = None,
-                 current: Callable[[str], bool] = lambda node_id: True):
+                 current: Callable[[str], bool] = lambda node_id: True,
+                 mint: Callable[[Identity, str], str] | None = None):
         """``entries(region, workflow)``: the entries that may take the workflow, the region's
         first; ``current(node id)``: whether that entry holds the routing state and key set this
-        coordinator last decided for it."""
-        self.entries, self.credentials, self.current = entries, credentials, current
+        coordinator last decided for it; ``mint(identity, node id)``: the caller token that
+        identity presents at that node's entry."""
+        self.entries, self.credentials, self.current, self.mint = entries, credentials, current, mint
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._turn = itertools.count()
 
@@ -60,17 +65,21 @@ class EntryForwarder:
         return local[n:] + local[:n] + rest
 
     async def invoke(self, inv: Invocation, *, region: str, timeout: float, metadata: Sequence[tuple[str, str]],
-                     carried_by: str = "") -> AsyncIterator:
+                     carried_by: str = "", caller: Identity | None = None) -> AsyncIterator:
         """The entry's answer messages (``InvokeResponse``) to ``inv``, passed through unchanged.
         ``carried_by``: the workflow whose placement rules choose the entries when ``inv`` names
-        a ``base:adapter`` model (a trusted_only workflow's adapter never enters at a renter)."""
+        a ``base:adapter`` model (a trusted_only workflow's adapter never enters at a renter);
+        ``caller``: who the coordinator identified (None while keys are not enforced)."""
         deadline = time.monotonic() + timeout
-        md = tuple((k, v) for k, v in metadata if k in PASSED_ON)
+        passed = tuple((k, v) for k, v in metadata if k in PASSED_ON)
         last: grpc.aio.AioRpcError | None = None
         for entry in self.order(region, carried_by or inv.workflow):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            md = passed
+            if caller is not None and self.mint is not None:
+                md = passed + (("authorization", "Bearer " + self.mint(caller, entry.node_id)),)
             req = invocation_to_pb(inv, timeout_seconds=left)
             key_wait_end = time.monotonic() + KEY_WAIT_S
             while True:

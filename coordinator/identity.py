@@ -16,6 +16,11 @@
   node presents its token to fetch the blobs its assignments reference, and (the data plane) to
   call other nodes' Workers. Revocations (``Registry.revoked_nodes``) travel to agents with the
   key set.
+- **Caller tokens** (``sub: key:<API key id>``, ``aud:`` one node, scope ``entry.invoke``, the
+  key's tenant and role) stand for an API key's holder at one agent's entry: the forwarded
+  ``Invoke`` presents one instead of the caller's key, and ``ListEntries`` hands the caller one
+  per entry it lists. One per (key, role, node), reused until half its life is gone; the entry
+  also refuses it once the key set it holds says the key was revoked.
 
 The token format and the signatures are :mod:`atoll.core.credentials`'; this module only
 keeps the key and the clock.
@@ -31,6 +36,7 @@ from atoll.core import credentials as cred
 META_KEY = "signing_key"
 COORDINATOR_TOKEN_TTL = 300.0
 NODE_TOKEN_TTL = 600.0
+CALLER_TOKEN_TTL = 600.0
 COORDINATOR_SCOPES = (cred.SCOPE_INFER, cred.SCOPE_MANAGE)
 NODE_SCOPES = (cred.SCOPE_INFER, cred.SCOPE_FETCH)
 
@@ -52,6 +58,8 @@ class Issuer:
         self.clock = clock
         self.node_ttl, self.coordinator_ttl = node_ttl, coordinator_ttl
         self._for_node: dict[str, tuple[str, float]] = {}     # node id -> (coordinator token, expiry)
+        self._for_caller: dict[tuple[str, str, str, str], tuple[str, float]] = {}   # (key, tenant, role, node)
+        self.caller_ttl = CALLER_TOKEN_TTL
 
     @property
     def fingerprint(self) -> str:
@@ -66,6 +74,22 @@ class Issuer:
                                   now=now, ttl=self.coordinator_ttl)
             hit = self._for_node[node_id] = (tok, now + self.coordinator_ttl)
         return hit[0]
+
+    def caller_token(self, key_id: str, tenant: str, role: str, node_id: str) -> tuple[str, float]:
+        """A token for the holder of API key ``key_id`` (``tenant``, ``role``) at ``node_id``'s
+        entry only, and its expiry (unix seconds); cached for half its life."""
+        now = self.clock()
+        k = (key_id, tenant, role, node_id)
+        hit = self._for_caller.get(k)
+        if hit is None or hit[1] - now < self.caller_ttl / 2:
+            if len(self._for_caller) >= 100_000:
+                self._for_caller = {c: v for c, v in self._for_caller.items() if v[1] > now}
+                if len(self._for_caller) >= 100_000:
+                    self._for_caller.clear()
+            tok = cred.sign_token(self._key, sub=cred.key_subject(key_id), aud=node_id, scopes=(cred.SCOPE_ENTRY,),
+                                  now=now, ttl=self.caller_ttl, tenant=tenant, role=role)
+            hit = self._for_caller[k] = (tok, now + self.caller_ttl)
+        return hit
 
     def node_token(self, node_id: str, *, trusted: bool, tier: str) -> tuple[str, float]:
         """A fresh token for ``node_id`` (``trusted``, ``tier``: the node's, as the registry

@@ -28,11 +28,10 @@ from atoll.wire.openai_entry import EntryDoorBackend
 
 @dataclass(frozen=True)
 class Caller:
-    """Who calls the door (None: the admin of a coordinator with no key yet, as under gRPC) and
-    the ``Authorization`` header it presented, passed on to the entry, which checks it again."""
+    """Who calls the door (None: the admin of a coordinator with no key yet, as under gRPC). The
+    entry the call goes on to gets a caller token for this identity, never the key itself."""
 
     identity: auth.Identity | None
-    authorization: str = ""
 
 
 def door_identity(keys: auth.KeyRing, authorization: str) -> Caller:
@@ -42,7 +41,7 @@ def door_identity(keys: auth.KeyRing, authorization: str) -> Caller:
         return Caller(None)
     if not authorization.startswith("Bearer "):
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    return Caller(keys.check(authorization[7:].strip()), authorization)
+    return Caller(keys.check(authorization[7:].strip()))
 
 
 def door_authorize(route: str, caller: Caller) -> None:
@@ -78,10 +77,9 @@ def door_backend(workflows_fn, forwarder: EntryForwarder, metrics=None) -> Entry
         with _as_caller(caller):
             wm = workflows()
             there = admit_model(wm, inv.workflow) if is_model(inv.workflow) else admit(wm, inv.workflow)
-        md = (("x-request-id", inv.request_id),) + ((("authorization", caller.authorization),)
-                                                     if caller.authorization else ())
-        async for msg in forwarder.invoke(inv, region=there.region, timeout=inv.timeout_seconds, metadata=md,
-                                          carried_by=there.carried_by):
+        async for msg in forwarder.invoke(inv, region=there.region, timeout=inv.timeout_seconds,
+                                          metadata=(("x-request-id", inv.request_id),),
+                                          carried_by=there.carried_by, caller=caller.identity):
             yield msg
 
     async def models(caller: Caller) -> list[dict]:

@@ -187,7 +187,8 @@ class Coordinator:
         creds = channel_credentials(st.tls_client_ca, st.tls_cert, st.tls_key)
         self.workers = WorkerClient(creds, tokens=self.issuer.coordinator_token)
         self.publisher: Publisher | None = None
-        self.forwarder = EntryForwarder(self._entries, channel_credentials(st.tls_client_ca), self._entry_current)
+        self.forwarder = EntryForwarder(self._entries, channel_credentials(st.tls_client_ca), self._entry_current,
+                                        mint=self._caller_token)
         self.keys = KeyRing(self.store)
         return token_file
 
@@ -296,7 +297,8 @@ class Coordinator:
                                                require_client_cert=self.require_agent_certs,
                                                dataplane=self.publisher),
                       "ClientService": ClientApi(self.registry, self.workflows, self.forwarder, self.metrics,
-                                                 keys=self.keys, workers=self.workers, entries=self._entries),
+                                                 keys=self.keys, workers=self.workers, entries=self._entries,
+                                                 mint=self._caller_token),
                       "ModelStore": ModelStoreApi(self.blobs, references=self.workflows.references)}
         self._view = None
         loop = asyncio.get_running_loop()
@@ -364,6 +366,10 @@ class Coordinator:
         if trusted:
             nodes = [n for n in nodes if n.trusted]
         return entries(nodes, region, (lambda tier: tier not in UNTRUSTED_TIERS) if trusted else None)
+
+    def _caller_token(self, ident, node_id: str) -> str:
+        """What ``ident`` (an API key's holder) presents at ``node_id``'s entry instead of its key."""
+        return self.issuer.caller_token(ident.key_id, ident.tenant, ident.role, node_id)[0]
 
     def _entry_current(self, node_id: str) -> bool:
         return self.publisher is None or self.publisher.current(node_id, self._agent_keys(),

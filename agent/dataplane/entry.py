@@ -1,8 +1,11 @@
 """The ``Entry`` service: clients invoke workflows at any agent.
 
-:meth:`EntryService.Invoke` checks the caller's API key against the key set the coordinator
-sent (:class:`Keys`, with :func:`atoll.core.apikeys.identify`; kept while the coordinator is
-away), resolves the workflow among the routes this agent holds (another tenant's is NOT_FOUND,
+:meth:`EntryService.Invoke` checks the caller's credential (:class:`Keys`): an API key against
+the key set the coordinator sent (:func:`atoll.core.apikeys.identify`; kept while the
+coordinator is away), or a caller token the coordinator issued for this node (its forwarded
+calls, and SDK clients that found this entry through ``ListEntries``, present one instead of
+the key), verified with the coordinator key this agent pinned and refused once the key set says
+its key was revoked. It then resolves the workflow among the routes this agent holds (another tenant's is NOT_FOUND,
 exactly as at the coordinator: :func:`atoll.core.apikeys.may_see`; ``base:adapter`` names one
 adapter on any ready replica holding it), wakes a workflow scaled to zero (the arrival is
 reported at once, and the request waits for a replica until its deadline), counts the request
@@ -23,8 +26,10 @@ from atoll.agent.dataplane.load import LoadBook
 from atoll.agent.dataplane.table import CompiledRoute
 from atoll.agent.dataplane.trace import Span, start_span
 from atoll.core import access, logs
+from atoll.core import credentials as cred
 from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
-from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
+                               Unauthenticated, Unavailable)
 from atoll.core.openai_api import MAX_CHOICES, MAX_STOP, MAX_TOKENS, MAX_TOP_LOGPROBS
 from atoll.core.rpc import handle_errors
 from atoll.specs.routing import Route, Stage
@@ -86,11 +91,14 @@ def check_chat(messages: Chat | None) -> Chat | None:
 
 class Keys:
     """The key set this agent's doors check; ``identify`` remembers keys it verified until the
-    set changes."""
+    set changes. ``identity()``: (the coordinator key this agent pinned or None, its node id),
+    against which caller tokens are verified (as the Worker's guard verifies node tokens)."""
 
-    def __init__(self):
+    def __init__(self, identity: Callable[[], tuple[cred.PublicKey | None, str]] = lambda: (None, ""),
+                 clock: Callable[[], float] = time.time):
         self.keyset = KeySet()
         self._seen: dict[str, Identity] = {}
+        self.identity, self.clock = identity, clock
 
     def set(self, ks: KeySet) -> None:
         self.keyset, self._seen = ks, {}
@@ -103,12 +111,30 @@ class Keys:
                               hint="retry in a moment, or use another entry")
         if not ks.enforced:
             return None
+        if cred.is_token(key):
+            return self._caller(key)
         ident = self._seen.get(key)
         if ident is None:
             ident = identify(ks.keys, key)
             if len(self._seen) < 10_000:
                 self._seen[key] = ident
         return ident
+
+    def _caller(self, token: str) -> Identity:
+        """The API key holder a caller token stands for: issued by the pinned coordinator for
+        this node, granting ``entry.invoke``, for a key the key set holds and has not revoked."""
+        pinned, node_id = self.identity()
+        if pinned is None or not node_id:
+            raise Unavailable("this entry has not registered with the coordinator yet", hint="retry shortly")
+        claims = cred.verify_token(pinned, token, now=self.clock(), audience=node_id, scope=cred.SCOPE_ENTRY)
+        if not claims.is_caller:
+            raise Unauthenticated("this token is not a caller token; present an API key or a caller token")
+        entry = self.keyset.keys.get(claims.key_id)
+        if entry is None or entry.revoked:
+            raise Unauthenticated("the API key this caller token stands for is unknown or revoked")
+        if (entry.tenant, entry.role) != (claims.tenant, claims.role):
+            raise Unauthenticated("this caller token's tenant or role no longer matches its API key")
+        return Identity(claims.key_id, claims.tenant, claims.role)
 
     def caller(self, key: str) -> tuple[str, Identity | None]:
         """(kind of caller for the authorization table, identity), decided as the coordinator's

@@ -73,7 +73,7 @@ REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 _COORD_KEYS = "coordinator/auth.py: AuthInterceptor"
 _AGENT_GUARD = "agent/guard.py: WorkerGuard"
 _AGENT_CARRY = _AGENT_GUARD + "; agent/carry.py: TrustGate"
-_AGENT_KEYS = "agent/dataplane/entry.py: Keys (the key set the coordinator sends)"
+_AGENT_KEYS = "agent/dataplane/entry.py: Keys (the key set the coordinator sends, or a caller token for this node)"
 _METRICS = "atoll/core/metrics_http.py: guarded_app (open unless --metrics-token-file)"
 
 # The OpenAI door's routes (atoll.core.openai_http.ROUTES; a test checks they are the same).

@@ -13,7 +13,12 @@ Three things are signed in atoll, all with Ed25519 (``cryptography``):
   :class:`Claims`: the subject (``coordinator`` or ``node:<id>``), the audience (a node id, or
   ``*`` for every node), the expiry (minutes away) and the scopes it grants (``SCOPES``); a
   node token also says whether the operator trusts the node and its tier, so that the node it
-  calls can refuse it the data of ``trusted_only`` workflows.
+  calls can refuse it the data of ``trusted_only`` workflows. A *caller token* (subject
+  ``key:<key id>``) stands for an API key's holder at one agent's entry: it carries the key's
+  tenant and role, names that one node as its audience and grants only ``entry.invoke``. The
+  coordinator gives one instead of the key itself whenever a call goes on to an agent (its own
+  forwarded ``Invoke``, and the entries ``ListEntries`` returns to a client), so an API key is
+  never sent to a host the tenant did not name.
 - **Keys on the wire** are the 32 raw bytes of the public key; keys at rest are PKCS#8 PEM.
 
 Nothing here reads files, clocks or the network: callers pass ``now`` and keep the keys.
@@ -41,6 +46,7 @@ MAX_TOKEN_BYTES = 4096
 
 COORDINATOR = "coordinator"
 NODE_PREFIX = "node:"
+KEY_PREFIX = "key:"
 ANY_NODE = "*"
 
 # What a capability token may grant. The authorization table (atoll.core.access) names the
@@ -48,7 +54,8 @@ ANY_NODE = "*"
 SCOPE_INFER = "worker.infer"        # Worker.Generate, Worker.Embed
 SCOPE_MANAGE = "worker.manage"      # Worker.LoadAdapter, UnloadAdapter, ListAdapters
 SCOPE_FETCH = "store.fetch"         # ModelStore.Fetch of blobs the node's assignments reference
-SCOPES = (SCOPE_INFER, SCOPE_MANAGE, SCOPE_FETCH)
+SCOPE_ENTRY = "entry.invoke"        # Entry.Invoke at the one node a caller token names
+SCOPES = (SCOPE_INFER, SCOPE_MANAGE, SCOPE_FETCH, SCOPE_ENTRY)
 
 PrivateKey = Ed25519PrivateKey
 PublicKey = Ed25519PublicKey
@@ -160,13 +167,24 @@ def check_proof(proof: Proof, node_id: str, now: float, nonces: NonceCache) -> s
 # ------------------------------------------------------------------------------ tokens
 @dataclass(frozen=True)
 class Claims:
-    sub: str                      # "coordinator" | "node:<id>"
+    sub: str                      # "coordinator" | "node:<id>" | "key:<API key id>"
     aud: str                      # a node id, or "*" for every node
     exp: float                    # unix seconds
     iat: float
     scopes: tuple[str, ...]
     trusted: bool = False         # node tokens: the operator trusts the node (trusted_only work)
     tier: str = ""                # node tokens: the node's tier, as it joined
+    tenant: str = ""              # caller tokens: the API key's tenant
+    role: str = ""                # caller tokens: the API key's role
+
+    @property
+    def is_caller(self) -> bool:
+        """A caller token: an API key's holder at the one entry it names."""
+        return self.sub.startswith(KEY_PREFIX)
+
+    @property
+    def key_id(self) -> str:
+        return self.sub[len(KEY_PREFIX):] if self.is_caller else ""
 
     @property
     def node_id(self) -> str:
@@ -182,10 +200,15 @@ def node_subject(node_id: str) -> str:
     return NODE_PREFIX + node_id
 
 
+def key_subject(key_id: str) -> str:
+    return KEY_PREFIX + key_id
+
+
 def sign_token(key: Ed25519PrivateKey, *, sub: str, aud: str, scopes: Iterable[str], now: float,
-               ttl: float, trusted: bool = False, tier: str = "") -> str:
+               ttl: float, trusted: bool = False, tier: str = "", tenant: str = "", role: str = "") -> str:
     """A signed token. ``trusted`` and ``tier`` are claims of node tokens (``sub: node:<id>``)
-    only; a coordinator token carries neither."""
+    only, ``tenant`` and ``role`` of caller tokens (``sub: key:<id>``, which grant only
+    ``entry.invoke`` and name one node); a coordinator token carries none of them."""
     scopes = tuple(sorted(set(scopes)))
     unknown = set(scopes) - set(SCOPES)
     if unknown:
@@ -193,6 +216,10 @@ def sign_token(key: Ed25519PrivateKey, *, sub: str, aud: str, scopes: Iterable[s
     claims = {"sub": sub, "aud": aud, "exp": round(now + ttl, 3), "iat": round(now, 3), "scopes": list(scopes)}
     if sub.startswith(NODE_PREFIX):
         claims.update(trusted=bool(trusted), tier=str(tier))
+    if sub.startswith(KEY_PREFIX):
+        if scopes != (SCOPE_ENTRY,) or aud == ANY_NODE:
+            raise InvalidArgument("a caller token grants entry.invoke only, at one named node")
+        claims.update(tenant=str(tenant), role=str(role))
     body = json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
     payload = _b64(body)
     sig = key.sign((TOKEN_PREFIX + payload).encode())
@@ -217,7 +244,7 @@ def verify_token(public: Ed25519PublicKey, token: str, *, now: float, audience: 
         d = json.loads(_unb64(payload))
         claims = Claims(sub=str(d["sub"]), aud=str(d["aud"]), exp=float(d["exp"]), iat=float(d["iat"]),
                         scopes=tuple(str(s) for s in d["scopes"]), trusted=d.get("trusted") is True,
-                        tier=str(d.get("tier", "")))
+                        tier=str(d.get("tier", "")), tenant=str(d.get("tenant", "")), role=str(d.get("role", "")))
     except InvalidSignature:
         raise Unauthenticated("capability token signature does not verify (not issued by this "
                               "fleet's coordinator)") from None

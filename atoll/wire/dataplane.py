@@ -113,17 +113,18 @@ class EntryInfo:
     degraded_reason: str = ""
     routing_age_seconds: float = 0.0
     workflows: int = 0
+    token: str = ""            # ListEntries: the caller token for this entry (never an API key)
 
 
 def entry_to_pb(e: EntryInfo) -> routing_pb2.EntryInfo:
     return routing_pb2.EntryInfo(node_name=e.node_name, node_id=e.node_id, region=e.region, tier=e.tier,
                                  address=e.address, degraded=e.degraded, degraded_reason=e.degraded_reason,
-                                 routing_age_seconds=e.routing_age_seconds, workflows=e.workflows)
+                                 routing_age_seconds=e.routing_age_seconds, workflows=e.workflows, token=e.token)
 
 
 def entry_from_pb(m: routing_pb2.EntryInfo) -> EntryInfo:
     return EntryInfo(m.node_name, m.region, m.tier, m.address, m.node_id, m.degraded, m.degraded_reason,
-                     m.routing_age_seconds, m.workflows)
+                     m.routing_age_seconds, m.workflows, m.token)
 
 
 def entries_response(entries: Sequence[EntryInfo]) -> control_pb2.ListEntriesResponse:

@@ -161,7 +161,7 @@ class EntryLoad(_message.Message):
     def __init__(self, workflow: _Optional[str] = ..., started: _Optional[int] = ..., finished: _Optional[int] = ..., failed: _Optional[int] = ..., completion_tokens: _Optional[_Mapping[str, int]] = ..., in_flight: _Optional[int] = ...) -> None: ...
 
 class EntryInfo(_message.Message):
-    __slots__ = ("node_name", "node_id", "region", "tier", "address", "degraded", "degraded_reason", "routing_age_seconds", "workflows")
+    __slots__ = ("node_name", "node_id", "region", "tier", "address", "degraded", "degraded_reason", "routing_age_seconds", "workflows", "token")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,7 @@ class EntryInfo(_message.Message):
     DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
     ROUTING_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     node_id: str
     region: str
@@ -180,4 +181,5 @@ class EntryInfo(_message.Message):
     degraded_reason: str
     routing_age_seconds: float
     workflows: int
-    def __init__(self, node_name: _Optional[str] = ..., node_id: _Optional[str] = ..., region: _Optional[str] = ..., tier: _Optional[str] = ..., address: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., routing_age_seconds: _Optional[float] = ..., workflows: _Optional[int] = ...) -> None: ...
+    token: str
+    def __init__(self, node_name: _Optional[str] = ..., node_id: _Optional[str] = ..., region: _Optional[str] = ..., tier: _Optional[str] = ..., address: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., routing_age_seconds: _Optional[float] = ..., workflows: _Optional[int] = ..., token: _Optional[str] = ...) -> None: ...

@@ -105,3 +105,23 @@ def test_keys_round_trip_through_pem_and_raw_bytes():
         cred.private_from_pem(b"not a key")
     with pytest.raises(InvalidArgument):
         cred.public_from_bytes(b"123")
+
+
+def test_a_caller_token_names_one_node_grants_only_entry_invoke_and_carries_the_keys_tenant_and_role():
+    tok = token(sub=cred.key_subject("k-1"), aud="node-1", scopes=[cred.SCOPE_ENTRY], tenant="team-a", role="user")
+    c = cred.verify_token(KEY.public_key(), tok, now=NOW, audience="node-1", scope=cred.SCOPE_ENTRY)
+    assert (c.is_caller, c.key_id, c.tenant, c.role, c.node_id, c.is_coordinator) == \
+        (True, "k-1", "team-a", "user", "", False)
+    with pytest.raises(PermissionDenied):               # at another node
+        cred.verify_token(KEY.public_key(), tok, now=NOW, audience="node-2")
+    with pytest.raises(PermissionDenied):               # for anything but an entry's Invoke
+        cred.verify_token(KEY.public_key(), tok, now=NOW, audience="node-1", scope=cred.SCOPE_INFER)
+    for bad in (dict(scopes=[cred.SCOPE_ENTRY, cred.SCOPE_INFER]), dict(scopes=[cred.SCOPE_FETCH]),
+                dict(aud=cred.ANY_NODE)):
+        with pytest.raises(InvalidArgument):
+            token(**{"sub": cred.key_subject("k-1"), "aud": "node-1", "scopes": [cred.SCOPE_ENTRY], **bad})
+    tampered = tok.split(".")
+    body = base64.urlsafe_b64decode(tampered[1] + "=" * (-len(tampered[1]) % 4)).replace(b'"user"', b'"admin"')
+    tampered[1] = base64.urlsafe_b64encode(body).rstrip(b"=").decode()
+    with pytest.raises(Unauthenticated):                # the role cannot be edited
+        cred.verify_token(KEY.public_key(), ".".join(tampered), now=NOW, audience="node-1")
