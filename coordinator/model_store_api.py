@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 from atoll.coordinator import auth, convert
 from atoll.coordinator.blobs import BlobStore
+from atoll.core.archive import check_name
 from atoll.core.errors import InvalidArgument, NotFound
 from atoll.core.rpc import Malformed, check_parsed, handle_errors
 from atoll.proto.v1 import control_pb2_grpc
@@ -55,11 +56,13 @@ class ModelStoreApi(control_pb2_grpc.ModelStoreServicer):
     def _info(self, name: str) -> dict:
         node = auth.caller_node()
         if node:
-            info = self.blobs.info(name)
-            if name not in self.references(node):
+            # The assignments first, and the store only for a blob they name: a blob that is
+            # not assigned to this node gets one answer whether or not it is stored, so a node
+            # token cannot ask which hashes tenants have pushed.
+            if check_name(name) not in self.references(node):
                 raise NotFound(f"no blob {name} is assigned to node {node}",
                                hint="a node fetches only what its assignments name")
-            return info
+            return self.blobs.info(name)
         return self.blobs.info_for(name, None if auth.caller_is_admin() else auth.caller_tenant())
 
     @handle_errors

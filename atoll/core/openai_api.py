@@ -146,9 +146,17 @@ class EmbedRequest:
     encoding_format: str = "float"
 
 
+# A body whose arrays and objects nest deeper than the parser or the validator can follow (about
+# 1000 levels, less the stack in use) is invalid (400), never a 500 with an error log line. What
+# validation lets through nests a few levels at most (every free-form field is refused).
+TOO_DEEP = "the body is not JSON this door accepts: its arrays or objects nest too deeply"
+
+
 def _validate(cls, body: Any):
     try:
         return cls.model_validate(body)
+    except RecursionError:     # deeper than validation can follow (the door's parser stops most before)
+        raise RequestError(400, TOO_DEEP) from None
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in err["loc"]) if err["loc"] else None

@@ -42,8 +42,8 @@ from starlette.routing import Route
 
 from atoll.core.errors import AtollError
 from atoll.core.http_server import HttpLimits, HttpServer
-from atoll.core.openai_api import (Collector, Completion, EmbedRequest, GenRequest, RequestError, chunk_body,
-                                   completion_body, embeddings_body, error_body, parse_chat, parse_completion,
+from atoll.core.openai_api import (TOO_DEEP, Collector, Completion, EmbedRequest, GenRequest, RequestError,
+                                   chunk_body, completion_body, embeddings_body, error_body, parse_chat, parse_completion,
                                    parse_embedding, usage)
 
 log = logging.getLogger("atoll.http")
@@ -193,8 +193,10 @@ class OpenAIDoor:
             raise RequestError(400, "the body is empty: send a JSON object")
         try:
             body = json.loads(b"".join(chunks))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(400, f"the body is not JSON: {exc}") from None
+        except RecursionError:         # nested deeper than the parser's stack allows: the client's fault
+            raise RequestError(400, TOO_DEEP) from None
+        except ValueError as exc:      # JSONDecodeError, UnicodeDecodeError, and any other refusal
+            raise RequestError(400, f"the body is not JSON: {exc}"[:300]) from None
         if not isinstance(body, dict):
             raise RequestError(400, "the body must be a JSON object")
         return body

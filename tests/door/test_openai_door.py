@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import re
 import socket
 import struct
@@ -215,6 +216,23 @@ def test_bodies_are_bounded(door):
     for body, msg in ((b"{not json", "not JSON"), (b"[1, 2]", "JSON object"), (b"", "empty")):
         status, payload = raw(door, "POST", "/v1/completions", body)
         assert status == 400 and msg in json.loads(payload)["error"]["message"]
+
+
+def test_deeply_nested_json_is_invalid_not_an_internal_error(door, caplog):
+    """Arrays nested deeper than the parser's stack (within the body bound) are a 400 of
+    OpenAI's shape, like any body that is not JSON, and log nothing at error level (before: a
+    500 and an error line with a traceback per request)."""
+    deep = b"[" * 30000 + b"]" * 30000
+    bodies = (deep, b'{"model":"scripted","messages":' + deep + b"}",
+              b'{"model":"scripted","prompt":"x","logit_bias":{"a":' + deep + b"}}")
+    with caplog.at_level(logging.INFO, logger="atoll.http"):
+        for path in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings"):
+            for body in bodies:
+                status, payload = raw(door, "POST", path, body, {"Content-Type": "application/json"})
+                err = json.loads(payload)["error"]
+                assert status == 400 and err["type"] == "invalid_request_error", (path, status, err)
+                assert "nest too deeply" in err["message"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def _read_response(s: socket.socket) -> bytes:

@@ -87,3 +87,35 @@ def test_fetch_over_grpc_verifies_and_resumes(tmp_path):
 def test_plain_paths_are_checked(tmp_path):
     with pytest.raises(NotFound):
         asyncio.run(resolve_source(str(tmp_path / "missing"), channel=None, cache_dir=tmp_path))
+
+
+def test_a_node_cannot_ask_whether_an_unassigned_blob_is_stored(tmp_path):
+    """A node token fetches only what its assignments name, and a blob it was not assigned gets
+    the same answer whether or not it is stored (before: "is assigned to node" for a stored blob,
+    "push it first" for an absent one, so any host could ask which hashes tenants had pushed)."""
+    from atoll.coordinator import auth
+
+    store = BlobStore(tmp_path / "blobs", SqliteStore(tmp_path / "s.db"))
+    stored = store.put(iter([(archive_dir(make_dir(tmp_path / "m", size=3000)), "m", "model")]))["name"]
+    absent = "sha256:" + "1" * 64
+    api = ModelStoreApi(store, references=lambda node_id: {stored} if node_id == "assigned" else set())
+
+    def answer(node: str, name: str) -> tuple[str, str, str]:
+        token = auth.current.set(auth.NodeCaller(node, ("store.fetch",)))
+        try:
+            api._info(name)
+        except NotFound as exc:
+            return exc.code, str(exc).replace(name, "NAME"), exc.hint
+        finally:
+            auth.current.reset(token)
+        return "OK", "", ""
+
+    assert answer("renter", stored) == answer("renter", absent)
+    assert answer("renter", stored)[0] == "NOT_FOUND"
+    assert answer("assigned", stored) == ("OK", "", "")
+    token = auth.current.set(auth.NodeCaller("renter", ("store.fetch",)))
+    try:
+        with pytest.raises(InvalidArgument):
+            api._info("not-a-name")
+    finally:
+        auth.current.reset(token)
