@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MAX_TOKENS = 32768
 MAX_CHOICES = 16             # n
 MAX_PROMPTS = 64             # prompts (or embedding inputs) in one request
+MAX_GENERATIONS = 64         # prompts x n in one completions request: what one request may ask to generate
 MAX_TEXT = 200_000           # characters of one prompt or message
 MAX_MESSAGES = 1024
 MAX_STOP = 4
@@ -200,6 +201,9 @@ def parse_completion(body: Any) -> list[GenRequest]:
     prompts: list = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
     if not prompts or len(prompts) > MAX_PROMPTS:
         raise RequestError(400, f"prompt: 1 to {MAX_PROMPTS} prompts", param="prompt")
+    if len(prompts) * b.n > MAX_GENERATIONS:
+        raise RequestError(400, f"n: {len(prompts)} prompts x n {b.n} asks for {len(prompts) * b.n} completions; "
+                                f"one request makes at most {MAX_GENERATIONS}", param="n")
     for one in prompts:
         if not one or len(one) > MAX_TEXT:
             raise RequestError(400, f"prompt: each prompt must be 1 to {MAX_TEXT} characters (or token ids)",

@@ -167,6 +167,7 @@ def test_embeddings_base64_on_the_wire(door):
     ({"model": "scripted"}, "prompt"),
     ({"prompt": "x"}, "model"),
     ({"model": "scripted", "prompt": [-1, 2]}, "prompt"),
+    ({"model": "scripted", "prompt": ["x"] * 5, "n": 16}, "n"),                         # 80 completions in one request
 ])
 def test_bad_completion_bodies_name_the_field(door, body, param):
     status, payload = raw(door, "POST", "/v1/completions", json.dumps(body))
