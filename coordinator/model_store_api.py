@@ -94,7 +94,22 @@ class ModelStoreApi(control_pb2_grpc.ModelStoreServicer):
 
     @handle_errors
     async def Fetch(self, request, context):
+        """Each chunk is read from disk in a thread: many nodes fetching large blobs at once
+        (a cold start of a fleet) never hold up the event loop that every other call shares."""
         check_parsed(request)
-        info = self._info(request.name)
-        for data, off, total in self.blobs.read(request.name, request.offset):
-            yield convert.blob_chunk(request.name, info["kind"], data, off, total)
+        info = await asyncio.to_thread(self._info_as, auth.current.get(), request.name)
+        chunks = self.blobs.read(request.name, request.offset)
+        try:
+            while (piece := await asyncio.to_thread(next, chunks, None)) is not None:
+                data, off, total = piece
+                yield convert.blob_chunk(request.name, info["kind"], data, off, total)
+        finally:
+            chunks.close()
+
+    def _info_as(self, caller, name: str) -> dict:
+        """:meth:`_info` for ``caller`` from a worker thread (the caller is a context variable)."""
+        mark = auth.current.set(caller)
+        try:
+            return self._info(name)
+        finally:
+            auth.current.reset(mark)
