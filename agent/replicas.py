@@ -85,7 +85,7 @@ class ReplicaManager:
                 return
             bases = sorted({i.base_model for i in items})
             if len(bases) > 1:
-                self._set(items, "failed", f"one base model per host; asked for {len(bases)}: {bases}")
+                self._set(items, "failed", f"one base model per host; asked for {len(bases)}: {bases}"[:300])
                 self.applied_generation = gen
                 return
             want_base = bases[0] if bases else ""

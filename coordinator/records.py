@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 from atoll.planner.plan import Plan
 from atoll.specs.assignment import ReplicaItem
 
-SCHEMA_VERSION = 2      # 2: nodes.identity (bound node key, trust, join scope)
+SCHEMA_VERSION = 3      # 2: nodes.identity (bound node key, trust, join scope); 3: retired_nodes
 
 
 @dataclass
@@ -172,6 +172,13 @@ TABLES: dict[str, tuple[tuple[str, ...], ...]] = {
               ("capacity", "text", "{}"), ("status", "text", "{}"), ("state", "text", "NOT NULL"),
               ("registered_at", "real", "NOT NULL"), ("last_heartbeat", "real", "NOT NULL"),
               ("heartbeats", "int", 0), ("drain_requested", "bool", False), ("identity", "text", "{}")),
+    # A node record whose name another node took over (the old one was LOST): kept under its id,
+    # off the fleet's listings, so that its bound key and its removal or join token's revocation
+    # still hold (the same columns as ``nodes``; a name may repeat here).
+    "retired_nodes": (("id", "text", "PRIMARY KEY"), ("name", "text", "NOT NULL"), ("spec", "text", "NOT NULL"),
+                      ("capacity", "text", "{}"), ("status", "text", "{}"), ("state", "text", "NOT NULL"),
+                      ("registered_at", "real", "NOT NULL"), ("last_heartbeat", "real", "NOT NULL"),
+                      ("heartbeats", "int", 0), ("drain_requested", "bool", False), ("identity", "text", "{}")),
     "workflows": (("name", "text", "PRIMARY KEY"), ("spec_yaml", "text", "NOT NULL"), ("state", "text", "NOT NULL"),
                   ("message", "text", ""), ("plan", "text", "{}"), ("assignments", "text", "[]"),
                   ("generation", "int", 0), ("created", "real", "NOT NULL"), ("updated", "real", "NOT NULL"),
@@ -211,6 +218,18 @@ def _names(table: str) -> str:
 
 
 NODE_COLUMNS = _names("nodes")
+assert _names("retired_nodes") == NODE_COLUMNS
+
+
+def retire_displaced_sql(p: str) -> str:
+    """The statement moving the rows a node taking its name over displaces (same name, another
+    id) to ``retired_nodes``, in a store's placeholder ``p``; parameters: the name, the new id.
+    Idempotent (a retry after an unknown outcome changes nothing)."""
+    return (f"INSERT INTO retired_nodes({NODE_COLUMNS}) SELECT {NODE_COLUMNS} FROM nodes "
+            f"WHERE name = {p} AND id <> {p} ON CONFLICT (id) DO UPDATE SET name=excluded.name, "
+            "spec=excluded.spec, capacity=excluded.capacity, status=excluded.status, state=excluded.state, "
+            "registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat, "
+            "heartbeats=excluded.heartbeats, drain_requested=excluded.drain_requested, identity=excluded.identity")
 WORKFLOW_COLUMNS = _names("workflows")
 
 
@@ -263,6 +282,10 @@ class RecordReads:
 
     def list_nodes(self) -> list[NodeRecord]:
         return [node_from_row(r) for r in self._fetch(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")]
+
+    def list_retired_nodes(self) -> list[NodeRecord]:
+        """Nodes whose name another node took over: not in the fleet, but their identity holds."""
+        return [node_from_row(r) for r in self._fetch(f"SELECT {NODE_COLUMNS} FROM retired_nodes ORDER BY id")]
 
     def get_meta(self, key: str) -> str | None:
         r = self._fetch(f"SELECT value FROM meta WHERE key = {self.P}", (key,), one=True)

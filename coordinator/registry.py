@@ -8,6 +8,11 @@ Identity: every registration proves possession of the agent's Ed25519 node key
 registration of a node id binds that key to the id, with the tier/region scope and the trust
 its join token grants (``join_tokens.py``); a later registration for that id with another key
 is refused, and with the bound key needs no join token but stays within the recorded scope.
+A node removed by the operator, or whose join token was revoked, is cut off for good: its id's
+tokens stay revoked and its key is refused, under any name and with any join token. When a new
+node takes a LOST node's name over, the old record is *retired* (``Registry.retired``, the
+store's ``retired_nodes``), not forgotten: its id stays bound to its key, and its removal or
+revocation holds.
 Refusals are counted by reason (``atoll_identity_refusals_total``) and carry the reason on the
 error (``exc.reason``) so the servicer logs it with the peer. Trust is the operator's:
 :meth:`Registry.set_trusted`.
@@ -23,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import json
 import math
 import re
 import secrets
 import time
 import uuid
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -42,10 +49,25 @@ from atoll.core import credentials as cred
 from atoll.core.errors import AlreadyExists, AtollError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from atoll.core.rpc import RECONNECT_BACKOFF_CAP_S
 from atoll.specs.common import validation_to_spec_error
+from atoll.specs.config import check_address
 from atoll.specs.node import NodeConfig
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 MAX_GPUS = 256
+# A host re-prices itself at most this often: a price change within this many seconds of the
+# last one applied for that node waits, the latest value winning, and is applied when the
+# window ends (by the liveness sweep, or the node's next heartbeat). Each applied change writes
+# the node's row and asks for a re-plan.
+PRICE_HOLD_S = 5.0
+
+# What a node's status may hold (NodeStatus, see ``atoll.wire.nodes``); a registration or a
+# heartbeat with more is refused (INVALID_ARGUMENT), so no host can bloat ListNodes,
+# ListEntries or the store.
+MAX_ADDRESS_BYTES = 255           # worker_address, entry_address: HOST:PORT
+MAX_STATUS_ENTRIES = 4096         # entries of each map or list
+MAX_STATUS_KEY_BYTES = 256        # a map key (replica id, hardware name), a cached model's name
+MAX_STATUS_TEXT_BYTES = 4096      # a string value: a model name or path (PATH_MAX), a state, a message
+MAX_STATUS_BYTES = 256 << 10      # the whole status, as JSON
 
 
 def _refusal(exc: AtollError, reason: str) -> AtollError:
@@ -82,6 +104,9 @@ class Registry:
         self.metrics = metrics
         self._mono, self._wall = mono, wall
         self.nodes: dict[str, NodeRecord] = {}
+        # Nodes whose name another node took over (see the module doc): not in the fleet, but
+        # their id stays bound to their key and their removal or revocation holds.
+        self.retired: dict[str, NodeRecord] = {}
         self._by_name: dict[str, str] = {}
         self.sessions: dict[str, Session] = {}
         self.sessions_closed = 0      # heartbeat streams ended so far (the autoscaler runs a pass at once on one)
@@ -92,6 +117,8 @@ class Registry:
         # a new Worker address or replica states (the coordinator rebuilds its routing table).
         self.serving_changes = 0
         self._price_listeners: list[Callable[[str, float, float], None]] = []
+        self._price_applied: dict[str, float] = {}                    # node id -> when (mono) its price last changed
+        self._price_pending: dict[str, tuple[float, bool]] = {}       # node id -> the latest price held back
         self._restore()
 
     # -- start-up -------------------------------------------------------------------------------
@@ -107,6 +134,9 @@ class Registry:
             self._by_name[rec.name] = rec.id
             last = now + grace if rec.state != LOST else now
             self.liveness.track(rec.id, rec.state, last, draining=rec.drain_requested or rec.state == DRAINING)
+        for rec in self.store.list_retired_nodes():
+            if rec.id not in self.nodes:
+                self.retired[rec.id] = rec
 
     def add_listener(self, fn: Callable[[Transition], None]) -> None:
         self._listeners.append(fn)
@@ -118,6 +148,7 @@ class Registry:
         try:
             spec = validate_spec(spec)
             validate_capacity(capacity)
+            validate_status(status)
             if node_id and not _NODE_ID.match(node_id):
                 raise InvalidArgument(f"node_id {node_id[:80]!r} is not a valid id",
                                       hint="8-64 letters, digits or '-'; remove the agent's state dir to get a new one")
@@ -130,7 +161,7 @@ class Registry:
             owner = self.nodes.get(self._by_name.get(name, ""))
             if owner is not None and owner.public_key == key:
                 node_id = owner.id
-        old = self.nodes.get(node_id) if node_id else None
+        old = (self.nodes.get(node_id) or self.retired.get(node_id)) if node_id else None
         bound = bool(old and old.public_key)
         if bound and not hmac.compare_digest(old.public_key, key):
             raise self._refuse(Unauthenticated(
@@ -139,6 +170,8 @@ class Registry:
                 "from this agent's state dir to join as a new node"), "key_mismatch")
         if bound:
             self._check_not_cut_off(old)
+        self._check_key_not_cut_off(key)
+        if bound:
             grant = Grant.of_scope(old.scope, old.trusted)
         else:
             try:
@@ -173,11 +206,16 @@ class Registry:
                          drain_requested=drain_requested, public_key=key, trusted=grant.trusted,
                          scope=grant.scope())
         self.store.upsert_node(rec)                      # durable before we acknowledge
-        if old and old.name != name:
+        if old and old.name != name and self._by_name.get(old.name) == node_id:
             self._by_name.pop(old.name, None)
-        if owner and owner != node_id:                   # the name moved to a new id
-            self.nodes.pop(owner, None)
+        if owner and owner != node_id:                   # the name moved to a new id: the old one retires
+            displaced = self.nodes.pop(owner, None)
+            if displaced is not None:
+                self.retired[owner] = displaced
             self.liveness.forget(owner)
+            self.applied_generation.pop(owner, None)
+        self.retired.pop(node_id, None)                  # a retired node (not cut off) is back
+        self._price_pending.pop(node_id, None)           # its spec's price is the news now
         self.nodes[node_id] = rec
         self._by_name[name] = node_id
         old_state = self.liveness.state(node_id)
@@ -233,8 +271,8 @@ class Registry:
     def revoked_nodes(self) -> dict[str, float]:
         """The node-token revocations agents and the model store enforce (node id -> unix
         seconds, see :func:`atoll.coordinator.join_tokens.revoked_nodes`)."""
-        return revoked_nodes(self.nodes.values(), self.tokens.revoked_ids(), self._wall(),
-                             NODE_TOKEN_TTL + cred.CLOCK_SKEW_S)
+        return revoked_nodes(chain(self.nodes.values(), self.retired.values()), self.tokens.revoked_ids(),
+                             self._wall(), NODE_TOKEN_TTL + cred.CLOCK_SKEW_S)
 
     def remove(self, ref: str) -> NodeRecord:
         """The operator throws a node out: every token of it is revoked, its session closed (it
@@ -250,11 +288,21 @@ class Registry:
     def _check_not_cut_off(self, rec: NodeRecord) -> None:
         if not cut_off(rec, self.tokens.revoked_ids()):
             return
-        why = "was removed by an operator" if rec.tokens_before == math.inf else \
-            f"joined with join token {rec.scope.get('token')}, which was revoked"
         raise self._refuse(Unauthenticated(
-            f"node {rec.id} {why}", hint="ask an admin for a join token and join as a new node (remove node_id "
-                                         "and node.key from the state dir)"), "revoked")
+            f"node {rec.id} {_why_cut_off(rec)}", hint="ask an admin for a join token and join as a new node "
+                                                       "(remove node_id and node.key from the state dir)"), "revoked")
+
+    def _check_key_not_cut_off(self, key: str) -> None:
+        """A node key that belonged to a node cut off (removed, or its join token revoked) joins
+        nothing again: not under another name, not with a new id, not with any join token."""
+        revoked = self.tokens.revoked_ids()
+        for rec in chain(self.nodes.values(), self.retired.values()):
+            if rec.public_key and rec.public_key == key and cut_off(rec, revoked):
+                raise self._refuse(Unauthenticated(
+                    f"this node key ({_short(key)}) belongs to node {rec.id} ({rec.name}), which "
+                    f"{_why_cut_off(rec)}; a cut-off node key cannot register again",
+                    hint="ask an admin for a join token and join as a new node (remove node_id and node.key "
+                         "from the state dir)"), "revoked")
 
     def cut_off(self) -> list[str]:
         """Close the heartbeat sessions of nodes removed or whose join token was revoked (they
@@ -288,25 +336,53 @@ class Registry:
         self._price_listeners.append(fn)
 
     def set_price(self, node_id: str, price: float, preemptible: bool) -> None:
-        """The host re-priced itself (a marketplace renter, a spot instance): persist and tell."""
+        """The host re-priced itself (a marketplace renter, a spot instance): persist and tell,
+        at most once per :data:`PRICE_HOLD_S` per node. A change within that window of the last
+        applied one is held back (the latest wins) and applied when the window ends."""
         rec = self.nodes.get(node_id)
         if rec is None:
             return
         if not (0 <= price <= 10_000) or price != price:
             raise InvalidArgument(f"price_per_hour {price} outside 0..10000")
+        now = self._mono()
+        if now - self._price_applied.get(node_id, -math.inf) < PRICE_HOLD_S:
+            self._price_pending[node_id] = (price, bool(preemptible))
+            return
+        self._price_pending.pop(node_id, None)
+        self._apply_price(rec, price, bool(preemptible), now)
+
+    def apply_held_prices(self) -> int:
+        """Apply the held-back price changes whose window has ended; how many changed a price."""
+        if not self._price_pending:
+            return 0
+        now, n = self._mono(), 0
+        for node_id, (price, preemptible) in list(self._price_pending.items()):
+            if now - self._price_applied.get(node_id, -math.inf) < PRICE_HOLD_S:
+                continue
+            del self._price_pending[node_id]
+            rec = self.nodes.get(node_id)
+            if rec is not None:
+                n += self._apply_price(rec, price, preemptible, now)
+        return n
+
+    def _apply_price(self, rec: NodeRecord, price: float, preemptible: bool, now: float) -> bool:
         old = float(rec.spec.get("price_per_hour", 0.0))
         if old == price and bool(rec.spec.get("preemptible")) == preemptible:
-            return
+            return False
         rec.spec = {**rec.spec, "price_per_hour": price, "preemptible": preemptible}
+        self._price_applied[rec.id] = now
         self.store.upsert_node(rec)
         for fn in self._price_listeners:
-            fn(node_id, old, price)
+            fn(rec.id, old, price)
+        return True
 
     def heartbeat(self, sess: Session, seq: int, capacity: dict | None, status: dict | None,
                   draining: bool, generation: int | None = None) -> None:
         rec = self.nodes.get(sess.node_id)
         if rec is None or sess.closed:
             raise Unauthenticated("unknown heartbeat session", hint="register again")
+        if status is not None and status != rec.status:
+            validate_status(status)          # before anything is touched: an oversize report is refused
         now = self._mono()
         sess.last_seq = seq
         if generation is not None:
@@ -367,6 +443,7 @@ class Registry:
 
     # -- periodic duties ------------------------------------------------------------------------
     def sweep(self) -> list[Transition]:
+        self.apply_held_prices()
         ts = self.liveness.sweep(self._mono())
         for t in ts:
             self._apply(t)
@@ -437,9 +514,74 @@ def validate_capacity(cap: dict) -> None:
                 raise InvalidArgument(f"capacity.gpus[{i}].{k} is negative")
         if len(str(g.get("name", ""))) > 256:
             raise InvalidArgument(f"capacity.gpus[{i}].name is longer than 256 characters")
+        if len(str(g.get("compute_capability", "") or "")) > 32:
+            raise InvalidArgument(f"capacity.gpus[{i}].compute_capability is longer than 32 characters")
+    if len(str(cap.get("agent_version", "") or "")) > 128:
+        raise InvalidArgument("capacity.agent_version is longer than 128 characters")
     for k in ("cpu_cores", "memory_bytes", "disk_bytes"):
         if int(cap.get(k, 0) or 0) < 0:
             raise InvalidArgument(f"capacity.{k} is negative")
+
+
+def _why_cut_off(rec: NodeRecord) -> str:
+    return "was removed by an operator" if rec.tokens_before == math.inf else \
+        f"joined with join token {rec.scope.get('token')}, which was revoked"
+
+
+def _check_text(what: str, value, limit: int) -> None:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"status.{what} must be a string")
+    n = len(value.encode("utf-8", "surrogatepass"))
+    if n > limit:
+        raise InvalidArgument(f"status.{what} is {n} bytes, at most {limit}",
+                              hint="a node's status is bounded; see docs/security.md, Bounded inputs")
+
+
+def _check_entries(what: str, items) -> None:
+    if len(items) > MAX_STATUS_ENTRIES:
+        raise InvalidArgument(f"status.{what} has {len(items)} entries, at most {MAX_STATUS_ENTRIES}",
+                              hint="a node's status is bounded; see docs/security.md, Bounded inputs")
+
+
+def validate_status(status: dict) -> None:
+    """Bound what a node reports about itself (NodeStatus as a dict): addresses are HOST:PORT of
+    at most :data:`MAX_ADDRESS_BYTES`, every map and list at most :data:`MAX_STATUS_ENTRIES`
+    entries, keys and names at most :data:`MAX_STATUS_KEY_BYTES`, other strings at most
+    :data:`MAX_STATUS_TEXT_BYTES`, the whole at most :data:`MAX_STATUS_BYTES` as JSON.
+    InvalidArgument naming the field otherwise."""
+    for k in ("worker_address", "entry_address"):
+        addr = status.get(k) or ""
+        _check_text(k, addr, MAX_ADDRESS_BYTES)
+        if addr:
+            try:
+                check_address(addr, allow_zero_port=False)
+            except ValueError as exc:
+                raise InvalidArgument(f"status.{k}: {str(exc)[:200]}") from None
+    for k in ("measured_throughput", "replica_states", "replica_messages", "replica_load_seconds",
+              "replica_queue_depth"):
+        d = status.get(k) or {}
+        _check_entries(k, d)
+        for key, val in d.items():
+            _check_text(f"{k} key", key, MAX_STATUS_KEY_BYTES)
+            if isinstance(val, str):
+                _check_text(f"{k}[{key[:40]!r}]", val, MAX_STATUS_TEXT_BYTES)
+    cached = status.get("cached_models") or []
+    _check_entries("cached_models", cached)
+    for x in cached:
+        _check_text("cached_models entry", x, MAX_STATUS_KEY_BYTES)
+    loaded = status.get("loaded") or []
+    _check_entries("loaded", loaded)
+    for i, x in enumerate(loaded):
+        for k in ("base_model", "state", "message"):
+            _check_text(f"loaded[{i}].{k}", x.get(k) or "", MAX_STATUS_TEXT_BYTES)
+        adapters = x.get("adapters") or []
+        _check_entries(f"loaded[{i}].adapters", adapters)
+        for a in adapters:
+            _check_text(f"loaded[{i}].adapters entry", a, MAX_STATUS_TEXT_BYTES)
+    n = len(json.dumps(status))
+    if n > MAX_STATUS_BYTES:
+        raise InvalidArgument(f"the node status is {n} bytes, at most {MAX_STATUS_BYTES}",
+                              hint="a node's status is bounded; see docs/security.md, Bounded inputs")
 
 
 def _short(key_b64: str) -> str:

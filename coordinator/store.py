@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, RecordReads,
-                                       WorkflowRecord, create_tables, node_row, workflow_row)
+                                       WorkflowRecord, create_tables, node_row, retire_displaced_sql, workflow_row)
 from atoll.coordinator.store_pg import PostgresStore
 from atoll.core.errors import FailedPrecondition
 
@@ -37,6 +37,7 @@ class Store(Protocol):
     def upsert_node(self, rec: NodeRecord) -> None: ...
     def get_node(self, node_id: str) -> NodeRecord | None: ...
     def list_nodes(self) -> list[NodeRecord]: ...
+    def list_retired_nodes(self) -> list[NodeRecord]: ...
     def set_node_state(self, node_id: str, state: str, drain_requested: bool | None = None) -> None: ...
     def set_node_capacity(self, node_id: str, capacity: dict) -> None: ...
     def touch_nodes(self, updates: Iterable[tuple[str, float, int, dict | None]]) -> None: ...
@@ -80,6 +81,7 @@ class SqliteStore(RecordReads):
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(nodes)")}
             if "identity" not in cols:         # schema 1 -> 2
                 self._db.execute("ALTER TABLE nodes ADD COLUMN identity TEXT NOT NULL DEFAULT '{}'")
+            # schema 2 -> 3: retired_nodes, created above (CREATE TABLE IF NOT EXISTS)
             self._db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
 
@@ -88,8 +90,11 @@ class SqliteStore(RecordReads):
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                # A node re-registering under a new id takes the name over from the old row.
+                # A node registering under a new id takes the name over from the old row, which
+                # moves to retired_nodes: its bound key, removal or join token stay on record.
+                self._db.execute(retire_displaced_sql("?"), (rec.name, rec.id))
                 self._db.execute("DELETE FROM nodes WHERE name = ? AND id != ?", (rec.name, rec.id))
+                self._db.execute("DELETE FROM retired_nodes WHERE id = ?", (rec.id,))   # a retired node is back
                 self._db.execute(
                     f"INSERT INTO nodes({NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT(id) DO UPDATE SET name=excluded.name, spec=excluded.spec, "

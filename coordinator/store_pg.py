@@ -29,7 +29,7 @@ from typing import Callable, Iterable, TypeVar
 import psycopg
 
 from atoll.coordinator.records import (NODE_COLUMNS, SCHEMA_VERSION, WORKFLOW_COLUMNS, NodeRecord, RecordReads,
-                                       WorkflowRecord, create_tables, node_row, workflow_row)
+                                       WorkflowRecord, create_tables, node_row, retire_displaced_sql, workflow_row)
 from atoll.core.errors import Unavailable
 
 T = TypeVar("T")
@@ -38,7 +38,8 @@ T = TypeVar("T")
 # leadership key in leader.py).
 MIGRATE_LOCK_KEY = 0x61746F6C6C00  # "atoll\0"
 
-# The tables of records.TABLES, then the migrations of older schemas.
+# The tables of records.TABLES (a table new in a schema, such as retired_nodes in 3, is created
+# by its CREATE TABLE IF NOT EXISTS), then the migrations of older schemas' columns.
 SCHEMA = create_tables("postgres") + [
     "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS identity TEXT NOT NULL DEFAULT '{}'",   # schema 1 -> 2
 ]
@@ -129,8 +130,11 @@ class PostgresStore(RecordReads):
     # -- nodes ------------------------------------------------------------------------------
     def upsert_node(self, rec: NodeRecord) -> None:
         def go(db):
-            # A node re-registering under a new id takes the name over from the old row.
+            # A node registering under a new id takes the name over from the old row, which
+            # moves to retired_nodes: its bound key, removal or join token stay on record.
+            db.execute(retire_displaced_sql("%s"), (rec.name, rec.id))
             db.execute("DELETE FROM nodes WHERE name = %s AND id <> %s", (rec.name, rec.id))
+            db.execute("DELETE FROM retired_nodes WHERE id = %s", (rec.id,))   # a retired node is back
             db.execute(
                 f"INSERT INTO nodes({NODE_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
                 "ON CONFLICT (id) DO UPDATE SET name=excluded.name, spec=excluded.spec, "

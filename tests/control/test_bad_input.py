@@ -144,3 +144,137 @@ def test_invoke_at_the_coordinator_bounds_max_tokens_as_the_entries_do(coordinat
     for ok in (8193, MAX_TOKENS):            # the budget passes; what is missing is the workflow
         assert invoke(ok).code() == grpc.StatusCode.NOT_FOUND
     assert proc.alive()
+
+
+# ---------------------------------------------------------------------- hostile agents (audit findings 4, 5)
+A100 = {"gpus": [{"index": 0, "name": "NVIDIA A100", "memory_total_bytes": 80 << 30, "memory_free_bytes": 80 << 30}],
+        "cpu_cores": 16, "memory_bytes": 64 << 30, "disk_bytes": 500 << 30, "simulated": True}
+
+
+class HostileAgent:
+    """A host with the join token and its own node key, speaking AgentService directly."""
+
+    def __init__(self, ch, name: str, tier: str = "renter", status: dict | None = None):
+        from atoll.wire.agent_service import agent_stub
+
+        self.stub = agent_stub(ch)
+        self.spec = {"name": name, "tier": tier, "region": "us-east", "price_per_hour": 0.1,
+                     "labels": {"hardware": "a100"}}
+        self.key, self.status = cred.new_private_key(), status
+        self.sent = 0
+
+    def register(self) -> None:
+        resp = self.stub.Register(register_request(join_token=TOKEN, node_id="", spec=self.spec, capacity=A100,
+                                                   status=self.status, proof=cred.make_proof(self.key, "", time.time())),
+                                  timeout=10)
+        self.node_id, self.session = resp.node_id, resp.session_token
+
+    def heartbeats(self, period: float, seconds: float, status=lambda i: None, price=lambda i: None) -> grpc.StatusCode:
+        """Send heartbeats every ``period`` for ``seconds``; the code the stream ends with."""
+        from atoll.wire.agent_service import heartbeat_request
+
+        def reqs():
+            end, i = time.monotonic() + seconds, 0
+            while time.monotonic() < end:
+                i += 1
+                self.sent = i
+                yield heartbeat_request(node_id=self.node_id, session_token=self.session, seq=i, draining=False,
+                                        generation=0, price=price(i), capacity=None, status=status(i),
+                                        sent_unix=time.time())
+                time.sleep(period)
+        try:
+            for _ in self.stub.Heartbeat(reqs(), timeout=seconds + 10):
+                pass
+            return grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            self.error = exc.details()
+            return exc.code()
+
+
+@pytest.fixture
+def coordinator_1s(tmp_path):
+    """A coordinator with a 1 s heartbeat interval; (channel, process, address)."""
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    p = Proc(["coordinator", "--listen", addr, "--metrics-listen", f"127.0.0.1:{free_port()}",
+              "--state-dir", str(tmp_path / "s"), "--join-token", TOKEN, "--heartbeat-interval", "1"], tmp_path / "c.log")
+    ch = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)])
+    wait_for(lambda: control_pb2_grpc.ClientServiceStub(ch).ListNodes(control_pb2.ListNodesRequest(), timeout=1)
+             is not None, 20)
+    yield ch, p, addr
+    ch.close()
+    p.stop()
+
+
+def test_an_oversize_node_status_is_refused_at_registration_and_on_every_heartbeat(coordinator_1s):
+    """Before the fix the coordinator kept an 8 MiB entry_address and sent it to every ListNodes
+    and ListEntries caller: two such hosts made both fail (RESOURCE_EXHAUSTED) for everyone."""
+    ch, proc, _ = coordinator_1s
+    client = control_pb2_grpc.ClientServiceStub(ch)
+    huge = {"entry_address": "x" * (8 << 20)}
+    with pytest.raises(grpc.RpcError) as ei:
+        HostileAgent(ch, "evil-0", status=huge).register()
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "status.entry_address is 8388608 bytes, at most 255" in ei.value.details()
+    evil = HostileAgent(ch, "evil-1", status={"entry_address": "127.0.0.1:1"})
+    evil.register()                                          # a fitting status is admitted...
+    code = evil.heartbeats(0.2, 5, status=lambda i: huge if i >= 3 else {"entry_address": "127.0.0.1:1"})
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, code    # ...and the stream refused at the oversize one
+    assert "entry_address is 8388608 bytes" in evil.error and evil.sent < 6
+    nodes = client.ListNodes(control_pb2.ListNodesRequest(), timeout=5).nodes
+    assert [(n.spec.name, n.status.entry_address) for n in nodes] == [("evil-1", "127.0.0.1:1")]
+    entries = client.ListEntries(control_pb2.ListEntriesRequest(), timeout=5)
+    assert entries.ByteSize() < 4096
+    assert proc.alive() and "Traceback" not in proc.log()
+
+
+def test_a_flapping_price_is_applied_at_most_once_per_window_and_replans_are_coalesced(coordinator_1s, tmp_path):
+    """Before the fix each of 1,441 new prices in 8 s was written to the store (on the event loop)
+    and started a round of re-plans of every deployed workflow (62 re-plans)."""
+    import yaml
+
+    from atoll.client import Client
+    from atoll.coordinator import registry
+
+    PRICE_HOLD_S = 5.0                                         # registry.PRICE_HOLD_S, checked at the end
+
+    ch, proc, addr = coordinator_1s
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    import threading
+    for i in range(2):                                         # one node per workflow
+        dc = HostileAgent(ch, f"dc-{i}", tier="datacenter")
+        dc.register()
+        threading.Thread(target=dc.heartbeats, args=(0.3, 30), daemon=True).start()
+    for name in ("wf-a", "wf-b"):
+        v = {"name": "v", "model": str(base), "accuracy": 0.9, "memory_gb": 1, "throughput": {"a100": 20}}
+        spec = {"name": name, "sources": [{"name": "u", "rate": 2, "region": "us-east", "tier": "datacenter"}],
+                "tasks": [{"name": "chat", "max_tokens": 4, "variants": [v]}], "edges": [{"from": "u", "to": "chat"}]}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+        with Client(addr) as c:
+            c.submit(str(tmp_path / f"{name}.yaml"))
+    flap = HostileAgent(ch, "flap-0")
+    flap.register()
+    replans0 = proc.log().count("workflow re-planned")
+    t0 = time.monotonic()
+    code = flap.heartbeats(0.005, 7, price=lambda i: (0.2 + (i % 2) * 0.01, False))
+    took = time.monotonic() - t0
+    assert code == grpc.StatusCode.OK and flap.sent > 200, (code, flap.sent)
+    last = 0.2 + (flap.sent % 2) * 0.01
+    windows = int(took / PRICE_HOLD_S) + 2                       # the first change, one per window, the last
+    # the latest value wins once its window ends: nothing is lost
+    wait_for(lambda: abs(next(n for n in client_nodes(ch) if n.spec.name == "flap-0").spec.price_per_hour - last)
+             < 1e-9, 2 * PRICE_HOLD_S, what="the last price to be applied")
+    time.sleep(1.0)
+    log = proc.log()
+    applied, replans = log.count("node price changed"), log.count("workflow re-planned") - replans0
+    print(f"\n{flap.sent} heartbeats with a new price in {took:.1f} s: {applied} applied, {replans} re-plans")
+    assert 1 <= applied <= windows, applied
+    assert replans <= 2 * windows, replans                       # two workflows, at most one round per window
+    assert proc.alive() and "Traceback" not in log
+    assert registry.PRICE_HOLD_S == PRICE_HOLD_S
+
+
+def client_nodes(ch):
+    return control_pb2_grpc.ClientServiceStub(ch).ListNodes(control_pb2.ListNodesRequest(), timeout=5).nodes

@@ -1,5 +1,8 @@
 """Registry logic without gRPC: tokens, validation, names, drain, restart grace, node identity."""
 
+import math
+import re
+
 import pytest
 
 from atoll.coordinator.join_tokens import hash_token
@@ -217,3 +220,153 @@ def test_scoped_tokens_decide_tier_region_and_trust(tmp_path):
     reg.tokens.revoke(info["id"])
     with pytest.raises(NotFound):
         reg.tokens.revoke("nope")
+
+
+# ---------------------------------------------------------------------- cut off for good
+def lose(reg, clock, node_id):
+    """Let ``node_id``'s session go and its lease run out: it is LOST."""
+    sess = reg.sessions.get(node_id)
+    if sess is not None:
+        reg.close_session(sess)
+    clock.t += 10.0
+    reg.sweep()
+    assert reg.nodes[node_id].state == "LOST"
+
+
+def test_a_removed_node_stays_cut_off_when_a_new_key_takes_its_name_and_after_a_restart(tmp_path):
+    """Audit finding 3: a new node taking a removed (LOST) node's name used to drop the removed
+    node's record, with it its revocation (its node tokens were accepted again) and its key's
+    binding (the removed host re-registered under its old id)."""
+    reg, clock, store = make(tmp_path)
+    x, _ = join(reg, TOKEN, "", spec())
+    reg.remove("gpu-1")
+    lose(reg, clock, x)
+    assert reg.revoked_nodes()[x] == math.inf
+    newcomer = cred.new_private_key()
+    y, _ = join(reg, TOKEN, "", spec(), key=newcomer)       # a new key may still take the name over
+    assert y != x and reg.resolve("gpu-1").id == y and x not in reg.nodes
+    assert [r.name for r in reg.list()] == ["gpu-1"]         # the removed node is off the listings
+
+    def still_cut_off(r):
+        assert r.revoked_nodes().get(x) == math.inf and y not in r.revoked_nodes()
+        with pytest.raises(Unauthenticated, match=f"node {x} was removed by an operator") as ei:
+            join(r, TOKEN, x, spec(name="gpu-2"))            # its old id, its old key
+        assert ei.value.reason == "revoked"
+        with pytest.raises(Unauthenticated, match=f"belongs to node {x} .gpu-1., which was removed by an operator"):
+            join(r, TOKEN, "", spec(name="gpu-3"))           # its old key under a new name, the join token
+        with pytest.raises(Unauthenticated, match="bound to another node key"):
+            join(r, TOKEN, x, spec(name="gpu-4"), key=cred.new_private_key())   # its id stays bound
+        assert set(r.nodes) == {y}
+
+    still_cut_off(reg)
+    assert [n.id for n in store.list_retired_nodes()] == [x]
+    # a coordinator restart (a new registry over the same store) keeps all of it
+    still_cut_off(Registry(store, join_token_hash=hash_token(TOKEN), heartbeat_interval=1.0, mono=clock, wall=clock))
+
+
+def test_a_removed_nodes_key_cannot_join_again_under_another_name(tmp_path):
+    reg, clock, _ = make(tmp_path)
+    x, _ = join(reg, TOKEN, "", spec())
+    reg.remove(x)
+    with pytest.raises(Unauthenticated, match="which was removed by an operator; a cut-off node key cannot"):
+        join(reg, TOKEN, "", spec(name="gpu-2"))             # no node_id, another name: still its key
+    other, _ = join(reg, TOKEN, "", spec(name="gpu-2"), key=cred.new_private_key())
+    assert other != x
+
+
+def test_a_node_whose_name_was_taken_over_is_cut_off_when_its_join_token_is_revoked_later(tmp_path):
+    reg, clock, store = make(tmp_path)
+    info, jt = reg.tokens.create(tiers=["renter"])
+    x, _ = join(reg, jt, "", spec())
+    lose(reg, clock, x)
+    y, _ = join(reg, TOKEN, "", spec(), key=cred.new_private_key())
+    assert x not in reg.nodes and x not in reg.revoked_nodes()
+    reg.tokens.revoke(info["id"])
+    assert reg.revoked_nodes()[x] == math.inf and y not in reg.revoked_nodes()
+    with pytest.raises(Unauthenticated, match=f"joined with join token {info['id']}, which was revoked"):
+        join(reg, TOKEN, x, spec(name="gpu-2"))
+
+
+def test_a_lost_node_whose_name_was_taken_comes_back_under_its_id_with_its_key(tmp_path):
+    """Not cut off: a retired node is still itself (same id, same key, no join token needed)."""
+    reg, clock, store = make(tmp_path)
+    x, _ = join(reg, TOKEN, "", spec())
+    lose(reg, clock, x)
+    y, _ = join(reg, TOKEN, "", spec(), key=cred.new_private_key())
+    back, _ = join(reg, "", x, spec(name="gpu-2"))
+    assert back == x and reg.resolve("gpu-2").id == x and reg.resolve("gpu-1").id == y
+    assert store.list_retired_nodes() == [] and {r.name for r in store.list_nodes()} == {"gpu-1", "gpu-2"}
+
+
+# ---------------------------------------------------------------------- bounded status
+@pytest.mark.parametrize("status,field", [
+    ({"entry_address": "x" * (8 << 20)}, "entry_address is 8388608 bytes, at most 255"),
+    ({"worker_address": "h" * 251 + ":7070"}, "worker_address is 256 bytes, at most 255"),
+    ({"entry_address": "no-port"}, "entry_address: 'no-port' is not HOST:PORT"),
+    ({"worker_address": "10.0.0.1:70000"}, "worker_address: port 70000 out of range"),
+    ({"replica_messages": {"r": "m" * 5000}}, "replica_messages['r'] is 5000 bytes"),
+    ({"replica_states": {f"r{i}": "ready" for i in range(5000)}}, "replica_states has 5000 entries, at most 4096"),
+    ({"cached_models": ["sha256:" + "0" * 1000]}, "cached_models entry is 1007 bytes"),
+    ({"loaded": [{"base_model": "b" * 5000, "adapters": [], "state": "", "message": ""}]}, "loaded[0].base_model"),
+    ({"replica_messages": {f"r{i}": "m" * 1000 for i in range(300)}}, "the node status is"),
+])
+def test_an_oversize_status_is_refused_at_registration_and_on_heartbeats(tmp_path, status, field):
+    """Audit finding 4: nothing bounded a node's status; two hosts reporting an 8 MiB
+    entry_address broke ListNodes and ListEntries for every tenant."""
+    reg, _, store = make(tmp_path)
+    with pytest.raises(InvalidArgument, match=re.escape(field)):
+        join(reg, TOKEN, "", spec(), status=status)
+    assert reg.nodes == {} and store.list_nodes() == []
+    ok = {"worker_address": "10.0.0.1:7000", "entry_address": "[::1]:7001", "replica_states": {"r": "ready"}}
+    nid, tok = join(reg, TOKEN, "", spec(), status=ok)
+    sess = reg.open_session(nid, tok)
+    with pytest.raises(InvalidArgument, match=re.escape(field)):
+        reg.heartbeat(sess, 1, None, status, False)
+    assert reg.nodes[nid].status == ok and reg.nodes[nid].heartbeats == 0
+    reg.heartbeat(sess, 2, None, {**ok, "entry_address": "entry.example:7001"}, False)   # a fitting one is kept
+    assert reg.nodes[nid].status["entry_address"] == "entry.example:7001"
+
+
+def test_capacity_strings_are_bounded(tmp_path):
+    reg, _, _ = make(tmp_path)
+    with pytest.raises(InvalidArgument, match="agent_version"):
+        join(reg, TOKEN, "", spec(), {"agent_version": "v" * 1000})
+    with pytest.raises(InvalidArgument, match="compute_capability"):
+        join(reg, TOKEN, "", spec(), {"gpus": [{"name": "L4", "compute_capability": "9" * 100}]})
+
+
+# ---------------------------------------------------------------------- price changes, debounced
+def test_price_changes_apply_at_most_once_per_window_and_the_latest_wins(tmp_path):
+    """Audit finding 5: every heartbeat's new price was written to the store and re-planned
+    every workflow (1,441 of them in 8 s)."""
+    from atoll.coordinator import registry
+
+    PRICE_HOLD_S = 5.0                                  # registry.PRICE_HOLD_S, checked at the end
+    reg, clock, store = make(tmp_path)
+    nid, _ = join(reg, TOKEN, "", spec(price_per_hour=0.4))
+    told = []
+    reg.add_price_listener(lambda node, old, new: told.append((old, new)))
+    writes = []
+    upsert = store.upsert_node
+    store.upsert_node = lambda rec: (writes.append(rec.spec["price_per_hour"]), upsert(rec))
+    reg.set_price(nid, 0.5, True)                       # the first change applies at once
+    assert told == [(0.4, 0.5)] and store.get_node(nid).spec["price_per_hour"] == 0.5
+    for i in range(1000):                               # a flapping host: 0.10, 0.11, 0.10, ...
+        clock.t += 0.001
+        reg.set_price(nid, 0.1 + (i % 2) * 0.01, True)
+    assert told == [(0.4, 0.5)] and writes == [0.5]     # held back: no write, no re-plan
+    reg.sweep()
+    assert told == [(0.4, 0.5)]                         # the window has not ended yet
+    clock.t += PRICE_HOLD_S
+    reg.sweep()                                         # the window ended: the latest value is applied
+    assert told == [(0.4, 0.5), (0.5, 0.11)] and writes == [0.5, 0.11]
+    assert reg.nodes[nid].spec["price_per_hour"] == store.get_node(nid).spec["price_per_hour"] == 0.11
+    clock.t += 1.0
+    reg.set_price(nid, 0.4, True)                       # within the next window: held back again
+    reg.set_price(nid, 0.11, True)                      # ...and back to what applies: nothing to do
+    clock.t += PRICE_HOLD_S
+    reg.sweep()
+    assert len(told) == 2 and writes == [0.5, 0.11]
+    reg.set_price(nid, 0.3, False)                      # after a quiet window: applied at once
+    assert told[-1] == (0.11, 0.3) and store.get_node(nid).spec["preemptible"] is False
+    assert registry.PRICE_HOLD_S == PRICE_HOLD_S

@@ -84,3 +84,23 @@ def test_rows_written_before_plans_were_typed_read_back_typed(tmp_path):
     s.put_workflow(rec)
     plan_json, asg_json = s._db.execute("SELECT plan, assignments FROM workflows WHERE name = 'wf'").fetchone()
     assert json.loads(plan_json) == json.loads(json.dumps(old_plan)) and json.loads(asg_json) == [old_assignment]
+
+
+def test_a_schema_2_database_gains_retired_nodes_and_its_name_moves_retire_rows(tmp_path):
+    """Schema 2 -> 3: a database written before retired_nodes existed opens, and from then on a
+    row displaced by a name moving to a new id is kept there (audit finding 3)."""
+    import sqlite3
+
+    s = SqliteStore(tmp_path / "a.db")
+    s.upsert_node(rec(public_key="key-x", tokens_before=float("inf")))
+    s.close()
+    db = sqlite3.connect(str(tmp_path / "a.db"))
+    db.execute("DROP TABLE retired_nodes")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    s = SqliteStore(tmp_path / "a.db")
+    assert s.get_meta("schema_version") == "3" and s.list_retired_nodes() == []
+    s.upsert_node(rec(id="id-cccccccc"))
+    assert [(r.id, r.public_key, r.tokens_before) for r in s.list_retired_nodes()] == \
+        [("id-aaaaaaaa", "key-x", float("inf"))]

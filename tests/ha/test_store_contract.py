@@ -86,6 +86,22 @@ def test_name_moves_to_new_id(make_store):
     assert [(r.id, r.name, r.heartbeats) for r in s.list_nodes()] == [("id-cccccccc", "n2", 5)]
 
 
+def test_a_row_whose_name_moves_is_retired_with_its_identity_not_deleted(make_store):
+    """Audit finding 3: the displaced row was deleted, and with it a removed node's revocation."""
+    s = make_store()
+    removed = rec(public_key="key-x", tokens_before=float("inf"), scope={"token": "bootstrap"}, state="LOST")
+    s.upsert_node(removed)
+    s.upsert_node(rec(id="id-cccccccc", public_key="key-y"))          # a new key takes the name over
+    assert [r.id for r in s.list_nodes()] == ["id-cccccccc"]
+    s.close()
+    s = make_store()                                                    # survives a reopen (a restart)
+    assert s.list_retired_nodes() == [removed]
+    s.upsert_node(rec(id="id-cccccccc", public_key="key-y", heartbeats=3))    # the same id again: nothing moves
+    assert s.list_retired_nodes() == [removed]
+    s.upsert_node(rec(id="id-aaaaaaaa", name="n2", public_key="key-x"))        # a retired id back in the fleet
+    assert s.list_retired_nodes() == [] and {r.id for r in s.list_nodes()} == {"id-aaaaaaaa", "id-cccccccc"}
+
+
 def test_touch_batch_and_drain_flag(make_store):
     s = make_store()
     s.upsert_node(rec())

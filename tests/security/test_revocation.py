@@ -169,3 +169,38 @@ def test_removing_a_node_cuts_it_off_even_when_it_joined_with_the_bootstrap_toke
         assert fleet.node("rev-2").state != "READY"
     finally:
         agent.stop()
+
+
+@pytest.mark.integration
+def test_a_removed_node_stays_cut_off_when_a_new_host_takes_its_name(fleet):
+    """Audit finding 3: once the removed node was LOST, a new host (another node key) under its
+    name dropped its record, and with it the revocation: its node token was accepted again, and
+    the removed host re-registered with its key under its old node id."""
+    spec = dict(REV, name="rev-3")
+    agent = fleet.agent(spec, state="a-rev-3")
+    newcomer = None
+    try:
+        rev, addrs, tok = admitted(fleet, "rev-3")
+        with fleet.client("admin") as c:
+            c.remove_node("rev-3")
+        refused_everywhere_within(fleet, addrs, tok, time.monotonic())
+        wait_for(lambda: "was removed by an operator" in agent.log(), 30, what="rev-3's registration to be refused")
+        agent.stop()
+        wait_for(lambda: fleet.node("rev-3").state == "LOST", 30, what="rev-3 LOST")
+        newcomer = fleet.agent(spec, state="a-rev-3-new")           # a new host: a new node key, same name
+        fleet.wait_ready("rev-3")
+        assert fleet.node("rev-3").id != rev.id
+        time.sleep(1.0)                                             # the key set that follows has reached the agents
+        assert fetch_code(fleet, tok) == grpc.StatusCode.UNAUTHENTICATED
+        assert [generate_code(a, tok) for a in addrs] == [grpc.StatusCode.UNAUTHENTICATED] * len(addrs)
+        fresh = node_token(fleet, rev.id, time.time())
+        assert fetch_code(fleet, fresh) == grpc.StatusCode.UNAUTHENTICATED
+        # the removed host, with its key and its node id, under another name: still refused
+        again = fleet.agent(dict(REV, name="rev-3b"), state="a-rev-3")
+        wait_for(lambda: f"node {rev.id} was removed by an operator" in again.log(), 30,
+                 what="the removed host's registration to be refused")
+        assert fleet.node("rev-3b") is None
+    finally:
+        agent.stop()
+        if newcomer is not None:
+            newcomer.stop()
