@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from typing import AsyncContextManager, Collection, Mapping
 
@@ -53,6 +54,9 @@ from atoll.specs.workflow import WorkflowSpec
 log = logging.getLogger("atoll.coordinator")
 
 RETRY_REPLAN_S = 5.0
+# Price changes start a round of re-plans of every deployed workflow at most this often (any
+# number of nodes re-pricing themselves meanwhile: one round).
+PRICE_REPLAN_S = 5.0
 
 
 class WorkflowManager:
@@ -69,6 +73,8 @@ class WorkflowManager:
         self.autoscaler = Autoscaler(metrics)
         self._specs: dict[str, tuple[WorkflowSpec, WorkflowServing]] = {}
         self._replan: set[str] = set()
+        self._price_changed = False                        # a node's price changed since the last price re-plan
+        self._price_replanned = -math.inf                  # when (monotonic) price changes last started re-plans
         self._retry_at: dict[str, float] = {}              # workflow -> next re-plan attempt
         self._waking: dict[str, asyncio.Task] = {}         # workflow -> its wake (scale from zero) under way
         self._changes = 0                                  # bumps on every change of a record
@@ -171,7 +177,18 @@ class WorkflowManager:
             return self._deploy_new(spec, text, serving, p, tenant)
 
     def _check_free(self, name: str, dry_run: bool) -> None:
-        if not dry_run and name in self.records:
+        """Workflow names are one namespace for every tenant. A workflow the caller may see holds
+        its name against a new submit (a dry run plans its replacement: that workflow's nodes and
+        measured profiles count). One the caller may not see (another tenant's) holds it against
+        a dry run too, before any planning, and the answer says only that the name is not
+        available: never whose it is, nor anything of that workflow."""
+        rec = self.records.get(name)
+        if rec is None:
+            return
+        if not visible(rec.tenant):
+            raise AlreadyExists(f"workflow name {name!r} is not available",
+                                hint="workflow names are shared by all tenants: pick another name")
+        if not dry_run:
             raise AlreadyExists(f"workflow name {name!r} is taken", hint="pick another name, or delete yours first")
 
     @staticmethod
@@ -333,6 +350,14 @@ class WorkflowManager:
         """A price change can make another placement cheaper: re-plan every workflow (sticky
         placement and the planner's own choice keep what still pays)."""
         log.info("node price changed; re-planning", extra=kv(node=node_id[:12], old=old, new=new))
+        self._price_changed = True          # coalesced: see replan_pending
+
+    def _price_replans_due(self, now: float) -> None:
+        """Price changes (of any number of nodes) start one round of re-plans at most every
+        :data:`PRICE_REPLAN_S`; a change within that time waits for the next round."""
+        if not self._price_changed or now - self._price_replanned < PRICE_REPLAN_S:
+            return
+        self._price_changed, self._price_replanned = False, now
         for rec in self.records.values():
             if rec.state != "IDLE":
                 self._replan.add(rec.name)
@@ -340,6 +365,7 @@ class WorkflowManager:
     async def replan_pending(self) -> list[str]:
         done = []
         now = time.monotonic()
+        self._price_replans_due(now)
         for name, when in list(self._retry_at.items()):
             if now >= when:
                 self._replan.add(name)
