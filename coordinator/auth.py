@@ -108,6 +108,12 @@ class KeyRing:
         rec = self._keys.get(key_id)
         if rec is None:
             raise NotFound(f"no key with id {key_id[:20]!r}", hint="see `atoll keys list`")
+        admins = [k for k in self._keys.values() if k["role"] == "admin" and not k["revoked"]]
+        if not rec["revoked"] and admins == [rec]:
+            # Keys are enforced while one is live: revoking the last admin key would leave no one
+            # to manage keys, and revoking every key would open the fleet to anonymous callers.
+            raise FailedPrecondition(f"key {key_id} is the last admin key; revoking it would leave no admin",
+                                     hint="create another admin key first (atoll keys create --role admin)")
         rec["revoked"] = True
         self._save()
         return self.view(rec)

@@ -66,6 +66,16 @@ def test_keys_create_list_revoke(coordinator):
     no_action = atoll("keys", key=admin)
     assert no_action.returncode == 2 and "atoll keys create | list | revoke" in no_action.stderr
 
+    # the last admin key cannot be revoked: with no live key left the fleet would open to anyone
+    admin_id = admin.split("_")[1]
+    last = atoll("keys", "revoke", admin_id, *c, key=admin)
+    assert last.returncode == 2 and "last admin key" in last.stderr, (last.stdout, last.stderr)
+    with Client(coordinator) as anonymous:
+        with pytest.raises(Exception, match="API key"):
+            anonymous.workflows()
+    second = ok(atoll("keys", "create", "--tenant", "ops", "--role", "admin", *c, key=admin)).splitlines()[1]
+    assert ok(atoll("keys", "revoke", admin_id, *c, key=second)).strip() == f"key {admin_id} (ops) revoked"
+
 
 def test_tokens_create_list_revoke(coordinator):
     c = ("--coordinator", coordinator)
