@@ -41,6 +41,7 @@ from atoll.agent.probe import probe
 from atoll.agent.replicas import ReplicaManager
 from atoll.agent.serving import LocalEngine, SwitchingWorker, replica_queues
 from atoll.agent.worker import WorkerService
+from atoll.core import credentials as cred
 from atoll.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 from atoll.core.logs import kv
 from atoll.core.metrics_http import read_token_file, serve_metrics
@@ -117,7 +118,8 @@ class Agent:
             connected=lambda: self.hb is not None and self.hb.connected.is_set(),
             credentials=channel_credentials(st.tls_ca, st.tls_cert, st.tls_key), registry=self.metrics_registry,
             otlp_endpoint=st.otlp_endpoint, wake=self._status_changed,
-            peer_token=self.identity.current_token, admit_forward=self.gate.forward)
+            peer_token=self.identity.current_token, peer_proof=self.identity.call_proof,
+            admit_forward=self.gate.forward)
         self.dataplane.keys.identity = self._guard_identity    # caller tokens: for this node, by the pinned key
 
     def _self(self) -> NodeSelf:
@@ -297,7 +299,8 @@ class Agent:
 
         channel = self.hb.channel if self.hb is not None else self.channel
         return await resolve_source(source, channel=channel, cache_dir=self.state_dir / "blobs",
-                                    progress=progress, token=self.identity.current_token())
+                                    progress=progress, token=self.identity.current_token(),
+                                    proof=self.identity.call_proof(cred.COORDINATOR_AUDIENCE))
 
     def _prune_cache(self, now: float) -> None:
         """Drop fetched blobs that no assignment (desired or loaded) has named for a while."""

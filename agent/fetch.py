@@ -43,7 +43,8 @@ def cached_names(cache_dir: Path) -> list[str]:
 
 
 async def resolve_source(source: str, *, channel, cache_dir: Path,
-                         progress: Callable[[int, int], None] | None = None, token: str = "") -> Path:
+                         progress: Callable[[int, int], None] | None = None, token: str = "",
+                         proof: str = "") -> Path:
     """A local directory (or GGUF file) for ``source`` (a path or a sha256 name fetched from the
     coordinator)."""
     if not source:
@@ -64,7 +65,7 @@ async def resolve_source(source: str, *, channel, cache_dir: Path,
     part = cache_dir / f"{hexd}.part"
     offset = part.stat().st_size if part.exists() else 0
     with open(part, "ab") as f:
-        async for at, data, total in fetch_chunks(channel, source, offset, token):
+        async for at, data, total in fetch_chunks(channel, source, offset, token, proof):
             if at != f.tell():
                 raise FailedPrecondition(f"fetch of {source}: chunk at {at}, expected {f.tell()}")
             f.write(data)

@@ -29,6 +29,7 @@ import grpc
 from atoll.core import access
 from atoll.core import credentials as cred
 from atoll.core.errors import Unauthenticated, Unavailable
+from atoll.core.apikeys import header
 from atoll.core.rpc import bearer, guarded
 
 
@@ -53,19 +54,22 @@ class WorkerGuard(grpc.aio.ServerInterceptor):
         if handler is None or access.open_to_anyone(method):
             return handler
         token = bearer(details.invocation_metadata)
+        proof = header(details.invocation_metadata, cred.PROOF_METADATA)
 
         def admit():
-            claims = self.caller(token)
+            claims = self.caller(token, proof)
             kind = access.ANONYMOUS if claims is None else access.COORDINATOR if claims.is_coordinator else access.NODE
             access.decide(method, kind, claims.scopes if claims is not None else ())
             mark = self._claims.set(claims)
             return lambda: _reset(self._claims, mark)
         return guarded(handler, admit)
 
-    def caller(self, token: str) -> cred.Claims | None:
+    def caller(self, token: str, proof: str = "") -> cred.Claims | None:
         """The claims of the fleet token presented, or None (anonymous). An API key or anything
         else that is not one of the fleet's tokens makes the caller anonymous here: the Worker
-        takes no API keys."""
+        takes no API keys. A node token counts only with its holder's ``proof`` for this node
+        (``credentials.check_call_proof``): one captured by a host it was presented to is
+        worth nothing here."""
         if not cred.is_token(token):
             return None
         key, node_id = self.identity()
@@ -74,6 +78,8 @@ class WorkerGuard(grpc.aio.ServerInterceptor):
         claims = cred.verify_token(key, token, now=self.clock(), audience=node_id, revoked=self.revoked())
         if claims.is_caller:
             raise Unauthenticated("a caller token is taken only by this node's entry, not its Worker")
+        if not claims.is_coordinator:
+            cred.check_call_proof(claims, proof, node_id, self.clock())
         return claims
 
 

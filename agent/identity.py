@@ -24,6 +24,7 @@ from atoll.core.logs import kv
 log = logging.getLogger("atoll.agent")
 
 KEY_FILE = "node.key"
+PROOF_REUSE_S = 20.0      # a holder proof is made again after this long
 PIN_FILE = "coordinator.pub"
 
 
@@ -60,6 +61,7 @@ class NodeIdentity:
             self.coordinator_key = cred.public_from_bytes(bytes.fromhex(self.pin_path.read_text().strip()),
                                                           f"pinned coordinator key {self.pin_path}")
         self.token, self.token_expires = "", 0.0
+        self._proofs: dict[str, tuple[str, float]] = {}     # callee -> (proof, when made)
 
     def pin(self, raw: bytes) -> None:
         """Pin the coordinator's key on first sight; refuse one that differs from the pin."""
@@ -84,3 +86,15 @@ class NodeIdentity:
     def current_token(self) -> str:
         """The node token, or "" when none is held or it expired."""
         return self.token if self.token and self.token_expires > time.time() else ""
+
+    def call_proof(self, audience: str) -> str:
+        """This node's proof that it holds its token, for one callee (a node id, or
+        ``coordinator``): the node key's signature over the callee and the time, reused for
+        :data:`PROOF_REUSE_S` (the callee accepts one within a minute of its clock)."""
+        now = time.time()
+        hit = self._proofs.get(audience)
+        if hit is None or now - hit[1] > PROOF_REUSE_S:
+            if len(self._proofs) > 4096:
+                self._proofs.clear()
+            hit = self._proofs[audience] = (cred.make_call_proof(self.key, audience, now), now)
+        return hit[0]

@@ -101,7 +101,8 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
         """A fresh node token for the session's node (with its trust and tier now), remembered on
         the session."""
         rec = self.registry.nodes[sess.node_id]
-        token, expires = self.issuer.node_token(sess.node_id, trusted=rec.trusted, tier=rec.tier)
+        token, expires = self.issuer.node_token(sess.node_id, trusted=rec.trusted, tier=rec.tier,
+                                                holder=rec.public_key)
         sess.credential_expires = expires
         return {"credential": (token, expires)}
 

@@ -34,7 +34,7 @@ import grpc
 
 from atoll.core import access
 from atoll.core import credentials as cred
-from atoll.core.apikeys import ROLES, Identity, KeyEntry, KeySet, identify, key_set, may_see, secret_hash
+from atoll.core.apikeys import ROLES, Identity, KeyEntry, KeySet, header, identify, key_set, may_see, secret_hash
 from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from atoll.core.rpc import bearer, guarded
 
@@ -159,22 +159,26 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(AGENT_SERVICE) or access.open_to_anyone(method):
             return handler
         token = bearer(details.invocation_metadata)
+        proof = header(details.invocation_metadata, cred.PROOF_METADATA)
 
         def admit():
-            kind, caller, scopes = self.identify(token)
+            kind, caller, scopes = self.identify(token, proof)
             access.decide(method, kind, scopes)
             reset = current.set(caller)
             return lambda: current.reset(reset)
         return guarded(handler, admit)
 
-    def identify(self, token: str) -> tuple[str, "Identity | NodeCaller | None", tuple[str, ...]]:
+    def identify(self, token: str, proof: str = "") -> tuple[str, "Identity | NodeCaller | None", tuple[str, ...]]:
         """(kind of caller, the caller for ``current``, token scopes); Unauthenticated when it
-        presents a credential that does not verify."""
+        presents a credential that does not verify (a node token without its holder's ``proof``
+        for the coordinator among them)."""
         if cred.is_token(token):
             claims = self.issuer.verify(token, revoked=self.revoked())
             if claims.is_caller:
                 raise Unauthenticated("a caller token is taken only by the agent entry it was issued for",
                                       hint="present your API key to the coordinator")
+            if not claims.is_coordinator:
+                cred.check_call_proof(claims, proof, cred.COORDINATOR_AUDIENCE, self.issuer.clock())
             kind = access.COORDINATOR if claims.is_coordinator else access.NODE
             return kind, NodeCaller(claims.node_id, claims.scopes), claims.scopes
         if not self.keys.enabled():

@@ -8,7 +8,8 @@
   ``worker.manage``) ride on every call the coordinator makes to a node's Worker; one per node,
   reused until half its life is gone.
 - **Node tokens** (``sub: node:<id>``, ``aud: *``, scopes ``worker.infer`` and ``store.fetch``,
-  and the node's ``trusted`` and ``tier`` as the registry holds them) go to each node down its
+  the node's ``trusted`` and ``tier`` as the registry holds them, and ``cnf``, its node key: every
+  presentation comes with the key's signature for the callee, ``credentials.make_call_proof``) go to each node down its
   heartbeat stream, first thing on every stream and again before they expire, and at its next
   heartbeat after the operator trusts or untrusts it (an untrust also revokes those issued
   before it). The node called refuses a caller whose token does not let it carry a
@@ -91,12 +92,13 @@ class Issuer:
             hit = self._for_caller[k] = (tok, now + self.caller_ttl)
         return hit
 
-    def node_token(self, node_id: str, *, trusted: bool, tier: str) -> tuple[str, float]:
+    def node_token(self, node_id: str, *, trusted: bool, tier: str, holder: str) -> tuple[str, float]:
         """A fresh token for ``node_id`` (``trusted``, ``tier``: the node's, as the registry
-        holds them) and its expiry (unix seconds)."""
+        holds them; ``holder``: its node key, base64url, which must sign every presentation) and
+        its expiry (unix seconds)."""
         now = self.clock()
         tok = cred.sign_token(self._key, sub=cred.node_subject(node_id), aud=cred.ANY_NODE, scopes=NODE_SCOPES,
-                              now=now, ttl=self.node_ttl, trusted=trusted, tier=tier)
+                              now=now, ttl=self.node_ttl, trusted=trusted, tier=tier, holder=holder)
         return tok, now + self.node_ttl
 
     def needs_refresh(self, expires: float) -> bool:

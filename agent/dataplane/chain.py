@@ -46,6 +46,7 @@ from atoll.agent.dataplane.metrics import DataPlaneMetrics
 from atoll.agent.dataplane.table import CompiledRoute, CompiledStage, Exclusions, InFlight, prefer_local
 from atoll.agent.dataplane.trace import Span
 from atoll.core.apikeys import header
+from atoll.core.credentials import PROOF_METADATA
 from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from atoll.core.logs import kv
 from atoll.core.rpc import CODE_BY_NAME, error_from_rpc
@@ -134,12 +135,15 @@ class Outcome:
     choices: list[ChoiceDone] = field(default_factory=list)     # an llm sink's
 
 
-def peer_metadata(token: str) -> tuple[tuple[str, str], ...]:
+def peer_metadata(token: str, proof: str = "") -> tuple[tuple[str, str], ...]:
     """What an agent presents to another agent's Worker and DataPlane services: its node token
-    (``token``, from the coordinator over the heartbeat stream), which the other agent's
-    :class:`~atoll.agent.guard.WorkerGuard` checks against the authorization table, on top of
-    the channel's mutual TLS when configured. None held yet: nothing (the call is refused)."""
-    return (("authorization", "Bearer " + token),) if token else ()
+    (``token``, from the coordinator over the heartbeat stream) and its node key's proof for
+    that callee (``proof``, :func:`atoll.core.credentials.make_call_proof`), which the other
+    agent's :class:`~atoll.agent.guard.WorkerGuard` checks against the authorization table, on
+    top of the channel's mutual TLS when configured. None held yet: nothing (the call is refused)."""
+    if not token:
+        return ()
+    return (("authorization", "Bearer " + token),) + (((PROOF_METADATA, proof),) if proof else ())
 
 
 def fail(cls: type[AtollError], message: str, stage: str, hint: str = "") -> AtollError:
@@ -155,10 +159,11 @@ def _stage_of(exc: grpc.aio.AioRpcError) -> str:
 class DataPlane:
     def __init__(self, node: Callable[[], NodeSelf], local: LocalWorker | None, workers: WorkerClient,
                  metrics: DataPlaneMetrics, exporter=None, local_address: Callable[[], str] = lambda: "",
-                 peer_token: Callable[[], str] = lambda: ""):
-        """``peer_token()``: this node's current node token (see :func:`peer_metadata`)."""
+                 peer_token: Callable[[], str] = lambda: "", peer_proof: Callable[[str], str] = lambda node_id: ""):
+        """``peer_token()``: this node's current node token; ``peer_proof(node id)``: its proof
+        for that callee (see :func:`peer_metadata`)."""
         self.node, self.local, self.workers = node, local, workers
-        self.peer_token = peer_token
+        self.peer_token, self.peer_proof = peer_token, peer_proof
         self.metrics, self.exporter = metrics, exporter
         self.local_address = local_address
         self.state = RoutingState()
@@ -372,9 +377,13 @@ class DataPlane:
                                        messages=stage_chat(st, prompt, chat), **s)
         self.metrics.series(self.metrics.hops, "out").inc()
         return self.workers.generate(ep.address, prompt, adapter=ep.adapter, timeout=left,
-                                     metadata=req.span.metadata() + peer_metadata(self.peer_token()),
+                                     metadata=req.span.metadata() + self._peer(ep),
                                      messages=stage_chat(st, prompt, chat),
                                      on_load=lambda n: self.in_flight.report(ep.replica_id, n), **s)
+
+    def _peer(self, ep: Endpoint) -> tuple[tuple[str, str], ...]:
+        """This node's credentials for a call to ``ep``'s node: its token and its proof for it."""
+        return peer_metadata(self.peer_token(), self.peer_proof(ep.node_id))
 
     def _idle(self, ep: Endpoint, me: NodeSelf) -> bool:
         """May a hedge go to ``ep``: none of this agent's calls there, and at most one request
@@ -441,7 +450,7 @@ class DataPlane:
         if st.kind == "embedding":
             self.metrics.series(self.metrics.hops, "out").inc()
             emb = await self.workers.embed(ep.address, fill(st, text), adapter=ep.adapter, timeout=left,
-                                           metadata=req.span.metadata() + peer_metadata(self.peer_token()))
+                                           metadata=req.span.metadata() + self._peer(ep))
             return emb.vector, (4 * len(emb.vector), emb.tokens, 0)
         return await self._collect(self._stream(cs, ep, text, req, chat, me), sampling(st, req.sink)["n"], st.task,
                                    ep, on_delta, started)
@@ -484,7 +493,7 @@ class DataPlane:
                               prompt_ids=req.prompt_ids if needs_text else ())
         self.metrics.series(self.metrics.hops, "out").inc()
         call = dataplane_stub(self.workers.channel(ep.address)).Forward(
-            msg, timeout=left, metadata=req.span.metadata() + peer_metadata(self.peer_token()))
+            msg, timeout=left, metadata=req.span.metadata() + self._peer(ep))
         back = 0
         async for resp in call:
             ans = answer_from_pb(resp)

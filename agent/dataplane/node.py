@@ -47,14 +47,15 @@ class DataPlaneNode:
                  local_address: Callable[[], str], connected: Callable[[], bool],
                  credentials: grpc.ChannelCredentials | None = None, registry: CollectorRegistry | None = None,
                  otlp_endpoint: str | None = None, wake: Callable[[], None] = lambda: None,
-                 peer_token: Callable[[], str] = lambda: "",
+                 peer_token: Callable[[], str] = lambda: "", peer_proof: Callable[[str], str] = lambda node_id: "",
                  admit_forward: Callable[[Route], None] = lambda route: None):
         """``admit_forward(route)``: raises to refuse the caller of a Forward (``agent/carry.py``)."""
         self.node, self.connected = node, connected
         self.metrics = DataPlaneMetrics(registry)
         exporter = OtlpExporter(otlp_endpoint, "atoll-agent", node().name) if otlp_endpoint else None
         self.workers = WorkerClient(credentials)
-        self.plane = DataPlane(node, local, self.workers, self.metrics, exporter, local_address, peer_token)
+        self.plane = DataPlane(node, local, self.workers, self.metrics, exporter, local_address, peer_token,
+                               peer_proof)
         self.keys = Keys()
         self.book = LoadBook()
         self.entry = EntryService(self.plane, self.keys, self.book, describe=self.describe, wake=wake)

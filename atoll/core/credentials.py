@@ -19,6 +19,13 @@ Three things are signed in atoll, all with Ed25519 (``cryptography``):
   coordinator gives one instead of the key itself whenever a call goes on to an agent (its own
   forwarded ``Invoke``, and the entries ``ListEntries`` returns to a client), so an API key is
   never sent to a host the tenant did not name.
+- **Proof of holding a node token.** A node token names its holder's node key (``cnf``), and
+  a node presenting it (to another node's Worker or DataPlane, or to the coordinator's model
+  store) also presents ``atoll-proof: <unix>.<signature>``: its node key's signature over the
+  callee (a node id, or ``coordinator``) and the time (:func:`make_call_proof`,
+  :func:`check_call_proof`). A host that receives a node token on a call made to it (a renter
+  serving as a hop) holds neither the key nor a proof for any other callee, so it cannot
+  present the token elsewhere.
 - **Keys on the wire** are the 32 raw bytes of the public key; keys at rest are PKCS#8 PEM.
 
 Nothing here reads files, clocks or the network: callers pass ``now`` and keep the keys.
@@ -45,6 +52,8 @@ CLOCK_SKEW_S = 30.0          # a token stays valid this long past its expiry (ho
 MAX_TOKEN_BYTES = 4096
 
 COORDINATOR = "coordinator"
+PROOF_METADATA = "atoll-proof"      # a node token's holder proof rides in this metadata key
+COORDINATOR_AUDIENCE = "coordinator"  # the callee named in a proof made for the coordinator
 NODE_PREFIX = "node:"
 KEY_PREFIX = "key:"
 ANY_NODE = "*"
@@ -176,6 +185,7 @@ class Claims:
     tier: str = ""                # node tokens: the node's tier, as it joined
     tenant: str = ""              # caller tokens: the API key's tenant
     role: str = ""                # caller tokens: the API key's role
+    cnf: str = ""                 # node tokens: the holder's node key (base64url of the raw 32 bytes)
 
     @property
     def is_caller(self) -> bool:
@@ -205,7 +215,8 @@ def key_subject(key_id: str) -> str:
 
 
 def sign_token(key: Ed25519PrivateKey, *, sub: str, aud: str, scopes: Iterable[str], now: float,
-               ttl: float, trusted: bool = False, tier: str = "", tenant: str = "", role: str = "") -> str:
+               ttl: float, trusted: bool = False, tier: str = "", tenant: str = "", role: str = "",
+               holder: str = "") -> str:
     """A signed token. ``trusted`` and ``tier`` are claims of node tokens (``sub: node:<id>``)
     only, ``tenant`` and ``role`` of caller tokens (``sub: key:<id>``, which grant only
     ``entry.invoke`` and name one node); a coordinator token carries none of them."""
@@ -215,7 +226,7 @@ def sign_token(key: Ed25519PrivateKey, *, sub: str, aud: str, scopes: Iterable[s
         raise InvalidArgument(f"unknown scopes {sorted(unknown)}", hint="one of " + ", ".join(SCOPES))
     claims = {"sub": sub, "aud": aud, "exp": round(now + ttl, 3), "iat": round(now, 3), "scopes": list(scopes)}
     if sub.startswith(NODE_PREFIX):
-        claims.update(trusted=bool(trusted), tier=str(tier))
+        claims.update(trusted=bool(trusted), tier=str(tier), cnf=str(holder))
     if sub.startswith(KEY_PREFIX):
         if scopes != (SCOPE_ENTRY,) or aud == ANY_NODE:
             raise InvalidArgument("a caller token grants entry.invoke only, at one named node")
@@ -244,7 +255,8 @@ def verify_token(public: Ed25519PublicKey, token: str, *, now: float, audience: 
         d = json.loads(_unb64(payload))
         claims = Claims(sub=str(d["sub"]), aud=str(d["aud"]), exp=float(d["exp"]), iat=float(d["iat"]),
                         scopes=tuple(str(s) for s in d["scopes"]), trusted=d.get("trusted") is True,
-                        tier=str(d.get("tier", "")), tenant=str(d.get("tenant", "")), role=str(d.get("role", "")))
+                        tier=str(d.get("tier", "")), tenant=str(d.get("tenant", "")), role=str(d.get("role", "")),
+                        cnf=str(d.get("cnf", "")))
     except InvalidSignature:
         raise Unauthenticated("capability token signature does not verify (not issued by this "
                               "fleet's coordinator)") from None
@@ -262,3 +274,36 @@ def verify_token(public: Ed25519PublicKey, token: str, *, now: float, audience: 
     if scope is not None and scope not in claims.scopes:
         raise PermissionDenied(f"capability token does not grant {scope}")
     return claims
+
+
+# ------------------------------------------------------------------------------ holder proofs
+def call_message(audience: str, unix: int) -> bytes:
+    """What a node signs to present its node token to ``audience`` (a node id or ``coordinator``)."""
+    return b"\x00".join((b"atoll-call-v1", audience.encode(), str(int(unix)).encode()))
+
+
+def make_call_proof(key: Ed25519PrivateKey, audience: str, now: float) -> str:
+    """``<unix>.<signature>``: the holder of ``key`` calls ``audience`` around ``now``."""
+    t = int(now)
+    return f"{t}.{_b64(key.sign(call_message(audience, t)))}"
+
+
+def check_call_proof(claims: Claims, proof: str, audience: str, now: float) -> None:
+    """Unauthenticated unless ``proof`` is the node token's holder's signature for ``audience``,
+    made within :data:`FRESHNESS_S` of ``now``."""
+    if not claims.cnf:
+        raise Unauthenticated("this node token names no holder key", hint="the holder gets a fresh token "
+                                                                           "from the coordinator")
+    try:
+        if not proof or len(proof) > 256:
+            raise ValueError
+        t_text, sig = proof.split(".", 1)
+        t = int(t_text)
+        public_from_bytes(_unb64(claims.cnf), "the token's holder key").verify(_unb64(sig), call_message(audience, t))
+    except (ValueError, InvalidSignature, InvalidArgument):
+        raise Unauthenticated(f"a node token must come with its holder's proof for this callee "
+                              f"({PROOF_METADATA}); it is missing or does not verify",
+                              hint="a node token is good only from the node it was issued to") from None
+    if abs(now - t) > FRESHNESS_S:
+        raise Unauthenticated(f"the node token's holder proof is {abs(now - t):.0f} s old",
+                              hint="hosts' clocks must agree within a minute")

@@ -26,10 +26,12 @@ def push_archive(channel, data: bytes, *, display_name: str, kind: str, timeout:
     return control_pb2_grpc.ModelStoreStub(channel).Push(chunks(), timeout=timeout).name
 
 
-async def fetch_chunks(channel, name: str, offset: int, token: str = "") -> AsyncIterator[tuple[int, bytes, int]]:
+async def fetch_chunks(channel, name: str, offset: int, token: str = "",
+                       proof: str = "") -> AsyncIterator[tuple[int, bytes, int]]:
     """Stream blob ``name`` from ``offset`` over an asyncio channel: (offset, data, total bytes).
-    ``token``: the node's capability token, which lets it fetch what its assignments name."""
+    ``token``: the node's capability token, which lets it fetch what its assignments name, with
+    ``proof``, its node key's proof for the coordinator (``credentials.make_call_proof``)."""
     stub = control_pb2_grpc.ModelStoreStub(channel)
-    md = (("authorization", f"Bearer {token}"),) if token else None
+    md = ((("authorization", f"Bearer {token}"),) + ((("atoll-proof", proof),) if proof else ())) if token else None
     async for chunk in stub.Fetch(control_pb2.FetchRequest(name=name, offset=offset), metadata=md):
         yield chunk.offset, chunk.data, chunk.total_bytes

@@ -68,12 +68,13 @@ def walk(fleet):
     node = fleet.node(node_name)
     signing = cred.private_from_pem(fleet.meta("signing_key").encode())
     rogue = cred.new_private_key()
+    probe_key = cred.new_private_key()
     got: dict[str, str] = {}
 
     async def probe_node():
         ch = grpc.aio.insecure_channel(fleet.addr)
         hb = HeartbeatClient(ch, join_token=TOKEN, spec={"name": "walk-probe", "tier": "edge", "region": "x"},
-                             capacity={}, on_credential=lambda t, e: got.setdefault("token", t))
+                             capacity={}, on_credential=lambda t, e: got.setdefault("token", t), node_key=probe_key)
         import asyncio
 
         task = asyncio.ensure_future(hb.run())
@@ -103,19 +104,24 @@ def walk(fleet):
     with fleet.client("admin") as c:
         entry = next(e["address"] for e in c.entries("", "") if e["node_id"] == node.id)
     yield {"creds": creds, "sha": sha["a"], "node": node, "worker": node.status["worker_address"], "rogue": rogue,
-           "entry": entry}
+           "entry": entry, "holder": {"node": probe_key, "forged-node": rogue}}
     with fleet.client("a") as a:
         a.delete("walk-a")
 
 
-def _md(cred_value):
-    return (("authorization", f"Bearer {cred_value}"),) if cred_value else None
+def _md(cred_value, proof: str = ""):
+    if not cred_value:
+        return None
+    return (("authorization", f"Bearer {cred_value}"),) + (((cred.PROOF_METADATA, proof),) if proof else ())
 
 
 def _grpc_call(fleet, w, method: str, who: str):
-    """Call ``method`` as ``who`` with a request that touches tenant a's things; the status code."""
-    md = _md(w["creds"][who])
+    """Call ``method`` as ``who`` with a request that touches tenant a's things; the status code.
+    A node presents its token with its node key's proof for the callee, as agents do."""
     svc, name = method.strip("/").split("/")
+    holder = w["holder"].get(who)
+    callee = w["node"].id if svc in (access.WORKER, access.DATAPLANE) else cred.COORDINATOR_AUDIENCE
+    md = _md(w["creds"][who], cred.make_call_proof(holder, callee, time.time()) if holder else "")
     ch = grpc.insecure_channel(w["worker"] if svc in (access.WORKER, access.DATAPLANE)
                                else w["entry"] if svc == access.ENTRY else fleet.addr)
     try:
@@ -310,3 +316,25 @@ def test_an_unknown_key_format_is_unauthenticated_not_a_crash(fleet):
     finally:
         ch.close()
     wait_for(lambda: fleet.coord.alive(), 1)
+
+
+def test_a_node_token_without_its_holders_proof_for_this_callee_is_refused(fleet, walk):
+    """A host a node token was presented to (a renter serving a hop) holds the token but not the
+    node key: without a proof, or with the proof made for another callee (the one it received),
+    the token opens nothing, neither another node's Worker nor the coordinator's model store."""
+    token, key, node = walk["creds"]["node"], walk["holder"]["node"], walk["node"]
+    now = time.time()
+    captured = cred.make_call_proof(key, "some-renter-node-id", now)      # what a renter callee saw
+    stale = cred.make_call_proof(key, node.id, now - 3 * cred.FRESHNESS_S)
+    ch = grpc.insecure_channel(walk["worker"])
+    stub = worker_pb2_grpc.WorkerStub(ch)
+    store = control_pb2_grpc.ModelStoreStub(grpc.insecure_channel(fleet.addr))
+    req = worker_pb2.GenerateRequest(prompt="hi", sampling=worker_pb2.SamplingParams(max_tokens=2))
+    for proof in ("", captured, stale, "garbage"):
+        assert rpc_code(lambda: list(stub.Generate(req, timeout=10, metadata=_md(token, proof)))) == \
+            grpc.StatusCode.UNAUTHENTICATED, proof
+        assert rpc_code(lambda: list(store.Fetch(control_pb2.FetchRequest(name=walk["sha"]), timeout=10,
+                                                 metadata=_md(token, proof)))) == \
+            grpc.StatusCode.UNAUTHENTICATED, proof
+    good = cred.make_call_proof(key, node.id, now)                      # the holder itself, for this node
+    assert rpc_code(lambda: list(stub.Generate(req, timeout=30, metadata=_md(token, good)))) not in REFUSED

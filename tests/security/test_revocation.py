@@ -7,6 +7,7 @@ operator did: the assertions that wait for UNAUTHENTICATED below time out there.
 
 from __future__ import annotations
 
+import base64
 import math
 import time
 
@@ -31,11 +32,23 @@ REV = dict(name="rev-1", tier="datacenter", region="eu-west", price_per_hour=9.0
 WITHIN_S = 5.0
 
 
+# The node key the tokens below name as their holder: the test presents them as that node would,
+# with the key's proof for each callee.
+HOLDER = cred.new_private_key()
+HOLDER_B64 = base64.urlsafe_b64encode(cred.public_bytes(HOLDER)).decode()
+CALLEE: dict[str, str] = {}          # Worker address -> its node id (the audience of a proof)
+
+
 def node_token(fleet, node_id: str, now: float) -> str:
-    """A node token exactly as the coordinator issues it (its signing key, its claims)."""
+    """A node token exactly as the coordinator issues it (its signing key, its claims), naming
+    HOLDER as its holder's key."""
     signing = cred.private_from_pem(fleet.meta("signing_key").encode())
     return cred.sign_token(signing, sub=cred.node_subject(node_id), aud=cred.ANY_NODE, scopes=NODE_SCOPES,
-                           now=now, ttl=600)
+                           now=now, ttl=600, holder=HOLDER_B64)
+
+
+def presented(token: str, callee: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"), (cred.PROOF_METADATA, cred.make_call_proof(HOLDER, callee, time.time())))
 
 
 def generate_code(addr: str, token: str) -> grpc.StatusCode:
@@ -43,18 +56,23 @@ def generate_code(addr: str, token: str) -> grpc.StatusCode:
     with grpc.insecure_channel(addr) as ch:
         stub = worker_pb2_grpc.WorkerStub(ch)
         return rpc_code(lambda: list(stub.Generate(worker_pb2.GenerateRequest(prompt="hi", model="no-such-model"),
-                                                   timeout=10, metadata=(("authorization", f"Bearer {token}"),))))
+                                                   timeout=10, metadata=presented(token, CALLEE[addr]))))
 
 
 def fetch_code(fleet, token: str) -> grpc.StatusCode:
     with grpc.insecure_channel(fleet.addr) as ch:
         stub = control_pb2_grpc.ModelStoreStub(ch)
         return rpc_code(lambda: list(stub.Fetch(control_pb2.FetchRequest(name="sha256:" + "0" * 64), timeout=10,
-                                                metadata=(("authorization", f"Bearer {token}"),))))
+                                                metadata=presented(token, cred.COORDINATOR_AUDIENCE))))
 
 
 def workers(fleet, *names: str) -> list[str]:
-    return [fleet.node(n).status["worker_address"] for n in names]
+    out = []
+    for n in names:
+        node = fleet.node(n)
+        CALLEE[node.status["worker_address"]] = node.id
+        out.append(node.status["worker_address"])
+    return out
 
 
 def refused_everywhere_within(fleet, addrs: list[str], token: str, t0: float) -> float:
