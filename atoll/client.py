@@ -14,8 +14,9 @@ call is tried once, as always.
 
 Entries (the data plane): every agent takes requests itself, so requests need not pass the
 coordinator. ``Client(addr, entries="10.0.1.5:7443,10.0.2.7:7443")`` sends ``invoke`` to those
-agents' entries; ``Client(addr, region="eu-west")`` asks the coordinator once for the fleet's
-entries (that region's first). The client prefers the nearest entry — its own region (``region``
+agents' entries; ``Client(addr, region="eu-west")`` asks the coordinator once per workflow for
+the entries that may take it (that region's first; a trusted_only workflow's are only hosts the
+operator trusts). The client prefers the nearest entry — its own region (``region``
 or ``$ATOLL_REGION``), then the lowest round trip measured with one ``Describe`` call each — and
 fails over to the next one when an entry cannot be reached. Without either, ``invoke`` goes
 through the coordinator, which forwards it to an entry in the workflow's source region. The API
@@ -166,7 +167,7 @@ class Client:
         ``tls_ca`` (default ``$ATOLL_TLS_CA``) turns on TLS, verifying the coordinator with it.
         ``entries`` (default ``$ATOLL_ENTRIES``): agents' entry addresses to invoke at;
         ``region`` (default ``$ATOLL_REGION``): this client's region, preferred among entries (given
-        without ``entries``, the coordinator is asked once for the fleet's entries)."""
+        without ``entries``, the coordinator is asked once per workflow for its entries)."""
         address = address or os.environ.get("ATOLL_COORDINATOR") or "127.0.0.1:7070"
         self.api_key = api_key or os.environ.get("ATOLL_API_KEY") or None
         try:
@@ -202,6 +203,8 @@ class Client:
         # address -> the caller token the coordinator issued for that entry (ListEntries), and
         # when: an entry found through the coordinator gets the token, never the API key
         self._entry_tokens: dict[str, tuple[str, float]] = {}
+        self._entry_lists: dict[str, list[str]] = {}       # workflow -> its entries from the coordinator, ranked
+        self._ranks: dict[str, tuple[int, float]] = {}      # entry address -> (region rank, round trip)
 
     def _use(self, i: int) -> None:
         self._current = i
@@ -389,27 +392,37 @@ class Client:
         return stub
 
     def _entry_targets(self, workflow: str) -> list[str]:
-        """The entries to try, nearest first (measured once, then kept)."""
-        if self._entry_list is None and self._ask_entries:
-            self._ask_entries = False
-            self._entry_list = [e["address"] for e in self.entries(self.region, workflow)] or None
-        if not self._entry_list:
+        """The entries to try, nearest first. Entries named by the user serve every workflow;
+        entries the coordinator lists are asked for per workflow (a trusted_only workflow's are
+        only hosts the operator trusts), each list measured once, then kept."""
+        if self._entry_list is not None:
+            if not getattr(self, "_entries_ranked", False):
+                self._entry_list = self._rank(self._entry_list)
+                self._entries_ranked = True
+            return self._entry_list
+        if not self._ask_entries:
             return []
-        if not getattr(self, "_entries_ranked", False):
-            self._entry_list = self._rank(self._entry_list)
-            self._entries_ranked = True
-        return self._entry_list
+        if workflow not in self._entry_lists:
+            if len(self._entry_lists) >= 1024:
+                self._entry_lists.clear()
+            found = [e["address"] for e in self.entries(self.region, workflow)]
+            self._entry_lists[workflow] = self._rank(found) if found else []
+        return self._entry_lists[workflow]
 
     def _rank(self, addresses: list[str]) -> list[str]:
-        """Same region first, then the lowest round trip of one Describe call; unreachable last."""
+        """Same region first, then the lowest round trip of one Describe call (measured once per
+        address); unreachable last."""
         rows = []
         for i, a in enumerate(addresses):
-            t0 = time.monotonic()
-            try:
-                info = dp.entry_from_pb(self._entry_stub(a).Describe(dp.describe_request(), timeout=2.0))
-                rows.append((0 if (not self.region or info.region == self.region) else 1, time.monotonic() - t0, i, a))
-            except grpc.RpcError:
-                rows.append((2, float("inf"), i, a))
+            if a not in self._ranks:
+                t0 = time.monotonic()
+                try:
+                    info = dp.entry_from_pb(self._entry_stub(a).Describe(dp.describe_request(), timeout=2.0))
+                    self._ranks[a] = (0 if (not self.region or info.region == self.region) else 1,
+                                      time.monotonic() - t0)
+                except grpc.RpcError:
+                    self._ranks[a] = (2, float("inf"))
+            rows.append((*self._ranks[a], i, a))
         return [a for *_, a in sorted(rows)]
 
     def _invoke_entries(self, targets: list[str], req, timeout: float, stream: bool):

@@ -1,5 +1,5 @@
 """The SDK invokes at entries: its own region first, then the lowest round trip; an entry that
-cannot be reached gives way to the next; with a region and no list, the coordinator is asked once."""
+cannot be reached gives way to the next; with a region and no list, the coordinator is asked once per workflow."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from atoll.client import Client
 from atoll.core.rpc import add_service
+from atoll.proto.v1 import control_pb2
 from atoll.wire import dataplane as dp
 
 
@@ -22,12 +23,32 @@ class FakeEntry:
 
     def Invoke(self, request, context):
         self.calls += 1
+        self.presented = dict(context.invocation_metadata()).get("authorization", "")
         yield dp.done_message({"text": f"from {self.name}"}, [dp.StageDone("gen", node_name=self.name)], "r", False)
 
 
-def serve(entry: FakeEntry):
+class FakeCoordinator:
+    """ListEntries as the coordinator answers it: each workflow's entries, with a caller token
+    for each."""
+
+    def __init__(self, lists: dict[str, list[str]]):
+        self.lists, self.asked = lists, []
+
+    def __getattr__(self, name):          # every other ClientService method: not here
+        def unimplemented(request, context):
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, name)
+        return unimplemented
+
+    def ListEntries(self, request, context):
+        self.asked.append(request.workflow)
+        return dp.entries_response([dp.EntryInfo(f"n{i}", "eu-west", "datacenter", a, node_id=f"id{i}",
+                                                 token=f"atc1.token-for-{request.workflow}-at-{a}")
+                                    for i, a in enumerate(self.lists[request.workflow])])
+
+
+def serve(entry, service=dp.ENTRY):
     server = grpc.server(cf.ThreadPoolExecutor(4))
-    add_service(server, entry, dp.ENTRY)
+    add_service(server, entry, service)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, f"127.0.0.1:{port}"
@@ -58,3 +79,22 @@ def test_streams_from_an_entry(entries):
     with Client("127.0.0.1:1", entries=near_addr, api_key="") as c:
         items = list(c.invoke("wf", {"text": "x"}, stream=True))
     assert items[-1]["output"] == {"text": "from near"}
+
+
+def test_entries_from_the_coordinator_are_asked_per_workflow_and_get_their_tokens(entries):
+    """A trusted_only workflow's entries are not another workflow's: the client asks for each
+    workflow's list and never sends one workflow's requests to another's entries; at each entry
+    it presents the caller token the coordinator issued for it, never the API key."""
+    (far, near), (far_addr, near_addr) = entries
+    coord = FakeCoordinator({"open": [far_addr, near_addr], "secret": [far_addr]})
+    server, addr = serve(coord, control_pb2.DESCRIPTOR.services_by_name["ClientService"])
+    try:
+        with Client(addr, region="eu-west", api_key="atoll_k_secret") as c:
+            assert c.invoke("open", {"text": "x"})["output"]["text"] == "from near"
+            assert near.presented == f"Bearer atc1.token-for-open-at-{near_addr}"
+            assert c.invoke("secret", {"text": "x"})["output"]["text"] == "from far"
+            assert far.presented == f"Bearer atc1.token-for-secret-at-{far_addr}"
+            assert c.invoke("open", {"text": "x"})["output"]["text"] == "from near"
+        assert coord.asked == ["open", "secret"] and (near.calls, far.calls) == (2, 1)
+    finally:
+        server.stop(None)
