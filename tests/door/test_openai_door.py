@@ -219,11 +219,29 @@ def test_bodies_are_bounded(door):
         assert status == 400 and msg in json.loads(payload)["error"]["message"]
 
 
+def test_a_body_of_too_many_arrays_is_refused_before_it_is_parsed(door, monkeypatch):
+    """Parsing and validating hold the event loop: a body of more arrays and objects than any
+    request needs is refused from a byte count, before json.loads sees it."""
+    import atoll.core.openai_http as http
+
+    parsed = []
+    real = http.json.loads
+    monkeypatch.setattr(http.json, "loads", lambda b, *a, **k: (isinstance(b, bytes) and b.startswith(b'{"model"')
+                                                                and parsed.append(len(b))) or real(b, *a, **k))
+    many = b'{"model":"scripted","prompt":[' + b",".join([b"[]"] * (http.MAX_CONTAINERS + 10)) + b"]}"
+    status, payload = raw(door, "POST", "/v1/completions", many, {"Content-Type": "application/json"})
+    err = json.loads(payload)["error"]
+    assert status == 400 and "at most 16384" in err["message"] and not parsed, (status, err, parsed)
+    fits = b'{"model":"scripted","prompt":[' + b",".join([b"[1]"] * 64) + b"]}"
+    status, payload = raw(door, "POST", "/v1/completions", fits, {"Content-Type": "application/json"})
+    assert status == 200 and parsed, payload
+
+
 def test_deeply_nested_json_is_invalid_not_an_internal_error(door, caplog):
     """Arrays nested deeper than the parser's stack (within the body bound) are a 400 of
     OpenAI's shape, like any body that is not JSON, and log nothing at error level (before: a
     500 and an error line with a traceback per request)."""
-    deep = b"[" * 30000 + b"]" * 30000
+    deep = b"[" * 10000 + b"]" * 10000          # deeper than the parser follows, within the container cap
     bodies = (deep, b'{"model":"scripted","messages":' + deep + b"}",
               b'{"model":"scripted","prompt":"x","logit_bias":{"a":' + deep + b"}}")
     with caplog.at_level(logging.INFO, logger="atoll.http"):
