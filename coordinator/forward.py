@@ -102,6 +102,8 @@ class EntryForwarder:
                         left = deadline - time.monotonic()
                         req.timeout_seconds = max(left, 0.001)
                         continue
+                    if code == grpc.StatusCode.PERMISSION_DENIED and "another node" in (exc.details() or ""):
+                        break               # the host at that address is not the node it was listed as
                     if code != grpc.StatusCode.UNAVAILABLE:
                         raise passed_on(exc) from None
                     break

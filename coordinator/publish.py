@@ -58,9 +58,20 @@ def to_send(desired: Mapping[str, tuple[int, object]], reported: Mapping[str, in
 
 def entries(nodes: Sequence, region: str = "", carry: Callable[[str], bool] | None = None) -> list[EntryInfo]:
     """The READY nodes that serve an entry, this ``region``'s first (then by name); ``carry(tier)``
-    False leaves a node out (a trusted_only workflow's entries are never renters)."""
-    out = [EntryInfo(n.name, n.region, n.tier, n.status.get("entry_address", ""), n.id) for n in nodes
-           if n.state == "READY" and n.status.get("entry_address") and (carry is None or carry(n.tier))]
+    False leaves a node out (a trusted_only workflow's entries are never renters). An address is
+    the host's own claim: where several nodes report the same one, only one is listed, the one
+    the operator trusts, else not a renter, else the longest registered, so a host that copies
+    another's address cannot take its place (its caller tokens would be refused there)."""
+    claims: dict[str, object] = {}
+    for n in nodes:
+        addr = n.status.get("entry_address")
+        if n.state != "READY" or not addr or not (carry is None or carry(n.tier)):
+            continue
+        rank = (not n.trusted, n.tier == "renter", n.registered_at, n.id)
+        held = claims.get(addr)
+        if held is None or rank < held[0]:
+            claims[addr] = (rank, n)
+    out = [EntryInfo(n.name, n.region, n.tier, addr, n.id) for addr, (_, n) in claims.items()]
     return sorted(out, key=lambda e: (bool(region) and e.region != region, e.node_name))
 
 

@@ -117,14 +117,30 @@ def test_entry_loads_replay_through_the_autoscalers_functions():
     assert spread(10, 3) == [4, 3, 3] and sum(spread(7, 7)) == 7
 
 
+def _node(name, region, tier="datacenter", state="READY", addr=None, trusted=False, registered_at=0.0):
+    addr = f"{name}.host:7443" if addr is None else addr
+    return SimpleNamespace(name=name, id=name, region=region, tier=tier, state=state, trusted=trusted,
+                           registered_at=registered_at, status={"entry_address": addr} if addr else {})
+
+
 def test_entries_are_ready_nodes_with_an_entry_region_first():
-    def node(name, region, tier="datacenter", state="READY", addr="x:1"):
-        return SimpleNamespace(name=name, id=name, region=region, tier=tier, state=state,
-                               status={"entry_address": addr} if addr else {})
-    ns = [node("b", "us"), node("a", "eu"), node("c", "eu", tier="renter"), node("d", "eu", state="LOST"),
-          node("e", "eu", addr="")]
+    ns = [_node("b", "us"), _node("a", "eu"), _node("c", "eu", tier="renter"), _node("d", "eu", state="LOST"),
+          _node("e", "eu", addr="")]
     assert [e.node_name for e in entries(ns, "eu")] == ["a", "c", "b"]
     assert [e.node_name for e in entries(ns, "eu", lambda tier: tier != "renter")] == ["a", "b"]
+
+
+def test_an_address_two_nodes_report_is_listed_once_for_the_one_that_holds_it():
+    """A host that copies another's entry address is not listed in its place: the trusted node,
+    else the one that is not a renter, else the longest registered keeps it."""
+    dc = _node("dc-1", "eu", addr="10.0.0.5:7443", trusted=True, registered_at=200.0)
+    copy = _node("zz-evil", "eu", tier="renter", addr="10.0.0.5:7443", registered_at=100.0)
+    assert [(e.node_name, e.address) for e in entries([copy, dc])] == [("dc-1", "10.0.0.5:7443")]
+    edge = _node("edge-1", "eu", tier="edge", addr="10.0.0.6:7443", registered_at=300.0)
+    rent = _node("rent-1", "eu", tier="renter", addr="10.0.0.6:7443", registered_at=100.0)
+    first = _node("rent-2", "eu", tier="renter", addr="10.0.0.7:7443", registered_at=100.0)
+    later = _node("rent-3", "eu", tier="renter", addr="10.0.0.7:7443", registered_at=150.0)
+    assert [e.node_name for e in entries([rent, edge, later, first])] == ["edge-1", "rent-2"]
 
 
 def test_entry_loads_reach_the_real_autoscaler(tmp_path):

@@ -75,6 +75,21 @@ def test_a_renters_entry_never_receives_an_api_key(tmp_path):
             with pytest.raises(PermissionDenied, match="another node"):
                 thief.invoke("wf1", {"text": "hi"}, timeout=30)
 
+        # a host that copies the real entry's address is not listed in its place
+        copy = HostileAgent(f.addr, dict(RENTER, name="copy-1"), TOKEN,
+                            status={"entry_address": dc_entry, "worker_address": ""})
+        copy.register()
+        copy.start()
+        try:
+            f.wait_ready("copy-1")
+            with f.client("a") as c:
+                listed = c.entries(workflow="wf1")
+                assert sorted(e["node_name"] for e in listed) == ["dc-1", "evil-1"], listed
+                for _ in range(4):
+                    assert c.invoke("wf1", {"text": "hi"}, timeout=60)["output"]
+        finally:
+            copy.stop()
+
         # an SDK client that finds the entries through the coordinator presents their tokens
         seen = len(rec.calls)
         with Client(f.addr, api_key=f.keys["a"], region="us-east") as c:
