@@ -3,8 +3,8 @@ adapter on any ready replica that holds it). The HTTP protocol is :mod:`atoll.co
 and its backend the one the agents' doors use too (:class:`~atoll.wire.openai_entry.EntryDoorBackend`):
 each request becomes one ``Entry.Invoke`` that this coordinator forwards to an agent's entry in
 the workflow's source region exactly as its gRPC ``Invoke`` does (``coordinator/entry.py``:
-:func:`~atoll.coordinator.entry.admit`, then ``coordinator/forward.py``), the caller's API key
-passed on. The entry runs it on the data plane and counts it for the autoscaler; a workflow at
+:func:`~atoll.coordinator.entry.admit`, then ``coordinator/forward.py``), with a caller token
+for that entry in place of the caller's API key. The entry runs it on the data plane and counts it for the autoscaler; a workflow at
 zero is woken here. This module is the door's caller check (:func:`door_identity`,
 :func:`door_authorize`) and its list of models; tenants see only their own workflows and adapters.
 """
