@@ -15,7 +15,7 @@ from atoll.coordinator.registry import Registry
 from atoll.coordinator.tenancy import node_view, scope_of
 from atoll.core.errors import AtollError, InvalidArgument
 from atoll.core.logs import kv
-from atoll.core.openai_api import MAX_TOKENS
+from atoll.core.openai_api import MAX_TIMEOUT_S, MAX_TOKENS
 from atoll.core.rpc import handle_errors
 from atoll.proto.v1 import control_pb2_grpc
 from atoll.specs.node import TIERS
@@ -122,6 +122,8 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
     async def Invoke(self, request, context):
         """Forwarded to an agent's entry in the workflow's source region (the data plane runs it);
         the caller must see the workflow, and a workflow at zero is woken here at once."""
+        if request.timeout_seconds > MAX_TIMEOUT_S:
+            raise InvalidArgument(f"timeout_seconds must be at most {MAX_TIMEOUT_S:g}, got {request.timeout_seconds:g}")
         timeout = request.timeout_seconds if request.timeout_seconds > 0 else DEFAULT_TIMEOUT
         remaining = context.time_remaining()
         if remaining is not None:

@@ -30,7 +30,7 @@ from atoll.core import credentials as cred
 from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
 from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
                                Unauthenticated, Unavailable)
-from atoll.core.openai_api import MAX_CHOICES, MAX_STOP, MAX_TOKENS, MAX_TOP_LOGPROBS
+from atoll.core.openai_api import MAX_CHOICES, MAX_STOP, MAX_TIMEOUT_S, MAX_TOKENS, MAX_TOP_LOGPROBS
 from atoll.core.rpc import handle_errors
 from atoll.specs.routing import Route, Stage
 from atoll.wire.dataplane import Chat, EntryInfo, Invocation, Sink, delta_message, done_message, entry_to_pb, invocation_from_pb
@@ -257,6 +257,8 @@ class EntryService:
                 remaining: float | None = None) -> tuple[CompiledRoute, Request]:
         """Check and resolve one invocation: its route and the request to run on it."""
         text = "" if inv.prompt_ids else parse_input(inv.input_json)
+        if inv.timeout_seconds > MAX_TIMEOUT_S:
+            raise InvalidArgument(f"timeout_seconds must be at most {MAX_TIMEOUT_S:g}, got {inv.timeout_seconds:g}")
         timeout = inv.timeout_seconds if inv.timeout_seconds > 0 else DEFAULT_TIMEOUT
         if remaining is not None:
             timeout = min(timeout, remaining)

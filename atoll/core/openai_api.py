@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MAX_TOKENS = 32768
 MAX_CHOICES = 16             # n
 MAX_PROMPTS = 64             # prompts (or embedding inputs) in one request
+MAX_TIMEOUT_S = 3600.0       # an invocation's deadline (timeout_seconds) at the coordinator and at entries
 MAX_GENERATIONS = 64         # prompts x n in one completions request: what one request may ask to generate
 MAX_TEXT = 200_000           # characters of one prompt or message
 MAX_MESSAGES = 1024

@@ -143,6 +143,12 @@ def test_invoke_at_the_coordinator_bounds_max_tokens_as_the_entries_do(coordinat
     assert over.code() == grpc.StatusCode.INVALID_ARGUMENT and f"0..{MAX_TOKENS}" in over.details()
     for ok in (8193, MAX_TOKENS):            # the budget passes; what is missing is the workflow
         assert invoke(ok).code() == grpc.StatusCode.NOT_FOUND
+    # a deadline is bounded too: a request that cannot be served does not wait (and poll) for days
+    req = dataplane.invoke_request(workflow="absent", input_json='{"text": "hi"}', stream=False,
+                                   timeout_seconds=1e9, request_id="")
+    with pytest.raises(grpc.RpcError) as ei:
+        list(client.Invoke(req, timeout=5))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 3600" in ei.value.details()
     assert proc.alive()
 
 

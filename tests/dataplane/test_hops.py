@@ -330,3 +330,22 @@ def test_the_agents_openai_door_serves_every_setting_through_its_entry():
     chats = [s for n in (a, b, c, d) for s in n.fake.sampling if s["messages"] == [{"role": "user", "content": "hi"}]]
     assert len(chats) == 1 and (chats[0]["max_tokens"], chats[0]["temperature"]) == (None, 1.0)
     assert chat.choices[0].text.endswith("[chat:user:hi]")
+
+
+def test_an_entry_refuses_a_deadline_past_its_bound():
+    """An invocation waits for a replica (a workflow at zero) until its deadline: a deadline of
+    days would hold the request, and its polling, that long. The entry takes at most an hour."""
+    async def go():
+        nodes, entry = await fleet()
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await invoke(entry, stream=False, timeout=1e9)
+            ok = await invoke(entry, stream=False, timeout=3600)
+        finally:
+            for n in nodes:
+                await n.stop()
+        return ei.value, ok
+
+    err, ok = asyncio.run(go())
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 3600" in err.details(), err.details()
+    assert ok and ok[-1].done
