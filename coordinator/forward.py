@@ -28,6 +28,7 @@ from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
 from atoll.wire.dataplane import EntryInfo, Invocation, entry_stub, invocation_to_pb
 
 PASSED_ON = ("traceparent", "tracestate", "x-request-id")     # never the caller's API key
+MAX_CHANNELS = 256          # channels kept to entries; past this, those no entry reports are closed
 KEY_WAIT_S = 2.0            # how long an entry may lag behind a key or a workflow new here
 # what an entry answers when it lags behind: a key or workflow it has not heard of yet
 LAGGING = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
@@ -49,10 +50,19 @@ class EntryForwarder:
     def _stub(self, address: str):
         ch = self._channels.get(address)
         if ch is None:
+            if len(self._channels) >= MAX_CHANNELS:
+                self._drop_unlisted()
             ch = self._channels[address] = (
                 grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS) if self.credentials
                 else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
         return entry_stub(ch)
+
+    def _drop_unlisted(self) -> None:
+        """Close the channels to addresses no entry reports any more (a host that changes its
+        entry address at every heartbeat would otherwise leave one channel behind each time)."""
+        listed = {e.address for e in self.entries("", "")}
+        for address in [a for a in self._channels if a not in listed]:
+            asyncio.ensure_future(self._channels.pop(address).close())
 
     def order(self, region: str, workflow: str) -> list[EntryInfo]:
         """The entries to try: the region's, starting at the next in turn, then the others."""

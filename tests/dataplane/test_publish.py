@@ -164,3 +164,24 @@ def test_entry_loads_reach_the_real_autoscaler(tmp_path):
     loads.node_gone("n1")
     loads.node_gone("n2")
     assert w.in_flight == 0
+
+
+def test_the_forwarder_closes_channels_to_addresses_no_entry_reports_any_more():
+    """A host that reports a new entry address at every heartbeat leaves no channel behind."""
+    import asyncio
+
+    import atoll.coordinator.forward as fwd
+    from atoll.wire.dataplane import EntryInfo
+
+    async def go():
+        listed = [EntryInfo("n", "eu", "datacenter", "127.0.0.1:1", "id-n")]
+        f = fwd.EntryForwarder(lambda region, workflow: listed)
+        for i in range(fwd.MAX_CHANNELS + 50):
+            listed[0] = EntryInfo("n", "eu", "datacenter", f"127.0.0.1:{1000 + i}", "id-n")
+            f._stub(listed[0].address)
+        await asyncio.sleep(0.05)
+        n = len(f._channels)
+        await f.close()
+        return n
+
+    assert asyncio.run(go()) <= fwd.MAX_CHANNELS
