@@ -22,6 +22,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from atoll.agent.dataplane.chain import MAX_PROMPT_CHARS
 from atoll.agent.generate import stream_choices
 from atoll.core.errors import InvalidArgument, NotFound
 from atoll.core.rpc import add_service, handle_errors
@@ -117,6 +118,8 @@ class WorkerService:
         out = list(ids) if ids else text
         if not out:
             raise InvalidArgument(empty, hint=f"set {names[0]} or {names[1]}")
+        if len(out) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(f"{names[1] if ids else names[0]} holds {len(out)} items; at most {MAX_PROMPT_CHARS}")
         return out
 
     @handle_errors

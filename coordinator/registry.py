@@ -53,6 +53,7 @@ from atoll.specs.config import check_address
 from atoll.specs.node import NodeConfig
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+RESERVED_IDS = {"coordinator"}     # names the fleet's own parties use; never a node's id
 MAX_GPUS = 256
 # A host re-prices itself at most this often: a price change within this many seconds of the
 # last one applied for that node waits, the latest value winning, and is applied when the
@@ -149,7 +150,7 @@ class Registry:
             spec = validate_spec(spec)
             validate_capacity(capacity)
             validate_status(status)
-            if node_id and not _NODE_ID.match(node_id):
+            if node_id and (not _NODE_ID.match(node_id) or node_id.lower() in RESERVED_IDS):
                 raise InvalidArgument(f"node_id {node_id[:80]!r} is not a valid id",
                                       hint="8-64 letters, digits or '-'; remove the agent's state dir to get a new one")
         except InvalidArgument:

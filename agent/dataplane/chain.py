@@ -521,11 +521,24 @@ class _Coded(grpc.RpcError):
         return self._details
 
 
+MAX_PROMPT_CHARS = 1_000_000     # a filled prompt (a template may name {input} several times)
+
+
 def fill(stage: Stage, text: str | tuple[int, ...]) -> str | tuple[int, ...]:
     """The stage's prompt: its template filled with ``text``; token ids (which only a stage taking
-    its input as it is receives: :func:`takes_ids`) go as they are."""
+    its input as it is receives: :func:`takes_ids`) go as they are. The size is checked before the
+    prompt is built: a template that repeats ``{input}`` thousands of times turned one request
+    into a prompt of hundreds of millions of characters on the serving host."""
     if not isinstance(text, str):
         return text
+    if not stage.prompt:
+        size = len(text)
+    else:
+        copies = stage.prompt.count("{input}")
+        size = len(stage.prompt) + copies * (len(text) - len("{input}"))
+    if size > MAX_PROMPT_CHARS:
+        raise InvalidArgument(f"stage {stage.task}: its prompt would be {size} characters with this input; at most "
+                              f"{MAX_PROMPT_CHARS}", hint="send a shorter input, or name {input} fewer times")
     return stage.prompt.replace("{input}", text) if stage.prompt else text
 
 

@@ -53,7 +53,10 @@ MAX_TOKEN_BYTES = 4096
 
 COORDINATOR = "coordinator"
 PROOF_METADATA = "atoll-proof"      # a node token's holder proof rides in this metadata key
-COORDINATOR_AUDIENCE = "coordinator"  # the callee named in a proof made for the coordinator
+# The callee named in a proof made for the coordinator. The "@" keeps it out of the node ids'
+# alphabet (letters, digits, '-'): a host registered as node "coordinator" once received, as a
+# hop, proofs it could present to the model store.
+COORDINATOR_AUDIENCE = "@coordinator"
 NODE_PREFIX = "node:"
 KEY_PREFIX = "key:"
 ANY_NODE = "*"
@@ -278,7 +281,8 @@ def verify_token(public: Ed25519PublicKey, token: str, *, now: float, audience: 
 
 # ------------------------------------------------------------------------------ holder proofs
 def call_message(audience: str, unix: int) -> bytes:
-    """What a node signs to present its node token to ``audience`` (a node id or ``coordinator``)."""
+    """What a node signs to present its node token to ``audience`` (a node id, or
+    :data:`COORDINATOR_AUDIENCE`, which no node id can equal)."""
     return b"\x00".join((b"atoll-call-v1", audience.encode(), str(int(unix)).encode()))
 
 

@@ -67,6 +67,10 @@ def test_negative_capacity_and_bad_node_id(tmp_path):
         join(reg, TOKEN, "", spec(), {"memory_bytes": -5})
     with pytest.raises(InvalidArgument, match="node_id"):
         join(reg, TOKEN, "x'; DROP TABLE nodes", spec())
+    for reserved in ("coordinator", "Coordinator"):      # a host named so received proofs meant for the store
+        with pytest.raises(InvalidArgument, match="node_id"):
+            join(reg, TOKEN, reserved, spec())
+    assert not re.fullmatch(r"[A-Za-z0-9-]{8,64}", cred.COORDINATOR_AUDIENCE)   # no node id can equal it
 
 
 def test_stable_id_and_name_conflict(tmp_path):

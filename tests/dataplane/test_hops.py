@@ -349,3 +349,19 @@ def test_an_entry_refuses_a_deadline_past_its_bound():
     err, ok = asyncio.run(go())
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 3600" in err.details(), err.details()
     assert ok and ok[-1].done
+
+
+def test_a_template_that_repeats_its_input_is_refused_before_the_prompt_is_built():
+    """A stage template may name {input} several times; one that names it thousands of times
+    turned one request into hundreds of millions of characters on the serving host."""
+    from atoll.agent.dataplane.chain import MAX_PROMPT_CHARS, fill
+    from atoll.core.errors import InvalidArgument
+    from atoll.specs.routing import Stage
+
+    text = "x" * 200_000
+    bomb = Stage(task="s1", kind="llm", prompt="{input}" * 2857, parents=("u",))
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_PROMPT_CHARS}"):
+        fill(bomb, text)
+    ok = Stage(task="s1", kind="llm", prompt="Q: {input}\nA: {input}", parents=("u",))
+    assert fill(ok, text) == f"Q: {text}\nA: {text}"
+    assert fill(bomb, (1, 2, 3)) == (1, 2, 3)        # token ids go as they are
