@@ -19,6 +19,7 @@ import sys
 
 from atoll.core.version import __version__
 from atoll.core.errors import AtollError
+from atoll.cli.table import SafeStream
 
 COMMAND_MODULES = [
     "atoll.cli.cmd_coordinator",  # atoll coordinator
@@ -68,6 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     quiet = ns.command not in SERVERS and "GRPC_VERBOSITY" not in os.environ
     if quiet:
         os.environ["GRPC_VERBOSITY"] = "ERROR"
+    saved = sys.stdout, sys.stderr
+    if ns.command not in SERVERS and ns.command != "demo" and not isinstance(sys.stdout, SafeStream):
+        sys.stdout, sys.stderr = SafeStream(sys.stdout), SafeStream(sys.stderr)   # what others sent is shown, not obeyed
+    try:
+        return _run(ns, quiet)
+    finally:
+        sys.stdout.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _run(ns, quiet: bool) -> int:
     try:
         return int(ns.func(ns) or 0)
     except AtollError as exc:

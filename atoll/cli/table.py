@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import io
+
+# Every C0 control but newline and tab, DEL, and the C1 controls: written as escapes.
+_CONTROLS = {c: chr(c).encode("unicode_escape").decode("ascii") for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]
+             if chr(c) not in "\n\t"}
+
+
+def printable(value) -> str:
+    """``value`` as text a terminal shows as it is: control characters (ESC and the rest of C0
+    and C1, DEL) are written as escapes. Names, regions, labels and messages come from hosts and
+    tenants, and a raw ESC sequence in one could retitle, move or erase the operator's terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
 
 def render(headers: list[str], rows: list[list], align: str | None = None) -> str:
     """Columns left-aligned, except those marked 'r' in ``align`` (one char per column)."""
-    cells = [[str(c) for c in r] for r in rows]
+    cells = [[printable(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     align = align or "l" * len(headers)
 
@@ -13,3 +29,29 @@ def render(headers: list[str], rows: list[list], align: str | None = None) -> st
         return "  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(row, widths, align)).rstrip()
 
     return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
+
+
+class SafeStream(io.TextIOBase):
+    """A text stream that writes control characters as escapes (see :func:`printable`): the CLI
+    wraps its stdout and stderr in it, so that what a coordinator, a host or a model sends
+    (names, messages, generated text) cannot drive the terminal."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def write(self, text: str) -> int:
+        self.inner.write(text.translate(_CONTROLS))
+        return len(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def isatty(self) -> bool:
+        return self.inner.isatty()
+
+    @property
+    def encoding(self):
+        return self.inner.encoding
+
+    def fileno(self) -> int:
+        return self.inner.fileno()

@@ -101,3 +101,20 @@ def test_tokens_create_list_revoke(coordinator):
     assert ok(atoll("tokens", "revoke", tid, *c, key=admin)).strip() == f"join token {tid} revoked"
     assert {t["id"]: t["revoked"] for t in json.loads(ok(atoll("tokens", "list", "-o", "json", *c, key=admin)))} \
         == {tid: True, other: False}
+
+
+def test_what_others_sent_is_printed_with_its_control_characters_escaped(capsys):
+    """Node names, regions, labels and messages come from hosts; a raw ESC sequence in one
+    retitled and erased lines of the operator's terminal. The CLI writes control characters as
+    escapes, in tables and in every line it prints."""
+    from atoll.cli.main import main
+    from atoll.cli.table import printable, render
+
+    evil = "dc-1\x1b]0;owned\x07\x1b[1A\x1b[2K"
+    table = render(["NODE", "REGION"], [[evil, "eu\x9bwest"]])
+    assert "\x1b" not in table and "\x07" not in table and "\x9b" not in table
+    assert "dc-1\\x1b]0;owned\\x07" in table and printable("plain é 名前") == "plain é 名前"
+    # the whole command's output: here an error whose message a coordinator chose
+    code = main(["nodes", "--coordinator", "127.0.0.1:1\x1b[2J"])
+    out = capsys.readouterr()
+    assert code == 2 and "\x1b" not in out.err + out.out and "\\x1b[2J" in out.err, out
