@@ -116,10 +116,80 @@ class GGUFModel:
     special_tokens: dict[str, str]           # bos_token / eos_token / ... strings for the template
 
 
+# GGUF value types: the size of one fixed-size item (8 string, 9 array are walked)
+_ITEM_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_MAX_DIMS = 8
+
+
+def check_header(path: Path) -> None:
+    """Walk the file's header (its metadata and tensor table) with every count and length checked
+    against the bytes that remain, before the ``gguf`` package reads it: that reader trusts the
+    counts, and a 68-byte file declaring an array of 2^62 items sent it into an endless loop that
+    grew memory by about 115 MB/s. SpecError naming the first bad field."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        size, at = len(m), 0
+
+        def take(n: int, what: str) -> int:
+            nonlocal at
+            if n < 0 or n > size - at:
+                raise SpecError(f"GGUF header: {what} declares {n} bytes where {size - at} remain", source=str(path))
+            at += n
+            return at - n
+
+        def u(fmt: str, what: str) -> int:
+            start = take(struct.calcsize(fmt), what)
+            return struct.unpack_from(fmt, m, start)[0]
+
+        def string(what: str) -> None:
+            take(u("<Q", what), what)
+
+        def value(vtype: int, what: str, depth: int = 0) -> None:
+            if vtype in _ITEM_BYTES:
+                take(_ITEM_BYTES[vtype], what)
+            elif vtype == 8:
+                string(what)
+            elif vtype == 9 and depth < 2:
+                itype, count = u("<I", what), u("<Q", what)
+                if itype in _ITEM_BYTES:
+                    take(count * _ITEM_BYTES[itype], what)
+                elif count > (size - at) // 8:          # every other item takes 8 bytes at least
+                    raise SpecError(f"GGUF header: {what} declares {count} items where {size - at} bytes remain",
+                                    source=str(path))
+                else:
+                    for _ in range(count):
+                        value(itype, what, depth + 1)
+            else:
+                raise SpecError(f"GGUF header: {what} has an unknown value type {vtype}", source=str(path))
+
+        if bytes(m[:4]) != b"GGUF":
+            raise SpecError("cannot read GGUF file: it does not start with the GGUF magic", source=str(path))
+        take(4, "magic")
+        u("<I", "version")
+        n_tensors, n_kv = u("<Q", "tensor count"), u("<Q", "metadata count")
+        if n_kv > size // 13 or n_tensors > size // 24:           # the smallest entries there can be
+            raise SpecError(f"GGUF header: {n_kv} metadata entries and {n_tensors} tensors cannot fit in "
+                            f"{size} bytes", source=str(path))
+        for i in range(n_kv):
+            string(f"metadata key {i}")
+            value(u("<I", f"metadata value {i}"), f"metadata value {i}")
+        for i in range(n_tensors):
+            string(f"tensor {i} name")
+            dims = u("<I", f"tensor {i} dimensions")
+            if dims > _MAX_DIMS:
+                raise SpecError(f"GGUF header: tensor {i} has {dims} dimensions", source=str(path))
+            take(8 * dims + 4 + 8, f"tensor {i}")
+
+
 def read_gguf(path: str | Path) -> GGUFModel:
     path = Path(path)
     try:
+        check_header(path)
         reader = GGUFReader(str(path))
+    except SpecError:
+        raise
     except Exception as exc:     # the gguf package raises ValueError, struct errors, OSError ...
         raise SpecError(f"cannot read GGUF file: {exc}", source=str(path)) from None
     meta = _Meta(reader, path)

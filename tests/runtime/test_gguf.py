@@ -7,6 +7,7 @@ greedy tokens, and the answer to a real question."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -265,3 +266,27 @@ def test_smollm2_answers_a_real_question(smollm2):
                        sampling=SamplingParams(max_tokens=32))[0]
     assert out.finish_reason == "stop"                     # ended at <|im_end|>, not at the length
     assert "Paris" in out.text and "<|im_end|>" not in out.text
+
+
+def test_a_header_whose_counts_exceed_the_file_is_refused_before_the_gguf_reader_runs(tmp_path):
+    """The gguf package trusts a header's counts: a 68-byte file declaring an array of 2^62 items
+    sent it into an endless loop, growing memory. Every count is checked against the bytes left."""
+    import struct
+
+    from atoll.agent.runtime.gguf import read_gguf
+
+    key = b"general.architecture"
+    head = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+    cases = {
+        "array of 2^62 bytes": head + struct.pack("<IIQ", 9, 0, 1 << 62),
+        "array of 2^40 strings": head + struct.pack("<IIQ", 9, 8, 1 << 40),
+        "a string longer than the file": head + struct.pack("<IQ", 8, 1 << 50),
+        "2^60 metadata entries": b"GGUF" + struct.pack("<IQQ", 3, 0, 1 << 60),
+    }
+    for what, blob in cases.items():
+        p = tmp_path / "bomb.gguf"
+        p.write_bytes(blob)
+        t0 = time.monotonic()
+        with pytest.raises(SpecError, match="GGUF header"):
+            read_gguf(p)
+        assert time.monotonic() - t0 < 1.0, what
