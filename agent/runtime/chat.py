@@ -22,6 +22,8 @@ Gemma's ``<end_of_turn>``, Phi-3's ``<|end|>``, ...) join the model's EOS ids fr
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -47,12 +49,51 @@ def _strftime_now(fmt):
     return datetime.now().strftime(fmt)
 
 
+# What one render may cost: a template comes with a model a tenant pushed, and runs on a host
+# other tenants' requests pass through. Output past MAX_RENDER_CHARS, a '*' or '**' making a value
+# past it, or a render past MAX_RENDER_S (checked at every call the template makes, so nested
+# loops are caught) is refused. Before, one chat request froze an agent 21 s (its coordinator
+# marked it LOST), a render made 1 GiB of text, and two nested range(100000) loops were accepted.
+MAX_RENDER_CHARS = 4_000_000
+MAX_RENDER_S = 2.0
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self._render = threading.local()         # each thread's render under way: its deadline
+
+    def start(self) -> None:
+        self._render.deadline = time.monotonic() + MAX_RENDER_S
+
+    def _in_time(self) -> None:
+        if time.monotonic() > getattr(self._render, "deadline", float("inf")):
+            raise jinja2.exceptions.SecurityError(f"the render took more than {MAX_RENDER_S:g} s")
+
+    def call_binop(self, context, operator, left, right):
+        self._in_time()
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise jinja2.exceptions.SecurityError("an exponent above 64")
+        if operator == "*":
+            n = right if isinstance(left, (str, list, tuple)) else left if isinstance(right, (str, list, tuple)) else None
+            seq = left if n is right else right
+            if isinstance(n, int) and n * len(seq) > MAX_RENDER_CHARS:
+                raise jinja2.exceptions.SecurityError(f"a repetition past {MAX_RENDER_CHARS} items")
+        return super().call_binop(context, operator, left, right)
+
+    def call(self, __context, __obj, *args, **kwargs):
+        self._in_time()
+        return super().call(__context, __obj, *args, **kwargs)
+
+
 class ChatTemplate:
     """One compiled template and the special-token strings it may use."""
 
     def __init__(self, source: str, special_tokens: dict[str, str] | None = None, *, origin: str = "template"):
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
+        env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        self._env = env
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
@@ -66,9 +107,18 @@ class ChatTemplate:
     def render(self, messages: list[dict], *, add_generation_prompt: bool = True, **extra) -> str:
         """The prompt text for ``messages`` ([{"role": ..., "content": ...}, ...])."""
         _check_messages(messages)
+        env = self._env
         try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **self.special_tokens, **extra)
+            env.start()
+            out, n = [], 0
+            for piece in self._template.generate(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                 **self.special_tokens, **extra):
+                n += len(piece)
+                if n > MAX_RENDER_CHARS:
+                    raise jinja2.exceptions.SecurityError(f"the prompt grew past {MAX_RENDER_CHARS} characters")
+                env._in_time()
+                out.append(piece)
+            return "".join(out)
         except jinja2.exceptions.SecurityError as exc:
             raise InvalidArgument(f"the chat template was refused an unsafe operation: {exc}") from None
         except jinja2.exceptions.TemplateError as exc:

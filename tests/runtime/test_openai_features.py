@@ -146,3 +146,23 @@ def test_chat_template_runs_in_a_sandbox():
     raising = ChatTemplate("{{ raise_exception('only user and assistant roles') }}")
     with pytest.raises(InvalidArgument, match="only user and assistant roles"):
         raising.render(msgs)
+
+
+@pytest.mark.parametrize("source, why", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "took more than"),
+    ("{{ 'x' * 1000000000 }}", "repetition"),
+    ("{{ 10 ** 100000 }}", "exponent"),
+    ("{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}", "grew past"),
+])
+def test_a_chat_template_cannot_hold_the_host(source, why):
+    """A template comes with a model a tenant pushed and renders on a shared host: one that loops
+    for minutes or writes gigabytes is refused within the render's bounds (before: one chat
+    request froze an agent 21 s, and its coordinator marked it LOST)."""
+    import time
+
+    from atoll.agent.runtime.chat import MAX_RENDER_S, ChatTemplate
+
+    t0 = time.monotonic()
+    with pytest.raises(InvalidArgument, match=why):
+        ChatTemplate(source).render([{"role": "user", "content": "x"}])
+    assert time.monotonic() - t0 < MAX_RENDER_S + 2.0
