@@ -6,7 +6,18 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _Tok
 
-from atoll.core.errors import SpecError
+from atoll.core.errors import FailedPrecondition, SpecError
+
+
+def _failed(what: str, exc: BaseException) -> BaseException:
+    """The error to raise for a tokenizer that failed: the tokenizers package reports a panic
+    (a pattern in the model's tokenizer.json that its regex engine gives up on, say) as a
+    BaseException that ``except Exception`` misses, and the request then hung until its deadline."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, Exception)) and \
+            not type(exc).__name__.endswith("PanicException"):
+        return exc
+    return FailedPrecondition(f"the model's tokenizer failed to {what} this text: {str(exc)[:200]}",
+                              hint="the model's tokenizer.json is faulty")
 
 
 class Tokenizer:
@@ -34,10 +45,16 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        except BaseException as exc:           # a Rust panic (a model's own regex) is a BaseException
+            raise _failed("encode", exc) from None
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        try:
+            return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        except BaseException as exc:
+            raise _failed("decode", exc) from None
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)

@@ -166,3 +166,20 @@ def test_a_chat_template_cannot_hold_the_host(source, why):
     with pytest.raises(InvalidArgument, match=why):
         ChatTemplate(source).render([{"role": "user", "content": "x"}])
     assert time.monotonic() - t0 < MAX_RENDER_S + 2.0
+
+
+def test_a_tokenizer_that_panics_is_a_clear_error_not_a_hung_request():
+    """The tokenizers package reports a panic (here: a backtracking pattern in the model's own
+    tokenizer.json that Oniguruma gives up on) as a BaseException, which ``except Exception``
+    missed: the request hung until its deadline. It is now FAILED_PRECONDITION at once."""
+    from tokenizers import Regex, Tokenizer as RawTokenizer, models, pre_tokenizers
+
+    from atoll.agent.runtime.tokenizer import Tokenizer
+    from atoll.core.errors import FailedPrecondition
+
+    raw = RawTokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"(a|aa)+$"), behavior="isolated")
+    tok = Tokenizer.wrap(raw)
+    assert tok.encode("a") == [0]                                   # ordinary text still encodes
+    with pytest.raises(FailedPrecondition, match="tokenizer failed to encode"):
+        tok.encode("a" * 100_000 + "b")
