@@ -30,7 +30,8 @@ from atoll.core import credentials as cred
 from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
 from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
                                Unauthenticated, Unavailable)
-from atoll.core.openai_api import MAX_CHOICES, MAX_STOP, MAX_TIMEOUT_S, MAX_TOKENS, MAX_TOP_LOGPROBS
+from atoll.core.openai_api import (MAX_CHOICES, MAX_MESSAGES, MAX_STOP, MAX_TEXT, MAX_TIMEOUT_S, MAX_TOKENS,
+                                   MAX_TOP_LOGPROBS)
 from atoll.core.rpc import handle_errors
 from atoll.specs.routing import Route, Stage
 from atoll.wire.dataplane import Chat, EntryInfo, Invocation, Sink, delta_message, done_message, entry_to_pb, invocation_from_pb
@@ -84,8 +85,17 @@ def check_ids(route: Route, inv: Invocation) -> None:
 
 
 def check_chat(messages: Chat | None) -> Chat | None:
-    if messages is not None and any(m["role"] not in CHAT_ROLES for m in messages):
-        raise InvalidArgument(f"a chat message's role must be one of {', '.join(CHAT_ROLES)}")
+    """A request's chat, as the OpenAI door bounds it: at most MAX_MESSAGES messages of at most
+    MAX_TEXT characters each (gRPC callers reach here without the door's validation)."""
+    if messages is None:
+        return None
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidArgument(f"{len(messages)} chat messages; at most {MAX_MESSAGES}")
+    for i, m in enumerate(messages):
+        if m["role"] not in CHAT_ROLES:
+            raise InvalidArgument(f"a chat message's role must be one of {', '.join(CHAT_ROLES)}")
+        if len(m.get("content") or "") > MAX_TEXT:
+            raise InvalidArgument(f"chat message {i}: at most {MAX_TEXT} characters")
     return messages
 
 

@@ -365,3 +365,19 @@ def test_a_template_that_repeats_its_input_is_refused_before_the_prompt_is_built
     ok = Stage(task="s1", kind="llm", prompt="Q: {input}\nA: {input}", parents=("u",))
     assert fill(ok, text) == f"Q: {text}\nA: {text}"
     assert fill(bomb, (1, 2, 3)) == (1, 2, 3)        # token ids go as they are
+
+
+def test_a_grpc_chat_is_bounded_as_the_openai_door_bounds_it():
+    """Entry.Invoke over gRPC skips the door's validation: its chat is bounded by the entry."""
+    from atoll.agent.dataplane.entry import check_chat
+    from atoll.core.errors import InvalidArgument
+    from atoll.core.openai_api import MAX_MESSAGES, MAX_TEXT
+
+    ok = [{"role": "user", "content": "x" * MAX_TEXT}] * 3
+    assert check_chat(ok) is ok and check_chat(None) is None
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_MESSAGES}"):
+        check_chat([{"role": "user", "content": "x"}] * (MAX_MESSAGES + 1))
+    with pytest.raises(InvalidArgument, match=f"chat message 1: at most {MAX_TEXT}"):
+        check_chat([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y" * (MAX_TEXT + 1)}])
+    with pytest.raises(InvalidArgument, match="role"):
+        check_chat([{"role": "wizard", "content": "x"}])

@@ -159,3 +159,18 @@ def test_shutdown_drains_then_refuses_and_stop_never_strands_a_request(tiny_dir)
         assert eng.kv.num_free == eng.kv.num_blocks                # their KV blocks came back
     finally:
         eng.close()
+
+
+def test_a_workers_prompt_is_bounded_as_a_filled_stage_prompt_is():
+    """Other agents call Generate and Embed with a prompt they built: at most MAX_PROMPT_CHARS
+    characters (or token ids), as the data plane's own fill() allows."""
+    from atoll.agent.dataplane.chain import MAX_PROMPT_CHARS
+    from atoll.agent.worker import WorkerService
+    from atoll.core.errors import InvalidArgument
+
+    names = ("prompt", "prompt_token_ids")
+    assert WorkerService._text_or_ids("x" * MAX_PROMPT_CHARS, [], names, "empty") == "x" * MAX_PROMPT_CHARS
+    with pytest.raises(InvalidArgument, match=f"prompt holds {MAX_PROMPT_CHARS + 1} items"):
+        WorkerService._text_or_ids("x" * (MAX_PROMPT_CHARS + 1), [], names, "empty")
+    with pytest.raises(InvalidArgument, match="prompt_token_ids holds"):
+        WorkerService._text_or_ids("", [1] * (MAX_PROMPT_CHARS + 1), names, "empty")
