@@ -97,7 +97,7 @@ class ModelStoreApi(control_pb2_grpc.ModelStoreServicer):
         """Each chunk is read from disk in a thread: many nodes fetching large blobs at once
         (a cold start of a fleet) never hold up the event loop that every other call shares."""
         check_parsed(request)
-        info = await asyncio.to_thread(self._info_as, auth.current.get(), request.name)
+        info = await asyncio.to_thread(self._info, request.name)     # the thread sees the caller (a copied context)
         chunks = self.blobs.read(request.name, request.offset)
         try:
             while (piece := await asyncio.to_thread(next, chunks, None)) is not None:
@@ -105,11 +105,3 @@ class ModelStoreApi(control_pb2_grpc.ModelStoreServicer):
                 yield convert.blob_chunk(request.name, info["kind"], data, off, total)
         finally:
             chunks.close()
-
-    def _info_as(self, caller, name: str) -> dict:
-        """:meth:`_info` for ``caller`` from a worker thread (the caller is a context variable)."""
-        mark = auth.current.set(caller)
-        try:
-            return self._info(name)
-        finally:
-            auth.current.reset(mark)

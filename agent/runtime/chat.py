@@ -77,10 +77,9 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
             raise jinja2.exceptions.SecurityError("an exponent above 64")
         if operator == "*":
-            n = right if isinstance(left, (str, list, tuple)) else left if isinstance(right, (str, list, tuple)) else None
-            seq = left if n is right else right
-            if isinstance(n, int) and n * len(seq) > MAX_RENDER_CHARS:
-                raise jinja2.exceptions.SecurityError(f"a repetition past {MAX_RENDER_CHARS} items")
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and n * len(seq) > MAX_RENDER_CHARS:
+                    raise jinja2.exceptions.SecurityError(f"a repetition past {MAX_RENDER_CHARS} items")
         return super().call_binop(context, operator, left, right)
 
     def call(self, __context, __obj, *args, **kwargs):

@@ -22,6 +22,8 @@ special tokens and a BOS added when ``add_bos_token`` says so.
 
 from __future__ import annotations
 
+import mmap
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,9 +128,6 @@ def check_header(path: Path) -> None:
     against the bytes that remain, before the ``gguf`` package reads it: that reader trusts the
     counts, and a 68-byte file declaring an array of 2^62 items sent it into an endless loop that
     grew memory by about 115 MB/s. SpecError naming the first bad field."""
-    import mmap
-    import struct
-
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         size, at = len(m), 0
 

@@ -11,12 +11,9 @@ _CONTROLS = {c: chr(c).encode("unicode_escape").decode("ascii") for c in [*range
 
 def printable(value) -> str:
     """``value`` as text a terminal shows as it is: control characters (ESC and the rest of C0
-    and C1, DEL) are written as escapes. Names, regions, labels and messages come from hosts and
+    but newline and tab, DEL, C1) are written as escapes. Names, regions, labels and messages come from hosts and
     tenants, and a raw ESC sequence in one could retitle, move or erase the operator's terminal."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return str(value).translate(_CONTROLS)
 
 
 def render(headers: list[str], rows: list[list], align: str | None = None) -> str:

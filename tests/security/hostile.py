@@ -5,6 +5,7 @@ answers UNAVAILABLE, so that a caller fails over without noticing."""
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from concurrent import futures
@@ -90,3 +91,14 @@ def recording_server() -> tuple[grpc.Server, Recorder, str]:
     port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()
     return srv, rec, f"127.0.0.1:{port}"
+
+
+# A node key the tests name as a node token's holder, and how such a token is presented: with
+# the key's proof for the callee (a node id, or cred.COORDINATOR_AUDIENCE), as an agent does.
+HOLDER = cred.new_private_key()
+HOLDER_B64 = base64.urlsafe_b64encode(cred.public_bytes(HOLDER)).decode()
+
+
+def presented(token: str, callee: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),
+            (cred.PROOF_METADATA, cred.make_call_proof(HOLDER, callee, time.time())))

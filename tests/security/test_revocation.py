@@ -7,7 +7,6 @@ operator did: the assertions that wait for UNAUTHENTICATED below time out there.
 
 from __future__ import annotations
 
-import base64
 import math
 import time
 
@@ -25,6 +24,7 @@ from atoll.wire.dataplane import keys_from_pb, keys_to_pb
 from tests.control.helpers import wait_for
 
 from .conftest import rpc_code
+from .hostile import HOLDER_B64, presented
 
 REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 # A node no workflow of the other tests can use: no variant profiles t4, and nothing runs in eu-west.
@@ -32,10 +32,6 @@ REV = dict(name="rev-1", tier="datacenter", region="eu-west", price_per_hour=9.0
 WITHIN_S = 5.0
 
 
-# The node key the tokens below name as their holder: the test presents them as that node would,
-# with the key's proof for each callee.
-HOLDER = cred.new_private_key()
-HOLDER_B64 = base64.urlsafe_b64encode(cred.public_bytes(HOLDER)).decode()
 CALLEE: dict[str, str] = {}          # Worker address -> its node id (the audience of a proof)
 
 
@@ -45,10 +41,6 @@ def node_token(fleet, node_id: str, now: float) -> str:
     signing = cred.private_from_pem(fleet.meta("signing_key").encode())
     return cred.sign_token(signing, sub=cred.node_subject(node_id), aud=cred.ANY_NODE, scopes=NODE_SCOPES,
                            now=now, ttl=600, holder=HOLDER_B64)
-
-
-def presented(token: str, callee: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"), (cred.PROOF_METADATA, cred.make_call_proof(HOLDER, callee, time.time())))
 
 
 def generate_code(addr: str, token: str) -> grpc.StatusCode:

@@ -9,7 +9,6 @@ such a workflow. The assertions on PERMISSION_DENIED and on the untrusted entry 
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 import urllib.request
@@ -30,6 +29,7 @@ from tests.control.helpers import free_port, wait_for
 from tests.dataplane.helpers import endpoint, route
 
 from .conftest import rpc_code, start_fleet
+from .hostile import HOLDER_B64, presented
 
 A100 = {"hardware": "a100"}
 T4 = {"hardware": "t4"}             # no variant profiles t4: such a node is never placed on
@@ -72,16 +72,12 @@ def token_of(world, name: str) -> str:
     return issuer.node_token(n.id, trusted=n.trusted, tier=n.tier, holder=HOLDER_B64)[0]
 
 
-# The node key the tokens above name as their holder: the test presents them as that node would,
-# with the key's proof for each callee.
-HOLDER = cred.new_private_key()
-HOLDER_B64 = base64.urlsafe_b64encode(cred.public_bytes(HOLDER)).decode()
 CALLEE: dict[str, str] = {}          # Worker address -> its node id (the audience of a proof)
 
 
-def presented(token: str, addr: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),
-            (cred.PROOF_METADATA, cred.make_call_proof(HOLDER, CALLEE[addr], time.time())))
+def at(token: str, addr: str) -> tuple[tuple[str, str], ...]:
+    """``token`` as its holder presents it to the Worker at ``addr``."""
+    return presented(token, CALLEE[addr])
 
 
 def worker_of(world, workflow: str) -> str:
@@ -95,14 +91,14 @@ def generate(addr: str, token: str, adapter: str) -> grpc.StatusCode:
         stub = worker_pb2_grpc.WorkerStub(ch)
         req = worker_pb2.GenerateRequest(prompt="hello", adapter=adapter,
                                          sampling=worker_pb2.SamplingParams(max_tokens=2))
-        return rpc_code(lambda: list(stub.Generate(req, timeout=30, metadata=presented(token, addr))))
+        return rpc_code(lambda: list(stub.Generate(req, timeout=30, metadata=at(token, addr))))
 
 
 def embed(addr: str, token: str, adapter: str) -> grpc.StatusCode:
     with grpc.insecure_channel(addr) as ch:
         stub = worker_pb2_grpc.WorkerStub(ch)
         return rpc_code(lambda: stub.Embed(worker_pb2.EmbedRequest(text="hello", adapter=adapter), timeout=30,
-                                           metadata=presented(token, addr)))
+                                           metadata=at(token, addr)))
 
 
 def forward(world, workflow: str, token: str) -> grpc.StatusCode:
@@ -112,7 +108,7 @@ def forward(world, workflow: str, token: str) -> grpc.StatusCode:
         stub = dataplane_pb2_grpc.DataPlaneStub(ch)
         req = dataplane_pb2.ForwardRequest(workflow=workflow, task="chat", replica_id=rep["replica_id"],
                                            input="hello", max_tokens=2, request_id="carry-test", tenant="team-a")
-        return rpc_code(lambda: list(stub.Forward(req, timeout=30, metadata=presented(token, addr))))
+        return rpc_code(lambda: list(stub.Forward(req, timeout=30, metadata=at(token, addr))))
 
 
 def refusals(world, name: str) -> dict[str, float]:
@@ -145,7 +141,7 @@ def test_a_renters_node_token_is_refused_a_trusted_only_workflows_data_and_admit
     with grpc.insecure_channel(secret) as ch:
         with pytest.raises(grpc.RpcError) as ei:
             list(worker_pb2_grpc.WorkerStub(ch).Generate(worker_pb2.GenerateRequest(prompt="x", adapter="ad-wf-secret"),
-                                                         timeout=30, metadata=presented(tok, secret)))
+                                                         timeout=30, metadata=at(tok, secret)))
     assert f"the calling node {rent.id} is not trusted by the operator" in ei.value.details()
     assert "'wf-secret'" not in ei.value.details()          # names what the caller asked for, not the workflow
 
