@@ -7,11 +7,16 @@ runs as ``n`` independent choices (``Engine.submit_choices``: choice i has seed 
 and comes back as one stream of :class:`~atoll.wire.worker.Delta` values, each naming its
 choice, with the text of every token whose log-probability was asked for. Leaving the stream
 early (the caller went away) cancels the choices still running.
+
+Tokenizing is done off the event loop (:func:`prompt_ids`): a prompt of a million characters
+takes about 2 s to encode on a 2-core host, and the loop serves every other request, heartbeat
+and stream of the agent meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Mapping, Sequence
 
 from atoll.core.errors import FailedPrecondition, InvalidArgument
@@ -25,6 +30,24 @@ def chat_ids(engine, messages: Sequence[Mapping[str, str]]) -> list[int]:
         return engine.apply_chat_template([dict(m) for m in messages], tokenize=True)
     except FailedPrecondition as exc:
         raise InvalidArgument(exc.message, hint=exc.hint) from None
+
+
+# Encoding runs in the tokenizers library without the GIL; two threads keep a flood of long
+# prompts from taking more than two cores' worth of encoding or the loop's default executor.
+_ENCODE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="atoll-encode")
+
+
+async def prompt_ids(engine, *, prompt=None, messages: Sequence[Mapping[str, str]] | None = None) -> list[int]:
+    """The prompt's token ids, encoded (text) or rendered and encoded (a chat) on a worker thread,
+    so that the event loop keeps serving while a long prompt is tokenized. Bad input raises here,
+    as ``Engine.encode_prompt`` and :func:`chat_ids` raise it."""
+    if messages is not None:
+        job = lambda: chat_ids(engine, messages)  # noqa: E731
+    elif isinstance(prompt, str):
+        job = lambda: engine.encode_prompt(prompt)  # noqa: E731
+    else:
+        return engine.encode_prompt(prompt)   # ids: checked against the vocabulary, no encoding
+    return await asyncio.get_running_loop().run_in_executor(_ENCODE, job)
 
 
 def _delta(engine, index: int, d) -> Delta:
@@ -41,7 +64,7 @@ async def stream_choices(engine, *, prompt=None, messages: Sequence[Mapping[str,
                          adapter: str | None, params, request_id: str | None = None) -> AsyncIterator[Delta]:
     """Run ``params.n`` choices of ``prompt`` (text or ids) or ``messages`` and yield their deltas
     as they come. Bad input raises before anything is queued (see ``Engine.submit``)."""
-    source = chat_ids(engine, messages) if messages is not None else prompt
+    source = await prompt_ids(engine, prompt=prompt, messages=messages)
     if params.n == 1:            # the common case: no merging, no extra task
         handle = engine.submit(source, adapter, params, request_id)
         try:

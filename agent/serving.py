@@ -20,7 +20,7 @@ from typing import AsyncIterator, Callable, Mapping, Sequence
 
 import grpc
 
-from atoll.agent.generate import stream_choices
+from atoll.agent.generate import prompt_ids, stream_choices
 from atoll.core.errors import AtollError, Unavailable
 from atoll.core.rpc import add_service, status_code
 from atoll.proto.v1 import worker_pb2
@@ -176,7 +176,7 @@ class LocalEngine:
 
     async def embed(self, text: str, *, adapter: str, timeout: float) -> Embedding:
         engine = self._engine()
-        ids = engine.encode_prompt(text)
+        ids = await prompt_ids(engine, prompt=text)
         vec = await asyncio.get_running_loop().run_in_executor(
             None, lambda: engine.embed([ids], adapter=adapter or None))
         self.worker.meter.record(adapter or "base")

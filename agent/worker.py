@@ -23,7 +23,7 @@ import asyncio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from atoll.agent.dataplane.chain import MAX_PROMPT_CHARS
-from atoll.agent.generate import stream_choices
+from atoll.agent.generate import prompt_ids, stream_choices
 from atoll.core.errors import InvalidArgument, NotFound
 from atoll.core.rpc import add_service, handle_errors
 from atoll.proto.v1 import worker_pb2
@@ -162,7 +162,7 @@ class WorkerService:
     async def Embed(self, request, context):
         self._check_model(request.model)
         prompt = self._text_or_ids(request.text, request.token_ids, ("text", "token_ids"), "nothing to embed")
-        ids = self.engine.encode_prompt(prompt)
+        ids = await prompt_ids(self.engine, prompt=prompt)
         loop = asyncio.get_running_loop()
         vec = await loop.run_in_executor(None, lambda: self.engine.embed([ids], adapter=request.adapter or None))
         return worker_pb2.EmbedResponse(embedding=vec[0].tolist(), tokens=len(ids))

@@ -30,7 +30,7 @@ from atoll.core import credentials as cred
 from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
 from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
                                Unauthenticated, Unavailable)
-from atoll.core.openai_api import (MAX_CHOICES, MAX_MESSAGES, MAX_STOP, MAX_TEXT, MAX_TIMEOUT_S, MAX_TOKENS,
+from atoll.core.openai_api import (MAX_CHOICES, MAX_MESSAGES, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT, MAX_TIMEOUT_S, MAX_TOKENS,
                                    MAX_TOP_LOGPROBS)
 from atoll.core.rpc import handle_errors
 from atoll.specs.routing import Route, Stage
@@ -61,8 +61,8 @@ def check_sink(sink: Sink) -> None:
         raise InvalidArgument(f"n must be in 1..{MAX_CHOICES}, got {sink.n}")
     if not 0 <= sink.top_logprobs <= MAX_TOP_LOGPROBS:
         raise InvalidArgument(f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {sink.top_logprobs}")
-    if len(sink.stop) > MAX_STOP or any(not s for s in sink.stop):
-        raise InvalidArgument(f"stop takes at most {MAX_STOP} non-empty strings")
+    if len(sink.stop) > MAX_STOP or any(not s or len(s) > MAX_STOP_CHARS for s in sink.stop):
+        raise InvalidArgument(f"stop takes at most {MAX_STOP} strings of 1 to {MAX_STOP_CHARS} characters")
 
 
 def openai_defaults(sink: Sink, *, chat: bool) -> Sink:

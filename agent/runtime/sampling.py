@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 import torch
 
 from atoll.core.errors import InvalidArgument
+from atoll.core.openai_api import MAX_STOP_CHARS
 
 
 MAX_TOP_LOGPROBS = 20
 MAX_CHOICES = 128
+MAX_STOPS = 20          # a stage's 16 and a request's 4
+# MAX_STOP_CHARS (256, each): the decoder holds back that much text and searches every stop per token
 
 
 @dataclass
@@ -68,9 +71,11 @@ class SamplingParams:
         for t in self.stop_token_ids:
             if not isinstance(t, int) or t < 0 or (vocab_size is not None and t >= vocab_size):
                 raise bad(f"stop token id {t!r} is outside the vocabulary [0, {vocab_size})")
+        if len(self.stop) > MAX_STOPS:
+            raise bad(f"at most {MAX_STOPS} stop strings, got {len(self.stop)}")
         for s in self.stop:
-            if not isinstance(s, str) or not s:
-                raise bad("stop strings must be non-empty strings")
+            if not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS:
+                raise bad(f"stop strings must be strings of 1 to {MAX_STOP_CHARS} characters")
         return self
 
     @property

@@ -33,6 +33,7 @@ MAX_GENERATIONS = 64         # prompts x n in one completions request: what one 
 MAX_TEXT = 200_000           # characters of one prompt or message
 MAX_MESSAGES = 1024
 MAX_STOP = 4
+MAX_STOP_CHARS = 256         # one stop string (a workflow stage's too)
 MAX_TOP_LOGPROBS = 20        # chat's top_logprobs (completions' logprobs: at most 5)
 SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)
 FINISH_REASONS = ("stop", "length")
@@ -178,8 +179,9 @@ def _refuse_unserved(b) -> None:
 
 def _stops(stop) -> tuple[str, ...]:
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if len(stops) > MAX_STOP or any(not s or len(s) > 256 for s in stops):
-        raise RequestError(400, f"stop: at most {MAX_STOP} non-empty strings of up to 256 characters", param="stop")
+    if len(stops) > MAX_STOP or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        raise RequestError(400, f"stop: at most {MAX_STOP} non-empty strings of up to {MAX_STOP_CHARS} characters",
+                           param="stop")
     return stops
 
 

@@ -50,6 +50,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field, field_validator
 
 from atoll.core.errors import SpecError
+from atoll.core.openai_api import MAX_STOP_CHARS
 from atoll.specs.autoscaling import AutoscalingSpec
 from atoll.specs.catalog import MIN_RATE, Catalog, VariantSpec, check_name, load_catalog
 from atoll.specs.cluster import parse_location
@@ -86,9 +87,17 @@ class TaskSpec(Spec):
                         description="prompt template; {input} is the request or the parents' outputs")
     max_tokens: int = Field(default=32, ge=1, le=8192)
     temperature: float = Field(default=0.0, ge=0, le=5)
-    stop: list[str] = Field(default_factory=list, max_length=16)
+    stop: list[str] = Field(default_factory=list, max_length=16,
+                            description="strings that end the stage's answer (each 1 to 256 characters)")
     chat: bool = Field(default=False, description="send the prompt as a user message through the serving model's "
                        "own chat template (instruct models)")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: list[str]) -> list[str]:
+        if any(not s or len(s) > MAX_STOP_CHARS for s in v):
+            raise ValueError(f"stop strings must be 1 to {MAX_STOP_CHARS} characters")
+        return v
 
     @field_validator("name")
     @classmethod

@@ -180,3 +180,26 @@ def test_smollm2_answers_through_the_door():
             assert r.usage.prompt_tokens == len(eng.apply_chat_template(q, tokenize=True))
     finally:
         eng.close()
+
+
+def test_prompts_are_tokenized_off_the_event_loop(engine, oa, monkeypatch):
+    """A long prompt takes seconds to encode (about 2 s for a million characters on 2 cores), and
+    the agent's event loop serves every other request and stream meanwhile: text prompts, chats and
+    embedding inputs are encoded on a worker thread, never on the loop's own."""
+    import threading
+
+    seen: list[str] = []
+    real = engine.tokenizer.encode
+
+    def spy(text, **kw):
+        seen.append(threading.current_thread().name)
+        return real(text, **kw)
+
+    monkeypatch.setattr(engine.tokenizer, "encode", spy)
+    want = oa.completions.create(model="base", prompt="the cat sat", max_tokens=3, temperature=0).choices[0].text
+    oa.chat.completions.create(model="base", messages=MSGS, max_tokens=2, temperature=0)
+    oa.embeddings.create(model="base", input=["the cat sat"])
+    assert len(seen) >= 3 and all(name.startswith("atoll-encode") for name in seen), seen
+    monkeypatch.undo()
+    ids = engine.encode_prompt("the cat sat")
+    assert engine.generate([ids], sampling=SamplingParams(max_tokens=3, temperature=0))[0].text == want

@@ -330,3 +330,25 @@ def test_a_call_whose_caller_went_away_never_answers_the_next_one():
 
 def _echo(x):
     return x
+
+
+def test_stop_strings_are_bounded_at_every_door():
+    """The decoder holds back as much text as the longest stop string and searches for every stop
+    each token, on the engine's one thread: stop strings are at most 256 characters everywhere
+    (a workflow stage, an entry's request, the Worker's sampling), and a request takes at most 20."""
+    from atoll.agent.dataplane.entry import check_sink
+    from atoll.agent.runtime import SamplingParams
+    from atoll.specs.workflow import TaskSpec
+    from atoll.wire.dataplane import Sink
+
+    SamplingParams(stop=["x" * 256] * 20).validate()
+    for stop in (["x" * 257], ["x"] * 21, [""]):
+        with pytest.raises(InvalidArgument, match="stop"):
+            SamplingParams(stop=stop).validate()
+    TaskSpec(name="t", variants=["m"], stop=["x" * 256] * 16)
+    with pytest.raises(Exception, match="stop strings must be 1 to 256"):
+        TaskSpec(name="t", variants=["m"], stop=["x" * 257])
+    check_sink(Sink(stop=("x" * 256,) * 4))
+    for stop in (("x" * 257,), ("x",) * 5):
+        with pytest.raises(InvalidArgument, match="stop"):
+            check_sink(Sink(stop=stop))
