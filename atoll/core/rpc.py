@@ -15,7 +15,8 @@ from typing import Callable
 import grpc
 from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer as _AioReflection
 
 from atoll.core import errors
 from atoll.core.apikeys import bearer  # noqa: F401  (the servers' guards read it from here)
@@ -206,11 +207,64 @@ def guarded(handler, admit: Callable[[], Callable[[], None] | None]):
     return handler
 
 
-def add_health_and_reflection(server, service_names: list[str]) -> health.HealthServicer:
-    """Standard grpc.health.v1 health (all listed services SERVING) and server reflection."""
-    hs = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+# Health and reflection answer strangers (no credentials), and their streams stay open as long as
+# the caller keeps them. Each kind holds at most this many at once; past it a new one is
+# RESOURCE_EXHAUSTED. A Watch for a service this server does not have gets SERVICE_UNKNOWN and
+# ends: the stock servicer kept one waiter, keyed by the name asked for, per stream (2,000 Watch
+# streams naming 100 kB services held 1.1 GiB; a name may be a 16 MiB message).
+MAX_OPEN_WATCHES = 256
+MAX_OPEN_REFLECTIONS = 64
+
+
+class BoundedHealth(health.aio.HealthServicer):
+    """grpc.health.v1 with bounded Watch streams: only this server's services, at most
+    ``MAX_OPEN_WATCHES`` open."""
+
+    def __init__(self, service_names: list[str]):
+        super().__init__()
+        self._known = frozenset(["", *service_names])
+        self._open = 0
+
+    async def Watch(self, request, context) -> None:
+        if request.service not in self._known:
+            await context.write(health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN))
+            return
+        if self._open >= MAX_OPEN_WATCHES:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{MAX_OPEN_WATCHES} health Watch streams are open; use Check, or retry later")
+        self._open += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self._open -= 1
+
+
+class BoundedReflection(_AioReflection):
+    """Server reflection with at most ``MAX_OPEN_REFLECTIONS`` streams open at once."""
+
+    def __init__(self, service_names: list[str]):
+        super().__init__(service_names)
+        self._open = 0
+
+    async def ServerReflectionInfo(self, request_iterator, context):
+        if self._open >= MAX_OPEN_REFLECTIONS:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{MAX_OPEN_REFLECTIONS} reflection streams are open; retry later")
+        self._open += 1
+        try:
+            async for response in super().ServerReflectionInfo(request_iterator, context):
+                yield response
+        finally:
+            self._open -= 1
+
+
+def add_health_and_reflection(server, service_names: list[str]) -> BoundedHealth:
+    """Standard grpc.health.v1 health (the listed services; SERVING once :func:`set_serving` says
+    so) and server reflection, both with bounded streams (above). ``server`` is a grpc.aio server."""
+    hs = BoundedHealth(list(service_names))
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    reflection.enable_server_reflection(list(service_names) + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        BoundedReflection(list(service_names) + [health.SERVICE_NAME, reflection.SERVICE_NAME]), server)
     return hs
 
 
