@@ -158,7 +158,8 @@ def run_size(n: int, interval: float, duration: float, kill: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="atoll-cp-bench-"))
     port, mport = free_port(), free_port()
     addr = f"127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", ATOLL_LOG_LEVEL="WARNING")
+    # thousands of simulated agents join at once with the bootstrap token: lift its admission rate
+    env = dict(os.environ, PYTHONUNBUFFERED="1", ATOLL_LOG_LEVEL="WARNING", ATOLL_JOIN_BURST=str(10 * n + 100))
     coord = subprocess.Popen([sys.executable, "-m", "atoll", "coordinator", "--listen", addr,
                               "--metrics-listen", f"127.0.0.1:{mport}", "--state-dir", str(tmp / "state"),
                               "--heartbeat-interval", str(interval), "--join-token", TOKEN],

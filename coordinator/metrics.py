@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from atoll.coordinator.liveness import STATES
 
 IDENTITY_REASONS = ("no_key", "bad_signature", "stale_proof", "replayed_proof", "key_mismatch", "join_token",
-                    "scope", "name_taken", "session", "revoked")
+                    "scope", "name_taken", "session", "revoked", "join_rate", "fleet_full")
 
 
 class FleetCollector:

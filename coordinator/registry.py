@@ -46,7 +46,8 @@ from atoll.coordinator.liveness import DRAINING, LOST, READY, STATES, Liveness, 
 from atoll.coordinator.records import NodeRecord
 from atoll.coordinator.store import Store
 from atoll.core import credentials as cred
-from atoll.core.errors import AlreadyExists, AtollError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from atoll.core.errors import (AlreadyExists, AtollError, InvalidArgument, NotFound, PermissionDenied,
+                               ResourceExhausted, Unauthenticated)
 from atoll.core.rpc import RECONNECT_BACKOFF_CAP_S
 from atoll.specs.common import validation_to_spec_error
 from atoll.specs.config import check_address
@@ -55,6 +56,9 @@ from atoll.specs.node import NodeConfig
 _NODE_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 RESERVED_IDS = {"coordinator"}     # names the fleet's own parties use; never a node's id
 MAX_GPUS = 256
+JOIN_BURST = 100          # new nodes one join token admits at once ...
+JOIN_RATE = 2.0           # ... and a second after that (per token: the bootstrap one is "bootstrap")
+MAX_NODES = 20_000        # live nodes (not LOST)
 # A host re-prices itself at most this often: a price change within this many seconds of the
 # last one applied for that node waits, the latest value winning, and is applied when the
 # window ends (by the liveness sweep, or the node's next heartbeat). Each applied change writes
@@ -96,7 +100,8 @@ class Session:
 class Registry:
     def __init__(self, store: Store, *, join_token_hash: str, heartbeat_interval: float,
                  metrics=None, mono: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, join_burst: int = JOIN_BURST,
+                 join_rate: float = JOIN_RATE, max_nodes: int = MAX_NODES):
         self.store = store
         self.tokens = JoinTokens(store, join_token_hash, clock=wall)
         self._nonces = cred.NonceCache()
@@ -120,6 +125,8 @@ class Registry:
         self._price_listeners: list[Callable[[str, float, float], None]] = []
         self._price_applied: dict[str, float] = {}                    # node id -> when (mono) its price last changed
         self._price_pending: dict[str, tuple[float, bool]] = {}       # node id -> the latest price held back
+        self.join_burst, self.join_rate, self.max_nodes = join_burst, join_rate, max_nodes
+        self._joins: dict[str, tuple[float, float]] = {}   # join token id -> (admissions left, when)
         self._restore()
 
     # -- start-up -------------------------------------------------------------------------------
@@ -195,6 +202,9 @@ class Registry:
                 raise self._refuse(AlreadyExists(
                     f"node name {name!r} belongs to node {owner}, which has another node key",
                     hint="give this host another name in node.yaml, or wait until that node is LOST"), "name_taken")
+        if not bound:
+            self._check_room(name, owner)
+            self._take_join(grant.token)
         if not node_id:
             node_id = uuid.uuid4().hex
         if not bound:
@@ -231,6 +241,33 @@ class Registry:
         self.serving_changes += 1
         self._count_registration("accepted", "")
         return node_id, token
+
+    def _check_room(self, name: str, owner: str | None) -> None:
+        """A new node that adds a record (its name is not taking over another's) needs the fleet
+        to hold fewer than ``max_nodes`` live ones (LOST records do not count: a cap on them
+        would let whoever filled it keep honest hosts out for good, as removed nodes' records
+        stay). The live ones are what every heartbeat, listing and plan works over."""
+        if owner is not None or len(self.nodes) < self.max_nodes:
+            return
+        live = sum(1 for nid in self.nodes if self.liveness.state(nid) != LOST)
+        if live >= self.max_nodes:
+            raise self._refuse(ResourceExhausted(
+                f"the fleet holds {live} live nodes, its limit (max_nodes)",
+                hint="drain or remove nodes, or raise max_nodes"), "fleet_full")
+
+    def _take_join(self, token_id: str) -> None:
+        """One admission of a new node from this join token's bucket: ``join_burst`` at once,
+        then ``join_rate`` a second. Past it the registration is RESOURCE_EXHAUSTED, which an
+        agent retries with its back-off; a node already bound to its key never waits here."""
+        now = self._mono()
+        left, then = self._joins.get(token_id, (float(self.join_burst), now))
+        left = min(float(self.join_burst), left + (now - then) * self.join_rate)
+        if left < 1.0:
+            raise self._refuse(ResourceExhausted(
+                f"join token {token_id!r} admitted {self.join_burst} new nodes lately; the next in "
+                f"{(1.0 - left) / self.join_rate:.1f} s", hint="agents retry by themselves; raise join_rate or "
+                "join_burst for a larger onboarding"), "join_rate")
+        self._joins[token_id] = (left - 1.0, now)
 
     def _proven_key(self, proof: cred.Proof | None, node_id: str) -> str:
         """The node key the proof shows possession of (base64url), or the refusal."""

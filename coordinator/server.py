@@ -284,7 +284,9 @@ class Coordinator:
         """Become the leader: load the state from the store, serve every RPC, run the duties."""
         t0 = time.monotonic()
         self.registry = Registry(self.store, join_token_hash=self._token_hash,
-                                 heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics)
+                                 heartbeat_interval=self.settings.heartbeat_interval, metrics=self.metrics,
+                                 join_burst=self.settings.join_burst, join_rate=self.settings.join_rate,
+                                 max_nodes=self.settings.max_nodes)
         self.metrics.bind(self.registry)
         self.planner = PlanWorkers(preload=("atoll.coordinator.placement", "atoll.coordinator.admission"))
         self.workflows = WorkflowManager(self.store, self.registry, self.metrics, self.blobs, planner=self.planner)

@@ -11,6 +11,9 @@ file, which beats the defaults).
     database_url: postgresql://...   ATOLL_DATABASE_URL          --database-url
     advertise: 10.0.0.5:7070         ATOLL_ADVERTISE             --advertise
     metrics_token_file: /run/tok     ATOLL_METRICS_TOKEN_FILE    --metrics-token-file
+    join_rate: 2                     ATOLL_JOIN_RATE             (file or environment only)
+    join_burst: 100                  ATOLL_JOIN_BURST
+    max_nodes: 20000                 ATOLL_MAX_NODES
 
 An agent's or a client's ``coordinator`` may list several coordinators, comma-separated
 (``a:7070,b:7070``): they fail over to the next one when one is down or on standby.
@@ -108,6 +111,13 @@ class CoordinatorSettings(ServerSettings):
     agent_listen: str | None = Field(default=None, description="HOST:PORT for agents, with mutual TLS "
                                                                "(required with tls_client_ca)")
     insecure: bool = Field(default=False, description="allow plaintext on a non-loopback address")
+    join_burst: int = Field(default=100, ge=1, le=1_000_000,
+                            description="new nodes one join token (the bootstrap token included) admits at once")
+    join_rate: float = Field(default=2.0, gt=0, le=10_000,
+                             description="new nodes per second one join token admits after its burst")
+    max_nodes: int = Field(default=20_000, ge=1, le=1_000_000,
+                           description="live nodes the fleet holds (LOST ones do not count); a new node past "
+                                       "it is refused")
     allow_empty_store: bool = Field(default=False, description="start even when the store is empty but the "
                                                                "state dir shows it held data before")
 

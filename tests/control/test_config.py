@@ -57,6 +57,10 @@ def test_settings_precedence_flag_env_file(tmp_path):
     assert s.heartbeat_interval == 3.0           # env beats file
     assert s.state_dir == "/from/file"           # file beats default
     assert s.metrics_listen == "127.0.0.1:9090"  # default
+    assert (s.join_burst, s.join_rate, s.max_nodes) == (100, 2.0, 20_000)
+    s = resolve_settings(CoordinatorSettings, flags={}, config_file=None,
+                         env={"ATOLL_JOIN_BURST": "5000", "ATOLL_JOIN_RATE": "0.5", "ATOLL_MAX_NODES": "30"})
+    assert (s.join_burst, s.join_rate, s.max_nodes) == (5000, 0.5, 30)
 
 
 def test_settings_errors_name_their_origin(tmp_path):

@@ -374,3 +374,32 @@ def test_price_changes_apply_at_most_once_per_window_and_the_latest_wins(tmp_pat
     reg.set_price(nid, 0.3, False)                      # after a quiet window: applied at once
     assert told[-1] == (0.11, 0.3) and store.get_node(nid).spec["preemptible"] is False
     assert registry.PRICE_HOLD_S == PRICE_HOLD_S
+
+
+def test_new_nodes_per_join_token_are_rate_limited_and_the_fleet_is_bounded(tmp_path):
+    """One process registered 17,000 nodes in 70 s with the bootstrap token, and a user's
+    ListNodes then took 1.5 s: each join token admits ``join_burst`` new nodes at once and
+    ``join_rate`` a second after, and the fleet holds at most ``max_nodes`` records. A node bound
+    to its key re-registers without waiting, and a new host may still take a LOST node's name."""
+    from atoll.core.errors import ResourceExhausted
+
+    clock = Clock()
+    reg = Registry(SqliteStore(tmp_path / "s.db"), join_token_hash=hash_token(TOKEN), heartbeat_interval=1.0,
+                   mono=clock, wall=clock, join_burst=3, join_rate=0.5, max_nodes=5)
+    keys = [cred.new_private_key() for _ in range(6)]
+    ids = [join(reg, TOKEN, "", spec(name=f"n{i}"), key=keys[i])[0] for i in range(3)]
+    with pytest.raises(ResourceExhausted, match=r"join token 'bootstrap' admitted 3 new nodes lately; the next in 2\.0 s"):
+        join(reg, TOKEN, "", spec(name="n3"), key=keys[3])
+    assert len(reg.nodes) == 3
+    assert join(reg, "", ids[0], spec(name="n0"), key=keys[0])[0] == ids[0]    # bound: no token, no wait
+    _, scoped = reg.tokens.create(tiers=["renter"])
+    ids.append(join(reg, scoped, "", spec(name="n3"), key=keys[3])[0])       # another token, its own bucket
+    clock.t += 2.0
+    ids.append(join(reg, TOKEN, "", spec(name="n4"), key=keys[4])[0])        # the bucket refilled one
+    assert len(reg.nodes) == 5
+    clock.t += 4.0                                                           # room in the bucket, not in the fleet
+    with pytest.raises(ResourceExhausted, match="the fleet holds 5 live nodes"):
+        join(reg, TOKEN, "", spec(name="n5"), key=keys[5])
+    lose(reg, clock, ids[1])
+    fresh, _ = join(reg, TOKEN, "", spec(name="n5"), key=keys[5])              # a LOST node leaves room
+    assert fresh not in ids and len(reg.nodes) == 6
