@@ -53,6 +53,12 @@ from atoll.wire.model_store import push_archive
 STATES = ("READY", "SUSPECT", "LOST", "DRAINING")
 # An entry's caller token (valid 10 minutes) is fetched again from the coordinator after this long.
 ENTRY_TOKEN_REFRESH_S = 240.0
+# Ranking a list of entries probes each once with Describe, all at once, within one time budget:
+# any READY host may report an entry, so a list can hold many that never answer (a renter's
+# nodes naming unreachable addresses). Probed one by one, 100 of them held a client's first call
+# for 200 s. Past MAX_RANKED the entries follow in the coordinator's order, unprobed.
+RANK_BUDGET_S = 2.0
+MAX_RANKED = 64
 
 
 @dataclass
@@ -411,18 +417,25 @@ class Client:
 
     def _rank(self, addresses: list[str]) -> list[str]:
         """Same region first, then the lowest round trip of one Describe call (measured once per
-        address); unreachable last."""
-        rows = []
-        for i, a in enumerate(addresses):
+        address, the first ``MAX_RANKED`` of the list in parallel within ``RANK_BUDGET_S``);
+        unreachable and unprobed last."""
+        probed = addresses[:MAX_RANKED]
+        t0 = time.monotonic()
+        done: dict[str, float] = {}
+        futures = {}
+        for a in dict.fromkeys(probed):
             if a not in self._ranks:
-                t0 = time.monotonic()
-                try:
-                    info = dp.entry_from_pb(self._entry_stub(a).Describe(dp.describe_request(), timeout=2.0))
-                    self._ranks[a] = (0 if (not self.region or info.region == self.region) else 1,
-                                      time.monotonic() - t0)
-                except grpc.RpcError:
-                    self._ranks[a] = (2, float("inf"))
-            rows.append((*self._ranks[a], i, a))
+                f = self._entry_stub(a).Describe.future(dp.describe_request(), timeout=RANK_BUDGET_S)
+                f.add_done_callback(lambda _f, a=a: done.setdefault(a, time.monotonic()))
+                futures[a] = f
+        for a, f in futures.items():
+            try:
+                info = dp.entry_from_pb(f.result())
+                self._ranks[a] = (0 if (not self.region or info.region == self.region) else 1,
+                                  done.get(a, time.monotonic()) - t0)
+            except grpc.RpcError:
+                self._ranks[a] = (2, float("inf"))
+        rows = [(*self._ranks.get(a, (3, float("inf"))), i, a) for i, a in enumerate(addresses)]
         return [a for *_, a in sorted(rows)]
 
     def _invoke_entries(self, targets: list[str], req, timeout: float, stream: bool):
