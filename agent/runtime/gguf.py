@@ -37,6 +37,7 @@ from tokenizers import Tokenizer as _Tok
 from atoll.core.errors import SpecError
 
 from .config import ModelConfig
+from .memory import check_fits
 
 Q = GGMLQuantizationType
 ARCHS = ("llama", "qwen2", "qwen3")
@@ -200,6 +201,8 @@ def read_gguf(path: str | Path) -> GGUFModel:
                              "Hugging Face directory")
     tok, special, vocab = _tokenizer(meta)
     cfg = _config(meta, arch, vocab, any(t.name == "output.weight" for t in reader.tensors))
+    check_fits(sum(int(np.prod(t.shape.tolist(), dtype=np.int64)) for t in reader.tensors) * 4,
+               "this GGUF model, dequantized to fp32,", str(path))
     tensors = _tensors(reader, cfg, arch)
     return GGUFModel(path, cfg, tensors, tok, meta.get("tokenizer.chat_template"), special)
 

@@ -42,6 +42,7 @@ from atoll.kernels import cpu_ops
 from atoll.kernels.cpu_ops import PanelWeight
 
 from .config import ModelConfig
+from .memory import check_fits
 
 _REORDER = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
 _LINEAR_PACKED = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
@@ -170,9 +171,35 @@ def read_safetensors(model_dir: str | Path) -> dict[str, torch.Tensor]:
     return raw
 
 
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _load_bytes(model_dir: Path, dtype: torch.dtype, device: torch.device) -> int:
+    """Host memory a load holds at its peak, from the shards' headers: every tensor as stored,
+    plus its cast to ``dtype`` when that is kept in host memory too."""
+    total = 0
+    for f in _shard_files(model_dir):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for k in fh.keys():
+                    sl = fh.get_slice(k)
+                    n = 1
+                    for d in sl.get_shape():
+                        n *= int(d)
+                    stored = _DTYPE_BYTES.get(sl.get_dtype(), 4)
+                    cast = dtype.itemsize if device.type == "cpu" and dtype.itemsize != stored else 0
+                    total += n * (stored + cast)
+        except Exception as exc:  # safetensors raises its own error types
+            raise SpecError(f"cannot read safetensors file: {exc}", source=str(f)) from None
+    return total
+
+
 def load_weights(model_dir: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
                  device: torch.device, packed: bool | str | None = None) -> ModelWeights:
-    """Read every shard of a checkpoint directory, then :func:`build_weights`."""
+    """Read every shard of a checkpoint directory, then :func:`build_weights` (refused before a
+    byte is read when the host's memory cannot hold the tensors and their cast to ``dtype``)."""
+    check_fits(_load_bytes(Path(model_dir), dtype, torch.device(device)), "this checkpoint", str(model_dir))
     return build_weights(read_safetensors(model_dir), cfg, dtype=dtype, device=device, packed=packed,
                          source=str(model_dir))
 

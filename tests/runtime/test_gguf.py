@@ -290,3 +290,25 @@ def test_a_header_whose_counts_exceed_the_file_is_refused_before_the_gguf_reader
         with pytest.raises(SpecError, match="GGUF header"):
             read_gguf(p)
         assert time.monotonic() - t0 < 1.0, what
+
+
+def test_a_model_larger_than_the_hosts_memory_is_refused_before_it_is_read(tiny_gguf, hf_model_dir, monkeypatch):
+    """A GGUF file is dequantized to fp32 and a checkpoint cast to the serving dtype: a load that
+    needs more than 90% of the host's available memory is FAILED_PRECONDITION naming both sizes,
+    decided from the headers before a tensor is read (the agent would otherwise be OOM-killed)."""
+    from gguf import GGUFReader
+    from safetensors import safe_open
+
+    from atoll.agent.runtime import memory
+
+    gguf_need = sum(int(np.prod(t.shape.tolist())) for t in GGUFReader(str(tiny_gguf)).tensors) * 4
+    hf_need = 0
+    for f in hf_model_dir.glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as fh:
+            hf_need += sum(fh.get_tensor(k).numel() * fh.get_tensor(k).element_size() for k in fh.keys())
+    for path, need in ((tiny_gguf, gguf_need), (hf_model_dir, hf_need)):
+        monkeypatch.setattr(memory, "available_bytes", lambda need=need: int(need / memory.HEADROOM) - 1)
+        with pytest.raises(FailedPrecondition, match=r"needs \d+\.\d MiB of memory to load and this host has \d+\.\d MiB available"):
+            Engine(path, dtype="float32", kv_cache_tokens=256)
+        monkeypatch.setattr(memory, "available_bytes", lambda need=need: int(need / memory.HEADROOM) + 1)
+        Engine(path, dtype="float32", kv_cache_tokens=256).close()
