@@ -47,7 +47,8 @@ from atoll.agent.dataplane.table import CompiledRoute, CompiledStage, Exclusions
 from atoll.agent.dataplane.trace import Span
 from atoll.core.apikeys import header
 from atoll.core.credentials import PROOF_METADATA
-from atoll.core.errors import AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from atoll.core.errors import (REQUEST_FAULT, AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument,
+                               Unavailable, request_fault)
 from atoll.core.logs import kv
 from atoll.core.rpc import CODE_BY_NAME, error_from_rpc
 from atoll.specs.routing import Endpoint, RoutingState, Stage, may_carry
@@ -213,12 +214,16 @@ class DataPlane:
             attempts = 0
             t0 = time.monotonic()
             last_err = ""
+            fault: tuple[str, str] | None = None  # (code, details) of the request's own fault on a replica
             while True:
                 left = req.deadline - time.monotonic()
                 if left <= 0:
                     raise fail(DeadlineExceeded, f"deadline passed in stage {cs.stage.task} after {attempts} "
                                "attempt(s)" + (f"; last error: {last_err}" if last_err else ""), cs.stage.task)
                 ep = first if first is not None else self._pick(cr, cs, from_location, tried, me)
+                if ep is None and fault is not None:     # the request failed where it ran: no use waiting
+                    raise request_fault(fail(type(error_from_rpc(_Coded(*fault))), f"stage {cs.stage.task}: "
+                                             f"{fault[1]}", cs.stage.task))
                 if ep is None:
                     why = (f"all {len(cs.endpoints)} replica(s) failed; last error: {last_err}" if cs.endpoints
                            else "no ready replica")
@@ -271,14 +276,19 @@ class DataPlane:
                     if failed and failed != cs.stage.task:        # a later stage's agent gave up
                         raise fail(type(error_from_rpc(exc)), exc.details() or code, failed) from None
                     self.metrics.stage_errors.labels(cr.route.workflow, cs.stage.task, code).inc()
-                    self._retry_or_raise(cs, ep, code, exc.details() or "", started[0], tried, first is not None)
+                    own = header(exc.trailing_metadata(), REQUEST_FAULT) == "request"
+                    self._retry_or_raise(cs, ep, code, exc.details() or "", started[0], tried, first is not None,
+                                         refused if own else None)
+                    fault = (code, exc.details() or "") if own else fault
                     continue
                 except AtollError as exc:
                     if getattr(exc, "stage", cs.stage.task) != cs.stage.task:
                         raise
                     last_err = f"{ep.node_name}: {exc.code}: {exc.message}"
                     self.metrics.stage_errors.labels(cr.route.workflow, cs.stage.task, exc.code).inc()
-                    self._retry_or_raise(cs, ep, exc.code, exc.message, started[0], tried, first is not None)
+                    self._retry_or_raise(cs, ep, exc.code, exc.message, started[0], tried, first is not None,
+                                         refused if exc.request_fault else None)
+                    fault = (exc.code, exc.message) if exc.request_fault else fault
                     continue
                 finally:
                     self.in_flight.done(ep)
@@ -332,9 +342,11 @@ class DataPlane:
                     return now, ep
 
     def _retry_or_raise(self, cs: CompiledStage, ep: Endpoint, code: str, details: str, started: bool,
-                        tried: set[str], pinned: bool) -> None:
+                        tried: set[str], pinned: bool, refused: set[str] | None = None) -> None:
         """Go on to another replica, or raise. ``pinned``: the replica was chosen by the agent that
-        handed the request here; it retries elsewhere itself, so its failure goes back to it."""
+        handed the request here; it retries elsewhere itself, so its failure goes back to it.
+        ``refused`` (the request's own fault, :func:`~atoll.core.errors.request_fault`): this
+        request does not go back to the replica, but the replica stays in rotation for others."""
         task = cs.stage.task
         if started:
             raise fail(Unavailable, f"stage {task}: the stream from {ep.node_name} was cut off after its first "
@@ -342,8 +354,12 @@ class DataPlane:
         if code not in RETRYABLE:             # the request's own fault: the same error anywhere
             raise fail(type(error_from_rpc(_Coded(code, details))), f"stage {task}: {details}", task)
         if pinned:
-            raise fail(type(error_from_rpc(_Coded(code, details))), f"stage {task} on {ep.node_name}: {details}", task)
+            exc = fail(type(error_from_rpc(_Coded(code, details))), f"stage {task} on {ep.node_name}: {details}", task)
+            raise request_fault(exc) if refused is not None else exc
         tried.add(ep.replica_id)
+        if refused is not None:
+            refused.add(ep.replica_id)
+            return
         self.excluded.add(ep.replica_id)
         self.metrics.excluded.set(len(self.excluded.active()))
         log.info("replica excluded", extra=kv(replica=ep.replica_id, node=ep.node_name, code=code,

@@ -25,7 +25,7 @@ import grpc
 from atoll.agent.dataplane.chain import FAILED_STAGE, DataPlane, Request
 from atoll.agent.dataplane.trace import start_span
 from atoll.core import logs
-from atoll.core.errors import AtollError, FailedPrecondition
+from atoll.core.errors import REQUEST_FAULT, AtollError, FailedPrecondition
 from atoll.core.logs import kv
 from atoll.core.rpc import check_parsed, status_code
 from atoll.specs.routing import Route
@@ -80,7 +80,8 @@ class HopService:
                 log.warning("hop failed", extra=kv(**span.fields(), task=task, failed_stage=failed, error=str(exc)[:300]))
                 if self.plane.exporter is not None:
                     self.plane.exporter.export(span, time.time(), False, str(exc))
-            context.set_trailing_metadata(((FAILED_STAGE, failed),))
+            trailing = ((FAILED_STAGE, failed),) + (((REQUEST_FAULT, "request"),) if exc.request_fault else ())
+            context.set_trailing_metadata(trailing)
             await context.abort(status_code(exc), str(exc)[:2000])
         except grpc.aio.AbortError:
             raise

@@ -18,7 +18,7 @@ import threading
 
 import torch
 
-from atoll.core.errors import ResourceExhausted
+from atoll.core.errors import ResourceExhausted, request_fault
 
 from .config import ModelConfig
 
@@ -58,10 +58,10 @@ class PagedKVCache:
     def check_fits_ever(self, num_tokens: int) -> None:
         need = blocks_for(num_tokens, self.block_size)
         if need > self.num_blocks:
-            raise ResourceExhausted(
+            raise request_fault(ResourceExhausted(
                 f"request needs {num_tokens} KV-cache tokens ({need} blocks) but the cache holds only "
                 f"{self.capacity_tokens} tokens ({self.num_blocks} blocks)",
-                hint="shorten the prompt, lower max_tokens, or give the engine a larger kv_cache_tokens")
+                hint="shorten the prompt, lower max_tokens, or give the engine a larger kv_cache_tokens"))
 
     def allocate(self, num_tokens: int) -> list[int] | None:
         """Blocks for ``num_tokens`` tokens, or None when not enough are free right now."""

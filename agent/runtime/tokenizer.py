@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _Tok
 
-from atoll.core.errors import FailedPrecondition, SpecError
+from atoll.core.errors import FailedPrecondition, SpecError, request_fault
 
 
 def _failed(what: str, exc: BaseException) -> BaseException:
@@ -16,8 +16,8 @@ def _failed(what: str, exc: BaseException) -> BaseException:
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, Exception)) and \
             not type(exc).__name__.endswith("PanicException"):
         return exc
-    return FailedPrecondition(f"the model's tokenizer failed to {what} this text: {str(exc)[:200]}",
-                              hint="the model's tokenizer.json is faulty")
+    return request_fault(FailedPrecondition(f"the model's tokenizer failed to {what} this text: {str(exc)[:200]}",
+                                            hint="the model's tokenizer.json is faulty"))
 
 
 class Tokenizer:

@@ -12,6 +12,8 @@ class AtollError(Exception):
     """Base class of every error atoll raises on purpose. ``code`` names a gRPC status."""
 
     code = "INTERNAL"
+    # The request's own fault, not the server's (see :func:`request_fault`).
+    request_fault = False
 
     def __init__(self, message: str, *, hint: str | None = None):
         self.message = message
@@ -40,6 +42,19 @@ class SpecError(AtollError):
         elif path:
             where = f"{path}: "
         super().__init__(where + message, hint=hint)
+
+
+REQUEST_FAULT = "atoll-fault"     # trailing metadata of an error that is the request's fault ("request")
+
+
+def request_fault(exc: "AtollError") -> "AtollError":
+    """Mark ``exc`` as the request's own fault: the server that raised it is healthy, and another
+    one of the same kind would fail the request the same way or (a larger one) serve it. A
+    router tries the others but does not take this one out of rotation, so one caller's bad
+    request never slows anyone else's (before, a request too long for a replica's KV cache took
+    that replica out of its entry's rotation for 10 s). Sent as ``atoll-fault: request``."""
+    exc.request_fault = True
+    return exc
 
 
 # One class per gRPC status a caller may see, written as a table (each is AtollError with

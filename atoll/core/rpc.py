@@ -126,6 +126,8 @@ async def _abort(context, exc: BaseException, method: str):
         msg = f"internal error in {method}: {type(exc).__name__}"
     else:
         msg = str(exc)
+    if getattr(exc, "request_fault", False):
+        await context.abort(code, msg[:2000], trailing_metadata=((errors.REQUEST_FAULT, "request"),))
     await context.abort(code, msg[:2000])
 
 

@@ -15,8 +15,8 @@ from atoll.agent.dataplane.chain import DataPlane, NodeSelf, Request
 from atoll.agent.dataplane.metrics import DataPlaneMetrics
 from atoll.agent.dataplane.table import CompiledRoute
 from atoll.agent.dataplane.trace import start_span
-from atoll.core.errors import Unavailable
-from atoll.core.rpc import add_service
+from atoll.core.errors import ResourceExhausted, Unavailable, request_fault
+from atoll.core.rpc import add_service, handle_errors
 from atoll.proto.v1 import worker_pb2
 from atoll.specs.routing import Endpoint, Route, Stage
 from atoll.wire.worker import WorkerClient
@@ -31,8 +31,11 @@ class Worker:
     def __init__(self, mode: str):
         self.mode, self.calls = mode, 0
 
+    @handle_errors
     async def Generate(self, request, context):
         self.calls += 1
+        if self.mode == "too_long_here":            # as an engine whose KV cache cannot ever hold it
+            raise request_fault(ResourceExhausted("request needs 9000 KV-cache tokens but the cache holds only 512"))
         if self.mode == "dies_before":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "host is going away")
         yield worker_pb2.GenerateResponse(text="partial ", prompt_tokens=3, completion_tokens=1)
@@ -148,3 +151,38 @@ def test_unstreamed_request_cut_off_mid_answer_is_retried():
     res, workers = run(go())
     assert res.output == "partial answer" and res.stages[0].attempts == 2
     assert [w.calls for w in workers] == [1, 1]
+
+
+def test_a_request_that_fails_by_its_own_fault_moves_on_without_taking_the_replica_out():
+    """A request too long for a replica's KV cache (``request_fault``) is tried on the next
+    replica, but the replica stays in rotation: before, it was excluded for 10 s, so one caller's
+    oversized request made every other request through that entry wait for a replica. When every
+    replica fails it so, the caller hears why at once, not at its deadline."""
+    async def go():
+        servers, workers, route = await serve(["too_long_here", "ok"])
+        router = Router()
+        try:
+            res = await router.invoke(route, "hi", deadline=time.monotonic() + 10)
+            excluded = list(router.plane.excluded.active())
+            again = await router.invoke(route, "hi", deadline=time.monotonic() + 10)
+        finally:
+            await router.close()
+            for s in servers:
+                await s.stop(None)
+        servers, _, route = await serve(["too_long_here", "too_long_here"])
+        router = Router()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(ResourceExhausted, match="KV-cache tokens") as ei:
+                await router.invoke(route, "hi", deadline=time.monotonic() + 30)
+        finally:
+            await router.close()
+            for s in servers:
+                await s.stop(None)
+        return res, excluded, again, workers, time.monotonic() - t0, list(router.plane.excluded.active())
+
+    res, excluded, again, workers, took, excluded_after = run(go())
+    assert res.output == "partial answer" and res.stages[0].node_name == "node-1" and res.stages[0].attempts == 2
+    assert excluded == [] and excluded_after == []
+    assert again.stages[0].attempts == 2 and workers[0].calls == 2   # node-0 still tried first: still in rotation
+    assert took < 5, took                                            # at once, not at the 30 s deadline
