@@ -40,7 +40,7 @@ import grpc
 
 from atoll.core.archive import archive_dir
 from atoll.core.errors import AtollError, FailedPrecondition, InvalidArgument, Unavailable
-from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
+from atoll.core.rpc import CHANNEL_OPTIONS, PEER_CHANNEL_OPTIONS, error_from_rpc
 from atoll.core.tls import channel_credentials, closed_hint, handshake_failure
 from atoll.specs.catalog import Catalog, VariantSpec
 from atoll.specs.config import FAILOVER_CHANNEL_OPTIONS, check_addresses, leader_from_refusal
@@ -387,8 +387,8 @@ class Client:
     def _entry_stub(self, address: str):
         stub = self._entry_stubs.get(address)
         if stub is None:
-            raw = (grpc.secure_channel(address, self._creds, options=CHANNEL_OPTIONS) if self._creds
-                   else grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
+            raw = (grpc.secure_channel(address, self._creds, options=PEER_CHANNEL_OPTIONS) if self._creds
+                   else grpc.insecure_channel(address, options=PEER_CHANNEL_OPTIONS))
             self._entry_channels.append(raw)
             if address in self._entry_tokens:
                 ch = grpc.intercept_channel(raw, _BearerKey(lambda: self._entry_credential(address)))

@@ -24,7 +24,7 @@ import grpc
 
 from atoll.core.apikeys import Identity
 from atoll.core.errors import Unavailable
-from atoll.core.rpc import CHANNEL_OPTIONS, error_from_rpc
+from atoll.core.rpc import PEER_CHANNEL_OPTIONS, error_from_rpc
 from atoll.wire.dataplane import EntryInfo, Invocation, entry_stub, invocation_to_pb
 
 PASSED_ON = ("traceparent", "tracestate", "x-request-id")     # never the caller's API key
@@ -53,8 +53,8 @@ class EntryForwarder:
             if len(self._channels) >= MAX_CHANNELS:
                 self._drop_unlisted()
             ch = self._channels[address] = (
-                grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS) if self.credentials
-                else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+                grpc.aio.secure_channel(address, self.credentials, options=PEER_CHANNEL_OPTIONS) if self.credentials
+                else grpc.aio.insecure_channel(address, options=PEER_CHANNEL_OPTIONS))
         return entry_stub(ch)
 
     def _drop_unlisted(self) -> None:

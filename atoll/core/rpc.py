@@ -55,6 +55,12 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 5000),
 ]
 
+# Channels to hosts of the fleet (entries, Workers): any READY host may report an address, and
+# one that accepts a connection and then says nothing held a call 20 s (gRPC's connect timeout)
+# before it failed over to the next replica or entry; 5 s leaves room for a TLS handshake over
+# a slow intercontinental link.
+PEER_CHANNEL_OPTIONS = CHANNEL_OPTIONS + [("grpc.min_reconnect_backoff_ms", 5000)]
+
 
 class Malformed:
     """Stands in for a request whose bytes did not parse; handlers answer INVALID_ARGUMENT."""

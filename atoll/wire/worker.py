@@ -19,7 +19,7 @@ from typing import AsyncIterator, Callable, Mapping, Sequence
 import grpc
 
 from atoll.core.apikeys import header
-from atoll.core.rpc import CHANNEL_OPTIONS
+from atoll.core.rpc import PEER_CHANNEL_OPTIONS
 from atoll.proto.v1 import worker_pb2, worker_pb2_grpc
 
 SERVICE = worker_pb2.DESCRIPTOR.services_by_name["Worker"]
@@ -111,8 +111,8 @@ class WorkerClient:
         ch = self._channels.get(address)
         if ch is None:
             ch = self._channels[address] = (
-                grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS) if self.credentials
-                else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+                grpc.aio.secure_channel(address, self.credentials, options=PEER_CHANNEL_OPTIONS) if self.credentials
+                else grpc.aio.insecure_channel(address, options=PEER_CHANNEL_OPTIONS))
         return ch
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:

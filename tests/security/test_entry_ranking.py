@@ -60,3 +60,51 @@ def test_silent_entries_do_not_hold_the_first_call(monkeypatch):
             server.stop(0)
         for s in tarpits:
             s.close()
+
+
+def test_the_coordinator_passes_over_an_entry_that_accepts_and_never_answers():
+    """The coordinator's forwarder tries the source region's entries in turn: an entry address
+    that accepts connections and then says nothing held a forwarded request 20 s (gRPC's connect
+    timeout) before it went on to the next; peer channels give a connection 5 s."""
+    import asyncio
+
+    from atoll.coordinator.forward import EntryForwarder
+    from atoll.core.rpc import add_service
+    from atoll.wire.dataplane import ENTRY, EntryInfo, Invocation, done_message
+
+    class Steady:
+        async def Invoke(self, request, context):
+            yield done_message({"text": "answered"}, [], request.request_id, False)
+
+        async def Describe(self, request, context):
+            raise NotImplementedError
+
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(16)
+
+    async def go():
+        server = grpc.aio.server()
+        add_service(server, Steady(), ENTRY)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        infos = [EntryInfo("silent", "eu", "renter", f"127.0.0.1:{tarpit.getsockname()[1]}", "n1"),
+                 EntryInfo("real", "eu", "datacenter", f"127.0.0.1:{port}", "n2")]
+        fw = EntryForwarder(lambda region, workflow: infos)
+        fw.order = lambda region, workflow: infos            # the silent one first, as its turn comes
+        t0 = time.monotonic()
+        try:
+            inv = Invocation(workflow="wf", input_json='{"text": "q"}', stream=False, timeout_seconds=30,
+                             request_id="r1")
+            got = [m async for m in fw.invoke(inv, region="eu", timeout=30, metadata=())]
+        finally:
+            await fw.close()
+            await server.stop(None)
+        return got, time.monotonic() - t0
+
+    try:
+        got, took = asyncio.run(go())
+    finally:
+        tarpit.close()
+    assert got and got[-1].done and "answered" in got[-1].output_json
+    assert 4.0 < took < 9.0, took
