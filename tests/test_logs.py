@@ -63,3 +63,20 @@ def test_a_request_line_written_straight_reads_as_the_ordinary_one(monkeypatch, 
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+
+
+def test_no_value_carries_a_control_character_or_line_separator_into_the_line():
+    """Node names, ids and request ids reach the log from strangers (a refused Register logs
+    them): a raw CR, ESC sequence or U+2028 forged records for a terminal or for any reader that
+    splits lines on them. Every C0 and C1 control, DEL, U+2028 and U+2029 is escaped, so one
+    event is one line by every reader's count, and the escapes read back to the value."""
+    import codecs
+
+    hostile = "\rts=2026-01-01T00:00:00Z level=info msg=\"agent registered\"\x1b[2K\u2028x\u2029\x85\x7f\x00\t\n"
+    rec = logging.LogRecord("atoll.coordinator", logging.WARNING, __file__, 1, "registration refused", None, None)
+    rec.fields = {"node": hostile, "id": "ok-id"}
+    line = LogfmtFormatter().format(rec)
+    assert len(line.splitlines()) == 1 and line.isprintable()
+    assert 'node="\\rts=' in line and "\\x1b[2K\\u2028x\\u2029\\x85\\x7f\\x00\\t\\n" in line
+    value = line.split('node="', 1)[1].rsplit('" id=', 1)[0]
+    assert codecs.decode(value.encode("ascii"), "unicode_escape") == hostile

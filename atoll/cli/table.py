@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 
-# Every C0 control but newline and tab, DEL, and the C1 controls: written as escapes.
-_CONTROLS = {c: chr(c).encode("unicode_escape").decode("ascii") for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]
-             if chr(c) not in "\n\t"}
+from atoll.core.logs import CONTROL_ESCAPES
+
+# Every control character of the log's table but newline and tab: written as escapes.
+_CONTROLS = {c: e for c, e in CONTROL_ESCAPES.items() if chr(c) not in "\n\t"}
 
 
 def printable(value) -> str:

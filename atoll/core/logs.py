@@ -36,10 +36,20 @@ class LogfmtFormatter(logging.Formatter):
 _BARE = re.compile(r"[\w\-.:/@\[\]]+")
 
 
+# Characters a value may not carry into a log line raw: the C0 controls (CR and ESC among them),
+# DEL, the C1 controls and the Unicode line and paragraph separators, written as escapes. Host
+# names, node ids and request ids reach the log from strangers; a raw CR, ESC sequence or U+2028
+# in one forged records for a terminal or a reader that splits lines on them. The CLI writes
+# what it prints through the same table (``atoll/cli/table.py``).
+CONTROL_ESCAPES = {c: chr(c).encode("unicode_escape").decode("ascii")
+                   for c in [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029]}
+_QUOTED = {**CONTROL_ESCAPES, ord("\\"): "\\\\", ord('"'): '\\"'}
+
+
 def _q(s: str) -> str:
     if s.isalnum() or _BARE.fullmatch(s):                # isalnum: most values, at a fifth of the match's cost
         return s
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + s.translate(_QUOTED) + '"'
 
 
 def setup(level: str | None = None) -> None:
