@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -69,34 +68,17 @@ def choice_ends(ans: Answer) -> list[Delta]:
 
 class EntryDoorBackend:
     """The door's backend: every request is an ``Entry.Invoke`` sent by ``invoke``; ``models(caller)``
-    lists what the caller may name. ``metrics`` (optional: ``requests``, ``request_seconds``,
-    ``ttft`` by model) counts the door's requests where the entry's own count is not seen."""
+    lists what the caller may name."""
 
-    def __init__(self, invoke: Invoke, models: Callable[[Any], Awaitable[list[dict]]], *, metrics=None,
-                 timeout: float = TIMEOUT):
-        self._invoke, self._models, self.metrics, self.timeout = invoke, models, metrics, timeout
+    def __init__(self, invoke: Invoke, models: Callable[[Any], Awaitable[list[dict]]], *, timeout: float = TIMEOUT):
+        self._invoke, self._models, self.timeout = invoke, models, timeout
 
     async def models(self, caller) -> list[dict]:
         return await self._models(caller)
 
-    async def _answers(self, inv: Invocation, caller, first: list[float] | None = None) -> AsyncIterator[Answer]:
-        t0 = time.monotonic()
-        outcome = "error"
-        try:
-            async for msg in self._invoke(inv, caller):
-                ans = answer_from_pb(msg)
-                if first is not None and not first and not ans.done:
-                    first.append(time.monotonic())
-                if ans.done:
-                    outcome = "ok"
-                yield ans
-        finally:
-            if self.metrics is not None:
-                label = inv.workflow[:64]
-                self.metrics.requests.labels(label, outcome).inc()
-                self.metrics.request_seconds.labels(label).observe(time.monotonic() - t0)
-                if first:
-                    self.metrics.ttft.labels(label).observe(first[0] - t0)
+    async def _answers(self, inv: Invocation, caller) -> AsyncIterator[Answer]:
+        async for msg in self._invoke(inv, caller):
+            yield answer_from_pb(msg)
 
     async def _done(self, inv: Invocation, caller) -> Answer:
         """The final answer of an unstreamed invocation."""
@@ -117,8 +99,7 @@ class EntryDoorBackend:
     async def stream(self, req: GenRequest, caller) -> AsyncIterator[Delta]:
         """The sink's deltas as the entry sends them, then every choice's end."""
         inv = invocation(req.model, text_of(req), kind="llm", stream=True, timeout=self.timeout, req=req)
-        first: list[float] = []
-        async for ans in self._answers(inv, caller, first):
+        async for ans in self._answers(inv, caller):
             if not ans.done:
                 yield ans.delta
             else:
