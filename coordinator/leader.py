@@ -44,6 +44,7 @@ from typing import Any, Awaitable, Callable
 import psycopg
 
 from atoll.core.logs import kv
+from atoll.core.pools import Pool
 
 log = logging.getLogger("atoll.coordinator")
 
@@ -77,7 +78,8 @@ class AdvisoryLockLeadership:
     refreshes :attr:`leader_address`; once it holds the lock it records the election
     (``leader_epoch``, ``leader_address``), awaits ``on_elected()``, then checks the lock every
     ``check`` seconds and calls ``on_lost()`` (and returns) when it cannot be sure it still holds it.
-    Blocking database calls run in a worker thread so the event loop never stalls on the network.
+    Blocking database calls run in threads of the leadership's own (``_io``), so the event loop
+    never stalls on the network and no other work can hold up a lock check.
     """
 
     url: str
@@ -90,6 +92,8 @@ class AdvisoryLockLeadership:
     epoch: int = field(default=0, init=False)
     leader_address: str = field(default="", init=False)
     _conn: Any = field(default=None, init=False, repr=False)
+    # two: a drop may have to run while a check hangs on a dead connection
+    _io: Pool = field(default_factory=lambda: Pool("leader", 2), init=False, repr=False)
 
     # -- blocking parts (worker thread) ------------------------------------------------------
     def _connect(self):
@@ -136,7 +140,7 @@ class AdvisoryLockLeadership:
         last_error = ""
         while not self.is_leader:
             try:
-                got = await asyncio.wait_for(asyncio.to_thread(self._try_acquire), CHECK_TIMEOUT + self.poll)
+                got = await asyncio.wait_for(self._io.run(self._try_acquire), CHECK_TIMEOUT + self.poll)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away for a while: keep trying
@@ -145,7 +149,7 @@ class AdvisoryLockLeadership:
                 if err != last_error:
                     log.warning("leader election: database unreachable", extra=kv(error=err))
                 last_error = err
-                await asyncio.to_thread(self._drop)
+                await self._io.run(self._drop)
             if got:
                 self.is_leader = True
                 log.info("elected leader", extra=kv(epoch=self.epoch, address=self.advertise))
@@ -156,7 +160,7 @@ class AdvisoryLockLeadership:
             await asyncio.sleep(self.check)
             why = ""
             try:
-                if not await asyncio.wait_for(asyncio.to_thread(self._still_held), CHECK_TIMEOUT):
+                if not await asyncio.wait_for(self._io.run(self._still_held), CHECK_TIMEOUT):
                     why = "the leader lock is no longer held by this coordinator"
             except asyncio.CancelledError:
                 raise
@@ -165,7 +169,7 @@ class AdvisoryLockLeadership:
             if why:
                 self.is_leader = False
                 log.warning("leader lock lost", extra=kv(epoch=self.epoch, why=why))
-                await asyncio.to_thread(self._drop)
+                await self._io.run(self._drop)
                 res = self.on_lost(why)
                 if asyncio.iscoroutine(res):
                     await res
@@ -174,4 +178,4 @@ class AdvisoryLockLeadership:
     async def close(self) -> None:
         """Release the lock (closing the connection frees it at once for a standby)."""
         self.is_leader = False
-        await asyncio.to_thread(self._drop)
+        await self._io.run(self._drop)

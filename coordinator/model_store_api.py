@@ -15,12 +15,20 @@ from typing import Callable, Iterator
 from atoll.coordinator import auth, convert
 from atoll.coordinator.blobs import BlobStore
 from atoll.core.archive import check_name
-from atoll.core.errors import InvalidArgument, NotFound
+from atoll.core.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
+from atoll.core.pools import Pool
 from atoll.core.rpc import Malformed, check_parsed, handle_errors
 from atoll.proto.v1 import control_pb2_grpc
 
 
 PUSH_QUEUE = 8              # chunks (at most 16 MiB each) between the stream and the writing thread
+# A push holds a writing thread (of the store's own pool) while it lasts: at most MAX_PUSHES at
+# once, MAX_PUSHES_PER_TENANT of one tenant, and a push that sends nothing for PUSH_IDLE_S ends
+# (DEADLINE_EXCEEDED). Before, 8 pushes that sent 1 KiB and then nothing held every thread of
+# asyncio's default executor, and every tenant's planning and every fetch waited for ever.
+MAX_PUSHES = 8
+MAX_PUSHES_PER_TENANT = 2
+PUSH_IDLE_S = 60.0
 _END, _ABORT = object(), object()
 
 
@@ -38,7 +46,10 @@ async def _feed(pipe: queue.Queue, item, writer: asyncio.Future) -> bool:
 
 def _drain(pipe: queue.Queue) -> Iterator[tuple]:
     while True:
-        item = pipe.get()
+        try:
+            item = pipe.get(timeout=PUSH_IDLE_S + 5.0)    # the stream's own idle limit ends it first
+        except queue.Empty:
+            raise DeadlineExceeded("push stalled") from None
         if item is _END:
             return
         if item is _ABORT:
@@ -52,6 +63,8 @@ class ModelStoreApi(control_pb2_grpc.ModelStoreServicer):
     def __init__(self, blobs: BlobStore, references: Callable[[str], set[str]] = lambda node_id: set()):
         self.blobs = blobs
         self.references = references
+        self._writers = Pool("push", MAX_PUSHES)
+        self._pushes: dict[str, int] = {}          # tenant -> pushes under way
 
     def _info(self, name: str) -> dict:
         node = auth.caller_node()
@@ -65,15 +78,44 @@ class ModelStoreApi(control_pb2_grpc.ModelStoreServicer):
             return self.blobs.info(name)
         return self.blobs.info_for(name, None if auth.caller_is_admin() else auth.caller_tenant())
 
+    def _start_push(self, tenant: str) -> None:
+        if sum(self._pushes.values()) >= MAX_PUSHES:
+            raise ResourceExhausted(f"{MAX_PUSHES} pushes are under way", hint="retry when one has finished")
+        if self._pushes.get(tenant, 0) >= MAX_PUSHES_PER_TENANT:
+            raise ResourceExhausted(f"tenant {tenant or '(none)'!r} already has {MAX_PUSHES_PER_TENANT} pushes under way",
+                                    hint="push one blob at a time, or retry when one has finished")
+        self._pushes[tenant] = self._pushes.get(tenant, 0) + 1
+
+    def _end_push(self, tenant: str) -> None:
+        self._pushes[tenant] -= 1
+        if not self._pushes[tenant]:
+            del self._pushes[tenant]
+
     @handle_errors
     async def Push(self, request_iterator, context):
         """Chunks go to the writing thread through a short queue, so a push holds a few MiB of
         memory whatever its size; the thread refuses a push past the size cap at once."""
-        pipe: queue.Queue = queue.Queue(maxsize=PUSH_QUEUE)
-        writer = asyncio.ensure_future(asyncio.to_thread(self.blobs.put, _drain(pipe), auth.caller_tenant()))
-        n, end = 0, _ABORT
+        tenant = auth.caller_tenant() or ""
+        self._start_push(tenant)
         try:
-            async for c in request_iterator:
+            return await self._push(request_iterator, tenant)
+        finally:
+            self._end_push(tenant)
+
+    async def _push(self, request_iterator, tenant: str):
+        pipe: queue.Queue = queue.Queue(maxsize=PUSH_QUEUE)
+        writer = asyncio.ensure_future(self._writers.run(self.blobs.put, _drain(pipe), tenant))
+        n, end = 0, _ABORT
+        chunks = request_iterator.__aiter__()
+        try:
+            while True:
+                try:
+                    c = await asyncio.wait_for(chunks.__anext__(), PUSH_IDLE_S)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise DeadlineExceeded(f"push stalled: no chunk for {PUSH_IDLE_S:g} s",
+                                           hint="send the chunks without pausing") from None
                 if isinstance(c, Malformed):
                     raise InvalidArgument(f"malformed chunk: {c.error}")
                 if not await _feed(pipe, (c.data, c.name, c.kind), writer):

@@ -35,6 +35,7 @@ from typing import Any, Callable
 from atoll.coordinator.fairness import SYSTEM, FairQueue, Handout
 from atoll.core.errors import AtollError, ResourceExhausted, Unavailable
 from atoll.core.logs import kv
+from atoll.core.pools import Pool
 
 log = logging.getLogger("atoll.coordinator")
 
@@ -84,7 +85,7 @@ def _rebuild(module: str, qualname: str, args: tuple, fields: dict) -> AtollErro
 
 
 class _Worker:
-    def __init__(self, memory_bytes: int, preload: tuple[str, ...]):
+    def __init__(self, memory_bytes: int, preload: tuple[str, ...], io: Pool):
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
         # The worker imports what the coordinator imports: the same sys.path.
@@ -96,12 +97,13 @@ class _Worker:
         theirs.close()
         self.conn = Connection(ours.detach())
         self.ready = False
+        self.io = io
 
     async def wait_ready(self) -> None:
         """Its start-up (imports) is not part of any call's time budget."""
         if not self.ready:
             try:
-                await asyncio.wait_for(asyncio.to_thread(self.conn.recv), STARTUP_S)
+                await asyncio.wait_for(self.io.run(self.conn.recv), STARTUP_S)
             except asyncio.TimeoutError:
                 raise Unavailable(f"the planning worker did not start within {STARTUP_S:g} s",
                                   hint="retry; the coordinator's host may be overloaded") from None
@@ -125,12 +127,14 @@ class PlanWorkers:
         self.time_budget, self.memory_bytes, self.preload = time_budget, memory_bytes, tuple(preload)
         self._size = workers
         self._started = False
+        # a send and a receive per worker, and one for a replaced worker's start-up
+        self._io = Pool("planning", 2 * max(1, workers) + 1)
         self._workers: Handout[_Worker] = Handout(FairQueue(max(1, workers - 1), waiting_per_tenant), [])
 
     def _start(self) -> None:
         if not self._started:
             self._started = True
-            self._workers.free.extend(_Worker(self.memory_bytes, self.preload) for _ in range(self._size))
+            self._workers.free.extend(_Worker(self.memory_bytes, self.preload, self._io) for _ in range(self._size))
 
     async def run(self, fn: Callable, *args, on_behalf_of: str = SYSTEM, first: bool = False, **kwargs):
         """``fn(*args, **kwargs)`` in a worker process, when it is ``on_behalf_of``'s turn (a
@@ -144,8 +148,8 @@ class PlanWorkers:
         try:
             await w.wait_ready()
             t0 = time.monotonic()
-            await asyncio.to_thread(w.conn.send, (fn, args, kwargs))
-            reply = await asyncio.wait_for(asyncio.to_thread(w.conn.recv), self.time_budget)
+            await self._io.run(w.conn.send, (fn, args, kwargs))
+            reply = await asyncio.wait_for(self._io.run(w.conn.recv), self.time_budget)
             answered = True
         except asyncio.TimeoutError:
             log.warning("planning ran out of time; its worker was stopped", extra=kv(budget_s=self.time_budget))
@@ -156,7 +160,7 @@ class PlanWorkers:
         finally:
             if not answered:
                 w.kill()
-                w = _Worker(self.memory_bytes, self.preload)
+                w = _Worker(self.memory_bytes, self.preload, self._io)
             self._workers.release(on_behalf_of, w)
         if reply[0] == "ok":
             log.debug("planned in a worker", extra=kv(seconds=round(time.monotonic() - t0, 3)))

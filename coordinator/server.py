@@ -53,6 +53,7 @@ from atoll.core.apikeys import KeySet, with_revoked_nodes
 from atoll.core.errors import SpecError, Unavailable
 from atoll.core.logs import kv
 from atoll.core.metrics_http import read_token_file, serve_metrics
+from atoll.core.pools import Pool
 from atoll.core.rpc import SERVER_OPTIONS, add_health_and_reflection, add_service, set_serving
 from atoll.core.tls import (channel_credentials, mutual_server_credentials, plain_http_warning, plaintext_policy,
                             server_credentials)
@@ -135,6 +136,7 @@ class Coordinator:
         self.workflows: WorkflowManager | None = None
         self.server: grpc.aio.Server | None = None
         self.health = None
+        self._flush_io = Pool("store-flush", 1)    # the batched status write, never behind other threads
         self.leadership = None
         self._apis: dict[str, object] = {}          # the leader's servicers, by service
         self._view: tuple[float, ClientApi] | None = None   # a standby's read view
@@ -437,8 +439,8 @@ class Coordinator:
             await asyncio.sleep(period)
             try:
                 rows = self.registry.flush_rows()
-                if rows:      # the batch write runs in a thread: the event loop keeps serving
-                    await asyncio.to_thread(self.store.touch_nodes, rows)
+                if rows:      # the batch write runs in a thread of its own: the event loop keeps serving
+                    await self._flush_io.run(self.store.touch_nodes, rows)
             except Exception:  # noqa: BLE001
                 log.exception("flush failed")
 

@@ -156,3 +156,65 @@ def test_fetch_reads_the_disk_off_the_event_loop(tmp_path):
     chunks, lags = asyncio.run(main())
     assert [c.offset for c in chunks] == [0, 1, 2]
     assert len(lags) > 30 and max(lags) < 0.2, f"the loop stalled {max(lags):.2f} s while the disk was read"
+
+
+def test_stalled_pushes_are_bounded_end_by_themselves_and_hold_no_shared_thread(tmp_path, monkeypatch):
+    """A push that sends a chunk and then nothing held a thread of asyncio's default executor
+    for ever: 8 of them from one user key stopped every tenant's planning and every fetch. Pushes
+    write on the store's own threads, at most MAX_PUSHES at once and MAX_PUSHES_PER_TENANT of one
+    tenant (RESOURCE_EXHAUSTED past either), and one idle for PUSH_IDLE_S ends, DEADLINE_EXCEEDED."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import atoll.coordinator.model_store_api as msa
+
+    monkeypatch.setattr(msa, "MAX_PUSHES", 3)
+    monkeypatch.setattr(msa, "MAX_PUSHES_PER_TENANT", 2)
+    monkeypatch.setattr(msa, "PUSH_IDLE_S", 1.5)
+    data = archive_dir(make_dir(tmp_path / "m", size=3 << 10))
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))   # as small as a host's
+        store = BlobStore(tmp_path / "blobs", SqliteStore(tmp_path / "s.db"))
+        server = grpc.aio.server()
+        add_service(server, ModelStoreApi(store), control_pb2.DESCRIPTOR.services_by_name["ModelStore"])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        never = asyncio.Event()
+
+        async def stalled():
+            yield control_pb2.BlobChunk(data=data[:1024], name="m", kind="model")
+            await never.wait()
+
+        async def whole():
+            yield control_pb2.BlobChunk(data=data, name="m", kind="model")
+
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                push = ch.stream_unary("/atoll.v1.ModelStore/Push", control_pb2.BlobChunk.SerializeToString,
+                                       control_pb2.BlobInfo.FromString)
+                held = [push(stalled()) for _ in range(2)]
+                await asyncio.sleep(0.3)
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await push(whole())
+                assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "already has 2" in ei.value.details()
+                monkeypatch.setattr(msa, "MAX_PUSHES_PER_TENANT", 10)
+                held.append(push(stalled()))
+                await asyncio.sleep(0.3)
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await push(whole())
+                assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "3 pushes" in ei.value.details()
+                assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 1.0) == 42   # shared threads free
+                codes = []
+                for call in held:
+                    with pytest.raises(grpc.aio.AioRpcError) as ei:
+                        await asyncio.wait_for(call, 10)
+                    codes.append(ei.value.code())
+                assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 3
+                info = await push(whole())                         # the slots came back
+                assert info.size_bytes == len(data)
+                assert not list((tmp_path / "blobs").glob(".incoming-*"))
+        finally:
+            never.set()
+            await server.stop(None)
+
+    asyncio.run(main())
