@@ -9,7 +9,12 @@ or wrong one is 401, compared in constant time. Prometheus sends it with
 ``authorization: {credentials_file: ...}`` in its scrape config (``deploy/prometheus/``).
 
 The server is prometheus_client's WSGI application on a threading ``wsgiref`` server in a daemon
-thread, as ``prometheus_client.start_http_server`` does, with the token check in front.
+thread, as ``prometheus_client.start_http_server`` does, with the token check in front, and
+bounded: at most ``MAX_CONNECTIONS`` connections at once (a new one past it closes the oldest,
+so a scrape, which takes milliseconds, always gets through), each closed after ``IDLE_S``
+without a byte. The stock server started a thread per connection and waited for its request
+for ever: a stranger's 1,200 idle connections held 1,016 threads and every file descriptor of
+a coordinator limited to 1,024, and its gRPC port stopped accepting.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hmac
 import os
 import socket
 import threading
+from collections import OrderedDict
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -26,6 +32,8 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from atoll.core.errors import InvalidArgument
 
 MAX_TOKEN_BYTES = 4096
+MAX_CONNECTIONS = 16
+IDLE_S = 10.0
 
 
 def read_token_file(path: str | None) -> str | None:
@@ -71,6 +79,8 @@ def guarded_app(registry: CollectorRegistry, token: str | None):
 
 
 class _Quiet(WSGIRequestHandler):
+    timeout = IDLE_S       # the socket's: a connection that sends nothing this long is closed
+
     def log_message(self, format, *args):      # noqa: A002 - the base class's signature
         """Scrapes every 15 s would fill the log; say nothing."""
 
@@ -83,6 +93,28 @@ def serve_metrics(host: str, port: int, registry: CollectorRegistry, token: str 
     class _Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
         address_family = family
+        request_queue_size = 128
+
+        def __init__(self, *args, **kwargs):
+            self._open: OrderedDict[socket.socket, None] = OrderedDict()
+            self._lock = threading.Lock()
+            super().__init__(*args, **kwargs)
+
+        def process_request(self, request, client_address):
+            with self._lock:
+                while len(self._open) >= MAX_CONNECTIONS:      # the oldest gives way to the newest
+                    old, _ = self._open.popitem(last=False)
+                    try:
+                        old.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                self._open[request] = None
+            super().process_request(request, client_address)
+
+        def shutdown_request(self, request):
+            with self._lock:
+                self._open.pop(request, None)
+            super().shutdown_request(request)
 
     httpd = make_server(host, port, guarded_app(registry, token), _Server, handler_class=_Quiet)
     threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()

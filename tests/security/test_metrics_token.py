@@ -113,3 +113,52 @@ def test_the_prometheus_example_with_its_authorization_lines_passes_promtool(tmp
     assert res.returncode == 0, f"promtool check config failed:\n{res.stdout}{res.stderr}"
     job = next(j for j in yaml.safe_load(on)["scrape_configs"] if j["job_name"] == "atoll-coordinator")
     assert job["authorization"] == {"credentials_file": "/etc/prometheus/atoll-metrics-token"}
+
+
+def test_idle_connections_to_metrics_hold_no_more_than_the_bound(monkeypatch):
+    """A stranger's idle connections to /metrics held a thread and a descriptor each, for ever
+    (1,200 of them filled a coordinator's 1,024 descriptors and its gRPC port stopped accepting):
+    at most MAX_CONNECTIONS are held, a new one closes the oldest, an idle one is closed after
+    IDLE_S, and a scrape among hundreds of idle connections is answered."""
+    import socket
+    import threading
+    import time
+
+    import atoll.core.metrics_http as mh
+
+    monkeypatch.setattr(mh._Quiet, "timeout", 1.0)
+    registry = CollectorRegistry()
+    Counter("atoll_probe", "a series", registry=registry).inc()
+    httpd = serve_metrics("127.0.0.1", 0, registry)
+    port = httpd.server_address[1]
+    threads = threading.active_count()
+    idle = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")          # a request head begun, never finished
+            idle.append(s)
+        time.sleep(0.5)
+        assert threading.active_count() - threads <= mh.MAX_CONNECTIONS
+        t0 = time.monotonic()
+        assert get(f"http://127.0.0.1:{port}/metrics", None) == 200
+        assert time.monotonic() - t0 < 5
+        def closed_ones() -> int:
+            n = 0
+            for s in idle:
+                s.settimeout(0.01)
+                try:
+                    n += s.recv(1) == b""
+                except ConnectionResetError:
+                    n += 1
+                except socket.timeout:
+                    pass
+            return n
+
+        assert closed_ones() >= 300 - mh.MAX_CONNECTIONS        # the oldest gave way to the newest
+        time.sleep(mh._Quiet.timeout + 1.0)
+        assert closed_ones() == 300                             # and the rest timed out, idle
+    finally:
+        for s in idle:
+            s.close()
+        httpd.shutdown()
