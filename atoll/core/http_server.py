@@ -4,7 +4,11 @@ that never finish: :class:`HttpServer`.
 Every connection is an asyncio protocol on the loop that already serves gRPC (no thread per
 connection, no second loop). What a slow or idle client can hold is bounded:
 
-- **connections**: at most ``max_connections`` open at once; one more is closed as it arrives;
+- **connections**: at most ``max_connections`` open at once; one more closes the oldest
+  connection that is not being served (no request head yet, or idle between requests), and
+  is itself closed only when every open connection has a request in progress. A stranger
+  holding the cap's worth of half-sent heads thus gives way to each client that arrives
+  (closing new arrivals instead failed 14 of another tenant's 19 requests);
 - **request heads**: a connection must deliver a complete request head within
   ``header_timeout`` seconds of connecting (or of its previous response plus the keep-alive
   time), else it is closed: a "slowloris" client trickling header bytes holds a socket for
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import uvicorn
@@ -43,8 +48,25 @@ class HttpLimits:
     shutdown_grace: float = 5.0
 
 
+class _Refusals:
+    """Connections closed at the cap, logged at most once a second with their count."""
+
+    def __init__(self):
+        self.count, self.said = 0, 0.0
+
+    def note(self, loop: asyncio.AbstractEventLoop, what: str, open_now: int) -> None:
+        self.count += 1
+        now = loop.time()
+        if now - self.said >= 1.0:
+            log.warning("http: %d connections open, the cap; closed %d %s since the last line", open_now,
+                        self.count, what)
+            self.count, self.said = 0, now
+
+
 def _guarded(limits: HttpLimits) -> type[asyncio.Protocol]:
     """uvicorn's h11 protocol with the connection cap and the request-head deadline."""
+    waiting: OrderedDict = OrderedDict()      # connections not being served, oldest first
+    refusals = _Refusals()
 
     class Guarded(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
@@ -55,17 +77,36 @@ def _guarded(limits: HttpLimits) -> type[asyncio.Protocol]:
             sock = transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)    # never wait for Nagle
-            if len(self.connections) > limits.max_connections:
-                log.warning("http: %d connections open, closing a new one", len(self.connections) - 1)
+            if len(self.connections) > limits.max_connections and not self._evict_one():
+                refusals.note(self.loop, "new ones (every open one has a request in progress)",
+                              len(self.connections) - 1)
                 transport.close()
                 return
             self._arm(limits.header_timeout)
+
+        def _serving(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def _evict_one(self) -> bool:
+            """Close the oldest connection that is not being served; False when there is none."""
+            while waiting:
+                other, _ = waiting.popitem(last=False)
+                if other is self or other.transport.is_closing():
+                    continue
+                if other._serving():             # a request arrived since: it goes back in the queue
+                    continue                     # when its response completes
+                refusals.note(self.loop, "waiting ones to make room", len(self.connections) - 1)
+                other.transport.close()
+                return True
+            return False
 
         def _arm(self, seconds: float) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
             self._armed_cycle = self.cycle
             self._head_timer = self.loop.call_later(seconds, self._head_deadline)
+            waiting[self] = None                 # waiting for a request head, newest last
+            waiting.move_to_end(self)
 
         def _head_deadline(self) -> None:
             self._head_timer = None
@@ -85,6 +126,7 @@ def _guarded(limits: HttpLimits) -> type[asyncio.Protocol]:
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+            waiting.pop(self, None)
             super().connection_lost(exc)
 
     return Guarded

@@ -97,3 +97,32 @@ def test_a_taken_port_is_refused_at_construction():
         with pytest.raises(OSError):
             from atoll.core.openai_http import OpenAIDoor
             OpenAIDoor(Scripted(), lambda a: None, port=door.port)
+
+
+def test_half_sent_heads_at_the_cap_give_way_to_clients_that_arrive(caplog):
+    """A stranger holding the cap's worth of half-sent request heads used to make the door close
+    every new arrival (14 of another tenant's 19 requests failed, with a warning line each). A new
+    connection at the cap closes the oldest one that has no request in progress instead, and the
+    closings are logged once a second with their count."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="atoll.http")
+    with serving(Scripted(), limits=tight_limits(max_connections=40, header_timeout=30.0)) as door:
+        held = []
+        try:
+            for _ in range(60):
+                s = socket.create_connection(("127.0.0.1", door.port))
+                s.sendall(b"POST /v1/completions HTTP/1.1\r\n")
+                held.append(s)
+            time.sleep(0.3)
+            results = [completion(door.port) for _ in range(20)]
+            assert [st for st, _ in results] == [200] * 20
+            assert door.server.connections <= 40
+            closed = [closed_by_server(s) for s in held]
+            assert closed[:21] == [True] * 21                 # the oldest heads gave way, one per arrival
+            assert not any(closed[21:])                       # at the cap: the newest are still held
+        finally:
+            for s in held:
+                s.close()
+    lines = [r for r in caplog.records if "the cap" in r.getMessage()]
+    assert 1 <= len(lines) <= 3, [r.getMessage() for r in lines]
