@@ -25,6 +25,7 @@ from atoll.wire.agent_service import heartbeat_extras, proof_from_pb
 from atoll.wire.nodes import capacity_from_pb, spec_from_pb, status_from_pb
 
 log = logging.getLogger("atoll.coordinator")
+FIRST_HEARTBEAT_S = 10.0    # an opened Heartbeat stream must send its first message this soon
 
 
 class AgentApi(control_pb2_grpc.AgentServiceServicer):
@@ -62,7 +63,11 @@ class AgentApi(control_pb2_grpc.AgentServiceServicer):
                                          self.issuer.public_raw, rec.trusted)
 
     async def Heartbeat(self, request_iterator, context):
-        first = await context.read()
+        try:       # a stream is anyone's until its first message names a session: it may not idle
+            first = await asyncio.wait_for(context.read(), FIRST_HEARTBEAT_S)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no heartbeat within {FIRST_HEARTBEAT_S:g} s of opening the stream")
         if first is grpc.aio.EOF:
             return
         try:

@@ -29,7 +29,7 @@ from atoll.core import access, logs
 from atoll.core import credentials as cred
 from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
 from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
-                               Unauthenticated, Unavailable)
+                               ResourceExhausted, Unauthenticated, Unavailable)
 from atoll.core.openai_api import (MAX_CHOICES, MAX_MESSAGES, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT, MAX_TIMEOUT_S, MAX_TOKENS,
                                    MAX_TOP_LOGPROBS)
 from atoll.core.rpc import handle_errors
@@ -42,6 +42,7 @@ log = logging.getLogger("atoll.agent")
 DEFAULT_TIMEOUT = 60.0
 MAX_TOKENS_LIMIT = MAX_TOKENS     # the OpenAI door's bound; the serving model's context decides below it
 WAKE_POLL_S = 0.1
+MAX_WAKE_WAITERS = 1024   # requests one entry holds for one workflow while it wakes from zero
 SERVING = ("READY", "DEGRADED")
 INVOKE = f"/{access.ENTRY}/Invoke"
 CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -240,6 +241,7 @@ class EntryService:
         self.plane, self.keys, self.book = plane, keys, book
         self.resolver = Resolver(plane)
         self.describe, self.wake = describe, wake
+        self._waking: dict[str, int] = {}      # workflow -> requests here waiting for it to wake
 
     @handle_errors
     async def Describe(self, request, context):
@@ -369,12 +371,21 @@ class EntryService:
         if not cr.route.wakeable:
             raise FailedPrecondition(f"workflow {name!r} is {cr.route.state}",
                                      hint="wait until `atoll status` says READY")
+        if self._waking.get(name, 0) >= MAX_WAKE_WAITERS:
+            raise ResourceExhausted(f"{MAX_WAKE_WAITERS} requests already wait for workflow {name!r} to wake",
+                                    hint="retry when it serves; `atoll status` shows it")
         self.wake()
-        while True:
-            if time.monotonic() >= req.deadline:
-                raise DeadlineExceeded(f"workflow {name} was scaled to zero and no replica was ready before the "
-                                       "deadline")
-            await asyncio.sleep(WAKE_POLL_S)
-            cr = self.resolver.resolve(name, ident)
-            if cr.route.state in SERVING and all(cr.route.endpoints.get(s.task) for s in cr.route.stages):
-                return cr
+        self._waking[name] = self._waking.get(name, 0) + 1
+        try:
+            while True:
+                if time.monotonic() >= req.deadline:
+                    raise DeadlineExceeded(f"workflow {name} was scaled to zero and no replica was ready before "
+                                           "the deadline")
+                await asyncio.sleep(WAKE_POLL_S)
+                cr = self.resolver.resolve(name, ident)
+                if cr.route.state in SERVING and all(cr.route.endpoints.get(s.task) for s in cr.route.stages):
+                    return cr
+        finally:
+            self._waking[name] -= 1
+            if not self._waking[name]:
+                del self._waking[name]

@@ -284,3 +284,33 @@ def test_a_flapping_price_is_applied_at_most_once_per_window_and_replans_are_coa
 
 def client_nodes(ch):
     return control_pb2_grpc.ClientServiceStub(ch).ListNodes(control_pb2.ListNodesRequest(), timeout=5).nodes
+
+
+def test_a_heartbeat_stream_that_never_speaks_is_closed(coordinator):
+    """A Heartbeat stream is anyone's until its first message names a session: one that sends
+    nothing used to be held for ever. It ends DEADLINE_EXCEEDED after FIRST_HEARTBEAT_S (10 s)."""
+    import time
+
+    from atoll.coordinator.agent_api import FIRST_HEARTBEAT_S
+
+    import threading
+
+    ch, proc = coordinator
+    agent = control_pb2_grpc.AgentServiceStub(ch)
+    stop = threading.Event()
+
+    def never():                   # the stream opens, and no message ever comes
+        stop.wait(60)
+        yield from ()
+
+    t0 = time.monotonic()
+    call = agent.Heartbeat(never(), timeout=60)
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            next(call)
+    finally:
+        stop.set()
+    took = time.monotonic() - t0
+    assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "no heartbeat within" in ei.value.details()
+    assert FIRST_HEARTBEAT_S - 1 < took < FIRST_HEARTBEAT_S + 10, took
+    assert proc.alive()

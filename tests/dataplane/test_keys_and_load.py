@@ -57,3 +57,41 @@ def test_load_book_reports_changes_and_rebases_on_a_new_session():
     book.rebase()                              # ... and a new session starts: what is in flight now
     (row,) = book.take()
     assert (row.started, row.finished, row.in_flight) == (2, 0, 2)
+
+
+def test_requests_waiting_for_a_workflow_to_wake_are_bounded(monkeypatch):
+    """Requests for a workflow at zero wait at their entry until it serves (each polling the
+    routing state): at most MAX_WAKE_WAITERS per workflow wait at one entry, the next is
+    RESOURCE_EXHAUSTED at once; they all go on when the workflow serves."""
+    import asyncio
+    import time
+
+    import atoll.agent.dataplane.entry as entry_mod
+    from atoll.agent.dataplane.chain import NodeSelf, Request
+    from atoll.agent.dataplane.node import DataPlaneNode
+    from atoll.agent.dataplane.trace import start_span
+    from atoll.core.errors import ResourceExhausted
+    from atoll.specs.routing import routing_state
+    from tests.dataplane.helpers import endpoint, route
+
+    monkeypatch.setattr(entry_mod, "MAX_WAKE_WAITERS", 3)
+    wakes = []
+    node = DataPlaneNode(node=lambda: NodeSelf("self", "self", "eu", "datacenter"), local=None,
+                         local_address=lambda: "", connected=lambda: True, wake=lambda: wakes.append(1))
+    node.on_instruction({"routing": routing_state([route("wf", state="IDLE", wakeable=True)])})
+    svc = node.entry
+
+    async def go():
+        def req():
+            return Request("wf", "hi", time.monotonic() + 10, start_span((), "test"))
+
+        waiting = [asyncio.ensure_future(svc._ready(svc.resolver.resolve("wf", None), req(), None)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(ResourceExhausted, match="3 requests already wait for workflow 'wf'"):
+            await svc._ready(svc.resolver.resolve("wf", None), req(), None)
+        node.on_instruction({"routing": routing_state([route("wf", endpoints=(endpoint("r1", "gen"),))])})
+        done = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert all(cr.route.state == "READY" for cr in done) and svc._waking == {}
+
+    asyncio.run(go())
+    assert len(wakes) == 3
