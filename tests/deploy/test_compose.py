@@ -4,6 +4,7 @@ services, ports, Prometheus targets, Grafana provisioning and the agent's node.y
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -151,5 +152,23 @@ def test_docker_compose_config_when_available():
     if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         return      # the structural checks above still ran; CI images without compose end here
     res = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, env={**os.environ, "GRAFANA_ADMIN_PASSWORD": "a-real-one"})
     assert res.returncode == 0, res.stderr
+    env = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+    res = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert res.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in res.stderr
+
+
+def test_monitoring_is_not_published_to_the_network(compose):
+    """Prometheus has no authentication (its query API serves every metric it scraped, a
+    /metrics token notwithstanding) and its lifecycle API would let anyone stop it; Grafana's
+    admin password had a default: both publish on loopback only, Prometheus without the
+    lifecycle API, Grafana with no default password and no anonymous viewers."""
+    services = compose["services"]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+    assert not any("lifecycle" in a for a in services["prometheus"]["command"])
+    env = services["grafana"]["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
