@@ -18,13 +18,20 @@ heartbeats) and what was sent, pushes the instructions, and hands entries' load 
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Mapping, Sequence
 
 from atoll.coordinator.deploy import RESEND_AFTER, Sent
 from atoll.coordinator.entry_load import EntryLoads
 from atoll.core.apikeys import KeySet
+from atoll.core.logs import kv
 from atoll.specs.routing import RoutingState, RoutingTable, may_hold, routing_state
-from atoll.wire.dataplane import EntryInfo, EntryLoad
+from atoll.wire.dataplane import EntryInfo, EntryLoad, routing_to_pb
+
+log = logging.getLogger("atoll.coordinator")
+# A heartbeat message carries one routing state; gRPC refuses messages past 16 MiB (and the
+# submit-time bounds of coordinator/workflows.py keep the routes' text under 8 MiB).
+MAX_ROUTING_BYTES = 12 << 20
 
 
 def desired_routing(table: RoutingTable, hosts: Mapping[str, tuple[str, bool]]) -> dict[str, RoutingState]:
@@ -87,6 +94,7 @@ class Publisher:
         self._sent_keys: dict[str, Sent] = {}
         self._desired: tuple[object, dict[str, RoutingState]] | None = None
         self._hosts: dict[str, tuple[str, bool]] = {}
+        self._sizes: dict[int, int] = {}      # routing state digest -> its size as sent
 
     def heartbeat(self, node_id: str, routing_digest: int, keys_digest: int, loads: Sequence[EntryLoad]) -> None:
         self.routing_reported[node_id] = routing_digest
@@ -107,6 +115,19 @@ class Publisher:
         return (want is None or self.routing_reported.get(node_id) == want.digest) and \
             self.keys_reported.get(node_id) == keys.digest
 
+    def _deliverable(self, st: RoutingState) -> bool:
+        """Is ``st`` small enough for one heartbeat message? One that is not would end the stream
+        of every node it is sent to (gRPC's 16 MiB cap), so it is not sent, and said once."""
+        size = self._sizes.get(st.digest)
+        if size is None:
+            if len(self._sizes) > 64:
+                self._sizes.clear()
+            size = self._sizes[st.digest] = routing_to_pb(st).ByteSize()
+            if size > MAX_ROUTING_BYTES:
+                log.error("routing state too large to send; nodes keep the last one they hold",
+                          extra=kv(bytes=size, limit=MAX_ROUTING_BYTES, routes=len(st.routes)))
+        return size <= MAX_ROUTING_BYTES
+
     def _desired_for(self, table: RoutingTable) -> dict[str, RoutingState]:
         """Every connected node's routing state under ``table``, recomputed only when the table
         or the connected nodes' tier and trust changed."""
@@ -126,6 +147,8 @@ class Publisher:
                 ("routing", routing, self.routing_reported, self._sent_routing),
                 ("keys", {nid: (keys.digest, keys) for nid in hosts}, self.keys_reported, self._sent_keys)):
             for node_id, value in to_send(want, reported, reg.sessions, sent, now):
+                if kind == "routing" and not self._deliverable(value):
+                    continue                     # the node keeps the last state it holds
                 sess = reg.sessions[node_id]
                 sess.push({kind: value})
                 sent[node_id] = Sent(value.digest, now, sess)

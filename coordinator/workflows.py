@@ -46,7 +46,8 @@ from atoll.coordinator.records import Autoscale, WorkflowRecord
 from atoll.coordinator.routing import build_route, build_table
 from atoll.coordinator.stages import WorkflowServing, serving_of
 from atoll.coordinator.status import profiles_view, replica_views, workflow_state
-from atoll.core.errors import AlreadyExists, AtollError, FailedPrecondition, InvalidArgument, NotFound
+from atoll.core.errors import (AlreadyExists, AtollError, FailedPrecondition, InvalidArgument, NotFound,
+                               ResourceExhausted)
 from atoll.core.logs import kv
 from atoll.specs.routing import Route, RoutingTable
 from atoll.specs.workflow import WorkflowSpec
@@ -54,6 +55,21 @@ from atoll.specs.workflow import WorkflowSpec
 log = logging.getLogger("atoll.coordinator")
 
 RETRY_REPLAN_S = 5.0
+# Every host holds the route of every workflow it may run, prompt templates and stop strings
+# included, in one routing state sent down its heartbeat stream, and gRPC refuses a message past
+# 16 MiB: a tenant's ordinary workflows (45 tasks with 20,000-character templates each) broke
+# every node's stream at once when their sum passed it. What one tenant and all tenants together
+# add to it is bounded at submit (RESOURCE_EXHAUSTED past either), and so is the number of
+# workflows of one tenant (scaled to zero, a workflow holds no node but keeps its route).
+MAX_WORKFLOWS_PER_TENANT = 64
+MAX_ROUTE_TEXT_PER_TENANT = 1 << 20
+MAX_ROUTE_TEXT = 8 << 20
+
+
+def route_text(spec: WorkflowSpec) -> int:
+    """Bytes of text ``spec``'s route carries to every host: its tasks' prompt templates, stop
+    strings and names (and a few hundred bytes of settings a stage)."""
+    return sum(len(t.prompt.encode()) + sum(len(x.encode()) for x in t.stop) + len(t.name) + 256 for t in spec.tasks)
 # Price changes start a round of re-plans of every deployed workflow at most this often (any
 # number of nodes re-pricing themselves meanwhile: one round).
 PRICE_REPLAN_S = 5.0
@@ -168,13 +184,41 @@ class WorkflowManager:
         spec, text = await self._off_loop(parse_and_dump, spec_yaml, filename, on_behalf_of=tenant)
         check_serving(spec, source_name(filename), tenant, self.blobs.info if self.blobs is not None else None)
         self._check_free(spec.name, dry_run)
+        self._check_room(spec, tenant)
         serving = serving_of(spec)
         if dry_run:
             return self._record(spec, text, await self._place(spec.name, spec, serving, tenant), tenant, "PLANNED")
         async with self.placing(tenant):
             p = await self._place(spec.name, spec, serving, tenant, first=True)
             self._check_free(spec.name, dry_run)           # another submit may have taken the name meanwhile
+            self._check_room(spec, tenant)                 # ... or the room
             return self._deploy_new(spec, text, serving, p, tenant)
+
+    def _check_room(self, spec: WorkflowSpec, tenant: str) -> None:
+        """The tenant's workflows and the text every host's routing state carries stay within
+        their bounds (above) with this one added."""
+        mine = [r for r in self.records.values() if r.tenant == tenant]
+        if len(mine) >= MAX_WORKFLOWS_PER_TENANT:
+            raise ResourceExhausted(f"tenant {tenant or '(none)'!r} has {len(mine)} workflows, the most one tenant may "
+                                    "have", hint="delete workflows you no longer use")
+        new = route_text(spec)
+        own = sum(self._route_text(r) for r in mine) + new
+        if own > MAX_ROUTE_TEXT_PER_TENANT:
+            raise ResourceExhausted(f"tenant {tenant or '(none)'!r}'s workflows would carry {own} bytes of prompt templates "
+                                    f"and stop strings to every host, more than {MAX_ROUTE_TEXT_PER_TENANT}",
+                                    hint="shorten the templates, or delete workflows you no longer use")
+        total = sum(self._route_text(r) for r in self.records.values()) + new
+        if total > MAX_ROUTE_TEXT:
+            raise ResourceExhausted(f"the fleet's workflows would carry {total} bytes of prompt templates and stop "
+                                    f"strings to every host, more than {MAX_ROUTE_TEXT}",
+                                    hint="ask an admin to delete workflows no longer used")
+
+    def _route_text(self, rec: WorkflowRecord) -> int:
+        """``route_text`` of a record's spec (parsed once: the routing table parses every one)."""
+        try:
+            return route_text(self._loaded(rec)[0])
+        except AtollError:              # a spec that no longer loads has no route either
+            return 0
 
     def _check_free(self, name: str, dry_run: bool) -> None:
         """Workflow names are one namespace for every tenant. A workflow the caller may see holds

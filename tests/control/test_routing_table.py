@@ -77,3 +77,51 @@ def test_the_table_is_an_immutable_value(tmp_path):
     with pytest.raises(TypeError):
         route.endpoints["chat"] = ()
     assert isinstance(route.endpoints["chat"], tuple) and isinstance(route.stages, tuple)
+
+
+def test_what_a_tenant_adds_to_every_hosts_routing_state_is_bounded(tmp_path, monkeypatch):
+    """Every host's routing state carries every workflow's prompt templates in one heartbeat
+    message, which gRPC refuses past 16 MiB: a tenant's ordinary workflows once broke every
+    node's stream at once. A submit is RESOURCE_EXHAUSTED past the tenant's number of workflows,
+    its bytes of templates and stops, or the fleet's; and a routing state too large to send is
+    not sent (the node keeps the one it holds) rather than end every stream."""
+    import asyncio
+
+    import atoll.coordinator.workflows as wfs
+    from atoll.coordinator.publish import Publisher
+    from atoll.core.errors import ResourceExhausted
+
+    wm, reg, sess, status = setup(tmp_path)
+    spec = wm.spec("wf")
+    one = wfs.route_text(spec)
+    assert one >= len(spec.tasks[0].prompt) + 256
+
+    def submit(name: str, prompt: str = "{input}", tenant: str = "b"):
+        text = wm.records["wf"].spec_yaml.replace("name: wf", f"name: {name}").replace(
+            "{name: chat,", f"{{name: chat, prompt: '{prompt}',")
+        return asyncio.run(wm.submit(text, f"{name}.yaml", dry_run=True, tenant=tenant))
+
+    monkeypatch.setattr(wfs, "MAX_WORKFLOWS_PER_TENANT", 1)      # tenant "" holds wf
+    with pytest.raises(ResourceExhausted, match="has 1 workflows, the most one tenant may have"):
+        submit("wf2", tenant="")
+    monkeypatch.setattr(wfs, "MAX_WORKFLOWS_PER_TENANT", 64)
+    monkeypatch.setattr(wfs, "MAX_ROUTE_TEXT_PER_TENANT", 2000)
+    with pytest.raises(ResourceExhausted, match="would carry .* bytes of prompt templates and stop strings to every host"):
+        submit("big", prompt="x" * 2000 + "{input}")
+    monkeypatch.setattr(wfs, "MAX_ROUTE_TEXT_PER_TENANT", 1 << 20)
+    monkeypatch.setattr(wfs, "MAX_ROUTE_TEXT", one + 100)          # the fleet's: wf's text is in it
+    with pytest.raises(ResourceExhausted, match="the fleet's workflows would carry"):
+        submit("small")
+
+    sent = []
+    sess.push = lambda ins: sent.append(ins)
+    pub = Publisher(reg, loads=type("L", (), {"report": lambda *a: None, "node_gone": lambda *a: None})())
+    import atoll.coordinator.publish as pubmod
+    monkeypatch.setattr(pubmod, "MAX_ROUTING_BYTES", 10)
+    from atoll.core.apikeys import key_set
+    pub.publish(wm.routing_table(), key_set([]), 0.0)
+    assert [list(i) for i in sent] == [["keys"]]                      # the routing state was held back
+    monkeypatch.setattr(pubmod, "MAX_ROUTING_BYTES", 12 << 20)
+    pub._sizes.clear()
+    pub.publish(wm.routing_table(), key_set([]), 100.0)
+    assert ["routing"] in [list(i) for i in sent]
