@@ -281,6 +281,14 @@ class Agent:
         """What the Worker's guard checks tokens against: the pinned key and this node's id."""
         return self.identity.coordinator_key, (self.hb.node_id if self.hb is not None else self.ids.read())
 
+    def _worker_caller(self) -> str:
+        """Who calls the Worker's request under way: the calling node's id ("coordinator" for the
+        coordinator's own calls, "" without a fleet token)."""
+        claims = self.guard.claims()
+        if claims is None:
+            return ""
+        return "coordinator" if claims.is_coordinator else claims.node_id
+
     def _make_engine(self, model_dir: Path):
         # The runtime (torch, seconds to import) loads with the first model, so an agent joins
         # the fleet without waiting for it.
@@ -324,7 +332,7 @@ class Agent:
         self._prune_cache(time.monotonic())
         engine = self.replicas.engine
         if engine is not self._engine_seen:
-            self.worker.current = WorkerService(engine) if engine is not None else None
+            self.worker.current = WorkerService(engine, caller=self._worker_caller) if engine is not None else None
             self._engine_seen = engine
             self._status_changed()
 

@@ -61,12 +61,14 @@ def _delta(engine, index: int, d) -> Delta:
 
 
 async def stream_choices(engine, *, prompt=None, messages: Sequence[Mapping[str, str]] | None = None,
-                         adapter: str | None, params, request_id: str | None = None) -> AsyncIterator[Delta]:
+                         adapter: str | None, params, request_id: str | None = None,
+                         owner: str = "") -> AsyncIterator[Delta]:
     """Run ``params.n`` choices of ``prompt`` (text or ids) or ``messages`` and yield their deltas
-    as they come. Bad input raises before anything is queued (see ``Engine.submit``)."""
+    as they come. Bad input raises before anything is queued (see ``Engine.submit``); ``owner``
+    (who asks) takes its turn in the engine's admission."""
     source = await prompt_ids(engine, prompt=prompt, messages=messages)
     if params.n == 1:            # the common case: no merging, no extra task
-        handle = engine.submit(source, adapter, params, request_id)
+        handle = engine.submit(source, adapter, params, request_id, owner=owner)
         try:
             async for d in handle:
                 yield _delta(engine, 0, d)
@@ -74,7 +76,7 @@ async def stream_choices(engine, *, prompt=None, messages: Sequence[Mapping[str,
             if not handle.finished:
                 engine.cancel(handle.request_id)
         return
-    handles = engine.submit_choices(source, adapter, params, request_id)
+    handles = engine.submit_choices(source, adapter, params, request_id, owner=owner)
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(i: int, h) -> None:

@@ -19,6 +19,8 @@ Usage by the agent daemon::
 from __future__ import annotations
 
 import asyncio
+import uuid
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -28,6 +30,8 @@ from atoll.core.errors import InvalidArgument, NotFound
 from atoll.core.rpc import add_service, handle_errors
 from atoll.proto.v1 import worker_pb2
 from atoll.wire.worker import delta_to_pb
+
+MAX_REQUEST_ID = 64       # as an entry bounds the x-request-id it takes
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
@@ -96,7 +100,10 @@ def adapter_to_proto(info) -> worker_pb2.AdapterInfo:
 class WorkerService:
     """``atoll.v1.Worker`` for one engine. Starts the engine's step loop if it is not running."""
 
-    def __init__(self, engine, registry: CollectorRegistry | None = None, *, model_name: str | None = None):
+    def __init__(self, engine, registry: CollectorRegistry | None = None, *, model_name: str | None = None,
+                 caller: Callable[[], str] = lambda: ""):
+        """``caller()``: who calls the request under way (the calling node's id; "" unknown)."""
+        self.caller = caller
         self.engine = engine.start()
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = WorkerMetrics(engine, self.registry)
@@ -132,8 +139,14 @@ class WorkerService:
         prompt = None if messages is not None else self._text_or_ids(
             request.prompt, request.prompt_token_ids, ("prompt", "prompt_token_ids"), "prompt is empty")
         params = sampling_from_proto(request.sampling)
+        rid = request.request_id
+        if len(rid) > MAX_REQUEST_ID or not rid.isprintable():
+            raise InvalidArgument(f"request_id: at most {MAX_REQUEST_ID} printable characters")
+        # The engine's ids are this Worker's: a caller's own id is kept inside the caller's name,
+        # so it can neither take another caller's id nor one the engine gives out itself.
+        owner = "node:" + (self.caller() or "?")
         async for d in stream_choices(self.engine, prompt=prompt, messages=messages, adapter=request.adapter or None,
-                                      params=params, request_id=request.request_id or None):
+                                      params=params, request_id=f"{owner}/{rid or uuid.uuid4().hex}", owner=owner):
             yield delta_to_pb(d)
 
     @handle_errors

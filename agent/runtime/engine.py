@@ -170,18 +170,20 @@ class Engine:
         return ids
 
     def submit(self, prompt, adapter: str | None = None, sampling: SamplingParams | None = None,
-               request_id: str | None = None, *, stream_text: bool = True) -> RequestHandle:
+               request_id: str | None = None, *, stream_text: bool = True, owner: str = "") -> RequestHandle:
         """Queue one request; thread-safe. ``prompt`` is text or token ids. Raises before queueing on
         bad input (InvalidArgument), unknown adapter (NotFound) or a request that can never fit
-        (ResourceExhausted). ``sampling.n`` must be 1 here (see :meth:`submit_choices`)."""
+        (ResourceExhausted). ``sampling.n`` must be 1 here (see :meth:`submit_choices`).
+        ``owner``: who asks (a calling node); waiting requests are admitted taking turns by owner."""
         params = (sampling or SamplingParams()).validate(self.cfg.vocab_size)
         if params.n != 1:
             raise InvalidArgument(f"submit() runs one choice, not n={params.n}", hint="use submit_choices()")
         ids = self.encode_prompt(prompt)
-        return self._submit_ids(ids, adapter, params, request_id or f"req-{next(self._ids)}", stream_text)
+        return self._submit_ids(ids, adapter, params, request_id or f"req-{next(self._ids)}", stream_text, owner)
 
     def submit_choices(self, prompt, adapter: str | None = None, sampling: SamplingParams | None = None,
-                       request_id: str | None = None, *, stream_text: bool = True) -> list[RequestHandle]:
+                       request_id: str | None = None, *, stream_text: bool = True,
+                       owner: str = "") -> list[RequestHandle]:
         """Queue ``sampling.n`` independent choices for one prompt (OpenAI's ``n``); thread-safe.
         Choice i has request id ``{request_id}.{i}`` and, when ``seed`` is set, seed ``seed + i``
         (choice 0 draws exactly what one request with that seed draws). All are queued or none."""
@@ -193,7 +195,7 @@ class Engine:
             for i in range(params.n):
                 seed = None if params.seed is None else (int(params.seed) + i) % (2 ** 64)
                 one = dataclasses.replace(params, n=1, seed=seed)
-                handles.append(self._submit_ids(ids, adapter, one, f"{rid}.{i}", stream_text))
+                handles.append(self._submit_ids(ids, adapter, one, f"{rid}.{i}", stream_text, owner))
         except Exception:
             for h in handles:
                 self.cancel(h.request_id)
@@ -201,7 +203,7 @@ class Engine:
         return handles
 
     def _submit_ids(self, ids: list[int], adapter: str | None, params: SamplingParams, rid: str,
-                    stream_text: bool) -> RequestHandle:
+                    stream_text: bool, owner: str = "") -> RequestHandle:
         adapter = adapter or None
         if adapter is not None and not self.store.has(adapter):
             raise NotFound(f"adapter {adapter!r} is not loaded", hint="load it first (add_adapter / LoadAdapter)")
@@ -215,7 +217,7 @@ class Engine:
         self.kv.check_fits_ever(total)
         handle = RequestHandle(rid, len(ids), adapter, self.cancel)
         dec = IncrementalDecoder(self.tokenizer if (stream_text or params.stop) else None, params.stop)
-        req = Request(rid, ids, adapter, params, handle, dec, make_generator(params.seed, self.device))
+        req = Request(rid, ids, adapter, params, handle, dec, make_generator(params.seed, self.device), owner=owner)
         self.inbox.put(req, len(self.scheduler.waiting), self._count_rejected)
         return handle
 

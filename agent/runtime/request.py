@@ -147,6 +147,7 @@ class Request:
     lookup_counted: bool = False
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    owner: str = ""                       # who asked (a calling node; "" this host): admission takes turns
 
     @property
     def num_tokens(self) -> int:

@@ -4,10 +4,11 @@ Each step (a token budget ``max_num_batched_tokens``, at most ``max_num_seqs`` r
 
 1. every running request past its prompt decodes one token;
 2. running requests still in their prompt continue it, in chunks, while budget remains;
-3. waiting requests are admitted in arrival order while budget remains: the adapter must be on
-   the device (otherwise its load is queued and the request is skipped, not blocking others)
-   and the KV cache must have room for prompt + max_tokens (otherwise admission stops, so a
-   large request is not overtaken forever).
+3. waiting requests are admitted while budget remains, taking turns by owner (the node that
+   asked, or this host: :class:`Waiting`) and in arrival order within one owner: the adapter
+   must be on the device (otherwise its load is queued and the request is skipped, not blocking
+   others) and the KV cache must have room for prompt + max_tokens (otherwise admission stops,
+   so a large request is not overtaken forever).
 
 Rows of the step are ordered: decodes first, then prefill chunks, each group sorted by adapter
 slot, so rows sharing an adapter form one LoRA segment.
@@ -40,12 +41,73 @@ class StepPlan:
         return not self.work
 
 
+class Waiting:
+    """The waiting requests: one queue per owner, and the owners in turn. :meth:`popleft` takes
+    the next owner's oldest request and sends that owner to the back of the line, so a caller
+    that queued a thousand requests delays another's next one by at most one admission per
+    owner, where a single line made it wait behind all of them (one renter node's 1,024
+    requests made a tenant's own requests on that host miss their 30 s deadlines). With one
+    owner it is a plain first-in, first-out queue."""
+
+    def __init__(self):
+        self._by: collections.OrderedDict[str, collections.deque[Request]] = collections.OrderedDict()
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def __iter__(self):
+        for q in list(self._by.values()):
+            yield from list(q)
+
+    def append(self, r: Request) -> None:
+        self._by.setdefault(r.owner, collections.deque()).append(r)
+        self._n += 1
+
+    def popleft(self) -> Request:
+        owner, q = next(iter(self._by.items()))
+        r = q.popleft()
+        self._n -= 1
+        if q:
+            self._by.move_to_end(owner)
+        else:
+            del self._by[owner]
+        return r
+
+    def appendleft(self, r: Request) -> None:
+        """``r`` first again: its owner's next, and that owner's turn next."""
+        q = self._by.get(r.owner)
+        if q is None:
+            q = self._by[r.owner] = collections.deque()
+        q.appendleft(r)
+        self._by.move_to_end(r.owner, last=False)
+        self._n += 1
+
+    def extendleft(self, rs) -> None:
+        for r in rs:
+            self.appendleft(r)
+
+    def remove(self, r: Request) -> None:
+        q = self._by[r.owner]
+        q.remove(r)
+        self._n -= 1
+        if not q:
+            del self._by[r.owner]
+
+    def clear(self) -> None:
+        self._by.clear()
+        self._n = 0
+
+
 class Scheduler:
     def __init__(self, kv: PagedKVCache, store: AdapterStore, *, max_num_batched_tokens: int,
                  max_num_seqs: int, device: torch.device):
         self.kv, self.store, self.device = kv, store, device
         self.budget, self.max_seqs = max_num_batched_tokens, max_num_seqs
-        self.waiting: collections.deque[Request] = collections.deque()
+        self.waiting = Waiting()
         self.running: list[Request] = []
 
     def add(self, req: Request) -> None:

@@ -296,3 +296,53 @@ def test_model_and_engine_refusals(tiny_dir, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SpecError, match="config.json implies"):
         Engine(d)
+
+
+def test_waiting_requests_take_turns_by_owner():
+    """Admission takes the owners in turn (first in, first out within one): with one line, a
+    renter node's 1,024 queued requests made a tenant's own requests on that host miss their
+    deadlines."""
+    from atoll.agent.runtime.scheduler import Waiting
+
+    class R:
+        def __init__(self, owner, n):
+            self.owner, self.n = owner, n
+
+    w = Waiting()
+    flood = [R("node:evil", i) for i in range(5)]
+    for r in flood:
+        w.append(r)
+    mine = [R("", 0), R("", 1)]
+    for r in mine:
+        w.append(r)
+    assert len(w) == 7 and list(w) == flood + mine
+    got = [w.popleft() for _ in range(4)]
+    assert [(r.owner, r.n) for r in got] == [("node:evil", 0), ("", 0), ("node:evil", 1), ("", 1)]
+    w.appendleft(got[-1])                               # waits for KV room: first again, its owner's turn
+    assert w.popleft() is got[-1]
+    skipped = [w.popleft() for _ in range(2)]
+    assert skipped == [flood[2], flood[3]]
+    w.extendleft(reversed(skipped))                     # skipped ones go back in order, in front
+    assert [w.popleft() for _ in range(2)] == skipped
+    w.remove(flood[4])
+    assert not w and len(w) == 0
+    single = Waiting()                                  # one owner: a plain FIFO
+    for r in flood:
+        single.append(r)
+    assert [single.popleft() for _ in range(5)] == flood
+
+
+def test_a_flood_from_one_owner_does_not_hold_back_anothers_request(tiny_dir):
+    eng = Engine(tiny_dir, kv_cache_tokens=4096, max_num_seqs=2)
+    eng.start()
+    try:
+        ids = eng.encode_prompt("the cat")
+        flood = [eng.submit(ids, None, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True),
+                            owner="node:evil") for _ in range(24)]
+        mine = eng.submit(ids, None, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+        mine.result(120)
+        done_before = sum(h.finished for h in flood)
+        assert done_before <= 4, done_before         # admitted after at most a turn or two, not after all 24
+        assert [len(h.result(300).token_ids) for h in flood] == [40] * 24     # and the flood is served too
+    finally:
+        eng.close()

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from atoll.agent.runtime import Engine
+from atoll.agent.runtime import Engine, SamplingParams
 from atoll.proto.v1 import worker_pb2, worker_pb2_grpc
 from tests.fixtures.tiny_models import build_tiny_adapter
 
@@ -174,3 +174,30 @@ def test_a_workers_prompt_is_bounded_as_a_filled_stage_prompt_is():
         WorkerService._text_or_ids("x" * (MAX_PROMPT_CHARS + 1), [], names, "empty")
     with pytest.raises(InvalidArgument, match="prompt_token_ids holds"):
         WorkerService._text_or_ids("", [1] * (MAX_PROMPT_CHARS + 1), names, "empty")
+
+
+def test_a_callers_request_id_is_bounded_and_kept_in_its_own_name(worker_engine):
+    """A request id a caller sends was the engine's own id, unbounded: 8 MiB ids copied per
+    choice took an agent from 308 MiB to 1.2 GiB, and a caller could take the ids the engine
+    gives out itself (``req-N``) or another caller's. It is at most 64 printable characters, and
+    the engine runs it as ``node:<caller>/<id>``."""
+    async def main():
+        server, port = await _serve(worker_engine, CollectorRegistry())
+        busy = worker_engine.submit("the cat", None, SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = worker_pb2_grpc.WorkerStub(ch)
+                for bad in ("x" * 65, "a\nb", "\x1b[2J"):
+                    with pytest.raises(grpc.aio.AioRpcError) as e:
+                        async for _ in stub.Generate(worker_pb2.GenerateRequest(prompt="x", request_id=bad)):
+                            pass
+                    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in e.value.details()
+                sp = worker_pb2.SamplingParams(max_tokens=2, n=2)
+                msgs = [m async for m in stub.Generate(worker_pb2.GenerateRequest(
+                    prompt="x", request_id=busy.request_id, sampling=sp))]     # the engine's own id, in use
+                assert sum(m.finished for m in msgs) == 2
+        finally:
+            worker_engine.cancel(busy.request_id)
+            await server.stop(None)
+
+    asyncio.run(main())
