@@ -198,5 +198,6 @@ class ClientApi(control_pb2_grpc.ClientServiceServicer):
     @handle_errors
     async def Profile(self, request, context):
         res = await profile_variant(self.workflows, self.workers, request.workflow, request.task,
-                                    request.variant, request.node, request.requests or 16, request.concurrency or 8)
+                                    request.variant, request.node, request.requests or 16, request.concurrency or 8,
+                                    tenant=auth.caller_tenant())
         return convert.profile_response(res)

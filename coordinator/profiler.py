@@ -13,16 +13,39 @@ import asyncio
 import time
 
 from atoll.coordinator.fleet import hardware_class
-from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from atoll.wire.worker import WorkerClient
 
 TIMEOUT_S = 120
+# A profile runs on the coordinator's event loop, which serves every RPC and heartbeat: at most
+# one per tenant and MAX_RUNNING in all at once (RESOURCE_EXHAUSTED past either), each with at
+# most ``concurrency`` calls in flight (workers that take the next request, never a task per
+# request). Before, 32 profiles of 10,000 requests from one user key made 320,000 tasks, held
+# the coordinator's other calls for 30 s and took it from 101 to 765 MiB.
+MAX_RUNNING = 2
+_running: dict[str, int] = {}        # tenant -> profiles under way
 
 
 async def profile_variant(wm, workers: WorkerClient, workflow: str, task: str, variant: str, node: str,
-                          requests: int, concurrency: int) -> dict:
+                          requests: int, concurrency: int, tenant: str = "") -> dict:
     if not (1 <= requests <= 10_000) or not (1 <= concurrency <= 256):
         raise InvalidArgument("requests must be 1..10000 and concurrency 1..256")
+    if _running.get(tenant):
+        raise ResourceExhausted(f"tenant {tenant or '(none)'!r} already has a profile under way",
+                                hint="profile one variant at a time")
+    if sum(_running.values()) >= MAX_RUNNING:
+        raise ResourceExhausted(f"{MAX_RUNNING} profiles are under way", hint="retry when one has finished")
+    _running[tenant] = _running.get(tenant, 0) + 1
+    try:
+        return await _profile(wm, workers, workflow, task, variant, node, requests, concurrency)
+    finally:
+        _running[tenant] -= 1
+        if not _running[tenant]:
+            del _running[tenant]
+
+
+async def _profile(wm, workers: WorkerClient, workflow: str, task: str, variant: str, node: str,
+                   requests: int, concurrency: int) -> dict:
     rec = wm.get(workflow)
     spec = wm.spec(workflow)
     stages = {s.task: s for s in wm.serving(workflow).stages}
@@ -40,22 +63,25 @@ async def profile_variant(wm, workers: WorkerClient, workflow: str, task: str, v
     stage = stages[task]
     address = target["worker_address"]
     tokens = [0]
-    sem = asyncio.Semaphore(concurrency)
+    numbers = iter(range(requests))
 
     async def one(i: int) -> None:
-        async with sem:
-            prompt = stage.prompt.replace("{input}", f"profiling request {i}") if stage.prompt else f"profiling {i}"
-            if stage.kind == "embedding":
-                await workers.embed(address, prompt, adapter=adapter, timeout=TIMEOUT_S, node_id=target["node_id"])
-                return
-            async for d in workers.generate(address, prompt, adapter=adapter, max_tokens=stage.max_tokens,
-                                            temperature=stage.temperature, timeout=TIMEOUT_S,
-                                            node_id=target["node_id"]):
-                if d.finished:
-                    tokens[0] += d.prompt_tokens + d.completion_tokens
+        prompt = stage.prompt.replace("{input}", f"profiling request {i}") if stage.prompt else f"profiling {i}"
+        if stage.kind == "embedding":
+            await workers.embed(address, prompt, adapter=adapter, timeout=TIMEOUT_S, node_id=target["node_id"])
+            return
+        async for d in workers.generate(address, prompt, adapter=adapter, max_tokens=stage.max_tokens,
+                                        temperature=stage.temperature, timeout=TIMEOUT_S,
+                                        node_id=target["node_id"]):
+            if d.finished:
+                tokens[0] += d.prompt_tokens + d.completion_tokens
+
+    async def worker() -> None:
+        for i in numbers:                 # shared: each request is taken by one worker
+            await one(i)
 
     t0 = time.monotonic()
-    await asyncio.gather(*(one(i) for i in range(requests)))
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, requests))))
     elapsed = time.monotonic() - t0
     nrec = wm.registry.nodes[target["node_id"]]
     hw = hardware_class(nrec)

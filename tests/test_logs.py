@@ -80,3 +80,20 @@ def test_no_value_carries_a_control_character_or_line_separator_into_the_line():
     assert 'node="\\rts=' in line and "\\x1b[2K\\u2028x\\u2029\\x85\\x7f\\x00\\t\\n" in line
     value = line.split('node="', 1)[1].rsplit('" id=', 1)[0]
     assert codecs.decode(value.encode("ascii"), "unicode_escape") == hostile
+
+
+def test_an_exception_is_logged_by_its_type_and_message_not_its_tracebacks_last_line():
+    """A gRPC error's text ends with a lone ">", which is all the line said of it before."""
+    class Multi(Exception):
+        def __str__(self):
+            return "<Error of RPC that terminated with:\n\tstatus = UNAVAILABLE\n\tdetails = \"gone\"\n>"
+
+    try:
+        raise Multi()
+    except Multi:
+        import sys
+
+        rec = logging.LogRecord("atoll.coordinator", logging.ERROR, __file__, 1, "profile failed", None, sys.exc_info())
+    line = LogfmtFormatter().format(rec)
+    assert len(line.splitlines()) == 1
+    assert 'exc="Multi: <Error of RPC that terminated with:\\n\\tstatus = UNAVAILABLE\\n\\tdetails = \\"gone\\"\\n>"' in line

@@ -17,8 +17,10 @@ class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = self.line(record.created, record.levelname, record.name, record.getMessage(),
                          getattr(record, "fields", {}))
-        if record.exc_info:
-            line += " exc=" + _q(self.formatException(record.exc_info).splitlines()[-1])
+        if record.exc_info and record.exc_info[1] is not None:
+            # the exception itself, not the traceback's last line (a gRPC error's is a lone ">")
+            exc = record.exc_info[1]
+            line += " exc=" + _q(f"{type(exc).__name__}: {exc}"[:1000])
         return line
 
     def line(self, created: float, levelname: str, name: str, msg: str, fields: dict) -> str:
