@@ -30,8 +30,8 @@ from atoll.core import credentials as cred
 from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
 from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
                                ResourceExhausted, Unauthenticated, Unavailable)
-from atoll.core.openai_api import (MAX_CHOICES, MAX_MESSAGES, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT, MAX_TIMEOUT_S, MAX_TOKENS,
-                                   MAX_TOP_LOGPROBS)
+from atoll.core.openai_api import (MAX_CHOICES, MAX_LOGPROB_ITEMS, MAX_MESSAGES, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT,
+                                   MAX_TIMEOUT_S, MAX_TOKENS, MAX_TOP_LOGPROBS)
 from atoll.core.rpc import handle_errors
 from atoll.specs.routing import Route, Stage
 from atoll.wire.dataplane import Chat, EntryInfo, Invocation, Sink, delta_message, done_message, entry_to_pb, invocation_from_pb
@@ -41,6 +41,7 @@ log = logging.getLogger("atoll.agent")
 
 DEFAULT_TIMEOUT = 60.0
 MAX_TOKENS_LIMIT = MAX_TOKENS     # the OpenAI door's bound; the serving model's context decides below it
+MAX_STAGE_TOKENS = 8192           # a stage's own max_tokens (the workflow spec's bound)
 WAKE_POLL_S = 0.1
 MAX_WAKE_WAITERS = 1024   # requests one entry holds for one workflow while it wakes from zero
 SERVING = ("READY", "DEGRADED")
@@ -64,6 +65,13 @@ def check_sink(sink: Sink) -> None:
         raise InvalidArgument(f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {sink.top_logprobs}")
     if len(sink.stop) > MAX_STOP or any(not s or len(s) > MAX_STOP_CHARS for s in sink.stop):
         raise InvalidArgument(f"stop takes at most {MAX_STOP} strings of 1 to {MAX_STOP_CHARS} characters")
+    if sink.logprobs or sink.top_logprobs:
+        most = sink.max_tokens or (MAX_TOKENS_LIMIT if sink.no_max_tokens else MAX_STAGE_TOKENS)
+        items = sink.n * most * (1 + sink.top_logprobs)
+        if items > MAX_LOGPROB_ITEMS:
+            raise InvalidArgument(f"logprobs: {sink.n} choice(s) x {most} tokens x {1 + sink.top_logprobs} "
+                                  f"log-probabilities each is {items}; one request gets at most {MAX_LOGPROB_ITEMS}",
+                                  hint="set a smaller max_tokens, n or top_logprobs")
 
 
 def openai_defaults(sink: Sink, *, chat: bool) -> Sink:

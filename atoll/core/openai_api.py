@@ -35,6 +35,10 @@ MAX_MESSAGES = 1024
 MAX_STOP = 4
 MAX_STOP_CHARS = 256         # one stop string (a workflow stage's too)
 MAX_TOP_LOGPROBS = 20        # chat's top_logprobs (completions' logprobs: at most 5)
+# Log-probabilities one request may ask for: choices x tokens x (1 + top alternatives). Every one
+# is kept until the answer is whole and then written out at once: 16 choices x 2,000 tokens x 21
+# (a 41 MiB answer) held the coordinator's event loop 4-6 s and the serving agent's 1-4 s.
+MAX_LOGPROB_ITEMS = 65_536
 SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)
 FINISH_REASONS = ("stop", "length")
 
@@ -185,6 +189,16 @@ def _stops(stop) -> tuple[str, ...]:
     return stops
 
 
+def check_logprob_items(choices: int, max_tokens: int, top_logprobs: int, param: str) -> None:
+    """Refuse a request whose log-probabilities would pass MAX_LOGPROB_ITEMS (``max_tokens``: the
+    most it may generate, the context's bound when it is not given)."""
+    items = choices * max_tokens * (1 + top_logprobs)
+    if items > MAX_LOGPROB_ITEMS:
+        raise RequestError(400, f"{param}: {choices} choice(s) x {max_tokens} tokens x {1 + top_logprobs} "
+                                f"log-probabilities each is {items}; one request gets at most {MAX_LOGPROB_ITEMS} "
+                                "(set a smaller max_tokens, n or top_logprobs)", param=param)
+
+
 def _common(b) -> dict:
     return dict(model=b.model, temperature=b.temperature, top_p=b.top_p, seed=b.seed, stop=_stops(b.stop),
                 n=b.n, stream=b.stream, include_usage=bool(b.stream_options and b.stream_options.include_usage))
@@ -214,6 +228,8 @@ def parse_completion(body: Any) -> list[GenRequest]:
         if not isinstance(one, str) and any(t < 0 for t in one):
             raise RequestError(400, "prompt: token ids must be >= 0", param="prompt")
     logprobs = b.logprobs is not None
+    if logprobs:
+        check_logprob_items(len(prompts) * b.n, b.max_tokens or 16, b.logprobs or 0, "logprobs")
     return [GenRequest(prompt=one, max_tokens=b.max_tokens, logprobs=logprobs, top_logprobs=b.logprobs or 0,
                        **_common(b)) for one in prompts]
 
@@ -249,6 +265,9 @@ def parse_chat(body: Any) -> GenRequest:
         raise RequestError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     if b.max_tokens is not None and b.max_completion_tokens is not None and b.max_tokens != b.max_completion_tokens:
         raise RequestError(400, "max_tokens and max_completion_tokens disagree: give one", param="max_tokens")
+    if b.logprobs:
+        check_logprob_items(b.n, b.max_completion_tokens or b.max_tokens or MAX_TOKENS, b.top_logprobs or 0,
+                            "logprobs")
     messages = tuple(_message(i, m) for i, m in enumerate(b.messages))
     if not any(m["content"] for m in messages):
         raise RequestError(400, "messages: every message is empty", param="messages")

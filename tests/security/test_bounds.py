@@ -352,3 +352,31 @@ def test_stop_strings_are_bounded_at_every_door():
     for stop in (("x" * 257,), ("x",) * 5):
         with pytest.raises(InvalidArgument, match="stop"):
             check_sink(Sink(stop=stop))
+
+
+def test_log_probability_volume_is_bounded_at_every_door():
+    """Every log-probability of an answer is kept until it is whole and written out at once: 16
+    choices x 2,000 tokens x 21 (a 41 MiB answer) held the coordinator's event loop 4-6 s. One
+    request gets at most MAX_LOGPROB_ITEMS = choices x max_tokens x (1 + top alternatives), the
+    context's bound standing in for a max_tokens not given."""
+    from atoll.agent.dataplane.entry import check_sink
+    from atoll.core.openai_api import MAX_LOGPROB_ITEMS, RequestError, parse_chat, parse_completion
+    from atoll.wire.dataplane import Sink
+
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(RequestError, match="16 choice\\(s\\) x 2000 tokens x 21 log-probabilities each is 672000"):
+        parse_chat({"model": "m", "messages": msgs, "n": 16, "max_tokens": 2000, "logprobs": True, "top_logprobs": 20})
+    with pytest.raises(RequestError, match="set a smaller max_tokens"):
+        parse_chat({"model": "m", "messages": msgs, "logprobs": True, "top_logprobs": 5})     # up to the context
+    assert parse_chat({"model": "m", "messages": msgs, "max_tokens": 3000, "logprobs": True, "top_logprobs": 20})
+    assert parse_chat({"model": "m", "messages": msgs, "n": 16, "max_tokens": 2000})          # no logprobs: no bound
+    with pytest.raises(RequestError, match="logprobs"):
+        parse_completion({"model": "m", "prompt": ["a", "b"], "n": 8, "max_tokens": 1000, "logprobs": 5})
+    assert parse_completion({"model": "m", "prompt": "a", "logprobs": 5})                    # 16 tokens by default
+    check_sink(Sink(n=1, max_tokens=3000, logprobs=True, top_logprobs=20))
+    assert 1 * 3000 * 21 <= MAX_LOGPROB_ITEMS
+    for sink in (Sink(n=16, max_tokens=2000, logprobs=True, top_logprobs=20),
+                 Sink(n=2, no_max_tokens=True, logprobs=True, top_logprobs=1),
+                 Sink(n=1, logprobs=True, top_logprobs=20)):                                  # the stage's, up to 8192
+        with pytest.raises(InvalidArgument, match="log-probabilities each is"):
+            check_sink(sink)
