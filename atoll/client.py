@@ -211,6 +211,7 @@ class Client:
         self._entry_tokens: dict[str, tuple[str, float]] = {}
         self._entry_lists: dict[str, list[str]] = {}       # workflow -> its entries from the coordinator, ranked
         self._ranks: dict[str, tuple[int, float]] = {}      # entry address -> (region rank, round trip)
+        self._listed_regions: dict[str, str] = {}           # entry address -> its region, as the coordinator says
 
     def _use(self, i: int) -> None:
         self._current = i
@@ -411,7 +412,10 @@ class Client:
         if workflow not in self._entry_lists:
             if len(self._entry_lists) >= 1024:
                 self._entry_lists.clear()
-            found = [e["address"] for e in self.entries(self.region, workflow)]
+            listed = self.entries(self.region, workflow)
+            # the region the coordinator knows a host by, not the one its entry claims
+            self._listed_regions.update((e["address"], e["region"]) for e in listed)
+            found = [e["address"] for e in listed]
             self._entry_lists[workflow] = self._rank(found) if found else []
         return self._entry_lists[workflow]
 
@@ -430,8 +434,8 @@ class Client:
                 futures[a] = f
         for a, f in futures.items():
             try:
-                info = dp.entry_from_pb(f.result())
-                self._ranks[a] = (0 if (not self.region or info.region == self.region) else 1,
+                region = self._listed_regions.get(a) or dp.entry_from_pb(f.result()).region
+                self._ranks[a] = (0 if (not self.region or region == self.region) else 1,
                                   done.get(a, time.monotonic()) - t0)
             except grpc.RpcError:
                 self._ranks[a] = (2, float("inf"))
@@ -476,6 +480,8 @@ class Client:
                     item = wire.stream_item(resp)
                     if item is not None:
                         yield item
+                    if resp.done:                       # the answer is whole: nothing after it is read
+                        return
                 return
             except grpc.RpcError as exc:
                 if done:                                # the whole answer came; the entry went away after
@@ -489,6 +495,8 @@ class Client:
                 item = wire.stream_item(resp)
                 if item is not None:
                     yield item
+                if resp.done:
+                    return
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 

@@ -15,6 +15,7 @@ import json
 from atoll.core.errors import Unavailable
 from atoll.planner.plan import HostGroup, Plan, Replica, Route
 from atoll.proto.v1 import control_pb2, control_pb2_grpc
+from atoll.wire.dataplane import output_from_json
 from atoll.wire.nodes import STATE_TO_PB, node_from_pb
 
 SERVICE = control_pb2.DESCRIPTOR.services_by_name["ClientService"]
@@ -130,7 +131,7 @@ def invoke_result(resp) -> dict:
     """The final InvokeResponse (None: the stream ended without one) as the SDK's result dict."""
     if resp is None:
         raise Unavailable("the coordinator closed the call without a result")
-    return {"output": json.loads(resp.output_json or "{}"), "request_id": resp.request_id,
+    return {"output": output_from_json(resp.output_json), "request_id": resp.request_id,
             "stages": [{"task": s.task, "variant": s.variant, "node": s.node_name, "region": s.region,
                         "seconds": s.seconds, "attempts": s.attempts, "output_bytes": s.output_bytes,
                         "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens}

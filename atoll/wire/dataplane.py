@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Mapping, Sequence
 
 from atoll.core.apikeys import KeyEntry, KeySet
+from atoll.core.errors import AtollError
 from atoll.proto.v1 import control_pb2, dataplane_pb2, dataplane_pb2_grpc, routing_pb2, worker_pb2
 from atoll.specs.routing import Endpoint, Route, RoutingState, Stage
 from atoll.wire.worker import Delta, TokenLogprob, logprobs_from_pb, logprobs_to_pb
@@ -338,10 +339,34 @@ def _output_json(output: Mapping) -> str:
     return json.dumps(dict(output))
 
 
+# An answer's output is another host's JSON (an entry, maybe a renter's): at most this many arrays
+# and objects are decoded (a legitimate answer holds one per log-probability at most, and one
+# request gets at most 65,536 of those). A 14 MiB answer of empty objects took a client from 53
+# to 447 MiB when it was decoded whole.
+MAX_OUTPUT_CONTAINERS = 200_000
+
+
+def output_from_json(text: str) -> dict:
+    """An answer's ``output_json`` as a dict, or the error that says why it is not one."""
+    if not text:
+        return {}
+    containers = text.count("[") + text.count("{")
+    if containers > MAX_OUTPUT_CONTAINERS:
+        raise AtollError(f"the answer holds up to {containers} JSON arrays and objects; at most "
+                         f"{MAX_OUTPUT_CONTAINERS} are read")
+    try:
+        out = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise AtollError(f"the answer is not JSON: {exc}"[:300]) from None
+    if not isinstance(out, dict):
+        raise AtollError(f"the answer is a JSON {type(out).__name__}, not an object")
+    return out
+
+
 def answer_from_pb(m: control_pb2.InvokeResponse) -> Answer:
     if not m.done:
         return Answer(False, Delta(m.text, 0, 0, False, m.index, logprobs=logprobs_from_pb(m.logprobs)))
-    return Answer(True, None, json.loads(m.output_json or "{}"), [stage_from_pb(s) for s in m.stages],
+    return Answer(True, None, output_from_json(m.output_json), [stage_from_pb(s) for s in m.stages],
                   [ChoiceDone(c.index, c.text, c.finish_reason, c.completion_tokens, logprobs_from_pb(c.logprobs))
                    for c in m.choices])
 

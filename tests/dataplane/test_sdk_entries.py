@@ -28,11 +28,11 @@ class FakeEntry:
 
 
 class FakeCoordinator:
-    """ListEntries as the coordinator answers it: each workflow's entries, with a caller token
-    for each."""
+    """ListEntries as the coordinator answers it: each workflow's entries, in the region the
+    coordinator knows each by, with a caller token for each."""
 
-    def __init__(self, lists: dict[str, list[str]]):
-        self.lists, self.asked = lists, []
+    def __init__(self, lists: dict[str, list[str]], regions: dict[str, str] | None = None):
+        self.lists, self.asked, self.regions = lists, [], regions or {}
 
     def __getattr__(self, name):          # every other ClientService method: not here
         def unimplemented(request, context):
@@ -41,7 +41,8 @@ class FakeCoordinator:
 
     def ListEntries(self, request, context):
         self.asked.append(request.workflow)
-        return dp.entries_response([dp.EntryInfo(f"n{i}", "eu-west", "datacenter", a, node_id=f"id{i}",
+        return dp.entries_response([dp.EntryInfo(f"n{i}", self.regions.get(a, "eu-west"), "datacenter", a,
+                                                 node_id=f"id{i}",
                                                  token=f"atc1.token-for-{request.workflow}-at-{a}")
                                     for i, a in enumerate(self.lists[request.workflow])])
 
@@ -86,7 +87,8 @@ def test_entries_from_the_coordinator_are_asked_per_workflow_and_get_their_token
     workflow's list and never sends one workflow's requests to another's entries; at each entry
     it presents the caller token the coordinator issued for it, never the API key."""
     (far, near), (far_addr, near_addr) = entries
-    coord = FakeCoordinator({"open": [far_addr, near_addr], "secret": [far_addr]})
+    coord = FakeCoordinator({"open": [far_addr, near_addr], "secret": [far_addr]},
+                            {far_addr: far.region, near_addr: near.region})
     server, addr = serve(coord, control_pb2.DESCRIPTOR.services_by_name["ClientService"])
     try:
         with Client(addr, region="eu-west", api_key="atoll_k_secret") as c:
