@@ -16,10 +16,10 @@ and stream of the agent meanwhile.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Mapping, Sequence
 
 from atoll.core.errors import FailedPrecondition, InvalidArgument
+from atoll.core.pools import Pool
 from atoll.wire.worker import Delta, TokenLogprob
 
 
@@ -34,7 +34,7 @@ def chat_ids(engine, messages: Sequence[Mapping[str, str]]) -> list[int]:
 
 # Encoding runs in the tokenizers library without the GIL; two threads keep a flood of long
 # prompts from taking more than two cores' worth of encoding or the loop's default executor.
-_ENCODE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="atoll-encode")
+_ENCODE = Pool("encode", 2)
 
 
 async def prompt_ids(engine, *, prompt=None, messages: Sequence[Mapping[str, str]] | None = None) -> list[int]:
@@ -42,12 +42,10 @@ async def prompt_ids(engine, *, prompt=None, messages: Sequence[Mapping[str, str
     so that the event loop keeps serving while a long prompt is tokenized. Bad input raises here,
     as ``Engine.encode_prompt`` and :func:`chat_ids` raise it."""
     if messages is not None:
-        job = lambda: chat_ids(engine, messages)  # noqa: E731
-    elif isinstance(prompt, str):
-        job = lambda: engine.encode_prompt(prompt)  # noqa: E731
-    else:
-        return engine.encode_prompt(prompt)   # ids: checked against the vocabulary, no encoding
-    return await asyncio.get_running_loop().run_in_executor(_ENCODE, job)
+        return await _ENCODE.run(chat_ids, engine, messages)
+    if isinstance(prompt, str):
+        return await _ENCODE.run(engine.encode_prompt, prompt)
+    return engine.encode_prompt(prompt)       # ids: checked against the vocabulary, no encoding
 
 
 def _delta(engine, index: int, d) -> Delta:

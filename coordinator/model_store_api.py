@@ -16,7 +16,7 @@ from atoll.coordinator import auth, convert
 from atoll.coordinator.blobs import BlobStore
 from atoll.core.archive import check_name
 from atoll.core.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
-from atoll.core.pools import Pool
+from atoll.core.pools import Held, Pool
 from atoll.core.rpc import Malformed, check_parsed, handle_errors
 from atoll.proto.v1 import control_pb2_grpc
 
@@ -64,7 +64,7 @@ class ModelStoreApi(control_pb2_grpc.ModelStoreServicer):
         self.blobs = blobs
         self.references = references
         self._writers = Pool("push", MAX_PUSHES)
-        self._pushes: dict[str, int] = {}          # tenant -> pushes under way
+        self._pushes = Held()                      # tenant -> pushes under way
 
     def _info(self, name: str) -> dict:
         node = auth.caller_node()
@@ -78,29 +78,18 @@ class ModelStoreApi(control_pb2_grpc.ModelStoreServicer):
             return self.blobs.info(name)
         return self.blobs.info_for(name, None if auth.caller_is_admin() else auth.caller_tenant())
 
-    def _start_push(self, tenant: str) -> None:
-        if sum(self._pushes.values()) >= MAX_PUSHES:
-            raise ResourceExhausted(f"{MAX_PUSHES} pushes are under way", hint="retry when one has finished")
-        if self._pushes.get(tenant, 0) >= MAX_PUSHES_PER_TENANT:
-            raise ResourceExhausted(f"tenant {tenant or '(none)'!r} already has {MAX_PUSHES_PER_TENANT} pushes under way",
-                                    hint="push one blob at a time, or retry when one has finished")
-        self._pushes[tenant] = self._pushes.get(tenant, 0) + 1
-
-    def _end_push(self, tenant: str) -> None:
-        self._pushes[tenant] -= 1
-        if not self._pushes[tenant]:
-            del self._pushes[tenant]
-
     @handle_errors
     async def Push(self, request_iterator, context):
         """Chunks go to the writing thread through a short queue, so a push holds a few MiB of
         memory whatever its size; the thread refuses a push past the size cap at once."""
         tenant = auth.caller_tenant() or ""
-        self._start_push(tenant)
-        try:
+        if self._pushes.total() >= MAX_PUSHES:
+            raise ResourceExhausted(f"{MAX_PUSHES} pushes are under way", hint="retry when one has finished")
+        if self._pushes.of(tenant) >= MAX_PUSHES_PER_TENANT:
+            raise ResourceExhausted(f"tenant {tenant or '(none)'!r} already has {MAX_PUSHES_PER_TENANT} pushes under way",
+                                    hint="push one blob at a time, or retry when one has finished")
+        with self._pushes.holding(tenant):
             return await self._push(request_iterator, tenant)
-        finally:
-            self._end_push(tenant)
 
     async def _push(self, request_iterator, tenant: str):
         pipe: queue.Queue = queue.Queue(maxsize=PUSH_QUEUE)

@@ -14,6 +14,7 @@ import time
 
 from atoll.coordinator.fleet import hardware_class
 from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from atoll.core.pools import Held
 from atoll.wire.worker import WorkerClient
 
 TIMEOUT_S = 120
@@ -23,25 +24,20 @@ TIMEOUT_S = 120
 # request). Before, 32 profiles of 10,000 requests from one user key made 320,000 tasks, held
 # the coordinator's other calls for 30 s and took it from 101 to 765 MiB.
 MAX_RUNNING = 2
-_running: dict[str, int] = {}        # tenant -> profiles under way
+_running = Held()                    # tenant -> profiles under way
 
 
 async def profile_variant(wm, workers: WorkerClient, workflow: str, task: str, variant: str, node: str,
                           requests: int, concurrency: int, tenant: str = "") -> dict:
     if not (1 <= requests <= 10_000) or not (1 <= concurrency <= 256):
         raise InvalidArgument("requests must be 1..10000 and concurrency 1..256")
-    if _running.get(tenant):
+    if _running.of(tenant):
         raise ResourceExhausted(f"tenant {tenant or '(none)'!r} already has a profile under way",
                                 hint="profile one variant at a time")
-    if sum(_running.values()) >= MAX_RUNNING:
+    if _running.total() >= MAX_RUNNING:
         raise ResourceExhausted(f"{MAX_RUNNING} profiles are under way", hint="retry when one has finished")
-    _running[tenant] = _running.get(tenant, 0) + 1
-    try:
+    with _running.holding(tenant):
         return await _profile(wm, workers, workflow, task, variant, node, requests, concurrency)
-    finally:
-        _running[tenant] -= 1
-        if not _running[tenant]:
-            del _running[tenant]
 
 
 async def _profile(wm, workers: WorkerClient, workflow: str, task: str, variant: str, node: str,

@@ -30,8 +30,9 @@ from atoll.core import credentials as cred
 from atoll.core.apikeys import Identity, KeySet, bearer, identify, may_see
 from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
                                ResourceExhausted, Unauthenticated, Unavailable)
-from atoll.core.openai_api import (MAX_CHOICES, MAX_LOGPROB_ITEMS, MAX_MESSAGES, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT,
-                                   MAX_TIMEOUT_S, MAX_TOKENS, MAX_TOP_LOGPROBS)
+from atoll.core.openai_api import (MAX_CHOICES, MAX_MESSAGES, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT, MAX_TIMEOUT_S,
+                                   MAX_TOKENS, MAX_TOP_LOGPROBS, logprob_items_refusal)
+from atoll.core.pools import Held
 from atoll.core.rpc import handle_errors
 from atoll.specs.routing import Route, Stage
 from atoll.wire.dataplane import Chat, EntryInfo, Invocation, Sink, delta_message, done_message, entry_to_pb, invocation_from_pb
@@ -67,11 +68,8 @@ def check_sink(sink: Sink) -> None:
         raise InvalidArgument(f"stop takes at most {MAX_STOP} strings of 1 to {MAX_STOP_CHARS} characters")
     if sink.logprobs or sink.top_logprobs:
         most = sink.max_tokens or (MAX_TOKENS_LIMIT if sink.no_max_tokens else MAX_STAGE_TOKENS)
-        items = sink.n * most * (1 + sink.top_logprobs)
-        if items > MAX_LOGPROB_ITEMS:
-            raise InvalidArgument(f"logprobs: {sink.n} choice(s) x {most} tokens x {1 + sink.top_logprobs} "
-                                  f"log-probabilities each is {items}; one request gets at most {MAX_LOGPROB_ITEMS}",
-                                  hint="set a smaller max_tokens, n or top_logprobs")
+        if (why := logprob_items_refusal(sink.n, most, sink.top_logprobs)) is not None:
+            raise InvalidArgument(why)
 
 
 def openai_defaults(sink: Sink, *, chat: bool) -> Sink:
@@ -249,7 +247,7 @@ class EntryService:
         self.plane, self.keys, self.book = plane, keys, book
         self.resolver = Resolver(plane)
         self.describe, self.wake = describe, wake
-        self._waking: dict[str, int] = {}      # workflow -> requests here waiting for it to wake
+        self._waking = Held()                  # workflow -> requests here waiting for it to wake
 
     @handle_errors
     async def Describe(self, request, context):
@@ -379,12 +377,11 @@ class EntryService:
         if not cr.route.wakeable:
             raise FailedPrecondition(f"workflow {name!r} is {cr.route.state}",
                                      hint="wait until `atoll status` says READY")
-        if self._waking.get(name, 0) >= MAX_WAKE_WAITERS:
+        if self._waking.of(name) >= MAX_WAKE_WAITERS:
             raise ResourceExhausted(f"{MAX_WAKE_WAITERS} requests already wait for workflow {name!r} to wake",
                                     hint="retry when it serves; `atoll status` shows it")
         self.wake()
-        self._waking[name] = self._waking.get(name, 0) + 1
-        try:
+        with self._waking.holding(name):
             while True:
                 if time.monotonic() >= req.deadline:
                     raise DeadlineExceeded(f"workflow {name} was scaled to zero and no replica was ready before "
@@ -393,7 +390,3 @@ class EntryService:
                 cr = self.resolver.resolve(name, ident)
                 if cr.route.state in SERVING and all(cr.route.endpoints.get(s.task) for s in cr.route.stages):
                     return cr
-        finally:
-            self._waking[name] -= 1
-            if not self._waking[name]:
-                del self._waking[name]

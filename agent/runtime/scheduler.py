@@ -51,13 +51,12 @@ class Waiting:
 
     def __init__(self):
         self._by: collections.OrderedDict[str, collections.deque[Request]] = collections.OrderedDict()
-        self._n = 0
 
     def __len__(self) -> int:
-        return self._n
+        return sum(len(q) for q in self._by.values())
 
     def __bool__(self) -> bool:
-        return self._n > 0
+        return bool(self._by)                 # an owner is listed only while it has a request waiting
 
     def __iter__(self):
         for q in list(self._by.values()):
@@ -65,12 +64,10 @@ class Waiting:
 
     def append(self, r: Request) -> None:
         self._by.setdefault(r.owner, collections.deque()).append(r)
-        self._n += 1
 
     def popleft(self) -> Request:
         owner, q = next(iter(self._by.items()))
         r = q.popleft()
-        self._n -= 1
         if q:
             self._by.move_to_end(owner)
         else:
@@ -79,12 +76,8 @@ class Waiting:
 
     def appendleft(self, r: Request) -> None:
         """``r`` first again: its owner's next, and that owner's turn next."""
-        q = self._by.get(r.owner)
-        if q is None:
-            q = self._by[r.owner] = collections.deque()
-        q.appendleft(r)
+        self._by.setdefault(r.owner, collections.deque()).appendleft(r)
         self._by.move_to_end(r.owner, last=False)
-        self._n += 1
 
     def extendleft(self, rs) -> None:
         for r in rs:
@@ -93,13 +86,11 @@ class Waiting:
     def remove(self, r: Request) -> None:
         q = self._by[r.owner]
         q.remove(r)
-        self._n -= 1
         if not q:
             del self._by[r.owner]
 
     def clear(self) -> None:
         self._by.clear()
-        self._n = 0
 
 
 class Scheduler:

@@ -189,14 +189,20 @@ def _stops(stop) -> tuple[str, ...]:
     return stops
 
 
-def check_logprob_items(choices: int, max_tokens: int, top_logprobs: int, param: str) -> None:
-    """Refuse a request whose log-probabilities would pass MAX_LOGPROB_ITEMS (``max_tokens``: the
-    most it may generate, the context's bound when it is not given)."""
+def logprob_items_refusal(choices: int, max_tokens: int, top_logprobs: int) -> str | None:
+    """Why a request whose log-probabilities would pass MAX_LOGPROB_ITEMS is refused, or None
+    (``max_tokens``: the most it may generate, the context's bound when it is not given). The
+    OpenAI doors and the entries (over gRPC) refuse with these words."""
     items = choices * max_tokens * (1 + top_logprobs)
-    if items > MAX_LOGPROB_ITEMS:
-        raise RequestError(400, f"{param}: {choices} choice(s) x {max_tokens} tokens x {1 + top_logprobs} "
-                                f"log-probabilities each is {items}; one request gets at most {MAX_LOGPROB_ITEMS} "
-                                "(set a smaller max_tokens, n or top_logprobs)", param=param)
+    if items <= MAX_LOGPROB_ITEMS:
+        return None
+    return (f"logprobs: {choices} choice(s) x {max_tokens} tokens x {1 + top_logprobs} log-probabilities each is "
+            f"{items}; one request gets at most {MAX_LOGPROB_ITEMS} (set a smaller max_tokens, n or top_logprobs)")
+
+
+def check_logprob_items(choices: int, max_tokens: int, top_logprobs: int) -> None:
+    if (why := logprob_items_refusal(choices, max_tokens, top_logprobs)) is not None:
+        raise RequestError(400, why, param="logprobs")
 
 
 def _common(b) -> dict:
@@ -229,7 +235,7 @@ def parse_completion(body: Any) -> list[GenRequest]:
             raise RequestError(400, "prompt: token ids must be >= 0", param="prompt")
     logprobs = b.logprobs is not None
     if logprobs:
-        check_logprob_items(len(prompts) * b.n, b.max_tokens or 16, b.logprobs or 0, "logprobs")
+        check_logprob_items(len(prompts) * b.n, b.max_tokens or 16, b.logprobs or 0)
     return [GenRequest(prompt=one, max_tokens=b.max_tokens, logprobs=logprobs, top_logprobs=b.logprobs or 0,
                        **_common(b)) for one in prompts]
 
@@ -266,8 +272,7 @@ def parse_chat(body: Any) -> GenRequest:
     if b.max_tokens is not None and b.max_completion_tokens is not None and b.max_tokens != b.max_completion_tokens:
         raise RequestError(400, "max_tokens and max_completion_tokens disagree: give one", param="max_tokens")
     if b.logprobs:
-        check_logprob_items(b.n, b.max_completion_tokens or b.max_tokens or MAX_TOKENS, b.top_logprobs or 0,
-                            "logprobs")
+        check_logprob_items(b.n, b.max_completion_tokens or b.max_tokens or MAX_TOKENS, b.top_logprobs or 0)
     messages = tuple(_message(i, m) for i, m in enumerate(b.messages))
     if not any(m["content"] for m in messages):
         raise RequestError(400, "messages: every message is empty", param="messages")
