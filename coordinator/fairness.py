@@ -16,8 +16,11 @@ decides instead, and decides only (no asyncio; the caller hands out what is scar
   size less one, so with two workers one tenant never holds both and another tenant's small
   submit starts at once; for the lock, one);
 - a caller may have at most ``max_waiting_each`` calls waiting; one more is refused with
-  RESOURCE_EXHAUSTED, unless the caller is one of ``unbounded`` (the coordinator's own re-plans,
-  which it serialises itself).
+  RESOURCE_EXHAUSTED, unless the caller is one of ``unbounded`` (the coordinator's own calls,
+  which it serialises itself);
+- an ``urgent`` caller (:data:`REPLAN`: the coordinator's re-plans of workflows that lost a node)
+  goes before every other caller with something waiting, so a re-plan waits only for what is
+  under way, never for the turns of the tenants queued before it.
 
 :class:`Handout` is the thin asyncio part that hands out what is scarce in those turns: the
 planning workers, and the one key of :class:`FairLock`, the placement lock.
@@ -35,17 +38,20 @@ from atoll.core.errors import ResourceExhausted
 T = TypeVar("T")
 R = TypeVar("R")
 
-SYSTEM = "(coordinator)"      # not a valid tenant name: re-plans and other calls of the coordinator's own
+SYSTEM = "(coordinator)"      # not a valid tenant name: the coordinator's own calls (its autoscaling pass)
+REPLAN = "(re-plan)"          # not a valid tenant name: re-plans of workflows that lost capacity (urgent)
 
 
 class FairQueue(Generic[T]):
-    def __init__(self, max_running_each: int, max_waiting_each: int, unbounded: Collection[str] = (SYSTEM,),
-                 what: str = "planning calls"):
-        """``what``: what the calls are, in the refusal ("tenant 'a' already has 8 <what> waiting")."""
+    def __init__(self, max_running_each: int, max_waiting_each: int, unbounded: Collection[str] = (SYSTEM, REPLAN),
+                 what: str = "planning calls", urgent: Collection[str] = (REPLAN,)):
+        """``what``: what the calls are, in the refusal ("tenant 'a' already has 8 <what> waiting");
+        ``urgent``: callers served before any other (in turns among themselves)."""
         if max_running_each < 1 or max_waiting_each < 0:
             raise ValueError("max_running_each must be >= 1 and max_waiting_each >= 0")
         self.max_running_each, self.max_waiting_each = max_running_each, max_waiting_each
         self.unbounded = frozenset(unbounded)
+        self.urgent = frozenset(urgent)
         self.what = what
         self._waiting: dict[str, deque[T]] = {}       # in the order the callers arrived
         self._running: dict[str, int] = {}
@@ -80,11 +86,12 @@ class FairQueue(Generic[T]):
 
     def next(self) -> tuple[str, T] | None:
         """The next call to run, counted as running for its caller until :meth:`done`; None when
-        nothing waits or every caller with something waiting holds its share."""
+        nothing waits or every caller with something waiting holds its share. Urgent callers
+        first; then the caller served longest ago."""
         best = None
         for who in self._waiting:
             if self._running.get(who, 0) < self.max_running_each and (
-                    best is None or self._served.get(who, 0) < self._served.get(best, 0)):
+                    best is None or self._rank(who) < self._rank(best)):
                 best = who
         if best is None:
             return None
@@ -96,6 +103,9 @@ class FairQueue(Generic[T]):
         self._served[best] = self._turn
         self._running[best] = self._running.get(best, 0) + 1
         return best, item
+
+    def _rank(self, who: str) -> tuple[bool, int]:
+        return who not in self.urgent, self._served.get(who, 0)
 
     def done(self, who: str) -> None:
         """A call of ``who`` that :meth:`next` handed out has finished."""
@@ -162,7 +172,8 @@ class Handout(Generic[R]):
 class FairLock:
     """An asyncio lock whose waiters take turns by caller: ``async with lock.hold(tenant): ...``.
     At most ``max_waiting_each`` waiters per tenant (one more: RESOURCE_EXHAUSTED); the
-    coordinator's own (:data:`SYSTEM`) are not counted."""
+    coordinator's own (:data:`SYSTEM`, :data:`REPLAN`) are not counted, and its re-plans
+    (:data:`REPLAN`) go before every tenant's waiters."""
 
     def __init__(self, max_waiting_each: int, what: str = "placements"):
         self._handout: Handout[bool] = Handout(FairQueue(1, max_waiting_each, what=what), [True])

@@ -400,17 +400,21 @@ class Coordinator:
 
     async def _reconcile_loop(self) -> None:
         """Level-triggered: re-plan workflows that lost capacity, then send differences. The
-        autoscaler's pass runs as a task of its own, once a second at most and one at a time, so
-        its re-plans (in the planning workers) never hold this loop up; it ends with this loop.
-        A heartbeat stream that ended (an agent died) starts a pass at once, so the replicas it
+        re-plans and the autoscaler's pass each run as a task of their own (one at a time; the
+        pass once a second at most), so their placements, which wait their turn for the
+        placement lock and then plan in a worker, never hold this loop up: assignments, routing
+        states, key sets and cut-offs keep going out meanwhile. Both end with this loop. A
+        heartbeat stream that ended (an agent died) starts a pass at once, so the replicas it
         held are replaced within this loop's tick rather than at the next second."""
         autoscaling: asyncio.Task | None = None
+        replanning: asyncio.Task | None = None
         timer = PassTimer(self.registry.sessions_closed)
         try:
             while True:
                 await asyncio.sleep(0.25)
                 try:
-                    await self.workflows.replan_pending()
+                    if replanning is None or replanning.done():
+                        replanning = asyncio.get_running_loop().create_task(self._replan())
                     now = time.monotonic()
                     if timer.due(now, self.registry.sessions_closed) and (autoscaling is None or autoscaling.done()):
                         timer.started(now, self.registry.sessions_closed)
@@ -421,8 +425,18 @@ class Coordinator:
                 except Exception:  # noqa: BLE001
                     log.exception("reconcile failed")
         finally:
-            if autoscaling is not None:
-                autoscaling.cancel()
+            for task in (autoscaling, replanning):
+                if task is not None:
+                    task.cancel()
+
+    async def _replan(self) -> None:
+        """Re-plan the workflows that lost capacity; what changed reaches the agents' routing
+        state at once (the placements were sent to the nodes when they were committed)."""
+        try:
+            if await self.workflows.replan_pending():
+                self.publisher.publish(self.workflows.routing_table(), self._agent_keys(), time.monotonic())
+        except Exception:  # noqa: BLE001 - the next tick re-plans anyway
+            log.exception("re-plan failed")
 
     async def _autoscale(self, now: float) -> None:
         """One autoscaling pass; what it changed reaches the agents' routing state at once (its

@@ -22,12 +22,16 @@ Placements that commit (submits, re-plans, the autoscaler's) take turns (``_plac
 :class:`~atoll.coordinator.fairness.FairLock`): each plans on a snapshot no other placement is
 about to change, and the turns go round the tenants (the coordinator's own re-plans and
 autoscaling count as one more), so one tenant's many deploying submits delay another tenant's by
-at most the placement under way. Dry runs plan without waiting their turn.
+at most the placement under way. A wake (a request for a workflow at zero) places in its
+workflow's tenant's turn, at most ``WAITING_PER_TENANT`` of one tenant's at once; the re-plans of
+workflows that lost a node (:data:`~atoll.coordinator.fairness.REPLAN`) go before every waiting
+placement. Dry runs plan without waiting their turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import math
@@ -38,7 +42,7 @@ from atoll.coordinator.admission import admit, check_serving, parse_and_dump, so
 from atoll.coordinator.auth import visible
 from atoll.coordinator.autoscaler import Autoscaler, current_scale
 from atoll.coordinator.deploy import Deployer
-from atoll.coordinator.fairness import SYSTEM, FairLock
+from atoll.coordinator.fairness import REPLAN, SYSTEM, FairLock
 from atoll.coordinator.fleet import FleetSnapshot, measured_profiles, snapshot
 from atoll.coordinator.placement import Placement, place
 from atoll.coordinator.planning import WAITING_PER_TENANT, PlanWorkers
@@ -55,6 +59,11 @@ from atoll.specs.workflow import WorkflowSpec
 log = logging.getLogger("atoll.coordinator")
 
 RETRY_REPLAN_S = 5.0
+# Whose turn a placement that names no tenant takes (``placing()``, ``place()``): the coordinator's
+# own, except within a wake, which runs in its workflow's tenant's turn. A wake is a placement a
+# user key starts with one request; counted as the coordinator's, one tenant's wakes all queued
+# in that one turn, ahead of the re-plans after a node loss (64 workflows at zero, woken at once).
+_ACTING_FOR: contextvars.ContextVar[str] = contextvars.ContextVar("placing_for", default=SYSTEM)
 # Every host holds the route of every workflow it may run, prompt templates and stop strings
 # included, in one routing state sent down its heartbeat stream, and gRPC refuses a message past
 # 16 MiB: a tenant's ordinary workflows (45 tasks with 20,000-character templates each) broke
@@ -122,18 +131,19 @@ class WorkflowManager:
         return snapshot(self.registry.nodes.values(), taken | set(unavailable),
                         measured_profiles(self.store.list_profiles(), name))
 
-    def placing(self, tenant: str = SYSTEM) -> AsyncContextManager[None]:
+    def placing(self, tenant: str | None = None) -> AsyncContextManager[None]:
         """Held while a placement that will commit is planned and committed (one at a time; the
-        waiters take turns by tenant, ``tenant`` this one's, by default the coordinator's own)."""
-        return self._placing.hold(tenant)
+        waiters take turns by tenant, ``tenant`` this one's; by default the coordinator's own, or
+        within a wake its workflow's tenant's)."""
+        return self._placing.hold(_ACTING_FOR.get() if tenant is None else tenant)
 
     async def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement:
         """A new placement of a deployed workflow for its declared rate times ``scale``, on the
         fleet less the ``unavailable`` nodes (replicas at risk), in a planning worker: the
-        autoscaler's call (it holds :meth:`placing`)."""
+        autoscaler's call (it holds :meth:`placing`, so it goes first in its planning turn)."""
         spec, serving = self._loaded(rec)
         return await self._off_loop(place, rec.name, spec, serving, self.fleet(rec.name, unavailable),
-                                    previous=rec.assignments, scale=scale)
+                                    on_behalf_of=_ACTING_FOR.get(), first=True, previous=rec.assignments, scale=scale)
 
     async def _off_loop(self, fn, *args, on_behalf_of: str = SYSTEM, first: bool = False, **kw):
         """``fn(*args, **kw)`` in a planning worker when there is one (else here), in
@@ -354,17 +364,25 @@ class WorkflowManager:
     def wake(self, name: str) -> asyncio.Task | None:
         """A request arrived for a workflow at zero: scale up now, in a task of the running loop
         (the callers are request handlers; the request waits for a replica meanwhile). One wake
-        per workflow at a time. Returns the task (None: nothing to wake, or one is under way)."""
+        per workflow at a time, and at most ``WAITING_PER_TENANT`` of one tenant's: the others
+        wait for a later request (or the entries' report of it) to wake them. Returns the task
+        (None: nothing to wake, one is under way, or the tenant has its share under way)."""
         rec = self.records.get(name)
         if rec is None or rec.state != "IDLE" or name in self._waking:
+            return None
+        if sum(1 for n in self._waking if (r := self.records.get(n)) is not None and r.tenant == rec.tenant) \
+                >= WAITING_PER_TENANT:
             return None
         task = asyncio.get_running_loop().create_task(self._wake(rec))
         self._waking[name] = task
         return task
 
     async def _wake(self, rec: WorkflowRecord) -> None:
+        _ACTING_FOR.set(rec.tenant)           # this task's placements are in the tenant's turn
         try:
             await self.autoscaler.wake(self, rec)
+        except ResourceExhausted as exc:      # the tenant's placements fill its share: a later request retries
+            log.debug("wake deferred", extra=kv(workflow=rec.name, error=str(exc)[:300]))
         except Exception as exc:  # noqa: BLE001 - the next request (or pass) wakes it again; say why
             log.warning("wake failed", extra=kv(workflow=rec.name, error=str(exc)[:300]))
         finally:
@@ -419,10 +437,10 @@ class WorkflowManager:
             if rec is None:
                 continue
             try:
-                async with self.placing():
+                async with self.placing(REPLAN):          # before every waiting placement (fairness.py)
                     spec, serving = self._loaded(rec)
-                    p = await self._place(rec.name, spec, serving, previous=rec.assignments,
-                                          scale=current_scale(rec) or 1.0)
+                    p = await self._place(rec.name, spec, serving, on_behalf_of=REPLAN, first=True,
+                                          previous=rec.assignments, scale=current_scale(rec) or 1.0)
                     if self.records.get(name) is not rec:      # deleted (or replaced) meanwhile
                         continue
                     self._retry_at.pop(name, None)
