@@ -28,9 +28,9 @@ import grpc
 
 from atoll.core import access
 from atoll.core import credentials as cred
-from atoll.core.errors import Unauthenticated, Unavailable
+from atoll.core.errors import AtollError, Unauthenticated, Unavailable
 from atoll.core.apikeys import header
-from atoll.core.rpc import bearer, guarded
+from atoll.core.rpc import bearer, guarded, refused
 
 
 class WorkerGuard(grpc.aio.ServerInterceptor):
@@ -56,10 +56,14 @@ class WorkerGuard(grpc.aio.ServerInterceptor):
         token = bearer(details.invocation_metadata)
         proof = header(details.invocation_metadata, cred.PROOF_METADATA)
 
-        def admit():
+        try:            # here, from the headers: a refused call's request is never read (rpc.refused)
             claims = self.caller(token, proof)
             kind = access.ANONYMOUS if claims is None else access.COORDINATOR if claims.is_coordinator else access.NODE
             access.decide(method, kind, claims.scopes if claims is not None else ())
+        except AtollError as exc:
+            return refused(handler, exc)
+
+        def admit():
             mark = self._claims.set(claims)
             return lambda: _reset(self._claims, mark)
         return guarded(handler, admit)

@@ -35,8 +35,8 @@ import grpc
 from atoll.core import access
 from atoll.core import credentials as cred
 from atoll.core.apikeys import ROLES, Identity, KeyEntry, KeySet, header, identify, key_set, may_see, secret_hash
-from atoll.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from atoll.core.rpc import bearer, guarded
+from atoll.core.errors import AtollError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from atoll.core.rpc import bearer, guarded, refused
 
 META_KEY = "api_keys"
 AGENT_SERVICE = "/atoll.v1.AgentService/"
@@ -160,10 +160,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         token = bearer(details.invocation_metadata)
         proof = header(details.invocation_metadata, cred.PROOF_METADATA)
-
-        def admit():
+        try:            # here, from the headers: a refused call's request is never read (rpc.refused)
             kind, caller, scopes = self.identify(token, proof)
             access.decide(method, kind, scopes)
+        except AtollError as exc:
+            return refused(handler, exc)
+
+        def admit():
             reset = current.set(caller)
             return lambda: current.reset(reset)
         return guarded(handler, admit)

@@ -215,6 +215,23 @@ def guarded(handler, admit: Callable[[], Callable[[], None] | None]):
     return handler
 
 
+def refused(handler, exc: errors.AtollError):
+    """A handler for ``handler``'s method that ends the call with ``exc``'s status code without
+    reading its request. gRPC reads a request message (up to 16 MiB) and decodes it before a
+    unary handler runs, so an interceptor that refuses inside the call (:func:`guarded`) pays
+    for a stranger's message: 8 callers with no credentials sending 16 MiB requests in a loop
+    took a coordinator from 101 to 1,793 MiB. A request-streaming handler is called before any
+    message is read, and this one never reads: the call ends at its headers."""
+    code, details = status_code(exc), str(exc)[:2000]
+
+    async def abort(requests, context):
+        await context.abort(code, details)
+
+    factory = grpc.stream_stream_rpc_method_handler if handler.response_streaming \
+        else grpc.stream_unary_rpc_method_handler
+    return factory(abort, None, handler.response_serializer)
+
+
 # Health and reflection answer strangers (no credentials), and their streams stay open as long as
 # the caller keeps them. Each kind holds at most this many at once; past it a new one is
 # RESOURCE_EXHAUSTED. A Watch for a service this server does not have gets SERVICE_UNKNOWN and
