@@ -16,11 +16,11 @@ import asyncio
 import grpc
 import pytest
 
-from agent.guard import WorkerGuard
+from atoll.agent.guard import WorkerGuard
 from atoll.core.apikeys import Identity
 from atoll.core.errors import Unauthenticated
-from coordinator import auth
-from coordinator.auth import AuthInterceptor
+from atoll.coordinator import auth
+from atoll.coordinator.auth import AuthInterceptor
 
 BIG = b"\x0a" + b"\x80\x80\x80\x02" + b"x" * (4 << 20)      # field 1, 4 MiB of bytes
 
