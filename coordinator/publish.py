@@ -26,7 +26,8 @@ from atoll.coordinator.entry_load import EntryLoads
 from atoll.core.apikeys import KeySet
 from atoll.core.logs import kv
 from atoll.specs.routing import RoutingState, RoutingTable, may_hold, routing_state
-from atoll.wire.dataplane import EntryInfo, EntryLoad, routing_to_pb
+from atoll.wire.agent_service import routing_instruction
+from atoll.wire.dataplane import EntryInfo, EntryLoad
 
 log = logging.getLogger("atoll.coordinator")
 # A heartbeat message carries one routing state; gRPC refuses messages past 16 MiB (and the
@@ -122,7 +123,7 @@ class Publisher:
         if size is None:
             if len(self._sizes) > 64:
                 self._sizes.clear()
-            size = self._sizes[st.digest] = routing_to_pb(st).ByteSize()
+            size = self._sizes[st.digest] = routing_instruction(st).routing.ByteSize()
             if size > MAX_ROUTING_BYTES:
                 log.error("routing state too large to send; nodes keep the last one they hold",
                           extra=kv(bytes=size, limit=MAX_ROUTING_BYTES, routes=len(st.routes)))

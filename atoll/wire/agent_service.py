@@ -15,6 +15,7 @@ A registration carries the agent's proof of possession of its node key
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence
 
 from atoll.core.credentials import Proof
@@ -25,6 +26,25 @@ from atoll.wire.dataplane import (EntryLoad, keys_from_pb, keys_to_pb, load_from
 from atoll.wire.nodes import capacity_to_pb, spec_to_pb, status_to_pb
 
 SERVICE = control_pb2.DESCRIPTOR.services_by_name["AgentService"]
+
+# One routing state goes to every node of a tier and trust each time it changes (a replica's state
+# changes it: a host flipping its replica between ready and loading on every heartbeat changed it
+# every reconcile pass), and building its message in Python costs as much as its text, on the
+# coordinator's event loop. Each state (by its content digest) is built once; the last few kept.
+_ROUTING_KEPT = 8
+_routing_messages: "OrderedDict[int, control_pb2.Instruction]" = OrderedDict()
+
+
+def routing_instruction(state) -> control_pb2.Instruction:
+    """The ``{"routing": state}`` instruction's message, built once per digest (never mutate it)."""
+    if not state.digest:
+        return control_pb2.Instruction(routing=routing_to_pb(state))
+    msg = _routing_messages.get(state.digest)
+    if msg is None:
+        msg = _routing_messages[state.digest] = control_pb2.Instruction(routing=routing_to_pb(state))
+        while len(_routing_messages) > _ROUTING_KEPT:
+            _routing_messages.popitem(last=False)
+    return msg
 
 
 def agent_stub(channel) -> control_pb2_grpc.AgentServiceStub:
@@ -94,7 +114,7 @@ def instruction_to_pb(ins: dict) -> control_pb2.Instruction:
         return control_pb2.Instruction(assignments=control_pb2.Assignments(
             generation=a.generation, items=[item_to_pb(i) for i in a.items]))
     if "routing" in ins:
-        return control_pb2.Instruction(routing=routing_to_pb(ins["routing"]))
+        return routing_instruction(ins["routing"])
     if "keys" in ins:
         return control_pb2.Instruction(keys=keys_to_pb(ins["keys"]))
     raise ValueError(f"unknown instruction {sorted(ins)}")
