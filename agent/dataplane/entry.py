@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+
+import grpc
 import logging
 import time
 from typing import Callable
@@ -33,7 +35,7 @@ from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition,
 from atoll.core.openai_api import (MAX_CHOICES, MAX_MESSAGES, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT, MAX_TIMEOUT_S,
                                    MAX_TOKENS, MAX_TOP_LOGPROBS, logprob_items_refusal)
 from atoll.core.pools import Held
-from atoll.core.rpc import handle_errors
+from atoll.core.rpc import handle_errors, refused
 from atoll.specs.routing import Route, Stage
 from atoll.wire.dataplane import Chat, EntryInfo, Invocation, Sink, delta_message, done_message, entry_to_pb, invocation_from_pb
 from atoll.wire.worker import Delta
@@ -169,6 +171,27 @@ class Keys:
     def check(self, key: str) -> Identity:
         ident = self.identify(key)
         return ident if ident is not None else Identity("", "", "admin")
+
+
+class EntryGuard(grpc.aio.ServerInterceptor):
+    """The entry server's interceptor: an ``Invoke`` whose caller ``keys`` refuse (no key while keys
+    are enforced, an unknown or revoked key, a caller token not for this node) is refused from its
+    headers, before gRPC reads its request (``rpc.refused``: a stranger's 16 MiB requests are never
+    decoded). The handler identifies the caller again, for its tenant."""
+
+    def __init__(self, keys: Keys):
+        self.keys = keys
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method != INVOKE:
+            return handler
+        try:
+            kind, _ = self.keys.caller(bearer(details.invocation_metadata))
+            access.decide(INVOKE, kind)
+        except AtollError as exc:
+            return refused(handler, exc)
+        return handler
 
 
 class Resolver:

@@ -24,7 +24,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from atoll.agent.dataplane.chain import DataPlane, LocalWorker, NodeSelf
-from atoll.agent.dataplane.entry import EntryService, Keys
+from atoll.agent.dataplane.entry import EntryGuard, EntryService, Keys
 from atoll.agent.dataplane.hop import HopService
 from atoll.agent.dataplane.load import LoadBook
 from atoll.agent.dataplane.metrics import DataPlaneMetrics
@@ -126,7 +126,7 @@ class DataPlaneNode:
                           insecure: bool = False, advertise: str | None = None) -> str:
         """Serve ``Entry`` on ``listen`` (TLS with the agent's certificate when given; clients
         authenticate with API keys). Returns the address clients use."""
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[EntryGuard(self.entry.keys)])
         add_service(self.server, self.entry, ENTRY)
         self.health = add_health_and_reflection(self.server, [ENTRY.full_name, COORDINATOR_HEALTH])
         host, port = split_address(listen)

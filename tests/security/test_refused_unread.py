@@ -16,8 +16,9 @@ import asyncio
 import grpc
 import pytest
 
+from atoll.agent.dataplane.entry import EntryGuard, Keys as EntryKeys
 from atoll.agent.guard import WorkerGuard
-from atoll.core.apikeys import Identity
+from atoll.core.apikeys import Identity, KeyEntry, key_set, secret_hash
 from atoll.core.errors import Unauthenticated
 from atoll.coordinator import auth
 from atoll.coordinator.auth import AuthInterceptor
@@ -97,3 +98,18 @@ def test_an_agent_refuses_a_caller_without_a_token_before_reading_its_request():
     code, decoded, _ = asyncio.run(call_with(guard, "atoll.v1.Worker", "Generate"))
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert decoded == [], f"the refused caller's request was decoded ({decoded} bytes)"
+
+
+@pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer atoll_k1_wrong"),)], ids=["anonymous", "bad-key"])
+def test_an_entry_refuses_an_invoke_without_a_valid_key_before_reading_its_request(metadata):
+    """An agent's entry port takes API keys and caller tokens, and its handler checks them; before
+    it had no interceptor, so every Invoke was decoded first (8 strangers' 16 MiB Invokes took a
+    real agent from 71 to 3,776 MiB, kept after; now 388 MiB)."""
+    keys = EntryKeys()
+    keys.set(key_set([KeyEntry("k1", "team-a", "user", secret_hash("right"))]))
+    code, decoded, _ = asyncio.run(call_with(EntryGuard(keys), "atoll.v1.Entry", "Invoke", metadata))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert decoded == [], f"the refused caller's request was decoded ({decoded} bytes)"
+    code, decoded, _ = asyncio.run(call_with(EntryGuard(keys), "atoll.v1.Entry", "Invoke",
+                                             (("authorization", "Bearer atoll_k1_right"),)))
+    assert code == grpc.StatusCode.OK and decoded == [len(BIG)]
