@@ -8,8 +8,9 @@ vocabulary 49,152) and a larger Llama's that no kernel was tuned on (hidden 2048
 
 - **linear**: one projection (the gate_up weight) at 1, 4, 32, 128 and 512 rows, in atoll's panel
   layout, oneDNN's packed layout and plain ``F.linear``; best of 5 timings, cache-warm.
-- **weight stream**: one decode row through every projection of 8 distinct layers (weights
-  larger than the caches), panel against oneDNN, in GB/s of weights read.
+- **weight stream**: one decode row, and a 32-row decode step, through every projection of 8
+  distinct layers (weights larger than the caches, so each comes from memory), panel against
+  oneDNN: GB/s of weights read at one row, GFLOP/s at 32 rows.
 - **decode attention**: 1 and 32 requests with 100-290 cached tokens each in 16-token blocks,
   atoll's in-place kernel against the torch path (gather whole blocks, ``baddbmm``, softmax,
   ``bmm``).
@@ -80,18 +81,22 @@ def bench_stream(s: dict, layers: int, reps: int) -> dict:
     dims = [(q + 2 * kv, h), (h, q), (2 * i, h), (h, i)]
     g = torch.Generator().manual_seed(2)
     plain = [[torch.randn(o, k, generator=g) * 0.02 for o, k in dims] for _ in range(layers)]
-    xs = [torch.randn(1, k, generator=g) for _, k in dims]
     nbytes = sum(w.numel() * 4 for ly in plain for w in ly)
     res = {"weight_bytes": nbytes, "layers": layers}
     for lay in ("panel", "onednn") if onednn_available() else ("panel",):
         packed = [[pack(w, layout=lay) for w in ly] for ly in plain]
+        for rows in (1, 32):
+            xs = [torch.randn(rows, k, generator=g) for _, k in dims]
 
-        def step(packed=packed):
-            for ly in packed:
-                for w, x in zip(ly, xs):
-                    linear(x, w)
-        t = best_time(step, reps, min_time=0.0)
-        res[lay] = {"seconds": t, "gb_s": nbytes / t / 1e9}
+            def step(packed=packed, xs=xs):
+                for ly in packed:
+                    for w, x in zip(ly, xs):
+                        linear(x, w)
+            t = best_time(step, reps, min_time=0.0)
+            if rows == 1:
+                res[lay] = {"seconds": t, "gb_s": nbytes / t / 1e9}
+            else:
+                res[lay].update(seconds_32_rows=t, gflop_s_32_rows=2 * rows * (nbytes / 4) / t / 1e9)
     return res
 
 
@@ -201,6 +206,8 @@ def main(argv=None) -> int:
         st = r["stream"]
         print(f"  weight stream, 1 row, {st['layers']} layers: " +
               ", ".join(f"{k} {v['gb_s']:.1f} GB/s" for k, v in st.items() if isinstance(v, dict)))
+        print(f"  weight stream, 32 rows, {st['layers']} layers: " +
+              ", ".join(f"{k} {v['gflop_s_32_rows']:.1f} GFLOP/s" for k, v in st.items() if isinstance(v, dict)))
         for row in r["attention"]:
             t = row["seconds"]
             print(f"  decode attention, {row['requests']:2} requests: kernel {t['kernel'] * 1e6:.0f} us, torch "

@@ -254,7 +254,8 @@ static void tile1(const float* x, const float* wp, int64_t k, float* y, const fl
  * the weights and a broadcast fit the 16 ymm registers). */
 static inline __attribute__((always_inline)) void tile(const int R, const float* x, int64_t ldx, const float* wp,
                                                        int64_t k, float* y, int64_t ldy, const float* bias,
-                                                       const float* res, int64_t ldr, int c) {
+                                                       const float* res, int64_t ldr, int c, const float* pf,
+                                                       int64_t pfj, int64_t pfp) {
   for (int half = 0; half < 2 && 16 * half < c; half += NV) {
     vf acc[MR][NV];
 #pragma GCC unroll 8
@@ -262,7 +263,14 @@ static inline __attribute__((always_inline)) void tile(const int R, const float*
 #pragma GCC unroll 2
       for (int v = 0; v < NV; v++) acc[r][v] = v_zero();
     const float* w = wp + 16 * half;
+    int64_t ph = pfj * 2 / NV + half / NV;      /* this pass's share of the next panel's k-rows */
+    int64_t next_pf = pf ? ph : k;
     for (int64_t i = 0; i < k; i++) {
+      if (i == next_pf) {              /* every pfp-th k-row of the next panel, into L2 */
+        __builtin_prefetch(pf + i * NR, 0, 2);
+        __builtin_prefetch(pf + i * NR + 16, 0, 2);
+        next_pf += pfp;
+      }
       vf wv[NV];
 #pragma GCC unroll 2
       for (int v = 0; v < NV; v++) wv[v] = v_load(w + i * NR + 16 * v);
@@ -306,17 +314,23 @@ void atoll_linear(const float* x, int64_t ldx, const float* wp, const float* bia
     float* yr = y + r0 * ldy + p * NR;
     const float* bb = bias ? bias + p * NR : 0;
     const float* rr = res ? res + r0 * ldr + p * NR : 0;
+    /* The first row block of a panel reads it from memory; the passes of the later blocks find
+     * it in cache and, being bound by arithmetic, fetch the next panel into L2, each pass a share
+     * of its k-rows, so that the next panel's first block finds it there too. */
+    int64_t nb = (m - mc * MC) < MC ? (m - mc * MC + MR - 1) / MR : mbc;   /* row blocks of this panel */
+    int64_t pfp = (nb - 1) * (2 / NV);                                      /* passes after the first block */
+    const float* pf = (b >= 1 && pfp > 0 && p + 1 < np) ? wp + (p + 1) * k * NR : 0;
     switch (rows) {
       case 1: tile1(xr, w, k, yr, bb, rr, c); break;
-      case 2: tile(2, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
-      case 3: tile(3, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
-      case 4: tile(4, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
-      case 5: tile(5, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+      case 2: tile(2, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c, pf, b - 1, pfp); break;
+      case 3: tile(3, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c, pf, b - 1, pfp); break;
+      case 4: tile(4, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c, pf, b - 1, pfp); break;
+      case 5: tile(5, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c, pf, b - 1, pfp); break;
 #if MR > 6
-      case 6: tile(6, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
-      case 7: tile(7, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+      case 6: tile(6, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c, pf, b - 1, pfp); break;
+      case 7: tile(7, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c, pf, b - 1, pfp); break;
 #endif
-      default: tile(MR, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c); break;
+      default: tile(MR, xr, ldx, w, k, yr, ldy, bb, rr, ldr, c, pf, b - 1, pfp); break;
     }
   }
 }

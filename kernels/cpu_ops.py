@@ -10,7 +10,8 @@ AVX-512F, two ymm registers with AVX2, the register tiles sized to each):
   (``[ceil(n/32), k, 32]``), so a one-row step reads each thread's share of a weight as one
   sequential stream (30-44 GB/s of weights on the 2-core VMs measured, where oneDNN's packed
   linear reads 20-37), and a many-row step keeps one panel in L2 while 8 rows at a time (AVX2:
-  6 rows against each 16-column half) are multiplied against it. Bias and residual are added in
+  6 rows against each 16-column half) are multiplied against it; the passes over a panel that
+  run from cache prefetch the next panel, so only a thread's first panel waits on memory. Bias and residual are added in
   the store.
 - :class:`DecodeAttention`: each decode row attends over its own cache blocks in place, through
   its block table, where the torch path copies every request's blocks into one padded tensor per

@@ -26,6 +26,7 @@ def test_cpu_ops_bench_quick(tmp_path):
     assert [row["rows"] for row in r["linear"]] == [1, 32]
     assert all(v > 0 for row in r["linear"] for v in row["seconds"].values())
     assert r["stream"]["panel"]["gb_s"] > 0
+    assert r["stream"]["panel"]["gflop_s_32_rows"] > 0
     assert [row["requests"] for row in r["attention"]] == [1, 32]
     assert all(row["max_abs_diff"] < 1e-4 for row in r["attention"] + r["lora"])
     assert {row["projection"] for row in r["lora"]} == {"qkv", "gate_up"}
