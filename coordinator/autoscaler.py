@@ -144,7 +144,7 @@ class Workflows(Protocol):
 
     def spec(self, name: str) -> WorkflowSpec: ...
     def replica_views(self, rec: WorkflowRecord) -> list[dict]: ...
-    def placing(self) -> AsyncContextManager: ...
+    def placing(self, tenant: str | None = None) -> AsyncContextManager: ...
     async def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement: ...
     def deploy(self, rec: WorkflowRecord, placement: Placement, autoscale: Autoscale) -> None: ...
     def idle(self, rec: WorkflowRecord, autoscale: Autoscale, message: str) -> None: ...
@@ -306,13 +306,15 @@ class Autoscaler:
                       unavailable: Collection[str] = ()) -> str:
         """Re-plan ``rec`` for its declared rate times ``scale`` (without the ``unavailable``
         nodes), backing off (x0.75 when no plan fits the fleet, proportionally when a stage would
-        exceed ``max_replicas``), and deploy the plan. Placements take turns (``wm.placing()``);
+        exceed ``max_replicas``), and deploy the plan. Placements take turns by tenant
+(``wm.placing(tenant)``): this one in the turn of the workflow's tenant, so one tenant's
+autoscaled workflows, however slow to plan, delay another tenant's placements by at most one;
         a workflow deleted or changed by someone else after the decision (while this waited its
         turn or was planned) keeps what it has: the next pass decides again. Returns what it did, in words ("no plan: ..." when nothing fitted or it was
         superseded)."""
         cap = spec.autoscaling.max_replicas
         generation = rec.generation          # what the decision saw
-        async with wm.placing():
+        async with wm.placing(rec.tenant):
             old_ids = {x.replica_id for x in rec.assignments}
             last = ""
             for _ in range(REPLAN_TRIES):

@@ -31,7 +31,6 @@ placement. Dry runs plan without waiting their turn.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import logging
 import math
@@ -59,11 +58,6 @@ from atoll.specs.workflow import WorkflowSpec
 log = logging.getLogger("atoll.coordinator")
 
 RETRY_REPLAN_S = 5.0
-# Whose turn a placement that names no tenant takes (``placing()``, ``place()``): the coordinator's
-# own, except within a wake, which runs in its workflow's tenant's turn. A wake is a placement a
-# user key starts with one request; counted as the coordinator's, one tenant's wakes all queued
-# in that one turn, ahead of the re-plans after a node loss (64 workflows at zero, woken at once).
-_ACTING_FOR: contextvars.ContextVar[str] = contextvars.ContextVar("placing_for", default=SYSTEM)
 # Every host holds the route of every workflow it may run, prompt templates and stop strings
 # included, in one routing state sent down its heartbeat stream, and gRPC refuses a message past
 # 16 MiB: a tenant's ordinary workflows (45 tasks with 20,000-character templates each) broke
@@ -133,9 +127,11 @@ class WorkflowManager:
 
     def placing(self, tenant: str | None = None) -> AsyncContextManager[None]:
         """Held while a placement that will commit is planned and committed (one at a time; the
-        waiters take turns by tenant, ``tenant`` this one's; by default the coordinator's own, or
-        within a wake its workflow's tenant's)."""
-        return self._placing.hold(_ACTING_FOR.get() if tenant is None else tenant)
+        waiters take turns by tenant, ``tenant`` this one's; by default the coordinator's own).
+        The autoscaler's placements, wakes included, take their workflow's tenant's turn: a wake
+        is a placement a user key starts with one request, and counted as the coordinator's, one
+        tenant's wakes all queued in that one turn, ahead of the re-plans after a node loss."""
+        return self._placing.hold(SYSTEM if tenant is None else tenant)
 
     async def place(self, rec: WorkflowRecord, scale: float, unavailable: Collection[str] = ()) -> Placement:
         """A new placement of a deployed workflow for its declared rate times ``scale``, on the
@@ -143,7 +139,7 @@ class WorkflowManager:
         autoscaler's call (it holds :meth:`placing`, so it goes first in its planning turn)."""
         spec, serving = self._loaded(rec)
         return await self._off_loop(place, rec.name, spec, serving, self.fleet(rec.name, unavailable),
-                                    on_behalf_of=_ACTING_FOR.get(), first=True, previous=rec.assignments, scale=scale)
+                                    on_behalf_of=rec.tenant, first=True, previous=rec.assignments, scale=scale)
 
     async def _off_loop(self, fn, *args, on_behalf_of: str = SYSTEM, first: bool = False, **kw):
         """``fn(*args, **kw)`` in a planning worker when there is one (else here), in
@@ -378,7 +374,6 @@ class WorkflowManager:
         return task
 
     async def _wake(self, rec: WorkflowRecord) -> None:
-        _ACTING_FOR.set(rec.tenant)           # this task's placements are in the tenant's turn
         try:
             await self.autoscaler.wake(self, rec)
         except ResourceExhausted as exc:      # the tenant's placements fill its share: a later request retries

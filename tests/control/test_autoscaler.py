@@ -358,6 +358,7 @@ class FakeManager:
         self.records = {rec.name: rec}
         self.fit, self.per_replica = fit, per_replica
         self.deployed = []
+        self.turns = []
         self.lock = asyncio.Lock()
 
     def spec(self, name):
@@ -366,7 +367,8 @@ class FakeManager:
     def replica_views(self, rec):
         return [view(a.replica_id) for a in rec.assignments]
 
-    def placing(self):
+    def placing(self, tenant=None):
+        self.turns.append(tenant)                     # whose turn each placement took
         return self.lock
 
     async def place(self, rec, scale, unavailable=()):
@@ -398,7 +400,8 @@ def test_the_pass_carries_decisions_out_logs_and_exports_them():
     clock = Clock(0.0)
     metrics = CoordinatorMetrics(CollectorRegistry())
     auto = Autoscaler(metrics, clock=clock, wall=lambda: 1.7e9)
-    rec = WorkflowRecord(name="wf", spec_yaml="", state="READY", assignments=(assignment("r0", "n0"),))
+    rec = WorkflowRecord(name="wf", spec_yaml="", state="READY", assignments=(assignment("r0", "n0"),),
+                         tenant="team-a")
     wm = FakeManager(rec)
     for _ in range(300):                                   # 30/s for 10 s, answers 1.5x the profile
         clock.t += 1 / 30
@@ -406,6 +409,7 @@ def test_the_pass_carries_decisions_out_logs_and_exports_them():
         auto.request_finished("wf", {"gen": 96})
     done = drive(auto, wm, {}, clock.t)
     assert done == [("wf", "scale")] and wm.deployed[-1].rate == pytest.approx(20.0)   # x2 at most
+    assert wm.turns == ["team-a"]                          # placed in its tenant's turn, not the coordinator's
     d = auto.decisions_of("wf")[-1]
     assert d.action == "up" and d.previous_rate == 10.0 and d.rate == pytest.approx(20.0)
     assert d.signals["work"] == pytest.approx(1.5) and d.signals["arrivals"] == pytest.approx(30.0, rel=0.05)
