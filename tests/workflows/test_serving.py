@@ -71,9 +71,18 @@ def test_submit_route_shares_and_bytes(harness):
         assert not errors, errors[:3]
         seen = Counter(r["stages"][0]["node"] for r in ok)
         by_node = {r["node"]: r["weight"] for r in st.replicas}
+        shares = {node: seen[node] / len(ok) for node in by_node}
+        # Locations follow the plan's weights closely (the router draws the location from the
+        # plan's cycle); inside a location the two-choices rule and the entry's preference for
+        # its own host's replica move load between replicas whose speeds differ (a loaded CI
+        # machine slows them unevenly), so a replica's share is held to 30% of its weight.
+        where = {r["node"]: (r["region"], r["tier"]) for r in st.replicas}
+        for loc in set(where.values()):
+            want = sum(w for n, w in by_node.items() if where[n] == loc)
+            got = sum(v for n, v in shares.items() if where[n] == loc)
+            assert abs(got - want) <= 0.1 * want + 1e-9, (loc, got, want, shares, by_node)
         for node, w in by_node.items():
-            share = seen[node] / len(ok)
-            assert abs(share - w) <= 0.1 * w + 1e-9, (node, share, w)
+            assert abs(shares[node] - w) <= 0.3 * w + 1e-9, (node, shares, by_node)
         # bytes per region pair: measured vs the plan's flows (same message sizes)
         after = bytes_by_pair(h.agent_metrics(), "wf-route")
         measured = {k: after[k] - before.get(k, 0.0) for k in after}
