@@ -16,12 +16,13 @@ for the autoscaler (:class:`~.load.LoadBook`) and runs it (:class:`~.chain.DataP
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
-
-import grpc
 import logging
 import time
 from typing import Callable
+
+import grpc
 
 from atoll.agent.dataplane.chain import DataPlane, Request, parse_input, takes_ids
 from atoll.agent.dataplane.load import LoadBook
@@ -35,7 +36,7 @@ from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition,
 from atoll.core.openai_api import (MAX_CHOICES, MAX_MESSAGES, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT, MAX_TIMEOUT_S,
                                    MAX_TOKENS, MAX_TOP_LOGPROBS, logprob_items_refusal)
 from atoll.core.pools import Held
-from atoll.core.rpc import handle_errors, refused
+from atoll.core.rpc import guarded, handle_errors, refused
 from atoll.specs.routing import Route, Stage
 from atoll.wire.dataplane import Chat, EntryInfo, Invocation, Sink, delta_message, done_message, entry_to_pb, invocation_from_pb
 from atoll.wire.worker import Delta
@@ -173,11 +174,17 @@ class Keys:
         return ident if ident is not None else Identity("", "", "admin")
 
 
+# The caller the entry server's guard identified, for the call it admitted (kind, identity).
+_CALLER: contextvars.ContextVar[tuple[str, Identity | None] | None] = contextvars.ContextVar("entry_caller",
+                                                                                               default=None)
+
+
 class EntryGuard(grpc.aio.ServerInterceptor):
     """The entry server's interceptor: an ``Invoke`` whose caller ``keys`` refuse (no key while keys
     are enforced, an unknown or revoked key, a caller token not for this node) is refused from its
     headers, before gRPC reads its request (``rpc.refused``: a stranger's 16 MiB requests are never
-    decoded). The handler identifies the caller again, for its tenant."""
+    decoded). An admitted call's handler takes the caller it identified (a caller token's
+    signature is checked once per call)."""
 
     def __init__(self, keys: Keys):
         self.keys = keys
@@ -187,11 +194,15 @@ class EntryGuard(grpc.aio.ServerInterceptor):
         if handler is None or details.method != INVOKE:
             return handler
         try:
-            kind, _ = self.keys.caller(bearer(details.invocation_metadata))
-            access.decide(INVOKE, kind)
+            caller = self.keys.caller(bearer(details.invocation_metadata))
+            access.decide(INVOKE, caller[0])
         except AtollError as exc:
             return refused(handler, exc)
-        return handler
+
+        def admit():
+            mark = _CALLER.set(caller)
+            return lambda: _CALLER.reset(mark)
+        return guarded(handler, admit)
 
 
 class Resolver:
@@ -281,7 +292,7 @@ class EntryService:
         md = context.invocation_metadata()
         span = start_span(md, "entry", request.request_id)
         inv = invocation_from_pb(request)
-        kind, ident = self.keys.caller(bearer(md))
+        kind, ident = _CALLER.get() or self.keys.caller(bearer(md))      # the guard's, when it ran
         access.decide(INVOKE, kind)
         cr, req = self.request(inv, ident, span, context.time_remaining())
         async for msg in self.serve(cr, req, ident, inv.kind):
