@@ -155,7 +155,7 @@ def bench_lora(s: dict, layers: int, reps: int) -> list[dict]:
         n, hout = len(offs) - 1, offs[-1]
         ab = [(torch.randn(n_ad + 1, n, r, h, generator=g) * 0.05, torch.randn(n_ad + 1, hout, r, generator=g) * 0.05)
               for _ in range(layers)]
-        bts = [b.transpose(1, 2).contiguous() for _, b in ab]
+        bts = [cpu_ops.lora_panels(b, offs) for _, b in ab]
         x = torch.randn(rows, h, generator=g)
         y = torch.randn(rows, hout, generator=g)
 

@@ -557,16 +557,51 @@ void atoll_silu_mul(const float* gu, int64_t ldg, int64_t m, int64_t n, float* o
  *
  *     y[t, slice n] += scales[s] * (x[t] . a[s, n]^T) . b[s, slice n]^T     with s = slots[t] >= 0
  *
- * a: [S][N][R][hin] (the shrink of each slice), bt: [S][R][hout], b transposed (slice n owns the
- * output columns offsets[n] ... offsets[n+1]-1), scales: [S]. Rows with slot -1 are left alone.
+ * a: [S][N][R][hin] (the shrink of each slice); bp: b in panels of 16 output columns,
+ * [S][NB][R][16], where slice n (output columns offsets[n] ... offsets[n+1]-1) owns
+ * ceil(width / 16) consecutive panels, zero past its width, and NB is the sum over the slices;
+ * scales: [S]. Rows with slot -1 are left alone.
  *
  * Rows come in groups of up to 4 that share a slot (``order`` lists the rows grouped by slot,
  * group g is order[gstart[g]] ... order[gstart[g+1]-1]): a group reads its adapter's weights
  * once, for all its rows, so the weights' trip from memory is shared (at batch 32 with 8
  * adapters these reads are most of the work). Per row the R shrink sums of a slice stay on the
- * stack (R <= 512), LU ranks reduced together; the expand adds 16 output columns at a time, one
- * multiply-add per rank. Groups are split over threads. */
-void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float* a, const float* bt,
+ * stack (R <= 512), LU ranks reduced together; the expand adds one panel (16 output columns) at
+ * a time, one multiply-add per rank, reading the panel's R x 16 floats as one contiguous run
+ * (rows of b^T one output width apart alias in L1 when that width is a multiple of 1024 floats,
+ * as gate_up's often is). Whole 16-lane vectors take plain loads and stores and only the last,
+ * partial one a masked access (masked loads in the inner loops ran this kernel 2.5x slower on
+ * Zen 3). Groups are split over threads. */
+static inline void lora_shrink16(vf acc[4][LU], const float* ar, int64_t hin, const float* const xr[4], int64_t i,
+                                 int64_t gm, vm mk) {
+  vf av[LU];
+#pragma GCC unroll 4
+  for (int u = 0; u < LU; u++) av[u] = v_loadm(mk, ar + u * hin + i);
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; m++) {
+    if (m < gm) {
+      vf xv = v_loadm(mk, xr[m] + i);
+#pragma GCC unroll 4
+      for (int u = 0; u < LU; u++) acc[m][u] = v_fma(xv, av[u], acc[m][u]);
+    }
+  }
+}
+
+static inline void lora_expand16(float* const yr[4], const float* panel, float h[4][512], int64_t R, int64_t gm,
+                                 vm mk) {
+  vf c[4];
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; m++) c[m] = v_zero();
+  for (int64_t r2 = 0; r2 < R; r2++) {
+    vf bv = v_load(panel + r2 * 16);
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++)
+      if (m < gm) c[m] = v_fma(v_set1(h[m][r2]), bv, c[m]);
+  }
+  for (int m = 0; m < gm; m++) v_storem(yr[m], mk, v_add(v_loadm(mk, yr[m]), c[m]));
+}
+
+void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float* a, const float* bp,
                 const float* scales, const int32_t* slots, const int64_t* order, const int64_t* gstart, int64_t G,
                 int64_t N, int64_t R, int64_t hin, int64_t hout, const int64_t* offsets, int nthreads) {
 #pragma omp parallel for num_threads(G >= 2 ? team(G * 4 * N * R * (hin + hout), nthreads) : 1) schedule(static)
@@ -583,6 +618,8 @@ void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float*
     }
     float sc = scales[s];
     float h[4][512];
+    int64_t hin16 = hin & ~(int64_t)15, nb = 0, pb = 0;
+    for (int64_t n = 0; n < N; n++) nb += (offsets[n + 1] - offsets[n] + 15) / 16;
     for (int64_t n = 0; n < N; n++) {
       const float* an = a + ((int64_t)s * N + n) * R * hin;
       int64_t r = 0;
@@ -592,20 +629,9 @@ void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float*
         for (int m = 0; m < 4; m++)
 #pragma GCC unroll 4
           for (int u = 0; u < LU; u++) acc[m][u] = v_zero();
-        for (int64_t i = 0; i < hin; i += 16) {
-          vm mk = v_tail(hin - i);
-          vf av[LU];
-#pragma GCC unroll 4
-          for (int u = 0; u < LU; u++) av[u] = v_loadm(mk, an + (r + u) * hin + i);
-#pragma GCC unroll 4
-          for (int m = 0; m < 4; m++) {
-            if (m < gm) {
-              vf xv = v_loadm(mk, xr[m] + i);
-#pragma GCC unroll 4
-              for (int u = 0; u < LU; u++) acc[m][u] = v_fma(xv, av[u], acc[m][u]);
-            }
-          }
-        }
+        const float* ar = an + r * hin;
+        for (int64_t i = 0; i < hin16; i += 16) lora_shrink16(acc, ar, hin, xr, i, gm, 16);
+        if (hin16 < hin) lora_shrink16(acc, ar, hin, xr, hin16, gm, v_tail(hin - hin16));
 #if LU == 4
         for (int m = 0; m < gm; m++) _mm_storeu_ps(h[m] + r, v_sum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
 #else
@@ -615,23 +641,19 @@ void atoll_lora(float* y, int64_t ldy, const float* x, int64_t ldx, const float*
       }
       for (; r < R; r++)
         for (int m = 0; m < gm; m++) h[m][r] = dot(xr[m], an + r * hin, hin);
-      /* expand from bt [R][hout]: 16 output columns at a time, bt's rows read once for the group */
-      const float* bts = bt + (int64_t)s * R * hout;
+      /* expand: the slice's panels, 16 output columns each */
+      const float* pn = bp + ((int64_t)s * nb + pb) * R * 16;
       for (int m = 0; m < gm; m++)
         for (int64_t r2 = 0; r2 < R; r2++) h[m][r2] *= sc;
-      for (int64_t j = offsets[n]; j < offsets[n + 1]; j += 16) {
-        vm mk = v_tail(offsets[n + 1] - j);
-        vf c[4];
-#pragma GCC unroll 4
-        for (int m = 0; m < 4; m++) c[m] = v_zero();
-        for (int64_t r2 = 0; r2 < R; r2++) {
-          vf bv = v_loadm(mk, bts + r2 * hout + j);
-#pragma GCC unroll 4
-          for (int m = 0; m < 4; m++)
-            if (m < gm) c[m] = v_fma(v_set1(h[m][r2]), bv, c[m]);
-        }
-        for (int m = 0; m < gm; m++) v_storem(yr[m] + j, mk, v_add(v_loadm(mk, yr[m] + j), c[m]));
+      int64_t j = offsets[n];
+      for (; j < offsets[n + 1]; j += 16, pn += R * 16) {
+        float* yj[4] = {yr[0] + j, yr[1] + j, yr[2] + j, yr[3] + j};
+        if (j + 16 <= offsets[n + 1])
+          lora_expand16(yj, pn, h, R, gm, 16);
+        else
+          lora_expand16(yj, pn, h, R, gm, v_tail(offsets[n + 1] - j));
       }
+      pb += (offsets[n + 1] - offsets[n] + 15) / 16;
     }
   }
 }

@@ -439,6 +439,27 @@ LORA_MAX_RANK = 512
 LORA_MAX_ROWS = 128
 
 
+def lora_panel_count(slice_offsets: tuple[int, ...]) -> int:
+    """Panels of 16 output columns that b takes in :class:`LoraStep`'s layout: each slice of
+    ``slice_offsets`` (the N + 1 bounds of the slices in H_out) rounded up to whole panels."""
+    return sum(-(-(hi - lo) // 16) for lo, hi in zip(slice_offsets, slice_offsets[1:]))
+
+
+def lora_panels(b: torch.Tensor, slice_offsets: tuple[int, ...]) -> torch.Tensor:
+    """b [..., H_out, R] (peft's lora_B, slices stacked along H_out) in :class:`LoraStep`'s
+    layout: [..., P, R, 16], P = :func:`lora_panel_count`, each slice in its own panels (zero past
+    its width), a panel's R × 16 weights contiguous."""
+    *lead, hout, r = b.shape
+    if slice_offsets[0] != 0 or slice_offsets[-1] != hout:
+        raise ValueError(f"lora: slice bounds {list(slice_offsets)} do not split 0..{hout}")
+    out = b.new_zeros(*lead, lora_panel_count(slice_offsets) * 16, r)
+    p = 0
+    for lo, hi in zip(slice_offsets, slice_offsets[1:]):
+        out[..., p:p + hi - lo, :] = b[..., lo:hi, :]
+        p += -(-(hi - lo) // 16) * 16
+    return out.unflatten(-2, (-1, 16)).transpose(-1, -2).contiguous()
+
+
 class LoraStep:
     """The LoRA of a decode step's rows, each with its own adapter slot, one call per projection
     (in place on the projection's output). Prepared once per step: ``slots`` [T] (-1: no
@@ -471,31 +492,32 @@ class LoraStep:
                 prev, run = slot, 0
             run += 1
         self.group_starts = torch.tensor(starts + [self.slots.numel()], dtype=torch.int64)
-        self._offsets: dict[tuple[int, ...], torch.Tensor] = {}
+        self._offsets: dict[tuple[int, ...], tuple[torch.Tensor, int]] = {}
 
-    def __call__(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, scales: torch.Tensor,
+    def __call__(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bp: torch.Tensor, scales: torch.Tensor,
                  slice_offsets: tuple[int, ...]) -> torch.Tensor:
         """``y[t, slice n] += scales[s] · (x[t] · a[s, n]ᵀ) · b[s, slice n]ᵀ`` for each row whose slot
         ``s`` is not -1; the shapes of :mod:`atoll.kernels.lora` (``a`` [S, N, R, H_in],
-        ``slice_offsets`` the N + 1 bounds of the slices in H_out) but for ``bt``: b laid out
-        [S, R, H_out] (``b.transpose(1, 2)``, contiguous)."""
-        b = bt
+        ``slice_offsets`` the N + 1 bounds of the slices in H_out) but for ``bp``: b in panels of 16
+        output columns, [S, P, R, 16] (:func:`lora_panels`)."""
+        b = bp
         t, hin = x.shape
         s_, n, r, _ = a.shape
         hout = y.shape[1]
-        offs = self._offsets.get(slice_offsets)
-        if offs is None:
+        known = self._offsets.get(slice_offsets)
+        if known is None:
             o = [int(v) for v in slice_offsets]
             if len(o) != n + 1 or o[0] != 0 or o[-1] != hout or any(p > q for p, q in zip(o, o[1:])):
                 raise ValueError(f"lora: slice bounds {o} do not split 0..{hout} into {n} slices")
-            offs = self._offsets[slice_offsets] = torch.tensor(o, dtype=torch.int64)
+            known = self._offsets[slice_offsets] = (torch.tensor(o, dtype=torch.int64), lora_panel_count(tuple(o)))
+        offs, panels = known
         if (t != self.slots.shape[0] or y.shape[0] != t or s_ != self.num_slots or x.stride(1) != 1
-                or y.stride(1) != 1 or a.shape[3] != hin or tuple(b.shape) != (s_, r, hout) or r > LORA_MAX_RANK
+                or y.stride(1) != 1 or a.shape[3] != hin or tuple(b.shape) != (s_, panels, r, 16) or r > LORA_MAX_RANK
                 or not (a.is_contiguous() and b.is_contiguous() and scales.is_contiguous())
                 or not (x.dtype == y.dtype == a.dtype == b.dtype == scales.dtype == torch.float32)
                 or scales.shape != (s_,) or x.device.type != "cpu"):
             raise ValueError(f"lora: fp32 CPU rows x [{self.slots.shape[0]}, H_in] and y [.., H_out], contiguous "
-                             f"a [{self.num_slots}, N, R, H_in], bt [{self.num_slots}, R, H_out], scales "
+                             f"a [{self.num_slots}, N, R, H_in], b's panels [{self.num_slots}, {panels}, R, 16], scales "
                              f"[{self.num_slots}]")
         if t:
             _lib.atoll_lora(y.data_ptr(), y.stride(0), x.data_ptr(), x.stride(0), a.data_ptr(), b.data_ptr(),

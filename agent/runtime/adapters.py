@@ -10,9 +10,10 @@ holds it (refcount 0), least recently used first.
 
 Slot tensors per layer (R = ``max_rank``, zero-padded; slot rows unused by an adapter are 0):
 ``qkv`` a [S,3,R,h] b [S,q+2kv,R]; ``o`` a [S,1,R,q] b [S,h,R]; ``gate_up`` a [S,2,R,h]
-b [S,2i,R]; ``down`` a [S,1,R,i] b [S,h,R]; ``scales`` [S] fp32. With ``transposed_b`` (atoll's
-CPU LoRA kernel) each b also has a copy laid out [S,R,out] (``bt``), so the kernel's expand
-multiplies whole rows of output columns instead of reducing an R-long dot per column.
+b [S,2i,R]; ``down`` a [S,1,R,i] b [S,h,R]; ``scales`` [S] fp32. With ``panel_b`` (atoll's
+CPU LoRA kernel) each b also has a copy in panels of 16 output columns, [S,P,R,16] (``bp``,
+:func:`atoll.kernels.cpu_ops.lora_panels`), so the kernel's expand multiplies whole vectors of
+output columns, each panel one contiguous read, instead of reducing an R-long dot per column.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .config import ModelConfig
 from .lora import AdapterWeights, load_adapter
 from .modules import module_dims, packed_modules
 from .metrics import EngineMetrics
-from .model import SlotWeights
+from .model import SlotWeights, slice_offsets
 
 
 @dataclass
@@ -67,24 +68,26 @@ class AdapterStore:
     FRESH_GRACE_S = 1.0
     def __init__(self, cfg: ModelConfig, *, num_slots: int, max_rank: int, dtype: torch.dtype,
                  device: torch.device, host_capacity: int = 64, metrics: EngineMetrics | None = None,
-                 transposed_b: bool = False):
+                 panel_b: bool = False):
         if num_slots < 1 or max_rank < 1:
             raise ValueError("num_slots and max_rank must be >= 1")
         self.cfg, self.num_slots, self.max_rank = cfg, num_slots, max_rank
         self.dtype, self.device, self.host_capacity = dtype, device, host_capacity
         self.metrics = metrics or EngineMetrics()
         dims = module_dims(cfg)
+        self._slices = dict(zip(packed_modules(cfg), slice_offsets(cfg)))   # output-column bounds
         self.layers: list[SlotWeights] = []
         for _ in range(cfg.num_layers):
-            a, b, bt = {}, {}, {}
+            a, b, bp = {}, {}, {}
             for proj, mods in packed_modules(cfg).items():
                 fin = dims[mods[0]][0]
                 fout = sum(dims[m][1] for m in mods)
                 a[proj] = torch.zeros(num_slots, len(mods), max_rank, fin, dtype=dtype, device=device)
                 b[proj] = torch.zeros(num_slots, fout, max_rank, dtype=dtype, device=device)
-                if transposed_b:
-                    bt[proj] = torch.zeros(num_slots, max_rank, fout, dtype=dtype, device=device)
-            self.layers.append(SlotWeights(a, b, bt if transposed_b else None))
+                if panel_b:
+                    panels = cpu_ops.lora_panel_count(self._slices[proj])
+                    bp[proj] = torch.zeros(num_slots, panels, max_rank, 16, dtype=dtype, device=device)
+            self.layers.append(SlotWeights(a, b, bp if panel_b else None))
         self.scales = torch.zeros(num_slots, dtype=torch.float32, device=device)
         self._entries: dict[str, _Entry] = {}
         self._slot_owner: list[str | None] = [None] * num_slots
@@ -323,8 +326,8 @@ class AdapterStore:
                         a[j, :r].copy_(wa, non_blocking=nb)
                         b[off:off + fout, :r].copy_(wb, non_blocking=nb)
                     off += fout
-                if layer.bt is not None:
-                    layer.bt[proj][slot].copy_(b.t())
+                if layer.bp is not None:
+                    layer.bp[proj][slot].copy_(cpu_ops.lora_panels(b, self._slices[proj]))
         self.scales[slot] = w.scale
 
     def _touch_host(self, e: _Entry) -> None:

@@ -126,7 +126,7 @@ class Engine:
                                dtype=self.dtype, device=self.device)
         self.store = AdapterStore(self.cfg, num_slots=max_adapters_on_device, max_rank=max_lora_rank,
                                   dtype=self.dtype, device=self.device, host_capacity=max_adapters_in_host,
-                                  metrics=self.metrics, transposed_b=cpu_kernels)
+                                  metrics=self.metrics, panel_b=cpu_kernels)
         self.scheduler = Scheduler(self.kv, self.store, max_num_batched_tokens=max_num_batched_tokens,
                                    max_num_seqs=max_num_seqs, device=self.device)
         self.max_waiting = max_waiting

@@ -70,11 +70,12 @@ class StepBatch:
 
 class SlotWeights:
     """Stacked adapter slots of one layer, per packed projection: a [S,N,R,in], b [S,out,R], and
-    optionally bt, a copy of b laid out [S,R,out] (atoll's CPU LoRA kernel reads it)."""
+    optionally bp, a copy of b in panels of 16 output columns, [S,P,R,16] (atoll's CPU LoRA
+    kernel reads it: :func:`atoll.kernels.cpu_ops.lora_panels`)."""
 
     def __init__(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
-                 bt: dict[str, torch.Tensor] | None = None):
-        self.a, self.b, self.bt = a, b, bt
+                 bp: dict[str, torch.Tensor] | None = None):
+        self.a, self.b, self.bp = a, b, bp
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False) -> torch.Tensor:
@@ -237,7 +238,7 @@ class LlamaModel:
         use_lora = slots is not None and meta.any_lora
         lplan = plan_step(meta, backend=self.lora_backend) if use_lora else None   # once per step
         cpu_lora = None
-        if use_lora and self.cpu_kernels and slots[0].bt is not None:
+        if use_lora and self.cpu_kernels and slots[0].bp is not None:
             a = slots[0].a["qkv"]
             if cpu_ops.LoraStep.serves(meta.num_tokens, a.dtype, a.device, a.shape[2]):
                 cpu_lora = cpu_ops.LoraStep(meta.token_slots, a.shape[0])
@@ -349,7 +350,7 @@ class _LayerLora:
 
     def apply(self, proj: str, y: torch.Tensor, x: torch.Tensor, offsets: tuple[int, ...]) -> None:
         if self.cpu_lora is not None:
-            self.cpu_lora(y, x, self.sw.a[proj], self.sw.bt[proj], self.scales, offsets)
+            self.cpu_lora(y, x, self.sw.a[proj], self.sw.bp[proj], self.scales, offsets)
             return
         lora_apply(y, x, self.sw.a[proj], self.sw.b[proj], self.scales, self.meta, offsets,
                    backend=self.backend, plan=self.plan)

@@ -299,10 +299,21 @@ def test_lora_step_matches_fp64(slots, r, widths, hin):
             want[row, offs[n]:offs[n + 1]] += scales[s].double() * (b[s, offs[n]:offs[n + 1]].double() @ h)
     y = y0.clone()
     step = cpu_ops.LoraStep(torch.tensor(slots), s_)
-    step(y, x, a, b.transpose(1, 2).contiguous(), scales, offs)
+    step(y, x, a, cpu_ops.lora_panels(b, offs), scales, offs)
     assert (y.double() - want).abs().max().item() < 1e-4 * max(1.0, want.abs().max().item())
     bare = [i for i, s in enumerate(slots) if s < 0]
     assert torch.equal(y[bare], y0[bare])
+
+
+def test_lora_panels_put_each_slice_in_its_own_zero_padded_panels():
+    b = torch.arange(2 * 21 * 3, dtype=torch.float32).view(2, 21, 3)       # [S, H_out, R], slices 17 + 4
+    p = cpu_ops.lora_panels(b, (0, 17, 21))
+    assert cpu_ops.lora_panel_count((0, 17, 21)) == 3 and p.shape == (2, 3, 3, 16)
+    assert torch.equal(p[:, 0], b[:, :16].transpose(1, 2))                  # panel 0: columns 0..15
+    assert torch.equal(p[:, 1, :, 0], b[:, 16]) and not p[:, 1, :, 1:].any()   # column 16, then zeros
+    assert torch.equal(p[:, 2, :, :4], b[:, 17:].transpose(1, 2)) and not p[:, 2, :, 4:].any()
+    with pytest.raises(ValueError, match="do not split"):
+        cpu_ops.lora_panels(b, (0, 20))
 
 
 @needs_kernel
@@ -312,11 +323,13 @@ def test_lora_step_refuses_slots_and_shapes_it_cannot_take():
     with pytest.raises(ValueError, match="outside"):
         cpu_ops.LoraStep(torch.tensor([-2, 0]), 3)
     step = cpu_ops.LoraStep(torch.tensor([0, 1]), 3)
-    a, bt = torch.randn(3, 1, 4, 8), torch.randn(3, 4, 6)
+    a, bp = torch.randn(3, 1, 4, 8), torch.randn(3, 1, 4, 16)
     with pytest.raises(ValueError, match="slice bounds"):
-        step(torch.randn(2, 6), torch.randn(2, 8), a, bt, torch.ones(3), (0, 5))
-    with pytest.raises(ValueError, match="bt \\[3, R, H_out\\]"):
-        step(torch.randn(2, 6), torch.randn(2, 8), a, torch.randn(3, 6, 4), torch.ones(3), (0, 6))
+        step(torch.randn(2, 6), torch.randn(2, 8), a, bp, torch.ones(3), (0, 5))
+    with pytest.raises(ValueError, match="b's panels \\[3, 1, R, 16\\]"):       # b unpanelled: refused
+        step(torch.randn(2, 6), torch.randn(2, 8), a, torch.randn(3, 4, 6), torch.ones(3), (0, 6))
+    with pytest.raises(ValueError, match="b's panels \\[3, 2, R, 16\\]"):       # two slices: two panels
+        step(torch.randn(2, 6), torch.randn(2, 8), torch.randn(3, 2, 4, 8), bp, torch.ones(3), (0, 3, 6))
     assert cpu_ops.LoraStep.serves(128, torch.float32, "cpu", 16)
     assert not cpu_ops.LoraStep.serves(129, torch.float32, "cpu", 16)
     assert not cpu_ops.LoraStep.serves(8, torch.float16, "cpu", 16)
