@@ -356,10 +356,10 @@ void atoll_rms_norm(const float* x, int64_t ldx, const float* w, float* y, int64
     }
     float inv = 1.0f / sqrtf(v_sum(v_add(s0, s1)) / (float)n + eps);
     vf vi = v_set1(inv);
-    for (i = 0; i + 16 <= n; i += 16) v_storem(yr + i, 16, v_mul(v_load(w + i), v_mul(v_load(xr + i), vi)));
-    if (i < n) {
+    for (i = 0; i < n; i += 16) {
       vm mk = v_tail(n - i);
-      v_storem(yr + i, mk, v_mul(v_loadm(mk, w + i), v_mul(v_loadm(mk, xr + i), vi)));
+      vf v = v_mul(v_loadm(mk, xr + i), vi);
+      v_storem(yr + i, mk, v_mul(v_loadm(mk, w + i), v));
     }
   }
 }
@@ -381,124 +381,11 @@ static inline float dot(const float* a, const float* b, int64_t d) {
  * lens[b] - window when a window is set. Query head h reads kv head h / (nh/nkv).
  * scores = scale q.k (then cap tanh(s/cap) when cap > 0), softmax, times V;
  * out: [B][nh*d]. scratch: per thread, (nh/nkv) * max_len floats. */
-/* One (request, kv head) task of atoll_decode_attention; `full` (a constant where it is inlined)
- * says d is a multiple of 16 * PV_C, so every vector of a head is whole and takes plain loads
- * and stores. */
-static inline void attention_task(const float* q, int64_t ldq, const float* cache, int64_t rows, const int64_t* table,
-                                  int64_t nbmax, const int64_t* lens, int64_t bs, int64_t nh, int64_t nkv, int64_t d,
-                                  float scale, float cap, int64_t window, float* out, float* s, int64_t task,
-                                  const int full) {
-  int64_t g = nh / nkv;
-  int64_t b = task / nkv, j = task % nkv;
-  int64_t len = lens[b], k0 = (window > 0 && len > window) ? len - window : 0, L = len - k0;
-  const int64_t* tb = table + b * nbmax;
-  const float* kbase = cache + j * rows * d;
-  const float* vbase = cache + (nkv + j) * rows * d;
-  const float* qb = q + b * ldq + j * g * d;
-  float* ob = out + b * nh * d + j * g * d;
-  /* scores, four keys at a time: each head's four dot products reduced together */
-  int64_t t = 0;
-  for (; t + 4 <= L; t += 4) {
-    const float* kr[4];
-    for (int u = 0; u < 4; u++) {
-      int64_t pos = k0 + t + u;
-      kr[u] = kbase + (tb[pos / bs] * bs + pos % bs) * d;
-    }
-    for (int64_t h = 0; h < g; h++) {
-      const float* qh = qb + h * d;
-      vf a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
-      for (int64_t i = 0; i < d; i += 16) {
-        vm m = full ? 16 : v_tail(d - i);
-        vf qv = v_loadm(m, qh + i);
-        a0 = v_fma(qv, v_loadm(m, kr[0] + i), a0);
-        a1 = v_fma(qv, v_loadm(m, kr[1] + i), a1);
-        a2 = v_fma(qv, v_loadm(m, kr[2] + i), a2);
-        a3 = v_fma(qv, v_loadm(m, kr[3] + i), a3);
-      }
-      __m128 four = _mm_mul_ps(v_sum4(a0, a1, a2, a3), _mm_set1_ps(scale));
-      if (cap > 0.0f) {
-        float v[4];
-        _mm_storeu_ps(v, four);
-        for (int u = 0; u < 4; u++) s[h * L + t + u] = cap * tanhf(v[u] / cap);
-      } else {
-        _mm_storeu_ps(s + h * L + t, four);
-      }
-    }
-  }
-  for (; t < L; t++) {
-    int64_t pos = k0 + t, row = tb[pos / bs] * bs + pos % bs;
-    const float* kr = kbase + row * d;
-    for (int64_t h = 0; h < g; h++) {
-      float v = scale * dot(qb + h * d, kr, d);
-      if (cap > 0.0f) v = cap * tanhf(v / cap);
-      s[h * L + t] = v;
-    }
-  }
-  for (int64_t h = 0; h < g; h++) {
-    float* sh = s + h * L;
-    int64_t L16 = L & ~(int64_t)15;
-    vf mx = v_set1(-INFINITY);
-    for (int64_t t = 0; t < L16; t += 16) mx = v_max(mx, v_load(sh + t));
-    if (L16 < L) mx = v_max(mx, v_loadm_or(mx, v_tail(L - L16), sh + L16));
-    vf m = v_set1(v_hmax(mx)), sum = v_zero();
-    for (int64_t t = 0; t < L16; t += 16) {
-      vf e = v_exp(v_sub(v_load(sh + t), m));
-      v_storem(sh + t, 16, e);
-      sum = v_add(sum, e);
-    }
-    if (L16 < L) {
-      vm k = v_tail(L - L16);
-      vf e = v_keep(k, v_exp(v_sub(v_loadm(k, sh + L16), m)));
-      v_storem(sh + L16, k, e);
-      sum = v_add(sum, e);
-    }
-    vf inv = v_set1(1.0f / v_sum(sum));
-    for (int64_t t = 0; t < L16; t += 16) v_storem(sh + t, 16, v_mul(v_load(sh + t), inv));
-    if (L16 < L) {
-      vm k = v_tail(L - L16);
-      v_storem(sh + L16, k, v_mul(v_loadm(k, sh + L16), inv));
-    }
-  }
-  /* probabilities times V: PV_H heads x 16 PV_C dims of accumulators held in registers */
-  for (int64_t h0 = 0; h0 < g; h0 += PV_H) {
-    int64_t hn = (g - h0) < PV_H ? (g - h0) : PV_H;
-    for (int64_t i0 = 0; i0 < d; i0 += 16 * PV_C) {
-      vm mk[PV_C];
-      for (int c = 0; c < PV_C; c++) mk[c] = full ? 16 : v_tail(d - i0 - 16 * c);
-      vf acc[PV_H][PV_C];
-#pragma GCC unroll 4
-      for (int hh = 0; hh < PV_H; hh++)
-#pragma GCC unroll 4
-        for (int c = 0; c < PV_C; c++) acc[hh][c] = v_zero();
-      for (int64_t tt = 0; tt < L; tt++) {
-        int64_t pos = k0 + tt, row = tb[pos / bs] * bs + pos % bs;
-        const float* vr = vbase + row * d + i0;
-        vf vv[PV_C];
-#pragma GCC unroll 4
-        for (int c = 0; c < PV_C; c++) vv[c] = v_loadm(mk[c], vr + 16 * c);
-#pragma GCC unroll 4
-        for (int hh = 0; hh < PV_H; hh++) {
-          if (hh < hn) {
-            vf p = v_set1(s[(h0 + hh) * L + tt]);
-#pragma GCC unroll 4
-            for (int c = 0; c < PV_C; c++) acc[hh][c] = v_fma(p, vv[c], acc[hh][c]);
-          }
-        }
-      }
-#pragma GCC unroll 4
-      for (int hh = 0; hh < PV_H; hh++)
-        if (hh < hn)
-#pragma GCC unroll 4
-          for (int c = 0; c < PV_C; c++) v_storem(ob + (h0 + hh) * d + i0 + 16 * c, mk[c], acc[hh][c]);
-    }
-  }
-}
-
 void atoll_decode_attention(const float* q, int64_t ldq, const float* cache, int64_t rows, const int64_t* table,
                             int64_t nbmax, const int64_t* lens, int64_t bs, int64_t B, int64_t nh, int64_t nkv,
                             int64_t d, float scale, float cap, int64_t window, float* out, float* scratch,
                             int64_t scratch_per_thread, int nthreads) {
-  int64_t keys = 0;
+  int64_t g = nh / nkv, keys = 0;
   for (int64_t b = 0; b < B; b++) keys += lens[b];
 #pragma omp parallel num_threads(B * nkv >= 2 ? team(keys * nh * d * 2, nthreads) : 1)
   {
@@ -509,10 +396,101 @@ void atoll_decode_attention(const float* q, int64_t ldq, const float* cache, int
 #endif
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < B * nkv; task++) {
-      if (d % (16 * PV_C) == 0)
-        attention_task(q, ldq, cache, rows, table, nbmax, lens, bs, nh, nkv, d, scale, cap, window, out, s, task, 1);
-      else
-        attention_task(q, ldq, cache, rows, table, nbmax, lens, bs, nh, nkv, d, scale, cap, window, out, s, task, 0);
+      int64_t b = task / nkv, j = task % nkv;
+      int64_t len = lens[b], k0 = (window > 0 && len > window) ? len - window : 0, L = len - k0;
+      const int64_t* tb = table + b * nbmax;
+      const float* kbase = cache + j * rows * d;
+      const float* vbase = cache + (nkv + j) * rows * d;
+      const float* qb = q + b * ldq + j * g * d;
+      float* ob = out + b * nh * d + j * g * d;
+      /* scores, four keys at a time: each head's four dot products reduced together */
+      int64_t t = 0;
+      for (; t + 4 <= L; t += 4) {
+        const float* kr[4];
+        for (int u = 0; u < 4; u++) {
+          int64_t pos = k0 + t + u;
+          kr[u] = kbase + (tb[pos / bs] * bs + pos % bs) * d;
+        }
+        for (int64_t h = 0; h < g; h++) {
+          const float* qh = qb + h * d;
+          vf a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
+          for (int64_t i = 0; i < d; i += 16) {
+            vm m = v_tail(d - i);
+            vf qv = v_loadm(m, qh + i);
+            a0 = v_fma(qv, v_loadm(m, kr[0] + i), a0);
+            a1 = v_fma(qv, v_loadm(m, kr[1] + i), a1);
+            a2 = v_fma(qv, v_loadm(m, kr[2] + i), a2);
+            a3 = v_fma(qv, v_loadm(m, kr[3] + i), a3);
+          }
+          __m128 four = _mm_mul_ps(v_sum4(a0, a1, a2, a3), _mm_set1_ps(scale));
+          if (cap > 0.0f) {
+            float v[4];
+            _mm_storeu_ps(v, four);
+            for (int u = 0; u < 4; u++) s[h * L + t + u] = cap * tanhf(v[u] / cap);
+          } else {
+            _mm_storeu_ps(s + h * L + t, four);
+          }
+        }
+      }
+      for (; t < L; t++) {
+        int64_t pos = k0 + t, row = tb[pos / bs] * bs + pos % bs;
+        const float* kr = kbase + row * d;
+        for (int64_t h = 0; h < g; h++) {
+          float v = scale * dot(qb + h * d, kr, d);
+          if (cap > 0.0f) v = cap * tanhf(v / cap);
+          s[h * L + t] = v;
+        }
+      }
+      for (int64_t h = 0; h < g; h++) {
+        float* sh = s + h * L;
+        vf mx = v_set1(-INFINITY);
+        for (int64_t t = 0; t < L; t += 16) mx = v_max(mx, v_loadm_or(mx, v_tail(L - t), sh + t));
+        vf m = v_set1(v_hmax(mx)), sum = v_zero();
+        for (int64_t t = 0; t < L; t += 16) {
+          vm k = v_tail(L - t);
+          vf e = v_keep(k, v_exp(v_sub(v_loadm(k, sh + t), m)));
+          v_storem(sh + t, k, e);
+          sum = v_add(sum, e);
+        }
+        vf inv = v_set1(1.0f / v_sum(sum));
+        for (int64_t t = 0; t < L; t += 16) {
+          vm k = v_tail(L - t);
+          v_storem(sh + t, k, v_mul(v_loadm(k, sh + t), inv));
+        }
+      }
+      /* probabilities times V: PV_H heads x 16 PV_C dims of accumulators held in registers */
+      for (int64_t h0 = 0; h0 < g; h0 += PV_H) {
+        int64_t hn = (g - h0) < PV_H ? (g - h0) : PV_H;
+        for (int64_t i0 = 0; i0 < d; i0 += 16 * PV_C) {
+          vm mk[PV_C];
+          for (int c = 0; c < PV_C; c++) mk[c] = v_tail(d - i0 - 16 * c);
+          vf acc[PV_H][PV_C];
+#pragma GCC unroll 4
+          for (int hh = 0; hh < PV_H; hh++)
+#pragma GCC unroll 4
+            for (int c = 0; c < PV_C; c++) acc[hh][c] = v_zero();
+          for (int64_t tt = 0; tt < L; tt++) {
+            int64_t pos = k0 + tt, row = tb[pos / bs] * bs + pos % bs;
+            const float* vr = vbase + row * d + i0;
+            vf vv[PV_C];
+#pragma GCC unroll 4
+            for (int c = 0; c < PV_C; c++) vv[c] = v_loadm(mk[c], vr + 16 * c);
+#pragma GCC unroll 4
+            for (int hh = 0; hh < PV_H; hh++) {
+              if (hh < hn) {
+                vf p = v_set1(s[(h0 + hh) * L + tt]);
+#pragma GCC unroll 4
+                for (int c = 0; c < PV_C; c++) acc[hh][c] = v_fma(p, vv[c], acc[hh][c]);
+              }
+            }
+          }
+#pragma GCC unroll 4
+          for (int hh = 0; hh < PV_H; hh++)
+            if (hh < hn)
+#pragma GCC unroll 4
+              for (int c = 0; c < PV_C; c++) v_storem(ob + (h0 + hh) * d + i0 + 16 * c, mk[c], acc[hh][c]);
+        }
+      }
     }
   }
 }
@@ -558,24 +536,20 @@ void atoll_rope_write(float* qkv, int64_t ldq, int64_t t, int64_t nh, int64_t nk
   }
 }
 
-static inline void silu_mul16(float* o, const float* g, const float* u, vm k) {
-  vf x = v_loadm(k, g);
-  vf e = v_exp(v_sub(v_zero(), x));
-  vf sg = v_div(x, v_add(v_set1(1.0f), e));
-  v_storem(o, k, v_mul(sg, v_loadm(k, u)));
-}
-
-/* out[r][i] = silu(gu[r][i]) * gu[r][n + i] for m rows of 2n (row stride ldg); out is [m][n].
- * Whole vectors take plain loads (silu_mul16 inlined with k = 16), the row's tail a masked one. */
+/* out[r][i] = silu(gu[r][i]) * gu[r][n + i] for m rows of 2n (row stride ldg); out is [m][n]. */
 void atoll_silu_mul(const float* gu, int64_t ldg, int64_t m, int64_t n, float* out, int nthreads) {
 #pragma omp parallel for num_threads(team(m * n * 8, nthreads)) schedule(static)
   for (int64_t r = 0; r < m; r++) {
     const float* g = gu + r * ldg;
     const float* u = g + n;
     float* o = out + r * n;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) silu_mul16(o + i, g + i, u + i, 16);
-    if (i < n) silu_mul16(o + i, g + i, u + i, v_tail(n - i));
+    for (int64_t i = 0; i < n; i += 16) {
+      vm k = v_tail(n - i);
+      vf x = v_loadm(k, g + i);
+      vf e = v_exp(v_sub(v_zero(), x));
+      vf sg = v_div(x, v_add(v_set1(1.0f), e));
+      v_storem(o + i, k, v_mul(sg, v_loadm(k, u + i)));
+    }
   }
 }
 
