@@ -427,6 +427,9 @@ class DataPlane:
             alt = cr.pick(cs, from_location, tried | {ep.replica_id}, self.excluded, self.in_flight)
             if alt is None or alt.replica_id == ep.replica_id or not may_carry(cr.route, alt.tier) \
                     or not self._idle(alt, me) or not self.hedges.spend():
+                # the pick took its turn in the plan's cycles all the same: counted, so that what
+                # moved requests off the plan's picks can be told (docs/operations.md)
+                self.metrics.series(self.metrics.hedges, cr.route.workflow, cs.stage.task, "unsent").inc()
                 return None
             extra.append(alt)
             self.in_flight.add(alt)

@@ -38,13 +38,17 @@ class Harness:
 
     def agent_metrics(self) -> str:
         """Every live agent's /metrics, one after the other."""
-        out = []
+        return "\n".join(self.each_agent_metrics().values())
+
+    def each_agent_metrics(self) -> dict[str, str]:
+        """Every live agent's /metrics, by node name."""
+        out = {}
         for name, port in self.metrics_ports.items():
             try:
-                out.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+                out[name] = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
             except OSError:
                 pass            # a killed agent
-        return "\n".join(out)
+        return out
 
     @property
     def addr(self) -> str:
