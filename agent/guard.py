@@ -30,7 +30,7 @@ from atoll.core import access
 from atoll.core import credentials as cred
 from atoll.core.errors import AtollError, Unauthenticated, Unavailable
 from atoll.core.apikeys import header
-from atoll.core.rpc import bearer, guarded, refused
+from atoll.core.rpc import bearer, refused, serving_as
 
 
 class WorkerGuard(grpc.aio.ServerInterceptor):
@@ -63,10 +63,7 @@ class WorkerGuard(grpc.aio.ServerInterceptor):
         except AtollError as exc:
             return refused(handler, exc)
 
-        def admit():
-            mark = self._claims.set(claims)
-            return lambda: _reset(self._claims, mark)
-        return guarded(handler, admit)
+        return serving_as(handler, self._claims, claims)
 
     def caller(self, token: str, proof: str = "") -> cred.Claims | None:
         """The claims of the fleet token presented, or None (anonymous). An API key or anything
@@ -85,12 +82,3 @@ class WorkerGuard(grpc.aio.ServerInterceptor):
         if not claims.is_coordinator:
             cred.check_call_proof(claims, proof, node_id, self.clock())
         return claims
-
-
-def _reset(var: contextvars.ContextVar, mark: contextvars.Token) -> None:
-    """Undo ``var.set`` at the end of a call; a streamed call that the server finalises from
-    another context (a cancelled stream) has nothing left to undo: that context dies with it."""
-    try:
-        var.reset(mark)
-    except (ValueError, RuntimeError):
-        pass

@@ -36,7 +36,7 @@ from atoll.core import access
 from atoll.core import credentials as cred
 from atoll.core.apikeys import ROLES, Identity, KeyEntry, KeySet, header, identify, key_set, may_see, secret_hash
 from atoll.core.errors import AtollError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from atoll.core.rpc import bearer, guarded, refused
+from atoll.core.rpc import bearer, refused, serving_as
 
 META_KEY = "api_keys"
 AGENT_SERVICE = "/atoll.v1.AgentService/"
@@ -166,10 +166,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except AtollError as exc:
             return refused(handler, exc)
 
-        def admit():
-            reset = current.set(caller)
-            return lambda: current.reset(reset)
-        return guarded(handler, admit)
+        return serving_as(handler, current, caller)
 
     def identify(self, token: str, proof: str = "") -> tuple[str, "Identity | NodeCaller | None", tuple[str, ...]]:
         """(kind of caller, the caller for ``current``, token scopes); Unauthenticated when it

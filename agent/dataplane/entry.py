@@ -36,7 +36,7 @@ from atoll.core.errors import (AtollError, DeadlineExceeded, FailedPrecondition,
 from atoll.core.openai_api import (MAX_CHOICES, MAX_MESSAGES, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT, MAX_TIMEOUT_S,
                                    MAX_TOKENS, MAX_TOP_LOGPROBS, logprob_items_refusal)
 from atoll.core.pools import Held
-from atoll.core.rpc import guarded, handle_errors, refused
+from atoll.core.rpc import handle_errors, refused, serving_as
 from atoll.specs.routing import Route, Stage
 from atoll.wire.dataplane import Chat, EntryInfo, Invocation, Sink, delta_message, done_message, entry_to_pb, invocation_from_pb
 from atoll.wire.worker import Delta
@@ -199,10 +199,7 @@ class EntryGuard(grpc.aio.ServerInterceptor):
         except AtollError as exc:
             return refused(handler, exc)
 
-        def admit():
-            mark = _CALLER.set(caller)
-            return lambda: _CALLER.reset(mark)
-        return guarded(handler, admit)
+        return serving_as(handler, _CALLER, caller)
 
 
 class Resolver:

@@ -7,6 +7,7 @@ any other exception into INTERNAL with a log line, so a bad request never kills 
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import logging
@@ -213,6 +214,24 @@ def guarded(handler, admit: Callable[[], Callable[[], None] | None]):
         if inner is not None:
             return factory(wrap(inner), handler.request_deserializer, handler.response_serializer)
     return handler
+
+
+def serving_as(handler, var: contextvars.ContextVar, value):
+    """``handler`` with ``var`` set to ``value`` for the length of each call (:func:`guarded`):
+    how the servers' guards hand the caller they identified from the headers to the servicer.
+    A streamed call that the server finalises from another context (a cancelled stream) has
+    nothing left to undo: that context dies with it."""
+
+    def admit():
+        mark = var.set(value)
+
+        def done():
+            try:
+                var.reset(mark)
+            except (ValueError, RuntimeError):
+                pass
+        return done
+    return guarded(handler, admit)
 
 
 def refused(handler, exc: errors.AtollError):
