@@ -231,7 +231,12 @@ class Autoscaler:
         the nodes with an open heartbeat stream. Returns the actions taken, as (workflow, action)."""
         if connected is not None:
             connected = set(connected)
-            self._streams |= connected
+            self._streams = (self._streams | connected) & set(nodes)     # nodes that left are forgotten
+        # nodes whose heartbeats stopped, whoever's replicas they hold: no plan of this pass goes
+        # there (they stay READY, in the fleet, until SUSPECT; a re-plan for a workflow's own
+        # lost node would otherwise put a replica on another workflow's, or on one it lost a
+        # pass before, and replace it again on the next pass)
+        stopped = at_risk_nodes(nodes, connected, self._streams)
         done = []
         for gone in set(self._wf) - set(wm.records):     # deleted workflows
             del self._wf[gone]
@@ -249,12 +254,13 @@ class Autoscaler:
             if risky and rec.state != "IDLE":
                 # replacing never holds a scale-up back: a storm on a rising load gets both at once
                 up = d if d.action == "scale" and d.rate > plan_rate else None
-                if await self.replace(wm, rec, spec, risky, nodes, up, d.signals.demand):
+                if await self.replace(wm, rec, spec, risky, nodes, up, d.signals.demand, stopped):
                     done.append((name, "replace"))
                 continue
             outcome = ""
             if d.action in ("scale", "from_zero"):
-                outcome = await self.rescale(wm, rec, spec, d.rate / base, f"{d.direction}: {d.reason}")
+                outcome = await self.rescale(wm, rec, spec, d.rate / base, f"{d.direction}: {d.reason}",
+                                             unavailable=stopped)
             elif d.action == "to_zero":
                 self.to_zero(wm, rec, d.reason)
                 outcome = "no replica"
@@ -264,13 +270,14 @@ class Autoscaler:
         return done
 
     async def replace(self, wm: Workflows, rec: WorkflowRecord, spec: WorkflowSpec, risky: set[str],
-                      nodes: Mapping[str, NodeRecord], up: Optional[Decision] = None, demand: float = 0.0) -> bool:
+                      nodes: Mapping[str, NodeRecord], up: Optional[Decision] = None, demand: float = 0.0,
+                      stopped: Collection[str] = ()) -> bool:
         """Re-plan ``rec`` without the nodes in ``risky`` (their heartbeat stream closed or they
         turned SUSPECT): replacements start now rather than when the nodes are declared LOST. At
         its planned rate plus the surge (:func:`surge`: the backlog the lost replicas' share of
         ``demand`` builds while replacements start, to drain as fast as it came), or at ``up``'s
-        rate (a scale-up decided on the same pass) when that is higher. Returns whether a plan
-        was deployed."""
+        rate (a scale-up decided on the same pass) when that is higher; on none of the ``stopped``
+        nodes either (every node whose heartbeats stopped). Returns whether a plan was deployed."""
         names = sorted(nodes[n].name if n in nodes else n[:8] for n in risky)
         n = sum(1 for a in rec.assignments if a.node_id in risky)
         reason = (f"replace: {n} replica(s) on {', '.join(names)}, whose heartbeats stopped (stream closed or "
@@ -287,7 +294,7 @@ class Autoscaler:
             rate = up.rate
             reason += f", and {up.direction}: {up.reason}"
             signals = {**up.signals.as_dict(), **signals}
-        outcome = await self.rescale(wm, rec, spec, rate / base, reason, unavailable=risky)
+        outcome = await self.rescale(wm, rec, spec, rate / base, reason, unavailable=set(risky) | set(stopped))
         if outcome.startswith("no plan"):
             rate = previous
         r = DecisionRecord(unix=self._wall(), action="replace", rate=rate, previous_rate=previous, reason=reason,
@@ -447,6 +454,13 @@ def surge(rec: WorkflowRecord, risky: Collection[str], plan_rate: float, demand:
             held[a.task] = held.get(a.task, 0.0) + max(a.weight, 0.0)
     share = max((held[t] / total[t] for t in held if total.get(t, 0.0) > 0), default=0.0)
     return min(share, 1.0) * min(max(demand, 0.0), plan_rate)
+
+
+def at_risk_nodes(nodes: Mapping[str, NodeRecord], connected: Optional[set[str]], seen_open: set[str]) -> set[str]:
+    """Every node whose heartbeats stopped and that is not LOST or draining yet: SUSPECT, or
+    (when ``connected`` is known) its stream was seen open and is closed now."""
+    return {n for n, node in nodes.items() if node.state not in ("LOST", "DRAINING")
+            and (node.state == "SUSPECT" or (connected is not None and n in seen_open and n not in connected))}
 
 
 def at_risk(rec: WorkflowRecord, nodes: Mapping[str, NodeRecord], connected: Optional[set[str]],

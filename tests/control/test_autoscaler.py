@@ -559,3 +559,28 @@ def test_a_pass_is_due_each_second_or_at_once_when_a_heartbeat_stream_ends():
     assert t.due(0.25, 4)                      # an agent's stream ended: at once, not at 1.0
     t.started(0.25, 4)
     assert not t.due(0.5, 4) and t.due(1.25, 4)
+
+
+def test_no_plan_goes_to_a_node_whose_heartbeats_stopped_while_it_is_not_lost_yet():
+    """Two renters of a storm stop one pass apart. n1 stays READY (until SUSPECT) after its stream
+    closed, so the second re-plan must leave it out as well as n2: were a replacement put back on
+    n1, the next pass would find it at risk and replace it once more (adding a surge each time)."""
+    rec = WorkflowRecord(name="wf", spec_yaml="", state="READY",
+                         assignments=(assignment("r0", "n0"), assignment("r1", "n1")))
+    nodes = {f"n{i}": NodeRecord(id=f"n{i}", name=f"host{i}", spec={}) for i in range(6)}
+    every = set(nodes)
+    auto = Autoscaler(clock=Clock(0.0), wall=lambda: 1.7e9)
+    wm = FakeManager(rec)
+    assert drive(auto, wm, nodes, 1.0, connected=every) == []
+    assert ("wf", "replace") in drive(auto, wm, nodes, 2.0, connected=every - {"n1"})
+    assert wm.unavailable == {"n1"} and {a.node_id for a in rec.assignments} == {"n0", "n2"}
+    assert ("wf", "replace") in drive(auto, wm, nodes, 3.0, connected=every - {"n1", "n2"})
+    assert wm.unavailable == {"n1", "n2"} and not {a.node_id for a in rec.assignments} & {"n1", "n2"}
+    drive(auto, wm, nodes, 4.0, connected=every - {"n1", "n2"})
+    assert [d.action for d in auto.decisions_of("wf")].count("replace") == 2    # once per node lost
+    assert not {a.node_id for a in rec.assignments} & {"n1", "n2"}
+    from atoll.coordinator.autoscaler import at_risk_nodes
+    nodes["n1"].state = "LOST"                 # the manager's business from here; n2 is still left out
+    assert at_risk_nodes(nodes, every - {"n1", "n2"}, every) == {"n2"}
+    nodes["n3"].state = "SUSPECT"
+    assert at_risk_nodes(nodes, None, every) == {"n3"}
