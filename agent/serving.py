@@ -25,7 +25,7 @@ from atoll.core.errors import AtollError, Unavailable
 from atoll.core.rpc import add_service, status_code
 from atoll.proto.v1 import worker_pb2
 from atoll.specs.assignment import ReplicaItem
-from atoll.wire.worker import LOAD_KEY, Delta, Embedding
+from atoll.wire.worker import LOAD_KEY, WAITING_KEY, Delta, Embedding
 
 WINDOW_S = 60.0
 
@@ -95,7 +95,12 @@ class SwitchingWorker:
         await self._admit(svc, "Generate", request, context)
         async for resp in self.counted(getattr(request, "adapter", ""), svc.Generate(request, context)):
             yield resp
-        context.set_trailing_metadata(((LOAD_KEY, str(self.in_flight)),))
+        context.set_trailing_metadata(((LOAD_KEY, str(self.in_flight)), (WAITING_KEY, str(self.waiting_total))))
+
+    @property
+    def waiting_total(self) -> int:
+        """Requests in flight here that have had no first answer yet."""
+        return sum(self.waiting.values())
 
     async def counted(self, adapter: str, stream: AsyncIterator):
         """``stream`` (one request's answers, each with ``finished``) passed through and counted:
@@ -148,6 +153,11 @@ class LocalEngine:
     def in_flight(self) -> int:
         """Requests this host's engine is serving now, from every caller."""
         return self.worker.in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Of those, the requests that have had no first token yet (queued, or in their prefill)."""
+        return self.worker.waiting_total
 
     def _engine(self):
         svc = self.worker.current

@@ -42,7 +42,7 @@ from atoll.agent.heartbeat import HeartbeatClient
 from atoll.core.errors import Unavailable
 from atoll.core.rpc import SERVER_OPTIONS, add_service
 from atoll.proto.v1 import worker_pb2
-from atoll.wire.worker import LOAD_KEY, Delta
+from atoll.wire.worker import LOAD_KEY, WAITING_KEY, Delta
 
 # ---------------------------------------------------------------------------------- the profile
 # The shape of a replica's batch curve is the runtime's, as measured on the 2-core CPU
@@ -217,7 +217,7 @@ class SimHost:
             yield worker_pb2.GenerateResponse(text=d.text, finished=d.finished,
                                               finish_reason="length" if d.finished else "",
                                               completion_tokens=d.completion_tokens)
-        context.set_trailing_metadata(((LOAD_KEY, str(self.waiting + self.active)),))
+        context.set_trailing_metadata(((LOAD_KEY, str(self.waiting + self.active)), (WAITING_KEY, str(self.waiting))))
 
     async def serve(self, max_tokens: int):
         """One request under the service model, as Delta values (Worker calls and in-process
@@ -269,6 +269,10 @@ class _Local:
     @property
     def in_flight(self) -> int:
         return self.host.waiting + self.host.active
+
+    @property
+    def waiting(self) -> int:
+        return self.host.waiting
 
     async def generate(self, prompt, *, adapter, max_tokens, timeout, messages=None, **sampling):
         """The simulated service takes the token budget; the other settings change nothing here."""

@@ -171,6 +171,7 @@ class DataPlane:
         self.compiled: dict[str, CompiledRoute] = {}
         self.excluded = Exclusions()
         self.in_flight = InFlight()                 # this agent's calls to replicas now (backlog rule)
+        self.hedged: dict[str, int] = {}            # replica id -> this agent's hedged calls there now
         self.rng = random.Random()                  # where this agent's pick cycles start (table.py)
         self.first_delta = hedge.FirstDeltaTimes()  # when a last stage's call is hedged (hedge.py)
         self.hedges = hedge.Budget()
@@ -395,15 +396,25 @@ class DataPlane:
         return self.workers.generate(ep.address, prompt, adapter=ep.adapter, timeout=left,
                                      metadata=req.span.metadata() + self._peer(ep),
                                      messages=stage_chat(st, prompt, chat),
-                                     on_load=lambda n: self.in_flight.report(ep.replica_id, n), **s)
+                                     on_load=lambda n: self.in_flight.report(ep.replica_id, n),
+                                     on_waiting=lambda n: self.in_flight.report_waiting(ep.replica_id, n), **s)
 
     def _peer(self, ep: Endpoint) -> tuple[tuple[str, str], ...]:
         """This node's credentials for a call to ``ep``'s node: its token and its proof for it."""
         return peer_metadata(self.peer_token(), self.peer_proof(ep.node_id))
 
-    def _idle(self, ep: Endpoint, me: NodeSelf) -> bool:
-        """May a hedge go to ``ep``: none of this agent's calls there, and at most one request
-        by its last report (this host's engine: by its own count)."""
+    def _free(self, ep: Endpoint, me: NodeSelf) -> bool:
+        """May a hedge go to ``ep``: it would start there at once. So: fewer than ``hedge.HEDGES_PER_REPLICA``
+        of this agent's hedges there now, and either no request there without a first token (by
+        its last report, or this host's engine by its own count: its batch has room), or, where
+        that is not known, none of this agent's calls there and at most one request by its last
+        report."""
+        if self.hedged.get(ep.replica_id, 0) >= hedge.HEDGES_PER_REPLICA:
+            return False
+        waiting = (getattr(self.local, "waiting", None) if self._is_local(ep, me)
+                   else self.in_flight.waiting(ep.replica_id))
+        if waiting is not None:
+            return waiting == 0
         if self.in_flight.replicas.get(ep.replica_id, 0):
             return False
         if self._is_local(ep, me):
@@ -426,13 +437,14 @@ class DataPlane:
                 return None
             alt = cr.pick(cs, from_location, tried | {ep.replica_id}, self.excluded, self.in_flight)
             if alt is None or alt.replica_id == ep.replica_id or not may_carry(cr.route, alt.tier) \
-                    or not self._idle(alt, me) or not self.hedges.spend():
+                    or not self._free(alt, me) or not self.hedges.spend():
                 # the pick took its turn in the plan's cycles all the same: counted, so that what
                 # moved requests off the plan's picks can be told (docs/operations.md)
                 self.metrics.series(self.metrics.hedges, cr.route.workflow, cs.stage.task, "unsent").inc()
                 return None
             extra.append(alt)
             self.in_flight.add(alt)
+            self.hedged[alt.replica_id] = self.hedged.get(alt.replica_id, 0) + 1
             self._count(cr, me.region, alt.region, size)
             self.metrics.series(self.metrics.hedges, cr.route.workflow, cs.stage.task, "sent").inc()
             log.info("call hedged", extra=kv(workflow=cr.route.workflow, task=cs.stage.task, replica=ep.replica_id,
@@ -454,6 +466,11 @@ class DataPlane:
         finally:
             for alt in extra:
                 self.in_flight.done(alt)
+                left = self.hedged.get(alt.replica_id, 1) - 1
+                if left > 0:
+                    self.hedged[alt.replica_id] = left
+                else:
+                    self.hedged.pop(alt.replica_id, None)
 
     async def _run_local(self, cs, ep, text, req, left, last, chat, on_delta, started, me) -> tuple[object, Usage]:
         st = cs.stage

@@ -1,4 +1,4 @@
-"""Hedged calls: a request stuck in a replica's queue is sent to an idle replica as well.
+"""Hedged calls: a request stuck in a replica's queue is sent to a replica with room as well.
 
 A replica that other entries have queued up (the survivors of a preemption storm, the replicas
 serving when a spike arrives) holds its waiting requests until it reaches them, even after new
@@ -6,10 +6,17 @@ replicas come up idle beside it: picks send new requests elsewhere, but nothing 
 already waiting. So an entry that has had no first token from the replica it called after
 ``after`` seconds (:meth:`FirstDeltaTimes.after`: four times the quarter-quantile of the stage's
 recent times to a first token here, at least HEDGE_MIN_S) asks for a second replica, and keeps
-asking every ``after`` until one is idle; the first of the two calls to answer wins and the other
+asking every ``after`` until one has room; the first of the two calls to answer wins and the other
 is cancelled (a request still queued there leaves the queue; one already running stops). Hedges
-are a bounded share of the calls (:class:`Budget`), and go only to replicas that hold none of
-this agent's calls and reported at most one request, so they never pile onto a busy replica.
+are a bounded share of the calls (:class:`Budget`), and go only where they start at once: to a
+replica whose last report (``WAITING_KEY``, within the report's lifetime) had no request waiting
+for a first token, i.e. room in its batch, however many it serves; where no such report is at
+hand, to one that holds none of this agent's calls and reported at most one request. At most
+``HEDGES_PER_REPLICA`` of an agent's hedges are on one replica at once, so a burst of them does not
+fill a batch the report said had room. Room, not idleness, is what matters: replicas started for
+a spike serve a few requests of their own within a second, and would otherwise take no more of
+the backlog waiting on the replicas that were there before them
+(``bench/autoscaler_replay.py --queues replica`` measures the difference).
 Nothing reaches the caller before a call wins, so a streamed answer comes from one replica only.
 """
 
@@ -28,6 +35,7 @@ SAMPLES = 64             # first-token times kept per stage
 MIN_SAMPLES = 8
 BUDGET_SHARE = 0.1       # hedges: at most one per ten calls ...
 BUDGET_CAP = 10.0        # ... with bursts of up to ten
+HEDGES_PER_REPLICA = 4   # an agent's hedges on one replica at once
 
 
 class FirstDeltaTimes:

@@ -247,19 +247,36 @@ def _least_loaded(order: Sequence[Endpoint], usable: Callable[[Endpoint], bool],
 
 class InFlight:
     """This agent's calls in flight, per replica id and per location; and the load each replica
-    reported with its last answer to this agent (its requests in flight, all callers')."""
+    reported with its last answer to this agent (its requests in flight, all callers', and how
+    many of them had no first token yet)."""
 
     def __init__(self, clock=time.monotonic):
         self.replicas: dict[str, int] = {}
         self.locations: dict[str, int] = {}
         self.reported: dict[str, tuple[int, float]] = {}     # replica id -> (in flight, when)
+        self.reported_waiting: dict[str, tuple[int, float]] = {}     # replica id -> (no first token yet, when)
         self.clock = clock
 
     def report(self, replica_id: str, n: int) -> None:
+        self._keep(self.reported, replica_id, n)
+
+    def report_waiting(self, replica_id: str, n: int) -> None:
+        self._keep(self.reported_waiting, replica_id, n)
+
+    def _keep(self, reports: dict[str, tuple[int, float]], replica_id: str, n: int) -> None:
         now = self.clock()
-        self.reported[replica_id] = (n, now)
-        if len(self.reported) > REPORTS_KEPT:          # replicas come and go: stale reports are dropped
-            self.reported = {r: v for r, v in self.reported.items() if now - v[1] <= REPORT_TTL_S}
+        reports[replica_id] = (n, now)
+        if len(reports) > REPORTS_KEPT:          # replicas come and go: stale reports are dropped
+            for r in [r for r, v in reports.items() if now - v[1] > REPORT_TTL_S]:
+                del reports[r]
+
+    def waiting(self, replica_id: str) -> int | None:
+        """How many of a replica's requests had no first token yet, as it last reported, if within
+        REPORT_TTL_S; None when unknown."""
+        got = self.reported_waiting.get(replica_id)
+        if got is None or self.clock() - got[1] > REPORT_TTL_S:
+            return None
+        return got[0]
 
     def fresh(self, replica_id: str) -> bool:
         """Whether the replica reported its load within REPORT_TTL_S."""

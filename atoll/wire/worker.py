@@ -26,11 +26,22 @@ SERVICE = worker_pb2.DESCRIPTOR.services_by_name["Worker"]
 # trailing metadata of a Generate stream: the Worker's requests in flight (all callers') as it
 # finished this one; entries weigh a replica on their own host against the plan's pick with it
 LOAD_KEY = "atoll-in-flight"
+# ... and how many of them had no first token yet (queued, or in their prefill): a replica that
+# reports none has a free place in its batch, so a hedged call there starts at once
+WAITING_KEY = "atoll-waiting"
+
+
+def _count(trailing, key: str) -> int | None:
+    v = header(trailing, key)
+    return int(v) if v.isdigit() and len(v) <= 9 else None
 
 
 def load_of(trailing) -> int | None:
-    v = header(trailing, LOAD_KEY)
-    return int(v) if v.isdigit() and len(v) <= 9 else None
+    return _count(trailing, LOAD_KEY)
+
+
+def waiting_of(trailing) -> int | None:
+    return _count(trailing, WAITING_KEY)
 
 
 @dataclass(frozen=True)
@@ -126,14 +137,16 @@ class WorkerClient:
                        n: int = 1, logprobs: bool = False, top_logprobs: int = 0,
                        messages: Sequence[Mapping[str, str]] | None = None,
                        timeout: float, metadata: Sequence[tuple[str, str]] = (), request_id: str = "",
-                       node_id: str = "", on_load: Callable[[int], None] | None = None) -> AsyncIterator[Delta]:
+                       node_id: str = "", on_load: Callable[[int], None] | None = None,
+                       on_waiting: Callable[[int], None] | None = None) -> AsyncIterator[Delta]:
         """Stream one generation from the Worker at ``address`` (``adapter`` empty: the base model):
         of ``prompt`` (text, or token ids), or of a chat (``messages``: role, content and optional name),
         which the worker renders with its model's own template. ``max_tokens`` None: up to a stop
         token or the context. ``n`` choices come interleaved, each delta naming its index.
         ``metadata`` rides along (trace context); ``node_id`` is the node serving there (whose
         token the call presents); ``on_load(n)``: the Worker's requests in flight as it finished
-        this one (:data:`LOAD_KEY`), when it said."""
+        this one (:data:`LOAD_KEY`), and ``on_waiting(n)`` how many of them had no first token yet
+        (:data:`WAITING_KEY`), when it said."""
         sampling = worker_pb2.SamplingParams(
             max_tokens=max_tokens or 0, no_max_tokens=max_tokens is None, temperature=temperature, stop=list(stop),
             top_p=top_p, has_seed=seed is not None, seed=seed or 0, n=n, logprobs=logprobs or top_logprobs > 0,
@@ -151,10 +164,11 @@ class WorkerClient:
         call = self._stub(address).Generate(req, timeout=timeout, metadata=self._metadata(node_id, metadata))
         async for resp in call:
             yield delta_from_pb(resp)
-        if on_load is not None:
-            n = load_of(await call.trailing_metadata())
-            if n is not None:
-                on_load(n)
+        if on_load is not None or on_waiting is not None:
+            trailing = await call.trailing_metadata()
+            for callback, n in ((on_load, load_of(trailing)), (on_waiting, waiting_of(trailing))):
+                if callback is not None and n is not None:
+                    callback(n)
 
     async def embed(self, address: str, text: str, *, adapter: str, timeout: float,
                     metadata: Sequence[tuple[str, str]] = (), node_id: str = "") -> Embedding:

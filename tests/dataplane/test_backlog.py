@@ -151,16 +151,19 @@ def test_an_excluded_replica_here_is_not_preferred():
 
 
 def test_a_worker_reports_its_load_when_a_stream_ends():
-    from atoll.wire.worker import LOAD_KEY, load_of
+    from atoll.wire.worker import LOAD_KEY, WAITING_KEY, load_of, waiting_of
 
     assert load_of(((LOAD_KEY, "7"), ("x", "y"))) == 7
     assert load_of((("x", "y"),)) is None and load_of(None) is None
     assert load_of(((LOAD_KEY, "-1"),)) is None and load_of(((LOAD_KEY, "9" * 12),)) is None
+    assert waiting_of(((LOAD_KEY, "7"), (WAITING_KEY, "2"))) == 2 and waiting_of(((LOAD_KEY, "7"),)) is None
+    assert waiting_of(((WAITING_KEY, "x"),)) is None
 
 
 def test_a_worker_server_says_its_load_in_the_streams_trailer():
     """The agent's Worker service (SwitchingWorker) over real gRPC on loopback, called by the
-    WorkerClient every data plane uses: ``on_load`` hears the requests still in flight there."""
+    WorkerClient every data plane uses: ``on_load`` hears the requests still in flight there, and
+    ``on_waiting`` how many of them have had no first answer yet."""
     import grpc
 
     from atoll.agent.serving import SwitchingWorker
@@ -188,7 +191,8 @@ def test_a_worker_server_says_its_load_in_the_streams_trailer():
         try:
             async def one(adapter: str) -> None:
                 async for _ in client.generate(f"127.0.0.1:{port}", "hi", adapter=adapter, max_tokens=1,
-                                               temperature=0.0, timeout=10, on_load=heard.append):
+                                               temperature=0.0, timeout=10, on_load=heard.append,
+                                               on_waiting=waited.append):
                     pass
             await one("")                                       # alone: none left in flight
             slow = [asyncio.ensure_future(one("slow")) for _ in range(3)]
@@ -202,8 +206,12 @@ def test_a_worker_server_says_its_load_in_the_streams_trailer():
             await server.stop(None)
         return heard
 
+    waited: list[int] = []
     heard = asyncio.run(go())
     assert heard[:2] == [0, 3] and sorted(heard[2:]) == [0, 1, 2]
+    # the three slow ones wait for their first answer until released; then none is left waiting
+    # for longer than the other two take to send theirs
+    assert waited[:2] == [0, 3] and len(waited) == 5 and all(w <= 2 for w in waited[2:])
 
 
 def test_reports_of_replicas_long_gone_are_dropped():

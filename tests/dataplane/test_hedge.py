@@ -155,3 +155,65 @@ def test_the_data_plane_sends_a_queued_last_stage_to_an_idle_replica(monkeypatch
                                                  req, {}, "eu/edge", None), 0.3)
     with pytest.raises(asyncio.TimeoutError):
         asyncio.run(short())
+
+
+def _plane_with_queued_a(log: list) -> DataPlane:
+    class Workers:
+        async def generate(self, address, prompt, on_load=None, on_waiting=None, **kw):
+            name = address.split(":")[0]
+            async for d in Call(name, 5.0 if name == "a" else 0.01, log=log).stream():
+                yield d
+
+        async def close(self):
+            pass
+    plane = DataPlane(lambda: NodeSelf("entry-node", "entry", "eu", "datacenter"), None, Workers(), DataPlaneMetrics())
+    plane.in_flight.clock = lambda: 0.0        # b's reports stand for the whole test
+    return plane
+
+
+def _run_within(plane: DataPlane, seconds: float):
+    async def go():
+        req = Request("wf", "hi", time.monotonic() + 10, start_span((), "test"))
+        return await asyncio.wait_for(plane.run(CompiledRoute(route(endpoints=(endpoint("a"), endpoint("b")))), 0,
+                                                req, {}, "eu/edge", None), seconds)
+    return asyncio.run(go())
+
+
+def test_a_hedge_goes_to_a_busy_replica_whose_batch_has_room(monkeypatch):
+    """b serves six requests but reported none waiting for a first token: room in its batch, so
+    the call queued on a goes there too. With one waiting at b, or with this agent's hedges
+    already at the bound on b, it does not. (The reports' clock stands still: no report lapses.)"""
+    monkeypatch.setattr(hedge, "HEDGE_DEFAULT_S", 0.05)
+    log: list = []
+    plane = _plane_with_queued_a(log)
+    plane.in_flight.report("b", 6)
+    plane.in_flight.report_waiting("b", 0)
+    out = _run_within(plane, 3.0)
+    assert out.output == "b!" and out.stages[0].node_name == "node-b" and "a closed" in log
+    assert plane.hedged == {} and plane.in_flight.replicas == {}
+
+    queued = _plane_with_queued_a([])
+    queued.in_flight.report("b", 6)
+    queued.in_flight.report_waiting("b", 1)
+    with pytest.raises(asyncio.TimeoutError):
+        _run_within(queued, 0.3)
+
+    full = _plane_with_queued_a([])
+    full.in_flight.report("b", 6)
+    full.in_flight.report_waiting("b", 0)
+    full.hedged["b"] = hedge.HEDGES_PER_REPLICA
+    with pytest.raises(asyncio.TimeoutError):
+        _run_within(full, 0.3)
+
+
+def test_a_waiting_report_stands_only_as_long_as_a_load_report():
+    from atoll.agent.dataplane import table
+    from atoll.agent.dataplane.table import InFlight
+
+    now = [0.0]
+    f = InFlight(clock=lambda: now[0])
+    assert f.waiting("b") is None
+    f.report_waiting("b", 0)
+    assert f.waiting("b") == 0
+    now[0] = table.REPORT_TTL_S + 0.01
+    assert f.waiting("b") is None
