@@ -10,8 +10,14 @@ The model (one discrete-event simulation per trace and seed, no processes, no ne
 - replicas: the benchmark's renters (RTX 4090 class, cheapest first, ``elasticity_bench.fleet``),
   each serving at most ``CONCURRENCY`` requests at once with the simulated hosts' batch-aware
   service time (``sim_agent.service_time`` / speed) times ``--slowdown`` (the real run's CPU
-  contention and RPC overhead; 1.2 puts the model's p99 latency near the measured one); a
-  request waits in one FIFO queue for the least-loaded ready replica;
+  contention and RPC overhead; 1.2 puts the model's p99 latency near the measured one);
+  with ``--queues shared`` a request waits in one FIFO queue for the least-loaded ready replica
+  (an ideal router: every free place in any batch takes the oldest request); with
+  ``--queues replica`` (the default), as in the benchmark, each arrival is routed at once to the
+  less loaded of two ready replicas drawn at random and waits in that replica's queue, and a
+  request that has waited ``HEDGE_S`` may move to a replica with a free place and no queue
+  (the entries' hedged calls, ``agent/dataplane/hedge.py``), within a token bucket like an
+  entry's; replicas started for a rise take only new arrivals and those moves;
 - a decision every ``PASS_S`` from the same ``Sample`` fields the coordinator measures (arrivals
   over the long window, the last ρ, the ρ before it and the last pass; work per request;
   queued and in-flight requests; ready and planned replicas; ρ = the median of the last 8
@@ -24,8 +30,8 @@ The model (one discrete-event simulation per trace and seed, no processes, no ne
   cheapest replicas covering the rate of work at every instant, started at once.
 
 What it leaves out: the planner (prices and placements beyond "cheapest renters first"),
-storms, hedging and routing, heartbeat timing. Its figures rank settings; they are not the
-benchmark's figures.
+storms, the entries' preference for their own host, load reports' staleness, heartbeat timing.
+Its figures rank settings; they are not the benchmark's figures.
 
     .venv/bin/python bench/autoscaler_replay.py            # the defaults and the earlier ones, 16 traces x 6
     .venv/bin/python bench/autoscaler_replay.py --policy '{"noise_z": 2}' --policy '{}'   # side by side
@@ -66,6 +72,8 @@ from atoll.coordinator.autoscaler import REACTION_SAMPLES, arrival_signals  # no
 RESULTS = Path(__file__).resolve().parent / "results"
 REPLAY_SUITE = "diurnal:11,23,31,32,33,34,35,36,37,38;spikes:1,2,3,4,5;week:1"
 COLD_START = (1.0, 2.5)           # the simulated hosts' range (elasticity_bench: SimHost cold_start)
+HEDGE_S = 0.5                     # per-replica queues: a request waiting this long may move to a replica with a free slot
+BUDGET_SHARE, BUDGET_CAP = 0.1, 10.0   # ... within a bucket of moves, as an entry's hedges are (agent/dataplane/hedge.py)
 
 
 class Fleet:
@@ -92,8 +100,11 @@ class Fleet:
                    for i in range(points)) / points
 
 
-def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float) -> dict:
-    """One trace under one setting; ``seed`` draws the cold starts."""
+def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float, queues: str = "replica",
+           hedge_s: float = HEDGE_S) -> dict:
+    """One trace under one setting; ``seed`` draws the cold starts (and, with per-replica queues,
+    the routing's two choices). ``queues``: ``shared`` (one FIFO for every ready replica) or
+    ``replica`` (see the module docstring)."""
     times = T.arrivals(tr)
     tokens = T.request_tokens(tr, times)
     rng = random.Random(seed)
@@ -113,11 +124,14 @@ def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float)
             for p in free[:n - len(reps)]:
                 serial += 1
                 cold = rng.uniform(*COLD_START)
-                r = {"id": serial, "price": p, "ready_at": now + cold, "cold": cold, "busy": 0}
+                r = {"id": serial, "price": p, "ready_at": now + cold, "cold": cold, "busy": 0, "q": []}
                 reps.append(r)
                 heapq.heappush(ev, (now + cold, 0, "ready", r))
         elif n < len(reps):
             reps.sort(key=lambda r: (r["ready_at"] <= now, -r["price"]))      # starting, then dearest
+            for r in reps[:len(reps) - n]:
+                for i, _ in r["q"]:               # a drained replica's waiting requests are re-routed
+                    route(i, now)
             del reps[:len(reps) - n]
 
     base = max(tr["mean_rps"], 1e-3)
@@ -134,7 +148,39 @@ def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float)
     latencies: list[float] = []
     heapq.heappush(ev, (S.PASS_S, 2, "pass", None))
 
+    budget = [BUDGET_CAP]
+
+    def route(i: int, now: float) -> None:
+        """Per-replica queues: the less loaded of two ready replicas drawn at random."""
+        if queues == "shared":
+            queue.append(i)
+            return
+        ready = [r for r in reps if r["ready_at"] <= now] or reps
+        two = rng.sample(ready, min(2, len(ready)))
+        r = min(two, key=lambda x: x["busy"] + len(x["q"]))
+        r["q"].append((i, now))
+
+    def start(r: dict, i: int, now: float) -> None:
+        r["busy"] += 1
+        svc = service_time(r["busy"], tokens[i]) / fleet.speed * slowdown
+        heapq.heappush(ev, (now + svc, 0, "done", (i, r)))
+
     def dispatch(now: float) -> None:
+        if queues != "shared":
+            ready = [r for r in reps if r["ready_at"] <= now]
+            for r in ready:
+                while r["q"] and r["busy"] < EB.CONCURRENCY:
+                    start(r, r["q"].pop(0)[0], now)
+            # a hedge: an idle replica takes the oldest request that has waited hedge_s elsewhere
+            for r in ready:
+                while r["busy"] < EB.CONCURRENCY and not r["q"] and budget[0] >= 1.0:
+                    waiting = [(x["q"][0][1], x) for x in ready if x["q"] and now - x["q"][0][1] >= hedge_s]
+                    if not waiting:
+                        break
+                    _, x = min(waiting, key=lambda w: w[0])
+                    budget[0] -= 1.0
+                    start(r, x["q"].pop(0)[0], now)
+            return
         while queue:
             free = [r for r in reps if r["ready_at"] <= now and r["busy"] < EB.CONCURRENCY]
             if not free:
@@ -152,7 +198,8 @@ def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float)
         if kind == "arrive":
             seen.append(t)
             in_flight += 1
-            queue.append(x)
+            budget[0] = min(BUDGET_CAP, budget[0] + BUDGET_SHARE)
+            route(x, t)
         elif kind == "done":
             i, r = x
             r["busy"] -= 1
@@ -165,12 +212,16 @@ def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float)
         elif kind == "ready":
             if any(r is x for r in reps):
                 starts.append(x["cold"])
+            elif x["q"]:
+                for i, _ in x["q"]:
+                    route(i, t)
         elif kind == "pass":
             if t < end:
                 heapq.heappush(ev, (t + S.PASS_S, 2, "pass", None))
             rho = (statistics.median(starts[-REACTION_SAMPLES:]) if starts else S.REACTION_DEFAULT_S) + S.PASS_S
             sample = S.Sample(now=t, **arrival_signals(seen, t, rho), work_per_request=work or 1.0,
-                              queued=float(len(queue)), in_flight=float(in_flight),
+                              queued=float(len(queue) + sum(len(r["q"]) for r in reps)),
+                              in_flight=float(in_flight),
                               ready_replicas=sum(1 for r in reps if r["ready_at"] <= t),
                               planned_replicas=len(reps), last_request_at=t, reaction_s=rho)
             d = S.decide(policy, sample, plan_rate, 0.05 * base, state)
@@ -188,7 +239,8 @@ EARLIER = ('{"noise_z": 2.0, "forecast_cap": 0.25, "peak_half_life": 11.0, "scal
            '"last_pass_window": false, "down_band": 0.1}')   # the defaults before 2026-12-07 (rho taken as 2.75 s)
 
 
-def evaluate(policy_json: str, traces: list[tuple[str, int]], seeds: int, slowdown: float, fleet: Fleet) -> dict:
+def evaluate(policy_json: str, traces: list[tuple[str, int]], seeds: int, slowdown: float, fleet: Fleet,
+             queues: str = "replica") -> dict:
     """``policy_json``: Policy fields, and two of the module's constants as the earlier defaults
     had them: ``"last_pass_window": false`` leaves out the one-second window, ``"down_band"``
     replaces ``DOWN_BAND``."""
@@ -202,7 +254,7 @@ def evaluate(policy_json: str, traces: list[tuple[str, int]], seeds: int, slowdo
         tr = T.make(shape, seed, EB.DAY_S[False][shape], EB.PEAK_DAY[False])
         S.LAST_PASS_EXTRA_Z, S.DOWN_BAND = (extra if window else math.inf), band
         try:
-            runs = [replay(tr, policy, fleet, k, slowdown) for k in range(seeds)]
+            runs = [replay(tr, policy, fleet, k, slowdown, queues) for k in range(seeds)]
         finally:
             S.LAST_PASS_EXTRA_Z, S.DOWN_BAND = extra, saved_band
         static = fleet.static_cost(tr)
@@ -228,6 +280,9 @@ def main() -> None:
     ap.add_argument("--traces", default=REPLAY_SUITE, help='e.g. "diurnal:11,23;spikes:1"')
     ap.add_argument("--seeds", type=int, default=6, help="cold-start draws per trace")
     ap.add_argument("--slowdown", type=float, default=1.2, help="service time multiplier (see the docstring)")
+    ap.add_argument("--queues", choices=("shared", "replica"), default="replica",
+                    help="shared: one FIFO for every ready replica; replica: each replica its own, as in the "
+                         "benchmark (see the docstring)")
     ap.add_argument("--out", default=str(RESULTS / "autoscaler_replay.json"))
     args = ap.parse_args()
     policies = args.policy or ["{}", EARLIER]
@@ -236,10 +291,11 @@ def main() -> None:
     t0 = time.perf_counter()
     out = {"command": "python " + " ".join(sys.argv), "machine": {"platform": platform.platform(),
            "python": platform.python_version()}, "seeds": args.seeds, "slowdown": args.slowdown,
+           "queues": args.queues,
            "declared_rps_per_replica": round(fleet.mu, 3), "results": []}
     print(f"{'setting':58s} {'worst cheaper':>13s} {'worst SLO':>10s} {'misses':>7s}")
     for p in policies:
-        res = evaluate(p, traces, args.seeds, args.slowdown, fleet)
+        res = evaluate(p, traces, args.seeds, args.slowdown, fleet, args.queues)
         out["results"].append(res)
         print(f"{p:58s} {res['worst_cheaper']:13.3f} {res['worst_slo_share_mean']:10.4f} {res['misses']:7d}", flush=True)
     first = out["results"][0]["traces"]

@@ -197,3 +197,10 @@ def test_the_autoscaler_replay_follows_load_and_compares_settings():
     assert rp.S.LAST_PASS_EXTRA_Z == 0.75 and rp.S.DOWN_BAND == 0.05     # restored after the evaluation
     oracle = res["traces"]["spikes-1"]["oracle_cheaper_than_static"]
     assert res["traces"]["spikes-1"]["cheaper_than_static"] < oracle < 1      # nothing beats knowing the future
+    # per-replica queues (the default): requests left waiting where the spike found them miss,
+    # unless they move to replicas with room (hedged calls); one shared queue is the ideal router
+    slow = rp.replay(tr, Policy(), fleet, seed=0, slowdown=1.2)
+    unhedged = rp.replay(tr, Policy(), fleet, seed=0, slowdown=1.2, hedge_s=float("inf"))
+    shared = rp.replay(tr, Policy(), fleet, seed=0, slowdown=1.2, queues="shared")
+    assert shared["misses"] <= slow["misses"] < unhedged["misses"]
+    assert unhedged["misses"] >= 3 * max(slow["misses"], 1)
