@@ -129,10 +129,12 @@ def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float,
                 heapq.heappush(ev, (now + cold, 0, "ready", r))
         elif n < len(reps):
             reps.sort(key=lambda r: (r["ready_at"] <= now, -r["price"]))      # starting, then dearest
-            for r in reps[:len(reps) - n]:
-                for i, _ in r["q"]:               # a drained replica's waiting requests are re-routed
-                    route(i, now)
+            gone = reps[:len(reps) - n]
             del reps[:len(reps) - n]
+            for r in gone:                        # a drained replica's waiting requests are re-routed
+                waiting, r["q"] = r["q"], []
+                for i, _ in waiting:
+                    route(i, now)
 
     base = max(tr["mean_rps"], 1e-3)
     plan_rate = 2 * fleet.mu * 0.85                                  # the benchmark's first plan: 2 replicas
@@ -171,7 +173,8 @@ def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float,
             for r in ready:
                 while r["q"] and r["busy"] < EB.CONCURRENCY:
                     start(r, r["q"].pop(0)[0], now)
-            # a hedge: an idle replica takes the oldest request that has waited hedge_s elsewhere
+            # a hedge: a replica with a free place and no queue takes the oldest request that has
+            # waited hedge_s elsewhere
             for r in ready:
                 while r["busy"] < EB.CONCURRENCY and not r["q"] and budget[0] >= 1.0:
                     waiting = [(x["q"][0][1], x) for x in ready if x["q"] and now - x["q"][0][1] >= hedge_s]
@@ -212,9 +215,6 @@ def replay(tr: dict, policy: S.Policy, fleet: Fleet, seed: int, slowdown: float,
         elif kind == "ready":
             if any(r is x for r in reps):
                 starts.append(x["cold"])
-            elif x["q"]:
-                for i, _ in x["q"]:
-                    route(i, t)
         elif kind == "pass":
             if t < end:
                 heapq.heappush(ev, (t + S.PASS_S, 2, "pass", None))

@@ -250,7 +250,7 @@ class Autoscaler:
             d = decide(policy_of(spec.autoscaling), self.sample(rec, spec, wm.replica_views(rec), nodes, now),
                        plan_rate, base * 0.05, w.state, rec.state == "IDLE")
             w.state = d.state
-            risky = at_risk(rec, nodes, connected, self._streams)
+            risky = holding(rec, stopped)
             if risky and rec.state != "IDLE":
                 # replacing never holds a scale-up back: a storm on a rising load gets both at once
                 up = d if d.action == "scale" and d.rate > plan_rate else None
@@ -465,18 +465,14 @@ def at_risk_nodes(nodes: Mapping[str, NodeRecord], connected: Optional[set[str]]
 
 def at_risk(rec: WorkflowRecord, nodes: Mapping[str, NodeRecord], connected: Optional[set[str]],
             seen_open: set[str]) -> set[str]:
-    """The nodes of ``rec``'s replicas whose heartbeats stopped: SUSPECT, or (when ``connected``
-    is known) their heartbeat stream was seen open and is closed now, as when an agent's process
-    dies. LOST nodes are re-planned by the workflow manager."""
-    out = set()
-    for a in rec.assignments:
-        node = nodes.get(a.node_id)
-        if node is None or node.state in ("LOST", "DRAINING"):
-            continue
-        if node.state == "SUSPECT" or (connected is not None and a.node_id in seen_open
-                                       and a.node_id not in connected):
-            out.add(a.node_id)
-    return out
+    """The nodes of ``rec``'s replicas whose heartbeats stopped (:func:`at_risk_nodes`), as when an
+    agent's process dies. LOST nodes are re-planned by the workflow manager."""
+    return holding(rec, at_risk_nodes(nodes, connected, seen_open))
+
+
+def holding(rec: WorkflowRecord, node_ids: Collection[str]) -> set[str]:
+    """Those of ``node_ids`` that hold one of ``rec``'s replicas."""
+    return {a.node_id for a in rec.assignments if a.node_id in node_ids}
 
 
 def queued(rec: WorkflowRecord, nodes: Mapping[str, NodeRecord]) -> int:

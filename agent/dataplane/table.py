@@ -270,27 +270,26 @@ class InFlight:
             for r in [r for r, v in reports.items() if now - v[1] > REPORT_TTL_S]:
                 del reports[r]
 
+    def _current(self, reports: dict[str, tuple[int, float]], replica_id: str) -> int | None:
+        """A report of the replica's, if made within REPORT_TTL_S."""
+        got = reports.get(replica_id)
+        return got[0] if got is not None and self.clock() - got[1] <= REPORT_TTL_S else None
+
     def waiting(self, replica_id: str) -> int | None:
         """How many of a replica's requests had no first token yet, as it last reported, if within
         REPORT_TTL_S; None when unknown."""
-        got = self.reported_waiting.get(replica_id)
-        if got is None or self.clock() - got[1] > REPORT_TTL_S:
-            return None
-        return got[0]
+        return self._current(self.reported_waiting, replica_id)
 
     def fresh(self, replica_id: str) -> bool:
         """Whether the replica reported its load within REPORT_TTL_S."""
-        got = self.reported.get(replica_id)
-        return got is not None and self.clock() - got[1] <= REPORT_TTL_S
+        return self._current(self.reported, replica_id) is not None
 
     def load(self, replica_id: str) -> int:
         """A replica's load as it last reported it, if within REPORT_TTL_S; else this agent's own
         calls to it (a lower bound)."""
-        got = self.reported.get(replica_id)
+        got = self._current(self.reported, replica_id)
         mine = self.replicas.get(replica_id, 0)
-        if got is None or self.clock() - got[1] > REPORT_TTL_S:
-            return mine
-        return max(got[0], mine)
+        return mine if got is None else max(got, mine)
 
     def add(self, ep: Endpoint) -> None:
         self.replicas[ep.replica_id] = self.replicas.get(ep.replica_id, 0) + 1
